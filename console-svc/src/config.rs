@@ -1,0 +1,319 @@
+//! console-svc's configuration: one typed struct, read once at start.
+//!
+//! Sources, later ones winning: built-in defaults, a TOML file
+//! (`--config`), `PORTHOLE_<SECTION>_<KEY>` environment variables (for
+//! example `PORTHOLE_CONSOLE_PORT_RANGE=10000:10100`), then command-line
+//! flags. Option names follow Ironic's `[console]` section where Ironic has
+//! one; README.md has the full reference.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ports::PortRange;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub service: ServiceConfig,
+    pub console: ConsoleConfig,
+    pub native: NativeConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// This replica's name, reported as console owner.
+    pub replica_id: String,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Native,
+    Socat,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// `native` (default) or `socat`.
+    pub backend: Backend,
+    /// Ironic's `port_range`: `START:END`, END excluded.
+    pub port_range: PortRange,
+    /// Ironic's `socat_address`: the address console ports bind to.
+    pub socat_address: IpAddr,
+    /// Host put in console URLs; defaults to `socat_address`.
+    pub advertise_host: Option<String>,
+    /// Ironic's `terminal_pid_dir`: where started processes are recorded.
+    pub terminal_pid_dir: PathBuf,
+    /// Ironic's `subprocess_checking_interval`: how often to look whether a
+    /// started process is ready.
+    #[serde(with = "humantime_serde")]
+    pub subprocess_checking_interval: Duration,
+    /// Ironic's `subprocess_timeout`: the longest a start (or an ipmitool
+    /// command) may take.
+    #[serde(with = "humantime_serde")]
+    pub subprocess_timeout: Duration,
+    /// Ironic's `kill_timeout`: SIGTERM to SIGKILL.
+    #[serde(with = "humantime_serde")]
+    pub kill_timeout: Duration,
+    /// Ironic's `terminal_timeout`: a viewer connection with no traffic either
+    /// way for this long is closed (socat's `-T`); 0 disables it.
+    #[serde(with = "humantime_serde")]
+    pub terminal_timeout: Duration,
+    /// Longest wait between retries of a failing BMC.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+    pub ipmitool_path: PathBuf,
+    pub socat_path: PathBuf,
+    /// The longest SIGTERM may take to stop every console.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NativeConfig {
+    /// Bytes of recent output replayed to a viewer that attaches.
+    pub scrollback_bytes: usize,
+    /// Bytes of output kept in memory for GetConsoleLog.
+    pub log_ring_bytes: usize,
+    /// When set, output is also appended to `<log_dir>/<node>.log`.
+    pub log_dir: Option<PathBuf>,
+    /// A log file that reaches this size is rotated to `<node>.log.1`.
+    pub log_file_max_bytes: u64,
+    /// How long the SOL session stays up after the last viewer leaves.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Viewers per console at once; more are refused with a message.
+    pub max_viewers: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 50051)),
+            replica_id: default_replica_id(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Native,
+            port_range: PortRange::new(10000, 20000).expect("valid default"),
+            socat_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertise_host: None,
+            terminal_pid_dir: default_runtime_dir().join("pids"),
+            subprocess_checking_interval: Duration::from_millis(50),
+            subprocess_timeout: Duration::from_secs(10),
+            kill_timeout: Duration::from_secs(1),
+            terminal_timeout: Duration::from_secs(600),
+            retry_max_backoff: Duration::from_secs(30),
+            ipmitool_path: "ipmitool".into(),
+            socat_path: "socat".into(),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        Self {
+            scrollback_bytes: 64 * 1024,
+            log_ring_bytes: 1024 * 1024,
+            log_dir: None,
+            log_file_max_bytes: 10 * 1024 * 1024,
+            linger: Duration::from_secs(5),
+            max_viewers: 16,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            service: ServiceConfig::default(),
+            console: ConsoleConfig::default(),
+            native: NativeConfig::default(),
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// The host console URLs name.
+    pub fn url_host(&self) -> String {
+        match (&self.advertise_host, self.socat_address) {
+            (Some(h), _) => h.clone(),
+            (None, IpAddr::V6(v6)) => format!("[{v6}]"),
+            (None, ip) => ip.to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file`, then `PORTHOLE_*` variables from `env`, then
+    /// `overrides` (`section.key = value` pairs from flags).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, &str, toml::Value)],
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|source| ConfigError::Parse {
+                        path: path.to_owned(),
+                        source: Box::new(source),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("PORTHOLE_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = ["service", "console", "native"]
+                .iter()
+                .find_map(|s| Some((*s, rest.strip_prefix(s)?.strip_prefix('_')?)))
+            else {
+                continue;
+            };
+            set(&mut table, section, key, env_value(&value));
+        }
+        for (section, key, value) in overrides {
+            set(&mut table, section, key, value.clone());
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.console.subprocess_checking_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "console.subprocess_checking_interval must be above 0".into(),
+            ));
+        }
+        if self.native.max_viewers == 0 {
+            return Err(ConfigError::Invalid(
+                "native.max_viewers must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let entry = table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = entry {
+        t.insert(key.to_owned(), value);
+    }
+}
+
+/// An environment value as TOML: numbers and booleans as such, the rest as
+/// strings (so `10000:10100` and `5s` need no quoting).
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(n) = raw.parse::<i64>() {
+        return toml::Value::Integer(n);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn default_replica_id() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "console-svc".into())
+}
+
+/// `$XDG_RUNTIME_DIR/porthole` or `/tmp/porthole-<uid>`: private to this user.
+pub fn default_runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("porthole"),
+        None => std::env::temp_dir().join(format!("porthole-{}", nix::unistd::getuid())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("porthole-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[console]\nport_range = \"11000:11010\"\nbackend = \"socat\"\nkill_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("PORTHOLE_CONSOLE_PORT_RANGE".to_owned(), "12000:12010".to_owned()),
+            ("PORTHOLE_NATIVE_SCROLLBACK_BYTES".to_owned(), "100".to_owned()),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let flags = [("console", "backend", toml::Value::String("native".into()))];
+        let c = Config::load(Some(&file), env, &flags).unwrap();
+        assert_eq!(c.console.port_range, PortRange::new(12000, 12010).unwrap());
+        assert_eq!(c.console.kill_timeout, Duration::from_secs(3));
+        assert_eq!(c.console.backend, Backend::Native);
+        assert_eq!(c.native.scrollback_bytes, 100);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let env = vec![("PORTHOLE_CONSOLE_PORT_RANGE".to_owned(), "9:1".to_owned())];
+        let err = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(err.contains("port_range"), "{err}");
+        let env = vec![("PORTHOLE_CONSOLE_BOGUS".to_owned(), "1".to_owned())];
+        let err = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,54 @@
+//! The console service's domain errors and their one mapping to gRPC.
+//!
+//! Lower layers have their own enums (`sol::SolError`, `coordinator::CoordError`,
+//! `ports::PortError`); they convert into `ConsoleError` here, and
+//! `From<ConsoleError> for tonic::Status` is the only place a status code is
+//! chosen.
+
+use tonic::{Code, Status};
+
+use crate::coordinator::CoordError;
+use crate::ports::PortError;
+use crate::sol::SolError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("no console for node {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error("console for node {node} did not start: {source}")]
+    Start { node: String, source: SolError },
+    #[error(transparent)]
+    Coordination(#[from] CoordError),
+    #[error("console-svc is shutting down")]
+    ShuttingDown,
+}
+
+impl ConsoleError {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self::InvalidArgument(msg.into())
+    }
+}
+
+impl From<ConsoleError> for Status {
+    fn from(err: ConsoleError) -> Self {
+        let code = match &err {
+            ConsoleError::InvalidArgument(_) => Code::InvalidArgument,
+            ConsoleError::Unsupported(_) => Code::Unimplemented,
+            ConsoleError::NotFound(_) => Code::NotFound,
+            ConsoleError::Port(PortError::Exhausted { .. }) => Code::ResourceExhausted,
+            ConsoleError::Port(PortError::OutOfRange { .. }) => Code::InvalidArgument,
+            ConsoleError::Port(PortError::Taken { .. }) => Code::AlreadyExists,
+            ConsoleError::Start { .. } => Code::Unavailable,
+            ConsoleError::Coordination(CoordError::NotServing(_)) => Code::Unavailable,
+            ConsoleError::Coordination(CoordError::Fenced { .. }) => Code::Aborted,
+            ConsoleError::ShuttingDown => Code::Unavailable,
+        };
+        Status::new(code, err.to_string())
+    }
+}

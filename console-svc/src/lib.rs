@@ -1,0 +1,22 @@
+//! console-svc: consoles of bare-metal machines on TCP endpoints.
+//!
+//! `main.rs` parses the command line and calls into this library; tests drive
+//! the same entry points in-process. Module map:
+//!
+//! - [`config`]: the typed configuration (file, `PORTHOLE_*`, flags).
+//! - [`spec`], [`secret`]: validated requests; passwords that never print.
+//! - [`manager`]: console lifecycles (the state machine), ports, events.
+//! - [`sol`]: the serial backends (native, socat) and ipmitool.
+//! - [`coordinator`]: who owns which console (local now, etcd next).
+//! - [`process`]: recorded child processes, cleaned up after a crash.
+//! - [`grpc`]: `console.v1.ConsoleService`, health and reflection.
+//! - [`cli`]: the operator's client commands.
+
+pub mod config;
+pub mod coordinator;
+pub mod error;
+pub mod ports;
+pub mod process;
+pub mod secret;
+pub mod sol;
+pub mod spec;

@@ -1,0 +1,208 @@
+//! Console port allocation from Ironic's `[console] port_range`.
+//!
+//! The range is `start:end` with `end` excluded, as in Ironic. A node keeps
+//! the port it was given for as long as the service runs (disable and enable
+//! give it back the same one), an explicit per-node port is honoured when it
+//! lies inside the range and is free, and an exhausted range is an error that
+//! says so. Ports are only bookkeeping here; binding is the backends' job.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::spec::NodeId;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PortError {
+    #[error("no free console port in {range}: all {count} are assigned to nodes")]
+    Exhausted { range: PortRange, count: usize },
+    #[error("port {port} is outside the console port range {range}")]
+    OutOfRange { port: u16, range: PortRange },
+    #[error("port {port} is already the console port of node {holder}")]
+    Taken { port: u16, holder: String },
+}
+
+/// `start:end`, end excluded (Ironic's `[console] port_range`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortRange(Range<u16>);
+
+impl PortRange {
+    pub fn new(start: u16, end: u16) -> Result<Self, String> {
+        if start == 0 || start >= end {
+            return Err(format!(
+                "port_range {start}:{end} must be START:END with 0 < START < END (END excluded)"
+            ));
+        }
+        Ok(Self(start..end))
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.contains(&port)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{} (end excluded)", self.0.start, self.0.end)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, b) = s
+            .split_once(':')
+            .ok_or_else(|| format!("port_range {s:?} must look like 10000:20000"))?;
+        let parse = |x: &str| {
+            x.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("port_range {s:?}: {x:?} is not a port number"))
+        };
+        Self::new(parse(a)?, parse(b)?)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which node holds which port. Assignments are sticky: `release` is never
+/// called on disable, only when a node is forgotten.
+#[derive(Debug)]
+pub struct PortAllocator {
+    range: PortRange,
+    by_node: HashMap<NodeId, u16>,
+    taken: BTreeSet<u16>,
+}
+
+impl PortAllocator {
+    pub fn new(range: PortRange) -> Self {
+        Self {
+            range,
+            by_node: HashMap::new(),
+            taken: BTreeSet::new(),
+        }
+    }
+
+    pub fn range(&self) -> &PortRange {
+        &self.range
+    }
+
+    /// The node's port: the requested one, else the one it had, else the
+    /// lowest free port in the range.
+    pub fn assign(&mut self, node: &NodeId, requested: Option<u16>) -> Result<u16, PortError> {
+        let current = self.by_node.get(node).copied();
+        let port = match (requested, current) {
+            (Some(port), _) => {
+                if !self.range.contains(port) {
+                    return Err(PortError::OutOfRange {
+                        port,
+                        range: self.range.clone(),
+                    });
+                }
+                if let Some(holder) = self.holder(port).filter(|h| *h != node) {
+                    return Err(PortError::Taken {
+                        port,
+                        holder: holder.to_string(),
+                    });
+                }
+                port
+            }
+            (None, Some(port)) => port,
+            (None, None) => self
+                .range
+                .0
+                .clone()
+                .find(|p| !self.taken.contains(p))
+                .ok_or(PortError::Exhausted {
+                    range: self.range.clone(),
+                    count: self.range.len(),
+                })?,
+        };
+        if let Some(old) = current.filter(|old| *old != port) {
+            self.taken.remove(&old);
+        }
+        self.by_node.insert(node.clone(), port);
+        self.taken.insert(port);
+        Ok(port)
+    }
+
+    /// Skip a port that turned out to be bound by something else; the node
+    /// gets another one on its next `assign`.
+    pub fn reassign_away_from(&mut self, node: &NodeId, bad: u16) -> Result<u16, PortError> {
+        self.by_node.remove(node);
+        // Keep `bad` marked taken while searching so it is not handed out again.
+        let port = self.assign(node, None);
+        if port.is_err() {
+            self.taken.remove(&bad);
+        }
+        port
+    }
+
+    fn holder(&self, port: u16) -> Option<&NodeId> {
+        self.by_node
+            .iter()
+            .find_map(|(n, p)| (*p == port).then_some(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(n: &str) -> NodeId {
+        NodeId::parse(n).unwrap()
+    }
+
+    #[test]
+    fn parses_ironic_ranges_with_end_excluded() {
+        let r: PortRange = "10000:10002".parse().unwrap();
+        assert!(r.contains(10000) && r.contains(10001) && !r.contains(10002));
+        assert_eq!(r.len(), 2);
+        assert!("10:5".parse::<PortRange>().is_err());
+        assert!("abc".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn ports_are_sticky_and_exhaustion_is_reported() {
+        let mut a = PortAllocator::new("10000:10002".parse().unwrap());
+        assert_eq!(a.assign(&node("a"), None), Ok(10000));
+        assert_eq!(a.assign(&node("b"), None), Ok(10001));
+        assert_eq!(a.assign(&node("a"), None), Ok(10000), "sticky");
+        let err = a.assign(&node("c"), None).unwrap_err();
+        assert!(matches!(err, PortError::Exhausted { count: 2, .. }));
+        assert!(err.to_string().contains("10000:10002"));
+    }
+
+    #[test]
+    fn explicit_ports_are_checked() {
+        let mut a = PortAllocator::new("10000:10010".parse().unwrap());
+        assert_eq!(a.assign(&node("a"), Some(10005)), Ok(10005));
+        assert!(matches!(
+            a.assign(&node("b"), Some(10005)),
+            Err(PortError::Taken { .. })
+        ));
+        assert!(matches!(
+            a.assign(&node("b"), Some(9999)),
+            Err(PortError::OutOfRange { .. })
+        ));
+        // Moving a node to another explicit port frees its old one.
+        assert_eq!(a.assign(&node("a"), Some(10006)), Ok(10006));
+        assert_eq!(a.assign(&node("b"), Some(10005)), Ok(10005));
+    }
+}

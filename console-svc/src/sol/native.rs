@@ -1,0 +1,1 @@
+//! The native serial backend (being written).

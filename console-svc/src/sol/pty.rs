@@ -1,0 +1,1 @@
+//! Pseudo-terminals for `ipmitool sol activate` (native backend).

@@ -1,0 +1,1 @@
+//! The socat serial backend (being written).

@@ -1,0 +1,274 @@
+//! Validated console requests: what a caller asked for, checked once at the
+//! edge (gRPC) and carried as plain domain types from there on.
+//!
+//! `ConsoleSpec::from_request` is the only place that turns wire input into a
+//! spec; everything it rejects becomes `ConsoleError::InvalidArgument`.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use porthole_proto::console::v1 as pb;
+
+use crate::error::ConsoleError;
+use crate::secret::Secret;
+
+/// A node's id as Ironic knows it (a UUID or a name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn parse(raw: &str) -> Result<Self, ConsoleError> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~');
+        if raw.is_empty() {
+            return Err(ConsoleError::invalid("node_id must not be empty"));
+        }
+        if raw.len() > 255 || !raw.chars().all(ok_char) {
+            return Err(ConsoleError::invalid(format!(
+                "node_id {raw:?} must be 1-255 characters of letters, digits, '-', '_', '.' or '~'"
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// ipmitool's `-L` privilege levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrivilegeLevel {
+    Callback,
+    User,
+    Operator,
+    Administrator,
+}
+
+impl PrivilegeLevel {
+    pub fn parse(raw: &str) -> Result<Self, ConsoleError> {
+        match raw.to_ascii_uppercase().as_str() {
+            "" | "ADMINISTRATOR" | "ADMIN" => Ok(Self::Administrator),
+            "OPERATOR" => Ok(Self::Operator),
+            "USER" => Ok(Self::User),
+            "CALLBACK" => Ok(Self::Callback),
+            _ => Err(ConsoleError::invalid(format!(
+                "privilege_level {raw:?} is not one of CALLBACK, USER, OPERATOR, ADMINISTRATOR"
+            ))),
+        }
+    }
+
+    pub fn as_ipmitool_arg(self) -> &'static str {
+        match self {
+            Self::Callback => "CALLBACK",
+            Self::User => "USER",
+            Self::Operator => "OPERATOR",
+            Self::Administrator => "ADMINISTRATOR",
+        }
+    }
+}
+
+/// How to reach a BMC over IPMI lanplus. The password stays a [`Secret`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpmiTarget {
+    pub address: String,
+    pub port: u16,
+    pub username: String,
+    pub password: Secret,
+    pub cipher_suite: u8,
+    pub privilege: PrivilegeLevel,
+}
+
+impl IpmiTarget {
+    pub const DEFAULT_PORT: u16 = 623;
+    pub const DEFAULT_CIPHER_SUITE: u8 = 3;
+
+    /// `address:port` for messages (IPv6 in brackets).
+    pub fn display_addr(&self) -> String {
+        match self.address.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", self.port),
+            _ => format!("{}:{}", self.address, self.port),
+        }
+    }
+
+    fn from_proto(p: pb::IpmiTarget) -> Result<Self, ConsoleError> {
+        let address = p.address.trim().to_owned();
+        if !is_host(&address) {
+            return Err(ConsoleError::invalid(format!(
+                "ipmi.address {:?} is neither an IP address nor a host name",
+                p.address
+            )));
+        }
+        let port = match p.port {
+            0 => Self::DEFAULT_PORT,
+            n => u16::try_from(n).map_err(|_| {
+                ConsoleError::invalid(format!("ipmi.port {n} is not a UDP port (1-65535)"))
+            })?,
+        };
+        // ipmitool reads the user name from argv; it goes through socat's EXEC
+        // string too, whose separators must not appear in it.
+        let username = p.username;
+        if username.len() > 16 || username.chars().any(|c| c.is_control() || ",:!'\"\\ ".contains(c))
+        {
+            return Err(ConsoleError::invalid(
+                "ipmi.username must be at most 16 characters without spaces, quotes, ',', ':', '!' or '\\'",
+            ));
+        }
+        if p.password.len() > 20 {
+            return Err(ConsoleError::invalid(
+                "ipmi.password is longer than IPMI 2.0's 20 bytes",
+            ));
+        }
+        let cipher_suite = match p.cipher_suite {
+            None => Self::DEFAULT_CIPHER_SUITE,
+            Some(n @ 0..=17) => n as u8,
+            Some(n) => {
+                return Err(ConsoleError::invalid(format!(
+                    "ipmi.cipher_suite {n} is not an IPMI cipher suite (0-17)"
+                )))
+            }
+        };
+        Ok(Self {
+            address,
+            port,
+            username,
+            password: Secret::new(p.password),
+            cipher_suite,
+            privilege: PrivilegeLevel::parse(&p.privilege_level)?,
+        })
+    }
+}
+
+/// An IP address or an RFC 1123 host name.
+fn is_host(s: &str) -> bool {
+    if s.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(label_ok)
+        && !s.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleKind {
+    Serial,
+}
+
+/// What a caller wants: one node's console, served on `port` (or one the
+/// service picks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleSpec {
+    pub node: NodeId,
+    pub kind: ConsoleKind,
+    pub ipmi: IpmiTarget,
+    pub requested_port: Option<u16>,
+}
+
+impl ConsoleSpec {
+    pub fn from_request(req: pb::EnableConsoleRequest) -> Result<Self, ConsoleError> {
+        let node = NodeId::parse(&req.node_id)?;
+        let kind = match pb::ConsoleKind::try_from(req.kind) {
+            Ok(pb::ConsoleKind::Serial) | Ok(pb::ConsoleKind::Unspecified) => ConsoleKind::Serial,
+            Ok(pb::ConsoleKind::Vnc) => {
+                return Err(ConsoleError::Unsupported(
+                    "VNC consoles are not supported by this console-svc yet".into(),
+                ))
+            }
+            Err(_) => {
+                return Err(ConsoleError::invalid(format!(
+                    "kind {} is not a console kind",
+                    req.kind
+                )))
+            }
+        };
+        let ipmi = req
+            .ipmi
+            .ok_or_else(|| ConsoleError::invalid("ipmi is required for a serial console"))?;
+        let requested_port = match req.port {
+            0 => None,
+            n => Some(u16::try_from(n).map_err(|_| {
+                ConsoleError::invalid(format!("port {n} is not a TCP port (1-65535)"))
+            })?),
+        };
+        Ok(Self {
+            node,
+            kind,
+            ipmi: IpmiTarget::from_proto(ipmi)?,
+            requested_port,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> pb::EnableConsoleRequest {
+        pb::EnableConsoleRequest {
+            node_id: "node-1".into(),
+            kind: pb::ConsoleKind::Serial as i32,
+            ipmi: Some(pb::IpmiTarget {
+                address: "127.0.0.1".into(),
+                port: 21100,
+                username: "admin".into(),
+                password: "password".into(),
+                cipher_suite: None,
+                privilege_level: String::new(),
+            }),
+            port: 0,
+        }
+    }
+
+    #[test]
+    fn accepts_a_complete_request_with_defaults() {
+        let spec = ConsoleSpec::from_request(request()).unwrap();
+        assert_eq!(spec.node.as_str(), "node-1");
+        assert_eq!(spec.ipmi.cipher_suite, 3);
+        assert_eq!(spec.ipmi.privilege, PrivilegeLevel::Administrator);
+        assert_eq!(spec.requested_port, None);
+    }
+
+    #[test]
+    fn rejects_bad_fields_with_a_reason() {
+        let cases: Vec<(Box<dyn Fn(&mut pb::EnableConsoleRequest)>, &str)> = vec![
+            (Box::new(|r| r.node_id.clear()), "node_id must not be empty"),
+            (Box::new(|r| r.node_id = "a b".into()), "node_id"),
+            (Box::new(|r| r.ipmi.as_mut().unwrap().address = "300.1.1.1".into()), "ipmi.address"),
+            (Box::new(|r| r.ipmi.as_mut().unwrap().address = "bad host!".into()), "ipmi.address"),
+            (Box::new(|r| r.ipmi.as_mut().unwrap().port = 70000), "ipmi.port"),
+            (Box::new(|r| r.ipmi.as_mut().unwrap().username = "a,b".into()), "ipmi.username"),
+            (Box::new(|r| r.ipmi.as_mut().unwrap().cipher_suite = Some(99)), "cipher_suite"),
+            (Box::new(|r| r.ipmi.as_mut().unwrap().privilege_level = "ROOT".into()), "privilege_level"),
+            (Box::new(|r| r.ipmi = None), "ipmi is required"),
+            (Box::new(|r| r.port = 70000), "port 70000"),
+        ];
+        for (mutate, want) in cases {
+            let mut r = request();
+            mutate(&mut r);
+            let err = ConsoleSpec::from_request(r).unwrap_err();
+            assert!(matches!(err, ConsoleError::InvalidArgument(_)), "{err}");
+            assert!(err.to_string().contains(want), "{err} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn host_names_and_ipv6_are_addresses() {
+        assert!(is_host("bmc-1.example.org"));
+        assert!(is_host("::1"));
+        assert!(!is_host("1.2.3.999"));
+        assert!(!is_host(""));
+    }
+}
