@@ -63,6 +63,15 @@ pub enum Backend {
     Socat,
 }
 
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Socat => "socat",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsoleConfig {
@@ -96,6 +105,9 @@ pub struct ConsoleConfig {
     pub retry_max_backoff: Duration,
     pub ipmitool_path: PathBuf,
     pub socat_path: PathBuf,
+    /// The program socat runs per connection as `<helper> sol-exec`;
+    /// defaults to this console-svc binary.
+    pub sol_exec_helper: Option<PathBuf>,
     /// The longest SIGTERM may take to stop every console.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -144,6 +156,7 @@ impl Default for ConsoleConfig {
             retry_max_backoff: Duration::from_secs(30),
             ipmitool_path: "ipmitool".into(),
             socat_path: "socat".into(),
+            sol_exec_helper: None,
             shutdown_timeout: Duration::from_secs(10),
         }
     }

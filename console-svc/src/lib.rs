@@ -12,11 +12,17 @@
 //! - [`grpc`]: `console.v1.ConsoleService`, health and reflection.
 //! - [`cli`]: the operator's client commands.
 
+pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod grpc;
+pub mod manager;
 pub mod ports;
 pub mod process;
 pub mod secret;
+pub mod server;
 pub mod sol;
 pub mod spec;
+pub use server::{run, RunError};

@@ -1,1 +1,60 @@
-fn main() {}
+//! The `console-svc` binary: parse the command line, set up logging, and
+//! hand over to the library (`console_svc::run` or a client command).
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use console_svc::cli::{self, Cli, Command};
+use console_svc::config::{Config, LogFormat};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Command::SolExec = cli.command {
+        // Runs under socat for each console connection; only returns on failure.
+        return Err(console_svc::sol::socat::sol_exec()).context("console-svc sol-exec");
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::load(args.config.as_deref(), std::env::vars(), &args.overrides())?;
+            init_tracing(config.service.log_format);
+            runtime.block_on(serve(config))
+        }
+        other => {
+            init_tracing(LogFormat::Text);
+            runtime.block_on(cli::run_client(other, &mut std::io::stdout()))
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.service.listen)
+        .await
+        .with_context(|| format!("binding the gRPC port {}", config.service.listen))?;
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping every console"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping every console"),
+        }
+        on_signal.cancel();
+    });
+    console_svc::run(listener, config, shutdown).await?;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTHOLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

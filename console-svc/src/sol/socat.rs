@@ -1,1 +1,320 @@
-//! The socat serial backend (being written).
+//! The socat serial backend: Ironic's process layout, supervised.
+//!
+//! One `socat TCP-LISTEN:P,bind=A,reuseaddr,fork,max-children=1
+//! EXEC:"console-svc sol-exec",pty,raw,echo=0,stderr` per console. For each
+//! connection socat runs `console-svc sol-exec`, which runs `ipmitool ... sol
+//! deactivate` and then becomes `ipmitool ... sol activate` (exec), so every
+//! activation is preceded by a deactivate. ipmitool's argv reaches the helper
+//! in `PORTHOLE_SOL_ARGV` (no secret in it); the password is the sealed memfd
+//! at fd 3 that socat and its children inherit.
+//!
+//! ```text
+//!  start ──▶ spawned ──"listening on"──▶ serving ──socat died──▶ FAILED ──backoff──▶ spawned
+//!                                           │ stop
+//!                                           ▼
+//!                       SIGTERM group ─kill_timeout─▶ SIGKILL ─▶ sol deactivate (if used)
+//! ```
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{ChildStderr, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use super::ipmitool::IpmiTool;
+use super::{ConsoleContext, Health, LogSnapshot, RunningConsole, SerialBackend, SolError};
+use crate::backoff::Backoff;
+use crate::process::Supervised;
+
+/// Where the helper finds ipmitool's argv.
+pub const SOL_ARGV_ENV: &str = "PORTHOLE_SOL_ARGV";
+
+#[derive(Clone, Debug)]
+pub struct SocatSettings {
+    pub socat: PathBuf,
+    pub ipmitool: PathBuf,
+    /// The `console-svc` binary, run by socat as `console-svc sol-exec`.
+    pub helper: PathBuf,
+    pub subprocess_timeout: Duration,
+    /// socat's `-T`: close an idle connection; zero disables it.
+    pub terminal_timeout: Duration,
+    pub retry_max_backoff: Duration,
+}
+
+pub struct SocatBackend {
+    settings: SocatSettings,
+}
+
+impl SocatBackend {
+    pub fn new(settings: SocatSettings) -> Result<Self, SolError> {
+        let helper = settings.helper.to_string_lossy();
+        // socat splits EXEC's string on spaces and its own separators.
+        if helper.chars().any(|c| c.is_whitespace() || ",:!'\"\\%".contains(c)) {
+            return Err(SolError::Spawn {
+                program: "socat",
+                source: std::io::Error::other(format!(
+                    "the helper path {helper:?} has a character socat's EXEC cannot carry"
+                )),
+            });
+        }
+        Ok(Self { settings })
+    }
+}
+
+#[async_trait]
+impl SerialBackend for SocatBackend {
+    fn name(&self) -> &'static str {
+        "socat"
+    }
+
+    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
+        let tool = IpmiTool::new(
+            self.settings.ipmitool.as_os_str(),
+            ctx.ipmi.clone(),
+            self.settings.subprocess_timeout,
+            ctx.processes.clone(),
+        );
+        ctx.fence.check().await?;
+        let instance = Instance {
+            settings: self.settings.clone(),
+            tool,
+            used: Arc::new(AtomicBool::new(false)),
+            ctx,
+        };
+        let first = instance.spawn_ready().await?;
+        let stop = instance.ctx.cancel.child_token();
+        let span = tracing::info_span!("socat", node = %instance.ctx.node, port = instance.ctx.listen.port());
+        let task = tokio::spawn(instance.supervise(first, stop.clone()).instrument(span));
+        Ok(Box::new(SocatConsole { stop, task }))
+    }
+}
+
+struct SocatConsole {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+#[async_trait]
+impl RunningConsole for SocatConsole {
+    async fn stop(self: Box<Self>) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    fn log(&self, _max_bytes: usize) -> Option<LogSnapshot> {
+        None
+    }
+}
+
+/// One console's socat, respawned as long as the console is enabled.
+struct Instance {
+    settings: SocatSettings,
+    tool: IpmiTool,
+    /// A connection was accepted since the last `sol deactivate`.
+    used: Arc<AtomicBool>,
+    ctx: ConsoleContext,
+}
+
+/// A running socat and what its stderr told us.
+struct Spawned {
+    child: Supervised,
+    last_error: watch::Receiver<String>,
+}
+
+impl Instance {
+    fn command(&self) -> Result<Command, SolError> {
+        let s = &self.settings;
+        let listen = self.ctx.listen;
+        let mut argv: Vec<OsString> = vec![s.ipmitool.clone().into()];
+        argv.extend(self.tool.args(&["sol", "activate"]));
+        let argv: Vec<String> = argv
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut cmd = Command::new(&s.socat);
+        cmd.args(["-d", "-d"]);
+        if !s.terminal_timeout.is_zero() {
+            cmd.arg(format!("-T{}", s.terminal_timeout.as_secs_f64()));
+        }
+        let bind = match listen.ip() {
+            std::net::IpAddr::V6(v6) => format!("TCP6-LISTEN:{},bind=[{v6}]", listen.port()),
+            ip => format!("TCP4-LISTEN:{},bind={ip}", listen.port()),
+        };
+        cmd.arg(format!("{bind},reuseaddr,fork,max-children=1"))
+            .arg(format!(
+                "EXEC:{} sol-exec,pty,raw,echo=0,stderr",
+                s.helper.display()
+            ))
+            .env(SOL_ARGV_ENV, serde_json::to_string(&argv).expect("strings serialize"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        self.tool.password_fd()?.attach(&mut cmd);
+        Ok(cmd)
+    }
+
+    /// Spawn socat and wait until it listens (or says why it cannot).
+    async fn spawn_ready(&self) -> Result<Spawned, SolError> {
+        let mut cmd = self.command()?;
+        let label = format!("socat console {}", self.ctx.node);
+        let mut child = self
+            .ctx
+            .processes
+            .spawn(&mut cmd, &label)
+            .map_err(|source| SolError::Spawn { program: "socat", source })?;
+        let stderr = child.child_mut().stderr.take().expect("piped");
+        let (ready_tx, mut ready) = watch::channel(false);
+        let (error_tx, last_error) = watch::channel(String::new());
+        tokio::spawn(follow_stderr(stderr, ready_tx, error_tx, self.used.clone()).in_current_span());
+        let waited = tokio::time::timeout(self.settings.subprocess_timeout, async {
+            tokio::select! {
+                r = ready.wait_for(|r| *r) => r.is_ok(),
+                _ = child.wait() => false,
+            }
+        })
+        .await;
+        match waited {
+            Ok(true) => {
+                info!(pid = child.pid(), "socat is listening");
+                Ok(Spawned { child, last_error })
+            }
+            Ok(false) => {
+                child.terminate().await;
+                let detail = last_error.borrow().clone();
+                if detail.contains("Address already in use") {
+                    return Err(SolError::PortInUse { addr: self.ctx.listen });
+                }
+                Err(SolError::EarlyExit { program: "socat", detail })
+            }
+            Err(_) => {
+                child.terminate().await;
+                Err(SolError::Timeout {
+                    what: format!("socat listening on {}", self.ctx.listen),
+                    timeout: self.settings.subprocess_timeout,
+                })
+            }
+        }
+    }
+
+    async fn supervise(self, first: Spawned, stop: CancellationToken) {
+        let mut current = Some(first);
+        let mut backoff = Backoff::new(Duration::from_secs(1), self.settings.retry_max_backoff);
+        loop {
+            let Some(mut running) = current.take() else {
+                let wait = backoff.next_delay();
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                match self.spawn_ready().await {
+                    Ok(s) => {
+                        let _ = self.ctx.health.send(Health::Ok);
+                        current = Some(s);
+                    }
+                    Err(e) => self.failed(format!("socat could not be restarted: {e}")),
+                }
+                continue;
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    running.child.terminate().await;
+                    break;
+                }
+                status = running.child.wait() => {
+                    let why = running.last_error.borrow().clone();
+                    running.child.terminate().await;
+                    self.failed(format!("socat exited ({}): {why}", fmt_status(status)));
+                }
+            }
+        }
+        self.end_session().await;
+    }
+
+    fn failed(&self, why: String) {
+        warn!(%why, "socat console failed; restarting with backoff");
+        let _ = self
+            .ctx
+            .health
+            .send(Health::Failed(format!("{why}; restarting with backoff")));
+    }
+
+    /// `sol deactivate` if a connection may have left SOL active (a killed
+    /// ipmitool does not end its session).
+    async fn end_session(&self) {
+        if self.used.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.tool.deactivate().await {
+                warn!(error = %e, "sol deactivate after stop failed");
+            }
+        }
+    }
+}
+
+fn fmt_status(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Read socat's `-d -d` log: readiness, connections, its last error.
+async fn follow_stderr(
+    stderr: ChildStderr,
+    ready: watch::Sender<bool>,
+    last_error: watch::Sender<String>,
+    used: Arc<AtomicBool>,
+) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        debug!(target: "socat", "{line}");
+        if line.contains(" N listening on ") {
+            ready.send_replace(true);
+        } else if line.contains(" N accepting connection from ") {
+            used.store(true, Ordering::SeqCst);
+        } else if let Some((_, msg)) = line.split_once("] E ") {
+            last_error.send_replace(msg.to_owned());
+        }
+    }
+}
+
+/// `console-svc sol-exec`, run by socat for each connection: deactivate,
+/// then become `ipmitool ... sol activate`. Returns only on failure.
+pub fn sol_exec() -> std::io::Error {
+    let Some(raw) = std::env::var_os(SOL_ARGV_ENV) else {
+        return std::io::Error::other(format!("{SOL_ARGV_ENV} is not set: run by socat only"));
+    };
+    let argv: Vec<String> = match serde_json::from_str(&raw.to_string_lossy()) {
+        Ok(v) => v,
+        Err(e) => return std::io::Error::other(format!("{SOL_ARGV_ENV}: {e}")),
+    };
+    let Some((program, args)) = argv.split_first() else {
+        return std::io::Error::other(format!("{SOL_ARGV_ENV} is empty"));
+    };
+    if args.last().map(String::as_str) != Some("activate") {
+        return std::io::Error::other(format!("{SOL_ARGV_ENV} must end in 'sol activate'"));
+    }
+    let mut deactivate: Vec<&str> = args.iter().map(String::as_str).collect();
+    *deactivate.last_mut().expect("non-empty") = "deactivate";
+    // "already de-activated" is the usual answer; either way we go on.
+    let _ = std::process::Command::new(program)
+        .args(&deactivate)
+        .env_remove(SOL_ARGV_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    std::process::Command::new(program)
+        .args(args)
+        .env_remove(SOL_ARGV_ENV)
+        .exec()
+}

@@ -1,0 +1,275 @@
+//! The `console-svc` command line: `serve`, and the operator's client
+//! commands (`enable`, `disable`, `show`, `list`, `log`) that talk to a
+//! running service over gRPC. `main.rs` parses and dispatches; the client
+//! commands live here so tests can call them.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use porthole_proto::console::v1 as pb;
+use pb::console_service_client::ConsoleServiceClient;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(name = "console-svc", version, about = "Porthole's console service and its client")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Enable (or keep) a node's serial console.
+    Enable(EnableArgs),
+    /// Disable a node's console.
+    Disable(NodeArgs),
+    /// Show one node's console.
+    Show(NodeArgs),
+    /// List every console.
+    List(ClientArgs),
+    /// Print what a node's console printed recently (native backend).
+    Log(LogArgs),
+    /// Run by socat for each connection: sol deactivate, then sol activate.
+    #[command(hide = true)]
+    SolExec,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "PORTHOLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address (service.listen).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Serial backend: native or socat (console.backend).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// START:END, END excluded (console.port_range).
+    #[arg(long)]
+    pub port_range: Option<String>,
+    /// Address console ports bind to (console.socat_address).
+    #[arg(long)]
+    pub socat_address: Option<String>,
+    /// Where started processes are recorded (console.terminal_pid_dir).
+    #[arg(long)]
+    pub terminal_pid_dir: Option<PathBuf>,
+    /// Log lines as JSON (service.log_format = "json").
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+impl ServeArgs {
+    /// The flags given, as `(section, key, value)` config overrides.
+    pub fn overrides(&self) -> Vec<(&'static str, &'static str, toml::Value)> {
+        let s = |v: &str| toml::Value::String(v.to_owned());
+        let mut o = Vec::new();
+        if let Some(v) = &self.listen {
+            o.push(("service", "listen", s(&v.to_string())));
+        }
+        if let Some(v) = &self.backend {
+            o.push(("console", "backend", s(v)));
+        }
+        if let Some(v) = &self.port_range {
+            o.push(("console", "port_range", s(v)));
+        }
+        if let Some(v) = &self.socat_address {
+            o.push(("console", "socat_address", s(v)));
+        }
+        if let Some(v) = &self.terminal_pid_dir {
+            o.push(("console", "terminal_pid_dir", s(&v.to_string_lossy())));
+        }
+        if self.log_json {
+            o.push(("service", "log_format", s("json")));
+        }
+        o
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The console service's gRPC URL.
+    #[arg(long, env = "PORTHOLE_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    pub node: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EnableArgs {
+    pub node: String,
+    #[arg(long)]
+    pub bmc_address: String,
+    /// IPMI UDP port.
+    #[arg(long, default_value_t = 623)]
+    pub bmc_port: u16,
+    #[arg(long)]
+    pub bmc_username: String,
+    /// A file holding the BMC password (never on the command line).
+    #[arg(long)]
+    pub bmc_password_file: PathBuf,
+    /// ipmitool -C.
+    #[arg(long)]
+    pub cipher_suite: Option<u32>,
+    /// ipmitool -L (default ADMINISTRATOR).
+    #[arg(long, default_value = "")]
+    pub privilege_level: String,
+    /// A fixed console port inside the service's port range.
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    pub node: String,
+    /// Only the newest N bytes.
+    #[arg(long, default_value_t = 0)]
+    pub max_bytes: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Run a client command, writing its output to `out`.
+pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
+    match command {
+        Command::Enable(a) => {
+            let password = std::fs::read_to_string(&a.bmc_password_file)
+                .with_context(|| format!("reading {}", a.bmc_password_file.display()))?;
+            let req = pb::EnableConsoleRequest {
+                node_id: a.node,
+                kind: pb::ConsoleKind::Serial as i32,
+                ipmi: Some(pb::IpmiTarget {
+                    address: a.bmc_address,
+                    port: a.bmc_port.into(),
+                    username: a.bmc_username,
+                    password: password.trim_end_matches(['\r', '\n']).to_owned(),
+                    cipher_suite: a.cipher_suite,
+                    privilege_level: a.privilege_level,
+                }),
+                port: a.port.map(u32::from).unwrap_or(0),
+            };
+            let c = connect(&a.client).await?.enable_console(req).await?;
+            print_console(out, &c.into_inner(), a.client.json)
+        }
+        Command::Disable(a) => {
+            let req = pb::DisableConsoleRequest { node_id: a.node };
+            let c = connect(&a.client).await?.disable_console(req).await?;
+            print_console(out, &c.into_inner(), a.client.json)
+        }
+        Command::Show(a) => {
+            let req = pb::GetConsoleRequest { node_id: a.node };
+            let c = connect(&a.client).await?.get_console(req).await?;
+            print_console(out, &c.into_inner(), a.client.json)
+        }
+        Command::List(a) => {
+            let list = connect(&a).await?.list_consoles(pb::ListConsolesRequest {}).await?;
+            print_list(out, &list.into_inner().consoles, a.json)
+        }
+        Command::Log(a) => {
+            let req = pb::GetConsoleLogRequest { node_id: a.node, max_bytes: a.max_bytes };
+            let log = connect(&a.client).await?.get_console_log(req).await?.into_inner();
+            if a.client.json {
+                let v = serde_json::json!({
+                    "data": String::from_utf8_lossy(&log.data), "truncated": log.truncated });
+                writeln!(out, "{v}")?;
+            } else {
+                out.write_all(&log.data)?;
+            }
+            Ok(())
+        }
+        Command::Serve(_) | Command::SolExec => unreachable!("not client commands"),
+    }
+}
+
+async fn connect(args: &ClientArgs) -> Result<ConsoleServiceClient<Channel>> {
+    ConsoleServiceClient::connect(args.server.clone())
+        .await
+        .with_context(|| format!("connecting to console-svc at {}", args.server))
+}
+
+/// The JSON shape of a console, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct ConsoleView {
+    pub node_id: String,
+    pub kind: String,
+    pub state: String,
+    pub url: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    pub owner: String,
+    pub backend: String,
+    pub last_error: Option<String>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+impl From<&pb::Console> for ConsoleView {
+    fn from(c: &pb::Console) -> Self {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let name = |s: &str, prefix: &str| s.trim_start_matches(prefix).to_ascii_lowercase();
+        Self {
+            node_id: c.node_id.clone(),
+            kind: name(c.kind().as_str_name(), "CONSOLE_KIND_"),
+            state: name(c.state().as_str_name(), "CONSOLE_STATE_"),
+            url: some(&c.url),
+            host: some(&c.host),
+            port: (c.port != 0).then_some(c.port),
+            owner: c.owner.clone(),
+            backend: c.backend.clone(),
+            last_error: some(&c.last_error),
+            created_at: c.created_at.as_ref().map(ToString::to_string),
+            updated_at: c.updated_at.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+fn print_console(out: &mut impl Write, c: &pb::Console, json: bool) -> Result<()> {
+    let v = ConsoleView::from(c);
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    writeln!(out, "node:       {}", v.node_id)?;
+    writeln!(out, "state:      {}", v.state)?;
+    writeln!(out, "url:        {}", v.url.as_deref().unwrap_or("-"))?;
+    writeln!(out, "owner:      {} ({} backend)", v.owner, v.backend)?;
+    writeln!(out, "last_error: {}", v.last_error.as_deref().unwrap_or("-"))?;
+    writeln!(out, "updated_at: {}", v.updated_at.as_deref().unwrap_or("-"))?;
+    Ok(())
+}
+
+fn print_list(out: &mut impl Write, consoles: &[pb::Console], json: bool) -> Result<()> {
+    let views: Vec<ConsoleView> = consoles.iter().map(ConsoleView::from).collect();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&views)?)?;
+        return Ok(());
+    }
+    writeln!(out, "{:<36} {:<9} {:<28} LAST ERROR", "NODE", "STATE", "URL")?;
+    for v in views {
+        writeln!(
+            out,
+            "{:<36} {:<9} {:<28} {}",
+            v.node_id,
+            v.state,
+            v.url.as_deref().unwrap_or("-"),
+            v.last_error.as_deref().unwrap_or("-")
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,357 @@
+//! Console lifecycles: the one place that decides what state a node's
+//! console is in.
+//!
+//! The gRPC layer calls [`ConsoleManager`]; the manager assigns ports, asks
+//! the [`Coordinator`] for ownership, starts and stops backend consoles, and
+//! publishes every change to watchers. Enable and disable of one node are
+//! serialized by a per-node lock; different nodes never wait for each other.
+//!
+//! ```text
+//!            enable                 port accepts
+//!  (none) ──────────▶ STARTING ─────────────────▶ RUNNING ◀──┐ probe ok /
+//!     ▲                  │ start failed             │ BMC     │ session ok
+//!     │                  ▼                          ▼ failed  │
+//!     │               FAILED ◀──────────────────── FAILED ────┘ (retried with backoff)
+//!     │                  │ disable                  │ disable
+//!     └── enable ─── DISABLED ◀─────────────────────┘  (port kept for the node)
+//! ```
+
+mod supervise;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::config::Config;
+use crate::coordinator::{Coordinator, Fence, Ownership};
+use crate::error::ConsoleError;
+use crate::ports::PortAllocator;
+use crate::process::ProcessTable;
+use crate::sol::{ConsoleContext, Health, LogSnapshot, RunningConsole, SerialBackend, SolError};
+use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleState {
+    Starting,
+    Running,
+    Failed,
+    Disabled,
+}
+
+/// What callers see of a console.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleInfo {
+    pub node: NodeId,
+    pub kind: ConsoleKind,
+    pub state: ConsoleState,
+    /// Set while the port is open (STARTING excluded).
+    pub endpoint: Option<Endpoint>,
+    pub owner: String,
+    pub last_error: Option<String>,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub backend: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `tcp://host:port`, the URL nova-serialproxy is given.
+    pub fn url(&self) -> String {
+        format!("tcp://{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Clone)]
+pub struct ConsoleManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    backend: Arc<dyn SerialBackend>,
+    coordinator: Arc<dyn Coordinator>,
+    processes: Arc<ProcessTable>,
+    ports: Mutex<PortAllocator>,
+    slots: Mutex<HashMap<NodeId, Arc<Slot>>>,
+    events: broadcast::Sender<ConsoleInfo>,
+    cancel: CancellationToken,
+}
+
+/// One node's console. `op` serializes enable/disable; `state` is what
+/// readers see and is only held briefly.
+struct Slot {
+    op: tokio::sync::Mutex<()>,
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    info: ConsoleInfo,
+    spec: Option<ConsoleSpec>,
+    running: Option<Running>,
+}
+
+/// A started backend console and what keeps it company.
+struct Running {
+    console: Box<dyn RunningConsole>,
+    ownership: Ownership,
+    /// Stops the supervisor (health follower and BMC probe).
+    supervisor: CancellationToken,
+}
+
+impl ConsoleManager {
+    pub fn new(
+        config: Arc<Config>,
+        backend: Arc<dyn SerialBackend>,
+        coordinator: Arc<dyn Coordinator>,
+        processes: Arc<ProcessTable>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let ports = PortAllocator::new(config.console.port_range.clone());
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                backend,
+                coordinator,
+                processes,
+                ports: Mutex::new(ports),
+                slots: Mutex::default(),
+                events: broadcast::channel(1024).0,
+                cancel,
+            }),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<ConsoleInfo> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn get(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
+        let slot = self.slot(node).ok_or_else(|| ConsoleError::NotFound(node.to_string()))?;
+        let info = slot.state.lock().expect("slot lock").info.clone();
+        Ok(info)
+    }
+
+    pub fn list(&self) -> Vec<ConsoleInfo> {
+        let slots: Vec<Arc<Slot>> = self.inner.slots.lock().expect("slots").values().cloned().collect();
+        let mut all: Vec<ConsoleInfo> = slots
+            .iter()
+            .map(|s| s.state.lock().expect("slot lock").info.clone())
+            .collect();
+        all.sort_by(|a, b| a.node.cmp(&b.node));
+        all
+    }
+
+    pub fn log(&self, node: &NodeId, max_bytes: usize) -> Result<LogSnapshot, ConsoleError> {
+        let slot = self.slot(node).ok_or_else(|| ConsoleError::NotFound(node.to_string()))?;
+        let st = slot.state.lock().expect("slot lock");
+        let running = st.running.as_ref().ok_or_else(|| {
+            ConsoleError::NotFound(format!("{node} (console is not enabled)"))
+        })?;
+        // A copy out of an in-memory ring: cheap enough under the slot lock.
+        running.console.log(max_bytes).ok_or_else(|| {
+            ConsoleError::Unsupported(format!(
+                "the {} backend keeps no console log; use console.backend = \"native\"",
+                self.inner.backend.name()
+            ))
+        })
+    }
+
+    /// Start (or keep) a node's console; see the module doc for the states.
+    pub async fn enable(&self, spec: ConsoleSpec) -> Result<ConsoleInfo, ConsoleError> {
+        let slot = self.slot_or_insert(&spec.node);
+        let _op = slot.op.lock().await;
+        if self.inner.cancel.is_cancelled() {
+            return Err(ConsoleError::ShuttingDown);
+        }
+        {
+            let st = slot.state.lock().expect("slot lock");
+            if st.running.is_some() && st.spec.as_ref() == Some(&spec) {
+                return Ok(st.info.clone());
+            }
+        }
+        let port = self
+            .inner
+            .ports
+            .lock()
+            .expect("ports")
+            .assign(&spec.node, spec.requested_port)?;
+        // A changed spec (new BMC, new credentials) restarts on the same port.
+        self.stop_running(&slot).await;
+        self.update(&slot, |st| {
+            st.spec = Some(spec.clone());
+            st.info.state = ConsoleState::Starting;
+            st.info.endpoint = None;
+            st.info.last_error = None;
+        });
+        let span = info_span!("console", node = %spec.node, port);
+        self.start(&slot, spec, port).instrument(span).await
+    }
+
+    async fn start(
+        &self,
+        slot: &Arc<Slot>,
+        spec: ConsoleSpec,
+        port: u16,
+    ) -> Result<ConsoleInfo, ConsoleError> {
+        let inner = &self.inner;
+        let ownership = inner.coordinator.acquire(&spec.node).await?;
+        let (health_tx, health_rx) = watch::channel(Health::Ok);
+        let ctx = ConsoleContext {
+            node: spec.node.clone(),
+            ipmi: spec.ipmi.clone(),
+            listen: SocketAddr::new(inner.config.console.socat_address, port),
+            health: health_tx,
+            cancel: inner.cancel.child_token(),
+            fence: Fence::new(inner.coordinator.clone(), ownership.clone()),
+            processes: inner.processes.clone(),
+        };
+        let started = tokio::time::timeout(
+            inner.config.console.subprocess_timeout,
+            inner.backend.start(ctx),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(SolError::Timeout {
+                what: format!("starting the console on port {port}"),
+                timeout: inner.config.console.subprocess_timeout,
+            })
+        });
+        let console = match started {
+            Ok(console) => console,
+            Err(source) => {
+                warn!(error = %source, "console did not start");
+                let _ = inner.coordinator.release(&ownership).await;
+                self.update(slot, |st| {
+                    st.info.state = ConsoleState::Failed;
+                    st.info.last_error = Some(source.to_string());
+                });
+                return Err(ConsoleError::Start {
+                    node: spec.node.to_string(),
+                    source,
+                });
+            }
+        };
+        let supervisor = inner.cancel.child_token();
+        supervise::spawn(self.clone(), slot.clone(), &spec, health_rx, supervisor.clone());
+        let info = self.update(slot, |st| {
+            st.running = Some(Running {
+                console,
+                ownership,
+                supervisor,
+            });
+            st.info.state = ConsoleState::Running;
+            st.info.endpoint = Some(Endpoint {
+                host: inner.config.console.url_host(),
+                port,
+            });
+        });
+        info!(url = %info.endpoint.as_ref().map(Endpoint::url).unwrap_or_default(), "console running");
+        Ok(info)
+    }
+
+    /// Stop a node's console; its port stays reserved for it.
+    pub async fn disable(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
+        let Some(slot) = self.slot(node) else {
+            return Ok(self.blank(node.clone(), ConsoleState::Disabled));
+        };
+        let _op = slot.op.lock().await;
+        self.stop_running(&slot).await;
+        let info = self.update(&slot, |st| {
+            st.info.state = ConsoleState::Disabled;
+            st.info.endpoint = None;
+        });
+        info!(node = %node, "console disabled");
+        Ok(info)
+    }
+
+    /// Stop every console (SIGTERM path), each within the kill/shutdown
+    /// budget; consoles are stopped concurrently.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        let slots: Vec<Arc<Slot>> = self.inner.slots.lock().expect("slots").values().cloned().collect();
+        let stops = slots.iter().map(|slot| async move {
+            let _op = slot.op.lock().await;
+            self.stop_running(slot).await;
+            self.update(slot, |st| {
+                if st.info.state != ConsoleState::Disabled {
+                    st.info.state = ConsoleState::Disabled;
+                    st.info.endpoint = None;
+                }
+            });
+        });
+        let budget = self.inner.config.console.shutdown_timeout;
+        if tokio::time::timeout(budget, futures::future::join_all(stops))
+            .await
+            .is_err()
+        {
+            warn!(?budget, "some consoles did not stop within the shutdown budget");
+        }
+    }
+
+    async fn stop_running(&self, slot: &Arc<Slot>) {
+        let running = slot.state.lock().expect("slot lock").running.take();
+        if let Some(r) = running {
+            r.supervisor.cancel();
+            r.console.stop().await;
+            let _ = self.inner.coordinator.release(&r.ownership).await;
+        }
+    }
+
+    fn slot(&self, node: &NodeId) -> Option<Arc<Slot>> {
+        self.inner.slots.lock().expect("slots").get(node).cloned()
+    }
+
+    fn slot_or_insert(&self, node: &NodeId) -> Arc<Slot> {
+        let mut slots = self.inner.slots.lock().expect("slots");
+        slots
+            .entry(node.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    op: tokio::sync::Mutex::new(()),
+                    state: Mutex::new(SlotState {
+                        info: self.blank(node.clone(), ConsoleState::Starting),
+                        spec: None,
+                        running: None,
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    fn blank(&self, node: NodeId, state: ConsoleState) -> ConsoleInfo {
+        let now = SystemTime::now();
+        ConsoleInfo {
+            node,
+            kind: ConsoleKind::Serial,
+            state,
+            endpoint: None,
+            owner: self.inner.coordinator.replica_id().to_owned(),
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            backend: self.inner.backend.name(),
+        }
+    }
+
+    /// Change a slot's state and publish the result if anything changed.
+    fn update(&self, slot: &Slot, change: impl FnOnce(&mut SlotState)) -> ConsoleInfo {
+        let mut st = slot.state.lock().expect("slot lock");
+        let before = st.info.clone();
+        change(&mut st);
+        if st.info != before {
+            st.info.updated_at = SystemTime::now();
+            let _ = self.inner.events.send(st.info.clone());
+        }
+        st.info.clone()
+    }
+}

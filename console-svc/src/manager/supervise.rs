@@ -1,0 +1,136 @@
+//! The per-console supervisor: follows the backend's health and probes the
+//! BMC (`chassis power status`, never SOL) when the console starts, retrying
+//! with backoff until the BMC answers. Either source failing makes the
+//! console FAILED with a readable `last_error`; both fine makes it RUNNING.
+//!
+//! ```text
+//!  start ──probe──▶ ok ──▶ (idle; follows backend health)
+//!            │
+//!            └─fail─▶ FAILED ──wait 1s,2s,4s..──▶ probe again
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use super::{ConsoleManager, ConsoleState, Slot};
+use crate::backoff::Backoff;
+use crate::sol::ipmitool::IpmiTool;
+use crate::sol::Health;
+use crate::spec::ConsoleSpec;
+
+pub(super) fn spawn(
+    manager: ConsoleManager,
+    slot: Arc<Slot>,
+    spec: &ConsoleSpec,
+    health: watch::Receiver<Health>,
+    stop: CancellationToken,
+) {
+    let cfg = &manager.inner.config.console;
+    let tool = IpmiTool::new(
+        cfg.ipmitool_path.as_os_str(),
+        spec.ipmi.clone(),
+        cfg.subprocess_timeout,
+        manager.inner.processes.clone(),
+    );
+    let backoff = Backoff::new(Duration::from_secs(1), cfg.retry_max_backoff);
+    let span = tracing::info_span!("supervisor", node = %spec.node);
+    let sup = Supervisor {
+        manager,
+        slot,
+        tool,
+        health,
+        stop,
+        backoff,
+        probe_error: None,
+        backend_error: None,
+    };
+    tokio::spawn(sup.run().instrument(span));
+}
+
+struct Supervisor {
+    manager: ConsoleManager,
+    slot: Arc<Slot>,
+    tool: IpmiTool,
+    health: watch::Receiver<Health>,
+    stop: CancellationToken,
+    backoff: Backoff,
+    probe_error: Option<String>,
+    backend_error: Option<String>,
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let mut probe_at = Some(Instant::now());
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                changed = self.health.changed() => {
+                    if changed.is_err() {
+                        return; // the backend console is gone
+                    }
+                    self.backend_error = match &*self.health.borrow_and_update() {
+                        Health::Ok => None,
+                        Health::Failed(why) => Some(why.clone()),
+                    };
+                }
+                _ = sleep_until(probe_at), if probe_at.is_some() => {
+                    probe_at = self.probe().await;
+                }
+            }
+            self.publish();
+        }
+    }
+
+    /// One probe; returns when the next one is due (None: BMC is fine).
+    async fn probe(&mut self) -> Option<Instant> {
+        let result = tokio::select! {
+            _ = self.stop.cancelled() => return None,
+            r = self.tool.probe() => r,
+        };
+        match result {
+            Ok(()) => {
+                if self.probe_error.take().is_some() {
+                    info!("BMC answers again");
+                }
+                self.backoff.reset();
+                None
+            }
+            Err(e) => {
+                let wait = self.backoff.next_delay();
+                warn!(error = %e, retry_in = ?wait, "BMC probe failed");
+                self.probe_error = Some(format!("{e} (retrying in {}s)", wait.as_secs()));
+                Some(Instant::now() + wait)
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let error = self.backend_error.clone().or(self.probe_error.clone());
+        let stop = &self.stop;
+        self.manager.update(&self.slot, |st| {
+            if stop.is_cancelled() || st.running.is_none() {
+                return;
+            }
+            match error {
+                Some(why) => {
+                    st.info.state = ConsoleState::Failed;
+                    st.info.last_error = Some(why);
+                }
+                // last_error stays: the last problem it recovered from.
+                None => st.info.state = ConsoleState::Running,
+            }
+        });
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,121 @@
+//! `run`: the console service's one entry point, used by `main.rs` and by
+//! tests in-process.
+//!
+//! ```text
+//!  run ──▶ sweep leftovers of a crashed run ──▶ serve gRPC ──shutdown──▶ stop every console ──▶ return
+//! ```
+
+use std::sync::Arc;
+
+use porthole_proto::console::v1::console_service_server::ConsoleServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Backend, Config};
+use crate::coordinator::local::LocalCoordinator;
+use crate::coordinator::Coordinator;
+use crate::grpc::ConsoleApi;
+use crate::manager::ConsoleManager;
+use crate::process::ProcessTable;
+use crate::sol::native::NativeBackend;
+use crate::sol::socat::{SocatBackend, SocatSettings};
+use crate::sol::{SerialBackend, SolError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("terminal_pid_dir {dir}: {source}")]
+    PidDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("serial backend: {0}")]
+    Backend(#[from] SolError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serve `console.v1` on `listener` until `shutdown` is cancelled, then
+/// stop every console and return.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let pid_dir = config.console.terminal_pid_dir.clone();
+    let processes = ProcessTable::open(&pid_dir, config.console.kill_timeout)
+        .map_err(|source| RunError::PidDir { dir: pid_dir.clone(), source })?;
+    for left in processes
+        .sweep()
+        .await
+        .map_err(|source| RunError::PidDir { dir: pid_dir, source })?
+    {
+        warn!(pid = left.pid, label = %left.label, killed = left.killed, "cleaned up after a previous run");
+    }
+    let processes = Arc::new(processes);
+    let backend = backend(&config)?;
+    let coordinator: Arc<dyn Coordinator> =
+        Arc::new(LocalCoordinator::new(config.service.replica_id.clone()));
+    let manager = ConsoleManager::new(
+        config.clone(),
+        backend,
+        coordinator,
+        processes,
+        shutdown.child_token(),
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ConsoleServiceServer<ConsoleApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(porthole_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+          backend = config.console.backend.as_str(), "console-svc serving");
+    let stopper = {
+        let manager = manager.clone();
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            health
+                .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
+                .await;
+            manager.shutdown().await;
+        })
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ConsoleServiceServer::new(ConsoleApi::new(manager.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await;
+    shutdown.cancel();
+    let _ = stopper.await;
+    info!("console-svc stopped");
+    Ok(served?)
+}
+
+fn backend(config: &Config) -> Result<Arc<dyn SerialBackend>, RunError> {
+    let c = &config.console;
+    Ok(match c.backend {
+        Backend::Native => Arc::new(NativeBackend::new(config)),
+        Backend::Socat => Arc::new(SocatBackend::new(SocatSettings {
+            socat: c.socat_path.clone(),
+            ipmitool: c.ipmitool_path.clone(),
+            helper: c.sol_exec_helper.clone().unwrap_or_else(|| {
+                std::env::current_exe().unwrap_or_else(|_| "console-svc".into())
+            }),
+            subprocess_timeout: c.subprocess_timeout,
+            terminal_timeout: c.terminal_timeout,
+            retry_max_backoff: c.retry_max_backoff,
+        })?),
+    })
+}

@@ -1,0 +1,1 @@
+//! Test harness: real peers from ../shared/rig, console-svc processes, clients.
