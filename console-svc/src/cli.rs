@@ -9,13 +9,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use porthole_proto::console::v1 as pb;
 use pb::console_service_client::ConsoleServiceClient;
+use porthole_proto::console::v1 as pb;
 use serde::Serialize;
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
-#[command(name = "console-svc", version, about = "Porthole's console service and its client")]
+#[command(
+    name = "console-svc",
+    version,
+    about = "Porthole's console service and its client"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -95,7 +99,11 @@ impl ServeArgs {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The console service's gRPC URL.
-    #[arg(long, env = "PORTHOLE_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "PORTHOLE_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -178,12 +186,22 @@ pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
             print_console(out, &c.into_inner(), a.client.json)
         }
         Command::List(a) => {
-            let list = connect(&a).await?.list_consoles(pb::ListConsolesRequest {}).await?;
+            let list = connect(&a)
+                .await?
+                .list_consoles(pb::ListConsolesRequest {})
+                .await?;
             print_list(out, &list.into_inner().consoles, a.json)
         }
         Command::Log(a) => {
-            let req = pb::GetConsoleLogRequest { node_id: a.node, max_bytes: a.max_bytes };
-            let log = connect(&a.client).await?.get_console_log(req).await?.into_inner();
+            let req = pb::GetConsoleLogRequest {
+                node_id: a.node,
+                max_bytes: a.max_bytes,
+            };
+            let log = connect(&a.client)
+                .await?
+                .get_console_log(req)
+                .await?
+                .into_inner();
             if a.client.json {
                 let v = serde_json::json!({
                     "data": String::from_utf8_lossy(&log.data), "truncated": log.truncated });
@@ -249,8 +267,16 @@ fn print_console(out: &mut impl Write, c: &pb::Console, json: bool) -> Result<()
     writeln!(out, "state:      {}", v.state)?;
     writeln!(out, "url:        {}", v.url.as_deref().unwrap_or("-"))?;
     writeln!(out, "owner:      {} ({} backend)", v.owner, v.backend)?;
-    writeln!(out, "last_error: {}", v.last_error.as_deref().unwrap_or("-"))?;
-    writeln!(out, "updated_at: {}", v.updated_at.as_deref().unwrap_or("-"))?;
+    writeln!(
+        out,
+        "last_error: {}",
+        v.last_error.as_deref().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "updated_at: {}",
+        v.updated_at.as_deref().unwrap_or("-")
+    )?;
     Ok(())
 }
 
@@ -260,7 +286,11 @@ fn print_list(out: &mut impl Write, consoles: &[pb::Console], json: bool) -> Res
         writeln!(out, "{}", serde_json::to_string_pretty(&views)?)?;
         return Ok(());
     }
-    writeln!(out, "{:<36} {:<9} {:<28} LAST ERROR", "NODE", "STATE", "URL")?;
+    writeln!(
+        out,
+        "{:<36} {:<9} {:<28} LAST ERROR",
+        "NODE", "STATE", "URL"
+    )?;
     for v in views {
         writeln!(
             out,

@@ -30,7 +30,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub service: ServiceConfig,
@@ -175,16 +175,6 @@ impl Default for NativeConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            service: ServiceConfig::default(),
-            console: ConsoleConfig::default(),
-            native: NativeConfig::default(),
-        }
-    }
-}
-
 impl ConsoleConfig {
     /// The host console URLs name.
     pub fn url_host(&self) -> String {
@@ -308,8 +298,14 @@ mod tests {
         )
         .unwrap();
         let env = vec![
-            ("PORTHOLE_CONSOLE_PORT_RANGE".to_owned(), "12000:12010".to_owned()),
-            ("PORTHOLE_NATIVE_SCROLLBACK_BYTES".to_owned(), "100".to_owned()),
+            (
+                "PORTHOLE_CONSOLE_PORT_RANGE".to_owned(),
+                "12000:12010".to_owned(),
+            ),
+            (
+                "PORTHOLE_NATIVE_SCROLLBACK_BYTES".to_owned(),
+                "100".to_owned(),
+            ),
             ("UNRELATED".to_owned(), "x".to_owned()),
         ];
         let flags = [("console", "backend", toml::Value::String("native".into()))];

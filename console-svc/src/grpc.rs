@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::time::SystemTime;
 
 use futures::Stream;
-use porthole_proto::console::v1 as pb;
 use pb::console_service_server::ConsoleService;
+use porthole_proto::console::v1 as pb;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
@@ -97,11 +97,19 @@ fn async_stream(manager: ConsoleManager) -> impl Stream<Item = Result<pb::Consol
         let mut events = manager.subscribe();
         'snapshot: loop {
             for info in manager.list() {
-                if tx.send(Ok(event(pb::console_event::Type::Existing, Some(&info)))).await.is_err() {
+                if tx
+                    .send(Ok(event(pb::console_event::Type::Existing, Some(&info))))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
-            if tx.send(Ok(event(pb::console_event::Type::Synced, None))).await.is_err() {
+            if tx
+                .send(Ok(event(pb::console_event::Type::Synced, None)))
+                .await
+                .is_err()
+            {
                 return;
             }
             loop {
@@ -111,7 +119,11 @@ fn async_stream(manager: ConsoleManager) -> impl Stream<Item = Result<pb::Consol
                 };
                 match ev {
                     Ok(info) => {
-                        if tx.send(Ok(event(pb::console_event::Type::Changed, Some(&info)))).await.is_err() {
+                        if tx
+                            .send(Ok(event(pb::console_event::Type::Changed, Some(&info))))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }

@@ -1,6 +1,8 @@
 //! The `console-svc` binary: parse the command line, set up logging, and
 //! hand over to the library (`console_svc::run` or a client command).
 
+use std::io::IsTerminal;
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use console_svc::cli::{self, Cli, Command};
@@ -52,6 +54,7 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -17,6 +17,8 @@
 //! ```
 
 mod supervise;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -136,13 +138,22 @@ impl ConsoleManager {
     }
 
     pub fn get(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
-        let slot = self.slot(node).ok_or_else(|| ConsoleError::NotFound(node.to_string()))?;
+        let slot = self
+            .slot(node)
+            .ok_or_else(|| ConsoleError::NotFound(node.to_string()))?;
         let info = slot.state.lock().expect("slot lock").info.clone();
         Ok(info)
     }
 
     pub fn list(&self) -> Vec<ConsoleInfo> {
-        let slots: Vec<Arc<Slot>> = self.inner.slots.lock().expect("slots").values().cloned().collect();
+        let slots: Vec<Arc<Slot>> = self
+            .inner
+            .slots
+            .lock()
+            .expect("slots")
+            .values()
+            .cloned()
+            .collect();
         let mut all: Vec<ConsoleInfo> = slots
             .iter()
             .map(|s| s.state.lock().expect("slot lock").info.clone())
@@ -152,11 +163,14 @@ impl ConsoleManager {
     }
 
     pub fn log(&self, node: &NodeId, max_bytes: usize) -> Result<LogSnapshot, ConsoleError> {
-        let slot = self.slot(node).ok_or_else(|| ConsoleError::NotFound(node.to_string()))?;
+        let slot = self
+            .slot(node)
+            .ok_or_else(|| ConsoleError::NotFound(node.to_string()))?;
         let st = slot.state.lock().expect("slot lock");
-        let running = st.running.as_ref().ok_or_else(|| {
-            ConsoleError::NotFound(format!("{node} (console is not enabled)"))
-        })?;
+        let running = st
+            .running
+            .as_ref()
+            .ok_or_else(|| ConsoleError::NotFound(format!("{node} (console is not enabled)")))?;
         // A copy out of an in-memory ring: cheap enough under the slot lock.
         running.console.log(max_bytes).ok_or_else(|| {
             ConsoleError::Unsupported(format!(
@@ -242,12 +256,11 @@ impl ConsoleManager {
             }
         };
         let supervisor = inner.cancel.child_token();
-        supervise::spawn(self.clone(), slot.clone(), &spec, health_rx, supervisor.clone());
         let info = self.update(slot, |st| {
             st.running = Some(Running {
                 console,
                 ownership,
-                supervisor,
+                supervisor: supervisor.clone(),
             });
             st.info.state = ConsoleState::Running;
             st.info.endpoint = Some(Endpoint {
@@ -255,6 +268,7 @@ impl ConsoleManager {
                 port,
             });
         });
+        supervise::spawn(self.clone(), slot.clone(), &spec, health_rx, supervisor);
         info!(url = %info.endpoint.as_ref().map(Endpoint::url).unwrap_or_default(), "console running");
         Ok(info)
     }
@@ -278,7 +292,14 @@ impl ConsoleManager {
     /// budget; consoles are stopped concurrently.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
-        let slots: Vec<Arc<Slot>> = self.inner.slots.lock().expect("slots").values().cloned().collect();
+        let slots: Vec<Arc<Slot>> = self
+            .inner
+            .slots
+            .lock()
+            .expect("slots")
+            .values()
+            .cloned()
+            .collect();
         let stops = slots.iter().map(|slot| async move {
             let _op = slot.op.lock().await;
             self.stop_running(slot).await;
@@ -294,7 +315,10 @@ impl ConsoleManager {
             .await
             .is_err()
         {
-            warn!(?budget, "some consoles did not stop within the shutdown budget");
+            warn!(
+                ?budget,
+                "some consoles did not stop within the shutdown budget"
+            );
         }
     }
 

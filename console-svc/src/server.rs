@@ -47,13 +47,17 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let pid_dir = config.console.terminal_pid_dir.clone();
-    let processes = ProcessTable::open(&pid_dir, config.console.kill_timeout)
-        .map_err(|source| RunError::PidDir { dir: pid_dir.clone(), source })?;
-    for left in processes
-        .sweep()
-        .await
-        .map_err(|source| RunError::PidDir { dir: pid_dir, source })?
-    {
+    let processes =
+        ProcessTable::open(&pid_dir, config.console.kill_timeout).map_err(|source| {
+            RunError::PidDir {
+                dir: pid_dir.clone(),
+                source,
+            }
+        })?;
+    for left in processes.sweep().await.map_err(|source| RunError::PidDir {
+        dir: pid_dir,
+        source,
+    })? {
         warn!(pid = left.pid, label = %left.label, killed = left.killed, "cleaned up after a previous run");
     }
     let processes = Arc::new(processes);

@@ -113,7 +113,10 @@ impl IpmiTarget {
         // ipmitool reads the user name from argv; it goes through socat's EXEC
         // string too, whose separators must not appear in it.
         let username = p.username;
-        if username.len() > 16 || username.chars().any(|c| c.is_control() || ",:!'\"\\ ".contains(c))
+        if username.len() > 16
+            || username
+                .chars()
+                .any(|c| c.is_control() || ",:!'\"\\ ".contains(c))
         {
             return Err(ConsoleError::invalid(
                 "ipmi.username must be at most 16 characters without spaces, quotes, ',', ':', '!' or '\\'",
@@ -243,15 +246,34 @@ mod tests {
 
     #[test]
     fn rejects_bad_fields_with_a_reason() {
-        let cases: Vec<(Box<dyn Fn(&mut pb::EnableConsoleRequest)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut pb::EnableConsoleRequest)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|r| r.node_id.clear()), "node_id must not be empty"),
             (Box::new(|r| r.node_id = "a b".into()), "node_id"),
-            (Box::new(|r| r.ipmi.as_mut().unwrap().address = "300.1.1.1".into()), "ipmi.address"),
-            (Box::new(|r| r.ipmi.as_mut().unwrap().address = "bad host!".into()), "ipmi.address"),
-            (Box::new(|r| r.ipmi.as_mut().unwrap().port = 70000), "ipmi.port"),
-            (Box::new(|r| r.ipmi.as_mut().unwrap().username = "a,b".into()), "ipmi.username"),
-            (Box::new(|r| r.ipmi.as_mut().unwrap().cipher_suite = Some(99)), "cipher_suite"),
-            (Box::new(|r| r.ipmi.as_mut().unwrap().privilege_level = "ROOT".into()), "privilege_level"),
+            (
+                Box::new(|r| r.ipmi.as_mut().unwrap().address = "300.1.1.1".into()),
+                "ipmi.address",
+            ),
+            (
+                Box::new(|r| r.ipmi.as_mut().unwrap().address = "bad host!".into()),
+                "ipmi.address",
+            ),
+            (
+                Box::new(|r| r.ipmi.as_mut().unwrap().port = 70000),
+                "ipmi.port",
+            ),
+            (
+                Box::new(|r| r.ipmi.as_mut().unwrap().username = "a,b".into()),
+                "ipmi.username",
+            ),
+            (
+                Box::new(|r| r.ipmi.as_mut().unwrap().cipher_suite = Some(99)),
+                "cipher_suite",
+            ),
+            (
+                Box::new(|r| r.ipmi.as_mut().unwrap().privilege_level = "ROOT".into()),
+                "privilege_level",
+            ),
             (Box::new(|r| r.ipmi = None), "ipmi is required"),
             (Box::new(|r| r.port = 70000), "port 70000"),
         ];
@@ -260,7 +282,10 @@ mod tests {
             mutate(&mut r);
             let err = ConsoleSpec::from_request(r).unwrap_err();
             assert!(matches!(err, ConsoleError::InvalidArgument(_)), "{err}");
-            assert!(err.to_string().contains(want), "{err} should mention {want}");
+            assert!(
+                err.to_string().contains(want),
+                "{err} should mention {want}"
+            );
         }
     }
 

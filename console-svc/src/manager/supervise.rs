@@ -66,12 +66,14 @@ struct Supervisor {
 impl Supervisor {
     async fn run(mut self) {
         let mut probe_at = Some(Instant::now());
+        let mut backend_alive = true;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
-                changed = self.health.changed() => {
+                changed = self.health.changed(), if backend_alive => {
                     if changed.is_err() {
-                        return; // the backend console is gone
+                        backend_alive = false; // the backend reports no more
+                        continue;
                     }
                     self.backend_error = match &*self.health.borrow_and_update() {
                         Health::Ok => None,

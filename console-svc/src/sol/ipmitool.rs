@@ -105,13 +105,13 @@ impl IpmiTool {
             .stderr(Stdio::piped())
             .process_group(0);
         let what = format!("ipmitool {}", command.join(" "));
-        let mut child = self
-            .processes
-            .spawn(&mut cmd, &what)
-            .map_err(|source| SolError::Spawn {
-                program: "ipmitool",
-                source,
-            })?;
+        let mut child =
+            self.processes
+                .spawn(&mut cmd, &what)
+                .map_err(|source| SolError::Spawn {
+                    program: "ipmitool",
+                    source,
+                })?;
         let mut stdout = child.child_mut().stdout.take().expect("piped");
         let mut stderr = child.child_mut().stderr.take().expect("piped");
         let io = async {
@@ -158,7 +158,11 @@ impl IpmiTool {
 
     /// Is the BMC there and does it accept our credentials? Never touches SOL.
     pub async fn probe(&self) -> Result<(), SolError> {
-        self.run(&["chassis", "power", "status"]).await.map(drop)
+        // One-second timeout, two retries: an answer in ~2 s either way
+        // (ipmitool's defaults take far longer to give up).
+        self.run(&["-N", "1", "-R", "2", "chassis", "power", "status"])
+            .await
+            .map(drop)
     }
 }
 
@@ -278,7 +282,10 @@ mod tests {
         cmd.args(["-c", "cat /dev/fd/3; echo; cat /dev/fd/3"]);
         tool().password_fd().unwrap().attach(&mut cmd);
         let out = cmd.output().await.unwrap();
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), "s3cret-pw\ns3cret-pw");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "s3cret-pw\ns3cret-pw"
+        );
     }
 
     #[test]

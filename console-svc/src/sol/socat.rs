@@ -59,7 +59,10 @@ impl SocatBackend {
     pub fn new(settings: SocatSettings) -> Result<Self, SolError> {
         let helper = settings.helper.to_string_lossy();
         // socat splits EXEC's string on spaces and its own separators.
-        if helper.chars().any(|c| c.is_whitespace() || ",:!'\"\\%".contains(c)) {
+        if helper
+            .chars()
+            .any(|c| c.is_whitespace() || ",:!'\"\\%".contains(c))
+        {
             return Err(SolError::Spawn {
                 program: "socat",
                 source: std::io::Error::other(format!(
@@ -155,7 +158,10 @@ impl Instance {
                 "EXEC:{} sol-exec,pty,raw,echo=0,stderr",
                 s.helper.display()
             ))
-            .env(SOL_ARGV_ENV, serde_json::to_string(&argv).expect("strings serialize"))
+            .env(
+                SOL_ARGV_ENV,
+                serde_json::to_string(&argv).expect("strings serialize"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -172,11 +178,16 @@ impl Instance {
             .ctx
             .processes
             .spawn(&mut cmd, &label)
-            .map_err(|source| SolError::Spawn { program: "socat", source })?;
+            .map_err(|source| SolError::Spawn {
+                program: "socat",
+                source,
+            })?;
         let stderr = child.child_mut().stderr.take().expect("piped");
         let (ready_tx, mut ready) = watch::channel(false);
         let (error_tx, last_error) = watch::channel(String::new());
-        tokio::spawn(follow_stderr(stderr, ready_tx, error_tx, self.used.clone()).in_current_span());
+        tokio::spawn(
+            follow_stderr(stderr, ready_tx, error_tx, self.used.clone()).in_current_span(),
+        );
         let waited = tokio::time::timeout(self.settings.subprocess_timeout, async {
             tokio::select! {
                 r = ready.wait_for(|r| *r) => r.is_ok(),
@@ -193,9 +204,14 @@ impl Instance {
                 child.terminate().await;
                 let detail = last_error.borrow().clone();
                 if detail.contains("Address already in use") {
-                    return Err(SolError::PortInUse { addr: self.ctx.listen });
+                    return Err(SolError::PortInUse {
+                        addr: self.ctx.listen,
+                    });
                 }
-                Err(SolError::EarlyExit { program: "socat", detail })
+                Err(SolError::EarlyExit {
+                    program: "socat",
+                    detail,
+                })
             }
             Err(_) => {
                 child.terminate().await;

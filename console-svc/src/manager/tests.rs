@@ -1,0 +1,207 @@
+//! Manager unit tests with an in-memory backend; `ipmitool_path` is `true`
+//! or `false` so the BMC probe succeeds or fails without a BMC.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use porthole_proto::console::v1 as pb;
+
+use super::*;
+use crate::coordinator::local::LocalCoordinator;
+use crate::error::ConsoleError;
+use crate::ports::PortError;
+
+#[derive(Default)]
+struct FakeBackend {
+    started: AtomicUsize,
+    running: Arc<AtomicUsize>,
+}
+
+struct FakeConsole {
+    running: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl SerialBackend for FakeBackend {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
+        if ctx.node.as_str() == "port-in-use" {
+            return Err(SolError::PortInUse { addr: ctx.listen });
+        }
+        self.started.fetch_add(1, Ordering::SeqCst);
+        self.running.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(FakeConsole {
+            running: self.running.clone(),
+        }))
+    }
+}
+
+#[async_trait]
+impl RunningConsole for FakeConsole {
+    async fn stop(self: Box<Self>) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn log(&self, _max_bytes: usize) -> Option<LogSnapshot> {
+        Some(LogSnapshot {
+            data: b"hello".to_vec(),
+            truncated: false,
+        })
+    }
+}
+
+fn manager(range: &str, ipmitool: &str) -> (ConsoleManager, Arc<FakeBackend>) {
+    let mut config = Config::default();
+    config.console.port_range = range.parse().unwrap();
+    config.console.ipmitool_path = ipmitool.into();
+    let dir = std::env::temp_dir().join(format!(
+        "porthole-mgr-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let processes = Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap());
+    let backend = Arc::new(FakeBackend::default());
+    let m = ConsoleManager::new(
+        Arc::new(config),
+        backend.clone(),
+        Arc::new(LocalCoordinator::new("replica-a")),
+        processes,
+        CancellationToken::new(),
+    );
+    (m, backend)
+}
+
+use std::time::Duration;
+
+fn spec(node: &str, port: u32) -> ConsoleSpec {
+    ConsoleSpec::from_request(pb::EnableConsoleRequest {
+        node_id: node.into(),
+        kind: pb::ConsoleKind::Serial as i32,
+        ipmi: Some(pb::IpmiTarget {
+            address: "127.0.0.1".into(),
+            port: 21100,
+            username: "admin".into(),
+            password: "pw".into(),
+            cipher_suite: Some(3),
+            privilege_level: String::new(),
+        }),
+        port,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn enable_is_idempotent_and_ports_are_sticky() {
+    let (m, backend) = manager("12000:12005", "true");
+    let a = m.enable(spec("a", 0)).await.unwrap();
+    assert_eq!(a.state, ConsoleState::Running);
+    assert_eq!(a.endpoint.as_ref().unwrap().url(), "tcp://127.0.0.1:12000");
+    assert_eq!(a.owner, "replica-a");
+    let again = m.enable(spec("a", 0)).await.unwrap();
+    assert_eq!(again.endpoint, a.endpoint);
+    assert_eq!(backend.started.load(Ordering::SeqCst), 1, "no restart");
+
+    let b = m.enable(spec("b", 0)).await.unwrap();
+    assert_eq!(b.endpoint.unwrap().port, 12001);
+    let off = m.disable(&spec("a", 0).node).await.unwrap();
+    assert_eq!(off.state, ConsoleState::Disabled);
+    assert!(off.endpoint.is_none());
+    assert_eq!(backend.running.load(Ordering::SeqCst), 1);
+    let back = m.enable(spec("a", 0)).await.unwrap();
+    assert_eq!(
+        back.endpoint.unwrap().port,
+        12000,
+        "same port after disable"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_spec_restarts_on_the_same_port() {
+    let (m, backend) = manager("12000:12005", "true");
+    m.enable(spec("a", 0)).await.unwrap();
+    let mut changed = spec("a", 0);
+    changed.ipmi.cipher_suite = 1;
+    let info = m.enable(changed).await.unwrap();
+    assert_eq!(info.endpoint.unwrap().port, 12000);
+    assert_eq!(backend.started.load(Ordering::SeqCst), 2);
+    assert_eq!(backend.running.load(Ordering::SeqCst), 1, "old one stopped");
+}
+
+#[tokio::test]
+async fn exhaustion_and_bad_ports_are_errors() {
+    let (m, _) = manager("12000:12001", "true");
+    m.enable(spec("a", 0)).await.unwrap();
+    let err = m.enable(spec("b", 0)).await.unwrap_err();
+    assert!(
+        matches!(err, ConsoleError::Port(PortError::Exhausted { .. })),
+        "{err}"
+    );
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(status.message().contains("12000:12001"));
+    let err = m.enable(spec("c", 13000)).await.unwrap_err();
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn a_start_failure_is_reported_and_recorded() {
+    let (m, _) = manager("12000:12005", "true");
+    let err = m.enable(spec("port-in-use", 0)).await.unwrap_err();
+    assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
+    let info = m.get(&spec("port-in-use", 0).node).unwrap();
+    assert_eq!(info.state, ConsoleState::Failed);
+    assert!(info.last_error.unwrap().contains("already in use"));
+}
+
+#[tokio::test]
+async fn an_unreachable_bmc_makes_the_console_failed() {
+    let (m, _) = manager("12000:12005", "false");
+    let mut events = m.subscribe();
+    m.enable(spec("a", 0)).await.unwrap();
+    let failed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.state == ConsoleState::Failed {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("console turns FAILED");
+    let why = failed.last_error.unwrap();
+    assert!(
+        why.contains("BMC 127.0.0.1:21100") && why.contains("retrying"),
+        "{why}"
+    );
+    assert!(
+        failed.endpoint.is_some(),
+        "the port stays open while retrying"
+    );
+}
+
+#[tokio::test]
+async fn get_list_log_and_shutdown() {
+    let (m, backend) = manager("12000:12005", "true");
+    m.enable(spec("b", 0)).await.unwrap();
+    m.enable(spec("a", 0)).await.unwrap();
+    let nodes: Vec<String> = m.list().iter().map(|c| c.node.to_string()).collect();
+    assert_eq!(nodes, ["a", "b"]);
+    assert_eq!(m.log(&spec("a", 0).node, 0).unwrap().data, b"hello");
+    assert!(matches!(
+        m.get(&NodeId::parse("zzz").unwrap()),
+        Err(ConsoleError::NotFound(_))
+    ));
+    m.shutdown().await;
+    assert_eq!(backend.running.load(Ordering::SeqCst), 0);
+    assert!(m.list().iter().all(|c| c.state == ConsoleState::Disabled));
+    assert!(matches!(
+        m.enable(spec("c", 0)).await,
+        Err(ConsoleError::ShuttingDown)
+    ));
+}
