@@ -1,1 +1,0 @@
-//! The native serial backend (being written).

@@ -1,0 +1,226 @@
+//! The native serial backend: console-svc listens on the console's port
+//! itself and bridges every connection to one `ipmitool sol activate` that
+//! runs under a raw pty while at least one viewer is attached.
+//!
+//! The manager (through [`SerialBackend`]) calls [`NativeBackend::start`] per
+//! console and later [`RunningConsole::stop`]. Pieces:
+//!
+//! - `hub`: one task per console; owns the session, viewers, scrollback, log.
+//! - `session`: the SOL session's states and its I/O events.
+//! - `launcher`: `sol deactivate` / `sol activate` under a pty ([`crate::sol::pty`]).
+//! - `viewer`: one TCP connection, its bounded output queue and idle timeout.
+//! - `ring`, `logfile`: scrollback and log ring; `<log_dir>/<node>.log`.
+//!
+//! SOL session lifecycle:
+//!
+//! ```text
+//!        first viewer          banner          last viewer left       linger over
+//!  idle ─────────────▶ activating ───▶ active ─────────────────▶ lingering ─────────▶ idle
+//!   ▲   (fence check,       │             │  ▲   viewer came back    │ (sol deactivate,
+//!   │    sol deactivate)    │ failed      │  └───────────────────────┘  terminate group)
+//!   │                       ▼             │ ipmitool exited
+//!   └── no viewers ──── backoff ◀─────────┘   Health::Failed, one line to viewers,
+//!                        │  ▲                  retry after 1 s, 2 s, 4 s, ... ≤ retry_max_backoff
+//!                        └──┘ delay over: activating again
+//! ```
+//!
+//! Several viewers share the session: all see its output, all may type.
+//! Bytes pass 8-bit clean, with no telnet processing.
+
+mod hub;
+mod launcher;
+mod logfile;
+mod ring;
+mod session;
+mod viewer;
+
+#[cfg(test)]
+mod backend_tests;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use self::hub::{HubConfig, HubHandle, Join};
+use self::launcher::IpmiLauncher;
+use super::ipmitool::IpmiTool;
+use super::{ConsoleContext, LogSnapshot, RunningConsole, SerialBackend, SolError};
+use crate::config::{Config, NativeConfig};
+use crate::spec::NodeId;
+
+/// What the native backend needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct NativeSettings {
+    pub native: NativeConfig,
+    pub ipmitool: PathBuf,
+    /// The longest an ipmitool command (or an activation) may take.
+    pub subprocess_timeout: Duration,
+    /// A viewer with no traffic either way for this long is closed; zero:
+    /// never.
+    pub terminal_timeout: Duration,
+    pub retry_max_backoff: Duration,
+}
+
+impl NativeSettings {
+    pub fn from_config(config: &Config) -> Self {
+        let c = &config.console;
+        Self {
+            native: config.native.clone(),
+            ipmitool: c.ipmitool_path.clone(),
+            subprocess_timeout: c.subprocess_timeout,
+            terminal_timeout: c.terminal_timeout,
+            retry_max_backoff: c.retry_max_backoff,
+        }
+    }
+}
+
+pub struct NativeBackend {
+    settings: NativeSettings,
+}
+
+impl NativeBackend {
+    pub fn new(config: &Config) -> Self {
+        Self::with_settings(NativeSettings::from_config(config))
+    }
+
+    pub fn with_settings(settings: NativeSettings) -> Self {
+        Self { settings }
+    }
+
+    fn hub_config(&self, node: &NodeId) -> HubConfig {
+        let n = &self.settings.native;
+        HubConfig {
+            scrollback_bytes: n.scrollback_bytes,
+            log_ring_bytes: n.log_ring_bytes,
+            log_file: n
+                .log_dir
+                .as_ref()
+                .map(|dir| (dir.join(format!("{node}.log")), n.log_file_max_bytes)),
+            linger: n.linger,
+            max_viewers: n.max_viewers,
+            terminal_timeout: self.settings.terminal_timeout,
+            retry_max_backoff: self.settings.retry_max_backoff,
+            viewer_queue: hub::VIEWER_QUEUE_CHUNKS,
+        }
+    }
+}
+
+#[async_trait]
+impl SerialBackend for NativeBackend {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
+        let span = tracing::error_span!("console", node = %ctx.node);
+        let listener = bind(ctx.listen).await?;
+        span.in_scope(|| info!(listen = %ctx.listen, "console listening"));
+        let s = &self.settings;
+        let tool = IpmiTool::new(
+            s.ipmitool.clone(),
+            ctx.ipmi.clone(),
+            s.subprocess_timeout,
+            ctx.processes.clone(),
+        );
+        let launcher = IpmiLauncher::new(tool, ctx.processes.clone(), s.subprocess_timeout);
+        let stop = ctx.cancel.child_token();
+        let hub = hub::spawn(
+            self.hub_config(&ctx.node),
+            Arc::new(launcher),
+            ctx.fence,
+            ctx.health,
+            stop.clone(),
+            span.clone(),
+        );
+        let acceptor =
+            tokio::spawn(accept_loop(listener, hub.joins(), stop.clone()).instrument(span));
+        // sol deactivate, then SIGTERM → SIGKILL, with room to spare.
+        let stop_bound =
+            s.subprocess_timeout + 2 * ctx.processes.kill_timeout() + Duration::from_secs(1);
+        Ok(Box::new(NativeConsole {
+            hub: Some(hub),
+            acceptor,
+            stop,
+            stop_bound,
+        }))
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, SolError> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            SolError::PortInUse { addr }
+        } else {
+            SolError::Listen { addr, source }
+        }
+    })
+}
+
+async fn accept_loop(listener: TcpListener, joins: mpsc::Sender<Join>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let join = Join {
+                    io: Box::new(stream),
+                    peer: peer.to_string(),
+                };
+                if joins.send(join).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                // Out of descriptors and the like: wait instead of spinning.
+                warn!(error = %e, "cannot accept a viewer");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A console served by the native backend.
+struct NativeConsole {
+    hub: Option<HubHandle>,
+    acceptor: JoinHandle<()>,
+    stop: CancellationToken,
+    stop_bound: Duration,
+}
+
+#[async_trait]
+impl RunningConsole for NativeConsole {
+    async fn stop(mut self: Box<Self>) {
+        self.stop.cancel();
+        let _ = (&mut self.acceptor).await;
+        if let Some(hub) = self.hub.take() {
+            hub.shutdown(self.stop_bound).await;
+        }
+    }
+
+    fn log(&self, max_bytes: usize) -> Option<LogSnapshot> {
+        self.hub.as_ref().map(|h| h.log(max_bytes))
+    }
+}
+
+impl Drop for NativeConsole {
+    /// Dropped without `stop`: the hub still winds down on its own.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
