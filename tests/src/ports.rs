@@ -4,9 +4,10 @@
 //! Slot `k` is the ports `BASE + k*WIDTH .. BASE + (k+1)*WIDTH`: the first is
 //! gRPC, the rest console ports. Slots are leased with a `flock` (see
 //! [`crate::pool`]) in a directory shared by every test process, and a slot
-//! whose ports another program holds is skipped. The base (default 26000,
-//! below the ephemeral range and clear of the rigs' layouts at 21000, 23000
-//! and 24000) is `$PORTHOLE_TEST_PORT_BASE`.
+//! whose ports another program holds is skipped. The base is
+//! `$PORTHOLE_TEST_PORT_BASE`, default 28000: below the ephemeral range and
+//! clear of the rig layouts the scripts use (demo 23000, test 24000, bench
+//! 26000, each up to base+700).
 
 use std::net::TcpListener;
 
@@ -15,7 +16,7 @@ use anyhow::{bail, Result};
 use crate::pool::{try_lock, FileLock};
 
 pub const PORT_BASE_ENV: &str = "PORTHOLE_TEST_PORT_BASE";
-const DEFAULT_BASE: u16 = 26000;
+const DEFAULT_BASE: u16 = 28000;
 const WIDTH: u16 = 40;
 const SLOTS: u16 = 100;
 
