@@ -30,6 +30,10 @@ use crate::procs::{self, Proc};
 pub const BIN_ENV: &str = "PORTHOLE_CONSOLE_SVC_BIN";
 /// console-svc's gRPC service name, as health and reflection report it.
 pub const SERVICE_NAME: &str = "porthole.console.v1.ConsoleService";
+/// A directory where each started console-svc leaves `<pid>` (holding its
+/// start time) while it runs, so scripts/test.sh can stop what a killed test
+/// run left behind.
+pub const SVC_PIDS_ENV: &str = "PORTHOLE_TEST_SVC_PIDS";
 /// How long a start may take before the test fails.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long SIGTERM may take before SIGKILL.
@@ -67,7 +71,11 @@ impl SvcOptions {
         Self {
             backend,
             ports: 8,
-            settings: vec![("console".into(), "retry_max_backoff".into(), "\"5s\"".into())],
+            settings: vec![(
+                "console".into(),
+                "retry_max_backoff".into(),
+                "\"5s\"".into(),
+            )],
             log_filter: "info,console_svc=debug".into(),
         }
     }
@@ -79,8 +87,10 @@ impl SvcOptions {
 
     /// Set `[section] key = literal` (a TOML literal: `"5s"` with quotes, `16`).
     pub fn set(mut self, section: &str, key: &str, literal: &str) -> Self {
-        self.settings.retain(|(s, k, _)| !(s == section && k == key));
-        self.settings.push((section.into(), key.into(), literal.into()));
+        self.settings
+            .retain(|(s, k, _)| !(s == section && k == key));
+        self.settings
+            .push((section.into(), key.into(), literal.into()));
         self
     }
 
@@ -189,7 +199,10 @@ impl ConsoleSvc {
         }
         all.sort_by_key(|p| p.pid);
         all.dedup();
-        self.seen.lock().expect("seen lock").extend(all.iter().cloned());
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .extend(all.iter().cloned());
         all
     }
 
@@ -199,6 +212,7 @@ impl ConsoleSvc {
         self.processes();
         child.kill().context("kill -9 console-svc")?;
         child.wait()?;
+        note_pid(child.id() as i32, false);
         Ok(())
     }
 
@@ -207,6 +221,7 @@ impl ConsoleSvc {
     pub fn stop(&mut self) -> Result<(bool, std::process::ExitStatus)> {
         let mut child = self.child.take().ok_or_else(|| anyhow!("not running"))?;
         self.processes();
+        let _forget = Forget(child.id() as i32);
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = std::time::Instant::now() + STOP_TIMEOUT;
@@ -224,12 +239,36 @@ impl ConsoleSvc {
         let (start, end) = self.port_range();
         let pid_dir = self.pid_dir();
         let mut items: Vec<(String, String, String)> = vec![
-            ("service".into(), "listen".into(), format!("\"127.0.0.1:{}\"", self.slot.grpc_port())),
-            ("service".into(), "replica_id".into(), format!("\"test-{}\"", self.slot.grpc_port())),
-            ("console".into(), "backend".into(), format!("\"{}\"", self.opts.backend.as_str())),
-            ("console".into(), "port_range".into(), format!("\"{start}:{end}\"")),
-            ("console".into(), "socat_address".into(), "\"127.0.0.1\"".into()),
-            ("console".into(), "terminal_pid_dir".into(), format!("{:?}", pid_dir.display().to_string())),
+            (
+                "service".into(),
+                "listen".into(),
+                format!("\"127.0.0.1:{}\"", self.slot.grpc_port()),
+            ),
+            (
+                "service".into(),
+                "replica_id".into(),
+                format!("\"test-{}\"", self.slot.grpc_port()),
+            ),
+            (
+                "console".into(),
+                "backend".into(),
+                format!("\"{}\"", self.opts.backend.as_str()),
+            ),
+            (
+                "console".into(),
+                "port_range".into(),
+                format!("\"{start}:{end}\""),
+            ),
+            (
+                "console".into(),
+                "socat_address".into(),
+                "\"127.0.0.1\"".into(),
+            ),
+            (
+                "console".into(),
+                "terminal_pid_dir".into(),
+                format!("{:?}", pid_dir.display().to_string()),
+            ),
         ];
         for (s, k, v) in &self.opts.settings {
             items.retain(|(s2, k2, _)| !(s2 == s && k2 == k));
@@ -241,10 +280,13 @@ impl ConsoleSvc {
 
     async fn spawn_and_wait(&mut self) -> Result<()> {
         let child = self.spawn()?;
+        note_pid(child.id() as i32, true);
         self.child = Some(child);
         if let Err(e) = self.wait_serving().await {
             let tail = self.log_tail(40);
-            return Err(e.context(format!("console-svc did not become healthy; its log:\n{tail}")));
+            return Err(e.context(format!(
+                "console-svc did not become healthy; its log:\n{tail}"
+            )));
         }
         Ok(())
     }
@@ -265,7 +307,9 @@ impl ConsoleSvc {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         let stderr = child.stderr.take().expect("piped");
         let log = self.log.clone();
         std::thread::spawn(move || {
@@ -320,6 +364,30 @@ impl Drop for ConsoleSvc {
     }
 }
 
+/// Add (or remove) `pid` in `$PORTHOLE_TEST_SVC_PIDS`, if set.
+fn note_pid(pid: i32, running: bool) {
+    let Some(dir) = std::env::var_os(SVC_PIDS_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let file = dir.join(pid.to_string());
+    if running {
+        let start = procs::stat(pid).map(|s| s.start).unwrap_or(0);
+        let _ =
+            std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(file, format!("{start}\n")));
+    } else {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// Removes a pid note when dropped (every way out of `stop`).
+struct Forget(i32);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        note_pid(self.0, false);
+    }
+}
+
 /// Ask `grpc.health.v1.Health/Check` about `service` ("" = the server).
 pub async fn health_status(url: &str, service: &str) -> Result<ServingStatus> {
     let channel = Endpoint::from_shared(url.to_owned())?
@@ -328,7 +396,9 @@ pub async fn health_status(url: &str, service: &str) -> Result<ServingStatus> {
         .connect()
         .await?;
     let resp = HealthClient::new(channel)
-        .check(HealthCheckRequest { service: service.into() })
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
         .await?
         .into_inner();
     Ok(resp.status())

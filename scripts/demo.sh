@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Porthole's demo: a serial console over IPMI SOL on a simulated BMC.
+#
+#   scripts/demo.sh                    # interactive; Ctrl-C stops everything
+#   scripts/demo.sh --check            # non-interactive: prove a byte round trip, then stop
+#   scripts/demo.sh --backend socat    # the socat backend instead of the native one
+#
+# Starts ../shared/rig (RIG_RUN_DIR=.run/demo/rig, RIG_BASE_PORT=23000 or
+# PORTHOLE_DEMO_RIG_BASE, 2 BMCs), builds console-svc (debug), runs
+# `console-svc serve` on 127.0.0.1:23950 with console ports 23900:23910,
+# enables node "demo-node" on bmc0 with the CLI and tells you how to be the
+# viewer and the node. Needs python3 (rig.json, the --check round trip). Everything listens on 127.0.0.1 only, and everything
+# it started is stopped by pid on exit. Logs: .run/demo/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RIG_DIR=${PORTHOLE_RIG_DIR:-$ROOT/../shared/rig}
+DEMO=$ROOT/.run/demo
+export RIG_RUN_DIR=$DEMO/rig
+GRPC=127.0.0.1:${PORTHOLE_DEMO_GRPC_PORT:-23950}
+SERVER=http://$GRPC
+RANGE=${PORTHOLE_DEMO_PORT_RANGE:-23900:23910}
+NODE=demo-node
+CHECK=0
+BACKEND=native
+while [ $# -gt 0 ]; do
+  case $1 in
+    --check) CHECK=1 ;;
+    --backend) BACKEND=${2:?--backend needs native or socat}; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "demo.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+say() { echo "demo.sh: $*" >&2; }
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/console-svc
+SVC_PID=""
+
+same_proc() { [ "$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$1/stat" 2>/dev/null)" = "$2" ]; }
+stop_service() {
+  [ -n "$SVC_PID" ] || return 0
+  local start=$SVC_START
+  kill -TERM "$SVC_PID" 2>/dev/null || true   # console-svc stops its consoles on SIGTERM
+  for _ in $(seq 1 150); do same_proc "$SVC_PID" "$start" || break; sleep 0.1; done
+  if same_proc "$SVC_PID" "$start"; then say "console-svc $SVC_PID did not stop; killing it"; kill -KILL -- "-$SVC_PID" 2>/dev/null || true; fi
+  SVC_PID=""
+}
+cleanup() {
+  stop_service
+  "$RIG_DIR/rig-down.sh" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$ROOT/scripts/setup.sh"
+say "building console-svc"
+(cd "$ROOT" && cargo build -q -p console-svc)
+mkdir -p "$DEMO"
+[ -s "$RIG_RUN_DIR/pids" ] && "$RIG_DIR/rig-down.sh" >/dev/null 2>&1   # left over by a killed demo
+say "starting the rig (2 simulated BMCs)"
+RIG_BASE_PORT=${PORTHOLE_DEMO_RIG_BASE:-23000} RIG_BMCS=2 "$RIG_DIR/rig-up.sh" >"$DEMO/rig.log" 2>&1 ||
+  { cat "$DEMO/rig.log" >&2; exit 1; }
+
+# bmc0's fields from rig.json.
+read -r BMC_PORT BMC_USER PW_FILE NODE_PORT < <(python3 -c '
+import json, sys
+b = json.load(open(sys.argv[1]))["bmcs"][0]
+print(b["port"], b["username"], b["password_file"], b["host_console"]["port"])' "$RIG_RUN_DIR/rig.json")
+[ -n "$NODE_PORT" ] || { say "cannot read bmc0 from $RIG_RUN_DIR/rig.json"; exit 1; }
+
+say "starting console-svc serve ($BACKEND backend) on $GRPC"
+env -u PORTHOLE_CONSOLE_SVC_BIN PORTHOLE_LOG=${PORTHOLE_LOG:-info} setsid "$BIN" serve --listen "$GRPC" \
+  --backend "$BACKEND" --port-range "$RANGE" --socat-address 127.0.0.1 \
+  --terminal-pid-dir "$DEMO/pids" </dev/null >"$DEMO/console-svc.log" 2>&1 &
+SVC_PID=$!
+SVC_START=$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$SVC_PID/stat")
+for i in $(seq 1 100); do
+  "$BIN" list --server "$SERVER" >/dev/null 2>&1 && break
+  kill -0 "$SVC_PID" 2>/dev/null || { cat "$DEMO/console-svc.log" >&2; say "console-svc exited"; exit 1; }
+  [ "$i" = 100 ] && { say "console-svc did not answer within 20 s"; exit 1; }
+  sleep 0.2
+done
+
+say "enabling the console of $NODE on bmc0 (UDP $BMC_PORT)"
+"$BIN" enable "$NODE" --bmc-address 127.0.0.1 --bmc-port "$BMC_PORT" --bmc-username "$BMC_USER" \
+  --bmc-password-file "$PW_FILE" --cipher-suite 3 --server "$SERVER" --json | tee "$DEMO/enable.json"
+PORT=$(sed -n 's/.*"port": \([0-9]*\).*/\1/p' "$DEMO/enable.json")
+[ -n "$PORT" ] || { say "enable gave no port"; exit 1; }
+
+if [ "$CHECK" = 1 ]; then
+  say "checking a byte round trip through tcp://127.0.0.1:$PORT"
+  python3 - "$PORT" "$NODE_PORT" <<'PY'
+import socket, sys, time
+viewer = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+node = socket.create_connection(("127.0.0.1", int(sys.argv[2])), timeout=5)
+def wait_for(sock, needle, within, poke=None):
+    got, end = b"", time.time() + within
+    while time.time() < end:
+        if poke: poke()
+        sock.settimeout(0.7)
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            continue
+        if not chunk: raise SystemExit("connection closed; got %r" % got)
+        got += chunk
+        if needle in got: return got
+    raise SystemExit("%r did not arrive within %ss; got %r" % (needle, within, got))
+# The rig may drop a new session's first SOL packet: prime until one arrives.
+wait_for(node, b"\r", 30, poke=lambda: viewer.sendall(b"\r"))
+wait_for(viewer, b"demo-out", 30, poke=lambda: node.sendall(b"demo-out\r\n"))
+viewer.sendall(b"demo-in \x00\x03\x1b\xff\r")
+wait_for(node, b"demo-in \x00\x03\x1b\xff\r", 15)
+print("demo.sh: round trip ok: node output reached the viewer, keystrokes (8-bit) reached the node")
+PY
+  "$BIN" disable "$NODE" --server "$SERVER" >/dev/null
+  say "check passed"
+  exit 0
+fi
+
+cat <<EOF
+
+  Porthole demo is running (console-svc pid $SVC_PID, $BACKEND backend, gRPC $SERVER).
+
+  The console of node "$NODE":   tcp://127.0.0.1:$PORT
+    be the viewer (what nova-serialproxy does):   socat - TCP:127.0.0.1:$PORT
+                                     or simply:   nc 127.0.0.1 $PORT
+    be the node's OS on the serial line:          socat - TCP:127.0.0.1:$NODE_PORT
+  Type in one, read it in the other ("~." at line start is ipmitool's escape).
+
+  The CLI:  $BIN list --server $SERVER
+            $BIN show $NODE --server $SERVER --json
+            $BIN log $NODE --server $SERVER          (native backend)
+            $BIN disable $NODE --server $SERVER
+  Logs: $DEMO/console-svc.log
+
+  Ctrl-C stops console-svc and the rig.
+EOF
+while kill -0 "$SVC_PID" 2>/dev/null; do sleep 1; done
+say "console-svc exited; see $DEMO/console-svc.log"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install what Porthole's scripts and tests need on a fresh Debian machine.
+#
+#   scripts/setup.sh
+#
+# Debian packages: ipmitool, socat, OpenIPMI's ipmi_sim (the rig's BMCs),
+# etcd, TigerVNC and openssl (the rig's other peers), iproute2 (ss), procps,
+# netcat and a C toolchain. Installs only what is missing (apt-get update
+# only when an install fails without it), so a second run does nothing.
+# Needs root for the install. The Rust toolchain (cargo, rustfmt, clippy)
+# must already be there; this script checks for it.
+set -euo pipefail
+
+PKGS=(ipmitool socat openipmi etcd-server etcd-client iproute2 procps netcat-openbsd
+      openssl tigervnc-standalone-server tigervnc-tools build-essential ca-certificates)
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+missing=()
+for p in "${PKGS[@]}"; do installed "$p" || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root to install: ${missing[*]}" >&2; exit 1; }
+  echo "setup.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt_install() { apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+  apt_install || { apt-get update -qq >/dev/null && apt_install; }
+fi
+
+for tool in cargo rustc; do
+  command -v "$tool" >/dev/null || { echo "setup.sh: $tool not found; install Rust 1.88+ (rustup)" >&2; exit 1; }
+done
+for sub in fmt clippy; do
+  cargo "$sub" --version >/dev/null 2>&1 || echo "setup.sh: warning: cargo $sub is missing (rustup component add ${sub/fmt/rustfmt})" >&2
+done
+exit 0

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Porthole's test command: everything CI checks, against a rig of its own.
+#
+#   scripts/test.sh                 # the whole suite
+#   scripts/test.sh -- serial_io    # extra arguments go to `cargo test`
+#
+# 1. scripts/setup.sh (Debian packages; idempotent);
+# 2. cargo build --workspace --all-targets (the tests run target/debug/console-svc);
+# 3. starts ../shared/rig with RIG_RUN_DIR=.run/test-rig, RIG_BASE_PORT=24000
+#    (PORTHOLE_TEST_RIG_BASE), RIG_BMCS=6 and a random, distinctive BMC
+#    password (the secrets test looks for it in argv, environments and logs);
+# 4. cargo test --workspace with PORTHOLE_RIG_JSON set, so every rig test
+#    runs for real; then cargo fmt --check and cargo clippy -D warnings.
+#
+# The rig is stopped by its recorded pids on exit, whatever happens. The exit
+# code is the first failing step's (0 when all pass). Logs: .run/test-*.log.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RIG_DIR=${PORTHOLE_RIG_DIR:-$ROOT/../shared/rig}
+RUN=$ROOT/.run
+export RIG_RUN_DIR=$RUN/test-rig
+TEST_TIMEOUT=${PORTHOLE_TEST_TIMEOUT:-1500}
+[ "${1:-}" = "--" ] && shift
+
+say() { echo "test.sh: $*" >&2; }
+[ -x "$RIG_DIR/rig-up.sh" ] || { say "no rig at $RIG_DIR (set PORTHOLE_RIG_DIR)"; exit 2; }
+mkdir -p "$RUN"
+cd "$ROOT"
+
+export PORTHOLE_TEST_SVC_PIDS=$RUN/test-svc-pids   # console-svc pids the tests started
+
+rig_down() { "$RIG_DIR/rig-down.sh" >/dev/null 2>&1 || true; }
+# The same process as recorded: pid and start time (field 22 of stat) match.
+same_proc() { [ "$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$1/stat" 2>/dev/null)" = "$2" ]; }
+# console-svc instances a killed test run left behind: SIGTERM their
+# process groups (they stop their consoles), SIGKILL after 15 s.
+stop_leftover_services() {
+  local f pid sig
+  for sig in TERM KILL; do
+    for f in "$PORTHOLE_TEST_SVC_PIDS"/*; do
+      [ -f "$f" ] || continue
+      pid=${f##*/}
+      if same_proc "$pid" "$(cat "$f")"; then
+        say "stopping leftover console-svc $pid (SIG$sig)"; kill -"$sig" -- "-$pid" 2>/dev/null || true
+      else rm -f "$f"; fi
+    done
+    [ "$sig" = TERM ] && for _ in $(seq 1 150); do
+      ls "$PORTHOLE_TEST_SVC_PIDS"/* >/dev/null 2>&1 || break
+      for f in "$PORTHOLE_TEST_SVC_PIDS"/*; do same_proc "${f##*/}" "$(cat "$f" 2>/dev/null)" || rm -f "$f"; done
+      sleep 0.1
+    done
+  done
+  return 0
+}
+cleanup() { stop_leftover_services; rig_down; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "setup"
+"$ROOT/scripts/setup.sh"
+
+say "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
+
+say "starting the rig in $RIG_RUN_DIR"
+[ -s "$RIG_RUN_DIR/pids" ] && rig_down   # a rig left over by an interrupted run
+RIG_BASE_PORT=${PORTHOLE_TEST_RIG_BASE:-24000} RIG_BMCS=6 RIG_BMC_PASS="Pw-$RANDOM-porthole" \
+  "$RIG_DIR/rig-up.sh" >"$RUN/test-rig.log" 2>&1 || { cat "$RUN/test-rig.log" >&2; say "rig-up failed"; exit 2; }
+export PORTHOLE_RIG_JSON=$RIG_RUN_DIR/rig.json
+
+status=0
+say "cargo test --workspace (log: .run/test-cargo.log)"
+set +e
+timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --workspace "$@" 2>&1 | tee "$RUN/test-cargo.log"
+tests=${PIPESTATUS[0]}
+set -e
+[ "$tests" = 124 ] && say "cargo test did not finish within ${TEST_TIMEOUT}s"
+status=$tests
+
+lint=""
+say "cargo fmt --check"
+cargo fmt --all --check >"$RUN/test-fmt.log" 2>&1 || { cat "$RUN/test-fmt.log" >&2; lint="fmt FAILED "; }
+say "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy -q --workspace --all-targets -- -D warnings >"$RUN/test-clippy.log" 2>&1 ||
+  { cat "$RUN/test-clippy.log" >&2; lint+="clippy FAILED"; }
+if [ "$status" = 0 ] && [ -n "$lint" ]; then status=3; fi
+
+count() { awk -v f="$1" '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ "^" f) n += $i } END { print n + 0 }' "$RUN/test-cargo.log"; }
+say "tests: $(count passed) passed, $(count failed) failed, $(count ignored) ignored (cargo test exit $tests); fmt/clippy: ${lint:-ok}"
+exit "$status"
