@@ -171,6 +171,7 @@ pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
                     privilege_level: a.privilege_level,
                 }),
                 port: a.port.map(u32::from).unwrap_or(0),
+                vnc: None,
             };
             let c = connect(&a.client).await?.enable_console(req).await?;
             print_console(out, &c.into_inner(), a.client.json)

@@ -152,6 +152,7 @@ pub fn to_proto(info: &ConsoleInfo) -> pb::Console {
         node_id: info.node.to_string(),
         kind: match info.kind {
             ConsoleKind::Serial => pb::ConsoleKind::Serial as i32,
+            ConsoleKind::Vnc => pb::ConsoleKind::Vnc as i32,
         },
         state: match info.state {
             ConsoleState::Starting => pb::ConsoleState::Starting,

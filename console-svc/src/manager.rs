@@ -34,7 +34,7 @@ use crate::coordinator::{Coordinator, Fence, Ownership};
 use crate::error::ConsoleError;
 use crate::ports::PortAllocator;
 use crate::process::ProcessTable;
-use crate::sol::{ConsoleContext, Health, LogSnapshot, RunningConsole, SerialBackend, SolError};
+use crate::sol::{ConsoleBackend, ConsoleContext, Health, LogSnapshot, RunningConsole, SolError};
 use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +73,25 @@ impl Endpoint {
     }
 }
 
+/// The backends a manager starts consoles with, one per console kind.
+#[derive(Clone)]
+pub struct Backends {
+    pub serial: Arc<dyn ConsoleBackend>,
+    /// None until a VNC backend is configured.
+    pub vnc: Option<Arc<dyn ConsoleBackend>>,
+}
+
+impl Backends {
+    fn for_kind(&self, kind: ConsoleKind) -> Result<&Arc<dyn ConsoleBackend>, ConsoleError> {
+        match kind {
+            ConsoleKind::Serial => Ok(&self.serial),
+            ConsoleKind::Vnc => self.vnc.as_ref().ok_or_else(|| {
+                ConsoleError::Unsupported("this console-svc serves no VNC consoles".into())
+            }),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ConsoleManager {
     inner: Arc<Inner>,
@@ -80,7 +99,7 @@ pub struct ConsoleManager {
 
 struct Inner {
     config: Arc<Config>,
-    backend: Arc<dyn SerialBackend>,
+    backends: Backends,
     coordinator: Arc<dyn Coordinator>,
     processes: Arc<ProcessTable>,
     ports: Mutex<PortAllocator>,
@@ -113,7 +132,7 @@ struct Running {
 impl ConsoleManager {
     pub fn new(
         config: Arc<Config>,
-        backend: Arc<dyn SerialBackend>,
+        backends: Backends,
         coordinator: Arc<dyn Coordinator>,
         processes: Arc<ProcessTable>,
         cancel: CancellationToken,
@@ -122,7 +141,7 @@ impl ConsoleManager {
         Self {
             inner: Arc::new(Inner {
                 config,
-                backend,
+                backends,
                 coordinator,
                 processes,
                 ports: Mutex::new(ports),
@@ -175,13 +194,14 @@ impl ConsoleManager {
         running.console.log(max_bytes).ok_or_else(|| {
             ConsoleError::Unsupported(format!(
                 "the {} backend keeps no console log; use console.backend = \"native\"",
-                self.inner.backend.name()
+                st.info.backend
             ))
         })
     }
 
     /// Start (or keep) a node's console; see the module doc for the states.
     pub async fn enable(&self, spec: ConsoleSpec) -> Result<ConsoleInfo, ConsoleError> {
+        let backend = self.inner.backends.for_kind(spec.kind())?.clone();
         let slot = self.slot_or_insert(&spec.node);
         let _op = slot.op.lock().await;
         if self.inner.cancel.is_cancelled() {
@@ -203,17 +223,22 @@ impl ConsoleManager {
         self.stop_running(&slot).await;
         self.update(&slot, |st| {
             st.spec = Some(spec.clone());
+            st.info.kind = spec.kind();
+            st.info.backend = backend.name();
             st.info.state = ConsoleState::Starting;
             st.info.endpoint = None;
             st.info.last_error = None;
         });
         let span = info_span!("console", node = %spec.node, port);
-        self.start(&slot, spec, port).instrument(span).await
+        self.start(&slot, &backend, spec, port)
+            .instrument(span)
+            .await
     }
 
     async fn start(
         &self,
         slot: &Arc<Slot>,
+        backend: &Arc<dyn ConsoleBackend>,
         spec: ConsoleSpec,
         port: u16,
     ) -> Result<ConsoleInfo, ConsoleError> {
@@ -222,24 +247,22 @@ impl ConsoleManager {
         let (health_tx, health_rx) = watch::channel(Health::Ok);
         let ctx = ConsoleContext {
             node: spec.node.clone(),
-            ipmi: spec.ipmi.clone(),
+            target: spec.target.clone(),
             listen: SocketAddr::new(inner.config.console.socat_address, port),
             health: health_tx,
             cancel: inner.cancel.child_token(),
             fence: Fence::new(inner.coordinator.clone(), ownership.clone()),
             processes: inner.processes.clone(),
         };
-        let started = tokio::time::timeout(
-            inner.config.console.subprocess_timeout,
-            inner.backend.start(ctx),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(SolError::Timeout {
-                what: format!("starting the console on port {port}"),
-                timeout: inner.config.console.subprocess_timeout,
-            })
-        });
+        let started =
+            tokio::time::timeout(inner.config.console.subprocess_timeout, backend.start(ctx))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(SolError::Timeout {
+                        what: format!("starting the console on port {port}"),
+                        timeout: inner.config.console.subprocess_timeout,
+                    })
+                });
         let console = match started {
             Ok(console) => console,
             Err(source) => {
@@ -363,7 +386,7 @@ impl ConsoleManager {
             last_error: None,
             created_at: now,
             updated_at: now,
-            backend: self.inner.backend.name(),
+            backend: self.inner.backends.serial.name(),
         }
     }
 

@@ -17,11 +17,11 @@ use crate::config::{Backend, Config};
 use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::Coordinator;
 use crate::grpc::ConsoleApi;
-use crate::manager::ConsoleManager;
+use crate::manager::{Backends, ConsoleManager};
 use crate::process::ProcessTable;
 use crate::sol::native::NativeBackend;
 use crate::sol::socat::{SocatBackend, SocatSettings};
-use crate::sol::{SerialBackend, SolError};
+use crate::sol::{ConsoleBackend, SolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -61,12 +61,15 @@ pub async fn run(
         warn!(pid = left.pid, label = %left.label, killed = left.killed, "cleaned up after a previous run");
     }
     let processes = Arc::new(processes);
-    let backend = backend(&config)?;
+    let backends = Backends {
+        serial: serial_backend(&config)?,
+        vnc: None,
+    };
     let coordinator: Arc<dyn Coordinator> =
         Arc::new(LocalCoordinator::new(config.service.replica_id.clone()));
     let manager = ConsoleManager::new(
         config.clone(),
-        backend,
+        backends,
         coordinator,
         processes,
         shutdown.child_token(),
@@ -107,7 +110,7 @@ pub async fn run(
     Ok(served?)
 }
 
-fn backend(config: &Config) -> Result<Arc<dyn SerialBackend>, RunError> {
+fn serial_backend(config: &Config) -> Result<Arc<dyn ConsoleBackend>, RunError> {
     let c = &config.console;
     Ok(match c.backend {
         Backend::Native => Arc::new(NativeBackend::new(config)),

@@ -165,9 +165,69 @@ fn is_host(s: &str) -> bool {
         && !s.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
 }
 
+/// How to reach a BMC's VNC server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VncTarget {
+    pub host: String,
+    pub port: u16,
+    /// VNC authentication uses the first 8 bytes, as every VNC client does.
+    pub password: Option<Secret>,
+}
+
+impl VncTarget {
+    pub const DEFAULT_PORT: u16 = 5900;
+
+    /// `host:port` for messages and connects (IPv6 in brackets).
+    pub fn display_addr(&self) -> String {
+        match self.host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", self.port),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+
+    fn from_proto(p: pb::VncTarget) -> Result<Self, ConsoleError> {
+        let host = p.host.trim().to_owned();
+        if !is_host(&host) {
+            return Err(ConsoleError::invalid(format!(
+                "vnc.host {:?} is neither an IP address nor a host name",
+                p.host
+            )));
+        }
+        let port = match p.port {
+            0 => Self::DEFAULT_PORT,
+            n => u16::try_from(n).map_err(|_| {
+                ConsoleError::invalid(format!("vnc.port {n} is not a TCP port (1-65535)"))
+            })?,
+        };
+        let password = (!p.password.is_empty()).then(|| Secret::new(p.password));
+        Ok(Self {
+            host,
+            port,
+            password,
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsoleKind {
     Serial,
+    Vnc,
+}
+
+/// What a console connects to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Ipmi(IpmiTarget),
+    Vnc(VncTarget),
+}
+
+impl Target {
+    pub fn kind(&self) -> ConsoleKind {
+        match self {
+            Self::Ipmi(_) => ConsoleKind::Serial,
+            Self::Vnc(_) => ConsoleKind::Vnc,
+        }
+    }
 }
 
 /// What a caller wants: one node's console, served on `port` (or one the
@@ -175,20 +235,29 @@ pub enum ConsoleKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsoleSpec {
     pub node: NodeId,
-    pub kind: ConsoleKind,
-    pub ipmi: IpmiTarget,
+    pub target: Target,
     pub requested_port: Option<u16>,
 }
 
 impl ConsoleSpec {
+    pub fn kind(&self) -> ConsoleKind {
+        self.target.kind()
+    }
+
     pub fn from_request(req: pb::EnableConsoleRequest) -> Result<Self, ConsoleError> {
         let node = NodeId::parse(&req.node_id)?;
-        let kind = match pb::ConsoleKind::try_from(req.kind) {
-            Ok(pb::ConsoleKind::Serial) | Ok(pb::ConsoleKind::Unspecified) => ConsoleKind::Serial,
+        let target = match pb::ConsoleKind::try_from(req.kind) {
+            Ok(pb::ConsoleKind::Serial) | Ok(pb::ConsoleKind::Unspecified) => {
+                let ipmi = req.ipmi.ok_or_else(|| {
+                    ConsoleError::invalid("ipmi is required for a serial console")
+                })?;
+                Target::Ipmi(IpmiTarget::from_proto(ipmi)?)
+            }
             Ok(pb::ConsoleKind::Vnc) => {
-                return Err(ConsoleError::Unsupported(
-                    "VNC consoles are not supported by this console-svc yet".into(),
-                ))
+                let vnc = req
+                    .vnc
+                    .ok_or_else(|| ConsoleError::invalid("vnc is required for a VNC console"))?;
+                Target::Vnc(VncTarget::from_proto(vnc)?)
             }
             Err(_) => {
                 return Err(ConsoleError::invalid(format!(
@@ -197,9 +266,6 @@ impl ConsoleSpec {
                 )))
             }
         };
-        let ipmi = req
-            .ipmi
-            .ok_or_else(|| ConsoleError::invalid("ipmi is required for a serial console"))?;
         let requested_port = match req.port {
             0 => None,
             n => Some(u16::try_from(n).map_err(|_| {
@@ -208,8 +274,7 @@ impl ConsoleSpec {
         };
         Ok(Self {
             node,
-            kind,
-            ipmi: IpmiTarget::from_proto(ipmi)?,
+            target,
             requested_port,
         })
     }
@@ -232,6 +297,7 @@ mod tests {
                 privilege_level: String::new(),
             }),
             port: 0,
+            vnc: None,
         }
     }
 
@@ -239,8 +305,11 @@ mod tests {
     fn accepts_a_complete_request_with_defaults() {
         let spec = ConsoleSpec::from_request(request()).unwrap();
         assert_eq!(spec.node.as_str(), "node-1");
-        assert_eq!(spec.ipmi.cipher_suite, 3);
-        assert_eq!(spec.ipmi.privilege, PrivilegeLevel::Administrator);
+        let Target::Ipmi(ipmi) = &spec.target else {
+            panic!("serial console expected")
+        };
+        assert_eq!(ipmi.cipher_suite, 3);
+        assert_eq!(ipmi.privilege, PrivilegeLevel::Administrator);
         assert_eq!(spec.requested_port, None);
     }
 
@@ -287,6 +356,26 @@ mod tests {
                 "{err} should mention {want}"
             );
         }
+    }
+
+    #[test]
+    fn vnc_consoles_need_a_vnc_target() {
+        let mut r = request();
+        r.kind = pb::ConsoleKind::Vnc as i32;
+        let err = ConsoleSpec::from_request(r.clone()).unwrap_err();
+        assert!(err.to_string().contains("vnc is required"), "{err}");
+        r.vnc = Some(pb::VncTarget {
+            host: "::1".into(),
+            port: 0,
+            password: "secret".into(),
+        });
+        let spec = ConsoleSpec::from_request(r).unwrap();
+        assert_eq!(spec.kind(), ConsoleKind::Vnc);
+        let Target::Vnc(vnc) = spec.target else {
+            panic!("VNC target expected")
+        };
+        assert_eq!(vnc.display_addr(), "[::1]:5900");
+        assert_eq!(vnc.password.unwrap().expose(), "secret");
     }
 
     #[test]

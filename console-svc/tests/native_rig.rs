@@ -30,7 +30,7 @@ use console_svc::coordinator::{Coordinator, Fence};
 use console_svc::process::ProcessTable;
 use console_svc::secret::Secret;
 use console_svc::sol::native::{NativeBackend, NativeSettings};
-use console_svc::sol::{ConsoleContext, Health, RunningConsole, SerialBackend};
+use console_svc::sol::{ConsoleBackend, ConsoleContext, Health, RunningConsole};
 use console_svc::spec::{IpmiTarget, NodeId, PrivilegeLevel};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -146,7 +146,7 @@ async fn start_console(bmc: Bmc, log_dir: Option<PathBuf>) -> Console {
     });
     let ctx = ConsoleContext {
         node,
-        ipmi: bmc.target,
+        target: console_svc::spec::Target::Ipmi(bmc.target),
         listen: addr,
         health: health_tx,
         cancel: CancellationToken::new(),

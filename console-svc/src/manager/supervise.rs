@@ -21,7 +21,7 @@ use super::{ConsoleManager, ConsoleState, Slot};
 use crate::backoff::Backoff;
 use crate::sol::ipmitool::IpmiTool;
 use crate::sol::Health;
-use crate::spec::ConsoleSpec;
+use crate::spec::{ConsoleSpec, Target};
 
 pub(super) fn spawn(
     manager: ConsoleManager,
@@ -31,14 +31,19 @@ pub(super) fn spawn(
     stop: CancellationToken,
 ) {
     let cfg = &manager.inner.config.console;
-    let tool = IpmiTool::new(
-        cfg.ipmitool_path.as_os_str(),
-        spec.ipmi.clone(),
-        cfg.subprocess_timeout,
-        manager.inner.processes.clone(),
-    );
+    // Serial consoles probe their BMC; VNC backends report upstream trouble
+    // through their health.
+    let tool = match &spec.target {
+        Target::Ipmi(ipmi) => Some(IpmiTool::new(
+            cfg.ipmitool_path.as_os_str(),
+            ipmi.clone(),
+            cfg.subprocess_timeout,
+            manager.inner.processes.clone(),
+        )),
+        Target::Vnc(_) => None,
+    };
     let backoff = Backoff::new(Duration::from_secs(1), cfg.retry_max_backoff);
-    let span = tracing::info_span!("supervisor", node = %spec.node);
+    let span = tracing::info_span!(parent: None, "supervisor", node = %spec.node);
     let sup = Supervisor {
         manager,
         slot,
@@ -55,7 +60,7 @@ pub(super) fn spawn(
 struct Supervisor {
     manager: ConsoleManager,
     slot: Arc<Slot>,
-    tool: IpmiTool,
+    tool: Option<IpmiTool>,
     health: watch::Receiver<Health>,
     stop: CancellationToken,
     backoff: Backoff,
@@ -65,7 +70,7 @@ struct Supervisor {
 
 impl Supervisor {
     async fn run(mut self) {
-        let mut probe_at = Some(Instant::now());
+        let mut probe_at = self.tool.is_some().then(Instant::now);
         let mut backend_alive = true;
         loop {
             tokio::select! {
@@ -90,9 +95,10 @@ impl Supervisor {
 
     /// One probe; returns when the next one is due (None: BMC is fine).
     async fn probe(&mut self) -> Option<Instant> {
+        let tool = self.tool.as_ref()?;
         let result = tokio::select! {
             _ = self.stop.cancelled() => return None,
-            r = self.tool.probe() => r,
+            r = tool.probe() => r,
         };
         match result {
             Ok(()) => {

@@ -10,6 +10,7 @@ use super::*;
 use crate::coordinator::local::LocalCoordinator;
 use crate::error::ConsoleError;
 use crate::ports::PortError;
+use crate::spec::Target;
 
 #[derive(Default)]
 struct FakeBackend {
@@ -22,7 +23,7 @@ struct FakeConsole {
 }
 
 #[async_trait]
-impl SerialBackend for FakeBackend {
+impl ConsoleBackend for FakeBackend {
     fn name(&self) -> &'static str {
         "fake"
     }
@@ -64,9 +65,13 @@ fn manager(range: &str, ipmitool: &str) -> (ConsoleManager, Arc<FakeBackend>) {
     ));
     let processes = Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap());
     let backend = Arc::new(FakeBackend::default());
+    let backends = Backends {
+        serial: backend.clone(),
+        vnc: None,
+    };
     let m = ConsoleManager::new(
         Arc::new(config),
-        backend.clone(),
+        backends,
         Arc::new(LocalCoordinator::new("replica-a")),
         processes,
         CancellationToken::new(),
@@ -89,6 +94,7 @@ fn spec(node: &str, port: u32) -> ConsoleSpec {
             privilege_level: String::new(),
         }),
         port,
+        vnc: None,
     })
     .unwrap()
 }
@@ -123,7 +129,10 @@ async fn a_changed_spec_restarts_on_the_same_port() {
     let (m, backend) = manager("12000:12005", "true");
     m.enable(spec("a", 0)).await.unwrap();
     let mut changed = spec("a", 0);
-    changed.ipmi.cipher_suite = 1;
+    let Target::Ipmi(ipmi) = &mut changed.target else {
+        unreachable!()
+    };
+    ipmi.cipher_suite = 1;
     let info = m.enable(changed).await.unwrap();
     assert_eq!(info.endpoint.unwrap().port, 12000);
     assert_eq!(backend.started.load(Ordering::SeqCst), 2);

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::{CoordError, Fence};
 use crate::process::ProcessTable;
-use crate::spec::{IpmiTarget, NodeId};
+use crate::spec::{ConsoleKind, IpmiTarget, NodeId, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SolError {
@@ -55,6 +55,11 @@ pub enum SolError {
     Bmc { bmc: String, message: String },
     #[error(transparent)]
     Fenced(#[from] CoordError),
+    #[error("a {backend} backend cannot serve a {kind:?} console")]
+    WrongKind {
+        backend: &'static str,
+        kind: ConsoleKind,
+    },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -70,7 +75,7 @@ pub enum Health {
 /// Everything a backend needs to serve one console.
 pub struct ConsoleContext {
     pub node: NodeId,
-    pub ipmi: IpmiTarget,
+    pub target: Target,
     /// Where the console's port listens.
     pub listen: SocketAddr,
     /// The backend publishes its health here.
@@ -82,6 +87,19 @@ pub struct ConsoleContext {
     pub processes: Arc<ProcessTable>,
 }
 
+impl ConsoleContext {
+    /// The BMC of a serial console; `backend` names the caller for the error.
+    pub fn ipmi(&self, backend: &'static str) -> Result<&IpmiTarget, SolError> {
+        match &self.target {
+            Target::Ipmi(ipmi) => Ok(ipmi),
+            other => Err(SolError::WrongKind {
+                backend,
+                kind: other.kind(),
+            }),
+        }
+    }
+}
+
 /// A snapshot of a console's in-memory log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogSnapshot {
@@ -91,8 +109,8 @@ pub struct LogSnapshot {
 }
 
 #[async_trait]
-pub trait SerialBackend: Send + Sync + 'static {
-    /// `native` or `socat`, reported in the API.
+pub trait ConsoleBackend: Send + Sync + 'static {
+    /// `native`, `socat` or `vnc`, reported in the API.
     fn name(&self) -> &'static str;
 
     /// Start serving; returns once `ctx.listen` accepts connections.

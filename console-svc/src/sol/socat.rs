@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use super::ipmitool::IpmiTool;
-use super::{ConsoleContext, Health, LogSnapshot, RunningConsole, SerialBackend, SolError};
+use super::{ConsoleBackend, ConsoleContext, Health, LogSnapshot, RunningConsole, SolError};
 use crate::backoff::Backoff;
 use crate::process::Supervised;
 
@@ -75,7 +75,7 @@ impl SocatBackend {
 }
 
 #[async_trait]
-impl SerialBackend for SocatBackend {
+impl ConsoleBackend for SocatBackend {
     fn name(&self) -> &'static str {
         "socat"
     }
@@ -83,7 +83,7 @@ impl SerialBackend for SocatBackend {
     async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
         let tool = IpmiTool::new(
             self.settings.ipmitool.as_os_str(),
-            ctx.ipmi.clone(),
+            ctx.ipmi(self.name())?.clone(),
             self.settings.subprocess_timeout,
             ctx.processes.clone(),
         );
@@ -96,7 +96,7 @@ impl SerialBackend for SocatBackend {
         };
         let first = instance.spawn_ready().await?;
         let stop = instance.ctx.cancel.child_token();
-        let span = tracing::info_span!("socat", node = %instance.ctx.node, port = instance.ctx.listen.port());
+        let span = tracing::info_span!(parent: None, "socat", node = %instance.ctx.node, port = instance.ctx.listen.port());
         let task = tokio::spawn(instance.supervise(first, stop.clone()).instrument(span));
         Ok(Box::new(SocatConsole { stop, task }))
     }

@@ -20,8 +20,8 @@ use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{Coordinator, Fence};
 use crate::process::ProcessTable;
 use crate::secret::Secret;
-use crate::sol::{ConsoleContext, Health, RunningConsole, SerialBackend, SolError};
-use crate::spec::{IpmiTarget, NodeId, PrivilegeLevel};
+use crate::sol::{ConsoleBackend, ConsoleContext, Health, RunningConsole, SolError};
+use crate::spec::{IpmiTarget, NodeId, PrivilegeLevel, Target};
 
 /// A stand-in for ipmitool: checks the password on fd 3, then acts out
 /// `sol deactivate` and `sol activate` (`$1` of the script: ok or busy).
@@ -84,14 +84,14 @@ async fn context(dir: &Path, listen: SocketAddr) -> (ConsoleContext, watch::Rece
     let (health_tx, health) = watch::channel(Health::Ok);
     let ctx = ConsoleContext {
         node,
-        ipmi: IpmiTarget {
+        target: Target::Ipmi(IpmiTarget {
             address: "127.0.0.1".into(),
             port: 623,
             username: "admin".into(),
             password: Secret::new("pw-123"),
             cipher_suite: 3,
             privilege: PrivilegeLevel::Administrator,
-        },
+        }),
         listen,
         health: health_tx,
         cancel: CancellationToken::new(),

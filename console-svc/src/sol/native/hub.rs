@@ -219,7 +219,7 @@ impl Hub {
                 until.saturating_duration_since(Instant::now()),
             ));
         }
-        let span = tracing::error_span!("viewer", peer = %join.peer, id);
+        let span = tracing::info_span!("viewer", peer = %join.peer, id);
         span.in_scope(|| info!(viewers = self.viewers.len() + 1, "viewer attached"));
         self.tasks.spawn(viewer::serve(conn).instrument(span));
         self.viewers.insert(id, handle);

@@ -32,7 +32,7 @@ impl LogFile {
     /// Start the writer task for `path`; it ends when the `LogFile` drops.
     pub(crate) fn spawn(path: PathBuf, max_bytes: u64) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
-        let span = tracing::error_span!("log_file", path = %path.display());
+        let span = tracing::info_span!("log_file", path = %path.display());
         tokio::spawn(write_loop(path, max_bytes, rx).instrument(span));
         Self { tx, skipped: 0 }
     }

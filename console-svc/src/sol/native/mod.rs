@@ -2,7 +2,7 @@
 //! itself and bridges every connection to one `ipmitool sol activate` that
 //! runs under a raw pty while at least one viewer is attached.
 //!
-//! The manager (through [`SerialBackend`]) calls [`NativeBackend::start`] per
+//! The manager (through [`ConsoleBackend`]) calls [`NativeBackend::start`] per
 //! console and later [`RunningConsole::stop`]. Pieces:
 //!
 //! - `hub`: one task per console; owns the session, viewers, scrollback, log.
@@ -57,7 +57,7 @@ use tracing::{info, warn, Instrument};
 use self::hub::{HubConfig, HubHandle, Join};
 use self::launcher::IpmiLauncher;
 use super::ipmitool::IpmiTool;
-use super::{ConsoleContext, LogSnapshot, RunningConsole, SerialBackend, SolError};
+use super::{ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole, SolError};
 use crate::config::{Config, NativeConfig};
 use crate::spec::NodeId;
 
@@ -119,19 +119,19 @@ impl NativeBackend {
 }
 
 #[async_trait]
-impl SerialBackend for NativeBackend {
+impl ConsoleBackend for NativeBackend {
     fn name(&self) -> &'static str {
         "native"
     }
 
     async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
-        let span = tracing::error_span!("console", node = %ctx.node);
+        let span = tracing::info_span!(parent: None, "console", node = %ctx.node, port = ctx.listen.port());
         let listener = bind(ctx.listen).await?;
         span.in_scope(|| info!(listen = %ctx.listen, "console listening"));
         let s = &self.settings;
         let tool = IpmiTool::new(
             s.ipmitool.clone(),
-            ctx.ipmi.clone(),
+            ctx.ipmi(self.name())?.clone(),
             s.subprocess_timeout,
             ctx.processes.clone(),
         );
