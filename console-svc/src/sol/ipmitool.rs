@@ -179,10 +179,15 @@ fn summarize(stderr: &str, stdout: &str, code: Option<i32>) -> String {
     } else {
         lines.join("; ")
     };
-    if msg.contains("Unable to establish IPMI v2 / RMCP+ session") {
-        msg.push_str(" (BMC unreachable, or it rejected the credentials or cipher suite)");
-    }
+    explain(&mut msg);
     msg
+}
+
+/// Add what ipmitool's terse session error usually means.
+pub(crate) fn explain(msg: &mut String) {
+    if msg.contains("Unable to establish IPMI v2 / RMCP+ session") {
+        msg.push_str("; the BMC is unreachable, or it rejected the credentials or cipher suite");
+    }
 }
 
 /// A password in an anonymous, sealed memory file. The child sees it as

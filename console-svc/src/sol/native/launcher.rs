@@ -228,9 +228,7 @@ pub(crate) fn last_words(output: &[u8], status: Option<ExitStatus>, all_lines: b
     } else {
         format!("{words} ({exit})")
     };
-    if msg.contains("Unable to establish IPMI v2 / RMCP+ session") {
-        msg.push_str("; the BMC is unreachable, or it rejected the credentials or cipher suite");
-    }
+    crate::sol::ipmitool::explain(&mut msg);
     msg
 }
 
