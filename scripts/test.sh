@@ -72,7 +72,7 @@ export PORTHOLE_RIG_JSON=$RIG_RUN_DIR/rig.json
 status=0
 say "cargo test --workspace (log: .run/test-cargo.log)"
 set +e
-timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --workspace "$@" 2>&1 | tee "$RUN/test-cargo.log"
+timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$RUN/test-cargo.log"
 tests=${PIPESTATUS[0]}
 set -e
 [ "$tests" = 124 ] && say "cargo test did not finish within ${TEST_TIMEOUT}s"
