@@ -44,10 +44,11 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -280,6 +281,8 @@ fn drain(io: &mut (impl Read + AsFd), quiet: Duration, limit: Duration) -> io::R
 struct NodeEcho {
     stream: TcpStream,
     thread: Option<JoinHandle<()>>,
+    /// Bytes written back so far.
+    echoed: Arc<AtomicUsize>,
 }
 
 impl NodeEcho {
@@ -294,18 +297,26 @@ impl NodeEcho {
         stream.set_nodelay(true)?;
         let mut reader = stream.try_clone()?;
         let mut writer = stream.try_clone()?;
+        let echoed = Arc::new(AtomicUsize::new(0));
+        let count = echoed.clone();
         let thread = thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = reader.read(&mut buf) {
                 if n == 0 || writer.write_all(&buf[..n]).is_err() {
                     break;
                 }
+                count.fetch_add(n, Ordering::SeqCst);
             }
         });
         Ok(Self {
             stream,
             thread: Some(thread),
+            echoed,
         })
+    }
+
+    fn echoed(&self) -> usize {
+        self.echoed.load(Ordering::SeqCst)
     }
 }
 
@@ -322,50 +333,63 @@ impl Drop for NodeEcho {
 struct EchoResult {
     rtts: Vec<Duration>,
     lost: usize,
-    /// From the first primer until the path echoed a byte.
-    warm_up: Duration,
+    /// Bytes the node side echoed during the timed keystrokes (should be
+    /// one per keystroke: a byte that came back without passing the node
+    /// would show here).
+    node_bytes: usize,
+    /// From `since` (before the connect, or before ipmitool's `sol
+    /// deactivate` + `sol activate`) until the first echo.
+    first_echo: Duration,
 }
 
 /// Get the path to echo: `\r` primer, drain, then a `#` that must come back.
-fn warm_up(io: &mut (impl Read + Write + AsFd)) -> Result<Duration> {
+fn warm_up(io: &mut (impl Read + Write + AsFd)) -> Result<()> {
     let start = Instant::now();
     for _ in 0..20 {
         io.write_all(b"\r")?;
         drain(io, Duration::from_millis(300), Duration::from_secs(2))?;
         io.write_all(b"#")?;
         if wait_for_byte(io, b'#', Duration::from_secs(1))? {
-            let took = start.elapsed();
-            drain(io, Duration::from_millis(300), Duration::from_secs(3))?;
-            return Ok(took);
+            return Ok(());
         }
     }
     bail!("no echo after {:?} of primers", start.elapsed())
 }
 
-/// Send `n` single bytes, each after the previous came back.
-fn measure_keystrokes(io: &mut (impl Read + Write + AsFd), n: usize) -> Result<EchoResult> {
-    let warm_up = warm_up(io)?;
+/// Warm up, then send `n` single bytes, each after the previous came back.
+fn measure_keystrokes(
+    io: &mut (impl Read + Write + AsFd),
+    node: &NodeEcho,
+    n: usize,
+    since: Instant,
+) -> Result<EchoResult> {
+    warm_up(io)?;
+    let first_echo = since.elapsed();
+    drain(io, Duration::from_millis(300), Duration::from_secs(3))?;
+    let node_before = node.echoed();
     let budget = Instant::now() + ECHO_BUDGET;
-    let mut result = EchoResult {
-        rtts: Vec::with_capacity(n),
-        lost: 0,
-        warm_up,
-    };
+    let mut rtts = Vec::with_capacity(n);
+    let mut lost = 0;
     for i in 0..n {
         if Instant::now() > budget {
-            result.lost += n - i;
+            lost += n - i;
             break;
         }
         let key = b'a' + (i % 26) as u8;
         let sent = Instant::now();
         io.write_all(&[key])?;
         if wait_for_byte(io, key, KEY_TIMEOUT)? {
-            result.rtts.push(sent.elapsed());
+            rtts.push(sent.elapsed());
         } else {
-            result.lost += 1;
+            lost += 1;
         }
     }
-    Ok(result)
+    Ok(EchoResult {
+        rtts,
+        lost,
+        node_bytes: node.echoed() - node_before,
+        first_echo,
+    })
 }
 
 /// `ipmitool sol activate` under a pty the bench opens: no bridge at all.
@@ -517,7 +541,7 @@ impl Service {
         let dir = s.work_dir.join(format!("{}-{label}", backend.name()));
         fs::create_dir_all(&dir)?;
         let log = File::create(dir.join("console-svc.log"))?;
-        let child = Command::new(&s.console_svc)
+        let mut child = Command::new(&s.console_svc)
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{grpc}")])
             .args(["--backend", backend.name()])
@@ -532,33 +556,19 @@ impl Service {
             .spawn()
             .with_context(|| format!("starting {}", s.console_svc.display()))?;
         record_pid(&s.work_dir, child.id())?;
-        let mut svc = Self {
-            child,
-            client: connect_later(),
-            rt: rt.clone(),
-            backend,
-        };
-        svc.client = svc.wait_ready(grpc)?;
-        Ok(svc)
-    }
-
-    fn wait_ready(&mut self, grpc: u16) -> Result<ConsoleServiceClient<Channel>> {
         let url = format!("http://127.0.0.1:{grpc}");
-        let end = Instant::now() + SERVICE_START;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "console-svc ({}) exited at start: {status}",
-                    self.backend.name()
-                );
+        match wait_ready(&mut child, rt, &url) {
+            Ok(client) => Ok(Self {
+                child,
+                client,
+                rt: rt.clone(),
+                backend,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e.context(format!("console-svc ({}) did not start", backend.name())))
             }
-            if let Ok(c) = self.rt.block_on(ConsoleServiceClient::connect(url.clone())) {
-                return Ok(c);
-            }
-            if Instant::now() > end {
-                bail!("console-svc did not answer on {url} within {SERVICE_START:?}");
-            }
-            thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -625,9 +635,25 @@ impl Drop for Service {
     }
 }
 
-/// A client that is replaced before use (tonic has no "unconnected" client).
-fn connect_later() -> ConsoleServiceClient<Channel> {
-    ConsoleServiceClient::new(Channel::from_static("http://127.0.0.1:1").connect_lazy())
+/// Connect to a starting service's gRPC port, bounded by [`SERVICE_START`].
+fn wait_ready(
+    child: &mut Child,
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+) -> Result<ConsoleServiceClient<Channel>> {
+    let end = Instant::now() + SERVICE_START;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("it exited: {status}");
+        }
+        if let Ok(c) = rt.block_on(ConsoleServiceClient::connect(url.to_owned())) {
+            return Ok(c);
+        }
+        if Instant::now() > end {
+            bail!("no answer on {url} within {SERVICE_START:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `<work_dir>/pids`: scripts/bench.sh stops whatever is listed and alive.
@@ -656,36 +682,100 @@ fn port_of(console: &pb::Console) -> Result<u16> {
 // ---------------------------------------------------------------------------
 // /proc: listening sockets, process trees, memory
 
-/// Whether a TCP socket listens on `port` (any address), per /proc/net.
+/// Whether an IPv4 TCP socket is in LISTEN state on `port`.
 fn is_listening(port: u16) -> io::Result<bool> {
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = match fs::read_to_string(table) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let hit = text.lines().skip(1).any(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let local_port = f.get(1).and_then(|a| a.rsplit(':').next());
-            f.get(3) == Some(&"0A")
-                && local_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
-        });
-        if hit {
+    Ok(listening_ports_v4()?.contains(&port))
+}
+
+/// The ports of every listening IPv4 TCP socket, from the kernel's
+/// sock_diag netlink interface (what `ss -ltn` asks). Reading
+/// `/proc/net/tcp` takes about 2 ms on the bench machine (it walks every
+/// socket hash bucket); this dump of listening sockets takes about 30 µs.
+fn listening_ports_v4() -> io::Result<Vec<u16>> {
+    use nix::libc as c;
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned
+    // (and closed) by the File right below.
+    let raw = unsafe {
+        c::socket(
+            c::AF_NETLINK,
+            c::SOCK_DGRAM | c::SOCK_CLOEXEC,
+            c::NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let mut sock = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    sock.write_all(&sock_diag_request())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut ports = Vec::new();
+    loop {
+        let n = sock.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if parse_sock_diag(&buf[..n], &mut ports)? {
+            return Ok(ports);
+        }
+    }
+}
+
+/// `SOCK_DIAG_BY_FAMILY` dump request: IPv4 TCP sockets in LISTEN state.
+fn sock_diag_request() -> Vec<u8> {
+    use nix::libc as c;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const TCP_LISTEN: u32 = 10;
+    const LEN: u32 = 16 + 8 + 48; // nlmsghdr, inet_diag_req_v2 head, inet_diag_sockid
+    let flags = (c::NLM_F_REQUEST | c::NLM_F_DUMP) as u16;
+    let mut req = Vec::with_capacity(LEN as usize);
+    req.extend_from_slice(&LEN.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&flags.to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
+    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+    req.extend_from_slice(&[c::AF_INET as u8, c::IPPROTO_TCP as u8, 0, 0]);
+    req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    req.extend_from_slice(&[0u8; 48]); // no socket id filter
+    req
+}
+
+/// Add the source ports of one datagram's `inet_diag_msg`s to `ports`;
+/// true once the dump is done.
+fn parse_sock_diag(mut data: &[u8], ports: &mut Vec<u16>) -> io::Result<bool> {
+    use nix::libc as c;
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"));
+    while data.len() >= 16 {
+        let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = i32::from(u16::from_ne_bytes(data[4..6].try_into().expect("2 bytes")));
+        if kind == c::NLMSG_DONE {
             return Ok(true);
         }
+        if kind == c::NLMSG_ERROR {
+            return Err(bad("the kernel answered with an error"));
+        }
+        if len < 16 + 8 || len > data.len() {
+            return Err(bad("truncated message"));
+        }
+        // inet_diag_msg: family, state, timer, retrans, then id.idiag_sport (big-endian).
+        ports.push(u16::from_be_bytes([data[20], data[21]]));
+        data = &data[((len + 3) & !3).min(data.len())..];
     }
     Ok(false)
 }
 
-fn wait_listening(port: u16, timeout: Duration) -> Result<()> {
+/// Until `port` listens; `late` tells whether the first look missed it.
+fn wait_listening(port: u16, timeout: Duration) -> Result<bool> {
     let end = Instant::now() + timeout;
+    let mut late = false;
     while !is_listening(port)? {
+        late = true;
         if Instant::now() > end {
             bail!("port {port} not listening within {timeout:?}");
         }
         thread::sleep(Duration::from_micros(200));
     }
-    Ok(())
+    Ok(late)
 }
 
 /// `root` and every live process below it.
@@ -757,13 +847,14 @@ fn sample_memory(root: u32) -> Memory {
 
 /// Keystrokes through a console-svc backend.
 fn echo_via_service(svc: &Service, bmc: &Bmc, n: usize) -> Result<EchoResult> {
-    let _node = NodeEcho::start(&bmc.host_console)?;
+    let echo = NodeEcho::start(&bmc.host_console)?;
     let node = format!("bench-echo-{}", svc.backend.name());
     let port = port_of(&svc.enable(&node, bmc)?)?;
     let result = (|| {
+        let since = Instant::now();
         let mut viewer = TcpStream::connect(("127.0.0.1", port))?;
         viewer.set_nodelay(true)?;
-        measure_keystrokes(&mut viewer, n)
+        measure_keystrokes(&mut viewer, &echo, n, since)
     })();
     svc.disable(&node)?;
     result
@@ -771,39 +862,65 @@ fn echo_via_service(svc: &Service, bmc: &Bmc, n: usize) -> Result<EchoResult> {
 
 /// Keystrokes straight through ipmitool under the bench's own pty.
 fn echo_direct(bmc: &Bmc, n: usize) -> Result<EchoResult> {
-    let _node = NodeEcho::start(&bmc.host_console)?;
+    let echo = NodeEcho::start(&bmc.host_console)?;
+    let since = Instant::now();
     let mut sol = DirectSol::start(bmc)?;
-    let result = measure_keystrokes(&mut sol.master, n);
+    let result = measure_keystrokes(&mut sol.master, &echo, n, since);
     sol.quit()?;
     result
 }
 
 /// Enable latencies: from the call until the port is in LISTEN state.
+#[derive(Default)]
 struct EnableResult {
     /// Until EnableConsole returned.
     rpc: Vec<Duration>,
-    /// Until the port was seen listening (never before the reply).
+    /// Until the port was seen listening (looked at once the reply is in).
     listening: Vec<Duration>,
+    /// Replies after which the port was not listening yet.
+    late: usize,
+    /// Enables that failed (not in the figures), and the first error.
+    failed: usize,
+    first_error: Option<String>,
 }
 
-fn timed_enable(svc: &Service, node: &str, bmc: &Bmc, out: &mut EnableResult) -> Result<()> {
+impl EnableResult {
+    /// Count a failed enable; gives up once half of `n` failed.
+    fn failure(&mut self, e: anyhow::Error, n: usize) -> Result<()> {
+        self.failed += 1;
+        self.first_error.get_or_insert_with(|| format!("{e:#}"));
+        if self.failed * 2 > n {
+            bail!("{} of {n} enables failed; the first: {e:#}", self.failed);
+        }
+        Ok(())
+    }
+}
+
+/// One timed enable; a failed one is counted, not timed.
+fn timed_enable(
+    svc: &Service,
+    node: &str,
+    bmc: &Bmc,
+    out: &mut EnableResult,
+    n: usize,
+) -> Result<()> {
     let start = Instant::now();
-    let console = svc.enable(node, bmc)?;
+    let console = match svc.enable(node, bmc) {
+        Ok(c) => c,
+        Err(e) => return out.failure(e, n),
+    };
     out.rpc.push(start.elapsed());
-    wait_listening(port_of(&console)?, Duration::from_secs(10))?;
+    out.late += usize::from(wait_listening(port_of(&console)?, Duration::from_secs(10))?);
     out.listening.push(start.elapsed());
     Ok(())
 }
 
 /// First enables of fresh node ids, each disabled again (untimed).
 fn enable_fresh(svc: &Service, bmcs: &[Bmc], n: usize) -> Result<EnableResult> {
-    let mut out = EnableResult {
-        rpc: Vec::new(),
-        listening: Vec::new(),
-    };
+    let mut out = EnableResult::default();
     for i in 0..n {
         let node = format!("bench-fresh-{i:03}");
-        timed_enable(svc, &node, &bmcs[i % bmcs.len()], &mut out)?;
+        timed_enable(svc, &node, &bmcs[i % bmcs.len()], &mut out, n)?;
         svc.disable(&node)?;
     }
     Ok(out)
@@ -812,14 +929,11 @@ fn enable_fresh(svc: &Service, bmcs: &[Bmc], n: usize) -> Result<EnableResult> {
 /// Disable (untimed) + enable (timed) of one node, `n` times.
 fn enable_cycles(svc: &Service, bmc: &Bmc, n: usize) -> Result<EnableResult> {
     let node = "bench-cycle";
-    let mut out = EnableResult {
-        rpc: Vec::new(),
-        listening: Vec::new(),
-    };
+    let mut out = EnableResult::default();
     svc.enable(node, bmc)?;
     for _ in 0..n {
         svc.disable(node)?;
-        timed_enable(svc, node, bmc, &mut out)?;
+        timed_enable(svc, node, bmc, &mut out, n)?;
     }
     svc.disable(node)?;
     Ok(out)
@@ -941,22 +1055,33 @@ fn print_echo(s: &Settings, rows: &[(String, Result<EchoResult>)]) {
     let b = &s.rig.bmcs[0];
     println!("## Keystroke echo round trip\n");
     println!(
-        "{} keystrokes of 1 byte per path through {} (UDP {}); the bench echoes on its host_console (TCP {}). \
-         Per-keystroke timeout {}; warm-up = first primer until the path echoed.\n",
-        s.keystrokes, b.name, b.port, b.host_console.port, ms(KEY_TIMEOUT) + " ms"
+        "{} keystrokes of 1 byte per path, one at a time, through {} (UDP {}); the bench plays the node on its \
+         host_console (TCP {}) and writes back every byte. Round trip: from writing the byte until it is read back. \
+         A keystroke not back within {} ms is lost. \"node bytes\": bytes the node side echoed during the timed \
+         keystrokes. \"first echo\": from the viewer's connect (native, socat; the service activates SOL then) or \
+         from starting `sol deactivate` + `sol activate` (bare ipmitool) until the first echoed byte, \
+         `\\r` primer and its 300 ms drain included.\n",
+        s.keystrokes,
+        b.name,
+        b.port,
+        b.host_console.port,
+        KEY_TIMEOUT.as_millis()
     );
-    println!("| path | echoed | lost | p50 ms | p99 ms | min ms | max ms | warm-up ms |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| path | echoed | lost | node bytes | p50 ms | p99 ms | min ms | max ms | first echo ms |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (label, r) in rows {
         match r {
             Ok(e) => println!(
-                "| {label} | {} | {} | {} | {} |",
+                "| {label} | {} | {} | {} | {} | {} |",
                 e.rtts.len(),
                 e.lost,
+                e.node_bytes,
                 latency_cells(&e.rtts),
-                ms(e.warm_up)
+                ms(e.first_echo)
             ),
-            Err(e) => println!("| {label} | failed: {e:#} | | | | | | |"),
+            Err(e) => println!("| {label} | failed: {e:#} | | | | | | | |"),
         }
     }
     println!();
@@ -965,28 +1090,45 @@ fn print_echo(s: &Settings, rows: &[(String, Result<EchoResult>)]) {
 fn print_enable(s: &Settings, rows: &[(String, Result<EnableResult>)]) {
     println!("## Enable latency\n");
     println!(
-        "{} enables per row. \"listening\": from the EnableConsole call until the port is LISTEN in /proc/net/tcp \
-         (no connection is made; for socat one would start ipmitool). \"rpc\": until EnableConsole returned. \
+        "{} enables per row, one at a time. \"listening\": from the EnableConsole call until the port is in \
+         LISTEN state, checked right after the reply through sock_diag netlink (as `ss -ltn`; about 30 µs a look), \
+         polling every 0.2 ms if it is not yet; no connection is made (on socat one would start ipmitool). \
+         \"rpc\": until EnableConsole returned. \"late\": replies after which the port was not listening yet. \
          Fresh node ids: each enable is a node's first, followed by an untimed disable. \
-         Cycles: one node, untimed disable then timed enable.\n",
+         Cycles: one node, untimed disable then timed enable (nova's reset pattern).\n",
         s.enables
     );
-    println!("| backend, series | n | listening p50 ms | listening p99 ms | min ms | max ms | rpc p50 ms | rpc p99 ms |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| backend, series | n | listening p50 ms | listening p99 ms | min ms | max ms | rpc p50 ms | rpc p99 ms | late | failed |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (label, r) in rows {
         match r {
             Ok(e) => {
                 let mut rpc = e.rpc.clone();
                 rpc.sort();
                 println!(
-                    "| {label} | {} | {} | {} | {} |",
+                    "| {label} | {} | {} | {} | {} | {} | {} |",
                     e.listening.len(),
                     latency_cells(&e.listening),
                     ms(percentile(&rpc, 50.0)),
-                    ms(percentile(&rpc, 99.0))
+                    ms(percentile(&rpc, 99.0)),
+                    e.late,
+                    e.failed
                 );
             }
-            Err(e) => println!("| {label} | failed: {e:#} | | | | | | |"),
+            Err(e) => println!("| {label} | failed: {e:#} | | | | | | | | |"),
+        }
+    }
+    println!();
+    for (label, r) in rows {
+        if let Ok(EnableResult {
+            failed,
+            first_error: Some(why),
+            ..
+        }) = r
+        {
+            println!("- {label}: {failed} enable(s) failed; the first: {why}");
         }
     }
     println!();
