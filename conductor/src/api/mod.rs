@@ -1,0 +1,156 @@
+//! The Ironic-compatible REST API v1 (axum): routes, shared state, body
+//! parsing, and links. Handlers live in `nodes`, `ports` and `states`;
+//! `version` and `auth` are middleware; `error` maps failures.
+//!
+//! Called by `lib::run`, which serves [`router`] on its listener.
+
+mod auth;
+mod error;
+mod nodes;
+mod ports;
+mod states;
+mod version;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method};
+use axum::routing::{get, put};
+use axum::Router;
+use serde_json::Value;
+
+pub use auth::{AuthError, HttpBasic};
+pub use error::ApiError;
+
+use crate::model::Dict;
+use crate::service::Conductor;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub conductor: Arc<Conductor>,
+    pub basic: Option<Arc<HttpBasic>>,
+    pub public_endpoint: Option<String>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let node = "/v1/nodes/{node}";
+    Router::new()
+        .route("/", get(version::root))
+        .route("/v1", get(version::v1))
+        .route("/v1/", get(version::v1))
+        .route("/v1/nodes", get(nodes::list).post(nodes::create))
+        .route("/v1/nodes/detail", get(nodes::detail))
+        .route(
+            node,
+            get(nodes::show).patch(nodes::patch).delete(nodes::delete),
+        )
+        .route(&format!("{node}/ports"), get(ports::list_of_node))
+        .route(&format!("{node}/ports/detail"), get(ports::detail_of_node))
+        .route(&format!("{node}/states"), get(states::states))
+        .route(&format!("{node}/states/power"), put(states::power))
+        .route(
+            &format!("{node}/states/console"),
+            get(states::console).put(states::set_console),
+        )
+        .route(
+            &format!("{node}/management/boot_device"),
+            get(states::boot_device).put(states::set_boot_device),
+        )
+        .route(
+            &format!("{node}/management/boot_device/supported"),
+            get(states::supported_boot_devices),
+        )
+        .route(&format!("{node}/validate"), get(states::validate))
+        .route("/v1/ports", get(ports::list).post(ports::create))
+        .route("/v1/ports/detail", get(ports::detail))
+        .route("/v1/ports/{port}", get(ports::show).delete(ports::delete))
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ))
+        .layer(axum::middleware::from_fn(version::middleware))
+        .layer(axum::middleware::from_fn(trace))
+        .with_state(state)
+}
+
+async fn fallback() -> ApiError {
+    ApiError::NoRoute
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::Method(method.to_string())
+}
+
+async fn trace(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
+    async move {
+        let resp = next.run(req).await;
+        tracing::debug!(status = resp.status().as_u16(), "done");
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+/// The base URL for links: the configured public endpoint, else the Host.
+pub fn base_url(st: &AppState, headers: &HeaderMap) -> String {
+    if let Some(p) = &st.public_endpoint {
+        return p.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:6385");
+    format!("http://{host}")
+}
+
+/// A request body as JSON, or Ironic's 400.
+pub fn json_body(bytes: &Bytes) -> Result<Value, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest(
+            "The request body is empty; a JSON document is required.".into(),
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("Invalid JSON in the request body: {e}")))
+}
+
+/// A request body that must be a JSON object.
+pub fn json_object(bytes: &Bytes) -> Result<Dict, ApiError> {
+    match json_body(bytes)? {
+        Value::Object(m) => Ok(m),
+        other => Err(ApiError::BadRequest(format!(
+            "The request body must be a JSON object, not {other}."
+        ))),
+    }
+}
+
+/// `?fields=a,b` checked against `known`.
+pub fn parse_fields(raw: Option<&str>, known: &[&str]) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let fields: Vec<String> = raw
+        .split(',')
+        .map(|f| f.trim().to_owned())
+        .filter(|f| !f.is_empty())
+        .collect();
+    let bad: Vec<&str> = fields
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !known.contains(f))
+        .collect();
+    if !bad.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "Field(s) \"{}\" are not valid",
+            bad.join(", ")
+        )));
+    }
+    Ok(Some(fields))
+}

@@ -1,0 +1,203 @@
+//! `/v1/nodes`: list (with `fields`, `detail` and a few filters), show (by
+//! UUID or name), create, PATCH (JSON Patch), delete.
+//!
+//! Callers: the router in `api::mod`.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{base_url, json_body, json_object, parse_fields, ApiError, AppState};
+use crate::model::{select, Node, NODE_LIST_FIELDS};
+use crate::service::NodeCreate;
+
+type Params = Query<HashMap<String, String>>;
+
+fn known_fields() -> Vec<&'static str> {
+    // Every key of a rendered node.
+    const ALL: &[&str] = &[
+        "uuid",
+        "name",
+        "driver",
+        "driver_info",
+        "driver_internal_info",
+        "console_interface",
+        "power_interface",
+        "management_interface",
+        "boot_interface",
+        "deploy_interface",
+        "power_state",
+        "target_power_state",
+        "provision_state",
+        "target_provision_state",
+        "maintenance",
+        "maintenance_reason",
+        "fault",
+        "console_enabled",
+        "properties",
+        "instance_info",
+        "instance_uuid",
+        "extra",
+        "resource_class",
+        "last_error",
+        "reservation",
+        "conductor_group",
+        "conductor",
+        "traits",
+        "created_at",
+        "updated_at",
+        "provision_updated_at",
+        "inspection_started_at",
+        "inspection_finished_at",
+        "links",
+        "ports",
+        "states",
+    ];
+    ALL.to_vec()
+}
+
+/// A node as the client asked for it: all fields, `fields`, or the list subset.
+fn render(node: &Node, base: &str, fields: &Option<Vec<String>>, detail: bool) -> Value {
+    let full = node.to_api(base);
+    let out = match fields {
+        Some(f) => {
+            let mut f = f.clone();
+            f.push("links".into());
+            select(full, &f)
+        }
+        None if detail => full,
+        None => select(
+            full,
+            &NODE_LIST_FIELDS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        ),
+    };
+    Value::Object(out)
+}
+
+fn matches(node: &Node, q: &HashMap<String, String>) -> bool {
+    let flag = |k: &str| q.get(k).map(|v| v.eq_ignore_ascii_case("true"));
+    if let Some(m) = flag("maintenance") {
+        if node.maintenance != m {
+            return false;
+        }
+    }
+    if let Some(a) = flag("associated") {
+        if node.instance_uuid.is_some() != a {
+            return false;
+        }
+    }
+    let eq = |k: &str, v: Option<&str>| q.get(k).is_none_or(|want| Some(want.as_str()) == v);
+    eq("provision_state", Some(&node.provision_state))
+        && eq("driver", Some(&node.driver))
+        && eq("instance_uuid", node.instance_uuid.as_deref())
+        && eq("resource_class", node.resource_class.as_deref())
+}
+
+fn listing(
+    st: &AppState,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    detail: bool,
+) -> Result<Json<Value>, ApiError> {
+    let detail = detail
+        || q.get("detail")
+            .is_some_and(|d| d.eq_ignore_ascii_case("true"));
+    let fields = parse_fields(q.get("fields").map(String::as_str), &known_fields())?;
+    if detail && fields.is_some() {
+        return Err(ApiError::BadRequest(
+            "Can not specify ?detail=True and fields in the same request.".into(),
+        ));
+    }
+    let base = base_url(st, headers);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let nodes: Vec<Value> = st
+        .conductor
+        .store
+        .list_nodes()?
+        .iter()
+        .filter(|n| matches(n, q))
+        .take(limit)
+        .map(|n| render(n, &base, &fields, detail))
+        .collect();
+    Ok(Json(json!({"nodes": nodes})))
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Params,
+) -> Result<Json<Value>, ApiError> {
+    listing(&st, &headers, &q, false)
+}
+
+pub async fn detail(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Params,
+) -> Result<Json<Value>, ApiError> {
+    listing(&st, &headers, &q, true)
+}
+
+pub async fn show(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    Query(q): Params,
+) -> Result<Json<Value>, ApiError> {
+    let fields = parse_fields(q.get("fields").map(String::as_str), &known_fields())?;
+    let n = st.conductor.store.get_node(&node)?;
+    Ok(Json(render(&n, &base_url(&st, &headers), &fields, true)))
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_object(&body)?;
+    let node = st.conductor.create_node(NodeCreate(body))?;
+    let base = base_url(&st, &headers);
+    let location = format!("{base}/v1/nodes/{}", node.uuid);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(Value::Object(node.to_api(&base))),
+    )
+        .into_response())
+}
+
+pub async fn patch(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let ops = json_body(&body)?;
+    if !ops.is_array() {
+        return Err(ApiError::BadRequest(
+            "A PATCH body is a JSON Patch: a list of operations.".into(),
+        ));
+    }
+    let n = st.conductor.patch_node(&node, &ops)?;
+    Ok(Json(Value::Object(n.to_api(&base_url(&st, &headers)))))
+}
+
+pub async fn delete(
+    State(st): State<AppState>,
+    Path(node): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.conductor.delete_node(&node).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

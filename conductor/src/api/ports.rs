@@ -1,0 +1,149 @@
+//! `/v1/ports` and `/v1/nodes/{node}/ports`: list (filter by node or
+//! address, `fields`, `detail`), create, show (UUID or MAC), delete.
+//!
+//! Callers: the router in `api::mod`.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{base_url, json_object, parse_fields, ApiError, AppState};
+use crate::model::{select, Port};
+
+type Params = Query<HashMap<String, String>>;
+
+const FIELDS: &[&str] = &[
+    "uuid",
+    "address",
+    "node_uuid",
+    "extra",
+    "pxe_enabled",
+    "local_link_connection",
+    "internal_info",
+    "portgroup_uuid",
+    "physical_network",
+    "is_smartnic",
+    "name",
+    "created_at",
+    "updated_at",
+    "links",
+];
+
+fn render(p: &Port, base: &str, fields: &Option<Vec<String>>, detail: bool) -> Value {
+    let full = p.to_api(base);
+    let keep: Vec<String> = match fields {
+        Some(f) => f.iter().cloned().chain(["links".to_owned()]).collect(),
+        None if detail => return Value::Object(full),
+        None => ["uuid", "address", "links"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    Value::Object(select(full, &keep))
+}
+
+fn listing(
+    st: &AppState,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    node: Option<&str>,
+    detail: bool,
+) -> Result<Json<Value>, ApiError> {
+    let detail = detail
+        || q.get("detail")
+            .is_some_and(|d| d.eq_ignore_ascii_case("true"));
+    let fields = parse_fields(q.get("fields").map(String::as_str), FIELDS)?;
+    let node = node
+        .or(q.get("node").map(String::as_str))
+        .or(q.get("node_uuid").map(String::as_str));
+    let node_uuid = match node {
+        Some(n) => Some(st.conductor.store.get_node(n)?.uuid),
+        None => None,
+    };
+    let base = base_url(st, headers);
+    let address = q.get("address").map(|a| a.to_ascii_lowercase());
+    let ports: Vec<Value> = st
+        .conductor
+        .store
+        .list_ports(node_uuid.as_deref())?
+        .iter()
+        .filter(|p| address.as_ref().is_none_or(|a| &p.address == a))
+        .map(|p| render(p, &base, &fields, detail))
+        .collect();
+    Ok(Json(json!({"ports": ports})))
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Params,
+) -> Result<Json<Value>, ApiError> {
+    listing(&st, &headers, &q, None, false)
+}
+
+pub async fn detail(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Params,
+) -> Result<Json<Value>, ApiError> {
+    listing(&st, &headers, &q, None, true)
+}
+
+pub async fn list_of_node(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    Query(q): Params,
+) -> Result<Json<Value>, ApiError> {
+    listing(&st, &headers, &q, Some(&node), false)
+}
+
+pub async fn detail_of_node(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    Query(q): Params,
+) -> Result<Json<Value>, ApiError> {
+    listing(&st, &headers, &q, Some(&node), true)
+}
+
+pub async fn show(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(port): Path<String>,
+    Query(q): Params,
+) -> Result<Json<Value>, ApiError> {
+    let fields = parse_fields(q.get("fields").map(String::as_str), FIELDS)?;
+    let p = st.conductor.store.get_port(&port)?;
+    Ok(Json(render(&p, &base_url(&st, &headers), &fields, true)))
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_object(&body)?;
+    let port = st.conductor.create_port(&body)?;
+    let base = base_url(&st, &headers);
+    let location = format!("{base}/v1/ports/{}", port.uuid);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(Value::Object(port.to_api(&base))),
+    )
+        .into_response())
+}
+
+pub async fn delete(
+    State(st): State<AppState>,
+    Path(port): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.conductor.delete_port(&port)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,108 @@
+//! `/v1/nodes/{node}/states*`, `/management/boot_device` and `/validate`.
+//!
+//! Power is asynchronous (202, then target_power_state settles); console
+//! PUT returns 202 once console-svc has done it, so an immediate
+//! `console show` sees the URL. Callers: the router in `api::mod`.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{base_url, json_object, ApiError, AppState};
+use crate::power::BOOT_DEVICES;
+use crate::service::power::PowerAction;
+
+fn accepted(st: &AppState, headers: &HeaderMap, uuid: &str, what: &str) -> Response {
+    let location = format!("{}/v1/nodes/{uuid}/states{what}", base_url(st, headers));
+    (StatusCode::ACCEPTED, [(header::LOCATION, location)]).into_response()
+}
+
+pub async fn states(
+    State(st): State<AppState>,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(st.conductor.states(&node)?))
+}
+
+pub async fn power(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_object(&body)?;
+    let target = body.get("target").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::BadRequest(
+            "The body needs \"target\": \"power on\", \"power off\" or \"rebooting\".".into(),
+        )
+    })?;
+    let action = PowerAction::parse(target)?;
+    let uuid = st.conductor.store.get_node(&node)?.uuid;
+    st.conductor.set_power(&uuid, action)?;
+    Ok(accepted(&st, &headers, &uuid, ""))
+}
+
+pub async fn console(
+    State(st): State<AppState>,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(st.conductor.console_state(&node)?))
+}
+
+pub async fn set_console(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_object(&body)?;
+    let enabled = match body.get("enabled") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "The body needs \"enabled\": true or false, not {}.",
+                other.map(Value::to_string).unwrap_or("nothing".into())
+            )))
+        }
+    };
+    let uuid = st.conductor.store.get_node(&node)?.uuid;
+    st.conductor.set_console(&uuid, enabled).await?;
+    Ok(accepted(&st, &headers, &uuid, "/console"))
+}
+
+pub async fn boot_device(
+    State(st): State<AppState>,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(st.conductor.boot_device(&node).await?))
+}
+
+pub async fn set_boot_device(
+    State(st): State<AppState>,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let body = json_object(&body)?;
+    st.conductor.set_boot_device(&node, &body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn supported_boot_devices(
+    State(st): State<AppState>,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    st.conductor.store.get_node(&node)?;
+    Ok(Json(json!({"supported_boot_devices": BOOT_DEVICES})))
+}
+
+pub async fn validate(
+    State(st): State<AppState>,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(st.conductor.validate(&node).await?))
+}

@@ -1,0 +1,150 @@
+//! API versions: `GET /` and `GET /v1` (discovery), and the microversion
+//! middleware: reads `X-OpenStack-Ironic-API-Version` (or
+//! `OpenStack-API-Version: baremetal X`), answers 406 outside the range,
+//! and echoes the version with the Minimum/Maximum headers on every reply.
+//!
+//! Callers: the router in `api::mod`.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{base_url, ApiError, AppState};
+
+pub const MIN_MINOR: u32 = 1;
+/// The highest microversion served. python-ironicclient 6.3 knows 1.115 and
+/// openstacksdk 4.22 1.109; both negotiate down to this.
+pub const MAX_MINOR: u32 = 99;
+const HDR: &str = "x-openstack-ironic-api-version";
+
+fn vstr(minor: u32) -> String {
+    format!("1.{minor}")
+}
+
+fn requested(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(HDR).and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_owned());
+    }
+    let generic = headers.get("openstack-api-version")?.to_str().ok()?;
+    generic
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("baremetal "))
+        .map(|v| v.trim().to_owned())
+}
+
+fn negotiate(headers: &HeaderMap) -> Result<u32, ApiError> {
+    let Some(raw) = requested(headers) else {
+        return Ok(MIN_MINOR);
+    };
+    if raw.eq_ignore_ascii_case("latest") {
+        return Ok(MAX_MINOR);
+    }
+    let bad = || ApiError::BadVersion(raw.clone());
+    let (major, minor) = raw.split_once('.').ok_or_else(bad)?;
+    let (major, minor): (u32, u32) = (
+        major.parse().map_err(|_| bad())?,
+        minor.parse().map_err(|_| bad())?,
+    );
+    if major != 1 || !(MIN_MINOR..=MAX_MINOR).contains(&minor) {
+        return Err(ApiError::Version {
+            requested: raw.clone(),
+            min: vstr(MIN_MINOR),
+            max: vstr(MAX_MINOR),
+        });
+    }
+    Ok(minor)
+}
+
+pub async fn middleware(req: Request, next: Next) -> Response {
+    let (mut resp, minor) = match negotiate(req.headers()) {
+        Ok(minor) => (next.run(req).await, minor),
+        Err(e) => (e.into_response(), MIN_MINOR),
+    };
+    let h = resp.headers_mut();
+    let val = |s: String| HeaderValue::from_str(&s).expect("a version is a valid header");
+    h.insert(
+        "x-openstack-ironic-api-minimum-version",
+        val(vstr(MIN_MINOR)),
+    );
+    h.insert(
+        "x-openstack-ironic-api-maximum-version",
+        val(vstr(MAX_MINOR)),
+    );
+    h.insert(HDR, val(vstr(minor)));
+    h.insert(
+        "openstack-api-version",
+        val(format!("baremetal {}", vstr(minor))),
+    );
+    h.insert(
+        "vary",
+        HeaderValue::from_static("X-OpenStack-Ironic-API-Version"),
+    );
+    resp
+}
+
+fn version_doc(base: &str) -> Value {
+    json!({
+        "id": "v1",
+        "links": [{"href": format!("{base}/v1/"), "rel": "self"}],
+        "status": "CURRENT",
+        "min_version": vstr(MIN_MINOR),
+        "version": vstr(MAX_MINOR),
+    })
+}
+
+/// `GET /`.
+pub async fn root(State(st): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    let base = base_url(&st, &headers);
+    let v = version_doc(&base);
+    Json(json!({
+        "name": "OpenStack Ironic API",
+        "description": "Porthole conductor: an Ironic-compatible API for nodes, power and consoles.",
+        "default_version": v,
+        "versions": [v],
+    }))
+}
+
+/// `GET /v1`.
+pub async fn v1(State(st): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    let base = base_url(&st, &headers);
+    let link = |p: &str| json!([{"href": format!("{base}/v1/{p}/"), "rel": "self"}, {"href": format!("{base}/{p}/"), "rel": "bookmark"}]);
+    Json(json!({
+        "id": "v1",
+        "links": [{"href": format!("{base}/v1/"), "rel": "self"}],
+        "media_types": [{"base": "application/json", "type": "application/vnd.openstack.ironic.v1+json"}],
+        "nodes": link("nodes"),
+        "ports": link("ports"),
+        "drivers": link("drivers"),
+        "version": version_doc(&base),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(v: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(HDR, HeaderValue::from_str(v).unwrap());
+        m
+    }
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(negotiate(&HeaderMap::new()).unwrap(), MIN_MINOR);
+        assert_eq!(negotiate(&h("latest")).unwrap(), MAX_MINOR);
+        assert_eq!(negotiate(&h("1.31")).unwrap(), 31);
+        assert!(matches!(
+            negotiate(&h("1.999")),
+            Err(ApiError::Version { .. })
+        ));
+        assert!(matches!(
+            negotiate(&h("2.1")),
+            Err(ApiError::Version { .. })
+        ));
+        assert!(matches!(negotiate(&h("x")), Err(ApiError::BadVersion(_))));
+    }
+}

@@ -1,0 +1,320 @@
+//! The node registry: nodes and ports in an embedded SQLite file that
+//! survives restarts. Passwords in driver_info are sealed at rest (`seal`).
+//!
+//! One connection behind a mutex: every call is a short statement, and
+//! [`Store::modify_node`] reads, changes and writes a node under that one
+//! lock so concurrent power and console updates never lose each other's
+//! changes. Callers: `service` (domain operations) and the console watcher.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::model::{now, Dict, Node, Port};
+use crate::seal::{SealError, Sealer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored JSON is damaged: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("{kind} {ident} could not be found.")]
+    NotFound { kind: &'static str, ident: String },
+    #[error("{0}")]
+    Duplicate(String),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (
+  uuid TEXT PRIMARY KEY, name TEXT UNIQUE, driver TEXT NOT NULL,
+  driver_info TEXT NOT NULL, driver_internal_info TEXT NOT NULL,
+  console_interface TEXT NOT NULL, power_state TEXT, target_power_state TEXT,
+  provision_state TEXT NOT NULL, target_provision_state TEXT,
+  maintenance INTEGER NOT NULL, maintenance_reason TEXT,
+  console_enabled INTEGER NOT NULL, console_info TEXT,
+  properties TEXT NOT NULL, instance_info TEXT NOT NULL, instance_uuid TEXT,
+  extra TEXT NOT NULL, resource_class TEXT, last_error TEXT,
+  created_at TEXT NOT NULL, updated_at TEXT);
+CREATE TABLE IF NOT EXISTS ports (
+  uuid TEXT PRIMARY KEY, address TEXT NOT NULL UNIQUE,
+  node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+  extra TEXT NOT NULL, pxe_enabled INTEGER NOT NULL,
+  created_at TEXT NOT NULL, updated_at TEXT);
+";
+
+const NODE_COLS: &str = "uuid, name, driver, driver_info, driver_internal_info, \
+  console_interface, power_state, target_power_state, provision_state, \
+  target_provision_state, maintenance, maintenance_reason, console_enabled, \
+  console_info, properties, instance_info, instance_uuid, extra, resource_class, \
+  last_error, created_at, updated_at";
+const PORT_COLS: &str = "uuid, address, node_uuid, extra, pxe_enabled, created_at, updated_at";
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    sealer: Sealer,
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("JSON values always serialize")
+}
+
+fn dict(s: String) -> Result<Dict, DbError> {
+    Ok(serde_json::from_str(&s)?)
+}
+
+impl Store {
+    pub fn open(path: &Path, sealer: Sealer) -> Result<Self, DbError> {
+        let err = |source| DbError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL;")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            sealer,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn node_from_row(&self, r: &Row<'_>) -> Result<Node, DbError> {
+        let console_info: Option<String> = r.get(13)?;
+        Ok(Node {
+            uuid: r.get(0)?,
+            name: r.get(1)?,
+            driver: r.get(2)?,
+            driver_info: self.sealer.open_dict(&dict(r.get(3)?)?)?,
+            driver_internal_info: dict(r.get(4)?)?,
+            console_interface: r.get(5)?,
+            power_state: r.get(6)?,
+            target_power_state: r.get(7)?,
+            provision_state: r.get(8)?,
+            target_provision_state: r.get(9)?,
+            maintenance: r.get(10)?,
+            maintenance_reason: r.get(11)?,
+            console_enabled: r.get(12)?,
+            console_info: console_info.map(|s| serde_json::from_str(&s)).transpose()?,
+            properties: dict(r.get(14)?)?,
+            instance_info: dict(r.get(15)?)?,
+            instance_uuid: r.get(16)?,
+            extra: dict(r.get(17)?)?,
+            resource_class: r.get(18)?,
+            last_error: r.get(19)?,
+            created_at: r.get(20)?,
+            updated_at: r.get(21)?,
+        })
+    }
+
+    fn write_node(&self, conn: &Connection, n: &Node, insert: bool) -> Result<(), DbError> {
+        let sql = if insert {
+            format!("INSERT INTO nodes ({NODE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)")
+        } else {
+            "UPDATE nodes SET name=?2, driver=?3, driver_info=?4, driver_internal_info=?5, \
+             console_interface=?6, power_state=?7, target_power_state=?8, provision_state=?9, \
+             target_provision_state=?10, maintenance=?11, maintenance_reason=?12, \
+             console_enabled=?13, console_info=?14, properties=?15, instance_info=?16, \
+             instance_uuid=?17, extra=?18, resource_class=?19, last_error=?20, \
+             created_at=?21, updated_at=?22 WHERE uuid=?1"
+                .to_owned()
+        };
+        let res = conn.execute(
+            &sql,
+            params![
+                n.uuid,
+                n.name,
+                n.driver,
+                to_json(&self.sealer.seal_dict(&n.driver_info)),
+                to_json(&n.driver_internal_info),
+                n.console_interface,
+                n.power_state,
+                n.target_power_state,
+                n.provision_state,
+                n.target_provision_state,
+                n.maintenance,
+                n.maintenance_reason,
+                n.console_enabled,
+                n.console_info.as_ref().map(to_json),
+                to_json(&n.properties),
+                to_json(&n.instance_info),
+                n.instance_uuid,
+                to_json(&n.extra),
+                n.resource_class,
+                n.last_error,
+                n.created_at,
+                n.updated_at,
+            ],
+        );
+        match res {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(DbError::Duplicate(format!(
+                    "A node with name {} or UUID {} already exists.",
+                    n.name.as_deref().unwrap_or("-"),
+                    n.uuid
+                )))
+            }
+            other => other.map(drop).map_err(DbError::from),
+        }
+    }
+
+    pub fn insert_node(&self, node: &Node) -> Result<(), DbError> {
+        self.write_node(&self.lock(), node, true)
+    }
+
+    fn find_node(&self, conn: &Connection, ident: &str) -> Result<Node, DbError> {
+        let sql = format!("SELECT {NODE_COLS} FROM nodes WHERE uuid = ?1 OR name = ?1");
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([ident])?;
+        match rows.next()? {
+            Some(r) => self.node_from_row(r),
+            None => Err(DbError::NotFound {
+                kind: "Node",
+                ident: ident.to_owned(),
+            }),
+        }
+    }
+
+    /// A node by UUID or name.
+    pub fn get_node(&self, ident: &str) -> Result<Node, DbError> {
+        self.find_node(&self.lock(), ident)
+    }
+
+    pub fn list_nodes(&self) -> Result<Vec<Node>, DbError> {
+        let conn = self.lock();
+        let sql = format!("SELECT {NODE_COLS} FROM nodes ORDER BY created_at, uuid");
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(self.node_from_row(r)?);
+        }
+        Ok(out)
+    }
+
+    /// Read node `ident`, let `f` change it, write it back with a fresh
+    /// `updated_at`, all under one lock. `f`'s error leaves the node as it was.
+    pub fn modify_node<E: From<DbError>>(
+        &self,
+        ident: &str,
+        f: impl FnOnce(&mut Node) -> Result<(), E>,
+    ) -> Result<Node, E> {
+        let conn = self.lock();
+        let mut node = self.find_node(&conn, ident)?;
+        let before = node.clone();
+        f(&mut node)?;
+        if node != before {
+            node.updated_at = Some(now());
+            self.write_node(&conn, &node, false)?;
+        }
+        Ok(node)
+    }
+
+    /// Delete a node and its ports.
+    pub fn delete_node(&self, uuid: &str) -> Result<(), DbError> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM nodes WHERE uuid = ?1", [uuid])?;
+        if n == 0 {
+            return Err(DbError::NotFound {
+                kind: "Node",
+                ident: uuid.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn insert_port(&self, p: &Port) -> Result<(), DbError> {
+        let sql = format!("INSERT INTO ports ({PORT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+        let res = self.lock().execute(
+            &sql,
+            params![
+                p.uuid,
+                p.address,
+                p.node_uuid,
+                to_json(&p.extra),
+                p.pxe_enabled,
+                p.created_at,
+                p.updated_at
+            ],
+        );
+        match res {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(DbError::Duplicate(format!(
+                    "A port with MAC address {} already exists.",
+                    p.address
+                )))
+            }
+            other => other.map(drop).map_err(DbError::from),
+        }
+    }
+
+    fn port_from_row(r: &Row<'_>) -> Result<Port, DbError> {
+        Ok(Port {
+            uuid: r.get(0)?,
+            address: r.get(1)?,
+            node_uuid: r.get(2)?,
+            extra: dict(r.get(3)?)?,
+            pxe_enabled: r.get(4)?,
+            created_at: r.get(5)?,
+            updated_at: r.get(6)?,
+        })
+    }
+
+    /// A port by UUID or MAC address.
+    pub fn get_port(&self, ident: &str) -> Result<Port, DbError> {
+        let conn = self.lock();
+        let sql = format!("SELECT {PORT_COLS} FROM ports WHERE uuid = ?1 OR address = ?1");
+        let row = conn
+            .query_row(&sql, [ident.to_ascii_lowercase()], |r| {
+                Ok(Self::port_from_row(r))
+            })
+            .optional()?;
+        row.unwrap_or_else(|| {
+            Err(DbError::NotFound {
+                kind: "Port",
+                ident: ident.to_owned(),
+            })
+        })
+    }
+
+    /// Ports, all or one node's.
+    pub fn list_ports(&self, node_uuid: Option<&str>) -> Result<Vec<Port>, DbError> {
+        let conn = self.lock();
+        let sql = format!(
+            "SELECT {PORT_COLS} FROM ports WHERE ?1 IS NULL OR node_uuid = ?1 ORDER BY created_at, uuid"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([node_uuid])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(Self::port_from_row(r)?);
+        }
+        Ok(out)
+    }
+
+    pub fn delete_port(&self, uuid: &str) -> Result<(), DbError> {
+        self.lock()
+            .execute("DELETE FROM ports WHERE uuid = ?1", [uuid])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,93 @@
+//! Store tests: round trips, sealing at rest, restart, name lookups, ports.
+
+use super::*;
+use crate::model::Dict;
+use serde_json::json;
+
+fn node(uuid: &str, name: &str) -> Node {
+    let mut info = Dict::new();
+    info.insert("ipmi_address".into(), json!("127.0.0.1"));
+    info.insert("ipmi_password".into(), json!("pw-at-rest"));
+    Node {
+        uuid: uuid.into(),
+        name: Some(name.into()),
+        driver: "ipmi".into(),
+        driver_info: info,
+        driver_internal_info: Dict::new(),
+        console_interface: "ipmitool-socat".into(),
+        power_state: None,
+        target_power_state: None,
+        provision_state: "enroll".into(),
+        target_provision_state: None,
+        maintenance: false,
+        maintenance_reason: None,
+        console_enabled: false,
+        console_info: None,
+        properties: Dict::new(),
+        instance_info: Dict::new(),
+        instance_uuid: None,
+        extra: Dict::new(),
+        resource_class: None,
+        last_error: None,
+        created_at: now(),
+        updated_at: None,
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    let sealer = Sealer::load_or_create(&dir.join("k")).unwrap();
+    Store::open(&dir.join("db.sqlite"), sealer).unwrap()
+}
+
+#[test]
+fn nodes_survive_a_reopen_with_passwords_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node("1be26c0b-03f2-4d2e-ae87-c02d7f33c123", "n1");
+    {
+        let s = open(dir.path());
+        s.insert_node(&n).unwrap();
+        assert!(matches!(s.insert_node(&n), Err(DbError::Duplicate(_))));
+    }
+    let raw = std::fs::read(dir.path().join("db.sqlite")).unwrap();
+    let wal = std::fs::read(dir.path().join("db.sqlite-wal")).unwrap_or_default();
+    let needle = b"pw-at-rest";
+    assert!(!raw.windows(needle.len()).any(|w| w == needle));
+    assert!(!wal.windows(needle.len()).any(|w| w == needle));
+    let s = open(dir.path());
+    assert_eq!(s.get_node("n1").unwrap(), n);
+    assert_eq!(
+        s.get_node(&n.uuid).unwrap().driver_info["ipmi_password"],
+        "pw-at-rest"
+    );
+    assert!(matches!(s.get_node("nope"), Err(DbError::NotFound { .. })));
+}
+
+#[test]
+fn modify_and_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let n = node("2be26c0b-03f2-4d2e-ae87-c02d7f33c123", "n2");
+    s.insert_node(&n).unwrap();
+    let m = s
+        .modify_node(&n.uuid, |n: &mut Node| {
+            n.console_enabled = true;
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+    assert!(m.console_enabled && m.updated_at.is_some());
+    let p = Port {
+        uuid: "3be26c0b-03f2-4d2e-ae87-c02d7f33c123".into(),
+        address: "52:54:00:12:34:56".into(),
+        node_uuid: n.uuid.clone(),
+        extra: Dict::new(),
+        pxe_enabled: true,
+        created_at: now(),
+        updated_at: None,
+    };
+    s.insert_port(&p).unwrap();
+    assert!(matches!(s.insert_port(&p), Err(DbError::Duplicate(_))));
+    assert_eq!(s.get_port("52:54:00:12:34:56").unwrap(), p);
+    assert_eq!(s.list_ports(Some(&n.uuid)).unwrap().len(), 1);
+    s.delete_node(&n.uuid).unwrap();
+    assert!(s.list_ports(None).unwrap().is_empty());
+}

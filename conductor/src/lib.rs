@@ -1,0 +1,150 @@
+//! conductor: nodes, power and consoles behind an Ironic-compatible REST API.
+//!
+//! `main.rs` parses the command line and calls [`run`]; tests call the same
+//! entry point in-process. Module map:
+//!
+//! - [`config`]: the typed configuration (file, `PORTHOLE_*`, flags).
+//! - [`model`], [`db`], [`seal`]: nodes and ports, their SQLite registry,
+//!   passwords sealed at rest.
+//! - [`service`]: the domain operations (create, PATCH, power, console).
+//! - [`power`]: ipmitool and Redfish drivers.
+//! - [`console`], [`watch`]: the console-svc client, reconcile, WatchConsoles.
+//! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
+//! - [`patch`]: JSON Patch.
+
+pub mod api;
+pub mod config;
+pub mod console;
+pub mod db;
+pub mod model;
+pub mod patch;
+pub mod power;
+pub mod seal;
+pub mod service;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use config::{AuthStrategy, Config};
+use model::Node;
+use service::{Conductor, PowerTiming, ServiceError};
+
+/// Why the conductor could not start (or stopped with an error).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("refusing auth_strategy = noauth on {0}: anyone who reaches it controls every node; listen on loopback, use http_basic, or set api.allow_noauth_on_any_address = true")]
+    InsecureNoauth(std::net::SocketAddr),
+    #[error(transparent)]
+    Auth(#[from] api::AuthError),
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
+    #[error("cannot create {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("serving the API: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Serve the API on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let addr = listener.local_addr().map_err(RunError::Serve)?;
+    let basic = match config.api.auth_strategy {
+        AuthStrategy::Noauth
+            if !addr.ip().is_loopback() && !config.api.allow_noauth_on_any_address =>
+        {
+            return Err(RunError::InsecureNoauth(addr));
+        }
+        AuthStrategy::Noauth => None,
+        AuthStrategy::HttpBasic => {
+            let file = config
+                .api
+                .http_basic_auth_user_file
+                .as_deref()
+                .expect("validated in Config::load");
+            Some(Arc::new(api::HttpBasic::load(file)?))
+        }
+    };
+    let conductor = Arc::new(open(&config, shutdown.clone())?);
+    clear_stale_power_actions(&conductor)?;
+    conductor.tasks.spawn(watch::follow(conductor.clone()));
+    let state = api::AppState {
+        conductor: conductor.clone(),
+        basic,
+        public_endpoint: config.api.public_endpoint.clone(),
+    };
+    tracing::info!(%addr, auth = ?config.api.auth_strategy, console_svc = %config.console.endpoint, "conductor API listening");
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    conductor.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), conductor.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks still running after 10 s; leaving them");
+    }
+    served.map_err(RunError::Serve)
+}
+
+fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunError> {
+    if let Some(dir) = config
+        .database
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|source| RunError::StateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let sealer = seal::Sealer::load_or_create(&config.secret_key_file())?;
+    let store = db::Store::open(&config.database.path, sealer)?;
+    let consoles = console::ConsoleClient::new(&config.console)?;
+    let power = power::PowerSettings {
+        ipmitool_path: config.power.ipmitool_path.clone(),
+        command_timeout: config.power.command_timeout,
+    };
+    let timing = PowerTiming {
+        state_timeout: config.power.state_timeout,
+        poll_interval: config.power.poll_interval,
+    };
+    Ok(Conductor::new(store, consoles, power, timing, shutdown))
+}
+
+/// A power action cut short by a stop leaves target_power_state behind:
+/// clear it and say so in last_error.
+fn clear_stale_power_actions(c: &Conductor) -> Result<(), RunError> {
+    for node in c.store.list_nodes()? {
+        if let Some(target) = node.target_power_state {
+            c.store
+                .modify_node(&node.uuid, |n: &mut Node| {
+                    n.target_power_state = None;
+                    n.last_error = Some(format!(
+                        "The conductor stopped during a change of power state to {target}."
+                    ));
+                    Ok::<_, ServiceError>(())
+                })
+                .map_err(|e| match e {
+                    ServiceError::Db(d) => RunError::Db(d),
+                    other => RunError::Serve(std::io::Error::other(other.to_string())),
+                })?;
+        }
+    }
+    Ok(())
+}

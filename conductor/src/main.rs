@@ -1,0 +1,112 @@
+//! The `conductor` binary: parse the command line, set up logging, bind the
+//! API port, and hand over to `conductor::run` until SIGTERM/SIGINT.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use conductor::config::Config;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "conductor",
+    version,
+    about = "Porthole's conductor: an Ironic-compatible API for nodes, power and consoles"
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, env = "PORTHOLE_CONFIG")]
+    config: Option<PathBuf>,
+    /// REST listen address (api.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// console-svc gRPC endpoint, e.g. http://127.0.0.1:50051 (console.endpoint).
+    #[arg(long)]
+    console_svc: Option<String>,
+    /// SQLite file (database.path).
+    #[arg(long)]
+    database: Option<PathBuf>,
+    /// noauth or http_basic (api.auth_strategy).
+    #[arg(long)]
+    auth_strategy: Option<String>,
+    /// htpasswd file with bcrypt hashes (api.http_basic_auth_user_file).
+    #[arg(long)]
+    http_basic_auth_user_file: Option<PathBuf>,
+    /// Log lines as JSON.
+    #[arg(long)]
+    log_json: bool,
+}
+
+impl Cli {
+    fn overrides(&self) -> Vec<(&'static str, &'static str, toml::Value)> {
+        let s = |v: String| toml::Value::String(v);
+        let mut o = Vec::new();
+        if let Some(v) = self.listen {
+            o.push(("api", "listen", s(v.to_string())));
+        }
+        if let Some(v) = &self.console_svc {
+            o.push(("console", "endpoint", s(v.clone())));
+        }
+        if let Some(v) = &self.database {
+            o.push(("database", "path", s(v.display().to_string())));
+        }
+        if let Some(v) = &self.auth_strategy {
+            o.push(("api", "auth_strategy", s(v.clone())));
+        }
+        if let Some(v) = &self.http_basic_auth_user_file {
+            o.push((
+                "api",
+                "http_basic_auth_user_file",
+                s(v.display().to_string()),
+            ));
+        }
+        if self.log_json {
+            o.push(("api", "log_format", s("json".into())));
+        }
+        o
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides())?;
+    init_tracing(config.api.log_format == "json");
+    tokio::runtime::Runtime::new()?.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("binding the API port {}", config.api.listen))?;
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        on_signal.cancel();
+    });
+    conductor::run(listener, config, shutdown).await?;
+    Ok(())
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTHOLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,117 @@
+//! Console state: `PUT /states/console` through console-svc, the state
+//! clients read, and re-enabling a console console-svc lost.
+//!
+//! The node's `console_enabled` is the wanted state; it changes only when a
+//! client asks and console-svc has done it. Callers: `api::states`,
+//! `watch` (reconcile and WatchConsoles events).
+
+use std::sync::Arc;
+
+use porthole_proto::console::v1 as pb;
+use serde_json::{json, Value};
+
+use super::{Conductor, ServiceError};
+use crate::console::{apply, enable_request};
+use crate::model::Node;
+
+impl Conductor {
+    /// Enable or disable a node's console; returns once console-svc has.
+    #[tracing::instrument(skip(self))]
+    pub async fn set_console(
+        self: &Arc<Self>,
+        ident: &str,
+        enabled: bool,
+    ) -> Result<(), ServiceError> {
+        let uuid = self.store.get_node(ident)?.uuid;
+        let lock = self.console_lock(&uuid);
+        let _held = lock.lock().await;
+        let node = self.store.get_node(&uuid)?;
+        if enabled {
+            let req = enable_request(&node)?;
+            let console = self.consoles.enable(req).await.inspect_err(|e| {
+                self.note_error(&uuid, format!("Failed to enable the console: {e}"));
+            })?;
+            self.store.modify_node(&uuid, |n: &mut Node| {
+                n.console_enabled = true;
+                apply(n, &console);
+                Ok::<_, ServiceError>(())
+            })?;
+        } else {
+            self.consoles.disable(&uuid).await.inspect_err(|e| {
+                self.note_error(&uuid, format!("Failed to disable the console: {e}"));
+            })?;
+            self.store.modify_node(&uuid, |n: &mut Node| {
+                n.console_enabled = false;
+                n.console_info = None;
+                n.driver_internal_info.remove("vnc_host");
+                n.driver_internal_info.remove("vnc_port");
+                Ok::<_, ServiceError>(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `GET /states/console`.
+    pub fn console_state(&self, ident: &str) -> Result<Value, ServiceError> {
+        let n = self.store.get_node(ident)?;
+        let info = if n.console_enabled {
+            n.console_info.clone()
+        } else {
+            None
+        };
+        Ok(json!({"console_enabled": n.console_enabled, "console_info": info}))
+    }
+
+    /// Record `msg` as the node's last_error (best effort).
+    pub fn note_error(&self, uuid: &str, msg: String) {
+        tracing::warn!(node = %uuid, "{msg}");
+        let r = self.store.modify_node(uuid, |n: &mut Node| {
+            n.last_error = Some(msg);
+            Ok::<_, ServiceError>(())
+        });
+        if let Err(e) = r {
+            tracing::debug!(node = %uuid, error = %e, "cannot record last_error");
+        }
+    }
+
+    /// Make console-svc serve the console of `uuid` again if the node still
+    /// wants one (reconcile). Failures land in last_error.
+    pub async fn ensure_console(&self, uuid: &str) {
+        let lock = self.console_lock(uuid);
+        let _held = lock.lock().await;
+        let Ok(node) = self.store.get_node(uuid) else {
+            return;
+        };
+        if !node.console_enabled {
+            return;
+        }
+        let result = match enable_request(&node) {
+            Ok(req) => self.consoles.enable(req).await.map_err(ServiceError::from),
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(c) => self.record_console(uuid, &c, false).await,
+            Err(e) => self.note_error(uuid, format!("Failed to restore the console: {e}")),
+        }
+    }
+
+    /// Take in what console-svc reports about a console (WatchConsoles).
+    /// `lock`: take the node's console lock first (false when held).
+    pub async fn record_console(&self, uuid: &str, c: &pb::Console, lock: bool) {
+        let l = self.console_lock(uuid);
+        let _held = if lock { Some(l.lock().await) } else { None };
+        let r = self.store.modify_node(uuid, |n: &mut Node| {
+            if !n.console_enabled {
+                return Ok(());
+            }
+            apply(n, c);
+            if c.state == pb::ConsoleState::Failed as i32 && !c.last_error.is_empty() {
+                n.last_error = Some(format!("Console failure: {}", c.last_error));
+            }
+            Ok::<_, ServiceError>(())
+        });
+        if let Err(e) = r {
+            tracing::debug!(node = %uuid, error = %e, "console event for an unknown node");
+        }
+    }
+}

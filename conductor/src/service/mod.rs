@@ -1,0 +1,221 @@
+//! The conductor's domain operations: what the REST handlers ask for,
+//! checked, persisted, and carried out on BMCs and console-svc.
+//!
+//! [`Conductor`] owns the store, the console-svc client and the power
+//! settings. Node CRUD and ports live here; power in `power.rs`, consoles
+//! in `console.rs`. Callers: `api` handlers, `watch`, `lib::run`.
+
+mod console;
+mod nodes;
+pub mod power;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::console::{ConsoleClient, ConsoleError};
+use crate::db::{DbError, Store};
+use crate::model::{now, Dict, Port};
+use crate::patch::PatchError;
+use crate::power::{PowerError, PowerSettings};
+
+pub use nodes::NodeCreate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The request is wrong (bad value, missing field, unsupported thing).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request conflicts with the node's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Another operation holds the node.
+    #[error("Node {0} is locked by host porthole-conductor, please retry after the current operation is completed.")]
+    Locked(String),
+    #[error(transparent)]
+    Patch(#[from] PatchError),
+    #[error(transparent)]
+    Power(#[from] PowerError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+}
+
+/// Timing of power actions.
+#[derive(Clone, Debug)]
+pub struct PowerTiming {
+    pub state_timeout: Duration,
+    pub poll_interval: Duration,
+}
+
+pub struct Conductor {
+    pub store: Store,
+    pub consoles: ConsoleClient,
+    pub power: PowerSettings,
+    pub timing: PowerTiming,
+    /// Nodes with a power action under way.
+    busy: Mutex<HashSet<String>>,
+    /// One console operation per node at a time (API and watcher alike).
+    console_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// Marks a node busy until dropped.
+pub struct BusyGuard {
+    conductor: Arc<Conductor>,
+    uuid: String,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.conductor.busy_set().remove(&self.uuid);
+    }
+}
+
+impl Conductor {
+    pub fn new(
+        store: Store,
+        consoles: ConsoleClient,
+        power: PowerSettings,
+        timing: PowerTiming,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            consoles,
+            power,
+            timing,
+            busy: Mutex::default(),
+            console_locks: Mutex::default(),
+            tasks: TaskTracker::new(),
+            shutdown,
+        }
+    }
+
+    fn busy_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserve `uuid` for a power action, or `Locked`.
+    pub fn reserve(self: &Arc<Self>, uuid: &str) -> Result<BusyGuard, ServiceError> {
+        if !self.busy_set().insert(uuid.to_owned()) {
+            return Err(ServiceError::Locked(uuid.to_owned()));
+        }
+        Ok(BusyGuard {
+            conductor: self.clone(),
+            uuid: uuid.to_owned(),
+        })
+    }
+
+    pub fn is_busy(&self, uuid: &str) -> bool {
+        self.busy_set().contains(uuid)
+    }
+
+    /// The console lock of a node.
+    pub fn console_lock(&self, uuid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.console_locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(uuid.to_owned()).or_default().clone()
+    }
+
+    // ---- ports ----
+
+    pub fn create_port(&self, body: &Dict) -> Result<Port, ServiceError> {
+        for k in body.keys() {
+            let known = [
+                "address",
+                "node_uuid",
+                "extra",
+                "pxe_enabled",
+                "uuid",
+                "local_link_connection",
+                "physical_network",
+                "is_smartnic",
+            ];
+            if !known.contains(&k.as_str()) {
+                return Err(ServiceError::Invalid(format!(
+                    "Unknown attribute for argument port: {k}"
+                )));
+            }
+        }
+        let address = body
+            .get("address")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let address = normalize_mac(address)?;
+        let node_ident = body
+            .get("node_uuid")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| ServiceError::Invalid("Mandatory field missing: node_uuid.".into()))?;
+        let node = self.store.get_node(node_ident)?;
+        let uuid = match body.get("uuid").and_then(|v| v.as_str()) {
+            Some(u) => parse_uuid(u)?,
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let port = Port {
+            uuid,
+            address,
+            node_uuid: node.uuid,
+            extra: body
+                .get("extra")
+                .and_then(|v| v.as_object())
+                .cloned()
+                .unwrap_or_default(),
+            pxe_enabled: body
+                .get("pxe_enabled")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true),
+            created_at: now(),
+            updated_at: None,
+        };
+        self.store.insert_port(&port)?;
+        Ok(port)
+    }
+
+    pub fn delete_port(&self, ident: &str) -> Result<(), ServiceError> {
+        let port = self.store.get_port(ident)?;
+        self.store.delete_port(&port.uuid)?;
+        Ok(())
+    }
+}
+
+/// A MAC address in Ironic's form (lower case, colons), or 400.
+pub fn normalize_mac(raw: &str) -> Result<String, ServiceError> {
+    let lower = raw.to_ascii_lowercase().replace('-', ":");
+    let parts: Vec<&str> = lower.split(':').collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    if !ok {
+        return Err(ServiceError::Invalid(format!(
+            "Expected a MAC address but received {raw}."
+        )));
+    }
+    Ok(lower)
+}
+
+pub fn parse_uuid(raw: &str) -> Result<String, ServiceError> {
+    uuid::Uuid::parse_str(raw)
+        .map(|u| u.to_string())
+        .map_err(|_| ServiceError::Invalid(format!("Expected a UUID but received {raw}.")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_and_uuids() {
+        assert_eq!(
+            normalize_mac("52:54:00:AA:bb:01").unwrap(),
+            "52:54:00:aa:bb:01"
+        );
+        assert!(normalize_mac("52:54:00").is_err());
+        assert!(parse_uuid("nope").is_err());
+    }
+}

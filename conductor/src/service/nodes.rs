@@ -1,0 +1,263 @@
+//! Node create, PATCH and delete, with Ironic's checks.
+//!
+//! Callers: the node handlers in `api::nodes`.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{parse_uuid, Conductor, ServiceError};
+use crate::console::{default_interface, interface_kind};
+use crate::model::{now, Dict, Node, MASK};
+use crate::patch;
+
+pub const DRIVERS: &[&str] = &["ipmi", "redfish"];
+
+/// Attributes a client may set on create or PATCH.
+const WRITABLE: &[&str] = &[
+    "uuid",
+    "name",
+    "driver",
+    "driver_info",
+    "properties",
+    "instance_info",
+    "instance_uuid",
+    "extra",
+    "console_interface",
+    "resource_class",
+    "maintenance",
+    "maintenance_reason",
+];
+/// Ironic attributes accepted and ignored (one conductor, fixed interfaces).
+const IGNORED: &[&str] = &[
+    "boot_interface",
+    "deploy_interface",
+    "inspect_interface",
+    "management_interface",
+    "network_interface",
+    "power_interface",
+    "raid_interface",
+    "rescue_interface",
+    "storage_interface",
+    "vendor_interface",
+    "bios_interface",
+    "firmware_interface",
+    "conductor_group",
+    "automated_clean",
+    "protected",
+    "protected_reason",
+    "owner",
+    "lessee",
+    "description",
+    "shard",
+    "chassis_uuid",
+    "network_data",
+    "retired",
+    "retired_reason",
+    "parent_node",
+    "disable_power_off",
+];
+
+/// A node create request, checked.
+pub struct NodeCreate(pub Dict);
+
+impl Conductor {
+    pub fn create_node(self: &Arc<Self>, req: NodeCreate) -> Result<Node, ServiceError> {
+        let body = req.0;
+        for k in body.keys() {
+            if !WRITABLE.contains(&k.as_str()) && !IGNORED.contains(&k.as_str()) {
+                return Err(ServiceError::Invalid(format!(
+                    "Unknown attribute for argument node: {k}"
+                )));
+            }
+        }
+        let driver = body
+            .get("driver")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ServiceError::Invalid("Mandatory field missing: driver.".into()))?;
+        let uuid = match body.get("uuid").and_then(Value::as_str) {
+            Some(u) => parse_uuid(u)?,
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let mut node = Node {
+            uuid,
+            name: None,
+            driver: driver.to_owned(),
+            driver_info: Dict::new(),
+            driver_internal_info: Dict::new(),
+            console_interface: default_interface(driver).to_owned(),
+            power_state: None,
+            target_power_state: None,
+            provision_state: "enroll".into(),
+            target_provision_state: None,
+            maintenance: false,
+            maintenance_reason: None,
+            console_enabled: false,
+            console_info: None,
+            properties: Dict::new(),
+            instance_info: Dict::new(),
+            instance_uuid: None,
+            extra: Dict::new(),
+            resource_class: None,
+            last_error: None,
+            created_at: now(),
+            updated_at: None,
+        };
+        let mut doc = editable(&node);
+        for (k, v) in &body {
+            if WRITABLE.contains(&k.as_str()) && k != "uuid" {
+                doc.insert(k.clone(), v.clone());
+            }
+        }
+        read_back(&mut node, &doc)?;
+        self.store.insert_node(&node)?;
+        self.spawn_power_sync(&node.uuid);
+        Ok(node)
+    }
+
+    pub fn patch_node(&self, ident: &str, ops: &Value) -> Result<Node, ServiceError> {
+        let roots: Vec<String> = ops
+            .as_array()
+            .map(|a| a.iter().filter_map(patch::root_of).collect())
+            .unwrap_or_default();
+        for r in &roots {
+            if !WRITABLE.contains(&r.as_str()) && !IGNORED.contains(&r.as_str()) || r == "uuid" {
+                return Err(ServiceError::Invalid(format!(
+                    "'/{r}' is read-only or unknown and cannot be changed."
+                )));
+            }
+        }
+        self.store.modify_node(ident, |node: &mut Node| {
+            let mut doc = Value::Object(editable(node));
+            patch::apply(&mut doc, ops)?;
+            let Value::Object(doc) = doc else { unreachable!("patched an object") };
+            let before = node.clone();
+            read_back(node, &doc)?;
+            let changed = node.driver != before.driver || node.console_interface != before.console_interface;
+            if changed && before.console_enabled {
+                return Err(ServiceError::Conflict(format!(
+                    "Node {} has its console enabled; disable the console before changing the driver or console_interface.",
+                    before.uuid
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    /// Disable the node's console (if on), then forget the node and its ports.
+    pub async fn delete_node(self: &Arc<Self>, ident: &str) -> Result<(), ServiceError> {
+        let node = self.store.get_node(ident)?;
+        let _busy = self.reserve(&node.uuid)?;
+        let lock = self.console_lock(&node.uuid);
+        let _console = lock.lock().await;
+        let node = self.store.get_node(&node.uuid)?;
+        if node.console_enabled {
+            self.consoles.disable(&node.uuid).await?;
+        }
+        self.store.delete_node(&node.uuid)?;
+        Ok(())
+    }
+}
+
+/// The client-editable attributes of `node` as a JSON object (clear text).
+fn editable(node: &Node) -> Dict {
+    let v = json!({
+        "name": node.name,
+        "driver": node.driver,
+        "driver_info": node.driver_info,
+        "properties": node.properties,
+        "instance_info": node.instance_info,
+        "instance_uuid": node.instance_uuid,
+        "extra": node.extra,
+        "console_interface": node.console_interface,
+        "resource_class": node.resource_class,
+        "maintenance": node.maintenance,
+        "maintenance_reason": node.maintenance_reason,
+    });
+    let Value::Object(mut m) = v else {
+        unreachable!("a json! object")
+    };
+    for k in IGNORED {
+        m.insert((*k).into(), Value::Null);
+    }
+    m
+}
+
+/// Copy the edited attributes back into `node`, checking each.
+fn read_back(node: &mut Node, doc: &Dict) -> Result<(), ServiceError> {
+    let s = |k: &str| -> Result<Option<String>, ServiceError> {
+        match doc.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(v)) => Ok(Some(v.clone())),
+            Some(other) => Err(ServiceError::Invalid(format!(
+                "{k} must be a string, not {other}."
+            ))),
+        }
+    };
+    let d = |k: &str| -> Result<Dict, ServiceError> {
+        match doc.get(k) {
+            None | Some(Value::Null) => Ok(Dict::new()),
+            Some(Value::Object(m)) => Ok(m.clone()),
+            Some(other) => Err(ServiceError::Invalid(format!(
+                "{k} must be a JSON object, not {other}."
+            ))),
+        }
+    };
+    node.name = s("name")?;
+    if let Some(n) = &node.name {
+        check_name(n)?;
+    }
+    node.driver =
+        s("driver")?.ok_or_else(|| ServiceError::Invalid("driver cannot be removed.".into()))?;
+    if !DRIVERS.contains(&node.driver.as_str()) {
+        return Err(ServiceError::Invalid(format!(
+            "Could not find the following driver(s) or hardware type(s): {}. Supported: {}.",
+            node.driver,
+            DRIVERS.join(", ")
+        )));
+    }
+    let old_info = std::mem::take(&mut node.driver_info);
+    node.driver_info = keep_masked(d("driver_info")?, &old_info);
+    node.properties = d("properties")?;
+    node.instance_info = d("instance_info")?;
+    node.extra = d("extra")?;
+    node.instance_uuid = s("instance_uuid")?;
+    node.resource_class = s("resource_class")?;
+    node.maintenance_reason = s("maintenance_reason")?;
+    node.maintenance = doc
+        .get("maintenance")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    node.console_interface =
+        s("console_interface")?.unwrap_or_else(|| default_interface(&node.driver).into());
+    interface_kind(&node.console_interface)?;
+    Ok(())
+}
+
+/// A client that sends back `******` keeps the stored secret.
+fn keep_masked(mut info: Dict, old: &Dict) -> Dict {
+    for (k, v) in info.iter_mut() {
+        if v.as_str() == Some(MASK) {
+            if let Some(prev) = old.get(k) {
+                *v = prev.clone();
+            }
+        }
+    }
+    info
+}
+
+fn check_name(name: &str) -> Result<(), ServiceError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+        && uuid::Uuid::parse_str(name).is_err();
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::Invalid(format!(
+            "Expected a logical name but received {name}: letters, digits, '-', '.', '_' and '~' only, and not a UUID."
+        )))
+    }
+}

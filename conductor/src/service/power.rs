@@ -1,0 +1,220 @@
+//! Power actions (asynchronous, with target_power_state), boot devices and
+//! validation. Callers: the state handlers in `api::states`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use super::{BusyGuard, Conductor, ServiceError};
+use crate::model::{Dict, Node, POWER_ON};
+use crate::power::{Bmc, Power, PowerError, BOOT_DEVICES};
+
+/// What a `PUT /states/power` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerAction {
+    On,
+    Off,
+    Reboot,
+}
+
+impl PowerAction {
+    pub fn parse(target: &str) -> Result<Self, ServiceError> {
+        match target {
+            "power on" => Ok(Self::On),
+            "power off" | "soft power off" => Ok(Self::Off),
+            "rebooting" | "soft rebooting" => Ok(Self::Reboot),
+            other => Err(ServiceError::Invalid(format!(
+                "The requested action \"{other}\" can not be performed on the node; use \"power on\", \"power off\" or \"rebooting\"."
+            ))),
+        }
+    }
+
+    fn end_state(self) -> Power {
+        match self {
+            Self::Off => Power::Off,
+            Self::On | Self::Reboot => Power::On,
+        }
+    }
+}
+
+impl Conductor {
+    /// Start a power action: target_power_state set now, the BMC driven in
+    /// the background, power_state settled (or last_error) when it is done.
+    pub fn set_power(
+        self: &Arc<Self>,
+        ident: &str,
+        action: PowerAction,
+    ) -> Result<(), ServiceError> {
+        let node = self.store.get_node(ident)?;
+        let bmc = Bmc::for_node(&node, &self.power)?;
+        let guard = self.reserve(&node.uuid)?;
+        let target = match action {
+            PowerAction::Reboot => POWER_ON,
+            a => a.end_state().as_ironic(),
+        };
+        self.store.modify_node(&node.uuid, |n: &mut Node| {
+            n.target_power_state = Some(target.into());
+            n.last_error = None;
+            Ok::<_, ServiceError>(())
+        })?;
+        let this = self.clone();
+        let span = tracing::info_span!("power", node = %node.uuid, ?action);
+        self.tasks
+            .spawn(async move { this.run_power(bmc, action, guard).await }.instrument(span));
+        Ok(())
+    }
+
+    async fn run_power(self: Arc<Self>, bmc: Bmc, action: PowerAction, guard: BusyGuard) {
+        let uuid = guard.uuid.clone();
+        let result = match action {
+            PowerAction::Reboot => bmc.reboot().await,
+            a => bmc.set_power(a.end_state()).await,
+        };
+        let settled = match result {
+            Ok(()) => self.wait_for(&bmc, action.end_state()).await,
+            Err(e) => Err(e),
+        };
+        let outcome = self.store.modify_node(&uuid, |n: &mut Node| {
+            n.target_power_state = None;
+            match &settled {
+                Ok(p) => n.power_state = Some(p.as_ironic().into()),
+                Err(e) => {
+                    n.last_error = Some(format!(
+                        "Failed to change power state to {}: {e}",
+                        action.end_state().as_ironic()
+                    ))
+                }
+            }
+            Ok::<_, ServiceError>(())
+        });
+        match (settled, outcome) {
+            (Ok(p), Ok(_)) => tracing::info!(state = p.as_ironic(), "power state settled"),
+            (Err(e), _) => tracing::warn!(error = %e, "power action failed"),
+            (_, Err(e)) => tracing::warn!(error = %e, "node vanished during a power action"),
+        }
+        drop(guard);
+    }
+
+    async fn wait_for(&self, bmc: &Bmc, want: Power) -> Result<Power, PowerError> {
+        let deadline = Instant::now() + self.timing.state_timeout;
+        loop {
+            let now = bmc.power_state().await?;
+            if now == want {
+                return Ok(now);
+            }
+            if Instant::now() > deadline {
+                return Err(PowerError::Timeout {
+                    what: format!("the BMC reporting {}", want.as_ironic()),
+                    timeout: self.timing.state_timeout,
+                });
+            }
+            tokio::time::sleep(self.timing.poll_interval).await;
+        }
+    }
+
+    /// Read the power state once in the background (after create), like
+    /// Ironic's power sync; failures are logged only.
+    pub fn spawn_power_sync(self: &Arc<Self>, uuid: &str) {
+        let Ok(node) = self.store.get_node(uuid) else {
+            return;
+        };
+        let Ok(bmc) = Bmc::for_node(&node, &self.power) else {
+            return;
+        };
+        let Ok(guard) = self.reserve(uuid) else {
+            return;
+        };
+        let this = self.clone();
+        let span = tracing::info_span!("power_sync", node = %uuid);
+        self.tasks.spawn(
+            async move {
+                match bmc.power_state().await {
+                    Ok(p) => {
+                        let r = this.store.modify_node(&guard.uuid, |n: &mut Node| {
+                            n.power_state = Some(p.as_ironic().into());
+                            Ok::<_, ServiceError>(())
+                        });
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "power sync: node gone");
+                        }
+                    }
+                    Err(e) => tracing::info!(error = %e, "power sync: cannot read the power state"),
+                }
+                drop(guard);
+            }
+            .instrument(span),
+        );
+    }
+
+    pub async fn boot_device(&self, ident: &str) -> Result<Value, ServiceError> {
+        let node = self.store.get_node(ident)?;
+        let (dev, persistent) = Bmc::for_node(&node, &self.power)?.boot_device().await?;
+        Ok(json!({"boot_device": dev, "persistent": persistent}))
+    }
+
+    pub async fn set_boot_device(&self, ident: &str, body: &Dict) -> Result<(), ServiceError> {
+        let node = self.store.get_node(ident)?;
+        let dev = body
+            .get("boot_device")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !BOOT_DEVICES.contains(&dev) {
+            return Err(ServiceError::Invalid(format!(
+                "Invalid boot device {dev:?}; supported: {}.",
+                BOOT_DEVICES.join(", ")
+            )));
+        }
+        let persistent = body
+            .get("persistent")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Bmc::for_node(&node, &self.power)?
+            .set_boot_device(dev, persistent)
+            .await?;
+        Ok(())
+    }
+
+    /// Ironic's validate: per interface, result and reason.
+    pub async fn validate(&self, ident: &str) -> Result<Value, ServiceError> {
+        let node = self.store.get_node(ident)?;
+        let res = |r: Result<(), String>| match r {
+            Ok(()) => json!({"result": true}),
+            Err(reason) => json!({"result": false, "reason": reason}),
+        };
+        let power = Bmc::for_node(&node, &self.power)
+            .map(drop)
+            .map_err(|e| e.to_string());
+        let console = crate::console::enable_request(&node)
+            .map(drop)
+            .map_err(|e| e.to_string());
+        let unsupported =
+            json!({"result": null, "reason": "not supported by the Porthole conductor"});
+        Ok(json!({
+            "power": res(power.clone()),
+            "management": res(power),
+            "console": res(console),
+            "boot": unsupported, "deploy": unsupported, "inspect": unsupported,
+            "network": {"result": true}, "raid": unsupported, "rescue": unsupported,
+            "storage": {"result": true}, "bios": unsupported,
+        }))
+    }
+
+    /// `GET /states`.
+    pub fn states(&self, ident: &str) -> Result<Value, ServiceError> {
+        let n = self.store.get_node(ident)?;
+        Ok(json!({
+            "power_state": n.power_state,
+            "target_power_state": n.target_power_state,
+            "provision_state": n.provision_state,
+            "target_provision_state": n.target_provision_state,
+            "provision_updated_at": null,
+            "console_enabled": n.console_enabled,
+            "last_error": n.last_error,
+            "raid_config": {}, "target_raid_config": {},
+            "boot_mode": null, "secure_boot": null,
+            "fault": null,
+        }))
+    }
+}
