@@ -89,7 +89,10 @@ impl Rig {
             _locks: Vec::new(),
         };
         for bmc in &self.bmcs {
-            let path = self.run_dir.join("porthole-test-locks").join(format!("{}.lock", bmc.name));
+            let path = self
+                .run_dir
+                .join("porthole-test-locks")
+                .join(format!("{}.lock", bmc.name));
             if let Some(lock) = try_lock(&path)? {
                 lease.bmcs.push(bmc.clone());
                 lease._locks.push(lock);

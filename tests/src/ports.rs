@@ -33,7 +33,10 @@ impl PortSlot {
     /// can be bound right now.
     pub fn lease(ports: u16) -> Result<PortSlot> {
         if ports == 0 || ports > Self::MAX_CONSOLE_PORTS {
-            bail!("a console-svc gets 1..={} console ports, not {ports}", Self::MAX_CONSOLE_PORTS);
+            bail!(
+                "a console-svc gets 1..={} console ports, not {ports}",
+                Self::MAX_CONSOLE_PORTS
+            );
         }
         let base = std::env::var(PORT_BASE_ENV)
             .ok()

@@ -35,7 +35,10 @@ pub struct Stat {
 
 pub fn stat(pid: i32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after: Vec<&str> = text.get(text.rfind(')')? + 2..)?.split_whitespace().collect();
+    let after: Vec<&str> = text
+        .get(text.rfind(')')? + 2..)?
+        .split_whitespace()
+        .collect();
     Some(Stat {
         state: after.first()?.chars().next()?,
         ppid: after.get(1)?.parse().ok()?,
@@ -49,13 +52,17 @@ pub fn all_pids() -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// `/proc/<pid>/cmdline` with NULs shown as spaces.
 pub fn cmdline(pid: i32) -> String {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&raw).replace('\0', " ").trim().to_owned()
+    String::from_utf8_lossy(&raw)
+        .replace('\0', " ")
+        .trim()
+        .to_owned()
 }
 
 impl Proc {
@@ -84,10 +91,19 @@ pub fn descendants(root: i32) -> Vec<Proc> {
     let mut i = 0;
     while i < found.len() {
         let parent = found[i];
-        found.extend(table.iter().filter(|(_, s)| s.ppid == parent).map(|(p, _)| *p));
+        found.extend(
+            table
+                .iter()
+                .filter(|(_, s)| s.ppid == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
-    found[1..].iter().filter_map(|p| Proc::of(*p)).filter(|p| p.alive()).collect()
+    found[1..]
+        .iter()
+        .filter_map(|p| Proc::of(*p))
+        .filter(|p| p.alive())
+        .collect()
 }
 
 /// The live processes recorded in a console-svc `terminal_pid_dir`
@@ -99,11 +115,19 @@ pub fn recorded(pid_dir: &Path) -> Vec<Proc> {
     };
     let mut out = Vec::new();
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        let start: u64 = text.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let start: u64 = text
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         if let Some(p) = Proc::of(pid).filter(|p| p.start == start && p.alive()) {
             out.push(p);
         }
@@ -125,7 +149,11 @@ pub fn group_members(pgrp: i32) -> Vec<Proc> {
 pub async fn wait_gone(procs: &[Proc], within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        let left: Vec<String> = procs.iter().filter(|p| p.alive()).map(Proc::to_string).collect();
+        let left: Vec<String> = procs
+            .iter()
+            .filter(|p| p.alive())
+            .map(Proc::to_string)
+            .collect();
         if left.is_empty() {
             return Ok(());
         }

@@ -65,7 +65,11 @@ impl Rig {
             .with_context(|| format!("{RIG_JSON_ENV}={}: cannot read", path.display()))?;
         let rig: Rig = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a rig.json", path.display()))?;
-        anyhow::ensure!(!rig.bmcs.is_empty(), "{}: the rig has no BMCs", path.display());
+        anyhow::ensure!(
+            !rig.bmcs.is_empty(),
+            "{}: the rig has no BMCs",
+            path.display()
+        );
         Ok(rig)
     }
 
@@ -95,6 +99,7 @@ impl Bmc {
             kind: pb::ConsoleKind::Serial as i32,
             ipmi: Some(self.ipmi_target()),
             port: 0,
+            vnc: None,
         }
     }
 }

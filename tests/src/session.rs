@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use porthole_proto::console::v1 as pb;
 use pb::console_service_client::ConsoleServiceClient;
+use porthole_proto::console::v1 as pb;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -27,7 +27,11 @@ const QUIET: Duration = Duration::from_millis(300);
 pub fn node_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 pub async fn enable(client: &mut Client, req: pb::EnableConsoleRequest) -> Result<pb::Console> {
@@ -41,12 +45,20 @@ pub async fn enable(client: &mut Client, req: pb::EnableConsoleRequest) -> Resul
 }
 
 pub async fn get(client: &mut Client, node: &str) -> Result<pb::Console> {
-    let req = pb::GetConsoleRequest { node_id: node.into() };
-    Ok(client.get_console(req).await.with_context(|| format!("GetConsole({node})"))?.into_inner())
+    let req = pb::GetConsoleRequest {
+        node_id: node.into(),
+    };
+    Ok(client
+        .get_console(req)
+        .await
+        .with_context(|| format!("GetConsole({node})"))?
+        .into_inner())
 }
 
 pub async fn disable(client: &mut Client, node: &str) -> Result<pb::Console> {
-    let req = pb::DisableConsoleRequest { node_id: node.into() };
+    let req = pb::DisableConsoleRequest {
+        node_id: node.into(),
+    };
     Ok(client
         .disable_console(req)
         .await
@@ -95,7 +107,11 @@ async fn prime_keystrokes(viewer: &mut Wire, node: &mut Wire) -> Result<()> {
             return Ok(());
         }
     }
-    bail!("{}: keystrokes never reached {} within {ESTABLISH_TIMEOUT:?}", viewer.name(), node.name())
+    bail!(
+        "{}: keystrokes never reached {} within {ESTABLISH_TIMEOUT:?}",
+        viewer.name(),
+        node.name()
+    )
 }
 
 /// Print a marker on the node side until the viewer sees it.
@@ -104,11 +120,19 @@ async fn prime_output(viewer: &mut Wire, node: &mut Wire) -> Result<()> {
     let deadline = Instant::now() + ESTABLISH_TIMEOUT;
     while Instant::now() < deadline {
         node.send(format!("{marker}\r\n").as_bytes()).await?;
-        if viewer.try_expect(marker.as_bytes(), Duration::from_millis(700)).await?.is_some() {
+        if viewer
+            .try_expect(marker.as_bytes(), Duration::from_millis(700))
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
     }
-    bail!("{}: node output never reached {} within {ESTABLISH_TIMEOUT:?}", node.name(), viewer.name())
+    bail!(
+        "{}: node output never reached {} within {ESTABLISH_TIMEOUT:?}",
+        node.name(),
+        viewer.name()
+    )
 }
 
 /// `tcp://host:port` of a running console, or an error saying why not.

@@ -26,7 +26,11 @@ pub struct Wire {
 
 /// The node's OS side of a BMC's serial line.
 pub async fn node_side(bmc: &Bmc) -> Result<Wire> {
-    Wire::connect(&bmc.host_console.addr(), &format!("node side of {}", bmc.name)).await
+    Wire::connect(
+        &bmc.host_console.addr(),
+        &format!("node side of {}", bmc.name),
+    )
+    .await
 }
 
 /// A viewer on a console URL (`tcp://host:port`).
@@ -68,7 +72,11 @@ impl Wire {
         let mut buf = [0u8; 4096];
         match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
             Err(_) => Ok(false),
-            Ok(Ok(0)) => bail!("{}: connection closed (had {})", self.name, show(&self.pending)),
+            Ok(Ok(0)) => bail!(
+                "{}: connection closed (had {})",
+                self.name,
+                show(&self.pending)
+            ),
             Ok(Ok(n)) => {
                 self.pending.extend_from_slice(&buf[..n]);
                 Ok(true)

@@ -38,6 +38,7 @@ fn unreachable_request(node: &str, udp_port: u16) -> pb::EnableConsoleRequest {
             privilege_level: String::new(),
         }),
         port: 0,
+        vnc: None,
     }
 }
 
@@ -53,18 +54,28 @@ async fn unreachable_bmc_makes_the_console_failed(backend: Backend) -> Result<()
     if let Err(e) = client.enable_console(unreachable_request(&node, udp)).await {
         ensure!(e.code() == Code::Unavailable, "enable failed oddly: {e:?}");
     }
-    let failed = session::wait_console(&mut client, &node, Duration::from_secs(30), "FAILED", |c| {
-        c.state() == pb::ConsoleState::Failed
-    })
-    .await?;
+    let failed =
+        session::wait_console(&mut client, &node, Duration::from_secs(30), "FAILED", |c| {
+            c.state() == pb::ConsoleState::Failed
+        })
+        .await?;
     let why = failed.last_error.clone();
-    ensure!(!why.trim().is_empty(), "FAILED without last_error: {failed:?}");
+    ensure!(
+        !why.trim().is_empty(),
+        "FAILED without last_error: {failed:?}"
+    );
     ensure!(
         why.contains(&format!("127.0.0.1:{udp}")),
         "last_error does not name the BMC 127.0.0.1:{udp}: {why:?}"
     );
-    ensure!(why.len() < 1000 && !why.contains('\n'), "last_error is not one readable line: {why:?}");
-    ensure!(!why.contains("not-a-real-bmc"), "last_error shows the password: {why:?}");
+    ensure!(
+        why.len() < 1000 && !why.contains('\n'),
+        "last_error is not one readable line: {why:?}"
+    );
+    ensure!(
+        !why.contains("not-a-real-bmc"),
+        "last_error shows the password: {why:?}"
+    );
     Ok(())
 }
 
@@ -77,14 +88,28 @@ async fn exhausted_port_range_is_resource_exhausted(backend: Backend) -> Result<
     let a = session::node_id("full-a");
     let ca = session::enable(&mut client, unreachable_request(&a, udp)).await?;
     let (start, _) = svc.port_range();
-    ensure!(ca.port == u32::from(start), "the only port is {start}, got {ca:?}");
+    ensure!(
+        ca.port == u32::from(start),
+        "the only port is {start}, got {ca:?}"
+    );
 
     let b = session::node_id("full-b");
-    let err = expect_code(&mut client, unreachable_request(&b, udp), Code::ResourceExhausted).await?;
-    ensure!(err.message().contains(&start.to_string()), "message should name the range: {err:?}");
+    let err = expect_code(
+        &mut client,
+        unreachable_request(&b, udp),
+        Code::ResourceExhausted,
+    )
+    .await?;
+    ensure!(
+        err.message().contains(&start.to_string()),
+        "message should name the range: {err:?}"
+    );
     // The first console is unaffected.
     let shown = session::get(&mut client, &a).await?;
-    ensure!(shown.port == u32::from(start), "node a lost its port: {shown:?}");
+    ensure!(
+        shown.port == u32::from(start),
+        "node a lost its port: {shown:?}"
+    );
     Ok(())
 }
 
@@ -114,14 +139,31 @@ async fn bad_requests_are_invalid_argument(backend: Backend) -> Result<()> {
             .await
             .with_context(|| what.to_owned())?;
     }
-    let err = client.get_console(pb::GetConsoleRequest { node_id: String::new() }).await;
-    ensure!(matches!(&err, Err(s) if s.code() == Code::InvalidArgument), "GetConsole(\"\"): {err:?}");
-    let err = client.get_console(pb::GetConsoleRequest { node_id: "never-seen".into() }).await;
-    ensure!(matches!(&err, Err(s) if s.code() == Code::NotFound), "GetConsole(unknown): {err:?}");
+    let err = client
+        .get_console(pb::GetConsoleRequest {
+            node_id: String::new(),
+        })
+        .await;
+    ensure!(
+        matches!(&err, Err(s) if s.code() == Code::InvalidArgument),
+        "GetConsole(\"\"): {err:?}"
+    );
+    let err = client
+        .get_console(pb::GetConsoleRequest {
+            node_id: "never-seen".into(),
+        })
+        .await;
+    ensure!(
+        matches!(&err, Err(s) if s.code() == Code::NotFound),
+        "GetConsole(unknown): {err:?}"
+    );
 
     // The last port inside the range is fine.
     let ok = session::enable(&mut client, req(&|r| r.port = u32::from(end) - 1)).await?;
-    ensure!(ok.port == u32::from(end) - 1 && url_of(&ok).is_ok(), "explicit port: {ok:?}");
+    ensure!(
+        ok.port == u32::from(end) - 1 && url_of(&ok).is_ok(),
+        "explicit port: {ok:?}"
+    );
     Ok(())
 }
 
@@ -131,9 +173,16 @@ fn set_address(r: &mut pb::EnableConsoleRequest, address: &str) {
     }
 }
 
-async fn expect_code(client: &mut Client, req: pb::EnableConsoleRequest, code: Code) -> Result<tonic::Status> {
+async fn expect_code(
+    client: &mut Client,
+    req: pb::EnableConsoleRequest,
+    code: Code,
+) -> Result<tonic::Status> {
     match client.enable_console(req).await {
-        Ok(c) => bail!("expected {code:?}, the console was enabled: {:?}", c.into_inner()),
+        Ok(c) => bail!(
+            "expected {code:?}, the console was enabled: {:?}",
+            c.into_inner()
+        ),
         Err(s) if s.code() == code => {
             ensure!(!s.message().is_empty(), "{code:?} without a message");
             Ok(s)

@@ -30,21 +30,44 @@ async fn enable_is_idempotent_and_keeps_the_port(backend: Backend) -> Result<()>
     let first = session::enable(&mut client, bmcs[0].enable_request(&node)).await?;
     let url = url_of(&first)?;
     let (start, end) = svc.port_range();
-    ensure!((start..end).contains(&(first.port as u16)), "port {} outside {start}:{end}", first.port);
+    ensure!(
+        (start..end).contains(&(first.port as u16)),
+        "port {} outside {start}:{end}",
+        first.port
+    );
 
     let t = Instant::now();
     let again = session::enable(&mut client, bmcs[0].enable_request(&node)).await?;
-    ensure!(t.elapsed() < Duration::from_secs(2), "a repeated enable took {:?}", t.elapsed());
-    ensure!(url_of(&again)? == url, "second enable gave {} instead of {url}", again.url);
+    ensure!(
+        t.elapsed() < Duration::from_secs(2),
+        "a repeated enable took {:?}",
+        t.elapsed()
+    );
+    ensure!(
+        url_of(&again)? == url,
+        "second enable gave {} instead of {url}",
+        again.url
+    );
 
     // nova's reset, twice: disable then enable, same port each time.
     for round in 1..=2 {
         let t = Instant::now();
         let off = session::disable(&mut client, &node).await?;
-        ensure!(off.state() == ConsoleState::Disabled && off.url.is_empty(), "after disable: {off:?}");
+        ensure!(
+            off.state() == ConsoleState::Disabled && off.url.is_empty(),
+            "after disable: {off:?}"
+        );
         let on = session::enable(&mut client, bmcs[0].enable_request(&node)).await?;
-        ensure!(t.elapsed() < RESET_BUDGET, "reset {round} took {:?}", t.elapsed());
-        ensure!(url_of(&on)? == url, "reset {round} moved the console to {}", on.url);
+        ensure!(
+            t.elapsed() < RESET_BUDGET,
+            "reset {round} took {:?}",
+            t.elapsed()
+        );
+        ensure!(
+            url_of(&on)? == url,
+            "reset {round} moved the console to {}",
+            on.url
+        );
     }
     // And the console still carries bytes.
     let mut v = viewer(&url).await?;
@@ -66,14 +89,23 @@ async fn disable_closes_the_port_and_stops_every_process(backend: Backend) -> Re
     let before = console_processes(&svc)?;
 
     let off = session::disable(&mut client, &node).await?;
-    ensure!(off.state() == ConsoleState::Disabled, "after disable: {off:?}");
+    ensure!(
+        off.state() == ConsoleState::Disabled,
+        "after disable: {off:?}"
+    );
     v.expect_closed(Duration::from_secs(5)).await?;
     ensure_refused(&url).await?;
     procs::wait_gone(&before, Duration::from_secs(5)).await?;
     let left = procs::recorded(&svc.pid_dir());
-    ensure!(left.is_empty(), "terminal_pid_dir still names live processes: {left:?}");
+    ensure!(
+        left.is_empty(),
+        "terminal_pid_dir still names live processes: {left:?}"
+    );
     let shown = session::get(&mut client, &node).await?;
-    ensure!(shown.state() == ConsoleState::Disabled && shown.url.is_empty(), "GetConsole: {shown:?}");
+    ensure!(
+        shown.state() == ConsoleState::Disabled && shown.url.is_empty(),
+        "GetConsole: {shown:?}"
+    );
     Ok(())
 }
 
@@ -90,7 +122,11 @@ async fn restart_after_kill_9_leaves_no_orphans(backend: Backend) -> Result<()> 
     let before = console_processes(&svc)?;
 
     svc.kill9()?;
-    let alive: Vec<String> = before.iter().filter(|p| p.alive()).map(Proc::to_string).collect();
+    let alive: Vec<String> = before
+        .iter()
+        .filter(|p| p.alive())
+        .map(Proc::to_string)
+        .collect();
     eprintln!("after kill -9, still running until the restart: {alive:?}");
     drop(v);
     svc.restart().await?;
@@ -107,7 +143,9 @@ async fn restart_after_kill_9_leaves_no_orphans(backend: Backend) -> Result<()> 
 /// The service's processes while a viewer is attached; there must be some.
 fn console_processes(svc: &ConsoleSvc) -> Result<Vec<Proc>> {
     let found = svc.processes();
-    let ipmitool = found.iter().any(|p| p.what.contains("ipmitool") || p.what.contains("sol-exec"));
+    let ipmitool = found
+        .iter()
+        .any(|p| p.what.contains("ipmitool") || p.what.contains("sol-exec"));
     if !ipmitool {
         bail!("no ipmitool among console-svc's processes with a viewer attached: {found:?}");
     }

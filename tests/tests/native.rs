@@ -35,7 +35,8 @@ async fn shared_viewers() -> Result<()> {
     let mut n = node_side(&bmcs[0]).await?;
     establish(&mut a, &mut n).await?;
     let mut b = viewer(&url).await?;
-    b.drain(Duration::from_millis(500), Duration::from_secs(5)).await?;
+    b.drain(Duration::from_millis(500), Duration::from_secs(5))
+        .await?;
 
     // One line from the node reaches both viewers.
     let line = format!("both-{node}\r\n");
@@ -52,10 +53,18 @@ async fn shared_viewers() -> Result<()> {
     c.expect(line.as_bytes(), Duration::from_secs(5)).await?;
 
     let log = console_log(&svc, &node, 0).await?;
-    ensure!(find(&log.data, line.as_bytes()).is_some(), "log lacks the line: {}", show(&log.data));
+    ensure!(
+        find(&log.data, line.as_bytes()).is_some(),
+        "log lacks the line: {}",
+        show(&log.data)
+    );
     ensure!(!log.truncated, "a short log cannot have lost output");
     let tail = console_log(&svc, &node, 8).await?;
-    ensure!(tail.data.len() == 8 && log.data.ends_with(&tail.data), "max_bytes=8 gave {}", show(&tail.data));
+    ensure!(
+        tail.data.len() == 8 && log.data.ends_with(&tail.data),
+        "max_bytes=8 gave {}",
+        show(&tail.data)
+    );
     Ok(())
 }
 
@@ -66,7 +75,9 @@ async fn no_log_with_socat() -> Result<()> {
     let mut client = svc.client().await?;
     let node = session::node_id("nolog");
     session::enable(&mut client, bmcs[0].enable_request(&node)).await?;
-    let err = console_log(&svc, &node, 0).await.expect_err("socat has no log");
+    let err = console_log(&svc, &node, 0)
+        .await
+        .expect_err("socat has no log");
     let status = err.downcast_ref::<tonic::Status>().cloned();
     ensure!(
         status.as_ref().map(tonic::Status::code) == Some(Code::Unimplemented),
@@ -75,7 +86,11 @@ async fn no_log_with_socat() -> Result<()> {
     Ok(())
 }
 
-async fn console_log(svc: &ConsoleSvc, node: &str, max_bytes: u32) -> Result<pb::GetConsoleLogResponse> {
+async fn console_log(
+    svc: &ConsoleSvc,
+    node: &str,
+    max_bytes: u32,
+) -> Result<pb::GetConsoleLogResponse> {
     let req = pb::GetConsoleLogRequest {
         node_id: node.into(),
         max_bytes,

@@ -11,7 +11,9 @@ use anyhow::{ensure, Result};
 use porthole_proto::console::v1 as pb;
 use porthole_tests::procs::{cmdlines_mentioning, environs_mentioning, Proc};
 use porthole_tests::session::{self, establish, url_of};
-use porthole_tests::{both_backends, node_side, rig_or_skip, viewer, Backend, ConsoleSvc, SvcOptions};
+use porthole_tests::{
+    both_backends, node_side, rig_or_skip, viewer, Backend, ConsoleSvc, SvcOptions,
+};
 
 both_backends!(the_password_is_in_no_argv_environment_answer_or_log);
 
@@ -37,17 +39,35 @@ async fn the_password_is_in_no_argv_environment_answer_or_log(backend: Backend) 
 
     // Sessions are live: ipmitool runs for each console.
     let mut started = svc.processes();
-    let sessions = started.iter().filter(|p| p.what.contains("sol activate")).count();
-    ensure!(sessions >= 2, "expected two `sol activate` processes, found {started:?}");
+    let sessions = started
+        .iter()
+        .filter(|p| p.what.contains("sol activate"))
+        .count();
+    ensure!(
+        sessions >= 2,
+        "expected two `sol activate` processes, found {started:?}"
+    );
     let argv = cmdlines_mentioning(&password);
-    ensure!(argv.is_empty(), "the password is in these command lines: {argv:?}");
+    ensure!(
+        argv.is_empty(),
+        "the password is in these command lines: {argv:?}"
+    );
     started.extend(Proc::of(svc.pid()));
     let env = environs_mentioning(&started, &password);
-    ensure!(env.is_empty(), "the password is in these environments: {env:?}");
+    ensure!(
+        env.is_empty(),
+        "the password is in these environments: {env:?}"
+    );
 
-    let list = client.list_consoles(pb::ListConsolesRequest {}).await?.into_inner();
+    let list = client
+        .list_consoles(pb::ListConsolesRequest {})
+        .await?
+        .into_inner();
     ensure!(list.consoles.len() == 2, "ListConsoles: {list:?}");
-    ensure!(!format!("{list:?}").contains(&password), "ListConsoles echoes the password");
+    ensure!(
+        !format!("{list:?}").contains(&password),
+        "ListConsoles echoes the password"
+    );
 
     for (node, _, _) in &wires {
         session::disable(&mut client, node).await?;
@@ -55,7 +75,10 @@ async fn the_password_is_in_no_argv_environment_answer_or_log(backend: Backend) 
     drop(wires);
     svc.stop()?;
     let log = svc.log_lines();
-    ensure!(log.iter().any(|l| l.contains("DEBUG")), "no debug lines were logged: {log:?}");
+    ensure!(
+        log.iter().any(|l| l.contains("DEBUG")),
+        "no debug lines were logged: {log:?}"
+    );
     let leaks: Vec<&String> = log.iter().filter(|l| l.contains(&password)).collect();
     ensure!(leaks.is_empty(), "the password is in the log: {leaks:?}");
     Ok(())

@@ -21,7 +21,10 @@ async fn bytes_flow_both_ways_8bit_clean(backend: Backend) -> Result<()> {
     let mut client = svc.client().await?;
     let node = session::node_id("io");
     let console = session::enable(&mut client, bmcs[0].enable_request(&node)).await?;
-    ensure!(console.backend == backend.as_str(), "backend reported: {console:?}");
+    ensure!(
+        console.backend == backend.as_str(),
+        "backend reported: {console:?}"
+    );
     let url = url_of(&console)?;
     ensure!(url.starts_with("tcp://127.0.0.1:"), "url {url}");
 
@@ -37,12 +40,22 @@ async fn round_trip(v: &mut Wire, n: &mut Wire, tag: &str) -> Result<()> {
     let (out, end) = binary_payload(&format!("out-{tag}"));
     n.send(&out).await?;
     let got = v.expect(&end, BYTES_TIMEOUT).await?;
-    ensure!(got == out, "viewer got {} instead of {}", show(&got), show(&out));
+    ensure!(
+        got == out,
+        "viewer got {} instead of {}",
+        show(&got),
+        show(&out)
+    );
 
     let (keys, end) = binary_payload(&format!("in-{tag}"));
     v.send(&keys).await?;
     let got = n.expect(&end, BYTES_TIMEOUT).await?;
-    ensure!(got == keys, "node got {} instead of {}", show(&got), show(&keys));
+    ensure!(
+        got == keys,
+        "node got {} instead of {}",
+        show(&got),
+        show(&keys)
+    );
     Ok(())
 }
 
@@ -61,13 +74,26 @@ async fn two_consoles_at_once(backend: Backend) -> Result<()> {
     let (ea, eb) = tokio::join!(establish(&mut va, &mut na), establish(&mut vb, &mut nb));
     ea?;
     eb?;
-    let (ra, rb) = tokio::join!(round_trip(&mut va, &mut na, "A"), round_trip(&mut vb, &mut nb, "B"));
+    let (ra, rb) = tokio::join!(
+        round_trip(&mut va, &mut na, "A"),
+        round_trip(&mut vb, &mut nb, "B")
+    );
     ra?;
     rb?;
     // Nothing of A's traffic leaked into B's line or the other way round.
-    for (w, foreign) in [(&mut na, "-B"), (&mut nb, "-A"), (&mut va, "-B"), (&mut vb, "-A")] {
+    for (w, foreign) in [
+        (&mut na, "-B"),
+        (&mut nb, "-A"),
+        (&mut va, "-B"),
+        (&mut vb, "-A"),
+    ] {
         let extra = w.read_for(Duration::from_millis(500)).await?;
-        ensure!(find(&extra, foreign.as_bytes()).is_none(), "{} saw {}", w.name(), show(&extra));
+        ensure!(
+            find(&extra, foreign.as_bytes()).is_none(),
+            "{} saw {}",
+            w.name(),
+            show(&extra)
+        );
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The service around the consoles, both backends: gRPC health reports
 //! SERVING, server reflection lists the console service, and the operator's
-//! CLI (`console-svc enable/show/list/disable/log --json`) works against a
+//! CLI (`console-svc enable/show/list/log/disable --json`) works against a
 //! running instance.
 
 use std::time::Duration;
@@ -22,11 +22,17 @@ async fn health_and_reflection(backend: Backend) -> Result<()> {
     let svc = ConsoleSvc::start(backend).await?;
     for service in ["", SERVICE_NAME] {
         let status = health_status(&svc.grpc_url(), service).await?;
-        ensure!(status == ServingStatus::Serving, "health of {service:?}: {status:?}");
+        ensure!(
+            status == ServingStatus::Serving,
+            "health of {service:?}: {status:?}"
+        );
     }
     let services = reflected_services(&svc).await?;
     for want in [SERVICE_NAME, "grpc.health.v1.Health"] {
-        ensure!(services.iter().any(|s| s == want), "reflection lists {services:?}, not {want}");
+        ensure!(
+            services.iter().any(|s| s == want),
+            "reflection lists {services:?}, not {want}"
+        );
     }
     Ok(())
 }
@@ -62,33 +68,80 @@ async fn cli_drives_a_running_service(backend: Backend) -> Result<()> {
     let (start, end) = svc.port_range();
 
     let on = cli(&svc, &enable_args(&node, &bmcs[0])).await?;
-    ensure!(on["node_id"] == node.as_str() && on["state"] == "running", "enable: {on}");
-    ensure!(on["backend"] == backend.as_str() && on["kind"] == "serial", "enable: {on}");
-    let port = on["port"].as_u64().ok_or_else(|| anyhow!("no port: {on}"))?;
-    ensure!((u64::from(start)..u64::from(end)).contains(&port), "port {port} outside {start}:{end}");
-    ensure!(on["url"] == format!("tcp://127.0.0.1:{port}").as_str(), "url: {on}");
+    ensure!(
+        on["node_id"] == node.as_str() && on["state"] == "running",
+        "enable: {on}"
+    );
+    ensure!(
+        on["backend"] == backend.as_str() && on["kind"] == "serial",
+        "enable: {on}"
+    );
+    let port = on["port"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no port: {on}"))?;
+    ensure!(
+        (u64::from(start)..u64::from(end)).contains(&port),
+        "port {port} outside {start}:{end}"
+    );
+    ensure!(
+        on["url"] == format!("tcp://127.0.0.1:{port}").as_str(),
+        "url: {on}"
+    );
 
     let shown = cli(&svc, &["show", &node]).await?;
-    ensure!(shown["url"] == on["url"] && shown["state"] == "running", "show: {shown}");
+    ensure!(
+        shown["url"] == on["url"] && shown["state"] == "running",
+        "show: {shown}"
+    );
     let list = cli(&svc, &["list"]).await?;
-    let listed = list.as_array().ok_or_else(|| anyhow!("list is not an array: {list}"))?;
-    ensure!(listed.len() == 1 && listed[0]["node_id"] == node.as_str(), "list: {list}");
+    let listed = list
+        .as_array()
+        .ok_or_else(|| anyhow!("list is not an array: {list}"))?;
+    ensure!(
+        listed.len() == 1 && listed[0]["node_id"] == node.as_str(),
+        "list: {list}"
+    );
+
+    let log = cli(&svc, &["log", &node]).await;
+    match backend {
+        Backend::Native => {
+            let log = log?;
+            ensure!(
+                log["data"].is_string() && log["truncated"] == false,
+                "log: {log}"
+            );
+        }
+        Backend::Socat => ensure!(log.is_err(), "log on the socat backend succeeded: {log:?}"),
+    }
 
     let off = cli(&svc, &["disable", &node]).await?;
-    ensure!(off["state"] == "disabled" && off["url"].is_null(), "disable: {off}");
+    ensure!(
+        off["state"] == "disabled" && off["url"].is_null(),
+        "disable: {off}"
+    );
     let shown = cli(&svc, &["show", &node]).await?;
     ensure!(shown["state"] == "disabled", "show after disable: {shown}");
 
     let missing = cli(&svc, &["show", "no-such-node"]).await;
-    ensure!(missing.is_err(), "show of an unknown node succeeded: {missing:?}");
+    ensure!(
+        missing.is_err(),
+        "show of an unknown node succeeded: {missing:?}"
+    );
     Ok(())
 }
 
 fn enable_args<'a>(node: &'a str, bmc: &'a Bmc) -> Vec<String> {
-    let mut args: Vec<String> = ["enable", node, "--bmc-address", &bmc.host, "--bmc-username", &bmc.username]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "enable",
+        node,
+        "--bmc-address",
+        &bmc.host,
+        "--bmc-username",
+        &bmc.username,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend([
         "--bmc-port".into(),
         bmc.port.to_string(),
@@ -118,6 +171,10 @@ async fn cli<S: AsRef<str>>(svc: &ConsoleSvc, args: &[S]) -> Result<Value> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("console-svc {shown:?} printed {:?}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "console-svc {shown:?} printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
