@@ -87,7 +87,10 @@ pub async fn run(
         public_endpoint: config.api.public_endpoint.clone(),
     };
     tracing::info!(%addr, auth = ?config.api.auth_strategy, console_svc = %config.console.endpoint, "conductor API listening");
-    let served = axum::serve(listener, api::router(state))
+    use tower::Layer;
+    let app = tower::util::MapRequestLayer::new(api::normalize_path).layer(api::router(state));
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();

@@ -37,7 +37,6 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(version::root))
         .route("/v1", get(version::v1))
-        .route("/v1/", get(version::v1))
         .route("/v1/nodes", get(nodes::list).post(nodes::create))
         .route("/v1/nodes/detail", get(nodes::detail))
         .route(
@@ -96,6 +95,23 @@ async fn trace(
     }
     .instrument(span)
     .await
+}
+
+/// `/v1/ports/?node=x` → `/v1/ports?node=x`: ironicclient adds trailing
+/// slashes; routes are matched without them.
+pub fn normalize_path(mut req: axum::extract::Request) -> axum::extract::Request {
+    let path = req.uri().path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = path.trim_end_matches('/');
+        let pq = match req.uri().query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_owned(),
+        };
+        if let Ok(uri) = pq.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
 }
 
 /// The base URL for links: the configured public endpoint, else the Host.

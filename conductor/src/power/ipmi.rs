@@ -194,8 +194,9 @@ fn parse_bootparam(out: &str) -> (Option<String>, bool) {
     let persistent = out.contains("Options apply to all future boots");
     let selector = out
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Boot Device Selector"))
-        .map(|l| l.trim_start_matches([' ', ':']).to_ascii_lowercase());
+        .find(|l| l.contains("Boot Device Selector"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_ascii_lowercase());
     let dev = selector.and_then(|s| {
         [
             ("pxe", "pxe"),
@@ -283,7 +284,7 @@ mod tests {
     fn outputs_parse_like_ironic() {
         assert_eq!(parse_power("Chassis Power is on\n"), Some(Power::On));
         assert_eq!(parse_power("Chassis Power is off\n"), Some(Power::Off));
-        let out = "Boot parameter version: 1\n Boot Device Selector : Force PXE\n - Options apply to all future boots\n";
+        let out = "Boot parameter version: 1\n Boot Flags :\n   - Options apply to all future boots\n   - Boot Device Selector : Force PXE\n";
         assert_eq!(parse_bootparam(out), (Some("pxe".into()), true));
     }
 }

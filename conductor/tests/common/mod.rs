@@ -1,0 +1,246 @@
+//! Harness for the conductor's acceptance tests: the conductor in-process
+//! (`conductor::run` on a 127.0.0.1 listener, a temp state dir, restartable),
+//! the OpenStack clients from `.venv-clients`, and the rig (through
+//! `porthole_tests`: BMC leases, console-svc processes, serial wires).
+//!
+//! Tests skip with a notice when `PORTHOLE_RIG_JSON` or `.venv-clients` is
+//! missing (scripts/test.sh provides both).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use conductor::config::Config;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// `.venv-clients/bin`, or `None` with a notice.
+pub fn clients() -> Option<PathBuf> {
+    let venv = std::env::var_os("PORTHOLE_VENV_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-clients"));
+    let bin = venv.join("bin");
+    if bin.join("openstack").exists() {
+        Some(bin)
+    } else {
+        eprintln!(
+            "notice: {} has no openstack client; skipping (run scripts/venv-clients.sh)",
+            venv.display()
+        );
+        None
+    }
+}
+
+/// A conductor served in-process; `stop` then `start` again keeps its database.
+pub struct TestConductor {
+    pub dir: tempfile::TempDir,
+    pub console_svc: String,
+    pub url: String,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), conductor::RunError>>>,
+}
+
+impl TestConductor {
+    pub async fn start(console_svc: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("porthole-conductor-")
+            .tempdir()?;
+        let mut c = Self {
+            dir,
+            console_svc: console_svc.to_owned(),
+            url: String::new(),
+            shutdown: CancellationToken::new(),
+            task: None,
+        };
+        c.restart().await?;
+        Ok(c)
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let s = |v: &str| toml::Value::String(v.to_owned());
+        let db = self.dir.path().join("conductor.sqlite");
+        let overrides = [
+            ("console", "endpoint", s(&self.console_svc)),
+            ("database", "path", s(&db.display().to_string())),
+            ("power", "poll_interval", s("200ms")),
+            ("power", "state_timeout", s("30s")),
+        ];
+        Ok(Config::load(None, Vec::new(), &overrides)?)
+    }
+
+    /// Start (again) on a fresh port with the same database.
+    pub async fn restart(&mut self) -> Result<()> {
+        if self.task.is_some() {
+            bail!("the conductor is running");
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        self.url = format!("http://{}", listener.local_addr()?);
+        self.shutdown = CancellationToken::new();
+        let config = self.config()?;
+        self.task = Some(tokio::spawn(conductor::run(
+            listener,
+            config,
+            self.shutdown.clone(),
+        )));
+        Ok(())
+    }
+
+    pub async fn stop(&mut self) -> Result<()> {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .context("conductor stop")???;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestConductor {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// `openstack --os-auth-type none --os-endpoint URL baremetal ...` results.
+pub struct Cli {
+    pub bin: PathBuf,
+    pub url: String,
+}
+
+pub struct Ran {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    fn from(out: Output) -> Self {
+        Self {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("not JSON: {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+impl Cli {
+    pub async fn run(&self, args: &[&str]) -> Result<Ran> {
+        let mut cmd = tokio::process::Command::new(self.bin.join("openstack"));
+        cmd.args([
+            "--os-auth-type",
+            "none",
+            "--os-endpoint",
+            &self.url,
+            "baremetal",
+        ])
+        .args(args)
+        .env_remove("OS_CLOUD")
+        .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .with_context(|| format!("openstack baremetal {} took too long", args.join(" ")))??;
+        let ran = Ran::from(out);
+        eprintln!(
+            "$ openstack baremetal {}\n{}{}",
+            args.join(" "),
+            ran.stdout,
+            ran.stderr
+        );
+        Ok(ran)
+    }
+
+    /// Run and require success.
+    pub async fn ok(&self, args: &[&str]) -> Result<Ran> {
+        let r = self.run(args).await?;
+        if !r.ok {
+            bail!(
+                "openstack baremetal {} failed: {}",
+                args.join(" "),
+                r.stderr
+            );
+        }
+        Ok(r)
+    }
+
+    /// `-f json` output of a successful command.
+    pub async fn json(&self, args: &[&str]) -> Result<Value> {
+        let mut a = args.to_vec();
+        a.extend(["-f", "json"]);
+        self.ok(&a).await?.json()
+    }
+
+    /// A python snippet in the clients' venv; its stdout as JSON.
+    pub async fn python(&self, code: &str, args: &[&str]) -> Result<Value> {
+        let mut cmd = tokio::process::Command::new(self.bin.join("python"));
+        cmd.arg("-c").arg(code).args(args).kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .context("python took too long")??;
+        let ran = Ran::from(out);
+        if !ran.ok {
+            bail!("python failed: {}", ran.stderr);
+        }
+        ran.json()
+    }
+}
+
+/// Poll `f` until it gives `Some`, for up to `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A BMC's `node_state_dir` from rig.json (not in porthole_tests' Bmc).
+pub fn node_state_dir(bmc_name: &str) -> Result<PathBuf> {
+    let path = std::env::var("PORTHOLE_RIG_JSON")?;
+    let rig: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let bmcs = rig["bmcs"].as_array().context("rig.json: bmcs")?;
+    let bmc = bmcs
+        .iter()
+        .find(|b| b["name"] == bmc_name)
+        .context("rig.json: no such BMC")?;
+    Ok(PathBuf::from(
+        bmc["node_state_dir"].as_str().context("node_state_dir")?,
+    ))
+}
+
+pub fn power_file(bmc_name: &str) -> Result<String> {
+    Ok(
+        std::fs::read_to_string(node_state_dir(bmc_name)?.join("power"))?
+            .trim()
+            .to_owned(),
+    )
+}
+
+/// The faultstring inside an Ironic error body.
+pub fn faultstring(body: &Value) -> Result<String> {
+    let inner: Value =
+        serde_json::from_str(body["error_message"].as_str().context("no error_message")?)?;
+    Ok(inner["faultstring"]
+        .as_str()
+        .context("no faultstring")?
+        .to_owned())
+}
