@@ -11,6 +11,8 @@
 # 4. writes the date, the machine and the bench's figures, exactly as
 #    printed, to tests/bench-results/serial.md.
 #
+# console-svc instances use ports 27000..27750 (PORTHOLE_BENCH_PORT_BASE):
+# clear of this rig (26000..26603) and of the test harness (28000..31999).
 # Everything listens on 127.0.0.1 only. On exit (success, failure or Ctrl-C)
 # the console-svc processes the bench recorded are stopped by pid, and the
 # rig by its recorded pids (rig-down.sh). Progress and logs: .run/bench-work/.
@@ -81,6 +83,7 @@ main() {
   PORTHOLE_BENCH_RIG_JSON=$RIG_RUN_DIR/rig.json \
   PORTHOLE_BENCH_CONSOLE_SVC=$TARGET_DIR/release/console-svc \
   PORTHOLE_BENCH_WORK_DIR=$WORK \
+  PORTHOLE_BENCH_PORT_BASE=${PORTHOLE_BENCH_PORT_BASE:-27000} \
     timeout --kill-after=30 "$TIMEOUT" cargo bench -p porthole-tests --bench serial \
       >"$WORK/figures.md" 2> >(tee "$WORK/bench.log" >&2) || status=$?
   if [ ! -s "$WORK/figures.md" ]; then

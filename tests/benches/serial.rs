@@ -35,7 +35,10 @@
 //! | `PORTHOLE_BENCH_KEYSTROKES` | 200 | keystrokes per echo path |
 //! | `PORTHOLE_BENCH_ENABLES` | 100 | enables per enable-latency series |
 //! | `PORTHOLE_BENCH_CONSOLES` | 100 | idle consoles for the memory figure |
-//! | `PORTHOLE_BENCH_PORT_BASE` | 30200 | gRPC on BASE (native), BASE+1 (socat); console ports BASE+100.., BASE+500.. |
+//! | `PORTHOLE_BENCH_PORT_BASE` | 27000 | gRPC on BASE (native), BASE+1 (socat); 250 console ports each from BASE+100, BASE+500 |
+//!
+//! The default ports (27000..27750) sit between the bench rig's layout
+//! (26000..26603) and the test harness's port slots (28000..31999).
 //!
 //! Only 127.0.0.1 is used. Every wait is bounded, and every process the
 //! bench starts is stopped by its pid (the services also by process group).
@@ -105,7 +108,7 @@ impl Settings {
             keystrokes: env_number("PORTHOLE_BENCH_KEYSTROKES", 200)?,
             enables: env_number("PORTHOLE_BENCH_ENABLES", 100)?,
             consoles: env_number("PORTHOLE_BENCH_CONSOLES", 100)?,
-            port_base: env_number("PORTHOLE_BENCH_PORT_BASE", 30200)?,
+            port_base: env_number("PORTHOLE_BENCH_PORT_BASE", 27000)?,
         })
     }
 }
@@ -1121,17 +1124,20 @@ fn print_enable(s: &Settings, rows: &[(String, Result<EnableResult>)]) {
         }
     }
     println!();
-    for (label, r) in rows {
-        if let Ok(EnableResult {
-            failed,
-            first_error: Some(why),
-            ..
-        }) = r
-        {
-            println!("- {label}: {failed} enable(s) failed; the first: {why}");
-        }
+    let notes: Vec<String> = rows
+        .iter()
+        .filter_map(|(label, r)| {
+            let e = r.as_ref().ok()?;
+            let why = e.first_error.as_ref()?;
+            Some(format!(
+                "- {label}: {} enable(s) failed; the first: {why}",
+                e.failed
+            ))
+        })
+        .collect();
+    if !notes.is_empty() {
+        println!("{}\n", notes.join("\n"));
     }
-    println!();
 }
 
 fn print_memory(rows: &[(String, Result<MemoryResult>)]) {
