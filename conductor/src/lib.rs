@@ -104,6 +104,15 @@ pub async fn run(
     served.map_err(RunError::Serve)
 }
 
+/// noauth only on loopback, unless the operator explicitly allows it.
+pub fn check_noauth(config: &Config, addr: std::net::SocketAddr) -> Result<(), RunError> {
+    let open = config.api.auth_strategy == AuthStrategy::Noauth && !addr.ip().is_loopback();
+    if open && !config.api.allow_noauth_on_any_address {
+        return Err(RunError::InsecureNoauth(addr));
+    }
+    Ok(())
+}
+
 fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunError> {
     if let Some(dir) = config
         .database
@@ -150,4 +159,24 @@ fn clear_stale_power_actions(c: &Conductor) -> Result<(), RunError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noauth_is_refused_off_loopback_unless_allowed() {
+        let mut c = Config::default();
+        let any: std::net::SocketAddr = "0.0.0.0:6385".parse().unwrap();
+        assert!(check_noauth(&c, "127.0.0.1:6385".parse().unwrap()).is_ok());
+        assert!(check_noauth(&c, "[::1]:6385".parse().unwrap()).is_ok());
+        let err = check_noauth(&c, any).unwrap_err().to_string();
+        assert!(err.contains("refusing auth_strategy = noauth"), "{err}");
+        c.api.allow_noauth_on_any_address = true;
+        assert!(check_noauth(&c, any).is_ok());
+        c.api.allow_noauth_on_any_address = false;
+        c.api.auth_strategy = AuthStrategy::HttpBasic;
+        assert!(check_noauth(&c, any).is_ok());
+    }
 }
