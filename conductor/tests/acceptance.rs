@@ -45,6 +45,23 @@ async fn body() -> Result<()> {
     nova_double_reset(&cli, &uuid, &url).await?;
     errors(&cli, &cond.url).await?;
 
+    // console-svc restarts under a running conductor: WatchConsoles
+    // reconnects and the console comes back without anyone asking.
+    svc.stop()?;
+    svc.restart().await?;
+    let again = eventually(
+        Duration::from_secs(60),
+        "console restored by the watcher",
+        || async {
+            let c = console_svc_url(&svc, &uuid).await?;
+            let n = cli.json(&["node", "show", "n-accept"]).await?;
+            ensure!(n["console_enabled"] == true, "console_enabled flipped: {n}");
+            Ok(c.filter(|_| n["last_error"].is_null()))
+        },
+    )
+    .await?;
+    type_through(&again, bmc, "after-svc-restart").await?;
+
     // Restart both: console-svc forgets its consoles, the conductor brings them back.
     cond.stop().await?;
     svc.stop()?;
@@ -88,6 +105,22 @@ async fn body() -> Result<()> {
     );
     cond.stop().await?;
     Ok(())
+}
+
+/// The URL console-svc serves for `node`, when it runs.
+async fn console_svc_url(svc: &ConsoleSvc, node: &str) -> Result<Option<String>> {
+    use porthole_proto::console::v1 as pb;
+    let mut client = svc.client().await?;
+    let req = pb::GetConsoleRequest {
+        node_id: node.to_owned(),
+    };
+    Ok(match client.get_console(req).await {
+        Ok(c) => {
+            let c = c.into_inner();
+            (c.state == pb::ConsoleState::Running as i32 && !c.url.is_empty()).then_some(c.url)
+        }
+        Err(_) => None,
+    })
 }
 
 async fn create_node(cli: &Cli, bmc: &Bmc) -> Result<String> {

@@ -14,6 +14,11 @@ use super::{Conductor, ServiceError};
 use crate::console::{apply, enable_request};
 use crate::model::Node;
 
+/// last_error prefixes of console trouble found by the watcher; cleared
+/// when console-svc reports the console running again.
+const CONSOLE_FAILURE: &str = "Console failure: ";
+const RESTORE_FAILURE: &str = "Failed to restore the console: ";
+
 impl Conductor {
     /// Enable or disable a node's console; returns once console-svc has.
     #[tracing::instrument(skip(self))]
@@ -91,7 +96,7 @@ impl Conductor {
         };
         match result {
             Ok(c) => self.record_console(uuid, &c, false).await,
-            Err(e) => self.note_error(uuid, format!("Failed to restore the console: {e}")),
+            Err(e) => self.note_error(uuid, format!("{RESTORE_FAILURE}{e}")),
         }
     }
 
@@ -106,7 +111,15 @@ impl Conductor {
             }
             apply(n, c);
             if c.state == pb::ConsoleState::Failed as i32 && !c.last_error.is_empty() {
-                n.last_error = Some(format!("Console failure: {}", c.last_error));
+                n.last_error = Some(format!("{CONSOLE_FAILURE}{}", c.last_error));
+            }
+            let ours = n
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(CONSOLE_FAILURE) || e.starts_with(RESTORE_FAILURE));
+            if c.state == pb::ConsoleState::Running as i32 && ours {
+                // The console is back: the failure it recorded is over.
+                n.last_error = None;
             }
             Ok::<_, ServiceError>(())
         });
