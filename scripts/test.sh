@@ -13,7 +13,8 @@
 #    runs for real; then cargo fmt --check and cargo clippy -D warnings.
 #
 # The rig is stopped by its recorded pids on exit, whatever happens. The exit
-# code is the first failing step's (0 when all pass). Logs: .run/test-*.log.
+# code is the first failing step's (0 when all pass). Logs: .run/test-*.log,
+# and each console-svc's own log in .run/test-logs/.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +30,8 @@ mkdir -p "$RUN"
 cd "$ROOT"
 
 export PORTHOLE_TEST_SVC_PIDS=$RUN/test-svc-pids   # console-svc pids the tests started
+export PORTHOLE_TEST_LOG_DIR=$RUN/test-logs        # each console-svc's stderr, saved
+rm -rf "$PORTHOLE_TEST_LOG_DIR"
 
 rig_down() { "$RIG_DIR/rig-down.sh" >/dev/null 2>&1 || true; }
 # The same process as recorded: pid and start time (field 22 of stat) match.

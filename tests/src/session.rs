@@ -36,12 +36,37 @@ pub fn node_id(prefix: &str) -> String {
 
 pub async fn enable(client: &mut Client, req: pb::EnableConsoleRequest) -> Result<pb::Console> {
     let node = req.node_id.clone();
-    let c = client
-        .enable_console(req)
-        .await
-        .with_context(|| format!("EnableConsole({node})"))?
-        .into_inner();
-    Ok(c)
+    match client.enable_console(req).await {
+        Ok(c) => Ok(c.into_inner()),
+        Err(status) => {
+            let who = port_holders(status.message());
+            Err(anyhow::Error::new(status).context(format!("EnableConsole({node}){who}")))
+        }
+    }
+}
+
+/// For a "port ... already in use" error: who holds that port (`ss`), to
+/// tell a leftover of ours from a stranger.
+fn port_holders(message: &str) -> String {
+    let Some(port) = message
+        .split_once("already in use")
+        .and_then(|(before, _)| before.trim().rsplit(':').next())
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|p| p.parse::<u16>().ok())
+    else {
+        return String::new();
+    };
+    let filter = format!("( sport = :{port} )");
+    match std::process::Command::new("ss")
+        .args(["-Htanp", &filter])
+        .output()
+    {
+        Ok(out) => format!(
+            "; sockets on port {port}: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        Err(e) => format!("; ss failed: {e}"),
+    }
 }
 
 pub async fn get(client: &mut Client, node: &str) -> Result<pb::Console> {

@@ -34,6 +34,9 @@ pub const SERVICE_NAME: &str = "porthole.console.v1.ConsoleService";
 /// start time) while it runs, so scripts/test.sh can stop what a killed test
 /// run left behind.
 pub const SVC_PIDS_ENV: &str = "PORTHOLE_TEST_SVC_PIDS";
+/// A directory where each console-svc's whole stderr is saved when it is
+/// dropped (`<temp dir name>.log`), for reading after a failed run.
+pub const LOG_DIR_ENV: &str = "PORTHOLE_TEST_LOG_DIR";
 /// How long a start may take before the test fails.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long SIGTERM may take before SIGKILL.
@@ -338,6 +341,23 @@ impl ConsoleSvc {
         bail!("not SERVING within {START_TIMEOUT:?} (last: {last})")
     }
 
+    /// Write the whole log to `$PORTHOLE_TEST_LOG_DIR`, if set.
+    fn save_log(&self) {
+        let Some(dir) = std::env::var_os(LOG_DIR_ENV).map(PathBuf::from) else {
+            return;
+        };
+        let name = self
+            .dir
+            .path()
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let file = dir.join(format!("{name}-{}.log", self.opts.backend.as_str()));
+        let mut text = self.log_lines().join("\n");
+        text.push('\n');
+        let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(file, text));
+    }
+
     fn log_tail(&self, n: usize) -> String {
         let lines = self.log_lines();
         lines[lines.len().saturating_sub(n)..].join("\n")
@@ -361,6 +381,7 @@ impl Drop for ConsoleSvc {
         let seen = self.seen.lock().expect("seen lock").clone();
         procs::kill_groups(&seen);
         procs::kill_groups(&procs::recorded(&self.pid_dir()));
+        self.save_log();
     }
 }
 
