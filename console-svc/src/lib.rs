@@ -7,6 +7,7 @@
 //! - [`spec`], [`secret`]: validated requests; passwords that never print.
 //! - [`manager`]: console lifecycles (the state machine), ports, events.
 //! - [`sol`]: the serial backends (native, socat) and ipmitool.
+//! - [`vnc`]: VNC consoles, a native RFB proxy (nova-novncproxy compatible).
 //! - [`coordinator`]: who owns which console (local now, etcd next).
 //! - [`process`]: recorded child processes, cleaned up after a crash.
 //! - [`grpc`]: `console.v1.ConsoleService`, health and reflection.
@@ -25,4 +26,5 @@ pub mod secret;
 pub mod server;
 pub mod sol;
 pub mod spec;
+pub mod vnc;
 pub use server::{run, RunError};

@@ -22,6 +22,7 @@ use crate::process::ProcessTable;
 use crate::sol::native::NativeBackend;
 use crate::sol::socat::{SocatBackend, SocatSettings};
 use crate::sol::{ConsoleBackend, SolError};
+use crate::vnc::VncBackend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -32,6 +33,8 @@ pub enum RunError {
     },
     #[error("serial backend: {0}")]
     Backend(#[from] SolError),
+    #[error("VNC backend: {0}")]
+    Vnc(#[from] crate::vnc::VncError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
@@ -63,7 +66,10 @@ pub async fn run(
     let processes = Arc::new(processes);
     let backends = Backends {
         serial: serial_backend(&config)?,
-        vnc: None,
+        vnc: match config.vnc.enabled {
+            true => Some(Arc::new(VncBackend::new(&config)?) as Arc<dyn ConsoleBackend>),
+            false => None,
+        },
     };
     let coordinator: Arc<dyn Coordinator> =
         Arc::new(LocalCoordinator::new(config.service.replica_id.clone()));

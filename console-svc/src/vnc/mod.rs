@@ -1,0 +1,113 @@
+//! VNC consoles: a native RFB proxy between viewers (nova-novncproxy, noVNC
+//! through it, vncdotool, any RFB client) and the BMC's own VNC server.
+//!
+//! console-svc listens on the console's port. Every viewer connection runs
+//! both handshakes, then the proxy gets out of the way:
+//!
+//! ```text
+//!  viewer connects
+//!     │  RFB 003.008, security types from vnc.auth_schemes ([1], [19] or [19,1])
+//!     ▼
+//!  viewer chose ──VeNCrypt──▶ 0.2, X509None, TLS (client cert required)
+//!     │ None                        │
+//!     ▼                             ▼
+//!  connect upstream: version 3.3/3.7/3.8, None | VncAuth | VeNCrypt(X509Vnc, TLS)
+//!     │ ok                          │ failed (wrong password, not RFB, refused, ...)
+//!     ▼                             ▼
+//!  SecurityResult 0 to viewer     SecurityResult 1 + reason to viewer, close;
+//!     │                           health Failed(reason) → last_error
+//!     ▼
+//!  relay: ClientInit ▶ upstream, ServerInit ◀ ..., bytes untouched, until either side closes
+//! ```
+//!
+//! The viewer side is bounded: `handshake_timeout` for its whole part and
+//! `max_handshake_bytes` before the SecurityResult. Each viewer has its own
+//! upstream connection; `exclusive` allows one viewer per console at a time.
+//!
+//! Seams: [`rfb`] wire types and parsers, [`accept`] the viewer side
+//! (server role), [`upstream`] the upstream side (client role), [`tls`]
+//! rustls configs, [`des_auth`] VNC authentication, [`stream`] byte-stream
+//! wrappers, [`backend`] the [`crate::sol::ConsoleBackend`] and relay.
+
+pub mod accept;
+pub mod backend;
+pub mod des_auth;
+pub mod rfb;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+mod viewer;
+
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod tests_accept;
+#[cfg(test)]
+mod tests_relay;
+#[cfg(test)]
+mod tests_upstream;
+#[cfg(test)]
+mod testutil;
+
+use std::time::Duration;
+
+pub use backend::{VncBackend, VncSettings};
+use rfb::Version;
+
+/// Everything that can go wrong in a VNC connection, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum VncError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+
+    // The viewer side.
+    #[error("the viewer does not speak RFB (it sent {0})")]
+    ViewerNotRfb(String),
+    #[error("the viewer asked for RFB {0}; only 3.8 is served")]
+    ViewerVersion(Version),
+    #[error("the viewer chose security type {0}, which was not offered")]
+    ViewerChoice(u8),
+    #[error("viewer VeNCrypt: {0}")]
+    ViewerVencrypt(String),
+    #[error("viewer TLS handshake: {0}")]
+    ViewerTls(std::io::Error),
+    #[error("the viewer did not finish its handshake within {0:?}")]
+    ViewerTimeout(Duration),
+    #[error("another viewer is connected and this console is exclusive")]
+    Busy,
+
+    // The upstream side.
+    #[error("cannot connect: {0}")]
+    UpstreamConnect(std::io::Error),
+    #[error("no handshake within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("not a VNC server: it sent {0} instead of an RFB version")]
+    UpstreamNotRfb(String),
+    #[error("unsupported RFB version {0}")]
+    UpstreamVersion(Version),
+    #[error("the server refused the connection: {0}")]
+    UpstreamRefused(String),
+    #[error("no usable security type among {0}")]
+    NoCommonSecurity(String),
+    #[error(
+        "the server offers only anonymous-TLS VeNCrypt subtypes ({0}), which rustls cannot do; \
+         enable X509Vnc or VncAuth on the VNC server"
+    )]
+    AnonymousTlsOnly(String),
+    #[error("the server asks for a VNC password and the console has none")]
+    PasswordRequired,
+    #[error("VeNCrypt: {0}")]
+    UpstreamVencrypt(String),
+    #[error("TLS: {0}")]
+    UpstreamTls(std::io::Error),
+    #[error("authentication failed (wrong VNC password?): {0}")]
+    AuthFailed(String),
+    #[error("{what} of {len} bytes is longer than {max}")]
+    Oversized {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
