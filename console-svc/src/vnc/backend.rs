@@ -111,6 +111,7 @@ impl ConsoleBackend for VncBackend {
             settings: self.settings.clone(),
             health: ctx.health,
             exclusive: Arc::new(Semaphore::new(1)),
+            fence: Some(ctx.fence),
         });
         let stop = ctx.cancel.child_token();
         tokio::spawn(viewer::probe(console.clone(), stop.clone()).instrument(span.clone()));

@@ -77,6 +77,8 @@ pub enum VncError {
     ViewerTimeout(Duration),
     #[error("another viewer is connected and this console is exclusive")]
     Busy,
+    #[error(transparent)]
+    Fenced(crate::coordinator::CoordError),
 
     // The upstream side.
     #[error("cannot connect: {0}")]

@@ -44,6 +44,7 @@ fn console(port: u16, password: &str, exclusive: bool) -> (Arc<Console>, watch::
         settings: Arc::new(settings),
         health,
         exclusive: Arc::new(Semaphore::new(1)),
+        fence: None,
     };
     (Arc::new(console), rx)
 }

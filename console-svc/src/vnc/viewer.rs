@@ -18,6 +18,7 @@ use super::rfb::Version;
 use super::stream::Stream;
 use super::upstream::{self, UpstreamTarget};
 use super::VncError;
+use crate::coordinator::Fence;
 use crate::sol::Health;
 use crate::spec::VncTarget;
 
@@ -31,6 +32,8 @@ pub(crate) struct Console {
     pub health: watch::Sender<Health>,
     /// One permit: held by the viewer when `exclusive`.
     pub exclusive: Arc<Semaphore>,
+    /// Checked before every upstream connection; None in unit tests.
+    pub fence: Option<Fence>,
 }
 
 impl Console {
@@ -54,6 +57,9 @@ impl Console {
     }
 
     async fn connect_upstream(&self) -> Result<(Stream<TcpStream>, Version), VncError> {
+        if let Some(fence) = &self.fence {
+            fence.check().await.map_err(VncError::Fenced)?;
+        }
         let limit = self.settings.upstream.timeout;
         let target = UpstreamTarget {
             host: &self.target.host,
@@ -115,8 +121,9 @@ where
         Err(e) => return reject(pending, e).await,
     };
     let scheme = pending.scheme;
+    let upstream_tls = matches!(up, Stream::Tls(_));
     let client = pending.succeed().await?;
-    info!(?scheme, upstream_version = %version, "handshakes done, relaying");
+    info!(?scheme, upstream_version = %version, upstream_tls, "handshakes done, relaying");
     relay(client, up).await
 }
 

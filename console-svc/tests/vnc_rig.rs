@@ -1,0 +1,147 @@
+//! The VNC backend against the rig's real TigerVNC (`Xtigervnc`, RFB 3.8,
+//! VncAuth and VeNCrypt X509Vnc/TLSVnc, 1024x768): a Rust RFB client
+//! connects through the proxy with security None and reads a whole
+//! framebuffer, which must equal the one read directly from the server.
+//!
+//! Runs only when `PORTHOLE_RIG_JSON` names the rig's `rig.json`:
+//!
+//! ```sh
+//! PORTHOLE_RIG_JSON=/tmp/rigrun/rig.json cargo test -p console-svc --test vnc_rig
+//! ```
+//!
+//! TigerVNC blacklists an address after 5 failed logins in a row; the
+//! wrong-password test fails at most twice and then logs in correctly,
+//! which clears the count.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{none_handshake, read_frame, rig_vnc, settings, start, Frame, RigVnc};
+use console_svc::secret::Secret;
+use console_svc::sol::Health;
+use console_svc::vnc::upstream::{self, Method, UpstreamTarget};
+use tokio::net::TcpStream;
+
+/// The framebuffer read straight from the server (VncAuth), for comparison.
+async fn direct_frame(rig: &RigVnc) -> Frame {
+    let io = TcpStream::connect((rig.host.as_str(), rig.port))
+        .await
+        .unwrap();
+    let password = Secret::new(rig.password.clone());
+    let target = UpstreamTarget {
+        host: &rig.host,
+        password: Some(&password),
+    };
+    let s = settings(vec![Method::VncAuth], None);
+    let (mut stream, _) = upstream::handshake(io, &target, &s.upstream)
+        .await
+        .expect("direct VncAuth login");
+    read_frame(&mut stream).await
+}
+
+async fn frame_through(console: &common::Console) -> Frame {
+    let mut io = TcpStream::connect(console.addr).await.unwrap();
+    none_handshake(&mut io).await.expect("SecurityResult OK");
+    read_frame(&mut io).await
+}
+
+fn check_frame(frame: &Frame, direct: &Frame) {
+    assert_eq!((frame.width, frame.height), (1024, 768));
+    assert!(
+        frame.distinct_pixels() >= 2,
+        "the rig shows a stipple pattern"
+    );
+    assert_eq!(frame.name, direct.name);
+    assert!(
+        frame.pixels == direct.pixels,
+        "the proxied framebuffer is the server's"
+    );
+}
+
+async fn through_the_proxy(prefer: Method, ca: bool) {
+    let Some(rig) = rig_vnc("vnc_rig") else {
+        return;
+    };
+    let ca = ca.then_some(rig.tls_cert.as_path());
+    let console = start(
+        settings(vec![prefer], ca),
+        &rig.host,
+        rig.port,
+        &rig.password,
+    )
+    .await;
+    let direct = direct_frame(&rig).await;
+    let frame = frame_through(&console).await;
+    check_frame(&frame, &direct);
+    eprintln!(
+        "vnc_rig: {prefer:?} upstream: {}x{} framebuffer, {} bytes/pixel, {} distinct pixels, equal to the direct one",
+        frame.width,
+        frame.height,
+        frame.bytes_per_pixel,
+        frame.distinct_pixels()
+    );
+    assert_eq!(*console.health.borrow(), Health::Ok);
+    console.running.stop().await;
+}
+
+#[tokio::test]
+async fn none_to_the_viewer_vnc_auth_upstream() {
+    through_the_proxy(Method::VncAuth, false).await;
+}
+
+#[tokio::test]
+async fn none_to_the_viewer_vencrypt_x509vnc_upstream() {
+    through_the_proxy(Method::VeNCrypt, true).await;
+}
+
+#[tokio::test]
+async fn several_viewers_at_once_each_with_its_own_upstream() {
+    let Some(rig) = rig_vnc("vnc_rig") else {
+        return;
+    };
+    let s = settings(vec![Method::VeNCrypt, Method::VncAuth], Some(&rig.tls_cert));
+    let console = start(s, &rig.host, rig.port, &rig.password).await;
+    let direct = direct_frame(&rig).await;
+    let viewers = (0..3).map(|_| frame_through(&console));
+    for frame in futures::future::join_all(viewers).await {
+        check_frame(&frame, &direct);
+    }
+    console.running.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_password_fails_health_with_a_clear_message() {
+    let Some(rig) = rig_vnc("vnc_rig") else {
+        return;
+    };
+    let mut console = start(
+        settings(vec![Method::VncAuth], None),
+        &rig.host,
+        rig.port,
+        "not-the-password",
+    )
+    .await;
+    // The start probe already finds out.
+    let failed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Health::Failed(why) = console.health.borrow_and_update().clone() {
+                return why;
+            }
+            console.health.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("health turns Failed");
+    eprintln!("vnc_rig: wrong password → health: {failed}");
+    assert!(failed.contains("authentication failed"), "{failed}");
+    assert!(!failed.contains("not-the-password"));
+    // A viewer is told why.
+    let mut io = TcpStream::connect(console.addr).await.unwrap();
+    let reason = none_handshake(&mut io).await.unwrap_err();
+    eprintln!("vnc_rig: wrong password → viewer: {reason}");
+    assert!(reason.contains("authentication failed"), "{reason}");
+    console.running.stop().await;
+    // Clear TigerVNC's failure count for this address.
+    direct_frame(&rig).await;
+}
