@@ -231,3 +231,30 @@ async fn read_rect<S: AsyncRead + Unpin>(io: &mut S, frame: &mut Frame) -> usize
     }
     w * h
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as
+/// PEM files `ca.pem`, `server.pem`, `server-key.pem`, `client.pem`,
+/// `client-key.pem` in a fresh directory.
+pub fn make_certs(tag: &str) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(format!("porthole-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("porthole test CA {tag}"));
+    let ca = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for name in ["server", "client"] {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("porthole test {name}"));
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    }
+    dir
+}
