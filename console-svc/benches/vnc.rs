@@ -185,6 +185,7 @@ async fn proxy(to: SocketAddr) -> (Box<dyn RunningConsole>, SocketAddr) {
             timeout: Duration::from_secs(10),
         },
         exclusive: false,
+        retry_max_backoff: Duration::from_secs(30),
     };
     let listen = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

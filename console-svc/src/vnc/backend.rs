@@ -28,6 +28,8 @@ pub struct VncSettings {
     pub viewer: ViewerSettings,
     pub upstream: UpstreamSettings,
     pub exclusive: bool,
+    /// Longest wait between probes of an unreachable upstream.
+    pub retry_max_backoff: Duration,
 }
 
 impl VncSettings {
@@ -70,6 +72,7 @@ impl VncSettings {
                 timeout: v.upstream_timeout,
             },
             exclusive: v.exclusive,
+            retry_max_backoff: config.console.retry_max_backoff,
         })
     }
 }
@@ -104,7 +107,7 @@ impl ConsoleBackend for VncBackend {
             });
         };
         let span = tracing::info_span!(parent: None, "console", node = %ctx.node, port = ctx.listen.port(), upstream = %target.display_addr());
-        let listener = bind(ctx.listen).await?;
+        let listener = crate::sol::bind_port(ctx.listen).await?;
         span.in_scope(|| info!(listen = %ctx.listen, "VNC console listening"));
         let console = Arc::new(Console {
             target: target.clone(),
@@ -118,16 +121,6 @@ impl ConsoleBackend for VncBackend {
         let acceptor = tokio::spawn(accept_loop(listener, console, stop.clone()).instrument(span));
         Ok(Box::new(VncConsole { acceptor, stop }))
     }
-}
-
-async fn bind(addr: SocketAddr) -> Result<TcpListener, SolError> {
-    TcpListener::bind(addr).await.map_err(|source| {
-        if source.kind() == io::ErrorKind::AddrInUse {
-            SolError::PortInUse { addr }
-        } else {
-            SolError::Listen { addr, source }
-        }
-    })
 }
 
 async fn accept_loop(listener: TcpListener, console: Arc<Console>, stop: CancellationToken) {

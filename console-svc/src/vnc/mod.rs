@@ -113,3 +113,14 @@ pub enum VncError {
         max: usize,
     },
 }
+
+impl VncError {
+    /// Worth trying again later: the upstream could not be reached at all.
+    /// Authentication and protocol failures are not.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            VncError::UpstreamConnect(_) | VncError::UpstreamTimeout(_) | VncError::Io(_)
+        )
+    }
+}

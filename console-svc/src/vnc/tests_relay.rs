@@ -2,6 +2,7 @@
 //! a 127.0.0.1 TCP port.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpListener;
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::accept::Scheme;
 use super::backend::VncSettings;
 use super::testutil::{fake_server, upstream_settings, viewer_settings, FakeAuth};
-use super::viewer::{serve, Console};
+use super::viewer::{probe, serve, Console};
 use crate::secret::Secret;
 use crate::sol::Health;
 use crate::spec::VncTarget;
@@ -34,6 +35,7 @@ fn console(port: u16, password: &str, exclusive: bool) -> (Arc<Console>, watch::
         viewer: viewer_settings(vec![Scheme::None]),
         upstream: upstream_settings(),
         exclusive,
+        retry_max_backoff: Duration::from_secs(30),
     };
     let console = Console {
         target: VncTarget {
@@ -164,5 +166,45 @@ async fn exclusive_consoles_refuse_a_second_viewer() {
     let (ours, mut third) = tokio::io::duplex(1 << 16);
     tokio::spawn(serve(ours, console, stop.clone()));
     assert_eq!(none_viewer(&mut third).await, 0);
+    stop.cancel();
+}
+
+async fn wait_health(rx: &mut watch::Receiver<Health>, want: impl Fn(&Health) -> bool) -> Health {
+    let wait = async {
+        loop {
+            let h = rx.borrow_and_update().clone();
+            if want(&h) {
+                return h;
+            }
+            rx.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("health reached the wanted state")
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_probed_again_until_it_answers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // closed again: nothing listens there now
+    let (console, mut health) = console(port, "password", false);
+    let stop = CancellationToken::new();
+    tokio::spawn(probe(console, stop.clone()));
+    let failed = wait_health(&mut health, |h| *h != Health::Ok).await;
+    let Health::Failed(why) = failed else {
+        unreachable!()
+    };
+    assert!(why.contains("cannot connect"), "{why}");
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(fake_server(s, b"RFB 003.008\n", FakeAuth::Vnc("password")));
+        }
+    });
+    wait_health(&mut health, |h| *h == Health::Ok).await;
     stop.cancel();
 }

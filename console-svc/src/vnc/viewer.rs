@@ -5,6 +5,7 @@
 //! is logged and closed, nothing else.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -18,6 +19,7 @@ use super::rfb::Version;
 use super::stream::Stream;
 use super::upstream::{self, UpstreamTarget};
 use super::VncError;
+use crate::backoff::Backoff;
 use crate::coordinator::Fence;
 use crate::sol::Health;
 use crate::spec::VncTarget;
@@ -79,12 +81,27 @@ impl Console {
     }
 }
 
-/// Checks the upstream once when the console starts, so a wrong password
-/// shows as last_error before anyone connects.
+/// Checks the upstream when the console starts, so a wrong password shows
+/// as last_error before anyone connects. An unreachable upstream is probed
+/// again with backoff until it answers; an authentication failure is not
+/// (VNC servers lock out an address after a few of those).
 pub(crate) async fn probe(console: Arc<Console>, stop: CancellationToken) {
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = console.upstream() => {}
+    let mut backoff = Backoff::new(Duration::from_secs(1), console.settings.retry_max_backoff);
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = console.upstream() => r,
+        };
+        match result {
+            Err(e) if e.is_transient() => {}
+            _ => return,
+        }
+        let wait = backoff.next_delay();
+        info!(retry_in = ?wait, "probing the VNC server again later");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 

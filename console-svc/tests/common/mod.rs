@@ -66,6 +66,7 @@ pub fn settings(prefer: Vec<Method>, upstream_ca: Option<&std::path::Path>) -> V
             timeout: Duration::from_secs(10),
         },
         exclusive: false,
+        retry_max_backoff: Duration::from_secs(30),
     }
 }
 
