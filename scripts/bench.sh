@@ -59,6 +59,7 @@ machine() {
   echo "- Commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- console-svc proto tests || echo ' (with uncommitted changes)')"
   echo "- Tools: $(ipmitool -V), $(socat -V | sed -n 's/^socat version \([^ ]*\).*/socat \1/p'), $(rustc -V | cut -d' ' -f1-2)"
   echo "- Rig: ../shared/rig, $RIG_BMCS simulated BMCs (ipmi_sim, lanplus, -C 3), base port $RIG_BASE_PORT, 127.0.0.1"
+  echo "- Load average (1, 5, 15 min): $LOAD_BEFORE before the bench, $(cut -d' ' -f1-3 /proc/loadavg) after (other work on the machine shows here)"
   echo "- Command: scripts/bench.sh (cargo bench -p porthole-tests --bench serial; console-svc built with --release)"
 }
 
@@ -80,6 +81,7 @@ main() {
 
   log "running the bench (at most ${TIMEOUT}s)"
   local status=0
+  LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
   PORTHOLE_BENCH_RIG_JSON=$RIG_RUN_DIR/rig.json \
   PORTHOLE_BENCH_CONSOLE_SVC=$TARGET_DIR/release/console-svc \
   PORTHOLE_BENCH_WORK_DIR=$WORK \
