@@ -2,8 +2,6 @@
 //! task per console; every accepted connection is a viewer task
 //! ([`super::viewer`]) with its own upstream connection.
 
-use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 

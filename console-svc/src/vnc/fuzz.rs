@@ -16,6 +16,14 @@ use super::tls;
 use super::upstream::{handshake, UpstreamSettings, UpstreamTarget};
 use crate::secret::Secret;
 
+/// 256 per target unless `PROPTEST_CASES` says otherwise.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -102,7 +110,7 @@ const UPSTREAM_PREFIXES: &[&[u8]] = &[
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn version_parser_never_panics(raw in proptest::array::uniform12(any::<u8>())) {

@@ -24,6 +24,31 @@
 //! `max_handshake_bytes` before the SecurityResult. Each viewer has its own
 //! upstream connection; `exclusive` allows one viewer per console at a time.
 //!
+//! Configuration (`[vnc]`, or `PORTHOLE_VNC_<KEY>`; lists may be
+//! comma-separated strings), with the defaults:
+//!
+//! ```toml
+//! [vnc]
+//! enabled = true
+//! auth_schemes = ["none"]          # offered to viewers, in order: "none", "vencrypt"
+//! # vencrypt (VeNCrypt X509None) needs all three (PEM files):
+//! # vencrypt_cert = "/etc/porthole/vnc/server.pem"
+//! # vencrypt_key = "/etc/porthole/vnc/server-key.pem"
+//! # vencrypt_ca_certs = "/etc/porthole/vnc/client-ca.pem"   # viewers' client certs chain here
+//! handshake_timeout = "60s"        # a viewer's whole part of the handshake
+//! max_handshake_bytes = 65536      # what a viewer may send before its SecurityResult
+//! exclusive = false                # true: one viewer per console at a time
+//! upstream_security = ["vencrypt", "vncauth", "none"]  # preference among what the server offers
+//! # upstream_ca_certs = "/etc/porthole/vnc/bmc-ca.pem"  # trust for VeNCrypt X509 upstreams;
+//! #   a self-signed server certificate listed here is trusted as is (TigerVNC, many BMCs)
+//! upstream_timeout = "10s"         # connect + upstream handshake
+//! ```
+//!
+//! nova-novncproxy's side (`nova.conf`): `[vnc] auth_schemes = vencrypt` with
+//! `vencrypt_client_cert`/`vencrypt_client_key` issued by our
+//! `vencrypt_ca_certs` and `vencrypt_ca_certs` = the CA of our
+//! `vencrypt_cert`; or `auth_schemes = none`.
+//!
 //! Seams: [`rfb`] wire types and parsers, [`accept`] the viewer side
 //! (server role), [`upstream`] the upstream side (client role), [`tls`]
 //! rustls configs, [`des_auth`] VNC authentication, [`stream`] byte-stream
