@@ -37,6 +37,34 @@ pub struct Config {
     pub console: ConsoleConfig,
     pub native: NativeConfig,
     pub vnc: VncConfig,
+    pub etcd: EtcdConfig,
+}
+
+/// Coordination through etcd; without endpoints one replica owns everything.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs; a comma-separated string in the environment.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub endpoints: Vec<String>,
+    /// Prefix of every key this service writes (ends in `/`).
+    pub prefix: String,
+    /// This replica's lease TTL (etcd's minimum with default elections: 2 s).
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            prefix: "/porthole/console/".into(),
+            lease_ttl: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -360,7 +388,7 @@ impl Config {
                 continue;
             };
             let rest = rest.to_ascii_lowercase();
-            let Some((section, key)) = ["service", "console", "native", "vnc"]
+            let Some((section, key)) = ["service", "console", "native", "vnc", "etcd"]
                 .iter()
                 .find_map(|s| Some((*s, rest.strip_prefix(s)?.strip_prefix('_')?)))
             else {
@@ -383,6 +411,14 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "console.subprocess_checking_interval must be above 0".into(),
             ));
+        }
+        if !self.etcd.endpoints.is_empty() && self.etcd.lease_ttl < Duration::from_secs(2) {
+            return Err(ConfigError::Invalid(
+                "etcd.lease_ttl must be at least 2s (etcd's minimum TTL)".into(),
+            ));
+        }
+        if !self.etcd.prefix.ends_with('/') {
+            return Err(ConfigError::Invalid("etcd.prefix must end in '/'".into()));
         }
         if self.native.max_viewers == 0 {
             return Err(ConfigError::Invalid(
@@ -453,6 +489,10 @@ mod tests {
                 "PORTHOLE_NATIVE_SCROLLBACK_BYTES".to_owned(),
                 "100".to_owned(),
             ),
+            (
+                "PORTHOLE_ETCD_ENDPOINTS".to_owned(),
+                "http://127.0.0.1:1, http://127.0.0.1:2".to_owned(),
+            ),
             ("UNRELATED".to_owned(), "x".to_owned()),
         ];
         let flags = [("console", "backend", toml::Value::String("native".into()))];
@@ -461,6 +501,10 @@ mod tests {
         assert_eq!(c.console.kill_timeout, Duration::from_secs(3));
         assert_eq!(c.console.backend, Backend::Native);
         assert_eq!(c.native.scrollback_bytes, 100);
+        assert_eq!(
+            c.etcd.endpoints,
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
     }
 
     #[test]

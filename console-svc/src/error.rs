@@ -47,6 +47,7 @@ impl From<ConsoleError> for Status {
             ConsoleError::Start { .. } => Code::Unavailable,
             ConsoleError::Coordination(CoordError::NotServing(_)) => Code::Unavailable,
             ConsoleError::Coordination(CoordError::Fenced { .. }) => Code::Aborted,
+            ConsoleError::Coordination(CoordError::Etcd(_)) => Code::Unavailable,
             ConsoleError::ShuttingDown => Code::Unavailable,
         };
         Status::new(code, err.to_string())

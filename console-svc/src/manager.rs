@@ -16,6 +16,7 @@
 //!     └── enable ─── DISABLED ◀─────────────────────┘  (port kept for the node)
 //! ```
 
+mod fencing;
 mod supervise;
 #[cfg(test)]
 mod tests;
@@ -119,6 +120,8 @@ struct SlotState {
     info: ConsoleInfo,
     spec: Option<ConsoleSpec>,
     running: Option<Running>,
+    /// Stopped because this replica stopped serving; resumed when it serves again.
+    fenced: bool,
 }
 
 /// A started backend console and what keeps it company.
@@ -138,7 +141,7 @@ impl ConsoleManager {
         cancel: CancellationToken,
     ) -> Self {
         let ports = PortAllocator::new(config.console.port_range.clone());
-        Self {
+        let manager = Self {
             inner: Arc::new(Inner {
                 config,
                 backends,
@@ -149,7 +152,9 @@ impl ConsoleManager {
                 events: broadcast::channel(1024).0,
                 cancel,
             }),
-        }
+        };
+        fencing::spawn(manager.clone());
+        manager
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<ConsoleInfo> {
@@ -165,14 +170,7 @@ impl ConsoleManager {
     }
 
     pub fn list(&self) -> Vec<ConsoleInfo> {
-        let slots: Vec<Arc<Slot>> = self
-            .inner
-            .slots
-            .lock()
-            .expect("slots")
-            .values()
-            .cloned()
-            .collect();
+        let slots = self.slots();
         let mut all: Vec<ConsoleInfo> = slots
             .iter()
             .map(|s| s.state.lock().expect("slot lock").info.clone())
@@ -315,14 +313,7 @@ impl ConsoleManager {
     /// budget; consoles are stopped concurrently.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
-        let slots: Vec<Arc<Slot>> = self
-            .inner
-            .slots
-            .lock()
-            .expect("slots")
-            .values()
-            .cloned()
-            .collect();
+        let slots = self.slots();
         let stops = slots.iter().map(|slot| async move {
             let _op = slot.op.lock().await;
             self.stop_running(slot).await;
@@ -354,6 +345,11 @@ impl ConsoleManager {
         }
     }
 
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        let slots = self.inner.slots.lock().expect("slots");
+        slots.values().cloned().collect()
+    }
+
     fn slot(&self, node: &NodeId) -> Option<Arc<Slot>> {
         self.inner.slots.lock().expect("slots").get(node).cloned()
     }
@@ -369,6 +365,7 @@ impl ConsoleManager {
                         info: self.blank(node.clone(), ConsoleState::Starting),
                         spec: None,
                         running: None,
+                        fenced: false,
                     }),
                 })
             })

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Backend, Config};
+use crate::coordinator::etcd::{EtcdCoordinator, EtcdSettings, Member};
 use crate::coordinator::local::LocalCoordinator;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{CoordError, Coordinator};
 use crate::grpc::ConsoleApi;
 use crate::manager::{Backends, ConsoleManager};
 use crate::process::ProcessTable;
@@ -31,6 +32,8 @@ pub enum RunError {
         dir: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("coordination: {0}")]
+    Coordination(#[from] CoordError),
     #[error("serial backend: {0}")]
     Backend(#[from] SolError),
     #[error("VNC backend: {0}")]
@@ -71,20 +74,19 @@ pub async fn run(
             false => None,
         },
     };
-    let coordinator: Arc<dyn Coordinator> =
-        Arc::new(LocalCoordinator::new(config.service.replica_id.clone()));
+    // Cancelled last, after every console stopped: revoking the lease then
+    // frees this replica's consoles for the others at once.
+    let coordination = CancellationToken::new();
+    let coordinator = coordinator(&config, coordination.clone()).await?;
     let manager = ConsoleManager::new(
         config.clone(),
         backends,
-        coordinator,
+        coordinator.clone(),
         processes,
         shutdown.child_token(),
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ConsoleServiceServer<ConsoleApi>>()
-        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(porthole_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -92,6 +94,7 @@ pub async fn run(
 
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
           backend = config.console.backend.as_str(), "console-svc serving");
+    tokio::spawn(report_health(health.clone(), coordinator.serving()));
     let stopper = {
         let manager = manager.clone();
         let shutdown = shutdown.clone();
@@ -102,6 +105,7 @@ pub async fn run(
                 .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
                 .await;
             manager.shutdown().await;
+            coordination.cancel();
         })
     };
     let served = tonic::transport::Server::builder()
@@ -114,6 +118,51 @@ pub async fn run(
     let _ = stopper.await;
     info!("console-svc stopped");
     Ok(served?)
+}
+
+async fn coordinator(
+    config: &Config,
+    cancel: CancellationToken,
+) -> Result<Arc<dyn Coordinator>, RunError> {
+    let replica = config.service.replica_id.clone();
+    let etcd = &config.etcd;
+    if etcd.endpoints.is_empty() {
+        return Ok(Arc::new(LocalCoordinator::new(replica)));
+    }
+    let settings = EtcdSettings {
+        endpoints: etcd.endpoints.clone(),
+        prefix: etcd.prefix.clone(),
+        lease_ttl: etcd.lease_ttl,
+        connect_timeout: etcd.connect_timeout,
+    };
+    let member = Member {
+        replica,
+        host: config.console.url_host(),
+        grpc: config.service.listen.to_string(),
+    };
+    info!(endpoints = ?etcd.endpoints, "coordinating through etcd");
+    Ok(EtcdCoordinator::start(settings, member, cancel).await?)
+}
+
+/// `grpc.health.v1`: SERVING exactly while the coordinator lets us serve.
+async fn report_health(
+    health: tonic_health::server::HealthReporter,
+    mut serving: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if *serving.borrow_and_update() {
+            health
+                .set_serving::<ConsoleServiceServer<ConsoleApi>>()
+                .await;
+        } else {
+            health
+                .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
+                .await;
+        }
+        if serving.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn serial_backend(config: &Config) -> Result<Arc<dyn ConsoleBackend>, RunError> {

@@ -4,7 +4,7 @@
 //! when it stops. Two implementations are planned:
 //!
 //! - [`local::LocalCoordinator`] (default): one replica owns everything.
-//! - `etcd` (next): one lease per replica, an owner key per console created
+//! - [`etcd::EtcdCoordinator`]: one lease per replica, an owner key per console created
 //!   only if absent and bound to that lease; the key's create revision is
 //!   the fencing token.
 //!
@@ -18,6 +18,7 @@
 //! (for etcd: its lease could not be renewed); the manager stops all consoles
 //! when it does.
 
+pub mod etcd;
 pub mod local;
 
 use async_trait::async_trait;
@@ -31,6 +32,8 @@ pub enum CoordError {
     NotServing(String),
     #[error("node {node} is owned by replica {owner}")]
     Fenced { node: String, owner: String },
+    #[error("etcd: {0}")]
+    Etcd(String),
 }
 
 /// Proof of ownership of one node's console. `token` grows with every new

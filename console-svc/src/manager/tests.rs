@@ -8,6 +8,7 @@ use porthole_proto::console::v1 as pb;
 
 use super::*;
 use crate::coordinator::local::LocalCoordinator;
+use crate::coordinator::{CoordError, Coordinator, Ownership};
 use crate::error::ConsoleError;
 use crate::ports::PortError;
 use crate::spec::Target;
@@ -213,4 +214,98 @@ async fn get_list_log_and_shutdown() {
         m.enable(spec("c", 0)).await,
         Err(ConsoleError::ShuttingDown)
     ));
+}
+
+/// A local coordinator whose serving verdict the test sets.
+struct Switchable {
+    local: LocalCoordinator,
+    serving: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait]
+impl Coordinator for Switchable {
+    fn replica_id(&self) -> &str {
+        self.local.replica_id()
+    }
+    fn serving(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.serving.subscribe()
+    }
+    async fn acquire(&self, node: &NodeId) -> Result<Ownership, CoordError> {
+        if !*self.serving.borrow() {
+            return Err(CoordError::NotServing("test switch is off".into()));
+        }
+        self.local.acquire(node).await
+    }
+    async fn check(&self, ownership: &Ownership) -> Result<(), CoordError> {
+        self.local.check(ownership).await
+    }
+    async fn release(&self, ownership: &Ownership) -> Result<(), CoordError> {
+        self.local.release(ownership).await
+    }
+}
+
+#[tokio::test]
+async fn losing_the_lease_stops_every_console_and_regaining_it_resumes_them() {
+    let mut config = Config::default();
+    config.console.port_range = "12000:12005".parse().unwrap();
+    config.console.ipmitool_path = "true".into();
+    let dir = std::env::temp_dir().join(format!("porthole-mgr-fence-{}", std::process::id()));
+    let processes = Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap());
+    let backend = Arc::new(FakeBackend::default());
+    let switch = Arc::new(Switchable {
+        local: LocalCoordinator::new("replica-a"),
+        serving: tokio::sync::watch::Sender::new(true),
+    });
+    let m = ConsoleManager::new(
+        Arc::new(config),
+        Backends {
+            serial: backend.clone(),
+            vnc: None,
+        },
+        switch.clone(),
+        processes,
+        CancellationToken::new(),
+    );
+    let mut events = m.subscribe();
+    m.enable(spec("a", 0)).await.unwrap();
+    m.enable(spec("b", 0)).await.unwrap();
+    m.disable(&spec("b", 0).node).await.unwrap();
+
+    switch.serving.send_replace(false);
+    let fenced = next_state(&mut events, ConsoleState::Failed).await;
+    assert_eq!(fenced.node.as_str(), "a");
+    assert!(fenced.last_error.unwrap().contains("stopped serving"));
+    assert_eq!(backend.running.load(Ordering::SeqCst), 0, "nothing served");
+    let err = m.enable(spec("c", 0)).await.unwrap_err();
+    assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
+
+    switch.serving.send_replace(true);
+    let back = next_state(&mut events, ConsoleState::Running).await;
+    assert_eq!(back.node.as_str(), "a");
+    assert_eq!(
+        back.endpoint.unwrap().port,
+        12000,
+        "same port after resuming"
+    );
+    assert_eq!(
+        m.get(&spec("b", 0).node).unwrap().state,
+        ConsoleState::Disabled,
+        "a disabled console stays disabled"
+    );
+}
+
+async fn next_state(
+    events: &mut tokio::sync::broadcast::Receiver<ConsoleInfo>,
+    want: ConsoleState,
+) -> ConsoleInfo {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.state == want {
+                return ev;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {want:?} event"))
 }

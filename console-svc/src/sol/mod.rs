@@ -100,6 +100,27 @@ impl ConsoleContext {
     }
 }
 
+/// Bind a console's port. The port allocator already gave it to this
+/// console, so `EADDRINUSE` is retried for up to a second: a child process
+/// forked a moment ago (for an ipmitool probe) holds copies of our sockets
+/// until its exec, which is what a quick disable/enable (nova's console
+/// reset) runs into. Anything still holding the port after that is foreign.
+pub async fn bind_port(addr: SocketAddr) -> Result<tokio::net::TcpListener, SolError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(SolError::PortInUse { addr });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(source) => return Err(SolError::Listen { addr, source }),
+        }
+    }
+}
+
 /// A snapshot of a console's in-memory log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogSnapshot {

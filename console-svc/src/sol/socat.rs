@@ -94,7 +94,7 @@ impl ConsoleBackend for SocatBackend {
             used: Arc::new(AtomicBool::new(false)),
             ctx,
         };
-        let first = instance.spawn_ready().await?;
+        let first = instance.spawn_retrying_busy_port().await?;
         let stop = instance.ctx.cancel.child_token();
         let span = tracing::info_span!(parent: None, "socat", node = %instance.ctx.node, port = instance.ctx.listen.port());
         let task = tokio::spawn(instance.supervise(first, stop.clone()).instrument(span));
@@ -219,6 +219,20 @@ impl Instance {
                     what: format!("socat listening on {}", self.ctx.listen),
                     timeout: self.settings.subprocess_timeout,
                 })
+            }
+        }
+    }
+
+    /// Like [`crate::sol::bind_port`]: a port still held for a moment by a
+    /// fork of ours is retried for up to a second.
+    async fn spawn_retrying_busy_port(&self) -> Result<Spawned, SolError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match self.spawn_ready().await {
+                Err(SolError::PortInUse { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
             }
         }
     }

@@ -41,8 +41,6 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-use std::io;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,7 +124,7 @@ impl ConsoleBackend for NativeBackend {
 
     async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
         let span = tracing::info_span!(parent: None, "console", node = %ctx.node, port = ctx.listen.port());
-        let listener = bind(ctx.listen).await?;
+        let listener = crate::sol::bind_port(ctx.listen).await?;
         span.in_scope(|| info!(listen = %ctx.listen, "console listening"));
         let s = &self.settings;
         let tool = IpmiTool::new(
@@ -157,16 +155,6 @@ impl ConsoleBackend for NativeBackend {
             stop_bound,
         }))
     }
-}
-
-async fn bind(addr: SocketAddr) -> Result<TcpListener, SolError> {
-    TcpListener::bind(addr).await.map_err(|source| {
-        if source.kind() == io::ErrorKind::AddrInUse {
-            SolError::PortInUse { addr }
-        } else {
-            SolError::Listen { addr, source }
-        }
-    })
 }
 
 async fn accept_loop(listener: TcpListener, joins: mpsc::Sender<Join>, stop: CancellationToken) {

@@ -1,0 +1,297 @@
+//! The etcd coordinator: one lease per replica, one owner key per console.
+//!
+//! Keys, under the configured prefix:
+//!
+//! - `members/<replica>`: this replica's advertise host and gRPC address,
+//!   bound to its lease (it vanishes when the replica dies).
+//! - `consoles/<node>/owner`: the owning replica's id, created only if
+//!   absent and bound to the owner's lease. Its create revision is the
+//!   fencing token: a later owner always has a larger one, and every check
+//!   compares it in the same transaction.
+//!
+//! The lease lifecycle (and self-fencing) lives in [`lease`]; this file is
+//! the etcd side of it and the ownership transactions.
+
+pub mod lease;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use self::lease::{LeaseApi, LeaseTiming, OnGrant, Renewer};
+use super::{CoordError, Coordinator, Ownership};
+use crate::spec::NodeId;
+
+/// What other replicas (and operators) learn about a replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub replica: String,
+    /// The host console URLs name on this replica.
+    pub host: String,
+    /// This replica's gRPC address.
+    pub grpc: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    /// Key prefix, ending in `/`.
+    pub prefix: String,
+    pub lease_ttl: Duration,
+    pub connect_timeout: Duration,
+}
+
+pub struct EtcdCoordinator {
+    member: Member,
+    keys: Keys,
+    client: Client,
+    lease: watch::Receiver<Option<i64>>,
+    serving: watch::Receiver<bool>,
+}
+
+#[derive(Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn member(&self, replica: &str) -> String {
+        format!("{}members/{replica}", self.prefix)
+    }
+
+    fn owner(&self, node: &NodeId) -> String {
+        format!("{}consoles/{node}/owner", self.prefix)
+    }
+}
+
+impl EtcdCoordinator {
+    /// Connect and start keeping a lease; serving begins once it is granted.
+    /// The lease is revoked when `cancel` fires.
+    pub async fn start(
+        settings: EtcdSettings,
+        member: Member,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>, CoordError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(settings.connect_timeout)
+            .with_timeout(settings.lease_ttl);
+        let client = Client::connect(&settings.endpoints, Some(options))
+            .await
+            .map_err(etcd_err)?;
+        let keys = Keys {
+            prefix: settings.prefix.clone(),
+        };
+        let (lease_tx, lease) = watch::channel(None);
+        let (serving_tx, serving) = watch::channel(false);
+        let etcd = EtcdLeases {
+            client: client.clone(),
+        };
+        let register = Register {
+            client: client.clone(),
+            key: keys.member(&member.replica),
+            value: serde_json::to_string(&member).expect("member serializes"),
+        };
+        let timing = LeaseTiming::for_ttl(settings.lease_ttl);
+        tokio::spawn(async move {
+            lease::keep(&etcd, &register, timing, lease_tx, cancel).await;
+        });
+        let mut follow = lease.clone();
+        tokio::spawn(async move {
+            loop {
+                let on = follow.borrow_and_update().is_some();
+                serving_tx.send_if_modified(|s| std::mem::replace(s, on) != on);
+                if follow.changed().await.is_err() {
+                    serving_tx.send_replace(false);
+                    return;
+                }
+            }
+        });
+        Ok(Arc::new(Self {
+            member,
+            keys,
+            client,
+            lease,
+            serving,
+        }))
+    }
+
+    fn current_lease(&self) -> Result<i64, CoordError> {
+        self.lease
+            .borrow()
+            .ok_or_else(|| CoordError::NotServing("no etcd lease (etcd unreachable?)".into()))
+    }
+}
+
+#[async_trait]
+impl Coordinator for EtcdCoordinator {
+    fn replica_id(&self) -> &str {
+        &self.member.replica
+    }
+
+    fn serving(&self) -> watch::Receiver<bool> {
+        self.serving.clone()
+    }
+
+    async fn acquire(&self, node: &NodeId) -> Result<Ownership, CoordError> {
+        let lease = self.current_lease()?;
+        let key = self.keys.owner(node);
+        let put = PutOptions::new().with_lease(lease);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(key.clone(), self.member.replica.clone(), Some(put)),
+                TxnOp::get(key.clone(), None),
+            ])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        let (owner, token, owner_lease) = owner_of(&resp.op_responses())
+            .ok_or_else(|| CoordError::Etcd(format!("{key} vanished during its claim")))?;
+        if owner == self.member.replica && owner_lease == lease {
+            Ok(Ownership {
+                node: node.clone(),
+                token,
+            })
+        } else {
+            Err(CoordError::Fenced {
+                node: node.to_string(),
+                owner,
+            })
+        }
+    }
+
+    async fn check(&self, ownership: &Ownership) -> Result<(), CoordError> {
+        let lease = self.current_lease()?;
+        let key = self.keys.owner(&ownership.node);
+        let resp = self
+            .client
+            .kv_client()
+            .get(key, None)
+            .await
+            .map_err(etcd_err)?;
+        match resp.kvs().first() {
+            Some(kv) if kv.create_revision() == ownership.token && kv.lease() == lease => Ok(()),
+            Some(kv) => Err(CoordError::Fenced {
+                node: ownership.node.to_string(),
+                owner: String::from_utf8_lossy(kv.value()).into_owned(),
+            }),
+            None => Err(CoordError::Fenced {
+                node: ownership.node.to_string(),
+                owner: "nobody (the claim is gone)".into(),
+            }),
+        }
+    }
+
+    async fn release(&self, ownership: &Ownership) -> Result<(), CoordError> {
+        let key = self.keys.owner(&ownership.node);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                ownership.token,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        Ok(())
+    }
+}
+
+/// Owner id, create revision and lease of the owner key, from a claim's
+/// last Get.
+fn owner_of(ops: &[TxnOpResponse]) -> Option<(String, i64, i64)> {
+    ops.iter().rev().find_map(|op| match op {
+        TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
+            (
+                String::from_utf8_lossy(kv.value()).into_owned(),
+                kv.create_revision(),
+                kv.lease(),
+            )
+        }),
+        _ => None,
+    })
+}
+
+fn etcd_err(e: etcd_client::Error) -> CoordError {
+    CoordError::Etcd(e.to_string())
+}
+
+/// [`LeaseApi`] on a real etcd.
+struct EtcdLeases {
+    client: Client,
+}
+
+#[async_trait]
+impl LeaseApi for EtcdLeases {
+    async fn grant(&self, ttl: Duration) -> Result<i64, CoordError> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let resp = self
+            .client
+            .lease_client()
+            .grant(secs, None)
+            .await
+            .map_err(etcd_err)?;
+        Ok(resp.id())
+    }
+
+    async fn keep_alive(&self, lease: i64) -> Result<Box<dyn Renewer>, CoordError> {
+        let (keeper, stream) = self
+            .client
+            .lease_client()
+            .keep_alive(lease)
+            .await
+            .map_err(etcd_err)?;
+        Ok(Box::new(EtcdRenewer { keeper, stream }))
+    }
+
+    async fn revoke(&self, lease: i64) -> Result<(), CoordError> {
+        self.client
+            .lease_client()
+            .revoke(lease)
+            .await
+            .map_err(etcd_err)?;
+        Ok(())
+    }
+}
+
+struct EtcdRenewer {
+    keeper: etcd_client::LeaseKeeper,
+    stream: etcd_client::LeaseKeepAliveStream,
+}
+
+#[async_trait]
+impl Renewer for EtcdRenewer {
+    async fn renew(&mut self) -> Result<Duration, CoordError> {
+        self.keeper.keep_alive().await.map_err(etcd_err)?;
+        match self.stream.message().await.map_err(etcd_err)? {
+            Some(resp) => Ok(Duration::from_secs(resp.ttl().max(0) as u64)),
+            // A closed stream is a lost lease (etcd-client does not resume it).
+            None => Err(CoordError::Etcd("keep-alive stream closed".into())),
+        }
+    }
+}
+
+/// Registers `members/<replica>` under each new lease.
+struct Register {
+    client: Client,
+    key: String,
+    value: String,
+}
+
+#[async_trait]
+impl OnGrant for Register {
+    async fn granted(&self, lease: i64) -> Result<(), CoordError> {
+        let put = PutOptions::new().with_lease(lease);
+        self.client
+            .kv_client()
+            .put(self.key.clone(), self.value.clone(), Some(put))
+            .await
+            .map_err(etcd_err)?;
+        Ok(())
+    }
+}

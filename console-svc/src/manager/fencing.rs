@@ -1,0 +1,91 @@
+//! Following the coordinator's verdict on whether this replica may serve.
+//!
+//! ```text
+//!  serving ──lease lost──▶ fenced: every console stopped (listeners closed,
+//!     ▲                    SOL ended), state FAILED, spec kept
+//!     └──── lease regained: the fenced consoles are enabled again
+//! ```
+//!
+//! With the local coordinator nothing ever changes here; with etcd the
+//! lease keeper turns `serving` off before the lease could expire at the
+//! server, so this replica is quiet before another one may claim its nodes.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::{ConsoleManager, ConsoleState, Slot};
+
+/// Why a fenced console is FAILED.
+pub(super) const FENCED: &str = "this replica lost its coordination lease and stopped serving; \
+it resumes when the lease is back";
+
+pub(super) fn spawn(manager: ConsoleManager) {
+    let mut serving = manager.inner.coordinator.serving();
+    let cancel = manager.inner.cancel.clone();
+    // Read now, not when the task first runs: a change in between is then
+    // seen as a change.
+    let mut was = *serving.borrow_and_update();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = serving.changed() => if changed.is_err() { return },
+            }
+            let now = *serving.borrow_and_update();
+            if now == was {
+                continue;
+            }
+            was = now;
+            if now {
+                manager.resume_fenced().await;
+            } else {
+                manager.fence_all().await;
+            }
+        }
+    });
+}
+
+impl ConsoleManager {
+    /// Stop every running console at once; keep specs to resume them.
+    async fn fence_all(&self) {
+        warn!("not serving: stopping every console");
+        let slots = self.slots();
+        let stops = slots.iter().map(|slot| async move {
+            let _op = slot.op.lock().await;
+            if slot.state.lock().expect("slot lock").running.is_none() {
+                return;
+            }
+            self.stop_running(slot).await;
+            self.update(slot, |st| {
+                st.fenced = true;
+                st.info.state = ConsoleState::Failed;
+                st.info.endpoint = None;
+                st.info.last_error = Some(FENCED.into());
+            });
+        });
+        futures::future::join_all(stops).await;
+    }
+
+    async fn resume_fenced(&self) {
+        let fenced: Vec<Arc<Slot>> = self
+            .slots()
+            .into_iter()
+            .filter(|s| s.state.lock().expect("slot lock").fenced)
+            .collect();
+        info!(consoles = fenced.len(), "serving again: resuming consoles");
+        for slot in fenced {
+            let spec = {
+                let mut st = slot.state.lock().expect("slot lock");
+                st.fenced = false;
+                st.spec.clone()
+            };
+            if let Some(spec) = spec {
+                let node = spec.node.clone();
+                if let Err(e) = self.enable(spec).await {
+                    warn!(%node, error = %e, "console did not resume");
+                }
+            }
+        }
+    }
+}
