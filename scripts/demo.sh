@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Porthole's demo: a serial console over IPMI SOL on a simulated BMC.
+# Porthole's demo: a serial console over IPMI SOL on a simulated BMC, asked
+# for through the conductor's Ironic API with the real `openstack` CLI.
 #
 #   scripts/demo.sh                    # interactive; Ctrl-C stops everything
 #   scripts/demo.sh --check            # non-interactive: prove a byte round trip, then stop
@@ -7,9 +8,11 @@
 #
 # Starts ../shared/rig (RIG_RUN_DIR=.run/demo/rig, RIG_BASE_PORT=23000 or
 # PORTHOLE_DEMO_RIG_BASE, 2 BMCs), builds console-svc (debug), runs
-# `console-svc serve` on 127.0.0.1:23950 with console ports 23900:23910,
-# enables node "demo-node" on bmc0 with the CLI and tells you how to be the
-# viewer and the node. Needs python3 (rig.json, the --check round trip). Everything listens on 127.0.0.1 only, and everything
+# `console-svc serve` on 127.0.0.1:23950 with console ports 23900:23910 and
+# the conductor (Ironic API) on 127.0.0.1:23960, creates node "demo-node" on
+# bmc0 (the password goes in a request body, never in argv), runs
+# `openstack baremetal node console enable` and `... console show`, and tells
+# you how to be the viewer and the node. Needs python3 (rig.json, the --check round trip). Everything listens on 127.0.0.1 only, and everything
 # it started is stopped by pid on exit. Logs: .run/demo/.
 set -euo pipefail
 
@@ -21,6 +24,7 @@ GRPC=127.0.0.1:${PORTHOLE_DEMO_GRPC_PORT:-23950}
 SERVER=http://$GRPC
 RANGE=${PORTHOLE_DEMO_PORT_RANGE:-23900:23910}
 NODE=demo-node
+API=127.0.0.1:${PORTHOLE_DEMO_API_PORT:-23960}
 CHECK=0
 BACKEND=native
 while [ $# -gt 0 ]; do
@@ -35,7 +39,10 @@ done
 
 say() { echo "demo.sh: $*" >&2; }
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/console-svc
+CONDUCTOR=${CARGO_TARGET_DIR:-$ROOT/target}/debug/conductor
+OS="$ROOT/.venv-clients/bin/openstack --os-auth-type none --os-endpoint http://$API"
 SVC_PID=""
+COND_PID=""
 
 same_proc() { [ "$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$1/stat" 2>/dev/null)" = "$2" ]; }
 stop_service() {
@@ -46,7 +53,15 @@ stop_service() {
   if same_proc "$SVC_PID" "$start"; then say "console-svc $SVC_PID did not stop; killing it"; kill -KILL -- "-$SVC_PID" 2>/dev/null || true; fi
   SVC_PID=""
 }
+stop_conductor() {
+  [ -n "$COND_PID" ] || return 0
+  kill -TERM "$COND_PID" 2>/dev/null || true
+  for _ in $(seq 1 100); do same_proc "$COND_PID" "$COND_START" || break; sleep 0.1; done
+  same_proc "$COND_PID" "$COND_START" && kill -KILL "$COND_PID" 2>/dev/null
+  COND_PID=""
+}
 cleanup() {
+  stop_conductor
   stop_service
   "$RIG_DIR/rig-down.sh" >/dev/null 2>&1 || true
 }
@@ -54,8 +69,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 "$ROOT/scripts/setup.sh"
-say "building console-svc"
-(cd "$ROOT" && cargo build -q -p console-svc)
+say "building console-svc and the conductor"
+(cd "$ROOT" && cargo build -q -p console-svc -p conductor)
+"$ROOT/scripts/venv-clients.sh"   # the openstack CLI, in .venv-clients
 mkdir -p "$DEMO"
 [ -s "$RIG_RUN_DIR/pids" ] && "$RIG_DIR/rig-down.sh" >/dev/null 2>&1   # left over by a killed demo
 say "starting the rig (2 simulated BMCs)"
@@ -82,11 +98,42 @@ for i in $(seq 1 100); do
   sleep 0.2
 done
 
-say "enabling the console of $NODE on bmc0 (UDP $BMC_PORT)"
-"$BIN" enable "$NODE" --bmc-address 127.0.0.1 --bmc-port "$BMC_PORT" --bmc-username "$BMC_USER" \
-  --bmc-password-file "$PW_FILE" --cipher-suite 3 --server "$SERVER" --json | tee "$DEMO/enable.json"
-PORT=$(sed -n 's/.*"port": \([0-9]*\).*/\1/p' "$DEMO/enable.json")
-[ -n "$PORT" ] || { say "enable gave no port"; exit 1; }
+say "starting the conductor (Ironic API) on $API"
+PORTHOLE_LOG=${PORTHOLE_LOG:-info} setsid "$CONDUCTOR" --listen "$API" --console-svc "$SERVER" \
+  --database "$DEMO/conductor.sqlite" </dev/null >"$DEMO/conductor.log" 2>&1 &
+COND_PID=$!
+COND_START=$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$COND_PID/stat")
+for i in $(seq 1 100); do
+  python3 -c "import urllib.request as u; u.urlopen('http://$API/v1')" 2>/dev/null && break
+  kill -0 "$COND_PID" 2>/dev/null || { cat "$DEMO/conductor.log" >&2; say "conductor exited"; exit 1; }
+  [ "$i" = 100 ] && { say "the conductor did not answer within 20 s"; exit 1; }
+  sleep 0.2
+done
+
+say "creating node $NODE on bmc0 (UDP $BMC_PORT) through the Ironic API"
+# Through a request body, so the BMC password is in no process's argv.
+python3 - "$API" "$NODE" "$BMC_PORT" "$BMC_USER" "$PW_FILE" <<'PY'
+import json, sys, urllib.request
+api, node, port, user, pw_file = sys.argv[1:]
+body = {"name": node, "driver": "ipmi", "driver_info": {
+    "ipmi_address": "127.0.0.1", "ipmi_port": int(port), "ipmi_username": user,
+    "ipmi_password": open(pw_file).read().strip(), "ipmi_cipher_suite": 3}}
+req = urllib.request.Request(f"http://{api}/v1/nodes", json.dumps(body).encode(),
+    {"Content-Type": "application/json", "X-OpenStack-Ironic-API-Version": "1.78"})
+urllib.request.urlopen(req)
+PY
+say "openstack baremetal node console enable $NODE"
+$OS baremetal node console enable "$NODE"
+for i in $(seq 1 50); do
+  $OS baremetal node console show "$NODE" -f json >"$DEMO/console.json"
+  grep -q '"url": "tcp://' "$DEMO/console.json" && break
+  [ "$i" = 50 ] && { cat "$DEMO/console.json" >&2; say "no console URL after 10 s"; exit 1; }
+  sleep 0.2
+done
+say "openstack baremetal node console show $NODE"
+cat "$DEMO/console.json"
+PORT=$(sed -n 's/.*"url": "tcp:\/\/[^"]*:\([0-9]*\)".*/\1/p' "$DEMO/console.json")
+[ -n "$PORT" ] || { say "console show gave no port"; exit 1; }
 
 if [ "$CHECK" = 1 ]; then
   say "checking a byte round trip through tcp://127.0.0.1:$PORT"
@@ -114,7 +161,7 @@ viewer.sendall(b"demo-in \x00\x03\x1b\xff\r")
 wait_for(node, b"demo-in \x00\x03\x1b\xff\r", 15)
 print("demo.sh: round trip ok: node output reached the viewer, keystrokes (8-bit) reached the node")
 PY
-  "$BIN" disable "$NODE" --server "$SERVER" >/dev/null
+  $OS baremetal node console disable "$NODE"
   say "check passed"
   exit 0
 fi
@@ -129,13 +176,17 @@ cat <<EOF
     be the node's OS on the serial line:          socat - TCP:127.0.0.1:$NODE_PORT
   Type in one, read it in the other ("~." at line start is ipmitool's escape).
 
-  The CLI:  $BIN list --server $SERVER
+  Ironic's CLI (the conductor on http://$API):
+            $OS baremetal node console show $NODE
+            $OS baremetal node power off $NODE
+  console-svc's CLI:
+            $BIN list --server $SERVER
             $BIN show $NODE --server $SERVER --json
             $BIN log $NODE --server $SERVER          (native backend)
             $BIN disable $NODE --server $SERVER
-  Logs: $DEMO/console-svc.log
+  Logs: $DEMO/console-svc.log, $DEMO/conductor.log
 
-  Ctrl-C stops console-svc and the rig.
+  Ctrl-C stops the conductor, console-svc and the rig.
 EOF
 while kill -0 "$SVC_PID" 2>/dev/null; do sleep 1; done
 say "console-svc exited; see $DEMO/console-svc.log"

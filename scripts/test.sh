@@ -4,7 +4,8 @@
 #   scripts/test.sh                 # the whole suite
 #   scripts/test.sh -- serial_io    # extra arguments go to `cargo test`
 #
-# 1. scripts/setup.sh (Debian packages; idempotent);
+# 1. scripts/setup.sh (Debian packages; idempotent), scripts/venv.sh and
+#    scripts/venv-clients.sh (nova, vncdotool, the OpenStack clients);
 # 2. cargo build --workspace --all-targets (the tests run target/debug/console-svc);
 # 3. starts ../shared/rig with RIG_RUN_DIR=.run/test-rig, RIG_BASE_PORT=24000
 #    (PORTHOLE_TEST_RIG_BASE), RIG_BMCS=6 and a random, distinctive BMC
@@ -62,6 +63,11 @@ trap 'exit 130' INT TERM
 
 say "setup"
 "$ROOT/scripts/setup.sh"
+# The real Python peers: nova 34.0.0's RFB proxy and vncdotool (.venv), the
+# OpenStack clients (.venv-clients). Separate venvs: nova pins old libraries.
+say "python peers (.venv, .venv-clients)"
+"$ROOT/scripts/venv.sh"
+"$ROOT/scripts/venv-clients.sh"
 
 say "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
