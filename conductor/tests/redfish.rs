@@ -85,6 +85,10 @@ async fn redfish_power_and_boot_device() {
 async fn body() -> Result<()> {
     if std::env::var_os("PORTHOLE_RIG_JSON").is_none() {
         eprintln!("notice: PORTHOLE_RIG_JSON is not set; skipping the Redfish test (scripts/test.sh sets it)");
+        assert!(
+            std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
+            "a test peer is missing and PORTHOLE_REQUIRE_PEERS is set (CI): see the notice above"
+        );
         return Ok(());
     }
     let Some(bin) = common::clients() else {

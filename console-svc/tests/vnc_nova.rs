@@ -33,6 +33,10 @@ fn python() -> Option<PathBuf> {
             "vnc_nova: {} is missing (run scripts/venv.sh); skipping",
             python.display()
         );
+        assert!(
+            std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
+            "a test peer is missing and PORTHOLE_REQUIRE_PEERS is set (CI): see the notice above"
+        );
         None
     }
 }

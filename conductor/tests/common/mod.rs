@@ -32,6 +32,10 @@ pub fn clients() -> Option<PathBuf> {
             "notice: {} has no openstack client; skipping (run scripts/venv-clients.sh)",
             venv.display()
         );
+        assert!(
+            std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
+            "a test peer is missing and PORTHOLE_REQUIRE_PEERS is set (CI): see the notice above"
+        );
         None
     }
 }
