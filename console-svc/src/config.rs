@@ -54,6 +54,9 @@ pub struct EtcdConfig {
     pub lease_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// The AEAD key sealing BMC/VNC passwords in etcd specs (32 raw bytes or
+    /// 64 hex digits); the same file on every replica. Required with endpoints.
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl Default for EtcdConfig {
@@ -63,6 +66,7 @@ impl Default for EtcdConfig {
             prefix: "/porthole/console/".into(),
             lease_ttl: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            secret_key_file: None,
         }
     }
 }
@@ -417,6 +421,12 @@ impl Config {
                 "etcd.lease_ttl must be at least 2s (etcd's minimum TTL)".into(),
             ));
         }
+        if !self.etcd.endpoints.is_empty() && self.etcd.secret_key_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "etcd.secret_key_file is required with etcd.endpoints (it seals passwords in etcd)"
+                    .into(),
+            ));
+        }
         if !self.etcd.prefix.ends_with('/') {
             return Err(ConfigError::Invalid("etcd.prefix must end in '/'".into()));
         }
@@ -496,6 +506,13 @@ mod tests {
             ("UNRELATED".to_owned(), "x".to_owned()),
         ];
         let flags = [("console", "backend", toml::Value::String("native".into()))];
+        let err = Config::load(Some(&file), env.clone(), &flags).unwrap_err();
+        assert!(err.to_string().contains("secret_key_file"), "{err}");
+        let mut env = env;
+        env.push((
+            "PORTHOLE_ETCD_SECRET_KEY_FILE".to_owned(),
+            "/etc/porthole/etcd.key".to_owned(),
+        ));
         let c = Config::load(Some(&file), env, &flags).unwrap();
         assert_eq!(c.console.port_range, PortRange::new(12000, 12010).unwrap());
         assert_eq!(c.console.kill_timeout, Duration::from_secs(3));

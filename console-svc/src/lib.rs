@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: the typed configuration (file, `PORTHOLE_*`, flags).
 //! - [`spec`], [`secret`]: validated requests; passwords that never print.
+//! - [`seal`]: passwords sealed (AEAD) for etcd.
 //! - [`manager`]: console lifecycles (the state machine), ports, events.
 //! - [`sol`]: the serial backends (native, socat) and ipmitool.
 //! - [`vnc`]: VNC consoles, a native RFB proxy (nova-novncproxy compatible).
@@ -22,6 +23,7 @@ pub mod grpc;
 pub mod manager;
 pub mod ports;
 pub mod process;
+pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod sol;

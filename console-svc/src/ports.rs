@@ -99,6 +99,25 @@ impl PortAllocator {
         }
     }
 
+    /// An allocator that already knows these (node, port) assignments, such
+    /// as the cluster's `ports/<port>` keys.
+    pub fn with_assignments(
+        range: PortRange,
+        assignments: impl IntoIterator<Item = (NodeId, u16)>,
+    ) -> Self {
+        let mut a = Self::new(range);
+        for (node, port) in assignments {
+            a.taken.insert(port);
+            a.by_node.insert(node, port);
+        }
+        a
+    }
+
+    /// The port a node holds, if any.
+    pub fn current(&self, node: &NodeId) -> Option<u16> {
+        self.by_node.get(node).copied()
+    }
+
     pub fn range(&self) -> &PortRange {
         &self.range
     }

@@ -9,10 +9,17 @@
 //!   fencing token: a later owner always has a larger one, and every check
 //!   compares it in the same transaction.
 //!
+//! - `consoles/<node>/spec`: the desired state, passwords sealed
+//!   ([`specs`], [`spec_doc`]); written by whichever replica got the request.
+//! - `ports/<port>`: the node a console port belongs to, cluster-wide, written
+//!   in the same transaction as the spec.
+//!
 //! The lease lifecycle (and self-fencing) lives in [`lease`]; this file is
 //! the etcd side of it and the ownership transactions.
 
 pub mod lease;
+pub mod spec_doc;
+pub mod specs;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,12 +63,41 @@ pub struct EtcdCoordinator {
     serving: watch::Receiver<bool>,
 }
 
-#[derive(Clone)]
-struct Keys {
+/// Every key this service writes, under one prefix (ending in `/`).
+#[derive(Clone, Debug)]
+pub struct Keys {
     prefix: String,
 }
 
 impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn spec(&self, node: &NodeId) -> String {
+        format!("{}consoles/{node}/spec", self.prefix)
+    }
+
+    pub fn consoles_prefix(&self) -> String {
+        format!("{}consoles/", self.prefix)
+    }
+
+    /// The node of a `consoles/<node>/spec` key.
+    pub fn parse_spec(&self, key: &str) -> Option<NodeId> {
+        let rest = key.strip_prefix(&self.consoles_prefix())?;
+        NodeId::parse(rest.strip_suffix("/spec")?).ok()
+    }
+
+    pub fn port(&self, port: u16) -> String {
+        format!("{}ports/{port}", self.prefix)
+    }
+
+    pub fn ports_prefix(&self) -> String {
+        format!("{}ports/", self.prefix)
+    }
+
     fn member(&self, replica: &str) -> String {
         format!("{}members/{replica}", self.prefix)
     }
@@ -85,9 +121,7 @@ impl EtcdCoordinator {
         let client = Client::connect(&settings.endpoints, Some(options))
             .await
             .map_err(etcd_err)?;
-        let keys = Keys {
-            prefix: settings.prefix.clone(),
-        };
+        let keys = Keys::new(&settings.prefix);
         let (lease_tx, lease) = watch::channel(None);
         let (serving_tx, serving) = watch::channel(false);
         let etcd = EtcdLeases {
@@ -120,6 +154,15 @@ impl EtcdCoordinator {
             lease,
             serving,
         }))
+    }
+
+    /// The desired-state store on this coordinator's etcd connection.
+    pub fn spec_store(
+        &self,
+        sealer: crate::seal::Sealer,
+        range: crate::ports::PortRange,
+    ) -> specs::SpecStore {
+        specs::SpecStore::new(self.client.clone(), &self.keys.prefix, sealer, range)
     }
 
     fn current_lease(&self) -> Result<i64, CoordError> {

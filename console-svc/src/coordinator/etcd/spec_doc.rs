@@ -1,0 +1,207 @@
+//! The JSON a `consoles/<node>/spec` key holds, and its conversion from and
+//! to [`ConsoleSpec`]. Passwords are sealed on the way in and opened on the
+//! way out; nothing else in the service sees the sealed form.
+//!
+//! ```text
+//!  ConsoleSpec + port ──to_json (seal)──▶ {"node","kind","port","target":{…"password":"sealed:v1:…"}}
+//!  value of consoles/<node>/spec ──from_json (open, validate)──▶ ConsoleSpec{requested_port: Some(port)}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::seal::{SealError, Sealer};
+use crate::spec::{
+    ConsoleKind, ConsoleSpec, IpmiTarget, NodeId, PrivilegeLevel, Target, VncTarget,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecDocError {
+    #[error("spec of {node}: {reason}")]
+    Invalid { node: String, reason: String },
+    #[error("spec of {node}: {source}")]
+    Seal { node: String, source: SealError },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecDoc {
+    node: String,
+    kind: KindDoc,
+    /// The console's port, assigned cluster-wide (`ports/<port>`).
+    port: u16,
+    target: TargetDoc,
+}
+
+#[derive(Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum KindDoc {
+    Serial,
+    Vnc,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TargetDoc {
+    Ipmi(IpmiDoc),
+    Vnc(VncDoc),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IpmiDoc {
+    address: String,
+    port: u16,
+    username: String,
+    /// Sealed.
+    password: String,
+    cipher_suite: u8,
+    privilege: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VncDoc {
+    host: String,
+    port: u16,
+    /// Sealed; absent when the VNC server wants none.
+    password: Option<String>,
+}
+
+/// The stored form of `spec` served on `port`.
+pub fn to_json(sealer: &Sealer, spec: &ConsoleSpec, port: u16) -> String {
+    let node = spec.node.as_str();
+    let target = match &spec.target {
+        Target::Ipmi(t) => TargetDoc::Ipmi(IpmiDoc {
+            address: t.address.clone(),
+            port: t.port,
+            username: t.username.clone(),
+            password: sealer.seal(node, &t.password),
+            cipher_suite: t.cipher_suite,
+            privilege: t.privilege.as_ipmitool_arg().to_owned(),
+        }),
+        Target::Vnc(t) => TargetDoc::Vnc(VncDoc {
+            host: t.host.clone(),
+            port: t.port,
+            password: t.password.as_ref().map(|p| sealer.seal(node, p)),
+        }),
+    };
+    let doc = SpecDoc {
+        node: node.to_owned(),
+        kind: match spec.kind() {
+            ConsoleKind::Serial => KindDoc::Serial,
+            ConsoleKind::Vnc => KindDoc::Vnc,
+        },
+        port,
+        target,
+    };
+    serde_json::to_string(&doc).expect("a spec serializes")
+}
+
+/// The spec stored for `node` (the key's node), with its port as the
+/// requested one so every replica serves it on the same port.
+pub fn from_json(sealer: &Sealer, node: &NodeId, json: &[u8]) -> Result<ConsoleSpec, SpecDocError> {
+    let invalid = |reason: String| SpecDocError::Invalid {
+        node: node.to_string(),
+        reason,
+    };
+    let doc: SpecDoc = serde_json::from_slice(json).map_err(|e| invalid(e.to_string()))?;
+    if doc.node != node.as_str() {
+        return Err(invalid(format!("names node {:?}", doc.node)));
+    }
+    let open = |sealed: &str| {
+        sealer
+            .open(node.as_str(), sealed)
+            .map_err(|source| SpecDocError::Seal {
+                node: node.to_string(),
+                source,
+            })
+    };
+    let target = match doc.target {
+        TargetDoc::Ipmi(t) if doc.kind == KindDoc::Serial => Target::Ipmi(IpmiTarget {
+            address: t.address,
+            port: t.port,
+            username: t.username,
+            password: open(&t.password)?,
+            cipher_suite: t.cipher_suite,
+            privilege: PrivilegeLevel::parse(&t.privilege).map_err(|e| invalid(e.to_string()))?,
+        }),
+        TargetDoc::Vnc(t) if doc.kind == KindDoc::Vnc => Target::Vnc(VncTarget {
+            host: t.host,
+            port: t.port,
+            password: t.password.as_deref().map(open).transpose()?,
+        }),
+        _ => return Err(invalid("kind and target disagree".into())),
+    };
+    Ok(ConsoleSpec {
+        node: node.clone(),
+        target,
+        requested_port: Some(doc.port),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn node() -> NodeId {
+        NodeId::parse("node-1").unwrap()
+    }
+
+    fn ipmi_spec() -> ConsoleSpec {
+        ConsoleSpec {
+            node: node(),
+            target: Target::Ipmi(IpmiTarget {
+                address: "127.0.0.1".into(),
+                port: 21100,
+                username: "admin".into(),
+                password: Secret::new("hunter2"),
+                cipher_suite: 3,
+                privilege: PrivilegeLevel::Operator,
+            }),
+            requested_port: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_without_clear_passwords() {
+        let sealer = Sealer::from_key(&[3; 32]);
+        let json = to_json(&sealer, &ipmi_spec(), 10005);
+        assert!(!json.contains("hunter2"), "{json}");
+        assert!(json.contains("\"port\":10005") && json.contains("\"kind\":\"serial\""));
+        let back = from_json(&sealer, &node(), json.as_bytes()).unwrap();
+        let mut want = ipmi_spec();
+        want.requested_port = Some(10005);
+        assert_eq!(back, want);
+
+        let vnc = ConsoleSpec {
+            node: node(),
+            target: Target::Vnc(VncTarget {
+                host: "::1".into(),
+                port: 5900,
+                password: Some(Secret::new("vncpass")),
+            }),
+            requested_port: Some(10006),
+        };
+        let json = to_json(&sealer, &vnc, 10006);
+        assert!(!json.contains("vncpass"), "{json}");
+        assert_eq!(from_json(&sealer, &node(), json.as_bytes()).unwrap(), vnc);
+    }
+
+    #[test]
+    fn refuses_other_nodes_keys_and_damage() {
+        let sealer = Sealer::from_key(&[3; 32]);
+        let json = to_json(&sealer, &ipmi_spec(), 10005);
+        let other = NodeId::parse("node-2").unwrap();
+        let err = from_json(&sealer, &other, json.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("names node"), "{err}");
+        let wrong = Sealer::from_key(&[4; 32]);
+        assert!(matches!(
+            from_json(&wrong, &node(), json.as_bytes()),
+            Err(SpecDocError::Seal { .. })
+        ));
+        let swapped = json.replace("\"kind\":\"serial\"", "\"kind\":\"vnc\"");
+        assert!(from_json(&sealer, &node(), swapped.as_bytes()).is_err());
+        assert!(from_json(&sealer, &node(), b"{").is_err());
+    }
+}
