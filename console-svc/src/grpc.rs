@@ -95,6 +95,7 @@ fn async_stream(manager: ConsoleManager) -> impl Stream<Item = Result<pb::Consol
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         let mut events = manager.subscribe();
+        let stopping = manager.stopping();
         'snapshot: loop {
             for info in manager.list() {
                 if tx
@@ -115,6 +116,8 @@ fn async_stream(manager: ConsoleManager) -> impl Stream<Item = Result<pb::Consol
             loop {
                 let ev = tokio::select! {
                     _ = tx.closed() => return,
+                    // Ends the stream so the server's graceful shutdown can finish.
+                    _ = stopping.cancelled() => return,
                     ev = events.recv() => ev,
                 };
                 match ev {

@@ -161,6 +161,11 @@ impl ConsoleManager {
         self.inner.events.subscribe()
     }
 
+    /// Cancelled when the service shuts down; watchers end their streams.
+    pub fn stopping(&self) -> CancellationToken {
+        self.inner.cancel.clone()
+    }
+
     pub fn get(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
         let slot = self
             .slot(node)

@@ -1,7 +1,8 @@
 //! The service around the consoles, both backends: gRPC health reports
 //! SERVING, server reflection lists the console service, and the operator's
 //! CLI (`console-svc enable/show/list/log/disable --json`) works against a
-//! running instance.
+//! running instance; SIGTERM ends open WatchConsoles streams (the
+//! conductor keeps one open all the time) and the service with them.
 
 use std::time::Duration;
 
@@ -15,7 +16,11 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-both_backends!(health_and_reflection, cli_drives_a_running_service);
+both_backends!(
+    health_and_reflection,
+    cli_drives_a_running_service,
+    sigterm_ends_watch_streams_and_the_service
+);
 
 async fn health_and_reflection(backend: Backend) -> Result<()> {
     let _rig = rig_or_skip!();
@@ -177,4 +182,36 @@ async fn cli<S: AsRef<str>>(svc: &ConsoleSvc, args: &[S]) -> Result<Value> {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// A watcher must not hold the server's graceful shutdown open.
+async fn sigterm_ends_watch_streams_and_the_service(backend: Backend) -> Result<()> {
+    let _rig = rig_or_skip!();
+    let mut svc = ConsoleSvc::start(backend).await?;
+    let mut client = svc.client().await?;
+    let mut stream = client
+        .watch_consoles(porthole_proto::console::v1::WatchConsolesRequest {})
+        .await?
+        .into_inner();
+    let synced = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .context("no SYNCED event")??
+        .ok_or_else(|| anyhow!("stream ended before SYNCED"))?;
+    ensure!(
+        synced.r#type == 2,
+        "first event of an empty service: {synced:?}"
+    );
+    let (by_itself, status) = tokio::task::spawn_blocking(move || svc.stop()).await??;
+    ensure!(
+        by_itself && status.success(),
+        "SIGTERM with a watcher: exited by itself {by_itself}, {status}"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .context("the watch stream did not end")?;
+    ensure!(
+        !matches!(end, Ok(Some(_))),
+        "the stream ended, not another event: {end:?}"
+    );
+    Ok(())
 }
