@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Serial console benchmark (tests/benches/serial.rs) against a rig of its own.
+# Serial console benchmark (tests/benches/serial/) against a rig of its own.
 #
 #   scripts/bench.sh            # writes tests/bench-results/serial.md
 #
