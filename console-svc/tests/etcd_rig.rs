@@ -5,14 +5,12 @@
 //! Runs only when `PORTHOLE_RIG_JSON` names the rig's `rig.json`. Each test
 //! uses its own key prefix, so tests never see each other's keys.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use console_svc::coordinator::etcd::{EtcdCoordinator, EtcdSettings, Member};
 use console_svc::coordinator::{CoordError, Coordinator};
 use console_svc::spec::NodeId;
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 fn etcd_endpoint() -> Option<String> {
@@ -124,48 +122,9 @@ async fn a_stopped_replica_revokes_its_lease_and_its_consoles_are_free() {
     }
 }
 
-/// A TCP relay to etcd that the test can cut and restore.
-struct Proxy {
-    addr: String,
-    open: Arc<AtomicBool>,
-    cut: Arc<tokio::sync::Notify>,
-}
-
-impl Proxy {
-    async fn start(upstream: &str) -> Self {
-        let upstream = upstream.trim_start_matches("http://").to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let open = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(tokio::sync::Notify::new());
-        let (o, c) = (open.clone(), cut.clone());
-        tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                if !o.load(Ordering::SeqCst) {
-                    continue; // refused: dropped at once
-                }
-                let (up, c) = (upstream.clone(), c.clone());
-                tokio::spawn(async move {
-                    let Ok(mut up) = TcpStream::connect(up).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
-                        _ = c.notified() => {}
-                    }
-                });
-            }
-        });
-        Self { addr, open, cut }
-    }
-
-    fn set_open(&self, open: bool) {
-        self.open.store(open, Ordering::SeqCst);
-        if !open {
-            self.cut.notify_waiters();
-        }
-    }
-}
+#[path = "support/etcd_proxy.rs"]
+mod etcd_proxy;
+use etcd_proxy::Proxy;
 
 #[tokio::test]
 async fn a_replica_cut_off_from_etcd_stops_serving_before_its_lease_expires() {

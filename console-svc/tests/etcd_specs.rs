@@ -149,3 +149,59 @@ async fn concurrent_writers_never_share_a_port() {
     assert_eq!(ports.len(), 16, "16 nodes, 16 distinct ports");
     cleanup(&client, &prefix).await;
 }
+
+#[path = "support/etcd_proxy.rs"]
+mod etcd_proxy;
+
+async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The mirror follows puts, deletes and a lease revocation, and carries on
+/// (re-created watch, nothing missed) after its connection is cut.
+#[tokio::test]
+async fn the_cluster_view_follows_and_survives_a_cut_watch() {
+    use console_svc::coordinator::etcd::view::ClusterView;
+    let Some(ep) = etcd_endpoint() else { return };
+    let prefix = unique_prefix("view");
+    let proxy = etcd_proxy::Proxy::start(&ep).await;
+    let direct = Client::connect([ep.as_str()], None).await.unwrap();
+    let via_proxy = Client::connect([proxy.addr.as_str()], None).await.unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let view = ClusterView::start(via_proxy, prefix.clone(), cancel.clone());
+
+    let kv = |k: &str| format!("{prefix}{k}");
+    direct.kv_client().put(kv("a"), "1", None).await.unwrap();
+    wait_until("a", || view.get("a").is_some()).await;
+    let lease = direct.lease_client().grant(30, None).await.unwrap().id();
+    let opts = etcd_client::PutOptions::new().with_lease(lease);
+    direct
+        .kv_client()
+        .put(kv("l1"), "x", Some(opts.clone()))
+        .await
+        .unwrap();
+    direct
+        .kv_client()
+        .put(kv("l2"), "y", Some(opts))
+        .await
+        .unwrap();
+    wait_until("l1, l2", || view.range("l").len() == 2).await;
+    assert_eq!(view.get("l1").unwrap().lease, lease);
+
+    proxy.set_open(false);
+    direct.lease_client().revoke(lease).await.unwrap();
+    direct.kv_client().put(kv("b"), "2", None).await.unwrap();
+    direct.kv_client().delete(kv("a"), None).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.set_open(true);
+    wait_until("the changes made while cut", || {
+        view.get("b").is_some() && view.get("a").is_none() && view.range("l").is_empty()
+    })
+    .await;
+    cancel.cancel();
+    cleanup(&direct, &prefix).await;
+}

@@ -20,6 +20,7 @@
 pub mod lease;
 pub mod spec_doc;
 pub mod specs;
+pub mod view;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,6 +164,11 @@ impl EtcdCoordinator {
         range: crate::ports::PortRange,
     ) -> specs::SpecStore {
         specs::SpecStore::new(self.client.clone(), &self.keys.prefix, sealer, range)
+    }
+
+    /// Mirror everything under the prefix (see [`view`]) until `cancel`.
+    pub fn view(&self, cancel: CancellationToken) -> view::ClusterView {
+        view::ClusterView::start(self.client.clone(), self.keys.prefix.clone(), cancel)
     }
 
     fn current_lease(&self) -> Result<i64, CoordError> {

@@ -1,0 +1,267 @@
+//! A replica's read model of the cluster: every key under the prefix,
+//! mirrored in memory and kept current by one prefix watch (not a poll per
+//! console). Get/List/Watch and placement read this mirror.
+//!
+//! ```text
+//!          ┌──────────────── error / closed stream ───────────────┐
+//!          ▼                                                      │
+//!  LIST (get --prefix @R) ──▶ WATCH from R+1 ──events──▶ apply, last = rev
+//!          ▲                        │ canceled with compact_revision
+//!          └──── re-list ◀──────────┘ (history is gone: start over)
+//! ```
+//!
+//! etcd-client does not resume a watch stream; this loop re-creates it from
+//! the last applied revision + 1 and re-lists only after a compaction (or
+//! when creating the watch keeps failing).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info_span, warn, Instrument};
+
+/// One key as last seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+/// What changed in the mirror.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A key (relative to the prefix) was put or deleted.
+    Key(String),
+    /// The whole mirror was re-read; anything may have changed.
+    Resynced,
+}
+
+#[derive(Default)]
+struct Mirror {
+    revision: i64,
+    keys: BTreeMap<String, Entry>,
+}
+
+/// The mirror's read side; cheap to clone.
+#[derive(Clone)]
+pub struct ClusterView {
+    mirror: Arc<RwLock<Mirror>>,
+    revision: watch::Receiver<i64>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl ClusterView {
+    /// Start mirroring `prefix` until `cancel` fires.
+    pub fn start(client: Client, prefix: String, cancel: CancellationToken) -> Self {
+        let mirror = Arc::new(RwLock::new(Mirror::default()));
+        let (rev_tx, revision) = watch::channel(0);
+        let changes = broadcast::channel(4096).0;
+        let follower = Follower {
+            client,
+            prefix: prefix.clone(),
+            mirror: mirror.clone(),
+            revision: rev_tx,
+            changes: changes.clone(),
+        };
+        let span = info_span!(parent: None, "cluster_view", %prefix);
+        tokio::spawn(async move { follower.run(cancel).await }.instrument(span));
+        Self {
+            mirror,
+            revision,
+            changes,
+        }
+    }
+
+    /// The key (relative to the prefix), if present.
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        self.mirror.read().expect("mirror").keys.get(key).cloned()
+    }
+
+    /// Every key (relative to the prefix) starting with `start`.
+    pub fn range(&self, start: &str) -> Vec<(String, Entry)> {
+        let mirror = self.mirror.read().expect("mirror");
+        mirror
+            .keys
+            .range(start.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(start))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    /// The etcd revision the mirror reflects (0 before the first list).
+    pub fn revision(&self) -> watch::Receiver<i64> {
+        self.revision.clone()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Wait until the mirror has caught up with `revision` (e.g. one a write returned).
+    pub async fn caught_up(&self, revision: i64) {
+        let mut rx = self.revision.clone();
+        let _ = rx.wait_for(|r| *r >= revision).await;
+    }
+}
+
+struct Follower {
+    client: Client,
+    prefix: String,
+    mirror: Arc<RwLock<Mirror>>,
+    revision: watch::Sender<i64>,
+    changes: broadcast::Sender<Change>,
+}
+
+/// Why a watch ended.
+enum WatchEnd {
+    /// Re-create it from the last revision + 1.
+    Broken,
+    /// History is compacted away: list again.
+    Compacted,
+}
+
+impl Follower {
+    async fn run(self, cancel: CancellationToken) {
+        const MIN: Duration = Duration::from_millis(100);
+        const MAX: Duration = Duration::from_secs(2);
+        let mut relist = true;
+        let mut pause = MIN;
+        while !cancel.is_cancelled() {
+            if relist {
+                match self.list().await {
+                    Ok(()) => relist = false,
+                    Err(e) => warn!(error = %e, "listing the cluster state failed"),
+                }
+            }
+            if !relist {
+                let started = std::time::Instant::now();
+                let ended = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    ended = self.follow() => ended,
+                };
+                relist = matches!(ended, WatchEnd::Compacted);
+                if started.elapsed() > Duration::from_secs(10) {
+                    pause = MIN;
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(MAX);
+        }
+    }
+
+    async fn list(&self) -> Result<(), etcd_client::Error> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let keys = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| Some((self.relative(kv.key())?, entry(kv))))
+            .collect();
+        *self.mirror.write().expect("mirror") = Mirror { revision, keys };
+        debug!(revision, "cluster state listed");
+        self.revision.send_replace(revision);
+        let _ = self.changes.send(Change::Resynced);
+        Ok(())
+    }
+
+    /// Follow one watch stream until it breaks.
+    async fn follow(&self) -> WatchEnd {
+        let from = self.mirror.read().expect("mirror").revision + 1;
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        let mut stream = match self
+            .client
+            .watch_client()
+            .watch(self.prefix.clone(), Some(options))
+            .await
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(error = %e, from, "creating the cluster watch failed");
+                return WatchEnd::Broken;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(resp)) if resp.canceled() => {
+                    let compacted = resp.compact_revision() > 0;
+                    warn!(
+                        compacted,
+                        reason = resp.cancel_reason(),
+                        "cluster watch canceled"
+                    );
+                    return match compacted {
+                        true => WatchEnd::Compacted,
+                        false => WatchEnd::Broken,
+                    };
+                }
+                Ok(Some(resp)) => self.apply(&resp),
+                Ok(None) => return WatchEnd::Broken,
+                Err(e) => {
+                    warn!(error = %e, "cluster watch stream failed");
+                    return WatchEnd::Broken;
+                }
+            }
+        }
+    }
+
+    fn apply(&self, resp: &etcd_client::WatchResponse) {
+        let mut changed = Vec::new();
+        let revision = {
+            let mut mirror = self.mirror.write().expect("mirror");
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let Some(key) = self.relative(kv.key()) else {
+                    continue;
+                };
+                match ev.event_type() {
+                    EventType::Put => mirror.keys.insert(key.clone(), entry(kv)),
+                    EventType::Delete => mirror.keys.remove(&key),
+                };
+                mirror.revision = mirror.revision.max(kv.mod_revision());
+                changed.push(key);
+            }
+            // A progress notification (no events, not the creation reply,
+            // whose header is the store's revision before history arrives)
+            // says everything up to its revision was sent.
+            if resp.events().is_empty() && !resp.created() {
+                if let Some(h) = resp.header() {
+                    mirror.revision = mirror.revision.max(h.revision());
+                }
+            }
+            mirror.revision
+        };
+        self.revision.send_replace(revision);
+        for key in changed {
+            let _ = self.changes.send(Change::Key(key));
+        }
+    }
+
+    fn relative(&self, key: &[u8]) -> Option<String> {
+        let key = std::str::from_utf8(key).ok()?;
+        Some(key.strip_prefix(&self.prefix)?.to_owned())
+    }
+}
+
+fn entry(kv: &etcd_client::KeyValue) -> Entry {
+    Entry {
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
+    }
+}
