@@ -57,6 +57,12 @@ pub struct EtcdConfig {
     /// The AEAD key sealing BMC/VNC passwords in etcd specs (32 raw bytes or
     /// 64 hex digits); the same file on every replica. Required with endpoints.
     pub secret_key_file: Option<PathBuf>,
+    /// How long EnableConsole waits for the owner to publish the endpoint.
+    #[serde(with = "humantime_serde")]
+    pub enable_timeout: Duration,
+    /// Claim delay per placement rank (rank r waits r × claim_step).
+    #[serde(with = "humantime_serde")]
+    pub claim_step: Duration,
 }
 
 impl Default for EtcdConfig {
@@ -67,6 +73,8 @@ impl Default for EtcdConfig {
             lease_ttl: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             secret_key_file: None,
+            enable_timeout: Duration::from_secs(15),
+            claim_step: Duration::from_millis(300),
         }
     }
 }

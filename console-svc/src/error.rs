@@ -27,6 +27,8 @@ pub enum ConsoleError {
     Coordination(#[from] CoordError),
     #[error("console-svc is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Deadline(String),
 }
 
 impl ConsoleError {
@@ -49,6 +51,7 @@ impl From<ConsoleError> for Status {
             ConsoleError::Coordination(CoordError::Fenced { .. }) => Code::Aborted,
             ConsoleError::Coordination(CoordError::Etcd(_)) => Code::Unavailable,
             ConsoleError::ShuttingDown => Code::Unavailable,
+            ConsoleError::Deadline(_) => Code::DeadlineExceeded,
         };
         Status::new(code, err.to_string())
     }

@@ -12,16 +12,29 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
+use crate::cluster::Cluster;
 use crate::manager::{ConsoleInfo, ConsoleManager, ConsoleState, Endpoint};
 use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
 
 pub struct ConsoleApi {
     manager: ConsoleManager,
+    /// With etcd: answers from cluster state (any replica serves the API).
+    cluster: Option<Cluster>,
 }
 
 impl ConsoleApi {
     pub fn new(manager: ConsoleManager) -> Self {
-        Self { manager }
+        Self {
+            manager,
+            cluster: None,
+        }
+    }
+
+    pub fn clustered(cluster: Cluster) -> Self {
+        Self {
+            manager: cluster.manager().clone(),
+            cluster: Some(cluster),
+        }
     }
 }
 
@@ -35,7 +48,10 @@ impl ConsoleService for ConsoleApi {
     ) -> Result<Response<pb::Console>, Status> {
         let spec = ConsoleSpec::from_request(request.into_inner())?;
         let span = info_span!("enable", node = %spec.node);
-        let info = self.manager.enable(spec).instrument(span).await?;
+        let info = match &self.cluster {
+            Some(c) => c.enable(spec).instrument(span).await?,
+            None => self.manager.enable(spec).instrument(span).await?,
+        };
         Ok(Response::new(to_proto(&info)))
     }
 
@@ -44,7 +60,10 @@ impl ConsoleService for ConsoleApi {
         request: Request<pb::DisableConsoleRequest>,
     ) -> Result<Response<pb::Console>, Status> {
         let node = NodeId::parse(&request.into_inner().node_id)?;
-        let info = self.manager.disable(&node).await?;
+        let info = match &self.cluster {
+            Some(c) => c.disable(&node).await?,
+            None => self.manager.disable(&node).await?,
+        };
         Ok(Response::new(to_proto(&info)))
     }
 
@@ -53,14 +72,22 @@ impl ConsoleService for ConsoleApi {
         request: Request<pb::GetConsoleRequest>,
     ) -> Result<Response<pb::Console>, Status> {
         let node = NodeId::parse(&request.into_inner().node_id)?;
-        Ok(Response::new(to_proto(&self.manager.get(&node)?)))
+        let info = match &self.cluster {
+            Some(c) => c.get(&node).await?,
+            None => self.manager.get(&node)?,
+        };
+        Ok(Response::new(to_proto(&info)))
     }
 
     async fn list_consoles(
         &self,
         _request: Request<pb::ListConsolesRequest>,
     ) -> Result<Response<pb::ListConsolesResponse>, Status> {
-        let consoles = self.manager.list().iter().map(to_proto).collect();
+        let all = match &self.cluster {
+            Some(c) => c.list().await?,
+            None => self.manager.list(),
+        };
+        let consoles = all.iter().map(to_proto).collect();
         Ok(Response::new(pb::ListConsolesResponse { consoles }))
     }
 
@@ -70,6 +97,12 @@ impl ConsoleService for ConsoleApi {
         &self,
         _request: Request<pb::WatchConsolesRequest>,
     ) -> Result<Response<Self::WatchConsolesStream>, Status> {
+        if let Some(cluster) = &self.cluster {
+            return Ok(Response::new(Box::pin(cluster_stream(
+                cluster,
+                self.manager.stopping(),
+            ))));
+        }
         let manager = self.manager.clone();
         let stream = async_stream(manager);
         Ok(Response::new(Box::pin(stream)))
@@ -137,6 +170,27 @@ fn async_stream(manager: ConsoleManager) -> impl Stream<Item = Result<pb::Consol
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// WatchConsoles on cluster state (see `cluster::api`).
+fn cluster_stream(
+    cluster: &Cluster,
+    stopping: tokio_util::sync::CancellationToken,
+) -> impl Stream<Item = Result<pb::ConsoleEvent, Status>> {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    cluster.watch(tx, stopping);
+    let mut synced = false;
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(move |info| {
+        Ok(match info {
+            Some(info) if synced => event(pb::console_event::Type::Changed, Some(&info)),
+            Some(info) => event(pb::console_event::Type::Existing, Some(&info)),
+            None => {
+                synced = true;
+                event(pb::console_event::Type::Synced, None)
+            }
+        })
+    })
 }
 
 fn event(kind: pb::console_event::Type, info: Option<&ConsoleInfo>) -> pb::ConsoleEvent {

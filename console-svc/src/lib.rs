@@ -9,13 +9,15 @@
 //! - [`manager`]: console lifecycles (the state machine), ports, events.
 //! - [`sol`]: the serial backends (native, socat) and ipmitool.
 //! - [`vnc`]: VNC consoles, a native RFB proxy (nova-novncproxy compatible).
-//! - [`coordinator`]: who owns which console (local now, etcd next).
+//! - [`coordinator`]: who owns which console (local, or etcd leases).
+//! - [`cluster`]: with etcd, the API any replica serves, placement, endpoints.
 //! - [`process`]: recorded child processes, cleaned up after a crash.
 //! - [`grpc`]: `console.v1.ConsoleService`, health and reflection.
 //! - [`cli`]: the operator's client commands.
 
 pub mod backoff;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod error;

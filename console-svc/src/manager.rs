@@ -341,6 +341,36 @@ impl ConsoleManager {
         }
     }
 
+    /// Stop and release every console but keep serving the API (drain):
+    /// other replicas claim the released consoles at once.
+    pub async fn release_all(&self) {
+        let slots = self.slots();
+        let stops = slots.iter().map(|slot| async move {
+            let _op = slot.op.lock().await;
+            self.stop_running(slot).await;
+            self.update(slot, |st| {
+                st.info.state = ConsoleState::Disabled;
+                st.info.endpoint = None;
+            });
+        });
+        futures::future::join_all(stops).await;
+    }
+
+    /// This replica's claim on a node while its console runs here.
+    pub fn ownership(&self, node: &NodeId) -> Option<Ownership> {
+        let slot = self.slot(node)?;
+        let st = slot.state.lock().expect("slot lock");
+        st.running.as_ref().map(|r| r.ownership.clone())
+    }
+
+    /// The backend name consoles of `kind` get here.
+    pub fn backend_name(&self, kind: ConsoleKind) -> &'static str {
+        self.inner
+            .backends
+            .for_kind(kind)
+            .map_or("none", |b| b.name())
+    }
+
     async fn stop_running(&self, slot: &Arc<Slot>) {
         let running = slot.state.lock().expect("slot lock").running.take();
         if let Some(r) = running {

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Backend, Config};
 use crate::coordinator::etcd::{EtcdCoordinator, EtcdSettings, Member};
 use crate::coordinator::local::LocalCoordinator;
@@ -20,6 +21,7 @@ use crate::coordinator::{CoordError, Coordinator};
 use crate::grpc::ConsoleApi;
 use crate::manager::{Backends, ConsoleManager};
 use crate::process::ProcessTable;
+use crate::seal::Sealer;
 use crate::sol::native::NativeBackend;
 use crate::sol::socat::{SocatBackend, SocatSettings};
 use crate::sol::{ConsoleBackend, SolError};
@@ -38,6 +40,8 @@ pub enum RunError {
     Backend(#[from] SolError),
     #[error("VNC backend: {0}")]
     Vnc(#[from] crate::vnc::VncError),
+    #[error("etcd secret key: {0}")]
+    Seal(#[from] crate::seal::SealError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
@@ -77,7 +81,7 @@ pub async fn run(
     // Cancelled last, after every console stopped: revoking the lease then
     // frees this replica's consoles for the others at once.
     let coordination = CancellationToken::new();
-    let coordinator = coordinator(&config, coordination.clone()).await?;
+    let (coordinator, etcd) = coordinator(&config, coordination.clone()).await?;
     let manager = ConsoleManager::new(
         config.clone(),
         backends,
@@ -85,6 +89,14 @@ pub async fn run(
         processes,
         shutdown.child_token(),
     );
+    let cluster = match etcd {
+        Some(etcd) => Some(cluster(&config, etcd, &manager, coordination.clone())?),
+        None => None,
+    };
+    let api = match &cluster {
+        Some(c) => ConsoleApi::clustered(c.clone()),
+        None => ConsoleApi::new(manager.clone()),
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -104,6 +116,11 @@ pub async fn run(
             health
                 .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
                 .await;
+            // Drain: stop taking, leave, release each console so another
+            // replica claims it at once; the lease is revoked last.
+            if let Some(cluster) = cluster {
+                cluster.drain().await;
+            }
             manager.shutdown().await;
             coordination.cancel();
         })
@@ -111,7 +128,7 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ConsoleServiceServer::new(ConsoleApi::new(manager.clone())))
+        .add_service(ConsoleServiceServer::new(api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
         .await;
     shutdown.cancel();
@@ -120,14 +137,15 @@ pub async fn run(
     Ok(served?)
 }
 
+/// The coordinator, and the etcd one again when that is what it is.
 async fn coordinator(
     config: &Config,
     cancel: CancellationToken,
-) -> Result<Arc<dyn Coordinator>, RunError> {
+) -> Result<(Arc<dyn Coordinator>, Option<Arc<EtcdCoordinator>>), RunError> {
     let replica = config.service.replica_id.clone();
     let etcd = &config.etcd;
     if etcd.endpoints.is_empty() {
-        return Ok(Arc::new(LocalCoordinator::new(replica)));
+        return Ok((Arc::new(LocalCoordinator::new(replica)), None));
     }
     let settings = EtcdSettings {
         endpoints: etcd.endpoints.clone(),
@@ -141,7 +159,35 @@ async fn coordinator(
         grpc: config.service.listen.to_string(),
     };
     info!(endpoints = ?etcd.endpoints, "coordinating through etcd");
-    Ok(EtcdCoordinator::start(settings, member, cancel).await?)
+    let etcd = EtcdCoordinator::start(settings, member, cancel).await?;
+    Ok((etcd.clone(), Some(etcd)))
+}
+
+/// The cluster layer: specs sealed with the key file, placement, endpoints.
+fn cluster(
+    config: &Config,
+    etcd: Arc<EtcdCoordinator>,
+    manager: &ConsoleManager,
+    cancel: CancellationToken,
+) -> Result<Cluster, RunError> {
+    let key_file = config
+        .etcd
+        .secret_key_file
+        .as_deref()
+        .unwrap_or(std::path::Path::new(""));
+    let sealer = Sealer::load(key_file)?;
+    let specs = etcd.spec_store(sealer, config.console.port_range.clone());
+    let settings = ClusterSettings {
+        enable_timeout: config.etcd.enable_timeout,
+        claim_step: config.etcd.claim_step,
+    };
+    Ok(Cluster::start(
+        etcd,
+        specs,
+        manager.clone(),
+        settings,
+        cancel,
+    ))
 }
 
 /// `grpc.health.v1`: SERVING exactly while the coordinator lets us serve.

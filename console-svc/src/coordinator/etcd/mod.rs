@@ -77,6 +77,10 @@ impl Keys {
         }
     }
 
+    pub fn endpoint(&self, node: &NodeId) -> String {
+        format!("{}consoles/{node}/endpoint", self.prefix)
+    }
+
     pub fn spec(&self, node: &NodeId) -> String {
         format!("{}consoles/{node}/spec", self.prefix)
     }
@@ -245,8 +249,75 @@ impl Coordinator for EtcdCoordinator {
                 CompareOp::Equal,
                 ownership.token,
             )])
-            .and_then([TxnOp::delete(key, None)]);
+            .and_then([
+                TxnOp::delete(key, None),
+                TxnOp::delete(self.keys.endpoint(&ownership.node), None),
+            ]);
         self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        Ok(())
+    }
+}
+
+/// The value of `consoles/<node>/endpoint`: where the owner serves a console.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointDoc {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub replica: String,
+    /// `running` or `failed` (the port is open in both).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl EtcdCoordinator {
+    /// The lease this replica holds now, if any.
+    pub fn lease_id(&self) -> Option<i64> {
+        *self.lease.borrow()
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Write (or, with `None`, delete) a node's endpoint, bound to our lease,
+    /// only while the owner key is still the claim `token`. False when fenced.
+    pub async fn publish_endpoint(
+        &self,
+        node: &NodeId,
+        token: i64,
+        doc: Option<&EndpointDoc>,
+    ) -> Result<bool, CoordError> {
+        let lease = self.current_lease()?;
+        let key = self.keys.endpoint(node);
+        let op = match doc {
+            Some(doc) => TxnOp::put(
+                key,
+                serde_json::to_string(doc).expect("endpoint serializes"),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            None => TxnOp::delete(key, None),
+        };
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(self.keys.owner(node), CompareOp::Equal, token),
+                Compare::lease(self.keys.owner(node), CompareOp::Equal, lease),
+            ])
+            .and_then([op]);
+        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        Ok(resp.succeeded())
+    }
+
+    /// Stop taking consoles: remove `members/<replica>` so placement ranks
+    /// the others first (the lease, and what it owns, stays).
+    pub async fn leave(&self) -> Result<(), CoordError> {
+        let key = self.keys.member(&self.member.replica);
+        self.client
+            .kv_client()
+            .delete(key, None)
+            .await
+            .map_err(etcd_err)?;
         Ok(())
     }
 }

@@ -50,6 +50,8 @@ struct Mirror {
 /// The mirror's read side; cheap to clone.
 #[derive(Clone)]
 pub struct ClusterView {
+    client: Client,
+    prefix: String,
     mirror: Arc<RwLock<Mirror>>,
     revision: watch::Receiver<i64>,
     changes: broadcast::Sender<Change>,
@@ -62,7 +64,7 @@ impl ClusterView {
         let (rev_tx, revision) = watch::channel(0);
         let changes = broadcast::channel(4096).0;
         let follower = Follower {
-            client,
+            client: client.clone(),
             prefix: prefix.clone(),
             mirror: mirror.clone(),
             revision: rev_tx,
@@ -71,10 +73,34 @@ impl ClusterView {
         let span = info_span!(parent: None, "cluster_view", %prefix);
         tokio::spawn(async move { follower.run(cancel).await }.instrument(span));
         Self {
+            client,
+            prefix,
             mirror,
             revision,
             changes,
         }
+    }
+
+    /// Every key starting with `start` (relative), read from etcd now
+    /// (linearizable), for answers that must not lag behind a write made
+    /// through another replica.
+    pub async fn read(&self, start: &str) -> Result<Vec<(String, Entry)>, etcd_client::Error> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(
+                format!("{}{start}", self.prefix),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = std::str::from_utf8(kv.key()).ok()?;
+                Some((key.strip_prefix(&self.prefix)?.to_owned(), entry(kv)))
+            })
+            .collect())
     }
 
     /// The key (relative to the prefix), if present.

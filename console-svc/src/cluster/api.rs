@@ -1,0 +1,344 @@
+//! The console API on cluster state: any replica answers, from its mirror
+//! of etcd ([`ClusterView`](crate::coordinator::etcd::view::ClusterView)).
+//!
+//! ```text
+//!  Enable ─▶ spec unchanged? ──no──▶ put spec (+ port) @R
+//!                 │ yes                   │
+//!                 ▼                       ▼
+//!        wait for endpoint (newer than R when the spec changed) ─deadline─▶ DEADLINE_EXCEEDED + state
+//!  Disable ─▶ delete spec ─▶ wait (bounded) for the owner's endpoint to go ─▶ DISABLED
+//!  Get / List / Watch ─▶ the mirror (Watch: snapshot, SYNCED, then a CHANGED per node touched)
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::Cluster;
+use crate::coordinator::etcd::specs::{SpecStoreError, StoredSpec};
+use crate::coordinator::etcd::view::{Change, ClusterView, Entry};
+use crate::coordinator::etcd::EndpointDoc;
+use crate::coordinator::CoordError;
+use crate::error::ConsoleError;
+use crate::manager::{ConsoleInfo, ConsoleState, Endpoint};
+use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
+
+/// Who holds a node's claim.
+#[derive(Clone, Debug)]
+pub struct OwnerView {
+    pub replica: String,
+    pub token: i64,
+}
+
+/// Everything the cluster knows about one node.
+#[derive(Debug, Default)]
+pub struct NodeView {
+    pub spec: Option<Result<StoredSpec, String>>,
+    pub owner: Option<OwnerView>,
+    pub endpoint: Option<(EndpointDoc, i64)>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    pub members: Vec<String>,
+    pub nodes: BTreeMap<NodeId, NodeView>,
+}
+
+/// The mirrored state, decoded (specs opened with the key).
+pub fn snapshot(cluster: &Cluster) -> ClusterState {
+    decode(cluster, cluster.inner.view.range(""))
+}
+
+/// Keys (relative to the prefix) as cluster state.
+pub fn decode(cluster: &Cluster, keys: Vec<(String, Entry)>) -> ClusterState {
+    let inner = &cluster.inner;
+    let mut state = ClusterState::default();
+    for (key, _) in &keys {
+        if let Some(m) = key.strip_prefix("members/") {
+            state.members.push(m.to_owned());
+        }
+    }
+    for (key, entry) in keys.iter().filter(|(k, _)| k.starts_with("ports/")) {
+        let node = std::str::from_utf8(&entry.value).ok().map(NodeId::parse);
+        if let (Some(Ok(node)), Ok(port)) = (node, key["ports/".len()..].parse()) {
+            state.nodes.entry(node).or_default().port = Some(port);
+        }
+    }
+    for (key, entry) in keys.iter().filter(|(k, _)| k.starts_with("consoles/")) {
+        let Some((node, leaf)) = key["consoles/".len()..].rsplit_once('/') else {
+            continue;
+        };
+        let Ok(node) = NodeId::parse(node) else {
+            continue;
+        };
+        let nv = state.nodes.entry(node.clone()).or_default();
+        match leaf {
+            "spec" => {
+                let spec = inner.specs.decode(&node, &entry.value, entry.mod_revision);
+                nv.spec = Some(spec.map_err(|e| e.to_string()));
+            }
+            "owner" => {
+                nv.owner = Some(OwnerView {
+                    replica: String::from_utf8_lossy(&entry.value).into_owned(),
+                    token: entry.create_revision,
+                })
+            }
+            "endpoint" => {
+                nv.endpoint = serde_json::from_slice(&entry.value)
+                    .ok()
+                    .map(|doc| (doc, entry.mod_revision))
+            }
+            _ => {}
+        }
+    }
+    state
+}
+
+impl Cluster {
+    #[tracing::instrument(skip_all, fields(node = %spec.node))]
+    pub async fn enable(&self, spec: ConsoleSpec) -> Result<ConsoleInfo, ConsoleError> {
+        if self.inner.manager.backend_name(spec.kind()) == "none" {
+            return Err(ConsoleError::Unsupported(
+                "this console-svc serves no consoles of this kind".into(),
+            ));
+        }
+        let current = self.inner.specs.get(&spec.node).await.map_err(store_err)?;
+        let unchanged = current.as_ref().filter(|c| same_spec(c, &spec));
+        let newer_than = match unchanged {
+            Some(c) => c.mod_revision - 1,
+            None => {
+                self.inner
+                    .specs
+                    .put(&spec)
+                    .await
+                    .map_err(store_err)?
+                    .mod_revision
+            }
+        };
+        let deadline = Instant::now() + self.inner.settings.enable_timeout;
+        let node = spec.node.clone();
+        let served = self
+            .wait(deadline, |state| {
+                let nv = state.nodes.get(&node)?;
+                let (_, rev) = nv.endpoint.as_ref()?;
+                (*rev > newer_than).then_some(())
+            })
+            .await;
+        let info = self.info(&node);
+        match (served, info) {
+            (Some(()), Some(info)) => Ok(info),
+            (_, info) => Err(ConsoleError::Deadline(format!(
+                "no replica published the console of {node} within {:?}; now {}",
+                self.inner.settings.enable_timeout,
+                describe(info.as_ref())
+            ))),
+        }
+    }
+
+    pub async fn disable(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
+        self.inner.specs.delete(node).await.map_err(store_err)?;
+        let deadline = Instant::now() + self.inner.settings.enable_timeout;
+        self.wait(deadline, |state| {
+            let gone = state.nodes.get(node).is_none_or(|nv| nv.endpoint.is_none());
+            gone.then_some(())
+        })
+        .await;
+        Ok(self
+            .info(node)
+            .unwrap_or_else(|| self.blank(node, ConsoleState::Disabled)))
+    }
+
+    /// From etcd now, not the mirror: a console enabled through another
+    /// replica is seen at once.
+    pub async fn get(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
+        let state = self
+            .fresh(&[&format!("consoles/{node}/"), "ports/"])
+            .await?;
+        state
+            .nodes
+            .get(node)
+            .and_then(|nv| self.to_info(node, nv))
+            .ok_or_else(|| ConsoleError::NotFound(node.to_string()))
+    }
+
+    pub async fn list(&self) -> Result<Vec<ConsoleInfo>, ConsoleError> {
+        let state = self.fresh(&["consoles/", "ports/"]).await?;
+        Ok(self.infos(&state))
+    }
+
+    async fn fresh(&self, starts: &[&str]) -> Result<ClusterState, ConsoleError> {
+        let mut keys = Vec::new();
+        for start in starts {
+            let read = self.inner.view.read(start).await;
+            keys.extend(
+                read.map_err(|e| ConsoleError::Coordination(CoordError::Etcd(e.to_string())))?,
+            );
+        }
+        Ok(decode(self, keys))
+    }
+
+    fn infos(&self, state: &ClusterState) -> Vec<ConsoleInfo> {
+        state
+            .nodes
+            .iter()
+            .filter_map(|(node, nv)| self.to_info(node, nv))
+            .collect()
+    }
+
+    /// WatchConsoles: the snapshot, SYNCED (`None`), then a change per
+    /// node touched; a watcher that falls behind gets a new snapshot.
+    pub fn watch(
+        &self,
+        tx: mpsc::Sender<Option<ConsoleInfo>>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut changes = cluster.inner.view.subscribe();
+            'snapshot: loop {
+                for info in cluster.infos(&snapshot(&cluster)) {
+                    if tx.send(Some(info)).await.is_err() {
+                        return;
+                    }
+                }
+                if tx.send(None).await.is_err() {
+                    return;
+                }
+                loop {
+                    let change = tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = stop.cancelled() => return,
+                        c = changes.recv() => c,
+                    };
+                    let node = match change {
+                        Ok(Change::Key(key)) => node_of(&key),
+                        Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => continue 'snapshot,
+                        Err(RecvError::Closed) => return,
+                    };
+                    let Some(node) = node else { continue };
+                    let info = cluster
+                        .info(&node)
+                        .unwrap_or_else(|| cluster.blank(&node, ConsoleState::Disabled));
+                    if tx.send(Some(info)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Wait on the mirror until `ready` says so or the deadline passes.
+    async fn wait<T>(
+        &self,
+        deadline: Instant,
+        ready: impl Fn(&ClusterState) -> Option<T>,
+    ) -> Option<T> {
+        let view: &ClusterView = &self.inner.view;
+        let mut changes = view.subscribe();
+        loop {
+            if let Some(t) = ready(&snapshot(self)) {
+                return Some(t);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return None,
+                _ = changes.recv() => {}
+            }
+        }
+    }
+
+    fn info(&self, node: &NodeId) -> Option<ConsoleInfo> {
+        let state = snapshot(self);
+        self.to_info(node, state.nodes.get(node)?)
+    }
+
+    fn to_info(&self, node: &NodeId, nv: &NodeView) -> Option<ConsoleInfo> {
+        let mut info = self.blank(node, ConsoleState::Disabled);
+        match &nv.spec {
+            None if nv.port.is_none() => return None,
+            None => {}
+            Some(Err(e)) => {
+                info.state = ConsoleState::Failed;
+                info.last_error = Some(e.clone());
+            }
+            Some(Ok(s)) => {
+                info.kind = s.spec.kind();
+                info.backend = self.inner.manager.backend_name(info.kind);
+                info.state = ConsoleState::Starting;
+            }
+        }
+        info.owner = nv
+            .owner
+            .as_ref()
+            .map(|o| o.replica.clone())
+            .unwrap_or_default();
+        if let (Some(Some(_)), Some((ep, _))) =
+            (nv.spec.as_ref().map(|s| s.as_ref().ok()), &nv.endpoint)
+        {
+            info.state = match ep.state.as_str() {
+                "failed" => ConsoleState::Failed,
+                _ => ConsoleState::Running,
+            };
+            info.endpoint = Some(Endpoint {
+                host: ep.host.clone(),
+                port: ep.port,
+            });
+            info.last_error = ep.last_error.clone();
+            info.owner = ep.replica.clone();
+        }
+        Some(info)
+    }
+
+    fn blank(&self, node: &NodeId, state: ConsoleState) -> ConsoleInfo {
+        let now = SystemTime::now();
+        ConsoleInfo {
+            node: node.clone(),
+            kind: ConsoleKind::Serial,
+            state,
+            endpoint: None,
+            owner: String::new(),
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            backend: self.inner.manager.backend_name(ConsoleKind::Serial),
+        }
+    }
+}
+
+/// The stored spec is what the caller asks for (a request without a port
+/// accepts the one already assigned).
+fn same_spec(stored: &StoredSpec, asked: &ConsoleSpec) -> bool {
+    stored.spec.target == asked.target && asked.requested_port.is_none_or(|p| p == stored.port)
+}
+
+fn node_of(key: &str) -> Option<NodeId> {
+    if let Some(rest) = key.strip_prefix("consoles/") {
+        return NodeId::parse(rest.rsplit_once('/')?.0).ok();
+    }
+    None
+}
+
+fn describe(info: Option<&ConsoleInfo>) -> String {
+    match info {
+        None => "no spec".into(),
+        Some(i) => format!(
+            "state {:?}, owner {:?}{}",
+            i.state,
+            i.owner,
+            i.last_error
+                .as_ref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+fn store_err(e: SpecStoreError) -> ConsoleError {
+    match e {
+        SpecStoreError::Port(p) => ConsoleError::Port(p),
+        other => ConsoleError::Coordination(CoordError::Etcd(other.to_string())),
+    }
+}

@@ -1,0 +1,109 @@
+//! Several replicas, one cluster: the API every replica serves and the
+//! placement loop that decides who runs which console, both on etcd.
+//!
+//! Used when `[etcd] endpoints` is set; without it the gRPC layer talks to
+//! the local [`ConsoleManager`] directly, as before. Per node, the keys are
+//! `consoles/<node>/spec` (desired, written by any replica), `owner` (the
+//! claim, bound to the owner's lease) and `endpoint` (published by the owner
+//! in a transaction fenced by the claim's token). What a caller sees:
+//!
+//! ```text
+//!   spec, no owner ──claim (rank r after r × step)──▶ owner, no endpoint   STARTING
+//!        ▲                                                 │ console up
+//!        │ owner's lease expires / released                ▼
+//!        └───────────────────────────────────────── owner + endpoint       RUNNING / FAILED
+//!   no spec, port still reserved ─────────────────────────────────────────  DISABLED
+//! ```
+//!
+//! - [`api`]: Enable/Disable/Get/List/Watch on the mirrored cluster state.
+//! - [`placement`]: rendezvous ranking and the claim loop; ownership is sticky.
+//! - [`publish`]: the owner's endpoint keys follow its manager's events.
+
+pub mod api;
+pub mod placement;
+pub mod publish;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::coordinator::etcd::specs::SpecStore;
+use crate::coordinator::etcd::view::ClusterView;
+use crate::coordinator::etcd::EtcdCoordinator;
+use crate::manager::ConsoleManager;
+
+/// Timing of the cluster layer.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// How long Enable waits for the owner's endpoint.
+    pub enable_timeout: Duration,
+    /// Claim delay per rank: rank r claims an unowned console after r × step.
+    pub claim_step: Duration,
+}
+
+/// The cluster layer of one replica; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    coordinator: Arc<EtcdCoordinator>,
+    specs: SpecStore,
+    view: ClusterView,
+    manager: ConsoleManager,
+    settings: ClusterSettings,
+    /// Cancelled by drain: no more claims.
+    taking: CancellationToken,
+}
+
+impl Cluster {
+    /// Start mirroring, placing and publishing until `cancel`.
+    pub fn start(
+        coordinator: Arc<EtcdCoordinator>,
+        specs: SpecStore,
+        manager: ConsoleManager,
+        settings: ClusterSettings,
+        cancel: CancellationToken,
+    ) -> Self {
+        let view = coordinator.view(cancel.clone());
+        let cluster = Self {
+            inner: Arc::new(Inner {
+                coordinator,
+                specs,
+                view,
+                manager,
+                settings,
+                taking: cancel.child_token(),
+            }),
+        };
+        placement::spawn(cluster.clone(), cancel.clone());
+        publish::spawn(cluster.clone(), cancel);
+        cluster
+    }
+
+    pub fn replica(&self) -> &str {
+        use crate::coordinator::Coordinator;
+        self.inner.coordinator.replica_id()
+    }
+
+    pub fn manager(&self) -> &ConsoleManager {
+        &self.inner.manager
+    }
+
+    /// Stop claiming consoles and leave the member list; then release every
+    /// console so another replica claims it at once. The lease stays until
+    /// the caller revokes it.
+    pub async fn drain(&self) {
+        self.inner.taking.cancel();
+        if let Err(e) = self.inner.coordinator.leave().await {
+            tracing::warn!(error = %e, "could not leave the member list");
+        }
+        self.inner.manager.release_all().await;
+    }
+
+    pub fn draining(&self) -> bool {
+        self.inner.taking.is_cancelled()
+    }
+}

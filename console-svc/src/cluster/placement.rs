@@ -1,0 +1,197 @@
+//! Who claims an unowned console, and when.
+//!
+//! Rendezvous hashing ranks the live members (`members/*`) per node; rank r
+//! claims after r × `claim_step`, so the best-placed replica goes first and
+//! the others only step in when it does not (no stampede). Owned consoles
+//! never move (sticky); a dead owner's keys vanish with its lease, and the
+//! survivors rank again.
+//!
+//! ```text
+//!  view change ─▶ for each node:
+//!    spec, unowned, rank r ──after r × step, still unowned──▶ manager.enable(spec)
+//!    spec changed, owned by us ─────────────────────────────▶ manager.enable(spec) (restart)
+//!    no spec, running here ─────────────────────────────────▶ manager.disable(node)
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::Cluster;
+use crate::coordinator::etcd::specs::StoredSpec;
+use crate::coordinator::Coordinator;
+use crate::manager::ConsoleState;
+use crate::spec::NodeId;
+
+/// The replicas in the order they should claim `node` (best first).
+pub fn rank<'a>(node: &str, members: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut scored: Vec<(u64, &str)> = members.into_iter().map(|m| (score(node, m), m)).collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    scored.into_iter().map(|(_, m)| m).collect()
+}
+
+/// FNV-1a of `node \0 replica`, mixed: stable across builds and processes.
+fn score(node: &str, replica: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.bytes().chain([0]).chain(replica.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // splitmix64 finish, so near-identical names spread.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+pub(super) fn spawn(cluster: Cluster, cancel: CancellationToken) {
+    let span = info_span!(parent: None, "placement", replica = cluster.replica());
+    tokio::spawn(async move { Placer::new(cluster).run(cancel).await }.instrument(span));
+}
+
+struct Placer {
+    cluster: Cluster,
+    /// When we mean to claim each unowned node.
+    due: HashMap<NodeId, Instant>,
+    /// The spec revision each console we run was started from.
+    started: HashMap<NodeId, i64>,
+}
+
+impl Placer {
+    fn new(cluster: Cluster) -> Self {
+        Self {
+            cluster,
+            due: HashMap::new(),
+            started: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut changes = self.cluster.inner.view.subscribe();
+        let mut serving = self.cluster.inner.coordinator.serving();
+        loop {
+            self.pass().await;
+            let next = self.due.values().min().copied();
+            let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = changes.recv() => {}
+                _ = serving.changed() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// One look at the whole cluster state.
+    async fn pass(&mut self) {
+        let inner = &self.cluster.inner;
+        let taking = !inner.taking.is_cancelled() && *inner.coordinator.serving().borrow();
+        let state = super::api::snapshot(&self.cluster);
+        let members: Vec<&str> = state.members.iter().map(String::as_str).collect();
+        let me = self.cluster.replica().to_owned();
+        let mut wanted = HashSet::new();
+        for (node, view) in &state.nodes {
+            let Some(Ok(spec)) = &view.spec else { continue };
+            wanted.insert(node.clone());
+            match &view.owner {
+                Some(owner) if owner.replica == me => self.follow_spec(node, spec).await,
+                Some(_) => {
+                    self.due.remove(node);
+                }
+                None if taking => self.maybe_claim(node, spec, &members, &me).await,
+                None => {}
+            }
+        }
+        self.due.retain(|n, _| wanted.contains(n));
+        self.drop_unwanted(&wanted).await;
+    }
+
+    async fn maybe_claim(&mut self, node: &NodeId, spec: &StoredSpec, members: &[&str], me: &str) {
+        let ranked = rank(node.as_str(), members.iter().copied());
+        // Not a member (yet, or drained): claim last.
+        let r = ranked.iter().position(|m| *m == me).unwrap_or(ranked.len());
+        let step = self.cluster.inner.settings.claim_step;
+        let due = *self
+            .due
+            .entry(node.clone())
+            .or_insert_with(|| Instant::now() + step * r as u32);
+        if Instant::now() < due {
+            return;
+        }
+        self.due.remove(node);
+        debug!(%node, rank = r, "claiming");
+        self.start(node, spec).await;
+    }
+
+    /// A console we own whose spec changed is restarted with the new one.
+    async fn follow_spec(&mut self, node: &NodeId, spec: &StoredSpec) {
+        self.due.remove(node);
+        if self.started.get(node) == Some(&spec.mod_revision) {
+            return;
+        }
+        self.start(node, spec).await;
+    }
+
+    async fn start(&mut self, node: &NodeId, spec: &StoredSpec) {
+        self.started.insert(node.clone(), spec.mod_revision);
+        let manager = self.cluster.inner.manager.clone();
+        let spec = spec.spec.clone();
+        let node = node.clone();
+        // Starting touches the BMC; never hold up placement of other nodes.
+        tokio::spawn(
+            async move {
+                match manager.enable(spec).await {
+                    Ok(_) => info!("console started here"),
+                    Err(e) => warn!(error = %e, "console not started here"),
+                }
+            }
+            .instrument(info_span!("claim", %node)),
+        );
+    }
+
+    /// Consoles running here without a spec (disabled anywhere) are stopped.
+    async fn drop_unwanted(&mut self, wanted: &HashSet<NodeId>) {
+        let manager = self.cluster.inner.manager.clone();
+        for info in manager.list() {
+            if wanted.contains(&info.node) || info.state == ConsoleState::Disabled {
+                continue;
+            }
+            self.started.remove(&info.node);
+            if let Err(e) = manager.disable(&info.node).await {
+                warn!(node = %info.node, error = %e, "could not stop a disabled console");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranking_is_stable_and_spreads_nodes() {
+        let members = ["replica-a", "replica-b", "replica-c"];
+        let first = rank("node-1", members);
+        assert_eq!(first.len(), 3);
+        assert_eq!(first, rank("node-1", members.iter().rev().copied()));
+        let mut firsts = HashMap::new();
+        for i in 0..300 {
+            let best = rank(&format!("node-{i}"), members)[0];
+            *firsts.entry(best).or_insert(0) += 1;
+        }
+        for m in members {
+            assert!(firsts[m] > 60, "{m} first for {} of 300 nodes", firsts[m]);
+        }
+    }
+
+    #[test]
+    fn losing_a_member_keeps_the_others_order() {
+        let all = rank("node-7", ["a", "b", "c", "d"]);
+        let without: Vec<&str> = all.iter().copied().filter(|m| *m != all[0]).collect();
+        assert_eq!(rank("node-7", without.iter().copied()), without);
+    }
+}

@@ -1,0 +1,447 @@
+//! High availability end to end: several `console-svc` processes (the
+//! built binary) coordinating through the rig's real etcd, serving a rig
+//! BMC's serial console.
+//!
+//! ```sh
+//! cargo build -p console-svc && PORTHOLE_RIG_JSON=/tmp/rigrun/rig.json \
+//!     cargo test -p console-svc --test ha_rig -- --test-threads 1
+//! ```
+//!
+//! Each replica has its own loopback address (127.0.0.2, .3, .4) for gRPC
+//! and console ports, so replicas never collide on a port and the checker
+//! can tell who serves: it samples the listening sockets (`ss`) of the
+//! console port throughout and fails if two replicas ever listen at once.
+//! Each test has its own etcd prefix and console port range, and leases its
+//! BMC with the `flock` the other rig tests use.
+
+use std::fs::{File, OpenOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use pb::console_service_client::ConsoleServiceClient;
+use porthole_proto::console::v1 as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TTL: Duration = Duration::from_secs(3);
+
+struct Rig {
+    etcd: String,
+    bmc: serde_json::Value,
+    run_dir: PathBuf,
+}
+
+fn rig() -> Option<Rig> {
+    let Some(path) = std::env::var_os("PORTHOLE_RIG_JSON") else {
+        eprintln!("ha_rig: PORTHOLE_RIG_JSON is not set; skipping");
+        assert!(
+            std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
+            "a test peer is missing and PORTHOLE_REQUIRE_PEERS is set (CI)"
+        );
+        return None;
+    };
+    let rig: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("rig.json")).expect("JSON");
+    Some(Rig {
+        etcd: rig["etcd"]["endpoints"][0]
+            .as_str()
+            .expect("etcd")
+            .to_owned(),
+        bmc: rig["bmcs"][0].clone(),
+        run_dir: rig["run_dir"].as_str().expect("run_dir").into(),
+    })
+}
+
+/// The BMC for this test alone, shared with the other rig tests' pool.
+async fn lease_bmc(rig: &Rig) -> Flock<File> {
+    let dir = rig.run_dir.join("porthole-test-locks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}.lock", rig.bmc["name"].as_str().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return lock,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err((_, e)) => panic!("BMC lease: {e}"),
+        }
+    }
+}
+
+/// One console-svc process.
+struct Replica {
+    id: String,
+    ip: String,
+    grpc: SocketAddr,
+    child: Option<Child>,
+}
+
+struct Cluster {
+    etcd: String,
+    prefix: String,
+    dir: PathBuf,
+    replicas: Vec<Replica>,
+}
+
+impl Cluster {
+    fn start(rig: &Rig, test: &str, ports: &str, n: usize) -> Self {
+        let prefix = format!("/porthole-test/{test}-{}/", std::process::id());
+        let dir = std::env::temp_dir().join(format!("ha-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("etcd.key"), "ab".repeat(32)).unwrap();
+        let replicas = (0..n)
+            .map(|i| {
+                let ip = format!("127.0.0.{}", i + 2);
+                let grpc = free_addr(&ip);
+                let mut r = Replica {
+                    id: format!("replica-{i}"),
+                    ip,
+                    grpc,
+                    child: None,
+                };
+                r.child = Some(spawn(rig, &r, &prefix, &dir, ports));
+                r
+            })
+            .collect();
+        Self {
+            etcd: rig.etcd.clone(),
+            prefix,
+            dir,
+            replicas,
+        }
+    }
+
+    async fn client(&self, i: usize) -> ConsoleServiceClient<tonic::transport::Channel> {
+        let url = format!("http://{}", self.replicas[i].grpc);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match ConsoleServiceClient::connect(url.clone()).await {
+                Ok(c) => return c,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("replica {i} gRPC: {e}"),
+            }
+        }
+    }
+
+    fn signal(&mut self, i: usize, sig: nix::sys::signal::Signal) {
+        let child = self.replicas[i].child.as_mut().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+
+    fn wait(&mut self, i: usize) {
+        if let Some(mut c) = self.replicas[i].child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.replicas {
+            if let Some(mut c) = r.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = Command::new("etcdctl")
+            .args(["--endpoints", &self.etcd, "del", "--prefix", &self.prefix])
+            .env("ETCDCTL_API", "3")
+            .stdout(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_addr(ip: &str) -> SocketAddr {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap()
+}
+
+fn spawn(rig: &Rig, r: &Replica, prefix: &str, dir: &std::path::Path, ports: &str) -> Child {
+    let bin = env!("CARGO_BIN_EXE_console-svc");
+    let log = File::create(dir.join(format!("{}.log", r.id))).unwrap();
+    Command::new(bin)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PORTHOLE_LOG", "info,console_svc=debug")
+        .env("PORTHOLE_SERVICE_LISTEN", r.grpc.to_string())
+        .env("PORTHOLE_SERVICE_REPLICA_ID", &r.id)
+        .env("PORTHOLE_CONSOLE_SOCAT_ADDRESS", &r.ip)
+        .env("PORTHOLE_CONSOLE_PORT_RANGE", ports)
+        .env("PORTHOLE_CONSOLE_TERMINAL_PID_DIR", dir.join(&r.id))
+        .env("PORTHOLE_ETCD_ENDPOINTS", &rig.etcd)
+        .env("PORTHOLE_ETCD_PREFIX", prefix)
+        .env("PORTHOLE_ETCD_LEASE_TTL", format!("{}s", TTL.as_secs()))
+        .env("PORTHOLE_ETCD_SECRET_KEY_FILE", dir.join("etcd.key"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("console-svc binary")
+}
+
+fn enable_request(rig: &Rig) -> pb::EnableConsoleRequest {
+    let b = &rig.bmc;
+    let password = std::fs::read_to_string(b["password_file"].as_str().unwrap()).unwrap();
+    pb::EnableConsoleRequest {
+        node_id: "ha-node".into(),
+        kind: pb::ConsoleKind::Serial as i32,
+        ipmi: Some(pb::IpmiTarget {
+            address: b["host"].as_str().unwrap().into(),
+            port: b["port"].as_u64().unwrap() as u32,
+            username: b["username"].as_str().unwrap().into(),
+            password: password.trim_end().into(),
+            cipher_suite: Some(b["cipher_suite"].as_u64().unwrap() as u32),
+            privilege_level: String::new(),
+        }),
+        port: 0,
+        vnc: None,
+    }
+}
+
+/// Samples who listens on the console port; counts overlaps.
+struct Checker {
+    stop: Arc<AtomicBool>,
+    overlaps: Arc<AtomicUsize>,
+    samples: Arc<AtomicUsize>,
+}
+
+impl Checker {
+    fn start(port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let overlaps = Arc::new(AtomicUsize::new(0));
+        let samples = Arc::new(AtomicUsize::new(0));
+        let (s, o, n) = (stop.clone(), overlaps.clone(), samples.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let listeners = listening(port);
+                if listeners.len() > 1 {
+                    eprintln!("checker: two replicas serve at once: {listeners:?}");
+                    o.fetch_add(1, Ordering::SeqCst);
+                }
+                n.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self {
+            stop,
+            overlaps,
+            samples,
+        }
+    }
+
+    /// Keep sampling a second longer (a replica coming back would show),
+    /// then judge.
+    async fn finish(self) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.stop.store(true, Ordering::SeqCst);
+        let samples = self.samples.load(Ordering::SeqCst);
+        assert!(samples >= 10, "checker took only {samples} samples");
+        assert_eq!(
+            self.overlaps.load(Ordering::SeqCst),
+            0,
+            "two owners at once"
+        );
+    }
+}
+
+/// Local addresses listening on `port` (any 127.0.0.0/8 address).
+fn listening(port: u16) -> Vec<String> {
+    let out = Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        .collect()
+}
+
+async fn get(c: &mut ConsoleServiceClient<tonic::transport::Channel>) -> Option<pb::Console> {
+    let req = pb::GetConsoleRequest {
+        node_id: "ha-node".into(),
+    };
+    c.get_console(req).await.ok().map(|r| r.into_inner())
+}
+
+/// Wait until a replica other than `not` serves the console; returns it.
+async fn served_elsewhere(
+    c: &mut ConsoleServiceClient<tonic::transport::Channel>,
+    not: &str,
+    within: Duration,
+) -> pb::Console {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(con) = get(c).await {
+            let up = con.state == pb::ConsoleState::Running as i32 && con.owner != not;
+            if up && accepts(&con).await {
+                return con;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no survivor served within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn accepts(con: &pb::Console) -> bool {
+    TcpStream::connect((con.host.as_str(), con.port as u16))
+        .await
+        .is_ok()
+}
+
+/// Type through the console and read it on the node side.
+async fn typing_reaches_the_node(rig: &Rig, con: &pb::Console) {
+    let hc = &rig.bmc["host_console"];
+    let node_addr = format!(
+        "{}:{}",
+        hc["host"].as_str().unwrap(),
+        hc["port"].as_u64().unwrap()
+    );
+    let mut node = TcpStream::connect(node_addr).await.expect("host console");
+    let mut viewer = TcpStream::connect((con.host.as_str(), con.port as u16))
+        .await
+        .expect("console port");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        viewer.write_all(b"\rha-typed\r").await.unwrap();
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), node.read(&mut buf)).await
+        {
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("ha-typed") {
+                return;
+            }
+        }
+    }
+    panic!(
+        "typing never reached the node: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
+async fn etcd_dump(etcd: &str, prefix: &str) -> String {
+    let out = tokio::process::Command::new("etcdctl")
+        .args(["--endpoints", etcd, "get", "--prefix", prefix])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .await
+        .expect("etcdctl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn kill_9_of_the_owner_moves_the_console_to_a_survivor_on_the_same_port() {
+    let Some(rig) = rig() else { return };
+    let _bmc = lease_bmc(&rig).await;
+    let mut cluster = Cluster::start(&rig, "kill9", "31400:31410", 3);
+    let mut c0 = cluster.client(0).await;
+    let con = c0
+        .enable_console(enable_request(&rig))
+        .await
+        .expect("enable")
+        .into_inner();
+    assert_eq!(con.state, pb::ConsoleState::Running as i32, "{con:?}");
+    let checker = Checker::start(con.port as u16);
+
+    // Any replica answers Get/List consistently.
+    for i in 1..3 {
+        let mut c = cluster.client(i).await;
+        let other = get(&mut c).await.expect("get on another replica");
+        assert_eq!(
+            (other.owner.as_str(), other.port, other.url.as_str()),
+            (con.owner.as_str(), con.port, con.url.as_str())
+        );
+        let list = c
+            .list_consoles(pb::ListConsolesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(list.consoles.len(), 1);
+    }
+    let dump = etcd_dump(&cluster.etcd, &cluster.prefix).await;
+    let password = std::fs::read_to_string(rig.bmc["password_file"].as_str().unwrap()).unwrap();
+    // The rig's password is "password", also a JSON key: look for it as a value.
+    let clear = format!(":\"{}\"", password.trim_end());
+    assert!(
+        dump.contains("\"password\":\"sealed:v1:") && !dump.contains(&clear),
+        "password in clear:\n{dump}"
+    );
+
+    let owner = cluster
+        .replicas
+        .iter()
+        .position(|r| r.id == con.owner)
+        .expect("owner");
+    let survivor = (owner + 1) % 3;
+    let mut cs = cluster.client(survivor).await;
+    let killed_at = Instant::now();
+    cluster.signal(owner, nix::sys::signal::Signal::SIGKILL);
+    cluster.wait(owner);
+    let moved = served_elsewhere(&mut cs, &con.owner, TTL + Duration::from_secs(2)).await;
+    eprintln!(
+        "kill -9 → accepting on {} after {:?}",
+        moved.owner,
+        killed_at.elapsed()
+    );
+    assert_eq!(moved.port, con.port, "same port");
+    assert_ne!(moved.host, con.host, "under the survivor's host");
+    typing_reaches_the_node(&rig, &moved).await;
+    checker.finish().await;
+}
+
+#[tokio::test]
+async fn sigterm_of_the_owner_hands_over_within_a_second() {
+    let Some(rig) = rig() else { return };
+    let _bmc = lease_bmc(&rig).await;
+    let mut cluster = Cluster::start(&rig, "sigterm", "31420:31430", 2);
+    let mut c0 = cluster.client(0).await;
+    let con = c0
+        .enable_console(enable_request(&rig))
+        .await
+        .expect("enable")
+        .into_inner();
+    let checker = Checker::start(con.port as u16);
+    let owner = cluster
+        .replicas
+        .iter()
+        .position(|r| r.id == con.owner)
+        .expect("owner");
+    let mut cs = cluster.client(1 - owner).await;
+    let port = con.port as u16;
+    let old = cluster.replicas[owner].ip.clone();
+    cluster.signal(owner, nix::sys::signal::Signal::SIGTERM);
+    // The gap: from the old listener closing to the new one accepting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listening(port).iter().any(|a| a.starts_with(&old)) {
+        assert!(Instant::now() < deadline, "the owner never let go");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let closed_at = Instant::now();
+    let moved = served_elsewhere(&mut cs, &con.owner, Duration::from_secs(5)).await;
+    let gap = closed_at.elapsed();
+    eprintln!("SIGTERM handover gap: {gap:?} (now on {})", moved.owner);
+    assert!(gap < Duration::from_secs(1), "gap {gap:?}");
+    assert_eq!(moved.port, con.port);
+    cluster.wait(owner);
+    checker.finish().await;
+}
