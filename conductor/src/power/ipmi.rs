@@ -1,21 +1,18 @@
-//! Power through ipmitool (lanplus). The password reaches ipmitool through a
-//! sealed memfd at fd 3 (`-f /dev/fd/3`): never argv, never the environment.
+//! Power through ipmitool (lanplus). The password reaches ipmitool through
+//! console-svc's sealed memfd at fd 3 (`-f /dev/fd/3`): never argv, never
+//! the environment.
 //!
 //! Callers: `power::Bmc` for `ipmi` nodes.
 
-use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-use nix::sys::memfd::{memfd_create, MFdFlags};
+use console_svc::secret::Secret;
+use console_svc::sol::ipmitool::{explain, PasswordFd, PASSWORD_FD};
 use tokio::process::Command;
 
 use super::{info_str, info_u16, require, Power, PowerError, PowerSettings};
 use crate::model::Dict;
-
-const PASSWORD_FD: i32 = 3;
 
 pub struct Ipmi {
     program: String,
@@ -92,7 +89,9 @@ impl Ipmi {
             .process_group(0)
             .kill_on_drop(true);
         if let Some(pw) = &self.password {
-            attach_password(&mut cmd, password_fd(pw).map_err(|e| self.spawn_err(e))?);
+            PasswordFd::new(&Secret::new(pw.as_str()))
+                .map_err(|e| self.spawn_err(e))?
+                .attach(&mut cmd);
         }
         let what = format!("ipmitool {}", command.join(" "));
         let child = cmd.spawn().map_err(|e| self.spawn_err(e))?;
@@ -122,11 +121,7 @@ impl Ipmi {
             self.port,
             words.join("; ")
         );
-        if msg.contains("Unable to establish IPMI v2 / RMCP+ session") {
-            msg.push_str(
-                " (the BMC is unreachable, or it rejected the credentials or cipher suite)",
-            );
-        }
+        explain(&mut msg);
         Err(PowerError::Bmc(msg))
     }
 
@@ -212,41 +207,6 @@ fn parse_bootparam(out: &str) -> (Option<String>, bool) {
     (dev, persistent)
 }
 
-fn password_fd(password: &str) -> std::io::Result<OwnedFd> {
-    let fd = memfd_create(
-        "porthole-bmc-password",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(password.as_bytes())?;
-    let fd = OwnedFd::from(file);
-    let seals = SealFlag::F_SEAL_WRITE
-        | SealFlag::F_SEAL_GROW
-        | SealFlag::F_SEAL_SHRINK
-        | SealFlag::F_SEAL_SEAL;
-    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
-    Ok(fd)
-}
-
-/// Make `fd` the child's fd 3 (the parent's copy stays close-on-exec).
-fn attach_password(cmd: &mut Command, fd: OwnedFd) {
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let raw = fd.as_raw_fd();
-            let rc = if raw == PASSWORD_FD {
-                libc::fcntl(raw, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, PASSWORD_FD)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,7 +235,9 @@ mod tests {
     async fn the_child_reads_the_password_at_fd_3() {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "cat /dev/fd/3"]);
-        attach_password(&mut cmd, password_fd("pw-at-fd3").unwrap());
+        PasswordFd::new(&Secret::new("pw-at-fd3"))
+            .unwrap()
+            .attach(&mut cmd);
         let out = cmd.output().await.unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap(), "pw-at-fd3");
     }

@@ -184,7 +184,7 @@ fn summarize(stderr: &str, stdout: &str, code: Option<i32>) -> String {
 }
 
 /// Add what ipmitool's terse session error usually means.
-pub(crate) fn explain(msg: &mut String) {
+pub fn explain(msg: &mut String) {
     if msg.contains("Unable to establish IPMI v2 / RMCP+ session") {
         msg.push_str("; the BMC is unreachable, or it rejected the credentials or cipher suite");
     }
