@@ -1,5 +1,5 @@
 //! The `console-svc` command line: `serve`, and the operator's client
-//! commands (`enable`, `disable`, `show`, `list`, `log`) that talk to a
+//! commands (`enable`, `disable`, `show`, `list`, `log`, `drain`) that talk to a
 //! running service over gRPC. `main.rs` parses and dispatches; the client
 //! commands live here so tests can call them.
 
@@ -39,6 +39,9 @@ pub enum Command {
     List(ClientArgs),
     /// Print what a node's console printed recently (native backend).
     Log(LogArgs),
+    /// Empty the replica at --server (etcd only): it stops taking consoles
+    /// and releases its own to the other replicas, but keeps running.
+    Drain(ClientArgs),
     /// Run by socat for each connection: sol deactivate, then sol activate.
     #[command(hide = true)]
     SolExec,
@@ -185,6 +188,26 @@ pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
             let req = pb::GetConsoleRequest { node_id: a.node };
             let c = connect(&a.client).await?.get_console(req).await?;
             print_console(out, &c.into_inner(), a.client.json)
+        }
+        Command::Drain(a) => {
+            let resp = connect(&a)
+                .await?
+                .drain_replica(pb::DrainReplicaRequest {})
+                .await?
+                .into_inner();
+            match a.json {
+                true => writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"replica": resp.replica, "released": resp.released})
+                )?,
+                false => writeln!(
+                    out,
+                    "replica {} drained: released {} console(s)",
+                    resp.replica, resp.released
+                )?,
+            }
+            Ok(())
         }
         Command::List(a) => {
             let list = connect(&a)

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
 use crate::cluster::Cluster;
+use crate::error::ConsoleError;
 use crate::manager::{ConsoleInfo, ConsoleManager, ConsoleState, Endpoint};
 use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
 
@@ -106,6 +107,24 @@ impl ConsoleService for ConsoleApi {
         let manager = self.manager.clone();
         let stream = async_stream(manager);
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn drain_replica(
+        &self,
+        _request: Request<pb::DrainReplicaRequest>,
+    ) -> Result<Response<pb::DrainReplicaResponse>, Status> {
+        let Some(cluster) = &self.cluster else {
+            return Err(ConsoleError::Unsupported(
+                "drain needs etcd coordination ([etcd] endpoints): without it there is no other replica"
+                    .into(),
+            )
+            .into());
+        };
+        let released = cluster.drain().instrument(info_span!("drain")).await;
+        Ok(Response::new(pb::DrainReplicaResponse {
+            replica: cluster.replica().to_owned(),
+            released: released as u32,
+        }))
     }
 
     async fn get_console_log(

@@ -97,11 +97,16 @@ struct Cluster {
 
 impl Cluster {
     fn start(rig: &Rig, test: &str, ports: &str, n: usize) -> Self {
+        Self::start_via(rig, test, ports, &vec![rig.etcd.clone(); n])
+    }
+
+    /// One replica per etcd endpoint given (e.g. a proxy each).
+    fn start_via(rig: &Rig, test: &str, ports: &str, etcd: &[String]) -> Self {
         let prefix = format!("/porthole-test/{test}-{}/", std::process::id());
         let dir = std::env::temp_dir().join(format!("ha-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("etcd.key"), "ab".repeat(32)).unwrap();
-        let replicas = (0..n)
+        let replicas = (0..etcd.len())
             .map(|i| {
                 let ip = format!("127.0.0.{}", i + 2);
                 let grpc = free_addr(&ip);
@@ -111,7 +116,7 @@ impl Cluster {
                     grpc,
                     child: None,
                 };
-                r.child = Some(spawn(rig, &r, &prefix, &dir, ports));
+                r.child = Some(spawn(&etcd[i], &r, &prefix, &dir, ports));
                 r
             })
             .collect();
@@ -172,7 +177,7 @@ fn free_addr(ip: &str) -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-fn spawn(rig: &Rig, r: &Replica, prefix: &str, dir: &std::path::Path, ports: &str) -> Child {
+fn spawn(etcd: &str, r: &Replica, prefix: &str, dir: &std::path::Path, ports: &str) -> Child {
     let bin = env!("CARGO_BIN_EXE_console-svc");
     let log = File::create(dir.join(format!("{}.log", r.id))).unwrap();
     Command::new(bin)
@@ -185,7 +190,7 @@ fn spawn(rig: &Rig, r: &Replica, prefix: &str, dir: &std::path::Path, ports: &st
         .env("PORTHOLE_CONSOLE_SOCAT_ADDRESS", &r.ip)
         .env("PORTHOLE_CONSOLE_PORT_RANGE", ports)
         .env("PORTHOLE_CONSOLE_TERMINAL_PID_DIR", dir.join(&r.id))
-        .env("PORTHOLE_ETCD_ENDPOINTS", &rig.etcd)
+        .env("PORTHOLE_ETCD_ENDPOINTS", etcd)
         .env("PORTHOLE_ETCD_PREFIX", prefix)
         .env("PORTHOLE_ETCD_LEASE_TTL", format!("{}s", TTL.as_secs()))
         .env("PORTHOLE_ETCD_SECRET_KEY_FILE", dir.join("etcd.key"))
@@ -443,5 +448,125 @@ async fn sigterm_of_the_owner_hands_over_within_a_second() {
     assert!(gap < Duration::from_secs(1), "gap {gap:?}");
     assert_eq!(moved.port, con.port);
     cluster.wait(owner);
+    checker.finish().await;
+}
+
+#[path = "support/etcd_proxy.rs"]
+mod etcd_proxy;
+
+/// The owner loses etcd (its own proxy cut) while its viewers can still reach
+/// it: it stops listening before any other replica starts the console.
+#[tokio::test]
+async fn a_replica_cut_off_from_etcd_stops_before_another_starts_its_console() {
+    let Some(rig) = rig() else { return };
+    let _bmc = lease_bmc(&rig).await;
+    let proxies = [
+        etcd_proxy::Proxy::start(&rig.etcd).await,
+        etcd_proxy::Proxy::start(&rig.etcd).await,
+    ];
+    let via: Vec<String> = proxies.iter().map(|p| p.addr.clone()).collect();
+    let cluster = Cluster::start_via(&rig, "cut", "31440:31450", &via);
+    let mut c0 = cluster.client(0).await;
+    let con = c0
+        .enable_console(enable_request(&rig))
+        .await
+        .expect("enable")
+        .into_inner();
+    let checker = Checker::start(con.port as u16);
+    let owner = cluster
+        .replicas
+        .iter()
+        .position(|r| r.id == con.owner)
+        .expect("owner");
+    let old = cluster.replicas[owner].ip.clone();
+    let port = con.port as u16;
+
+    proxies[owner].set_open(false);
+    let cut_at = Instant::now();
+    let mut stopped = None;
+    let mut started = None;
+    while started.is_none() {
+        let l = listening(port);
+        if stopped.is_none() && !l.iter().any(|a| a.starts_with(&old)) {
+            stopped = Some(cut_at.elapsed());
+        }
+        if l.iter().any(|a| !a.starts_with(&old)) {
+            started = Some(cut_at.elapsed());
+        }
+        assert!(cut_at.elapsed() < TTL * 3, "no takeover after the cut");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (stopped, started) = (stopped.expect("the cut replica stopped"), started.unwrap());
+    eprintln!("cut: owner stopped after {stopped:?}, survivor listening after {started:?}");
+    assert!(stopped < TTL && stopped < started);
+    checker.finish().await;
+}
+
+/// `console-svc drain` empties the owner without stopping it; a WatchConsoles
+/// stream on the other replica sees the console move.
+#[tokio::test]
+async fn drain_hands_consoles_over_and_watch_shows_it() {
+    let Some(rig) = rig() else { return };
+    let _bmc = lease_bmc(&rig).await;
+    let cluster = Cluster::start(&rig, "drain", "31460:31470", 2);
+    let mut c0 = cluster.client(0).await;
+    let con = c0
+        .enable_console(enable_request(&rig))
+        .await
+        .expect("enable")
+        .into_inner();
+    let checker = Checker::start(con.port as u16);
+    let owner = cluster
+        .replicas
+        .iter()
+        .position(|r| r.id == con.owner)
+        .expect("owner");
+    let mut other = cluster.client(1 - owner).await;
+    let mut watch = other
+        .watch_consoles(pb::WatchConsolesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_console-svc"))
+        .args([
+            "drain",
+            "--server",
+            &format!("http://{}", cluster.replicas[owner].grpc),
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("released 1"), "{said}");
+    let moved = served_elsewhere(&mut other, &con.owner, Duration::from_secs(2)).await;
+    assert_eq!(moved.port, con.port);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ev = tokio::time::timeout_at(deadline.into(), watch.message())
+            .await
+            .expect("watch saw the move")
+            .unwrap()
+            .expect("stream open");
+        let c = ev.console.unwrap_or_default();
+        if c.owner == moved.owner && c.state == pb::ConsoleState::Running as i32 {
+            break;
+        }
+    }
+    // The drained replica does not take it back; Get agrees on both.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut drained = cluster.client(owner).await;
+    let on_drained = get(&mut drained).await.unwrap();
+    let on_other = get(&mut other).await.unwrap();
+    assert_eq!(
+        (on_drained.owner.as_str(), on_drained.url.as_str()),
+        (moved.owner.as_str(), moved.url.as_str())
+    );
+    assert_eq!(on_other.owner, moved.owner);
     checker.finish().await;
 }

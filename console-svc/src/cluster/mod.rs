@@ -95,12 +95,21 @@ impl Cluster {
     /// Stop claiming consoles and leave the member list; then release every
     /// console so another replica claims it at once. The lease stays until
     /// the caller revokes it.
-    pub async fn drain(&self) {
+    /// Returns how many consoles were released.
+    pub async fn drain(&self) -> usize {
         self.inner.taking.cancel();
         if let Err(e) = self.inner.coordinator.leave().await {
             tracing::warn!(error = %e, "could not leave the member list");
         }
-        self.inner.manager.release_all().await;
+        let manager = &self.inner.manager;
+        let owned = manager
+            .list()
+            .iter()
+            .filter(|i| manager.ownership(&i.node).is_some())
+            .count();
+        manager.release_all().await;
+        tracing::info!(released = owned, "drained");
+        owned
     }
 
     pub fn draining(&self) -> bool {
