@@ -194,6 +194,7 @@ fn spawn(etcd: &str, r: &Replica, prefix: &str, dir: &std::path::Path, ports: &s
         .env("PORTHOLE_ETCD_PREFIX", prefix)
         .env("PORTHOLE_ETCD_LEASE_TTL", format!("{}s", TTL.as_secs()))
         .env("PORTHOLE_ETCD_SECRET_KEY_FILE", dir.join("etcd.key"))
+        .env("PORTHOLE_ETCD_ENABLE_TIMEOUT", "4s")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -568,5 +569,43 @@ async fn drain_hands_consoles_over_and_watch_shows_it() {
         (moved.owner.as_str(), moved.url.as_str())
     );
     assert_eq!(on_other.owner, moved.owner);
+
+    // Disable through the drained replica stops it on the owner.
+    let off = drained
+        .disable_console(pb::DisableConsoleRequest {
+            node_id: "ha-node".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(off.state, pb::ConsoleState::Disabled as i32, "{off:?}");
+    assert!(
+        listening(con.port as u16).is_empty(),
+        "port closed everywhere"
+    );
+    let list = other
+        .list_consoles(pb::ListConsolesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.consoles[0].state, pb::ConsoleState::Disabled as i32);
     checker.finish().await;
+}
+
+/// A console no replica can start (its port is taken on every address)
+/// ends Enable with DEADLINE_EXCEEDED and the state it is in.
+#[tokio::test]
+async fn enable_that_nobody_can_serve_is_deadline_exceeded() {
+    let Some(rig) = rig() else { return };
+    let cluster = Cluster::start(&rig, "deadline", "31480:31490", 2);
+    let _squatter = std::net::TcpListener::bind("0.0.0.0:31485").unwrap();
+    let mut c0 = cluster.client(0).await;
+    let mut req = enable_request(&rig);
+    req.node_id = "ha-nowhere".into();
+    req.port = 31485;
+    let started = Instant::now();
+    let err = c0.enable_console(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(err.message().contains("ha-nowhere"), "{}", err.message());
+    assert!(started.elapsed() < Duration::from_secs(8));
 }

@@ -59,7 +59,13 @@ struct Placer {
     due: HashMap<NodeId, Instant>,
     /// The spec revision each console we run was started from.
     started: HashMap<NodeId, i64>,
+    /// Our last claim of each node and the pause before the next one, so a
+    /// console that keeps failing to start here is not claimed in a loop.
+    claims: HashMap<NodeId, (Instant, Duration)>,
 }
+
+const CLAIM_RETRY_MIN: Duration = Duration::from_secs(1);
+const CLAIM_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Placer {
     fn new(cluster: Cluster) -> Self {
@@ -67,6 +73,7 @@ impl Placer {
             cluster,
             due: HashMap::new(),
             started: HashMap::new(),
+            claims: HashMap::new(),
         }
     }
 
@@ -107,6 +114,7 @@ impl Placer {
             }
         }
         self.due.retain(|n, _| wanted.contains(n));
+        self.claims.retain(|n, _| wanted.contains(n));
         self.drop_unwanted(&wanted).await;
     }
 
@@ -119,12 +127,30 @@ impl Placer {
             .due
             .entry(node.clone())
             .or_insert_with(|| Instant::now() + step * r as u32);
-        if Instant::now() < due {
+        let now = Instant::now();
+        if now < due {
             return;
         }
+        if let Some((last, pause)) = self.claims.get(node).copied() {
+            if now < last + pause {
+                self.due.insert(node.clone(), last + pause);
+                return;
+            }
+        }
         self.due.remove(node);
+        self.note_claim(node, now);
         debug!(%node, rank = r, "claiming");
         self.start(node, spec).await;
+    }
+
+    /// Claims close together double the pause (a console that will not
+    /// start here); a claim long after the last one starts over.
+    fn note_claim(&mut self, node: &NodeId, now: Instant) {
+        let pause = match self.claims.get(node) {
+            Some((last, pause)) if now < *last + *pause * 4 => (*pause * 2).min(CLAIM_RETRY_MAX),
+            _ => CLAIM_RETRY_MIN,
+        };
+        self.claims.insert(node.clone(), (now, pause));
     }
 
     /// A console we own whose spec changed is restarted with the new one.
