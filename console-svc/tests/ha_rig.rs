@@ -609,3 +609,55 @@ async fn enable_that_nobody_can_serve_is_deadline_exceeded() {
     assert!(err.message().contains("ha-nowhere"), "{}", err.message());
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+/// etcd gone for every replica (all proxies cut, as if every member
+/// stopped): each replica stops serving within the TTL; when etcd is back
+/// the console is served again without a restart.
+#[tokio::test]
+async fn without_etcd_nobody_serves_and_service_returns_with_it() {
+    let Some(rig) = rig() else { return };
+    let _bmc = lease_bmc(&rig).await;
+    let proxies = [
+        etcd_proxy::Proxy::start(&rig.etcd).await,
+        etcd_proxy::Proxy::start(&rig.etcd).await,
+    ];
+    let via: Vec<String> = proxies.iter().map(|p| p.addr.clone()).collect();
+    let cluster = Cluster::start_via(&rig, "alldown", "31500:31510", &via);
+    let mut c0 = cluster.client(0).await;
+    let con = c0
+        .enable_console(enable_request(&rig))
+        .await
+        .expect("enable")
+        .into_inner();
+    let checker = Checker::start(con.port as u16);
+    let port = con.port as u16;
+
+    for p in &proxies {
+        p.set_open(false);
+    }
+    let cut_at = Instant::now();
+    while !listening(port).is_empty() {
+        assert!(cut_at.elapsed() < TTL, "still serving without etcd");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("all cut: nobody listens after {:?}", cut_at.elapsed());
+    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+    assert!(
+        listening(port).is_empty(),
+        "nobody serves while etcd is gone"
+    );
+
+    for p in &proxies {
+        p.set_open(true);
+    }
+    let back_at = Instant::now();
+    let mut any = cluster.client(1).await;
+    let again = served_elsewhere(&mut any, "", Duration::from_secs(15)).await;
+    eprintln!(
+        "etcd back: served by {} after {:?}",
+        again.owner,
+        back_at.elapsed()
+    );
+    assert_eq!(again.port, con.port);
+    checker.finish().await;
+}
