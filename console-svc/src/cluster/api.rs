@@ -42,6 +42,10 @@ pub struct NodeView {
     pub port: Option<u16>,
 }
 
+/// Decoded specs by node: (mod revision, result).
+pub type SpecCache =
+    std::sync::Mutex<std::collections::HashMap<NodeId, (i64, Result<StoredSpec, String>)>>;
+
 #[derive(Debug, Default)]
 pub struct ClusterState {
     pub members: Vec<String>,
@@ -55,7 +59,6 @@ pub fn snapshot(cluster: &Cluster) -> ClusterState {
 
 /// Keys (relative to the prefix) as cluster state.
 pub fn decode(cluster: &Cluster, keys: Vec<(String, Entry)>) -> ClusterState {
-    let inner = &cluster.inner;
     let mut state = ClusterState::default();
     for (key, _) in &keys {
         if let Some(m) = key.strip_prefix("members/") {
@@ -77,10 +80,7 @@ pub fn decode(cluster: &Cluster, keys: Vec<(String, Entry)>) -> ClusterState {
         };
         let nv = state.nodes.entry(node.clone()).or_default();
         match leaf {
-            "spec" => {
-                let spec = inner.specs.decode(&node, &entry.value, entry.mod_revision);
-                nv.spec = Some(spec.map_err(|e| e.to_string()));
-            }
+            "spec" => nv.spec = Some(open_spec(cluster, &node, entry)),
             "owner" => {
                 nv.owner = Some(OwnerView {
                     replica: String::from_utf8_lossy(&entry.value).into_owned(),
@@ -96,6 +96,23 @@ pub fn decode(cluster: &Cluster, keys: Vec<(String, Entry)>) -> ClusterState {
         }
     }
     state
+}
+
+/// A spec key's value, opened once per revision.
+fn open_spec(cluster: &Cluster, node: &NodeId, entry: &Entry) -> Result<StoredSpec, String> {
+    let inner = &cluster.inner;
+    let mut cache = inner.opened.lock().expect("spec cache");
+    if let Some((rev, spec)) = cache.get(node) {
+        if *rev == entry.mod_revision {
+            return spec.clone();
+        }
+    }
+    let spec = inner
+        .specs
+        .decode(node, &entry.value, entry.mod_revision)
+        .map_err(|e| e.to_string());
+    cache.insert(node.clone(), (entry.mod_revision, spec.clone()));
+    spec
 }
 
 impl Cluster {

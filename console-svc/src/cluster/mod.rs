@@ -56,6 +56,9 @@ struct Inner {
     settings: ClusterSettings,
     /// Cancelled by drain: no more claims.
     taking: CancellationToken,
+    /// Opened specs by node, with the revision they were read at: placement
+    /// looks at every spec on every change, opening each once is enough.
+    opened: api::SpecCache,
 }
 
 impl Cluster {
@@ -76,6 +79,7 @@ impl Cluster {
                 manager,
                 settings,
                 taking: cancel.child_token(),
+                opened: api::SpecCache::default(),
             }),
         };
         placement::spawn(cluster.clone(), cancel.clone());

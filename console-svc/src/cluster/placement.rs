@@ -115,6 +115,11 @@ impl Placer {
         }
         self.due.retain(|n, _| wanted.contains(n));
         self.claims.retain(|n, _| wanted.contains(n));
+        let opened = &self.cluster.inner.opened;
+        opened
+            .lock()
+            .expect("spec cache")
+            .retain(|n, _| wanted.contains(n));
         self.drop_unwanted(&wanted).await;
     }
 
