@@ -145,3 +145,59 @@ async fn wrong_password_fails_health_with_a_clear_message() {
     // Clear TigerVNC's failure count for this address.
     direct_frame(&rig).await;
 }
+
+/// Bad viewers (garbage instead of a version, silence, an unknown security
+/// type) are each refused on their own: a viewer already relaying on the same
+/// console, a new viewer, and another console all keep working.
+#[tokio::test]
+async fn bad_viewers_do_not_disturb_other_viewers_or_consoles() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(rig) = rig_vnc("vnc_rig") else {
+        return;
+    };
+    let s = || settings(vec![Method::VncAuth], None);
+    let console = start(s(), &rig.host, rig.port, &rig.password).await;
+    let other = start(s(), &rig.host, rig.port, &rig.password).await;
+    let direct = direct_frame(&rig).await;
+
+    // A good viewer, past its handshake, relaying.
+    let mut good = TcpStream::connect(console.addr).await.unwrap();
+    none_handshake(&mut good).await.expect("SecurityResult OK");
+
+    // Garbage instead of "RFB 003.008\n": the proxy closes that connection.
+    let mut garbage = TcpStream::connect(console.addr).await.unwrap();
+    let mut version = [0u8; 12];
+    garbage.read_exact(&mut version).await.unwrap();
+    garbage.write_all(&[0xff; 64]).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a garbage viewer is closed promptly");
+
+    // An unknown security type: refused with a reason (RFB 3.8 SecurityResult 1).
+    let mut unknown = TcpStream::connect(console.addr).await.unwrap();
+    unknown.read_exact(&mut version).await.unwrap();
+    unknown.write_all(b"RFB 003.008\n").await.unwrap();
+    let n = unknown.read_u8().await.unwrap() as usize;
+    let mut types = vec![0u8; n];
+    unknown.read_exact(&mut types).await.unwrap();
+    unknown.write_all(&[42]).await.unwrap();
+    let result = unknown.read_u32().await.unwrap();
+    assert_eq!(
+        result, 1,
+        "an unknown security type gets SecurityResult failed"
+    );
+
+    // A viewer that never answers holds only its own connection.
+    let _silent = TcpStream::connect(console.addr).await.unwrap();
+
+    check_frame(&read_frame(&mut good).await, &direct);
+    check_frame(&frame_through(&console).await, &direct);
+    check_frame(&frame_through(&other).await, &direct);
+    assert_eq!(
+        *console.health.borrow(),
+        Health::Ok,
+        "bad viewers are not the BMC's fault"
+    );
+    console.running.stop().await;
+    other.running.stop().await;
+}
