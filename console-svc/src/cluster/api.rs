@@ -139,10 +139,8 @@ impl Cluster {
         let deadline = Instant::now() + self.inner.settings.enable_timeout;
         let node = spec.node.clone();
         let served = self
-            .wait(deadline, |state| {
-                let nv = state.nodes.get(&node)?;
-                let (_, rev) = nv.endpoint.as_ref()?;
-                (*rev > newer_than).then_some(())
+            .wait(deadline, &node, |endpoint| {
+                endpoint.is_some_and(|e| e.mod_revision > newer_than)
             })
             .await;
         let info = self.info(&node);
@@ -159,11 +157,8 @@ impl Cluster {
     pub async fn disable(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
         self.inner.specs.delete(node).await.map_err(store_err)?;
         let deadline = Instant::now() + self.inner.settings.enable_timeout;
-        self.wait(deadline, |state| {
-            let gone = state.nodes.get(node).is_none_or(|nv| nv.endpoint.is_none());
-            gone.then_some(())
-        })
-        .await;
+        self.wait(deadline, node, |endpoint| endpoint.is_none())
+            .await;
         Ok(self
             .info(node)
             .unwrap_or_else(|| self.blank(node, ConsoleState::Disabled)))
@@ -248,17 +243,20 @@ impl Cluster {
         });
     }
 
-    /// Wait on the mirror until `ready` says so or the deadline passes.
-    async fn wait<T>(
+    /// Wait on the mirror until `ready` likes the node's endpoint key (one
+    /// key looked at per change, not the whole state) or the deadline passes.
+    async fn wait(
         &self,
         deadline: Instant,
-        ready: impl Fn(&ClusterState) -> Option<T>,
-    ) -> Option<T> {
+        node: &NodeId,
+        ready: impl Fn(Option<&Entry>) -> bool,
+    ) -> Option<()> {
         let view: &ClusterView = &self.inner.view;
+        let key = format!("consoles/{node}/endpoint");
         let mut changes = view.subscribe();
         loop {
-            if let Some(t) = ready(&snapshot(self)) {
-                return Some(t);
+            if ready(view.get(&key).as_ref()) {
+                return Some(());
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return None,
@@ -267,8 +265,12 @@ impl Cluster {
         }
     }
 
+    /// One node from the mirror (its keys and the port reservations only).
     fn info(&self, node: &NodeId) -> Option<ConsoleInfo> {
-        let state = snapshot(self);
+        let view = &self.inner.view;
+        let mut keys = view.range(&format!("consoles/{node}/"));
+        keys.extend(view.range("ports/"));
+        let state = decode(self, keys);
         self.to_info(node, state.nodes.get(node)?)
     }
 

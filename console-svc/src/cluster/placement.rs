@@ -16,6 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use tokio::sync::broadcast::error::TryRecvError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -64,6 +65,8 @@ struct Placer {
     claims: HashMap<NodeId, (Instant, Duration)>,
 }
 
+/// How long placement lets changes pile up before it looks again.
+const COALESCE: Duration = Duration::from_millis(20);
 const CLAIM_RETRY_MIN: Duration = Duration::from_secs(1);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -86,7 +89,11 @@ impl Placer {
             let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = changes.recv() => {}
+                _ = changes.recv() => {
+                    // Coalesce a burst (a takeover, many enables) into one pass.
+                    tokio::time::sleep(COALESCE).await;
+                    while !matches!(changes.try_recv(), Err(TryRecvError::Empty | TryRecvError::Closed)) {}
+                }
                 _ = serving.changed() => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }
