@@ -74,6 +74,9 @@ impl Endpoint {
     }
 }
 
+/// BMC probes running at once (see `Inner::probes`).
+const MAX_CONCURRENT_PROBES: usize = 16;
+
 /// The backends a manager starts consoles with, one per console kind.
 #[derive(Clone)]
 pub struct Backends {
@@ -106,6 +109,9 @@ struct Inner {
     ports: Mutex<PortAllocator>,
     slots: Mutex<HashMap<NodeId, Arc<Slot>>>,
     events: broadcast::Sender<ConsoleInfo>,
+    /// BMC probes at once, across consoles: a takeover or a restart starts
+    /// many consoles together, and each probe is an ipmitool process.
+    probes: Arc<tokio::sync::Semaphore>,
     cancel: CancellationToken,
 }
 
@@ -150,6 +156,7 @@ impl ConsoleManager {
                 ports: Mutex::new(ports),
                 slots: Mutex::default(),
                 events: broadcast::channel(1024).0,
+                probes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PROBES)),
                 cancel,
             }),
         };

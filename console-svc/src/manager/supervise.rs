@@ -96,9 +96,13 @@ impl Supervisor {
     /// One probe; returns when the next one is due (None: BMC is fine).
     async fn probe(&mut self) -> Option<Instant> {
         let tool = self.tool.as_ref()?;
+        let probes = self.manager.inner.probes.clone();
         let result = tokio::select! {
             _ = self.stop.cancelled() => return None,
-            r = tool.probe() => r,
+            r = async {
+                let _turn = probes.acquire_owned().await;
+                tool.probe().await
+            } => r,
         };
         match result {
             Ok(()) => {
