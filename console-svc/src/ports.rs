@@ -113,6 +113,17 @@ impl PortAllocator {
         a
     }
 
+    /// One of the free ports picked by `seed` (None when the range is full).
+    pub fn random_free(&self, seed: u64) -> Option<u16> {
+        let free = self.range.len().saturating_sub(self.taken.len()).max(1);
+        let skip = (seed % free as u64) as usize;
+        self.range
+            .0
+            .clone()
+            .filter(|p| !self.taken.contains(p))
+            .nth(skip)
+    }
+
     /// The port a node holds, if any.
     pub fn current(&self, node: &NodeId) -> Option<u16> {
         self.by_node.get(node).copied()
@@ -206,6 +217,21 @@ mod tests {
         let err = a.assign(&node("c"), None).unwrap_err();
         assert!(matches!(err, PortError::Exhausted { count: 2, .. }));
         assert!(err.to_string().contains("10000:10002"));
+    }
+
+    #[test]
+    fn random_free_ports_are_free() {
+        let a = PortAllocator::with_assignments(
+            "10000:10004".parse().unwrap(),
+            [(node("a"), 10000), (node("b"), 10002)],
+        );
+        for seed in 0..20 {
+            let p = a.random_free(seed).unwrap();
+            assert!(p == 10001 || p == 10003, "{p}");
+        }
+        let full =
+            PortAllocator::with_assignments("10000:10001".parse().unwrap(), [(node("a"), 10000)]);
+        assert_eq!(full.random_free(7), None);
     }
 
     #[test]

@@ -79,7 +79,13 @@ impl SpecStore {
         for attempt in 0..PUT_ATTEMPTS {
             let mut ports = PortAllocator::with_assignments(self.range.clone(), self.held().await?);
             let before = ports.current(&spec.node);
-            let port = ports.assign(&spec.node, spec.requested_port)?;
+            // After a lost race, a random free port instead of the lowest,
+            // so concurrent writers stop colliding on the same one.
+            let wanted = match (spec.requested_port, before, attempt) {
+                (None, None, 1..) => ports.random_free(jitter_seed()),
+                _ => spec.requested_port,
+            };
+            let port = ports.assign(&spec.node, wanted)?;
             if let Some(revision) = self.put_txn(spec, before, port).await? {
                 let mut stored = spec.clone();
                 stored.requested_port = Some(port);
@@ -221,6 +227,11 @@ impl SpecStore {
             mod_revision,
         })
     }
+}
+
+fn jitter_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now())
 }
 
 /// A random pause of up to `attempt` ms (at most 20), so racing writers spread out.
