@@ -1,0 +1,299 @@
+//! console-svc's configuration: one typed struct, read once at start.
+//!
+//! Sources, later ones winning: built-in defaults, a TOML file
+//! (`--config`), `PORTHOLE_<SECTION>_<KEY>` environment variables (for
+//! example `PORTHOLE_CONSOLE_PORT_RANGE=10000:10100`), then command-line
+//! flags. Option names follow Ironic's `[console]` section where Ironic has
+//! one; README.md has the full reference.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod console;
+mod etcd;
+mod vnc;
+
+pub use console::{Backend, ConsoleConfig, NativeConfig};
+pub use etcd::EtcdConfig;
+pub use vnc::{VncAuthScheme, VncConfig, VncUpstreamSecurity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub service: ServiceConfig,
+    pub console: ConsoleConfig,
+    pub native: NativeConfig,
+    pub vnc: VncConfig,
+    pub etcd: EtcdConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// This replica's name, reported as console owner.
+    pub replica_id: String,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A list, or one string of comma-separated items (for `PORTHOLE_VNC_*`).
+fn list_or_csv<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Csv(String),
+        List(Vec<toml::Value>),
+    }
+    let items: Vec<toml::Value> = match Raw::deserialize(d)? {
+        Raw::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| toml::Value::String(s.to_ascii_lowercase()))
+            .collect(),
+        Raw::List(v) => v,
+    };
+    items
+        .into_iter()
+        .map(|v| v.try_into().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 50051)),
+            replica_id: default_replica_id(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file`, then `PORTHOLE_*` variables from `env`, then
+    /// `overrides` (`section.key = value` pairs from flags).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, &str, toml::Value)],
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|source| ConfigError::Parse {
+                        path: path.to_owned(),
+                        source: Box::new(source),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("PORTHOLE_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = ["service", "console", "native", "vnc", "etcd"]
+                .iter()
+                .find_map(|s| Some((*s, rest.strip_prefix(s)?.strip_prefix('_')?)))
+            else {
+                continue;
+            };
+            set(&mut table, section, key, env_value(&value));
+        }
+        for (section, key, value) in overrides {
+            set(&mut table, section, key, value.clone());
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.console.subprocess_checking_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "console.subprocess_checking_interval must be above 0".into(),
+            ));
+        }
+        if !self.etcd.endpoints.is_empty() && self.etcd.lease_ttl < Duration::from_secs(2) {
+            return Err(ConfigError::Invalid(
+                "etcd.lease_ttl must be at least 2s (etcd's minimum TTL)".into(),
+            ));
+        }
+        if !self.etcd.endpoints.is_empty() && self.etcd.secret_key_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "etcd.secret_key_file is required with etcd.endpoints (it seals passwords in etcd)"
+                    .into(),
+            ));
+        }
+        if !self.etcd.prefix.ends_with('/') {
+            return Err(ConfigError::Invalid("etcd.prefix must end in '/'".into()));
+        }
+        if self.native.max_viewers == 0 {
+            return Err(ConfigError::Invalid(
+                "native.max_viewers must be at least 1".into(),
+            ));
+        }
+        self.vnc.validate()
+    }
+}
+
+fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let entry = table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = entry {
+        t.insert(key.to_owned(), value);
+    }
+}
+
+/// An environment value as TOML: numbers and booleans as such, the rest as
+/// strings (so `10000:10100` and `5s` need no quoting).
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(n) = raw.parse::<i64>() {
+        return toml::Value::Integer(n);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn default_replica_id() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "console-svc".into())
+}
+
+/// `$XDG_RUNTIME_DIR/porthole` or `/tmp/porthole-<uid>`: private to this user.
+pub fn default_runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("porthole"),
+        None => std::env::temp_dir().join(format!("porthole-{}", nix::unistd::getuid())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::PortRange;
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("porthole-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[console]\nport_range = \"11000:11010\"\nbackend = \"socat\"\nkill_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            (
+                "PORTHOLE_CONSOLE_PORT_RANGE".to_owned(),
+                "12000:12010".to_owned(),
+            ),
+            (
+                "PORTHOLE_NATIVE_SCROLLBACK_BYTES".to_owned(),
+                "100".to_owned(),
+            ),
+            (
+                "PORTHOLE_ETCD_ENDPOINTS".to_owned(),
+                "http://127.0.0.1:1, http://127.0.0.1:2".to_owned(),
+            ),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let flags = [("console", "backend", toml::Value::String("native".into()))];
+        let err = Config::load(Some(&file), env.clone(), &flags).unwrap_err();
+        assert!(err.to_string().contains("secret_key_file"), "{err}");
+        let mut env = env;
+        env.push((
+            "PORTHOLE_ETCD_SECRET_KEY_FILE".to_owned(),
+            "/etc/porthole/etcd.key".to_owned(),
+        ));
+        let c = Config::load(Some(&file), env, &flags).unwrap();
+        assert_eq!(c.console.port_range, PortRange::new(12000, 12010).unwrap());
+        assert_eq!(c.console.kill_timeout, Duration::from_secs(3));
+        assert_eq!(c.console.backend, Backend::Native);
+        assert_eq!(c.native.scrollback_bytes, 100);
+        assert_eq!(
+            c.etcd.endpoints,
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+    }
+
+    #[test]
+    fn vnc_section_from_env_lists_and_checks() {
+        let c = Config::load(None, Vec::new(), &[]).unwrap();
+        assert_eq!(c.vnc.auth_schemes, vec![VncAuthScheme::None]);
+        assert_eq!(c.vnc.handshake_timeout, Duration::from_secs(60));
+        let env = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        let c = Config::load(
+            None,
+            env("PORTHOLE_VNC_UPSTREAM_SECURITY", "vncauth, none"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.vnc.upstream_security,
+            vec![VncUpstreamSecurity::Vncauth, VncUpstreamSecurity::None]
+        );
+        let err = Config::load(None, env("PORTHOLE_VNC_AUTH_SCHEMES", "none,vencrypt"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vencrypt_cert"), "{err}");
+        let err = Config::load(None, env("PORTHOLE_VNC_AUTH_SCHEMES", "vnc"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vnc"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let env = vec![("PORTHOLE_CONSOLE_PORT_RANGE".to_owned(), "9:1".to_owned())];
+        let err = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(err.contains("port_range"), "{err}");
+        let env = vec![("PORTHOLE_CONSOLE_BOGUS".to_owned(), "1".to_owned())];
+        let err = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}
