@@ -776,3 +776,339 @@ async fn etcd_requests(endpoint: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A rig of its own with a 3-member etcd cluster (rig-up.sh with
+/// `RIG_ETCD_MEMBERS=3`), stopped by rig-down.sh when dropped.
+struct Rig3 {
+    script_dir: PathBuf,
+    run_dir: PathBuf,
+    /// `etcdK` → (pid, start time from /proc/<pid>/stat).
+    etcd_pids: Vec<(String, i32, u64)>,
+}
+
+const RIG3_BASE_PORT: &str = "33000";
+
+impl Rig3 {
+    fn up() -> (Self, Rig) {
+        let script_dir = std::env::var_os("PORTHOLE_RIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/rig"));
+        let run_dir = std::env::temp_dir().join(format!("ha-rig3-{}", std::process::id()));
+        let mut guard = Self {
+            script_dir,
+            run_dir,
+            etcd_pids: Vec::new(),
+        };
+        let out = guard
+            .script("rig-up.sh")
+            .env("RIG_ETCD_MEMBERS", "3")
+            .env("RIG_BMCS", "1")
+            .env("RIG_BASE_PORT", RIG3_BASE_PORT)
+            .output()
+            .expect("rig-up.sh");
+        assert!(
+            out.status.success(),
+            "rig-up.sh: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(guard.run_dir.join("rig.json")).expect("rig.json"),
+        )
+        .expect("JSON");
+        let endpoints: Vec<&str> = json["etcd"]["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert_eq!(endpoints.len(), 3, "{endpoints:?}");
+        let pids = std::fs::read_to_string(guard.run_dir.join("pids")).expect("pids");
+        for line in pids.lines() {
+            let mut w = line.split_whitespace();
+            let (Some(name), Some(pid)) = (w.next(), w.next()) else {
+                continue;
+            };
+            if name.starts_with("etcd") {
+                let pid: i32 = pid.parse().expect("pid");
+                let start = start_time(pid).expect("etcd member running");
+                guard.etcd_pids.push((name.to_owned(), pid, start));
+            }
+        }
+        assert_eq!(guard.etcd_pids.len(), 3, "{pids}");
+        let rig = Rig {
+            etcd: endpoints.join(","),
+            bmc: json["bmcs"][0].clone(),
+            run_dir: guard.run_dir.clone(),
+        };
+        (guard, rig)
+    }
+
+    fn script(&self, name: &str) -> Command {
+        let mut c = Command::new(self.script_dir.join(name));
+        c.env("RIG_RUN_DIR", &self.run_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Signal member `name`'s process group, if its pid is still the
+    /// process rig-up.sh started (same start time).
+    fn signal(&self, name: &str, sig: nix::sys::signal::Signal) -> bool {
+        let (_, pid, start) = self
+            .etcd_pids
+            .iter()
+            .find(|(n, ..)| n == name)
+            .expect("member");
+        if start_time(*pid) != Some(*start) {
+            return false;
+        }
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pid), sig).is_ok()
+    }
+}
+
+impl Drop for Rig3 {
+    fn drop(&mut self) {
+        // A stopped member would ignore rig-down's SIGTERM until its SIGKILL.
+        for (name, ..) in self.etcd_pids.clone() {
+            self.signal(&name, nix::sys::signal::Signal::SIGCONT);
+        }
+        match self.script("rig-down.sh").output() {
+            Ok(o) if o.status.success() => {
+                let _ = std::fs::remove_dir_all(&self.run_dir);
+            }
+            Ok(o) => eprintln!(
+                "rig-down.sh failed (logs in {}): {}",
+                self.run_dir.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("rig-down.sh: {e}"),
+        }
+    }
+}
+
+/// Field 22 of /proc/<pid>/stat (start time in clock ticks).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// The etcd member that leads the cluster now.
+fn etcd_leader(endpoints: &str) -> Option<usize> {
+    let out = Command::new("etcdctl")
+        .args(["--endpoints", endpoints, "endpoint", "status", "-w", "json"])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let eps: Vec<&str> = endpoints.split(',').collect();
+    status.as_array()?.iter().find_map(|s| {
+        let leader = s["Status"]["leader"].as_u64()?;
+        let me = s["Status"]["header"]["member_id"].as_u64()?;
+        let endpoint = s["Endpoint"].as_str()?;
+        (leader == me)
+            .then(|| eps.iter().position(|e| *e == endpoint))
+            .flatten()
+    })
+}
+
+/// One node-side connection and one viewer: type a token and wait (bounded)
+/// until the node reads it.
+async fn type_and_see(
+    viewer: &mut TcpStream,
+    node: &mut TcpStream,
+    seen: &mut Vec<u8>,
+    token: &str,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    viewer
+        .write_all(format!("{token}\r").as_bytes())
+        .await
+        .expect("viewer write");
+    loop {
+        if String::from_utf8_lossy(seen).contains(token) {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{token} never reached the node: {:?}",
+            String::from_utf8_lossy(seen)
+        );
+        let mut buf = [0u8; 4096];
+        if let Ok(r) = tokio::time::timeout(left, node.read(&mut buf)).await {
+            let n = r.expect("node read");
+            assert!(n > 0, "node side closed");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+/// The viewer's connection is still open (no EOF, no error; the console may
+/// echo nothing, so a read that times out is fine).
+async fn still_open(viewer: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    match tokio::time::timeout(Duration::from_millis(1), viewer.read(&mut buf)).await {
+        Err(_) => true,
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+    }
+}
+
+/// Against a 3-member etcd cluster of its own: (a) one member killed
+/// (SIGKILL of the leader) interrupts no console; (b) every member stopped
+/// (SIGSTOP) → no replica serves within the TTL; members continued
+/// (SIGCONT) → the console is served again on the same port without a
+/// restart and typing reaches the node.
+#[tokio::test]
+#[ignore = "known failure (issue 3): a keep-alive stream on the killed member, or a leader \
+            election, ends the replica's lease early, and requests still go to the dead member; \
+            run with --ignored to reproduce"]
+async fn three_member_cluster_survives_one_member_and_fences_without_quorum() {
+    let Some(_shared) = rig() else { return };
+    let t0 = Instant::now();
+    let (rig3, rig) = Rig3::up();
+    eprintln!("rig3 up after {:?}", t0.elapsed());
+    let cluster = Cluster::start(&rig, "cluster3", "31520:31530", 2);
+    let mut c0 = cluster.client(0).await;
+    let con = c0
+        .enable_console(enable_request(&rig))
+        .await
+        .expect("enable")
+        .into_inner();
+    assert_eq!(con.state, pb::ConsoleState::Running as i32, "{con:?}");
+    let port = con.port as u16;
+    let checker = Checker::start(port);
+    let served_by = listening(port);
+    assert_eq!(served_by.len(), 1, "{served_by:?}");
+
+    let hc = &rig.bmc["host_console"];
+    let node_addr = format!(
+        "{}:{}",
+        hc["host"].as_str().unwrap(),
+        hc["port"].as_u64().unwrap()
+    );
+    let mut node = TcpStream::connect(&node_addr).await.expect("host console");
+    let mut viewer = TcpStream::connect((con.host.as_str(), port))
+        .await
+        .expect("console port");
+    // The first SOL packet of a new session can be dropped: a "\r" primer,
+    // and the first token is typed again until it arrives.
+    viewer.write_all(b"\r").await.unwrap();
+    let mut seen = Vec::new();
+    let primed = Instant::now();
+    let mut first = 0;
+    loop {
+        first += 1;
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(800),
+            type_and_see(
+                &mut viewer,
+                &mut node,
+                &mut seen,
+                "c3-first",
+                Duration::from_secs(1),
+            ),
+        )
+        .await;
+        if attempt.is_ok() {
+            break;
+        }
+        assert!(
+            primed.elapsed() < Duration::from_secs(15),
+            "typing never reached the node after {first} tries: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        viewer.write_all(b"\r").await.unwrap();
+    }
+    eprintln!("typing reached the node after {:?}", primed.elapsed());
+
+    // (a) Kill the leader (the harder case: an election follows).
+    let leader = etcd_leader(&rig.etcd).unwrap_or(0);
+    let victim = format!("etcd{leader}");
+    let killed_at = Instant::now();
+    assert!(
+        rig3.signal(&victim, nix::sys::signal::Signal::SIGKILL),
+        "{victim} was not the recorded process"
+    );
+    eprintln!("SIGKILL {victim} (the leader)");
+    let mut i = 0;
+    while killed_at.elapsed() < Duration::from_secs(5) {
+        i += 1;
+        let token = format!("c3-a{i}-");
+        type_and_see(
+            &mut viewer,
+            &mut node,
+            &mut seen,
+            &token,
+            Duration::from_secs(3),
+        )
+        .await;
+        assert!(still_open(&mut viewer).await, "viewer disconnected");
+        assert_eq!(listening(port), served_by, "the console's listener moved");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "one member killed: {i} keystroke rounds reached the node over {:?}, listener stayed on {served_by:?}",
+        killed_at.elapsed()
+    );
+    let mut c = cluster.client(1).await;
+    let now = get(&mut c).await.expect("Get with 2 of 3 members");
+    assert_eq!(
+        (now.owner.as_str(), now.port),
+        (con.owner.as_str(), con.port)
+    );
+
+    // (b) Stop the remaining members: no quorum, no leader.
+    drop(viewer);
+    drop(node);
+    let rest: Vec<String> = (0..3)
+        .map(|k| format!("etcd{k}"))
+        .filter(|n| *n != victim)
+        .collect();
+    let stopped_at = Instant::now();
+    for n in &rest {
+        assert!(rig3.signal(n, nix::sys::signal::Signal::SIGSTOP), "{n}");
+    }
+    while !listening(port).is_empty() {
+        assert!(
+            stopped_at.elapsed() < TTL,
+            "still serving without etcd: {:?}",
+            listening(port)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fenced = stopped_at.elapsed();
+    eprintln!("all members stopped: nobody listens after {fenced:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(listening(port).is_empty(), "nobody serves while stopped");
+
+    for n in &rest {
+        assert!(rig3.signal(n, nix::sys::signal::Signal::SIGCONT), "{n}");
+    }
+    let back_at = Instant::now();
+    let again = served_elsewhere(&mut c, "", Duration::from_secs(15)).await;
+    eprintln!(
+        "members continued: served by {} after {:?}",
+        again.owner,
+        back_at.elapsed()
+    );
+    assert_eq!(again.port, con.port, "same port");
+    typing_reaches_the_node(&rig, &again).await;
+    eprintln!(
+        "typing reached the node again after {:?}",
+        back_at.elapsed()
+    );
+    checker.finish().await;
+    drop(cluster);
+    drop(rig3);
+    eprintln!("whole test {:?}", t0.elapsed());
+}
