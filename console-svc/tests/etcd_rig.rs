@@ -5,6 +5,8 @@
 //! Runs only when `PORTHOLE_RIG_JSON` names the rig's `rig.json`. Each test
 //! uses its own key prefix, so tests never see each other's keys.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,25 +14,6 @@ use console_svc::coordinator::etcd::{EtcdCoordinator, EtcdSettings, Member};
 use console_svc::coordinator::{CoordError, Coordinator};
 use console_svc::spec::NodeId;
 use tokio_util::sync::CancellationToken;
-
-fn etcd_endpoint() -> Option<String> {
-    let Some(path) = std::env::var_os("PORTHOLE_RIG_JSON") else {
-        eprintln!("etcd_rig: PORTHOLE_RIG_JSON is not set; skipping the real-etcd test");
-        assert!(
-            std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
-            "a test peer is missing and PORTHOLE_REQUIRE_PEERS is set (CI): see the notice above"
-        );
-        return None;
-    };
-    let rig: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("rig.json")).expect("JSON");
-    Some(
-        rig["etcd"]["endpoints"][0]
-            .as_str()
-            .expect("endpoint")
-            .to_owned(),
-    )
-}
 
 fn settings(endpoint: &str, prefix: &str) -> EtcdSettings {
     EtcdSettings {
@@ -73,7 +56,9 @@ async fn replica(
 
 #[tokio::test]
 async fn one_owner_at_a_time_with_growing_tokens() {
-    let Some(ep) = etcd_endpoint() else { return };
+    let Some(ep) = common::rig_etcd_endpoint("etcd_rig") else {
+        return;
+    };
     let prefix = unique_prefix("owner");
     let (a, _ca) = replica(&ep, &prefix, "replica-a").await;
     let (b, _cb) = replica(&ep, &prefix, "replica-b").await;
@@ -100,7 +85,9 @@ async fn one_owner_at_a_time_with_growing_tokens() {
 
 #[tokio::test]
 async fn a_stopped_replica_revokes_its_lease_and_its_consoles_are_free() {
-    let Some(ep) = etcd_endpoint() else { return };
+    let Some(ep) = common::rig_etcd_endpoint("etcd_rig") else {
+        return;
+    };
     let prefix = unique_prefix("revoke");
     let (a, stop_a) = replica(&ep, &prefix, "replica-a").await;
     let (b, _cb) = replica(&ep, &prefix, "replica-b").await;
@@ -128,7 +115,9 @@ use etcd_proxy::Proxy;
 
 #[tokio::test]
 async fn a_replica_cut_off_from_etcd_stops_serving_before_its_lease_expires() {
-    let Some(ep) = etcd_endpoint() else { return };
+    let Some(ep) = common::rig_etcd_endpoint("etcd_rig") else {
+        return;
+    };
     let prefix = unique_prefix("cut");
     let proxy = Proxy::start(&ep).await;
     let (a, _ca) = replica(&proxy.addr, &prefix, "replica-a").await;

@@ -5,6 +5,8 @@
 //! Runs only when `PORTHOLE_RIG_JSON` names the rig's `rig.json`; each test
 //! has its own key prefix and deletes it at the end.
 
+mod common;
+
 use std::time::Instant;
 
 use console_svc::coordinator::etcd::specs::{SpecStore, SpecStoreError};
@@ -13,25 +15,6 @@ use console_svc::seal::Sealer;
 use console_svc::secret::Secret;
 use console_svc::spec::{ConsoleSpec, IpmiTarget, NodeId, PrivilegeLevel, Target};
 use etcd_client::{Client, GetOptions};
-
-fn etcd_endpoint() -> Option<String> {
-    let Some(path) = std::env::var_os("PORTHOLE_RIG_JSON") else {
-        eprintln!("etcd_specs: PORTHOLE_RIG_JSON is not set; skipping the real-etcd test");
-        assert!(
-            std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
-            "a test peer is missing and PORTHOLE_REQUIRE_PEERS is set (CI): see the notice above"
-        );
-        return None;
-    };
-    let rig: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("rig.json")).expect("JSON");
-    Some(
-        rig["etcd"]["endpoints"][0]
-            .as_str()
-            .expect("endpoint")
-            .to_owned(),
-    )
-}
 
 fn unique_prefix(test: &str) -> String {
     format!(
@@ -90,7 +73,9 @@ async fn cleanup(client: &Client, prefix: &str) {
 
 #[tokio::test]
 async fn specs_are_sealed_and_ports_sticky() {
-    let Some(ep) = etcd_endpoint() else { return };
+    let Some(ep) = common::rig_etcd_endpoint("etcd_specs") else {
+        return;
+    };
     let prefix = unique_prefix("specs");
     let (specs, client) = store(&ep, &prefix, "30000:30003").await;
 
@@ -131,7 +116,9 @@ async fn specs_are_sealed_and_ports_sticky() {
 
 #[tokio::test]
 async fn concurrent_writers_never_share_a_port() {
-    let Some(ep) = etcd_endpoint() else { return };
+    let Some(ep) = common::rig_etcd_endpoint("etcd_specs") else {
+        return;
+    };
     let prefix = unique_prefix("race");
     let (one, client) = store(&ep, &prefix, "30100:30120").await;
     let (two, _) = store(&ep, &prefix, "30100:30120").await;
@@ -166,7 +153,9 @@ async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
 #[tokio::test]
 async fn the_cluster_view_follows_and_survives_a_cut_watch() {
     use console_svc::coordinator::etcd::view::ClusterView;
-    let Some(ep) = etcd_endpoint() else { return };
+    let Some(ep) = common::rig_etcd_endpoint("etcd_specs") else {
+        return;
+    };
     let prefix = unique_prefix("view");
     let proxy = etcd_proxy::Proxy::start(&ep).await;
     let direct = Client::connect([ep.as_str()], None).await.unwrap();

@@ -14,7 +14,9 @@
 //! Each test has its own etcd prefix and console port range, and leases its
 //! BMC with the `flock` the other rig tests use.
 
-use std::fs::{File, OpenOptions};
+mod common;
+
+use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use pb::console_service_client::ConsoleServiceClient;
 use porthole_proto::console::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,16 +39,7 @@ struct Rig {
 }
 
 fn rig() -> Option<Rig> {
-    let Some(path) = std::env::var_os("PORTHOLE_RIG_JSON") else {
-        eprintln!("ha_rig: PORTHOLE_RIG_JSON is not set; skipping");
-        assert!(
-            std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
-            "a test peer is missing and PORTHOLE_REQUIRE_PEERS is set (CI)"
-        );
-        return None;
-    };
-    let rig: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("rig.json")).expect("JSON");
+    let rig = common::rig_json("ha_rig")?;
     Some(Rig {
         etcd: rig["etcd"]["endpoints"][0]
             .as_str()
@@ -59,25 +52,12 @@ fn rig() -> Option<Rig> {
 
 /// The BMC for this test alone, shared with the other rig tests' pool.
 async fn lease_bmc(rig: &Rig) -> Flock<File> {
-    let dir = rig.run_dir.join("porthole-test-locks");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{}.lock", rig.bmc["name"].as_str().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return lock,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err((_, e)) => panic!("BMC lease: {e}"),
-        }
-    }
+    let name = rig.bmc["name"].as_str().expect("bmc name");
+    let path = rig
+        .run_dir
+        .join("porthole-test-locks")
+        .join(format!("{name}.lock"));
+    common::lease_lock(&path).await
 }
 
 /// One console-svc process.

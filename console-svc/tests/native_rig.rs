@@ -18,7 +18,9 @@
 //! test sends a `\r` primer from a viewer and drains the node side before it
 //! asserts anything about keystrokes.
 
-use std::fs::{File, OpenOptions};
+mod common;
+
+use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,15 +34,11 @@ use console_svc::secret::Secret;
 use console_svc::sol::native::{NativeBackend, NativeSettings};
 use console_svc::sol::{ConsoleBackend, ConsoleContext, Health, RunningConsole};
 use console_svc::spec::{IpmiTarget, NodeId, PrivilegeLevel};
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-/// How long a test waits for its BMC to be free.
-const LEASE_WAIT: Duration = Duration::from_secs(600);
 
 const NODE_ID: &str = "rig-node";
 
@@ -53,39 +51,14 @@ struct Bmc {
 /// The BMC for this test alone: an exclusive `flock` shared with the system
 /// tests' BMC pool, released on drop.
 async fn lease(bmc: &Bmc) -> Flock<File> {
-    std::fs::create_dir_all(bmc.lock_file.parent().expect("lock dir")).expect("lock dir");
-    let deadline = Instant::now() + LEASE_WAIT;
-    loop {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&bmc.lock_file)
-            .expect("lock file");
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return lock,
-            Err((_, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err((_, e)) => panic!("cannot lease {}: {e}", bmc.lock_file.display()),
-        }
-    }
+    common::lease_lock(&bmc.lock_file).await
 }
 
 fn rig_bmc() -> Option<Bmc> {
-    let Some(path) = std::env::var_os("PORTHOLE_RIG_JSON") else {
-        eprintln!("native_rig: PORTHOLE_RIG_JSON is not set; skipping the real-BMC test");
-        assert!(
-            std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
-            "a test peer is missing and PORTHOLE_REQUIRE_PEERS is set (CI): see the notice above"
-        );
-        return None;
-    };
+    let rig = common::rig_json("native_rig")?;
     let index: usize = std::env::var("PORTHOLE_TEST_BMC")
         .ok()
         .map_or(1, |v| v.parse().expect("PORTHOLE_TEST_BMC is a number"));
-    let text = std::fs::read_to_string(&path).expect("rig.json readable");
-    let rig: serde_json::Value = serde_json::from_str(&text).expect("rig.json is JSON");
     let b = &rig["bmcs"][index];
     let password = std::fs::read_to_string(b["password_file"].as_str().expect("password_file"))
         .expect("BMC password file readable");

@@ -1,6 +1,8 @@
-//! Shared by the VNC integration tests: the rig's VNC server from
-//! `rig.json`, a VNC console started directly on the backend, and a small
-//! RFB client that reads a whole framebuffer in Raw encoding.
+//! Shared by console-svc's integration tests: `rig.json` (with the skip /
+//! PORTHOLE_REQUIRE_PEERS rule), BMC leases shared with the tests crate's
+//! pool, and for the VNC tests the rig's VNC server, a VNC console started
+//! directly on the backend, and a small RFB client that reads a whole
+//! framebuffer in Raw encoding.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -29,17 +31,54 @@ pub struct RigVnc {
     pub tls_cert: PathBuf,
 }
 
-pub fn rig_vnc(test: &str) -> Option<RigVnc> {
+/// The rig's `rig.json` from `PORTHOLE_RIG_JSON`. Unset: a notice and
+/// `None` (the test passes without peers), unless `PORTHOLE_REQUIRE_PEERS`
+/// is set (CI), where a missing rig fails the test.
+pub fn rig_json(test: &str) -> Option<serde_json::Value> {
     let Some(path) = std::env::var_os("PORTHOLE_RIG_JSON") else {
-        eprintln!("{test}: PORTHOLE_RIG_JSON is not set; skipping the real-VNC test");
+        eprintln!("{test}: PORTHOLE_RIG_JSON is not set; skipping this real-peer test");
         assert!(
             std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
             "a test peer is missing and PORTHOLE_REQUIRE_PEERS is set (CI): see the notice above"
         );
         return None;
     };
-    let rig: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("rig.json")).expect("JSON");
+    let text = std::fs::read_to_string(path).expect("rig.json readable");
+    Some(serde_json::from_str(&text).expect("rig.json is JSON"))
+}
+
+/// The rig's first etcd client URL.
+pub fn rig_etcd_endpoint(test: &str) -> Option<String> {
+    let rig = rig_json(test)?;
+    let ep = rig["etcd"]["endpoints"][0].as_str().expect("etcd endpoint");
+    Some(ep.to_owned())
+}
+
+/// An exclusive `flock` on a BMC's lock file (the tests crate's pool uses
+/// the same files: a BMC allows one SOL session), held until dropped.
+pub async fn lease_lock(path: &std::path::Path) -> nix::fcntl::Flock<std::fs::File> {
+    use nix::fcntl::{Flock, FlockArg};
+    std::fs::create_dir_all(path.parent().expect("lock dir")).expect("lock dir");
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .expect("lock file");
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err((_, e)) => panic!("cannot lease {}: {e}", path.display()),
+        }
+    }
+}
+
+pub fn rig_vnc(test: &str) -> Option<RigVnc> {
+    let rig = rig_json(test)?;
     let vnc = &rig["vnc"];
     Some(RigVnc {
         host: vnc["host"].as_str().expect("vnc.host").to_owned(),
