@@ -1,0 +1,101 @@
+//! Fencing: a replica cut off from etcd stops before another starts its
+//! console; with etcd gone for everyone nobody serves, and service returns
+//! with etcd; a console nobody can serve ends Enable with
+//! DEADLINE_EXCEEDED.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    enable, enable_request, lease_bmc, listening, rig, served_elsewhere,
+    still_nobody_listens_after, until_nobody_listens, Checker, Cluster, TTL,
+};
+
+/// The owner loses etcd (its own proxy cut) while its viewers can still reach
+/// it: it stops listening before any other replica starts the console.
+#[tokio::test]
+async fn a_replica_cut_off_from_etcd_stops_before_another_starts_its_console() {
+    let Some(rig) = rig() else { return };
+    let _bmc = lease_bmc(&rig).await;
+    let (proxies, cluster) = Cluster::start_behind_proxies(&rig, "cut", "31440:31450").await;
+    let mut c0 = cluster.client(0).await;
+    let con = enable(&mut c0, &rig).await;
+    let checker = Checker::start(con.port as u16);
+    let owner = cluster.owner_of(&con);
+    let old = cluster.replicas[owner].ip.clone();
+    let port = con.port as u16;
+
+    proxies[owner].set_open(false);
+    let cut_at = Instant::now();
+    let mut stopped = None;
+    let mut started = None;
+    while started.is_none() {
+        let l = listening(port);
+        if stopped.is_none() && !l.iter().any(|a| a.starts_with(&old)) {
+            stopped = Some(cut_at.elapsed());
+        }
+        if l.iter().any(|a| !a.starts_with(&old)) {
+            started = Some(cut_at.elapsed());
+        }
+        assert!(cut_at.elapsed() < TTL * 3, "no takeover after the cut");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (stopped, started) = (stopped.expect("the cut replica stopped"), started.unwrap());
+    eprintln!("cut: owner stopped after {stopped:?}, survivor listening after {started:?}");
+    assert!(stopped < TTL && stopped < started);
+    checker.finish().await;
+}
+
+/// A console no replica can start (its port is taken on every address)
+/// ends Enable with DEADLINE_EXCEEDED and the state it is in.
+#[tokio::test]
+async fn enable_that_nobody_can_serve_is_deadline_exceeded() {
+    let Some(rig) = rig() else { return };
+    let cluster = Cluster::start(&rig, "deadline", "31480:31490", 2);
+    let _squatter = std::net::TcpListener::bind("0.0.0.0:31485").unwrap();
+    let mut c0 = cluster.client(0).await;
+    let mut req = enable_request(&rig);
+    req.node_id = "ha-nowhere".into();
+    req.port = 31485;
+    let started = Instant::now();
+    let err = c0.enable_console(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(err.message().contains("ha-nowhere"), "{}", err.message());
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+/// etcd gone for every replica (all proxies cut, as if every member
+/// stopped): each replica stops serving within the TTL; when etcd is back
+/// the console is served again without a restart.
+#[tokio::test]
+async fn without_etcd_nobody_serves_and_service_returns_with_it() {
+    let Some(rig) = rig() else { return };
+    let _bmc = lease_bmc(&rig).await;
+    let (proxies, cluster) = Cluster::start_behind_proxies(&rig, "alldown", "31500:31510").await;
+    let mut c0 = cluster.client(0).await;
+    let con = enable(&mut c0, &rig).await;
+    let checker = Checker::start(con.port as u16);
+    let port = con.port as u16;
+
+    for p in &proxies {
+        p.set_open(false);
+    }
+    let cut_at = Instant::now();
+    until_nobody_listens(port, cut_at, TTL).await;
+    eprintln!("all cut: nobody listens after {:?}", cut_at.elapsed());
+    let quiet = TTL + Duration::from_secs(1);
+    still_nobody_listens_after(port, quiet, "nobody serves while etcd is gone").await;
+
+    for p in &proxies {
+        p.set_open(true);
+    }
+    let back_at = Instant::now();
+    let mut any = cluster.client(1).await;
+    let again = served_elsewhere(&mut any, "", Duration::from_secs(15)).await;
+    eprintln!(
+        "etcd back: served by {} after {:?}",
+        again.owner,
+        back_at.elapsed()
+    );
+    assert_eq!(again.port, con.port);
+    checker.finish().await;
+}
