@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Instant;
 
+use console_svc::coordinator::etcd::failover::EtcdClient;
 use console_svc::coordinator::etcd::specs::{SpecStore, SpecStoreError};
 use console_svc::ports::{PortError, PortRange};
 use console_svc::seal::Sealer;
@@ -44,9 +45,16 @@ async fn store(ep: &str, prefix: &str, range: &str) -> (SpecStore, Client) {
     let sealer = Sealer::from_key(&[9; 32]);
     let range: PortRange = range.parse().unwrap();
     (
-        SpecStore::new(client.clone(), prefix, sealer, range),
+        SpecStore::new(failover(ep).await, prefix, sealer, range),
         client,
     )
+}
+
+async fn failover(ep: &str) -> EtcdClient {
+    let options = etcd_client::ConnectOptions::new();
+    EtcdClient::connect(&[ep.to_owned()], options, std::time::Duration::from_secs(3))
+        .await
+        .expect("etcd")
 }
 
 async fn dump(client: &Client, prefix: &str) -> Vec<(String, String)> {
@@ -159,7 +167,7 @@ async fn the_cluster_view_follows_and_survives_a_cut_watch() {
     let prefix = unique_prefix("view");
     let proxy = etcd_proxy::Proxy::start(&ep).await;
     let direct = Client::connect([ep.as_str()], None).await.unwrap();
-    let via_proxy = Client::connect([proxy.addr.as_str()], None).await.unwrap();
+    let via_proxy = failover(&proxy.addr).await;
     let cancel = tokio_util::sync::CancellationToken::new();
     let view = ClusterView::start(via_proxy, prefix.clone(), cancel.clone());
 

@@ -6,6 +6,11 @@
 //!     └──── lease regained: the fenced consoles are enabled again
 //! ```
 //!
+//! The verdict is a watch, which shows only its latest value: a flip to
+//! false and back that we did not see in between still wakes us, and is
+//! handled as both (fence, then resume). The coordinator therefore only
+//! notifies on real changes.
+//!
 //! With the local coordinator nothing ever changes here; with etcd the
 //! lease keeper turns `serving` off before the lease could expire at the
 //! server, so this replica is quiet before another one may claim its nodes.
@@ -33,15 +38,19 @@ pub(super) fn spawn(manager: ConsoleManager) {
                 changed = serving.changed() => if changed.is_err() { return },
             }
             let now = *serving.borrow_and_update();
-            if now == was {
-                continue;
+            match (was, now) {
+                (false, false) => continue,
+                (true, false) => manager.fence_all().await,
+                (false, true) => manager.resume_fenced().await,
+                // Notified, yet still serving: the value went false and back
+                // before we looked (a lost lease and its successor). What we
+                // run was claimed under the lost lease: stop it, then resume.
+                (true, true) => {
+                    manager.fence_all().await;
+                    manager.resume_fenced().await;
+                }
             }
             was = now;
-            if now {
-                manager.resume_fenced().await;
-            } else {
-                manager.fence_all().await;
-            }
         }
     });
 }

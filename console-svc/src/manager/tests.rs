@@ -294,6 +294,42 @@ async fn losing_the_lease_stops_every_console_and_regaining_it_resumes_them() {
     );
 }
 
+/// A lease lost and a new one granted before the manager looked: the watch
+/// shows `true` both times, yet the consoles claimed under the old lease
+/// must stop (and come back under the new one).
+#[tokio::test]
+async fn a_lease_lost_and_regained_unseen_still_restarts_every_console() {
+    let mut config = Config::default();
+    config.console.port_range = "12010:12015".parse().unwrap();
+    config.console.ipmitool_path = "true".into();
+    let dir = std::env::temp_dir().join(format!("porthole-mgr-flip-{}", std::process::id()));
+    let processes = Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap());
+    let backend = Arc::new(FakeBackend::default());
+    let switch = Arc::new(Switchable {
+        local: LocalCoordinator::new("replica-a"),
+        serving: tokio::sync::watch::Sender::new(true),
+    });
+    let m = ConsoleManager::new(
+        Arc::new(config),
+        Backends {
+            serial: backend.clone(),
+            vnc: None,
+        },
+        switch.clone(),
+        processes,
+        CancellationToken::new(),
+    );
+    let mut events = m.subscribe();
+    m.enable(spec("a", 0)).await.unwrap();
+    // No await in between: the manager's task cannot see the false.
+    switch.serving.send_replace(false);
+    switch.serving.send_replace(true);
+    let fenced = next_state(&mut events, ConsoleState::Failed).await;
+    assert!(fenced.last_error.unwrap().contains("stopped serving"));
+    let back = next_state(&mut events, ConsoleState::Running).await;
+    assert_eq!(back.endpoint.unwrap().port, 12010, "same port");
+}
+
 async fn next_state(
     events: &mut tokio::sync::broadcast::Receiver<ConsoleInfo>,
     want: ConsoleState,

@@ -3,18 +3,24 @@
 //! serving before any other replica may take its consoles.
 //!
 //! ```text
-//!          grant ok                      renew ok (deadline moves on)
-//!  joining ────────▶ serving(lease) ◀──────────────┐
-//!     ▲                  │ renew failed, stream closed, or no answer by
-//!     │ backoff          │ the fence deadline (= expiry - fence_margin)
-//!     └──── fenced ◀─────┘  (publishes None: the manager stops every console)
+//!          grant ok                 renew ok (the deadline moves on)
+//!  joining ────────▶ serving(lease) ◀───────────────┐
+//!     ▲                  │    │ renew failed or     │
+//!     │                  │    └▶ stream closed ─────┘ reopen the stream (any
+//!     │ backoff          │       member), every 100 ms, until the deadline
+//!     │                  │ etcd says TTL 0, or no renewal by the fence
+//!     └──── fenced ◀─────┘ deadline (= expiry - fence_margin); publishes
+//!                          None: the manager stops every console
 //! ```
 //!
 //! Expiry is measured from the moment a keep-alive was *sent*: the server
 //! renewed no earlier than that, so it cannot expire the lease before
-//! `sent + ttl`. The loop publishes the current lease on a watch channel;
-//! `None` means "do not serve". Behind [`LeaseApi`] so the timing is tested
-//! on tokio's paused clock.
+//! `sent + ttl`. A broken keep-alive stream is therefore not a lost lease
+//! (the member it ran on may have died while the cluster kept quorum); the
+//! lease is lost when etcd says so or when the deadline passes without a
+//! renewal. The loop publishes the current lease on a watch channel; `None`
+//! means "do not serve". Behind [`LeaseApi`] so the timing is tested on
+//! tokio's paused clock.
 
 use std::time::Duration;
 
@@ -32,7 +38,8 @@ use crate::coordinator::CoordError;
 pub trait LeaseApi: Send + Sync + 'static {
     /// A new lease; its id.
     async fn grant(&self, ttl: Duration) -> Result<i64, CoordError>;
-    /// Open the keep-alive stream for `lease`.
+    /// Open a keep-alive stream for `lease` (on any member that answers).
+    /// If etcd says the lease is gone, the stream's first renewal says TTL 0.
     async fn keep_alive(&self, lease: i64) -> Result<Box<dyn Renewer>, CoordError>;
     async fn revoke(&self, lease: i64) -> Result<(), CoordError>;
 }
@@ -54,7 +61,9 @@ pub trait OnGrant: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct LeaseTiming {
     pub ttl: Duration,
-    /// Renew this often (a third of the TTL by default).
+    /// Renew this often (a sixth of the TTL: a leader election, which
+    /// stalls renewals for up to two election timeouts, must fit between
+    /// the last renewal and the fence deadline).
     pub renew_every: Duration,
     /// Stop serving this long before the lease could expire: the time the
     /// manager needs to close listeners and end SOL sessions.
@@ -65,7 +74,7 @@ impl LeaseTiming {
     pub fn for_ttl(ttl: Duration) -> Self {
         Self {
             ttl,
-            renew_every: ttl / 3,
+            renew_every: ttl / 6,
             fence_margin: (ttl / 4).max(Duration::from_millis(500)).min(ttl / 2),
         }
     }
@@ -100,7 +109,7 @@ pub async fn keep(
         backoff.reset();
         info!(lease, "serving under etcd lease");
         current.send_replace(Some(lease));
-        let why = renew_until_lost(renewer, &timing, expires, &cancel).await;
+        let why = renew_until_lost(api, lease, renewer, &timing, expires, &cancel).await;
         current.send_replace(None);
         match why {
             None => {
@@ -127,21 +136,35 @@ async fn join(
 }
 
 /// Renew until the lease is lost (returns why) or `cancel` (returns None).
+///
+/// A failed renewal loses the *stream*, not the lease: the server keeps the
+/// lease until `expires` whatever happened to our connection (a member of
+/// three killed, a leader election). So a new stream is opened, on whichever
+/// member answers, every [`RETRY_PAUSE`] until one renewal gets through or the
+/// fence deadline passes. Only etcd saying the lease is gone (TTL 0), or the
+/// deadline, ends serving.
 async fn renew_until_lost(
-    mut renewer: Box<dyn Renewer>,
+    api: &dyn LeaseApi,
+    lease: i64,
+    renewer: Box<dyn Renewer>,
     timing: &LeaseTiming,
     mut expires: Instant,
     cancel: &CancellationToken,
 ) -> Option<String> {
+    let mut renewer = Some(renewer);
+    let mut next = Instant::now() + timing.renew_every;
+    let mut last_error: Option<String> = None;
     loop {
         let fence_at = expires - timing.fence_margin;
-        let next = (Instant::now() + timing.renew_every).min(fence_at);
         tokio::select! {
             _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep_until(next) => {}
+            _ = tokio::time::sleep_until(next.min(fence_at)) => {}
         }
         if Instant::now() >= fence_at {
-            return Some("no renewal before the fence deadline".into());
+            return Some(match last_error {
+                Some(e) => format!("no renewal before the fence deadline (last error: {e})"),
+                None => "no renewal before the fence deadline".into(),
+            });
         }
         let sent = Instant::now();
         let answer = tokio::select! {
@@ -149,14 +172,42 @@ async fn renew_until_lost(
             _ = tokio::time::sleep_until(fence_at) => {
                 return Some("etcd did not answer a keep-alive in time".into())
             }
-            a = renewer.renew() => a,
+            a = renew_once(api, lease, &mut renewer) => a,
         };
         match answer {
-            Ok(ttl) if !ttl.is_zero() => expires = sent + ttl,
+            Ok(ttl) if !ttl.is_zero() => {
+                if let Some(e) = last_error.take() {
+                    info!(lease, after = %e, "keep-alive resumed");
+                }
+                expires = sent + ttl;
+                next = Instant::now() + timing.renew_every;
+            }
             Ok(_) => return Some("etcd says the lease has expired".into()),
-            Err(e) => return Some(format!("keep-alive failed: {e}")),
+            Err(e) => {
+                warn!(lease, error = %e, left = ?fence_at - Instant::now(),
+                      "keep-alive failed; reopening it (the lease is still ours until the fence deadline)");
+                renewer = None;
+                last_error = Some(e.to_string());
+                next = Instant::now() + RETRY_PAUSE;
+            }
         }
     }
+}
+
+/// Pause between attempts to reopen a failed keep-alive stream.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// One renewal, on the open stream or on a new one.
+async fn renew_once(
+    api: &dyn LeaseApi,
+    lease: i64,
+    renewer: &mut Option<Box<dyn Renewer>>,
+) -> Result<Duration, CoordError> {
+    let stream = match renewer {
+        Some(stream) => stream,
+        None => renewer.insert(api.keep_alive(lease).await?),
+    };
+    stream.renew().await
 }
 
 #[cfg(test)]
@@ -175,9 +226,17 @@ mod tests {
         /// When set, grants fail (etcd down).
         down: AtomicBool,
         revoked: AtomicI64,
+        /// When set, the open stream breaks (its member died) on next use.
+        break_streams: AtomicBool,
+        /// When set, new keep-alive streams cannot be opened.
+        no_new_streams: AtomicBool,
+        /// Which stream generation is current; older ones are broken.
+        generation: AtomicI64,
+        /// When set, etcd answers that the lease is gone.
+        expired: AtomicBool,
     }
 
-    struct FakeRenewer(Arc<FakeEtcd>);
+    struct FakeRenewer(Arc<FakeEtcd>, i64);
 
     #[async_trait]
     impl LeaseApi for Arc<FakeEtcd> {
@@ -188,7 +247,11 @@ mod tests {
             Ok(self.next.fetch_add(1, Ordering::SeqCst) + 1)
         }
         async fn keep_alive(&self, _lease: i64) -> Result<Box<dyn Renewer>, CoordError> {
-            Ok(Box::new(FakeRenewer(self.clone())))
+            if self.no_new_streams.load(Ordering::SeqCst) {
+                return Err(CoordError::Etcd("tcp connect error".into()));
+            }
+            let generation = self.generation.load(Ordering::SeqCst);
+            Ok(Box::new(FakeRenewer(self.clone(), generation)))
         }
         async fn revoke(&self, lease: i64) -> Result<(), CoordError> {
             self.revoked.store(lease, Ordering::SeqCst);
@@ -201,6 +264,15 @@ mod tests {
         async fn renew(&mut self) -> Result<Duration, CoordError> {
             if self.0.silent.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
+            }
+            if self.0.break_streams.swap(false, Ordering::SeqCst) {
+                self.0.generation.fetch_add(1, Ordering::SeqCst);
+            }
+            if self.1 != self.0.generation.load(Ordering::SeqCst) {
+                return Err(CoordError::Etcd("keep-alive stream closed".into()));
+            }
+            if self.0.expired.load(Ordering::SeqCst) {
+                return Ok(Duration::ZERO);
             }
             Ok(Duration::from_secs(5))
         }
@@ -263,5 +335,87 @@ mod tests {
         rx.wait_for(|l| l.is_none()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(etcd.revoked.load(Ordering::SeqCst), 2, "revoked on stop");
+    }
+
+    /// Every value `rx` takes until the test ends (None = fenced).
+    fn record(mut rx: watch::Receiver<Option<i64>>) -> Arc<std::sync::Mutex<Vec<Option<i64>>>> {
+        let seen = Arc::new(std::sync::Mutex::new(vec![*rx.borrow_and_update()]));
+        let out = seen.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                out.lock().unwrap().push(*rx.borrow_and_update());
+            }
+        });
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_stream_is_reopened_and_the_lease_kept() {
+        let etcd = Arc::new(FakeEtcd::default());
+        let (mut rx, _cancel) = start(&etcd);
+        rx.wait_for(|l| *l == Some(1)).await.unwrap();
+        let seen = record(rx.clone());
+        for _ in 0..5 {
+            // The member under the stream dies; opening a new stream on
+            // another member works at once, or after a second (election).
+            etcd.break_streams.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            etcd.break_streams.store(true, Ordering::SeqCst);
+            etcd.no_new_streams.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            etcd.no_new_streams.store(false, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![Some(1)],
+            "never fenced, never a new lease"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_stream_before_the_deadline_fences_in_time() {
+        let etcd = Arc::new(FakeEtcd::default());
+        let (mut rx, _cancel) = start(&etcd);
+        rx.wait_for(|l| *l == Some(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        etcd.break_streams.store(true, Ordering::SeqCst);
+        etcd.no_new_streams.store(true, Ordering::SeqCst);
+        etcd.down.store(true, Ordering::SeqCst);
+        let broken_at = Instant::now();
+        rx.wait_for(|l| l.is_none()).await.unwrap();
+        let timing = LeaseTiming::for_ttl(Duration::from_secs(5));
+        // The last renewal was at most renew_every before the break.
+        assert!(
+            broken_at.elapsed() <= timing.ttl - timing.fence_margin,
+            "fenced {:?} after the break",
+            broken_at.elapsed()
+        );
+        assert!(
+            broken_at.elapsed() >= timing.ttl - timing.fence_margin - timing.renew_every,
+            "fenced early, {:?} after the break, while the lease was valid",
+            broken_at.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn etcd_saying_the_lease_is_gone_fences_at_once() {
+        let etcd = Arc::new(FakeEtcd::default());
+        let (mut rx, _cancel) = start(&etcd);
+        rx.wait_for(|l| *l == Some(1)).await.unwrap();
+        let seen = record(rx.clone());
+        etcd.expired.store(true, Ordering::SeqCst);
+        let timing = LeaseTiming::for_ttl(Duration::from_secs(5));
+        tokio::time::sleep(timing.renew_every + Duration::from_millis(1)).await;
+        // Fenced at the first renewal and a new lease tried at once; a watch
+        // shows the latest value, so the None may be overtaken by Some(2)
+        // (the serving signal in mod.rs turns any lease change into a fence).
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.first(), Some(&Some(1)), "{seen:?}");
+        assert!(
+            seen[1..].iter().all(|l| *l != Some(1)),
+            "lease 1 not given up: {seen:?}"
+        );
+        assert!(seen.len() > 1, "nothing changed: {seen:?}");
     }
 }

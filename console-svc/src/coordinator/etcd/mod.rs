@@ -17,6 +17,7 @@
 //! The lease lifecycle (and self-fencing) lives in [`lease`]; this file is
 //! the etcd side of it and the ownership transactions.
 
+pub mod failover;
 pub mod lease;
 pub mod spec_doc;
 pub mod specs;
@@ -26,13 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use self::failover::EtcdClient;
 use self::lease::{LeaseApi, LeaseTiming, OnGrant, Renewer};
 use super::{CoordError, Coordinator, Ownership};
 use crate::spec::NodeId;
@@ -59,7 +59,7 @@ pub struct EtcdSettings {
 pub struct EtcdCoordinator {
     member: Member,
     keys: Keys,
-    client: Client,
+    client: EtcdClient,
     lease: watch::Receiver<Option<i64>>,
     serving: watch::Receiver<bool>,
 }
@@ -120,12 +120,7 @@ impl EtcdCoordinator {
         member: Member,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, CoordError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(settings.connect_timeout)
-            .with_timeout(settings.lease_ttl);
-        let client = Client::connect(&settings.endpoints, Some(options))
-            .await
-            .map_err(etcd_err)?;
+        let client = connect(&settings).await?;
         let keys = Keys::new(&settings.prefix);
         let (lease_tx, lease) = watch::channel(None);
         let (serving_tx, serving) = watch::channel(false);
@@ -141,17 +136,7 @@ impl EtcdCoordinator {
         tokio::spawn(async move {
             lease::keep(&etcd, &register, timing, lease_tx, cancel).await;
         });
-        let mut follow = lease.clone();
-        tokio::spawn(async move {
-            loop {
-                let on = follow.borrow_and_update().is_some();
-                serving_tx.send_if_modified(|s| std::mem::replace(s, on) != on);
-                if follow.changed().await.is_err() {
-                    serving_tx.send_replace(false);
-                    return;
-                }
-            }
-        });
+        tokio::spawn(follow_lease(lease.clone(), serving_tx));
         Ok(Arc::new(Self {
             member,
             keys,
@@ -203,7 +188,7 @@ impl Coordinator for EtcdCoordinator {
                 TxnOp::get(key.clone(), None),
             ])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        let resp = self.txn(txn).await?;
         let (owner, token, owner_lease) = owner_of(&resp.op_responses())
             .ok_or_else(|| CoordError::Etcd(format!("{key} vanished during its claim")))?;
         if owner == self.member.replica && owner_lease == lease {
@@ -224,8 +209,10 @@ impl Coordinator for EtcdCoordinator {
         let key = self.keys.owner(&ownership.node);
         let resp = self
             .client
-            .kv_client()
-            .get(key, None)
+            .call(|c| {
+                let key = key.clone();
+                async move { c.kv_client().get(key, None).await }
+            })
             .await
             .map_err(etcd_err)?;
         match resp.kvs().first() {
@@ -253,8 +240,29 @@ impl Coordinator for EtcdCoordinator {
                 TxnOp::delete(key, None),
                 TxnOp::delete(self.keys.endpoint(&ownership.node), None),
             ]);
-        self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        self.txn(txn).await?;
         Ok(())
+    }
+}
+
+/// Turn the lease into the serving signal. A watch shows only the latest
+/// value, so a lost lease and its successor (`Some(a)` → `None` → `Some(b)`)
+/// can arrive as one change: any change away from a held lease is first
+/// reported as `false`, so the manager fences (and then resumes) even then.
+async fn follow_lease(mut lease: watch::Receiver<Option<i64>>, serving: watch::Sender<bool>) {
+    let mut held = None;
+    loop {
+        let now = *lease.borrow_and_update();
+        if held.is_some() && now != held {
+            serving.send_if_modified(|s| std::mem::replace(s, false));
+        }
+        let on = now.is_some();
+        serving.send_if_modified(|s| std::mem::replace(s, on) != on);
+        held = now;
+        if lease.changed().await.is_err() {
+            serving.send_replace(false);
+            return;
+        }
     }
 }
 
@@ -305,7 +313,7 @@ impl EtcdCoordinator {
                 Compare::lease(self.keys.owner(node), CompareOp::Equal, lease),
             ])
             .and_then([op]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        let resp = self.txn(txn).await?;
         Ok(resp.succeeded())
     }
 
@@ -314,12 +322,40 @@ impl EtcdCoordinator {
     pub async fn leave(&self) -> Result<(), CoordError> {
         let key = self.keys.member(&self.member.replica);
         self.client
-            .kv_client()
-            .delete(key, None)
+            .call(|c| {
+                let key = key.clone();
+                async move { c.kv_client().delete(key, None).await }
+            })
             .await
             .map_err(etcd_err)?;
         Ok(())
     }
+
+    /// One transaction, failing over between members (every transaction
+    /// here is guarded by compares, so a retry of one that landed is safe).
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, CoordError> {
+        self.client
+            .call(|c| {
+                let txn = txn.clone();
+                async move { c.kv_client().txn(txn).await }
+            })
+            .await
+            .map_err(etcd_err)
+    }
+}
+
+/// Clients for the configured members. Requests need a leader (a member
+/// that has none answers at once instead of queueing, and we try another),
+/// and give up after a TTL: longer than an election, shorter than the
+/// callers' own deadlines.
+async fn connect(settings: &EtcdSettings) -> Result<EtcdClient, CoordError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(settings.connect_timeout)
+        .with_timeout(settings.lease_ttl / 2)
+        .with_require_leader(true);
+    EtcdClient::connect(&settings.endpoints, options, settings.lease_ttl)
+        .await
+        .map_err(etcd_err)
 }
 
 /// Owner id, create revision and lease of the owner key, from a claim's
@@ -343,7 +379,7 @@ fn etcd_err(e: etcd_client::Error) -> CoordError {
 
 /// [`LeaseApi`] on a real etcd.
 struct EtcdLeases {
-    client: Client,
+    client: EtcdClient,
 }
 
 #[async_trait]
@@ -352,27 +388,30 @@ impl LeaseApi for EtcdLeases {
         let secs = ttl.as_secs().max(1) as i64;
         let resp = self
             .client
-            .lease_client()
-            .grant(secs, None)
+            .call(|c| async move { c.lease_client().grant(secs, None).await })
             .await
             .map_err(etcd_err)?;
         Ok(resp.id())
     }
 
     async fn keep_alive(&self, lease: i64) -> Result<Box<dyn Renewer>, CoordError> {
-        let (keeper, stream) = self
+        let opened = self
             .client
-            .lease_client()
-            .keep_alive(lease)
-            .await
-            .map_err(etcd_err)?;
-        Ok(Box::new(EtcdRenewer { keeper, stream }))
+            .call(|c| async move { c.lease_client().keep_alive(lease).await })
+            .await;
+        match opened {
+            Ok((keeper, stream)) => Ok(Box::new(EtcdRenewer { keeper, stream })),
+            // etcd-client's own check of the first answer: TTL <= 0.
+            Err(etcd_client::Error::LeaseKeepAliveError(e)) if e.contains("not found") => {
+                Ok(Box::new(GoneLease))
+            }
+            Err(e) => Err(etcd_err(e)),
+        }
     }
 
     async fn revoke(&self, lease: i64) -> Result<(), CoordError> {
         self.client
-            .lease_client()
-            .revoke(lease)
+            .call(|c| async move { c.lease_client().revoke(lease).await })
             .await
             .map_err(etcd_err)?;
         Ok(())
@@ -390,15 +429,26 @@ impl Renewer for EtcdRenewer {
         self.keeper.keep_alive().await.map_err(etcd_err)?;
         match self.stream.message().await.map_err(etcd_err)? {
             Some(resp) => Ok(Duration::from_secs(resp.ttl().max(0) as u64)),
-            // A closed stream is a lost lease (etcd-client does not resume it).
+            // etcd-client does not resume a closed stream; the keeper opens
+            // a new one (the lease itself may well be valid).
             None => Err(CoordError::Etcd("keep-alive stream closed".into())),
         }
     }
 }
 
+/// What a keep-alive on a lease etcd no longer has answers: TTL 0.
+struct GoneLease;
+
+#[async_trait]
+impl Renewer for GoneLease {
+    async fn renew(&mut self) -> Result<Duration, CoordError> {
+        Ok(Duration::ZERO)
+    }
+}
+
 /// Registers `members/<replica>` under each new lease.
 struct Register {
-    client: Client,
+    client: EtcdClient,
     key: String,
     value: String,
 }
@@ -406,10 +456,13 @@ struct Register {
 #[async_trait]
 impl OnGrant for Register {
     async fn granted(&self, lease: i64) -> Result<(), CoordError> {
-        let put = PutOptions::new().with_lease(lease);
         self.client
-            .kv_client()
-            .put(self.key.clone(), self.value.clone(), Some(put))
+            .call(|c| async move {
+                let put = PutOptions::new().with_lease(lease);
+                c.kv_client()
+                    .put(self.key.clone(), self.value.clone(), Some(put))
+                    .await
+            })
             .await
             .map_err(etcd_err)?;
         Ok(())

@@ -18,9 +18,10 @@
 
 use std::collections::HashMap;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use tracing::debug;
 
+use super::failover::EtcdClient;
 use super::spec_doc::{self, SpecDocError};
 use super::Keys;
 use crate::ports::{PortAllocator, PortError, PortRange};
@@ -57,14 +58,14 @@ pub struct StoredSpec {
 
 #[derive(Clone)]
 pub struct SpecStore {
-    client: Client,
+    client: EtcdClient,
     keys: Keys,
     sealer: Sealer,
     range: PortRange,
 }
 
 impl SpecStore {
-    pub fn new(client: Client, prefix: &str, sealer: Sealer, range: PortRange) -> Self {
+    pub fn new(client: EtcdClient, prefix: &str, sealer: Sealer, range: PortRange) -> Self {
         Self {
             client,
             keys: Keys::new(prefix),
@@ -129,10 +130,13 @@ impl SpecStore {
         }
         let json = spec_doc::to_json(&self.sealer, spec, port);
         ops.push(TxnOp::put(self.keys.spec(&spec.node), json, None));
+        let txn = Txn::new().when(when).and_then(ops);
         let resp = self
             .client
-            .kv_client()
-            .txn(Txn::new().when(when).and_then(ops))
+            .call(|c| {
+                let txn = txn.clone();
+                async move { c.kv_client().txn(txn).await }
+            })
             .await?;
         Ok(resp
             .succeeded()
@@ -144,8 +148,13 @@ impl SpecStore {
         let prefix = self.keys.ports_prefix();
         let resp = self
             .client
-            .kv_client()
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .call(|c| {
+                let prefix = prefix.clone();
+                async move {
+                    let all = GetOptions::new().with_prefix();
+                    c.kv_client().get(prefix, Some(all)).await
+                }
+            })
             .await?;
         resp.kvs()
             .iter()
@@ -170,8 +179,7 @@ impl SpecStore {
     pub async fn get(&self, node: &NodeId) -> Result<Option<StoredSpec>, SpecStoreError> {
         let resp = self
             .client
-            .kv_client()
-            .get(self.keys.spec(node), None)
+            .call(|c| async move { c.kv_client().get(self.keys.spec(node), None).await })
             .await?;
         resp.kvs()
             .first()
@@ -183,8 +191,7 @@ impl SpecStore {
     pub async fn delete(&self, node: &NodeId) -> Result<bool, SpecStoreError> {
         let resp = self
             .client
-            .kv_client()
-            .delete(self.keys.spec(node), None)
+            .call(|c| async move { c.kv_client().delete(self.keys.spec(node), None).await })
             .await?;
         Ok(resp.deleted() > 0)
     }
@@ -197,8 +204,13 @@ impl SpecStore {
         let prefix = self.keys.consoles_prefix();
         let resp = self
             .client
-            .kv_client()
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .call(|c| {
+                let prefix = prefix.clone();
+                async move {
+                    let all = GetOptions::new().with_prefix();
+                    c.kv_client().get(prefix, Some(all)).await
+                }
+            })
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut specs = HashMap::new();

@@ -18,10 +18,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchOptions};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, warn, Instrument};
+
+use super::failover::EtcdClient;
 
 /// One key as last seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +52,7 @@ struct Mirror {
 /// The mirror's read side; cheap to clone.
 #[derive(Clone)]
 pub struct ClusterView {
-    client: Client,
+    client: EtcdClient,
     prefix: String,
     mirror: Arc<RwLock<Mirror>>,
     revision: watch::Receiver<i64>,
@@ -59,7 +61,7 @@ pub struct ClusterView {
 
 impl ClusterView {
     /// Start mirroring `prefix` until `cancel` fires.
-    pub fn start(client: Client, prefix: String, cancel: CancellationToken) -> Self {
+    pub fn start(client: EtcdClient, prefix: String, cancel: CancellationToken) -> Self {
         let mirror = Arc::new(RwLock::new(Mirror::default()));
         let (rev_tx, revision) = watch::channel(0);
         let changes = broadcast::channel(4096).0;
@@ -85,14 +87,8 @@ impl ClusterView {
     /// (linearizable), for answers that must not lag behind a write made
     /// through another replica.
     pub async fn read(&self, start: &str) -> Result<Vec<(String, Entry)>, etcd_client::Error> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(
-                format!("{}{start}", self.prefix),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
+        let key = format!("{}{start}", self.prefix);
+        let resp = self.client.call(|c| get_prefix(c, key.clone())).await?;
         Ok(resp
             .kvs()
             .iter()
@@ -136,7 +132,7 @@ impl ClusterView {
 }
 
 struct Follower {
-    client: Client,
+    client: EtcdClient,
     prefix: String,
     mirror: Arc<RwLock<Mirror>>,
     revision: watch::Sender<i64>,
@@ -186,8 +182,7 @@ impl Follower {
     async fn list(&self) -> Result<(), etcd_client::Error> {
         let resp = self
             .client
-            .kv_client()
-            .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .call(|c| get_prefix(c, self.prefix.clone()))
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let keys = resp
@@ -209,12 +204,11 @@ impl Follower {
             .with_prefix()
             .with_start_revision(from)
             .with_progress_notify();
-        let mut stream = match self
-            .client
-            .watch_client()
-            .watch(self.prefix.clone(), Some(options))
-            .await
-        {
+        let opened = self.client.call(|c| {
+            let (prefix, options) = (self.prefix.clone(), options.clone());
+            async move { c.watch_client().watch(prefix, Some(options)).await }
+        });
+        let mut stream = match opened.await {
             Ok(stream) => stream,
             Err(e) => {
                 warn!(error = %e, from, "creating the cluster watch failed");
@@ -281,6 +275,15 @@ impl Follower {
         let key = std::str::from_utf8(key).ok()?;
         Some(key.strip_prefix(&self.prefix)?.to_owned())
     }
+}
+
+async fn get_prefix(
+    c: etcd_client::Client,
+    prefix: String,
+) -> Result<etcd_client::GetResponse, etcd_client::Error> {
+    c.kv_client()
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
 }
 
 fn entry(kv: &etcd_client::KeyValue) -> Entry {
