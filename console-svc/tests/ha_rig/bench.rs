@@ -26,7 +26,7 @@ async fn bench_takeover_and_steady_state_etcd_rate() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let mut cluster = Cluster::start(&rig, "bench", "32000:33100", 3);
+    let mut cluster = Cluster::start(&rig, "bench", "38000:39100", 3);
     let c0 = cluster.client(0).await;
     let t = Instant::now();
     let template = enable_request(&rig);

@@ -21,8 +21,8 @@
 //!
 //! The scenarios, one module a group: [`takeover`] (kill -9 and SIGTERM of
 //! the owner), [`fencing`] (cut off from etcd, etcd gone, nobody can serve),
-//! [`drain`], [`three_members`] (3-member etcd, ignored until issue 3 is
-//! fixed) and [`bench`] (ignored, by hand). [`support`] starts replicas and
+//! [`drain`], [`three_members`] (3-member etcd: a follower stopped, the
+//! leader killed, quorum lost) and [`bench`] (ignored, by hand). [`support`] starts replicas and
 //! watches who listens; [`rig3`] is the 3-member rig.
 
 #[path = "../common/mod.rs"]

@@ -135,23 +135,67 @@ fn start_time(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
-/// The etcd member that leads the cluster now.
-pub fn etcd_leader(endpoints: &str) -> Option<usize> {
-    let out = Command::new("etcdctl")
+/// Each member's (endpoint index, member id, leader's member id), from
+/// `etcdctl endpoint status`.
+fn etcd_status(endpoints: &str) -> Vec<(usize, u64, u64)> {
+    let Ok(out) = Command::new("etcdctl")
         .args(["--endpoints", endpoints, "endpoint", "status", "-w", "json"])
         .env("ETCDCTL_API", "3")
         .output()
-        .ok()?;
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    else {
+        return Vec::new();
+    };
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let eps: Vec<&str> = endpoints.split(',').collect();
-    status.as_array()?.iter().find_map(|s| {
-        let leader = s["Status"]["leader"].as_u64()?;
-        let me = s["Status"]["header"]["member_id"].as_u64()?;
-        let endpoint = s["Endpoint"].as_str()?;
-        (leader == me)
-            .then(|| eps.iter().position(|e| *e == endpoint))
-            .flatten()
-    })
+    let members = status.as_array().cloned().unwrap_or_default();
+    members
+        .iter()
+        .filter_map(|s| {
+            let endpoint = s["Endpoint"].as_str()?;
+            Some((
+                eps.iter().position(|e| *e == endpoint)?,
+                s["Status"]["header"]["member_id"].as_u64()?,
+                s["Status"]["leader"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+/// The etcd member that leads the cluster now.
+pub fn etcd_leader(endpoints: &str) -> Option<usize> {
+    etcd_status(endpoints)
+        .into_iter()
+        .find_map(|(i, me, leader)| (me == leader).then_some(i))
+}
+
+/// Make sure member `k` does not lead: hand leadership to another member
+/// (`etcdctl move-leader`) if it does.
+pub fn not_leading(endpoints: &str, k: usize) {
+    let status = etcd_status(endpoints);
+    if etcd_leader(endpoints) != Some(k) {
+        return;
+    }
+    let (_, target, _) = status
+        .iter()
+        .find(|(i, ..)| *i != k)
+        .expect("another member");
+    let leader_ep = endpoints.split(',').nth(k).expect("endpoint");
+    let out = Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            leader_ep,
+            "move-leader",
+            &format!("{target:x}"),
+        ])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl move-leader");
+    assert!(
+        out.status.success(),
+        "move-leader: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(etcd_leader(endpoints), Some(k), "etcd{k} still leads");
 }
 
 /// One node-side connection and one viewer: type a token and wait (bounded)

@@ -62,6 +62,8 @@ pub struct Replica {
 
 pub struct Cluster {
     pub etcd: String,
+    /// The replicas' lease TTL.
+    pub ttl: Duration,
     pub prefix: String,
     dir: PathBuf,
     pub replicas: Vec<Replica>,
@@ -72,8 +74,17 @@ impl Cluster {
         Self::start_via(rig, test, ports, &vec![rig.etcd.clone(); n])
     }
 
+    /// Like [`Self::start`] with a lease TTL other than [`TTL`].
+    pub fn start_with_ttl(rig: &Rig, test: &str, ports: &str, n: usize, ttl: Duration) -> Self {
+        Self::start_with(rig, test, ports, &vec![rig.etcd.clone(); n], ttl)
+    }
+
     /// One replica per etcd endpoint given (e.g. a proxy each).
     pub fn start_via(rig: &Rig, test: &str, ports: &str, etcd: &[String]) -> Self {
+        Self::start_with(rig, test, ports, etcd, TTL)
+    }
+
+    fn start_with(rig: &Rig, test: &str, ports: &str, etcd: &[String], ttl: Duration) -> Self {
         let prefix = format!("/porthole-test/{test}-{}/", std::process::id());
         let dir = std::env::temp_dir().join(format!("ha-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -88,12 +99,13 @@ impl Cluster {
                     grpc,
                     child: None,
                 };
-                r.child = Some(spawn(&etcd[i], &r, &prefix, &dir, ports));
+                r.child = Some(spawn(&etcd[i], &r, &prefix, &dir, ports, ttl));
                 r
             })
             .collect();
         Self {
             etcd: rig.etcd.clone(),
+            ttl,
             prefix,
             dir,
             replicas,
@@ -163,7 +175,23 @@ impl Drop for Cluster {
             .env("ETCDCTL_API", "3")
             .stdout(Stdio::null())
             .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("HA_KEEP_LOGS").is_some() {
+            eprintln!("replica logs kept in {} (HA_KEEP_LOGS)", self.dir.display());
+        } else if std::thread::panicking() {
+            // The replicas' logs tell why: keep them, and show them.
+            eprintln!("replica logs kept in {}", self.dir.display());
+            for r in &self.replicas {
+                let log = self.dir.join(format!("{}.log", r.id));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- last lines of {}:", log.display());
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -172,7 +200,14 @@ fn free_addr(ip: &str) -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-fn spawn(etcd: &str, r: &Replica, prefix: &str, dir: &std::path::Path, ports: &str) -> Child {
+fn spawn(
+    etcd: &str,
+    r: &Replica,
+    prefix: &str,
+    dir: &std::path::Path,
+    ports: &str,
+    ttl: Duration,
+) -> Child {
     let bin = env!("CARGO_BIN_EXE_console-svc");
     let log = File::create(dir.join(format!("{}.log", r.id))).unwrap();
     Command::new(bin)
@@ -187,7 +222,7 @@ fn spawn(etcd: &str, r: &Replica, prefix: &str, dir: &std::path::Path, ports: &s
         .env("PORTHOLE_CONSOLE_TERMINAL_PID_DIR", dir.join(&r.id))
         .env("PORTHOLE_ETCD_ENDPOINTS", etcd)
         .env("PORTHOLE_ETCD_PREFIX", prefix)
-        .env("PORTHOLE_ETCD_LEASE_TTL", format!("{}s", TTL.as_secs()))
+        .env("PORTHOLE_ETCD_LEASE_TTL", format!("{}s", ttl.as_secs()))
         .env("PORTHOLE_ETCD_SECRET_KEY_FILE", dir.join("etcd.key"))
         .env("PORTHOLE_ETCD_ENABLE_TIMEOUT", "4s")
         .stdout(Stdio::null())

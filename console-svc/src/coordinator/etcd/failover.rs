@@ -110,6 +110,23 @@ impl EtcdClient {
         }
     }
 
+    /// The member the next call starts with (index into [`Self::endpoints`]).
+    pub fn preferred(&self) -> usize {
+        self.inner.preferred.load(Ordering::Relaxed)
+    }
+
+    /// `member` stopped answering (a stream on it hangs): unless another
+    /// member has answered since, the next call starts with the one after it.
+    pub fn avoid(&self, member: usize) {
+        let next = (member + 1) % self.inner.members.len();
+        let _ = self.inner.preferred.compare_exchange(
+            member,
+            next,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     /// The endpoints, in configuration order.
     pub fn endpoints(&self) -> impl Iterator<Item = &str> {
         self.inner.members.iter().map(|(e, _)| e.as_str())
@@ -246,6 +263,19 @@ mod tests {
             .await
             .expect("answered after the election");
         assert_eq!(answer, 30);
+    }
+
+    #[tokio::test]
+    async fn avoiding_a_member_moves_on_unless_another_answered_since() {
+        let etcd = three(Duration::from_secs(1)).await;
+        assert_eq!(etcd.preferred(), 0);
+        etcd.avoid(0);
+        assert_eq!(etcd.preferred(), 1);
+        etcd.avoid(0);
+        assert_eq!(etcd.preferred(), 1, "member 1 is not the one that hung");
+        etcd.avoid(1);
+        etcd.avoid(2);
+        assert_eq!(etcd.preferred(), 0, "wraps around");
     }
 
     #[test]

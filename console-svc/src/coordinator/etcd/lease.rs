@@ -49,6 +49,9 @@ pub trait LeaseApi: Send + Sync + 'static {
 pub trait Renewer: Send {
     /// One round trip: the TTL the server now gives the lease (zero: gone).
     async fn renew(&mut self) -> Result<Duration, CoordError>;
+    /// The stream did not answer in time and is about to be dropped; the
+    /// next stream had better be opened elsewhere.
+    fn abandon(&mut self) {}
 }
 
 /// What to do once a lease is granted (register this replica), before it
@@ -65,6 +68,9 @@ pub struct LeaseTiming {
     /// stalls renewals for up to two election timeouts, must fit between
     /// the last renewal and the fence deadline).
     pub renew_every: Duration,
+    /// A renewal not answered within this is given up and a new stream
+    /// opened (a member that hangs must not hold the lease hostage).
+    pub answer_within: Duration,
     /// Stop serving this long before the lease could expire: the time the
     /// manager needs to close listeners and end SOL sessions.
     pub fence_margin: Duration,
@@ -75,6 +81,7 @@ impl LeaseTiming {
         Self {
             ttl,
             renew_every: ttl / 6,
+            answer_within: (ttl / 6).max(Duration::from_millis(500)),
             fence_margin: (ttl / 4).max(Duration::from_millis(500)).min(ttl / 2),
         }
     }
@@ -167,13 +174,23 @@ async fn renew_until_lost(
             });
         }
         let sent = Instant::now();
+        let give_up = (sent + timing.answer_within).min(fence_at);
         let answer = tokio::select! {
             _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep_until(fence_at) => {
-                return Some("etcd did not answer a keep-alive in time".into())
-            }
-            a = renew_once(api, lease, &mut renewer) => a,
+            _ = tokio::time::sleep_until(give_up) => None,
+            a = renew_once(api, lease, &mut renewer) => Some(a),
         };
+        let answer = answer.unwrap_or_else(|| {
+            // A stream that hangs (its member stopped, or cut off from the
+            // others) is as good as broken: try another one.
+            if let Some(stream) = renewer.as_mut() {
+                stream.abandon();
+            }
+            Err(CoordError::Etcd(format!(
+                "no answer to a keep-alive within {:?}",
+                give_up - sent
+            )))
+        });
         match answer {
             Ok(ttl) if !ttl.is_zero() => {
                 if let Some(e) = last_error.take() {
@@ -234,6 +251,10 @@ mod tests {
         generation: AtomicI64,
         /// When set, etcd answers that the lease is gone.
         expired: AtomicBool,
+        /// When set, the stream open now hangs (its member stopped), and
+        /// streams opened later work.
+        hang_current: AtomicBool,
+        abandoned: AtomicI64,
     }
 
     struct FakeRenewer(Arc<FakeEtcd>, i64);
@@ -265,6 +286,10 @@ mod tests {
             if self.0.silent.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
+            if self.0.hang_current.swap(false, Ordering::SeqCst) {
+                self.0.generation.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }
             if self.0.break_streams.swap(false, Ordering::SeqCst) {
                 self.0.generation.fetch_add(1, Ordering::SeqCst);
             }
@@ -275,6 +300,9 @@ mod tests {
                 return Ok(Duration::ZERO);
             }
             Ok(Duration::from_secs(5))
+        }
+        fn abandon(&mut self) {
+            self.0.abandoned.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -417,5 +445,19 @@ mod tests {
             "lease 1 not given up: {seen:?}"
         );
         assert!(seen.len() > 1, "nothing changed: {seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_stream_is_abandoned_for_another() {
+        let etcd = Arc::new(FakeEtcd::default());
+        let (mut rx, _cancel) = start(&etcd);
+        rx.wait_for(|l| *l == Some(1)).await.unwrap();
+        let seen = record(rx.clone());
+        for _ in 0..3 {
+            etcd.hang_current.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+        assert_eq!(etcd.abandoned.load(Ordering::SeqCst), 3);
+        assert_eq!(*seen.lock().unwrap(), vec![Some(1)], "never fenced");
     }
 }

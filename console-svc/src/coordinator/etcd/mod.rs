@@ -400,7 +400,13 @@ impl LeaseApi for EtcdLeases {
             .call(|c| async move { c.lease_client().keep_alive(lease).await })
             .await;
         match opened {
-            Ok((keeper, stream)) => Ok(Box::new(EtcdRenewer { keeper, stream })),
+            Ok((keeper, stream)) => Ok(Box::new(EtcdRenewer {
+                keeper,
+                stream,
+                // `call` has just made the member that answered preferred.
+                member: self.client.preferred(),
+                client: self.client.clone(),
+            })),
             // etcd-client's own check of the first answer: TTL <= 0.
             Err(etcd_client::Error::LeaseKeepAliveError(e)) if e.contains("not found") => {
                 Ok(Box::new(GoneLease))
@@ -421,6 +427,9 @@ impl LeaseApi for EtcdLeases {
 struct EtcdRenewer {
     keeper: etcd_client::LeaseKeeper,
     stream: etcd_client::LeaseKeepAliveStream,
+    /// The member the stream runs on, and the client to tell if it hangs.
+    member: usize,
+    client: EtcdClient,
 }
 
 #[async_trait]
@@ -433,6 +442,10 @@ impl Renewer for EtcdRenewer {
             // a new one (the lease itself may well be valid).
             None => Err(CoordError::Etcd("keep-alive stream closed".into())),
         }
+    }
+
+    fn abandon(&mut self) {
+        self.client.avoid(self.member);
     }
 }
 
