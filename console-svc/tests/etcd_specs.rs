@@ -202,3 +202,51 @@ async fn the_cluster_view_follows_and_survives_a_cut_watch() {
     cancel.cancel();
     cleanup(&direct, &prefix).await;
 }
+
+/// When the history the mirror needs is compacted away while its watch is
+/// cut, the re-created watch is refused and the mirror lists again: it
+/// reports a resync and ends up equal to etcd.
+#[tokio::test]
+async fn the_cluster_view_lists_again_after_a_compaction() {
+    use console_svc::coordinator::etcd::view::{Change, ClusterView};
+    let Some(ep) = common::rig_etcd_endpoint("etcd_specs") else {
+        return;
+    };
+    let prefix = unique_prefix("compact");
+    let proxy = etcd_proxy::Proxy::start(&ep).await;
+    let direct = Client::connect([ep.as_str()], None).await.unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let view = ClusterView::start(failover(&proxy.addr).await, prefix.clone(), cancel.clone());
+    let kv = |k: &str| format!("{prefix}{k}");
+    direct.kv_client().put(kv("a"), "1", None).await.unwrap();
+    wait_until("a", || view.get("a").is_some()).await;
+    let mut changes = view.subscribe();
+
+    proxy.set_open(false);
+    direct.kv_client().put(kv("b"), "2", None).await.unwrap();
+    let deleted = direct.kv_client().delete(kv("a"), None).await.unwrap();
+    let now = deleted.header().expect("header").revision();
+    direct
+        .kv_client()
+        .compact(
+            now,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    proxy.set_open(true);
+    wait_until("the changes made while cut", || {
+        view.get("b").is_some() && view.get("a").is_none()
+    })
+    .await;
+    let mut resynced = false;
+    while let Ok(change) = changes.try_recv() {
+        resynced |= change == Change::Resynced;
+    }
+    assert!(
+        resynced,
+        "the mirror did not list again after the compaction"
+    );
+    cancel.cancel();
+    cleanup(&direct, &prefix).await;
+}

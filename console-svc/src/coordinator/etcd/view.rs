@@ -11,8 +11,8 @@
 //! ```
 //!
 //! etcd-client does not resume a watch stream; this loop re-creates it from
-//! the last applied revision + 1 and re-lists only after a compaction (or
-//! when creating the watch keeps failing).
+//! the last applied revision + 1 (on whichever member answers) and re-lists
+//! only after a compaction, when that revision's history is gone.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
