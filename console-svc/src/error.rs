@@ -1,12 +1,13 @@
 //! The console service's domain errors and their one mapping to gRPC.
 //!
 //! Lower layers have their own enums (`sol::SolError`, `coordinator::CoordError`,
-//! `ports::PortError`); they convert into `ConsoleError` here, and
+//! `ports::PortError`, `cluster::forward::ForwardError`); they convert into `ConsoleError` here, and
 //! `From<ConsoleError> for tonic::Status` is the only place a status code is
 //! chosen.
 
 use tonic::{Code, Status};
 
+use crate::cluster::forward::ForwardError;
 use crate::coordinator::CoordError;
 use crate::ports::PortError;
 use crate::sol::SolError;
@@ -29,6 +30,8 @@ pub enum ConsoleError {
     ShuttingDown,
     #[error("{0}")]
     Deadline(String),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
 }
 
 impl ConsoleError {
@@ -52,6 +55,11 @@ impl From<ConsoleError> for Status {
             ConsoleError::Coordination(CoordError::Etcd(_)) => Code::Unavailable,
             ConsoleError::ShuttingDown => Code::Unavailable,
             ConsoleError::Deadline(_) => Code::DeadlineExceeded,
+            ConsoleError::Forward(ForwardError::Owner { code, .. }) => *code,
+            ConsoleError::Forward(ForwardError::NoOwner { .. }) => Code::Unavailable,
+            ConsoleError::Forward(ForwardError::OwnerUnknown { .. }) => Code::Unavailable,
+            ConsoleError::Forward(ForwardError::OwnerUnreachable { .. }) => Code::Unavailable,
+            ConsoleError::Forward(ForwardError::NotHere { .. }) => Code::Unavailable,
         };
         Status::new(code, err.to_string())
     }

@@ -12,6 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
+use crate::cluster::forward::FORWARDED_BY;
 use crate::cluster::Cluster;
 use crate::error::ConsoleError;
 use crate::manager::{ConsoleInfo, ConsoleManager, ConsoleState, Endpoint};
@@ -131,9 +132,16 @@ impl ConsoleService for ConsoleApi {
         &self,
         request: Request<pb::GetConsoleLogRequest>,
     ) -> Result<Response<pb::GetConsoleLogResponse>, Status> {
+        let forwarded_by = request
+            .metadata()
+            .get(FORWARDED_BY)
+            .map(|v| v.to_str().unwrap_or("unnamed").to_owned());
         let req = request.into_inner();
         let node = NodeId::parse(&req.node_id)?;
-        let log = self.manager.log(&node, req.max_bytes as usize)?;
+        let log = match &self.cluster {
+            Some(c) => c.log(&node, req.max_bytes, forwarded_by.as_deref()).await?,
+            None => self.manager.log(&node, req.max_bytes as usize)?,
+        };
         Ok(Response::new(pb::GetConsoleLogResponse {
             data: log.data,
             truncated: log.truncated,
@@ -241,8 +249,8 @@ pub fn to_proto(info: &ConsoleInfo) -> pb::Console {
         port,
         owner: info.owner.clone(),
         last_error: info.last_error.clone().unwrap_or_default(),
-        created_at: Some(timestamp(info.created_at)),
-        updated_at: Some(timestamp(info.updated_at)),
+        created_at: info.created_at.map(timestamp),
+        updated_at: info.updated_at.map(timestamp),
         backend: info.backend.to_owned(),
     }
 }

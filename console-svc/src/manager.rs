@@ -56,8 +56,11 @@ pub struct ConsoleInfo {
     pub endpoint: Option<Endpoint>,
     pub owner: String,
     pub last_error: Option<String>,
-    pub created_at: SystemTime,
-    pub updated_at: SystemTime,
+    /// When the console was first asked for and last changed; None when
+    /// unknown (cluster: a node without a spec, or a spec written before
+    /// the times were kept).
+    pub created_at: Option<SystemTime>,
+    pub updated_at: Option<SystemTime>,
     pub backend: &'static str,
 }
 
@@ -423,8 +426,8 @@ impl ConsoleManager {
             endpoint: None,
             owner: self.inner.coordinator.replica_id().to_owned(),
             last_error: None,
-            created_at: now,
-            updated_at: now,
+            created_at: Some(now),
+            updated_at: Some(now),
             backend: self.inner.backends.serial.name(),
         }
     }
@@ -435,7 +438,7 @@ impl ConsoleManager {
         let before = st.info.clone();
         change(&mut st);
         if st.info != before {
-            st.info.updated_at = SystemTime::now();
+            st.info.updated_at = Some(SystemTime::now());
             let _ = self.inner.events.send(st.info.clone());
         }
         st.info.clone()

@@ -106,7 +106,11 @@ pub async fn run(
 
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
           backend = config.console.backend.as_str(), "console-svc serving");
-    tokio::spawn(report_health(health.clone(), coordinator.serving()));
+    tokio::spawn(report_health(
+        health.clone(),
+        coordinator.serving(),
+        drained_or_stopping(cluster.clone(), shutdown.clone()),
+    ));
     let stopper = {
         let manager = manager.clone();
         let shutdown = shutdown.clone();
@@ -190,11 +194,16 @@ fn cluster(
     ))
 }
 
-/// `grpc.health.v1`: SERVING exactly while the coordinator lets us serve.
+/// `grpc.health.v1`: SERVING while the coordinator lets us serve, and
+/// NOT_SERVING for good once `quiet` resolves (drained or shutting down:
+/// the replica still answers API calls, but a load balancer should stop
+/// sending it work).
 async fn report_health(
     health: tonic_health::server::HealthReporter,
     mut serving: tokio::sync::watch::Receiver<bool>,
+    quiet: impl std::future::Future<Output = ()>,
 ) {
+    tokio::pin!(quiet);
     loop {
         if *serving.borrow_and_update() {
             health
@@ -205,9 +214,27 @@ async fn report_health(
                 .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
                 .await;
         }
-        if serving.changed().await.is_err() {
-            return;
+        tokio::select! {
+            _ = &mut quiet => break,
+            changed = serving.changed() => if changed.is_err() {
+                (&mut quiet).await;
+                break;
+            },
         }
+    }
+    health
+        .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
+        .await;
+}
+
+/// Resolves when the replica is drained (`DrainReplica`) or shuts down.
+async fn drained_or_stopping(cluster: Option<Cluster>, shutdown: CancellationToken) {
+    match cluster {
+        Some(cluster) => tokio::select! {
+            _ = cluster.drained() => {}
+            _ = shutdown.cancelled() => {}
+        },
+        None => shutdown.cancelled().await,
     }
 }
 
@@ -226,4 +253,60 @@ fn serial_backend(config: &Config) -> Result<Arc<dyn ConsoleBackend>, RunError> 
             retry_max_backoff: c.retry_max_backoff,
         })?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_server::Health;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::server::{HealthReporter, HealthService};
+
+    use super::*;
+
+    async fn status(reporter: &HealthReporter) -> ServingStatus {
+        let service = HealthService::from_health_reporter(reporter.clone());
+        let request = tonic::Request::new(HealthCheckRequest {
+            service: "porthole.console.v1.ConsoleService".into(),
+        });
+        match service.check(request).await {
+            Ok(r) => r.into_inner().status(),
+            Err(_) => ServingStatus::Unknown,
+        }
+    }
+
+    async fn becomes(reporter: &HealthReporter, want: ServingStatus) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while status(reporter).await != want {
+            assert!(tokio::time::Instant::now() < deadline, "never {want:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn drained_is_not_serving_whatever_the_lease_does() {
+        let reporter = HealthReporter::new();
+        let (serving, rx) = tokio::sync::watch::channel(true);
+        let drained = CancellationToken::new();
+        tokio::spawn(report_health(
+            reporter.clone(),
+            rx,
+            drained.clone().cancelled_owned(),
+        ));
+        becomes(&reporter, ServingStatus::Serving).await;
+        serving.send_replace(false);
+        becomes(&reporter, ServingStatus::NotServing).await;
+        serving.send_replace(true);
+        becomes(&reporter, ServingStatus::Serving).await;
+
+        drained.cancel();
+        becomes(&reporter, ServingStatus::NotServing).await;
+        // A lease regained after the drain does not make it SERVING again.
+        serving.send_replace(false);
+        serving.send_replace(true);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(status(&reporter).await, ServingStatus::NotServing);
+    }
 }

@@ -9,6 +9,10 @@
 //!  Disable ─▶ delete spec ─▶ wait (bounded) for the owner's endpoint to go ─▶ DISABLED
 //!  Get / List / Watch ─▶ the mirror (Watch: snapshot, SYNCED, then a CHANGED per node touched)
 //! ```
+//!
+//! `created_at` / `updated_at` are the spec's own (written into it, see
+//! [`spec_doc`]): the same on every replica. A changed spec keeps its
+//! `created_at`; a node without a spec (disabled, port kept) has neither.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -18,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Cluster;
+use crate::coordinator::etcd::spec_doc::{self, SpecTimes};
 use crate::coordinator::etcd::specs::{SpecStoreError, StoredSpec};
 use crate::coordinator::etcd::view::{Change, ClusterView, Entry};
 use crate::coordinator::etcd::EndpointDoc;
@@ -37,14 +42,22 @@ pub struct OwnerView {
 #[derive(Debug, Default)]
 pub struct NodeView {
     pub spec: Option<Result<StoredSpec, String>>,
+    /// When the spec was first written and last changed, if it says.
+    pub times: Option<SpecTimes>,
     pub owner: Option<OwnerView>,
     pub endpoint: Option<(EndpointDoc, i64)>,
     pub port: Option<u16>,
 }
 
-/// Decoded specs by node: (mod revision, result).
-pub type SpecCache =
-    std::sync::Mutex<std::collections::HashMap<NodeId, (i64, Result<StoredSpec, String>)>>;
+/// A spec key's value, opened.
+#[derive(Clone)]
+pub struct Opened {
+    pub spec: Result<StoredSpec, String>,
+    pub times: Option<SpecTimes>,
+}
+
+/// Opened specs by node: (mod revision, spec).
+pub type SpecCache = std::sync::Mutex<std::collections::HashMap<NodeId, (i64, Opened)>>;
 
 #[derive(Debug, Default)]
 pub struct ClusterState {
@@ -80,7 +93,11 @@ pub fn decode(cluster: &Cluster, keys: Vec<(String, Entry)>) -> ClusterState {
         };
         let nv = state.nodes.entry(node.clone()).or_default();
         match leaf {
-            "spec" => nv.spec = Some(open_spec(cluster, &node, entry)),
+            "spec" => {
+                let opened = open_spec(cluster, &node, entry);
+                nv.spec = Some(opened.spec);
+                nv.times = opened.times;
+            }
             "owner" => {
                 nv.owner = Some(OwnerView {
                     replica: String::from_utf8_lossy(&entry.value).into_owned(),
@@ -99,20 +116,23 @@ pub fn decode(cluster: &Cluster, keys: Vec<(String, Entry)>) -> ClusterState {
 }
 
 /// A spec key's value, opened once per revision.
-fn open_spec(cluster: &Cluster, node: &NodeId, entry: &Entry) -> Result<StoredSpec, String> {
+fn open_spec(cluster: &Cluster, node: &NodeId, entry: &Entry) -> Opened {
     let inner = &cluster.inner;
     let mut cache = inner.opened.lock().expect("spec cache");
-    if let Some((rev, spec)) = cache.get(node) {
+    if let Some((rev, opened)) = cache.get(node) {
         if *rev == entry.mod_revision {
-            return spec.clone();
+            return opened.clone();
         }
     }
-    let spec = inner
-        .specs
-        .decode(node, &entry.value, entry.mod_revision)
-        .map_err(|e| e.to_string());
-    cache.insert(node.clone(), (entry.mod_revision, spec.clone()));
-    spec
+    let opened = Opened {
+        spec: inner
+            .specs
+            .decode(node, &entry.value, entry.mod_revision)
+            .map_err(|e| e.to_string()),
+        times: spec_doc::times(&entry.value),
+    };
+    cache.insert(node.clone(), (entry.mod_revision, opened.clone()));
+    opened
 }
 
 impl Cluster {
@@ -123,14 +143,17 @@ impl Cluster {
                 "this console-svc serves no consoles of this kind".into(),
             ));
         }
-        let current = self.inner.specs.get(&spec.node).await.map_err(store_err)?;
+        let (current, times) = self.current_spec(&spec.node).await?;
         let unchanged = current.as_ref().filter(|c| same_spec(c, &spec));
         let newer_than = match unchanged {
             Some(c) => c.mod_revision - 1,
             None => {
-                self.inner
-                    .specs
-                    .put(&spec)
+                let now = SystemTime::now();
+                let times = match (&current, times) {
+                    (Some(_), Some(t)) => t.changed_at(now),
+                    _ => SpecTimes::new_at(now),
+                };
+                spec_doc::writing(times, self.inner.specs.put(&spec))
                     .await
                     .map_err(store_err)?
                     .mod_revision
@@ -152,6 +175,24 @@ impl Cluster {
                 describe(info.as_ref())
             ))),
         }
+    }
+
+    /// The node's spec and its times, from etcd now.
+    async fn current_spec(
+        &self,
+        node: &NodeId,
+    ) -> Result<(Option<StoredSpec>, Option<SpecTimes>), ConsoleError> {
+        let key = format!("consoles/{node}/spec");
+        let keys = self.read_raw(&key).await?;
+        let Some((_, entry)) = keys.into_iter().find(|(k, _)| *k == key) else {
+            return Ok((None, None));
+        };
+        let specs = &self.inner.specs;
+        let spec = specs.decode(node, &entry.value, entry.mod_revision);
+        Ok((
+            Some(spec.map_err(store_err)?),
+            spec_doc::times(&entry.value),
+        ))
     }
 
     pub async fn disable(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
@@ -185,12 +226,16 @@ impl Cluster {
     async fn fresh(&self, starts: &[&str]) -> Result<ClusterState, ConsoleError> {
         let mut keys = Vec::new();
         for start in starts {
-            let read = self.inner.view.read(start).await;
-            keys.extend(
-                read.map_err(|e| ConsoleError::Coordination(CoordError::Etcd(e.to_string())))?,
-            );
+            keys.extend(self.read_raw(start).await?);
         }
         Ok(decode(self, keys))
+    }
+
+    /// Every key starting with `start` (relative to the prefix), from etcd
+    /// now: answers must not lag behind a write made through another replica.
+    pub(super) async fn read_raw(&self, start: &str) -> Result<Vec<(String, Entry)>, ConsoleError> {
+        let read = self.inner.view.read(start).await;
+        read.map_err(|e| ConsoleError::Coordination(CoordError::Etcd(e.to_string())))
     }
 
     fn infos(&self, state: &ClusterState) -> Vec<ConsoleInfo> {
@@ -289,6 +334,8 @@ impl Cluster {
                 info.state = ConsoleState::Starting;
             }
         }
+        info.created_at = nv.times.map(|t| t.created_at);
+        info.updated_at = nv.times.map(|t| t.updated_at);
         info.owner = nv
             .owner
             .as_ref()
@@ -311,8 +358,8 @@ impl Cluster {
         Some(info)
     }
 
+    /// A node's answer before its keys are looked at: no spec, no times.
     fn blank(&self, node: &NodeId, state: ConsoleState) -> ConsoleInfo {
-        let now = SystemTime::now();
         ConsoleInfo {
             node: node.clone(),
             kind: ConsoleKind::Serial,
@@ -320,8 +367,8 @@ impl Cluster {
             endpoint: None,
             owner: String::new(),
             last_error: None,
-            created_at: now,
-            updated_at: now,
+            created_at: None,
+            updated_at: None,
             backend: self.inner.manager.backend_name(ConsoleKind::Serial),
         }
     }

@@ -16,10 +16,12 @@
 //! ```
 //!
 //! - [`api`]: Enable/Disable/Get/List/Watch on the mirrored cluster state.
+//! - [`forward`]: GetConsoleLog on any replica (forwarded to the owner).
 //! - [`placement`]: rendezvous ranking and the claim loop; ownership is sticky.
 //! - [`publish`]: the owner's endpoint keys follow its manager's events.
 
 pub mod api;
+pub mod forward;
 pub mod placement;
 pub mod publish;
 
@@ -118,5 +120,10 @@ impl Cluster {
 
     pub fn draining(&self) -> bool {
         self.inner.taking.is_cancelled()
+    }
+
+    /// Resolves once this replica is drained (it stays drained until restarted).
+    pub async fn drained(&self) {
+        self.inner.taking.cancelled().await
     }
 }

@@ -3,9 +3,19 @@
 //! way out; nothing else in the service sees the sealed form.
 //!
 //! ```text
-//!  ConsoleSpec + port ──to_json (seal)──▶ {"node","kind","port","target":{…"password":"sealed:v1:…"}}
+//!  ConsoleSpec + port ──to_json (seal)──▶ {"node","kind","port","target":{…"password":"sealed:v1:…"},
+//!                                          "created_at","updated_at"}
 //!  value of consoles/<node>/spec ──from_json (open, validate)──▶ ConsoleSpec{requested_port: Some(port)}
+//!                                ──times──▶ SpecTimes (None for documents written before them)
 //! ```
+//!
+//! The times (RFC 3339, UTC) say when the console's spec was first written
+//! and last changed, so every replica reports the same ones. The writer
+//! chooses them: a spec written inside [`writing`] gets the times given
+//! there; one written outside gets "now" for both.
+
+use std::future::Future;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +23,61 @@ use crate::seal::{SealError, Sealer};
 use crate::spec::{
     ConsoleKind, ConsoleSpec, IpmiTarget, NodeId, PrivilegeLevel, Target, VncTarget,
 };
+
+/// When a console's spec was first written and last changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecTimes {
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+impl SpecTimes {
+    /// A spec written now for the first time.
+    pub fn new_at(now: SystemTime) -> Self {
+        Self {
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The same console's spec, changed at `now`.
+    pub fn changed_at(self, now: SystemTime) -> Self {
+        Self {
+            created_at: self.created_at,
+            updated_at: now,
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The times of the spec being written in this task (see [`writing`]).
+    static WRITE_TIMES: SpecTimes;
+}
+
+/// Run `write` (a spec store put) so that the document it writes carries
+/// `times`. The store serializes through [`to_json`] in the calling task,
+/// which reads them from here; this keeps the store's signature unchanged.
+pub async fn writing<F: Future>(times: SpecTimes, write: F) -> F::Output {
+    WRITE_TIMES.scope(times, write).await
+}
+
+/// The times stored in a spec document (None when it predates them or is
+/// not a spec document at all).
+pub fn times(json: &[u8]) -> Option<SpecTimes> {
+    #[derive(Deserialize)]
+    struct TimesOnly {
+        #[serde(default, with = "humantime_serde")]
+        created_at: Option<SystemTime>,
+        #[serde(default, with = "humantime_serde")]
+        updated_at: Option<SystemTime>,
+    }
+    let doc: TimesOnly = serde_json::from_slice(json).ok()?;
+    let created_at = doc.created_at?;
+    Some(SpecTimes {
+        created_at,
+        updated_at: doc.updated_at.unwrap_or(created_at),
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecDocError {
@@ -30,6 +95,19 @@ struct SpecDoc {
     /// The console's port, assigned cluster-wide (`ports/<port>`).
     port: u16,
     target: TargetDoc,
+    /// Absent in documents written before the times were kept.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    created_at: Option<SystemTime>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    updated_at: Option<SystemTime>,
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Eq)]
@@ -67,8 +145,12 @@ struct VncDoc {
     password: Option<String>,
 }
 
-/// The stored form of `spec` served on `port`.
+/// The stored form of `spec` served on `port`, with the times of the
+/// enclosing [`writing`] (else "now" for both).
 pub fn to_json(sealer: &Sealer, spec: &ConsoleSpec, port: u16) -> String {
+    let times = WRITE_TIMES
+        .try_with(|t| *t)
+        .unwrap_or_else(|_| SpecTimes::new_at(SystemTime::now()));
     let node = spec.node.as_str();
     let target = match &spec.target {
         Target::Ipmi(t) => TargetDoc::Ipmi(IpmiDoc {
@@ -93,6 +175,8 @@ pub fn to_json(sealer: &Sealer, spec: &ConsoleSpec, port: u16) -> String {
         },
         port,
         target,
+        created_at: Some(times.created_at),
+        updated_at: Some(times.updated_at),
     };
     serde_json::to_string(&doc).expect("a spec serializes")
 }
@@ -186,6 +270,42 @@ mod tests {
         let json = to_json(&sealer, &vnc, 10006);
         assert!(!json.contains("vncpass"), "{json}");
         assert_eq!(from_json(&sealer, &node(), json.as_bytes()).unwrap(), vnc);
+    }
+
+    #[tokio::test]
+    async fn times_are_the_writers_and_old_documents_still_read() {
+        let sealer = Sealer::from_key(&[3; 32]);
+        let created = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let changed = created + std::time::Duration::from_nanos(86_400_000_000_007);
+        let times = SpecTimes::new_at(created).changed_at(changed);
+        let json = writing(times, async { to_json(&sealer, &ipmi_spec(), 10005) }).await;
+        assert!(
+            json.contains("\"created_at\":\"2023-11-14T22:13:20.123"),
+            "{json}"
+        );
+        assert_eq!(
+            super::times(json.as_bytes()),
+            Some(times),
+            "exact round trip"
+        );
+        assert!(from_json(&sealer, &node(), json.as_bytes()).is_ok());
+
+        let before = SystemTime::now();
+        let unscoped = to_json(&sealer, &ipmi_spec(), 10005);
+        let stamped = super::times(unscoped.as_bytes()).unwrap();
+        assert_eq!(stamped.created_at, stamped.updated_at);
+        assert!(stamped.created_at >= before);
+
+        // A document from before the times: readable, no times.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("created_at");
+        fields.remove("updated_at");
+        let old = old.to_string();
+        let mut want = ipmi_spec();
+        want.requested_port = Some(10005);
+        assert_eq!(from_json(&sealer, &node(), old.as_bytes()).unwrap(), want);
+        assert_eq!(super::times(old.as_bytes()), None);
     }
 
     #[test]

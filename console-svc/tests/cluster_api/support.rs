@@ -1,0 +1,280 @@
+//! What the cluster API scenarios build on: the rig (etcd and its BMCs), a
+//! cluster of `console-svc` replicas (the built binary) on their own
+//! loopback addresses (127.0.0.12 and up), and small gRPC and etcd probes.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::Flock;
+use nix::sys::signal::Signal;
+use pb::console_service_client::ConsoleServiceClient;
+use porthole_proto::console::v1 as pb;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::common;
+
+pub type Client = ConsoleServiceClient<tonic::transport::Channel>;
+
+pub struct Rig {
+    pub etcd: String,
+    pub bmcs: Vec<serde_json::Value>,
+    pub run_dir: PathBuf,
+}
+
+pub fn rig() -> Option<Rig> {
+    let rig = common::rig_json("cluster_api")?;
+    Some(Rig {
+        etcd: rig["etcd"]["endpoints"][0]
+            .as_str()
+            .expect("etcd")
+            .to_owned(),
+        bmcs: rig["bmcs"].as_array().expect("bmcs").clone(),
+        run_dir: rig["run_dir"].as_str().expect("run_dir").into(),
+    })
+}
+
+impl Rig {
+    /// BMC `i` (the last one when the rig has fewer).
+    pub fn bmc(&self, i: usize) -> &serde_json::Value {
+        &self.bmcs[i.min(self.bmcs.len() - 1)]
+    }
+
+    /// BMC `i` for this test alone, shared with the other rig tests' pool.
+    pub async fn lease_bmc(&self, i: usize) -> Flock<File> {
+        let name = self.bmc(i)["name"].as_str().expect("bmc name");
+        let path = self
+            .run_dir
+            .join("porthole-test-locks")
+            .join(format!("{name}.lock"));
+        common::lease_lock(&path).await
+    }
+}
+
+/// How the replicas of one scenario run.
+pub struct Options {
+    pub ports: &'static str,
+    pub ttl: Duration,
+    pub claim_step: Duration,
+}
+
+impl Options {
+    pub fn ports(ports: &'static str) -> Self {
+        Self {
+            ports,
+            ttl: Duration::from_secs(3),
+            claim_step: Duration::from_millis(300),
+        }
+    }
+}
+
+/// One console-svc process.
+pub struct Replica {
+    pub id: String,
+    pub ip: String,
+    pub grpc: SocketAddr,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub etcd: String,
+    pub prefix: String,
+    dir: PathBuf,
+    pub replicas: Vec<Replica>,
+}
+
+impl Cluster {
+    pub fn start(rig: &Rig, test: &str, opts: &Options, n: usize) -> Self {
+        Self::start_via(rig, test, opts, &vec![rig.etcd.clone(); n])
+    }
+
+    /// One replica per etcd endpoint given (e.g. a proxy each).
+    pub fn start_via(rig: &Rig, test: &str, opts: &Options, etcd: &[String]) -> Self {
+        let tag = format!("capi-{test}-{}", std::process::id());
+        let prefix = format!("/porthole-test/{tag}/");
+        let dir = std::env::temp_dir().join(&tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("etcd.key"), "cd".repeat(32)).unwrap();
+        let mut cluster = Self {
+            etcd: rig.etcd.clone(),
+            prefix,
+            dir,
+            replicas: Vec::new(),
+        };
+        for (i, endpoint) in etcd.iter().enumerate() {
+            let ip = format!("127.0.0.{}", i + 12);
+            let grpc = free_addr(&ip);
+            let mut r = Replica {
+                id: format!("replica-{i}"),
+                ip,
+                grpc,
+                child: None,
+            };
+            r.child = Some(spawn(endpoint, &r, &cluster, opts));
+            cluster.replicas.push(r);
+        }
+        cluster
+    }
+
+    pub async fn client(&self, i: usize) -> Client {
+        let channel = self.channel(i).await;
+        ConsoleServiceClient::new(channel)
+    }
+
+    /// grpc.health.v1 of replica `i` for the console service.
+    pub async fn health(&self, i: usize) -> ServingStatus {
+        let mut health = HealthClient::new(self.channel(i).await);
+        let req = HealthCheckRequest {
+            service: "porthole.console.v1.ConsoleService".into(),
+        };
+        match health.check(req).await {
+            Ok(r) => r.into_inner().status(),
+            Err(_) => ServingStatus::Unknown,
+        }
+    }
+
+    /// Wait until replica `i` reports `want` (within 10 s).
+    pub async fn until_health(&self, i: usize, want: ServingStatus) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.health(i).await;
+            if now == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replica {i} stays {now:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn channel(&self, i: usize) -> tonic::transport::Channel {
+        let url = format!("http://{}", self.replicas[i].grpc);
+        let endpoint = tonic::transport::Endpoint::from_shared(url).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match endpoint.connect().await {
+                Ok(c) => return c,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("replica {i} gRPC: {e}"),
+            }
+        }
+    }
+
+    /// The index of the replica named `owner`.
+    pub fn index_of(&self, owner: &str) -> usize {
+        self.replicas
+            .iter()
+            .position(|r| r.id == owner)
+            .unwrap_or_else(|| panic!("no replica {owner:?}"))
+    }
+
+    pub fn signal(&self, i: usize, sig: Signal) {
+        let child = self.replicas[i].child.as_ref().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.replicas {
+            if let Some(mut c) = r.child.take() {
+                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        etcdctl(&self.etcd, &["del", "--prefix", &self.prefix]);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("replica logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new("etcdctl")
+        .args(["--endpoints", endpoint])
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stderr(Stdio::null())
+        .output()
+        .expect("etcdctl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_addr(ip: &str) -> SocketAddr {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap()
+}
+
+fn spawn(etcd: &str, r: &Replica, cluster: &Cluster, opts: &Options) -> Child {
+    // PORTHOLE_CONSOLE_SVC_BIN: another build (e.g. one without a fix).
+    let bin = std::env::var_os("PORTHOLE_CONSOLE_SVC_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_console-svc").into());
+    let dir = &cluster.dir;
+    let log = File::create(dir.join(format!("{}.log", r.id))).unwrap();
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    Command::new(bin)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PORTHOLE_LOG", "info,console_svc=debug")
+        .env("PORTHOLE_SERVICE_LISTEN", r.grpc.to_string())
+        .env("PORTHOLE_SERVICE_REPLICA_ID", &r.id)
+        .env("PORTHOLE_CONSOLE_SOCAT_ADDRESS", &r.ip)
+        .env("PORTHOLE_CONSOLE_PORT_RANGE", opts.ports)
+        .env("PORTHOLE_CONSOLE_TERMINAL_PID_DIR", dir.join(&r.id))
+        .env("PORTHOLE_ETCD_ENDPOINTS", etcd)
+        .env("PORTHOLE_ETCD_PREFIX", &cluster.prefix)
+        .env("PORTHOLE_ETCD_LEASE_TTL", ms(opts.ttl))
+        .env("PORTHOLE_ETCD_CLAIM_STEP", ms(opts.claim_step))
+        .env("PORTHOLE_ETCD_SECRET_KEY_FILE", dir.join("etcd.key"))
+        .env("PORTHOLE_ETCD_ENABLE_TIMEOUT", "8s")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("console-svc binary")
+}
+
+/// Enable `node`'s serial console on rig BMC `bmc`.
+pub fn enable_request(rig: &Rig, bmc: usize, node: &str) -> pb::EnableConsoleRequest {
+    let b = rig.bmc(bmc);
+    let password = std::fs::read_to_string(b["password_file"].as_str().unwrap()).unwrap();
+    pb::EnableConsoleRequest {
+        node_id: node.into(),
+        kind: pb::ConsoleKind::Serial as i32,
+        ipmi: Some(pb::IpmiTarget {
+            address: b["host"].as_str().unwrap().into(),
+            port: b["port"].as_u64().unwrap() as u32,
+            username: b["username"].as_str().unwrap().into(),
+            password: password.trim_end().into(),
+            cipher_suite: Some(b["cipher_suite"].as_u64().unwrap() as u32),
+            privilege_level: String::new(),
+        }),
+        port: 0,
+        vnc: None,
+    }
+}
+
+pub async fn get(c: &mut Client, node: &str) -> pb::Console {
+    let req = pb::GetConsoleRequest {
+        node_id: node.into(),
+    };
+    c.get_console(req).await.expect("get").into_inner()
+}
+
+pub async fn log(c: &mut Client, node: &str) -> Result<pb::GetConsoleLogResponse, tonic::Status> {
+    let req = pb::GetConsoleLogRequest {
+        node_id: node.into(),
+        max_bytes: 0,
+    };
+    c.get_console_log(req).await.map(|r| r.into_inner())
+}
