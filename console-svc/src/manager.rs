@@ -6,6 +6,10 @@
 //! publishes every change to watchers. Enable and disable of one node are
 //! serialized by a per-node lock; different nodes never wait for each other.
 //!
+//! With etcd ([`Placement::Cluster`]) the cluster layer decides: each spec
+//! carries its cluster-wide port, and consoles stopped by a lost lease are
+//! claimed again by placement, in rank order, not resumed here.
+//!
 //! ```text
 //!            enable                 port accepts
 //!  (none) ──────────▶ STARTING ─────────────────▶ RUNNING ◀──┐ probe ok /
@@ -77,6 +81,18 @@ impl Endpoint {
     }
 }
 
+/// Who decides a console's port and whether this replica runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// This replica alone: ports from the local allocator; consoles stopped
+    /// by a lost lease are resumed here as soon as serving returns.
+    Local,
+    /// The cluster layer (etcd): each spec carries its port, reserved
+    /// cluster-wide (`ports/<port>`), which this replica serves as is;
+    /// consoles stopped by a lost lease are left to placement.
+    Cluster,
+}
+
 /// BMC probes running at once (see `Inner::probes`).
 const MAX_CONCURRENT_PROBES: usize = 16;
 
@@ -109,6 +125,8 @@ struct Inner {
     backends: Backends,
     coordinator: Arc<dyn Coordinator>,
     processes: Arc<ProcessTable>,
+    placement: Placement,
+    /// Used with [`Placement::Local`] only.
     ports: Mutex<PortAllocator>,
     slots: Mutex<HashMap<NodeId, Arc<Slot>>>,
     events: broadcast::Sender<ConsoleInfo>,
@@ -147,6 +165,7 @@ impl ConsoleManager {
         backends: Backends,
         coordinator: Arc<dyn Coordinator>,
         processes: Arc<ProcessTable>,
+        placement: Placement,
         cancel: CancellationToken,
     ) -> Self {
         let ports = PortAllocator::new(config.console.port_range.clone());
@@ -156,6 +175,7 @@ impl ConsoleManager {
                 backends,
                 coordinator,
                 processes,
+                placement,
                 ports: Mutex::new(ports),
                 slots: Mutex::default(),
                 events: broadcast::channel(1024).0,
@@ -226,12 +246,7 @@ impl ConsoleManager {
                 return Ok(st.info.clone());
             }
         }
-        let port = self
-            .inner
-            .ports
-            .lock()
-            .expect("ports")
-            .assign(&spec.node, spec.requested_port)?;
+        let port = self.port_for(&spec)?;
         // A changed spec (new BMC, new credentials) restarts on the same port.
         self.stop_running(&slot).await;
         self.update(&slot, |st| {
@@ -307,6 +322,21 @@ impl ConsoleManager {
         supervise::spawn(self.clone(), slot.clone(), &spec, health_rx, supervisor);
         info!(url = %info.endpoint.as_ref().map(Endpoint::url).unwrap_or_default(), "console running");
         Ok(info)
+    }
+
+    /// The port `spec` is served on. In a cluster that is the spec's own:
+    /// the local allocator only knows what this replica served, and would
+    /// refuse a port another replica's node has since given up.
+    fn port_for(&self, spec: &ConsoleSpec) -> Result<u16, ConsoleError> {
+        match self.inner.placement {
+            Placement::Cluster => spec.requested_port.ok_or_else(|| {
+                ConsoleError::invalid(format!("the cluster spec of {} names no port", spec.node))
+            }),
+            Placement::Local => {
+                let mut ports = self.inner.ports.lock().expect("ports");
+                Ok(ports.assign(&spec.node, spec.requested_port)?)
+            }
+        }
     }
 
     /// Stop a node's console; its port stays reserved for it.

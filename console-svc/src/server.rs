@@ -19,7 +19,7 @@ use crate::coordinator::etcd::{EtcdCoordinator, EtcdSettings, Member};
 use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{CoordError, Coordinator};
 use crate::grpc::ConsoleApi;
-use crate::manager::{Backends, ConsoleManager};
+use crate::manager::{Backends, ConsoleManager, Placement};
 use crate::process::ProcessTable;
 use crate::seal::Sealer;
 use crate::sol::native::NativeBackend;
@@ -82,11 +82,16 @@ pub async fn run(
     // frees this replica's consoles for the others at once.
     let coordination = CancellationToken::new();
     let (coordinator, etcd) = coordinator(&config, coordination.clone()).await?;
+    let placement = match etcd {
+        Some(_) => Placement::Cluster,
+        None => Placement::Local,
+    };
     let manager = ConsoleManager::new(
         config.clone(),
         backends,
         coordinator.clone(),
         processes,
+        placement,
         shutdown.child_token(),
     );
     let cluster = match etcd {

@@ -3,7 +3,9 @@
 //! ```text
 //!  serving ──lease lost──▶ fenced: every console stopped (listeners closed,
 //!     ▲                    SOL ended), state FAILED, spec kept
-//!     └──── lease regained: the fenced consoles are enabled again
+//!     └──── lease regained: Local: the fenced consoles are enabled again
+//!                           Cluster: left to placement, which claims each
+//!                           in rank order (rank r after r × claim_step)
 //! ```
 //!
 //! The verdict is a watch, which shows only its latest value: a flip to
@@ -15,11 +17,10 @@
 //! lease keeper turns `serving` off before the lease could expire at the
 //! server, so this replica is quiet before another one may claim its nodes.
 
-use std::sync::Arc;
-
 use tracing::{info, warn};
 
-use super::{ConsoleManager, ConsoleState, Slot};
+use super::{ConsoleManager, ConsoleState, Placement};
+use crate::spec::ConsoleSpec;
 
 /// Why a fenced console is FAILED.
 pub(super) const FENCED: &str = "this replica lost its coordination lease and stopped serving; \
@@ -76,24 +77,31 @@ impl ConsoleManager {
         futures::future::join_all(stops).await;
     }
 
+    /// Serving again: the fenced consoles come back here (local), or by
+    /// placement like any unowned console (cluster), so a rejoining replica
+    /// does not grab them ahead of better-ranked replicas.
     async fn resume_fenced(&self) {
-        let fenced: Vec<Arc<Slot>> = self
+        let specs: Vec<ConsoleSpec> = self
             .slots()
             .into_iter()
-            .filter(|s| s.state.lock().expect("slot lock").fenced)
-            .collect();
-        info!(consoles = fenced.len(), "serving again: resuming consoles");
-        for slot in fenced {
-            let spec = {
+            .filter_map(|slot| {
                 let mut st = slot.state.lock().expect("slot lock");
-                st.fenced = false;
-                st.spec.clone()
-            };
-            if let Some(spec) = spec {
-                let node = spec.node.clone();
-                if let Err(e) = self.enable(spec).await {
-                    warn!(%node, error = %e, "console did not resume");
-                }
+                let fenced = std::mem::take(&mut st.fenced);
+                st.spec.clone().filter(|_| fenced)
+            })
+            .collect();
+        if self.inner.placement == Placement::Cluster {
+            info!(
+                consoles = specs.len(),
+                "serving again: fenced consoles left to placement"
+            );
+            return;
+        }
+        info!(consoles = specs.len(), "serving again: resuming consoles");
+        for spec in specs {
+            let node = spec.node.clone();
+            if let Err(e) = self.enable(spec).await {
+                warn!(%node, error = %e, "console did not resume");
             }
         }
     }

@@ -56,6 +56,16 @@ impl RunningConsole for FakeConsole {
 }
 
 fn manager(range: &str, ipmitool: &str) -> (ConsoleManager, Arc<FakeBackend>) {
+    let coordinator = Arc::new(LocalCoordinator::new("replica-a"));
+    build(range, ipmitool, coordinator, Placement::Local)
+}
+
+fn build(
+    range: &str,
+    ipmitool: &str,
+    coordinator: Arc<dyn Coordinator>,
+    placement: Placement,
+) -> (ConsoleManager, Arc<FakeBackend>) {
     let mut config = Config::default();
     config.console.port_range = range.parse().unwrap();
     config.console.ipmitool_path = ipmitool.into();
@@ -73,8 +83,9 @@ fn manager(range: &str, ipmitool: &str) -> (ConsoleManager, Arc<FakeBackend>) {
     let m = ConsoleManager::new(
         Arc::new(config),
         backends,
-        Arc::new(LocalCoordinator::new("replica-a")),
+        coordinator,
         processes,
+        placement,
         CancellationToken::new(),
     );
     (m, backend)
@@ -264,6 +275,7 @@ async fn losing_the_lease_stops_every_console_and_regaining_it_resumes_them() {
         },
         switch.clone(),
         processes,
+        Placement::Local,
         CancellationToken::new(),
     );
     let mut events = m.subscribe();
@@ -317,6 +329,7 @@ async fn a_lease_lost_and_regained_unseen_still_restarts_every_console() {
         },
         switch.clone(),
         processes,
+        Placement::Local,
         CancellationToken::new(),
     );
     let mut events = m.subscribe();
@@ -344,4 +357,50 @@ async fn next_state(
     })
     .await
     .unwrap_or_else(|_| panic!("no {want:?} event"))
+}
+
+/// In a cluster the spec's port is served as is: a port this replica once
+/// served for another node (which has since moved, through another
+/// replica) is not "taken".
+#[tokio::test]
+async fn in_a_cluster_the_specs_port_is_served_whatever_this_replica_saw() {
+    let coordinator = Arc::new(LocalCoordinator::new("replica-a"));
+    let (m, _) = build("12020:12025", "true", coordinator, Placement::Cluster);
+    m.enable(spec("a", 12020)).await.unwrap();
+    m.disable(&spec("a", 0).node).await.unwrap();
+    // The cluster moved "a" to another port and gave 12020 to "b".
+    let b = m
+        .enable(spec("b", 12020))
+        .await
+        .expect("the cluster's port");
+    assert_eq!(b.endpoint.unwrap().port, 12020);
+    let a = m.enable(spec("a", 12021)).await.unwrap();
+    assert_eq!(a.endpoint.unwrap().port, 12021);
+}
+
+/// In a cluster a regained lease does not restart what the lost one
+/// stopped: placement claims those consoles again, in rank order.
+#[tokio::test]
+async fn in_a_cluster_a_regained_lease_leaves_fenced_consoles_to_placement() {
+    let switch = Arc::new(Switchable {
+        local: LocalCoordinator::new("replica-a"),
+        serving: tokio::sync::watch::Sender::new(true),
+    });
+    let (m, backend) = build("12030:12035", "true", switch.clone(), Placement::Cluster);
+    let mut events = m.subscribe();
+    m.enable(spec("a", 12030)).await.unwrap();
+    switch.serving.send_replace(false);
+    next_state(&mut events, ConsoleState::Failed).await;
+    switch.serving.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        backend.started.load(Ordering::SeqCst),
+        1,
+        "not resumed here"
+    );
+    assert_eq!(m.ownership(&spec("a", 0).node), None, "no claim");
+    // Placement's claim (when it is this replica's turn) starts it.
+    let claimed = m.enable(spec("a", 12030)).await.unwrap();
+    assert_eq!(claimed.state, ConsoleState::Running);
+    assert_eq!(backend.running.load(Ordering::SeqCst), 1);
 }

@@ -22,8 +22,11 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../support/etcd_proxy.rs"]
+mod etcd_proxy;
 mod support;
 
 mod health;
 mod log;
+mod placement;
 mod times;

@@ -17,6 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::common;
+use crate::etcd_proxy::Proxy;
 
 pub type Client = ConsoleServiceClient<tonic::transport::Channel>;
 
@@ -120,6 +121,22 @@ impl Cluster {
         cluster
     }
 
+    /// `n` replicas, each reaching etcd through a proxy of its own that the
+    /// test can cut (`proxies[i]` is replica `i`'s).
+    pub async fn start_behind_proxies(
+        rig: &Rig,
+        test: &str,
+        opts: &Options,
+        n: usize,
+    ) -> (Vec<Proxy>, Self) {
+        let mut proxies = Vec::new();
+        for _ in 0..n {
+            proxies.push(Proxy::start(&rig.etcd).await);
+        }
+        let via: Vec<String> = proxies.iter().map(|p| p.addr.clone()).collect();
+        (proxies, Self::start_via(rig, test, opts, &via))
+    }
+
     pub async fn client(&self, i: usize) -> Client {
         let channel = self.channel(i).await;
         ConsoleServiceClient::new(channel)
@@ -177,6 +194,20 @@ impl Cluster {
         let child = self.replicas[i].child.as_ref().expect("running");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, sig).unwrap();
+    }
+
+    /// `etcdctl put` under this cluster's prefix.
+    pub fn etcd_put(&self, key: &str, value: &str) {
+        let key = format!("{}{key}", self.prefix);
+        etcdctl(&self.etcd, &["put", &key, value]);
+    }
+
+    /// `etcdctl get` under this cluster's prefix: the value, if any.
+    pub fn etcd_get(&self, key: &str) -> Option<String> {
+        let key = format!("{}{key}", self.prefix);
+        let out = etcdctl(&self.etcd, &["get", "--print-value-only", &key]);
+        let value = out.trim_end_matches('\n');
+        (!value.is_empty()).then(|| value.to_owned())
     }
 }
 
@@ -277,4 +308,13 @@ pub async fn log(c: &mut Client, node: &str) -> Result<pb::GetConsoleLogResponse
         max_bytes: 0,
     };
     c.get_console_log(req).await.map(|r| r.into_inner())
+}
+
+/// Poll `done` every 50 ms until it holds; fail with `why` after `within`.
+pub async fn until(within: Duration, why: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{why} (waited {within:?})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
