@@ -10,6 +10,7 @@ mod common;
 use std::time::Instant;
 
 use console_svc::coordinator::etcd::failover::EtcdClient;
+use console_svc::coordinator::etcd::spec_doc::SpecTimes;
 use console_svc::coordinator::etcd::specs::{SpecStore, SpecStoreError};
 use console_svc::ports::{PortError, PortRange};
 use console_svc::seal::Sealer;
@@ -50,6 +51,10 @@ async fn store(ep: &str, prefix: &str, range: &str) -> (SpecStore, Client) {
     )
 }
 
+fn now() -> SpecTimes {
+    SpecTimes::new_at(std::time::SystemTime::now())
+}
+
 async fn failover(ep: &str) -> EtcdClient {
     let options = etcd_client::ConnectOptions::new();
     EtcdClient::connect(&[ep.to_owned()], options, std::time::Duration::from_secs(3))
@@ -87,8 +92,8 @@ async fn specs_are_sealed_and_ports_sticky() {
     let prefix = unique_prefix("specs");
     let (specs, client) = store(&ep, &prefix, "30000:30003").await;
 
-    let a = specs.put(&spec("node-a", None)).await.unwrap();
-    let b = specs.put(&spec("node-b", None)).await.unwrap();
+    let a = specs.put(&spec("node-a", None), now()).await.unwrap();
+    let b = specs.put(&spec("node-b", None), now()).await.unwrap();
     assert_eq!((a.port, b.port), (30000, 30001));
     let keys = dump(&client, &prefix).await;
     assert!(
@@ -101,15 +106,21 @@ async fn specs_are_sealed_and_ports_sticky() {
     assert_eq!(back.spec, a.spec, "password opens again");
     assert!(specs.delete(&a.spec.node).await.unwrap());
     assert!(specs.get(&a.spec.node).await.unwrap().is_none());
-    let again = specs.put(&spec("node-a", None)).await.unwrap();
+    let again = specs.put(&spec("node-a", None), now()).await.unwrap();
     assert_eq!(again.port, 30000, "a disabled node keeps its port");
 
-    let taken = specs.put(&spec("node-c", Some(30001))).await.unwrap_err();
+    let taken = specs
+        .put(&spec("node-c", Some(30001)), now())
+        .await
+        .unwrap_err();
     assert!(
         matches!(taken, SpecStoreError::Port(PortError::Taken { .. })),
         "{taken}"
     );
-    let moved = specs.put(&spec("node-a", Some(30002))).await.unwrap();
+    let moved = specs
+        .put(&spec("node-a", Some(30002)), now())
+        .await
+        .unwrap();
     assert_eq!(moved.port, 30002);
     let keys = dump(&client, &prefix).await;
     assert!(
@@ -132,7 +143,7 @@ async fn concurrent_writers_never_share_a_port() {
     let (two, _) = store(&ep, &prefix, "30100:30120").await;
     let puts = (0..16).map(|i| {
         let s = if i % 2 == 0 { one.clone() } else { two.clone() };
-        async move { s.put(&spec(&format!("n{i}"), None)).await }
+        async move { s.put(&spec(&format!("n{i}"), None), now()).await }
     });
     let mut ports: Vec<u16> = futures::future::join_all(puts)
         .await

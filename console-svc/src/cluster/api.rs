@@ -153,7 +153,9 @@ impl Cluster {
                     (Some(_), Some(t)) => t.changed_at(now),
                     _ => SpecTimes::new_at(now),
                 };
-                spec_doc::writing(times, self.inner.specs.put(&spec))
+                self.inner
+                    .specs
+                    .put(&spec, times)
                     .await
                     .map_err(store_err)?
                     .mod_revision

@@ -11,10 +11,8 @@
 //!
 //! The times (RFC 3339, UTC) say when the console's spec was first written
 //! and last changed, so every replica reports the same ones. The writer
-//! chooses them: a spec written inside [`writing`] gets the times given
-//! there; one written outside gets "now" for both.
+//! chooses them (see `Cluster::enable`).
 
-use std::future::Future;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -47,18 +45,6 @@ impl SpecTimes {
             updated_at: now,
         }
     }
-}
-
-tokio::task_local! {
-    /// The times of the spec being written in this task (see [`writing`]).
-    static WRITE_TIMES: SpecTimes;
-}
-
-/// Run `write` (a spec store put) so that the document it writes carries
-/// `times`. The store serializes through [`to_json`] in the calling task,
-/// which reads them from here; this keeps the store's signature unchanged.
-pub async fn writing<F: Future>(times: SpecTimes, write: F) -> F::Output {
-    WRITE_TIMES.scope(times, write).await
 }
 
 /// The times stored in a spec document (None when it predates them or is
@@ -145,12 +131,8 @@ struct VncDoc {
     password: Option<String>,
 }
 
-/// The stored form of `spec` served on `port`, with the times of the
-/// enclosing [`writing`] (else "now" for both).
-pub fn to_json(sealer: &Sealer, spec: &ConsoleSpec, port: u16) -> String {
-    let times = WRITE_TIMES
-        .try_with(|t| *t)
-        .unwrap_or_else(|_| SpecTimes::new_at(SystemTime::now()));
+/// The stored form of `spec` served on `port`, written with `times`.
+pub fn to_json(sealer: &Sealer, spec: &ConsoleSpec, port: u16, times: SpecTimes) -> String {
     let node = spec.node.as_str();
     let target = match &spec.target {
         Target::Ipmi(t) => TargetDoc::Ipmi(IpmiDoc {
@@ -250,7 +232,7 @@ mod tests {
     #[test]
     fn round_trips_without_clear_passwords() {
         let sealer = Sealer::from_key(&[3; 32]);
-        let json = to_json(&sealer, &ipmi_spec(), 10005);
+        let json = to_json(&sealer, &ipmi_spec(), 10005, now());
         assert!(!json.contains("hunter2"), "{json}");
         assert!(json.contains("\"port\":10005") && json.contains("\"kind\":\"serial\""));
         let back = from_json(&sealer, &node(), json.as_bytes()).unwrap();
@@ -267,18 +249,22 @@ mod tests {
             }),
             requested_port: Some(10006),
         };
-        let json = to_json(&sealer, &vnc, 10006);
+        let json = to_json(&sealer, &vnc, 10006, now());
         assert!(!json.contains("vncpass"), "{json}");
         assert_eq!(from_json(&sealer, &node(), json.as_bytes()).unwrap(), vnc);
     }
 
-    #[tokio::test]
-    async fn times_are_the_writers_and_old_documents_still_read() {
+    fn now() -> SpecTimes {
+        SpecTimes::new_at(SystemTime::now())
+    }
+
+    #[test]
+    fn times_are_the_writers_and_old_documents_still_read() {
         let sealer = Sealer::from_key(&[3; 32]);
         let created = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
         let changed = created + std::time::Duration::from_nanos(86_400_000_000_007);
         let times = SpecTimes::new_at(created).changed_at(changed);
-        let json = writing(times, async { to_json(&sealer, &ipmi_spec(), 10005) }).await;
+        let json = to_json(&sealer, &ipmi_spec(), 10005, times);
         assert!(
             json.contains("\"created_at\":\"2023-11-14T22:13:20.123"),
             "{json}"
@@ -289,12 +275,6 @@ mod tests {
             "exact round trip"
         );
         assert!(from_json(&sealer, &node(), json.as_bytes()).is_ok());
-
-        let before = SystemTime::now();
-        let unscoped = to_json(&sealer, &ipmi_spec(), 10005);
-        let stamped = super::times(unscoped.as_bytes()).unwrap();
-        assert_eq!(stamped.created_at, stamped.updated_at);
-        assert!(stamped.created_at >= before);
 
         // A document from before the times: readable, no times.
         let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -311,7 +291,7 @@ mod tests {
     #[test]
     fn refuses_other_nodes_keys_and_damage() {
         let sealer = Sealer::from_key(&[3; 32]);
-        let json = to_json(&sealer, &ipmi_spec(), 10005);
+        let json = to_json(&sealer, &ipmi_spec(), 10005, now());
         let other = NodeId::parse("node-2").unwrap();
         let err = from_json(&sealer, &other, json.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("names node"), "{err}");

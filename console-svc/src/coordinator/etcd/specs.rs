@@ -22,7 +22,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use tracing::debug;
 
 use super::failover::EtcdClient;
-use super::spec_doc::{self, SpecDocError};
+use super::spec_doc::{self, SpecDocError, SpecTimes};
 use super::Keys;
 use crate::ports::{PortAllocator, PortError, PortRange};
 use crate::seal::Sealer;
@@ -74,9 +74,14 @@ impl SpecStore {
         }
     }
 
-    /// Write `spec` with a cluster-wide port; returns what was stored.
+    /// Write `spec` with a cluster-wide port and the given times; returns
+    /// what was stored.
     #[tracing::instrument(skip_all, fields(node = %spec.node))]
-    pub async fn put(&self, spec: &ConsoleSpec) -> Result<StoredSpec, SpecStoreError> {
+    pub async fn put(
+        &self,
+        spec: &ConsoleSpec,
+        times: SpecTimes,
+    ) -> Result<StoredSpec, SpecStoreError> {
         for attempt in 0..PUT_ATTEMPTS {
             let mut ports = PortAllocator::with_assignments(self.range.clone(), self.held().await?);
             let before = ports.current(&spec.node);
@@ -87,7 +92,7 @@ impl SpecStore {
                 _ => spec.requested_port,
             };
             let port = ports.assign(&spec.node, wanted)?;
-            if let Some(revision) = self.put_txn(spec, before, port).await? {
+            if let Some(revision) = self.put_txn(spec, before, port, times).await? {
                 let mut stored = spec.clone();
                 stored.requested_port = Some(port);
                 return Ok(StoredSpec {
@@ -108,6 +113,7 @@ impl SpecStore {
         spec: &ConsoleSpec,
         before: Option<u16>,
         port: u16,
+        times: SpecTimes,
     ) -> Result<Option<i64>, SpecStoreError> {
         let node = spec.node.as_str();
         let port_key = self.keys.port(port);
@@ -128,7 +134,7 @@ impl SpecStore {
                 ops.push(TxnOp::delete(old_key, None));
             }
         }
-        let json = spec_doc::to_json(&self.sealer, spec, port);
+        let json = spec_doc::to_json(&self.sealer, spec, port, times);
         ops.push(TxnOp::put(self.keys.spec(&spec.node), json, None));
         let txn = Txn::new().when(when).and_then(ops);
         let resp = self
