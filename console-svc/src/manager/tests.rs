@@ -257,27 +257,11 @@ impl Coordinator for Switchable {
 
 #[tokio::test]
 async fn losing_the_lease_stops_every_console_and_regaining_it_resumes_them() {
-    let mut config = Config::default();
-    config.console.port_range = "12000:12005".parse().unwrap();
-    config.console.ipmitool_path = "true".into();
-    let dir = std::env::temp_dir().join(format!("porthole-mgr-fence-{}", std::process::id()));
-    let processes = Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap());
-    let backend = Arc::new(FakeBackend::default());
     let switch = Arc::new(Switchable {
         local: LocalCoordinator::new("replica-a"),
         serving: tokio::sync::watch::Sender::new(true),
     });
-    let m = ConsoleManager::new(
-        Arc::new(config),
-        Backends {
-            serial: backend.clone(),
-            vnc: None,
-        },
-        switch.clone(),
-        processes,
-        Placement::Local,
-        CancellationToken::new(),
-    );
+    let (m, backend) = build("12000:12005", "true", switch.clone(), Placement::Local);
     let mut events = m.subscribe();
     m.enable(spec("a", 0)).await.unwrap();
     m.enable(spec("b", 0)).await.unwrap();
@@ -311,27 +295,11 @@ async fn losing_the_lease_stops_every_console_and_regaining_it_resumes_them() {
 /// must stop (and come back under the new one).
 #[tokio::test]
 async fn a_lease_lost_and_regained_unseen_still_restarts_every_console() {
-    let mut config = Config::default();
-    config.console.port_range = "12010:12015".parse().unwrap();
-    config.console.ipmitool_path = "true".into();
-    let dir = std::env::temp_dir().join(format!("porthole-mgr-flip-{}", std::process::id()));
-    let processes = Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap());
-    let backend = Arc::new(FakeBackend::default());
     let switch = Arc::new(Switchable {
         local: LocalCoordinator::new("replica-a"),
         serving: tokio::sync::watch::Sender::new(true),
     });
-    let m = ConsoleManager::new(
-        Arc::new(config),
-        Backends {
-            serial: backend.clone(),
-            vnc: None,
-        },
-        switch.clone(),
-        processes,
-        Placement::Local,
-        CancellationToken::new(),
-    );
+    let (m, backend) = build("12010:12015", "true", switch.clone(), Placement::Local);
     let mut events = m.subscribe();
     m.enable(spec("a", 0)).await.unwrap();
     // No await in between: the manager's task cannot see the false.
@@ -341,6 +309,11 @@ async fn a_lease_lost_and_regained_unseen_still_restarts_every_console() {
     assert!(fenced.last_error.unwrap().contains("stopped serving"));
     let back = next_state(&mut events, ConsoleState::Running).await;
     assert_eq!(back.endpoint.unwrap().port, 12010, "same port");
+    assert_eq!(
+        backend.started.load(Ordering::SeqCst),
+        2,
+        "stopped, started again"
+    );
 }
 
 async fn next_state(
