@@ -5,12 +5,13 @@
 use porthole_proto::console::v1 as pb;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::support::{rig, Cluster, Options};
+use crate::replicas::Cluster;
+use crate::support::{options, rig};
 
 #[tokio::test]
 async fn a_drained_replica_is_not_serving_but_answers() {
     let Some(rig) = rig() else { return };
-    let cluster = Cluster::start(&rig, "health", &Options::ports("34520:34540"), 2);
+    let cluster = Cluster::start(&rig, "health", &options("34520:34540"), 2);
     cluster.until_health(0, ServingStatus::Serving).await;
     cluster.until_health(1, ServingStatus::Serving).await;
 

@@ -9,7 +9,8 @@ use porthole_proto::console::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{enable_request, get, log, rig, Cluster, Options, Rig};
+use crate::replicas::{enable_request, get, Cluster, Options, Rig};
+use crate::support::{log, options, rig};
 
 const MARKER: &str = "capi-log-marker";
 
@@ -19,7 +20,7 @@ async fn every_replica_answers_get_console_log() {
     let _bmc = rig.lease_bmc(0).await;
     let opts = Options {
         ttl: Duration::from_secs(10),
-        ..Options::ports("34500:34520")
+        ..options("34500:34520")
     };
     let cluster = Cluster::start(&rig, "log", &opts, 2);
     let mut c0 = cluster.client(0).await;
@@ -28,7 +29,7 @@ async fn every_replica_answers_get_console_log() {
         .await
         .expect("enable")
         .into_inner();
-    let owner = cluster.index_of(&con.owner);
+    let owner = cluster.owner_of(&con);
     let other = 1 - owner;
     node_prints(&rig, &con).await;
 
@@ -53,7 +54,10 @@ async fn every_replica_answers_get_console_log() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(err.message().contains(&con.owner), "{err:?}");
     assert!(took < Duration::from_secs(4), "took {took:?}");
-    assert_eq!(get(&mut c0, "capi-log").await.owner, con.owner);
+    assert_eq!(
+        get(&mut c0, "capi-log").await.expect("get").owner,
+        con.owner
+    );
 }
 
 fn text(log: &pb::GetConsoleLogResponse) -> String {

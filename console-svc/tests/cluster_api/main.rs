@@ -19,11 +19,15 @@
 //! of 20 per scenario); each scenario has its own etcd prefix and leases the
 //! BMC it uses with the `flock` the other rig tests use. Without
 //! `PORTHOLE_RIG_JSON` every scenario skips (unless `PORTHOLE_REQUIRE_PEERS`).
+//! [`replicas`] (shared with `ha_rig`) starts the replicas; [`support`] has
+//! this suite's options and probes.
 
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../support/etcd_proxy.rs"]
 mod etcd_proxy;
+#[path = "../support/replicas.rs"]
+mod replicas;
 mod support;
 
 mod health;

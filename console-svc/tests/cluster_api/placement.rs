@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use console_svc::cluster::placement::rank;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::support::{enable_request, get, rig, until, Cluster, Options};
+use crate::replicas::{enable_request, get, Cluster, Options};
+use crate::support::{options, rig, until};
 
 const GHOST: &str = r#"{"replica":"ghost","host":"127.0.0.99","grpc":"127.0.0.99:9"}"#;
 
@@ -24,7 +25,7 @@ async fn a_rejoining_replica_claims_in_rank_order() {
     let _bmc = rig.lease_bmc(1).await;
     let opts = Options {
         claim_step: Duration::from_secs(10),
-        ..Options::ports("34560:34580")
+        ..options("34560:34580")
     };
     let (proxies, cluster) = Cluster::start_behind_proxies(&rig, "rank", &opts, 2).await;
     let node = node_ranked(["ghost", "replica-1", "replica-0"]);
@@ -46,7 +47,11 @@ async fn a_rejoining_replica_claims_in_rank_order() {
     proxies[1].set_open(true);
     let back = || cluster.etcd_get("members/replica-1").is_some();
     until(Duration::from_secs(15), "replica-1 never came back", back).await;
-    assert_eq!(get(&mut c0, &node).await.owner, "replica-0", "sticky");
+    assert_eq!(
+        get(&mut c0, &node).await.expect("get").owner,
+        "replica-0",
+        "sticky"
+    );
 
     // A better-placed member that never claims.
     cluster.etcd_put("members/ghost", GHOST);

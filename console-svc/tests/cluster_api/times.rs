@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use porthole_proto::console::v1 as pb;
 
-use crate::support::{enable_request, get, rig, Client, Cluster, Options};
+use crate::replicas::{enable_request, get, Client, Cluster};
+use crate::support::{options, rig};
 
 const NODE: &str = "capi-times";
 
@@ -14,7 +15,7 @@ const NODE: &str = "capi-times";
 async fn created_and_updated_are_the_specs_own_times_on_every_replica() {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(1).await;
-    let cluster = Cluster::start(&rig, "times", &Options::ports("34540:34560"), 2);
+    let cluster = Cluster::start(&rig, "times", &options("34540:34560"), 2);
     let (mut c0, mut c1) = (cluster.client(0).await, cluster.client(1).await);
     let before = SystemTime::now() - Duration::from_secs(1);
     let enabled = c0
@@ -29,7 +30,11 @@ async fn created_and_updated_are_the_specs_own_times_on_every_replica() {
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for c in [&mut c0, &mut c1] {
-        assert_eq!(times(&get(c, NODE).await), first, "Get, any replica, later");
+        assert_eq!(
+            times(&get(c, NODE).await.expect("get")),
+            first,
+            "Get, any replica, later"
+        );
         assert_eq!(listed(c).await, first, "List, any replica, later");
     }
 
@@ -41,7 +46,7 @@ async fn created_and_updated_are_the_specs_own_times_on_every_replica() {
     assert_eq!(second.0, first.0, "created_at stays");
     assert!(second.1 > first.1 + Duration::from_secs(1), "{second:?}");
     for c in [&mut c0, &mut c1] {
-        assert_eq!(times(&get(c, NODE).await), second);
+        assert_eq!(times(&get(c, NODE).await.expect("get")), second);
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{accepts, enable_request, list, rig, Cluster, TTL};
+use crate::replicas::{enable_request, Cluster};
+use crate::support::{accepts, list, options, rig, NODE, TTL};
 
 /// Benchmark (printed, not asserted): takeover time for many idle consoles
 /// and etcd requests per second at steady state. Consoles point at an
@@ -26,10 +27,10 @@ async fn bench_takeover_and_steady_state_etcd_rate() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let mut cluster = Cluster::start(&rig, "bench", "38000:39100", 3);
+    let mut cluster = Cluster::start(&rig, "bench", &options("38000:39100"), 3);
     let c0 = cluster.client(0).await;
     let t = Instant::now();
-    let template = enable_request(&rig);
+    let template = enable_request(&rig, 0, NODE);
     let enables = futures::stream::iter(0..n).map(|i| {
         let mut c = c0.clone();
         let mut req = template.clone();

@@ -7,17 +7,16 @@ use std::time::{Duration, Instant};
 
 use porthole_proto::console::v1 as pb;
 
-use crate::support::{
-    enable, get, lease_bmc, list, listening, rig, served_elsewhere, Checker, Cluster,
-};
+use crate::replicas::{get, Cluster};
+use crate::support::{enable, list, listening, options, rig, served_elsewhere, Checker, NODE};
 
 /// `console-svc drain` empties the owner without stopping it; a WatchConsoles
 /// stream on the other replica sees the console move.
 #[tokio::test]
 async fn drain_hands_consoles_over_and_watch_shows_it() {
     let Some(rig) = rig() else { return };
-    let _bmc = lease_bmc(&rig).await;
-    let cluster = Cluster::start(&rig, "drain", "31460:31470", 2);
+    let _bmc = rig.lease_bmc(0).await;
+    let cluster = Cluster::start(&rig, "drain", &options("31460:31470"), 2);
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);
@@ -62,8 +61,8 @@ async fn drain_hands_consoles_over_and_watch_shows_it() {
     // The drained replica does not take it back; Get agrees on both.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut drained = cluster.client(owner).await;
-    let on_drained = get(&mut drained).await.unwrap();
-    let on_other = get(&mut other).await.unwrap();
+    let on_drained = get(&mut drained, NODE).await.unwrap();
+    let on_other = get(&mut other, NODE).await.unwrap();
     assert_eq!(
         (on_drained.owner.as_str(), on_drained.url.as_str()),
         (moved.owner.as_str(), moved.url.as_str())

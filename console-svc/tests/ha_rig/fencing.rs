@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::replicas::{enable_request, Cluster};
 use crate::support::{
-    enable, enable_request, lease_bmc, listening, rig, served_elsewhere,
-    still_nobody_listens_after, until_nobody_listens, Checker, Cluster, TTL,
+    enable, listening, options, rig, served_elsewhere, still_nobody_listens_after,
+    until_nobody_listens, Checker, TTL,
 };
 
 /// The owner loses etcd (its own proxy cut) while its viewers can still reach
@@ -15,8 +16,9 @@ use crate::support::{
 #[tokio::test]
 async fn a_replica_cut_off_from_etcd_stops_before_another_starts_its_console() {
     let Some(rig) = rig() else { return };
-    let _bmc = lease_bmc(&rig).await;
-    let (proxies, cluster) = Cluster::start_behind_proxies(&rig, "cut", "31440:31450").await;
+    let _bmc = rig.lease_bmc(0).await;
+    let (proxies, cluster) =
+        Cluster::start_behind_proxies(&rig, "cut", &options("31440:31450"), 2).await;
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);
@@ -50,11 +52,10 @@ async fn a_replica_cut_off_from_etcd_stops_before_another_starts_its_console() {
 #[tokio::test]
 async fn enable_that_nobody_can_serve_is_deadline_exceeded() {
     let Some(rig) = rig() else { return };
-    let cluster = Cluster::start(&rig, "deadline", "31480:31490", 2);
+    let cluster = Cluster::start(&rig, "deadline", &options("31480:31490"), 2);
     let _squatter = std::net::TcpListener::bind("0.0.0.0:31485").unwrap();
     let mut c0 = cluster.client(0).await;
-    let mut req = enable_request(&rig);
-    req.node_id = "ha-nowhere".into();
+    let mut req = enable_request(&rig, 0, "ha-nowhere");
     req.port = 31485;
     let started = Instant::now();
     let err = c0.enable_console(req).await.unwrap_err();
@@ -69,8 +70,9 @@ async fn enable_that_nobody_can_serve_is_deadline_exceeded() {
 #[tokio::test]
 async fn without_etcd_nobody_serves_and_service_returns_with_it() {
     let Some(rig) = rig() else { return };
-    let _bmc = lease_bmc(&rig).await;
-    let (proxies, cluster) = Cluster::start_behind_proxies(&rig, "alldown", "31500:31510").await;
+    let _bmc = rig.lease_bmc(0).await;
+    let (proxies, cluster) =
+        Cluster::start_behind_proxies(&rig, "alldown", &options("31500:31510"), 2).await;
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);

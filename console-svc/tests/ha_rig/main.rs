@@ -22,13 +22,17 @@
 //! The scenarios, one module a group: [`takeover`] (kill -9 and SIGTERM of
 //! the owner), [`fencing`] (cut off from etcd, etcd gone, nobody can serve),
 //! [`drain`], [`three_members`] (3-member etcd: a follower stopped, the
-//! leader killed, quorum lost) and [`bench`] (ignored, by hand). [`support`] starts replicas and
-//! watches who listens; [`rig3`] is the 3-member rig.
+//! leader killed, quorum lost) and [`bench`] (ignored, by hand).
+//! [`replicas`] (shared with `cluster_api`) starts the replicas; [`support`]
+//! has this suite's options and watches who listens; [`rig3`] is the
+//! 3-member rig.
 
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../support/etcd_proxy.rs"]
 mod etcd_proxy;
+#[path = "../support/replicas.rs"]
+mod replicas;
 mod rig3;
 mod support;
 

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::Rig;
+use crate::replicas::Rig;
 
 /// A rig of its own with a 3-member etcd cluster (rig-up.sh with
 /// `RIG_ETCD_MEMBERS=3`), stopped by rig-down.sh when dropped.
@@ -73,7 +73,7 @@ impl Rig3 {
         assert_eq!(guard.etcd_pids.len(), 3, "{pids}");
         let rig = Rig {
             etcd: endpoints.join(","),
-            bmc: json["bmcs"][0].clone(),
+            bmcs: json["bmcs"].as_array().expect("bmcs").clone(),
             run_dir: guard.run_dir.clone(),
         };
         (guard, rig)

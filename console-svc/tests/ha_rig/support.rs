@@ -1,258 +1,44 @@
-//! What every HA scenario builds on: the rig (etcd and one leased BMC), a
-//! cluster of `console-svc` replicas (start, signal, stop), the checker
-//! that fails on two listeners at once, and small probes of who serves.
+//! What the HA scenarios build on besides [`crate::replicas`]: their
+//! replica options (127.0.0.2 and up, TTL 3 s), the rig BMC's console
+//! (node `ha-node`), the checker that fails on two listeners at once, and
+//! small probes of who serves.
 
-use std::fs::File;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::Flock;
-use nix::sys::signal::Signal;
-use pb::console_service_client::ConsoleServiceClient;
 use porthole_proto::console::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common;
-use crate::etcd_proxy::Proxy;
+use crate::replicas::{enable_request, get, Client, Options, Rig};
 
 pub const TTL: Duration = Duration::from_secs(3);
 
-pub type Client = ConsoleServiceClient<tonic::transport::Channel>;
-
-pub struct Rig {
-    pub etcd: String,
-    pub bmc: serde_json::Value,
-    pub run_dir: PathBuf,
-}
+/// The node whose console the scenarios enable (on the rig's first BMC).
+pub const NODE: &str = "ha-node";
 
 pub fn rig() -> Option<Rig> {
-    let rig = common::rig_json("ha_rig")?;
-    Some(Rig {
-        etcd: rig["etcd"]["endpoints"][0]
-            .as_str()
-            .expect("etcd")
-            .to_owned(),
-        bmc: rig["bmcs"][0].clone(),
-        run_dir: rig["run_dir"].as_str().expect("run_dir").into(),
-    })
+    Rig::load("ha_rig")
 }
 
-/// The BMC for this test alone, shared with the other rig tests' pool.
-pub async fn lease_bmc(rig: &Rig) -> Flock<File> {
-    let name = rig.bmc["name"].as_str().expect("bmc name");
-    let path = rig
-        .run_dir
-        .join("porthole-test-locks")
-        .join(format!("{name}.lock"));
-    common::lease_lock(&path).await
-}
-
-/// One console-svc process.
-pub struct Replica {
-    pub id: String,
-    pub ip: String,
-    pub grpc: SocketAddr,
-    child: Option<Child>,
-}
-
-pub struct Cluster {
-    pub etcd: String,
-    /// The replicas' lease TTL.
-    pub ttl: Duration,
-    pub prefix: String,
-    dir: PathBuf,
-    pub replicas: Vec<Replica>,
-}
-
-impl Cluster {
-    pub fn start(rig: &Rig, test: &str, ports: &str, n: usize) -> Self {
-        Self::start_via(rig, test, ports, &vec![rig.etcd.clone(); n])
-    }
-
-    /// Like [`Self::start`] with a lease TTL other than [`TTL`].
-    pub fn start_with_ttl(rig: &Rig, test: &str, ports: &str, n: usize, ttl: Duration) -> Self {
-        Self::start_with(rig, test, ports, &vec![rig.etcd.clone(); n], ttl)
-    }
-
-    /// One replica per etcd endpoint given (e.g. a proxy each).
-    pub fn start_via(rig: &Rig, test: &str, ports: &str, etcd: &[String]) -> Self {
-        Self::start_with(rig, test, ports, etcd, TTL)
-    }
-
-    fn start_with(rig: &Rig, test: &str, ports: &str, etcd: &[String], ttl: Duration) -> Self {
-        let prefix = format!("/porthole-test/{test}-{}/", std::process::id());
-        let dir = std::env::temp_dir().join(format!("ha-{test}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("etcd.key"), "ab".repeat(32)).unwrap();
-        let replicas = (0..etcd.len())
-            .map(|i| {
-                let ip = format!("127.0.0.{}", i + 2);
-                let grpc = free_addr(&ip);
-                let mut r = Replica {
-                    id: format!("replica-{i}"),
-                    ip,
-                    grpc,
-                    child: None,
-                };
-                r.child = Some(spawn(&etcd[i], &r, &prefix, &dir, ports, ttl));
-                r
-            })
-            .collect();
-        Self {
-            etcd: rig.etcd.clone(),
-            ttl,
-            prefix,
-            dir,
-            replicas,
-        }
-    }
-
-    /// Two replicas, each reaching etcd through a proxy of its own that the
-    /// test can cut (`proxies[i]` is replica `i`'s).
-    pub async fn start_behind_proxies(rig: &Rig, test: &str, ports: &str) -> ([Proxy; 2], Self) {
-        let proxies = [Proxy::start(&rig.etcd).await, Proxy::start(&rig.etcd).await];
-        let via: Vec<String> = proxies.iter().map(|p| p.addr.clone()).collect();
-        let cluster = Self::start_via(rig, test, ports, &via);
-        (proxies, cluster)
-    }
-
-    pub async fn client(&self, i: usize) -> Client {
-        let url = format!("http://{}", self.replicas[i].grpc);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match ConsoleServiceClient::connect(url.clone()).await {
-                Ok(c) => return c,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                Err(e) => panic!("replica {i} gRPC: {e}"),
-            }
-        }
-    }
-
-    /// The index of the replica that owns `con`.
-    pub fn owner_of(&self, con: &pb::Console) -> usize {
-        self.replicas
-            .iter()
-            .position(|r| r.id == con.owner)
-            .expect("owner")
-    }
-
-    pub fn signal(&mut self, i: usize, sig: Signal) {
-        let child = self.replicas[i].child.as_mut().expect("running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, sig).unwrap();
-    }
-
-    pub fn wait(&mut self, i: usize) {
-        if let Some(mut c) = self.replicas[i].child.take() {
-            let _ = c.wait();
-        }
-    }
-
-    /// kill -9 replica `i` and reap it.
-    pub fn kill_9(&mut self, i: usize) {
-        self.signal(i, Signal::SIGKILL);
-        self.wait(i);
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for r in &mut self.replicas {
-            if let Some(mut c) = r.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        let _ = Command::new("etcdctl")
-            .args(["--endpoints", &self.etcd, "del", "--prefix", &self.prefix])
-            .env("ETCDCTL_API", "3")
-            .stdout(Stdio::null())
-            .status();
-        if std::env::var_os("HA_KEEP_LOGS").is_some() {
-            eprintln!("replica logs kept in {} (HA_KEEP_LOGS)", self.dir.display());
-        } else if std::thread::panicking() {
-            // The replicas' logs tell why: keep them, and show them.
-            eprintln!("replica logs kept in {}", self.dir.display());
-            for r in &self.replicas {
-                let log = self.dir.join(format!("{}.log", r.id));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!("--- last lines of {}:", log.display());
-                for line in tail.into_iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn free_addr(ip: &str) -> SocketAddr {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    l.local_addr().unwrap()
-}
-
-fn spawn(
-    etcd: &str,
-    r: &Replica,
-    prefix: &str,
-    dir: &std::path::Path,
-    ports: &str,
-    ttl: Duration,
-) -> Child {
-    let bin = env!("CARGO_BIN_EXE_console-svc");
-    let log = File::create(dir.join(format!("{}.log", r.id))).unwrap();
-    Command::new(bin)
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("PORTHOLE_LOG", "info,console_svc=debug")
-        .env("PORTHOLE_SERVICE_LISTEN", r.grpc.to_string())
-        .env("PORTHOLE_SERVICE_REPLICA_ID", &r.id)
-        .env("PORTHOLE_CONSOLE_SOCAT_ADDRESS", &r.ip)
-        .env("PORTHOLE_CONSOLE_PORT_RANGE", ports)
-        .env("PORTHOLE_CONSOLE_TERMINAL_PID_DIR", dir.join(&r.id))
-        .env("PORTHOLE_ETCD_ENDPOINTS", etcd)
-        .env("PORTHOLE_ETCD_PREFIX", prefix)
-        .env("PORTHOLE_ETCD_LEASE_TTL", format!("{}s", ttl.as_secs()))
-        .env("PORTHOLE_ETCD_SECRET_KEY_FILE", dir.join("etcd.key"))
-        .env("PORTHOLE_ETCD_ENABLE_TIMEOUT", "4s")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("console-svc binary")
-}
-
-pub fn enable_request(rig: &Rig) -> pb::EnableConsoleRequest {
-    let b = &rig.bmc;
-    let password = std::fs::read_to_string(b["password_file"].as_str().unwrap()).unwrap();
-    pb::EnableConsoleRequest {
-        node_id: "ha-node".into(),
-        kind: pb::ConsoleKind::Serial as i32,
-        ipmi: Some(pb::IpmiTarget {
-            address: b["host"].as_str().unwrap().into(),
-            port: b["port"].as_u64().unwrap() as u32,
-            username: b["username"].as_str().unwrap().into(),
-            password: password.trim_end().into(),
-            cipher_suite: Some(b["cipher_suite"].as_u64().unwrap() as u32),
-            privilege_level: String::new(),
-        }),
-        port: 0,
-        vnc: None,
+/// Replicas on 127.0.0.2 and up, console ports `ports`, lease TTL [`TTL`].
+pub fn options(ports: &'static str) -> Options {
+    Options {
+        ports,
+        ttl: TTL,
+        claim_step: Duration::from_millis(300),
+        enable_timeout: Duration::from_secs(4),
+        first_ip: 2,
+        etcd_tag: "",
+        dir_tag: "ha-",
     }
 }
 
 /// Enable the rig BMC's console (node `ha-node`) through `c`.
 pub async fn enable(c: &mut Client, rig: &Rig) -> pb::Console {
-    c.enable_console(enable_request(rig))
+    c.enable_console(enable_request(rig, 0, NODE))
         .await
         .expect("enable")
         .into_inner()
@@ -382,13 +168,6 @@ pub async fn still_nobody_listens_after(port: u16, quiet: Duration, why: &str) {
     assert!(listening(port).is_empty(), "{why}");
 }
 
-pub async fn get(c: &mut Client) -> Option<pb::Console> {
-    let req = pb::GetConsoleRequest {
-        node_id: "ha-node".into(),
-    };
-    c.get_console(req).await.ok().map(|r| r.into_inner())
-}
-
 /// Every console, as ListConsoles on `c` has them.
 pub async fn list(c: &mut Client) -> Vec<pb::Console> {
     c.list_consoles(pb::ListConsolesRequest {})
@@ -402,7 +181,7 @@ pub async fn list(c: &mut Client) -> Vec<pb::Console> {
 pub async fn served_elsewhere(c: &mut Client, not: &str, within: Duration) -> pb::Console {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(con) = get(c).await {
+        if let Ok(con) = get(c, NODE).await {
             let up = con.state == pb::ConsoleState::Running as i32 && con.owner != not;
             if up && accepts(&con).await {
                 return con;
@@ -425,7 +204,7 @@ pub async fn accepts(con: &pb::Console) -> bool {
 /// The node side of the rig BMC's serial line, and a viewer on `con`'s
 /// port, connected in that order.
 pub async fn connect_node_and_viewer(rig: &Rig, con: &pb::Console) -> (TcpStream, TcpStream) {
-    let hc = &rig.bmc["host_console"];
+    let hc = &rig.bmc(0)["host_console"];
     let node_addr = format!(
         "{}:{}",
         hc["host"].as_str().unwrap(),
@@ -459,14 +238,4 @@ pub async fn typing_reaches_the_node(rig: &Rig, con: &pb::Console) {
         "typing never reached the node: {:?}",
         String::from_utf8_lossy(&seen)
     );
-}
-
-pub async fn etcd_dump(etcd: &str, prefix: &str) -> String {
-    let out = tokio::process::Command::new("etcdctl")
-        .args(["--endpoints", etcd, "get", "--prefix", prefix])
-        .env("ETCDCTL_API", "3")
-        .output()
-        .await
-        .expect("etcdctl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -6,16 +6,17 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::replicas::{get, Cluster};
 use crate::support::{
-    enable, enable_running, etcd_dump, get, lease_bmc, list, rig, served_elsewhere,
-    typing_reaches_the_node, until_let_go, Checker, Cluster, TTL,
+    enable, enable_running, list, options, rig, served_elsewhere, typing_reaches_the_node,
+    until_let_go, Checker, NODE, TTL,
 };
 
 #[tokio::test]
 async fn kill_9_of_the_owner_moves_the_console_to_a_survivor_on_the_same_port() {
     let Some(rig) = rig() else { return };
-    let _bmc = lease_bmc(&rig).await;
-    let mut cluster = Cluster::start(&rig, "kill9", "31400:31410", 3);
+    let _bmc = rig.lease_bmc(0).await;
+    let mut cluster = Cluster::start(&rig, "kill9", &options("31400:31410"), 3);
     let mut c0 = cluster.client(0).await;
     let con = enable_running(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);
@@ -23,15 +24,15 @@ async fn kill_9_of_the_owner_moves_the_console_to_a_survivor_on_the_same_port() 
     // Any replica answers Get/List consistently.
     for i in 1..3 {
         let mut c = cluster.client(i).await;
-        let other = get(&mut c).await.expect("get on another replica");
+        let other = get(&mut c, NODE).await.expect("get on another replica");
         assert_eq!(
             (other.owner.as_str(), other.port, other.url.as_str()),
             (con.owner.as_str(), con.port, con.url.as_str())
         );
         assert_eq!(list(&mut c).await.len(), 1);
     }
-    let dump = etcd_dump(&cluster.etcd, &cluster.prefix).await;
-    let password = std::fs::read_to_string(rig.bmc["password_file"].as_str().unwrap()).unwrap();
+    let dump = cluster.etcd_dump();
+    let password = std::fs::read_to_string(rig.bmc(0)["password_file"].as_str().unwrap()).unwrap();
     // The rig's password is "password", also a JSON key: look for it as a value.
     let clear = format!(":\"{}\"", password.trim_end());
     assert!(
@@ -59,8 +60,8 @@ async fn kill_9_of_the_owner_moves_the_console_to_a_survivor_on_the_same_port() 
 #[tokio::test]
 async fn sigterm_of_the_owner_hands_over_within_a_second() {
     let Some(rig) = rig() else { return };
-    let _bmc = lease_bmc(&rig).await;
-    let mut cluster = Cluster::start(&rig, "sigterm", "31420:31430", 2);
+    let _bmc = rig.lease_bmc(0).await;
+    let mut cluster = Cluster::start(&rig, "sigterm", &options("31420:31430"), 2);
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);

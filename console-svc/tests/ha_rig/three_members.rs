@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
 
+use crate::replicas::{get, Cluster, Options};
 use crate::rig3::{etcd_leader, not_leading, still_open, type_and_see, Rig3};
 use crate::support::{
-    connect_node_and_viewer, enable_running, get, listening, rig, served_elsewhere,
-    still_nobody_listens_after, typing_reaches_the_node, until_nobody_listens, Checker, Cluster,
+    connect_node_and_viewer, enable_running, listening, options, rig, served_elsewhere,
+    still_nobody_listens_after, typing_reaches_the_node, until_nobody_listens, Checker, NODE,
 };
 
 /// The default lease TTL. A leader election stalls renewals for up to two
@@ -64,7 +65,11 @@ async fn three_member_cluster_survives_one_member_and_fences_without_quorum() {
     let t0 = Instant::now();
     let (rig3, rig) = Rig3::up();
     eprintln!("rig3 up after {:?}", t0.elapsed());
-    let cluster = Cluster::start_with_ttl(&rig, "cluster3", "31520:31530", 2, LEASE_TTL);
+    let opts = Options {
+        ttl: LEASE_TTL,
+        ..options("31520:31530")
+    };
+    let cluster = Cluster::start(&rig, "cluster3", &opts, 2);
     let mut c0 = cluster.client(0).await;
     let con = enable_running(&mut c0, &rig).await;
     let port = con.port as u16;
@@ -138,7 +143,7 @@ async fn three_member_cluster_survives_one_member_and_fences_without_quorum() {
         killed_at.elapsed()
     );
     let mut c = cluster.client(1).await;
-    let now = get(&mut c).await.expect("Get with 2 of 3 members");
+    let now = get(&mut c, NODE).await.expect("Get with 2 of 3 members");
     assert_eq!(
         (now.owner.as_str(), now.port),
         (con.owner.as_str(), con.port)

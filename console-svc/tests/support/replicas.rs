@@ -1,0 +1,352 @@
+//! `console-svc` replica processes (the built binary) against the rig's
+//! etcd, for the multi-replica suites (`ha_rig`, `cluster_api`): the rig
+//! (etcd and its BMCs, leased with the shared `flock`), a [`Cluster`] of
+//! replicas on loopback addresses of their own as [`Options`] says (start,
+//! through proxies, signal, stop; logs kept when a test fails), gRPC and
+//! health clients, Enable/Get requests and etcdctl under the cluster's
+//! prefix. Included by tests with `#[path]`, beside `common` and
+//! `etcd_proxy` at the crate root.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::Flock;
+use nix::sys::signal::Signal;
+use pb::console_service_client::ConsoleServiceClient;
+use porthole_proto::console::v1 as pb;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::common;
+use crate::etcd_proxy::Proxy;
+
+pub type Client = ConsoleServiceClient<tonic::transport::Channel>;
+
+/// The rig: its etcd endpoint(s) and BMCs.
+pub struct Rig {
+    /// etcd client URL(s), comma-separated.
+    pub etcd: String,
+    pub bmcs: Vec<serde_json::Value>,
+    pub run_dir: PathBuf,
+}
+
+impl Rig {
+    /// The rig of `PORTHOLE_RIG_JSON` (its first etcd member); `None` skips
+    /// the test (see [`common::rig_json`]).
+    pub fn load(suite: &str) -> Option<Self> {
+        let rig = common::rig_json(suite)?;
+        Some(Self {
+            etcd: rig["etcd"]["endpoints"][0]
+                .as_str()
+                .expect("etcd")
+                .to_owned(),
+            bmcs: rig["bmcs"].as_array().expect("bmcs").clone(),
+            run_dir: rig["run_dir"].as_str().expect("run_dir").into(),
+        })
+    }
+
+    /// BMC `i` (the last one when the rig has fewer).
+    pub fn bmc(&self, i: usize) -> &serde_json::Value {
+        &self.bmcs[i.min(self.bmcs.len() - 1)]
+    }
+
+    /// BMC `i` for this test alone, shared with the other rig tests' pool.
+    pub async fn lease_bmc(&self, i: usize) -> Flock<File> {
+        let name = self.bmc(i)["name"].as_str().expect("bmc name");
+        let path = self
+            .run_dir
+            .join("porthole-test-locks")
+            .join(format!("{name}.lock"));
+        common::lease_lock(&path).await
+    }
+}
+
+/// How the replicas of one scenario run. Each suite has its own defaults.
+pub struct Options {
+    /// `PORTHOLE_CONSOLE_PORT_RANGE`, e.g. `"31400:31410"`.
+    pub ports: &'static str,
+    /// The replicas' lease TTL.
+    pub ttl: Duration,
+    /// Claim delay per placement rank.
+    pub claim_step: Duration,
+    /// How long Enable waits for a replica to serve.
+    pub enable_timeout: Duration,
+    /// Replica `i` listens (gRPC and consoles) on 127.0.0.`first_ip + i`.
+    pub first_ip: u8,
+    /// The etcd prefix is `/porthole-test/{etcd_tag}{test}-{pid}/`.
+    pub etcd_tag: &'static str,
+    /// The replicas' logs go to `$TMPDIR/{dir_tag}{test}-{pid}`.
+    pub dir_tag: &'static str,
+}
+
+/// One console-svc process.
+pub struct Replica {
+    pub id: String,
+    pub ip: String,
+    pub grpc: SocketAddr,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub etcd: String,
+    /// The replicas' lease TTL.
+    pub ttl: Duration,
+    pub prefix: String,
+    dir: PathBuf,
+    pub replicas: Vec<Replica>,
+}
+
+impl Cluster {
+    /// `n` replicas on the rig's etcd.
+    pub fn start(rig: &Rig, test: &str, opts: &Options, n: usize) -> Self {
+        Self::start_via(rig, test, opts, &vec![rig.etcd.clone(); n])
+    }
+
+    /// One replica per etcd endpoint given (e.g. a proxy each).
+    pub fn start_via(rig: &Rig, test: &str, opts: &Options, etcd: &[String]) -> Self {
+        let pid = std::process::id();
+        let prefix = format!("/porthole-test/{}{test}-{pid}/", opts.etcd_tag);
+        let dir = std::env::temp_dir().join(format!("{}{test}-{pid}", opts.dir_tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("etcd.key"), "ab".repeat(32)).unwrap();
+        let mut cluster = Self {
+            etcd: rig.etcd.clone(),
+            ttl: opts.ttl,
+            prefix,
+            dir,
+            replicas: Vec::new(),
+        };
+        for (i, endpoint) in etcd.iter().enumerate() {
+            let ip = format!("127.0.0.{}", usize::from(opts.first_ip) + i);
+            let grpc = free_addr(&ip);
+            let mut r = Replica {
+                id: format!("replica-{i}"),
+                ip,
+                grpc,
+                child: None,
+            };
+            r.child = Some(spawn(endpoint, &r, &cluster, opts));
+            cluster.replicas.push(r);
+        }
+        cluster
+    }
+
+    /// `n` replicas, each reaching etcd through a proxy of its own that the
+    /// test can cut (`proxies[i]` is replica `i`'s).
+    pub async fn start_behind_proxies(
+        rig: &Rig,
+        test: &str,
+        opts: &Options,
+        n: usize,
+    ) -> (Vec<Proxy>, Self) {
+        let mut proxies = Vec::new();
+        for _ in 0..n {
+            proxies.push(Proxy::start(&rig.etcd).await);
+        }
+        let via: Vec<String> = proxies.iter().map(|p| p.addr.clone()).collect();
+        (proxies, Self::start_via(rig, test, opts, &via))
+    }
+
+    /// The console API of replica `i` (waits up to 20 s for it to listen).
+    pub async fn client(&self, i: usize) -> Client {
+        ConsoleServiceClient::new(self.channel(i).await)
+    }
+
+    /// grpc.health.v1 of replica `i` for the console service.
+    pub async fn health(&self, i: usize) -> ServingStatus {
+        let mut health = HealthClient::new(self.channel(i).await);
+        let req = HealthCheckRequest {
+            service: "porthole.console.v1.ConsoleService".into(),
+        };
+        match health.check(req).await {
+            Ok(r) => r.into_inner().status(),
+            Err(_) => ServingStatus::Unknown,
+        }
+    }
+
+    /// Wait until replica `i` reports `want` (within 10 s).
+    pub async fn until_health(&self, i: usize, want: ServingStatus) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.health(i).await;
+            if now == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replica {i} stays {now:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn channel(&self, i: usize) -> tonic::transport::Channel {
+        let url = format!("http://{}", self.replicas[i].grpc);
+        let endpoint = tonic::transport::Endpoint::from_shared(url).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match endpoint.connect().await {
+                Ok(c) => return c,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("replica {i} gRPC: {e}"),
+            }
+        }
+    }
+
+    /// The index of the replica that owns `con`.
+    pub fn owner_of(&self, con: &pb::Console) -> usize {
+        self.replicas
+            .iter()
+            .position(|r| r.id == con.owner)
+            .unwrap_or_else(|| panic!("no replica {:?}", con.owner))
+    }
+
+    pub fn signal(&self, i: usize, sig: Signal) {
+        let child = self.replicas[i].child.as_ref().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+
+    /// Reap replica `i` (after a signal that ends it).
+    pub fn wait(&mut self, i: usize) {
+        if let Some(mut c) = self.replicas[i].child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// kill -9 replica `i` and reap it.
+    pub fn kill_9(&mut self, i: usize) {
+        self.signal(i, Signal::SIGKILL);
+        self.wait(i);
+    }
+
+    /// `etcdctl put` under this cluster's prefix.
+    pub fn etcd_put(&self, key: &str, value: &str) {
+        let key = format!("{}{key}", self.prefix);
+        etcdctl(&self.etcd, &["put", &key, value]);
+    }
+
+    /// `etcdctl get` under this cluster's prefix: the value, if any.
+    pub fn etcd_get(&self, key: &str) -> Option<String> {
+        let key = format!("{}{key}", self.prefix);
+        let out = etcdctl(&self.etcd, &["get", "--print-value-only", &key]);
+        let value = out.trim_end_matches('\n');
+        (!value.is_empty()).then(|| value.to_owned())
+    }
+
+    /// Every key and value under this cluster's prefix, as etcdctl prints
+    /// them.
+    pub fn etcd_dump(&self) -> String {
+        etcdctl(&self.etcd, &["get", "--prefix", &self.prefix])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.replicas {
+            if let Some(mut c) = r.child.take() {
+                // A stopped replica dies of SIGKILL too; continue it anyway.
+                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        etcdctl(&self.etcd, &["del", "--prefix", &self.prefix]);
+        if std::env::var_os("HA_KEEP_LOGS").is_some() {
+            eprintln!("replica logs kept in {} (HA_KEEP_LOGS)", self.dir.display());
+        } else if std::thread::panicking() {
+            // The replicas' logs tell why: keep them, and show them.
+            eprintln!("replica logs kept in {}", self.dir.display());
+            for r in &self.replicas {
+                let log = self.dir.join(format!("{}.log", r.id));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- last lines of {}:", log.display());
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// etcdctl (API v3) on `endpoint` with `args`: its stdout.
+fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new("etcdctl")
+        .args(["--endpoints", endpoint])
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stderr(Stdio::null())
+        .output()
+        .expect("etcdctl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_addr(ip: &str) -> SocketAddr {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap()
+}
+
+fn spawn(etcd: &str, r: &Replica, cluster: &Cluster, opts: &Options) -> Child {
+    // PORTHOLE_CONSOLE_SVC_BIN: another build (e.g. one without a fix).
+    let bin = std::env::var_os("PORTHOLE_CONSOLE_SVC_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_console-svc").into());
+    let dir = &cluster.dir;
+    let log = File::create(dir.join(format!("{}.log", r.id))).unwrap();
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    Command::new(bin)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PORTHOLE_LOG", "info,console_svc=debug")
+        .env("PORTHOLE_SERVICE_LISTEN", r.grpc.to_string())
+        .env("PORTHOLE_SERVICE_REPLICA_ID", &r.id)
+        .env("PORTHOLE_CONSOLE_SOCAT_ADDRESS", &r.ip)
+        .env("PORTHOLE_CONSOLE_PORT_RANGE", opts.ports)
+        .env("PORTHOLE_CONSOLE_TERMINAL_PID_DIR", dir.join(&r.id))
+        .env("PORTHOLE_ETCD_ENDPOINTS", etcd)
+        .env("PORTHOLE_ETCD_PREFIX", &cluster.prefix)
+        .env("PORTHOLE_ETCD_LEASE_TTL", ms(opts.ttl))
+        .env("PORTHOLE_ETCD_CLAIM_STEP", ms(opts.claim_step))
+        .env("PORTHOLE_ETCD_SECRET_KEY_FILE", dir.join("etcd.key"))
+        .env("PORTHOLE_ETCD_ENABLE_TIMEOUT", ms(opts.enable_timeout))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("console-svc binary")
+}
+
+/// Enable `node`'s serial console on rig BMC `bmc`.
+pub fn enable_request(rig: &Rig, bmc: usize, node: &str) -> pb::EnableConsoleRequest {
+    let b = rig.bmc(bmc);
+    let password = std::fs::read_to_string(b["password_file"].as_str().unwrap()).unwrap();
+    pb::EnableConsoleRequest {
+        node_id: node.into(),
+        kind: pb::ConsoleKind::Serial as i32,
+        ipmi: Some(pb::IpmiTarget {
+            address: b["host"].as_str().unwrap().into(),
+            port: b["port"].as_u64().unwrap() as u32,
+            username: b["username"].as_str().unwrap().into(),
+            password: password.trim_end().into(),
+            cipher_suite: Some(b["cipher_suite"].as_u64().unwrap() as u32),
+            privilege_level: String::new(),
+        }),
+        port: 0,
+        vnc: None,
+    }
+}
+
+/// GetConsole for `node`.
+pub async fn get(c: &mut Client, node: &str) -> Result<pb::Console, tonic::Status> {
+    let req = pb::GetConsoleRequest {
+        node_id: node.into(),
+    };
+    c.get_console(req).await.map(|r| r.into_inner())
+}
