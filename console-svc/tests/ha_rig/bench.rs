@@ -4,10 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use porthole_proto::console::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::replicas::{enable_request, Cluster};
+use crate::replicas::{enable_request, Cluster, Options};
 use crate::support::{accepts, list, options, rig, NODE, TTL};
 
 /// Benchmark (printed, not asserted): takeover time for many idle consoles
@@ -27,7 +28,19 @@ async fn bench_takeover_and_steady_state_etcd_rate() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let mut cluster = Cluster::start(&rig, "bench", &options("38000:39100"), 3);
+    // Healthy consoles (the rig's BMC answers each one's probe) unless
+    // HA_BENCH_UNREACHABLE is set: then every console is FAILED and its
+    // supervisor retries the BMC with backoff, which shows in the etcd rate.
+    let unreachable = std::env::var_os("HA_BENCH_UNREACHABLE").is_some();
+    let ttl = std::env::var("HA_BENCH_TTL_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(TTL, Duration::from_secs);
+    let opts = Options {
+        ttl,
+        ..options("38000:39100")
+    };
+    let mut cluster = Cluster::start(&rig, "bench", &opts, 3);
     let c0 = cluster.client(0).await;
     let t = Instant::now();
     let template = enable_request(&rig, 0, NODE);
@@ -36,8 +49,10 @@ async fn bench_takeover_and_steady_state_etcd_rate() {
         let mut req = template.clone();
         async move {
             req.node_id = format!("bench-{i}");
-            req.ipmi.as_mut().unwrap().address = "127.0.0.1".into();
-            req.ipmi.as_mut().unwrap().port = 9;
+            if unreachable {
+                req.ipmi.as_mut().unwrap().address = "127.0.0.1".into();
+                req.ipmi.as_mut().unwrap().port = 9;
+            }
             c.enable_console(req).await.map(|_| ())
         }
     });
@@ -47,14 +62,24 @@ async fn bench_takeover_and_steady_state_etcd_rate() {
         .count()
         .await;
     println!(
-        "enabled {n} consoles in {:?} ({failed} failed)",
-        t.elapsed()
+        "enabled {n} consoles in {:?} ({failed} failed; BMC {})",
+        t.elapsed(),
+        if unreachable {
+            "unreachable"
+        } else {
+            "the rig's"
+        }
     );
 
-    let before = etcd_requests(&rig.etcd).await;
+    let (rpcs, messages) = etcd_requests(&rig.etcd).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let rate = (etcd_requests(&rig.etcd).await - before) / 10.0;
-    println!("steady state: {rate:.1} etcd requests/s (the whole rig etcd, other tests included)");
+    let (rpcs_after, messages_after) = etcd_requests(&rig.etcd).await;
+    println!(
+        "steady state: {:.1} etcd RPCs/s completed, {:.1} request messages/s received \
+         (stream messages such as keep-alives included; the whole rig etcd)",
+        (rpcs_after - rpcs) / 10.0,
+        (messages_after - messages) / 10.0
+    );
 
     let mut any = cluster.client(1).await;
     let consoles = list(&mut any).await;
@@ -70,9 +95,21 @@ async fn bench_takeover_and_steady_state_etcd_rate() {
     let moving = consoles.iter().filter(|c| c.owner == victim_id).count();
     let mut survivor = cluster.client((victim + 1) % 3).await;
     let killed = Instant::now();
+    let mut list_errors = 0;
     cluster.kill_9(victim);
     loop {
-        let all = list(&mut survivor).await;
+        // A survivor busy with the takeover may time out a ListConsoles:
+        // count it and ask again.
+        let all = match survivor.list_consoles(pb::ListConsolesRequest {}).await {
+            Ok(r) => r.into_inner().consoles,
+            Err(e) => {
+                assert!(killed.elapsed() < Duration::from_secs(120), "{e}");
+                list_errors += 1;
+                eprintln!("ListConsoles during the takeover: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let moved = all
             .iter()
             // RUNNING, or FAILED with the port open (the BMC is unreachable).
@@ -94,13 +131,15 @@ async fn bench_takeover_and_steady_state_etcd_rate() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "kill -9 of {victim_id} ({moving} of {n} consoles): every console accepting on a survivor after {:?} (TTL {TTL:?})",
+        "kill -9 of {victim_id} ({moving} of {n} consoles): every console accepting on a survivor after {:?} (TTL {ttl:?}; {list_errors} ListConsoles errors meanwhile)",
         killed.elapsed()
     );
 }
 
 /// Sum of etcd's `grpc_server_handled_total` (every finished gRPC call).
-async fn etcd_requests(endpoint: &str) -> f64 {
+/// etcd's own counters: (RPCs completed, request messages received). A
+/// keep-alive or watch stream is one RPC carrying many messages.
+async fn etcd_requests(endpoint: &str) -> (f64, f64) {
     let addr = endpoint.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -108,8 +147,14 @@ async fn etcd_requests(endpoint: &str) -> f64 {
         .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).await.unwrap();
-    body.lines()
-        .filter(|l| l.starts_with("grpc_server_handled_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let sum = |metric: &str| -> f64 {
+        body.lines()
+            .filter(|l| l.starts_with(metric))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        sum("grpc_server_handled_total{"),
+        sum("grpc_server_msg_received_total{"),
+    )
 }

@@ -138,8 +138,9 @@ impl EtcdClient {
 /// Connection failures surface as transport errors or as UNAVAILABLE; etcd
 /// answers UNAVAILABLE for "no leader", "leader changed", "request timed
 /// out" and while stopping; our own per-request timeout is
-/// DEADLINE_EXCEEDED; a member that is being killed may reset the stream
-/// (UNKNOWN/CANCELLED "transport error"/"h2 protocol error").
+/// DEADLINE_EXCEEDED or tonic's CANCELLED "Timeout expired"; a member that is
+/// being killed may reset the stream (UNKNOWN/CANCELLED "transport error",
+/// "h2 protocol error").
 pub fn worth_another_member(e: &etcd_client::Error) -> bool {
     use tonic::Code;
     match e {
@@ -148,7 +149,10 @@ pub fn worth_another_member(e: &etcd_client::Error) -> bool {
             Code::Unavailable | Code::DeadlineExceeded => true,
             Code::Unknown | Code::Cancelled => {
                 let m = s.message();
-                m.contains("transport") || m.contains("h2 protocol") || m.contains("connection")
+                m.contains("transport")
+                    || m.contains("h2 protocol")
+                    || m.contains("connection")
+                    || m.contains("Timeout expired")
             }
             _ => false,
         },
@@ -290,6 +294,9 @@ mod tests {
         ))));
         assert!(worth_another_member(&grpc(Status::unknown(
             "transport error"
+        ))));
+        assert!(worth_another_member(&grpc(Status::cancelled(
+            "Timeout expired"
         ))));
         assert!(!worth_another_member(&grpc(Status::unknown(
             "some other failure"

@@ -42,6 +42,11 @@ pub trait LeaseApi: Send + Sync + 'static {
     /// If etcd says the lease is gone, the stream's first renewal says TTL 0.
     async fn keep_alive(&self, lease: i64) -> Result<Box<dyn Renewer>, CoordError>;
     async fn revoke(&self, lease: i64) -> Result<(), CoordError>;
+    /// Whether another member could answer when this one is slow (false
+    /// with a single endpoint: then a slow renewal is simply waited for).
+    fn can_fail_over(&self) -> bool {
+        true
+    }
 }
 
 /// One lease's keep-alive stream.
@@ -161,6 +166,11 @@ async fn renew_until_lost(
     let mut renewer = Some(renewer);
     let mut next = Instant::now() + timing.renew_every;
     let mut last_error: Option<String> = None;
+    // How long a renewal may take before its stream is given up for one on
+    // another member: twice the last answer's time (at least answer_within),
+    // doubled after each give-up, so an etcd that is slow everywhere (busy
+    // applying a storm of writes) still gets to answer.
+    let mut allowance = timing.answer_within;
     loop {
         let fence_at = expires - timing.fence_margin;
         tokio::select! {
@@ -174,7 +184,10 @@ async fn renew_until_lost(
             });
         }
         let sent = Instant::now();
-        let give_up = (sent + timing.answer_within).min(fence_at);
+        let give_up = match api.can_fail_over() {
+            true => (sent + allowance).min(fence_at),
+            false => fence_at,
+        };
         let answer = tokio::select! {
             _ = cancel.cancelled() => return None,
             _ = tokio::time::sleep_until(give_up) => None,
@@ -186,6 +199,7 @@ async fn renew_until_lost(
             if let Some(stream) = renewer.as_mut() {
                 stream.abandon();
             }
+            allowance *= 2;
             Err(CoordError::Etcd(format!(
                 "no answer to a keep-alive within {:?}",
                 give_up - sent
@@ -197,7 +211,11 @@ async fn renew_until_lost(
                     info!(lease, after = %e, "keep-alive resumed");
                 }
                 expires = sent + ttl;
-                next = Instant::now() + timing.renew_every;
+                // From the send: a slow answer must not push the next
+                // renewal, and with it the deadline, further out.
+                next = sent + timing.renew_every;
+                // Like a TCP retransmission timeout: twice what etcd takes now.
+                allowance = timing.answer_within.max((Instant::now() - sent) * 2);
             }
             Ok(_) => return Some("etcd says the lease has expired".into()),
             Err(e) => {
@@ -255,6 +273,10 @@ mod tests {
         /// streams opened later work.
         hang_current: AtomicBool,
         abandoned: AtomicI64,
+        /// Every renewal takes this long (ms): etcd busy everywhere.
+        slow_ms: AtomicI64,
+        /// A single endpoint: nowhere to fail over to.
+        single: AtomicBool,
     }
 
     struct FakeRenewer(Arc<FakeEtcd>, i64);
@@ -278,6 +300,9 @@ mod tests {
             self.revoked.store(lease, Ordering::SeqCst);
             Ok(())
         }
+        fn can_fail_over(&self) -> bool {
+            !self.single.load(Ordering::SeqCst)
+        }
     }
 
     #[async_trait]
@@ -286,6 +311,8 @@ mod tests {
             if self.0.silent.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
+            let slow = self.0.slow_ms.load(Ordering::SeqCst) as u64;
+            tokio::time::sleep(Duration::from_millis(slow)).await;
             if self.0.hang_current.swap(false, Ordering::SeqCst) {
                 self.0.generation.fetch_add(1, Ordering::SeqCst);
                 std::future::pending::<()>().await;
@@ -459,5 +486,27 @@ mod tests {
         }
         assert_eq!(etcd.abandoned.load(Ordering::SeqCst), 3);
         assert_eq!(*seen.lock().unwrap(), vec![Some(1)], "never fenced");
+    }
+
+    /// A renewal slower than `answer_within` everywhere (etcd applying a
+    /// storm of writes before it answers): the allowance grows instead of
+    /// giving up stream after stream until the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn an_etcd_slow_everywhere_keeps_the_lease() {
+        for single in [false, true] {
+            let etcd = Arc::new(FakeEtcd::default());
+            etcd.single.store(single, Ordering::SeqCst);
+            let (mut rx, _cancel) = start(&etcd);
+            rx.wait_for(|l| *l == Some(1)).await.unwrap();
+            let seen = record(rx.clone());
+            etcd.slow_ms.store(1500, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            assert_eq!(*seen.lock().unwrap(), vec![Some(1)], "single={single}");
+            let abandoned = etcd.abandoned.load(Ordering::SeqCst);
+            match single {
+                true => assert_eq!(abandoned, 0, "nowhere else to go"),
+                false => assert!(abandoned > 0, "slow streams were given up"),
+            }
+        }
     }
 }

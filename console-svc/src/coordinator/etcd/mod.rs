@@ -345,13 +345,15 @@ impl EtcdCoordinator {
 }
 
 /// Clients for the configured members. Requests need a leader (a member
-/// that has none answers at once instead of queueing, and we try another),
-/// and give up after a TTL: longer than an election, shorter than the
-/// callers' own deadlines.
+/// that has none answers at once instead of queueing, and we try another).
+/// One request may take up to a TTL (a busy etcd answering a large read
+/// during a takeover storm needs it); a member that hangs is left sooner by
+/// the lease keeper (see `lease::LeaseTiming::answer_within`), which moves
+/// every later call on; failover gives up after a TTL.
 async fn connect(settings: &EtcdSettings) -> Result<EtcdClient, CoordError> {
     let options = ConnectOptions::new()
         .with_connect_timeout(settings.connect_timeout)
-        .with_timeout(settings.lease_ttl / 2)
+        .with_timeout(settings.lease_ttl)
         .with_require_leader(true);
     EtcdClient::connect(&settings.endpoints, options, settings.lease_ttl)
         .await
@@ -421,6 +423,10 @@ impl LeaseApi for EtcdLeases {
             .await
             .map_err(etcd_err)?;
         Ok(())
+    }
+
+    fn can_fail_over(&self) -> bool {
+        self.client.endpoints().count() > 1
     }
 }
 
