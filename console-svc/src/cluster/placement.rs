@@ -14,9 +14,11 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -63,12 +65,20 @@ struct Placer {
     /// Our last claim of each node and the pause before the next one, so a
     /// console that keeps failing to start here is not claimed in a loop.
     claims: HashMap<NodeId, (Instant, Duration)>,
+    /// Console starts in flight at once (see [`STARTS_AT_ONCE`]).
+    starts: Arc<Semaphore>,
 }
 
 /// How long placement lets changes pile up before it looks again.
 const COALESCE: Duration = Duration::from_millis(20);
 const CLAIM_RETRY_MIN: Duration = Duration::from_secs(1);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(30);
+/// A takeover claims hundreds of consoles at once; each start is a few etcd
+/// writes. Unbounded, they arrive together, and etcd answers lease
+/// keep-alives only once it has applied everything committed before them:
+/// survivors missed their own renewals and fenced, and the takeover
+/// cascaded. Bounded, keep-alives wait behind a few dozen writes at most.
+const STARTS_AT_ONCE: usize = 16;
 
 impl Placer {
     fn new(cluster: Cluster) -> Self {
@@ -77,6 +87,7 @@ impl Placer {
             due: HashMap::new(),
             started: HashMap::new(),
             claims: HashMap::new(),
+            starts: Arc::new(Semaphore::new(STARTS_AT_ONCE)),
         }
     }
 
@@ -179,9 +190,11 @@ impl Placer {
         let manager = self.cluster.inner.manager.clone();
         let spec = spec.spec.clone();
         let node = node.clone();
+        let starts = self.starts.clone();
         // Starting touches the BMC; never hold up placement of other nodes.
         tokio::spawn(
             async move {
+                let _turn = starts.acquire_owned().await;
                 match manager.enable(spec).await {
                     Ok(_) => info!("console started here"),
                     Err(e) => warn!(error = %e, "console not started here"),
