@@ -12,6 +12,11 @@
 //! The times (RFC 3339, UTC) say when the console's spec was first written
 //! and last changed, so every replica reports the same ones. The writer
 //! chooses them (see `Cluster::enable`).
+//!
+//! Fields a reader does not know are ignored: during a rolling upgrade the
+//! replicas of the previous release read what the new ones write (that is
+//! how the times were added). A change that an older replica must not
+//! ignore needs a new `kind` or a new document key, not a new field.
 
 use std::time::SystemTime;
 
@@ -74,7 +79,6 @@ pub enum SpecDocError {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SpecDoc {
     node: String,
     kind: KindDoc,
@@ -111,7 +115,6 @@ enum TargetDoc {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct IpmiDoc {
     address: String,
     port: u16,
@@ -123,7 +126,6 @@ struct IpmiDoc {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VncDoc {
     host: String,
     port: u16,
@@ -286,6 +288,20 @@ mod tests {
         want.requested_port = Some(10005);
         assert_eq!(from_json(&sealer, &node(), old.as_bytes()).unwrap(), want);
         assert_eq!(super::times(old.as_bytes()), None);
+    }
+
+    /// What a later release adds is ignored, not refused.
+    #[test]
+    fn fields_from_a_later_release_are_ignored() {
+        let sealer = Sealer::from_key(&[3; 32]);
+        let json = to_json(&sealer, &ipmi_spec(), 10005, now());
+        let mut doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        doc["added_later"] = serde_json::json!({"x": 1});
+        doc["target"]["ipmi"]["added_later_too"] = serde_json::json!(true);
+        let mut want = ipmi_spec();
+        want.requested_port = Some(10005);
+        let read = from_json(&sealer, &node(), doc.to_string().as_bytes());
+        assert_eq!(read.unwrap(), want);
     }
 
     #[test]
