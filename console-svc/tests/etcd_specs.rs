@@ -261,3 +261,45 @@ async fn the_cluster_view_lists_again_after_a_compaction() {
     cancel.cancel();
     cleanup(&direct, &prefix).await;
 }
+
+/// `read` never lags behind a write made elsewhere (another replica):
+/// answered from the mirror once it has caught up with etcd's revision, or
+/// from etcd when the revision moved where the mirror cannot see it.
+#[tokio::test]
+async fn the_cluster_view_reads_are_never_behind_etcd() {
+    use console_svc::coordinator::etcd::view::ClusterView;
+    let Some(ep) = common::rig_etcd_endpoint("etcd_specs") else {
+        return;
+    };
+    let prefix = unique_prefix("read");
+    let direct = Client::connect([ep.as_str()], None).await.unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let view = ClusterView::start(failover(&ep).await, prefix.clone(), cancel.clone());
+    let kv = |k: &str| format!("{prefix}{k}");
+    wait_until("the first list", || *view.revision().borrow() > 0).await;
+    let outside = format!("{}-outside", prefix.trim_end_matches('/'));
+    for round in 0..10 {
+        let value = format!("{round}");
+        direct
+            .kv_client()
+            .put(kv("n/a"), value.clone(), None)
+            .await
+            .unwrap();
+        // A write outside the prefix moves etcd's revision where the mirror
+        // cannot follow: the answer comes from etcd, and is current.
+        direct
+            .kv_client()
+            .put(outside.clone(), "x", None)
+            .await
+            .unwrap();
+        let read = view.read("n/").await.unwrap();
+        assert_eq!(read.len(), 1, "round {round}");
+        assert_eq!(read[0].1.value, value.as_bytes(), "round {round}");
+        // The last write is ours: the mirror catches up and answers.
+        direct.kv_client().delete(kv("n/a"), None).await.unwrap();
+        assert!(view.read("n/").await.unwrap().is_empty(), "round {round}");
+    }
+    cancel.cancel();
+    direct.kv_client().delete(outside, None).await.unwrap();
+    cleanup(&direct, &prefix).await;
+}
