@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -108,6 +108,15 @@ impl EtcdClient {
             }
             tokio::time::sleep(PAUSE).await;
         }
+    }
+
+    /// Every key starting with `prefix` (linearizable), failing over.
+    pub async fn get_prefix(&self, prefix: &str) -> Result<GetResponse, etcd_client::Error> {
+        self.call(|c| async move {
+            let all = GetOptions::new().with_prefix();
+            c.kv_client().get(prefix, Some(all)).await
+        })
+        .await
     }
 
     /// The member the next call starts with (index into [`Self::endpoints`]).

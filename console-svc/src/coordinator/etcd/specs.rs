@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use tracing::debug;
 
 use super::failover::EtcdClient;
@@ -152,16 +152,7 @@ impl SpecStore {
     /// Every `ports/<port>` reservation.
     async fn held(&self) -> Result<Vec<(NodeId, u16)>, SpecStoreError> {
         let prefix = self.keys.ports_prefix();
-        let resp = self
-            .client
-            .call(|c| {
-                let prefix = prefix.clone();
-                async move {
-                    let all = GetOptions::new().with_prefix();
-                    c.kv_client().get(prefix, Some(all)).await
-                }
-            })
-            .await?;
+        let resp = self.client.get_prefix(&prefix).await?;
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -208,16 +199,7 @@ impl SpecStore {
         &self,
     ) -> Result<(HashMap<NodeId, Result<StoredSpec, SpecStoreError>>, i64), SpecStoreError> {
         let prefix = self.keys.consoles_prefix();
-        let resp = self
-            .client
-            .call(|c| {
-                let prefix = prefix.clone();
-                async move {
-                    let all = GetOptions::new().with_prefix();
-                    c.kv_client().get(prefix, Some(all)).await
-                }
-            })
-            .await?;
+        let resp = self.client.get_prefix(&prefix).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut specs = HashMap::new();
         for kv in resp.kvs() {

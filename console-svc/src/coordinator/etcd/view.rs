@@ -130,7 +130,7 @@ impl ClusterView {
         start: &str,
     ) -> Result<Vec<(String, Entry)>, etcd_client::Error> {
         let key = format!("{}{start}", self.prefix);
-        let resp = self.client.call(|c| get_prefix(c, key.clone())).await?;
+        let resp = self.client.get_prefix(&key).await?;
         Ok(resp
             .kvs()
             .iter()
@@ -222,10 +222,7 @@ impl Follower {
     }
 
     async fn list(&self) -> Result<(), etcd_client::Error> {
-        let resp = self
-            .client
-            .call(|c| get_prefix(c, self.prefix.clone()))
-            .await?;
+        let resp = self.client.get_prefix(&self.prefix).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let keys = resp
             .kvs()
@@ -311,15 +308,6 @@ impl Follower {
         let key = std::str::from_utf8(key).ok()?;
         Some(key.strip_prefix(&self.prefix)?.to_owned())
     }
-}
-
-async fn get_prefix(
-    c: etcd_client::Client,
-    prefix: String,
-) -> Result<etcd_client::GetResponse, etcd_client::Error> {
-    c.kv_client()
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await
 }
 
 fn entry(kv: &etcd_client::KeyValue) -> Entry {
