@@ -321,11 +321,23 @@ async fn viewers_share_output_a_late_one_gets_scrollback_and_the_log_keeps_it() 
         !text.contains("SOL Session operational"),
         "ipmitool's banner is not node output"
     );
-    let file = std::fs::read(log_dir.join(format!("{NODE_ID}.log"))).unwrap_or_default();
-    assert!(
-        String::from_utf8_lossy(&file).contains("shared-line-1"),
-        "log file"
-    );
+    // The hub hands output to the log file's own writer task without
+    // waiting for it: give the write a moment (bounded).
+    let path = log_dir.join(format!("{NODE_ID}.log"));
+    let written = Instant::now();
+    loop {
+        let file = std::fs::read(&path).unwrap_or_default();
+        if String::from_utf8_lossy(&file).contains("shared-line-1") {
+            break;
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(5),
+            "log file {}: {:?}",
+            path.display(),
+            String::from_utf8_lossy(&file)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let pid = console.activate_pid();
     console.stop_and_check_nothing_left(pid).await;
