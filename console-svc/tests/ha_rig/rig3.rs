@@ -34,19 +34,7 @@ impl Rig3 {
             run_dir,
             etcd_pids: Vec::new(),
         };
-        let out = guard
-            .script("rig-up.sh")
-            .env("RIG_ETCD_MEMBERS", "3")
-            .env("RIG_BMCS", "1")
-            .env("RIG_BASE_PORT", RIG3_BASE_PORT)
-            .output()
-            .expect("rig-up.sh");
-        assert!(
-            out.status.success(),
-            "rig-up.sh: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        guard.start();
         let json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(guard.run_dir.join("rig.json")).expect("rig.json"),
         )
@@ -77,6 +65,39 @@ impl Rig3 {
             run_dir: guard.run_dir.clone(),
         };
         (guard, rig)
+    }
+
+    /// rig-up.sh, tried twice: under a loaded CI machine one of its peers
+    /// (once, the VNC server, which this rig does not even use) can miss
+    /// rig-up's 15 s start-up wait. rig-up stops what it started when it
+    /// fails; each failure's output and peer logs go into the message.
+    fn start(&self) {
+        let mut failures = Vec::new();
+        for attempt in 1..=2 {
+            let out = self
+                .script("rig-up.sh")
+                .env("RIG_ETCD_MEMBERS", "3")
+                .env("RIG_BMCS", "1")
+                .env("RIG_BASE_PORT", RIG3_BASE_PORT)
+                .output()
+                .expect("rig-up.sh");
+            if out.status.success() {
+                return;
+            }
+            let xvnc = std::fs::read_to_string(self.run_dir.join("vnc/xvnc.log"));
+            failures.push(format!(
+                "attempt {attempt}: {}{}\nxvnc.log: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                xvnc.unwrap_or_default()
+            ));
+            eprintln!(
+                "rig-up.sh failed, {}",
+                failures.last().expect("just pushed")
+            );
+            let _ = std::fs::remove_dir_all(&self.run_dir);
+        }
+        panic!("rig-up.sh: {}", failures.join("\n"));
     }
 
     fn script(&self, name: &str) -> Command {
