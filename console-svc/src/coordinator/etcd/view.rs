@@ -99,8 +99,9 @@ impl ClusterView {
     /// during a takeover). Otherwise the keys are read from etcd: the mirror
     /// learns revisions only from events under the prefix, so writes
     /// elsewhere in etcd leave it "behind" until our next own change.
-    /// (Progress notifications would tell it, but before etcd 3.4.25/3.5.8
-    /// they can run ahead of events not yet sent: etcd issue #15220.)
+    /// (Progress notifications would tell it, but an etcd without the fix
+    /// for its issue #15220, the rig's 3.4.23 among them, can send one
+    /// ahead of events not yet sent.)
     pub async fn read(&self, start: &str) -> Result<Vec<(String, Entry)>, etcd_client::Error> {
         let now = self.current_revision().await?;
         let caught_up = tokio::time::timeout(CATCH_UP, self.caught_up(now)).await;
@@ -293,8 +294,8 @@ impl Follower {
                 changed.push(key);
             }
             // Progress notifications (no events) are not trusted to move the
-            // revision: before etcd 3.4.25/3.5.8 one can run ahead of events
-            // still to be sent (etcd issue #15220), and `read` relies on the
+            // revision: an etcd without the fix for its issue #15220 can send
+            // one ahead of events still to be sent, and `read` relies on the
             // mirror holding every change up to its revision.
             mirror.revision
         };
