@@ -6,6 +6,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use porthole_proto::console::v1::console_service_server::ConsoleServiceServer;
 use tokio::net::TcpListener;
@@ -134,17 +135,33 @@ pub async fn run(
             coordination.cancel();
         })
     };
-    let served = tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ConsoleServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled());
+    // A graceful shutdown waits for every client connection to close; one
+    // whose peer never answers the GOAWAY would keep us up for ever. Give
+    // them SHUTDOWN_GRACE once shutdown began, then stop anyway.
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = serve => served,
+        _ = grace => {
+            warn!(grace = ?SHUTDOWN_GRACE, "client connections still open after shutdown began; closing them");
+            Ok(())
+        }
+    };
     shutdown.cancel();
     let _ = stopper.await;
     info!("console-svc stopped");
     Ok(served?)
 }
+
+/// How long client connections may stay open once shutdown began.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The coordinator, and the etcd one again when that is what it is.
 async fn coordinator(

@@ -78,6 +78,6 @@ async fn sigterm_of_the_owner_hands_over_within_a_second() {
     eprintln!("SIGTERM handover gap: {gap:?} (now on {})", moved.owner);
     assert!(gap < Duration::from_secs(1), "gap {gap:?}");
     assert_eq!(moved.port, con.port);
-    cluster.wait(owner);
+    cluster.exited(owner, Duration::from_secs(10)).await;
     checker.finish().await;
 }

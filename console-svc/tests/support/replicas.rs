@@ -218,6 +218,24 @@ impl Cluster {
         }
     }
 
+    /// Until replica `i` has exited (after a SIGTERM), polling so the test's
+    /// runtime keeps running (its gRPC connections must answer the server's
+    /// GOAWAY for a graceful shutdown to finish); bounded.
+    pub async fn exited(&mut self, i: usize, within: std::time::Duration) {
+        let Some(mut child) = self.replicas[i].child.take() else {
+            return;
+        };
+        let since = std::time::Instant::now();
+        while child.try_wait().expect("try_wait").is_none() {
+            if since.elapsed() > within {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("replica {i} did not exit within {within:?} of its SIGTERM");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// kill -9 replica `i` and reap it.
     pub fn kill_9(&mut self, i: usize) {
         self.signal(i, Signal::SIGKILL);
