@@ -180,12 +180,15 @@ async fn the_cluster_view_reads_are_never_behind_etcd() {
             .put(outside.clone(), "x", None)
             .await
             .unwrap();
-        let read = view.read("n/").await.unwrap();
+        let read = view.read(&["n/"]).await.unwrap();
         assert_eq!(read.len(), 1, "round {round}");
         assert_eq!(read[0].1.value, value.as_bytes(), "round {round}");
         // The last write is ours: the mirror catches up and answers.
         direct.kv_client().delete(kv("n/a"), None).await.unwrap();
-        assert!(view.read("n/").await.unwrap().is_empty(), "round {round}");
+        assert!(
+            view.read(&["n/"]).await.unwrap().is_empty(),
+            "round {round}"
+        );
     }
     direct.kv_client().delete(outside, None).await.unwrap();
     f.finish().await;

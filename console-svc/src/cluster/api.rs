@@ -185,7 +185,7 @@ impl Cluster {
         node: &NodeId,
     ) -> Result<(Option<StoredSpec>, Option<SpecTimes>), ConsoleError> {
         let key = format!("consoles/{node}/spec");
-        let keys = self.read_raw(&key).await?;
+        let keys = self.read_raw(&[&key]).await?;
         let Some((_, entry)) = keys.into_iter().find(|(k, _)| *k == key) else {
             return Ok((None, None));
         };
@@ -226,17 +226,17 @@ impl Cluster {
     }
 
     async fn fresh(&self, starts: &[&str]) -> Result<ClusterState, ConsoleError> {
-        let mut keys = Vec::new();
-        for start in starts {
-            keys.extend(self.read_raw(start).await?);
-        }
-        Ok(decode(self, keys))
+        Ok(decode(self, self.read_raw(starts).await?))
     }
 
-    /// Every key starting with `start` (relative to the prefix), from etcd
-    /// now: answers must not lag behind a write made through another replica.
-    pub(super) async fn read_raw(&self, start: &str) -> Result<Vec<(String, Entry)>, ConsoleError> {
-        let read = self.inner.view.read(start).await;
+    /// Every key starting with one of `starts` (relative to the prefix), as
+    /// of now: answers must not lag behind a write made through another
+    /// replica (see `ClusterView::read`).
+    pub(super) async fn read_raw(
+        &self,
+        starts: &[&str],
+    ) -> Result<Vec<(String, Entry)>, ConsoleError> {
+        let read = self.inner.view.read(starts).await;
         read.map_err(|e| ConsoleError::Coordination(CoordError::Etcd(e.to_string())))
     }
 

@@ -102,8 +102,9 @@ impl Cluster {
             }
             .into());
         }
-        let mut keys = self.read_raw(&format!("consoles/{node}/")).await?;
-        keys.extend(self.read_raw("members/").await?);
+        let keys = self
+            .read_raw(&[&format!("consoles/{node}/"), "members/"])
+            .await?;
         match route(node, self.replica(), &keys)? {
             Route::Here => manager.log(node, max_bytes as usize),
             Route::Owner { owner, url } => {

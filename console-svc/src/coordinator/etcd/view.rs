@@ -102,14 +102,25 @@ impl ClusterView {
     /// (Progress notifications would tell it, but an etcd without the fix
     /// for its issue #15220, the rig's 3.4.23 among them, can send one
     /// ahead of events not yet sent.)
-    pub async fn read(&self, start: &str) -> Result<Vec<(String, Entry)>, etcd_client::Error> {
+    ///
+    /// Several `starts` share one revision check (and, from the mirror, one
+    /// snapshot).
+    pub async fn read(&self, starts: &[&str]) -> Result<Vec<(String, Entry)>, etcd_client::Error> {
         let now = self.current_revision().await?;
         let caught_up = tokio::time::timeout(CATCH_UP, self.caught_up(now)).await;
+        let mut keys = Vec::new();
         if caught_up.is_err() {
             debug!(now, "mirror behind etcd: reading from etcd");
-            return self.read_from_etcd(start).await;
+            for start in starts {
+                keys.extend(self.read_from_etcd(start).await?);
+            }
+            return Ok(keys);
         }
-        Ok(self.range(start))
+        let mirror = self.mirror.read().expect("mirror");
+        for start in starts {
+            keys.extend(range_of(&mirror, start));
+        }
+        Ok(keys)
     }
 
     /// etcd's revision now (linearizable): one key, keys only.
@@ -149,13 +160,7 @@ impl ClusterView {
 
     /// Every key (relative to the prefix) starting with `start`.
     pub fn range(&self, start: &str) -> Vec<(String, Entry)> {
-        let mirror = self.mirror.read().expect("mirror");
-        mirror
-            .keys
-            .range(start.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(start))
-            .map(|(k, e)| (k.clone(), e.clone()))
-            .collect()
+        range_of(&self.mirror.read().expect("mirror"), start)
     }
 
     /// The etcd revision the mirror reflects (0 before the first list).
@@ -309,6 +314,16 @@ impl Follower {
         let key = std::str::from_utf8(key).ok()?;
         Some(key.strip_prefix(&self.prefix)?.to_owned())
     }
+}
+
+/// Every key of `mirror` starting with `start`.
+fn range_of(mirror: &Mirror, start: &str) -> Vec<(String, Entry)> {
+    mirror
+        .keys
+        .range(start.to_owned()..)
+        .take_while(|(k, _)| k.starts_with(start))
+        .map(|(k, e)| (k.clone(), e.clone()))
+        .collect()
 }
 
 fn entry(kv: &etcd_client::KeyValue) -> Entry {
