@@ -15,7 +15,7 @@ set -euo pipefail
 
 PKGS=(ipmitool socat openipmi etcd-server etcd-client iproute2 procps netcat-openbsd
       openssl tigervnc-standalone-server tigervnc-tools build-essential ca-certificates
-      protobuf-compiler python3 python3-venv python3-pip curl qemu-system-x86)
+      protobuf-compiler libprotobuf-dev python3 python3-venv python3-pip curl qemu-system-x86)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
