@@ -12,6 +12,7 @@ use porthole_proto::console::v1::console_service_server::ConsoleServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::cluster::{Cluster, ClusterSettings};
@@ -123,9 +124,7 @@ pub async fn run(
         let health = health.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
-            health
-                .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
-                .await;
+            set_health(&health, ServingStatus::NotServing).await;
             // Drain: stop taking, leave, release each console so another
             // replica claims it at once; the lease is revoked last.
             if let Some(cluster) = cluster {
@@ -219,7 +218,9 @@ fn cluster(
 /// `grpc.health.v1`: SERVING while the coordinator lets us serve, and
 /// NOT_SERVING for good once `quiet` resolves (drained or shutting down:
 /// the replica still answers API calls, but a load balancer should stop
-/// sending it work).
+/// sending it work). The overall service `""` says the same as
+/// `porthole.console.v1.ConsoleService`, so a probe that names no service
+/// (Kubernetes' gRPC probe by default) sees a fenced or drained replica.
 async fn report_health(
     health: tonic_health::server::HealthReporter,
     mut serving: tokio::sync::watch::Receiver<bool>,
@@ -227,15 +228,11 @@ async fn report_health(
 ) {
     tokio::pin!(quiet);
     loop {
-        if *serving.borrow_and_update() {
-            health
-                .set_serving::<ConsoleServiceServer<ConsoleApi>>()
-                .await;
-        } else {
-            health
-                .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
-                .await;
-        }
+        let status = match *serving.borrow_and_update() {
+            true => ServingStatus::Serving,
+            false => ServingStatus::NotServing,
+        };
+        set_health(&health, status).await;
         tokio::select! {
             _ = &mut quiet => break,
             changed = serving.changed() => if changed.is_err() {
@@ -244,9 +241,19 @@ async fn report_health(
             },
         }
     }
-    health
-        .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
+}
+
+/// The names health answers for: overall and the console service.
+const HEALTH_NAMES: [&str; 2] = [
+    "",
+    <ConsoleServiceServer<ConsoleApi> as tonic::server::NamedService>::NAME,
+];
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for name in HEALTH_NAMES {
+        health.set_service_status(name, status).await;
+    }
 }
 
 /// Resolves when the replica is drained (`DrainReplica`) or shuts down.
@@ -281,35 +288,50 @@ fn serial_backend(config: &Config) -> Result<Arc<dyn ConsoleBackend>, RunError> 
 mod tests {
     use std::time::Duration;
 
-    use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_server::Health;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::server::{HealthReporter, HealthService};
 
     use super::*;
 
-    async fn status(reporter: &HealthReporter) -> ServingStatus {
+    async fn status(reporter: &HealthReporter, name: &str) -> ServingStatus {
         let service = HealthService::from_health_reporter(reporter.clone());
         let request = tonic::Request::new(HealthCheckRequest {
-            service: "porthole.console.v1.ConsoleService".into(),
+            service: name.into(),
         });
         match service.check(request).await {
-            Ok(r) => r.into_inner().status(),
+            Ok(r) => match r.into_inner().status() {
+                tonic_health::pb::health_check_response::ServingStatus::Serving => {
+                    ServingStatus::Serving
+                }
+                tonic_health::pb::health_check_response::ServingStatus::NotServing => {
+                    ServingStatus::NotServing
+                }
+                _ => ServingStatus::Unknown,
+            },
             Err(_) => ServingStatus::Unknown,
         }
     }
 
+    /// Both the named service and the overall `""` become `want`.
     async fn becomes(reporter: &HealthReporter, want: ServingStatus) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while status(reporter).await != want {
-            assert!(tokio::time::Instant::now() < deadline, "never {want:?}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        for name in ["porthole.console.v1.ConsoleService", ""] {
+            while status(reporter, name).await != want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name:?} never {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
     }
 
-    #[tokio::test]
-    async fn drained_is_not_serving_whatever_the_lease_does() {
+    #[tokio::test(start_paused = true)]
+    async fn fenced_or_drained_is_not_serving_overall_too_whatever_the_lease_does() {
+        // As tonic_health::server::health_reporter() leaves it: "" SERVING.
         let reporter = HealthReporter::new();
+        reporter.set_service_status("", ServingStatus::Serving).await;
         let (serving, rx) = tokio::sync::watch::channel(true);
         let drained = CancellationToken::new();
         tokio::spawn(report_health(
@@ -318,6 +340,7 @@ mod tests {
             drained.clone().cancelled_owned(),
         ));
         becomes(&reporter, ServingStatus::Serving).await;
+        // Fenced (the lease is not known valid).
         serving.send_replace(false);
         becomes(&reporter, ServingStatus::NotServing).await;
         serving.send_replace(true);
@@ -329,6 +352,8 @@ mod tests {
         serving.send_replace(false);
         serving.send_replace(true);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(status(&reporter).await, ServingStatus::NotServing);
+        for name in ["porthole.console.v1.ConsoleService", ""] {
+            assert_eq!(status(&reporter, name).await, ServingStatus::NotServing);
+        }
     }
 }
