@@ -9,7 +9,8 @@ use std::time::Duration;
 use pb::console_service_client::ConsoleServiceClient;
 use porthole_proto::console::v1 as pb;
 use serde_json::{json, Value};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use porthole_common::tls::ClientTls;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ConsoleSvcConfig;
 use crate::model::Node;
@@ -82,20 +83,16 @@ impl ConsoleClient {
             .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(cfg.timeout);
-        if cfg.endpoint.starts_with("https://") || cfg.tls_ca.is_some() {
-            let mut tls = ClientTlsConfig::new().with_native_roots();
-            if let Some(ca) = &cfg.tls_ca {
-                let pem = std::fs::read(ca).map_err(|e| bad(&format!("{}: {e}", ca.display())))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            if let (Some(c), Some(k)) = (&cfg.tls_cert, &cfg.tls_key) {
-                let cert = std::fs::read(c).map_err(|e| bad(&format!("{}: {e}", c.display())))?;
-                let key = std::fs::read(k).map_err(|e| bad(&format!("{}: {e}", k.display())))?;
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            if let Some(d) = &cfg.tls_domain {
-                tls = tls.domain_name(d.clone());
-            }
+        let tls = ClientTls {
+            ca_file: cfg.tls_ca.clone(),
+            cert_file: cfg.tls_cert.clone(),
+            key_file: cfg.tls_key.clone(),
+            server_name: cfg.tls_domain.clone(),
+        };
+        if tls.wanted(&cfg.endpoint) {
+            let tls = tls
+                .tonic(("console.tls_cert", "console.tls_key"))
+                .map_err(|e| bad(&e))?;
             ep = ep.tls_config(tls).map_err(|e| bad(&e))?;
         }
         Ok(Self {

@@ -5,6 +5,8 @@
 //!  run ──▶ sweep leftovers of a crashed run ──▶ serve gRPC ──shutdown──▶ stop every console ──▶ return
 //! ```
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use crate::cluster::forward::PeerTls;
 use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Backend, Config};
 use crate::coordinator::etcd::{EtcdCoordinator, EtcdSettings, Member};
@@ -48,6 +51,10 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] porthole_common::tls::TlsError),
 }
 
 /// Serve `console.v1` on `listener` until `shutdown` is cancelled, then
@@ -58,6 +65,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
+    // First, so that a bad certificate or key stops us before anything starts.
+    let acceptor = match config.service.server_tls()? {
+        Some(tls) => Some(tls.acceptor()?),
+        None => None,
+    };
+    let peer_tls = match config.service.peer_tls()? {
+        Some(tls) => PeerTls::tls(tls.tonic(("service.tls_cert_file", "service.tls_key_file"))?),
+        None => PeerTls::default(),
+    };
     let pid_dir = config.console.terminal_pid_dir.clone();
     let processes =
         ProcessTable::open(&pid_dir, config.console.kill_timeout).map_err(|source| {
@@ -97,7 +113,13 @@ pub async fn run(
         shutdown.child_token(),
     );
     let cluster = match etcd {
-        Some(etcd) => Some(cluster(&config, etcd, &manager, coordination.clone())?),
+        Some(etcd) => Some(cluster(
+            &config,
+            etcd,
+            &manager,
+            peer_tls,
+            coordination.clone(),
+        )?),
         None => None,
     };
     let api = match &cluster {
@@ -112,7 +134,13 @@ pub async fn run(
         .build_v1()?;
 
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-          backend = config.console.backend.as_str(), "console-svc serving");
+          backend = config.console.backend.as_str(),
+          tls = match (&acceptor, &config.service.tls_client_ca_file) {
+              (None, _) => "off",
+              (Some(_), None) => "on",
+              (Some(_), Some(_)) => "mutual",
+          },
+          "console-svc serving");
     tokio::spawn(report_health(
         health.clone(),
         coordinator.serving(),
@@ -134,11 +162,28 @@ pub async fn run(
             coordination.cancel();
         })
     };
-    let serve = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ConsoleServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled());
+        .add_service(ConsoleServiceServer::new(api));
+    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match acceptor {
+            // Each handshake on its own task, bounded: a client that
+            // connects and stalls holds up no one else.
+            Some(acceptor) => Box::pin(router.serve_with_incoming_shutdown(
+                porthole_common::tls::incoming(
+                    listener,
+                    acceptor,
+                    config.service.tls_handshake_timeout,
+                    shutdown.clone(),
+                ),
+                shutdown.clone().cancelled_owned(),
+            )),
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            )),
+        };
     // A graceful shutdown waits for every client connection to close; one
     // whose peer never answers the GOAWAY would keep us up for ever. Give
     // them SHUTDOWN_GRACE once shutdown began, then stop anyway.
@@ -193,6 +238,7 @@ fn cluster(
     config: &Config,
     etcd: Arc<EtcdCoordinator>,
     manager: &ConsoleManager,
+    peer_tls: PeerTls,
     cancel: CancellationToken,
 ) -> Result<Cluster, RunError> {
     let key_file = config
@@ -205,6 +251,7 @@ fn cluster(
     let settings = ClusterSettings {
         enable_timeout: config.etcd.enable_timeout,
         claim_step: config.etcd.claim_step,
+        peer_tls,
     };
     Ok(Cluster::start(
         etcd,
