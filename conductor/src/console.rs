@@ -106,7 +106,18 @@ impl ConsoleClient {
     }
 
     fn status(&self, s: tonic::Status) -> ConsoleError {
+        // A connection that failed under the call (refused, reset, or
+        // closed by the server in the TLS handshake, e.g. for want of a
+        // client certificate) arrives as whatever code hyper's error maps
+        // to, CANCELLED among them; it is the service being unavailable to
+        // us, not its answer.
+        let transport = std::error::Error::source(&s)
+            .is_some_and(|e| e.is::<tonic::transport::Error>());
         match s.code() {
+            _ if transport => ConsoleError::Unavailable {
+                endpoint: self.endpoint.clone(),
+                message: chain(&s),
+            },
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
                 if s.message().contains("transport") || s.code() != tonic::Code::Unknown =>
             {
@@ -253,4 +264,20 @@ pub fn apply(node: &mut Node, c: &pb::Console) {
         node.driver_internal_info
             .insert("vnc_port".into(), json!(c.port));
     }
+}
+
+/// A status's message and its sources' (a transport error alone says
+/// "operation was canceled"; its source says the connection was closed).
+fn chain(s: &tonic::Status) -> String {
+    let mut text = s.message().to_owned();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
 }
