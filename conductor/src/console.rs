@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use pb::console_service_client::ConsoleServiceClient;
+use porthole_common::tls::ClientTls;
 use porthole_proto::console::v1 as pb;
 use serde_json::{json, Value};
-use porthole_common::tls::ClientTls;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ConsoleSvcConfig;
@@ -111,8 +111,8 @@ impl ConsoleClient {
         // client certificate) arrives as whatever code hyper's error maps
         // to, CANCELLED among them; it is the service being unavailable to
         // us, not its answer.
-        let transport = std::error::Error::source(&s)
-            .is_some_and(|e| e.is::<tonic::transport::Error>());
+        let transport =
+            std::error::Error::source(&s).is_some_and(|e| e.is::<tonic::transport::Error>());
         match s.code() {
             _ if transport => ConsoleError::Unavailable {
                 endpoint: self.endpoint.clone(),

@@ -156,6 +156,7 @@ async fn type_through(url: &str, bmc: &Bmc) -> Result<()> {
     v.send(b"typed-over-tls\r").await?;
     n.expect(b"typed-over-tls", Duration::from_secs(15)).await?;
     n.send(b"printed-over-tls\r\n").await?;
-    v.expect(b"printed-over-tls", Duration::from_secs(15)).await?;
+    v.expect(b"printed-over-tls", Duration::from_secs(15))
+        .await?;
     Ok(())
 }

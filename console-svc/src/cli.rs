@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pb::console_service_client::ConsoleServiceClient;
-use porthole_proto::console::v1 as pb;
 use porthole_common::tls::ClientTls;
+use porthole_proto::console::v1 as pb;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 

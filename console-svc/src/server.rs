@@ -378,7 +378,9 @@ mod tests {
     async fn fenced_or_drained_is_not_serving_overall_too_whatever_the_lease_does() {
         // As tonic_health::server::health_reporter() leaves it: "" SERVING.
         let reporter = HealthReporter::new();
-        reporter.set_service_status("", ServingStatus::Serving).await;
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
         let (serving, rx) = tokio::sync::watch::channel(true);
         let drained = CancellationToken::new();
         tokio::spawn(report_health(

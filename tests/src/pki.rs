@@ -66,6 +66,9 @@ impl Pki {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("porthole test {name}"));
         let cert = params.self_signed(&key)?;
         std::fs::write(self.path(&format!("{name}.pem")), cert.pem())?;
         Ok((cert, key))

@@ -55,11 +55,17 @@ async fn mutual_tls_body() -> Result<()> {
     );
     let plain = format!("http://127.0.0.1:{}", svc.grpc_port());
     let refused = health_at(Endpoint::from_shared(plain)?, "").await;
-    ensure!(refused.is_err(), "a plaintext client was served: {refused:?}");
+    ensure!(
+        refused.is_err(),
+        "a plaintext client was served: {refused:?}"
+    );
 
     // Still serving the certified client after the refusals.
     let status = health_at(svc.endpoint()?, SERVICE_NAME).await?;
-    ensure!(status == ServingStatus::Serving, "after refusals: {status:?}");
+    ensure!(
+        status == ServingStatus::Serving,
+        "after refusals: {status:?}"
+    );
 
     // The refusals are logged with the peer; the key never is.
     let log = svc.log_lines();
@@ -73,7 +79,8 @@ async fn mutual_tls_body() -> Result<()> {
         log.join("\n")
     );
     ensure!(
-        log.iter().any(|l| l.contains("tls") && l.contains("mutual")),
+        log.iter()
+            .any(|l| l.contains("tls") && l.contains("mutual")),
         "the start line does not say TLS is mutual:\n{}",
         log.join("\n")
     );
@@ -118,12 +125,16 @@ async fn cli_body() -> Result<()> {
     ])
     .await?;
     ensure!(out.0, "list over mutual TLS failed: {}", out.2);
-    let list: serde_json::Value = serde_json::from_str(&out.1)
-        .with_context(|| format!("list printed {:?}", out.1))?;
+    let list: serde_json::Value =
+        serde_json::from_str(&out.1).with_context(|| format!("list printed {:?}", out.1))?;
     ensure!(list == serde_json::json!([]), "list: {list}");
 
     let out = cli(&["list", "--server", &url, "--ca-file", &ca]).await?;
-    ensure!(!out.0, "list without a client certificate succeeded: {}", out.1);
+    ensure!(
+        !out.0,
+        "list without a client certificate succeeded: {}",
+        out.1
+    );
 
     let plain = format!("http://127.0.0.1:{}", svc.grpc_port());
     let out = cli(&["list", "--server", &plain]).await?;
@@ -158,4 +169,80 @@ async fn cli(args: &[&str]) -> Result<(bool, String, String)> {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_log_goes_over_mutual_tls() {
+    porthole_tests::run(forward_body()).await
+}
+
+/// Two replicas on the rig's etcd, both serving mutual TLS: GetConsoleLog
+/// on the replica that does not own the console is forwarded to the owner
+/// over https with the replica's own certificate, and answers.
+async fn forward_body() -> Result<()> {
+    let rig = rig_or_skip!();
+    let rig_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        std::env::var("PORTHOLE_RIG_JSON")?,
+    )?)?;
+    let etcd = rig_json["etcd"]["endpoints"][0]
+        .as_str()
+        .context("rig.json: etcd.endpoints")?
+        .to_owned();
+    let bmcs = rig.lease_bmcs(1).await?;
+    let pki = Pki::new()?;
+    let key_dir = tempfile::Builder::new().prefix("porthole-tls-").tempdir()?;
+    let key_file = key_dir.path().join("etcd.key");
+    std::fs::write(&key_file, "cd".repeat(32))?;
+    let prefix = format!("/porthole-test/tls-forward-{}/", std::process::id());
+    let opts = SvcOptions::new(Backend::Native)
+        .tls(&pki, true)
+        .set("etcd", "endpoints", &format!("[{etcd:?}]"))
+        .set("etcd", "prefix", &format!("{prefix:?}"))
+        .set(
+            "etcd",
+            "secret_key_file",
+            &format!("{:?}", key_file.display().to_string()),
+        )
+        .set("etcd", "lease_ttl", "\"3s\"");
+    let replicas = [
+        ConsoleSvc::start_with(opts.clone()).await?,
+        ConsoleSvc::start_with(opts).await?,
+    ];
+    let node = porthole_tests::session::node_id("tls-fwd");
+    let mut first = replicas[0].client().await?;
+    let on = porthole_tests::session::enable(&mut first, bmcs[0].enable_request(&node)).await?;
+    let on = porthole_tests::session::wait_console(
+        &mut first,
+        &node,
+        Duration::from_secs(30),
+        "running",
+        |c| c.state == pb::ConsoleState::Running as i32,
+    )
+    .await
+    .with_context(|| format!("after enable: {on:?}"))?;
+    let mut forwarded = 0;
+    for svc in &replicas {
+        let owner = on.owner == format!("test-{}", svc.grpc_port());
+        let log = svc
+            .client()
+            .await?
+            .get_console_log(pb::GetConsoleLogRequest {
+                node_id: node.clone(),
+                max_bytes: 0,
+            })
+            .await;
+        ensure!(
+            log.is_ok(),
+            "GetConsoleLog on {} (owner: {owner}): {log:?}",
+            svc.grpc_url()
+        );
+        forwarded += usize::from(!owner);
+    }
+    ensure!(
+        forwarded == 1,
+        "owner {} is not one of the replicas",
+        on.owner
+    );
+    porthole_tests::session::disable(&mut first, &node).await?;
+    Ok(())
 }

@@ -165,39 +165,68 @@ impl Cluster {
         let me = MetadataValue::try_from(self.replica())
             .unwrap_or_else(|_| MetadataValue::from_static("unnamed"));
         request.metadata_mut().insert(FORWARDED_BY, me);
-        let call = async {
-            let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-                .map_err(|e| unreachable(chain(&e)))?
-                .connect_timeout(FORWARD_TIMEOUT);
-            if let Some(tls) = &self.inner.settings.peer_tls.0 {
-                endpoint = endpoint
-                    .tls_config(tls.clone())
-                    .map_err(|e| unreachable(chain(&e)))?;
-            }
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| unreachable(chain(&e)))?;
-            pb::console_service_client::ConsoleServiceClient::new(channel)
-                .max_decoding_message_size(MAX_FORWARDED_BYTES)
-                .get_console_log(request)
-                .await
-                .map_err(|status| ForwardError::Owner {
+        let answer = call_owner(url, &self.inner.settings.peer_tls, request)
+            .await
+            .map_err(|failed| match failed {
+                CallFailed::Unreachable(reason) => unreachable(reason),
+                CallFailed::Answered(status) => ForwardError::Owner {
                     node: node.to_string(),
                     owner: owner.to_owned(),
                     code: status.code(),
                     message: status.message().to_owned(),
-                })
-        };
-        let answer = tokio::time::timeout(FORWARD_TIMEOUT, call)
-            .await
-            .map_err(|_| unreachable(format!("no answer within {FORWARD_TIMEOUT:?}")))??;
-        let answer = answer.into_inner();
+                },
+            })?;
         Ok(LogSnapshot {
             data: answer.data,
             truncated: answer.truncated,
         })
     }
+}
+
+/// How a call to the owner failed.
+#[derive(Debug)]
+enum CallFailed {
+    /// No answer: not connected, the connection failed under the call (a
+    /// TLS peer refusing our certificate closes it after the handshake), or
+    /// none within [`FORWARD_TIMEOUT`].
+    Unreachable(String),
+    /// The owner answered with this status.
+    Answered(tonic::Status),
+}
+
+/// GetConsoleLog on the replica at `url`, connecting as `tls` says, within
+/// [`FORWARD_TIMEOUT`].
+async fn call_owner(
+    url: &str,
+    tls: &PeerTls,
+    request: tonic::Request<pb::GetConsoleLogRequest>,
+) -> Result<pb::GetConsoleLogResponse, CallFailed> {
+    let unreachable = |e: &dyn std::error::Error| CallFailed::Unreachable(chain(e));
+    let call = async {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| unreachable(&e))?
+            .connect_timeout(FORWARD_TIMEOUT);
+        if let Some(tls) = &tls.0 {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| unreachable(&e))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+        pb::console_service_client::ConsoleServiceClient::new(channel)
+            .max_decoding_message_size(MAX_FORWARDED_BYTES)
+            .get_console_log(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| match std::error::Error::source(&status) {
+                Some(e) if e.is::<tonic::transport::Error>() => {
+                    CallFailed::Unreachable(format!("{}: {}", status.message(), chain(e)))
+                }
+                _ => CallFailed::Answered(status),
+            })
+    };
+    tokio::time::timeout(FORWARD_TIMEOUT, call)
+        .await
+        .map_err(|_| CallFailed::Unreachable(format!("no answer within {FORWARD_TIMEOUT:?}")))?
 }
 
 /// Who answers for `node`, from its `consoles/<node>/` keys and every
@@ -264,6 +293,10 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+#[path = "forward_tls_tests.rs"]
+mod tls_tests;
 
 #[cfg(test)]
 mod tests {

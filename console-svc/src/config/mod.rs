@@ -360,7 +360,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("service.tls_cert_file needs service.tls_key_file"), "{err}");
+        assert!(
+            err.contains("service.tls_cert_file needs service.tls_key_file"),
+            "{err}"
+        );
         let err = Config::load(
             None,
             env(&[("PORTHOLE_SERVICE_TLS_CLIENT_CA_FILE", "/etc/p/ca.pem")]),

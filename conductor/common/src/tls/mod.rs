@@ -165,10 +165,16 @@ impl ClientTls {
             }
             (None, None) => {}
             (Some(_), None) => {
-                return Err(TlsError::Incomplete(format!("{} needs {}", names.0, names.1)))
+                return Err(TlsError::Incomplete(format!(
+                    "{} needs {}",
+                    names.0, names.1
+                )))
             }
             (None, Some(_)) => {
-                return Err(TlsError::Incomplete(format!("{} needs {}", names.1, names.0)))
+                return Err(TlsError::Incomplete(format!(
+                    "{} needs {}",
+                    names.1, names.0
+                )))
             }
         }
         if let Some(name) = &self.server_name {
@@ -229,9 +235,7 @@ fn pem_error(what: &'static str, path: &Path, e: rustls_pki_types::pem::Error) -
         E::MissingSectionEnd { .. } => "a PEM section has no END line",
         E::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed",
         E::Base64Decode(_) => "a PEM section is not valid base64",
-        E::NoItemsFound if what == "key" => {
-            "no PEM private key (PKCS#8, PKCS#1 or SEC1) in it"
-        }
+        E::NoItemsFound if what == "key" => "no PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
         E::NoItemsFound => "no PEM CERTIFICATE in it",
         E::SectionTooLarge => "a PEM section is too large",
         _ => "not readable as PEM",

@@ -40,6 +40,9 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("porthole test {name}"));
         let cert = params.self_signed(&key).unwrap();
         std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
         (cert, key)
@@ -119,9 +122,15 @@ async fn mutual_tls_serves_certified_clients_and_refuses_the_rest() {
         .await
         .expect("a client certified by the client CA is served");
     let no_cert = check(url.clone(), Some(&pki.client(None))).await;
-    assert!(no_cert.is_err(), "a client without a certificate was served");
+    assert!(
+        no_cert.is_err(),
+        "a client without a certificate was served"
+    );
     let stranger = check(url.clone(), Some(&pki.client(Some("stranger")))).await;
-    assert!(stranger.is_err(), "a certificate of another CA was accepted");
+    assert!(
+        stranger.is_err(),
+        "a certificate of another CA was accepted"
+    );
     let plain = check(format!("http://127.0.0.1:{port}"), None).await;
     assert!(plain.is_err(), "a plaintext client was served");
     // The refusals cost the server nothing: the next good client is served.
@@ -209,7 +218,10 @@ fn options_must_come_in_pairs_and_bad_files_are_named_not_quoted() {
         None
     );
     let e = ServerTls::from_options("service.tls_", Some(&p("c")), None, None).unwrap_err();
-    assert_eq!(e.to_string(), "service.tls_cert_file needs service.tls_key_file");
+    assert_eq!(
+        e.to_string(),
+        "service.tls_cert_file needs service.tls_key_file"
+    );
     let e = ServerTls::from_options("service.tls_", None, None, Some(&p("ca"))).unwrap_err();
     assert!(e.to_string().contains("client_ca_file needs"), "{e}");
 
@@ -225,7 +237,10 @@ fn options_must_come_in_pairs_and_bad_files_are_named_not_quoted() {
     tls.key_file = key.clone();
     let e = tls.acceptor().err().expect("refused").to_string();
     assert!(e.contains(&key.display().to_string()), "{e}");
-    assert!(!e.contains("TOPSECRET"), "the key's content is in the error: {e}");
+    assert!(
+        !e.contains("TOPSECRET"),
+        "the key's content is in the error: {e}"
+    );
     tls.key_file = dir.path().join("missing.key");
     let e = tls.acceptor().err().expect("refused").to_string();
     assert!(e.contains("missing.key"), "{e}");
