@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use porthole_common::tls::{self, TlsAcceptor};
 use porthole_proto::console::v1::console_service_server::ConsoleServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -66,14 +67,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     // First, so that a bad certificate or key stops us before anything starts.
-    let acceptor = match config.service.server_tls()? {
-        Some(tls) => Some(tls.acceptor()?),
-        None => None,
-    };
-    let peer_tls = match config.service.peer_tls()? {
-        Some(tls) => PeerTls::tls(tls.tonic(("service.tls_cert_file", "service.tls_key_file"))?),
-        None => PeerTls::default(),
-    };
+    let (acceptor, peer_tls) = tls_settings(&config)?;
     let pid_dir = config.console.terminal_pid_dir.clone();
     let processes =
         ProcessTable::open(&pid_dir, config.console.kill_timeout).map_err(|source| {
@@ -128,6 +122,8 @@ pub async fn run(
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    // health_reporter() says SERVING for ""; not before report_health says so.
+    set_health(&health, ServingStatus::NotServing).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(porthole_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -166,24 +162,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ConsoleServiceServer::new(api));
-    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match acceptor {
-            // Each handshake on its own task, bounded: a client that
-            // connects and stalls holds up no one else.
-            Some(acceptor) => Box::pin(router.serve_with_incoming_shutdown(
-                porthole_common::tls::incoming(
-                    listener,
-                    acceptor,
-                    config.service.tls_handshake_timeout,
-                    shutdown.clone(),
-                ),
-                shutdown.clone().cancelled_owned(),
-            )),
-            None => Box::pin(router.serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                shutdown.clone().cancelled_owned(),
-            )),
-        };
+    let serve = serve(router, listener, acceptor, &config, shutdown.clone());
     // A graceful shutdown waits for every client connection to close; one
     // whose peer never answers the GOAWAY would keep us up for ever. Give
     // them SHUTDOWN_GRACE once shutdown began, then stop anyway.
@@ -202,6 +181,45 @@ pub async fn run(
     let _ = stopper.await;
     info!("console-svc stopped");
     Ok(served?)
+}
+
+/// The TLS acceptor when gRPC is served over TLS, and how this replica
+/// calls the others (files read once, here).
+fn tls_settings(config: &Config) -> Result<(Option<TlsAcceptor>, PeerTls), RunError> {
+    let acceptor = match config.service.server_tls()? {
+        Some(tls) => Some(tls.acceptor()?),
+        None => None,
+    };
+    let peer = match config.service.peer_tls()? {
+        Some(tls) => PeerTls::tls(tls.tonic(("service.tls_cert_file", "service.tls_key_file"))?),
+        None => PeerTls::default(),
+    };
+    Ok((acceptor, peer))
+}
+
+type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// `router` on `listener` until `shutdown`: plaintext, or TLS with each
+/// handshake on its own task, bounded, so a client that connects and
+/// stalls holds up no one else.
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Serving {
+    match acceptor {
+        Some(acceptor) => {
+            let timeout = config.service.tls_handshake_timeout;
+            let incoming = tls::incoming(listener, acceptor, timeout, shutdown.clone());
+            Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )),
+    }
 }
 
 /// How long client connections may stay open once shutdown began.

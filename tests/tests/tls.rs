@@ -246,3 +246,37 @@ async fn forward_body() -> Result<()> {
     porthole_tests::session::disable(&mut first, &node).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_key_stops_the_start_and_is_named_not_quoted() {
+    porthole_tests::run(bad_key_body()).await
+}
+
+async fn bad_key_body() -> Result<()> {
+    let _rig = rig_or_skip!();
+    let pki = Pki::new()?;
+    let dir = tempfile::Builder::new().prefix("porthole-tls-").tempdir()?;
+    let key = dir.path().join("broken.key");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nSECRET-KEY-MATERIAL*\n-----END PRIVATE KEY-----\n",
+    )?;
+    let opts = SvcOptions::new(Backend::Native).tls(&pki, true).set(
+        "service",
+        "tls_key_file",
+        &format!("{:?}", key.display().to_string()),
+    );
+    let err = match ConsoleSvc::start_with(opts).await {
+        Ok(_) => anyhow::bail!("console-svc started with a broken key"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("exited during start") && err.contains("broken.key"),
+        "{err}"
+    );
+    ensure!(
+        !err.contains("SECRET-KEY-MATERIAL"),
+        "the key is quoted: {err}"
+    );
+    Ok(())
+}

@@ -22,7 +22,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
+pub use tokio_rustls::TlsAcceptor;
 
 pub use incoming::{incoming, TlsIncoming, DEFAULT_HANDSHAKE_TIMEOUT, MAX_HANDSHAKES};
 
