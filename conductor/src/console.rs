@@ -281,3 +281,37 @@ fn chain(s: &tonic::Status) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_certificate_without_its_key_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        std::fs::write(&cert, "not read before the pair is checked").unwrap();
+        let cfg = ConsoleSvcConfig {
+            endpoint: "https://127.0.0.1:50051".into(),
+            tls_cert: Some(cert),
+            ..ConsoleSvcConfig::default()
+        };
+        match ConsoleClient::new(&cfg) {
+            Err(ConsoleError::Config(m)) => {
+                assert_eq!(m, "console.tls_cert needs console.tls_key")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a certificate without its key was accepted"),
+        }
+        let cfg = ConsoleSvcConfig {
+            endpoint: "https://127.0.0.1:50051".into(),
+            tls_ca: Some(dir.path().join("missing-ca.pem")),
+            ..ConsoleSvcConfig::default()
+        };
+        match ConsoleClient::new(&cfg) {
+            Err(ConsoleError::Config(m)) => assert!(m.contains("missing-ca.pem"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a missing CA file was accepted"),
+        }
+    }
+}
