@@ -184,6 +184,48 @@ pub struct LogArgs {
 
 /// Run a client command, writing its output to `out`.
 pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
+    let hint = client_args(&command).and_then(certificate_hint);
+    let done = commands(command, out).await;
+    match (done, hint) {
+        (Err(e), Some(hint)) if closed_under_us(&e) => Err(e.context(hint)),
+        (done, _) => done,
+    }
+}
+
+/// The connection options of a client command.
+fn client_args(command: &Command) -> Option<&ClientArgs> {
+    match command {
+        Command::Enable(a) => Some(&a.client),
+        Command::Disable(a) | Command::Show(a) => Some(&a.client),
+        Command::Log(a) => Some(&a.client),
+        Command::List(a) | Command::Drain(a) => Some(a),
+        Command::Serve(_) | Command::SolExec => None,
+    }
+}
+
+/// A TLS server that wants a client certificate closes the connection
+/// after the handshake; the call then fails with a bare transport error.
+/// Say what is likely missing when no certificate was given.
+fn certificate_hint(args: &ClientArgs) -> Option<String> {
+    (args.server.starts_with("https://") && args.cert_file.is_none()).then(|| {
+        format!(
+            "console-svc at {} closed the connection; if it requires a client \
+             certificate, give --cert-file and --key-file",
+            args.server
+        )
+    })
+}
+
+/// Whether `e` is a call whose connection failed under it.
+fn closed_under_us(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<tonic::Status>()
+            .and_then(|s| std::error::Error::source(s))
+            .is_some_and(|s| s.is::<tonic::transport::Error>())
+    })
+}
+
+async fn commands(command: Command, out: &mut impl Write) -> Result<()> {
     match command {
         Command::Enable(a) => {
             let password = std::fs::read_to_string(&a.bmc_password_file)
