@@ -1,8 +1,12 @@
 //! Console state: `PUT /states/console` through console-svc, the state
-//! clients read, and re-enabling a console console-svc lost.
+//! clients read, re-enabling a console console-svc lost, and disabling one
+//! it serves for a node that does not want it.
 //!
 //! The node's `console_enabled` is the wanted state; it changes only when a
-//! client asks and console-svc has done it. Callers: `api::states`,
+//! client asks and console-svc has done it (as Ironic sets it only after
+//! the driver's start_console succeeded). An enable whose record is lost
+//! (the conductor killed in between, or the write failing) is undone by
+//! `retire_console`, from reconcile or right away. Callers: `api::states`,
 //! `watch` (reconcile and WatchConsoles events).
 
 use std::sync::Arc;
@@ -36,11 +40,18 @@ impl Conductor {
             let console = self.consoles.enable(req).await.inspect_err(|e| {
                 self.note_error(&uuid, format!("Failed to enable the console: {e}"));
             })?;
-            self.store.modify_node(&uuid, |n: &mut Node| {
+            let recorded = self.store.modify_node(&uuid, |n: &mut Node| {
                 n.console_enabled = true;
                 apply(n, &console);
                 Ok::<_, ServiceError>(())
-            })?;
+            });
+            if let Err(e) = recorded {
+                // console-svc serves it but the node says disabled: undo.
+                if let Err(d) = self.consoles.disable(&uuid).await {
+                    tracing::warn!(node = %uuid, error = %d, "cannot undo an enable that was not recorded; reconcile will");
+                }
+                return Err(e);
+            }
         } else {
             self.consoles.disable(&uuid).await.inspect_err(|e| {
                 self.note_error(&uuid, format!("Failed to disable the console: {e}"));
@@ -97,6 +108,24 @@ impl Conductor {
         match result {
             Ok(c) => self.record_console(uuid, &c, false).await,
             Err(e) => self.note_error(uuid, format!("{RESTORE_FAILURE}{e}")),
+        }
+    }
+
+    /// Disable the console console-svc serves for `uuid` if the node does not
+    /// want one (reconcile, WatchConsoles). Known nodes only.
+    pub async fn retire_console(&self, uuid: &str) {
+        let lock = self.console_lock(uuid);
+        let _held = lock.lock().await;
+        match self.store.get_node(uuid) {
+            Ok(node) if !node.console_enabled => {}
+            _ => return,
+        }
+        match self.consoles.disable(uuid).await {
+            Ok(()) => tracing::info!(
+                node = %uuid,
+                "disabled a console the node does not want (an enable that was never recorded)"
+            ),
+            Err(e) => tracing::warn!(node = %uuid, error = %e, "cannot disable an unwanted console"),
         }
     }
 
