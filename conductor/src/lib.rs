@@ -11,11 +11,13 @@
 //! - [`console`], [`watch`]: the console-svc client, reconcile, WatchConsoles.
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
 //! - [`patch`]: JSON Patch.
+//! - [`logfmt`]: text log lines with control characters escaped.
 
 pub mod api;
 pub mod config;
 pub mod console;
 pub mod db;
+pub mod logfmt;
 pub mod model;
 pub mod patch;
 pub mod power;

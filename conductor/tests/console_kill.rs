@@ -66,15 +66,19 @@ async fn body() -> Result<()> {
         .await?;
     let uuid = created["uuid"].as_str().context("uuid")?.to_owned();
     // Let the power sync after create write its result before the lock.
-    eventually(Duration::from_secs(30), "power sync after create", || async {
-        let n: Value = http
-            .get(format!("{}/v1/nodes/{uuid}", cond.url))
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok((!n["power_state"].is_null()).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(30),
+        "power sync after create",
+        || async {
+            let n: Value = http
+                .get(format!("{}/v1/nodes/{uuid}", cond.url))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok((!n["power_state"].is_null()).then_some(()))
+        },
+    )
     .await?;
 
     // Hold the database's write lock: the conductor's record of

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{base_url, json_body, json_object, parse_fields, ApiError, AppState};
+use super::{base_url, json_body, json_object, parse_fields, parse_limit, ApiError, AppState};
 use crate::model::{select, Node, NODE_LIST_FIELDS};
 use crate::service::NodeCreate;
 
@@ -117,11 +117,7 @@ fn listing(
         ));
     }
     let base = base_url(st, headers);
-    let limit: usize = q
-        .get("limit")
-        .and_then(|l| l.parse().ok())
-        .filter(|l| *l > 0)
-        .unwrap_or(usize::MAX);
+    let limit = parse_limit(q)?;
     let nodes: Vec<Value> = st
         .conductor
         .store

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{base_url, json_object, parse_fields, ApiError, AppState};
+use super::{base_url, json_object, parse_fields, parse_limit, ApiError, AppState};
 use crate::model::{select, Port};
 
 type Params = Query<HashMap<String, String>>;
@@ -58,6 +58,7 @@ fn listing(
         || q.get("detail")
             .is_some_and(|d| d.eq_ignore_ascii_case("true"));
     let fields = parse_fields(q.get("fields").map(String::as_str), FIELDS)?;
+    let limit = parse_limit(q)?;
     let node = node
         .or(q.get("node").map(String::as_str))
         .or(q.get("node_uuid").map(String::as_str));
@@ -73,6 +74,7 @@ fn listing(
         .list_ports(node_uuid.as_deref())?
         .iter()
         .filter(|p| address.as_ref().is_none_or(|a| &p.address == a))
+        .take(limit)
         .map(|p| render(p, &base, &fields, detail))
         .collect();
     Ok(Json(json!({"ports": ports})))

@@ -60,15 +60,12 @@ pub async fn set_console(
 ) -> Result<Response, ApiError> {
     let body = json_object(&body)?;
     let enabled = match body.get("enabled") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "The body needs \"enabled\": true or false, not {}.",
-                other.map(Value::to_string).unwrap_or("nothing".into())
-            )))
+        None | Some(Value::Null) => {
+            return Err(ApiError::BadRequest(
+                "The body needs \"enabled\": true or false.".into(),
+            ))
         }
+        Some(v) => crate::service::parse_bool("enabled", v)?,
     };
     let uuid = st.conductor.store.get_node(&node)?.uuid;
     st.conductor.set_console(&uuid, enabled).await?;

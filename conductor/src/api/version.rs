@@ -24,19 +24,35 @@ fn vstr(minor: u32) -> String {
     format!("1.{minor}")
 }
 
-fn requested(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(HDR).and_then(|v| v.to_str().ok()) {
-        return Some(v.trim().to_owned());
+/// A header's value as text; one that is not visible ASCII is 400 (never
+/// ignored: a client that asked for a version must get it or an error).
+fn text<'a>(v: &'a HeaderValue, name: &str) -> Result<&'a str, ApiError> {
+    v.to_str().map_err(|_| {
+        let shown = String::from_utf8_lossy(v.as_bytes());
+        let shown: String = shown.chars().take(32).collect();
+        ApiError::BadRequest(format!(
+            "Invalid value for {name} header: {shown:?} is not ASCII"
+        ))
+    })
+}
+
+fn requested(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    if let Some(v) = headers.get(HDR) {
+        return Ok(Some(
+            text(v, "X-OpenStack-Ironic-API-Version")?.trim().to_owned(),
+        ));
     }
-    let generic = headers.get("openstack-api-version")?.to_str().ok()?;
-    generic
+    let Some(generic) = headers.get("openstack-api-version") else {
+        return Ok(None);
+    };
+    Ok(text(generic, "OpenStack-API-Version")?
         .split(',')
         .find_map(|p| p.trim().strip_prefix("baremetal "))
-        .map(|v| v.trim().to_owned())
+        .map(|v| v.trim().to_owned()))
 }
 
 fn negotiate(headers: &HeaderMap) -> Result<u32, ApiError> {
-    let Some(raw) = requested(headers) else {
+    let Some(raw) = requested(headers)? else {
         return Ok(MIN_MINOR);
     };
     if raw.eq_ignore_ascii_case("latest") {
@@ -146,5 +162,13 @@ mod tests {
             Err(ApiError::Version { .. })
         ));
         assert!(matches!(negotiate(&h("x")), Err(ApiError::BadVersion(_))));
+        let mut m = HeaderMap::new();
+        m.insert(HDR, HeaderValue::from_bytes("1.\u{e9}".as_bytes()).unwrap());
+        let e = negotiate(&m).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{e}");
+        assert!(
+            e.to_string().contains("X-OpenStack-Ironic-API-Version"),
+            "{e}"
+        );
     }
 }

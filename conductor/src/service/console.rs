@@ -125,7 +125,9 @@ impl Conductor {
                 node = %uuid,
                 "disabled a console the node does not want (an enable that was never recorded)"
             ),
-            Err(e) => tracing::warn!(node = %uuid, error = %e, "cannot disable an unwanted console"),
+            Err(e) => {
+                tracing::warn!(node = %uuid, error = %e, "cannot disable an unwanted console")
+            }
         }
     }
 

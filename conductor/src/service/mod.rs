@@ -199,6 +199,32 @@ pub fn normalize_mac(raw: &str) -> Result<String, ServiceError> {
     Ok(lower)
 }
 
+/// A boolean as Ironic reads one (`args.boolean`: oslo's strict
+/// `bool_from_string`): JSON true/false, or one of the strings below in any
+/// case; anything else is 400. `name` says which argument.
+pub fn parse_bool(name: &str, value: &serde_json::Value) -> Result<bool, ServiceError> {
+    const TRUE: &[&str] = &["1", "t", "true", "on", "y", "yes"];
+    const FALSE: &[&str] = &["0", "f", "false", "off", "n", "no"];
+    let s = match value {
+        serde_json::Value::Bool(b) => return Ok(*b),
+        serde_json::Value::String(s) => s.trim().to_ascii_lowercase(),
+        other => other.to_string(),
+    };
+    if TRUE.contains(&s.as_str()) {
+        return Ok(true);
+    }
+    if FALSE.contains(&s.as_str()) {
+        return Ok(false);
+    }
+    let shown: String = match value {
+        serde_json::Value::String(raw) => raw.chars().take(64).collect(),
+        _ => s.chars().take(64).collect(),
+    };
+    Err(ServiceError::Invalid(format!(
+        "Invalid {name}: Unrecognized value '{shown}', acceptable values are: '0', '1', 'f', 'false', 'n', 'no', 'off', 'on', 't', 'true', 'y', 'yes'"
+    )))
+}
+
 pub fn parse_uuid(raw: &str) -> Result<String, ServiceError> {
     uuid::Uuid::parse_str(raw)
         .map(|u| u.to_string())
@@ -217,5 +243,27 @@ mod tests {
         );
         assert!(normalize_mac("52:54:00").is_err());
         assert!(parse_uuid("nope").is_err());
+    }
+
+    #[test]
+    fn booleans_as_ironic_reads_them() {
+        use serde_json::json;
+        for (v, want) in [
+            (json!(true), true),
+            (json!(false), false),
+            (json!("yes"), true),
+            (json!(" True "), true),
+            (json!("off"), false),
+            (json!("0"), false),
+        ] {
+            assert_eq!(parse_bool("maintenance", &v).unwrap(), want, "{v}");
+        }
+        for v in [json!("x"), json!("maybe"), json!(5), json!({}), json!([])] {
+            let e = parse_bool("persistent", &v).unwrap_err().to_string();
+            assert!(
+                e.starts_with("Invalid persistent: Unrecognized value"),
+                "{e}"
+            );
+        }
     }
 }

@@ -224,10 +224,10 @@ fn read_back(node: &mut Node, doc: &Dict) -> Result<(), ServiceError> {
     node.instance_uuid = s("instance_uuid")?;
     node.resource_class = s("resource_class")?;
     node.maintenance_reason = s("maintenance_reason")?;
-    node.maintenance = doc
-        .get("maintenance")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    node.maintenance = match doc.get("maintenance") {
+        None | Some(Value::Null) => false,
+        Some(v) => super::parse_bool("maintenance", v)?,
+    };
     node.console_interface =
         s("console_interface")?.unwrap_or_else(|| default_interface(&node.driver).into());
     interface_kind(&node.console_interface)?;

@@ -166,10 +166,10 @@ impl Conductor {
                 BOOT_DEVICES.join(", ")
             )));
         }
-        let persistent = body
-            .get("persistent")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let persistent = match body.get("persistent") {
+            None | Some(Value::Null) => false,
+            Some(v) => super::parse_bool("persistent", v)?,
+        };
         Bmc::for_node(&node, &self.power)?
             .set_boot_device(dev, persistent)
             .await?;
