@@ -292,7 +292,10 @@ mod tests {
         let err = Config::load(None, Vec::new(), &[("api", "log_format", s("xml"))])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("api.log_format must be \"text\" or \"json\", not \"xml\""), "{err}");
+        assert!(
+            err.contains("api.log_format must be \"text\" or \"json\", not \"xml\""),
+            "{err}"
+        );
         for ok in ["text", "json"] {
             Config::load(None, Vec::new(), &[("api", "log_format", s(ok))]).unwrap();
         }

@@ -77,11 +77,22 @@ pub async fn run(
                 .http_basic_auth_user_file
                 .as_deref()
                 .expect("validated in Config::load");
-            Some(Arc::new(api::HttpBasic::load(file)?))
+            let file = file.to_owned();
+            // Reading the file and making the dummy hash block: off the workers.
+            let basic = tokio::task::spawn_blocking(move || api::HttpBasic::load(&file))
+                .await
+                .map_err(|e| RunError::Serve(std::io::Error::other(e)))??;
+            Some(Arc::new(basic))
         }
     };
-    let conductor = Arc::new(open(&config, shutdown.clone())?);
-    clear_stale_power_actions(&conductor)?;
+    let opened = {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || open(&config, shutdown))
+            .await
+            .map_err(|e| RunError::Serve(std::io::Error::other(e)))??
+    };
+    let conductor = Arc::new(opened);
+    clear_stale_power_actions(&conductor).await?;
     conductor.tasks.spawn(watch::follow(conductor.clone()));
     let state = api::AppState {
         conductor: conductor.clone(),
@@ -143,17 +154,18 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
 
 /// A power action cut short by a stop leaves target_power_state behind:
 /// clear it and say so in last_error.
-fn clear_stale_power_actions(c: &Conductor) -> Result<(), RunError> {
-    for node in c.store.list_nodes()? {
+async fn clear_stale_power_actions(c: &Conductor) -> Result<(), RunError> {
+    for node in c.store.list_nodes().await? {
         if let Some(target) = node.target_power_state {
             c.store
-                .modify_node(&node.uuid, |n: &mut Node| {
+                .modify_node(&node.uuid, move |n: &mut Node| {
                     n.target_power_state = None;
                     n.last_error = Some(format!(
                         "The conductor stopped during a change of power state to {target}."
                     ));
                     Ok::<_, ServiceError>(())
                 })
+                .await
                 .map_err(|e| match e {
                     ServiceError::Db(d) => RunError::Db(d),
                     other => RunError::Serve(std::io::Error::other(other.to_string())),

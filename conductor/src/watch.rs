@@ -88,7 +88,7 @@ async fn watch_once(conductor: &Arc<Conductor>) -> Result<(), crate::console::Co
 /// Every node that wants a console and has none running gets one; every
 /// known node that does not want one loses the one console-svc has.
 async fn reconcile(conductor: &Arc<Conductor>, running: HashMap<String, pb::Console>) {
-    let nodes = match conductor.store.list_nodes() {
+    let nodes = match conductor.store.list_nodes().await {
         Ok(n) => n,
         Err(e) => return tracing::error!(error = %e, "reconcile: cannot list nodes"),
     };
@@ -126,7 +126,7 @@ fn is_live(c: &pb::Console) -> bool {
 }
 
 async fn on_change(conductor: &Arc<Conductor>, c: pb::Console) {
-    let wanted = match conductor.store.get_node(&c.node_id) {
+    let wanted = match conductor.store.get_node(&c.node_id).await {
         Ok(n) => n.console_enabled,
         // Not one of ours: console-svc may serve other clients.
         Err(_) => return,

@@ -216,27 +216,28 @@ mod tests {
         );
     }
 
-    /// Median time of `n` checks of `header`.
-    fn median(b: &HttpBasic, header: &str, n: usize) -> Duration {
-        let mut t: Vec<Duration> = (0..n)
+    /// The fastest of `n` checks of `header` (the least disturbed by load).
+    fn fastest(b: &HttpBasic, header: &str, n: usize) -> Duration {
+        (0..n)
             .map(|_| {
                 let start = Instant::now();
                 assert!(!b.check(header));
                 start.elapsed()
             })
-            .collect();
-        t.sort();
-        t[n / 2]
+            .min()
+            .expect("n > 0")
     }
 
     #[test]
     fn an_unknown_user_costs_what_a_wrong_password_costs() {
         let (_dir, b) = load(&[("admin", "s3cret")], 8);
-        let wrong = median(&b, &hdr("admin", "wrong"), 5);
-        let unknown = median(&b, &hdr("nobody", "wrong"), 5);
+        let wrong = fastest(&b, &hdr("admin", "wrong"), 7);
+        let unknown = fastest(&b, &hdr("nobody", "wrong"), 7);
         eprintln!("wrong password {wrong:?}, unknown user {unknown:?}");
+        // Without the dummy hash an unknown user answers in microseconds,
+        // a wrong password in tens of milliseconds; allow for load.
         assert!(
-            unknown * 2 >= wrong && wrong * 2 >= unknown,
+            unknown * 4 >= wrong && wrong * 4 >= unknown,
             "wrong password {wrong:?} but unknown user {unknown:?}"
         );
     }

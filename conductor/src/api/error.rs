@@ -78,9 +78,11 @@ fn service_status(e: &ServiceError) -> StatusCode {
         ServiceError::Db(d) => match d {
             DbError::NotFound { .. } => StatusCode::NOT_FOUND,
             DbError::Duplicate(_) => StatusCode::CONFLICT,
-            DbError::Open { .. } | DbError::Sqlite(_) | DbError::Json(_) | DbError::Seal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            DbError::Open { .. }
+            | DbError::Sqlite(_)
+            | DbError::Json(_)
+            | DbError::Seal(_)
+            | DbError::Worker(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
         ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
         ServiceError::Conflict(_) | ServiceError::Locked(_) => StatusCode::CONFLICT,

@@ -31,20 +31,28 @@ impl Conductor {
         ident: &str,
         enabled: bool,
     ) -> Result<(), ServiceError> {
-        let uuid = self.store.get_node(ident)?.uuid;
+        let uuid = self.store.get_node(ident).await?.uuid;
         let lock = self.console_lock(&uuid);
         let _held = lock.lock().await;
-        let node = self.store.get_node(&uuid)?;
+        let node = self.store.get_node(&uuid).await?;
         if enabled {
             let req = enable_request(&node)?;
-            let console = self.consoles.enable(req).await.inspect_err(|e| {
-                self.note_error(&uuid, format!("Failed to enable the console: {e}"));
-            })?;
-            let recorded = self.store.modify_node(&uuid, |n: &mut Node| {
-                n.console_enabled = true;
-                apply(n, &console);
-                Ok::<_, ServiceError>(())
-            });
+            let console = match self.consoles.enable(req).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.note_error(&uuid, format!("Failed to enable the console: {e}"))
+                        .await;
+                    return Err(e.into());
+                }
+            };
+            let recorded = self
+                .store
+                .modify_node(&uuid, move |n: &mut Node| {
+                    n.console_enabled = true;
+                    apply(n, &console);
+                    Ok::<_, ServiceError>(())
+                })
+                .await;
             if let Err(e) = recorded {
                 // console-svc serves it but the node says disabled: undo.
                 if let Err(d) = self.consoles.disable(&uuid).await {
@@ -53,23 +61,27 @@ impl Conductor {
                 return Err(e);
             }
         } else {
-            self.consoles.disable(&uuid).await.inspect_err(|e| {
-                self.note_error(&uuid, format!("Failed to disable the console: {e}"));
-            })?;
-            self.store.modify_node(&uuid, |n: &mut Node| {
-                n.console_enabled = false;
-                n.console_info = None;
-                n.driver_internal_info.remove("vnc_host");
-                n.driver_internal_info.remove("vnc_port");
-                Ok::<_, ServiceError>(())
-            })?;
+            if let Err(e) = self.consoles.disable(&uuid).await {
+                self.note_error(&uuid, format!("Failed to disable the console: {e}"))
+                    .await;
+                return Err(e.into());
+            }
+            self.store
+                .modify_node(&uuid, |n: &mut Node| {
+                    n.console_enabled = false;
+                    n.console_info = None;
+                    n.driver_internal_info.remove("vnc_host");
+                    n.driver_internal_info.remove("vnc_port");
+                    Ok::<_, ServiceError>(())
+                })
+                .await?;
         }
         Ok(())
     }
 
     /// `GET /states/console`.
-    pub fn console_state(&self, ident: &str) -> Result<Value, ServiceError> {
-        let n = self.store.get_node(ident)?;
+    pub async fn console_state(&self, ident: &str) -> Result<Value, ServiceError> {
+        let n = self.store.get_node(ident).await?;
         let info = if n.console_enabled {
             n.console_info.clone()
         } else {
@@ -79,12 +91,15 @@ impl Conductor {
     }
 
     /// Record `msg` as the node's last_error (best effort).
-    pub fn note_error(&self, uuid: &str, msg: String) {
+    pub async fn note_error(&self, uuid: &str, msg: String) {
         tracing::warn!(node = %uuid, "{msg}");
-        let r = self.store.modify_node(uuid, |n: &mut Node| {
-            n.last_error = Some(msg);
-            Ok::<_, ServiceError>(())
-        });
+        let r = self
+            .store
+            .modify_node(uuid, |n: &mut Node| {
+                n.last_error = Some(msg);
+                Ok::<_, ServiceError>(())
+            })
+            .await;
         if let Err(e) = r {
             tracing::debug!(node = %uuid, error = %e, "cannot record last_error");
         }
@@ -95,7 +110,7 @@ impl Conductor {
     pub async fn ensure_console(&self, uuid: &str) {
         let lock = self.console_lock(uuid);
         let _held = lock.lock().await;
-        let Ok(node) = self.store.get_node(uuid) else {
+        let Ok(node) = self.store.get_node(uuid).await else {
             return;
         };
         if !node.console_enabled {
@@ -107,7 +122,7 @@ impl Conductor {
         };
         match result {
             Ok(c) => self.record_console(uuid, &c, false).await,
-            Err(e) => self.note_error(uuid, format!("{RESTORE_FAILURE}{e}")),
+            Err(e) => self.note_error(uuid, format!("{RESTORE_FAILURE}{e}")).await,
         }
     }
 
@@ -116,7 +131,7 @@ impl Conductor {
     pub async fn retire_console(&self, uuid: &str) {
         let lock = self.console_lock(uuid);
         let _held = lock.lock().await;
-        match self.store.get_node(uuid) {
+        match self.store.get_node(uuid).await {
             Ok(node) if !node.console_enabled => {}
             _ => return,
         }
@@ -136,11 +151,12 @@ impl Conductor {
     pub async fn record_console(&self, uuid: &str, c: &pb::Console, lock: bool) {
         let l = self.console_lock(uuid);
         let _held = if lock { Some(l.lock().await) } else { None };
-        let r = self.store.modify_node(uuid, |n: &mut Node| {
+        let c = c.clone();
+        let r = self.store.modify_node(uuid, move |n: &mut Node| {
             if !n.console_enabled {
                 return Ok(());
             }
-            apply(n, c);
+            apply(n, &c);
             if c.state == pb::ConsoleState::Failed as i32 && !c.last_error.is_empty() {
                 n.last_error = Some(format!("{CONSOLE_FAILURE}{}", c.last_error));
             }
@@ -154,7 +170,7 @@ impl Conductor {
             }
             Ok::<_, ServiceError>(())
         });
-        if let Err(e) = r {
+        if let Err(e) = r.await {
             tracing::debug!(node = %uuid, error = %e, "console event for an unknown node");
         }
     }

@@ -124,7 +124,7 @@ impl Conductor {
 
     // ---- ports ----
 
-    pub fn create_port(&self, body: &Dict) -> Result<Port, ServiceError> {
+    pub async fn create_port(&self, body: &Dict) -> Result<Port, ServiceError> {
         for k in body.keys() {
             let known = [
                 "address",
@@ -151,7 +151,7 @@ impl Conductor {
             .get("node_uuid")
             .and_then(|v| v.as_str())
             .ok_or_else(|| ServiceError::Invalid("Mandatory field missing: node_uuid.".into()))?;
-        let node = self.store.get_node(node_ident)?;
+        let node = self.store.get_node(node_ident).await?;
         let uuid = match body.get("uuid").and_then(|v| v.as_str()) {
             Some(u) => parse_uuid(u)?,
             None => uuid::Uuid::new_v4().to_string(),
@@ -172,13 +172,13 @@ impl Conductor {
             created_at: now(),
             updated_at: None,
         };
-        self.store.insert_port(&port)?;
+        self.store.insert_port(&port).await?;
         Ok(port)
     }
 
-    pub fn delete_port(&self, ident: &str) -> Result<(), ServiceError> {
-        let port = self.store.get_port(ident)?;
-        self.store.delete_port(&port.uuid)?;
+    pub async fn delete_port(&self, ident: &str) -> Result<(), ServiceError> {
+        let port = self.store.get_port(ident).await?;
+        self.store.delete_port(&port.uuid).await?;
         Ok(())
     }
 }
