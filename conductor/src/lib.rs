@@ -100,6 +100,13 @@ pub async fn run(
         public_endpoint: config.api.public_endpoint.clone(),
     };
     tracing::info!(%addr, auth = ?config.api.auth_strategy, console_svc = %config.console.endpoint, "conductor API listening");
+    // axum::serve leaves Nagle on: small replies would wait on delayed ACKs.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY on an API connection");
+        }
+    });
     use tower::Layer;
     let app = tower::util::MapRequestLayer::new(api::normalize_path).layer(api::router(state));
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
