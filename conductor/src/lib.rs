@@ -25,6 +25,7 @@ pub mod seal;
 pub mod service;
 pub mod watch;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +58,11 @@ pub enum RunError {
     Serve(std::io::Error),
 }
 
-/// Serve the API on `listener` until `shutdown` is cancelled.
+/// How long a stop waits for open API connections to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serve the API on `listener` until `shutdown` is cancelled (then at most
+/// [`SHUTDOWN_GRACE`] for open connections).
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -110,9 +115,23 @@ pub async fn run(
     use tower::Layer;
     let app = tower::util::MapRequestLayer::new(api::normalize_path).layer(api::router(state));
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
-    let served = axum::serve(listener, app)
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+        .into_future();
+    // A graceful stop waits for open connections, but only so long: an
+    // HTTP/2 client that never answers the GOAWAY's ping (or a request that
+    // never ends) would otherwise keep a stopped conductor up for ever.
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let served = tokio::select! {
+        r = server => r,
+        () = grace_over => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "client connections still open after the stop; closing them");
+            Ok(())
+        }
+    };
     shutdown.cancel();
     conductor.tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), conductor.tasks.wait())
