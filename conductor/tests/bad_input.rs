@@ -69,7 +69,9 @@ async fn body() -> Result<()> {
 
     // 413 and 414 in Ironic's error format.
     let big = "x".repeat(3 * 1024 * 1024);
-    let r = http
+    // Its own client: the server closes a connection whose body it refused
+    // unread, which must not break the pooled connection the rest uses.
+    let r = reqwest::Client::new()
         .post(format!("{base}/v1/nodes"))
         .header("content-type", "application/json")
         .body(format!(
@@ -164,8 +166,9 @@ async fn body() -> Result<()> {
         .send()
         .await?;
     let (status, f) = refused(r).await?;
+    // Ironic answers any value that is not a version with 406.
     ensure!(
-        status == 400 && f.contains("X-OpenStack-Ironic-API-Version"),
+        status == 406 && f.starts_with("Invalid value for X-OpenStack-Ironic-API-Version header"),
         "non-ASCII version: {status} {f}"
     );
 

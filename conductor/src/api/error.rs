@@ -36,6 +36,8 @@ pub enum ApiError {
         min: String,
         max: String,
     },
+    /// Not a version at all: 406 with Ironic's wording (its
+    /// `Version.parse_headers` raises HTTPNotAcceptable), the value echoed.
     #[error("Invalid value for X-OpenStack-Ironic-API-Version header: {0}")]
     BadVersion(String),
     #[error("The request you have made requires authentication.")]
@@ -63,10 +65,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Service(e) => service_status(e),
-            ApiError::BadRequest(_) | ApiError::BadVersion(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Version { .. } => StatusCode::NOT_ACCEPTABLE,
+            ApiError::Version { .. } | ApiError::BadVersion(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
         }
