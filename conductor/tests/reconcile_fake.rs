@@ -3,7 +3,8 @@
 //! conductor restart, a console console-svc serves for a known node with
 //! `console_enabled = false` is disabled, a wanted console console-svc lost
 //! is enabled again, and a console of a node id the conductor does not know
-//! is left alone. Needs no rig.
+//! is left alone; the same for a console that appears later (a CHANGED
+//! event of WatchConsoles). Needs no rig.
 
 mod common;
 
@@ -20,13 +21,36 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 /// console-svc in memory: consoles by node, and every call it got.
-#[derive(Default)]
 struct Fake {
     consoles: Mutex<HashMap<String, pb::Console>>,
     calls: Mutex<Vec<String>>,
+    changes: tokio::sync::broadcast::Sender<pb::ConsoleEvent>,
+}
+
+impl Default for Fake {
+    fn default() -> Self {
+        Self {
+            consoles: Mutex::default(),
+            calls: Mutex::default(),
+            changes: tokio::sync::broadcast::channel(16).0,
+        }
+    }
 }
 
 impl Fake {
+    /// A console console-svc starts by itself (or for someone else): kept
+    /// and reported as CHANGED to every watcher.
+    fn appear(&self, c: pb::Console) {
+        self.consoles
+            .lock()
+            .unwrap()
+            .insert(c.node_id.clone(), c.clone());
+        let _ = self.changes.send(pb::ConsoleEvent {
+            r#type: pb::console_event::Type::Changed as i32,
+            console: Some(c),
+        });
+    }
+
     fn running(node: &str, port: u32) -> pb::Console {
         pb::Console {
             node_id: node.to_owned(),
@@ -122,7 +146,9 @@ impl ConsoleService for Svc {
             console: None,
         }));
         use tokio_stream::StreamExt;
-        let stream = tokio_stream::iter(events).chain(tokio_stream::pending());
+        let changes = tokio_stream::wrappers::BroadcastStream::new(self.0.changes.subscribe())
+            .filter_map(|e| e.ok().map(Ok));
+        let stream = tokio_stream::iter(events).chain(changes);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -222,6 +248,36 @@ async fn body() -> Result<()> {
             && !consoles.contains_key(unwanted),
         "consoles after reconcile: {:?}",
         consoles.keys().collect::<Vec<_>>()
+    );
+
+    // Later, console-svc reports a live console for the known node that
+    // does not want one (its enable answer came too late), and one for a
+    // node it does not know.
+    let late = "1f0e26c0-03f2-4d2e-ae87-c02d7f33c004";
+    let stranger = "1f0e26c0-03f2-4d2e-ae87-c02d7f33c005";
+    http.post(format!("{}/v1/nodes", cond.url))
+        .json(&json!({"uuid": late, "name": "n-late", "driver": "ipmi"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    fake.appear(Fake::running(stranger, 10_005));
+    fake.appear(Fake::running(late, 10_004));
+    eventually(
+        Duration::from_secs(10),
+        "the late console disabled",
+        || async {
+            Ok(fake
+                .calls()
+                .contains(&format!("disable {late}"))
+                .then_some(()))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: calls {:?}", fake.calls()))?;
+    ensure!(
+        !fake.calls().contains(&format!("disable {stranger}")),
+        "a console of a node the conductor does not know was disabled: {:?}",
+        fake.calls()
     );
     cond.stop().await?;
     server.abort();
