@@ -264,17 +264,15 @@ impl ConductorProc {
         let dir = tempfile::Builder::new()
             .prefix("porthole-conductor-proc-")
             .tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        // Port 0: the conductor picks a free one and logs it.
         let toml = format!(
-            "[api]\nlisten = \"127.0.0.1:{port}\"\n[database]\npath = \"{}\"\n[console]\nendpoint = \"{console_svc}\"\n",
+            "[api]\nlisten = \"127.0.0.1:0\"\n[database]\npath = \"{}\"\n[console]\nendpoint = \"{console_svc}\"\n",
             dir.path().join("conductor.sqlite").display()
         );
         std::fs::write(dir.path().join("conductor.toml"), toml)?;
         let mut c = Self {
             dir,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             child: None,
             log: Default::default(),
         };
@@ -290,7 +288,7 @@ impl ConductorProc {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
-    /// Start again (same config, port and database) and wait until it answers.
+    /// Start again (same config and database, a new port) and wait until it answers.
     pub async fn restart(&mut self) -> Result<()> {
         use std::io::BufRead;
         if self.child.is_some() {
@@ -306,6 +304,7 @@ impl ConductorProc {
             .spawn()
             .context("spawning the conductor binary")?;
         let stderr = child.stderr.take().context("stderr")?;
+        let seen = self.log.lock().expect("log lock").len();
         let log = self.log.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
@@ -315,6 +314,23 @@ impl ConductorProc {
             }
         });
         self.child = Some(child);
+        let log = self.log.clone();
+        let addr = eventually(
+            Duration::from_secs(30),
+            "the conductor's listen address",
+            || {
+                let log = log.clone();
+                async move {
+                    let lines = log.lock().expect("log lock");
+                    Ok(lines[seen..].iter().find_map(|l| {
+                        let rest = l.split("conductor API listening addr=").nth(1)?;
+                        Some(rest.split_whitespace().next()?.to_owned())
+                    }))
+                }
+            },
+        )
+        .await?;
+        self.url = format!("http://{addr}");
         let http = reqwest::Client::new();
         let url = self.url.clone();
         eventually(Duration::from_secs(30), "the conductor answers", || {
