@@ -82,6 +82,8 @@ impl ConsoleClient {
         let mut ep = Endpoint::from_shared(cfg.endpoint.clone())
             .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(5))
+            // tonic's default, said out loud: gRPC replies must not wait on Nagle.
+            .tcp_nodelay(true)
             .timeout(cfg.timeout);
         let tls = ClientTls {
             ca_file: cfg.tls_ca.clone(),
