@@ -149,19 +149,21 @@ impl ClientTls {
         let mut tls = ClientTlsConfig::new();
         tls = match &self.ca_file {
             Some(ca) => {
-                // Checked here so that a bad file is named now, not as a
+                // Parsed here so that a bad file is named now, not as a
                 // handshake failure on the first call.
-                read_certs("CA", ca)?;
-                tls.ca_certificate(Certificate::from_pem(read("CA", ca)?))
+                let pem = read("CA", ca)?;
+                certs_in("CA", ca, &pem)?;
+                tls.ca_certificate(Certificate::from_pem(pem))
             }
             None => tls.with_native_roots(),
         };
         match (&self.cert_file, &self.key_file) {
             (Some(c), Some(k)) => {
-                read_certs("certificate", c)?;
+                let cert = read("certificate", c)?;
+                certs_in("certificate", c, &cert)?;
                 let key = read("key", k)?;
                 PrivateKeyDer::from_pem_slice(&key).map_err(|e| pem_error("key", k, e))?;
-                tls = tls.identity(Identity::from_pem(read("certificate", c)?, key));
+                tls = tls.identity(Identity::from_pem(cert, key));
             }
             (None, None) => {}
             (Some(_), None) => {
@@ -198,8 +200,16 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(what, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    certs_in(what, path, &read(what, path)?)
+}
+
+/// The certificates in `pem`, read from `path`; at least one.
+fn certs_in(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(what, path, e))?;
     if certs.is_empty() {
