@@ -25,11 +25,15 @@ use super::Cluster;
 use crate::coordinator::etcd::spec_doc::{self, SpecTimes};
 use crate::coordinator::etcd::specs::{SpecStoreError, StoredSpec};
 use crate::coordinator::etcd::view::{Change, ClusterView, Entry};
+use crate::coordinator::etcd::keys::{Key, Keys, Leaf};
 use crate::coordinator::etcd::EndpointDoc;
 use crate::coordinator::CoordError;
 use crate::error::ConsoleError;
 use crate::manager::{ConsoleInfo, ConsoleState, Endpoint};
 use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
+
+/// The mirror's keys are relative to the prefix.
+pub(super) const RELATIVE: Keys = Keys::relative();
 
 /// Who holds a node's claim.
 #[derive(Clone, Debug)]
@@ -73,43 +77,38 @@ pub fn snapshot(cluster: &Cluster) -> ClusterState {
 /// Keys (relative to the prefix) as cluster state.
 pub fn decode(cluster: &Cluster, keys: Vec<(String, Entry)>) -> ClusterState {
     let mut state = ClusterState::default();
-    for (key, _) in &keys {
-        if let Some(m) = key.strip_prefix("members/") {
-            state.members.push(m.to_owned());
-        }
-    }
-    for (key, entry) in keys.iter().filter(|(k, _)| k.starts_with("ports/")) {
-        let node = std::str::from_utf8(&entry.value).ok().map(NodeId::parse);
-        if let (Some(Ok(node)), Ok(port)) = (node, key["ports/".len()..].parse()) {
-            state.nodes.entry(node).or_default().port = Some(port);
-        }
-    }
-    for (key, entry) in keys.iter().filter(|(k, _)| k.starts_with("consoles/")) {
-        let Some((node, leaf)) = key["consoles/".len()..].rsplit_once('/') else {
-            continue;
-        };
-        let Ok(node) = NodeId::parse(node) else {
-            continue;
-        };
-        let nv = state.nodes.entry(node.clone()).or_default();
-        match leaf {
-            "spec" => {
-                let opened = open_spec(cluster, &node, entry);
-                nv.spec = Some(opened.spec);
-                nv.times = opened.times;
+    for (key, entry) in &keys {
+        match RELATIVE.parse(key) {
+            Some(Key::Member(m)) => state.members.push(m),
+            Some(Key::Port(port)) => {
+                let node = std::str::from_utf8(&entry.value).ok().map(NodeId::parse);
+                if let Some(Ok(node)) = node {
+                    state.nodes.entry(node).or_default().port = Some(port);
+                }
             }
-            "owner" => {
-                nv.owner = Some(OwnerView {
-                    replica: String::from_utf8_lossy(&entry.value).into_owned(),
-                    token: entry.create_revision,
-                })
+            Some(Key::Console(node, leaf)) => {
+                let nv = state.nodes.entry(node.clone()).or_default();
+                match leaf {
+                    Leaf::Spec => {
+                        let opened = open_spec(cluster, &node, entry);
+                        nv.spec = Some(opened.spec);
+                        nv.times = opened.times;
+                    }
+                    Leaf::Owner => {
+                        nv.owner = Some(OwnerView {
+                            replica: String::from_utf8_lossy(&entry.value).into_owned(),
+                            token: entry.create_revision,
+                        })
+                    }
+                    Leaf::Endpoint => {
+                        nv.endpoint = serde_json::from_slice(&entry.value)
+                            .ok()
+                            .map(|doc| (doc, entry.mod_revision))
+                    }
+                    Leaf::Other(_) => {}
+                }
             }
-            "endpoint" => {
-                nv.endpoint = serde_json::from_slice(&entry.value)
-                    .ok()
-                    .map(|doc| (doc, entry.mod_revision))
-            }
-            _ => {}
+            None => {}
         }
     }
     state
@@ -184,7 +183,7 @@ impl Cluster {
         &self,
         node: &NodeId,
     ) -> Result<(Option<StoredSpec>, Option<SpecTimes>), ConsoleError> {
-        let key = format!("consoles/{node}/spec");
+        let key = RELATIVE.spec(node);
         let keys = self.read_raw(&[&key]).await?;
         let Some((_, entry)) = keys.into_iter().find(|(k, _)| *k == key) else {
             return Ok((None, None));
@@ -211,7 +210,7 @@ impl Cluster {
     /// replica is seen at once.
     pub async fn get(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
         let state = self
-            .fresh(&[&format!("consoles/{node}/"), "ports/"])
+            .fresh(&[&RELATIVE.node_prefix(node), &RELATIVE.ports_prefix()])
             .await?;
         state
             .nodes
@@ -221,7 +220,9 @@ impl Cluster {
     }
 
     pub async fn list(&self) -> Result<Vec<ConsoleInfo>, ConsoleError> {
-        let state = self.fresh(&["consoles/", "ports/"]).await?;
+        let state = self
+            .fresh(&[&RELATIVE.consoles_prefix(), &RELATIVE.ports_prefix()])
+            .await?;
         Ok(self.infos(&state))
     }
 
@@ -274,7 +275,7 @@ impl Cluster {
                         c = changes.recv() => c,
                     };
                     let node = match change {
-                        Ok(Change::Key(key)) => node_of(&key),
+                        Ok(Change::Key(key)) => RELATIVE.node_of(&key),
                         Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => continue 'snapshot,
                         Err(RecvError::Closed) => return,
                     };
@@ -299,7 +300,7 @@ impl Cluster {
         ready: impl Fn(Option<&Entry>) -> bool,
     ) -> Option<()> {
         let view: &ClusterView = &self.inner.view;
-        let key = format!("consoles/{node}/endpoint");
+        let key = RELATIVE.endpoint(node);
         let mut changes = view.subscribe();
         loop {
             if ready(view.get(&key).as_ref()) {
@@ -315,8 +316,8 @@ impl Cluster {
     /// One node from the mirror (its keys and the port reservations only).
     fn info(&self, node: &NodeId) -> Option<ConsoleInfo> {
         let view = &self.inner.view;
-        let mut keys = view.range(&format!("consoles/{node}/"));
-        keys.extend(view.range("ports/"));
+        let mut keys = view.range(&RELATIVE.node_prefix(node));
+        keys.extend(view.range(&RELATIVE.ports_prefix()));
         let state = decode(self, keys);
         self.to_info(node, state.nodes.get(node)?)
     }
@@ -380,13 +381,6 @@ impl Cluster {
 /// accepts the one already assigned).
 fn same_spec(stored: &StoredSpec, asked: &ConsoleSpec) -> bool {
     stored.spec.target == asked.target && asked.requested_port.is_none_or(|p| p == stored.port)
-}
-
-fn node_of(key: &str) -> Option<NodeId> {
-    if let Some(rest) = key.strip_prefix("consoles/") {
-        return NodeId::parse(rest.rsplit_once('/')?.0).ok();
-    }
-    None
 }
 
 fn describe(info: Option<&ConsoleInfo>) -> String {

@@ -161,9 +161,7 @@ impl SpecStore {
                     key: key.clone(),
                     reason: reason.to_owned(),
                 };
-                let port = key[prefix.len()..]
-                    .parse::<u16>()
-                    .map_err(|_| bad("not a port"))?;
+                let port = self.keys.parse_port(&key).ok_or_else(|| bad("not a port"))?;
                 let node = std::str::from_utf8(kv.value())
                     .ok()
                     .and_then(|v| NodeId::parse(v).ok())
