@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::Cluster;
 use crate::coordinator::etcd::spec_doc::{self, SpecTimes};
 use crate::coordinator::etcd::specs::{SpecStoreError, StoredSpec};
-use crate::coordinator::etcd::view::{Change, ClusterView, Entry};
+use crate::coordinator::etcd::view::{Change, Entry};
 use crate::coordinator::etcd::keys::{Key, Keys, Leaf};
 use crate::coordinator::etcd::EndpointDoc;
 use crate::coordinator::CoordError;
@@ -71,7 +71,7 @@ pub struct ClusterState {
 
 /// The mirrored state, decoded (specs opened with the key).
 pub fn snapshot(cluster: &Cluster) -> ClusterState {
-    decode(cluster, cluster.inner.view.range(""))
+    decode(cluster, cluster.inner.store.range(""))
 }
 
 /// Keys (relative to the prefix) as cluster state.
@@ -125,8 +125,8 @@ fn open_spec(cluster: &Cluster, node: &NodeId, entry: &Entry) -> Opened {
     }
     let opened = Opened {
         spec: inner
-            .specs
-            .decode(node, &entry.value, entry.mod_revision)
+            .store
+            .decode_spec(node, &entry.value, entry.mod_revision)
             .map_err(|e| e.to_string()),
         times: spec_doc::times(&entry.value),
     };
@@ -153,8 +153,8 @@ impl Cluster {
                     _ => SpecTimes::new_at(now),
                 };
                 self.inner
-                    .specs
-                    .put(&spec, times)
+                    .store
+                    .put_spec(&spec, times)
                     .await
                     .map_err(store_err)?
                     .mod_revision
@@ -188,8 +188,8 @@ impl Cluster {
         let Some((_, entry)) = keys.into_iter().find(|(k, _)| *k == key) else {
             return Ok((None, None));
         };
-        let specs = &self.inner.specs;
-        let spec = specs.decode(node, &entry.value, entry.mod_revision);
+        let store = &self.inner.store;
+        let spec = store.decode_spec(node, &entry.value, entry.mod_revision);
         Ok((
             Some(spec.map_err(store_err)?),
             spec_doc::times(&entry.value),
@@ -197,7 +197,7 @@ impl Cluster {
     }
 
     pub async fn disable(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
-        self.inner.specs.delete(node).await.map_err(store_err)?;
+        self.inner.store.delete_spec(node).await.map_err(store_err)?;
         let deadline = Instant::now() + self.inner.settings.enable_timeout;
         self.wait(deadline, node, |endpoint| endpoint.is_none())
             .await;
@@ -237,8 +237,8 @@ impl Cluster {
         &self,
         starts: &[&str],
     ) -> Result<Vec<(String, Entry)>, ConsoleError> {
-        let read = self.inner.view.read(starts).await;
-        read.map_err(|e| ConsoleError::Coordination(CoordError::Etcd(e.to_string())))
+        let read = self.inner.store.read(starts).await;
+        read.map_err(ConsoleError::Coordination)
     }
 
     fn infos(&self, state: &ClusterState) -> Vec<ConsoleInfo> {
@@ -258,7 +258,7 @@ impl Cluster {
     ) {
         let cluster = self.clone();
         tokio::spawn(async move {
-            let mut changes = cluster.inner.view.subscribe();
+            let mut changes = cluster.inner.store.subscribe();
             'snapshot: loop {
                 for info in cluster.infos(&snapshot(&cluster)) {
                     if tx.send(Some(info)).await.is_err() {
@@ -299,7 +299,7 @@ impl Cluster {
         node: &NodeId,
         ready: impl Fn(Option<&Entry>) -> bool,
     ) -> Option<()> {
-        let view: &ClusterView = &self.inner.view;
+        let view = &self.inner.store;
         let key = RELATIVE.endpoint(node);
         let mut changes = view.subscribe();
         loop {
@@ -315,7 +315,7 @@ impl Cluster {
 
     /// One node from the mirror (its keys and the port reservations only).
     fn info(&self, node: &NodeId) -> Option<ConsoleInfo> {
-        let view = &self.inner.view;
+        let view = &self.inner.store;
         let mut keys = view.range(&RELATIVE.node_prefix(node));
         keys.extend(view.range(&RELATIVE.ports_prefix()));
         let state = decode(self, keys);

@@ -217,9 +217,21 @@ impl SpecStore {
         value: &[u8],
         mod_revision: i64,
     ) -> Result<StoredSpec, SpecStoreError> {
-        let spec = spec_doc::from_json(&self.sealer, node, value)?;
+        StoredSpec::open(&self.sealer, node, value, mod_revision)
+    }
+}
+
+impl StoredSpec {
+    /// A spec key's value, opened with `sealer`.
+    pub fn open(
+        sealer: &Sealer,
+        node: &NodeId,
+        value: &[u8],
+        mod_revision: i64,
+    ) -> Result<Self, SpecStoreError> {
+        let spec = spec_doc::from_json(sealer, node, value)?;
         let port = spec.requested_port.unwrap_or_default();
-        Ok(StoredSpec {
+        Ok(Self {
             spec,
             port,
             mod_revision,
