@@ -22,10 +22,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Cluster;
+use crate::coordinator::etcd::keys::{Key, Keys, Leaf};
 use crate::coordinator::etcd::spec_doc::{self, SpecTimes};
 use crate::coordinator::etcd::specs::{SpecStoreError, StoredSpec};
 use crate::coordinator::etcd::view::{Change, Entry};
-use crate::coordinator::etcd::keys::{Key, Keys, Leaf};
 use crate::coordinator::etcd::EndpointDoc;
 use crate::coordinator::CoordError;
 use crate::error::ConsoleError;
@@ -197,7 +197,11 @@ impl Cluster {
     }
 
     pub async fn disable(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
-        self.inner.store.delete_spec(node).await.map_err(store_err)?;
+        self.inner
+            .store
+            .delete_spec(node)
+            .await
+            .map_err(store_err)?;
         let deadline = Instant::now() + self.inner.settings.enable_timeout;
         self.wait(deadline, node, |endpoint| endpoint.is_none())
             .await;

@@ -53,7 +53,10 @@ impl ConsoleBackend for Fake {
 
     async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
         let node = ctx.node.to_string();
-        self.starts.lock().unwrap().push((node.clone(), Instant::now()));
+        self.starts
+            .lock()
+            .unwrap()
+            .push((node.clone(), Instant::now()));
         tokio::time::sleep(self.delay).await;
         if self.failing.contains(&node) {
             return Err(SolError::PortInUse { addr: ctx.listen });
@@ -80,7 +83,11 @@ impl RunningConsole for FakeConsole {
 impl Fake {
     fn starts_of(&self, node: &str) -> Vec<Instant> {
         let starts = self.starts.lock().unwrap();
-        starts.iter().filter(|(n, _)| n == node).map(|s| s.1).collect()
+        starts
+            .iter()
+            .filter(|(n, _)| n == node)
+            .map(|s| s.1)
+            .collect()
     }
 
     fn running(&self) -> BTreeSet<String> {
@@ -184,7 +191,11 @@ async fn the_best_ranked_live_replica_claims_first_the_next_only_after_its_delay
         put(&by_id(ids[0]).store, n).await;
         let (owner, _) = owner_of(&etcd, n).await;
         assert_eq!(owner, rank(n, ids)[0], "{n}");
-        assert!(t0.elapsed() < STEP / 4, "{n} claimed after {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < STEP / 4,
+            "{n} claimed after {:?}",
+            t0.elapsed()
+        );
     }
 
     // The best one not serving (still a member): rank 1 after one step.
@@ -196,7 +207,10 @@ async fn the_best_ranked_live_replica_claims_first_the_next_only_after_its_delay
     let (owner, _) = owner_of(&etcd, n).await;
     let took = t0.elapsed();
     assert_eq!(owner, ranked[1]);
-    assert!(took >= STEP && took < STEP + STEP / 4, "claimed after {took:?}");
+    assert!(
+        took >= STEP && took < STEP + STEP / 4,
+        "claimed after {took:?}"
+    );
     // The best two not serving: rank 2 after two steps.
     by_id(ranked[0]).store.rejoin();
     idle(STEP * 3).await;
@@ -210,7 +224,10 @@ async fn the_best_ranked_live_replica_claims_first_the_next_only_after_its_delay
     let (owner, _) = owner_of(&etcd, n).await;
     let took = t0.elapsed();
     assert_eq!(owner, ranked[2]);
-    assert!(took >= STEP * 2 && took < STEP * 2 + STEP / 4, "claimed after {took:?}");
+    assert!(
+        took >= STEP * 2 && took < STEP * 2 + STEP / 4,
+        "claimed after {took:?}"
+    );
     // Each console runs once, where it is owned (a paused replica's
     // consoles were stopped and claimed elsewhere).
     idle(STEP * 3).await;
@@ -283,7 +300,10 @@ async fn a_console_that_fails_to_start_is_claimed_again_with_growing_pauses() {
     assert_eq!(gaps.len(), 4, "starts after {gaps:?}");
     for (gap, want) in gaps.iter().zip([1, 2, 4, 8]) {
         let want = Duration::from_secs(want);
-        assert!(*gap >= want && *gap < want + Duration::from_millis(200), "{gaps:?}");
+        assert!(
+            *gap >= want && *gap < want + Duration::from_millis(200),
+            "{gaps:?}"
+        );
     }
     // The failed claim is released each time; the good console is unaffected.
     assert_eq!(etcd.owner(&node("bad")), None);
@@ -302,12 +322,19 @@ async fn after_a_fence_consoles_come_back_by_rank_not_all_to_the_fenced_replica(
         put(&a.store, n).await;
     }
     idle(Duration::from_millis(200)).await;
-    assert_eq!(a.backend.running().len(), nodes.len(), "a alone runs them all");
+    assert_eq!(
+        a.backend.running().len(),
+        nodes.len(),
+        "a alone runs them all"
+    );
 
     // b joins: nothing moves (ownership is sticky).
     let b = member(&etcd, "replica-b", Fake::default(), &cancel);
     idle(STEP * 2).await;
-    let before: Vec<(String, i64)> = nodes.iter().map(|n| etcd.owner(&node(n)).unwrap()).collect();
+    let before: Vec<(String, i64)> = nodes
+        .iter()
+        .map(|n| etcd.owner(&node(n)).unwrap())
+        .collect();
     assert!(before.iter().all(|(owner, _)| owner == "replica-a"));
     assert!(b.backend.running().is_empty());
 
@@ -315,7 +342,10 @@ async fn after_a_fence_consoles_come_back_by_rank_not_all_to_the_fenced_replica(
     let ids = ["replica-a", "replica-b"];
     let (for_a, for_b): (Vec<&String>, Vec<&String>) =
         nodes.iter().partition(|n| rank(n, ids)[0] == "replica-a");
-    assert!(!for_a.is_empty() && !for_b.is_empty(), "both ranks first somewhere");
+    assert!(
+        !for_a.is_empty() && !for_b.is_empty(),
+        "both ranks first somewhere"
+    );
     let t0 = Instant::now();
     a.store.lose_lease();
     a.store.rejoin();
@@ -333,7 +363,11 @@ async fn after_a_fence_consoles_come_back_by_rank_not_all_to_the_fenced_replica(
     assert_eq!(a.backend.running(), names(&for_a));
     assert_eq!(b.backend.running(), names(&for_b));
     for n in &for_b {
-        assert_eq!(a.backend.starts_of(n).len(), 1, "{n}: a did not start it again");
+        assert_eq!(
+            a.backend.starts_of(n).len(),
+            1,
+            "{n}: a did not start it again"
+        );
     }
     cancel.cancel();
 }
@@ -357,7 +391,10 @@ async fn a_console_disabled_anywhere_is_stopped_by_its_owner() {
     assert_eq!(info.state, ConsoleState::Disabled);
     assert_eq!(etcd.owner(&node("node-1")), None, "claim released");
     assert_eq!(etcd.get(&KEYS.endpoint(&node("node-1"))), None);
-    assert!(etcd.get(&KEYS.port(13000)).is_some(), "the port stays reserved");
+    assert!(
+        etcd.get(&KEYS.port(13000)).is_some(),
+        "the port stays reserved"
+    );
     cancel.cancel();
 }
 
@@ -373,7 +410,10 @@ async fn enable_returns_once_the_owner_publishes_the_endpoint() {
     let t0 = Instant::now();
     let info = a.cluster.enable(spec("node-1")).await.unwrap();
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(700), "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(700),
+        "answered after {took:?}"
+    );
     assert!(took < Duration::from_secs(1), "answered after {took:?}");
     assert_eq!(info.state, ConsoleState::Running);
     assert_eq!(info.owner, "replica-a");

@@ -190,13 +190,27 @@ mod tests {
     #[test]
     fn every_built_key_parses_back() {
         // Every character a node id may hold, and ids that look like leaves.
-        let odd = ["a.b~c_d-E9", "...", "~", "spec", "owner", "endpoint", "consoles"];
+        let odd = [
+            "a.b~c_d-E9",
+            "...",
+            "~",
+            "spec",
+            "owner",
+            "endpoint",
+            "consoles",
+        ];
         for prefix in ["/porthole/console/", "/no-slash", "", "x/consoles/"] {
             let k = Keys::new(prefix);
             for id in odd {
                 let n = node(id);
-                assert_eq!(k.parse(&k.spec(&n)), Some(Key::Console(n.clone(), Leaf::Spec)));
-                assert_eq!(k.parse(&k.owner(&n)), Some(Key::Console(n.clone(), Leaf::Owner)));
+                assert_eq!(
+                    k.parse(&k.spec(&n)),
+                    Some(Key::Console(n.clone(), Leaf::Spec))
+                );
+                assert_eq!(
+                    k.parse(&k.owner(&n)),
+                    Some(Key::Console(n.clone(), Leaf::Owner))
+                );
                 let ep = k.endpoint(&n);
                 assert_eq!(k.parse(&ep), Some(Key::Console(n.clone(), Leaf::Endpoint)));
                 assert_eq!(k.node_of(&ep), Some(n.clone()));
@@ -206,7 +220,10 @@ mod tests {
                 assert!(k.node_prefix(&n).starts_with(&k.consoles_prefix()));
             }
             let member = k.member("replica/odd.name");
-            assert_eq!(k.parse(&member), Some(Key::Member("replica/odd.name".into())));
+            assert_eq!(
+                k.parse(&member),
+                Some(Key::Member("replica/odd.name".into()))
+            );
             assert!(member.starts_with(&k.members_prefix()));
             assert_eq!(k.parse_port(&k.port(65535)), Some(65535));
             assert!(k.port(7).starts_with(&k.ports_prefix()));

@@ -161,7 +161,10 @@ impl SpecStore {
                     key: key.clone(),
                     reason: reason.to_owned(),
                 };
-                let port = self.keys.parse_port(&key).ok_or_else(|| bad("not a port"))?;
+                let port = self
+                    .keys
+                    .parse_port(&key)
+                    .ok_or_else(|| bad("not a port"))?;
                 let node = std::str::from_utf8(kv.value())
                     .ok()
                     .and_then(|v| NodeId::parse(v).ok())
