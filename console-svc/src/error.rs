@@ -47,6 +47,7 @@ impl From<ConsoleError> for Status {
             ConsoleError::Unsupported(_) => Code::Unimplemented,
             ConsoleError::NotFound(_) => Code::NotFound,
             ConsoleError::Port(PortError::Exhausted { .. }) => Code::ResourceExhausted,
+            ConsoleError::Port(PortError::AllBusy { .. }) => Code::ResourceExhausted,
             ConsoleError::Port(PortError::OutOfRange { .. }) => Code::InvalidArgument,
             ConsoleError::Port(PortError::Taken { .. }) => Code::AlreadyExists,
             ConsoleError::Start { .. } => Code::Unavailable,

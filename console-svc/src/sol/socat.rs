@@ -1,7 +1,9 @@
 //! The socat serial backend: Ironic's process layout, supervised.
 //!
-//! One `socat TCP-LISTEN:P,bind=A,reuseaddr,fork,max-children=1
-//! EXEC:"console-svc sol-exec",pty,raw,echo=0,stderr` per console. For each
+//! One `socat TCP-LISTEN:P,bind=A,reuseaddr,nodelay,fork,max-children=1
+//! EXEC:"console-svc sol-exec",pty,raw,echo=0,stderr` per console
+//! (`nodelay`: TCP_NODELAY on the listener, which accepted connections
+//! inherit, so keystroke echoes are not held back by Nagle). For each
 //! connection socat runs `console-svc sol-exec`, which runs `ipmitool ... sol
 //! deactivate` and then becomes `ipmitool ... sol activate` (exec), so every
 //! activation is preceded by a deactivate. ipmitool's argv reaches the helper
@@ -35,6 +37,12 @@ use super::ipmitool::IpmiTool;
 use super::{ConsoleBackend, ConsoleContext, Health, LogSnapshot, RunningConsole, SolError};
 use crate::backoff::Backoff;
 use crate::process::Supervised;
+
+/// socat's TCP-LISTEN options after the port and bind address.
+const LISTEN_OPTIONS: &str = "reuseaddr,nodelay,fork,max-children=1";
+/// How long to wait for the rest of socat's stderr once it exited: its
+/// last words (why it exited) may still be in the pipe.
+const LAST_WORDS_WAIT: Duration = Duration::from_secs(1);
 
 /// Where the helper finds ipmitool's argv.
 pub const SOL_ARGV_ENV: &str = "PORTHOLE_SOL_ARGV";
@@ -132,6 +140,8 @@ struct Instance {
 struct Spawned {
     child: Supervised,
     last_error: watch::Receiver<String>,
+    /// The stderr follower; ends at the pipe's end.
+    stderr_done: JoinHandle<()>,
 }
 
 impl Instance {
@@ -153,7 +163,7 @@ impl Instance {
             std::net::IpAddr::V6(v6) => format!("TCP6-LISTEN:{},bind=[{v6}]", listen.port()),
             ip => format!("TCP4-LISTEN:{},bind={ip}", listen.port()),
         };
-        cmd.arg(format!("{bind},reuseaddr,fork,max-children=1"))
+        cmd.arg(format!("{bind},{LISTEN_OPTIONS}"))
             .arg(format!(
                 "EXEC:{} sol-exec,pty,raw,echo=0,stderr",
                 s.helper.display()
@@ -185,33 +195,32 @@ impl Instance {
         let stderr = child.child_mut().stderr.take().expect("piped");
         let (ready_tx, mut ready) = watch::channel(false);
         let (error_tx, last_error) = watch::channel(String::new());
-        tokio::spawn(
+        let mut stderr_done = tokio::spawn(
             follow_stderr(stderr, ready_tx, error_tx, self.used.clone()).in_current_span(),
         );
         let waited = tokio::time::timeout(self.settings.subprocess_timeout, async {
             tokio::select! {
-                r = ready.wait_for(|r| *r) => r.is_ok(),
-                _ = child.wait() => false,
+                r = ready.wait_for(|r| *r) => Ok(r.is_ok()),
+                status = child.wait() => Err(status),
             }
         })
         .await;
         match waited {
-            Ok(true) => {
+            Ok(Ok(true)) => {
                 info!(pid = child.pid(), "socat is listening");
-                Ok(Spawned { child, last_error })
-            }
-            Ok(false) => {
-                child.terminate().await;
-                let detail = last_error.borrow().clone();
-                if detail.contains("Address already in use") {
-                    return Err(SolError::PortInUse {
-                        addr: self.ctx.listen,
-                    });
-                }
-                Err(SolError::EarlyExit {
-                    program: "socat",
-                    detail,
+                Ok(Spawned {
+                    child,
+                    last_error,
+                    stderr_done,
                 })
+            }
+            Ok(result) => {
+                child.terminate().await;
+                // socat's exit can be seen before its last stderr line is
+                // read: read the pipe to its end (bounded) first.
+                let _ = tokio::time::timeout(LAST_WORDS_WAIT, &mut stderr_done).await;
+                let detail = last_error.borrow().clone();
+                Err(early_exit_error(self.ctx.listen, detail, result.err()))
             }
             Err(_) => {
                 child.terminate().await;
@@ -262,8 +271,9 @@ impl Instance {
                     break;
                 }
                 status = running.child.wait() => {
-                    let why = running.last_error.borrow().clone();
                     running.child.terminate().await;
+                    let _ = tokio::time::timeout(LAST_WORDS_WAIT, &mut running.stderr_done).await;
+                    let why = running.last_error.borrow().clone();
                     self.failed(format!("socat exited ({}): {why}", fmt_status(status)));
                 }
             }
@@ -287,6 +297,26 @@ impl Instance {
                 warn!(error = %e, "sol deactivate after stop failed");
             }
         }
+    }
+}
+
+/// Why socat exited before it listened, in its own words when it gave any.
+fn early_exit_error(
+    listen: std::net::SocketAddr,
+    detail: String,
+    status: Option<std::io::Result<std::process::ExitStatus>>,
+) -> SolError {
+    if detail.contains("Address already in use") {
+        return SolError::PortInUse { addr: listen };
+    }
+    let detail = match (detail.is_empty(), status) {
+        (false, _) => detail,
+        (true, Some(status)) => format!("it said nothing ({})", fmt_status(status)),
+        (true, None) => "it said nothing".to_owned(),
+    };
+    SolError::EarlyExit {
+        program: "socat",
+        detail,
     }
 }
 
@@ -348,3 +378,7 @@ pub fn sol_exec() -> std::io::Error {
         .env_remove(SOL_ARGV_ENV)
         .exec()
 }
+
+#[cfg(test)]
+#[path = "socat_tests.rs"]
+mod tests;
