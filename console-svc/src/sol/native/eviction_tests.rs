@@ -2,8 +2,10 @@
 //! viewer that sends nothing is closed after `terminal_silent_timeout`; a
 //! new viewer on a full console, or from an address at its
 //! `max_viewers_per_address`, takes the place of the viewer that has sent
-//! nothing for the longest. Hub tests on in-memory viewers and tokio's
-//! paused clock, then the whole backend over real TCP sockets.
+//! nothing for the longest. And what viewers type is never dropped while
+//! the session comes up or the node side is slow (issue 9 point 7a). Hub
+//! tests on in-memory viewers and tokio's paused clock, then the whole
+//! backend over real TCP sockets.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,4 +242,39 @@ async fn sixteen_silent_connections_do_not_lock_a_viewer_out() {
         String::from_utf8_lossy(&seen)
     );
     started.console.stop().await;
+}
+
+/// Keystrokes typed while the session comes up slowly, or while the node
+/// side takes them slowly, are held and all delivered in order: typing
+/// waits in the viewer's socket instead of being dropped past 4 KiB.
+#[tokio::test(start_paused = true)]
+async fn keystrokes_during_a_slow_activation_or_a_slow_node_all_arrive() {
+    use super::fake::Plan;
+    let mut r = rig(config()).await;
+    r._fake
+        .plans
+        .lock()
+        .unwrap()
+        .push_back(Plan::UpAfter(Duration::from_secs(3)));
+    let mut v = r.viewer("10.0.0.1:1").await;
+    // 40 KiB typed before the session is up, more than 64 KiB in all so the
+    // node side (a 64 KiB pipe nobody reads yet) is slow to take them too.
+    let typed: Vec<u8> = (0..100 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let writer = tokio::spawn(async move {
+        for chunk in typed.chunks(1000) {
+            v.write_all(chunk).await.unwrap();
+        }
+        v
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut node = r.node().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut got = vec![0u8; 100 * 1024];
+    tokio::time::timeout(Duration::from_secs(30), node.read_exact(&mut got))
+        .await
+        .expect("every keystroke arrives")
+        .unwrap();
+    let want: Vec<u8> = (0..100 * 1024u32).map(|i| (i % 251) as u8).collect();
+    assert!(got == want, "keystrokes lost or reordered");
+    let _v = writer.await.unwrap();
 }

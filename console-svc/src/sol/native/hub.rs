@@ -182,7 +182,10 @@ struct Hub {
 impl Hub {
     async fn run(mut self) {
         loop {
-            let take_input = !self.sol.is_active() || self.pending_input.len() < MAX_PENDING_INPUT;
+            // Keystrokes wait in the viewers' sockets rather than being
+            // dropped while the session comes up or the node side is slow.
+            let take_input =
+                !self.sol.holds_input() || self.pending_input.len() < MAX_PENDING_INPUT;
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
@@ -292,11 +295,9 @@ impl Hub {
 
     fn on_input(&mut self, data: &[u8]) {
         match self.sol {
-            Sol::Active(_) | Sol::Activating(_) => {
-                let room = MAX_PENDING_INPUT.saturating_sub(self.pending_input.len());
-                self.pending_input
-                    .extend_from_slice(&data[..data.len().min(room)]);
-            }
+            // Taken only while below MAX_PENDING_INPUT (see `run`), so this
+            // holds at most that plus one read of a viewer.
+            Sol::Active(_) | Sol::Activating(_) => self.pending_input.extend_from_slice(data),
             // Nobody to type to: keystrokes are dropped, as on a dead line.
             Sol::Idle | Sol::Backoff { .. } => {}
         }
