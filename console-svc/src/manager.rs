@@ -24,26 +24,25 @@ mod fencing;
 mod port_choice;
 #[cfg(test)]
 mod port_tests;
+mod start;
 mod supervise;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
-use self::port_choice::PortChoice;
 use crate::config::Config;
-use crate::coordinator::{Coordinator, Fence, Ownership};
+use crate::coordinator::{Coordinator, Ownership};
 use crate::error::ConsoleError;
 use crate::ports::PortAllocator;
 use crate::process::ProcessTable;
-use crate::sol::{ConsoleBackend, ConsoleContext, Health, LogSnapshot, RunningConsole, SolError};
+use crate::sol::{ConsoleBackend, LogSnapshot, RunningConsole};
 use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,109 +297,6 @@ impl ConsoleManager {
         self.start(slot, backend, spec, choice)
             .instrument(span)
             .await
-    }
-
-    async fn start(
-        &self,
-        slot: &Arc<Slot>,
-        backend: &Arc<dyn ConsoleBackend>,
-        spec: ConsoleSpec,
-        mut choice: PortChoice,
-    ) -> Result<ConsoleInfo, ConsoleError> {
-        let inner = &self.inner;
-        let ownership = inner.coordinator.acquire(&spec.node).await?;
-        let mut tried = Vec::new();
-        let (console, health_rx) = loop {
-            let port = choice.port;
-            match self.launch(backend, &spec, port, &ownership).await {
-                Ok(started) => break started,
-                // Taken between our look and the bind: a fresh choice moves
-                // on to the next free port; a sticky or explicit one fails.
-                Err(SolError::PortInUse { .. })
-                    if choice.fresh && tried.len() < port_choice::MAX_FRESH_TRIES =>
-                {
-                    tried.push(port);
-                    match self.next_fresh_port(&spec.node, &tried) {
-                        Ok(next) => {
-                            info!(
-                                busy = port,
-                                port = next,
-                                "console port in use by another program; trying the next free one"
-                            );
-                            choice.port = next;
-                        }
-                        Err(e) => {
-                            let _ = inner.coordinator.release(&ownership).await;
-                            self.update(slot, |st| {
-                                st.info.state = ConsoleState::Failed;
-                                st.info.last_error = Some(e.to_string());
-                            });
-                            return Err(e);
-                        }
-                    }
-                }
-                Err(source) => {
-                    warn!(error = %source, port, "console did not start");
-                    let _ = inner.coordinator.release(&ownership).await;
-                    self.update(slot, |st| {
-                        st.info.state = ConsoleState::Failed;
-                        st.info.last_error = Some(source.to_string());
-                    });
-                    return Err(ConsoleError::Start {
-                        node: spec.node.to_string(),
-                        source,
-                    });
-                }
-            }
-        };
-        let port = choice.port;
-        let supervisor = inner.cancel.child_token();
-        let info = self.update(slot, |st| {
-            st.running = Some(Running {
-                console,
-                ownership,
-                supervisor: supervisor.clone(),
-            });
-            st.info.state = ConsoleState::Running;
-            st.info.endpoint = Some(Endpoint {
-                host: inner.config.console.url_host(),
-                port,
-            });
-        });
-        supervise::spawn(self.clone(), slot.clone(), &spec, health_rx, supervisor);
-        info!(port, url = %info.endpoint.as_ref().map(Endpoint::url).unwrap_or_default(), "console running");
-        Ok(info)
-    }
-
-    /// One start of the backend on `port`, bounded by `subprocess_timeout`.
-    async fn launch(
-        &self,
-        backend: &Arc<dyn ConsoleBackend>,
-        spec: &ConsoleSpec,
-        port: u16,
-        ownership: &Ownership,
-    ) -> Result<(Box<dyn RunningConsole>, watch::Receiver<Health>), SolError> {
-        let inner = &self.inner;
-        let (health_tx, health_rx) = watch::channel(Health::Ok);
-        let ctx = ConsoleContext {
-            node: spec.node.clone(),
-            target: spec.target.clone(),
-            listen: SocketAddr::new(inner.config.console.socat_address, port),
-            health: health_tx,
-            cancel: inner.cancel.child_token(),
-            fence: Fence::new(inner.coordinator.clone(), ownership.clone()),
-            processes: inner.processes.clone(),
-        };
-        let timeout = inner.config.console.subprocess_timeout;
-        let console = tokio::time::timeout(timeout, backend.start(ctx))
-            .await
-            .unwrap_or_else(|_| {
-                Err(SolError::Timeout {
-                    what: format!("starting the console on port {port}"),
-                    timeout,
-                })
-            })?;
-        Ok((console, health_rx))
     }
 
     /// Stop a node's console; its port stays reserved for it.

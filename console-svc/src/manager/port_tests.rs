@@ -16,6 +16,7 @@ use super::tests::{private_loopback, spec};
 use super::*;
 use crate::coordinator::local::LocalCoordinator;
 use crate::ports::PortError;
+use crate::sol::{ConsoleContext, SolError};
 
 /// Binds each console's port as the real backends do; `fail_once` ports
 /// are reported busy the first time (taken after the manager's look).

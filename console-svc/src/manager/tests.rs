@@ -11,6 +11,7 @@ use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{CoordError, Coordinator, Ownership};
 use crate::error::ConsoleError;
 use crate::ports::PortError;
+use crate::sol::{ConsoleContext, SolError};
 use crate::spec::Target;
 
 #[derive(Default)]
