@@ -20,6 +20,7 @@
 //!     └── enable ─── DISABLED ◀─────────────────────┘  (port kept for the node)
 //! ```
 
+mod census;
 mod fencing;
 mod supervise;
 #[cfg(test)]
@@ -184,6 +185,7 @@ impl ConsoleManager {
             }),
         };
         fencing::spawn(manager.clone());
+        crate::metrics::get().add_census(Arc::downgrade(&manager.inner) as _);
         manager
     }
 
@@ -258,9 +260,13 @@ impl ConsoleManager {
             st.info.last_error = None;
         });
         let span = info_span!("console", node = %spec.node, port);
-        self.start(&slot, &backend, spec, port)
+        let (kind, began) = (census::kind_label(spec.kind()), tokio::time::Instant::now());
+        let started = self
+            .start(&slot, &backend, spec, port)
             .instrument(span)
-            .await
+            .await;
+        crate::metrics::get().enable_done(kind, started.is_ok(), began.elapsed());
+        started
     }
 
     async fn start(

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use porthole_common::metrics::MetricsServer;
 use porthole_proto::console::v1::console_service_server::ConsoleServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -47,6 +48,8 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[from] porthole_common::metrics::MetricsError),
 }
 
 /// Serve `console.v1` on `listener` until `shutdown` is cancelled, then
@@ -57,6 +60,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
+    let metrics = match config.service.metrics_listen {
+        Some(addr) => Some(
+            MetricsServer::start(
+                addr,
+                crate::metrics::get().registry(),
+                shutdown.child_token(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let pid_dir = config.console.terminal_pid_dir.clone();
     let processes =
         ProcessTable::open(&pid_dir, config.console.kill_timeout).map_err(|source| {
@@ -136,6 +150,7 @@ pub async fn run(
         })
     };
     let serve = tonic::transport::Server::builder()
+        .layer(crate::metrics::get().grpc_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ConsoleServiceServer::new(api))
@@ -156,6 +171,9 @@ pub async fn run(
     };
     shutdown.cancel();
     let _ = stopper.await;
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
     info!("console-svc stopped");
     Ok(served?)
 }

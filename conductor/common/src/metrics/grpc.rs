@@ -363,15 +363,27 @@ mod tests {
             }
             b.body(()).unwrap()
         };
-        let ok = svc.ready().await.unwrap().call(call("/demo.v1.Demo/Hello", false));
+        let ok = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/demo.v1.Demo/Hello", false));
         drain(ok.await.unwrap().into_body()).await;
-        let failed = svc.ready().await.unwrap().call(call("/demo.v1.Demo/Hello", true));
+        let failed = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/demo.v1.Demo/Hello", true));
         drain(failed.await.unwrap().into_body()).await;
         // An invented path is "unknown", not a new label value.
         let odd = svc.ready().await.unwrap().call(call("/x.Y/Z", false));
         drain(odd.await.unwrap().into_body()).await;
         // A stream whose client went away before the status.
-        let gone = svc.ready().await.unwrap().call(call("/demo.v1.Demo/Hello", false));
+        let gone = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/demo.v1.Demo/Hello", false));
         drop(gone.await.unwrap());
 
         let t = text(&registry);
