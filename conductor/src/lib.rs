@@ -11,11 +11,13 @@
 //! - [`console`], [`watch`]: the console-svc client, reconcile, WatchConsoles.
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
 //! - [`patch`]: JSON Patch.
+//! - [`metrics`]: the Prometheus metrics (`api.metrics_listen`).
 
 pub mod api;
 pub mod config;
 pub mod console;
 pub mod db;
+pub mod metrics;
 pub mod model;
 pub mod patch;
 pub mod power;
@@ -53,6 +55,8 @@ pub enum RunError {
     },
     #[error("serving the API: {0}")]
     Serve(std::io::Error),
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[from] porthole_common::metrics::MetricsError),
 }
 
 /// Serve the API on `listener` until `shutdown` is cancelled.
@@ -78,6 +82,17 @@ pub async fn run(
             Some(Arc::new(api::HttpBasic::load(file)?))
         }
     };
+    let metrics = match config.api.metrics_listen {
+        Some(at) => Some(
+            porthole_common::metrics::MetricsServer::start(
+                at,
+                metrics::get().registry(),
+                shutdown.child_token(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let conductor = Arc::new(open(&config, shutdown.clone())?);
     clear_stale_power_actions(&conductor)?;
     conductor.tasks.spawn(watch::follow(conductor.clone()));
@@ -94,6 +109,9 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
+    if let Some(m) = metrics {
+        m.stop().await;
+    }
     conductor.tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), conductor.tasks.wait())
         .await

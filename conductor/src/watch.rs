@@ -87,7 +87,10 @@ async fn reconcile(conductor: &Arc<Conductor>, running: HashMap<String, pb::Cons
     let mut restored = 0;
     for node in nodes.iter().filter(|n| n.console_enabled) {
         match running.get(&node.uuid) {
-            Some(c) if is_live(c) => conductor.record_console(&node.uuid, c, true).await,
+            Some(c) if is_live(c) => {
+                crate::metrics::get().reconciled(crate::metrics::Reconcile::InSync);
+                conductor.record_console(&node.uuid, c, true).await
+            }
             _ => {
                 conductor.ensure_console(&node.uuid).await;
                 restored += 1;

@@ -104,60 +104,60 @@ impl ConsoleMetrics {
         let p = |name: &str| format!("porthole_console_{name}");
         r.register(
             p("sol_activations"),
-            "SOL sessions asked of a BMC (native: each `sol activate`; socat: each viewer connection, which runs one).",
+            "SOL sessions asked of a BMC (native: each `sol activate`; socat: each viewer connection, which runs one)",
             m.sol_activations.clone(),
         );
         r.register(
             p("sol_activation_failures"),
-            "SOL activations that did not come up (native backend; socat's children are not observed).",
+            "SOL activations that did not come up (native backend; socat's children are not observed)",
             m.sol_activation_failures.clone(),
         );
         r.register(
             p("viewers"),
-            "Viewers connected now (native serial and VNC backends).",
+            "Viewers connected now (native serial and VNC backends)",
             m.viewers.clone(),
         );
         r.register(
             p("viewer_connections"),
-            "Viewer connections accepted.",
+            "Viewer connections accepted",
             m.viewer_connections.clone(),
         );
         r.register_with_unit(
             p("viewer"),
-            "Bytes relayed between viewers and consoles; direction to_node (keystrokes, VNC client messages) or to_viewer (console output, framebuffer).",
+            "Bytes relayed between viewers and consoles; direction to_node (keystrokes, VNC client messages) or to_viewer (console output, framebuffer)",
             Unit::Bytes,
             m.viewer_bytes.clone(),
         );
         r.register_with_unit(
             p("enable_duration"),
-            "Time to start a console here (port bound, backend up), by kind and result.",
+            "Time to start a console here (port bound, backend up), by kind and result",
             Unit::Seconds,
             m.enable_duration.clone(),
         );
         r.register_with_unit(
             p("lease_renewal_duration"),
-            "Round trip of an etcd lease keep-alive that was answered.",
+            "Round trip of an etcd lease keep-alive that was answered",
             Unit::Seconds,
             m.lease_renewal.clone(),
         );
         r.register(
             p("fences"),
-            "Times this replica stopped serving every console because its lease could not be kept.",
+            "Times this replica stopped serving every console because its lease could not be kept",
             m.fences.clone(),
         );
         r.register(
             p("claims"),
-            "Console claims (etcd owner key) by result: won, or lost to another replica.",
+            "Console claims (etcd owner key) by result: won, or lost to another replica",
             m.claims.clone(),
         );
         r.register(
             p("takeovers"),
-            "Claims of consoles that another replica had owned (it died, was fenced or drained).",
+            "Claims of consoles that another replica had owned (it died, was fenced or drained)",
             m.takeovers.clone(),
         );
         r.register(
             p("etcd_request_errors"),
-            "Failed etcd requests: failed_over (that member could not answer; the next was tried) or returned (the error reached the caller).",
+            "Failed etcd requests: failed_over (that member could not answer; the next one, or all again after a pause, is tried) or returned (the error reached the caller)",
             m.etcd_errors.clone(),
         );
         r.register_collector(Box::new(ConsolesCollector {
@@ -173,6 +173,11 @@ impl ConsoleMetrics {
         for kind in KINDS {
             let _ = m.viewers.get_or_create(&[("kind", kind)]);
             let _ = m.viewer_connections.get_or_create(&[("kind", kind)]);
+            for result in ["ok", "error"] {
+                let _ = m
+                    .enable_duration
+                    .get_or_create(&[("kind", kind), ("result", result)]);
+            }
             for direction in ["to_node", "to_viewer"] {
                 let _ = m
                     .viewer_bytes
@@ -325,7 +330,7 @@ impl Collector for ConsolesCollector {
         }
         let metric = encoder.encode_descriptor(
             "porthole_console_consoles",
-            "Consoles this replica holds, by kind and state.",
+            "Consoles this replica holds, by kind and state",
             None,
             MetricType::Gauge,
         )?;

@@ -94,6 +94,13 @@ impl Conductor {
             Ok(req) => self.consoles.enable(req).await.map_err(ServiceError::from),
             Err(e) => Err(e.into()),
         };
+        use crate::metrics::Reconcile;
+        let outcome = if result.is_ok() {
+            Reconcile::Restored
+        } else {
+            Reconcile::Failed
+        };
+        crate::metrics::get().reconciled(outcome);
         match result {
             Ok(c) => self.record_console(uuid, &c, false).await,
             Err(e) => self.note_error(uuid, format!("{RESTORE_FAILURE}{e}")),

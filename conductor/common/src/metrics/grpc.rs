@@ -72,12 +72,12 @@ impl GrpcMetrics {
         let duration = HistogramFamily::<MethodLabels>::new_with_constructor(latency_histogram);
         registry.register(
             format!("{prefix}_grpc_requests"),
-            "gRPC requests handled, by service, method and status code.",
+            "gRPC requests handled, by service, method and status code",
             requests.clone(),
         );
         registry.register_with_unit(
             format!("{prefix}_grpc_request_duration"),
-            "Time from a gRPC request's arrival to its final status (a stream's whole life).",
+            "Time from a gRPC request's arrival to its final status (a stream's whole life)",
             Unit::Seconds,
             duration.clone(),
         );

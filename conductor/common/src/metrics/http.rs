@@ -30,12 +30,12 @@ impl HttpMetrics {
         let duration = HistogramFamily::<RouteLabels>::new_with_constructor(latency_histogram);
         registry.register(
             format!("{prefix}_api_requests"),
-            "API requests answered, by method, route template and HTTP status.",
+            "API requests answered, by method, route template and HTTP status",
             requests.clone(),
         );
         registry.register_with_unit(
             format!("{prefix}_api_request_duration"),
-            "Time to answer an API request (until the response head), by method and route template.",
+            "Time to answer an API request (until the response head), by method and route template",
             Unit::Seconds,
             duration.clone(),
         );
