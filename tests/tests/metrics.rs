@@ -1,0 +1,233 @@
+//! console-svc's `/metrics` (service.metrics_listen) against the real rig,
+//! read by Prometheus' own parser: every family is there with its type, and
+//! the values move with real actions: an enable (consoles by state, enable
+//! latency, gRPC requests), a viewer connecting (viewers, SOL activations)
+//! and typing (bytes both ways, exactly what crossed), the viewer leaving
+//! and a disable. The socat backend counts its connections and activations.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use porthole_tests::metrics::{self, Scrape};
+use porthole_tests::session::{self, establish, url_of};
+use porthole_tests::{node_side, rig_or_skip, viewer, Backend, ConsoleSvc, SvcOptions};
+
+const CONSOLE_SERVICE: &str = "porthole.console.v1.ConsoleService";
+
+/// Every family console-svc exports, with its type.
+const FAMILIES: &[(&str, &str)] = &[
+    ("porthole_console_consoles", "gauge"),
+    ("porthole_console_sol_activations", "counter"),
+    ("porthole_console_sol_activation_failures", "counter"),
+    ("porthole_console_viewers", "gauge"),
+    ("porthole_console_viewer_connections", "counter"),
+    ("porthole_console_viewer_bytes", "counter"),
+    ("porthole_console_enable_duration_seconds", "histogram"),
+    ("porthole_console_lease_renewal_duration_seconds", "histogram"),
+    ("porthole_console_fences", "counter"),
+    ("porthole_console_claims", "counter"),
+    ("porthole_console_takeovers", "counter"),
+    ("porthole_console_etcd_request_errors", "counter"),
+    ("porthole_console_grpc_requests", "counter"),
+    ("porthole_console_grpc_request_duration_seconds", "histogram"),
+];
+
+async fn start(backend: Backend) -> Result<ConsoleSvc> {
+    let opts = SvcOptions::new(backend).set("service", "metrics_listen", "\"127.0.0.1:0\"");
+    ConsoleSvc::start_with(opts).await
+}
+
+fn consoles(s: &Scrape, state: &str) -> Result<f64> {
+    s.value(
+        "porthole_console_consoles",
+        &[("kind", "serial"), ("state", state)],
+    )
+}
+
+fn bytes(s: &Scrape, direction: &str) -> Result<f64> {
+    s.value(
+        "porthole_console_viewer_bytes_total",
+        &[("kind", "serial"), ("direction", direction)],
+    )
+}
+
+/// Scrape until `ok` holds (the hub notices a viewer leaving on its own
+/// schedule), at most 10 s; the last scrape either way.
+async fn scrape_until(
+    python: &std::path::Path,
+    url: &str,
+    ok: impl Fn(&Scrape) -> bool,
+) -> Result<Scrape> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = Scrape::take(python, url).await?;
+        if ok(&s) || tokio::time::Instant::now() > deadline {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_values_move_with_enable_viewers_and_bytes() {
+    porthole_tests::run(native_values_move()).await
+}
+
+async fn native_values_move() -> Result<()> {
+    let rig = rig_or_skip!();
+    let Some(python) = metrics::parser() else {
+        return Ok(());
+    };
+    let bmcs = rig.lease_bmcs(1).await?;
+    let svc = start(Backend::Native).await?;
+    let url = metrics::console_svc_url(&svc).await?;
+
+    let s0 = Scrape::take(&python, &url).await?;
+    ensure!(
+        s0.content_type.starts_with("application/openmetrics-text"),
+        "content type {}",
+        s0.content_type
+    );
+    for (name, kind) in FAMILIES {
+        ensure!(
+            s0.family_type(name) == Some(kind),
+            "family {name}: {:?}, not {kind}",
+            s0.families.get(*name)
+        );
+    }
+    ensure!(consoles(&s0, "running")? == 0.0, "a console before any enable");
+    let enables_before = s0.value(
+        "porthole_console_enable_duration_seconds_count",
+        &[("kind", "serial"), ("result", "ok")],
+    )?;
+
+    let mut client = svc.client().await?;
+    let node = session::node_id("metrics");
+    let console = session::enable(&mut client, bmcs[0].enable_request(&node)).await?;
+    let s1 = Scrape::take(&python, &url).await?;
+    ensure!(consoles(&s1, "running")? == 1.0, "running after enable");
+    ensure!(
+        s1.value(
+            "porthole_console_enable_duration_seconds_count",
+            &[("kind", "serial"), ("result", "ok")],
+        )? == enables_before + 1.0,
+        "enable latency not observed"
+    );
+    let enable_rpcs = s1.value(
+        "porthole_console_grpc_requests_total",
+        &[
+            ("service", CONSOLE_SERVICE),
+            ("method", "EnableConsole"),
+            ("code", "OK"),
+        ],
+    )?;
+    ensure!(enable_rpcs == 1.0, "EnableConsole OK counted {enable_rpcs}");
+    // The native backend activates SOL only when a viewer comes.
+    let activations = |s: &Scrape| {
+        s.value(
+            "porthole_console_sol_activations_total",
+            &[("backend", "native")],
+        )
+    };
+    ensure!(activations(&s1)? == 0.0, "SOL activated without a viewer");
+
+    let mut v = viewer(&url_of(&console)?).await?;
+    let mut n = node_side(&bmcs[0]).await?;
+    establish(&mut v, &mut n).await?;
+    let s2 = Scrape::take(&python, &url).await?;
+    let viewers = |s: &Scrape| s.value("porthole_console_viewers", &[("kind", "serial")]);
+    ensure!(viewers(&s2)? == 1.0, "viewers {}", viewers(&s2)?);
+    ensure!(
+        s2.value(
+            "porthole_console_viewer_connections_total",
+            &[("kind", "serial")]
+        )? == 1.0,
+        "one viewer connection"
+    );
+    ensure!(activations(&s2)? >= 1.0, "no SOL activation counted");
+
+    // Typing and output: exactly these bytes cross, each way.
+    let keys = b"metrics-keys-0123456789\r";
+    let out = b"metrics-output-abcdefghij\r\n";
+    v.send(keys).await?;
+    n.expect(keys, Duration::from_secs(15)).await?;
+    n.send(out).await?;
+    v.expect(out, Duration::from_secs(15)).await?;
+    let s3 = Scrape::take(&python, &url).await?;
+    let typed = bytes(&s3, "to_node")? - bytes(&s2, "to_node")?;
+    let shown = bytes(&s3, "to_viewer")? - bytes(&s2, "to_viewer")?;
+    ensure!(
+        typed == keys.len() as f64,
+        "to_node moved by {typed}, typed {}",
+        keys.len()
+    );
+    ensure!(
+        shown == out.len() as f64,
+        "to_viewer moved by {shown}, printed {}",
+        out.len()
+    );
+
+    drop(v);
+    let s4 = scrape_until(&python, &url, |s| viewers(s).is_ok_and(|n| n == 0.0)).await?;
+    ensure!(viewers(&s4)? == 0.0, "the viewer left; gauge {}", viewers(&s4)?);
+
+    session::disable(&mut client, &node).await?;
+    let s5 = Scrape::take(&python, &url).await?;
+    ensure!(
+        consoles(&s5, "running")? == 0.0 && consoles(&s5, "disabled")? == 1.0,
+        "after disable: running {}, disabled {}",
+        consoles(&s5, "running")?,
+        consoles(&s5, "disabled")?
+    );
+    // No label value is a node id, a port or anything else a caller chose.
+    ensure!(
+        !s5.label_values().any(|v| v.contains(&node)),
+        "a node id became a label value"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socat_counts_connections_and_activations() {
+    porthole_tests::run(socat_counts()).await
+}
+
+async fn socat_counts() -> Result<()> {
+    let rig = rig_or_skip!();
+    let Some(python) = metrics::parser() else {
+        return Ok(());
+    };
+    let bmcs = rig.lease_bmcs(1).await?;
+    let svc = start(Backend::Socat).await?;
+    let url = metrics::console_svc_url(&svc).await?;
+    let mut client = svc.client().await?;
+    let node = session::node_id("metrics-socat");
+    let console = session::enable(&mut client, bmcs[0].enable_request(&node)).await?;
+    let s1 = Scrape::take(&python, &url).await?;
+    let activations = |s: &Scrape| {
+        s.value(
+            "porthole_console_sol_activations_total",
+            &[("backend", "socat")],
+        )
+    };
+    ensure!(consoles(&s1, "running")? == 1.0, "running after enable");
+    ensure!(activations(&s1)? == 0.0, "activated before a viewer came");
+
+    let mut v = viewer(&url_of(&console)?).await?;
+    let mut n = node_side(&bmcs[0]).await?;
+    establish(&mut v, &mut n).await?;
+    // socat logs the connection; its stderr is read asynchronously.
+    let s2 = scrape_until(&python, &url, |s| activations(s).is_ok_and(|a| a >= 1.0)).await?;
+    ensure!(activations(&s2)? >= 1.0, "no socat activation counted");
+    ensure!(
+        s2.value(
+            "porthole_console_viewer_connections_total",
+            &[("kind", "serial")]
+        )? >= 1.0,
+        "no socat connection counted"
+    );
+    session::disable(&mut client, &node)
+        .await
+        .context("disable")?;
+    Ok(())
+}
