@@ -23,13 +23,19 @@ const FAMILIES: &[(&str, &str)] = &[
     ("porthole_console_viewer_connections", "counter"),
     ("porthole_console_viewer_bytes", "counter"),
     ("porthole_console_enable_duration_seconds", "histogram"),
-    ("porthole_console_lease_renewal_duration_seconds", "histogram"),
+    (
+        "porthole_console_lease_renewal_duration_seconds",
+        "histogram",
+    ),
     ("porthole_console_fences", "counter"),
     ("porthole_console_claims", "counter"),
     ("porthole_console_takeovers", "counter"),
     ("porthole_console_etcd_request_errors", "counter"),
     ("porthole_console_grpc_requests", "counter"),
-    ("porthole_console_grpc_request_duration_seconds", "histogram"),
+    (
+        "porthole_console_grpc_request_duration_seconds",
+        "histogram",
+    ),
 ];
 
 async fn start(backend: Backend) -> Result<ConsoleSvc> {
@@ -95,7 +101,10 @@ async fn native_values_move() -> Result<()> {
             s0.families.get(*name)
         );
     }
-    ensure!(consoles(&s0, "running")? == 0.0, "a console before any enable");
+    ensure!(
+        consoles(&s0, "running")? == 0.0,
+        "a console before any enable"
+    );
     let enables_before = s0.value(
         "porthole_console_enable_duration_seconds_count",
         &[("kind", "serial"), ("result", "ok")],
@@ -169,7 +178,11 @@ async fn native_values_move() -> Result<()> {
 
     drop(v);
     let s4 = scrape_until(&python, &url, |s| viewers(s).is_ok_and(|n| n == 0.0)).await?;
-    ensure!(viewers(&s4)? == 0.0, "the viewer left; gauge {}", viewers(&s4)?);
+    ensure!(
+        viewers(&s4)? == 0.0,
+        "the viewer left; gauge {}",
+        viewers(&s4)?
+    );
 
     session::disable(&mut client, &node).await?;
     let s5 = Scrape::take(&python, &url).await?;
