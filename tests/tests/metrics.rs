@@ -12,6 +12,9 @@ use porthole_tests::metrics::{self, Scrape};
 use porthole_tests::session::{self, establish, url_of};
 use porthole_tests::{node_side, rig_or_skip, viewer, Backend, ConsoleSvc, SvcOptions};
 
+/// How long a value may take to show (a viewer leaving, a socat log line).
+const WAIT: Duration = Duration::from_secs(10);
+
 const CONSOLE_SERVICE: &str = "porthole.console.v1.ConsoleService";
 
 /// Every family console-svc exports, with its type.
@@ -58,13 +61,15 @@ fn bytes(s: &Scrape, direction: &str) -> Result<f64> {
 }
 
 /// Scrape until `ok` holds (the hub notices a viewer leaving on its own
-/// schedule), at most 10 s; the last scrape either way.
+/// schedule, a takeover waits for a lease to expire), at most `within`;
+/// the last scrape either way.
 async fn scrape_until(
     python: &std::path::Path,
     url: &str,
+    within: Duration,
     ok: impl Fn(&Scrape) -> bool,
 ) -> Result<Scrape> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let s = Scrape::take(python, url).await?;
         if ok(&s) || tokio::time::Instant::now() > deadline {
@@ -177,7 +182,7 @@ async fn native_values_move() -> Result<()> {
     );
 
     drop(v);
-    let s4 = scrape_until(&python, &url, |s| viewers(s).is_ok_and(|n| n == 0.0)).await?;
+    let s4 = scrape_until(&python, &url, WAIT, |s| viewers(s).is_ok_and(|n| n == 0.0)).await?;
     ensure!(
         viewers(&s4)? == 0.0,
         "the viewer left; gauge {}",
@@ -230,7 +235,10 @@ async fn socat_counts() -> Result<()> {
     let mut n = node_side(&bmcs[0]).await?;
     establish(&mut v, &mut n).await?;
     // socat logs the connection; its stderr is read asynchronously.
-    let s2 = scrape_until(&python, &url, |s| activations(s).is_ok_and(|a| a >= 1.0)).await?;
+    let s2 = scrape_until(&python, &url, WAIT, |s| {
+        activations(s).is_ok_and(|a| a >= 1.0)
+    })
+    .await?;
     ensure!(activations(&s2)? >= 1.0, "no socat activation counted");
     ensure!(
         s2.value(
@@ -242,5 +250,118 @@ async fn socat_counts() -> Result<()> {
     session::disable(&mut client, &node)
         .await
         .context("disable")?;
+    Ok(())
+}
+
+/// The rig's first etcd client URL.
+fn etcd_endpoint() -> Result<String> {
+    let path = std::env::var("PORTHOLE_RIG_JSON")?;
+    let rig: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    Ok(rig["etcd"]["endpoints"][0]
+        .as_str()
+        .context("rig.json: etcd.endpoints")?
+        .to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_counts_claims_lease_renewals_and_a_takeover() {
+    porthole_tests::run(etcd_counts()).await
+}
+
+/// Two replicas on the rig's etcd: the owner's claim and lease renewals
+/// are counted; after a `kill -9` of the owner the survivor counts a
+/// takeover and its consoles gauge shows the console running there.
+async fn etcd_counts() -> Result<()> {
+    let rig = rig_or_skip!();
+    let Some(python) = metrics::parser() else {
+        return Ok(());
+    };
+    let bmcs = rig.lease_bmcs(1).await?;
+    let keys = tempfile::Builder::new()
+        .prefix("porthole-metrics-key-")
+        .tempdir()?;
+    let key_file = keys.path().join("etcd.key");
+    std::fs::write(&key_file, "ab".repeat(32))?;
+    let prefix = format!(
+        "/porthole-test/metrics-{}-{}/",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let opts = SvcOptions::new(Backend::Native)
+        .set("service", "metrics_listen", "\"127.0.0.1:0\"")
+        .set("etcd", "endpoints", &format!("[\"{}\"]", etcd_endpoint()?))
+        .set("etcd", "prefix", &format!("\"{prefix}\""))
+        .set(
+            "etcd",
+            "secret_key_file",
+            &format!("{:?}", key_file.display().to_string()),
+        );
+    let mut a = ConsoleSvc::start_with(opts.clone()).await?;
+    let mut b = ConsoleSvc::start_with(opts).await?;
+    let urls = [
+        metrics::console_svc_url(&a).await?,
+        metrics::console_svc_url(&b).await?,
+    ];
+
+    let node = session::node_id("metrics-etcd");
+    let mut client = a.client().await?;
+    let console = session::enable(&mut client, bmcs[0].enable_request(&node)).await?;
+    let owner_is_a =
+        console.owner == format!("test-{}", a.grpc_url().rsplit(':').next().unwrap_or(""));
+    let (owner_url, survivor_url) = match owner_is_a {
+        true => (&urls[0], &urls[1]),
+        false => (&urls[1], &urls[0]),
+    };
+    let won = [("result", "won")];
+    let renewals = "porthole_console_lease_renewal_duration_seconds_count";
+    let s = scrape_until(&python, owner_url, WAIT, |s| {
+        s.value(renewals, &[]).is_ok_and(|n| n >= 1.0)
+    })
+    .await?;
+    ensure!(
+        s.value("porthole_console_claims_total", &won)? == 1.0,
+        "the owner's claim: {}",
+        s.value("porthole_console_claims_total", &won)?
+    );
+    ensure!(s.value(renewals, &[])? >= 1.0, "no lease renewal observed");
+    ensure!(consoles(&s, "running")? == 1.0, "running on the owner");
+    let before = Scrape::take(&python, survivor_url).await?;
+    ensure!(
+        before.value("porthole_console_takeovers_total", &[])? == 0.0,
+        "a takeover before any replica died"
+    );
+    ensure!(
+        consoles(&before, "running")? == 0.0,
+        "running on both replicas"
+    );
+
+    // Let the survivor's placement see the console owned elsewhere, then
+    // kill the owner: its lease expires (TTL 5 s) and the survivor claims.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    match owner_is_a {
+        true => a.kill9()?,
+        false => b.kill9()?,
+    }
+    let after = scrape_until(&python, survivor_url, Duration::from_secs(30), |s| {
+        s.value("porthole_console_takeovers_total", &[])
+            .is_ok_and(|n| n >= 1.0)
+            && consoles(s, "running").is_ok_and(|n| n == 1.0)
+    })
+    .await?;
+    ensure!(
+        after.value("porthole_console_takeovers_total", &[])? == 1.0,
+        "takeovers on the survivor: {}",
+        after.value("porthole_console_takeovers_total", &[])?
+    );
+    ensure!(
+        after.value("porthole_console_claims_total", &won)? == 1.0,
+        "the survivor's claim"
+    );
+    ensure!(
+        consoles(&after, "running")? == 1.0,
+        "running on the survivor"
+    );
     Ok(())
 }
