@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use porthole_proto::console::v1 as pb;
 use porthole_tests::metrics::{self, Scrape};
 use porthole_tests::session::{self, establish, url_of};
 use porthole_tests::{node_side, rig_or_skip, viewer, Backend, ConsoleSvc, SvcOptions};
@@ -136,6 +137,24 @@ async fn native_values_move() -> Result<()> {
         ],
     )?;
     ensure!(enable_rpcs == 1.0, "EnableConsole OK counted {enable_rpcs}");
+    // A refused call is counted under its own code.
+    let missing = pb::GetConsoleRequest {
+        node_id: session::node_id("metrics-missing"),
+    };
+    ensure!(
+        client.get_console(missing).await.is_err(),
+        "GetConsole of nothing"
+    );
+    let s1 = Scrape::take(&python, &url).await?;
+    let not_found = s1.value(
+        "porthole_console_grpc_requests_total",
+        &[
+            ("service", CONSOLE_SERVICE),
+            ("method", "GetConsole"),
+            ("code", "NotFound"),
+        ],
+    )?;
+    ensure!(not_found == 1.0, "GetConsole NotFound counted {not_found}");
     // The native backend activates SOL only when a viewer comes.
     let activations = |s: &Scrape| {
         s.value(
@@ -289,9 +308,15 @@ async fn etcd_counts() -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_nanos()
     );
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let opts = SvcOptions::new(Backend::Native)
         .set("service", "metrics_listen", "\"127.0.0.1:0\"")
-        .set("etcd", "endpoints", &format!("[\"{}\"]", etcd_endpoint()?))
+        // A member that is down, listed first: calls fail over from it.
+        .set(
+            "etcd",
+            "endpoints",
+            &format!("[\"http://{dead}\", \"{}\"]", etcd_endpoint()?),
+        )
         .set("etcd", "prefix", &format!("\"{prefix}\""))
         .set(
             "etcd",
@@ -327,6 +352,14 @@ async fn etcd_counts() -> Result<()> {
     );
     ensure!(s.value(renewals, &[])? >= 1.0, "no lease renewal observed");
     ensure!(consoles(&s, "running")? == 1.0, "running on the owner");
+    let failed_over = s.value(
+        "porthole_console_etcd_request_errors_total",
+        &[("outcome", "failed_over")],
+    )?;
+    ensure!(
+        failed_over >= 1.0,
+        "no failover from the dead member counted"
+    );
     let before = Scrape::take(&python, survivor_url).await?;
     ensure!(
         before.value("porthole_console_takeovers_total", &[])? == 0.0,
