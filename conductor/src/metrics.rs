@@ -42,7 +42,10 @@ pub enum Reconcile {
     InSync,
     /// It was missing or disabled, and console-svc took the enable.
     Restored,
-    /// Enabling it again failed (the error is in the node's last_error).
+    /// console-svc served a console the node does not want; it was disabled.
+    Retired,
+    /// Enabling it again (or disabling an unwanted one) failed; an enable's
+    /// error is in the node's last_error.
     Failed,
 }
 
@@ -66,7 +69,7 @@ impl ConductorMetrics {
         );
         r.register(
             "porthole_conductor_console_reconciles",
-            "Nodes that want a console, looked at on start and when console-svc reports a change: in_sync, restored or failed",
+            "Consoles looked at on start and when console-svc reports a change: in_sync, restored (a wanted one was missing), retired (an unwanted one was disabled) or failed",
             reconciles.clone(),
         );
         for action in ["on", "off", "reboot"] {
@@ -75,7 +78,7 @@ impl ConductorMetrics {
                 let _ = power_actions.get_or_create(&[("action", action), ("result", result)]);
             }
         }
-        for outcome in ["in_sync", "restored", "failed"] {
+        for outcome in ["in_sync", "restored", "retired", "failed"] {
             let _ = reconciles.get_or_create(&[("outcome", outcome)]);
         }
         Self {
@@ -111,6 +114,7 @@ impl ConductorMetrics {
         let outcome = match outcome {
             Reconcile::InSync => "in_sync",
             Reconcile::Restored => "restored",
+            Reconcile::Retired => "retired",
             Reconcile::Failed => "failed",
         };
         self.reconciles.get_or_create(&[("outcome", outcome)]).inc();

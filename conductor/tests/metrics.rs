@@ -1,8 +1,9 @@
 //! The conductor's `/metrics` (api.metrics_listen) against the real rig and
 //! a console-svc process, read by Prometheus' own parser: API requests move
 //! by route template and status (never a raw path or a node's UUID), a
-//! power on through the REST API counts as a successful action, and a
-//! console that console-svc dropped is restored and counted as such.
+//! power on through the REST API counts as a successful action, a console
+//! that console-svc dropped is restored, and one it serves for a node that
+//! does not want it is retired, each counted as such.
 //!
 //! Its own test binary: the conductor's metrics are process-wide, so no
 //! other conductor may run in this process.
@@ -254,6 +255,31 @@ async fn body() -> Result<()> {
     eventually("console-svc runs the console again", || {
         let (c, n) = (client.clone(), uuid.clone());
         async move { Ok(get(c, n).await?.filter(running).map(drop)) }
+    })
+    .await?;
+
+    // And one served for a node that does not want it is retired.
+    let retired = [("outcome", "retired")];
+    let retired_before = s2.value("porthole_conductor_console_reconciles_total", &retired)?;
+    let (status, body) = api
+        .call(
+            reqwest::Method::PUT,
+            &format!("{node_path}/states/console"),
+            Some(json!({"enabled": false})),
+        )
+        .await?;
+    ensure!(status == 202, "console disable: {status} {body}");
+    client.enable_console(bmc.enable_request(&uuid)).await?;
+    eventually("the retire is counted", || async {
+        let s = Scrape::take(&python, &url).await?;
+        let n = s.value("porthole_conductor_console_reconciles_total", &retired)?;
+        Ok((n > retired_before).then_some(()))
+    })
+    .await?;
+    let disabled = |c: &pb::Console| c.state == pb::ConsoleState::Disabled as i32;
+    eventually("console-svc disabled the unwanted console", || {
+        let (c, n) = (client.clone(), uuid.clone());
+        async move { Ok(get(c, n).await?.filter(disabled).map(drop)) }
     })
     .await?;
 
