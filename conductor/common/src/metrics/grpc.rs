@@ -106,6 +106,11 @@ impl GrpcMetrics {
     }
 }
 
+/// What `Server::builder().layer(metrics.layer())` stacks, to name the
+/// router's type (`tonic::transport::server::Router<WithGrpcMetrics>`).
+pub type WithGrpcMetrics =
+    tower::layer::util::Stack<GrpcMetricsLayer, tower::layer::util::Identity>;
+
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
     metrics: GrpcMetrics,
