@@ -20,6 +20,7 @@
 //!     └── enable ─── DISABLED ◀─────────────────────┘  (port kept for the node)
 //! ```
 
+mod census;
 mod fencing;
 mod port_choice;
 #[cfg(test)]
@@ -200,6 +201,7 @@ impl ConsoleManager {
             }),
         };
         fencing::spawn(manager.clone());
+        crate::metrics::get().add_census(Arc::downgrade(&manager.inner) as _);
         manager
     }
 
@@ -294,9 +296,13 @@ impl ConsoleManager {
             st.info.last_error = None;
         });
         let span = info_span!("console", node = %spec.node);
-        self.start(slot, backend, spec, choice)
+        let (kind, began) = (census::kind_label(spec.kind()), tokio::time::Instant::now());
+        let started = self
+            .start(slot, backend, spec, choice)
             .instrument(span)
-            .await
+            .await;
+        crate::metrics::get().enable_done(kind, started.is_ok(), began.elapsed());
+        started
     }
 
     /// Stop a node's console; its port stays reserved for it.

@@ -341,6 +341,8 @@ async fn follow_stderr(
             ready.send_replace(true);
         } else if line.contains(" N accepting connection from ") {
             used.store(true, Ordering::SeqCst);
+            crate::metrics::get().viewer_connected("serial");
+            crate::metrics::get().sol_activation("socat");
         } else if let Some((_, msg)) = line.split_once("] E ") {
             last_error.send_replace(msg.to_owned());
         }

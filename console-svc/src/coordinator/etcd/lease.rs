@@ -207,6 +207,7 @@ async fn renew_until_lost(
         });
         match answer {
             Ok(ttl) if !ttl.is_zero() => {
+                crate::metrics::get().lease_renewed(Instant::now() - sent);
                 if let Some(e) = last_error.take() {
                     info!(lease, after = %e, "keep-alive resumed");
                 }

@@ -191,7 +191,9 @@ impl Coordinator for EtcdCoordinator {
         let resp = self.txn(txn).await?;
         let (owner, token, owner_lease) = owner_of(&resp.op_responses())
             .ok_or_else(|| CoordError::Etcd(format!("{key} vanished during its claim")))?;
-        if owner == self.member.replica && owner_lease == lease {
+        let won = owner == self.member.replica && owner_lease == lease;
+        crate::metrics::get().claim(won);
+        if won {
             Ok(Ownership {
                 node: node.clone(),
                 token,

@@ -306,7 +306,10 @@ impl Hub {
     async fn on_sol_event(&mut self, event: SolEvent) {
         match event {
             SolEvent::Activated(Ok(session)) => self.on_activated(session),
-            SolEvent::Activated(Err(e)) => self.on_failure(e.to_string()),
+            SolEvent::Activated(Err(e)) => {
+                crate::metrics::get().sol_activation_failed("native");
+                self.on_failure(e.to_string())
+            }
             SolEvent::Output(data) => {
                 if let Sol::Active(active) = &mut self.sol {
                     active.note_output(&data);
@@ -337,6 +340,7 @@ impl Hub {
             return;
         }
         info!("activating SOL");
+        crate::metrics::get().sol_activation("native");
         let fence = self.fence.clone();
         let launcher = self.launcher.clone();
         self.sol = Sol::Activating(Box::pin(async move {

@@ -194,6 +194,7 @@ pub(crate) async fn serve(conn: ViewerConn) {
         timeouts,
         activity,
     } = conn;
+    let _counted = crate::metrics::get().viewer("serial");
     let (mut rd, mut wr) = tokio::io::split(io);
     let last_traffic = Mutex::new(Instant::now());
     let end = tokio::select! {
@@ -238,6 +239,7 @@ async fn read_loop(
             Ok(n) => {
                 touch(last_traffic);
                 activity.typed();
+                crate::metrics::get().bytes_to_node("serial", n);
                 if input.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
                     return End::Closed;
                 }
@@ -256,6 +258,7 @@ async fn write_loop(
         if let Err(e) = wr.write_all(&data).await {
             return End::Failed(e);
         }
+        crate::metrics::get().bytes_to_viewer("serial", data.len());
         touch(last_traffic);
     }
     End::Closed
