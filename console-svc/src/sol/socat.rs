@@ -86,6 +86,7 @@ impl ConsoleBackend for SocatBackend {
             ctx.ipmi(self.name())?.clone(),
             self.settings.subprocess_timeout,
             ctx.processes.clone(),
+            ctx.fence.clone(),
         );
         ctx.fence.check().await?;
         let instance = Instance {
