@@ -133,7 +133,14 @@ pub fn guard_child(cmd: &mut std::process::Command, deadline: Option<std::time::
     // error is built from an errno (no allocation) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             if libc::getppid() != parent {
@@ -367,7 +374,10 @@ mod tests {
             if let Some(s) = child.try_wait().unwrap() {
                 break s;
             }
-            assert!(since.elapsed() < Duration::from_secs(5), "child outlived its parent");
+            assert!(
+                since.elapsed() < Duration::from_secs(5),
+                "child outlived its parent"
+            );
             std::thread::sleep(Duration::from_millis(10));
         };
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");

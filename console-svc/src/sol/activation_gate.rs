@@ -193,7 +193,11 @@ where
         let answer = match Request::parse(&line) {
             Ok(request) => {
                 let a = registry.answer(&request).await;
-                debug!(request = line.trim_end(), answer = a.line().trim_end(), "activation gate");
+                debug!(
+                    request = line.trim_end(),
+                    answer = a.line().trim_end(),
+                    "activation gate"
+                );
                 if let (Request::Activate { node, .. }, Answer::No(why)) = (&request, &a) {
                     info!(%node, %why, "socat activation refused");
                 }
@@ -401,15 +405,21 @@ mod tests {
     async fn unknown_consoles_stale_claims_and_slow_confirmations_are_refused() {
         let (registry, fence, _tx) = registered(Duration::from_secs(60), true).await;
         let token = fence.ownership().token;
-        assert!(matches!(registry.answer(&activate(token + 1)).await, Answer::No(w) if w.contains("claimed again")));
+        assert!(
+            matches!(registry.answer(&activate(token + 1)).await, Answer::No(w) if w.contains("claimed again"))
+        );
         let other = Request::Activate {
             node: "n2".into(),
             token,
         };
-        assert!(matches!(registry.answer(&other).await, Answer::No(w) if w.contains("does not serve")));
+        assert!(
+            matches!(registry.answer(&other).await, Answer::No(w) if w.contains("does not serve"))
+        );
         // The coordinator takes 2 s to confirm: refused after CHECK_BOUND.
         let asked = Instant::now();
-        assert!(matches!(registry.answer(&activate(token)).await, Answer::No(w) if w.contains("confirmed")));
+        assert!(
+            matches!(registry.answer(&activate(token)).await, Answer::No(w) if w.contains("confirmed"))
+        );
         assert_eq!(asked.elapsed(), CHECK_BOUND);
         // A hold needs no confirmation.
         let hold = Request::Hold {
@@ -429,12 +439,17 @@ mod tests {
         let server = tokio::spawn(async move { serve_connection(theirs, &registry).await });
         let (r, mut w) = tokio::io::split(ours);
         let mut lines = tokio::io::BufReader::new(r).lines();
-        w.write_all(activate(token).line().as_bytes()).await.unwrap();
+        w.write_all(activate(token).line().as_bytes())
+            .await
+            .unwrap();
         let a = Answer::parse(&lines.next_line().await.unwrap().unwrap());
         assert!(matches!(a, Answer::Go(Some(_))), "{a:?}");
         w.write_all(b"bogus\n").await.unwrap();
         let a = Answer::parse(&lines.next_line().await.unwrap().unwrap());
-        assert!(matches!(a, Answer::No(ref w) if w.contains("expected")), "{a:?}");
+        assert!(
+            matches!(a, Answer::No(ref w) if w.contains("expected")),
+            "{a:?}"
+        );
         drop(w);
         drop(lines);
         server.await.unwrap();
@@ -450,9 +465,6 @@ mod tests {
             assert_eq!(Answer::parse(&a.line()), a);
         }
         assert!(matches!(Answer::parse("garbage"), Answer::No(_)));
-        assert_eq!(
-            Request::parse(&activate(3).line()).unwrap(),
-            activate(3)
-        );
+        assert_eq!(Request::parse(&activate(3).line()).unwrap(), activate(3));
     }
 }

@@ -126,10 +126,7 @@ impl IpmiTool {
             .stderr(Stdio::piped())
             .process_group(0);
         let what = format!("ipmitool {}", command.join(" "));
-        let mut child = self
-            .processes
-            .spawn(&mut cmd, &what)
-            .map_err(spawn_error)?;
+        let mut child = self.processes.spawn(&mut cmd, &what).map_err(spawn_error)?;
         let mut stdout = child.child_mut().stdout.take().expect("piped");
         let mut stderr = child.child_mut().stderr.take().expect("piped");
         let io = async {

@@ -95,7 +95,15 @@ fn say(msg: &str) {
 fn die_with_parent() -> Result<(), String> {
     let before = nix::unistd::getppid();
     // SAFETY: prctl with an int argument; no memory is passed.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     if rc < 0 {
         return Err(format!("prctl: {}", std::io::Error::last_os_error()));
     }
@@ -239,7 +247,9 @@ async fn session(setup: Setup) -> i32 {
             return 1;
         }
         Err(AskError::Gone(why)) => {
-            say(&format!("this replica is gone ({why}); the console is not opened"));
+            say(&format!(
+                "this replica is gone ({why}); the console is not opened"
+            ));
             return 1;
         }
     };
@@ -334,7 +344,9 @@ fn spawn(
         ));
     }
     let mut cmd = Command::new(program);
-    cmd.args(args).env_remove(SOL_ARGV_ENV).env_remove(SOL_GATE_ENV);
+    cmd.args(args)
+        .env_remove(SOL_ARGV_ENV)
+        .env_remove(SOL_GATE_ENV);
     if !session {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -410,7 +422,10 @@ mod tests {
         let r = ask(&mut client, &gate, &req).await;
         assert!(matches!(r, Err(AskError::Silent)), "{r:?}");
         let took = asked.elapsed();
-        assert!(took >= ANSWER_WITHIN && took < ANSWER_WITHIN * 3, "{took:?}");
+        assert!(
+            took >= ANSWER_WITHIN && took < ANSWER_WITHIN * 3,
+            "{took:?}"
+        );
         assert!(client.is_none(), "a silent connection is not reused");
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -450,14 +465,27 @@ mod tests {
         });
         let (tx, mut rx) = watch::channel(Verdict::Until(None));
         tokio::spawn(hold(None, gate.clone(), tx));
-        rx.wait_for(|v| matches!(v, Verdict::Until(Some(_)))).await.unwrap();
-        let v = rx.wait_for(|v| matches!(v, Verdict::Stop(_))).await.unwrap().clone();
+        rx.wait_for(|v| matches!(v, Verdict::Until(Some(_))))
+            .await
+            .unwrap();
+        let v = rx
+            .wait_for(|v| matches!(v, Verdict::Stop(_)))
+            .await
+            .unwrap()
+            .clone();
         assert_eq!(v, Verdict::Stop("lease lost".into()));
 
         let (tx, mut rx) = watch::channel(Verdict::Until(None));
         tokio::spawn(hold(None, gate, tx));
-        let v = rx.wait_for(|v| matches!(v, Verdict::Stop(_))).await.unwrap().clone();
-        assert!(matches!(v, Verdict::Stop(ref w) if w.contains("gone")), "{v:?}");
+        let v = rx
+            .wait_for(|v| matches!(v, Verdict::Stop(_)))
+            .await
+            .unwrap()
+            .clone();
+        assert!(
+            matches!(v, Verdict::Stop(ref w) if w.contains("gone")),
+            "{v:?}"
+        );
         server.await.unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -22,6 +22,8 @@
 //! [`replicas`] (shared with `ha_rig`) starts the replicas; [`support`] has
 //! this suite's options and probes.
 
+#[path = "../support/bmc_recorder.rs"]
+mod bmc_recorder;
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../support/etcd_proxy.rs"]

@@ -16,7 +16,7 @@ use crate::support::{enable, list, listening, options, rig, served_elsewhere, Ch
 async fn drain_hands_consoles_over_and_watch_shows_it() {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(0).await;
-    let cluster = Cluster::start(&rig, "drain", &options("31460:31470"), 2);
+    let cluster = Cluster::start(&rig, "drain", &options(), 2);
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);

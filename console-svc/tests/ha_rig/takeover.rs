@@ -16,7 +16,7 @@ use crate::support::{
 async fn kill_9_of_the_owner_moves_the_console_to_a_survivor_on_the_same_port() {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(0).await;
-    let mut cluster = Cluster::start(&rig, "kill9", &options("31400:31410"), 3);
+    let mut cluster = Cluster::start(&rig, "kill9", &options(), 3);
     let mut c0 = cluster.client(0).await;
     let con = enable_running(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);
@@ -61,7 +61,7 @@ async fn kill_9_of_the_owner_moves_the_console_to_a_survivor_on_the_same_port() 
 async fn sigterm_of_the_owner_hands_over_within_a_second() {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(0).await;
-    let mut cluster = Cluster::start(&rig, "sigterm", &options("31420:31430"), 2);
+    let mut cluster = Cluster::start(&rig, "sigterm", &options(), 2);
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);
