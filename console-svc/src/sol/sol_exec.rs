@@ -83,11 +83,19 @@ pub fn run() -> i32 {
     runtime.block_on(session(setup))
 }
 
-/// One line to the viewer (the helper's stdout is socat's pty).
+/// One line to the viewer (the helper's stdout is socat's pty), waiting
+/// (at most half a second) until socat has read it: socat stops relaying
+/// when its child exits, which would lose the line.
 fn say(msg: &str) {
     let mut out = std::io::stdout();
     let _ = write!(out, "\r\n[porthole: {msg}]\r\n");
     let _ = out.flush();
+    let (done, drained) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = nix::sys::termios::tcdrain(std::io::stdout());
+        let _ = done.send(());
+    });
+    let _ = drained.recv_timeout(Duration::from_millis(500));
 }
 
 /// SIGKILL when the socat that runs us dies; a socat already gone (we were

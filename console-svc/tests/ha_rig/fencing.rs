@@ -1,23 +1,31 @@
 //! Fencing: a replica cut off from etcd stops before another starts its
 //! console; with etcd gone for everyone nobody serves, and service returns
-//! with etcd; a console nobody can serve ends Enable with
+//! with etcd (both backends); a console nobody can serve ends Enable with
 //! DEADLINE_EXCEEDED.
 
 use std::time::{Duration, Instant};
 
 use crate::replicas::{enable_request, Cluster};
 use crate::support::{
-    enable, listening, options, rig, served_elsewhere, still_nobody_listens_after,
+    enable, listening, options, options_for, rig, served_elsewhere, still_nobody_listens_after,
     until_nobody_listens, Checker, TTL,
 };
 
+crate::both_backends!(
+    a_replica_cut_off_from_etcd_stops_before_another_starts_its_console,
+    without_etcd_nobody_serves_and_service_returns_with_it
+);
+
 /// The owner loses etcd (its own proxy cut) while its viewers can still reach
 /// it: it stops listening before any other replica starts the console.
-#[tokio::test]
-async fn a_replica_cut_off_from_etcd_stops_before_another_starts_its_console() {
+async fn a_replica_cut_off_from_etcd_stops_before_another_starts_its_console(
+    backend: &'static str,
+) {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(0).await;
-    let (proxies, cluster) = Cluster::start_behind_proxies(&rig, "cut", &options(), 2).await;
+    let opts = options_for(backend);
+    let (proxies, cluster) =
+        Cluster::start_behind_proxies(&rig, &format!("cut-{backend}"), &opts, 2).await;
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);
@@ -67,11 +75,12 @@ async fn enable_that_nobody_can_serve_is_deadline_exceeded() {
 /// etcd gone for every replica (all proxies cut, as if every member
 /// stopped): each replica stops serving within the TTL; when etcd is back
 /// the console is served again without a restart.
-#[tokio::test]
-async fn without_etcd_nobody_serves_and_service_returns_with_it() {
+async fn without_etcd_nobody_serves_and_service_returns_with_it(backend: &'static str) {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(0).await;
-    let (proxies, cluster) = Cluster::start_behind_proxies(&rig, "alldown", &options(), 2).await;
+    let opts = options_for(backend);
+    let (proxies, cluster) =
+        Cluster::start_behind_proxies(&rig, &format!("alldown-{backend}"), &opts, 2).await;
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);

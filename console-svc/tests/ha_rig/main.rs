@@ -18,7 +18,7 @@
 //! console port throughout, counting only the replicas' own addresses, and
 //! fails if two replicas ever listen at once. Each test has its own etcd
 //! prefix and a console port range leased free (`PORTHOLE_HA_PORT_BASE`,
-//! default 25000), and leases its BMC with the `flock` the other rig tests
+//! default 27000), and leases its BMC with the `flock` the other rig tests
 //! use. Every BMC action of every replica is recorded (an ipmitool wrapper)
 //! and judged against what the test did to the replicas and what etcd
 //! showed: a scenario fails if a replica acted past its lease deadline.

@@ -23,6 +23,32 @@ pub fn rig() -> Option<Rig> {
     Rig::load("ha_rig")
 }
 
+/// `both_backends!(name)`: tests `name::native` and `name::socat` that run
+/// `async fn name(backend: &'static str)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn native() {
+                super::$name("native").await
+            }
+            #[tokio::test]
+            async fn socat() {
+                super::$name("socat").await
+            }
+        }
+    )+};
+}
+
+/// [`options`] with the serial backend `backend`.
+pub fn options_for(backend: &'static str) -> Options {
+    Options {
+        backend,
+        ..options()
+    }
+}
+
 /// Replica `i` of a scenario listens on 127.0.0.`FIRST_IP + i`.
 pub const FIRST_IP: u8 = 2;
 /// The most replicas a scenario starts.

@@ -276,7 +276,7 @@ fn watch_members(etcd: &str, prefix: &str, out: Arc<Mutex<Vec<MemberEvent>>>) ->
 
 /// A range of console ports this test process alone uses, free when leased:
 /// `flock`ed slots of [`SLOT`] ports from `$PORTHOLE_HA_PORT_BASE` (default
-/// 25000, below the ephemeral range and clear of the rig and `tests` crate
+/// 27000, below the ephemeral range and clear of the rig and `tests` crate
 /// layouts), each port bindable on every replica address right now.
 pub struct PortLease {
     pub start: u16,
@@ -298,7 +298,7 @@ impl PortLease {
         let base: u16 = std::env::var("PORTHOLE_HA_PORT_BASE")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(25000);
+            .unwrap_or(27000);
         let dir = std::env::temp_dir().join("porthole-ha-ports");
         std::fs::create_dir_all(&dir).expect("lock dir");
         for k in 0..SLOTS {
