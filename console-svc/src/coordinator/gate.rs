@@ -112,6 +112,76 @@ impl BmcPermit {
     }
 }
 
+/// A coordinator for tests whose claims are bound to a lease the test
+/// names and whose gate follows a state the test sets (or leaves alone).
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use tokio::sync::watch;
+    use tokio::time::Instant;
+
+    use super::{LeaseGate, LeaseState};
+    use crate::coordinator::local::LocalCoordinator;
+    use crate::coordinator::{CoordError, Coordinator, Ownership};
+    use crate::spec::NodeId;
+
+    pub(crate) struct Gated {
+        local: LocalCoordinator,
+        lease: i64,
+        state: watch::Receiver<Option<LeaseState>>,
+        /// The etcd check takes this long.
+        pub(crate) check_takes: Duration,
+    }
+
+    impl Gated {
+        /// Claims under `lease`, valid for `valid_for` from now unless the
+        /// test publishes otherwise on the sender.
+        pub(crate) fn new(
+            lease: i64,
+            valid_for: Duration,
+        ) -> (Self, watch::Sender<Option<LeaseState>>) {
+            let (tx, state) = watch::channel(Some(LeaseState {
+                lease,
+                valid_until: Instant::now() + valid_for,
+            }));
+            let gated = Self {
+                local: LocalCoordinator::new("r1"),
+                lease,
+                state,
+                check_takes: Duration::ZERO,
+            };
+            (gated, tx)
+        }
+    }
+
+    #[async_trait]
+    impl Coordinator for Gated {
+        fn replica_id(&self) -> &str {
+            self.local.replica_id()
+        }
+        fn serving(&self) -> watch::Receiver<bool> {
+            self.local.serving()
+        }
+        async fn acquire(&self, node: &NodeId) -> Result<Ownership, CoordError> {
+            let mut o = self.local.acquire(node).await?;
+            o.lease = self.lease;
+            Ok(o)
+        }
+        async fn check(&self, ownership: &Ownership) -> Result<(), CoordError> {
+            tokio::time::sleep(self.check_takes).await;
+            self.local.check(ownership).await
+        }
+        async fn release(&self, ownership: &Ownership) -> Result<(), CoordError> {
+            self.local.release(ownership).await
+        }
+        fn gate(&self) -> LeaseGate {
+            LeaseGate::following(self.state.clone())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -306,61 +306,23 @@ async fn accept_loop(listener: UnixListener, registry: Registry, stop: Cancellat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coordinator::gate::{LeaseGate, LeaseState};
-    use crate::coordinator::local::LocalCoordinator;
-    use crate::coordinator::{CoordError, Coordinator, Ownership};
+    use crate::coordinator::gate::testing::Gated;
+    use crate::coordinator::gate::LeaseState;
+    use crate::coordinator::Coordinator;
     use crate::spec::NodeId;
-    use async_trait::async_trait;
     use tokio::io::{duplex, AsyncBufReadExt};
     use tokio::sync::watch;
     use tokio::time::Instant;
-
-    struct Gated {
-        local: LocalCoordinator,
-        state: watch::Receiver<Option<LeaseState>>,
-        slow_check: bool,
-    }
-
-    #[async_trait]
-    impl Coordinator for Gated {
-        fn replica_id(&self) -> &str {
-            self.local.replica_id()
-        }
-        fn serving(&self) -> watch::Receiver<bool> {
-            self.local.serving()
-        }
-        async fn acquire(&self, node: &NodeId) -> Result<Ownership, CoordError> {
-            let mut o = self.local.acquire(node).await?;
-            o.lease = 5;
-            Ok(o)
-        }
-        async fn check(&self, ownership: &Ownership) -> Result<(), CoordError> {
-            if self.slow_check {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            self.local.check(ownership).await
-        }
-        async fn release(&self, ownership: &Ownership) -> Result<(), CoordError> {
-            self.local.release(ownership).await
-        }
-        fn gate(&self) -> LeaseGate {
-            LeaseGate::following(self.state.clone())
-        }
-    }
 
     async fn registered(
         valid_for: Duration,
         slow_check: bool,
     ) -> (Registry, Fence, watch::Sender<Option<LeaseState>>) {
-        let (tx, state) = watch::channel(Some(LeaseState {
-            lease: 5,
-            valid_until: Instant::now() + valid_for,
-        }));
-        let c = Arc::new(Gated {
-            local: LocalCoordinator::new("r"),
-            state,
-            slow_check,
-        });
+        let (mut c, tx) = Gated::new(5, valid_for);
+        if slow_check {
+            c.check_takes = Duration::from_secs(2);
+        }
+        let c = Arc::new(c);
         let node = NodeId::parse("n1").unwrap();
         let fence = Fence::new(c.clone(), c.acquire(&node).await.unwrap());
         let registry = Registry::default();

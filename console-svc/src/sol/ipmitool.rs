@@ -104,7 +104,10 @@ impl IpmiTool {
     /// fd 3, only while the BMC gate is open; the child re-checks the
     /// deadline before exec and dies with console-svc.
     pub fn command(&self, command: &[&str]) -> Result<Command, SolError> {
-        let permit = self.permit()?;
+        self.command_under(&self.permit()?, command)
+    }
+
+    fn command_under(&self, permit: &BmcPermit, command: &[&str]) -> Result<Command, SolError> {
         let mut cmd = Command::new(&self.program);
         cmd.args(self.args(command));
         PasswordFd::new(&self.target.password)?.attach(&mut cmd);
@@ -119,8 +122,11 @@ impl IpmiTool {
 
     /// Run a short ipmitool command to completion within the timeout; its
     /// stdout on success, its own error text otherwise.
+    /// A run still going at the lease's fence deadline is killed there (no
+    /// ipmitool of this replica talks to the BMC past it).
     pub async fn run(&self, command: &[&str]) -> Result<String, SolError> {
-        let mut cmd = self.command(command)?;
+        let permit = self.permit()?;
+        let mut cmd = self.command_under(&permit, command)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -137,8 +143,20 @@ impl IpmiTool {
             let status = child.wait().await?;
             Ok::<_, io::Error>((status, out, err))
         };
-        let (status, out, err) = match tokio::time::timeout(self.timeout, io).await {
+        let timeout_at = tokio::time::Instant::now() + self.timeout;
+        let bound = permit.until().map_or(timeout_at, |d| d.min(timeout_at));
+        let (status, out, err) = match tokio::time::timeout_at(bound, io).await {
             Ok(r) => r?,
+            Err(_) if bound < timeout_at => {
+                // SIGKILL at once (dropped): past the deadline not even
+                // ipmitool's own goodbye may reach the BMC.
+                drop(child);
+                return Err(SolError::Fenced(
+                    crate::coordinator::CoordError::PastDeadline(format!(
+                        "{what} was still running at the fence deadline and was killed"
+                    )),
+                ));
+            }
             Err(_) => {
                 child.terminate().await;
                 return Err(SolError::Timeout {
@@ -327,6 +345,41 @@ mod tests {
             String::from_utf8(out.stdout).unwrap(),
             "s3cret-pw\ns3cret-pw"
         );
+    }
+
+    /// An ipmitool (here a shell that would sleep 30 s) still running at
+    /// the fence deadline is killed there; one asked for after it is never
+    /// started.
+    #[tokio::test]
+    async fn a_run_does_not_outlive_the_fence_deadline() {
+        use crate::coordinator::gate::testing::Gated;
+        use crate::coordinator::Coordinator;
+        let dir = std::env::temp_dir().join(format!("porthole-ipmitool-dl-{}", std::process::id()));
+        let (gated, _state) = Gated::new(9, Duration::from_millis(400));
+        let gated = Arc::new(gated);
+        let ownership = gated
+            .acquire(&crate::spec::NodeId::parse("n").unwrap())
+            .await
+            .unwrap();
+        let script = dir.join("slow-ipmitool");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let slow = IpmiTool {
+            program: script.into_os_string(),
+            fence: Fence::new(gated, ownership),
+            ..tool()
+        };
+        let started = tokio::time::Instant::now();
+        let err = slow.run(&["sol", "deactivate"]).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, SolError::Fenced(_)), "{err}");
+        assert!(err.to_string().contains("killed"), "{err}");
+        assert!(took < Duration::from_secs(2), "killed after {took:?}");
+        let err = slow.run(&["sol", "deactivate"]).await.unwrap_err();
+        assert!(err.to_string().contains("fence deadline"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -5,52 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::io::{duplex, AsyncReadExt, DuplexStream};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::fake::{Call, FakeLauncher, FakeState, Plan};
 use super::hub::{self, HubConfig, HubHandle};
-use crate::coordinator::gate::{LeaseGate, LeaseState};
-use crate::coordinator::local::LocalCoordinator;
-use crate::coordinator::{CoordError, Coordinator, Fence, Ownership};
+use crate::coordinator::gate::testing::Gated;
+use crate::coordinator::gate::LeaseState;
+use crate::coordinator::{Coordinator, Fence};
 use crate::sol::Health;
 use crate::spec::NodeId;
 
 const LEASE: i64 = 41;
-
-/// A local coordinator whose claims are bound to lease [`LEASE`] and whose
-/// gate follows a state the test sets (or leaves alone).
-struct Gated {
-    local: LocalCoordinator,
-    state: watch::Receiver<Option<LeaseState>>,
-}
-
-#[async_trait]
-impl Coordinator for Gated {
-    fn replica_id(&self) -> &str {
-        self.local.replica_id()
-    }
-    fn serving(&self) -> watch::Receiver<bool> {
-        self.local.serving()
-    }
-    async fn acquire(&self, node: &NodeId) -> Result<Ownership, CoordError> {
-        let mut o = self.local.acquire(node).await?;
-        o.lease = LEASE;
-        Ok(o)
-    }
-    async fn check(&self, ownership: &Ownership) -> Result<(), CoordError> {
-        self.local.check(ownership).await
-    }
-    async fn release(&self, ownership: &Ownership) -> Result<(), CoordError> {
-        self.local.release(ownership).await
-    }
-    fn gate(&self) -> LeaseGate {
-        LeaseGate::following(self.state.clone())
-    }
-}
 
 struct Rig {
     hub: HubHandle,
@@ -63,14 +30,8 @@ struct Rig {
 /// A hub whose lease is valid for `valid_for` from now, never renewed.
 async fn rig(valid_for: Duration) -> Rig {
     let (fake, nodes) = FakeState::new();
-    let (state_tx, state) = watch::channel(Some(LeaseState {
-        lease: LEASE,
-        valid_until: Instant::now() + valid_for,
-    }));
-    let coordinator = Arc::new(Gated {
-        local: LocalCoordinator::new("r1"),
-        state,
-    });
+    let (coordinator, state_tx) = Gated::new(LEASE, valid_for);
+    let coordinator = Arc::new(coordinator);
     let node = NodeId::parse("node-1").unwrap();
     let fence = Fence::new(
         coordinator.clone(),
