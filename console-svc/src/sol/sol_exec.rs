@@ -236,53 +236,57 @@ enum Verdict {
 }
 
 async fn session(setup: Setup) -> i32 {
-    let gate = setup.gate.clone();
+    let (child, deadline, client) = match open(&setup).await {
+        Ok(opened) => opened,
+        Err(why) => {
+            say(&why);
+            return 1;
+        }
+    };
+    let (verdict_tx, verdict) = watch::channel(Verdict::Until(deadline));
+    tokio::spawn(hold(client, setup.gate, verdict_tx));
+    supervise(child, verdict).await
+}
+
+/// Ask for a go; then free the payload (ours from an earlier connection
+/// included) and activate, both only before the deadline the go gave.
+/// The running `sol activate`, the deadline, and the gate connection; or
+/// what to tell the viewer.
+async fn open(setup: &Setup) -> Result<(Child, Option<Instant>, Option<GateClient>), String> {
+    let gate = &setup.gate;
     let activate = Request::Activate {
         node: gate.node.clone(),
         token: gate.token,
     };
     let mut client = None;
-    let deadline = match ask(&mut client, &gate, &activate).await {
+    let deadline = match ask(&mut client, gate, &activate).await {
         Ok((sent, Answer::Go(left))) => left.map(|d| sent + d),
         Ok((_, Answer::No(why))) => {
-            say(&format!("this replica may not open the console now: {why}"));
-            return 1;
+            return Err(format!("this replica may not open the console now: {why}"))
         }
         Err(AskError::Silent) => {
-            say(&format!(
+            return Err(format!(
                 "this replica did not answer within {ANSWER_WITHIN:?}; the console is not opened"
-            ));
-            return 1;
+            ))
         }
         Err(AskError::Gone(why)) => {
-            say(&format!(
+            return Err(format!(
                 "this replica is gone ({why}); the console is not opened"
-            ));
-            return 1;
+            ))
         }
     };
-    // Free the payload (ours from an earlier connection included), then
-    // activate: both only before the deadline.
-    match spawn(&setup.program, &setup.deactivate, deadline, false) {
-        Ok(mut d) => {
-            if !within(deadline, d.wait()).await {
-                let _ = d.start_kill();
-            }
-        }
-        Err(e) => {
-            say(&format!("the console is not opened: {e}"));
-            return 1;
-        }
+    let not_opened = |e: std::io::Error| format!("the console is not opened: {e}");
+    let mut d = spawn(&setup.program, &setup.deactivate, deadline, false).map_err(not_opened)?;
+    if !within(deadline, d.wait()).await {
+        let _ = d.start_kill();
     }
-    let mut child = match spawn(&setup.program, &setup.activate, deadline, true) {
-        Ok(c) => c,
-        Err(e) => {
-            say(&format!("the console is not opened: {e}"));
-            return 1;
-        }
-    };
-    let (verdict_tx, mut verdict) = watch::channel(Verdict::Until(deadline));
-    tokio::spawn(hold(client, gate, verdict_tx));
+    let child = spawn(&setup.program, &setup.activate, deadline, true).map_err(not_opened)?;
+    Ok((child, deadline, client))
+}
+
+/// Run the session until ipmitool exits (its status), or kill it (locally)
+/// when the holder says stop or the last deadline passes (1).
+async fn supervise(mut child: Child, mut verdict: watch::Receiver<Verdict>) -> i32 {
     loop {
         let until = match &*verdict.borrow_and_update() {
             Verdict::Until(t) => *t,
