@@ -83,20 +83,19 @@ pub fn run() -> i32 {
     runtime.block_on(session(setup))
 }
 
-/// One line to the viewer (the helper's stdout is socat's pty), waiting
-/// (at most half a second) until socat has read it: socat stops relaying
-/// when its child exits, which would lose the line.
+/// One line to the viewer (the helper's stdout is socat's pty), then a
+/// moment for socat to relay it: socat ends the connection as soon as it
+/// reaps a child that failed, and what it had not yet read from the pty is
+/// lost (seen in about one refusal in six when socat's stderr is slow).
 fn say(msg: &str) {
     let mut out = std::io::stdout();
     let _ = write!(out, "\r\n[porthole: {msg}]\r\n");
     let _ = out.flush();
-    let (done, drained) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = nix::sys::termios::tcdrain(std::io::stdout());
-        let _ = done.send(());
-    });
-    let _ = drained.recv_timeout(Duration::from_millis(500));
+    std::thread::sleep(RELAY_PAUSE);
 }
+
+/// How long [`say`] leaves socat to read its line before the helper exits.
+const RELAY_PAUSE: Duration = Duration::from_millis(200);
 
 /// SIGKILL when the socat that runs us dies; a socat already gone (we were
 /// reparented before the prctl) is caught by comparing the parent.

@@ -19,7 +19,10 @@
 //! been sent after `t`; etcd keeps a lease at least a TTL after its last
 //! renewal) or from when etcd deleted its member key after `t` if sooner,
 //! until etcd shows it registered again under a new lease; killed at `t`,
-//! for ever. [`Recorder::judge`] lists every recorded action with the
+//! for ever. The replica's own log adds windows the test did not cause
+//! (etcd members stopped, say) and tightens the others: from each "lease
+//! lost" line until it serves again (the earlier of its next "serving under
+//! etcd lease" line and its next member key) it must be silent too. [`Recorder::judge`] lists every recorded action with the
 //! lease state it was taken in and fails on any inside an unsafe window.
 
 use std::io::BufRead as _;
@@ -38,6 +41,8 @@ pub enum Mark {
     Cut,
     Restored,
     Killed,
+    /// The replica's own log says it lost its lease.
+    Fenced,
 }
 
 /// One ipmitool run, as the wrapper recorded it.
@@ -57,11 +62,16 @@ struct MemberEvent {
     replica: String,
 }
 
+/// How long after an exec the wrapper may stamp its line (it runs `date`).
+const WRAPPER_SLACK: Duration = Duration::from_millis(100);
+
 pub struct Recorder {
     log: PathBuf,
     ttl: Duration,
     marks: Mutex<Vec<(SystemTime, String, Mark)>>,
     members: Arc<Mutex<Vec<MemberEvent>>>,
+    /// Each replica's log file.
+    replica_logs: Mutex<Vec<(String, PathBuf)>>,
     watch: Mutex<Option<Child>>,
 }
 
@@ -77,6 +87,7 @@ impl Recorder {
             ttl,
             marks: Mutex::default(),
             members,
+            replica_logs: Mutex::default(),
             watch: Mutex::new(watch),
         }
     }
@@ -96,6 +107,35 @@ impl Recorder {
         std::fs::write(&path, script).expect("wrapper");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
         path
+    }
+
+    /// Where replica `id` logs (read for its fences when judging).
+    pub fn replica_log(&self, id: &str, path: PathBuf) {
+        self.replica_logs
+            .lock()
+            .unwrap()
+            .push((id.to_owned(), path));
+    }
+
+    /// (time, lost?) of every "lease lost" / "serving under etcd lease" line.
+    fn lease_lines(&self, replica: &str) -> Vec<(SystemTime, bool)> {
+        let logs = self.replica_logs.lock().unwrap().clone();
+        let Some((_, path)) = logs.iter().find(|(id, _)| id == replica) else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let lost = if l.contains("lease lost: stopped serving") {
+                    true
+                } else if l.contains("serving under etcd lease") {
+                    false
+                } else {
+                    return None;
+                };
+                Some((parse_rfc3339(l.split_whitespace().next()?)?, lost))
+            })
+            .collect()
     }
 
     pub fn mark(&self, replica: &str, mark: Mark) {
@@ -134,8 +174,21 @@ impl Recorder {
                     windows.push((start, mine(true, start), mark));
                 }
                 Mark::Killed => windows.push((at, None, mark)),
-                Mark::Continued | Mark::Restored => {}
+                Mark::Continued | Mark::Restored | Mark::Fenced => {}
             }
+        }
+        let lines = self.lease_lines(replica);
+        for (i, (at, lost)) in lines.iter().enumerate() {
+            if !lost {
+                continue;
+            }
+            let served = lines[i + 1..].iter().find(|(_, l)| !l).map(|(t, _)| *t);
+            let end = match (served, mine(true, *at)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            // The wrapper stamps a few ms after the exec the gate allowed.
+            windows.push((*at + WRAPPER_SLACK, end, Mark::Fenced));
         }
         windows
     }
@@ -229,6 +282,30 @@ fn parse_action(line: &str) -> Option<BmcAction> {
         replica,
         argv,
     })
+}
+
+/// `2026-12-01T09:04:32.517667Z` (tracing's UTC timestamps).
+fn parse_rfc3339(t: &str) -> Option<SystemTime> {
+    let t = t.strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut c = time.split(':');
+    let (h, min) = (
+        c.next()?.parse::<i64>().ok()?,
+        c.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = c.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + min * 60;
+    Some(UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_secs_f64(sec))
 }
 
 fn real_ipmitool() -> PathBuf {
@@ -342,4 +419,28 @@ impl PortLease {
     pub fn range(&self) -> String {
         format!("{}:{}", self.start, self.end)
     }
+}
+
+/// The checker's own parsing, against `date`: replica log times and wrapper
+/// times must be on one clock for the windows to mean anything.
+#[test]
+fn log_times_parse_onto_the_wall_clock() {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ %s.%N"])
+        .output()
+        .expect("date");
+    let out = String::from_utf8_lossy(&out.stdout);
+    let (rfc, epoch) = out.trim().split_once(' ').expect("two fields");
+    let parsed = parse_rfc3339(rfc).expect("parses");
+    let epoch = UNIX_EPOCH + Duration::from_secs_f64(epoch.parse().unwrap());
+    let gap = parsed
+        .duration_since(epoch)
+        .unwrap_or_else(|e| e.duration());
+    assert!(
+        gap < Duration::from_millis(1),
+        "{rfc} vs {epoch:?}: {gap:?}"
+    );
+    let action = parse_action("1796117252.489 2652 replica-0 -I lanplus sol deactivate").unwrap();
+    assert_eq!((action.pid, action.replica.as_str()), (2652, "replica-0"));
+    assert_eq!(action.argv, "-I lanplus sol deactivate");
 }

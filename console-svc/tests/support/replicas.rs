@@ -166,6 +166,9 @@ impl Cluster {
                 grpc,
                 child: None,
             };
+            cluster
+                .recorder
+                .replica_log(&r.id, cluster.dir.join(format!("{}.log", r.id)));
             r.child = Some(spawn(endpoint, &r, &cluster, opts));
             cluster.replicas.push(r);
         }
