@@ -278,6 +278,7 @@ impl ConsoleManager {
     ) -> Result<ConsoleInfo, ConsoleError> {
         let inner = &self.inner;
         let ownership = inner.coordinator.acquire(&spec.node).await?;
+        let fence = Fence::new(inner.coordinator.clone(), ownership.clone());
         let (health_tx, health_rx) = watch::channel(Health::Ok);
         let ctx = ConsoleContext {
             node: spec.node.clone(),
@@ -285,7 +286,7 @@ impl ConsoleManager {
             listen: SocketAddr::new(inner.config.console.socat_address, port),
             health: health_tx,
             cancel: inner.cancel.child_token(),
-            fence: Fence::new(inner.coordinator.clone(), ownership.clone()),
+            fence: fence.clone(),
             processes: inner.processes.clone(),
         };
         let started =
@@ -325,7 +326,14 @@ impl ConsoleManager {
                 port,
             });
         });
-        supervise::spawn(self.clone(), slot.clone(), &spec, health_rx, supervisor);
+        supervise::spawn(
+            self.clone(),
+            slot.clone(),
+            &spec,
+            health_rx,
+            supervisor,
+            fence,
+        );
         info!(url = %info.endpoint.as_ref().map(Endpoint::url).unwrap_or_default(), "console running");
         Ok(info)
     }
