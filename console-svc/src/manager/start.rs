@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::port_choice::{self, PortChoice};
 use super::{supervise, ConsoleInfo, ConsoleManager, ConsoleState, Endpoint, Running, Slot};
-use crate::coordinator::{Fence, Ownership};
+use crate::coordinator::Fence;
 use crate::error::ConsoleError;
 use crate::sol::{ConsoleBackend, ConsoleContext, Health, RunningConsole, SolError};
 use crate::spec::ConsoleSpec;
@@ -26,10 +26,11 @@ impl ConsoleManager {
     ) -> Result<ConsoleInfo, ConsoleError> {
         let inner = &self.inner;
         let ownership = inner.coordinator.acquire(&spec.node).await?;
+        let fence = Fence::new(inner.coordinator.clone(), ownership.clone());
         let mut tried = Vec::new();
         let (console, health_rx) = loop {
             let port = choice.port;
-            match self.launch(backend, &spec, port, &ownership).await {
+            match self.launch(backend, &spec, port, &fence).await {
                 Ok(started) => break started,
                 // Taken between our look and the bind: a fresh choice moves
                 // on to the next free port; a sticky or explicit one fails.
@@ -84,7 +85,14 @@ impl ConsoleManager {
                 port,
             });
         });
-        supervise::spawn(self.clone(), slot.clone(), &spec, health_rx, supervisor);
+        supervise::spawn(
+            self.clone(),
+            slot.clone(),
+            &spec,
+            health_rx,
+            supervisor,
+            fence,
+        );
         info!(port, url = %info.endpoint.as_ref().map(Endpoint::url).unwrap_or_default(), "console running");
         Ok(info)
     }
@@ -95,7 +103,7 @@ impl ConsoleManager {
         backend: &Arc<dyn ConsoleBackend>,
         spec: &ConsoleSpec,
         port: u16,
-        ownership: &Ownership,
+        fence: &Fence,
     ) -> Result<(Box<dyn RunningConsole>, watch::Receiver<Health>), SolError> {
         let inner = &self.inner;
         let (health_tx, health_rx) = watch::channel(Health::Ok);
@@ -105,7 +113,7 @@ impl ConsoleManager {
             listen: SocketAddr::new(inner.config.console.socat_address, port),
             health: health_tx,
             cancel: inner.cancel.child_token(),
-            fence: Fence::new(inner.coordinator.clone(), ownership.clone()),
+            fence: fence.clone(),
             processes: inner.processes.clone(),
         };
         let timeout = inner.config.console.subprocess_timeout;
