@@ -8,6 +8,7 @@
 //!   passwords sealed at rest.
 //! - [`service`]: the domain operations (create, PATCH, power, console).
 //! - [`power`]: ipmitool and Redfish drivers.
+//! - [`provision`]: Ironic's provision state machine; deploy/inspect interfaces.
 //! - [`console`], [`watch`]: the console-svc client, reconcile, WatchConsoles.
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
 //! - [`patch`]: JSON Patch.
@@ -21,6 +22,7 @@ pub mod logfmt;
 pub mod model;
 pub mod patch;
 pub mod power;
+pub mod provision;
 pub mod seal;
 pub mod service;
 pub mod watch;
