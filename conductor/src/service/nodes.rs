@@ -11,7 +11,7 @@ use crate::console::{default_interface, interface_kind};
 use crate::model::{now, Dict, Node, MASK};
 use crate::patch;
 
-pub const DRIVERS: &[&str] = &["ipmi", "redfish"];
+pub const DRIVERS: &[&str] = &["ipmi", "redfish", crate::model::FAKE_HARDWARE];
 
 /// Attributes a client may set on create or PATCH.
 const WRITABLE: &[&str] = &[
@@ -27,6 +27,7 @@ const WRITABLE: &[&str] = &[
     "resource_class",
     "maintenance",
     "maintenance_reason",
+    "automated_clean",
 ];
 /// Ironic attributes accepted and ignored (one conductor, fixed interfaces).
 const IGNORED: &[&str] = &[
@@ -43,7 +44,6 @@ const IGNORED: &[&str] = &[
     "bios_interface",
     "firmware_interface",
     "conductor_group",
-    "automated_clean",
     "protected",
     "protected_reason",
     "owner",
@@ -102,6 +102,13 @@ impl Conductor {
             last_error: None,
             created_at: now(),
             updated_at: None,
+            provision_updated_at: None,
+            inspection_started_at: None,
+            inspection_finished_at: None,
+            deploy_step: Dict::new(),
+            clean_step: Dict::new(),
+            automated_clean: None,
+            reservation: None,
         };
         let mut doc = editable(&node);
         for (k, v) in &body {
@@ -175,6 +182,7 @@ fn editable(node: &Node) -> Dict {
         "resource_class": node.resource_class,
         "maintenance": node.maintenance,
         "maintenance_reason": node.maintenance_reason,
+        "automated_clean": node.automated_clean,
     });
     let Value::Object(mut m) = v else {
         unreachable!("a json! object")
@@ -229,6 +237,10 @@ fn read_back(node: &mut Node, doc: &Dict) -> Result<(), ServiceError> {
     node.maintenance = match doc.get("maintenance") {
         None | Some(Value::Null) => false,
         Some(v) => super::parse_bool("maintenance", v)?,
+    };
+    node.automated_clean = match doc.get("automated_clean") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(super::parse_bool("automated_clean", v)?),
     };
     node.console_interface =
         s("console_interface")?.unwrap_or_else(|| default_interface(&node.driver).into());
