@@ -100,6 +100,10 @@ pub async fn run(
     };
     let conductor = Arc::new(opened);
     clear_stale_power_actions(&conductor).await?;
+    conductor
+        .fail_stuck_provisioning()
+        .await
+        .map_err(|e| RunError::Serve(std::io::Error::other(e.to_string())))?;
     conductor.tasks.spawn(watch::follow(conductor.clone()));
     let state = api::AppState {
         conductor: conductor.clone(),

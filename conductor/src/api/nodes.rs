@@ -130,7 +130,11 @@ async fn listing(
         .iter()
         .filter(|n| matches(n, q))
         .take(limit)
-        .map(|n| render(n, &base, &fields, detail))
+        .map(|n| {
+            let mut n = n.clone();
+            n.reservation = st.conductor.reservation(&n.uuid);
+            render(&n, &base, &fields, detail)
+        })
         .collect();
     Ok(Json(json!({"nodes": nodes})))
 }
@@ -158,7 +162,8 @@ pub async fn show(
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
     let fields = parse_fields(q.get("fields").map(String::as_str), &known_fields())?;
-    let n = st.conductor.store.get_node(&node).await?;
+    let mut n = st.conductor.store.get_node(&node).await?;
+    n.reservation = st.conductor.reservation(&n.uuid);
     Ok(Json(render(&n, &base_url(&st, &headers), &fields, true)))
 }
 
