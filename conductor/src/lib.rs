@@ -103,7 +103,10 @@ pub async fn run(
     conductor
         .fail_stuck_provisioning()
         .await
-        .map_err(|e| RunError::Serve(std::io::Error::other(e.to_string())))?;
+        .map_err(|e| match e {
+            ServiceError::Db(d) => RunError::Db(d),
+            other => RunError::Serve(std::io::Error::other(other.to_string())),
+        })?;
     conductor.tasks.spawn(watch::follow(conductor.clone()));
     let state = api::AppState {
         conductor: conductor.clone(),

@@ -152,19 +152,25 @@ impl Conductor {
         let Ok(bmc) = Bmc::for_node(&node, &self.power) else {
             return;
         };
-        let Ok(guard) = self.reserve(uuid) else {
-            return;
-        };
+        // A read: it takes no lock (a slow BMC would otherwise hold off
+        // every action on a new node for up to the command timeout), and
+        // its answer is dropped if an action began meanwhile.
         let this = self.clone();
+        let uuid = uuid.to_owned();
         let span = tracing::info_span!("power_sync", node = %uuid);
         self.tasks.spawn(
             async move {
                 match bmc.power_state().await {
+                    Ok(_) if this.is_busy(&uuid) => {
+                        tracing::debug!("power sync: an action is under way; answer dropped")
+                    }
                     Ok(p) => {
                         let r = this
                             .store
-                            .modify_node(&guard.uuid, move |n: &mut Node| {
-                                n.power_state = Some(p.as_ironic().into());
+                            .modify_node(&uuid, move |n: &mut Node| {
+                                if n.target_power_state.is_none() {
+                                    n.power_state = Some(p.as_ironic().into());
+                                }
                                 Ok::<_, ServiceError>(())
                             })
                             .await;
@@ -174,7 +180,6 @@ impl Conductor {
                     }
                     Err(e) => tracing::info!(error = %e, "power sync: cannot read the power state"),
                 }
-                drop(guard);
             }
             .instrument(span),
         );
@@ -253,7 +258,7 @@ impl Conductor {
             "target_power_state": n.target_power_state,
             "provision_state": n.provision_state,
             "target_provision_state": n.target_provision_state,
-            "provision_updated_at": null,
+            "provision_updated_at": n.provision_updated_at,
             "console_enabled": n.console_enabled,
             "last_error": n.last_error,
             "raid_config": {}, "target_raid_config": {},

@@ -63,9 +63,11 @@ impl Conductor {
         let uuid = node.uuid.clone();
         let event = match parse_verb(target) {
             Verb::Event(e) => e,
-            Verb::Unsupported => return Err(ServiceError::Invalid(format!(
+            Verb::Unsupported => {
+                return Err(ServiceError::Invalid(format!(
                 "The requested action \"{target}\" is not supported by the Porthole conductor yet."
-            ))),
+            )))
+            }
             Verb::Unknown => return Err(refused(target, &uuid, &node.provision_state)),
         };
         let guard = self.reserve(&uuid)?;
