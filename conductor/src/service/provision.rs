@@ -307,7 +307,7 @@ impl Conductor {
             .into_iter()
             .filter(|s| s.priority > 0)
             .collect();
-        steps.sort_by(|a, b| b.priority.cmp(&a.priority));
+        steps.sort_by_key(|s| std::cmp::Reverse(s.priority));
         for step in steps {
             let shown = step.to_json();
             self.store
