@@ -134,8 +134,14 @@ impl Conductor {
                 )));
             }
         }
+        // As Ironic's update_node, a PATCH needs the node's lock: 409
+        // while a provision or power action runs.
+        let uuid = self.store.get_node(ident).await?.uuid;
+        if self.is_busy(&uuid) {
+            return Err(ServiceError::Locked(uuid));
+        }
         let ops = ops.clone();
-        self.store.modify_node(ident, move |node: &mut Node| {
+        self.store.modify_node(&uuid, move |node: &mut Node| {
             let mut doc = Value::Object(editable(node));
             patch::apply(&mut doc, &ops)?;
             let Value::Object(doc) = doc else { unreachable!("patched an object") };

@@ -264,6 +264,14 @@ async fn one_action_at_a_time_409_while_it_runs() {
         matches!(e, ServiceError::Locked(_)),
         "power waits too: {e:?}"
     );
+    let e = c
+        .patch_node(&u, &json!([{"op": "add", "path": "/extra/x", "value": 1}]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ServiceError::Locked(_)),
+        "PATCH waits too: {e:?}"
+    );
     d.gate.as_ref().unwrap().add_permits(1);
     settles(c, &u, "active").await;
     assert_eq!(c.reservation(&u), None);
