@@ -166,6 +166,16 @@ impl Conductor {
         let lock = self.console_lock(&node.uuid);
         let _console = lock.lock().await;
         let node = self.store.get_node(&node.uuid).await?;
+        // Ironic's DELETE_ALLOWED_STATES plus available
+        // (allow_deleting_available_nodes, on by default); any state in
+        // maintenance.
+        const ALLOWED: [&str; 4] = ["manageable", "enroll", "adopt failed", "available"];
+        if !node.maintenance && !ALLOWED.contains(&node.provision_state.as_str()) {
+            return Err(ServiceError::Conflict(format!(
+                "Can not delete node \"{}\" while it is in provision state \"{}\". Valid provision states to perform deletion are: \"('manageable', 'enroll', 'adopt failed', 'available')\", or set the node into maintenance mode",
+                node.uuid, node.provision_state
+            )));
+        }
         if node.console_enabled {
             self.consoles.disable(&node.uuid).await?;
         }

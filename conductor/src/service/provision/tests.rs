@@ -479,3 +479,36 @@ async fn work_cut_short_by_a_stop_fails_at_start() {
         "a wait survives a restart"
     );
 }
+
+#[tokio::test]
+async fn an_active_node_cannot_be_deleted_unless_in_maintenance() {
+    let r = conductor(None);
+    let c = &r.c;
+    let u = node(c, json!({"driver": "fake-hardware"})).await;
+    c.store
+        .modify_node(&u, |n: &mut Node| {
+            n.provision_state = "active".into();
+            Ok::<_, ServiceError>(())
+        })
+        .await
+        .unwrap();
+    let e = c.delete_node(&u).await.unwrap_err();
+    assert!(matches!(e, ServiceError::Conflict(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!("Can not delete node \"{u}\" while it is in provision state \"active\". Valid provision states to perform deletion are: \"('manageable', 'enroll', 'adopt failed', 'available')\", or set the node into maintenance mode")
+    );
+    assert!(c.store.get_node(&u).await.is_ok(), "still there");
+    c.store
+        .modify_node(&u, |n: &mut Node| {
+            n.maintenance = true;
+            Ok::<_, ServiceError>(())
+        })
+        .await
+        .unwrap();
+    c.delete_node(&u).await.unwrap();
+    assert!(
+        c.store.get_node(&u).await.is_err(),
+        "deleted in maintenance"
+    );
+}
