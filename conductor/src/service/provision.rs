@@ -49,6 +49,52 @@ fn apply(n: &mut Node, event: Event) -> Result<State, ServiceError> {
     Ok(next)
 }
 
+/// The checks Ironic makes before it starts an action on a locked node:
+/// maintenance, the state machine, configdrive. The state it starts from.
+fn check(
+    node: &Node,
+    target: &str,
+    event: Event,
+    configdrive: Option<&Value>,
+) -> Result<State, ServiceError> {
+    let uuid = &node.uuid;
+    if matches!(event, Event::Deploy | Event::Rebuild) && node.maintenance {
+        return Err(ServiceError::Invalid(format!(
+            "The provisioning operation can't be performed on node {uuid} because it's in maintenance mode."
+        )));
+    }
+    let from = stored_state(node)?;
+    if transition(from, event).is_err() {
+        return Err(refused(target, uuid, &node.provision_state));
+    }
+    if configdrive.is_some_and(|c| !c.is_null()) && !matches!(event, Event::Deploy | Event::Rebuild)
+    {
+        return Err(ServiceError::Invalid(
+            "Adding a config drive is only supported when setting provision state to active, rebuild".into(),
+        ));
+    }
+    if event == Event::Provide && node.maintenance {
+        return Err(ServiceError::Invalid(format!(
+            "The providing operation can't be performed on node {uuid} because it's in maintenance mode."
+        )));
+    }
+    Ok(from)
+}
+
+/// 400 for a verb that needs a deploy or inspect interface the node lacks.
+fn no_interface(node: &Node, target: &str, event: Event) -> ServiceError {
+    let (deploy, inspect) = crate::provision::interfaces::interface_names(&node.driver);
+    let (kind, name) = if event == Event::Inspect {
+        ("inspect", inspect)
+    } else {
+        ("deploy", deploy)
+    };
+    ServiceError::Invalid(format!(
+        "The {kind} interface \"{name}\" of node {} is not available in this conductor yet; only {FAKE_HARDWARE} nodes can {target}.",
+        node.uuid
+    ))
+}
+
 impl Conductor {
     /// Start a provision action; returns the node's UUID. The node's lock
     /// is taken here (409 while another action runs) and handed to the
@@ -71,43 +117,16 @@ impl Conductor {
             Verb::Unknown => return Err(refused(target, &uuid, &node.provision_state)),
         };
         let guard = self.reserve(&uuid)?;
+        // Read again under the lock: the state may have moved meanwhile.
         let node = self.store.get_node(&uuid).await?;
-        if matches!(event, Event::Deploy | Event::Rebuild) && node.maintenance {
-            return Err(ServiceError::Invalid(format!(
-                "The provisioning operation can't be performed on node {uuid} because it's in maintenance mode."
-            )));
-        }
-        let from = stored_state(&node)?;
-        if transition(from, event).is_err() {
-            return Err(refused(target, &uuid, &node.provision_state));
-        }
-        if configdrive.as_ref().is_some_and(|c| !c.is_null())
-            && !matches!(event, Event::Deploy | Event::Rebuild)
-        {
-            return Err(ServiceError::Invalid(
-                "Adding a config drive is only supported when setting provision state to active, rebuild".into(),
-            ));
-        }
-        if event == Event::Provide && node.maintenance {
-            return Err(ServiceError::Invalid(format!(
-                "The providing operation can't be performed on node {uuid} because it's in maintenance mode."
-            )));
-        }
+        let from = check(&node, target, event, configdrive.as_ref())?;
         let ifaces = self.interfaces.for_node(&node);
         let needs = matches!(
             event,
             Event::Deploy | Event::Rebuild | Event::Inspect | Event::Adopt
         );
         if needs && ifaces.is_none() {
-            let (deploy, inspect) = crate::provision::interfaces::interface_names(&node.driver);
-            let (kind, name) = if event == Event::Inspect {
-                ("inspect", inspect)
-            } else {
-                ("deploy", deploy)
-            };
-            return Err(ServiceError::Invalid(format!(
-                "The {kind} interface \"{name}\" of node {uuid} is not available in this conductor yet; only {FAKE_HARDWARE} nodes can {target}."
-            )));
+            return Err(no_interface(&node, target, event));
         }
         let state = self
             .store
