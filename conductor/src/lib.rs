@@ -8,19 +8,23 @@
 //!   passwords sealed at rest.
 //! - [`service`]: the domain operations (create, PATCH, power, console).
 //! - [`power`]: ipmitool and Redfish drivers.
+//! - [`provision`]: Ironic's provision state machine; deploy/inspect interfaces.
 //! - [`console`], [`watch`]: the console-svc client, reconcile, WatchConsoles.
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
 //! - [`patch`]: JSON Patch.
 //! - [`logfmt`]: text log lines with control characters escaped.
+//! - [`metrics`]: the Prometheus metrics (`api.metrics_listen`).
 
 pub mod api;
 pub mod config;
 pub mod console;
 pub mod db;
 pub mod logfmt;
+pub mod metrics;
 pub mod model;
 pub mod patch;
 pub mod power;
+pub mod provision;
 pub mod seal;
 pub mod service;
 pub mod watch;
@@ -56,6 +60,8 @@ pub enum RunError {
     },
     #[error("serving the API: {0}")]
     Serve(std::io::Error),
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[from] porthole_common::metrics::MetricsError),
 }
 
 /// How long a stop waits for open API connections to finish.
@@ -90,6 +96,17 @@ pub async fn run(
             Some(Arc::new(basic))
         }
     };
+    let metrics = match config.api.metrics_listen {
+        Some(at) => Some(
+            porthole_common::metrics::MetricsServer::start(
+                at,
+                metrics::get().registry(),
+                shutdown.child_token(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let opened = {
         let (config, shutdown) = (config.clone(), shutdown.clone());
         tokio::task::spawn_blocking(move || open(&config, shutdown))
@@ -98,6 +115,13 @@ pub async fn run(
     };
     let conductor = Arc::new(opened);
     clear_stale_power_actions(&conductor).await?;
+    conductor
+        .fail_stuck_provisioning()
+        .await
+        .map_err(|e| match e {
+            ServiceError::Db(d) => RunError::Db(d),
+            other => RunError::Serve(std::io::Error::other(other.to_string())),
+        })?;
     conductor.tasks.spawn(watch::follow(conductor.clone()));
     let state = api::AppState {
         conductor: conductor.clone(),
@@ -133,6 +157,9 @@ pub async fn run(
         }
     };
     shutdown.cancel();
+    if let Some(m) = metrics {
+        m.stop().await;
+    }
     conductor.tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), conductor.tasks.wait())
         .await

@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: the typed configuration (file, `PORTHOLE_*`, flags).
 //! - [`spec`], [`secret`]: validated requests; passwords that never print.
+//! - [`text`]: caller input quoted in messages, bounded.
 //! - [`seal`]: passwords sealed (AEAD) for etcd.
 //! - [`manager`]: console lifecycles (the state machine), ports, events.
 //! - [`sol`]: the serial backends (native, socat) and ipmitool.
@@ -14,6 +15,7 @@
 //! - [`process`]: recorded child processes, cleaned up after a crash.
 //! - [`grpc`]: `console.v1.ConsoleService`, health and reflection.
 //! - [`cli`]: the operator's client commands.
+//! - [`metrics`]: the Prometheus metrics (`service.metrics_listen`).
 
 pub mod backoff;
 pub mod cli;
@@ -23,6 +25,7 @@ pub mod coordinator;
 pub mod error;
 pub mod grpc;
 pub mod manager;
+pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod seal;
@@ -30,5 +33,6 @@ pub mod secret;
 pub mod server;
 pub mod sol;
 pub mod spec;
+pub mod text;
 pub mod vnc;
 pub use server::{run, RunError};

@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{node}/ports/detail"), get(ports::detail_of_node))
         .route(&format!("{node}/states"), get(states::states))
         .route(&format!("{node}/states/power"), put(states::power))
+        .route(&format!("{node}/states/provision"), put(states::provision))
         .route(
             &format!("{node}/states/console"),
             get(states::console).put(states::set_console),
@@ -73,6 +74,12 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(error::ironic_errors))
         .layer(axum::extract::DefaultBodyLimit::max(error::BODY_LIMIT))
         .layer(axum::middleware::from_fn(trace))
+        // Outermost, so refused requests (401, 406) count too; Router::layer
+        // runs after routing, so the route template is known.
+        .layer(axum::middleware::from_fn_with_state(
+            crate::metrics::get().http(),
+            porthole_common::metrics::http::HttpMetrics::track,
+        ))
         .with_state(state)
 }
 

@@ -11,6 +11,7 @@ use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{CoordError, Coordinator, Ownership};
 use crate::error::ConsoleError;
 use crate::ports::PortError;
+use crate::sol::{ConsoleContext, SolError};
 use crate::spec::Target;
 
 #[derive(Default)]
@@ -69,6 +70,10 @@ fn build(
     let mut config = Config::default();
     config.console.port_range = range.parse().unwrap();
     config.console.ipmitool_path = ipmitool.into();
+    // Fresh ports are probed by binding them: on an address of this test
+    // process's own, so nothing else on the machine is in the way.
+    config.console.socat_address = private_loopback();
+    config.console.advertise_host = Some("127.0.0.1".into());
     let dir = std::env::temp_dir().join(format!(
         "porthole-mgr-{}-{:?}",
         std::process::id(),
@@ -93,7 +98,13 @@ fn build(
 
 use std::time::Duration;
 
-fn spec(node: &str, port: u32) -> ConsoleSpec {
+/// 127.79.x.1, x from the process id: a loopback address no other test
+/// process binds.
+pub(super) fn private_loopback() -> std::net::IpAddr {
+    std::net::Ipv4Addr::new(127, 79, (std::process::id() % 250) as u8 + 1, 1).into()
+}
+
+pub(super) fn spec(node: &str, port: u32) -> ConsoleSpec {
     ConsoleSpec::from_request(pb::EnableConsoleRequest {
         node_id: node.into(),
         kind: pb::ConsoleKind::Serial as i32,
@@ -376,4 +387,44 @@ async fn in_a_cluster_a_regained_lease_leaves_fenced_consoles_to_placement() {
     let claimed = m.enable(spec("a", 12030)).await.unwrap();
     assert_eq!(claimed.state, ConsoleState::Running);
     assert_eq!(backend.running.load(Ordering::SeqCst), 1);
+}
+
+/// The manager's census (`porthole_console_consoles`) is its own slots,
+/// exactly; enable latency and fences go to the process-wide metrics, which
+/// other tests bump too, so those are compared as "at least ours".
+#[tokio::test]
+async fn metrics_follow_consoles_enables_and_fences() {
+    use crate::metrics::Census as _;
+    let scrape = |series: &str| -> f64 {
+        let text = porthole_common::metrics::encode(&crate::metrics::get().registry());
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let census = |m: &ConsoleManager| {
+        let mut c = m.inner.census();
+        c.sort();
+        c
+    };
+    let enables = r#"porthole_console_enable_duration_seconds_count{kind="serial",result="ok"}"#;
+    let fences = "porthole_console_fences_total";
+    let (enables_before, fences_before) = (scrape(enables), scrape(fences));
+    let switch = Arc::new(Switchable {
+        local: LocalCoordinator::new("replica-a"),
+        serving: tokio::sync::watch::Sender::new(true),
+    });
+    let (m, _) = build("12030:12035", "true", switch.clone(), Placement::Local);
+    let mut events = m.subscribe();
+    m.enable(spec("a", 0)).await.unwrap();
+    m.enable(spec("b", 0)).await.unwrap();
+    m.disable(&spec("b", 0).node).await.unwrap();
+    assert_eq!(census(&m), [("serial", "disabled"), ("serial", "running")]);
+    assert!(scrape(enables) >= enables_before + 2.0);
+
+    switch.serving.send_replace(false);
+    next_state(&mut events, ConsoleState::Failed).await;
+    assert_eq!(census(&m), [("serial", "disabled"), ("serial", "failed")]);
+    assert!(scrape(fences) > fences_before, "the fence is counted");
 }

@@ -8,7 +8,7 @@ use porthole_proto::console::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::replicas::{enable_request, Cluster, Options};
+use crate::replicas::{enable_request, Cluster, Options, Ports};
 use crate::support::{accepts, list, options, rig, NODE, TTL};
 
 /// Benchmark (printed, not asserted): takeover time for many idle consoles
@@ -38,7 +38,8 @@ async fn bench_takeover_and_steady_state_etcd_rate() {
         .map_or(TTL, Duration::from_secs);
     let opts = Options {
         ttl,
-        ..options("38000:39100")
+        ports: Ports::Fixed(38000, 39100),
+        ..options()
     };
     let mut cluster = Cluster::start(&rig, "bench", &opts, 3);
     let c0 = cluster.client(0).await;
@@ -100,8 +101,8 @@ async fn bench_takeover_and_steady_state_etcd_rate() {
     loop {
         // A survivor busy with the takeover may time out a ListConsoles:
         // count it and ask again.
-        let all = match survivor.list_consoles(pb::ListConsolesRequest {}).await {
-            Ok(r) => r.into_inner().consoles,
+        let all = match pb::list_all(&mut survivor, 0).await {
+            Ok(all) => all,
             Err(e) => {
                 assert!(killed.elapsed() < Duration::from_secs(120), "{e}");
                 list_errors += 1;

@@ -37,7 +37,11 @@ mod viewer;
 #[cfg(test)]
 mod backend_tests;
 #[cfg(test)]
+mod eviction_tests;
+#[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod gate_tests;
 #[cfg(test)]
 mod tests;
 
@@ -109,7 +113,9 @@ impl NativeBackend {
                 .map(|dir| (dir.join(format!("{node}.log")), n.log_file_max_bytes)),
             linger: n.linger,
             max_viewers: n.max_viewers,
+            max_viewers_per_address: n.max_viewers_per_address,
             terminal_timeout: self.settings.terminal_timeout,
+            terminal_silent_timeout: n.terminal_silent_timeout,
             retry_max_backoff: self.settings.retry_max_backoff,
             viewer_queue: hub::VIEWER_QUEUE_CHUNKS,
         }
@@ -132,6 +138,7 @@ impl ConsoleBackend for NativeBackend {
             ctx.ipmi(self.name())?.clone(),
             s.subprocess_timeout,
             ctx.processes.clone(),
+            ctx.fence.clone(),
         );
         let launcher = IpmiLauncher::new(tool, ctx.processes.clone(), s.subprocess_timeout);
         let stop = ctx.cancel.child_token();
