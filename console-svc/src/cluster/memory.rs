@@ -238,6 +238,7 @@ impl Coordinator for Replica {
             Ok(Ownership {
                 node: node.clone(),
                 token,
+                lease,
             })
         } else {
             Err(CoordError::Fenced {
