@@ -53,6 +53,8 @@ pub enum RunError {
     },
     #[error("serving the API: {0}")]
     Serve(std::io::Error),
+    #[error("power drivers: {0}")]
+    Power(#[from] power::PowerError),
 }
 
 /// Serve the API on `listener` until `shutdown` is cancelled.
@@ -128,10 +130,10 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
     let sealer = seal::Sealer::load_or_create(&config.secret_key_file())?;
     let store = db::Store::open(&config.database.path, sealer)?;
     let consoles = console::ConsoleClient::new(&config.console)?;
-    let power = power::PowerSettings {
-        ipmitool_path: config.power.ipmitool_path.clone(),
-        command_timeout: config.power.command_timeout,
-    };
+    let power = power::PowerSettings::new(
+        config.power.ipmitool_path.clone(),
+        config.power.command_timeout,
+    )?;
     let timing = PowerTiming {
         state_timeout: config.power.state_timeout,
         poll_interval: config.power.poll_interval,

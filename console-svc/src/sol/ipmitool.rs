@@ -1,35 +1,31 @@
-//! ipmitool invocations: argv built as a vector, the password through a
-//! sealed memfd at fd 3 (`-f /dev/fd/3`), never argv or the environment.
+//! ipmitool as console-svc's SOL code runs it: porthole-bmc's one runner
+//! (argv, password memfd at fd 3 as `-f /dev/fd/3`, timeout, error summary)
+//! pointed at a console's [`IpmiTarget`], its children recorded in the
+//! [`ProcessTable`] so a crash leaves none behind.
 //!
 //! Callers: the native backend (deactivate, then `sol activate` under a pty),
 //! the socat backend (the EXEC'd helper), the manager's BMC probe.
 
 use std::ffi::OsString;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::Stdio;
+use std::io;
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-use nix::sys::memfd::{memfd_create, MFdFlags};
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
+use porthole_bmc::ipmitool::{Ipmitool, IpmitoolError, Lanplus, Running, Spawn};
+pub use porthole_bmc::ipmitool::explain;
+pub use porthole_bmc::{PasswordFd, PASSWORD_FD};
+use tokio::process::{Child, Command};
 
 use super::SolError;
-use crate::process::ProcessTable;
-use crate::secret::Secret;
+use crate::process::{ProcessTable, Supervised};
 use crate::spec::IpmiTarget;
-
-/// The fd number ipmitool reads its password from.
-pub const PASSWORD_FD: RawFd = 3;
 
 /// One BMC as seen through ipmitool.
 #[derive(Clone)]
 pub struct IpmiTool {
-    program: OsString,
+    tool: Ipmitool,
     target: IpmiTarget,
-    timeout: Duration,
     processes: Arc<ProcessTable>,
 }
 
@@ -40,10 +36,17 @@ impl IpmiTool {
         timeout: Duration,
         processes: Arc<ProcessTable>,
     ) -> Self {
+        let lan = Lanplus {
+            address: target.address.clone(),
+            port: target.port,
+            username: target.username.clone(),
+            password: target.password.clone(),
+            cipher_suite: target.cipher_suite.to_string(),
+            privilege: target.privilege.as_ipmitool_arg().to_owned(),
+        };
         Self {
-            program: program.into(),
+            tool: Ipmitool::new(program, lan, timeout),
             target,
-            timeout,
             processes,
         }
     }
@@ -53,96 +56,33 @@ impl IpmiTool {
     }
 
     pub fn program(&self) -> &OsString {
-        &self.program
+        &self.tool.program
     }
 
     /// ipmitool's arguments for `command` (e.g. `["sol", "activate"]`),
     /// without the program name. Safe to log: no password in it.
     pub fn args(&self, command: &[&str]) -> Vec<OsString> {
-        let t = &self.target;
-        let mut args: Vec<OsString> = vec![
-            "-I".into(),
-            "lanplus".into(),
-            "-H".into(),
-            t.address.clone().into(),
-            "-p".into(),
-            t.port.to_string().into(),
-            "-C".into(),
-            t.cipher_suite.to_string().into(),
-            "-L".into(),
-            t.privilege.as_ipmitool_arg().into(),
-        ];
-        if !t.username.is_empty() {
-            args.extend(["-U".into(), t.username.clone().into()]);
-        }
-        if !t.password.is_empty() {
-            args.extend(["-f".into(), format!("/dev/fd/{PASSWORD_FD}").into()]);
-        }
-        args.extend(command.iter().map(OsString::from));
-        args
+        self.tool.lan.args(command)
     }
 
     /// A command for `ipmitool ... <command>` with the password attached at
-    /// fd 3 and the child leading its own process group.
+    /// fd 3 (the caller makes the child lead its own process group).
     pub fn command(&self, command: &[&str]) -> io::Result<Command> {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(self.args(command));
-        PasswordFd::new(&self.target.password)?.attach(&mut cmd);
-        Ok(cmd)
+        self.tool.command(command)
     }
 
     /// The password memfd, for a caller that builds its own command (socat).
     pub fn password_fd(&self) -> io::Result<PasswordFd> {
-        PasswordFd::new(&self.target.password)
+        self.tool.lan.password_fd()
     }
 
     /// Run a short ipmitool command to completion within the timeout; its
     /// stdout on success, its own error text otherwise.
     pub async fn run(&self, command: &[&str]) -> Result<String, SolError> {
-        let mut cmd = self.command(command)?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let what = format!("ipmitool {}", command.join(" "));
-        let mut child =
-            self.processes
-                .spawn(&mut cmd, &what)
-                .map_err(|source| SolError::Spawn {
-                    program: "ipmitool",
-                    source,
-                })?;
-        let mut stdout = child.child_mut().stdout.take().expect("piped");
-        let mut stderr = child.child_mut().stderr.take().expect("piped");
-        let io = async {
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            let (a, b) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-            a?;
-            b?;
-            let status = child.wait().await?;
-            Ok::<_, io::Error>((status, out, err))
-        };
-        let (status, out, err) = match tokio::time::timeout(self.timeout, io).await {
-            Ok(r) => r?,
-            Err(_) => {
-                child.terminate().await;
-                return Err(SolError::Timeout {
-                    what: format!("{what} on BMC {}", self.target.display_addr()),
-                    timeout: self.timeout,
-                });
-            }
-        };
-        child.terminate().await;
-        let out = String::from_utf8_lossy(&out).into_owned();
-        let err = String::from_utf8_lossy(&err).into_owned();
-        if status.success() {
-            Ok(out)
-        } else {
-            Err(SolError::Bmc {
-                bmc: self.target.display_addr(),
-                message: summarize(&err, &out, status.code()),
-            })
-        }
+        self.tool
+            .run(&Recorded(&self.processes), command)
+            .await
+            .map_err(SolError::from)
     }
 
     /// End any SOL session on the BMC (ours from a previous run included).
@@ -166,92 +106,51 @@ impl IpmiTool {
     }
 }
 
-/// ipmitool's messages made into one readable line.
-fn summarize(stderr: &str, stdout: &str, code: Option<i32>) -> String {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .chain(stdout.lines())
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let mut msg = if lines.is_empty() {
-        format!("ipmitool exited with status {code:?} and said nothing")
-    } else {
-        lines.join("; ")
-    };
-    explain(&mut msg);
-    msg
-}
+/// Children spawned through the process table.
+struct Recorded<'a>(&'a ProcessTable);
 
-/// Add what ipmitool's terse session error usually means.
-pub fn explain(msg: &mut String) {
-    if msg.contains("Unable to establish IPMI v2 / RMCP+ session") {
-        msg.push_str("; the BMC is unreachable, or it rejected the credentials or cipher suite");
+impl Spawn for Recorded<'_> {
+    type Child = Supervised;
+    fn spawn(&self, cmd: &mut Command, what: &str) -> io::Result<Supervised> {
+        self.0.spawn(cmd, what)
     }
 }
 
-/// A password in an anonymous, sealed memory file. The child sees it as
-/// `/dev/fd/3`; opening that path re-reads the file from the start, so a
-/// socat that forks one ipmitool per connection can hand the same fd to each.
-pub struct PasswordFd(OwnedFd);
-
-impl PasswordFd {
-    pub fn new(password: &Secret) -> io::Result<Self> {
-        let fd = memfd_create(
-            "porthole-bmc-password",
-            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-        )?;
-        let mut file = std::fs::File::from(fd);
-        file.write_all(password.expose().as_bytes())?;
-        let fd = OwnedFd::from(file);
-        fcntl(
-            &fd,
-            FcntlArg::F_ADD_SEALS(
-                SealFlag::F_SEAL_WRITE
-                    | SealFlag::F_SEAL_GROW
-                    | SealFlag::F_SEAL_SHRINK
-                    | SealFlag::F_SEAL_SEAL,
-            ),
-        )?;
-        Ok(Self(fd))
+impl Running for Supervised {
+    fn child_mut(&mut self) -> &mut Child {
+        Supervised::child_mut(self)
     }
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        Supervised::wait(self).await
+    }
+    async fn terminate(self) {
+        Supervised::terminate(self).await;
+    }
+}
 
-    /// Make the file the child's fd 3 (and only the child's: the original
-    /// stays close-on-exec).
-    pub fn attach(self, cmd: &mut Command) {
-        let fd = self.0;
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let raw = fd.as_raw_fd();
-                if raw == PASSWORD_FD {
-                    if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(raw, PASSWORD_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
+impl From<IpmitoolError> for SolError {
+    fn from(e: IpmitoolError) -> Self {
+        match e {
+            IpmitoolError::Spawn { source, .. } => SolError::Spawn {
+                program: "ipmitool",
+                source,
+            },
+            IpmitoolError::Timeout { what, timeout } => SolError::Timeout { what, timeout },
+            IpmitoolError::Bmc { bmc, message, .. } => SolError::Bmc { bmc, message },
+            IpmitoolError::Io(e) => SolError::Io(e),
         }
-    }
-}
-
-impl FromRawFd for PasswordFd {
-    unsafe fn from_raw_fd(fd: RawFd) -> Self {
-        Self(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
     use crate::spec::PrivilegeLevel;
 
-    fn tool() -> IpmiTool {
-        let dir = std::env::temp_dir().join(format!("porthole-ipmitool-{}", std::process::id()));
+    fn tool(dir: &std::path::Path, program: &str) -> IpmiTool {
         IpmiTool::new(
-            "ipmitool",
+            program,
             IpmiTarget {
                 address: "127.0.0.1".into(),
                 port: 21100,
@@ -266,41 +165,48 @@ mod tests {
     }
 
     #[test]
-    fn argv_has_the_cipher_suite_and_no_password() {
-        let args: Vec<String> = tool()
+    fn argv_has_the_targets_cipher_suite_privilege_and_no_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let args: Vec<String> = tool(dir.path(), "ipmitool")
             .args(&["sol", "activate"])
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
         let joined = args.join(" ");
-        assert!(joined.contains("-C 3"), "{joined}");
+        assert!(joined.contains("-C 3 -L ADMINISTRATOR"), "{joined}");
         assert!(joined.contains("-f /dev/fd/3"), "{joined}");
         assert!(joined.ends_with("sol activate"));
         assert!(!joined.contains("s3cret-pw"));
-        assert!(!args.iter().any(|a| a == "-P" || a == "-E"));
     }
 
     #[tokio::test]
-    async fn the_child_reads_the_password_from_fd_3_every_time() {
-        // `cat /dev/fd/3` twice stands in for two ipmitool runs under one socat.
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "cat /dev/fd/3; echo; cat /dev/fd/3"]);
-        tool().password_fd().unwrap().attach(&mut cmd);
-        let out = cmd.output().await.unwrap();
-        assert_eq!(
-            String::from_utf8(out.stdout).unwrap(),
-            "s3cret-pw\ns3cret-pw"
-        );
-    }
-
-    #[test]
-    fn summaries_explain_session_failures() {
-        let s = summarize(
-            "Error: Unable to establish IPMI v2 / RMCP+ session\n",
-            "",
-            Some(1),
-        );
-        assert!(s.contains("unreachable"), "{s}");
-        assert!(summarize("", "", Some(1)).contains("said nothing"));
+    async fn runs_are_recorded_then_forgotten_and_errors_keep_their_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let procs = dir.path().join("procs");
+        std::fs::create_dir(&procs).unwrap();
+        let script = dir.path().join("fake-ipmitool");
+        // The table writes its record just after the spawn: give it a moment.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nsleep 0.3; ls {} | wc -l; cat /dev/fd/3\n[ \"$*\" != \"${{*%fail}}\" ] && exit 1; exit 0\n",
+                procs.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let t = tool(&procs, script.to_str().unwrap());
+        let out = t.run(&["power", "status"]).await.unwrap();
+        // While it ran, its record was in the table; after, none is left.
+        assert_eq!(out, "1\ns3cret-pw");
+        assert_eq!(std::fs::read_dir(&procs).unwrap().count(), 0);
+        match t.run(&["fail"]).await {
+            Err(SolError::Bmc { bmc, message }) => {
+                assert_eq!(bmc, "127.0.0.1:21100");
+                assert_eq!(message, "1; s3cret-pw");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
