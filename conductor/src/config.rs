@@ -12,21 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
+pub use porthole_common::config::ConfigError;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -160,35 +146,32 @@ pub fn runtime_dir() -> PathBuf {
 
 const SECTIONS: &[&str] = &["api", "database", "console", "power"];
 
+/// The environment prefix and sections porthole-common's loader reads.
+pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
+    prefix: "PORTHOLE_",
+    sections: SECTIONS,
+};
+
 impl Config {
-    /// Defaults, then `file`, then `PORTHOLE_*` from `env`, then `overrides`.
+    /// Defaults, then `file`, then `PORTHOLE_*` from `env`, then `overrides`;
+    /// see `porthole_common::config` for the layering and how values coerce.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(&str, &str, toml::Value)],
     ) -> Result<Self, ConfigError> {
-        let mut table = match file {
-            Some(path) => read_table(path)?,
-            None => toml::Table::new(),
-        };
-        for (name, value) in env {
-            let Some(rest) = name.strip_prefix("PORTHOLE_") else {
-                continue;
-            };
-            let rest = rest.to_ascii_lowercase();
-            let found = SECTIONS
-                .iter()
-                .find_map(|s| Some((*s, rest.strip_prefix(s)?.strip_prefix('_')?)));
-            if let Some((section, key)) = found {
-                set(&mut table, section, key, env_value(&value));
-            }
-        }
-        for (section, key, value) in overrides {
-            set(&mut table, section, key, value.clone());
-        }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        // Only the variables naming one of our sections: the shared
+        // `PORTHOLE_` prefix also holds other programs' settings.
+        let env = env.into_iter().filter(|(name, _)| {
+            name.strip_prefix("PORTHOLE_").is_some_and(|rest| {
+                let rest = rest.to_ascii_lowercase();
+                SECTIONS.iter().any(|s| {
+                    rest.strip_prefix(s)
+                        .is_some_and(|k| k.starts_with('_') && k.len() > 1)
+                })
+            })
+        });
+        let config: Config = porthole_common::config::load(&LAYOUT, file, env, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -216,39 +199,6 @@ impl Config {
             p.push(".key");
             p.into()
         })
-    }
-}
-
-fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    text.parse::<toml::Table>()
-        .map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
-}
-
-fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
-    let entry = table
-        .entry(section)
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if let toml::Value::Table(t) = entry {
-        t.insert(key.to_owned(), value);
-    }
-}
-
-/// An environment value as TOML: numbers and booleans as such, else strings.
-fn env_value(raw: &str) -> toml::Value {
-    if let Ok(n) = raw.parse::<i64>() {
-        return toml::Value::Integer(n);
-    }
-    match raw {
-        "true" => toml::Value::Boolean(true),
-        "false" => toml::Value::Boolean(false),
-        _ => toml::Value::String(raw.to_owned()),
     }
 }
 
@@ -288,5 +238,12 @@ mod tests {
         )];
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("http_basic_auth_user_file"), "{err}");
+    }
+
+    #[test]
+    fn numeric_strings_from_the_environment_stay_strings() {
+        let env = vec![("PORTHOLE_POWER_IPMITOOL_PATH".to_owned(), "1".to_owned())];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.power.ipmitool_path, "1");
     }
 }

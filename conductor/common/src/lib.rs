@@ -1,7 +1,9 @@
 //! Plumbing every Porthole service shares, kept beside the conductor as
 //! Ironic keeps `ironic.common`: configuration loading (defaults < TOML file
-//! < the service's own `PORTHOLE_<SERVICE>_…` environment < flags), tracing
-//! set-up, signals turned into a `CancellationToken`, the one sealing format,
-//! the Prometheus `/metrics` endpoint and the TLS settings.
+//! < the service's own `PORTHOLE_<SERVICE>_…` environment < flags,
+//! [`config`]), tracing set-up ([`telemetry`]), signals turned into a
+//! `CancellationToken` ([`shutdown`]) and the one sealing format ([`seal`]).
 //!
 //! Callers: the services' `main.rs` and `lib.rs`. It imports no service crate.
+
+pub mod config;

@@ -20,21 +20,16 @@ pub use console::{Backend, ConsoleConfig, NativeConfig};
 pub use etcd::EtcdConfig;
 pub use vnc::{VncAuthScheme, VncConfig, VncUpstreamSecurity};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
+pub use porthole_common::config::ConfigError;
+
+/// The top-level tables, which environment variable names start with.
+const SECTIONS: &[&str] = &["service", "console", "native", "vnc", "etcd"];
+
+/// The environment prefix and sections porthole-common's loader reads.
+pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
+    prefix: "PORTHOLE_",
+    sections: SECTIONS,
+};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -103,45 +98,25 @@ impl Default for ServiceConfig {
 
 impl Config {
     /// Defaults, then `file`, then `PORTHOLE_*` variables from `env`, then
-    /// `overrides` (`section.key = value` pairs from flags).
+    /// `overrides` (`section.key = value` pairs from flags); see
+    /// `porthole_common::config` for the layering and how values coerce.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(&str, &str, toml::Value)],
     ) -> Result<Self, ConfigError> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|source| ConfigError::Parse {
-                        path: path.to_owned(),
-                        source: Box::new(source),
-                    })?
-            }
-            None => toml::Table::new(),
-        };
-        for (name, value) in env {
-            let Some(rest) = name.strip_prefix("PORTHOLE_") else {
-                continue;
-            };
-            let rest = rest.to_ascii_lowercase();
-            let Some((section, key)) = ["service", "console", "native", "vnc", "etcd"]
-                .iter()
-                .find_map(|s| Some((*s, rest.strip_prefix(s)?.strip_prefix('_')?)))
-            else {
-                continue;
-            };
-            set(&mut table, section, key, env_value(&value));
-        }
-        for (section, key, value) in overrides {
-            set(&mut table, section, key, value.clone());
-        }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        // Only the variables naming one of our sections: the shared
+        // `PORTHOLE_` prefix also holds other programs' settings.
+        let env = env.into_iter().filter(|(name, _)| {
+            name.strip_prefix("PORTHOLE_").is_some_and(|rest| {
+                let rest = rest.to_ascii_lowercase();
+                SECTIONS.iter().any(|s| {
+                    rest.strip_prefix(s)
+                        .is_some_and(|k| k.starts_with('_') && k.len() > 1)
+                })
+            })
+        });
+        let config: Config = porthole_common::config::load(&LAYOUT, file, env, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -172,28 +147,6 @@ impl Config {
             ));
         }
         self.vnc.validate()
-    }
-}
-
-fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
-    let entry = table
-        .entry(section)
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if let toml::Value::Table(t) = entry {
-        t.insert(key.to_owned(), value);
-    }
-}
-
-/// An environment value as TOML: numbers and booleans as such, the rest as
-/// strings (so `10000:10100` and `5s` need no quoting).
-fn env_value(raw: &str) -> toml::Value {
-    if let Ok(n) = raw.parse::<i64>() {
-        return toml::Value::Integer(n);
-    }
-    match raw {
-        "true" => toml::Value::Boolean(true),
-        "false" => toml::Value::Boolean(false),
-        _ => toml::Value::String(raw.to_owned()),
     }
 }
 
@@ -295,5 +248,12 @@ mod tests {
         let env = vec![("PORTHOLE_CONSOLE_BOGUS".to_owned(), "1".to_owned())];
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn a_numeric_replica_id_from_the_environment_is_a_string() {
+        let env = vec![("PORTHOLE_SERVICE_REPLICA_ID".to_owned(), "1".to_owned())];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.service.replica_id, "1");
     }
 }
