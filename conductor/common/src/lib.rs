@@ -7,3 +7,4 @@
 //! Callers: the services' `main.rs` and `lib.rs`. It imports no service crate.
 
 pub mod config;
+pub mod seal;
