@@ -8,3 +8,5 @@
 
 pub mod config;
 pub mod seal;
+pub mod shutdown;
+pub mod telemetry;
