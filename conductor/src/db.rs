@@ -98,7 +98,10 @@ fn migrate(conn: &Connection, sealer: &Sealer) -> Result<(), DbError> {
     tx.execute_batch(&format!("PRAGMA user_version = {SEALED_BY_NODE}"))?;
     tx.commit()?;
     if !rows.is_empty() {
-        tracing::info!(nodes = rows.len(), "re-sealed driver_info secrets with each node's UUID bound");
+        tracing::info!(
+            nodes = rows.len(),
+            "re-sealed driver_info secrets with each node's UUID bound"
+        );
     }
     Ok(())
 }
@@ -130,7 +133,9 @@ impl Store {
             uuid: r.get(0)?,
             name: r.get(1)?,
             driver: r.get(2)?,
-            driver_info: self.sealer.open_dict(&r.get::<_, String>(0)?, &dict(r.get(3)?)?)?,
+            driver_info: self
+                .sealer
+                .open_dict(&r.get::<_, String>(0)?, &dict(r.get(3)?)?)?,
             driver_internal_info: dict(r.get(4)?)?,
             console_interface: r.get(5)?,
             power_state: r.get(6)?,

@@ -187,9 +187,14 @@ impl Client {
             .as_str()
             .map(str::to_owned)
             .unwrap_or(format!("{path}/Actions/ComputerSystem.Reset"));
-        self.post(ep, &target, &json!({"ResetType": kind}), &format!("reset {kind}"))
-            .await
-            .map(drop)
+        self.post(
+            ep,
+            &target,
+            &json!({"ResetType": kind}),
+            &format!("reset {kind}"),
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -216,29 +221,30 @@ mod tests {
     /// client would guess; it records each request's path and auth header.
     async fn fake(members: usize) -> (Endpoint, Arc<Mutex<Vec<String>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let app = Router::new()
-            .fallback(any(
-                move |State(seen): State<Arc<Mutex<Vec<String>>>>,
-                      uri: Uri,
-                      headers: HeaderMap| async move {
-                    let auth = headers
-                        .get("authorization")
-                        .map(|v| v.to_str().unwrap().to_owned())
-                        .unwrap_or_default();
-                    seen.lock().unwrap().push(format!("{} {auth}", uri.path()));
-                    let ids: Vec<Value> = (0..members)
-                        .map(|i| json!({"@odata.id": format!("/x/systems/{i}")}))
-                        .collect();
-                    Json(match uri.path() {
-                        "/redfish/v1" => json!({"Systems": {"@odata.id": "/x/systems"}}),
-                        "/x/systems" => json!({"Members": ids}),
-                        "/x/systems/0" => json!({"PowerState": "On", "Actions": {
+        let app =
+            Router::new()
+                .fallback(any(
+                    move |State(seen): State<Arc<Mutex<Vec<String>>>>,
+                          uri: Uri,
+                          headers: HeaderMap| async move {
+                        let auth = headers
+                            .get("authorization")
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default();
+                        seen.lock().unwrap().push(format!("{} {auth}", uri.path()));
+                        let ids: Vec<Value> = (0..members)
+                            .map(|i| json!({"@odata.id": format!("/x/systems/{i}")}))
+                            .collect();
+                        Json(match uri.path() {
+                            "/redfish/v1" => json!({"Systems": {"@odata.id": "/x/systems"}}),
+                            "/x/systems" => json!({"Members": ids}),
+                            "/x/systems/0" => json!({"PowerState": "On", "Actions": {
                             "#ComputerSystem.Reset": {"target": "/x/reset/0"}}}),
-                        _ => json!({}),
-                    })
-                },
-            ))
-            .with_state(seen.clone());
+                            _ => json!({}),
+                        })
+                    },
+                ))
+                .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -271,7 +277,10 @@ mod tests {
             ]
         );
         // Basic auth on every request ("admin:pw").
-        assert!(seen.iter().all(|s| s.ends_with("Basic YWRtaW46cHc=")), "{seen:?}");
+        assert!(
+            seen.iter().all(|s| s.ends_with("Basic YWRtaW46cHc=")),
+            "{seen:?}"
+        );
     }
 
     #[tokio::test]
@@ -293,12 +302,18 @@ mod tests {
         let ep = Endpoint::new(&format!("http://127.0.0.1:{port}"));
         let client = Client::new(Duration::from_secs(2)).unwrap();
         let err = client.system(&ep).await.unwrap_err().to_string();
-        assert!(err.contains("get service root") && err.contains(&port.to_string()), "{err}");
+        assert!(
+            err.contains("get service root") && err.contains(&port.to_string()),
+            "{err}"
+        );
     }
 
     #[test]
     fn addresses_get_https_and_lose_the_trailing_slash() {
-        assert_eq!(Endpoint::new("10.0.0.1:8000/").base, "https://10.0.0.1:8000");
+        assert_eq!(
+            Endpoint::new("10.0.0.1:8000/").base,
+            "https://10.0.0.1:8000"
+        );
         assert_eq!(Endpoint::new("http://h").base, "http://h");
     }
 }

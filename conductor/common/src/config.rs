@@ -128,7 +128,10 @@ pub fn load<T: DeserializeOwned>(
     figment = figment.merge(Serialized::defaults(from_env));
     let mut from_flags = toml::Table::new();
     for (section, key, value) in overrides {
-        origin.insert(format!("{section}.{key}"), format!("flag for {section}.{key}"));
+        origin.insert(
+            format!("{section}.{key}"),
+            format!("flag for {section}.{key}"),
+        );
         set(&mut from_flags, section, key, value.clone());
     }
     figment = figment.merge(Serialized::defaults(from_flags));
@@ -146,10 +149,7 @@ fn describe(e: &figment::Error, origin: &HashMap<String, String>) -> String {
             let kind = match &e.kind {
                 figment::error::Kind::UnknownField(field, expected) => {
                     path.push(field.clone());
-                    format!(
-                        "unknown setting `{field}` (known: {})",
-                        expected.join(", ")
-                    )
+                    format!("unknown setting `{field}` (known: {})", expected.join(", "))
                 }
                 other => other.to_string(),
             };
@@ -246,7 +246,11 @@ mod tests {
     fn defaults_then_file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "[service]\nport = 7\nttl = \"9s\"\nname = \"file\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[service]\nport = 7\nttl = \"9s\"\nname = \"file\"\n",
+        )
+        .unwrap();
         let c: Conf = load(&LAYOUT, None, vec![], &[]).unwrap();
         assert_eq!((c.service.port, c.service.replica_id.as_str()), (1, "host"));
         let c: Conf = load(&LAYOUT, Some(&file), vec![], &[]).unwrap();
@@ -259,7 +263,10 @@ mod tests {
             ("UNRELATED", "x"),
         ]);
         let c: Conf = load(&LAYOUT, Some(&file), e.clone(), &[]).unwrap();
-        assert_eq!((c.service.port, c.service.name.as_deref()), (8, Some("env")));
+        assert_eq!(
+            (c.service.port, c.service.name.as_deref()),
+            (8, Some("env"))
+        );
         assert_eq!(c.service.ttl, Duration::from_secs(9));
         let flags = [("service", "port", toml::Value::Integer(9))];
         let c: Conf = load(&LAYOUT, Some(&file), e, &flags).unwrap();
@@ -300,7 +307,10 @@ mod tests {
         let err = load::<Conf>(&LAYOUT, None, env(&[("PORTHOLE_TESTSVC_NOPE_X", "1")]), &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("PORTHOLE_TESTSVC_NOPE_X") && err.contains("SERVICE_"), "{err}");
+        assert!(
+            err.contains("PORTHOLE_TESTSVC_NOPE_X") && err.contains("SERVICE_"),
+            "{err}"
+        );
         let err = load::<Conf>(
             &LAYOUT,
             None,
@@ -319,14 +329,17 @@ mod tests {
         let err = load::<Conf>(&LAYOUT, Some(&file), vec![], &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("config file") && err.contains("service.port"), "{err}");
+        assert!(
+            err.contains("config file") && err.contains("service.port"),
+            "{err}"
+        );
         let flags = [("service", "ttl", toml::Value::String("soon".into()))];
         let err = load::<Conf>(&LAYOUT, None, vec![], &flags)
             .unwrap_err()
             .to_string();
         assert!(err.contains("flag for service.ttl"), "{err}");
-        let err = load::<Conf>(&LAYOUT, Some(&dir.path().join("missing.toml")), vec![], &[])
-            .unwrap_err();
+        let err =
+            load::<Conf>(&LAYOUT, Some(&dir.path().join("missing.toml")), vec![], &[]).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }), "{err}");
     }
 }

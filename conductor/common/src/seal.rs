@@ -201,13 +201,22 @@ mod tests {
         let short = dir.path().join("short.key");
         std::fs::write(&short, b"tooshort").unwrap();
         let sealed = Sealer::load(&raw).unwrap().seal("n", "pw");
-        assert_eq!(Sealer::load(&hex).unwrap().open("n", &sealed).unwrap(), "pw");
+        assert_eq!(
+            Sealer::load(&hex).unwrap().open("n", &sealed).unwrap(),
+            "pw"
+        );
         assert!(matches!(Sealer::load(&short), Err(SealError::KeyLength(_))));
         let missing = dir.path().join("missing");
-        assert!(matches!(Sealer::load(&missing), Err(SealError::KeyFile { .. })));
+        assert!(matches!(
+            Sealer::load(&missing),
+            Err(SealError::KeyFile { .. })
+        ));
         let made = Sealer::load_or_create(&missing).unwrap().seal("n", "pw");
         let mode = std::fs::metadata(&missing).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(Sealer::load(&missing).unwrap().open("n", &made).unwrap(), "pw");
+        assert_eq!(
+            Sealer::load(&missing).unwrap().open("n", &made).unwrap(),
+            "pw"
+        );
     }
 }

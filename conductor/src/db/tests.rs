@@ -151,7 +151,11 @@ fn an_old_database_is_resealed_on_first_open() {
     ] {
         let v = stored[field].as_str().unwrap();
         assert_ne!(v, unbound);
-        assert_eq!(shared.open(uuid, v).unwrap(), clear, "{field} bound to the node");
+        assert_eq!(
+            shared.open(uuid, v).unwrap(),
+            clear,
+            "{field} bound to the node"
+        );
         assert!(shared.open("another-node", v).is_err());
         assert!(shared.open_unbound_v0(v).is_err());
     }

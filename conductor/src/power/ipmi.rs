@@ -174,7 +174,11 @@ mod tests {
     #[tokio::test]
     async fn failures_name_the_bmc_and_the_command() {
         // `sh -I lanplus ...` fails at once, saying so on stderr.
-        let err = ipmi("pw").set_power(Power::On).await.unwrap_err().to_string();
+        let err = ipmi("pw")
+            .set_power(Power::On)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("BMC 127.0.0.1:21100: ipmitool power on failed: "),
             "{err}"

@@ -12,8 +12,8 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use porthole_bmc::ipmitool::{Ipmitool, IpmitoolError, Lanplus, Running, Spawn};
 pub use porthole_bmc::ipmitool::explain;
+use porthole_bmc::ipmitool::{Ipmitool, IpmitoolError, Lanplus, Running, Spawn};
 pub use porthole_bmc::{PasswordFd, PASSWORD_FD};
 use tokio::process::{Child, Command};
 
