@@ -81,6 +81,8 @@ impl ConsoleClient {
         let mut ep = Endpoint::from_shared(cfg.endpoint.clone())
             .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(5))
+            // tonic's default, said out loud: gRPC replies must not wait on Nagle.
+            .tcp_nodelay(true)
             .timeout(cfg.timeout);
         if cfg.endpoint.starts_with("https://") || cfg.tls_ca.is_some() {
             let mut tls = ClientTlsConfig::new().with_native_roots();

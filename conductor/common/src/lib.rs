@@ -1,12 +1,13 @@
 //! Plumbing every Porthole service shares, kept beside the conductor as
 //! Ironic keeps `ironic.common`: configuration loading (defaults < TOML file
 //! < the service's own `PORTHOLE_<SERVICE>_…` environment < flags,
-//! [`config`]), tracing set-up ([`telemetry`]), signals turned into a
+//! [`config`]), tracing set-up ([`telemetry`], [`logfmt`]), signals turned into a
 //! `CancellationToken` ([`shutdown`]) and the one sealing format ([`seal`]).
 //!
 //! Callers: the services' `main.rs` and `lib.rs`. It imports no service crate.
 
 pub mod config;
+pub mod logfmt;
 pub mod seal;
 pub mod shutdown;
 pub mod telemetry;

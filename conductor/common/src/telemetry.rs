@@ -1,6 +1,7 @@
 //! Tracing set-up for every service binary: one line per event on stderr,
-//! as text (coloured on a terminal) or JSON, filtered by `PORTHOLE_LOG`
-//! (`EnvFilter` syntax, default `info`).
+//! as text (coloured on a terminal, control characters escaped by
+//! [`crate::logfmt`] so a request cannot forge a line) or JSON, filtered by
+//! `PORTHOLE_LOG` (`EnvFilter` syntax, default `info`).
 //!
 //! Callers: the services' `main.rs`, once, before anything logs.
 
@@ -22,6 +23,6 @@ pub fn init(json: bool) {
     let _ = if json {
         builder.json().try_init()
     } else {
-        builder.try_init()
+        builder.fmt_fields(crate::logfmt::text_fields()).try_init()
     };
 }
