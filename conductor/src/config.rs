@@ -1,9 +1,10 @@
 //! The conductor's configuration: one typed struct, read once at start.
 //!
-//! Sources, later ones winning: defaults, a TOML file (`--config`),
-//! `PORTHOLE_<SECTION>_<KEY>` environment variables (for example
-//! `PORTHOLE_API_AUTH_STRATEGY=http_basic`), then command-line flags (see
-//! `main.rs`). Option names follow Ironic's where Ironic has one
+//! Sources, later ones winning: defaults, a TOML file (`--config` or
+//! `PORTHOLE_CONDUCTOR_CONFIG`), `PORTHOLE_CONDUCTOR_<SECTION>_<KEY>`
+//! environment variables (for example
+//! `PORTHOLE_CONDUCTOR_API_AUTH_STRATEGY=http_basic`), then command-line
+//! flags (see `main.rs`); porthole-common's loader layers them. Option names follow Ironic's where Ironic has one
 //! (`auth_strategy`, `http_basic_auth_user_file`). Called by `main.rs` and tests.
 
 use std::net::SocketAddr;
@@ -148,29 +149,18 @@ const SECTIONS: &[&str] = &["api", "database", "console", "power"];
 
 /// The environment prefix and sections porthole-common's loader reads.
 pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
-    prefix: "PORTHOLE_",
+    prefix: "PORTHOLE_CONDUCTOR_",
     sections: SECTIONS,
 };
 
 impl Config {
-    /// Defaults, then `file`, then `PORTHOLE_*` from `env`, then `overrides`;
+    /// Defaults, then `file`, then `PORTHOLE_CONDUCTOR_*` from `env`, then `overrides`;
     /// see `porthole_common::config` for the layering and how values coerce.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(&str, &str, toml::Value)],
     ) -> Result<Self, ConfigError> {
-        // Only the variables naming one of our sections: the shared
-        // `PORTHOLE_` prefix also holds other programs' settings.
-        let env = env.into_iter().filter(|(name, _)| {
-            name.strip_prefix("PORTHOLE_").is_some_and(|rest| {
-                let rest = rest.to_ascii_lowercase();
-                SECTIONS.iter().any(|s| {
-                    rest.strip_prefix(s)
-                        .is_some_and(|k| k.starts_with('_') && k.len() > 1)
-                })
-            })
-        });
         let config: Config = porthole_common::config::load(&LAYOUT, file, env, overrides)?;
         config.validate()?;
         Ok(config)
@@ -216,14 +206,17 @@ mod tests {
     fn env_and_flags_override_defaults() {
         let env = vec![
             (
-                "PORTHOLE_API_AUTH_STRATEGY".to_owned(),
+                "PORTHOLE_CONDUCTOR_API_AUTH_STRATEGY".to_owned(),
                 "http_basic".to_owned(),
             ),
             (
-                "PORTHOLE_API_HTTP_BASIC_AUTH_USER_FILE".to_owned(),
+                "PORTHOLE_CONDUCTOR_API_HTTP_BASIC_AUTH_USER_FILE".to_owned(),
                 "/x".to_owned(),
             ),
-            ("PORTHOLE_POWER_STATE_TIMEOUT".to_owned(), "5s".to_owned()),
+            (
+                "PORTHOLE_CONDUCTOR_POWER_STATE_TIMEOUT".to_owned(),
+                "5s".to_owned(),
+            ),
         ];
         let flags = [(
             "console",
@@ -254,7 +247,7 @@ mod tests {
     #[test]
     fn http_basic_needs_a_user_file() {
         let env = vec![(
-            "PORTHOLE_API_AUTH_STRATEGY".to_owned(),
+            "PORTHOLE_CONDUCTOR_API_AUTH_STRATEGY".to_owned(),
             "http_basic".to_owned(),
         )];
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
@@ -263,8 +256,33 @@ mod tests {
 
     #[test]
     fn numeric_strings_from_the_environment_stay_strings() {
-        let env = vec![("PORTHOLE_POWER_IPMITOOL_PATH".to_owned(), "1".to_owned())];
+        let env = vec![(
+            "PORTHOLE_CONDUCTOR_POWER_IPMITOOL_PATH".to_owned(),
+            "1".to_owned(),
+        )];
         let c = Config::load(None, env, &[]).unwrap();
         assert_eq!(c.power.ipmitool_path, "1");
+    }
+
+    /// One environment for both services: console-svc's keys (its
+    /// `[console]` section has other keys) are not the conductor's; an
+    /// unknown key of its own is an error naming the variable.
+    #[test]
+    fn console_svc_variables_are_not_ours() {
+        let var = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let env = vec![
+            var("PORTHOLE_CONDUCTOR_CONSOLE_ENDPOINT", "http://127.0.0.1:7"),
+            var("PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE", "10000:10100"),
+            var("PORTHOLE_CONSOLE_SVC_SERVICE_REPLICA_ID", "1"),
+        ];
+        let c = Config::load(None, env.clone(), &[]).unwrap();
+        assert_eq!(c.console.endpoint, "http://127.0.0.1:7");
+        let mut env = env;
+        env.push(var("PORTHOLE_CONDUCTOR_CONSOLE_PORT_RANGE", "10000:10100"));
+        let err = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("PORTHOLE_CONDUCTOR_CONSOLE_PORT_RANGE"),
+            "{err}"
+        );
     }
 }

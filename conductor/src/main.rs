@@ -17,7 +17,7 @@ use porthole_common::{shutdown, telemetry};
 )]
 struct Cli {
     /// TOML configuration file.
-    #[arg(long, short, env = "PORTHOLE_CONFIG")]
+    #[arg(long, short, env = "PORTHOLE_CONDUCTOR_CONFIG")]
     config: Option<PathBuf>,
     /// REST listen address (api.listen).
     #[arg(long)]

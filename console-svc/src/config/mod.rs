@@ -1,9 +1,10 @@
 //! console-svc's configuration: one typed struct, read once at start.
 //!
 //! Sources, later ones winning: built-in defaults, a TOML file
-//! (`--config`), `PORTHOLE_<SECTION>_<KEY>` environment variables (for
-//! example `PORTHOLE_CONSOLE_PORT_RANGE=10000:10100`), then command-line
-//! flags. Option names follow Ironic's `[console]` section where Ironic has
+//! (`--config` or `PORTHOLE_CONSOLE_SVC_CONFIG`),
+//! `PORTHOLE_CONSOLE_SVC_<SECTION>_<KEY>` environment variables (for example
+//! `PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE=10000:10100`), then command-line
+//! flags; porthole-common's loader layers them. Option names follow Ironic's `[console]` section where Ironic has
 //! one; README.md has the full reference.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -27,7 +28,7 @@ const SECTIONS: &[&str] = &["service", "console", "native", "vnc", "etcd"];
 
 /// The environment prefix and sections porthole-common's loader reads.
 pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
-    prefix: "PORTHOLE_",
+    prefix: "PORTHOLE_CONSOLE_SVC_",
     sections: SECTIONS,
 };
 
@@ -59,7 +60,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// A list, or one string of comma-separated items (for `PORTHOLE_VNC_*`).
+/// A list, or one string of comma-separated items (for `PORTHOLE_CONSOLE_SVC_VNC_*`).
 fn list_or_csv<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -97,7 +98,7 @@ impl Default for ServiceConfig {
 }
 
 impl Config {
-    /// Defaults, then `file`, then `PORTHOLE_*` variables from `env`, then
+    /// Defaults, then `file`, then `PORTHOLE_CONSOLE_SVC_*` variables from `env`, then
     /// `overrides` (`section.key = value` pairs from flags); see
     /// `porthole_common::config` for the layering and how values coerce.
     pub fn load(
@@ -105,17 +106,6 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(&str, &str, toml::Value)],
     ) -> Result<Self, ConfigError> {
-        // Only the variables naming one of our sections: the shared
-        // `PORTHOLE_` prefix also holds other programs' settings.
-        let env = env.into_iter().filter(|(name, _)| {
-            name.strip_prefix("PORTHOLE_").is_some_and(|rest| {
-                let rest = rest.to_ascii_lowercase();
-                SECTIONS.iter().any(|s| {
-                    rest.strip_prefix(s)
-                        .is_some_and(|k| k.starts_with('_') && k.len() > 1)
-                })
-            })
-        });
         let config: Config = porthole_common::config::load(&LAYOUT, file, env, overrides)?;
         config.validate()?;
         Ok(config)
@@ -182,15 +172,15 @@ mod tests {
         .unwrap();
         let env = vec![
             (
-                "PORTHOLE_CONSOLE_PORT_RANGE".to_owned(),
+                "PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE".to_owned(),
                 "12000:12010".to_owned(),
             ),
             (
-                "PORTHOLE_NATIVE_SCROLLBACK_BYTES".to_owned(),
+                "PORTHOLE_CONSOLE_SVC_NATIVE_SCROLLBACK_BYTES".to_owned(),
                 "100".to_owned(),
             ),
             (
-                "PORTHOLE_ETCD_ENDPOINTS".to_owned(),
+                "PORTHOLE_CONSOLE_SVC_ETCD_ENDPOINTS".to_owned(),
                 "http://127.0.0.1:1, http://127.0.0.1:2".to_owned(),
             ),
             ("UNRELATED".to_owned(), "x".to_owned()),
@@ -200,7 +190,7 @@ mod tests {
         assert!(err.to_string().contains("secret_key_file"), "{err}");
         let mut env = env;
         env.push((
-            "PORTHOLE_ETCD_SECRET_KEY_FILE".to_owned(),
+            "PORTHOLE_CONSOLE_SVC_ETCD_SECRET_KEY_FILE".to_owned(),
             "/etc/porthole/etcd.key".to_owned(),
         ));
         let c = Config::load(Some(&file), env, &flags).unwrap();
@@ -222,7 +212,10 @@ mod tests {
         let env = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
         let c = Config::load(
             None,
-            env("PORTHOLE_VNC_UPSTREAM_SECURITY", "vncauth, none"),
+            env(
+                "PORTHOLE_CONSOLE_SVC_VNC_UPSTREAM_SECURITY",
+                "vncauth, none",
+            ),
             &[],
         )
         .unwrap();
@@ -230,30 +223,79 @@ mod tests {
             c.vnc.upstream_security,
             vec![VncUpstreamSecurity::Vncauth, VncUpstreamSecurity::None]
         );
-        let err = Config::load(None, env("PORTHOLE_VNC_AUTH_SCHEMES", "none,vencrypt"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(
+            None,
+            env("PORTHOLE_CONSOLE_SVC_VNC_AUTH_SCHEMES", "none,vencrypt"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("vencrypt_cert"), "{err}");
-        let err = Config::load(None, env("PORTHOLE_VNC_AUTH_SCHEMES", "vnc"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(
+            None,
+            env("PORTHOLE_CONSOLE_SVC_VNC_AUTH_SCHEMES", "vnc"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("vnc"), "{err}");
     }
 
     #[test]
     fn errors_name_the_problem() {
-        let env = vec![("PORTHOLE_CONSOLE_PORT_RANGE".to_owned(), "9:1".to_owned())];
+        let env = vec![(
+            "PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE".to_owned(),
+            "9:1".to_owned(),
+        )];
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("port_range"), "{err}");
-        let env = vec![("PORTHOLE_CONSOLE_BOGUS".to_owned(), "1".to_owned())];
+        let env = vec![(
+            "PORTHOLE_CONSOLE_SVC_CONSOLE_BOGUS".to_owned(),
+            "1".to_owned(),
+        )];
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
     }
 
     #[test]
     fn a_numeric_replica_id_from_the_environment_is_a_string() {
-        let env = vec![("PORTHOLE_SERVICE_REPLICA_ID".to_owned(), "1".to_owned())];
+        let env = vec![(
+            "PORTHOLE_CONSOLE_SVC_SERVICE_REPLICA_ID".to_owned(),
+            "1".to_owned(),
+        )];
         let c = Config::load(None, env, &[]).unwrap();
         assert_eq!(c.service.replica_id, "1");
+    }
+
+    /// One environment for both services: the conductor's keys (its
+    /// `[console]` section has other keys) and the old shared names are not
+    /// console-svc's.
+    #[test]
+    fn other_services_variables_are_not_ours() {
+        let env = vec![
+            (
+                "PORTHOLE_CONSOLE_SVC_SERVICE_REPLICA_ID".to_owned(),
+                "1".to_owned(),
+            ),
+            (
+                "PORTHOLE_CONSOLE_SVC_CONSOLE_KILL_TIMEOUT".to_owned(),
+                "4s".to_owned(),
+            ),
+            (
+                "PORTHOLE_CONDUCTOR_CONSOLE_ENDPOINT".to_owned(),
+                "http://x:1".to_owned(),
+            ),
+            (
+                "PORTHOLE_CONDUCTOR_SERVICE_REPLICA_ID".to_owned(),
+                "2".to_owned(),
+            ),
+            (
+                "PORTHOLE_CONSOLE_ENDPOINT".to_owned(),
+                "http://x:1".to_owned(),
+            ),
+        ];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.service.replica_id, "1");
+        assert_eq!(c.console.kill_timeout, Duration::from_secs(4));
     }
 }
