@@ -3,7 +3,7 @@
 //! `main.rs` parses the command line and calls [`run`]; tests call the same
 //! entry point in-process. Module map:
 //!
-//! - [`config`]: the typed configuration (file, `PORTHOLE_*`, flags).
+//! - [`config`]: the typed configuration (file, `PORTHOLE_CONDUCTOR_*`, flags).
 //! - [`model`], [`db`], [`seal`]: nodes and ports, their SQLite registry,
 //!   passwords sealed at rest.
 //! - [`service`]: the domain operations (create, PATCH, power, console).
