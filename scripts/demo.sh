@@ -9,7 +9,7 @@
 # Starts ../shared/rig (RIG_RUN_DIR=.run/demo/rig, RIG_BASE_PORT=23000 or
 # PORTHOLE_DEMO_RIG_BASE, 2 BMCs), builds console-svc (debug), runs
 # `console-svc serve` on 127.0.0.1:23950 with console ports 23900:23910 and
-# the conductor (Ironic API) on 127.0.0.1:23960, creates node "demo-node" on
+# the conductor (Ironic API) on 127.0.0.1:23960 (metrics: :23951, :23961), creates node "demo-node" on
 # bmc0 (the password goes in a request body, never in argv), runs
 # `openstack baremetal node console enable` and `... console show`, and tells
 # you how to be the viewer and the node. Needs python3 (rig.json, the --check round trip). Everything listens on 127.0.0.1 only, and everything
@@ -25,6 +25,8 @@ SERVER=http://$GRPC
 RANGE=${PORTHOLE_DEMO_PORT_RANGE:-23900:23910}
 NODE=demo-node
 API=127.0.0.1:${PORTHOLE_DEMO_API_PORT:-23960}
+SVC_METRICS=127.0.0.1:${PORTHOLE_DEMO_SVC_METRICS_PORT:-23951}
+COND_METRICS=127.0.0.1:${PORTHOLE_DEMO_API_METRICS_PORT:-23961}
 CHECK=0
 BACKEND=native
 while [ $# -gt 0 ]; do
@@ -88,7 +90,7 @@ print(b["port"], b["username"], b["password_file"], b["host_console"]["port"])' 
 say "starting console-svc serve ($BACKEND backend) on $GRPC"
 env -u PORTHOLE_TEST_CONSOLE_SVC_BIN PORTHOLE_LOG=${PORTHOLE_LOG:-info} setsid "$BIN" serve --listen "$GRPC" \
   --backend "$BACKEND" --port-range "$RANGE" --socat-address 127.0.0.1 \
-  --terminal-pid-dir "$DEMO/pids" </dev/null >"$DEMO/console-svc.log" 2>&1 &
+  --terminal-pid-dir "$DEMO/pids" --metrics-listen "$SVC_METRICS" </dev/null >"$DEMO/console-svc.log" 2>&1 &
 SVC_PID=$!
 SVC_START=$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$SVC_PID/stat")
 for i in $(seq 1 100); do
@@ -100,7 +102,7 @@ done
 
 say "starting the conductor (Ironic API) on $API"
 PORTHOLE_LOG=${PORTHOLE_LOG:-info} setsid "$CONDUCTOR" --listen "$API" --console-svc "$SERVER" \
-  --database "$DEMO/conductor.sqlite" </dev/null >"$DEMO/conductor.log" 2>&1 &
+  --database "$DEMO/conductor.sqlite" --metrics-listen "$COND_METRICS" </dev/null >"$DEMO/conductor.log" 2>&1 &
 COND_PID=$!
 COND_START=$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$COND_PID/stat")
 for i in $(seq 1 100); do
@@ -161,6 +163,14 @@ viewer.sendall(b"demo-in \x00\x03\x1b\xff\r")
 wait_for(node, b"demo-in \x00\x03\x1b\xff\r", 15)
 print("demo.sh: round trip ok: node output reached the viewer, keystrokes (8-bit) reached the node")
 PY
+  python3 - "$SVC_METRICS" "$COND_METRICS" <<'PY'
+import sys, urllib.request
+svc, cond = (urllib.request.urlopen(f"http://{a}/metrics", timeout=5).read().decode() for a in sys.argv[1:])
+typed = [l for l in svc.splitlines() if l.startswith('porthole_console_viewer_bytes_total{kind="serial",direction="to_node"}')]
+if not typed or float(typed[0].split()[-1]) <= 0 or not cond.rstrip().endswith("# EOF"):
+    raise SystemExit("demo.sh: /metrics does not show the round trip: %r" % typed)
+print("demo.sh: metrics ok: console-svc counted %s bytes typed" % typed[0].split()[-1])
+PY
   $OS baremetal node console disable "$NODE"
   say "check passed"
   exit 0
@@ -184,6 +194,8 @@ cat <<EOF
             $BIN show $NODE --server $SERVER --json
             $BIN log $NODE --server $SERVER          (native backend)
             $BIN disable $NODE --server $SERVER
+  Prometheus metrics:  curl http://$SVC_METRICS/metrics     (console-svc)
+                       curl http://$COND_METRICS/metrics    (conductor)
   Logs: $DEMO/console-svc.log, $DEMO/conductor.log
 
   Ctrl-C stops the conductor, console-svc and the rig.

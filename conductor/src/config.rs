@@ -47,6 +47,8 @@ pub struct ApiConfig {
     pub public_endpoint: Option<String>,
     /// `text` or `json` log lines.
     pub log_format: String,
+    /// Where to serve Prometheus metrics (`GET /metrics`); unset: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -100,6 +102,7 @@ impl Default for ApiConfig {
             allow_noauth_on_any_address: false,
             public_endpoint: None,
             log_format: "text".into(),
+            metrics_listen: None,
         }
     }
 }
@@ -283,6 +286,26 @@ mod tests {
         assert!(
             err.contains("PORTHOLE_CONDUCTOR_CONSOLE_PORT_RANGE"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_an_address_is_given() {
+        assert_eq!(
+            Config::load(None, Vec::new(), &[])
+                .unwrap()
+                .api
+                .metrics_listen,
+            None
+        );
+        let env = vec![(
+            "PORTHOLE_CONDUCTOR_API_METRICS_LISTEN".to_owned(),
+            "127.0.0.1:9465".to_owned(),
+        )];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(
+            c.api.metrics_listen,
+            Some("127.0.0.1:9465".parse().unwrap())
         );
     }
 }

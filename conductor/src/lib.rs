@@ -12,12 +12,14 @@
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
 //! - [`patch`]: JSON Patch.
 //! - [`logfmt`]: text log lines with control characters escaped (in porthole-common).
+//! - [`metrics`]: the Prometheus metrics (`api.metrics_listen`).
 
 pub mod api;
 pub mod config;
 pub mod console;
 pub mod db;
 pub use porthole_common::logfmt;
+pub mod metrics;
 pub mod model;
 pub mod patch;
 pub mod power;
@@ -58,6 +60,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("power drivers: {0}")]
     Power(#[from] power::PowerError),
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[from] porthole_common::metrics::MetricsError),
 }
 
 /// How long a stop waits for open API connections to finish.
@@ -91,6 +95,17 @@ pub async fn run(
                 .map_err(|e| RunError::Serve(std::io::Error::other(e)))??;
             Some(Arc::new(basic))
         }
+    };
+    let metrics = match config.api.metrics_listen {
+        Some(at) => Some(
+            porthole_common::metrics::MetricsServer::start(
+                at,
+                metrics::get().registry(),
+                shutdown.child_token(),
+            )
+            .await?,
+        ),
+        None => None,
     };
     let opened = {
         let (config, shutdown) = (config.clone(), shutdown.clone());
@@ -135,6 +150,9 @@ pub async fn run(
         }
     };
     shutdown.cancel();
+    if let Some(m) = metrics {
+        m.stop().await;
+    }
     conductor.tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), conductor.tasks.wait())
         .await

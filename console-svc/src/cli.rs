@@ -7,12 +7,13 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pb::console_service_client::ConsoleServiceClient;
+use porthole_common::tls::ClientTls;
 use porthole_proto::console::v1 as pb;
 use serde::Serialize;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +71,9 @@ pub struct ServeArgs {
     /// Log lines as JSON (service.log_format = "json").
     #[arg(long)]
     pub log_json: bool,
+    /// Serve Prometheus metrics on GET /metrics here (service.metrics_listen).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -95,6 +99,9 @@ impl ServeArgs {
         if self.log_json {
             o.push(("service", "log_format", s("json")));
         }
+        if let Some(v) = &self.metrics_listen {
+            o.push(("service", "metrics_listen", s(&v.to_string())));
+        }
         o
     }
 }
@@ -108,9 +115,34 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
+    /// PEM CA that signed the service's certificate (TLS; default with an
+    /// https:// URL: the system's roots).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a service that requires one (mutual TLS).
+    #[arg(long, requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM key of --cert-file.
+    #[arg(long, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// Name to check in the service's certificate (default: the URL's host).
+    #[arg(long)]
+    pub server_name: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+impl ClientArgs {
+    /// The TLS options given, if any.
+    pub fn tls(&self) -> ClientTls {
+        ClientTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            server_name: self.server_name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +190,48 @@ pub struct LogArgs {
 
 /// Run a client command, writing its output to `out`.
 pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
+    let hint = client_args(&command).and_then(certificate_hint);
+    let done = commands(command, out).await;
+    match (done, hint) {
+        (Err(e), Some(hint)) if closed_under_us(&e) => Err(e.context(hint)),
+        (done, _) => done,
+    }
+}
+
+/// The connection options of a client command.
+fn client_args(command: &Command) -> Option<&ClientArgs> {
+    match command {
+        Command::Enable(a) => Some(&a.client),
+        Command::Disable(a) | Command::Show(a) => Some(&a.client),
+        Command::Log(a) => Some(&a.client),
+        Command::List(a) | Command::Drain(a) => Some(a),
+        Command::Serve(_) | Command::SolExec => None,
+    }
+}
+
+/// A TLS server that wants a client certificate closes the connection
+/// after the handshake; the call then fails with a bare transport error.
+/// Say what is likely missing when no certificate was given.
+fn certificate_hint(args: &ClientArgs) -> Option<String> {
+    (args.server.starts_with("https://") && args.cert_file.is_none()).then(|| {
+        format!(
+            "console-svc at {} closed the connection; if it requires a client \
+             certificate, give --cert-file and --key-file",
+            args.server
+        )
+    })
+}
+
+/// Whether `e` is a call whose connection failed under it.
+fn closed_under_us(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<tonic::Status>()
+            .and_then(|s| std::error::Error::source(s))
+            .is_some_and(|s| s.is::<tonic::transport::Error>())
+    })
+}
+
+async fn commands(command: Command, out: &mut impl Write) -> Result<()> {
     match command {
         Command::Enable(a) => {
             let password = std::fs::read_to_string(&a.bmc_password_file)
@@ -240,9 +314,21 @@ pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
 }
 
 async fn connect(args: &ClientArgs) -> Result<ConsoleServiceClient<Channel>> {
-    ConsoleServiceClient::connect(args.server.clone())
+    let server = &args.server;
+    let mut endpoint = Endpoint::from_shared(server.clone())
+        .with_context(|| format!("--server {server}: not a URL"))?;
+    let tls = args.tls();
+    if tls.wanted(server) {
+        if !server.starts_with("https://") {
+            bail!("--server {server}: TLS options need an https:// URL");
+        }
+        endpoint = endpoint.tls_config(tls.tonic(("--cert-file", "--key-file"))?)?;
+    }
+    let channel = endpoint
+        .connect()
         .await
-        .with_context(|| format!("connecting to console-svc at {}", args.server))
+        .with_context(|| format!("connecting to console-svc at {server}"))?;
+    Ok(ConsoleServiceClient::new(channel))
 }
 
 /// The JSON shape of a console, as `--json` prints it.

@@ -14,6 +14,7 @@
 //! - [`process`]: recorded child processes, cleaned up after a crash.
 //! - [`grpc`]: `console.v1.ConsoleService`, health and reflection.
 //! - [`cli`]: the operator's client commands.
+//! - [`metrics`]: the Prometheus metrics (`service.metrics_listen`).
 
 pub mod backoff;
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod coordinator;
 pub mod error;
 pub mod grpc;
 pub mod manager;
+pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod seal;

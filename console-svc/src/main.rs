@@ -10,8 +10,9 @@ use porthole_common::{shutdown, telemetry};
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Command::SolExec = cli.command {
-        // Runs under socat for each console connection; only returns on failure.
-        return Err(console_svc::sol::socat::sol_exec()).context("console-svc sol-exec");
+        // Runs under socat for each console connection, asking this
+        // replica's activation gate before it touches the BMC.
+        std::process::exit(console_svc::sol::sol_exec::run());
     }
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {

@@ -25,6 +25,10 @@ pub enum IpmitoolError {
     Spawn { program: String, source: io::Error },
     #[error("{what} did not finish within {timeout:?}")]
     Timeout { what: String, timeout: Duration },
+    /// Still running at the caller's deadline (an HA lease's fence
+    /// deadline): killed there at once.
+    #[error("{what} was still running at the deadline and was killed")]
+    PastDeadline { what: String },
     /// ipmitool talked to (or failed to reach) the BMC; `message` is its own
     /// words, trimmed into one line.
     #[error("BMC {bmc}: {message}")]
@@ -168,7 +172,20 @@ impl Ipmitool {
         spawner: &S,
         command: &[&str],
     ) -> Result<String, IpmitoolError> {
-        let mut cmd = self.command(command)?;
+        let cmd = self.command(command)?;
+        self.run_command(spawner, cmd, command, None).await
+    }
+
+    /// [`Ipmitool::run`] for a command the caller prepared (from
+    /// [`Ipmitool::command`], plus its own pre-exec checks), killed at once
+    /// if still running at `deadline`.
+    pub async fn run_command<S: Spawn>(
+        &self,
+        spawner: &S,
+        mut cmd: Command,
+        command: &[&str],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<String, IpmitoolError> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -190,11 +207,21 @@ impl Ipmitool {
             let status = child.wait().await?;
             Ok::<_, io::Error>((status, out, err))
         };
-        let result = tokio::time::timeout(self.timeout, io).await;
-        child.terminate().await;
-        let (status, out, err) = match result {
-            Ok(r) => r?,
+        let timeout_at = tokio::time::Instant::now() + self.timeout;
+        let bound = deadline.map_or(timeout_at, |d| d.min(timeout_at));
+        let (status, out, err) = match tokio::time::timeout_at(bound, io).await {
+            Ok(r) => {
+                child.terminate().await;
+                r?
+            }
+            Err(_) if bound < timeout_at => {
+                // Killed at once (dropped): past the deadline not even
+                // ipmitool's own goodbye may reach the BMC.
+                drop(child);
+                return Err(IpmitoolError::PastDeadline { what });
+            }
             Err(_) => {
+                child.terminate().await;
                 return Err(IpmitoolError::Timeout {
                     what: format!("{what} on BMC {}", self.lan.display_addr()),
                     timeout: self.timeout,
@@ -341,5 +368,22 @@ mod tests {
         let t = Ipmitool::new("/nonexistent/ipmitool", lan(""), Duration::from_secs(1));
         let err = t.run(&Direct, &["power", "status"]).await.unwrap_err();
         assert!(matches!(err, IpmitoolError::Spawn { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_run_past_its_deadline_is_killed_there() {
+        let (_dir, t) = tool("exec sleep 30", Duration::from_secs(20));
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        let cmd = t.command(&["sol", "deactivate"]).unwrap();
+        let err = t
+            .run_command(&Direct, cmd, &["sol", "deactivate"], Some(deadline))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, IpmitoolError::PastDeadline { what } if what == "ipmitool sol deactivate"),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

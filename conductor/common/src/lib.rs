@@ -2,12 +2,16 @@
 //! Ironic keeps `ironic.common`: configuration loading (defaults < TOML file
 //! < the service's own `PORTHOLE_<SERVICE>_…` environment < flags,
 //! [`config`]), tracing set-up ([`telemetry`], [`logfmt`]), signals turned into a
-//! `CancellationToken` ([`shutdown`]) and the one sealing format ([`seal`]).
+//! `CancellationToken` ([`shutdown`]), the one sealing format ([`seal`]),
+//! the Prometheus `/metrics` endpoint ([`metrics`]) and the TLS settings
+//! ([`tls`]).
 //!
 //! Callers: the services' `main.rs` and `lib.rs`. It imports no service crate.
 
 pub mod config;
 pub mod logfmt;
+pub mod metrics;
 pub mod seal;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

@@ -48,6 +48,7 @@ impl Ipmi {
         let what = format!("ipmitool {}", command.join(" "));
         self.tool.run(&Direct, &argv).await.map_err(|e| match e {
             IpmitoolError::Spawn { program, source } => PowerError::Spawn { program, source },
+            IpmitoolError::PastDeadline { what } => PowerError::Bmc(what),
             IpmitoolError::Timeout { timeout, .. } => PowerError::Timeout {
                 what: format!("{what} on BMC {}", self.tool.lan.display_addr()),
                 timeout,

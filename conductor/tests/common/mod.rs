@@ -44,6 +44,8 @@ pub fn clients() -> Option<PathBuf> {
 pub struct TestConductor {
     pub dir: tempfile::TempDir,
     pub console_svc: String,
+    /// More `(section, key, value)` settings, e.g. the console TLS files.
+    pub extra: Vec<(&'static str, &'static str, toml::Value)>,
     pub url: String,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), conductor::RunError>>>,
@@ -51,12 +53,21 @@ pub struct TestConductor {
 
 impl TestConductor {
     pub async fn start(console_svc: &str) -> Result<Self> {
+        Self::start_with(console_svc, Vec::new()).await
+    }
+
+    /// [`TestConductor::start`] with more settings.
+    pub async fn start_with(
+        console_svc: &str,
+        extra: Vec<(&'static str, &'static str, toml::Value)>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("porthole-conductor-")
             .tempdir()?;
         let mut c = Self {
             dir,
             console_svc: console_svc.to_owned(),
+            extra,
             url: String::new(),
             shutdown: CancellationToken::new(),
             task: None,
@@ -68,12 +79,13 @@ impl TestConductor {
     pub fn config(&self) -> Result<Config> {
         let s = |v: &str| toml::Value::String(v.to_owned());
         let db = self.dir.path().join("conductor.sqlite");
-        let overrides = [
+        let mut overrides = vec![
             ("console", "endpoint", s(&self.console_svc)),
             ("database", "path", s(&db.display().to_string())),
             ("power", "poll_interval", s("200ms")),
             ("power", "state_timeout", s("30s")),
         ];
+        overrides.extend(self.extra.iter().cloned());
         Ok(Config::load(None, Vec::new(), &overrides)?)
     }
 

@@ -1,10 +1,18 @@
-//! ipmitool as console-svc's SOL code runs it: porthole-bmc's one runner
-//! (argv, password memfd at fd 3 as `-f /dev/fd/3`, timeout, error summary)
-//! pointed at a console's [`IpmiTarget`], its children recorded in the
-//! [`ProcessTable`] so a crash leaves none behind.
+//! ipmitool invocations through porthole-bmc's one runner: argv built as a
+//! vector, the password through its sealed memfd at fd 3 (`-f /dev/fd/3`),
+//! never argv or the environment, the timeout and the error summary; the
+//! children recorded in the [`ProcessTable`].
+//!
+//! Every invocation is a BMC action, so every one passes the claim's BMC
+//! gate ([`Fence::permit`]) immediately before it is spawned, and again in
+//! the child between fork and exec (the deadline on CLOCK_MONOTONIC, see
+//! [`crate::process::guard_child`]): a replica paused past its lease's fence
+//! deadline sends nothing to the BMC. The child also dies with console-svc
+//! (`PR_SET_PDEATHSIG`).
 //!
 //! Callers: the native backend (deactivate, then `sol activate` under a pty),
-//! the socat backend (the EXEC'd helper), the manager's BMC probe.
+//! the socat backend (its end-of-console deactivate; the per-connection
+//! helper builds its own commands), the manager's BMC probe.
 
 use std::ffi::OsString;
 use std::io;
@@ -12,21 +20,24 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use porthole_bmc::ipmitool::explain;
+pub use porthole_bmc::ipmitool::{explain, summarize};
 use porthole_bmc::ipmitool::{Ipmitool, IpmitoolError, Lanplus, Running, Spawn};
 pub use porthole_bmc::{PasswordFd, PASSWORD_FD};
 use tokio::process::{Child, Command};
 
 use super::SolError;
+use crate::coordinator::gate::BmcPermit;
+use crate::coordinator::Fence;
 use crate::process::{ProcessTable, Supervised};
 use crate::spec::IpmiTarget;
 
-/// One BMC as seen through ipmitool.
+/// One BMC as seen through ipmitool, under one console's claim.
 #[derive(Clone)]
 pub struct IpmiTool {
     tool: Ipmitool,
     target: IpmiTarget,
     processes: Arc<ProcessTable>,
+    fence: Fence,
 }
 
 impl IpmiTool {
@@ -35,6 +46,7 @@ impl IpmiTool {
         target: IpmiTarget,
         timeout: Duration,
         processes: Arc<ProcessTable>,
+        fence: Fence,
     ) -> Self {
         let lan = Lanplus {
             address: target.address.clone(),
@@ -48,7 +60,13 @@ impl IpmiTool {
             tool: Ipmitool::new(program, lan, timeout),
             target,
             processes,
+            fence,
         }
+    }
+
+    /// The BMC gate for this claim, now.
+    pub fn permit(&self) -> Result<BmcPermit, SolError> {
+        Ok(self.fence.permit()?)
     }
 
     pub fn target(&self) -> &IpmiTarget {
@@ -66,9 +84,16 @@ impl IpmiTool {
     }
 
     /// A command for `ipmitool ... <command>` with the password attached at
-    /// fd 3 (the caller makes the child lead its own process group).
-    pub fn command(&self, command: &[&str]) -> io::Result<Command> {
-        self.tool.command(command)
+    /// fd 3, only while the BMC gate is open; the child re-checks the
+    /// deadline before exec and dies with console-svc.
+    pub fn command(&self, command: &[&str]) -> Result<Command, SolError> {
+        self.command_under(&self.permit()?, command)
+    }
+
+    fn command_under(&self, permit: &BmcPermit, command: &[&str]) -> Result<Command, SolError> {
+        let mut cmd = self.tool.command(command)?;
+        crate::process::guard_child(cmd.as_std_mut(), permit.until_std());
+        Ok(cmd)
     }
 
     /// The password memfd, for a caller that builds its own command (socat).
@@ -78,11 +103,24 @@ impl IpmiTool {
 
     /// Run a short ipmitool command to completion within the timeout; its
     /// stdout on success, its own error text otherwise.
+    /// A run still going at the lease's fence deadline is killed there (no
+    /// ipmitool of this replica talks to the BMC past it).
     pub async fn run(&self, command: &[&str]) -> Result<String, SolError> {
-        self.tool
-            .run(&Recorded(&self.processes), command)
-            .await
-            .map_err(SolError::from)
+        let permit = self.permit()?;
+        let cmd = self.command_under(&permit, command)?;
+        let run = self
+            .tool
+            .run_command(&Recorded(&self.processes), cmd, command, permit.until())
+            .await;
+        run.map_err(|e| match e {
+            IpmitoolError::Spawn { source, .. } => spawn_error(source),
+            IpmitoolError::PastDeadline { what } => {
+                SolError::Fenced(crate::coordinator::CoordError::PastDeadline(format!(
+                    "{what} was still running at the fence deadline and was killed"
+                )))
+            }
+            other => SolError::from(other),
+        })
     }
 
     /// End any SOL session on the BMC (ours from a previous run included).
@@ -103,6 +141,20 @@ impl IpmiTool {
         self.run(&["-N", "1", "-R", "2", "chassis", "power", "status"])
             .await
             .map(drop)
+    }
+}
+
+/// A failed ipmitool spawn; the child's own refusal at the fence deadline
+/// (see [`crate::process::guard_child`]) is the gate's.
+pub fn spawn_error(source: io::Error) -> SolError {
+    if crate::process::refused_past_deadline(&source) {
+        return SolError::Fenced(crate::coordinator::CoordError::PastDeadline(
+            "the deadline passed between the check and the exec".into(),
+        ));
+    }
+    SolError::Spawn {
+        program: "ipmitool",
+        source,
     }
 }
 
@@ -131,11 +183,13 @@ impl Running for Supervised {
 impl From<IpmitoolError> for SolError {
     fn from(e: IpmitoolError) -> Self {
         match e {
-            IpmitoolError::Spawn { source, .. } => SolError::Spawn {
-                program: "ipmitool",
-                source,
-            },
+            IpmitoolError::Spawn { source, .. } => spawn_error(source),
             IpmitoolError::Timeout { what, timeout } => SolError::Timeout { what, timeout },
+            IpmitoolError::PastDeadline { what } => {
+                SolError::Fenced(crate::coordinator::CoordError::PastDeadline(format!(
+                    "{what} was still running at the fence deadline and was killed"
+                )))
+            }
             IpmitoolError::Bmc { bmc, message, .. } => SolError::Bmc { bmc, message },
             IpmitoolError::Io(e) => SolError::Io(e),
         }
@@ -148,9 +202,16 @@ mod tests {
     use crate::secret::Secret;
     use crate::spec::PrivilegeLevel;
 
-    fn tool(dir: &std::path::Path, program: &str) -> IpmiTool {
+    fn tool() -> IpmiTool {
+        let dir = std::env::temp_dir().join(format!("porthole-ipmitool-{}", std::process::id()));
+        let coordinator = Arc::new(crate::coordinator::local::LocalCoordinator::new("t"));
+        let ownership = crate::coordinator::Ownership {
+            node: crate::spec::NodeId::parse("n").unwrap(),
+            token: 1,
+            lease: 0,
+        };
         IpmiTool::new(
-            program,
+            "ipmitool",
             IpmiTarget {
                 address: "127.0.0.1".into(),
                 port: 21100,
@@ -161,52 +222,84 @@ mod tests {
             },
             Duration::from_secs(5),
             Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap()),
+            Fence::new(coordinator, ownership),
         )
     }
 
     #[test]
-    fn argv_has_the_targets_cipher_suite_privilege_and_no_password() {
-        let dir = tempfile::tempdir().unwrap();
-        let args: Vec<String> = tool(dir.path(), "ipmitool")
+    fn argv_has_the_cipher_suite_and_no_password() {
+        let args: Vec<String> = tool()
             .args(&["sol", "activate"])
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
         let joined = args.join(" ");
-        assert!(joined.contains("-C 3 -L ADMINISTRATOR"), "{joined}");
+        assert!(joined.contains("-C 3"), "{joined}");
         assert!(joined.contains("-f /dev/fd/3"), "{joined}");
         assert!(joined.ends_with("sol activate"));
         assert!(!joined.contains("s3cret-pw"));
+        assert!(!args.iter().any(|a| a == "-P" || a == "-E"));
     }
 
     #[tokio::test]
-    async fn runs_are_recorded_then_forgotten_and_errors_keep_their_shape() {
-        let dir = tempfile::tempdir().unwrap();
-        let procs = dir.path().join("procs");
-        std::fs::create_dir(&procs).unwrap();
-        let script = dir.path().join("fake-ipmitool");
-        // The table writes its record just after the spawn: give it a moment.
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\nsleep 0.3; ls {} | wc -l; cat /dev/fd/3\n[ \"$*\" != \"${{*%fail}}\" ] && exit 1; exit 0\n",
-                procs.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let t = tool(&procs, script.to_str().unwrap());
-        let out = t.run(&["power", "status"]).await.unwrap();
-        // While it ran, its record was in the table; after, none is left.
-        assert_eq!(out, "1\ns3cret-pw");
-        assert_eq!(std::fs::read_dir(&procs).unwrap().count(), 0);
-        match t.run(&["fail"]).await {
-            Err(SolError::Bmc { bmc, message }) => {
-                assert_eq!(bmc, "127.0.0.1:21100");
-                assert_eq!(message, "1; s3cret-pw");
-            }
-            other => panic!("{other:?}"),
-        }
+    async fn the_child_reads_the_password_from_fd_3_every_time() {
+        // `cat /dev/fd/3` twice stands in for two ipmitool runs under one socat.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "cat /dev/fd/3; echo; cat /dev/fd/3"]);
+        tool().password_fd().unwrap().attach(&mut cmd);
+        let out = cmd.output().await.unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "s3cret-pw\ns3cret-pw"
+        );
+    }
+
+    /// An ipmitool (here a shell that would sleep 30 s) still running at
+    /// the fence deadline is killed there; one asked for after it is never
+    /// started.
+    #[tokio::test]
+    async fn a_run_does_not_outlive_the_fence_deadline() {
+        use crate::coordinator::gate::testing::Gated;
+        use crate::coordinator::Coordinator;
+        let dir = std::env::temp_dir().join(format!("porthole-ipmitool-dl-{}", std::process::id()));
+        let (gated, _state) = Gated::new(9, Duration::from_millis(400));
+        let gated = Arc::new(gated);
+        let ownership = gated
+            .acquire(&crate::spec::NodeId::parse("n").unwrap())
+            .await
+            .unwrap();
+        let script = dir.join("slow-ipmitool");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let base = tool();
+        let slow = IpmiTool::new(
+            script.into_os_string(),
+            base.target.clone(),
+            Duration::from_secs(5),
+            base.processes.clone(),
+            Fence::new(gated, ownership),
+        );
+        let started = tokio::time::Instant::now();
+        let err = slow.run(&["sol", "deactivate"]).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, SolError::Fenced(_)), "{err}");
+        assert!(err.to_string().contains("killed"), "{err}");
+        assert!(took < Duration::from_secs(2), "killed after {took:?}");
+        let err = slow.run(&["sol", "deactivate"]).await.unwrap_err();
+        assert!(err.to_string().contains("fence deadline"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn summaries_explain_session_failures() {
+        let s = summarize(
+            "Error: Unable to establish IPMI v2 / RMCP+ session\n",
+            "",
+            Some(1),
+        );
+        assert!(s.contains("unreachable"), "{s}");
+        assert!(summarize("", "", Some(1)).contains("said nothing"));
     }
 }
