@@ -88,7 +88,7 @@ print(b["port"], b["username"], b["password_file"], b["host_console"]["port"])' 
 [ -n "$NODE_PORT" ] || { say "cannot read bmc0 from $RIG_RUN_DIR/rig.json"; exit 1; }
 
 say "starting console-svc serve ($BACKEND backend) on $GRPC"
-env -u PORTHOLE_CONSOLE_SVC_BIN PORTHOLE_LOG=${PORTHOLE_LOG:-info} setsid "$BIN" serve --listen "$GRPC" \
+env -u PORTHOLE_TEST_CONSOLE_SVC_BIN PORTHOLE_LOG=${PORTHOLE_LOG:-info} setsid "$BIN" serve --listen "$GRPC" \
   --backend "$BACKEND" --port-range "$RANGE" --socat-address 127.0.0.1 \
   --terminal-pid-dir "$DEMO/pids" --metrics-listen "$SVC_METRICS" </dev/null >"$DEMO/console-svc.log" 2>&1 &
 SVC_PID=$!

@@ -1,9 +1,10 @@
 //! The conductor's configuration: one typed struct, read once at start.
 //!
-//! Sources, later ones winning: defaults, a TOML file (`--config`),
-//! `PORTHOLE_<SECTION>_<KEY>` environment variables (for example
-//! `PORTHOLE_API_AUTH_STRATEGY=http_basic`), then command-line flags (see
-//! `main.rs`). Option names follow Ironic's where Ironic has one
+//! Sources, later ones winning: defaults, a TOML file (`--config` or
+//! `PORTHOLE_CONDUCTOR_CONFIG`), `PORTHOLE_CONDUCTOR_<SECTION>_<KEY>`
+//! environment variables (for example
+//! `PORTHOLE_CONDUCTOR_API_AUTH_STRATEGY=http_basic`), then command-line
+//! flags (see `main.rs`); porthole-common's loader layers them. Option names follow Ironic's where Ironic has one
 //! (`auth_strategy`, `http_basic_auth_user_file`). Called by `main.rs` and tests.
 
 use std::net::SocketAddr;
@@ -12,21 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
+pub use porthole_common::config::ConfigError;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -163,35 +150,21 @@ pub fn runtime_dir() -> PathBuf {
 
 const SECTIONS: &[&str] = &["api", "database", "console", "power"];
 
+/// The environment prefix and sections porthole-common's loader reads.
+pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
+    prefix: "PORTHOLE_CONDUCTOR_",
+    sections: SECTIONS,
+};
+
 impl Config {
-    /// Defaults, then `file`, then `PORTHOLE_*` from `env`, then `overrides`.
+    /// Defaults, then `file`, then `PORTHOLE_CONDUCTOR_*` from `env`, then `overrides`;
+    /// see `porthole_common::config` for the layering and how values coerce.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(&str, &str, toml::Value)],
     ) -> Result<Self, ConfigError> {
-        let mut table = match file {
-            Some(path) => read_table(path)?,
-            None => toml::Table::new(),
-        };
-        for (name, value) in env {
-            let Some(rest) = name.strip_prefix("PORTHOLE_") else {
-                continue;
-            };
-            let rest = rest.to_ascii_lowercase();
-            let found = SECTIONS
-                .iter()
-                .find_map(|s| Some((*s, rest.strip_prefix(s)?.strip_prefix('_')?)));
-            if let Some((section, key)) = found {
-                set(&mut table, section, key, env_value(&value));
-            }
-        }
-        for (section, key, value) in overrides {
-            set(&mut table, section, key, value.clone());
-        }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        let config: Config = porthole_common::config::load(&LAYOUT, file, env, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -228,39 +201,6 @@ impl Config {
     }
 }
 
-fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    text.parse::<toml::Table>()
-        .map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
-}
-
-fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
-    let entry = table
-        .entry(section)
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if let toml::Value::Table(t) = entry {
-        t.insert(key.to_owned(), value);
-    }
-}
-
-/// An environment value as TOML: numbers and booleans as such, else strings.
-fn env_value(raw: &str) -> toml::Value {
-    if let Ok(n) = raw.parse::<i64>() {
-        return toml::Value::Integer(n);
-    }
-    match raw {
-        "true" => toml::Value::Boolean(true),
-        "false" => toml::Value::Boolean(false),
-        _ => toml::Value::String(raw.to_owned()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,14 +209,17 @@ mod tests {
     fn env_and_flags_override_defaults() {
         let env = vec![
             (
-                "PORTHOLE_API_AUTH_STRATEGY".to_owned(),
+                "PORTHOLE_CONDUCTOR_API_AUTH_STRATEGY".to_owned(),
                 "http_basic".to_owned(),
             ),
             (
-                "PORTHOLE_API_HTTP_BASIC_AUTH_USER_FILE".to_owned(),
+                "PORTHOLE_CONDUCTOR_API_HTTP_BASIC_AUTH_USER_FILE".to_owned(),
                 "/x".to_owned(),
             ),
-            ("PORTHOLE_POWER_STATE_TIMEOUT".to_owned(), "5s".to_owned()),
+            (
+                "PORTHOLE_CONDUCTOR_POWER_STATE_TIMEOUT".to_owned(),
+                "5s".to_owned(),
+            ),
         ];
         let flags = [(
             "console",
@@ -307,11 +250,43 @@ mod tests {
     #[test]
     fn http_basic_needs_a_user_file() {
         let env = vec![(
-            "PORTHOLE_API_AUTH_STRATEGY".to_owned(),
+            "PORTHOLE_CONDUCTOR_API_AUTH_STRATEGY".to_owned(),
             "http_basic".to_owned(),
         )];
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("http_basic_auth_user_file"), "{err}");
+    }
+
+    #[test]
+    fn numeric_strings_from_the_environment_stay_strings() {
+        let env = vec![(
+            "PORTHOLE_CONDUCTOR_POWER_IPMITOOL_PATH".to_owned(),
+            "1".to_owned(),
+        )];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.power.ipmitool_path, "1");
+    }
+
+    /// One environment for both services: console-svc's keys (its
+    /// `[console]` section has other keys) are not the conductor's; an
+    /// unknown key of its own is an error naming the variable.
+    #[test]
+    fn console_svc_variables_are_not_ours() {
+        let var = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let env = vec![
+            var("PORTHOLE_CONDUCTOR_CONSOLE_ENDPOINT", "http://127.0.0.1:7"),
+            var("PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE", "10000:10100"),
+            var("PORTHOLE_CONSOLE_SVC_SERVICE_REPLICA_ID", "1"),
+        ];
+        let c = Config::load(None, env.clone(), &[]).unwrap();
+        assert_eq!(c.console.endpoint, "http://127.0.0.1:7");
+        let mut env = env;
+        env.push(var("PORTHOLE_CONDUCTOR_CONSOLE_PORT_RANGE", "10000:10100"));
+        let err = Config::load(None, env, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("PORTHOLE_CONDUCTOR_CONSOLE_PORT_RANGE"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -324,7 +299,7 @@ mod tests {
             None
         );
         let env = vec![(
-            "PORTHOLE_API_METRICS_LISTEN".to_owned(),
+            "PORTHOLE_CONDUCTOR_API_METRICS_LISTEN".to_owned(),
             "127.0.0.1:9465".to_owned(),
         )];
         let c = Config::load(None, env, &[]).unwrap();

@@ -195,6 +195,41 @@ fn dict(s: String) -> Result<Dict, DbError> {
     Ok(serde_json::from_str(&s)?)
 }
 
+/// `PRAGMA user_version` of a database whose secrets are sealed in the
+/// shared format (node UUID as associated data). 0: an older conductor's,
+/// secrets sealed without associated data or in clear text.
+const SEALED_BY_NODE: i64 = 1;
+
+/// Bring an older database's secrets to today's sealing, in one
+/// transaction, the first time this version opens it.
+fn reseal_secrets(conn: &Connection, sealer: &Sealer) -> Result<(), DbError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= SEALED_BY_NODE {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    let rows: Vec<(String, String)> = tx
+        .prepare("SELECT uuid, driver_info FROM nodes")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (uuid, info) in &rows {
+        let resealed = sealer.reseal_dict_v0(uuid, &dict(info.clone())?)?;
+        tx.execute(
+            "UPDATE nodes SET driver_info = ?2 WHERE uuid = ?1",
+            params![uuid, to_json(&resealed)],
+        )?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SEALED_BY_NODE}"))?;
+    tx.commit()?;
+    if !rows.is_empty() {
+        tracing::info!(
+            nodes = rows.len(),
+            "re-sealed driver_info secrets with each node's UUID bound"
+        );
+    }
+    Ok(())
+}
+
 impl Registry {
     pub fn open(path: &Path, sealer: Sealer) -> Result<Self, DbError> {
         let err = |source| DbError::Open {
@@ -206,6 +241,7 @@ impl Registry {
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&conn).map_err(err)?;
+        reseal_secrets(&conn, &sealer)?;
         Ok(Self {
             conn: Mutex::new(conn),
             sealer,
@@ -222,7 +258,9 @@ impl Registry {
             uuid: r.get(0)?,
             name: r.get(1)?,
             driver: r.get(2)?,
-            driver_info: self.sealer.open_dict(&dict(r.get(3)?)?)?,
+            driver_info: self
+                .sealer
+                .open_dict(&r.get::<_, String>(0)?, &dict(r.get(3)?)?)?,
             driver_internal_info: dict(r.get(4)?)?,
             console_interface: r.get(5)?,
             power_state: r.get(6)?,
@@ -271,7 +309,7 @@ impl Registry {
                 n.uuid,
                 n.name,
                 n.driver,
-                to_json(&self.sealer.seal_dict(&n.driver_info)),
+                to_json(&self.sealer.seal_dict(&n.uuid, &n.driver_info)),
                 to_json(&n.driver_internal_info),
                 n.console_interface,
                 n.power_state,

@@ -3,7 +3,7 @@
 //! `main.rs` parses the command line and calls [`run`]; tests call the same
 //! entry point in-process. Module map:
 //!
-//! - [`config`]: the typed configuration (file, `PORTHOLE_*`, flags).
+//! - [`config`]: the typed configuration (file, `PORTHOLE_CONDUCTOR_*`, flags).
 //! - [`model`], [`db`], [`seal`]: nodes and ports, their SQLite registry,
 //!   passwords sealed at rest.
 //! - [`service`]: the domain operations (create, PATCH, power, console).
@@ -12,14 +12,14 @@
 //! - [`console`], [`watch`]: the console-svc client, reconcile, WatchConsoles.
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
 //! - [`patch`]: JSON Patch.
-//! - [`logfmt`]: text log lines with control characters escaped.
+//! - [`logfmt`]: text log lines with control characters escaped (in porthole-common).
 //! - [`metrics`]: the Prometheus metrics (`api.metrics_listen`).
 
 pub mod api;
 pub mod config;
 pub mod console;
 pub mod db;
-pub mod logfmt;
+pub use porthole_common::logfmt;
 pub mod metrics;
 pub mod model;
 pub mod patch;
@@ -60,6 +60,8 @@ pub enum RunError {
     },
     #[error("serving the API: {0}")]
     Serve(std::io::Error),
+    #[error("power drivers: {0}")]
+    Power(#[from] power::PowerError),
     #[error("metrics endpoint: {0}")]
     Metrics(#[from] porthole_common::metrics::MetricsError),
 }
@@ -194,10 +196,10 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
     let sealer = seal::Sealer::load_or_create(&config.secret_key_file())?;
     let store = db::Store::open(&config.database.path, sealer)?;
     let consoles = console::ConsoleClient::new(&config.console)?;
-    let power = power::PowerSettings {
-        ipmitool_path: config.power.ipmitool_path.clone(),
-        command_timeout: config.power.command_timeout,
-    };
+    let power = power::PowerSettings::new(
+        config.power.ipmitool_path.clone(),
+        config.power.command_timeout,
+    )?;
     let timing = PowerTiming {
         state_timeout: config.power.state_timeout,
         poll_interval: config.power.poll_interval,

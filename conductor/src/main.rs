@@ -1,15 +1,13 @@
 //! The `conductor` binary: parse the command line, set up logging, bind the
 //! API port, and hand over to `conductor::run` until SIGTERM/SIGINT.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use conductor::config::Config;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
+use porthole_common::{shutdown, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 )]
 struct Cli {
     /// TOML configuration file.
-    #[arg(long, short, env = "PORTHOLE_CONFIG")]
+    #[arg(long, short, env = "PORTHOLE_CONDUCTOR_CONFIG")]
     config: Option<PathBuf>,
     /// REST listen address (api.listen).
     #[arg(long)]
@@ -80,7 +78,7 @@ impl Cli {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides())?;
-    init_tracing(config.api.log_format == "json");
+    telemetry::init(config.api.log_format == "json");
     tokio::runtime::Runtime::new()?.block_on(serve(config))
 }
 
@@ -88,31 +86,7 @@ async fn serve(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("binding the API port {}", config.api.listen))?;
-    let shutdown = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        }
-        on_signal.cancel();
-    });
+    let shutdown = shutdown::on_signals("stopping")?;
     conductor::run(listener, config, shutdown).await?;
     Ok(())
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTHOLE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.fmt_fields(conductor::logfmt::text_fields()).init();
-    }
 }

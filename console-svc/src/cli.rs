@@ -51,7 +51,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML configuration file.
-    #[arg(long, short, env = "PORTHOLE_CONFIG")]
+    #[arg(long, short, env = "PORTHOLE_CONSOLE_SVC_CONFIG")]
     pub config: Option<PathBuf>,
     /// gRPC listen address (service.listen).
     #[arg(long)]

@@ -3,7 +3,7 @@
 //! `main.rs` parses the command line and calls into this library; tests drive
 //! the same entry points in-process. Module map:
 //!
-//! - [`config`]: the typed configuration (file, `PORTHOLE_*`, flags).
+//! - [`config`]: the typed configuration (file, `PORTHOLE_CONSOLE_SVC_*`, flags).
 //! - [`spec`], [`secret`]: validated requests; passwords that never print.
 //! - [`text`]: caller input quoted in messages, bounded.
 //! - [`seal`]: passwords sealed (AEAD) for etcd.

@@ -1,14 +1,11 @@
 //! The `console-svc` binary: parse the command line, set up logging, and
 //! hand over to the library (`console_svc::run` or a client command).
 
-use std::io::IsTerminal;
-
 use anyhow::{Context, Result};
 use clap::Parser;
 use console_svc::cli::{self, Cli, Command};
 use console_svc::config::{Config, LogFormat};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
+use porthole_common::{shutdown, telemetry};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -21,11 +18,11 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::load(args.config.as_deref(), std::env::vars(), &args.overrides())?;
-            init_tracing(config.service.log_format);
+            telemetry::init(config.service.log_format == LogFormat::Json);
             runtime.block_on(serve(config))
         }
         other => {
-            init_tracing(LogFormat::Text);
+            telemetry::init(false);
             runtime.block_on(cli::run_client(other, &mut std::io::stdout()))
         }
     }
@@ -35,30 +32,7 @@ async fn serve(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.service.listen)
         .await
         .with_context(|| format!("binding the gRPC port {}", config.service.listen))?;
-    let shutdown = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping every console"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping every console"),
-        }
-        on_signal.cancel();
-    });
+    let shutdown = shutdown::on_signals("stopping every console")?;
     console_svc::run(listener, config, shutdown).await?;
     Ok(())
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTHOLE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }

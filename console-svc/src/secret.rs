@@ -1,57 +1,8 @@
-//! `Secret`: a string that never shows itself.
+//! `Secret`: a string that never shows itself, zeroed on drop. It lives in
+//! `porthole-bmc` (shared with the conductor); re-exported here so
+//! console-svc's modules and tests keep naming `console_svc::secret::Secret`.
 //!
 //! BMC passwords travel inside this type from the gRPC request to the memfd
-//! that ipmitool reads (see `sol::ipmitool`). `Debug` and `Display` print
-//! `******`, so a stray `?spec` in a tracing field cannot leak one, and the
-//! bytes are wiped when the value is dropped.
+//! that ipmitool reads (see `sol::ipmitool`).
 
-use std::fmt;
-
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The clear text; call sites are the few places that hand it to a BMC tool.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("******")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("******")
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        // SAFETY: zero bytes are valid UTF-8, so the String stays well formed.
-        unsafe { self.0.as_bytes_mut().fill(0) };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn never_formats_the_clear_text() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s:?} {s}"), "****** ******");
-        assert_eq!(s.expose(), "hunter2");
-    }
-}
+pub use porthole_bmc::Secret;

@@ -39,15 +39,15 @@ async fn service() -> (ConsoleServiceClient<Channel>, CancellationToken) {
     let pid_dir = std::env::temp_dir().join(format!("porthole-vnc-grpc-{}", std::process::id()));
     let env = vec![
         (
-            "PORTHOLE_CONSOLE_PORT_RANGE".to_owned(),
+            "PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE".to_owned(),
             format!("{base}:{}", base + 4),
         ),
         (
-            "PORTHOLE_CONSOLE_TERMINAL_PID_DIR".to_owned(),
+            "PORTHOLE_CONSOLE_SVC_CONSOLE_TERMINAL_PID_DIR".to_owned(),
             pid_dir.display().to_string(),
         ),
         (
-            "PORTHOLE_VNC_UPSTREAM_SECURITY".to_owned(),
+            "PORTHOLE_CONSOLE_SVC_VNC_UPSTREAM_SECURITY".to_owned(),
             "vncauth".to_owned(),
         ),
     ];

@@ -7,7 +7,7 @@
 //!                                                        └─▶ dead ──restart()──▶ ready (same dirs, same ports)
 //! ```
 //!
-//! The binary is `$PORTHOLE_CONSOLE_SVC_BIN`, else `target/debug/console-svc`
+//! The binary is `$PORTHOLE_TEST_CONSOLE_SVC_BIN`, else `target/debug/console-svc`
 //! beside this crate (scripts/test.sh builds it first).
 
 use std::io::{BufRead, BufReader};
@@ -27,7 +27,7 @@ use crate::ports::PortSlot;
 use crate::procs::{self, Proc};
 
 /// The binary under test, overridable for odd build layouts.
-pub const BIN_ENV: &str = "PORTHOLE_CONSOLE_SVC_BIN";
+pub const BIN_ENV: &str = "PORTHOLE_TEST_CONSOLE_SVC_BIN";
 /// console-svc's gRPC service name, as health and reflection report it.
 pub const SERVICE_NAME: &str = "porthole.console.v1.ConsoleService";
 /// A directory where each started console-svc leaves `<pid>` (holding its

@@ -2,7 +2,16 @@
 //! as in Ironic: the conductor's power and management, console-svc's SOL and
 //! deploy's virtual media all reach BMCs through this crate.
 //!
-//! Owns: [`Secret`]-style passwords that never print and are zeroed on drop,
-//! the sealed password memfd handed to ipmitool, the one ipmitool runner
-//! (argv builder, timeout, error summary) and the Redfish client. It imports
+//! Owns: [`Secret`] passwords that never print and are zeroed on drop
+//! ([`secret`]), the sealed password memfd handed to ipmitool
+//! ([`password`]), the one ipmitool runner: argv builder, timeout, error
+//! summary ([`ipmitool`]) and the Redfish client ([`redfish`]). It imports
 //! no service crate.
+
+pub mod ipmitool;
+pub mod password;
+pub mod redfish;
+pub mod secret;
+
+pub use password::{PasswordFd, PASSWORD_FD};
+pub use secret::Secret;

@@ -1,10 +1,17 @@
 //! Plumbing every Porthole service shares, kept beside the conductor as
 //! Ironic keeps `ironic.common`: configuration loading (defaults < TOML file
-//! < the service's own `PORTHOLE_<SERVICE>_…` environment < flags), tracing
-//! set-up, signals turned into a `CancellationToken`, the one sealing format,
-//! the Prometheus `/metrics` endpoint and the TLS settings.
+//! < the service's own `PORTHOLE_<SERVICE>_…` environment < flags,
+//! [`config`]), tracing set-up ([`telemetry`], [`logfmt`]), signals turned into a
+//! `CancellationToken` ([`shutdown`]), the one sealing format ([`seal`]),
+//! the Prometheus `/metrics` endpoint ([`metrics`]) and the TLS settings
+//! ([`tls`]).
 //!
 //! Callers: the services' `main.rs` and `lib.rs`. It imports no service crate.
 
+pub mod config;
+pub mod logfmt;
 pub mod metrics;
+pub mod seal;
+pub mod shutdown;
+pub mod telemetry;
 pub mod tls;

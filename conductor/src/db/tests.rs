@@ -143,6 +143,83 @@ async fn a_waiting_database_call_does_not_stall_the_runtime() {
     assert!(write.await.unwrap().unwrap().maintenance);
 }
 
+/// A database an older conductor wrote: `user_version` 0, one password
+/// sealed without associated data (its `sealed:v1:` form, nonce ||
+/// ciphertext, built here with the cipher directly) and one from before
+/// sealing, in clear text. The first open re-seals both bound to the node's
+/// UUID; later opens read them.
+#[tokio::test]
+async fn an_old_database_is_resealed_on_first_open() {
+    use base64::Engine;
+    use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+    use chacha20poly1305::{ChaCha20Poly1305, Key};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = [5u8; 32];
+    std::fs::write(dir.path().join("k"), key).unwrap();
+    let uuid = "4be26c0b-03f2-4d2e-ae87-c02d7f33c123";
+    let mut n = node(uuid, "old");
+    n.driver_info
+        .insert("redfish_password".into(), json!("clear-from-long-ago"));
+    open(dir.path()).insert_node(&n).await.unwrap();
+
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(&key));
+    let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let mut raw = nonce.to_vec();
+    raw.extend(cipher.encrypt(&nonce, b"pw-at-rest".as_slice()).unwrap());
+    let unbound = format!(
+        "sealed:v1:{}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    );
+    let mut old_info = n.driver_info.clone();
+    old_info.insert("ipmi_password".into(), json!(unbound));
+    {
+        let conn = Connection::open(dir.path().join("db.sqlite")).unwrap();
+        conn.execute(
+            "UPDATE nodes SET driver_info = ?1",
+            [serde_json::to_string(&old_info).unwrap()],
+        )
+        .unwrap();
+        conn.execute_batch("PRAGMA user_version = 0").unwrap();
+    }
+
+    let s = open(dir.path());
+    assert_eq!(
+        s.get_node(uuid).await.unwrap(),
+        n,
+        "readable after the migration"
+    );
+    drop(s);
+    let conn = Connection::open(dir.path().join("db.sqlite")).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SEALED_BY_NODE);
+    let stored: String = conn
+        .query_row("SELECT driver_info FROM nodes", [], |r| r.get(0))
+        .unwrap();
+    let stored: Dict = serde_json::from_str(&stored).unwrap();
+    let shared = porthole_common::seal::Sealer::from_key(&key);
+    for (field, clear) in [
+        ("ipmi_password", "pw-at-rest"),
+        ("redfish_password", "clear-from-long-ago"),
+    ] {
+        let v = stored[field].as_str().unwrap();
+        assert_ne!(v, unbound);
+        assert_eq!(
+            shared.open(uuid, v).unwrap(),
+            clear,
+            "{field} bound to the node"
+        );
+        assert!(shared.open("another-node", v).is_err());
+        assert!(shared.open_unbound_v0(v).is_err());
+    }
+    // A second open leaves the (already migrated) values alone.
+    drop(conn);
+    let s = open(dir.path());
+    assert_eq!(s.get_node(uuid).await.unwrap(), n);
+}
+
 /// A database written before the provision columns existed opens, gains
 /// them, and reads its nodes with Ironic's empty values.
 #[test]

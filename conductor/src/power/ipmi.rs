@@ -1,28 +1,17 @@
-//! Power through ipmitool (lanplus). The password reaches ipmitool through
-//! console-svc's sealed memfd at fd 3 (`-f /dev/fd/3`): never argv, never
-//! the environment.
+//! Power through ipmitool (lanplus), run by porthole-bmc's one runner: the
+//! password reaches ipmitool through its sealed memfd at fd 3
+//! (`-f /dev/fd/3`), never argv, never the environment.
 //!
 //! Callers: `power::Bmc` for `ipmi` nodes.
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use console_svc::secret::Secret;
-use console_svc::sol::ipmitool::{explain, PasswordFd, PASSWORD_FD};
-use tokio::process::Command;
+use porthole_bmc::ipmitool::{Direct, Ipmitool, IpmitoolError, Lanplus};
+use porthole_bmc::Secret;
 
 use super::{info_str, info_u16, require, Power, PowerError, PowerSettings};
 use crate::model::Dict;
 
 pub struct Ipmi {
-    program: String,
-    address: String,
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
-    cipher_suite: String,
-    privilege: String,
-    timeout: Duration,
+    tool: Ipmitool,
 }
 
 impl Ipmi {
@@ -36,100 +25,42 @@ impl Ipmi {
                 valid.join(", ")
             )));
         }
-        Ok(Self {
-            program: s.ipmitool_path.clone(),
+        let lan = Lanplus {
             address: info_str(info, "ipmi_address").unwrap_or_default(),
             port: info_u16(info, "ipmi_port")?.unwrap_or(623),
-            username: info_str(info, "ipmi_username"),
-            password: info_str(info, "ipmi_password"),
+            username: info_str(info, "ipmi_username").unwrap_or_default(),
+            password: Secret::new(info_str(info, "ipmi_password").unwrap_or_default()),
             cipher_suite: info_str(info, "ipmi_cipher_suite").unwrap_or("3".into()),
             privilege,
-            timeout: s.command_timeout,
+        };
+        Ok(Self {
+            tool: Ipmitool::new(&s.ipmitool_path, lan, s.command_timeout),
         })
     }
 
-    fn args(&self, command: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "-I",
-            "lanplus",
-            "-H",
-            &self.address,
-            "-p",
-            &self.port.to_string(),
-            "-C",
-            &self.cipher_suite,
-            "-L",
-            &self.privilege,
-            "-N",
-            "1",
-            "-R",
-            "3",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(u) = &self.username {
-            a.extend(["-U".into(), u.clone()]);
-        }
-        if self.password.is_some() {
-            a.extend(["-f".into(), format!("/dev/fd/{PASSWORD_FD}")]);
-        }
-        a.extend(command.iter().map(|s| s.to_string()));
-        a
-    }
-
-    /// Run `ipmitool ... <command>`; its stdout, or its own words on failure.
-    #[tracing::instrument(skip(self), fields(bmc = %format!("{}:{}", self.address, self.port)))]
+    /// Run `ipmitool ... -N 1 -R 3 <command>`; its stdout, or its own words
+    /// on failure.
+    #[tracing::instrument(skip(self), fields(bmc = %self.tool.lan.display_addr()))]
     async fn run(&self, command: &[&str]) -> Result<String, PowerError> {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(self.args(command))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(pw) = &self.password {
-            PasswordFd::new(&Secret::new(pw.as_str()))
-                .map_err(|e| self.spawn_err(e))?
-                .attach(&mut cmd);
-        }
+        let mut argv = vec!["-N", "1", "-R", "3"];
+        argv.extend_from_slice(command);
+        // Messages name the command, not the retry flags.
         let what = format!("ipmitool {}", command.join(" "));
-        let child = cmd.spawn().map_err(|e| self.spawn_err(e))?;
-        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(r) => r.map_err(|e| self.spawn_err(e))?,
-            Err(_) => {
-                return Err(PowerError::Timeout {
-                    what: format!("{what} on {}:{}", self.address, self.port),
-                    timeout: self.timeout,
-                })
+        self.tool.run(&Direct, &argv).await.map_err(|e| match e {
+            IpmitoolError::Spawn { program, source } => PowerError::Spawn { program, source },
+            IpmitoolError::PastDeadline { what } => PowerError::Bmc(what),
+            IpmitoolError::Timeout { timeout, .. } => PowerError::Timeout {
+                what: format!("{what} on BMC {}", self.tool.lan.display_addr()),
+                timeout,
+            },
+            IpmitoolError::Bmc { bmc, message, .. } => {
+                PowerError::Bmc(format!("BMC {bmc}: {what} failed: {message}"))
             }
-        };
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            return Ok(stdout);
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let words: Vec<&str> = stderr
-            .lines()
-            .chain(stdout.lines())
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        let mut msg = format!(
-            "BMC {}:{}: {what} failed: {}",
-            self.address,
-            self.port,
-            words.join("; ")
-        );
-        explain(&mut msg);
-        Err(PowerError::Bmc(msg))
-    }
-
-    fn spawn_err(&self, source: std::io::Error) -> PowerError {
-        PowerError::Spawn {
-            program: self.program.clone(),
-            source,
-        }
+            IpmitoolError::Io(source) => PowerError::Spawn {
+                program: s_program(&self.tool),
+                source,
+            },
+        })
     }
 
     pub async fn power_state(&self) -> Result<Power, PowerError> {
@@ -173,6 +104,10 @@ impl Ipmi {
     }
 }
 
+fn s_program(tool: &Ipmitool) -> String {
+    tool.program.to_string_lossy().into_owned()
+}
+
 fn parse_power(out: &str) -> Option<Power> {
     let l = out.to_ascii_lowercase();
     if l.contains("power is on") {
@@ -209,6 +144,8 @@ fn parse_bootparam(out: &str) -> (Option<String>, bool) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn ipmi(pw: &str) -> Ipmi {
@@ -217,29 +154,36 @@ mod tests {
         info.insert("ipmi_port".into(), "21100".into());
         info.insert("ipmi_username".into(), "admin".into());
         info.insert("ipmi_password".into(), pw.into());
-        let s = PowerSettings {
-            ipmitool_path: "sh".into(),
-            command_timeout: Duration::from_secs(5),
-        };
+        let s = PowerSettings::new("sh".into(), Duration::from_secs(5)).unwrap();
         Ipmi::from_info(&info, &s).unwrap()
     }
 
     #[test]
     fn argv_never_holds_the_password() {
-        let a = ipmi("s3cret-pw").args(&["power", "status"]).join(" ");
+        let a: Vec<String> = ipmi("s3cret-pw")
+            .tool
+            .lan
+            .args(&["power", "status"])
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let a = a.join(" ");
         assert!(a.contains("-C 3") && a.contains("-f /dev/fd/3"), "{a}");
         assert!(!a.contains("s3cret-pw") && !a.contains("-P"), "{a}");
     }
 
     #[tokio::test]
-    async fn the_child_reads_the_password_at_fd_3() {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "cat /dev/fd/3"]);
-        PasswordFd::new(&Secret::new("pw-at-fd3"))
-            .unwrap()
-            .attach(&mut cmd);
-        let out = cmd.output().await.unwrap();
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), "pw-at-fd3");
+    async fn failures_name_the_bmc_and_the_command() {
+        // `sh -I lanplus ...` fails at once, saying so on stderr.
+        let err = ipmi("pw")
+            .set_power(Power::On)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("BMC 127.0.0.1:21100: ipmitool power on failed: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -49,11 +49,23 @@ impl Power {
 /// Ironic's boot device names.
 pub const BOOT_DEVICES: &[&str] = &["pxe", "disk", "cdrom", "bios", "safe"];
 
-/// How the BMC drivers run (from the `[power]` config section).
+/// How the BMC drivers run (from the `[power]` config section), with the
+/// one Redfish client every redfish node's requests go through.
 #[derive(Clone, Debug)]
 pub struct PowerSettings {
     pub ipmitool_path: String,
     pub command_timeout: Duration,
+    pub redfish: porthole_bmc::redfish::Client,
+}
+
+impl PowerSettings {
+    pub fn new(ipmitool_path: String, command_timeout: Duration) -> Result<Self, PowerError> {
+        Ok(Self {
+            redfish: porthole_bmc::redfish::Client::new(command_timeout)?,
+            ipmitool_path,
+            command_timeout,
+        })
+    }
 }
 
 /// One node's BMC, ready to be driven.

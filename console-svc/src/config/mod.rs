@@ -1,9 +1,10 @@
 //! console-svc's configuration: one typed struct, read once at start.
 //!
 //! Sources, later ones winning: built-in defaults, a TOML file
-//! (`--config`), `PORTHOLE_<SECTION>_<KEY>` environment variables (for
-//! example `PORTHOLE_CONSOLE_PORT_RANGE=10000:10100`), then command-line
-//! flags. Option names follow Ironic's `[console]` section where Ironic has
+//! (`--config` or `PORTHOLE_CONSOLE_SVC_CONFIG`),
+//! `PORTHOLE_CONSOLE_SVC_<SECTION>_<KEY>` environment variables (for example
+//! `PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE=10000:10100`), then command-line
+//! flags; porthole-common's loader layers them. Option names follow Ironic's `[console]` section where Ironic has
 //! one; README.md has the full reference.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,21 +22,16 @@ pub use console::{Backend, ConsoleConfig, NativeConfig};
 pub use etcd::EtcdConfig;
 pub use vnc::{VncAuthScheme, VncConfig, VncUpstreamSecurity};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
+pub use porthole_common::config::ConfigError;
+
+/// The top-level tables, which environment variable names start with.
+const SECTIONS: &[&str] = &["service", "console", "native", "vnc", "etcd"];
+
+/// The environment prefix and sections porthole-common's loader reads.
+pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
+    prefix: "PORTHOLE_CONSOLE_SVC_",
+    sections: SECTIONS,
+};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -83,7 +79,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// A list, or one string of comma-separated items (for `PORTHOLE_VNC_*`).
+/// A list, or one string of comma-separated items (for `PORTHOLE_CONSOLE_SVC_VNC_*`).
 fn list_or_csv<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -155,46 +151,15 @@ impl ServiceConfig {
 }
 
 impl Config {
-    /// Defaults, then `file`, then `PORTHOLE_*` variables from `env`, then
-    /// `overrides` (`section.key = value` pairs from flags).
+    /// Defaults, then `file`, then `PORTHOLE_CONSOLE_SVC_*` variables from `env`, then
+    /// `overrides` (`section.key = value` pairs from flags); see
+    /// `porthole_common::config` for the layering and how values coerce.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(&str, &str, toml::Value)],
     ) -> Result<Self, ConfigError> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|source| ConfigError::Parse {
-                        path: path.to_owned(),
-                        source: Box::new(source),
-                    })?
-            }
-            None => toml::Table::new(),
-        };
-        for (name, value) in env {
-            let Some(rest) = name.strip_prefix("PORTHOLE_") else {
-                continue;
-            };
-            let rest = rest.to_ascii_lowercase();
-            let Some((section, key)) = ["service", "console", "native", "vnc", "etcd"]
-                .iter()
-                .find_map(|s| Some((*s, rest.strip_prefix(s)?.strip_prefix('_')?)))
-            else {
-                continue;
-            };
-            set(&mut table, section, key, env_value(&value));
-        }
-        for (section, key, value) in overrides {
-            set(&mut table, section, key, value.clone());
-        }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        let config: Config = porthole_common::config::load(&LAYOUT, file, env, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -233,28 +198,6 @@ impl Config {
     }
 }
 
-fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
-    let entry = table
-        .entry(section)
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if let toml::Value::Table(t) = entry {
-        t.insert(key.to_owned(), value);
-    }
-}
-
-/// An environment value as TOML: numbers and booleans as such, the rest as
-/// strings (so `10000:10100` and `5s` need no quoting).
-fn env_value(raw: &str) -> toml::Value {
-    if let Ok(n) = raw.parse::<i64>() {
-        return toml::Value::Integer(n);
-    }
-    match raw {
-        "true" => toml::Value::Boolean(true),
-        "false" => toml::Value::Boolean(false),
-        _ => toml::Value::String(raw.to_owned()),
-    }
-}
-
 fn default_replica_id() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -287,15 +230,15 @@ mod tests {
         .unwrap();
         let env = vec![
             (
-                "PORTHOLE_CONSOLE_PORT_RANGE".to_owned(),
+                "PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE".to_owned(),
                 "12000:12010".to_owned(),
             ),
             (
-                "PORTHOLE_NATIVE_SCROLLBACK_BYTES".to_owned(),
+                "PORTHOLE_CONSOLE_SVC_NATIVE_SCROLLBACK_BYTES".to_owned(),
                 "100".to_owned(),
             ),
             (
-                "PORTHOLE_ETCD_ENDPOINTS".to_owned(),
+                "PORTHOLE_CONSOLE_SVC_ETCD_ENDPOINTS".to_owned(),
                 "http://127.0.0.1:1, http://127.0.0.1:2".to_owned(),
             ),
             ("UNRELATED".to_owned(), "x".to_owned()),
@@ -305,7 +248,7 @@ mod tests {
         assert!(err.to_string().contains("secret_key_file"), "{err}");
         let mut env = env;
         env.push((
-            "PORTHOLE_ETCD_SECRET_KEY_FILE".to_owned(),
+            "PORTHOLE_CONSOLE_SVC_ETCD_SECRET_KEY_FILE".to_owned(),
             "/etc/porthole/etcd.key".to_owned(),
         ));
         let c = Config::load(Some(&file), env, &flags).unwrap();
@@ -327,7 +270,10 @@ mod tests {
         let env = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
         let c = Config::load(
             None,
-            env("PORTHOLE_VNC_UPSTREAM_SECURITY", "vncauth, none"),
+            env(
+                "PORTHOLE_CONSOLE_SVC_VNC_UPSTREAM_SECURITY",
+                "vncauth, none",
+            ),
             &[],
         )
         .unwrap();
@@ -335,13 +281,21 @@ mod tests {
             c.vnc.upstream_security,
             vec![VncUpstreamSecurity::Vncauth, VncUpstreamSecurity::None]
         );
-        let err = Config::load(None, env("PORTHOLE_VNC_AUTH_SCHEMES", "none,vencrypt"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(
+            None,
+            env("PORTHOLE_CONSOLE_SVC_VNC_AUTH_SCHEMES", "none,vencrypt"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("vencrypt_cert"), "{err}");
-        let err = Config::load(None, env("PORTHOLE_VNC_AUTH_SCHEMES", "vnc"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(
+            None,
+            env("PORTHOLE_CONSOLE_SVC_VNC_AUTH_SCHEMES", "vnc"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("vnc"), "{err}");
     }
 
@@ -358,7 +312,7 @@ mod tests {
         assert_eq!(c.service.peer_tls().unwrap(), None);
         let err = Config::load(
             None,
-            env(&[("PORTHOLE_SERVICE_TLS_CERT_FILE", "/etc/p/c.pem")]),
+            env(&[("PORTHOLE_CONSOLE_SVC_SERVICE_TLS_CERT_FILE", "/etc/p/c.pem")]),
             &[],
         )
         .unwrap_err()
@@ -369,7 +323,10 @@ mod tests {
         );
         let err = Config::load(
             None,
-            env(&[("PORTHOLE_SERVICE_TLS_CLIENT_CA_FILE", "/etc/p/ca.pem")]),
+            env(&[(
+                "PORTHOLE_CONSOLE_SVC_SERVICE_TLS_CLIENT_CA_FILE",
+                "/etc/p/ca.pem",
+            )]),
             &[],
         )
         .unwrap_err()
@@ -378,10 +335,13 @@ mod tests {
         let c = Config::load(
             None,
             env(&[
-                ("PORTHOLE_SERVICE_TLS_CERT_FILE", "/etc/p/c.pem"),
-                ("PORTHOLE_SERVICE_TLS_KEY_FILE", "/etc/p/c.key"),
-                ("PORTHOLE_SERVICE_TLS_CLIENT_CA_FILE", "/etc/p/ca.pem"),
-                ("PORTHOLE_SERVICE_TLS_HANDSHAKE_TIMEOUT", "3s"),
+                ("PORTHOLE_CONSOLE_SVC_SERVICE_TLS_CERT_FILE", "/etc/p/c.pem"),
+                ("PORTHOLE_CONSOLE_SVC_SERVICE_TLS_KEY_FILE", "/etc/p/c.key"),
+                (
+                    "PORTHOLE_CONSOLE_SVC_SERVICE_TLS_CLIENT_CA_FILE",
+                    "/etc/p/ca.pem",
+                ),
+                ("PORTHOLE_CONSOLE_SVC_SERVICE_TLS_HANDSHAKE_TIMEOUT", "3s"),
             ]),
             &[],
         )
@@ -395,19 +355,72 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        let env = vec![("PORTHOLE_CONSOLE_PORT_RANGE".to_owned(), "9:1".to_owned())];
+        let env = vec![(
+            "PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE".to_owned(),
+            "9:1".to_owned(),
+        )];
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("port_range"), "{err}");
-        let env = vec![("PORTHOLE_CONSOLE_BOGUS".to_owned(), "1".to_owned())];
+        let env = vec![(
+            "PORTHOLE_CONSOLE_SVC_CONSOLE_BOGUS".to_owned(),
+            "1".to_owned(),
+        )];
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn a_numeric_replica_id_from_the_environment_is_a_string() {
+        let env = vec![(
+            "PORTHOLE_CONSOLE_SVC_SERVICE_REPLICA_ID".to_owned(),
+            "1".to_owned(),
+        )];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.service.replica_id, "1");
+    }
+
+    /// One environment for both services: the conductor's keys (its
+    /// `[console]` section has other keys) and the old shared names are not
+    /// console-svc's.
+    #[test]
+    fn other_services_variables_are_not_ours() {
+        let env = vec![
+            (
+                "PORTHOLE_CONSOLE_SVC_SERVICE_REPLICA_ID".to_owned(),
+                "1".to_owned(),
+            ),
+            (
+                "PORTHOLE_CONSOLE_SVC_CONSOLE_KILL_TIMEOUT".to_owned(),
+                "4s".to_owned(),
+            ),
+            (
+                "PORTHOLE_CONDUCTOR_CONSOLE_ENDPOINT".to_owned(),
+                "http://x:1".to_owned(),
+            ),
+            (
+                "PORTHOLE_CONDUCTOR_SERVICE_REPLICA_ID".to_owned(),
+                "2".to_owned(),
+            ),
+            (
+                "PORTHOLE_CONSOLE_ENDPOINT".to_owned(),
+                "http://x:1".to_owned(),
+            ),
+        ];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.service.replica_id, "1");
+        assert_eq!(c.console.kill_timeout, Duration::from_secs(4));
     }
 
     #[test]
     fn metrics_listen_is_off_unless_an_address_is_given() {
         let c = Config::load(None, Vec::new(), &[]).unwrap();
         assert_eq!(c.service.metrics_listen, None);
-        let env = |v: &str| vec![("PORTHOLE_SERVICE_METRICS_LISTEN".to_owned(), v.to_owned())];
+        let env = |v: &str| {
+            vec![(
+                "PORTHOLE_CONSOLE_SVC_SERVICE_METRICS_LISTEN".to_owned(),
+                v.to_owned(),
+            )]
+        };
         let c = Config::load(None, env("127.0.0.1:9464"), &[]).unwrap();
         assert_eq!(
             c.service.metrics_listen,

@@ -1,5 +1,7 @@
-//! ipmitool invocations: argv built as a vector, the password through a
-//! sealed memfd at fd 3 (`-f /dev/fd/3`), never argv or the environment.
+//! ipmitool invocations through porthole-bmc's one runner: argv built as a
+//! vector, the password through its sealed memfd at fd 3 (`-f /dev/fd/3`),
+//! never argv or the environment, the timeout and the error summary; the
+//! children recorded in the [`ProcessTable`].
 //!
 //! Every invocation is a BMC action, so every one passes the claim's BMC
 //! gate ([`Fence::permit`]) immediately before it is spawned, and again in
@@ -13,33 +15,27 @@
 //! helper builds its own commands), the manager's BMC probe.
 
 use std::ffi::OsString;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::Stdio;
+use std::io;
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-use nix::sys::memfd::{memfd_create, MFdFlags};
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
+pub use porthole_bmc::ipmitool::{explain, summarize};
+use porthole_bmc::ipmitool::{Ipmitool, IpmitoolError, Lanplus, Running, Spawn};
+pub use porthole_bmc::{PasswordFd, PASSWORD_FD};
+use tokio::process::{Child, Command};
 
 use super::SolError;
 use crate::coordinator::gate::BmcPermit;
 use crate::coordinator::Fence;
-use crate::process::ProcessTable;
-use crate::secret::Secret;
+use crate::process::{ProcessTable, Supervised};
 use crate::spec::IpmiTarget;
-
-/// The fd number ipmitool reads its password from.
-pub const PASSWORD_FD: RawFd = 3;
 
 /// One BMC as seen through ipmitool, under one console's claim.
 #[derive(Clone)]
 pub struct IpmiTool {
-    program: OsString,
+    tool: Ipmitool,
     target: IpmiTarget,
-    timeout: Duration,
     processes: Arc<ProcessTable>,
     fence: Fence,
 }
@@ -52,10 +48,17 @@ impl IpmiTool {
         processes: Arc<ProcessTable>,
         fence: Fence,
     ) -> Self {
+        let lan = Lanplus {
+            address: target.address.clone(),
+            port: target.port,
+            username: target.username.clone(),
+            password: target.password.clone(),
+            cipher_suite: target.cipher_suite.to_string(),
+            privilege: target.privilege.as_ipmitool_arg().to_owned(),
+        };
         Self {
-            program: program.into(),
+            tool: Ipmitool::new(program, lan, timeout),
             target,
-            timeout,
             processes,
             fence,
         }
@@ -71,33 +74,13 @@ impl IpmiTool {
     }
 
     pub fn program(&self) -> &OsString {
-        &self.program
+        &self.tool.program
     }
 
     /// ipmitool's arguments for `command` (e.g. `["sol", "activate"]`),
     /// without the program name. Safe to log: no password in it.
     pub fn args(&self, command: &[&str]) -> Vec<OsString> {
-        let t = &self.target;
-        let mut args: Vec<OsString> = vec![
-            "-I".into(),
-            "lanplus".into(),
-            "-H".into(),
-            t.address.clone().into(),
-            "-p".into(),
-            t.port.to_string().into(),
-            "-C".into(),
-            t.cipher_suite.to_string().into(),
-            "-L".into(),
-            t.privilege.as_ipmitool_arg().into(),
-        ];
-        if !t.username.is_empty() {
-            args.extend(["-U".into(), t.username.clone().into()]);
-        }
-        if !t.password.is_empty() {
-            args.extend(["-f".into(), format!("/dev/fd/{PASSWORD_FD}").into()]);
-        }
-        args.extend(command.iter().map(OsString::from));
-        args
+        self.tool.lan.args(command)
     }
 
     /// A command for `ipmitool ... <command>` with the password attached at
@@ -108,16 +91,14 @@ impl IpmiTool {
     }
 
     fn command_under(&self, permit: &BmcPermit, command: &[&str]) -> Result<Command, SolError> {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(self.args(command));
-        PasswordFd::new(&self.target.password)?.attach(&mut cmd);
+        let mut cmd = self.tool.command(command)?;
         crate::process::guard_child(cmd.as_std_mut(), permit.until_std());
         Ok(cmd)
     }
 
     /// The password memfd, for a caller that builds its own command (socat).
     pub fn password_fd(&self) -> io::Result<PasswordFd> {
-        PasswordFd::new(&self.target.password)
+        self.tool.lan.password_fd()
     }
 
     /// Run a short ipmitool command to completion within the timeout; its
@@ -126,56 +107,20 @@ impl IpmiTool {
     /// ipmitool of this replica talks to the BMC past it).
     pub async fn run(&self, command: &[&str]) -> Result<String, SolError> {
         let permit = self.permit()?;
-        let mut cmd = self.command_under(&permit, command)?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let what = format!("ipmitool {}", command.join(" "));
-        let mut child = self.processes.spawn(&mut cmd, &what).map_err(spawn_error)?;
-        let mut stdout = child.child_mut().stdout.take().expect("piped");
-        let mut stderr = child.child_mut().stderr.take().expect("piped");
-        let io = async {
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            let (a, b) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-            a?;
-            b?;
-            let status = child.wait().await?;
-            Ok::<_, io::Error>((status, out, err))
-        };
-        let timeout_at = tokio::time::Instant::now() + self.timeout;
-        let bound = permit.until().map_or(timeout_at, |d| d.min(timeout_at));
-        let (status, out, err) = match tokio::time::timeout_at(bound, io).await {
-            Ok(r) => r?,
-            Err(_) if bound < timeout_at => {
-                // SIGKILL at once (dropped): past the deadline not even
-                // ipmitool's own goodbye may reach the BMC.
-                drop(child);
-                return Err(SolError::Fenced(
-                    crate::coordinator::CoordError::PastDeadline(format!(
-                        "{what} was still running at the fence deadline and was killed"
-                    )),
-                ));
+        let cmd = self.command_under(&permit, command)?;
+        let run = self
+            .tool
+            .run_command(&Recorded(&self.processes), cmd, command, permit.until())
+            .await;
+        run.map_err(|e| match e {
+            IpmitoolError::Spawn { source, .. } => spawn_error(source),
+            IpmitoolError::PastDeadline { what } => {
+                SolError::Fenced(crate::coordinator::CoordError::PastDeadline(format!(
+                    "{what} was still running at the fence deadline and was killed"
+                )))
             }
-            Err(_) => {
-                child.terminate().await;
-                return Err(SolError::Timeout {
-                    what: format!("{what} on BMC {}", self.target.display_addr()),
-                    timeout: self.timeout,
-                });
-            }
-        };
-        child.terminate().await;
-        let out = String::from_utf8_lossy(&out).into_owned();
-        let err = String::from_utf8_lossy(&err).into_owned();
-        if status.success() {
-            Ok(out)
-        } else {
-            Err(SolError::Bmc {
-                bmc: self.target.display_addr(),
-                message: summarize(&err, &out, status.code()),
-            })
-        }
+            other => SolError::from(other),
+        })
     }
 
     /// End any SOL session on the BMC (ours from a previous run included).
@@ -213,86 +158,48 @@ pub fn spawn_error(source: io::Error) -> SolError {
     }
 }
 
-/// ipmitool's messages made into one readable line.
-fn summarize(stderr: &str, stdout: &str, code: Option<i32>) -> String {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .chain(stdout.lines())
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let mut msg = if lines.is_empty() {
-        format!("ipmitool exited with status {code:?} and said nothing")
-    } else {
-        lines.join("; ")
-    };
-    explain(&mut msg);
-    msg
-}
+/// Children spawned through the process table.
+struct Recorded<'a>(&'a ProcessTable);
 
-/// Add what ipmitool's terse session error usually means.
-pub fn explain(msg: &mut String) {
-    if msg.contains("Unable to establish IPMI v2 / RMCP+ session") {
-        msg.push_str("; the BMC is unreachable, or it rejected the credentials or cipher suite");
+impl Spawn for Recorded<'_> {
+    type Child = Supervised;
+    fn spawn(&self, cmd: &mut Command, what: &str) -> io::Result<Supervised> {
+        self.0.spawn(cmd, what)
     }
 }
 
-/// A password in an anonymous, sealed memory file. The child sees it as
-/// `/dev/fd/3`; opening that path re-reads the file from the start, so a
-/// socat that forks one ipmitool per connection can hand the same fd to each.
-pub struct PasswordFd(OwnedFd);
-
-impl PasswordFd {
-    pub fn new(password: &Secret) -> io::Result<Self> {
-        let fd = memfd_create(
-            "porthole-bmc-password",
-            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-        )?;
-        let mut file = std::fs::File::from(fd);
-        file.write_all(password.expose().as_bytes())?;
-        let fd = OwnedFd::from(file);
-        fcntl(
-            &fd,
-            FcntlArg::F_ADD_SEALS(
-                SealFlag::F_SEAL_WRITE
-                    | SealFlag::F_SEAL_GROW
-                    | SealFlag::F_SEAL_SHRINK
-                    | SealFlag::F_SEAL_SEAL,
-            ),
-        )?;
-        Ok(Self(fd))
+impl Running for Supervised {
+    fn child_mut(&mut self) -> &mut Child {
+        Supervised::child_mut(self)
     }
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        Supervised::wait(self).await
+    }
+    async fn terminate(self) {
+        Supervised::terminate(self).await;
+    }
+}
 
-    /// Make the file the child's fd 3 (and only the child's: the original
-    /// stays close-on-exec).
-    pub fn attach(self, cmd: &mut Command) {
-        let fd = self.0;
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let raw = fd.as_raw_fd();
-                if raw == PASSWORD_FD {
-                    if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(raw, PASSWORD_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
+impl From<IpmitoolError> for SolError {
+    fn from(e: IpmitoolError) -> Self {
+        match e {
+            IpmitoolError::Spawn { source, .. } => spawn_error(source),
+            IpmitoolError::Timeout { what, timeout } => SolError::Timeout { what, timeout },
+            IpmitoolError::PastDeadline { what } => {
+                SolError::Fenced(crate::coordinator::CoordError::PastDeadline(format!(
+                    "{what} was still running at the fence deadline and was killed"
+                )))
+            }
+            IpmitoolError::Bmc { bmc, message, .. } => SolError::Bmc { bmc, message },
+            IpmitoolError::Io(e) => SolError::Io(e),
         }
-    }
-}
-
-impl FromRawFd for PasswordFd {
-    unsafe fn from_raw_fd(fd: RawFd) -> Self {
-        Self(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
     use crate::spec::PrivilegeLevel;
 
     fn tool() -> IpmiTool {
@@ -366,11 +273,14 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap();
-        let slow = IpmiTool {
-            program: script.into_os_string(),
-            fence: Fence::new(gated, ownership),
-            ..tool()
-        };
+        let base = tool();
+        let slow = IpmiTool::new(
+            script.into_os_string(),
+            base.target.clone(),
+            Duration::from_secs(5),
+            base.processes.clone(),
+            Fence::new(gated, ownership),
+        );
         let started = tokio::time::Instant::now();
         let err = slow.run(&["sol", "deactivate"]).await.unwrap_err();
         let took = started.elapsed();

@@ -24,7 +24,7 @@
 //! `max_handshake_bytes` before the SecurityResult. Each viewer has its own
 //! upstream connection; `exclusive` allows one viewer per console at a time.
 //!
-//! Configuration (`[vnc]`, or `PORTHOLE_VNC_<KEY>`; lists may be
+//! Configuration (`[vnc]`, or `PORTHOLE_CONSOLE_SVC_VNC_<KEY>`; lists may be
 //! comma-separated strings), with the defaults:
 //!
 //! ```toml

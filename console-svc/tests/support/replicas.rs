@@ -81,7 +81,7 @@ pub enum Ports {
 
 /// How the replicas of one scenario run. Each suite has its own defaults.
 pub struct Options {
-    /// The cluster-wide console port range (`PORTHOLE_CONSOLE_PORT_RANGE`).
+    /// The cluster-wide console port range (`PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE`).
     pub ports: Ports,
     /// The serial backend: `native` or `socat`.
     pub backend: &'static str,
@@ -428,8 +428,8 @@ fn free_addr(ip: &str) -> SocketAddr {
 }
 
 fn spawn(etcd: &str, r: &Replica, cluster: &Cluster, opts: &Options) -> Child {
-    // PORTHOLE_CONSOLE_SVC_BIN: another build (e.g. one without a fix).
-    let bin = std::env::var_os("PORTHOLE_CONSOLE_SVC_BIN")
+    // PORTHOLE_TEST_CONSOLE_SVC_BIN: another build (e.g. one without a fix).
+    let bin = std::env::var_os("PORTHOLE_TEST_CONSOLE_SVC_BIN")
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_console-svc").into());
     let dir = &cluster.dir;
     let log = File::create(dir.join(format!("{}.log", r.id))).unwrap();
@@ -439,22 +439,34 @@ fn spawn(etcd: &str, r: &Replica, cluster: &Cluster, opts: &Options) -> Child {
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("PORTHOLE_LOG", "info,console_svc=debug")
-        .env("PORTHOLE_SERVICE_LISTEN", r.grpc.to_string())
-        .env("PORTHOLE_SERVICE_REPLICA_ID", &r.id)
-        .env("PORTHOLE_CONSOLE_SOCAT_ADDRESS", &r.ip)
-        .env("PORTHOLE_CONSOLE_PORT_RANGE", cluster.ports.range())
-        .env("PORTHOLE_CONSOLE_BACKEND", opts.backend)
+        .env("PORTHOLE_CONSOLE_SVC_SERVICE_LISTEN", r.grpc.to_string())
+        .env("PORTHOLE_CONSOLE_SVC_SERVICE_REPLICA_ID", &r.id)
+        .env("PORTHOLE_CONSOLE_SVC_CONSOLE_SOCAT_ADDRESS", &r.ip)
         .env(
-            "PORTHOLE_CONSOLE_IPMITOOL_PATH",
+            "PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE",
+            cluster.ports.range(),
+        )
+        .env("PORTHOLE_CONSOLE_SVC_CONSOLE_BACKEND", opts.backend)
+        .env(
+            "PORTHOLE_CONSOLE_SVC_CONSOLE_IPMITOOL_PATH",
             cluster.recorder.wrapper(dir, &r.id),
         )
-        .env("PORTHOLE_CONSOLE_TERMINAL_PID_DIR", dir.join(&r.id))
-        .env("PORTHOLE_ETCD_ENDPOINTS", etcd)
-        .env("PORTHOLE_ETCD_PREFIX", &cluster.prefix)
-        .env("PORTHOLE_ETCD_LEASE_TTL", ms(opts.ttl))
-        .env("PORTHOLE_ETCD_CLAIM_STEP", ms(opts.claim_step))
-        .env("PORTHOLE_ETCD_SECRET_KEY_FILE", dir.join("etcd.key"))
-        .env("PORTHOLE_ETCD_ENABLE_TIMEOUT", ms(opts.enable_timeout))
+        .env(
+            "PORTHOLE_CONSOLE_SVC_CONSOLE_TERMINAL_PID_DIR",
+            dir.join(&r.id),
+        )
+        .env("PORTHOLE_CONSOLE_SVC_ETCD_ENDPOINTS", etcd)
+        .env("PORTHOLE_CONSOLE_SVC_ETCD_PREFIX", &cluster.prefix)
+        .env("PORTHOLE_CONSOLE_SVC_ETCD_LEASE_TTL", ms(opts.ttl))
+        .env("PORTHOLE_CONSOLE_SVC_ETCD_CLAIM_STEP", ms(opts.claim_step))
+        .env(
+            "PORTHOLE_CONSOLE_SVC_ETCD_SECRET_KEY_FILE",
+            dir.join("etcd.key"),
+        )
+        .env(
+            "PORTHOLE_CONSOLE_SVC_ETCD_ENABLE_TIMEOUT",
+            ms(opts.enable_timeout),
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

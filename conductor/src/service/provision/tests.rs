@@ -98,10 +98,8 @@ fn conductor(deploy: Option<Arc<Scripted>>) -> Rig {
     let store = crate::db::Store::open(&dir.path().join("db"), sealer).unwrap();
     let cfg = Config::default();
     let consoles = crate::console::ConsoleClient::new(&cfg.console).unwrap();
-    let power = crate::power::PowerSettings {
-        ipmitool_path: "ipmitool".into(),
-        command_timeout: Duration::from_secs(2),
-    };
+    let power =
+        crate::power::PowerSettings::new("ipmitool".into(), Duration::from_secs(2)).unwrap();
     let timing = PowerTiming {
         state_timeout: Duration::from_secs(2),
         poll_interval: Duration::from_millis(50),

@@ -4,7 +4,8 @@
 //! path parameter, which appears decoded in error messages, cannot start a
 //! new log line. (The JSON format escapes by itself.)
 //!
-//! Callers: `main.rs` (tracing init), tests.
+//! Callers: [`crate::telemetry::init`] (every service's text log lines),
+//! tests.
 
 use std::fmt::{self, Write};
 
