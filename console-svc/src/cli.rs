@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pb::console_service_client::ConsoleServiceClient;
 use porthole_proto::console::v1 as pb;
@@ -176,24 +176,43 @@ pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
                 port: a.port.map(u32::from).unwrap_or(0),
                 vnc: None,
             };
-            let c = connect(&a.client).await?.enable_console(req).await?;
-            print_console(out, &c.into_inner(), a.client.json)
+            let c = connect(&a.client).await?.enable_console(req).await;
+            print_console(out, &c.map_err(rpc)?.into_inner(), a.client.json)
         }
         Command::Disable(a) => {
+            let mut client = connect(&a.client).await?;
+            // DisableConsole itself is idempotent (an unknown node is not an
+            // error, the conductor relies on that); an operator who names a
+            // node the service does not know has mistyped it: say so.
+            let get = pb::GetConsoleRequest {
+                node_id: a.node.clone(),
+            };
+            if let Err(status) = client.get_console(get).await {
+                return Err(match status.code() {
+                    tonic::Code::NotFound => anyhow!(
+                        "{} ({}): nothing disabled; console-svc knows a node by the id it was \
+                         enabled with (the conductor uses the node's UUID)",
+                        status.message(),
+                        code_name(status.code())
+                    ),
+                    _ => rpc(status),
+                });
+            }
             let req = pb::DisableConsoleRequest { node_id: a.node };
-            let c = connect(&a.client).await?.disable_console(req).await?;
+            let c = client.disable_console(req).await.map_err(rpc)?;
             print_console(out, &c.into_inner(), a.client.json)
         }
         Command::Show(a) => {
             let req = pb::GetConsoleRequest { node_id: a.node };
-            let c = connect(&a.client).await?.get_console(req).await?;
-            print_console(out, &c.into_inner(), a.client.json)
+            let c = connect(&a.client).await?.get_console(req).await;
+            print_console(out, &c.map_err(rpc)?.into_inner(), a.client.json)
         }
         Command::Drain(a) => {
             let resp = connect(&a)
                 .await?
                 .drain_replica(pb::DrainReplicaRequest {})
-                .await?
+                .await
+                .map_err(rpc)?
                 .into_inner();
             match a.json {
                 true => writeln!(
@@ -213,7 +232,8 @@ pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
             let list = connect(&a)
                 .await?
                 .list_consoles(pb::ListConsolesRequest {})
-                .await?;
+                .await
+                .map_err(rpc)?;
             print_list(out, &list.into_inner().consoles, a.json)
         }
         Command::Log(a) => {
@@ -224,7 +244,8 @@ pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
             let log = connect(&a.client)
                 .await?
                 .get_console_log(req)
-                .await?
+                .await
+                .map_err(rpc)?
                 .into_inner();
             if a.client.json {
                 let v = serde_json::json!({
@@ -237,6 +258,54 @@ pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
         }
         Command::Serve(_) | Command::SolExec => unreachable!("not client commands"),
     }
+}
+
+/// A gRPC error as the operator reads it: the service's message and the
+/// code's canonical name, e.g. `no console for node n1 (NOT_FOUND)`.
+fn rpc(status: tonic::Status) -> anyhow::Error {
+    let message = match status.message() {
+        "" => status.code().description(),
+        m => m,
+    };
+    anyhow!("{message} ({})", code_name(status.code()))
+}
+
+/// `NotFound` → `NOT_FOUND`, as gRPC names its codes.
+fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, ch) in format!("{code:?}").chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(ch.to_ascii_uppercase());
+    }
+    name
+}
+
+/// An error as the one line a command prints before exiting non-zero: the
+/// whole chain of causes (`a: b: c`), never a backtrace, and no line breaks
+/// even when a cause spans several lines (a TOML parse error does).
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut last = String::new();
+    for cause in err.chain() {
+        let text = cause
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Errors that print their source in their own message (`#[error("{0}")]`
+        // over a `#[source]`) would otherwise say the same thing twice.
+        if text.is_empty() || last.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        last = text;
+    }
+    line
 }
 
 async fn connect(args: &ClientArgs) -> Result<ConsoleServiceClient<Channel>> {

@@ -1,7 +1,10 @@
 //! The `console-svc` binary: parse the command line, set up logging, and
-//! hand over to the library (`console_svc::run` or a client command).
+//! hand over to the library (`console_svc::run` or a client command). A
+//! failure is printed as one line, `console-svc: <error: cause: ...>`, with
+//! exit code 1 (never a backtrace, whatever `RUST_BACKTRACE` says).
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -10,7 +13,17 @@ use console_svc::config::{Config, LogFormat};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("console-svc: {}", cli::error_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     if let Command::SolExec = cli.command {
         // Runs under socat for each console connection; only returns on failure.
