@@ -12,6 +12,9 @@
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
 //! - [`patch`]: JSON Patch.
 
+// A service logs through tracing, never to stdout/stderr directly.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod api;
 pub mod config;
 pub mod console;

@@ -15,6 +15,9 @@
 //! - [`grpc`]: `console.v1.ConsoleService`, health and reflection.
 //! - [`cli`]: the operator's client commands.
 
+// A service logs through tracing, never to stdout/stderr directly.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod backoff;
 pub mod cli;
 pub mod cluster;

@@ -37,6 +37,10 @@ impl fmt::Display for Secret {
     }
 }
 
+#[expect(
+    unsafe_code,
+    reason = "String::as_bytes_mut, to zero the password in place"
+)]
 impl Drop for Secret {
     fn drop(&mut self) {
         // SAFETY: zero bytes are valid UTF-8, so the String stays well formed.

@@ -218,6 +218,10 @@ impl PasswordFd {
 
     /// Make the file the child's fd 3 (and only the child's: the original
     /// stays close-on-exec).
+    #[expect(
+        unsafe_code,
+        reason = "Command::pre_exec runs code between fork and exec"
+    )]
     pub fn attach(self, cmd: &mut Command) {
         let fd = self.0;
         // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
@@ -237,8 +241,11 @@ impl PasswordFd {
     }
 }
 
+#[expect(unsafe_code, reason = "FromRawFd is an unsafe trait method")]
 impl FromRawFd for PasswordFd {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
+        // SAFETY: the caller guarantees `fd` is open and owned by nobody
+        // else (FromRawFd's contract); that ownership passes to the OwnedFd.
         Self(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }

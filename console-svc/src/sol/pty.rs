@@ -67,6 +67,10 @@ fn open_pair() -> io::Result<PtyPair> {
 /// every copy for the master to report EOF when the child exits. The child
 /// must not be configured with `process_group(0)`: it calls `setsid`, which
 /// fails for a process group leader.
+#[expect(
+    unsafe_code,
+    reason = "Command::pre_exec runs code between fork and exec"
+)]
 pub fn spawn(
     mut cmd: Command,
     processes: &ProcessTable,
@@ -102,6 +106,10 @@ pub struct PtyStream {
 }
 
 impl PtyStream {
+    #[expect(
+        unsafe_code,
+        reason = "AsyncFd::register: the descriptor must stay open while registered"
+    )]
     fn new(master: OwnedFd) -> io::Result<Self> {
         // SAFETY: `master` is an open descriptor that the AsyncFd owns for
         // its whole life; nothing replaces or closes it meanwhile.
