@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pb::console_service_client::ConsoleServiceClient;
 use porthole_proto::console::v1 as pb;
@@ -29,7 +29,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the service.
     Serve(ServeArgs),
-    /// Enable (or keep) a node's serial console.
+    /// Enable (or keep) a node's console: serial (IPMI SOL) or --kind vnc.
     Enable(EnableArgs),
     /// Disable a node's console.
     Disable(NodeArgs),
@@ -120,30 +120,137 @@ pub struct NodeArgs {
     pub client: ClientArgs,
 }
 
+/// What `enable` asks for: a serial console (IPMI SOL) or a VNC console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Serial,
+    Vnc,
+}
+
 #[derive(Debug, Args)]
 pub struct EnableArgs {
     pub node: String,
+    /// serial (IPMI SOL, the --bmc-* options) or vnc (the --vnc-* options).
+    #[arg(long, value_enum, default_value_t = Kind::Serial)]
+    pub kind: Kind,
+    /// BMC address (serial).
     #[arg(long)]
-    pub bmc_address: String,
-    /// IPMI UDP port.
-    #[arg(long, default_value_t = 623)]
-    pub bmc_port: u16,
+    pub bmc_address: Option<String>,
+    /// IPMI UDP port (serial; default 623).
     #[arg(long)]
-    pub bmc_username: String,
-    /// A file holding the BMC password (never on the command line).
+    pub bmc_port: Option<u16>,
+    /// BMC user (serial).
     #[arg(long)]
-    pub bmc_password_file: PathBuf,
-    /// ipmitool -C.
+    pub bmc_username: Option<String>,
+    /// A file holding the BMC password (serial; never on the command line).
+    #[arg(long)]
+    pub bmc_password_file: Option<PathBuf>,
+    /// ipmitool -C (serial).
     #[arg(long)]
     pub cipher_suite: Option<u32>,
-    /// ipmitool -L (default ADMINISTRATOR).
-    #[arg(long, default_value = "")]
-    pub privilege_level: String,
+    /// ipmitool -L (serial; default ADMINISTRATOR).
+    #[arg(long)]
+    pub privilege_level: Option<String>,
+    /// The VNC server's host (vnc).
+    #[arg(long)]
+    pub vnc_host: Option<String>,
+    /// The VNC server's TCP port (vnc; default 5900).
+    #[arg(long)]
+    pub vnc_port: Option<u16>,
+    /// A file holding the VNC password (vnc; none when the server asks for
+    /// none; never on the command line).
+    #[arg(long)]
+    pub vnc_password_file: Option<PathBuf>,
     /// A fixed console port inside the service's port range.
     #[arg(long)]
     pub port: Option<u16>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+impl EnableArgs {
+    /// The EnableConsole request these arguments describe, passwords read
+    /// from their files; an option of the other kind, or a missing one, is
+    /// an error that names it.
+    pub fn request(&self) -> Result<pb::EnableConsoleRequest> {
+        let kind = match self.kind {
+            Kind::Serial => "serial",
+            Kind::Vnc => "vnc",
+        };
+        let given = |name: &str, set: bool| set.then(|| format!("--{name}"));
+        let other = match self.kind {
+            Kind::Serial => vec![
+                given("vnc-host", self.vnc_host.is_some()),
+                given("vnc-port", self.vnc_port.is_some()),
+                given("vnc-password-file", self.vnc_password_file.is_some()),
+            ],
+            Kind::Vnc => vec![
+                given("bmc-address", self.bmc_address.is_some()),
+                given("bmc-port", self.bmc_port.is_some()),
+                given("bmc-username", self.bmc_username.is_some()),
+                given("bmc-password-file", self.bmc_password_file.is_some()),
+                given("cipher-suite", self.cipher_suite.is_some()),
+                given("privilege-level", self.privilege_level.is_some()),
+            ],
+        };
+        let wrong: Vec<String> = other.into_iter().flatten().collect();
+        if !wrong.is_empty() {
+            bail!(
+                "{} not for a {kind} console (--kind {kind})",
+                wrong.join(", ")
+            );
+        }
+        let need = |v: &Option<String>, name: &str| {
+            v.clone()
+                .ok_or_else(|| anyhow!("a {kind} console needs --{name}"))
+        };
+        let need_file = |v: &Option<PathBuf>, name: &str| {
+            v.clone()
+                .ok_or_else(|| anyhow!("a {kind} console needs --{name}"))
+        };
+        let mut req = pb::EnableConsoleRequest {
+            node_id: self.node.clone(),
+            port: self.port.map(u32::from).unwrap_or(0),
+            ..Default::default()
+        };
+        match self.kind {
+            Kind::Serial => {
+                let address = need(&self.bmc_address, "bmc-address")?;
+                let username = need(&self.bmc_username, "bmc-username")?;
+                let file = need_file(&self.bmc_password_file, "bmc-password-file")?;
+                req.kind = pb::ConsoleKind::Serial as i32;
+                req.ipmi = Some(pb::IpmiTarget {
+                    address,
+                    port: self.bmc_port.unwrap_or(623).into(),
+                    username,
+                    password: read_password(&file)?,
+                    cipher_suite: self.cipher_suite,
+                    privilege_level: self.privilege_level.clone().unwrap_or_default(),
+                });
+            }
+            Kind::Vnc => {
+                let host = need(&self.vnc_host, "vnc-host")?;
+                let password = match &self.vnc_password_file {
+                    Some(file) => read_password(file)?,
+                    None => String::new(),
+                };
+                req.kind = pb::ConsoleKind::Vnc as i32;
+                req.vnc = Some(pb::VncTarget {
+                    host,
+                    port: self.vnc_port.map(u32::from).unwrap_or(0),
+                    password,
+                });
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// A password file's contents without the trailing line break.
+fn read_password(file: &std::path::Path) -> Result<String> {
+    let password =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(password.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 #[derive(Debug, Args)]
@@ -160,22 +267,7 @@ pub struct LogArgs {
 pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
     match command {
         Command::Enable(a) => {
-            let password = std::fs::read_to_string(&a.bmc_password_file)
-                .with_context(|| format!("reading {}", a.bmc_password_file.display()))?;
-            let req = pb::EnableConsoleRequest {
-                node_id: a.node,
-                kind: pb::ConsoleKind::Serial as i32,
-                ipmi: Some(pb::IpmiTarget {
-                    address: a.bmc_address,
-                    port: a.bmc_port.into(),
-                    username: a.bmc_username,
-                    password: password.trim_end_matches(['\r', '\n']).to_owned(),
-                    cipher_suite: a.cipher_suite,
-                    privilege_level: a.privilege_level,
-                }),
-                port: a.port.map(u32::from).unwrap_or(0),
-                vnc: None,
-            };
+            let req = a.request()?;
             let c = connect(&a.client).await?.enable_console(req).await;
             print_console(out, &c.map_err(rpc)?.into_inner(), a.client.json)
         }
@@ -396,3 +488,6 @@ fn print_list(out: &mut impl Write, consoles: &[pb::Console], json: bool) -> Res
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
