@@ -29,13 +29,15 @@ fi
 [ "${1:-}" = --install ] && exit 0
 
 cd "$ROOT"
+# Errors only: duplicate versions are warnings (`cargo deny check bans`
+# lists them), not a reason to fail.
 say "cargo deny check bans licenses sources"
-cargo deny --log-level warn check bans licenses sources
+cargo deny --log-level error check bans licenses sources
 
 say "cargo deny check advisories"
 log=$ROOT/.run/deny-advisories.log
 mkdir -p "$ROOT/.run"
-if cargo deny --log-level warn check advisories >"$log" 2>&1; then
+if cargo deny --log-level error check advisories >"$log" 2>&1; then
   say "advisories: ok"
 elif grep -qiE "failed to (fetch|clone|open)|unable to (fetch|clone)|could not resolve|network|connect" "$log"; then
   [ "${PORTHOLE_DENY_ADVISORIES:-}" = require ] && { cat "$log" >&2; say "the advisory database cannot be fetched"; exit 1; }

@@ -14,7 +14,8 @@
 #    (PORTHOLE_TEST_RIG_BASE), RIG_BMCS=6 and a random, distinctive BMC
 #    password (the secrets test looks for it in argv, environments and logs);
 # 4. cargo test --workspace with PORTHOLE_RIG_JSON set, so every rig test
-#    runs for real; then cargo fmt --check and cargo clippy -D warnings.
+#    runs for real; then cargo fmt --check, cargo clippy -D warnings and
+#    scripts/deny.sh (cargo-deny, installed from crates.io if missing).
 #
 # A run in which no test ran (a filter that matches no test name) fails:
 # "0 passed, 0 failed" is not a pass.
@@ -113,7 +114,10 @@ cargo fmt --all --check >"$RUN/test-fmt.log" 2>&1 || { cat "$RUN/test-fmt.log" >
 say "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy -q --workspace --all-targets -- -D warnings >"$RUN/test-clippy.log" 2>&1 ||
   { cat "$RUN/test-clippy.log" >&2; lint+="clippy FAILED"; }
+say "cargo deny: licenses, bans, sources, advisories where reachable (scripts/deny.sh)"
+"$ROOT/scripts/deny.sh" >"$RUN/test-deny.log" 2>&1 || { cat "$RUN/test-deny.log" >&2; lint+="${lint:+ }deny FAILED"; }
+grep -h "SKIPPED" "$RUN/test-deny.log" >&2 || true
 if [ "$status" = 0 ] && [ -n "$lint" ]; then status=3; fi
 
-say "tests: $(count passed) passed, $(count failed) failed, $(count ignored) ignored (cargo test exit $tests); fmt/clippy: ${lint:-ok}"
+say "tests: $(count passed) passed, $(count failed) failed, $(count ignored) ignored (cargo test exit $tests); fmt/clippy/deny: ${lint:-ok}"
 exit "$status"
