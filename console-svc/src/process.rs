@@ -231,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn terminate_stops_the_child_and_forgets_it() {
-        let dir = tempdir();
+        let (dir, _scratch) = tempdir();
         let table = ProcessTable::open(&dir, Duration::from_secs(1)).unwrap();
         let child = table.spawn(&mut sleeper(), "sleep").unwrap();
         let pid = child.pid();
@@ -243,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn sweep_kills_recorded_leftovers_but_not_a_reused_pid() {
-        let dir = tempdir();
+        let (dir, _scratch) = tempdir();
         let table = ProcessTable::open(&dir, Duration::from_secs(1)).unwrap();
         let mut child = table.spawn(&mut sleeper(), "sleep").unwrap();
         let pid = child.pid();
@@ -268,13 +268,10 @@ mod tests {
         other.kill().await.unwrap();
     }
 
-    fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "porthole-proc-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&d);
-        d
+    /// A path inside a fresh scratch dir (the table creates it), and the
+    /// dir's guard: both gone when the guard drops.
+    fn tempdir() -> (PathBuf, tempfile::TempDir) {
+        let scratch = tempfile::tempdir().unwrap();
+        (scratch.path().join("pids"), scratch)
     }
 }

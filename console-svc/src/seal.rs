@@ -141,8 +141,8 @@ mod tests {
 
     #[test]
     fn key_files_hold_raw_or_hex_keys() {
-        let dir = std::env::temp_dir().join(format!("seal-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let raw = dir.join("raw.key");
         std::fs::write(&raw, [1u8; 32]).unwrap();
         let hex = dir.join("hex.key");
@@ -157,6 +157,5 @@ mod tests {
             Sealer::load(&dir.join("missing")),
             Err(SealError::KeyFile { .. })
         ));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

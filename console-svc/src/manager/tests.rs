@@ -17,6 +17,9 @@ use crate::spec::Target;
 struct FakeBackend {
     started: AtomicUsize,
     running: Arc<AtomicUsize>,
+    /// The manager's process-table dir: removed when the last holder (the
+    /// test or the manager) drops the backend.
+    scratch: Option<tempfile::TempDir>,
 }
 
 struct FakeConsole {
@@ -69,13 +72,15 @@ fn build(
     let mut config = Config::default();
     config.console.port_range = range.parse().unwrap();
     config.console.ipmitool_path = ipmitool.into();
-    let dir = std::env::temp_dir().join(format!(
-        "porthole-mgr-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let processes = Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap());
-    let backend = Arc::new(FakeBackend::default());
+    let dir = tempfile::Builder::new()
+        .prefix("porthole-mgr-")
+        .tempdir()
+        .unwrap();
+    let processes = Arc::new(ProcessTable::open(dir.path(), Duration::from_secs(1)).unwrap());
+    let backend = Arc::new(FakeBackend {
+        scratch: Some(dir),
+        ..FakeBackend::default()
+    });
     let backends = Backends {
         serial: backend.clone(),
         vnc: None,

@@ -255,9 +255,10 @@ mod tests {
     use super::*;
     use crate::spec::PrivilegeLevel;
 
-    fn tool() -> IpmiTool {
-        let dir = std::env::temp_dir().join(format!("porthole-ipmitool-{}", std::process::id()));
-        IpmiTool::new(
+    /// The tool, and the scratch dir of its process table (removed on drop).
+    fn tool() -> (IpmiTool, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = IpmiTool::new(
             "ipmitool",
             IpmiTarget {
                 address: "127.0.0.1".into(),
@@ -268,13 +269,15 @@ mod tests {
                 privilege: PrivilegeLevel::Administrator,
             },
             Duration::from_secs(5),
-            Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap()),
-        )
+            Arc::new(ProcessTable::open(dir.path(), Duration::from_secs(1)).unwrap()),
+        );
+        (tool, dir)
     }
 
     #[test]
     fn argv_has_the_cipher_suite_and_no_password() {
         let args: Vec<String> = tool()
+            .0
             .args(&["sol", "activate"])
             .into_iter()
             .map(|a| a.into_string().unwrap())
@@ -292,7 +295,8 @@ mod tests {
         // `cat /dev/fd/3` twice stands in for two ipmitool runs under one socat.
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "cat /dev/fd/3; echo; cat /dev/fd/3"]);
-        tool().password_fd().unwrap().attach(&mut cmd);
+        let (tool, _dir) = tool();
+        tool.password_fd().unwrap().attach(&mut cmd);
         let out = cmd.output().await.unwrap();
         assert_eq!(
             String::from_utf8(out.stdout).unwrap(),
