@@ -201,6 +201,12 @@ impl Config {
                 "api.auth_strategy = http_basic needs api.http_basic_auth_user_file".into(),
             ));
         }
+        if !["text", "json"].contains(&self.api.log_format.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "api.log_format must be \"text\" or \"json\", not {:?}",
+                self.api.log_format
+            )));
+        }
         if self.power.poll_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "power.poll_interval must be above 0".into(),
@@ -278,6 +284,21 @@ mod tests {
         assert_eq!(c.api.auth_strategy, AuthStrategy::HttpBasic);
         assert_eq!(c.power.state_timeout, Duration::from_secs(5));
         assert_eq!(c.console.endpoint, "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        let s = |v: &str| toml::Value::String(v.into());
+        let err = Config::load(None, Vec::new(), &[("api", "log_format", s("xml"))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("api.log_format must be \"text\" or \"json\", not \"xml\""),
+            "{err}"
+        );
+        for ok in ["text", "json"] {
+            Config::load(None, Vec::new(), &[("api", "log_format", s(ok))]).unwrap();
+        }
     }
 
     #[test]

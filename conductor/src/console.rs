@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use pb::console_service_client::ConsoleServiceClient;
+use porthole_common::tls::ClientTls;
 use porthole_proto::console::v1 as pb;
 use serde_json::{json, Value};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ConsoleSvcConfig;
 use crate::model::Node;
@@ -81,21 +82,19 @@ impl ConsoleClient {
         let mut ep = Endpoint::from_shared(cfg.endpoint.clone())
             .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(5))
+            // tonic's default, said out loud: gRPC replies must not wait on Nagle.
+            .tcp_nodelay(true)
             .timeout(cfg.timeout);
-        if cfg.endpoint.starts_with("https://") || cfg.tls_ca.is_some() {
-            let mut tls = ClientTlsConfig::new().with_native_roots();
-            if let Some(ca) = &cfg.tls_ca {
-                let pem = std::fs::read(ca).map_err(|e| bad(&format!("{}: {e}", ca.display())))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            if let (Some(c), Some(k)) = (&cfg.tls_cert, &cfg.tls_key) {
-                let cert = std::fs::read(c).map_err(|e| bad(&format!("{}: {e}", c.display())))?;
-                let key = std::fs::read(k).map_err(|e| bad(&format!("{}: {e}", k.display())))?;
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            if let Some(d) = &cfg.tls_domain {
-                tls = tls.domain_name(d.clone());
-            }
+        let tls = ClientTls {
+            ca_file: cfg.tls_ca.clone(),
+            cert_file: cfg.tls_cert.clone(),
+            key_file: cfg.tls_key.clone(),
+            server_name: cfg.tls_domain.clone(),
+        };
+        if tls.wanted(&cfg.endpoint) {
+            let tls = tls
+                .tonic(("console.tls_cert", "console.tls_key"))
+                .map_err(|e| bad(&e))?;
             ep = ep.tls_config(tls).map_err(|e| bad(&e))?;
         }
         Ok(Self {
@@ -109,7 +108,18 @@ impl ConsoleClient {
     }
 
     fn status(&self, s: tonic::Status) -> ConsoleError {
+        // A connection that failed under the call (refused, reset, or
+        // closed by the server in the TLS handshake, e.g. for want of a
+        // client certificate) arrives as whatever code hyper's error maps
+        // to, CANCELLED among them; it is the service being unavailable to
+        // us, not its answer.
+        let transport =
+            std::error::Error::source(&s).is_some_and(|e| e.is::<tonic::transport::Error>());
         match s.code() {
+            _ if transport => ConsoleError::Unavailable {
+                endpoint: self.endpoint.clone(),
+                message: chain(&s),
+            },
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
                 if s.message().contains("transport") || s.code() != tonic::Code::Unknown =>
             {
@@ -255,5 +265,55 @@ pub fn apply(node: &mut Node, c: &pb::Console) {
             .insert("vnc_host".into(), json!(c.host));
         node.driver_internal_info
             .insert("vnc_port".into(), json!(c.port));
+    }
+}
+
+/// A status's message and its sources' (a transport error alone says
+/// "operation was canceled"; its source says the connection was closed).
+fn chain(s: &tonic::Status) -> String {
+    let mut text = s.message().to_owned();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_certificate_without_its_key_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        std::fs::write(&cert, "not read before the pair is checked").unwrap();
+        let cfg = ConsoleSvcConfig {
+            endpoint: "https://127.0.0.1:50051".into(),
+            tls_cert: Some(cert),
+            ..ConsoleSvcConfig::default()
+        };
+        match ConsoleClient::new(&cfg) {
+            Err(ConsoleError::Config(m)) => {
+                assert_eq!(m, "console.tls_cert needs console.tls_key")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a certificate without its key was accepted"),
+        }
+        let cfg = ConsoleSvcConfig {
+            endpoint: "https://127.0.0.1:50051".into(),
+            tls_ca: Some(dir.path().join("missing-ca.pem")),
+            ..ConsoleSvcConfig::default()
+        };
+        match ConsoleClient::new(&cfg) {
+            Err(ConsoleError::Config(m)) => assert!(m.contains("missing-ca.pem"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a missing CA file was accepted"),
+        }
     }
 }

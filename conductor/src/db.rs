@@ -4,10 +4,14 @@
 //! One connection behind a mutex: every call is a short statement, and
 //! [`Store::modify_node`] reads, changes and writes a node under that one
 //! lock so concurrent power and console updates never lose each other's
-//! changes. Callers: `service` (domain operations) and the console watcher.
+//! changes. SQLite blocks (disk, and up to its 5 s busy timeout on a lock),
+//! so [`Store`] is async and runs every call on tokio's blocking pool
+//! (`spawn_blocking`), never on a runtime worker; [`Registry`] is the
+//! synchronous store underneath. Callers: `service` (domain operations), the
+//! REST handlers and the console watcher.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -31,6 +35,8 @@ pub enum DbError {
     NotFound { kind: &'static str, ident: String },
     #[error("{0}")]
     Duplicate(String),
+    #[error("database worker: {0}")]
+    Worker(String),
 }
 
 const SCHEMA: &str = "
@@ -58,9 +64,97 @@ const NODE_COLS: &str = "uuid, name, driver, driver_info, driver_internal_info, 
   last_error, created_at, updated_at";
 const PORT_COLS: &str = "uuid, address, node_uuid, extra, pxe_enabled, created_at, updated_at";
 
-pub struct Store {
+/// The registry, synchronous: call it only off the runtime's workers
+/// (through [`Store`]).
+pub struct Registry {
     conn: Mutex<Connection>,
     sealer: Sealer,
+}
+
+/// The registry as async calls, each run on tokio's blocking pool.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Registry>,
+}
+
+impl Store {
+    /// Open (or create) the database; blocks, so call it off the workers
+    /// or at start (see `lib::run`).
+    pub fn open(path: &Path, sealer: Sealer) -> Result<Self, DbError> {
+        Ok(Self {
+            inner: Arc::new(Registry::open(path, sealer)?),
+        })
+    }
+
+    /// Run `f` on the registry in the blocking pool.
+    async fn call<T, E>(
+        &self,
+        f: impl FnOnce(&Registry) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(r) => r,
+            Err(e) => Err(DbError::Worker(e.to_string()).into()),
+        }
+    }
+
+    pub async fn insert_node(&self, node: &Node) -> Result<(), DbError> {
+        let node = node.clone();
+        self.call(move |r| r.insert_node(&node)).await
+    }
+
+    /// A node by UUID or name.
+    pub async fn get_node(&self, ident: &str) -> Result<Node, DbError> {
+        let ident = ident.to_owned();
+        self.call(move |r| r.get_node(&ident)).await
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<Node>, DbError> {
+        self.call(|r| r.list_nodes()).await
+    }
+
+    /// Read node `ident`, let `f` change it, write it back with a fresh
+    /// `updated_at`, all under one lock. `f`'s error leaves the node as it was.
+    pub async fn modify_node<E, F>(&self, ident: &str, f: F) -> Result<Node, E>
+    where
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut Node) -> Result<(), E> + Send + 'static,
+    {
+        let ident = ident.to_owned();
+        self.call(move |r| r.modify_node(&ident, f)).await
+    }
+
+    /// Delete a node and its ports.
+    pub async fn delete_node(&self, uuid: &str) -> Result<(), DbError> {
+        let uuid = uuid.to_owned();
+        self.call(move |r| r.delete_node(&uuid)).await
+    }
+
+    pub async fn insert_port(&self, p: &Port) -> Result<(), DbError> {
+        let p = p.clone();
+        self.call(move |r| r.insert_port(&p)).await
+    }
+
+    /// A port by UUID or MAC address.
+    pub async fn get_port(&self, ident: &str) -> Result<Port, DbError> {
+        let ident = ident.to_owned();
+        self.call(move |r| r.get_port(&ident)).await
+    }
+
+    /// Ports, all or one node's.
+    pub async fn list_ports(&self, node_uuid: Option<&str>) -> Result<Vec<Port>, DbError> {
+        let node_uuid = node_uuid.map(str::to_owned);
+        self.call(move |r| r.list_ports(node_uuid.as_deref())).await
+    }
+
+    pub async fn delete_port(&self, uuid: &str) -> Result<(), DbError> {
+        let uuid = uuid.to_owned();
+        self.call(move |r| r.delete_port(&uuid)).await
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
@@ -71,7 +165,7 @@ fn dict(s: String) -> Result<Dict, DbError> {
     Ok(serde_json::from_str(&s)?)
 }
 
-impl Store {
+impl Registry {
     pub fn open(path: &Path, sealer: Sealer) -> Result<Self, DbError> {
         let err = |source| DbError::Open {
             path: path.to_owned(),

@@ -11,6 +11,7 @@
 //! - [`console`], [`watch`]: the console-svc client, reconcile, WatchConsoles.
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
 //! - [`patch`]: JSON Patch.
+//! - [`logfmt`]: text log lines with control characters escaped.
 
 // A service logs through tracing, never to stdout/stderr directly.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -19,6 +20,7 @@ pub mod api;
 pub mod config;
 pub mod console;
 pub mod db;
+pub mod logfmt;
 pub mod model;
 pub mod patch;
 pub mod power;
@@ -26,6 +28,7 @@ pub mod seal;
 pub mod service;
 pub mod watch;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +61,11 @@ pub enum RunError {
     Serve(std::io::Error),
 }
 
-/// Serve the API on `listener` until `shutdown` is cancelled.
+/// How long a stop waits for open API connections to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serve the API on `listener` until `shutdown` is cancelled (then at most
+/// [`SHUTDOWN_GRACE`] for open connections).
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -78,11 +85,22 @@ pub async fn run(
                 .http_basic_auth_user_file
                 .as_deref()
                 .expect("validated in Config::load");
-            Some(Arc::new(api::HttpBasic::load(file)?))
+            let file = file.to_owned();
+            // Reading the file and making the dummy hash block: off the workers.
+            let basic = tokio::task::spawn_blocking(move || api::HttpBasic::load(&file))
+                .await
+                .map_err(|e| RunError::Serve(std::io::Error::other(e)))??;
+            Some(Arc::new(basic))
         }
     };
-    let conductor = Arc::new(open(&config, shutdown.clone())?);
-    clear_stale_power_actions(&conductor)?;
+    let opened = {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || open(&config, shutdown))
+            .await
+            .map_err(|e| RunError::Serve(std::io::Error::other(e)))??
+    };
+    let conductor = Arc::new(opened);
+    clear_stale_power_actions(&conductor).await?;
     conductor.tasks.spawn(watch::follow(conductor.clone()));
     let state = api::AppState {
         conductor: conductor.clone(),
@@ -90,12 +108,33 @@ pub async fn run(
         public_endpoint: config.api.public_endpoint.clone(),
     };
     tracing::info!(%addr, auth = ?config.api.auth_strategy, console_svc = %config.console.endpoint, "conductor API listening");
+    // axum::serve leaves Nagle on: small replies would wait on delayed ACKs.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY on an API connection");
+        }
+    });
     use tower::Layer;
     let app = tower::util::MapRequestLayer::new(api::normalize_path).layer(api::router(state));
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
-    let served = axum::serve(listener, app)
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+        .into_future();
+    // A graceful stop waits for open connections, but only so long: an
+    // HTTP/2 client that never answers the GOAWAY's ping (or a request that
+    // never ends) would otherwise keep a stopped conductor up for ever.
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let served = tokio::select! {
+        r = server => r,
+        () = grace_over => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "client connections still open after the stop; closing them");
+            Ok(())
+        }
+    };
     shutdown.cancel();
     conductor.tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), conductor.tasks.wait())
@@ -144,17 +183,18 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
 
 /// A power action cut short by a stop leaves target_power_state behind:
 /// clear it and say so in last_error.
-fn clear_stale_power_actions(c: &Conductor) -> Result<(), RunError> {
-    for node in c.store.list_nodes()? {
+async fn clear_stale_power_actions(c: &Conductor) -> Result<(), RunError> {
+    for node in c.store.list_nodes().await? {
         if let Some(target) = node.target_power_state {
             c.store
-                .modify_node(&node.uuid, |n: &mut Node| {
+                .modify_node(&node.uuid, move |n: &mut Node| {
                     n.target_power_state = None;
                     n.last_error = Some(format!(
                         "The conductor stopped during a change of power state to {target}."
                     ));
                     Ok::<_, ServiceError>(())
                 })
+                .await
                 .map_err(|e| match e {
                     ServiceError::Db(d) => RunError::Db(d),
                     other => RunError::Serve(std::io::Error::other(other.to_string())),

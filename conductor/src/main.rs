@@ -145,6 +145,6 @@ fn init_tracing(json: bool) {
     if json {
         builder.json().init();
     } else {
-        builder.init();
+        builder.fmt_fields(conductor::logfmt::text_fields()).init();
     }
 }

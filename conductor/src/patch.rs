@@ -1,6 +1,8 @@
 //! JSON Patch (RFC 6902: add, replace, remove) as Ironic applies it to a
 //! node or port: `add` on an existing member replaces it, `replace` and
-//! `remove` need the member to exist. Callers: `service` for PATCH.
+//! `remove` need the member to exist. A failing operation is reported as
+//! Ironic does (`Couldn't apply patch '<op>'. Reason: <jsonpatch's reason>`,
+//! e.g. "can't replace a non-existent object 'x'"). Callers: `service` for PATCH.
 
 use serde_json::Value;
 
@@ -8,10 +10,28 @@ use serde_json::Value;
 pub enum PatchError {
     #[error("Invalid patch: {0}")]
     Invalid(String),
-    #[error("Adding a new attribute ({0}) to the root of the resource is not allowed.")]
+    #[error("Adding a new attribute ({0}) to the root of the resource is not allowed")]
     NewRootAttribute(String),
-    #[error("Can't remove non-existent object '{0}'.")]
-    Missing(String),
+    /// An operation that cannot apply: Ironic's PatchError around
+    /// python-jsonpatch's reason.
+    #[error("Couldn't apply patch '{op}'. Reason: {reason}")]
+    Failed { op: String, reason: String },
+}
+
+/// The longest rendering of an operation echoed in an error.
+const OP_ECHO: usize = 256;
+
+fn failed(op: &Value, reason: String) -> PatchError {
+    let mut op = op.to_string();
+    if op.len() > OP_ECHO {
+        let mut end = OP_ECHO;
+        while !op.is_char_boundary(end) {
+            end -= 1;
+        }
+        op.truncate(end);
+        op.push_str("...");
+    }
+    PatchError::Failed { op, reason }
 }
 
 /// Apply `ops` (a JSON array) to `doc`.
@@ -34,7 +54,8 @@ fn apply_one(doc: &mut Value, op: &Value) -> Result<(), PatchError> {
         .ok_or_else(|| PatchError::Invalid("an operation needs \"path\"".into()))?;
     let parts = split(path)?;
     let (last, parents) = parts.split_last().expect("split gives at least one part");
-    let parent = walk(doc, parents, path)?;
+    let parent =
+        walk(doc, parents).map_err(|member| failed(op, format!("member '{member}' not found")))?;
     let Value::Object(map) = parent else {
         return Err(PatchError::Invalid(format!(
             "{path}: the parent is not an object"
@@ -46,10 +67,13 @@ fn apply_one(doc: &mut Value, op: &Value) -> Result<(), PatchError> {
                 .get("value")
                 .ok_or_else(|| PatchError::Invalid(format!("{kind} {path} needs a value")))?;
             if !map.contains_key(last) && (kind == "replace" || parents.is_empty()) {
-                if parents.is_empty() {
+                if parents.is_empty() && kind == "add" {
                     return Err(PatchError::NewRootAttribute(path.to_owned()));
                 }
-                return Err(PatchError::Missing(path.to_owned()));
+                return Err(failed(
+                    op,
+                    format!("can't replace a non-existent object '{last}'"),
+                ));
             }
             map.insert(last.clone(), value.clone());
             Ok(())
@@ -62,12 +86,15 @@ fn apply_one(doc: &mut Value, op: &Value) -> Result<(), PatchError> {
                         *v = Value::Null;
                         Ok(())
                     }
-                    None => Err(PatchError::Missing(path.to_owned())),
+                    None => Err(failed(
+                        op,
+                        format!("can't remove a non-existent object '{last}'"),
+                    )),
                 };
             }
             map.remove(last)
                 .map(drop)
-                .ok_or_else(|| PatchError::Missing(path.to_owned()))
+                .ok_or_else(|| failed(op, format!("can't remove a non-existent object '{last}'")))
         }
         other => Err(PatchError::Invalid(format!(
             "operation {other:?} is not supported (add, replace, remove)"
@@ -91,13 +118,14 @@ fn split(path: &str) -> Result<Vec<String>, PatchError> {
     Ok(parts)
 }
 
-fn walk<'a>(doc: &'a mut Value, parts: &[String], path: &str) -> Result<&'a mut Value, PatchError> {
+/// The value at `parts`, or the first member that is missing.
+fn walk<'a>(doc: &'a mut Value, parts: &[String]) -> Result<&'a mut Value, String> {
     let mut cur = doc;
     for p in parts {
         cur = cur
             .get_mut(p)
             .filter(|v| !v.is_null())
-            .ok_or_else(|| PatchError::Missing(path.to_owned()))?;
+            .ok_or_else(|| p.clone())?;
     }
     Ok(cur)
 }
@@ -129,13 +157,47 @@ mod tests {
     fn errors_are_clear() {
         let mut d = json!({"name": "a", "driver_info": {}});
         let bad = |ops: Value, d: &mut Value| apply(d, &ops).unwrap_err();
-        assert!(matches!(
-            bad(
-                json!([{"op": "replace", "path": "/driver_info/nope", "value": 1}]),
-                &mut d
-            ),
-            PatchError::Missing(_)
-        ));
+        // python-jsonpatch's reasons, inside Ironic's PatchError wording.
+        let e = bad(
+            json!([{"op": "replace", "path": "/driver_info/nope", "value": 1}]),
+            &mut d,
+        );
+        assert_eq!(
+            e.to_string(),
+            r#"Couldn't apply patch '{"op":"replace","path":"/driver_info/nope","value":1}'. Reason: can't replace a non-existent object 'nope'"#
+        );
+        let e = bad(
+            json!([{"op": "replace", "path": "/bogus", "value": 1}]),
+            &mut d,
+        );
+        assert!(
+            e.to_string()
+                .ends_with("Reason: can't replace a non-existent object 'bogus'"),
+            "{e}"
+        );
+        let e = bad(
+            json!([{"op": "remove", "path": "/driver_info/nope"}]),
+            &mut d,
+        );
+        assert!(
+            e.to_string()
+                .ends_with("Reason: can't remove a non-existent object 'nope'"),
+            "{e}"
+        );
+        let e = bad(
+            json!([{"op": "add", "path": "/extra/a/b", "value": 1}]),
+            &mut d,
+        );
+        assert!(
+            e.to_string().ends_with("Reason: member 'extra' not found"),
+            "{e}"
+        );
+        let long = "x".repeat(10_000);
+        let e = bad(
+            json!([{"op": "replace", "path": "/driver_info/nope", "value": long}]),
+            &mut d,
+        );
+        assert!(e.to_string().len() < 400, "echoes the whole operation: {e}");
         assert!(matches!(
             bad(json!([{"op": "add", "path": "/bogus", "value": 1}]), &mut d),
             PatchError::NewRootAttribute(_)

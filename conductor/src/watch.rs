@@ -1,12 +1,19 @@
-//! Keeping console-svc in line with the nodes: on every (re)connection of
-//! WatchConsoles, the snapshot is compared with the nodes that want a
-//! console and the missing ones are enabled (reconcile, idempotent); then
-//! each change updates console_info, vnc_host/vnc_port or last_error. A
-//! console console-svc reports DISABLED while its node wants it is enabled
-//! again: console_enabled never flips silently.
+//! Keeping console-svc in line with the nodes, both ways: on every
+//! (re)connection of WatchConsoles, the snapshot is compared with the nodes
+//! and console-svc is made to match `console_enabled`, which is the state
+//! of record (as in Ironic): missing consoles of nodes that want one are
+//! enabled, and consoles of known nodes that do not want one are disabled
+//! (left by an enable the conductor did not finish, e.g. killed after
+//! console-svc started the console but before `console_enabled = true` was
+//! written). Consoles of node ids the conductor does not know are left
+//! alone: console-svc may serve other clients. Then each change updates
+//! console_info, vnc_host/vnc_port or last_error; a console console-svc
+//! reports DISABLED while its node wants it is enabled again, and one it
+//! reports live for a node that does not want it is disabled:
+//! console_enabled never flips silently.
 //!
 //! ```text
-//!  connect ──▶ EXISTING* ──▶ SYNCED: enable every wanted console not running ──▶ CHANGED* ...
+//!  connect ──▶ EXISTING* ──▶ SYNCED: enable wanted, disable unwanted ──▶ CHANGED* ...
 //!     ▲                                                                              │ stream ends / error
 //!     └──────────────────────────── backoff (1 s .. 30 s) ◀──────────────────────────┘
 //! ```
@@ -78,27 +85,40 @@ async fn watch_once(conductor: &Arc<Conductor>) -> Result<(), crate::console::Co
     Ok(())
 }
 
-/// Every node that wants a console and has none running gets one.
+/// Every node that wants a console and has none running gets one; every
+/// known node that does not want one loses the one console-svc has.
 async fn reconcile(conductor: &Arc<Conductor>, running: HashMap<String, pb::Console>) {
-    let nodes = match conductor.store.list_nodes() {
+    let nodes = match conductor.store.list_nodes().await {
         Ok(n) => n,
         Err(e) => return tracing::error!(error = %e, "reconcile: cannot list nodes"),
     };
-    let mut restored = 0;
-    for node in nodes.iter().filter(|n| n.console_enabled) {
+    let (mut restored, mut retired) = (0, 0);
+    for node in &nodes {
         match running.get(&node.uuid) {
-            Some(c) if is_live(c) => conductor.record_console(&node.uuid, c, true).await,
-            _ => {
+            Some(c) if node.console_enabled && is_live(c) => {
+                conductor.record_console(&node.uuid, c, true).await
+            }
+            _ if node.console_enabled => {
                 conductor.ensure_console(&node.uuid).await;
                 restored += 1;
             }
+            Some(c) if !is_disabled(c) => {
+                conductor.retire_console(&node.uuid).await;
+                retired += 1;
+            }
+            _ => {}
         }
     }
     tracing::info!(
         wanted = nodes.iter().filter(|n| n.console_enabled).count(),
         restored,
+        retired,
         "consoles reconciled"
     );
+}
+
+fn is_disabled(c: &pb::Console) -> bool {
+    c.state == pb::ConsoleState::Disabled as i32
 }
 
 fn is_live(c: &pb::Console) -> bool {
@@ -106,12 +126,19 @@ fn is_live(c: &pb::Console) -> bool {
 }
 
 async fn on_change(conductor: &Arc<Conductor>, c: pb::Console) {
-    let wanted = conductor
-        .store
-        .get_node(&c.node_id)
-        .map(|n| n.console_enabled)
-        .unwrap_or(false);
+    let wanted = match conductor.store.get_node(&c.node_id).await {
+        Ok(n) => n.console_enabled,
+        // Not one of ours: console-svc may serve other clients.
+        Err(_) => return,
+    };
     if !wanted {
+        if !is_disabled(&c) {
+            // Live for a node that does not want it (an enable whose answer
+            // came too late, or someone else's). retire_console re-reads the
+            // node under its console lock, so an enable the API is doing
+            // right now wins.
+            conductor.retire_console(&c.node_id).await;
+        }
         return;
     }
     if c.state == pb::ConsoleState::Disabled as i32 {

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pb::console_service_client::ConsoleServiceClient;
+use porthole_common::tls::ClientTls;
 use porthole_proto::console::v1 as pb;
 use serde::Serialize;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,9 +109,34 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
+    /// PEM CA that signed the service's certificate (TLS; default with an
+    /// https:// URL: the system's roots).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a service that requires one (mutual TLS).
+    #[arg(long, requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM key of --cert-file.
+    #[arg(long, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// Name to check in the service's certificate (default: the URL's host).
+    #[arg(long)]
+    pub server_name: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+impl ClientArgs {
+    /// The TLS options given, if any.
+    pub fn tls(&self) -> ClientTls {
+        ClientTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            server_name: self.server_name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +291,51 @@ pub struct LogArgs {
 
 /// Run a client command, writing its output to `out`.
 pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
+    let hint = client_args(&command).and_then(certificate_hint);
+    let done = commands(command, out).await;
+    match (done, hint) {
+        (Err(e), Some(hint)) if closed_under_us(&e) => Err(e.context(hint)),
+        (done, _) => done,
+    }
+}
+
+/// The connection options of a client command.
+fn client_args(command: &Command) -> Option<&ClientArgs> {
+    match command {
+        Command::Enable(a) => Some(&a.client),
+        Command::Disable(a) | Command::Show(a) => Some(&a.client),
+        Command::Log(a) => Some(&a.client),
+        Command::List(a) | Command::Drain(a) => Some(a),
+        Command::Serve(_) | Command::SolExec => None,
+    }
+}
+
+/// A TLS server that wants a client certificate closes the connection
+/// after the handshake; the call then fails with a bare transport error.
+/// Say what is likely missing when no certificate was given.
+fn certificate_hint(args: &ClientArgs) -> Option<String> {
+    (args.server.starts_with("https://") && args.cert_file.is_none()).then(|| {
+        format!(
+            "console-svc at {} closed the connection; if it requires a client \
+             certificate, give --cert-file and --key-file",
+            args.server
+        )
+    })
+}
+
+/// Whether `e` is a call whose connection failed under it.
+fn closed_under_us(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let status = c
+            .downcast_ref::<tonic::Status>()
+            .or_else(|| c.downcast_ref::<RpcError>().map(|r| &r.0));
+        status
+            .and_then(|s| std::error::Error::source(s))
+            .is_some_and(|s| s.is::<tonic::transport::Error>())
+    })
+}
+
+async fn commands(command: Command, out: &mut impl Write) -> Result<()> {
     match command {
         Command::Enable(a) => {
             let req = a.request()?;
@@ -353,13 +424,29 @@ pub async fn run_client(command: Command, out: &mut impl Write) -> Result<()> {
 }
 
 /// A gRPC error as the operator reads it: the service's message and the
-/// code's canonical name, e.g. `no console for node n1 (NOT_FOUND)`.
+/// code's canonical name, e.g. `no console for node n1 (NOT_FOUND)`; the
+/// status's own cause (a transport error) stays its source.
+#[derive(Debug)]
+struct RpcError(tonic::Status);
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = match self.0.message() {
+            "" => self.0.code().description(),
+            m => m,
+        };
+        write!(f, "{message} ({})", code_name(self.0.code()))
+    }
+}
+
+impl std::error::Error for RpcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
+    }
+}
+
 fn rpc(status: tonic::Status) -> anyhow::Error {
-    let message = match status.message() {
-        "" => status.code().description(),
-        m => m,
-    };
-    anyhow!("{message} ({})", code_name(status.code()))
+    anyhow::Error::new(RpcError(status))
 }
 
 /// `NotFound` → `NOT_FOUND`, as gRPC names its codes.
@@ -401,9 +488,21 @@ pub fn error_line(err: &anyhow::Error) -> String {
 }
 
 async fn connect(args: &ClientArgs) -> Result<ConsoleServiceClient<Channel>> {
-    ConsoleServiceClient::connect(args.server.clone())
+    let server = &args.server;
+    let mut endpoint = Endpoint::from_shared(server.clone())
+        .with_context(|| format!("--server {server}: not a URL"))?;
+    let tls = args.tls();
+    if tls.wanted(server) {
+        if !server.starts_with("https://") {
+            bail!("--server {server}: TLS options need an https:// URL");
+        }
+        endpoint = endpoint.tls_config(tls.tonic(("--cert-file", "--key-file"))?)?;
+    }
+    let channel = endpoint
+        .connect()
         .await
-        .with_context(|| format!("connecting to console-svc at {}", args.server))
+        .with_context(|| format!("connecting to console-svc at {server}"))?;
+    Ok(ConsoleServiceClient::new(channel))
 }
 
 /// The JSON shape of a console, as `--json` prints it.

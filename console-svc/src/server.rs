@@ -5,15 +5,20 @@
 //!  run ──▶ sweep leftovers of a crashed run ──▶ serve gRPC ──shutdown──▶ stop every console ──▶ return
 //! ```
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use porthole_common::tls::{self, TlsAcceptor};
 use porthole_proto::console::v1::console_service_server::ConsoleServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use crate::cluster::forward::PeerTls;
 use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Backend, Config};
 use crate::coordinator::etcd::{EtcdCoordinator, EtcdSettings, Member};
@@ -47,6 +52,10 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] porthole_common::tls::TlsError),
 }
 
 /// Serve `console.v1` on `listener` until `shutdown` is cancelled, then
@@ -57,6 +66,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
+    // First, so that a bad certificate or key stops us before anything starts.
+    let (acceptor, peer_tls) = tls_settings(&config)?;
     let pid_dir = config.console.terminal_pid_dir.clone();
     let processes =
         ProcessTable::open(&pid_dir, config.console.kill_timeout).map_err(|source| {
@@ -96,7 +107,13 @@ pub async fn run(
         shutdown.child_token(),
     );
     let cluster = match etcd {
-        Some(etcd) => Some(cluster(&config, etcd, &manager, coordination.clone())?),
+        Some(etcd) => Some(cluster(
+            &config,
+            etcd,
+            &manager,
+            peer_tls,
+            coordination.clone(),
+        )?),
         None => None,
     };
     let api = match &cluster {
@@ -105,13 +122,21 @@ pub async fn run(
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    // health_reporter() says SERVING for ""; not before report_health says so.
+    set_health(&health, ServingStatus::NotServing).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(porthole_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-          backend = config.console.backend.as_str(), "console-svc serving");
+          backend = config.console.backend.as_str(),
+          tls = match (&acceptor, &config.service.tls_client_ca_file) {
+              (None, _) => "off",
+              (Some(_), None) => "on",
+              (Some(_), Some(_)) => "mutual",
+          },
+          "console-svc serving");
     tokio::spawn(report_health(
         health.clone(),
         coordinator.serving(),
@@ -123,9 +148,7 @@ pub async fn run(
         let health = health.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
-            health
-                .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
-                .await;
+            set_health(&health, ServingStatus::NotServing).await;
             // Drain: stop taking, leave, release each console so another
             // replica claims it at once; the lease is revoked last.
             if let Some(cluster) = cluster {
@@ -135,11 +158,11 @@ pub async fn run(
             coordination.cancel();
         })
     };
-    let serve = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ConsoleServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled());
+        .add_service(ConsoleServiceServer::new(api));
+    let serve = serve(router, listener, acceptor, &config, shutdown.clone());
     // A graceful shutdown waits for every client connection to close; one
     // whose peer never answers the GOAWAY would keep us up for ever. Give
     // them SHUTDOWN_GRACE once shutdown began, then stop anyway.
@@ -158,6 +181,45 @@ pub async fn run(
     let _ = stopper.await;
     info!("console-svc stopped");
     Ok(served?)
+}
+
+/// The TLS acceptor when gRPC is served over TLS, and how this replica
+/// calls the others (files read once, here).
+fn tls_settings(config: &Config) -> Result<(Option<TlsAcceptor>, PeerTls), RunError> {
+    let acceptor = match config.service.server_tls()? {
+        Some(tls) => Some(tls.acceptor()?),
+        None => None,
+    };
+    let peer = match config.service.peer_tls()? {
+        Some(tls) => PeerTls::tls(tls.tonic(("service.tls_cert_file", "service.tls_key_file"))?),
+        None => PeerTls::default(),
+    };
+    Ok((acceptor, peer))
+}
+
+type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// `router` on `listener` until `shutdown`: plaintext, or TLS with each
+/// handshake on its own task, bounded, so a client that connects and
+/// stalls holds up no one else.
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Serving {
+    match acceptor {
+        Some(acceptor) => {
+            let timeout = config.service.tls_handshake_timeout;
+            let incoming = tls::incoming(listener, acceptor, timeout, shutdown.clone());
+            Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )),
+    }
 }
 
 /// How long client connections may stay open once shutdown began.
@@ -194,6 +256,7 @@ fn cluster(
     config: &Config,
     etcd: Arc<EtcdCoordinator>,
     manager: &ConsoleManager,
+    peer_tls: PeerTls,
     cancel: CancellationToken,
 ) -> Result<Cluster, RunError> {
     let key_file = config
@@ -206,6 +269,7 @@ fn cluster(
     let settings = ClusterSettings {
         enable_timeout: config.etcd.enable_timeout,
         claim_step: config.etcd.claim_step,
+        peer_tls,
     };
     Ok(Cluster::start(
         etcd,
@@ -219,7 +283,9 @@ fn cluster(
 /// `grpc.health.v1`: SERVING while the coordinator lets us serve, and
 /// NOT_SERVING for good once `quiet` resolves (drained or shutting down:
 /// the replica still answers API calls, but a load balancer should stop
-/// sending it work).
+/// sending it work). The overall service `""` says the same as
+/// `porthole.console.v1.ConsoleService`, so a probe that names no service
+/// (Kubernetes' gRPC probe by default) sees a fenced or drained replica.
 async fn report_health(
     health: tonic_health::server::HealthReporter,
     mut serving: tokio::sync::watch::Receiver<bool>,
@@ -227,15 +293,11 @@ async fn report_health(
 ) {
     tokio::pin!(quiet);
     loop {
-        if *serving.borrow_and_update() {
-            health
-                .set_serving::<ConsoleServiceServer<ConsoleApi>>()
-                .await;
-        } else {
-            health
-                .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
-                .await;
-        }
+        let status = match *serving.borrow_and_update() {
+            true => ServingStatus::Serving,
+            false => ServingStatus::NotServing,
+        };
+        set_health(&health, status).await;
         tokio::select! {
             _ = &mut quiet => break,
             changed = serving.changed() => if changed.is_err() {
@@ -244,9 +306,19 @@ async fn report_health(
             },
         }
     }
-    health
-        .set_not_serving::<ConsoleServiceServer<ConsoleApi>>()
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
+}
+
+/// The names health answers for: overall and the console service.
+const HEALTH_NAMES: [&str; 2] = [
+    "",
+    <ConsoleServiceServer<ConsoleApi> as tonic::server::NamedService>::NAME,
+];
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for name in HEALTH_NAMES {
+        health.set_service_status(name, status).await;
+    }
 }
 
 /// Resolves when the replica is drained (`DrainReplica`) or shuts down.
@@ -281,35 +353,52 @@ fn serial_backend(config: &Config) -> Result<Arc<dyn ConsoleBackend>, RunError> 
 mod tests {
     use std::time::Duration;
 
-    use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_server::Health;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::server::{HealthReporter, HealthService};
 
     use super::*;
 
-    async fn status(reporter: &HealthReporter) -> ServingStatus {
+    async fn status(reporter: &HealthReporter, name: &str) -> ServingStatus {
         let service = HealthService::from_health_reporter(reporter.clone());
         let request = tonic::Request::new(HealthCheckRequest {
-            service: "porthole.console.v1.ConsoleService".into(),
+            service: name.into(),
         });
         match service.check(request).await {
-            Ok(r) => r.into_inner().status(),
+            Ok(r) => match r.into_inner().status() {
+                tonic_health::pb::health_check_response::ServingStatus::Serving => {
+                    ServingStatus::Serving
+                }
+                tonic_health::pb::health_check_response::ServingStatus::NotServing => {
+                    ServingStatus::NotServing
+                }
+                _ => ServingStatus::Unknown,
+            },
             Err(_) => ServingStatus::Unknown,
         }
     }
 
+    /// Both the named service and the overall `""` become `want`.
     async fn becomes(reporter: &HealthReporter, want: ServingStatus) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while status(reporter).await != want {
-            assert!(tokio::time::Instant::now() < deadline, "never {want:?}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        for name in ["porthole.console.v1.ConsoleService", ""] {
+            while status(reporter, name).await != want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name:?} never {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
     }
 
-    #[tokio::test]
-    async fn drained_is_not_serving_whatever_the_lease_does() {
+    #[tokio::test(start_paused = true)]
+    async fn fenced_or_drained_is_not_serving_overall_too_whatever_the_lease_does() {
+        // As tonic_health::server::health_reporter() leaves it: "" SERVING.
         let reporter = HealthReporter::new();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
         let (serving, rx) = tokio::sync::watch::channel(true);
         let drained = CancellationToken::new();
         tokio::spawn(report_health(
@@ -318,6 +407,7 @@ mod tests {
             drained.clone().cancelled_owned(),
         ));
         becomes(&reporter, ServingStatus::Serving).await;
+        // Fenced (the lease is not known valid).
         serving.send_replace(false);
         becomes(&reporter, ServingStatus::NotServing).await;
         serving.send_replace(true);
@@ -329,6 +419,8 @@ mod tests {
         serving.send_replace(false);
         serving.send_replace(true);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(status(&reporter).await, ServingStatus::NotServing);
+        for name in ["porthole.console.v1.ConsoleService", ""] {
+            assert_eq!(status(&reporter, name).await, ServingStatus::NotServing);
+        }
     }
 }

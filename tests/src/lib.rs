@@ -3,6 +3,7 @@
 //!
 //! - [`rig`]: `rig.json` from `PORTHOLE_RIG_JSON`; tests return early with a
 //!   notice when it is unset (scripts/test.sh always sets it).
+//! - [`pki`]: CA, server and client certificates for TLS tests (rcgen).
 //! - [`pool`]: exclusive BMC leases across threads and processes (`flock`),
 //!   since each BMC allows one SOL session.
 //! - [`ports`]: a gRPC port and console port range per console-svc.
@@ -14,6 +15,7 @@
 //! A test is an `async fn(Backend) -> anyhow::Result<()>`;
 //! [`both_backends!`] runs it once per serial backend.
 
+pub mod pki;
 pub mod pool;
 pub mod ports;
 pub mod procs;

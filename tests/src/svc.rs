@@ -67,6 +67,16 @@ pub struct SvcOptions {
     pub settings: Vec<(String, String, String)>,
     /// `PORTHOLE_LOG` for the service.
     pub log_filter: String,
+    /// Served over TLS: how the harness's own client connects.
+    pub tls: Option<HarnessTls>,
+}
+
+/// The harness's client side of a TLS console-svc: the CA to trust and,
+/// for mutual TLS, the certificate to present.
+#[derive(Clone, Debug)]
+pub struct HarnessTls {
+    pub ca: PathBuf,
+    pub identity: Option<crate::pki::Pair>,
 }
 
 impl SvcOptions {
@@ -80,7 +90,26 @@ impl SvcOptions {
                 "\"5s\"".into(),
             )],
             log_filter: "info,console_svc=debug".into(),
+            tls: None,
         }
+    }
+
+    /// Serve over TLS with `pki`'s server certificate; `mutual`: clients
+    /// need a certificate signed by `pki`'s CA (the harness uses its client).
+    pub fn tls(self, pki: &crate::pki::Pki, mutual: bool) -> Self {
+        let lit = |p: &Path| format!("{:?}", p.display().to_string());
+        let server = pki.server();
+        let mut opts = self
+            .set("service", "tls_cert_file", &lit(&server.cert))
+            .set("service", "tls_key_file", &lit(&server.key));
+        if mutual {
+            opts = opts.set("service", "tls_client_ca_file", &lit(&pki.ca()));
+        }
+        opts.tls = Some(HarnessTls {
+            ca: pki.ca(),
+            identity: mutual.then(|| pki.client()),
+        });
+        opts
     }
 
     pub fn ports(mut self, n: u16) -> Self {
@@ -153,8 +182,17 @@ impl ConsoleSvc {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
+    /// `https://` when served over TLS.
     pub fn grpc_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.slot.grpc_port())
+        let scheme = match self.opts.tls {
+            Some(_) => "https",
+            None => "http",
+        };
+        format!("{scheme}://127.0.0.1:{}", self.slot.grpc_port())
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.slot.grpc_port()
     }
 
     /// Console ports: `start..end`, end excluded (as configured).
@@ -185,12 +223,21 @@ impl ConsoleSvc {
     }
 
     pub async fn channel(&self) -> Result<Channel> {
-        Endpoint::from_shared(self.grpc_url())?
+        self.endpoint()?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .connect()
             .await
             .with_context(|| format!("connecting to console-svc at {}", self.grpc_url()))
+    }
+
+    /// The gRPC endpoint, with the harness's TLS settings if any.
+    pub fn endpoint(&self) -> Result<Endpoint> {
+        let mut ep = Endpoint::from_shared(self.grpc_url())?;
+        if let Some(tls) = &self.opts.tls {
+            ep = ep.tls_config(crate::pki::client_tls(&tls.ca, tls.identity.as_ref())?)?;
+        }
+        Ok(ep)
     }
 
     /// Live descendants of the service and the processes it recorded; also
@@ -331,7 +378,7 @@ impl ConsoleSvc {
                 self.child = None;
                 bail!("console-svc exited during start: {status}");
             }
-            match health_status(&self.grpc_url(), "").await {
+            match health_at(self.endpoint()?, "").await {
                 Ok(ServingStatus::Serving) => return Ok(()),
                 Ok(other) => last = format!("{other:?}"),
                 Err(e) => last = format!("{e:#}"),
@@ -411,7 +458,12 @@ impl Drop for Forget {
 
 /// Ask `grpc.health.v1.Health/Check` about `service` ("" = the server).
 pub async fn health_status(url: &str, service: &str) -> Result<ServingStatus> {
-    let channel = Endpoint::from_shared(url.to_owned())?
+    health_at(Endpoint::from_shared(url.to_owned())?, service).await
+}
+
+/// [`health_status`] through `endpoint` (TLS settings and all).
+pub async fn health_at(endpoint: Endpoint, service: &str) -> Result<ServingStatus> {
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect()

@@ -5,3 +5,5 @@
 //! the Prometheus `/metrics` endpoint and the TLS settings.
 //!
 //! Callers: the services' `main.rs` and `lib.rs`. It imports no service crate.
+
+pub mod tls;

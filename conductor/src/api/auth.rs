@@ -27,13 +27,43 @@ pub enum AuthError {
     },
     #[error("htpasswd file {path} line {line}: expected user:bcrypt-hash")]
     Format { path: String, line: usize },
+    #[error("cannot make the dummy bcrypt hash: {0}")]
+    Dummy(String),
 }
 
-/// Users and their bcrypt hashes, plus Authorization values already checked
-/// (bcrypt is slow on purpose; one check per distinct header value).
+/// Users and their bcrypt hashes, plus the SHA-256 digests of
+/// Authorization values already verified (bcrypt is slow on purpose; one
+/// check per distinct header value, and the header itself, which carries
+/// the password, is never kept).
 pub struct HttpBasic {
     users: HashMap<String, String>,
-    verified: Mutex<HashSet<String>>,
+    /// A bcrypt hash of a random password at the users' highest cost: a
+    /// user name that does not exist is verified against it, so it costs
+    /// what a wrong password costs for one that does.
+    dummy: String,
+    /// Locked only to look up or insert, never across a verification, so
+    /// logins of different users verify in parallel.
+    verified: Mutex<HashSet<Digest>>,
+    verify: fn(&str, &str) -> bool,
+}
+
+type Digest = [u8; 32];
+
+/// Most verified header digests kept.
+const CACHE_MAX: usize = 1024;
+
+fn digest(header: &str) -> Digest {
+    let d = ring::digest::digest(&ring::digest::SHA256, header.as_bytes());
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+fn bcrypt_verify(pass: &str, hash: &str) -> bool {
+    bcrypt::verify(pass, hash).unwrap_or(false)
+}
+
+/// The cost of a `$2b$12$...` hash.
+fn cost_of(hash: &str) -> Option<u32> {
+    hash.split('$').nth(2)?.parse().ok()
 }
 
 impl HttpBasic {
@@ -53,7 +83,7 @@ impl HttpBasic {
                 path: p.clone(),
                 line: i + 1,
             })?;
-            if !hash.starts_with("$2") {
+            if !hash.starts_with("$2") || cost_of(hash).is_none() {
                 return Err(AuthError::Format {
                     path: p,
                     line: i + 1,
@@ -61,16 +91,29 @@ impl HttpBasic {
             }
             users.insert(user.to_owned(), hash.to_owned());
         }
+        let cost = users
+            .values()
+            .filter_map(|h| cost_of(h))
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy = bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost)
+            .map_err(|e| AuthError::Dummy(e.to_string()))?;
         Ok(Self {
             users,
+            dummy,
             verified: Mutex::default(),
+            verify: bcrypt_verify,
         })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Does this `Authorization` header value name a user with the right password?
     pub fn check(&self, header: &str) -> bool {
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if verified.contains(header) {
+        let key = digest(header);
+        if self.cache().contains(&key) {
             return true;
         }
         let Some(b64) = header.strip_prefix("Basic ") else {
@@ -85,13 +128,16 @@ impl HttpBasic {
         let Some((user, pass)) = raw.split_once(':') else {
             return false;
         };
-        let ok = self
-            .users
-            .get(user)
-            .map(|h| bcrypt::verify(pass, h).unwrap_or(false))
-            .unwrap_or(false);
-        if ok && verified.len() < 1024 {
-            verified.insert(header.to_owned());
+        let (hash, known) = match self.users.get(user) {
+            Some(h) => (h.as_str(), true),
+            None => (self.dummy.as_str(), false),
+        };
+        let ok = (self.verify)(pass, hash) && known;
+        if ok {
+            let mut cache = self.cache();
+            if cache.len() < CACHE_MAX {
+                cache.insert(key);
+            }
         }
         ok
     }
@@ -125,21 +171,113 @@ pub async fn middleware(State(st): State<AppState>, req: Request, next: Next) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    fn hdr(u: &str, p: &str) -> String {
+        format!("Basic {}", B64.encode(format!("{u}:{p}")))
+    }
+
+    fn load(users: &[(&str, &str)], cost: u32) -> (tempfile::TempDir, HttpBasic) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("htpasswd");
+        let mut text = String::from("# users\n");
+        for (u, p) in users {
+            text += &format!("{u}:{}\n", bcrypt::hash(p, cost).unwrap());
+        }
+        std::fs::write(&f, text).unwrap();
+        let b = HttpBasic::load(&f).unwrap();
+        (dir, b)
+    }
 
     #[test]
     fn bcrypt_htpasswd() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("htpasswd");
-        let hash = bcrypt::hash("s3cret", 4).unwrap();
-        std::fs::write(&f, format!("# users\nadmin:{hash}\n")).unwrap();
-        let b = HttpBasic::load(&f).unwrap();
-        let hdr = |u: &str, p: &str| format!("Basic {}", B64.encode(format!("{u}:{p}")));
+        let (dir, b) = load(&[("admin", "s3cret")], 4);
         assert!(b.check(&hdr("admin", "s3cret")));
         assert!(b.check(&hdr("admin", "s3cret")));
         assert!(!b.check(&hdr("admin", "wrong")));
         assert!(!b.check(&hdr("nobody", "s3cret")));
         assert!(!b.check("Bearer x"));
+        let f = dir.path().join("htpasswd");
         std::fs::write(&f, "admin:plaintext\n").unwrap();
         assert!(HttpBasic::load(&f).is_err());
+    }
+
+    #[test]
+    fn the_cache_keeps_digests_never_the_header() {
+        let (_dir, b) = load(&[("admin", "s3cret")], 4);
+        let h = hdr("admin", "s3cret");
+        assert!(b.check(&h));
+        let cache = b.cache();
+        assert_eq!(cache.len(), 1);
+        assert!(
+            cache.contains(&digest(&h)),
+            "the cache holds the header's SHA-256"
+        );
+    }
+
+    /// The fastest of `n` checks of `header` (the least disturbed by load).
+    fn fastest(b: &HttpBasic, header: &str, n: usize) -> Duration {
+        (0..n)
+            .map(|_| {
+                let start = Instant::now();
+                assert!(!b.check(header));
+                start.elapsed()
+            })
+            .min()
+            .expect("n > 0")
+    }
+
+    #[test]
+    fn an_unknown_user_costs_what_a_wrong_password_costs() {
+        let (_dir, b) = load(&[("admin", "s3cret")], 8);
+        let wrong = fastest(&b, &hdr("admin", "wrong"), 7);
+        let unknown = fastest(&b, &hdr("nobody", "wrong"), 7);
+        eprintln!("wrong password {wrong:?}, unknown user {unknown:?}");
+        // Without the dummy hash an unknown user answers in microseconds,
+        // a wrong password in tens of milliseconds; allow for load.
+        assert!(
+            unknown * 4 >= wrong && wrong * 4 >= unknown,
+            "wrong password {wrong:?} but unknown user {unknown:?}"
+        );
+    }
+
+    static INSIDE: AtomicUsize = AtomicUsize::new(0);
+    static MET: AtomicUsize = AtomicUsize::new(0);
+
+    /// A verifier that waits (2 s at most) until two verifications run at once.
+    fn meet(_pass: &str, _hash: &str) -> bool {
+        INSIDE.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if INSIDE.load(Ordering::SeqCst) >= 2 {
+                MET.fetch_add(1, Ordering::SeqCst);
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn logins_of_different_users_verify_in_parallel() {
+        let (_dir, mut b) = load(&[("a", "pa"), ("b", "pb")], 4);
+        b.verify = meet;
+        let b = Arc::new(b);
+        let threads: Vec<_> = [("a", "pa"), ("b", "pb")]
+            .into_iter()
+            .map(|(u, p)| {
+                let b = b.clone();
+                std::thread::spawn(move || b.check(&hdr(u, p)))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            MET.load(Ordering::SeqCst),
+            2,
+            "the two verifications never ran at the same time"
+        );
     }
 }

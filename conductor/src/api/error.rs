@@ -2,7 +2,11 @@
 //! error body: `{"error_message": "<JSON string of {faultstring, faultcode,
 //! debuginfo}>"}`. Clients (ironicclient, openstacksdk) show faultstring.
 //!
-//! Callers: every handler returns `Result<_, ApiError>`.
+//! Callers: every handler returns `Result<_, ApiError>`; [`ironic_errors`]
+//! (middleware) refuses over-long URIs with 414 and puts every other error
+//! answer that is not already Ironic's JSON (413 from the body limit, axum's
+//! extractor rejections) into that format, as Ironic's ParsableErrorMiddleware
+//! does.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -32,11 +36,24 @@ pub enum ApiError {
         min: String,
         max: String,
     },
+    /// Not a version at all: 406 with Ironic's wording (its
+    /// `Version.parse_headers` raises HTTPNotAcceptable), the value echoed.
     #[error("Invalid value for X-OpenStack-Ironic-API-Version header: {0}")]
     BadVersion(String),
     #[error("The request you have made requires authentication.")]
     Unauthorized,
+    #[error("The request URI is too long: {0} bytes, at most {URI_LIMIT} are accepted.")]
+    UriTooLong(usize),
 }
+
+/// The longest request URI (path and query) served, as eventlet's request
+/// line limit under Ironic. Above 64 KiB hyper answers 414 itself, without
+/// a body, before any of this runs.
+pub const URI_LIMIT: usize = 8192;
+/// The largest request body read (axum's default, made explicit).
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// The most of a foreign error body kept as the faultstring.
+const FOREIGN_ECHO: usize = 512;
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
@@ -48,11 +65,12 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Service(e) => service_status(e),
-            ApiError::BadRequest(_) | ApiError::BadVersion(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Version { .. } => StatusCode::NOT_ACCEPTABLE,
+            ApiError::Version { .. } | ApiError::BadVersion(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
         }
     }
 }
@@ -62,16 +80,18 @@ fn service_status(e: &ServiceError) -> StatusCode {
         ServiceError::Db(d) => match d {
             DbError::NotFound { .. } => StatusCode::NOT_FOUND,
             DbError::Duplicate(_) => StatusCode::CONFLICT,
-            DbError::Open { .. } | DbError::Sqlite(_) | DbError::Json(_) | DbError::Seal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            DbError::Open { .. }
+            | DbError::Sqlite(_)
+            | DbError::Json(_)
+            | DbError::Seal(_)
+            | DbError::Worker(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
         ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
         ServiceError::Conflict(_) | ServiceError::Locked(_) => StatusCode::CONFLICT,
         ServiceError::Patch(p) => match p {
-            PatchError::Invalid(_) | PatchError::NewRootAttribute(_) | PatchError::Missing(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            PatchError::Invalid(_)
+            | PatchError::NewRootAttribute(_)
+            | PatchError::Failed { .. } => StatusCode::BAD_REQUEST,
         },
         ServiceError::Power(p) => match p {
             PowerError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -135,6 +155,46 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// Middleware: 414 for an over-long URI; any error answer that is not JSON
+/// (extractor rejections, the body limit's 413) rewritten into Ironic's
+/// error body with the same status.
+pub async fn ironic_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if len > URI_LIMIT {
+        return ApiError::UriTooLong(len).into_response();
+    }
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return resp;
+    }
+    let (parts, foreign) = resp.into_parts();
+    let text = axum::body::to_bytes(foreign, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("Request is too large. Larger than the body limit ({BODY_LIMIT} bytes).")
+    } else if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("Error").to_owned()
+    } else {
+        text.trim().chars().take(FOREIGN_ECHO).collect()
+    };
+    tracing::info!(%status, error = %message, "request refused");
+    let mut out = (status, Json(body(status, &message))).into_response();
+    for (k, v) in &parts.headers {
+        if k != axum::http::header::CONTENT_TYPE && k != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -70,6 +70,8 @@ pub fn router(state: AppState) -> Router {
             auth::middleware,
         ))
         .layer(axum::middleware::from_fn(version::middleware))
+        .layer(axum::middleware::from_fn(error::ironic_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(error::BODY_LIMIT))
         .layer(axum::middleware::from_fn(trace))
         .with_state(state)
 }
@@ -145,6 +147,22 @@ pub fn json_object(bytes: &Bytes) -> Result<Dict, ApiError> {
             "The request body must be a JSON object, not {other}."
         ))),
     }
+}
+
+/// `?limit=N` as Ironic reads it: absent is no limit; not an integer, or
+/// not positive, is 400.
+pub fn parse_limit(q: &std::collections::HashMap<String, String>) -> Result<usize, ApiError> {
+    let Some(raw) = q.get("limit") else {
+        return Ok(usize::MAX);
+    };
+    let n: i64 = raw.trim().parse().map_err(|_| {
+        let shown: String = raw.chars().take(64).collect();
+        ApiError::BadRequest(format!("Expected an integer for limit: {shown}"))
+    })?;
+    if n <= 0 {
+        return Err(ApiError::BadRequest("Limit must be positive".into()));
+    }
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// `?fields=a,b` checked against `known`.

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{base_url, json_body, json_object, parse_fields, ApiError, AppState};
+use super::{base_url, json_body, json_object, parse_fields, parse_limit, ApiError, AppState};
 use crate::model::{select, Node, NODE_LIST_FIELDS};
 use crate::service::NodeCreate;
 
@@ -101,7 +101,7 @@ fn matches(node: &Node, q: &HashMap<String, String>) -> bool {
         && eq("resource_class", node.resource_class.as_deref())
 }
 
-fn listing(
+async fn listing(
     st: &AppState,
     headers: &HeaderMap,
     q: &HashMap<String, String>,
@@ -117,15 +117,12 @@ fn listing(
         ));
     }
     let base = base_url(st, headers);
-    let limit: usize = q
-        .get("limit")
-        .and_then(|l| l.parse().ok())
-        .filter(|l| *l > 0)
-        .unwrap_or(usize::MAX);
+    let limit = parse_limit(q)?;
     let nodes: Vec<Value> = st
         .conductor
         .store
-        .list_nodes()?
+        .list_nodes()
+        .await?
         .iter()
         .filter(|n| matches(n, q))
         .take(limit)
@@ -139,7 +136,7 @@ pub async fn list(
     headers: HeaderMap,
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&st, &headers, &q, false)
+    listing(&st, &headers, &q, false).await
 }
 
 pub async fn detail(
@@ -147,7 +144,7 @@ pub async fn detail(
     headers: HeaderMap,
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&st, &headers, &q, true)
+    listing(&st, &headers, &q, true).await
 }
 
 pub async fn show(
@@ -157,7 +154,7 @@ pub async fn show(
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
     let fields = parse_fields(q.get("fields").map(String::as_str), &known_fields())?;
-    let n = st.conductor.store.get_node(&node)?;
+    let n = st.conductor.store.get_node(&node).await?;
     Ok(Json(render(&n, &base_url(&st, &headers), &fields, true)))
 }
 
@@ -167,7 +164,7 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body = json_object(&body)?;
-    let node = st.conductor.create_node(NodeCreate(body))?;
+    let node = st.conductor.create_node(NodeCreate(body)).await?;
     let base = base_url(&st, &headers);
     let location = format!("{base}/v1/nodes/{}", node.uuid);
     Ok((
@@ -190,7 +187,7 @@ pub async fn patch(
             "A PATCH body is a JSON Patch: a list of operations.".into(),
         ));
     }
-    let n = st.conductor.patch_node(&node, &ops)?;
+    let n = st.conductor.patch_node(&node, &ops).await?;
     Ok(Json(Value::Object(n.to_api(&base_url(&st, &headers)))))
 }
 

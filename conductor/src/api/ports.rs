@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{base_url, json_object, parse_fields, ApiError, AppState};
+use super::{base_url, json_object, parse_fields, parse_limit, ApiError, AppState};
 use crate::model::{select, Port};
 
 type Params = Query<HashMap<String, String>>;
@@ -47,7 +47,7 @@ fn render(p: &Port, base: &str, fields: &Option<Vec<String>>, detail: bool) -> V
     Value::Object(select(full, &keep))
 }
 
-fn listing(
+async fn listing(
     st: &AppState,
     headers: &HeaderMap,
     q: &HashMap<String, String>,
@@ -58,11 +58,12 @@ fn listing(
         || q.get("detail")
             .is_some_and(|d| d.eq_ignore_ascii_case("true"));
     let fields = parse_fields(q.get("fields").map(String::as_str), FIELDS)?;
+    let limit = parse_limit(q)?;
     let node = node
         .or(q.get("node").map(String::as_str))
         .or(q.get("node_uuid").map(String::as_str));
     let node_uuid = match node {
-        Some(n) => Some(st.conductor.store.get_node(n)?.uuid),
+        Some(n) => Some(st.conductor.store.get_node(n).await?.uuid),
         None => None,
     };
     let base = base_url(st, headers);
@@ -70,9 +71,11 @@ fn listing(
     let ports: Vec<Value> = st
         .conductor
         .store
-        .list_ports(node_uuid.as_deref())?
+        .list_ports(node_uuid.as_deref())
+        .await?
         .iter()
         .filter(|p| address.as_ref().is_none_or(|a| &p.address == a))
+        .take(limit)
         .map(|p| render(p, &base, &fields, detail))
         .collect();
     Ok(Json(json!({"ports": ports})))
@@ -83,7 +86,7 @@ pub async fn list(
     headers: HeaderMap,
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&st, &headers, &q, None, false)
+    listing(&st, &headers, &q, None, false).await
 }
 
 pub async fn detail(
@@ -91,7 +94,7 @@ pub async fn detail(
     headers: HeaderMap,
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&st, &headers, &q, None, true)
+    listing(&st, &headers, &q, None, true).await
 }
 
 pub async fn list_of_node(
@@ -100,7 +103,7 @@ pub async fn list_of_node(
     Path(node): Path<String>,
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&st, &headers, &q, Some(&node), false)
+    listing(&st, &headers, &q, Some(&node), false).await
 }
 
 pub async fn detail_of_node(
@@ -109,7 +112,7 @@ pub async fn detail_of_node(
     Path(node): Path<String>,
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&st, &headers, &q, Some(&node), true)
+    listing(&st, &headers, &q, Some(&node), true).await
 }
 
 pub async fn show(
@@ -119,7 +122,7 @@ pub async fn show(
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
     let fields = parse_fields(q.get("fields").map(String::as_str), FIELDS)?;
-    let p = st.conductor.store.get_port(&port)?;
+    let p = st.conductor.store.get_port(&port).await?;
     Ok(Json(render(&p, &base_url(&st, &headers), &fields, true)))
 }
 
@@ -129,7 +132,7 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body = json_object(&body)?;
-    let port = st.conductor.create_port(&body)?;
+    let port = st.conductor.create_port(&body).await?;
     let base = base_url(&st, &headers);
     let location = format!("{base}/v1/ports/{}", port.uuid);
     Ok((
@@ -144,6 +147,6 @@ pub async fn delete(
     State(st): State<AppState>,
     Path(port): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    st.conductor.delete_port(&port)?;
+    st.conductor.delete_port(&port).await?;
     Ok(StatusCode::NO_CONTENT)
 }

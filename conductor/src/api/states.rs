@@ -24,7 +24,7 @@ pub async fn states(
     State(st): State<AppState>,
     Path(node): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(st.conductor.states(&node)?))
+    Ok(Json(st.conductor.states(&node).await?))
 }
 
 pub async fn power(
@@ -40,8 +40,8 @@ pub async fn power(
         )
     })?;
     let action = PowerAction::parse(target)?;
-    let uuid = st.conductor.store.get_node(&node)?.uuid;
-    st.conductor.set_power(&uuid, action)?;
+    let uuid = st.conductor.store.get_node(&node).await?.uuid;
+    st.conductor.set_power(&uuid, action).await?;
     Ok(accepted(&st, &headers, &uuid, ""))
 }
 
@@ -49,7 +49,7 @@ pub async fn console(
     State(st): State<AppState>,
     Path(node): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(st.conductor.console_state(&node)?))
+    Ok(Json(st.conductor.console_state(&node).await?))
 }
 
 pub async fn set_console(
@@ -60,17 +60,14 @@ pub async fn set_console(
 ) -> Result<Response, ApiError> {
     let body = json_object(&body)?;
     let enabled = match body.get("enabled") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "The body needs \"enabled\": true or false, not {}.",
-                other.map(Value::to_string).unwrap_or("nothing".into())
-            )))
+        None | Some(Value::Null) => {
+            return Err(ApiError::BadRequest(
+                "The body needs \"enabled\": true or false.".into(),
+            ))
         }
+        Some(v) => crate::service::parse_bool("enabled", v)?,
     };
-    let uuid = st.conductor.store.get_node(&node)?.uuid;
+    let uuid = st.conductor.store.get_node(&node).await?.uuid;
     st.conductor.set_console(&uuid, enabled).await?;
     Ok(accepted(&st, &headers, &uuid, "/console"))
 }
@@ -96,7 +93,7 @@ pub async fn supported_boot_devices(
     State(st): State<AppState>,
     Path(node): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    st.conductor.store.get_node(&node)?;
+    st.conductor.store.get_node(&node).await?;
     Ok(Json(json!({"supported_boot_devices": BOOT_DEVICES})))
 }
 

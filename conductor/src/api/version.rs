@@ -1,6 +1,7 @@
 //! API versions: `GET /` and `GET /v1` (discovery), and the microversion
 //! middleware: reads `X-OpenStack-Ironic-API-Version` (or
-//! `OpenStack-API-Version: baremetal X`), answers 406 outside the range,
+//! `OpenStack-API-Version: baremetal X`), answers 406 outside the range or
+//! for a value that is not a version (as Ironic's `Version.parse_headers`),
 //! and echoes the version with the Minimum/Maximum headers on every reply.
 //!
 //! Callers: the router in `api::mod`.
@@ -24,25 +25,46 @@ fn vstr(minor: u32) -> String {
     format!("1.{minor}")
 }
 
-fn requested(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(HDR).and_then(|v| v.to_str().ok()) {
-        return Some(v.trim().to_owned());
+/// At most this much of a bad version value is echoed.
+const ECHO: usize = 32;
+
+fn bad_version(raw: &str) -> ApiError {
+    ApiError::BadVersion(raw.chars().take(ECHO).collect())
+}
+
+/// A header's value as text; one that is not visible ASCII is refused like
+/// any unparsable version (never ignored: a client that asked for a
+/// version must get it or an error).
+fn text(v: &HeaderValue) -> Result<&str, ApiError> {
+    v.to_str().map_err(|_| {
+        bad_version(&format!(
+            "{} (not ASCII)",
+            String::from_utf8_lossy(v.as_bytes())
+        ))
+    })
+}
+
+fn requested(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    if let Some(v) = headers.get(HDR) {
+        return Ok(Some(text(v)?.trim().to_owned()));
     }
-    let generic = headers.get("openstack-api-version")?.to_str().ok()?;
-    generic
+    let Some(generic) = headers.get("openstack-api-version") else {
+        return Ok(None);
+    };
+    Ok(text(generic)?
         .split(',')
         .find_map(|p| p.trim().strip_prefix("baremetal "))
-        .map(|v| v.trim().to_owned())
+        .map(|v| v.trim().to_owned()))
 }
 
 fn negotiate(headers: &HeaderMap) -> Result<u32, ApiError> {
-    let Some(raw) = requested(headers) else {
+    let Some(raw) = requested(headers)? else {
         return Ok(MIN_MINOR);
     };
     if raw.eq_ignore_ascii_case("latest") {
         return Ok(MAX_MINOR);
     }
-    let bad = || ApiError::BadVersion(raw.clone());
+    let bad = || bad_version(&raw);
     let (major, minor) = raw.split_once('.').ok_or_else(bad)?;
     let (major, minor): (u32, u32) = (
         major.parse().map_err(|_| bad())?,
@@ -146,5 +168,14 @@ mod tests {
             Err(ApiError::Version { .. })
         ));
         assert!(matches!(negotiate(&h("x")), Err(ApiError::BadVersion(_))));
+        let mut m = HeaderMap::new();
+        m.insert(HDR, HeaderValue::from_bytes("1.\u{e9}".as_bytes()).unwrap());
+        let e = negotiate(&m).unwrap_err();
+        assert!(matches!(e, ApiError::BadVersion(_)), "{e}");
+        assert_eq!(e.status(), axum::http::StatusCode::NOT_ACCEPTABLE, "{e}");
+        assert!(
+            e.to_string().contains("X-OpenStack-Ironic-API-Version"),
+            "{e}"
+        );
     }
 }

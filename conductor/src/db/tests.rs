@@ -39,14 +39,17 @@ fn open(dir: &Path) -> Store {
     Store::open(&dir.join("db.sqlite"), sealer).unwrap()
 }
 
-#[test]
-fn nodes_survive_a_reopen_with_passwords_sealed() {
+#[tokio::test]
+async fn nodes_survive_a_reopen_with_passwords_sealed() {
     let dir = tempfile::tempdir().unwrap();
     let n = node("1be26c0b-03f2-4d2e-ae87-c02d7f33c123", "n1");
     {
         let s = open(dir.path());
-        s.insert_node(&n).unwrap();
-        assert!(matches!(s.insert_node(&n), Err(DbError::Duplicate(_))));
+        s.insert_node(&n).await.unwrap();
+        assert!(matches!(
+            s.insert_node(&n).await,
+            Err(DbError::Duplicate(_))
+        ));
     }
     let raw = std::fs::read(dir.path().join("db.sqlite")).unwrap();
     let wal = std::fs::read(dir.path().join("db.sqlite-wal")).unwrap_or_default();
@@ -54,25 +57,29 @@ fn nodes_survive_a_reopen_with_passwords_sealed() {
     assert!(!raw.windows(needle.len()).any(|w| w == needle));
     assert!(!wal.windows(needle.len()).any(|w| w == needle));
     let s = open(dir.path());
-    assert_eq!(s.get_node("n1").unwrap(), n);
+    assert_eq!(s.get_node("n1").await.unwrap(), n);
     assert_eq!(
-        s.get_node(&n.uuid).unwrap().driver_info["ipmi_password"],
+        s.get_node(&n.uuid).await.unwrap().driver_info["ipmi_password"],
         "pw-at-rest"
     );
-    assert!(matches!(s.get_node("nope"), Err(DbError::NotFound { .. })));
+    assert!(matches!(
+        s.get_node("nope").await,
+        Err(DbError::NotFound { .. })
+    ));
 }
 
-#[test]
-fn modify_and_ports() {
+#[tokio::test]
+async fn modify_and_ports() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let n = node("2be26c0b-03f2-4d2e-ae87-c02d7f33c123", "n2");
-    s.insert_node(&n).unwrap();
+    s.insert_node(&n).await.unwrap();
     let m = s
         .modify_node(&n.uuid, |n: &mut Node| {
             n.console_enabled = true;
             Ok::<_, DbError>(())
         })
+        .await
         .unwrap();
     assert!(m.console_enabled && m.updated_at.is_some());
     let p = Port {
@@ -84,10 +91,47 @@ fn modify_and_ports() {
         created_at: now(),
         updated_at: None,
     };
-    s.insert_port(&p).unwrap();
-    assert!(matches!(s.insert_port(&p), Err(DbError::Duplicate(_))));
-    assert_eq!(s.get_port("52:54:00:12:34:56").unwrap(), p);
-    assert_eq!(s.list_ports(Some(&n.uuid)).unwrap().len(), 1);
-    s.delete_node(&n.uuid).unwrap();
-    assert!(s.list_ports(None).unwrap().is_empty());
+    s.insert_port(&p).await.unwrap();
+    assert!(matches!(
+        s.insert_port(&p).await,
+        Err(DbError::Duplicate(_))
+    ));
+    assert_eq!(s.get_port("52:54:00:12:34:56").await.unwrap(), p);
+    assert_eq!(s.list_ports(Some(&n.uuid)).await.unwrap().len(), 1);
+    s.delete_node(&n.uuid).await.unwrap();
+    assert!(s.list_ports(None).await.unwrap().is_empty());
+}
+
+/// While SQLite waits on a lock (another connection holds the write lock;
+/// its busy timeout is 5 s), the runtime keeps running other tasks: the
+/// store's calls run on the blocking pool, not on the (here: only) worker.
+#[tokio::test(flavor = "current_thread")]
+async fn a_waiting_database_call_does_not_stall_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let n = node("4be26c0b-03f2-4d2e-ae87-c02d7f33c123", "n4");
+    s.insert_node(&n).await.unwrap();
+    let holder = Connection::open(dir.path().join("db.sqlite")).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let store = s.clone();
+    let uuid = n.uuid.clone();
+    let write = tokio::spawn(async move {
+        store
+            .modify_node(&uuid, |n: &mut Node| {
+                n.maintenance = true;
+                Ok::<_, DbError>(())
+            })
+            .await
+    });
+    // The write starts at this task's first await and blocks on the lock;
+    // this timer must still fire on time.
+    let start = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let took = start.elapsed();
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "a 250 ms timer took {took:?} while a database call waited"
+    );
+    assert!(write.await.unwrap().unwrap().maintenance);
 }

@@ -1,8 +1,12 @@
 //! Console state: `PUT /states/console` through console-svc, the state
-//! clients read, and re-enabling a console console-svc lost.
+//! clients read, re-enabling a console console-svc lost, and disabling one
+//! it serves for a node that does not want it.
 //!
 //! The node's `console_enabled` is the wanted state; it changes only when a
-//! client asks and console-svc has done it. Callers: `api::states`,
+//! client asks and console-svc has done it (as Ironic sets it only after
+//! the driver's start_console succeeded). An enable whose record is lost
+//! (the conductor killed in between, or the write failing) is undone by
+//! `retire_console`, from reconcile or right away. Callers: `api::states`,
 //! `watch` (reconcile and WatchConsoles events).
 
 use std::sync::Arc;
@@ -27,38 +31,57 @@ impl Conductor {
         ident: &str,
         enabled: bool,
     ) -> Result<(), ServiceError> {
-        let uuid = self.store.get_node(ident)?.uuid;
+        let uuid = self.store.get_node(ident).await?.uuid;
         let lock = self.console_lock(&uuid);
         let _held = lock.lock().await;
-        let node = self.store.get_node(&uuid)?;
+        let node = self.store.get_node(&uuid).await?;
         if enabled {
             let req = enable_request(&node)?;
-            let console = self.consoles.enable(req).await.inspect_err(|e| {
-                self.note_error(&uuid, format!("Failed to enable the console: {e}"));
-            })?;
-            self.store.modify_node(&uuid, |n: &mut Node| {
-                n.console_enabled = true;
-                apply(n, &console);
-                Ok::<_, ServiceError>(())
-            })?;
+            let console = match self.consoles.enable(req).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.note_error(&uuid, format!("Failed to enable the console: {e}"))
+                        .await;
+                    return Err(e.into());
+                }
+            };
+            let recorded = self
+                .store
+                .modify_node(&uuid, move |n: &mut Node| {
+                    n.console_enabled = true;
+                    apply(n, &console);
+                    Ok::<_, ServiceError>(())
+                })
+                .await;
+            if let Err(e) = recorded {
+                // console-svc serves it but the node says disabled: undo.
+                if let Err(d) = self.consoles.disable(&uuid).await {
+                    tracing::warn!(node = %uuid, error = %d, "cannot undo an enable that was not recorded; reconcile will");
+                }
+                return Err(e);
+            }
         } else {
-            self.consoles.disable(&uuid).await.inspect_err(|e| {
-                self.note_error(&uuid, format!("Failed to disable the console: {e}"));
-            })?;
-            self.store.modify_node(&uuid, |n: &mut Node| {
-                n.console_enabled = false;
-                n.console_info = None;
-                n.driver_internal_info.remove("vnc_host");
-                n.driver_internal_info.remove("vnc_port");
-                Ok::<_, ServiceError>(())
-            })?;
+            if let Err(e) = self.consoles.disable(&uuid).await {
+                self.note_error(&uuid, format!("Failed to disable the console: {e}"))
+                    .await;
+                return Err(e.into());
+            }
+            self.store
+                .modify_node(&uuid, |n: &mut Node| {
+                    n.console_enabled = false;
+                    n.console_info = None;
+                    n.driver_internal_info.remove("vnc_host");
+                    n.driver_internal_info.remove("vnc_port");
+                    Ok::<_, ServiceError>(())
+                })
+                .await?;
         }
         Ok(())
     }
 
     /// `GET /states/console`.
-    pub fn console_state(&self, ident: &str) -> Result<Value, ServiceError> {
-        let n = self.store.get_node(ident)?;
+    pub async fn console_state(&self, ident: &str) -> Result<Value, ServiceError> {
+        let n = self.store.get_node(ident).await?;
         let info = if n.console_enabled {
             n.console_info.clone()
         } else {
@@ -68,12 +91,15 @@ impl Conductor {
     }
 
     /// Record `msg` as the node's last_error (best effort).
-    pub fn note_error(&self, uuid: &str, msg: String) {
+    pub async fn note_error(&self, uuid: &str, msg: String) {
         tracing::warn!(node = %uuid, "{msg}");
-        let r = self.store.modify_node(uuid, |n: &mut Node| {
-            n.last_error = Some(msg);
-            Ok::<_, ServiceError>(())
-        });
+        let r = self
+            .store
+            .modify_node(uuid, |n: &mut Node| {
+                n.last_error = Some(msg);
+                Ok::<_, ServiceError>(())
+            })
+            .await;
         if let Err(e) = r {
             tracing::debug!(node = %uuid, error = %e, "cannot record last_error");
         }
@@ -84,7 +110,7 @@ impl Conductor {
     pub async fn ensure_console(&self, uuid: &str) {
         let lock = self.console_lock(uuid);
         let _held = lock.lock().await;
-        let Ok(node) = self.store.get_node(uuid) else {
+        let Ok(node) = self.store.get_node(uuid).await else {
             return;
         };
         if !node.console_enabled {
@@ -96,7 +122,27 @@ impl Conductor {
         };
         match result {
             Ok(c) => self.record_console(uuid, &c, false).await,
-            Err(e) => self.note_error(uuid, format!("{RESTORE_FAILURE}{e}")),
+            Err(e) => self.note_error(uuid, format!("{RESTORE_FAILURE}{e}")).await,
+        }
+    }
+
+    /// Disable the console console-svc serves for `uuid` if the node does not
+    /// want one (reconcile, WatchConsoles). Known nodes only.
+    pub async fn retire_console(&self, uuid: &str) {
+        let lock = self.console_lock(uuid);
+        let _held = lock.lock().await;
+        match self.store.get_node(uuid).await {
+            Ok(node) if !node.console_enabled => {}
+            _ => return,
+        }
+        match self.consoles.disable(uuid).await {
+            Ok(()) => tracing::info!(
+                node = %uuid,
+                "disabled a console the node does not want (an enable that was never recorded)"
+            ),
+            Err(e) => {
+                tracing::warn!(node = %uuid, error = %e, "cannot disable an unwanted console")
+            }
         }
     }
 
@@ -105,11 +151,12 @@ impl Conductor {
     pub async fn record_console(&self, uuid: &str, c: &pb::Console, lock: bool) {
         let l = self.console_lock(uuid);
         let _held = if lock { Some(l.lock().await) } else { None };
-        let r = self.store.modify_node(uuid, |n: &mut Node| {
+        let c = c.clone();
+        let r = self.store.modify_node(uuid, move |n: &mut Node| {
             if !n.console_enabled {
                 return Ok(());
             }
-            apply(n, c);
+            apply(n, &c);
             if c.state == pb::ConsoleState::Failed as i32 && !c.last_error.is_empty() {
                 n.last_error = Some(format!("{CONSOLE_FAILURE}{}", c.last_error));
             }
@@ -123,7 +170,7 @@ impl Conductor {
             }
             Ok::<_, ServiceError>(())
         });
-        if let Err(e) = r {
+        if let Err(e) = r.await {
             tracing::debug!(node = %uuid, error = %e, "console event for an unknown node");
         }
     }

@@ -124,7 +124,7 @@ impl Conductor {
 
     // ---- ports ----
 
-    pub fn create_port(&self, body: &Dict) -> Result<Port, ServiceError> {
+    pub async fn create_port(&self, body: &Dict) -> Result<Port, ServiceError> {
         for k in body.keys() {
             let known = [
                 "address",
@@ -151,7 +151,7 @@ impl Conductor {
             .get("node_uuid")
             .and_then(|v| v.as_str())
             .ok_or_else(|| ServiceError::Invalid("Mandatory field missing: node_uuid.".into()))?;
-        let node = self.store.get_node(node_ident)?;
+        let node = self.store.get_node(node_ident).await?;
         let uuid = match body.get("uuid").and_then(|v| v.as_str()) {
             Some(u) => parse_uuid(u)?,
             None => uuid::Uuid::new_v4().to_string(),
@@ -172,13 +172,13 @@ impl Conductor {
             created_at: now(),
             updated_at: None,
         };
-        self.store.insert_port(&port)?;
+        self.store.insert_port(&port).await?;
         Ok(port)
     }
 
-    pub fn delete_port(&self, ident: &str) -> Result<(), ServiceError> {
-        let port = self.store.get_port(ident)?;
-        self.store.delete_port(&port.uuid)?;
+    pub async fn delete_port(&self, ident: &str) -> Result<(), ServiceError> {
+        let port = self.store.get_port(ident).await?;
+        self.store.delete_port(&port.uuid).await?;
         Ok(())
     }
 }
@@ -199,6 +199,32 @@ pub fn normalize_mac(raw: &str) -> Result<String, ServiceError> {
     Ok(lower)
 }
 
+/// A boolean as Ironic reads one (`args.boolean`: oslo's strict
+/// `bool_from_string`): JSON true/false, or one of the strings below in any
+/// case; anything else is 400. `name` says which argument.
+pub fn parse_bool(name: &str, value: &serde_json::Value) -> Result<bool, ServiceError> {
+    const TRUE: &[&str] = &["1", "t", "true", "on", "y", "yes"];
+    const FALSE: &[&str] = &["0", "f", "false", "off", "n", "no"];
+    let s = match value {
+        serde_json::Value::Bool(b) => return Ok(*b),
+        serde_json::Value::String(s) => s.trim().to_ascii_lowercase(),
+        other => other.to_string(),
+    };
+    if TRUE.contains(&s.as_str()) {
+        return Ok(true);
+    }
+    if FALSE.contains(&s.as_str()) {
+        return Ok(false);
+    }
+    let shown: String = match value {
+        serde_json::Value::String(raw) => raw.chars().take(64).collect(),
+        _ => s.chars().take(64).collect(),
+    };
+    Err(ServiceError::Invalid(format!(
+        "Invalid {name}: Unrecognized value '{shown}', acceptable values are: '0', '1', 'f', 'false', 'n', 'no', 'off', 'on', 't', 'true', 'y', 'yes'"
+    )))
+}
+
 pub fn parse_uuid(raw: &str) -> Result<String, ServiceError> {
     uuid::Uuid::parse_str(raw)
         .map(|u| u.to_string())
@@ -217,5 +243,27 @@ mod tests {
         );
         assert!(normalize_mac("52:54:00").is_err());
         assert!(parse_uuid("nope").is_err());
+    }
+
+    #[test]
+    fn booleans_as_ironic_reads_them() {
+        use serde_json::json;
+        for (v, want) in [
+            (json!(true), true),
+            (json!(false), false),
+            (json!("yes"), true),
+            (json!(" True "), true),
+            (json!("off"), false),
+            (json!("0"), false),
+        ] {
+            assert_eq!(parse_bool("maintenance", &v).unwrap(), want, "{v}");
+        }
+        for v in [json!("x"), json!("maybe"), json!(5), json!({}), json!([])] {
+            let e = parse_bool("persistent", &v).unwrap_err().to_string();
+            assert!(
+                e.starts_with("Invalid persistent: Unrecognized value"),
+                "{e}"
+            );
+        }
     }
 }

@@ -62,7 +62,7 @@ const IGNORED: &[&str] = &[
 pub struct NodeCreate(pub Dict);
 
 impl Conductor {
-    pub fn create_node(self: &Arc<Self>, req: NodeCreate) -> Result<Node, ServiceError> {
+    pub async fn create_node(self: &Arc<Self>, req: NodeCreate) -> Result<Node, ServiceError> {
         let body = req.0;
         for k in body.keys() {
             if !WRITABLE.contains(&k.as_str()) && !IGNORED.contains(&k.as_str()) {
@@ -110,12 +110,12 @@ impl Conductor {
             }
         }
         read_back(&mut node, &doc)?;
-        self.store.insert_node(&node)?;
-        self.spawn_power_sync(&node.uuid);
+        self.store.insert_node(&node).await?;
+        self.spawn_power_sync(&node.uuid).await;
         Ok(node)
     }
 
-    pub fn patch_node(&self, ident: &str, ops: &Value) -> Result<Node, ServiceError> {
+    pub async fn patch_node(&self, ident: &str, ops: &Value) -> Result<Node, ServiceError> {
         let roots: Vec<String> = ops
             .as_array()
             .map(|a| a.iter().filter_map(patch::root_of).collect())
@@ -127,9 +127,10 @@ impl Conductor {
                 )));
             }
         }
-        self.store.modify_node(ident, |node: &mut Node| {
+        let ops = ops.clone();
+        self.store.modify_node(ident, move |node: &mut Node| {
             let mut doc = Value::Object(editable(node));
-            patch::apply(&mut doc, ops)?;
+            patch::apply(&mut doc, &ops)?;
             let Value::Object(doc) = doc else { unreachable!("patched an object") };
             let before = node.clone();
             read_back(node, &doc)?;
@@ -142,19 +143,20 @@ impl Conductor {
             }
             Ok(())
         })
+        .await
     }
 
     /// Disable the node's console (if on), then forget the node and its ports.
     pub async fn delete_node(self: &Arc<Self>, ident: &str) -> Result<(), ServiceError> {
-        let node = self.store.get_node(ident)?;
+        let node = self.store.get_node(ident).await?;
         let _busy = self.reserve(&node.uuid)?;
         let lock = self.console_lock(&node.uuid);
         let _console = lock.lock().await;
-        let node = self.store.get_node(&node.uuid)?;
+        let node = self.store.get_node(&node.uuid).await?;
         if node.console_enabled {
             self.consoles.disable(&node.uuid).await?;
         }
-        self.store.delete_node(&node.uuid)?;
+        self.store.delete_node(&node.uuid).await?;
         Ok(())
     }
 }
@@ -224,10 +226,10 @@ fn read_back(node: &mut Node, doc: &Dict) -> Result<(), ServiceError> {
     node.instance_uuid = s("instance_uuid")?;
     node.resource_class = s("resource_class")?;
     node.maintenance_reason = s("maintenance_reason")?;
-    node.maintenance = doc
-        .get("maintenance")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    node.maintenance = match doc.get("maintenance") {
+        None | Some(Value::Null) => false,
+        Some(v) => super::parse_bool("maintenance", v)?,
+    };
     node.console_interface =
         s("console_interface")?.unwrap_or_else(|| default_interface(&node.driver).into());
     interface_kind(&node.console_interface)?;

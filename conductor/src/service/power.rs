@@ -42,23 +42,25 @@ impl PowerAction {
 impl Conductor {
     /// Start a power action: target_power_state set now, the BMC driven in
     /// the background, power_state settled (or last_error) when it is done.
-    pub fn set_power(
+    pub async fn set_power(
         self: &Arc<Self>,
         ident: &str,
         action: PowerAction,
     ) -> Result<(), ServiceError> {
-        let node = self.store.get_node(ident)?;
+        let node = self.store.get_node(ident).await?;
         let bmc = Bmc::for_node(&node, &self.power)?;
         let guard = self.reserve(&node.uuid)?;
         let target = match action {
             PowerAction::Reboot => POWER_ON,
             a => a.end_state().as_ironic(),
         };
-        self.store.modify_node(&node.uuid, |n: &mut Node| {
-            n.target_power_state = Some(target.into());
-            n.last_error = None;
-            Ok::<_, ServiceError>(())
-        })?;
+        self.store
+            .modify_node(&node.uuid, move |n: &mut Node| {
+                n.target_power_state = Some(target.into());
+                n.last_error = None;
+                Ok::<_, ServiceError>(())
+            })
+            .await?;
         let this = self.clone();
         let span = tracing::info_span!("power", node = %node.uuid, ?action);
         self.tasks
@@ -76,19 +78,23 @@ impl Conductor {
             Ok(()) => self.wait_for(&bmc, action.end_state()).await,
             Err(e) => Err(e),
         };
-        let outcome = self.store.modify_node(&uuid, |n: &mut Node| {
-            n.target_power_state = None;
-            match &settled {
-                Ok(p) => n.power_state = Some(p.as_ironic().into()),
-                Err(e) => {
-                    n.last_error = Some(format!(
-                        "Failed to change power state to {}: {e}",
-                        action.end_state().as_ironic()
-                    ))
+        let record = settled.as_ref().map(|p| *p).map_err(|e| e.to_string());
+        let outcome = self
+            .store
+            .modify_node(&uuid, move |n: &mut Node| {
+                n.target_power_state = None;
+                match record {
+                    Ok(p) => n.power_state = Some(p.as_ironic().into()),
+                    Err(e) => {
+                        n.last_error = Some(format!(
+                            "Failed to change power state to {}: {e}",
+                            action.end_state().as_ironic()
+                        ))
+                    }
                 }
-            }
-            Ok::<_, ServiceError>(())
-        });
+                Ok::<_, ServiceError>(())
+            })
+            .await;
         match (settled, outcome) {
             (Ok(p), Ok(_)) => tracing::info!(state = p.as_ironic(), "power state settled"),
             (Err(e), _) => tracing::warn!(error = %e, "power action failed"),
@@ -116,8 +122,8 @@ impl Conductor {
 
     /// Read the power state once in the background (after create), like
     /// Ironic's power sync; failures are logged only.
-    pub fn spawn_power_sync(self: &Arc<Self>, uuid: &str) {
-        let Ok(node) = self.store.get_node(uuid) else {
+    pub async fn spawn_power_sync(self: &Arc<Self>, uuid: &str) {
+        let Ok(node) = self.store.get_node(uuid).await else {
             return;
         };
         let Ok(bmc) = Bmc::for_node(&node, &self.power) else {
@@ -132,10 +138,13 @@ impl Conductor {
             async move {
                 match bmc.power_state().await {
                     Ok(p) => {
-                        let r = this.store.modify_node(&guard.uuid, |n: &mut Node| {
-                            n.power_state = Some(p.as_ironic().into());
-                            Ok::<_, ServiceError>(())
-                        });
+                        let r = this
+                            .store
+                            .modify_node(&guard.uuid, move |n: &mut Node| {
+                                n.power_state = Some(p.as_ironic().into());
+                                Ok::<_, ServiceError>(())
+                            })
+                            .await;
                         if let Err(e) = r {
                             tracing::debug!(error = %e, "power sync: node gone");
                         }
@@ -149,13 +158,13 @@ impl Conductor {
     }
 
     pub async fn boot_device(&self, ident: &str) -> Result<Value, ServiceError> {
-        let node = self.store.get_node(ident)?;
+        let node = self.store.get_node(ident).await?;
         let (dev, persistent) = Bmc::for_node(&node, &self.power)?.boot_device().await?;
         Ok(json!({"boot_device": dev, "persistent": persistent}))
     }
 
     pub async fn set_boot_device(&self, ident: &str, body: &Dict) -> Result<(), ServiceError> {
-        let node = self.store.get_node(ident)?;
+        let node = self.store.get_node(ident).await?;
         let dev = body
             .get("boot_device")
             .and_then(Value::as_str)
@@ -166,10 +175,10 @@ impl Conductor {
                 BOOT_DEVICES.join(", ")
             )));
         }
-        let persistent = body
-            .get("persistent")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let persistent = match body.get("persistent") {
+            None | Some(Value::Null) => false,
+            Some(v) => super::parse_bool("persistent", v)?,
+        };
         Bmc::for_node(&node, &self.power)?
             .set_boot_device(dev, persistent)
             .await?;
@@ -178,7 +187,7 @@ impl Conductor {
 
     /// Ironic's validate: per interface, result and reason.
     pub async fn validate(&self, ident: &str) -> Result<Value, ServiceError> {
-        let node = self.store.get_node(ident)?;
+        let node = self.store.get_node(ident).await?;
         let res = |r: Result<(), String>| match r {
             Ok(()) => json!({"result": true}),
             Err(reason) => json!({"result": false, "reason": reason}),
@@ -202,8 +211,8 @@ impl Conductor {
     }
 
     /// `GET /states`.
-    pub fn states(&self, ident: &str) -> Result<Value, ServiceError> {
-        let n = self.store.get_node(ident)?;
+    pub async fn states(&self, ident: &str) -> Result<Value, ServiceError> {
+        let n = self.store.get_node(ident).await?;
         Ok(json!({
             "power_state": n.power_state,
             "target_power_state": n.target_power_state,

@@ -44,6 +44,8 @@ pub fn clients() -> Option<PathBuf> {
 pub struct TestConductor {
     pub dir: tempfile::TempDir,
     pub console_svc: String,
+    /// More `(section, key, value)` settings, e.g. the console TLS files.
+    pub extra: Vec<(&'static str, &'static str, toml::Value)>,
     pub url: String,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), conductor::RunError>>>,
@@ -51,12 +53,21 @@ pub struct TestConductor {
 
 impl TestConductor {
     pub async fn start(console_svc: &str) -> Result<Self> {
+        Self::start_with(console_svc, Vec::new()).await
+    }
+
+    /// [`TestConductor::start`] with more settings.
+    pub async fn start_with(
+        console_svc: &str,
+        extra: Vec<(&'static str, &'static str, toml::Value)>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("porthole-conductor-")
             .tempdir()?;
         let mut c = Self {
             dir,
             console_svc: console_svc.to_owned(),
+            extra,
             url: String::new(),
             shutdown: CancellationToken::new(),
             task: None,
@@ -68,12 +79,13 @@ impl TestConductor {
     pub fn config(&self) -> Result<Config> {
         let s = |v: &str| toml::Value::String(v.to_owned());
         let db = self.dir.path().join("conductor.sqlite");
-        let overrides = [
+        let mut overrides = vec![
             ("console", "endpoint", s(&self.console_svc)),
             ("database", "path", s(&db.display().to_string())),
             ("power", "poll_interval", s("200ms")),
             ("power", "state_timeout", s("30s")),
         ];
+        overrides.extend(self.extra.iter().cloned());
         Ok(Config::load(None, Vec::new(), &overrides)?)
     }
 
@@ -247,4 +259,137 @@ pub fn faultstring(body: &Value) -> Result<String> {
         .as_str()
         .context("no faultstring")?
         .to_owned())
+}
+
+/// The conductor binary as a child process (for kill -9, SIGTERM and its
+/// real stderr), with a config file in its own temp dir; killed on drop.
+pub struct ConductorProc {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    child: Option<std::process::Child>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ConductorProc {
+    /// Start the conductor against `console_svc` and wait until it answers.
+    pub async fn start(console_svc: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("porthole-conductor-proc-")
+            .tempdir()?;
+        // Port 0: the conductor picks a free one and logs it.
+        let toml = format!(
+            "[api]\nlisten = \"127.0.0.1:0\"\n[database]\npath = \"{}\"\n[console]\nendpoint = \"{console_svc}\"\n",
+            dir.path().join("conductor.sqlite").display()
+        );
+        std::fs::write(dir.path().join("conductor.toml"), toml)?;
+        let mut c = Self {
+            dir,
+            url: String::new(),
+            child: None,
+            log: Default::default(),
+        };
+        c.restart().await?;
+        Ok(c)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("conductor.sqlite")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Start again (same config and database, a new port) and wait until it answers.
+    pub async fn restart(&mut self) -> Result<()> {
+        use std::io::BufRead;
+        if self.child.is_some() {
+            bail!("the conductor is running");
+        }
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conductor"))
+            .arg("--config")
+            .arg(self.dir.path().join("conductor.toml"))
+            .env_remove("PORTHOLE_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("spawning the conductor binary")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let seen = self.log.lock().expect("log lock").len();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("conductor| {line}");
+                log.lock().expect("log lock").push(line);
+            }
+        });
+        self.child = Some(child);
+        let log = self.log.clone();
+        let addr = eventually(
+            Duration::from_secs(30),
+            "the conductor's listen address",
+            || {
+                let log = log.clone();
+                async move {
+                    let lines = log.lock().expect("log lock");
+                    Ok(lines[seen..].iter().find_map(|l| {
+                        let rest = l.split("conductor API listening addr=").nth(1)?;
+                        Some(rest.split_whitespace().next()?.to_owned())
+                    }))
+                }
+            },
+        )
+        .await?;
+        self.url = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        let url = self.url.clone();
+        eventually(Duration::from_secs(30), "the conductor answers", || {
+            let http = http.clone();
+            let url = url.clone();
+            async move { Ok(http.get(&url).send().await.ok().map(drop)) }
+        })
+        .await
+    }
+
+    /// Every stderr line so far, all runs.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// `kill -9` by pid, and reap.
+    pub fn kill9(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM; the exit status if it exits within `within`, else SIGKILL
+    /// and `None`.
+    pub fn terminate(&mut self, within: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let mut child = self.child.take().context("not running")?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(None)
+    }
+}
+
+impl Drop for ConductorProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

@@ -39,6 +39,34 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// log ring is configurable).
 const MAX_FORWARDED_BYTES: usize = 256 * 1024 * 1024;
 
+/// How a replica reaches the others: plaintext, or TLS with a client config
+/// built once at start (this replica's own certificate as the client's).
+/// Never printed with `{:?}` of the config: it holds the key.
+#[derive(Clone, Default)]
+pub struct PeerTls(Option<tonic::transport::ClientTlsConfig>);
+
+impl PeerTls {
+    pub fn tls(config: tonic::transport::ClientTlsConfig) -> Self {
+        Self(Some(config))
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self.0 {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Some(_) => "PeerTls(tls)",
+            None => "PeerTls(plaintext)",
+        })
+    }
+}
+
 /// Why a replica could not get a console log from the console's owner.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -105,7 +133,8 @@ impl Cluster {
         let keys = self
             .read_raw(&[&format!("consoles/{node}/"), "members/"])
             .await?;
-        match route(node, self.replica(), &keys)? {
+        let scheme = self.inner.settings.peer_tls.scheme();
+        match route(node, self.replica(), &keys, scheme)? {
             Route::Here => manager.log(node, max_bytes as usize),
             Route::Owner { owner, url } => {
                 debug!(%node, %owner, %url, "forwarding GetConsoleLog to the owner");
@@ -136,29 +165,17 @@ impl Cluster {
         let me = MetadataValue::try_from(self.replica())
             .unwrap_or_else(|_| MetadataValue::from_static("unnamed"));
         request.metadata_mut().insert(FORWARDED_BY, me);
-        let call = async {
-            let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-                .map_err(|e| unreachable(chain(&e)))?
-                .connect_timeout(FORWARD_TIMEOUT);
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| unreachable(chain(&e)))?;
-            pb::console_service_client::ConsoleServiceClient::new(channel)
-                .max_decoding_message_size(MAX_FORWARDED_BYTES)
-                .get_console_log(request)
-                .await
-                .map_err(|status| ForwardError::Owner {
+        let answer = call_owner(url, &self.inner.settings.peer_tls, request)
+            .await
+            .map_err(|failed| match failed {
+                CallFailed::Unreachable(reason) => unreachable(reason),
+                CallFailed::Answered(status) => ForwardError::Owner {
                     node: node.to_string(),
                     owner: owner.to_owned(),
                     code: status.code(),
                     message: status.message().to_owned(),
-                })
-        };
-        let answer = tokio::time::timeout(FORWARD_TIMEOUT, call)
-            .await
-            .map_err(|_| unreachable(format!("no answer within {FORWARD_TIMEOUT:?}")))??;
-        let answer = answer.into_inner();
+                },
+            })?;
         Ok(LogSnapshot {
             data: answer.data,
             truncated: answer.truncated,
@@ -166,9 +183,60 @@ impl Cluster {
     }
 }
 
+/// How a call to the owner failed.
+#[derive(Debug)]
+enum CallFailed {
+    /// No answer: not connected, the connection failed under the call (a
+    /// TLS peer refusing our certificate closes it after the handshake), or
+    /// none within [`FORWARD_TIMEOUT`].
+    Unreachable(String),
+    /// The owner answered with this status.
+    Answered(tonic::Status),
+}
+
+/// GetConsoleLog on the replica at `url`, connecting as `tls` says, within
+/// [`FORWARD_TIMEOUT`].
+async fn call_owner(
+    url: &str,
+    tls: &PeerTls,
+    request: tonic::Request<pb::GetConsoleLogRequest>,
+) -> Result<pb::GetConsoleLogResponse, CallFailed> {
+    let unreachable = |e: &dyn std::error::Error| CallFailed::Unreachable(chain(e));
+    let call = async {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| unreachable(&e))?
+            .connect_timeout(FORWARD_TIMEOUT);
+        if let Some(tls) = &tls.0 {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| unreachable(&e))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+        pb::console_service_client::ConsoleServiceClient::new(channel)
+            .max_decoding_message_size(MAX_FORWARDED_BYTES)
+            .get_console_log(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| match std::error::Error::source(&status) {
+                Some(e) if e.is::<tonic::transport::Error>() => {
+                    CallFailed::Unreachable(format!("{}: {}", status.message(), chain(e)))
+                }
+                _ => CallFailed::Answered(status),
+            })
+    };
+    tokio::time::timeout(FORWARD_TIMEOUT, call)
+        .await
+        .map_err(|_| CallFailed::Unreachable(format!("no answer within {FORWARD_TIMEOUT:?}")))?
+}
+
 /// Who answers for `node`, from its `consoles/<node>/` keys and every
 /// `members/` key (relative to the prefix).
-fn route(node: &NodeId, me: &str, keys: &[(String, Entry)]) -> Result<Route, ConsoleError> {
+fn route(
+    node: &NodeId,
+    me: &str,
+    keys: &[(String, Entry)],
+    scheme: &str,
+) -> Result<Route, ConsoleError> {
     let get = |key: String| keys.iter().find(|(k, _)| *k == key).map(|(_, e)| e);
     let owner = match get(format!("consoles/{node}/owner")) {
         Some(entry) => String::from_utf8_lossy(&entry.value).into_owned(),
@@ -191,7 +259,7 @@ fn route(node: &NodeId, me: &str, keys: &[(String, Entry)]) -> Result<Route, Con
         .and_then(|entry| serde_json::from_slice::<Member>(&entry.value).ok());
     match member {
         Some(member) => Ok(Route::Owner {
-            url: grpc_url(&member),
+            url: grpc_url(&member, scheme),
             owner,
         }),
         None => Err(ForwardError::OwnerUnknown {
@@ -202,12 +270,15 @@ fn route(node: &NodeId, me: &str, keys: &[(String, Entry)]) -> Result<Route, Con
     }
 }
 
-/// The URL a member's gRPC service is reached at. A replica listening on
-/// every address (`0.0.0.0`, `[::]`) is reached at its advertised host.
-fn grpc_url(member: &Member) -> String {
+/// The URL a member's gRPC service is reached at (`scheme`: `http` or
+/// `https`, as this replica serves). A replica listening on every address
+/// (`0.0.0.0`, `[::]`) is reached at its advertised host.
+fn grpc_url(member: &Member, scheme: &str) -> String {
     match member.grpc.parse::<SocketAddr>() {
-        Ok(addr) if addr.ip().is_unspecified() => format!("http://{}:{}", member.host, addr.port()),
-        _ => format!("http://{}", member.grpc),
+        Ok(addr) if addr.ip().is_unspecified() => {
+            format!("{scheme}://{}:{}", member.host, addr.port())
+        }
+        _ => format!("{scheme}://{}", member.grpc),
     }
 }
 
@@ -222,6 +293,10 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+#[path = "forward_tls_tests.rs"]
+mod tls_tests;
 
 #[cfg(test)]
 mod tests {
@@ -266,19 +341,19 @@ mod tests {
             member("r20", "10.0.0.20:50051"),
         ];
         assert_eq!(
-            route(&node(), "r1", &keys).unwrap(),
+            route(&node(), "r1", &keys, "http").unwrap(),
             Route::Owner {
                 owner: "r2".into(),
                 url: "http://10.0.0.2:50051".into()
             }
         );
-        assert_eq!(route(&node(), "r2", &keys).unwrap(), Route::Here);
+        assert_eq!(route(&node(), "r2", &keys, "http").unwrap(), Route::Here);
     }
 
     #[test]
     fn no_owner_or_an_unknown_one_is_unavailable_and_named() {
         let unclaimed = vec![("consoles/node-1/spec".into(), entry("{}"))];
-        let s = status(route(&node(), "r1", &unclaimed));
+        let s = status(route(&node(), "r1", &unclaimed, "http"));
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert!(s.message().contains("no owner"), "{}", s.message());
 
@@ -287,11 +362,11 @@ mod tests {
             ("consoles/node-1/owner".into(), entry("r9")),
             member("r1", "10.0.0.1:50051"),
         ];
-        let s = status(route(&node(), "r1", &gone));
+        let s = status(route(&node(), "r1", &gone, "http"));
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert!(s.message().contains("replica r9"), "{}", s.message());
 
-        let s = status(route(&node(), "r1", &[]));
+        let s = status(route(&node(), "r1", &[], "http"));
         assert_eq!(s.code(), tonic::Code::NotFound);
     }
 
@@ -299,10 +374,12 @@ mod tests {
     fn a_wildcard_listen_address_is_reached_at_the_advertised_host() {
         let (_, e) = member("r1", "0.0.0.0:50051");
         let m: Member = serde_json::from_slice(&e.value).unwrap();
-        assert_eq!(grpc_url(&m), "http://192.0.2.7:50051");
+        assert_eq!(grpc_url(&m, "http"), "http://192.0.2.7:50051");
+        assert_eq!(grpc_url(&m, "https"), "https://192.0.2.7:50051");
         let (_, e) = member("r1", "[::1]:50051");
         let m: Member = serde_json::from_slice(&e.value).unwrap();
-        assert_eq!(grpc_url(&m), "http://[::1]:50051");
+        assert_eq!(grpc_url(&m, "http"), "http://[::1]:50051");
+        assert_eq!(grpc_url(&m, "https"), "https://[::1]:50051");
     }
 
     #[test]

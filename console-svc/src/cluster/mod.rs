@@ -42,6 +42,8 @@ pub struct ClusterSettings {
     pub enable_timeout: Duration,
     /// Claim delay per rank: rank r claims an unowned console after r × step.
     pub claim_step: Duration,
+    /// How calls forwarded to another replica connect.
+    pub peer_tls: forward::PeerTls,
 }
 
 /// The cluster layer of one replica; cheap to clone.

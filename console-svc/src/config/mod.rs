@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use porthole_common::tls::{ClientTls, ServerTls};
 use serde::Deserialize;
 
 mod console;
@@ -55,6 +56,22 @@ pub struct ServiceConfig {
     pub replica_id: String,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// PEM certificate chain and private key: gRPC is served over TLS
+    /// (neither set: plaintext). Read once at start.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA: a client must present a certificate it signed (mutual TLS).
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// How long a client may take over its TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// PEM CA that signed the other replicas' certificates, for calls one
+    /// replica forwards to another (default: `tls_client_ca_file`, else the
+    /// system's roots). The replica presents its own certificate.
+    pub tls_peer_ca_file: Option<PathBuf>,
+    /// Name checked in the other replicas' certificates (default: the
+    /// address each advertises).
+    pub tls_peer_server_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -97,7 +114,40 @@ impl Default for ServiceConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 50051)),
             replica_id: default_replica_id(),
             log_format: LogFormat::Text,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_handshake_timeout: porthole_common::tls::DEFAULT_HANDSHAKE_TIMEOUT,
+            tls_peer_ca_file: None,
+            tls_peer_server_name: None,
         }
+    }
+}
+
+impl ServiceConfig {
+    /// The server's TLS files, `None` for plaintext.
+    pub fn server_tls(&self) -> Result<Option<ServerTls>, ConfigError> {
+        ServerTls::from_options(
+            "service.tls_",
+            self.tls_cert_file.as_deref(),
+            self.tls_key_file.as_deref(),
+            self.tls_client_ca_file.as_deref(),
+        )
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// How this replica calls another one: `None` when it serves plaintext
+    /// (so do its peers), else TLS with its own certificate as the client's.
+    pub fn peer_tls(&self) -> Result<Option<ClientTls>, ConfigError> {
+        Ok(self.server_tls()?.map(|server| ClientTls {
+            ca_file: self
+                .tls_peer_ca_file
+                .clone()
+                .or_else(|| server.client_ca_file.clone()),
+            cert_file: Some(server.cert_file),
+            key_file: Some(server.key_file),
+            server_name: self.tls_peer_server_name.clone(),
+        }))
     }
 }
 
@@ -147,6 +197,11 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.service.server_tls()?.is_some() && self.service.tls_handshake_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "service.tls_handshake_timeout must be above 0".into(),
+            ));
+        }
         if self.console.subprocess_checking_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "console.subprocess_checking_interval must be above 0".into(),
@@ -284,6 +339,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("vnc"), "{err}");
+    }
+
+    #[test]
+    fn tls_keys_come_in_pairs_and_the_peers_use_the_servers_certificate() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let c = Config::load(None, Vec::new(), &[]).unwrap();
+        assert_eq!(c.service.server_tls().unwrap(), None);
+        assert_eq!(c.service.peer_tls().unwrap(), None);
+        let err = Config::load(
+            None,
+            env(&[("PORTHOLE_SERVICE_TLS_CERT_FILE", "/etc/p/c.pem")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("service.tls_cert_file needs service.tls_key_file"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            env(&[("PORTHOLE_SERVICE_TLS_CLIENT_CA_FILE", "/etc/p/ca.pem")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("client_ca_file needs"), "{err}");
+        let c = Config::load(
+            None,
+            env(&[
+                ("PORTHOLE_SERVICE_TLS_CERT_FILE", "/etc/p/c.pem"),
+                ("PORTHOLE_SERVICE_TLS_KEY_FILE", "/etc/p/c.key"),
+                ("PORTHOLE_SERVICE_TLS_CLIENT_CA_FILE", "/etc/p/ca.pem"),
+                ("PORTHOLE_SERVICE_TLS_HANDSHAKE_TIMEOUT", "3s"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.service.tls_handshake_timeout, Duration::from_secs(3));
+        let peer = c.service.peer_tls().unwrap().unwrap();
+        assert_eq!(peer.ca_file.as_deref(), Some(Path::new("/etc/p/ca.pem")));
+        assert_eq!(peer.cert_file.as_deref(), Some(Path::new("/etc/p/c.pem")));
+        assert_eq!(peer.key_file.as_deref(), Some(Path::new("/etc/p/c.key")));
     }
 
     #[test]

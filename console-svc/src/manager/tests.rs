@@ -19,7 +19,7 @@ struct FakeBackend {
     running: Arc<AtomicUsize>,
     /// The manager's process-table dir: removed when the last holder (the
     /// test or the manager) drops the backend.
-    scratch: Option<tempfile::TempDir>,
+    _scratch: Option<tempfile::TempDir>,
 }
 
 struct FakeConsole {
@@ -78,7 +78,7 @@ fn build(
         .unwrap();
     let processes = Arc::new(ProcessTable::open(dir.path(), Duration::from_secs(1)).unwrap());
     let backend = Arc::new(FakeBackend {
-        scratch: Some(dir),
+        _scratch: Some(dir),
         ..FakeBackend::default()
     });
     let backends = Backends {
