@@ -48,7 +48,11 @@ async fn service_at() -> (
 ) {
     common::init_tracing();
     let base = free_range(4);
-    let pid_dir = std::env::temp_dir().join(format!("porthole-vnc-grpc-{}", std::process::id()));
+    let scratch = tempfile::Builder::new()
+        .prefix("porthole-vnc-grpc-")
+        .tempdir()
+        .unwrap();
+    let pid_dir = scratch.path().join("pids");
     let env = vec![
         (
             "PORTHOLE_CONSOLE_PORT_RANGE".to_owned(),
@@ -67,7 +71,11 @@ async fn service_at() -> (
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    tokio::spawn(console_svc::run(listener, config, shutdown.clone()));
+    let run = console_svc::run(listener, config, shutdown.clone());
+    tokio::spawn(async move {
+        let _scratch = scratch; // the pid dir lives as long as the service
+        run.await
+    });
     for _ in 0..100 {
         if let Ok(client) = ConsoleServiceClient::connect(format!("http://{addr}")).await {
             return (client, shutdown, addr);
