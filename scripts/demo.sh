@@ -13,7 +13,9 @@
 # RIG_RUN_DIR=.run/demo/rig) takes B+10..B+11, B+90, B+100..B+101 and
 # B+600..B+601; `console-svc serve` listens on B+950 (PORTHOLE_DEMO_GRPC_PORT)
 # with console ports B+900..B+909 (PORTHOLE_DEMO_PORT_RANGE, START:END with
-# END excluded); the conductor (Ironic API) on B+960 (PORTHOLE_DEMO_API_PORT).
+# END excluded) and metrics on B+951 (PORTHOLE_DEMO_SVC_METRICS_PORT); the
+# conductor (Ironic API) on B+960 (PORTHOLE_DEMO_API_PORT), metrics on B+961
+# (PORTHOLE_DEMO_API_METRICS_PORT).
 #
 # Builds console-svc and the conductor (debug), starts the rig, both
 # services and a fresh conductor database (a previous run's .run/demo state
@@ -22,9 +24,9 @@
 # request body, never in argv), runs `openstack baremetal node console
 # enable` and `... console show`, and tells you how to be the viewer and the
 # node, and which console-svc commands to try (console-svc knows the node by
-# its UUID, as the conductor enabled it). Needs python3 (rig.json, the
-# --check round trip). Everything it started is stopped by pid on exit.
-# Logs: .run/demo/.
+# its UUID, as the conductor enabled it). --check also reads both services'
+# /metrics. Needs python3 (rig.json, the --check round trip). Everything it
+# started is stopped by pid on exit. Logs: .run/demo/.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,6 +58,8 @@ GRPC=127.0.0.1:${PORTHOLE_DEMO_GRPC_PORT:-$((RIG_BASE + 950))}
 SERVER=http://$GRPC
 RANGE=${PORTHOLE_DEMO_PORT_RANGE:-$((RIG_BASE + 900)):$((RIG_BASE + 910))}
 API=127.0.0.1:${PORTHOLE_DEMO_API_PORT:-$((RIG_BASE + 960))}
+SVC_METRICS=127.0.0.1:${PORTHOLE_DEMO_SVC_METRICS_PORT:-$((RIG_BASE + 951))}
+COND_METRICS=127.0.0.1:${PORTHOLE_DEMO_API_METRICS_PORT:-$((RIG_BASE + 961))}
 
 say() { echo "demo.sh: $*" >&2; }
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/console-svc
@@ -96,7 +100,7 @@ say "building console-svc and the conductor"
 (cd "$ROOT" && cargo build -q -p console-svc -p conductor)
 "$ROOT/scripts/venv-clients.sh"   # the openstack CLI, in .venv-clients
 # Another demo (or anything else) on our ports would answer in our place.
-for p in "${GRPC##*:}" "${API##*:}" $(seq "${RANGE%%:*}" $((${RANGE##*:} - 1))); do
+for p in "${GRPC##*:}" "${API##*:}" "${SVC_METRICS##*:}" "${COND_METRICS##*:}" $(seq "${RANGE%%:*}" $((${RANGE##*:} - 1))); do
   if ss -Hltn "( sport = :$p )" | grep -q .; then
     say "port $p is already in use (another demo running? stop it, or pick other ports with --rig-base)"; exit 1
   fi
@@ -125,7 +129,7 @@ except (OSError, ValueError, LookupError) as e:
 say "starting console-svc serve ($BACKEND backend) on $GRPC"
 env -u PORTHOLE_CONSOLE_SVC_BIN PORTHOLE_LOG=${PORTHOLE_LOG:-info} setsid "$BIN" serve --listen "$GRPC" \
   --backend "$BACKEND" --port-range "$RANGE" --socat-address 127.0.0.1 \
-  --terminal-pid-dir "$DEMO/pids" </dev/null >"$DEMO/console-svc.log" 2>&1 &
+  --terminal-pid-dir "$DEMO/pids" --metrics-listen "$SVC_METRICS" </dev/null >"$DEMO/console-svc.log" 2>&1 &
 SVC_PID=$!
 SVC_START=$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$SVC_PID/stat")
 for i in $(seq 1 100); do
@@ -137,7 +141,7 @@ done
 
 say "starting the conductor (Ironic API) on $API"
 PORTHOLE_LOG=${PORTHOLE_LOG:-info} setsid "$CONDUCTOR" --listen "$API" --console-svc "$SERVER" \
-  --database "$DEMO/conductor.sqlite" </dev/null >"$DEMO/conductor.log" 2>&1 &
+  --database "$DEMO/conductor.sqlite" --metrics-listen "$COND_METRICS" </dev/null >"$DEMO/conductor.log" 2>&1 &
 COND_PID=$!
 COND_START=$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$COND_PID/stat")
 for i in $(seq 1 100); do
@@ -213,6 +217,17 @@ try:
 except OSError as e:
   sys.exit("demo.sh: round trip: %s" % e)
 PY
+  python3 - "$SVC_METRICS" "$COND_METRICS" <<'PY' || { say "metrics check failed"; exit 1; }
+import sys, urllib.request
+try:
+    svc, cond = (urllib.request.urlopen(f"http://{a}/metrics", timeout=5).read().decode() for a in sys.argv[1:])
+except OSError as e:
+    raise SystemExit("demo.sh: reading /metrics: %s" % e)
+typed = [l for l in svc.splitlines() if l.startswith('porthole_console_viewer_bytes_total{kind="serial",direction="to_node"}')]
+if not typed or float(typed[0].split()[-1]) <= 0 or not cond.rstrip().endswith("# EOF"):
+    raise SystemExit("demo.sh: /metrics does not show the round trip: %r" % typed)
+print("demo.sh: metrics ok: console-svc counted %s bytes typed" % typed[0].split()[-1])
+PY
   $OS baremetal node console disable "$NODE"
   say "check passed"
   exit 0
@@ -240,6 +255,8 @@ cat <<EOF
   under the node's UUID, not its name. The conductor wants this console on:
   after a console-svc disable it enables it again at once; to turn it off,
   use $OS baremetal node console disable $NODE.)
+  Prometheus metrics:  curl http://$SVC_METRICS/metrics     (console-svc)
+                       curl http://$COND_METRICS/metrics    (conductor)
   Logs: $DEMO/console-svc.log, $DEMO/conductor.log
 
   Ctrl-C stops the conductor, console-svc and the rig.

@@ -4,8 +4,9 @@
 #
 #   scripts/venv-clients.sh          # create or update; idempotent
 #
-# Installs python-openstackclient, python-ironicclient and openstacksdk from
-# PyPI into the venv only (never the system Python). Versions are pinned so
+# Installs python-openstackclient, python-ironicclient, openstacksdk and
+# prometheus-client (its text parser, for the metrics tests) from PyPI into
+# the venv only (never the system Python). Versions are pinned so
 # the microversions the clients negotiate stay known (conductor advertises
 # up to 1.99; ironicclient asks for its latest known version).
 # Env: PORTHOLE_VENV_CLIENTS (the venv's path), PYTHON (python3).
@@ -19,6 +20,8 @@ PKGS=(
   "python-openstackclient==10.5.0"
   "python-ironicclient==6.3.0"
   "openstacksdk==4.22.0"
+  # The metrics tests parse /metrics with Prometheus' own Python parser.
+  "prometheus-client==0.26.0"
 )
 
 if [ ! -x "$VENV/bin/python" ]; then

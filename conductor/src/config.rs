@@ -60,6 +60,8 @@ pub struct ApiConfig {
     pub public_endpoint: Option<String>,
     /// `text` or `json` log lines.
     pub log_format: String,
+    /// Where to serve Prometheus metrics (`GET /metrics`); unset: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -113,6 +115,7 @@ impl Default for ApiConfig {
             allow_noauth_on_any_address: false,
             public_endpoint: None,
             log_format: "text".into(),
+            metrics_listen: None,
         }
     }
 }
@@ -309,5 +312,25 @@ mod tests {
         )];
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("http_basic_auth_user_file"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_an_address_is_given() {
+        assert_eq!(
+            Config::load(None, Vec::new(), &[])
+                .unwrap()
+                .api
+                .metrics_listen,
+            None
+        );
+        let env = vec![(
+            "PORTHOLE_API_METRICS_LISTEN".to_owned(),
+            "127.0.0.1:9465".to_owned(),
+        )];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(
+            c.api.metrics_listen,
+            Some("127.0.0.1:9465".parse().unwrap())
+        );
     }
 }

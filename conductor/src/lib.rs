@@ -12,6 +12,7 @@
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
 //! - [`patch`]: JSON Patch.
 //! - [`logfmt`]: text log lines with control characters escaped.
+//! - [`metrics`]: the Prometheus metrics (`api.metrics_listen`).
 
 // A service logs through tracing, never to stdout/stderr directly.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -21,6 +22,7 @@ pub mod config;
 pub mod console;
 pub mod db;
 pub mod logfmt;
+pub mod metrics;
 pub mod model;
 pub mod patch;
 pub mod power;
@@ -59,6 +61,8 @@ pub enum RunError {
     },
     #[error("serving the API: {0}")]
     Serve(std::io::Error),
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[from] porthole_common::metrics::MetricsError),
 }
 
 /// How long a stop waits for open API connections to finish.
@@ -92,6 +96,17 @@ pub async fn run(
                 .map_err(|e| RunError::Serve(std::io::Error::other(e)))??;
             Some(Arc::new(basic))
         }
+    };
+    let metrics = match config.api.metrics_listen {
+        Some(at) => Some(
+            porthole_common::metrics::MetricsServer::start(
+                at,
+                metrics::get().registry(),
+                shutdown.child_token(),
+            )
+            .await?,
+        ),
+        None => None,
     };
     let opened = {
         let (config, shutdown) = (config.clone(), shutdown.clone());
@@ -136,6 +151,9 @@ pub async fn run(
         }
     };
     shutdown.cancel();
+    if let Some(m) = metrics {
+        m.stop().await;
+    }
     conductor.tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), conductor.tasks.wait())
         .await

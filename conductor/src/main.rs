@@ -42,6 +42,9 @@ struct Cli {
     /// Log lines as JSON.
     #[arg(long)]
     log_json: bool,
+    /// Serve Prometheus metrics on GET /metrics here (api.metrics_listen).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl Cli {
@@ -69,6 +72,9 @@ impl Cli {
         }
         if self.log_json {
             o.push(("api", "log_format", s("json".into())));
+        }
+        if let Some(v) = self.metrics_listen {
+            o.push(("api", "metrics_listen", s(v.to_string())));
         }
         o
     }

@@ -96,6 +96,7 @@ async fn reconcile(conductor: &Arc<Conductor>, running: HashMap<String, pb::Cons
     for node in &nodes {
         match running.get(&node.uuid) {
             Some(c) if node.console_enabled && is_live(c) => {
+                crate::metrics::get().reconciled(crate::metrics::Reconcile::InSync);
                 conductor.record_console(&node.uuid, c, true).await
             }
             _ if node.console_enabled => {

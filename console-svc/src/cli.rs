@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Log lines as JSON (service.log_format = "json").
     #[arg(long)]
     pub log_json: bool,
+    /// Serve Prometheus metrics on GET /metrics here (service.metrics_listen).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -95,6 +98,9 @@ impl ServeArgs {
         }
         if self.log_json {
             o.push(("service", "log_format", s("json")));
+        }
+        if let Some(v) = &self.metrics_listen {
+            o.push(("service", "metrics_listen", s(&v.to_string())));
         }
         o
     }

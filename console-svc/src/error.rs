@@ -53,6 +53,7 @@ impl From<ConsoleError> for Status {
             ConsoleError::Coordination(CoordError::NotServing(_)) => Code::Unavailable,
             ConsoleError::Coordination(CoordError::Fenced { .. }) => Code::Aborted,
             ConsoleError::Coordination(CoordError::Etcd(_)) => Code::Unavailable,
+            ConsoleError::Coordination(CoordError::PastDeadline(_)) => Code::Unavailable,
             ConsoleError::ShuttingDown => Code::Unavailable,
             ConsoleError::Deadline(_) => Code::DeadlineExceeded,
             ConsoleError::Forward(ForwardError::Owner { code, .. }) => *code,

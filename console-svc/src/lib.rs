@@ -14,6 +14,7 @@
 //! - [`process`]: recorded child processes, cleaned up after a crash.
 //! - [`grpc`]: `console.v1.ConsoleService`, health and reflection.
 //! - [`cli`]: the operator's client commands.
+//! - [`metrics`]: the Prometheus metrics (`service.metrics_listen`).
 
 // A service logs through tracing, never to stdout/stderr directly.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -26,6 +27,7 @@ pub mod coordinator;
 pub mod error;
 pub mod grpc;
 pub mod manager;
+pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod seal;

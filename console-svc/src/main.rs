@@ -14,7 +14,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    match run() {
+    let cli = Cli::parse();
+    if let Command::SolExec = cli.command {
+        // Runs under socat for each console connection, asking this
+        // replica's activation gate before it touches the BMC.
+        let code = console_svc::sol::sol_exec::run();
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("console-svc: {}", cli::error_line(&err));
@@ -23,12 +30,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<()> {
-    let cli = Cli::parse();
-    if let Command::SolExec = cli.command {
-        // Runs under socat for each console connection; only returns on failure.
-        return Err(console_svc::sol::socat::sol_exec()).context("console-svc sol-exec");
-    }
+fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve(args) => {

@@ -20,6 +20,7 @@
 //!     └── enable ─── DISABLED ◀─────────────────────┘  (port kept for the node)
 //! ```
 
+mod census;
 mod fencing;
 mod supervise;
 #[cfg(test)]
@@ -184,6 +185,7 @@ impl ConsoleManager {
             }),
         };
         fencing::spawn(manager.clone());
+        crate::metrics::get().add_census(Arc::downgrade(&manager.inner) as _);
         manager
     }
 
@@ -258,9 +260,13 @@ impl ConsoleManager {
             st.info.last_error = None;
         });
         let span = info_span!("console", node = %spec.node, port);
-        self.start(&slot, &backend, spec, port)
+        let (kind, began) = (census::kind_label(spec.kind()), tokio::time::Instant::now());
+        let started = self
+            .start(&slot, &backend, spec, port)
             .instrument(span)
-            .await
+            .await;
+        crate::metrics::get().enable_done(kind, started.is_ok(), began.elapsed());
+        started
     }
 
     async fn start(
@@ -272,6 +278,7 @@ impl ConsoleManager {
     ) -> Result<ConsoleInfo, ConsoleError> {
         let inner = &self.inner;
         let ownership = inner.coordinator.acquire(&spec.node).await?;
+        let fence = Fence::new(inner.coordinator.clone(), ownership.clone());
         let (health_tx, health_rx) = watch::channel(Health::Ok);
         let ctx = ConsoleContext {
             node: spec.node.clone(),
@@ -279,7 +286,7 @@ impl ConsoleManager {
             listen: SocketAddr::new(inner.config.console.socat_address, port),
             health: health_tx,
             cancel: inner.cancel.child_token(),
-            fence: Fence::new(inner.coordinator.clone(), ownership.clone()),
+            fence: fence.clone(),
             processes: inner.processes.clone(),
         };
         let started =
@@ -319,7 +326,14 @@ impl ConsoleManager {
                 port,
             });
         });
-        supervise::spawn(self.clone(), slot.clone(), &spec, health_rx, supervisor);
+        supervise::spawn(
+            self.clone(),
+            slot.clone(),
+            &spec,
+            health_rx,
+            supervisor,
+            fence,
+        );
         info!(url = %info.endpoint.as_ref().map(Endpoint::url).unwrap_or_default(), "console running");
         Ok(info)
     }

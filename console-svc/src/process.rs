@@ -11,6 +11,10 @@
 //!  spawn ──▶ running ──terminate()──▶ SIGTERM group ──kill_timeout──▶ SIGKILL group ──▶ record removed
 //!                 └──── (crash of console-svc) ──▶ sweep() at next start does the same
 //! ```
+//!
+//! [`guard_child`] makes a child die with console-svc (`PR_SET_PDEATHSIG`,
+//! checked against a parent that died before the `prctl`) and, for BMC
+//! actions, refuse to exec once the lease's fence deadline has passed.
 
 use std::fs;
 use std::io;
@@ -102,6 +106,80 @@ impl ProcessTable {
         }
         Ok(found)
     }
+}
+
+/// errno a guarded child exits its pre-exec with when the deadline passed.
+const PAST_DEADLINE_ERRNO: i32 = libc::ETIMEDOUT;
+/// errno a guarded child exits its pre-exec with when its parent is gone.
+const ORPHANED_ERRNO: i32 = libc::ECHILD;
+
+/// Arrange, between fork and exec of `cmd`'s child: SIGKILL when this
+/// process dies (`PR_SET_PDEATHSIG`; a parent that died before the `prctl`
+/// is caught by comparing `getppid` with our pid), and when `deadline` is
+/// given, no exec at or after it (the BMC gate's last word, on
+/// CLOCK_MONOTONIC, which the child shares with us). The death signal
+/// follows the *thread* that forks: spawn from long-lived threads (tokio's
+/// workers and the main thread are; the blocking pool's are not).
+#[expect(
+    unsafe_code,
+    reason = "Command::pre_exec runs code between fork and exec"
+)]
+pub fn guard_child(cmd: &mut std::process::Command, deadline: Option<std::time::Instant>) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id() as libc::pid_t;
+    // The deadline as CLOCK_MONOTONIC nanoseconds, computed here: the child
+    // may only call async-signal-safe functions.
+    let deadline_ns = deadline.map(|d| {
+        let left = d.saturating_duration_since(std::time::Instant::now());
+        monotonic_ns().saturating_add(left.as_nanos().min(i64::MAX as u128) as i64)
+    });
+    // SAFETY: prctl, getppid and clock_gettime are async-signal-safe, and the
+    // error is built from an errno (no allocation) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(ORPHANED_ERRNO));
+            }
+            if let Some(at) = deadline_ns {
+                if monotonic_ns() >= at {
+                    return Err(io::Error::from_raw_os_error(PAST_DEADLINE_ERRNO));
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Did a spawn fail because [`guard_child`]'s deadline had passed?
+pub fn refused_past_deadline(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(PAST_DEADLINE_ERRNO)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (async-signal-safe).
+#[expect(
+    unsafe_code,
+    reason = "clock_gettime(2): libc has no safe wrapper that is async-signal-safe"
+)]
+fn monotonic_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec)
 }
 
 /// A recorded child. Dropping it without [`Supervised::terminate`] kills its
@@ -266,6 +344,51 @@ mod tests {
         assert!(stat_fields(other_pid).is_some(), "reused pid was spared");
         assert!(fs::read_dir(&dir).unwrap().next().is_none());
         other.kill().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_guarded_child_does_not_exec_past_its_deadline() {
+        let past = std::time::Instant::now();
+        let mut cmd = std::process::Command::new("true");
+        guard_child(&mut cmd, Some(past));
+        let err = cmd.status().unwrap_err();
+        assert!(refused_past_deadline(&err), "{err}");
+
+        let later = std::time::Instant::now() + Duration::from_secs(30);
+        let mut cmd = std::process::Command::new("true");
+        guard_child(&mut cmd, Some(later));
+        assert!(cmd.status().unwrap().success());
+        let mut cmd = std::process::Command::new("true");
+        guard_child(&mut cmd, None);
+        assert!(cmd.status().unwrap().success());
+    }
+
+    /// The death signal is SIGKILL and follows the forking thread: a child
+    /// spawned from a thread that then ends is killed at once (which is also
+    /// why console-svc spawns only from long-lived threads).
+    #[test]
+    fn a_guarded_child_is_killed_when_its_parent_goes() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let mut child = std::thread::spawn(|| {
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("30");
+            guard_child(&mut cmd, None);
+            cmd.spawn().unwrap()
+        })
+        .join()
+        .unwrap();
+        let since = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(5),
+                "child outlived its parent"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     }
 
     /// A path inside a fresh scratch dir (the table creates it), and the

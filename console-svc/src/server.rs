@@ -10,6 +10,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use porthole_common::metrics::grpc::WithGrpcMetrics;
+use porthole_common::metrics::MetricsServer;
 use porthole_common::tls::{self, TlsAcceptor};
 use porthole_proto::console::v1::console_service_server::ConsoleServiceServer;
 use tokio::net::TcpListener;
@@ -52,6 +54,8 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[from] porthole_common::metrics::MetricsError),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("gRPC TLS: {0}")]
@@ -68,6 +72,17 @@ pub async fn run(
     let config = Arc::new(config);
     // First, so that a bad certificate or key stops us before anything starts.
     let (acceptor, peer_tls) = tls_settings(&config)?;
+    let metrics = match config.service.metrics_listen {
+        Some(addr) => Some(
+            MetricsServer::start(
+                addr,
+                crate::metrics::get().registry(),
+                shutdown.child_token(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let pid_dir = config.console.terminal_pid_dir.clone();
     let processes =
         ProcessTable::open(&pid_dir, config.console.kill_timeout).map_err(|source| {
@@ -159,6 +174,7 @@ pub async fn run(
         })
     };
     let router = tonic::transport::Server::builder()
+        .layer(crate::metrics::get().grpc_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ConsoleServiceServer::new(api));
@@ -179,6 +195,9 @@ pub async fn run(
     };
     shutdown.cancel();
     let _ = stopper.await;
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
     info!("console-svc stopped");
     Ok(served?)
 }
@@ -203,7 +222,7 @@ type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> 
 /// handshake on its own task, bounded, so a client that connects and
 /// stalls holds up no one else.
 fn serve(
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<WithGrpcMetrics>,
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     config: &Config,

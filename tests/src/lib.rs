@@ -11,10 +11,12 @@
 //! - [`wire`]: viewers and the node side of a serial line, bounded reads.
 //! - [`session`]: enable/wait helpers and [`session::establish`].
 //! - [`procs`]: processes by pid and start time from `/proc`.
+//! - [`metrics`]: `/metrics` scraped and read by Prometheus' own parser.
 //!
 //! A test is an `async fn(Backend) -> anyhow::Result<()>`;
 //! [`both_backends!`] runs it once per serial backend.
 
+pub mod metrics;
 pub mod pki;
 pub mod pool;
 pub mod ports;

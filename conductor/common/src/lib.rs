@@ -6,4 +6,5 @@
 //!
 //! Callers: the services' `main.rs` and `lib.rs`. It imports no service crate.
 
+pub mod metrics;
 pub mod tls;

@@ -73,6 +73,12 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(error::ironic_errors))
         .layer(axum::extract::DefaultBodyLimit::max(error::BODY_LIMIT))
         .layer(axum::middleware::from_fn(trace))
+        // Outermost, so refused requests (401, 406) count too; Router::layer
+        // runs after routing, so the route template is known.
+        .layer(axum::middleware::from_fn_with_state(
+            crate::metrics::get().http(),
+            porthole_common::metrics::http::HttpMetrics::track,
+        ))
         .with_state(state)
 }
 

@@ -120,6 +120,13 @@ impl Conductor {
             Ok(req) => self.consoles.enable(req).await.map_err(ServiceError::from),
             Err(e) => Err(e.into()),
         };
+        use crate::metrics::Reconcile;
+        let outcome = if result.is_ok() {
+            Reconcile::Restored
+        } else {
+            Reconcile::Failed
+        };
+        crate::metrics::get().reconciled(outcome);
         match result {
             Ok(c) => self.record_console(uuid, &c, false).await,
             Err(e) => self.note_error(uuid, format!("{RESTORE_FAILURE}{e}")).await,
@@ -135,7 +142,15 @@ impl Conductor {
             Ok(node) if !node.console_enabled => {}
             _ => return,
         }
-        match self.consoles.disable(uuid).await {
+        let disabled = self.consoles.disable(uuid).await;
+        use crate::metrics::Reconcile;
+        let outcome = if disabled.is_ok() {
+            Reconcile::Retired
+        } else {
+            Reconcile::Failed
+        };
+        crate::metrics::get().reconciled(outcome);
+        match disabled {
             Ok(()) => tracing::info!(
                 node = %uuid,
                 "disabled a console the node does not want (an enable that was never recorded)"

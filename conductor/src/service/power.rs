@@ -31,6 +31,15 @@ impl PowerAction {
         }
     }
 
+    /// The `action` label of `porthole_conductor_power_actions_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::On => "on",
+            Self::Off => "off",
+            Self::Reboot => "reboot",
+        }
+    }
+
     fn end_state(self) -> Power {
         match self {
             Self::Off => Power::Off,
@@ -70,6 +79,7 @@ impl Conductor {
 
     async fn run_power(self: Arc<Self>, bmc: Bmc, action: PowerAction, guard: BusyGuard) {
         let uuid = guard.uuid.clone();
+        let began = Instant::now();
         let result = match action {
             PowerAction::Reboot => bmc.reboot().await,
             a => bmc.set_power(a.end_state()).await,
@@ -78,6 +88,7 @@ impl Conductor {
             Ok(()) => self.wait_for(&bmc, action.end_state()).await,
             Err(e) => Err(e),
         };
+        crate::metrics::get().power_action(action.label(), settled.is_ok(), began.elapsed());
         let record = settled.as_ref().map(|p| *p).map_err(|e| e.to_string());
         let outcome = self
             .store

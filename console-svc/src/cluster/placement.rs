@@ -67,6 +67,8 @@ struct Placer {
     claims: HashMap<NodeId, (Instant, Duration)>,
     /// Console starts in flight at once (see [`STARTS_AT_ONCE`]).
     starts: Arc<Semaphore>,
+    /// Nodes last seen owned by another replica: claiming one is a takeover.
+    owned_elsewhere: HashSet<NodeId>,
 }
 
 /// How long placement lets changes pile up before it looks again.
@@ -88,6 +90,7 @@ impl Placer {
             started: HashMap::new(),
             claims: HashMap::new(),
             starts: Arc::new(Semaphore::new(STARTS_AT_ONCE)),
+            owned_elsewhere: HashSet::new(),
         }
     }
 
@@ -126,6 +129,7 @@ impl Placer {
                 Some(owner) if owner.replica == me => self.follow_spec(node, spec).await,
                 Some(_) => {
                     self.due.remove(node);
+                    self.owned_elsewhere.insert(node.clone());
                 }
                 None if taking => self.maybe_claim(node, spec, &members, &me).await,
                 None => {}
@@ -133,6 +137,7 @@ impl Placer {
         }
         self.due.retain(|n, _| wanted.contains(n));
         self.claims.retain(|n, _| wanted.contains(n));
+        self.owned_elsewhere.retain(|n| wanted.contains(n));
         let opened = &self.cluster.inner.opened;
         opened
             .lock()
@@ -191,11 +196,16 @@ impl Placer {
         let spec = spec.spec.clone();
         let node = node.clone();
         let starts = self.starts.clone();
+        let takeover = self.owned_elsewhere.remove(&node);
         // Starting touches the BMC; never hold up placement of other nodes.
         tokio::spawn(
             async move {
                 let _turn = starts.acquire_owned().await;
                 match manager.enable(spec).await {
+                    Ok(_) if takeover => {
+                        crate::metrics::get().takeover();
+                        info!("console taken over here")
+                    }
                     Ok(_) => info!("console started here"),
                     Err(e) => warn!(error = %e, "console not started here"),
                 }

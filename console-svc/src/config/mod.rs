@@ -56,6 +56,8 @@ pub struct ServiceConfig {
     pub replica_id: String,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// Where to serve Prometheus metrics (`GET /metrics`); unset: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// PEM certificate chain and private key: gRPC is served over TLS
     /// (neither set: plaintext). Read once at start.
     pub tls_cert_file: Option<PathBuf>,
@@ -114,6 +116,7 @@ impl Default for ServiceConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 50051)),
             replica_id: default_replica_id(),
             log_format: LogFormat::Text,
+            metrics_listen: None,
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
@@ -397,5 +400,21 @@ mod tests {
         let env = vec![("PORTHOLE_CONSOLE_BOGUS".to_owned(), "1".to_owned())];
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_an_address_is_given() {
+        let c = Config::load(None, Vec::new(), &[]).unwrap();
+        assert_eq!(c.service.metrics_listen, None);
+        let env = |v: &str| vec![("PORTHOLE_SERVICE_METRICS_LISTEN".to_owned(), v.to_owned())];
+        let c = Config::load(None, env("127.0.0.1:9464"), &[]).unwrap();
+        assert_eq!(
+            c.service.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let err = Config::load(None, env("nowhere"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("socket address"), "{err}");
     }
 }

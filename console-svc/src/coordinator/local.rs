@@ -1,6 +1,7 @@
 //! The single-replica coordinator: this process owns every console and is
 //! always serving. Tokens still increase per claim so fencing code paths are
-//! exercised the same way as with etcd.
+//! exercised the same way as with etcd. Its BMC gate is always open (no
+//! lease, no other replica to yield to).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -51,6 +52,7 @@ impl Coordinator for LocalCoordinator {
         Ok(Ownership {
             node: node.clone(),
             token,
+            lease: 0,
         })
     }
 

@@ -17,13 +17,19 @@
 //! `serving()` turns false when this replica must stop serving every console
 //! (for etcd: its lease could not be renewed); the manager stops all consoles
 //! when it does.
+//!
+//! [`Fence::permit`] is the synchronous gate every BMC action passes first
+//! (see [`gate`]): the claim's lease must be this replica's current one and
+//! before its fence deadline at that instant.
 
 pub mod etcd;
+pub mod gate;
 pub mod local;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use self::gate::{BmcPermit, LeaseGate};
 use crate::spec::NodeId;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +40,9 @@ pub enum CoordError {
     Fenced { node: String, owner: String },
     #[error("etcd: {0}")]
     Etcd(String),
+    /// The BMC gate is closed: this replica may not act on a BMC now.
+    #[error("this replica's lease is past its fence deadline, so it takes no BMC action: {0}")]
+    PastDeadline(String),
 }
 
 /// Proof of ownership of one node's console. `token` grows with every new
@@ -42,6 +51,8 @@ pub enum CoordError {
 pub struct Ownership {
     pub node: NodeId,
     pub token: i64,
+    /// The lease the claim is bound to (0: the local coordinator's).
+    pub lease: i64,
 }
 
 #[async_trait]
@@ -60,22 +71,41 @@ pub trait Coordinator: Send + Sync + 'static {
 
     /// Give the claim up.
     async fn release(&self, ownership: &Ownership) -> Result<(), CoordError>;
+
+    /// The BMC gate (always open unless the coordinator has a lease).
+    fn gate(&self) -> LeaseGate {
+        LeaseGate::always()
+    }
 }
 
 /// One console's claim plus the coordinator that can confirm it; backends
-/// call [`Fence::check`] before they touch the BMC.
+/// call [`Fence::check`] (etcd round trip) before an activation and
+/// [`Fence::permit`] (the clock) immediately before every BMC action.
 #[derive(Clone)]
 pub struct Fence {
     coordinator: std::sync::Arc<dyn Coordinator>,
     ownership: Ownership,
+    gate: LeaseGate,
 }
 
 impl Fence {
     pub fn new(coordinator: std::sync::Arc<dyn Coordinator>, ownership: Ownership) -> Self {
+        let gate = coordinator.gate();
         Self {
             coordinator,
             ownership,
+            gate,
         }
+    }
+
+    /// May this claim act on the BMC at this instant? (No I/O.)
+    pub fn permit(&self) -> Result<BmcPermit, CoordError> {
+        self.gate.permit(self.ownership.lease)
+    }
+
+    /// The replica this claim belongs to.
+    pub fn replica_id(&self) -> &str {
+        self.coordinator.replica_id()
     }
 
     pub fn ownership(&self) -> &Ownership {

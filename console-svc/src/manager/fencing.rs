@@ -60,6 +60,7 @@ impl ConsoleManager {
     /// Stop every running console at once; keep specs to resume them.
     async fn fence_all(&self) {
         warn!("not serving: stopping every console");
+        crate::metrics::get().fenced();
         let slots = self.slots();
         let stops = slots.iter().map(|slot| async move {
             let _op = slot.op.lock().await;

@@ -1,6 +1,7 @@
 //! The per-console supervisor: follows the backend's health and probes the
 //! BMC (`chassis power status`, never SOL) when the console starts, retrying
-//! with backoff until the BMC answers. Either source failing makes the
+//! with backoff until the BMC answers. The probe is a BMC action: it runs
+//! under the console's claim and its BMC gate (see `sol::ipmitool`). Either source failing makes the
 //! console FAILED with a readable `last_error`; both fine makes it RUNNING.
 //!
 //! ```text
@@ -19,6 +20,7 @@ use tracing::{info, warn, Instrument};
 
 use super::{ConsoleManager, ConsoleState, Slot};
 use crate::backoff::Backoff;
+use crate::coordinator::Fence;
 use crate::sol::ipmitool::IpmiTool;
 use crate::sol::Health;
 use crate::spec::{ConsoleSpec, Target};
@@ -29,6 +31,7 @@ pub(super) fn spawn(
     spec: &ConsoleSpec,
     health: watch::Receiver<Health>,
     stop: CancellationToken,
+    fence: Fence,
 ) {
     let cfg = &manager.inner.config.console;
     // Serial consoles probe their BMC; VNC backends report upstream trouble
@@ -39,6 +42,7 @@ pub(super) fn spawn(
             ipmi.clone(),
             cfg.subprocess_timeout,
             manager.inner.processes.clone(),
+            fence,
         )),
         Target::Vnc(_) => None,
     };

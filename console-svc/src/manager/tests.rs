@@ -382,3 +382,43 @@ async fn in_a_cluster_a_regained_lease_leaves_fenced_consoles_to_placement() {
     assert_eq!(claimed.state, ConsoleState::Running);
     assert_eq!(backend.running.load(Ordering::SeqCst), 1);
 }
+
+/// The manager's census (`porthole_console_consoles`) is its own slots,
+/// exactly; enable latency and fences go to the process-wide metrics, which
+/// other tests bump too, so those are compared as "at least ours".
+#[tokio::test]
+async fn metrics_follow_consoles_enables_and_fences() {
+    use crate::metrics::Census as _;
+    let scrape = |series: &str| -> f64 {
+        let text = porthole_common::metrics::encode(&crate::metrics::get().registry());
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let census = |m: &ConsoleManager| {
+        let mut c = m.inner.census();
+        c.sort();
+        c
+    };
+    let enables = r#"porthole_console_enable_duration_seconds_count{kind="serial",result="ok"}"#;
+    let fences = "porthole_console_fences_total";
+    let (enables_before, fences_before) = (scrape(enables), scrape(fences));
+    let switch = Arc::new(Switchable {
+        local: LocalCoordinator::new("replica-a"),
+        serving: tokio::sync::watch::Sender::new(true),
+    });
+    let (m, _) = build("12030:12035", "true", switch.clone(), Placement::Local);
+    let mut events = m.subscribe();
+    m.enable(spec("a", 0)).await.unwrap();
+    m.enable(spec("b", 0)).await.unwrap();
+    m.disable(&spec("b", 0).node).await.unwrap();
+    assert_eq!(census(&m), [("serial", "disabled"), ("serial", "running")]);
+    assert!(scrape(enables) >= enables_before + 2.0);
+
+    switch.serving.send_replace(false);
+    next_state(&mut events, ConsoleState::Failed).await;
+    assert_eq!(census(&m), [("serial", "disabled"), ("serial", "failed")]);
+    assert!(scrape(fences) > fences_before, "the fence is counted");
+}

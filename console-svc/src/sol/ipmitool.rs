@@ -1,8 +1,16 @@
 //! ipmitool invocations: argv built as a vector, the password through a
 //! sealed memfd at fd 3 (`-f /dev/fd/3`), never argv or the environment.
 //!
+//! Every invocation is a BMC action, so every one passes the claim's BMC
+//! gate ([`Fence::permit`]) immediately before it is spawned, and again in
+//! the child between fork and exec (the deadline on CLOCK_MONOTONIC, see
+//! [`crate::process::guard_child`]): a replica paused past its lease's fence
+//! deadline sends nothing to the BMC. The child also dies with console-svc
+//! (`PR_SET_PDEATHSIG`).
+//!
 //! Callers: the native backend (deactivate, then `sol activate` under a pty),
-//! the socat backend (the EXEC'd helper), the manager's BMC probe.
+//! the socat backend (its end-of-console deactivate; the per-connection
+//! helper builds its own commands), the manager's BMC probe.
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -17,6 +25,8 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 use super::SolError;
+use crate::coordinator::gate::BmcPermit;
+use crate::coordinator::Fence;
 use crate::process::ProcessTable;
 use crate::secret::Secret;
 use crate::spec::IpmiTarget;
@@ -24,13 +34,14 @@ use crate::spec::IpmiTarget;
 /// The fd number ipmitool reads its password from.
 pub const PASSWORD_FD: RawFd = 3;
 
-/// One BMC as seen through ipmitool.
+/// One BMC as seen through ipmitool, under one console's claim.
 #[derive(Clone)]
 pub struct IpmiTool {
     program: OsString,
     target: IpmiTarget,
     timeout: Duration,
     processes: Arc<ProcessTable>,
+    fence: Fence,
 }
 
 impl IpmiTool {
@@ -39,13 +50,20 @@ impl IpmiTool {
         target: IpmiTarget,
         timeout: Duration,
         processes: Arc<ProcessTable>,
+        fence: Fence,
     ) -> Self {
         Self {
             program: program.into(),
             target,
             timeout,
             processes,
+            fence,
         }
+    }
+
+    /// The BMC gate for this claim, now.
+    pub fn permit(&self) -> Result<BmcPermit, SolError> {
+        Ok(self.fence.permit()?)
     }
 
     pub fn target(&self) -> &IpmiTarget {
@@ -83,11 +101,17 @@ impl IpmiTool {
     }
 
     /// A command for `ipmitool ... <command>` with the password attached at
-    /// fd 3 and the child leading its own process group.
-    pub fn command(&self, command: &[&str]) -> io::Result<Command> {
+    /// fd 3, only while the BMC gate is open; the child re-checks the
+    /// deadline before exec and dies with console-svc.
+    pub fn command(&self, command: &[&str]) -> Result<Command, SolError> {
+        self.command_under(&self.permit()?, command)
+    }
+
+    fn command_under(&self, permit: &BmcPermit, command: &[&str]) -> Result<Command, SolError> {
         let mut cmd = Command::new(&self.program);
         cmd.args(self.args(command));
         PasswordFd::new(&self.target.password)?.attach(&mut cmd);
+        crate::process::guard_child(cmd.as_std_mut(), permit.until_std());
         Ok(cmd)
     }
 
@@ -98,20 +122,17 @@ impl IpmiTool {
 
     /// Run a short ipmitool command to completion within the timeout; its
     /// stdout on success, its own error text otherwise.
+    /// A run still going at the lease's fence deadline is killed there (no
+    /// ipmitool of this replica talks to the BMC past it).
     pub async fn run(&self, command: &[&str]) -> Result<String, SolError> {
-        let mut cmd = self.command(command)?;
+        let permit = self.permit()?;
+        let mut cmd = self.command_under(&permit, command)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
         let what = format!("ipmitool {}", command.join(" "));
-        let mut child =
-            self.processes
-                .spawn(&mut cmd, &what)
-                .map_err(|source| SolError::Spawn {
-                    program: "ipmitool",
-                    source,
-                })?;
+        let mut child = self.processes.spawn(&mut cmd, &what).map_err(spawn_error)?;
         let mut stdout = child.child_mut().stdout.take().expect("piped");
         let mut stderr = child.child_mut().stderr.take().expect("piped");
         let io = async {
@@ -122,8 +143,20 @@ impl IpmiTool {
             let status = child.wait().await?;
             Ok::<_, io::Error>((status, out, err))
         };
-        let (status, out, err) = match tokio::time::timeout(self.timeout, io).await {
+        let timeout_at = tokio::time::Instant::now() + self.timeout;
+        let bound = permit.until().map_or(timeout_at, |d| d.min(timeout_at));
+        let (status, out, err) = match tokio::time::timeout_at(bound, io).await {
             Ok(r) => r?,
+            Err(_) if bound < timeout_at => {
+                // SIGKILL at once (dropped): past the deadline not even
+                // ipmitool's own goodbye may reach the BMC.
+                drop(child);
+                return Err(SolError::Fenced(
+                    crate::coordinator::CoordError::PastDeadline(format!(
+                        "{what} was still running at the fence deadline and was killed"
+                    )),
+                ));
+            }
             Err(_) => {
                 child.terminate().await;
                 return Err(SolError::Timeout {
@@ -163,6 +196,20 @@ impl IpmiTool {
         self.run(&["-N", "1", "-R", "2", "chassis", "power", "status"])
             .await
             .map(drop)
+    }
+}
+
+/// A failed ipmitool spawn; the child's own refusal at the fence deadline
+/// (see [`crate::process::guard_child`]) is the gate's.
+pub fn spawn_error(source: io::Error) -> SolError {
+    if crate::process::refused_past_deadline(&source) {
+        return SolError::Fenced(crate::coordinator::CoordError::PastDeadline(
+            "the deadline passed between the check and the exec".into(),
+        ));
+    }
+    SolError::Spawn {
+        program: "ipmitool",
+        source,
     }
 }
 
@@ -258,6 +305,12 @@ mod tests {
     /// The tool, and the scratch dir of its process table (removed on drop).
     fn tool() -> (IpmiTool, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
+        let coordinator = Arc::new(crate::coordinator::local::LocalCoordinator::new("t"));
+        let ownership = crate::coordinator::Ownership {
+            node: crate::spec::NodeId::parse("n").unwrap(),
+            token: 1,
+            lease: 0,
+        };
         let tool = IpmiTool::new(
             "ipmitool",
             IpmiTarget {
@@ -270,6 +323,7 @@ mod tests {
             },
             Duration::from_secs(5),
             Arc::new(ProcessTable::open(dir.path(), Duration::from_secs(1)).unwrap()),
+            Fence::new(coordinator, ownership),
         );
         (tool, dir)
     }
@@ -302,6 +356,42 @@ mod tests {
             String::from_utf8(out.stdout).unwrap(),
             "s3cret-pw\ns3cret-pw"
         );
+    }
+
+    /// An ipmitool (here a shell that would sleep 30 s) still running at
+    /// the fence deadline is killed there; one asked for after it is never
+    /// started.
+    #[tokio::test]
+    async fn a_run_does_not_outlive_the_fence_deadline() {
+        use crate::coordinator::gate::testing::Gated;
+        use crate::coordinator::Coordinator;
+        let (base, scratch) = tool();
+        let dir = scratch.path().join("dl");
+        let (gated, _state) = Gated::new(9, Duration::from_millis(400));
+        let gated = Arc::new(gated);
+        let ownership = gated
+            .acquire(&crate::spec::NodeId::parse("n").unwrap())
+            .await
+            .unwrap();
+        let script = dir.join("slow-ipmitool");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let slow = IpmiTool {
+            program: script.into_os_string(),
+            fence: Fence::new(gated, ownership),
+            ..base
+        };
+        let started = tokio::time::Instant::now();
+        let err = slow.run(&["sol", "deactivate"]).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, SolError::Fenced(_)), "{err}");
+        assert!(err.to_string().contains("killed"), "{err}");
+        assert!(took < Duration::from_secs(2), "killed after {took:?}");
+        let err = slow.run(&["sol", "deactivate"]).await.unwrap_err();
+        assert!(err.to_string().contains("fence deadline"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -12,11 +12,16 @@
 //! sealed memfd (never argv, never the environment), run `sol deactivate`
 //! before every activation, and record the processes they start in the
 //! [`crate::process::ProcessTable`] so a restart can clean up after a crash.
+//! Both take every BMC action only through the claim's lease gate
+//! ([`crate::coordinator::Fence::permit`]); socat's per-connection helper
+//! ([`sol_exec`]) asks for it over [`activation_gate`].
 
+pub mod activation_gate;
 pub mod ipmitool;
 pub mod native;
 pub mod pty;
 pub mod socat;
+pub mod sol_exec;
 
 use std::io;
 use std::net::SocketAddr;

@@ -2,11 +2,15 @@
 //!
 //! One `socat TCP-LISTEN:P,bind=A,reuseaddr,fork,max-children=1
 //! EXEC:"console-svc sol-exec",pty,raw,echo=0,stderr` per console. For each
-//! connection socat runs `console-svc sol-exec`, which runs `ipmitool ... sol
-//! deactivate` and then becomes `ipmitool ... sol activate` (exec), so every
-//! activation is preceded by a deactivate. ipmitool's argv reaches the helper
-//! in `PORTHOLE_SOL_ARGV` (no secret in it); the password is the sealed memfd
-//! at fd 3 that socat and its children inherit.
+//! connection socat runs `console-svc sol-exec` ([`super::sol_exec`]), which
+//! asks this replica's activation gate ([`super::activation_gate`]) for a go,
+//! runs `ipmitool ... sol deactivate` and then `ipmitool ... sol activate`,
+//! and keeps asking while the session runs: a replica past its lease's
+//! deadline, paused or dead gets no BMC traffic from its socat. socat dies
+//! with console-svc (`PR_SET_PDEATHSIG`), the helper with its socat, ipmitool
+//! with the helper. ipmitool's argv reaches the helper in `PORTHOLE_SOL_ARGV`
+//! (no secret in it), the gate in `PORTHOLE_SOL_GATE`; the password is the
+//! sealed memfd at fd 3 that socat and its children inherit.
 //!
 //! ```text
 //!  start ──▶ spawned ──"listening on"──▶ serving ──socat died──▶ FAILED ──backoff──▶ spawned
@@ -16,11 +20,10 @@
 //! ```
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,13 +34,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use super::activation_gate::{ActivationGate, Registry};
 use super::ipmitool::IpmiTool;
+use super::sol_exec::GateRef;
+pub use super::sol_exec::{SOL_ARGV_ENV, SOL_GATE_ENV};
 use super::{ConsoleBackend, ConsoleContext, Health, LogSnapshot, RunningConsole, SolError};
 use crate::backoff::Backoff;
 use crate::process::Supervised;
-
-/// Where the helper finds ipmitool's argv.
-pub const SOL_ARGV_ENV: &str = "PORTHOLE_SOL_ARGV";
 
 #[derive(Clone, Debug)]
 pub struct SocatSettings {
@@ -53,6 +56,9 @@ pub struct SocatSettings {
 
 pub struct SocatBackend {
     settings: SocatSettings,
+    /// Started with the first console (it needs the pid directory and a
+    /// runtime), stopped when the backend goes.
+    gate: Mutex<Option<Arc<ActivationGate>>>,
 }
 
 impl SocatBackend {
@@ -70,7 +76,21 @@ impl SocatBackend {
                 )),
             });
         }
-        Ok(Self { settings })
+        Ok(Self {
+            settings,
+            gate: Mutex::new(None),
+        })
+    }
+
+    /// The activation gate, started in `dir` on first use.
+    fn gate(&self, dir: &std::path::Path) -> Result<Arc<ActivationGate>, SolError> {
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = gate.as_ref() {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(ActivationGate::start(dir)?);
+        *gate = Some(g.clone());
+        Ok(g)
     }
 }
 
@@ -86,15 +106,31 @@ impl ConsoleBackend for SocatBackend {
             ctx.ipmi(self.name())?.clone(),
             self.settings.subprocess_timeout,
             ctx.processes.clone(),
+            ctx.fence.clone(),
         );
         ctx.fence.check().await?;
+        let gate = self.gate(ctx.processes.dir())?;
+        let gate_ref = GateRef {
+            socket: gate.path().to_owned(),
+            node: ctx.node.to_string(),
+            token: ctx.fence.ownership().token,
+        };
+        gate.registry().register(ctx.fence.clone());
         let instance = Instance {
             settings: self.settings.clone(),
             tool,
             used: Arc::new(AtomicBool::new(false)),
+            gate_ref,
+            registry: gate.registry().clone(),
             ctx,
         };
-        let first = instance.spawn_retrying_busy_port().await?;
+        let first = match instance.spawn_retrying_busy_port().await {
+            Ok(first) => first,
+            Err(e) => {
+                instance.registry.deregister(&instance.ctx.fence);
+                return Err(e);
+            }
+        };
         let stop = instance.ctx.cancel.child_token();
         let span = tracing::info_span!(parent: None, "socat", node = %instance.ctx.node, port = instance.ctx.listen.port());
         let task = tokio::spawn(instance.supervise(first, stop.clone()).instrument(span));
@@ -125,6 +161,9 @@ struct Instance {
     tool: IpmiTool,
     /// A connection was accepted since the last `sol deactivate`.
     used: Arc<AtomicBool>,
+    /// Where (and under which claim) the helper asks for its go.
+    gate_ref: GateRef,
+    registry: Registry,
     ctx: ConsoleContext,
 }
 
@@ -162,11 +201,18 @@ impl Instance {
                 SOL_ARGV_ENV,
                 serde_json::to_string(&argv).expect("strings serialize"),
             )
+            .env(
+                SOL_GATE_ENV,
+                serde_json::to_string(&self.gate_ref).expect("gate serializes"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
         self.tool.password_fd()?.attach(&mut cmd);
+        // socat goes when console-svc goes (kill -9 included): no listener
+        // of a dead replica keeps accepting.
+        crate::process::guard_child(cmd.as_std_mut(), None);
         Ok(cmd)
     }
 
@@ -268,6 +314,7 @@ impl Instance {
                 }
             }
         }
+        self.registry.deregister(&self.ctx.fence);
         self.end_session().await;
     }
 
@@ -280,9 +327,14 @@ impl Instance {
     }
 
     /// `sol deactivate` if a connection may have left SOL active (a killed
-    /// ipmitool does not end its session).
+    /// ipmitool does not end its session), and only while the lease is
+    /// valid: past its deadline the BMC is the next owner's.
     async fn end_session(&self) {
         if self.used.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.tool.permit() {
+                warn!(reason = %e, "no sol deactivate after stop: only local processes were ended");
+                return;
+            }
             if let Err(e) = self.tool.deactivate().await {
                 warn!(error = %e, "sol deactivate after stop failed");
             }
@@ -311,40 +363,10 @@ async fn follow_stderr(
             ready.send_replace(true);
         } else if line.contains(" N accepting connection from ") {
             used.store(true, Ordering::SeqCst);
+            crate::metrics::get().viewer_connected("serial");
+            crate::metrics::get().sol_activation("socat");
         } else if let Some((_, msg)) = line.split_once("] E ") {
             last_error.send_replace(msg.to_owned());
         }
     }
-}
-
-/// `console-svc sol-exec`, run by socat for each connection: deactivate,
-/// then become `ipmitool ... sol activate`. Returns only on failure.
-pub fn sol_exec() -> std::io::Error {
-    let Some(raw) = std::env::var_os(SOL_ARGV_ENV) else {
-        return std::io::Error::other(format!("{SOL_ARGV_ENV} is not set: run by socat only"));
-    };
-    let argv: Vec<String> = match serde_json::from_str(&raw.to_string_lossy()) {
-        Ok(v) => v,
-        Err(e) => return std::io::Error::other(format!("{SOL_ARGV_ENV}: {e}")),
-    };
-    let Some((program, args)) = argv.split_first() else {
-        return std::io::Error::other(format!("{SOL_ARGV_ENV} is empty"));
-    };
-    if args.last().map(String::as_str) != Some("activate") {
-        return std::io::Error::other(format!("{SOL_ARGV_ENV} must end in 'sol activate'"));
-    }
-    let mut deactivate: Vec<&str> = args.iter().map(String::as_str).collect();
-    *deactivate.last_mut().expect("non-empty") = "deactivate";
-    // "already de-activated" is the usual answer; either way we go on.
-    let _ = std::process::Command::new(program)
-        .args(&deactivate)
-        .env_remove(SOL_ARGV_ENV)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    std::process::Command::new(program)
-        .args(args)
-        .env_remove(SOL_ARGV_ENV)
-        .exec()
 }

@@ -111,6 +111,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     info!("viewer connected");
+    let _counted = crate::metrics::get().viewer("vnc");
     let outcome = tokio::select! {
         _ = stop.cancelled() => Ok("console stopped"),
         r = session(io, &console) => r,
@@ -157,11 +158,12 @@ where
 }
 
 /// Bytes both ways, untouched, until one side closes.
-pub(crate) async fn relay<A, B>(mut client: A, mut upstream: B) -> Result<&'static str, VncError>
+pub(crate) async fn relay<A, B>(client: A, mut upstream: B) -> Result<&'static str, VncError>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut client = crate::metrics::Counted::new(client, "vnc");
     let (up, down) = tokio::io::copy_bidirectional_with_sizes(
         &mut client,
         &mut upstream,

@@ -11,7 +11,7 @@ use crate::support::{options, rig};
 #[tokio::test]
 async fn a_drained_replica_is_not_serving_but_answers() {
     let Some(rig) = rig() else { return };
-    let cluster = Cluster::start(&rig, "health", &options("34520:34540"), 2);
+    let cluster = Cluster::start(&rig, "health", &options(), 2);
     cluster.until_health(0, ServingStatus::Serving).await;
     cluster.until_health(1, ServingStatus::Serving).await;
 

@@ -15,13 +15,16 @@
 //!     cargo test -p console-svc --test cluster_api
 //! ```
 //!
-//! Replicas listen on 127.0.0.12 and up; console ports 34500-34599 (a range
-//! of 20 per scenario); each scenario has its own etcd prefix and leases the
-//! BMC it uses with the `flock` the other rig tests use. Without
+//! Replicas listen on 127.0.0.12 and up; each scenario leases 20 free console
+//! ports (see `bmc_recorder::PortLease`), has its own etcd prefix and leases
+//! the BMC it uses with the `flock` the other rig tests use; every BMC action
+//! is recorded and judged as in `ha_rig`. Without
 //! `PORTHOLE_RIG_JSON` every scenario skips (unless `PORTHOLE_REQUIRE_PEERS`).
 //! [`replicas`] (shared with `ha_rig`) starts the replicas; [`support`] has
 //! this suite's options and probes.
 
+#[path = "../support/bmc_recorder.rs"]
+mod bmc_recorder;
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../support/etcd_proxy.rs"]

@@ -25,7 +25,7 @@ async fn a_rejoining_replica_claims_in_rank_order() {
     let _bmc = rig.lease_bmc(1).await;
     let opts = Options {
         claim_step: Duration::from_secs(10),
-        ..options("34560:34580")
+        ..options()
     };
     let (proxies, cluster) = Cluster::start_behind_proxies(&rig, "rank", &opts, 2).await;
     let node = node_ranked(["ghost", "replica-1", "replica-0"]);
@@ -34,7 +34,7 @@ async fn a_rejoining_replica_claims_in_rank_order() {
     cluster.until_health(1, ServingStatus::Serving).await;
 
     // replica-1 away: replica-0, the only member, claims the console.
-    proxies[1].set_open(false);
+    cluster.set_etcd_open(&proxies[1], 1, false);
     let gone = || cluster.etcd_get("members/replica-1").is_none();
     until(Duration::from_secs(15), "replica-1 never left", gone).await;
     let mut c0 = cluster.client(0).await;
@@ -44,7 +44,7 @@ async fn a_rejoining_replica_claims_in_rank_order() {
         .expect("enable")
         .into_inner();
     assert_eq!(con.owner, "replica-0");
-    proxies[1].set_open(true);
+    cluster.set_etcd_open(&proxies[1], 1, true);
     let back = || cluster.etcd_get("members/replica-1").is_some();
     until(Duration::from_secs(15), "replica-1 never came back", back).await;
     assert_eq!(
@@ -55,7 +55,7 @@ async fn a_rejoining_replica_claims_in_rank_order() {
 
     // A better-placed member that never claims.
     cluster.etcd_put("members/ghost", GHOST);
-    proxies[0].set_open(false);
+    cluster.set_etcd_open(&proxies[0], 0, false);
     let unowned = || cluster.etcd_get(&owner_key).is_none();
     until(
         Duration::from_secs(15),
@@ -63,7 +63,7 @@ async fn a_rejoining_replica_claims_in_rank_order() {
         unowned,
     )
     .await;
-    proxies[0].set_open(true);
+    cluster.set_etcd_open(&proxies[0], 0, true);
     let since = Instant::now();
     let mut rejoined = None;
     let owner = loop {

@@ -6,16 +6,18 @@ use std::time::{Duration, Instant};
 
 use porthole_proto::console::v1 as pb;
 
-use crate::replicas::{Client, Options, Rig};
+use crate::replicas::{Client, Options, Ports, Rig};
 
 pub fn rig() -> Option<Rig> {
     Rig::load("cluster_api")
 }
 
-/// Replicas on 127.0.0.12 and up, console ports `ports`, lease TTL 3 s.
-pub fn options(ports: &'static str) -> Options {
+/// Replicas on 127.0.0.12 and up, twenty console ports leased free, the
+/// native backend, lease TTL 3 s.
+pub fn options() -> Options {
     Options {
-        ports,
+        ports: Ports::Free(20),
+        backend: "native",
         ttl: Duration::from_secs(3),
         claim_step: Duration::from_millis(300),
         enable_timeout: Duration::from_secs(8),

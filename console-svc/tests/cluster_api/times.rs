@@ -15,7 +15,7 @@ const NODE: &str = "capi-times";
 async fn created_and_updated_are_the_specs_own_times_on_every_replica() {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(1).await;
-    let cluster = Cluster::start(&rig, "times", &options("34540:34560"), 2);
+    let cluster = Cluster::start(&rig, "times", &options(), 2);
     let (mut c0, mut c1) = (cluster.client(0).await, cluster.client(1).await);
     let before = SystemTime::now() - Duration::from_secs(1);
     let enabled = c0

@@ -8,7 +8,7 @@ use porthole_proto::console::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::replicas::{enable_request, Cluster, Options};
+use crate::replicas::{enable_request, Cluster, Options, Ports};
 use crate::support::{accepts, list, options, rig, NODE, TTL};
 
 /// Benchmark (printed, not asserted): takeover time for many idle consoles
@@ -38,7 +38,8 @@ async fn bench_takeover_and_steady_state_etcd_rate() {
         .map_or(TTL, Duration::from_secs);
     let opts = Options {
         ttl,
-        ..options("38000:39100")
+        ports: Ports::Fixed(38000, 39100),
+        ..options()
     };
     let mut cluster = Cluster::start(&rig, "bench", &opts, 3);
     let c0 = cluster.client(0).await;

@@ -8,15 +8,16 @@ use std::time::{Duration, Instant};
 use porthole_proto::console::v1 as pb;
 
 use crate::replicas::{get, Cluster};
-use crate::support::{enable, list, listening, options, rig, served_elsewhere, Checker, NODE};
+use crate::support::{enable, list, listening, options_for, rig, served_elsewhere, Checker, NODE};
+
+crate::both_backends!(drain_hands_consoles_over_and_watch_shows_it);
 
 /// `console-svc drain` empties the owner without stopping it; a WatchConsoles
 /// stream on the other replica sees the console move.
-#[tokio::test]
-async fn drain_hands_consoles_over_and_watch_shows_it() {
+async fn drain_hands_consoles_over_and_watch_shows_it(backend: &'static str) {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(0).await;
-    let cluster = Cluster::start(&rig, "drain", &options("31460:31470"), 2);
+    let cluster = Cluster::start(&rig, &format!("drain-{backend}"), &options_for(backend), 2);
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);

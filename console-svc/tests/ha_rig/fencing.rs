@@ -1,24 +1,31 @@
 //! Fencing: a replica cut off from etcd stops before another starts its
 //! console; with etcd gone for everyone nobody serves, and service returns
-//! with etcd; a console nobody can serve ends Enable with
+//! with etcd (both backends); a console nobody can serve ends Enable with
 //! DEADLINE_EXCEEDED.
 
 use std::time::{Duration, Instant};
 
 use crate::replicas::{enable_request, Cluster};
 use crate::support::{
-    enable, listening, options, rig, served_elsewhere, still_nobody_listens_after,
+    enable, listening, options, options_for, rig, served_elsewhere, still_nobody_listens_after,
     until_nobody_listens, Checker, TTL,
 };
 
+crate::both_backends!(
+    a_replica_cut_off_from_etcd_stops_before_another_starts_its_console,
+    without_etcd_nobody_serves_and_service_returns_with_it
+);
+
 /// The owner loses etcd (its own proxy cut) while its viewers can still reach
 /// it: it stops listening before any other replica starts the console.
-#[tokio::test]
-async fn a_replica_cut_off_from_etcd_stops_before_another_starts_its_console() {
+async fn a_replica_cut_off_from_etcd_stops_before_another_starts_its_console(
+    backend: &'static str,
+) {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(0).await;
+    let opts = options_for(backend);
     let (proxies, cluster) =
-        Cluster::start_behind_proxies(&rig, "cut", &options("31440:31450"), 2).await;
+        Cluster::start_behind_proxies(&rig, &format!("cut-{backend}"), &opts, 2).await;
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);
@@ -26,7 +33,7 @@ async fn a_replica_cut_off_from_etcd_stops_before_another_starts_its_console() {
     let old = cluster.replicas[owner].ip.clone();
     let port = con.port as u16;
 
-    proxies[owner].set_open(false);
+    cluster.set_etcd_open(&proxies[owner], owner, false);
     let cut_at = Instant::now();
     let mut stopped = None;
     let mut started = None;
@@ -52,11 +59,12 @@ async fn a_replica_cut_off_from_etcd_stops_before_another_starts_its_console() {
 #[tokio::test]
 async fn enable_that_nobody_can_serve_is_deadline_exceeded() {
     let Some(rig) = rig() else { return };
-    let cluster = Cluster::start(&rig, "deadline", &options("31480:31490"), 2);
-    let _squatter = std::net::TcpListener::bind("0.0.0.0:31485").unwrap();
+    let cluster = Cluster::start(&rig, "deadline", &options(), 2);
+    let squat = cluster.ports.start + 5;
+    let _squatter = std::net::TcpListener::bind(("0.0.0.0", squat)).unwrap();
     let mut c0 = cluster.client(0).await;
     let mut req = enable_request(&rig, 0, "ha-nowhere");
-    req.port = 31485;
+    req.port = squat.into();
     let started = Instant::now();
     let err = c0.enable_console(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
@@ -67,19 +75,19 @@ async fn enable_that_nobody_can_serve_is_deadline_exceeded() {
 /// etcd gone for every replica (all proxies cut, as if every member
 /// stopped): each replica stops serving within the TTL; when etcd is back
 /// the console is served again without a restart.
-#[tokio::test]
-async fn without_etcd_nobody_serves_and_service_returns_with_it() {
+async fn without_etcd_nobody_serves_and_service_returns_with_it(backend: &'static str) {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(0).await;
+    let opts = options_for(backend);
     let (proxies, cluster) =
-        Cluster::start_behind_proxies(&rig, "alldown", &options("31500:31510"), 2).await;
+        Cluster::start_behind_proxies(&rig, &format!("alldown-{backend}"), &opts, 2).await;
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);
     let port = con.port as u16;
 
-    for p in &proxies {
-        p.set_open(false);
+    for (i, p) in proxies.iter().enumerate() {
+        cluster.set_etcd_open(p, i, false);
     }
     let cut_at = Instant::now();
     until_nobody_listens(port, cut_at, TTL).await;
@@ -87,8 +95,8 @@ async fn without_etcd_nobody_serves_and_service_returns_with_it() {
     let quiet = TTL + Duration::from_secs(1);
     still_nobody_listens_after(port, quiet, "nobody serves while etcd is gone").await;
 
-    for p in &proxies {
-        p.set_open(true);
+    for (i, p) in proxies.iter().enumerate() {
+        cluster.set_etcd_open(p, i, true);
     }
     let back_at = Instant::now();
     let mut any = cluster.client(1).await;

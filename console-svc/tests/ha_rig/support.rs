@@ -12,7 +12,7 @@ use porthole_proto::console::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::replicas::{enable_request, get, Client, Options, Rig};
+use crate::replicas::{enable_request, get, Client, Options, Ports, Rig};
 
 pub const TTL: Duration = Duration::from_secs(3);
 
@@ -23,14 +23,47 @@ pub fn rig() -> Option<Rig> {
     Rig::load("ha_rig")
 }
 
-/// Replicas on 127.0.0.2 and up, console ports `ports`, lease TTL [`TTL`].
-pub fn options(ports: &'static str) -> Options {
+/// `both_backends!(name)`: tests `name::native` and `name::socat` that run
+/// `async fn name(backend: &'static str)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn native() {
+                super::$name("native").await
+            }
+            #[tokio::test]
+            async fn socat() {
+                super::$name("socat").await
+            }
+        }
+    )+};
+}
+
+/// [`options`] with the serial backend `backend`.
+pub fn options_for(backend: &'static str) -> Options {
     Options {
-        ports,
+        backend,
+        ..options()
+    }
+}
+
+/// Replica `i` of a scenario listens on 127.0.0.`FIRST_IP + i`.
+pub const FIRST_IP: u8 = 2;
+/// The most replicas a scenario starts.
+pub const MAX_REPLICAS: u8 = 3;
+
+/// Replicas on 127.0.0.2 and up, ten console ports leased free, the native
+/// backend, lease TTL [`TTL`].
+pub fn options() -> Options {
+    Options {
+        ports: Ports::Free(10),
+        backend: "native",
         ttl: TTL,
         claim_step: Duration::from_millis(300),
         enable_timeout: Duration::from_secs(4),
-        first_ip: 2,
+        first_ip: FIRST_IP,
         etcd_tag: "",
         dir_tag: "ha-",
     }
@@ -97,8 +130,13 @@ impl Checker {
     }
 }
 
-/// Local addresses listening on `port` (any 127.0.0.0/8 address).
+/// Addresses of this suite's replicas (127.0.0.2 .. .4) listening on
+/// `port`; another program's listener (any address, 0.0.0.0 included) is
+/// not a replica serving.
 pub fn listening(port: u16) -> Vec<String> {
+    let ours: Vec<String> = (FIRST_IP..FIRST_IP + MAX_REPLICAS)
+        .map(|i| format!("127.0.0.{i}:{port}"))
+        .collect();
     let out = Command::new("ss")
         .args(["-Hltn", &format!("sport = :{port}")])
         .output()
@@ -106,6 +144,7 @@ pub fn listening(port: u16) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        .filter(|a| ours.contains(a))
         .collect()
 }
 
@@ -133,7 +172,8 @@ async fn until_listeners(
 /// Wait (sampling every 5 ms, for the handover gap) until nothing listens
 /// on `port` under the address `ip` any more.
 pub async fn until_let_go(port: u16, ip: &str, within: Duration) {
-    let not_ip = |l: &[String]| !l.iter().any(|a| a.starts_with(ip));
+    let addr = format!("{ip}:{port}");
+    let not_ip = |l: &[String]| !l.contains(&addr);
     let poll = Duration::from_millis(5);
     until_listeners(
         port,

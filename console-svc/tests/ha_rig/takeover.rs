@@ -1,6 +1,6 @@
 //! Takeover when the owner goes: kill -9 (a survivor serves on the same
 //! port within the TTL and typing reaches the node) and SIGTERM (the owner
-//! hands over with a gap under a second).
+//! hands over with a gap under a second), on both backends.
 
 use std::time::{Duration, Instant};
 
@@ -8,15 +8,21 @@ use nix::sys::signal::Signal;
 
 use crate::replicas::{get, Cluster};
 use crate::support::{
-    enable, enable_running, list, options, rig, served_elsewhere, typing_reaches_the_node,
+    enable, enable_running, list, options_for, rig, served_elsewhere, typing_reaches_the_node,
     until_let_go, Checker, NODE, TTL,
 };
 
-#[tokio::test]
-async fn kill_9_of_the_owner_moves_the_console_to_a_survivor_on_the_same_port() {
+crate::both_backends!(
+    kill_9_of_the_owner_moves_the_console_to_a_survivor_on_the_same_port,
+    sigterm_of_the_owner_hands_over_within_a_second
+);
+
+async fn kill_9_of_the_owner_moves_the_console_to_a_survivor_on_the_same_port(
+    backend: &'static str,
+) {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(0).await;
-    let mut cluster = Cluster::start(&rig, "kill9", &options("31400:31410"), 3);
+    let mut cluster = Cluster::start(&rig, &format!("kill9-{backend}"), &options_for(backend), 3);
     let mut c0 = cluster.client(0).await;
     let con = enable_running(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);
@@ -57,11 +63,15 @@ async fn kill_9_of_the_owner_moves_the_console_to_a_survivor_on_the_same_port() 
     checker.finish().await;
 }
 
-#[tokio::test]
-async fn sigterm_of_the_owner_hands_over_within_a_second() {
+async fn sigterm_of_the_owner_hands_over_within_a_second(backend: &'static str) {
     let Some(rig) = rig() else { return };
     let _bmc = rig.lease_bmc(0).await;
-    let mut cluster = Cluster::start(&rig, "sigterm", &options("31420:31430"), 2);
+    let mut cluster = Cluster::start(
+        &rig,
+        &format!("sigterm-{backend}"),
+        &options_for(backend),
+        2,
+    );
     let mut c0 = cluster.client(0).await;
     let con = enable(&mut c0, &rig).await;
     let checker = Checker::start(con.port as u16);

@@ -67,7 +67,7 @@ async fn three_member_cluster_survives_one_member_and_fences_without_quorum() {
     eprintln!("rig3 up after {:?}", t0.elapsed());
     let opts = Options {
         ttl: LEASE_TTL,
-        ..options("31520:31530")
+        ..options()
     };
     let cluster = Cluster::start(&rig, "cluster3", &opts, 2);
     let mut c0 = cluster.client(0).await;

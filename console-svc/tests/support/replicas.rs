@@ -4,8 +4,11 @@
 //! replicas on loopback addresses of their own as [`Options`] says (start,
 //! through proxies, signal, stop; logs kept when a test fails), gRPC and
 //! health clients, Enable/Get requests and etcdctl under the cluster's
-//! prefix. Included by tests with `#[path]`, beside `common` and
-//! `etcd_proxy` at the crate root.
+//! prefix. Console ports are leased free ([`PortLease`]); every BMC action
+//! is recorded and judged ([`crate::bmc_recorder`]) when the cluster is
+//! dropped: a test fails if a replica took one past its lease deadline.
+//! Included by tests with `#[path]`, beside `common`, `etcd_proxy` and
+//! `bmc_recorder` at the crate root.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -22,6 +25,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use crate::bmc_recorder::{BmcAction, Mark, PortLease, Recorder};
 use crate::common;
 use crate::etcd_proxy::Proxy;
 
@@ -66,10 +70,21 @@ impl Rig {
     }
 }
 
+/// The console ports of a scenario.
+#[derive(Clone, Copy, Debug)]
+pub enum Ports {
+    /// This many, leased free (see [`PortLease`]).
+    Free(u16),
+    /// A fixed `[start, end)` (the benchmark's thousand).
+    Fixed(u16, u16),
+}
+
 /// How the replicas of one scenario run. Each suite has its own defaults.
 pub struct Options {
-    /// `PORTHOLE_CONSOLE_PORT_RANGE`, e.g. `"31400:31410"`.
-    pub ports: &'static str,
+    /// The cluster-wide console port range (`PORTHOLE_CONSOLE_PORT_RANGE`).
+    pub ports: Ports,
+    /// The serial backend: `native` or `socat`.
+    pub backend: &'static str,
     /// The replicas' lease TTL.
     pub ttl: Duration,
     /// Claim delay per placement rank.
@@ -99,6 +114,11 @@ pub struct Cluster {
     pub prefix: String,
     dir: PathBuf,
     pub replicas: Vec<Replica>,
+    /// The console port range, leased for the cluster's life.
+    pub ports: PortLease,
+    /// Every BMC action, judged on drop.
+    pub recorder: Recorder,
+    bmc_password: String,
 }
 
 impl Cluster {
@@ -114,15 +134,31 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("{}{test}-{pid}", opts.dir_tag));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("etcd.key"), "ab".repeat(32)).unwrap();
+        let ips: Vec<String> = (0..etcd.len())
+            .map(|i| format!("127.0.0.{}", usize::from(opts.first_ip) + i))
+            .collect();
+        let ports = match opts.ports {
+            Ports::Free(n) => PortLease::free(n, &ips),
+            Ports::Fixed(start, end) => PortLease::fixed(start, end),
+        };
+        let recorder = Recorder::start(&dir, &rig.etcd, &prefix, opts.ttl);
+        let bmc_password = rig.bmc(0)["password_file"]
+            .as_str()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|p| p.trim_end().to_owned())
+            .unwrap_or_default();
         let mut cluster = Self {
             etcd: rig.etcd.clone(),
             ttl: opts.ttl,
             prefix,
             dir,
             replicas: Vec::new(),
+            ports,
+            recorder,
+            bmc_password,
         };
         for (i, endpoint) in etcd.iter().enumerate() {
-            let ip = format!("127.0.0.{}", usize::from(opts.first_ip) + i);
+            let ip = ips[i].clone();
             let grpc = free_addr(&ip);
             let mut r = Replica {
                 id: format!("replica-{i}"),
@@ -130,6 +166,9 @@ impl Cluster {
                 grpc,
                 child: None,
             };
+            cluster
+                .recorder
+                .replica_log(&r.id, cluster.dir.join(format!("{}.log", r.id)));
             r.child = Some(spawn(endpoint, &r, &cluster, opts));
             cluster.replicas.push(r);
         }
@@ -208,7 +247,71 @@ impl Cluster {
     pub fn signal(&self, i: usize, sig: Signal) {
         let child = self.replicas[i].child.as_ref().expect("running");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let mark = match sig {
+            Signal::SIGSTOP => Some(Mark::Paused),
+            Signal::SIGCONT => Some(Mark::Continued),
+            Signal::SIGKILL => Some(Mark::Killed),
+            _ => None,
+        };
+        // Noted before a pause or kill (it may take effect at once), after
+        // a continue.
+        if let Some(m @ (Mark::Paused | Mark::Killed)) = mark {
+            self.recorder.mark(&self.replicas[i].id, m);
+        }
         nix::sys::signal::kill(pid, sig).unwrap();
+        if mark == Some(Mark::Continued) {
+            self.recorder.mark(&self.replicas[i].id, Mark::Continued);
+        }
+    }
+
+    /// Cut (`open` false) or restore replica `i`'s way to etcd, its proxy.
+    pub fn set_etcd_open(&self, proxy: &Proxy, i: usize, open: bool) {
+        let id = &self.replicas[i].id;
+        if !open {
+            self.recorder.mark(id, Mark::Cut);
+        }
+        proxy.set_open(open);
+        if open {
+            self.recorder.mark(id, Mark::Restored);
+        }
+    }
+
+    /// Addresses of this cluster's replicas listening on `port` (other
+    /// programs' listeners, on any address, are not counted).
+    pub fn listeners(&self, port: u16) -> Vec<String> {
+        let out = Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .expect("ss");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned))
+            .filter(|a| {
+                self.replicas
+                    .iter()
+                    .any(|r| a == &format!("{}:{port}", r.ip))
+            })
+            .collect()
+    }
+
+    /// The cluster's BMC actions so far, judged: fails the test if any was
+    /// taken by a replica past its lease deadline (see [`Recorder`]).
+    pub fn assert_bmc_actions_safe(&self) -> Vec<BmcAction> {
+        match self.recorder.judge(&self.bmc_password, true) {
+            Ok(actions) => actions,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The pids a replica's process table records (socat, ipmitool).
+    pub fn recorded_children(&self, i: usize) -> Vec<i32> {
+        let dir = self.dir.join(&self.replicas[i].id);
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
     }
 
     /// Reap replica `i` (after a signal that ends it).
@@ -274,9 +377,18 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+        // Every scenario: no BMC action by a replica past its deadline
+        // (judged, and shown, even when the test failed for another reason).
+        let judged = self.recorder.judge(&self.bmc_password, false);
+        if let (Err(e), true) = (&judged, std::thread::panicking()) {
+            eprintln!("{e}");
+        }
         etcdctl(&self.etcd, &["del", "--prefix", &self.prefix]);
-        if std::env::var_os("HA_KEEP_LOGS").is_some() {
-            eprintln!("replica logs kept in {} (HA_KEEP_LOGS)", self.dir.display());
+        if judged.is_err() || std::env::var_os("HA_KEEP_LOGS").is_some() {
+            eprintln!(
+                "replica logs and bmc-actions.log kept in {} (HA_KEEP_LOGS, or a BMC action past a deadline)",
+                self.dir.display()
+            );
         } else if std::thread::panicking() {
             // The replicas' logs tell why: keep them, and show them.
             eprintln!("replica logs kept in {}", self.dir.display());
@@ -291,6 +403,9 @@ impl Drop for Cluster {
             }
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        if let (Err(e), false) = (judged, std::thread::panicking()) {
+            panic!("{e}");
         }
     }
 }
@@ -327,7 +442,12 @@ fn spawn(etcd: &str, r: &Replica, cluster: &Cluster, opts: &Options) -> Child {
         .env("PORTHOLE_SERVICE_LISTEN", r.grpc.to_string())
         .env("PORTHOLE_SERVICE_REPLICA_ID", &r.id)
         .env("PORTHOLE_CONSOLE_SOCAT_ADDRESS", &r.ip)
-        .env("PORTHOLE_CONSOLE_PORT_RANGE", opts.ports)
+        .env("PORTHOLE_CONSOLE_PORT_RANGE", cluster.ports.range())
+        .env("PORTHOLE_CONSOLE_BACKEND", opts.backend)
+        .env(
+            "PORTHOLE_CONSOLE_IPMITOOL_PATH",
+            cluster.recorder.wrapper(dir, &r.id),
+        )
         .env("PORTHOLE_CONSOLE_TERMINAL_PID_DIR", dir.join(&r.id))
         .env("PORTHOLE_ETCD_ENDPOINTS", etcd)
         .env("PORTHOLE_ETCD_PREFIX", &cluster.prefix)

@@ -97,13 +97,18 @@ impl EtcdClient {
                     }
                     Err(e) if worth_another_member(&e) => {
                         debug!(%endpoint, error = %e, "etcd member unavailable; trying the next");
+                        crate::metrics::get().etcd_error(true);
                         last_error = Some(e);
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        crate::metrics::get().etcd_error(false);
+                        return Err(e);
+                    }
                 }
             }
             let e = last_error.expect("at least one member was tried");
             if Instant::now() + PAUSE >= deadline {
+                crate::metrics::get().etcd_error(false);
                 return Err(e);
             }
             tokio::time::sleep(PAUSE).await;

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
+use crate::coordinator::gate::LeaseState;
 use crate::coordinator::CoordError;
 
 /// The lease calls the keeper needs.
@@ -92,13 +93,16 @@ impl LeaseTiming {
     }
 }
 
-/// Keep a lease until `cancel`; publish it on `current` (None when fenced).
+/// Keep a lease until `cancel`; publish it on `current` (None when fenced)
+/// and, for the BMC gate, the lease with its fence deadline on `valid`
+/// (moved on by every renewal; set before `current` names a new lease).
 /// On cancel the lease is revoked, so every key bound to it goes at once.
 pub async fn keep(
     api: &dyn LeaseApi,
     on_grant: &dyn OnGrant,
     timing: LeaseTiming,
     current: watch::Sender<Option<i64>>,
+    valid: watch::Sender<Option<LeaseState>>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
@@ -120,8 +124,13 @@ pub async fn keep(
         };
         backoff.reset();
         info!(lease, "serving under etcd lease");
+        valid.send_replace(Some(LeaseState {
+            lease,
+            valid_until: expires - timing.fence_margin,
+        }));
         current.send_replace(Some(lease));
-        let why = renew_until_lost(api, lease, renewer, &timing, expires, &cancel).await;
+        let why = renew_until_lost(api, lease, renewer, &timing, expires, &valid, &cancel).await;
+        valid.send_replace(None);
         current.send_replace(None);
         match why {
             None => {
@@ -132,6 +141,7 @@ pub async fn keep(
             Some(why) => warn!(lease, %why, "lease lost: stopped serving"),
         }
     }
+    valid.send_replace(None);
     current.send_replace(None);
 }
 
@@ -161,6 +171,7 @@ async fn renew_until_lost(
     renewer: Box<dyn Renewer>,
     timing: &LeaseTiming,
     mut expires: Instant,
+    valid: &watch::Sender<Option<LeaseState>>,
     cancel: &CancellationToken,
 ) -> Option<String> {
     let mut renewer = Some(renewer);
@@ -207,10 +218,15 @@ async fn renew_until_lost(
         });
         match answer {
             Ok(ttl) if !ttl.is_zero() => {
+                crate::metrics::get().lease_renewed(Instant::now() - sent);
                 if let Some(e) = last_error.take() {
                     info!(lease, after = %e, "keep-alive resumed");
                 }
                 expires = sent + ttl;
+                valid.send_replace(Some(LeaseState {
+                    lease,
+                    valid_until: expires - timing.fence_margin,
+                }));
                 // From the send: a slow answer must not push the next
                 // renewal, and with it the deadline, further out.
                 next = sent + timing.renew_every;
@@ -342,14 +358,28 @@ mod tests {
     }
 
     fn start(etcd: &Arc<FakeEtcd>) -> (watch::Receiver<Option<i64>>, CancellationToken) {
+        let (rx, _gate, cancel) = start_gated(etcd);
+        (rx, cancel)
+    }
+
+    /// [`start`], and the BMC gate on the keeper's published state.
+    fn start_gated(
+        etcd: &Arc<FakeEtcd>,
+    ) -> (
+        watch::Receiver<Option<i64>>,
+        crate::coordinator::gate::LeaseGate,
+        CancellationToken,
+    ) {
         let (tx, rx) = watch::channel(None);
+        let (valid_tx, valid_rx) = watch::channel(None);
         let cancel = CancellationToken::new();
         let (api, c) = (etcd.clone(), cancel.clone());
         tokio::spawn(async move {
             let timing = LeaseTiming::for_ttl(Duration::from_secs(5));
-            keep(&api, &NoOp, timing, tx, c).await;
+            keep(&api, &NoOp, timing, tx, valid_tx, c).await;
         });
-        (rx, cancel)
+        let gate = crate::coordinator::gate::LeaseGate::following(valid_rx);
+        (rx, gate, cancel)
     }
 
     #[tokio::test(start_paused = true)]
@@ -371,6 +401,47 @@ mod tests {
             fenced_after <= Duration::from_secs(5) - Duration::from_millis(1250),
             "fenced {fenced_after:?} after etcd went silent"
         );
+    }
+
+    /// The BMC gate follows the keeper: open while renewals succeed, closed
+    /// by the clock at the fence deadline (no later than the keeper fences),
+    /// and a new lease does not reopen it for claims of the lost one.
+    #[tokio::test(start_paused = true)]
+    async fn the_bmc_gate_closes_by_the_fence_deadline_and_stays_closed_for_old_claims() {
+        let etcd = Arc::new(FakeEtcd::default());
+        let (mut rx, gate, _cancel) = start_gated(&etcd);
+        rx.wait_for(|l| l.is_some()).await.unwrap();
+        for _ in 0..300 {
+            assert!(gate.permit(1).is_ok(), "open while renewals succeed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let timing = LeaseTiming::for_ttl(Duration::from_secs(5));
+        etcd.silent.store(true, Ordering::SeqCst);
+        etcd.down.store(true, Ordering::SeqCst);
+        let silent_at = Instant::now();
+        let mut closed_at = None;
+        while rx.borrow().is_some() {
+            if closed_at.is_none() && gate.permit(1).is_err() {
+                closed_at = Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let fenced_at = Instant::now();
+        let closed_at = closed_at.unwrap_or(fenced_at);
+        assert!(gate.permit(1).is_err(), "closed once fenced");
+        // The last renewal was sent at most renew_every before the silence.
+        assert!(
+            closed_at - silent_at <= timing.ttl - timing.fence_margin,
+            "gate open {:?} into the silence",
+            closed_at - silent_at
+        );
+        assert!(closed_at <= fenced_at);
+        etcd.silent.store(false, Ordering::SeqCst);
+        etcd.down.store(false, Ordering::SeqCst);
+        rx.wait_for(|l| *l == Some(2)).await.unwrap();
+        assert!(gate.permit(2).is_ok(), "the new lease's claims may act");
+        let err = gate.permit(1).unwrap_err();
+        assert!(matches!(err, CoordError::PastDeadline(_)), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::failover::EtcdClient;
 use self::lease::{LeaseApi, LeaseTiming, OnGrant, Renewer};
+use super::gate::{LeaseGate, LeaseState};
 use super::{CoordError, Coordinator, Ownership};
 use crate::spec::NodeId;
 
@@ -61,6 +62,8 @@ pub struct EtcdCoordinator {
     keys: Keys,
     client: EtcdClient,
     lease: watch::Receiver<Option<i64>>,
+    /// The lease with its fence deadline, for the BMC gate.
+    valid: watch::Receiver<Option<LeaseState>>,
     serving: watch::Receiver<bool>,
 }
 
@@ -123,6 +126,7 @@ impl EtcdCoordinator {
         let client = connect(&settings).await?;
         let keys = Keys::new(&settings.prefix);
         let (lease_tx, lease) = watch::channel(None);
+        let (valid_tx, valid) = watch::channel(None);
         let (serving_tx, serving) = watch::channel(false);
         let etcd = EtcdLeases {
             client: client.clone(),
@@ -134,7 +138,7 @@ impl EtcdCoordinator {
         };
         let timing = LeaseTiming::for_ttl(settings.lease_ttl);
         tokio::spawn(async move {
-            lease::keep(&etcd, &register, timing, lease_tx, cancel).await;
+            lease::keep(&etcd, &register, timing, lease_tx, valid_tx, cancel).await;
         });
         tokio::spawn(follow_lease(lease.clone(), serving_tx));
         Ok(Arc::new(Self {
@@ -142,6 +146,7 @@ impl EtcdCoordinator {
             keys,
             client,
             lease,
+            valid,
             serving,
         }))
     }
@@ -191,10 +196,13 @@ impl Coordinator for EtcdCoordinator {
         let resp = self.txn(txn).await?;
         let (owner, token, owner_lease) = owner_of(&resp.op_responses())
             .ok_or_else(|| CoordError::Etcd(format!("{key} vanished during its claim")))?;
-        if owner == self.member.replica && owner_lease == lease {
+        let won = owner == self.member.replica && owner_lease == lease;
+        crate::metrics::get().claim(won);
+        if won {
             Ok(Ownership {
                 node: node.clone(),
                 token,
+                lease,
             })
         } else {
             Err(CoordError::Fenced {
@@ -216,7 +224,13 @@ impl Coordinator for EtcdCoordinator {
             .await
             .map_err(etcd_err)?;
         match resp.kvs().first() {
-            Some(kv) if kv.create_revision() == ownership.token && kv.lease() == lease => Ok(()),
+            Some(kv)
+                if kv.create_revision() == ownership.token
+                    && kv.lease() == lease
+                    && lease == ownership.lease =>
+            {
+                Ok(())
+            }
             Some(kv) => Err(CoordError::Fenced {
                 node: ownership.node.to_string(),
                 owner: String::from_utf8_lossy(kv.value()).into_owned(),
@@ -226,6 +240,10 @@ impl Coordinator for EtcdCoordinator {
                 owner: "nobody (the claim is gone)".into(),
             }),
         }
+    }
+
+    fn gate(&self) -> LeaseGate {
+        LeaseGate::following(self.valid.clone())
     }
 
     async fn release(&self, ownership: &Ownership) -> Result<(), CoordError> {

@@ -16,6 +16,13 @@
 //! Session lifecycle (see `session.rs` for the full diagram):
 //! idle → activating → active → lingering → idle; a failure goes to backoff,
 //! which retries while viewers remain.
+//!
+//! Every BMC call (deactivate, activate, the deactivate that ends a session)
+//! is made only while [`Fence::permit`] says the claim's lease is valid at
+//! that instant; otherwise the hub only ends its local ipmitool. A replica
+//! paused past its deadline therefore never deactivates the SOL session of
+//! the replica that took the console over (the launcher's ipmitool checks the
+//! gate again at spawn).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -268,7 +275,10 @@ impl Hub {
     async fn on_sol_event(&mut self, event: SolEvent) {
         match event {
             SolEvent::Activated(Ok(session)) => self.on_activated(session),
-            SolEvent::Activated(Err(e)) => self.on_failure(e.to_string()),
+            SolEvent::Activated(Err(e)) => {
+                crate::metrics::get().sol_activation_failed("native");
+                self.on_failure(e.to_string())
+            }
             SolEvent::Output(data) => {
                 if let Sol::Active(active) = &mut self.sol {
                     active.note_output(&data);
@@ -285,7 +295,8 @@ impl Hub {
             SolEvent::LingerOver => {
                 if let Sol::Active(active) = std::mem::replace(&mut self.sol, Sol::Idle) {
                     info!("nobody came back; ending the SOL session");
-                    active.end(true, None).await;
+                    let clean = self.may_touch_bmc("ending the lingering session");
+                    active.end(clean, None).await;
                     self.pending_input.clear();
                 }
             }
@@ -299,13 +310,28 @@ impl Hub {
             return;
         }
         info!("activating SOL");
+        crate::metrics::get().sol_activation("native");
         let fence = self.fence.clone();
         let launcher = self.launcher.clone();
         self.sol = Sol::Activating(Box::pin(async move {
             fence.check().await?;
+            fence.permit()?;
             launcher.deactivate().await?;
+            fence.permit()?;
             launcher.activate().await
         }));
+    }
+
+    /// Whether the BMC may be told anything now (the lease gate); when not,
+    /// says so and what is done instead.
+    fn may_touch_bmc(&self, doing: &str) -> bool {
+        match self.fence.permit() {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(reason = %e, "{doing}: no sol deactivate, only the local ipmitool is ended");
+                false
+            }
+        }
     }
 
     fn on_activated(&mut self, session: SolSession) {
@@ -381,12 +407,15 @@ impl Hub {
         match std::mem::replace(&mut self.sol, Sol::Idle) {
             Sol::Activating(activation) => {
                 drop(activation);
-                if let Err(e) = self.launcher.deactivate().await {
-                    warn!(error = %e, "sol deactivate failed while stopping");
+                if self.may_touch_bmc("stopping while activating") {
+                    if let Err(e) = self.launcher.deactivate().await {
+                        warn!(error = %e, "sol deactivate failed while stopping");
+                    }
                 }
             }
             Sol::Active(active) => {
-                active.end(true, None).await;
+                let clean = self.may_touch_bmc("stopping");
+                active.end(clean, None).await;
             }
             Sol::Idle | Sol::Backoff { .. } => {}
         }

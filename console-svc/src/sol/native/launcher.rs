@@ -95,13 +95,8 @@ impl SolLauncher for IpmiLauncher {
 
     async fn activate(&self) -> Result<SolSession, SolError> {
         let cmd = self.tool.command(&["sol", "activate"])?;
-        let (child, mut pty) =
-            pty::spawn(cmd, &self.processes, "ipmitool sol activate").map_err(|source| {
-                SolError::Spawn {
-                    program: "ipmitool",
-                    source,
-                }
-            })?;
+        let (child, mut pty) = pty::spawn(cmd, &self.processes, "ipmitool sol activate")
+            .map_err(crate::sol::ipmitool::spawn_error)?;
         debug!(pid = child.pid(), "ipmitool sol activate started");
         let outcome = tokio::time::timeout(self.timeout, read_banner(&mut pty)).await;
         match outcome {

@@ -39,6 +39,8 @@ mod backend_tests;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
+mod gate_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
@@ -132,6 +134,7 @@ impl ConsoleBackend for NativeBackend {
             ctx.ipmi(self.name())?.clone(),
             s.subprocess_timeout,
             ctx.processes.clone(),
+            ctx.fence.clone(),
         );
         let launcher = IpmiLauncher::new(tool, ctx.processes.clone(), s.subprocess_timeout);
         let stop = ctx.cancel.child_token();

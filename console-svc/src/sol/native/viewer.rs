@@ -130,6 +130,7 @@ pub(crate) async fn serve(conn: ViewerConn) {
         input,
         idle_timeout,
     } = conn;
+    let _counted = crate::metrics::get().viewer("serial");
     let (mut rd, mut wr) = tokio::io::split(io);
     let last_traffic = Mutex::new(Instant::now());
     let end = tokio::select! {
@@ -160,6 +161,7 @@ async fn read_loop(
             Ok(0) => return End::ClosedByViewer,
             Ok(n) => {
                 touch(last_traffic);
+                crate::metrics::get().bytes_to_node("serial", n);
                 if input.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
                     return End::Closed;
                 }
@@ -178,6 +180,7 @@ async fn write_loop(
         if let Err(e) = wr.write_all(&data).await {
             return End::Failed(e);
         }
+        crate::metrics::get().bytes_to_viewer("serial", data.len());
         touch(last_traffic);
     }
     End::Closed

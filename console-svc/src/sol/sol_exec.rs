@@ -1,0 +1,504 @@
+//! `console-svc sol-exec`: what socat runs for each console connection
+//! (see [`super::socat`]). It takes no BMC action without its replica's go:
+//!
+//! ```text
+//!  start: PR_SET_PDEATHSIG=SIGKILL (dies with its socat), parent checked
+//!    │
+//!    ▼ "activate <node> <token>" on <pid dir>/sol-gate.sock, answer within 500 ms
+//!  go(ms) ──────────────────────────────┐ no / silence / no socket:
+//!    │ sol deactivate (until the deadline)  one line to the viewer, exit 1,
+//!    │ sol activate, as a child:            nothing sent to the BMC
+//!    │ stdio = socat's pty, guarded
+//!    ▼
+//!  holding: "hold" every 200 ms; each go moves the deadline on
+//!    ├─ ipmitool exits ─────────────────▶ exit with its status
+//!    ├─ "no", or the deadline passes ───▶ SIGKILL ipmitool, tell the viewer, exit 1
+//!    └─ the replica closed the socket ──▶ (it died) same
+//! ```
+//!
+//! Every ipmitool child gets [`crate::process::guard_child`]: it dies with
+//! this helper and refuses to exec past the deadline. Deadlines are kept on
+//! this process's monotonic clock from the moment a request was sent, so
+//! they never outlast the replica's own (CLOCK_MONOTONIC is system-wide).
+//! ipmitool's argv comes in [`SOL_ARGV_ENV`] (no secret in it), the gate in
+//! [`SOL_GATE_ENV`]; the password is the sealed memfd at fd 3 that socat and
+//! its children inherit.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::activation_gate::{Answer, Request};
+
+/// Where the helper finds ipmitool's argv (JSON array, program first,
+/// ending in `sol activate`).
+pub const SOL_ARGV_ENV: &str = "PORTHOLE_SOL_ARGV";
+/// Where the helper finds its replica's activation gate (JSON [`GateRef`]).
+pub const SOL_GATE_ENV: &str = "PORTHOLE_SOL_GATE";
+/// How long the replica has to answer a request.
+pub const ANSWER_WITHIN: Duration = Duration::from_millis(500);
+/// How often a running session asks for its go to be held.
+pub const HOLD_EVERY: Duration = Duration::from_millis(200);
+
+/// The gate and the claim a console's socat serves under.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GateRef {
+    pub socket: PathBuf,
+    pub node: String,
+    pub token: i64,
+}
+
+/// Run the helper; its exit code.
+pub fn run() -> i32 {
+    if let Err(why) = die_with_parent() {
+        say(&format!("console closed: {why}"));
+        return 1;
+    }
+    let setup = match Setup::from_env() {
+        Ok(s) => s,
+        Err(why) => {
+            say(&format!("console-svc sol-exec: {why}"));
+            return 2;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            say(&format!("console-svc sol-exec: {e}"));
+            return 2;
+        }
+    };
+    runtime.block_on(session(setup))
+}
+
+/// One line to the viewer (the helper's stdout is socat's pty), then a
+/// moment for socat to relay it: socat ends the connection as soon as it
+/// reaps a child that failed, and what it had not yet read from the pty is
+/// lost (seen in about one refusal in six when socat's stderr is slow).
+fn say(msg: &str) {
+    let mut out = std::io::stdout();
+    let _ = write!(out, "\r\n[porthole: {msg}]\r\n");
+    let _ = out.flush();
+    std::thread::sleep(RELAY_PAUSE);
+}
+
+/// How long [`say`] leaves socat to read its line before the helper exits.
+const RELAY_PAUSE: Duration = Duration::from_millis(200);
+
+/// SIGKILL when the socat that runs us dies; a socat already gone (we were
+/// reparented before the prctl) is caught by comparing the parent.
+#[expect(unsafe_code, reason = "prctl(2) PR_SET_PDEATHSIG")]
+fn die_with_parent() -> Result<(), String> {
+    let before = nix::unistd::getppid();
+    // SAFETY: prctl with an int argument; no memory is passed.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(format!("prctl: {}", std::io::Error::last_os_error()));
+    }
+    let now = nix::unistd::getppid();
+    if now != before || now.as_raw() == 1 {
+        return Err("the socat that started this helper is gone".into());
+    }
+    Ok(())
+}
+
+struct Setup {
+    program: String,
+    activate: Vec<String>,
+    deactivate: Vec<String>,
+    gate: GateRef,
+}
+
+impl Setup {
+    fn from_env() -> Result<Self, String> {
+        let raw = std::env::var(SOL_ARGV_ENV)
+            .map_err(|_| format!("{SOL_ARGV_ENV} is not set: run by console-svc's socat only"))?;
+        let argv: Vec<String> =
+            serde_json::from_str(&raw).map_err(|e| format!("{SOL_ARGV_ENV}: {e}"))?;
+        let Some((program, args)) = argv.split_first() else {
+            return Err(format!("{SOL_ARGV_ENV} is empty"));
+        };
+        if args.last().map(String::as_str) != Some("activate") {
+            return Err(format!("{SOL_ARGV_ENV} must end in 'sol activate'"));
+        }
+        let mut deactivate = args.to_vec();
+        *deactivate.last_mut().expect("non-empty") = "deactivate".into();
+        let raw = std::env::var(SOL_GATE_ENV).map_err(|_| {
+            format!("{SOL_GATE_ENV} is not set: without its replica's go no BMC is touched")
+        })?;
+        let gate: GateRef =
+            serde_json::from_str(&raw).map_err(|e| format!("{SOL_GATE_ENV}: {e}"))?;
+        Ok(Self {
+            program: program.clone(),
+            activate: args.to_vec(),
+            deactivate,
+            gate,
+        })
+    }
+}
+
+/// Why asking failed.
+#[derive(Debug)]
+enum AskError {
+    /// No answer within [`ANSWER_WITHIN`] (the replica is paused or busy).
+    Silent,
+    /// The socket is gone or closed: the replica died.
+    Gone(String),
+}
+
+/// One connection to the replica's gate.
+struct GateClient {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    write: OwnedWriteHalf,
+}
+
+impl GateClient {
+    async fn connect(gate: &GateRef) -> Result<Self, AskError> {
+        let stream = tokio::time::timeout(ANSWER_WITHIN, UnixStream::connect(&gate.socket))
+            .await
+            .map_err(|_| AskError::Silent)?
+            .map_err(|e| AskError::Gone(format!("{}: {e}", gate.socket.display())))?;
+        let (read, write) = stream.into_split();
+        Ok(Self {
+            lines: BufReader::new(read).lines(),
+            write,
+        })
+    }
+
+    async fn ask(&mut self, request: &Request) -> Result<Answer, AskError> {
+        let exchange = async {
+            self.write
+                .write_all(request.line().as_bytes())
+                .await
+                .map_err(|e| AskError::Gone(e.to_string()))?;
+            match self.lines.next_line().await {
+                Ok(Some(line)) => Ok(Answer::parse(&line)),
+                Ok(None) => Err(AskError::Gone("the replica closed the gate".into())),
+                Err(e) => Err(AskError::Gone(e.to_string())),
+            }
+        };
+        tokio::time::timeout(ANSWER_WITHIN, exchange)
+            .await
+            .map_err(|_| AskError::Silent)?
+    }
+}
+
+/// Ask once on `client` (connecting first when there is none); a client
+/// that went silent is dropped, so a late answer is never taken for the
+/// answer to a later request. The deadline an answer gives counts from
+/// before the request was sent.
+async fn ask(
+    client: &mut Option<GateClient>,
+    gate: &GateRef,
+    request: &Request,
+) -> Result<(Instant, Answer), AskError> {
+    let sent = Instant::now();
+    let c = match client {
+        Some(c) => c,
+        None => client.insert(GateClient::connect(gate).await?),
+    };
+    match c.ask(request).await {
+        Ok(a) => Ok((sent, a)),
+        Err(e) => {
+            *client = None;
+            Err(e)
+        }
+    }
+}
+
+/// What the session may do, as the holder last learned it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Go until then (None: no deadline).
+    Until(Option<Instant>),
+    /// Stop now.
+    Stop(String),
+}
+
+async fn session(setup: Setup) -> i32 {
+    let (child, deadline, client) = match open(&setup).await {
+        Ok(opened) => opened,
+        Err(why) => {
+            say(&why);
+            return 1;
+        }
+    };
+    let (verdict_tx, verdict) = watch::channel(Verdict::Until(deadline));
+    tokio::spawn(hold(client, setup.gate, verdict_tx));
+    supervise(child, verdict).await
+}
+
+/// Ask for a go; then free the payload (ours from an earlier connection
+/// included) and activate, both only before the deadline the go gave.
+/// The running `sol activate`, the deadline, and the gate connection; or
+/// what to tell the viewer.
+async fn open(setup: &Setup) -> Result<(Child, Option<Instant>, Option<GateClient>), String> {
+    let gate = &setup.gate;
+    let activate = Request::Activate {
+        node: gate.node.clone(),
+        token: gate.token,
+    };
+    let mut client = None;
+    let deadline = match ask(&mut client, gate, &activate).await {
+        Ok((sent, Answer::Go(left))) => left.map(|d| sent + d),
+        Ok((_, Answer::No(why))) => {
+            return Err(format!("this replica may not open the console now: {why}"))
+        }
+        Err(AskError::Silent) => {
+            return Err(format!(
+                "this replica did not answer within {ANSWER_WITHIN:?}; the console is not opened"
+            ))
+        }
+        Err(AskError::Gone(why)) => {
+            return Err(format!(
+                "this replica is gone ({why}); the console is not opened"
+            ))
+        }
+    };
+    let not_opened = |e: std::io::Error| format!("the console is not opened: {e}");
+    let mut d = spawn(&setup.program, &setup.deactivate, deadline, false).map_err(not_opened)?;
+    if !within(deadline, d.wait()).await {
+        let _ = d.start_kill();
+    }
+    let child = spawn(&setup.program, &setup.activate, deadline, true).map_err(not_opened)?;
+    Ok((child, deadline, client))
+}
+
+/// Run the session until ipmitool exits (its status), or kill it (locally)
+/// when the holder says stop or the last deadline passes (1).
+async fn supervise(mut child: Child, mut verdict: watch::Receiver<Verdict>) -> i32 {
+    loop {
+        let until = match &*verdict.borrow_and_update() {
+            Verdict::Until(t) => *t,
+            Verdict::Stop(why) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                say(&format!("console closed: {why}"));
+                return 1;
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                return status.ok().and_then(|s| s.code()).unwrap_or(1);
+            }
+            _ = sleep_until(until) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                say("console closed: this replica's lease passed its deadline without renewal");
+                return 1;
+            }
+            changed = verdict.changed() => if changed.is_err() {
+                // The holder ended without a verdict: treat as a stop.
+                let _ = child.start_kill();
+                return 1;
+            },
+        }
+    }
+}
+
+/// Ask for the go to be held every [`HOLD_EVERY`]; publish each verdict.
+/// Silence keeps the last deadline (which then runs out on its own).
+async fn hold(mut client: Option<GateClient>, gate: GateRef, verdict: watch::Sender<Verdict>) {
+    let request = Request::Hold {
+        node: gate.node.clone(),
+        token: gate.token,
+    };
+    loop {
+        tokio::time::sleep(HOLD_EVERY).await;
+        match ask(&mut client, &gate, &request).await {
+            Ok((sent, Answer::Go(left))) => {
+                verdict.send_replace(Verdict::Until(left.map(|d| sent + d)));
+            }
+            Ok((_, Answer::No(why))) => {
+                verdict.send_replace(Verdict::Stop(why));
+                return;
+            }
+            Err(AskError::Silent) => {}
+            Err(AskError::Gone(why)) => {
+                verdict.send_replace(Verdict::Stop(format!("this replica is gone ({why})")));
+                return;
+            }
+        }
+    }
+}
+
+/// ipmitool with `args`: guarded (dies with us, no exec past `deadline`);
+/// the session's on our stdio (socat's pty), a deactivate on nothing.
+fn spawn(
+    program: &str,
+    args: &[String],
+    deadline: Option<Instant>,
+    session: bool,
+) -> std::io::Result<Child> {
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return Err(std::io::Error::other(
+            "this replica's lease passed its deadline",
+        ));
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_remove(SOL_ARGV_ENV)
+        .env_remove(SOL_GATE_ENV);
+    if !session {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    }
+    crate::process::guard_child(cmd.as_std_mut(), deadline.map(Instant::into_std));
+    cmd.kill_on_drop(true).spawn().map_err(|e| {
+        if crate::process::refused_past_deadline(&e) {
+            std::io::Error::other("this replica's lease passed its deadline")
+        } else {
+            e
+        }
+    })
+}
+
+/// Whether `fut` finished before `deadline` (no deadline: it always does).
+async fn within<F: std::future::Future>(deadline: Option<Instant>, fut: F) -> bool {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, fut).await.is_ok(),
+        None => {
+            fut.await;
+            true
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::UnixListener;
+
+    fn gate_at(dir: &std::path::Path) -> GateRef {
+        GateRef {
+            socket: dir.join("g.sock"),
+            node: "n1".into(),
+            token: 3,
+        }
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("porthole-solexec-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A replica that accepts but never answers (paused): refused after
+    /// the bound, and the silent connection is dropped.
+    #[tokio::test]
+    async fn a_silent_replica_is_a_no_within_the_bound() {
+        let dir = tempdir("silent");
+        let gate = gate_at(&dir);
+        let listener = UnixListener::bind(&gate.socket).unwrap();
+        let _held = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink).await;
+        });
+        let mut client = None;
+        let req = Request::Activate {
+            node: "n1".into(),
+            token: 3,
+        };
+        let asked = std::time::Instant::now();
+        let r = ask(&mut client, &gate, &req).await;
+        assert!(matches!(r, Err(AskError::Silent)), "{r:?}");
+        let took = asked.elapsed();
+        assert!(
+            took >= ANSWER_WITHIN && took < ANSWER_WITHIN * 3,
+            "{took:?}"
+        );
+        assert!(client.is_none(), "a silent connection is not reused");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// No socket (the replica never started its gate, or is gone).
+    #[tokio::test]
+    async fn no_gate_is_gone() {
+        let dir = tempdir("gone");
+        let mut client = None;
+        let req = Request::Hold {
+            node: "n1".into(),
+            token: 3,
+        };
+        let r = ask(&mut client, &gate_at(&dir), &req).await;
+        assert!(matches!(r, Err(AskError::Gone(_))), "{r:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The holder turns a replica that closes the socket (it died) into a
+    /// stop, and a replica's "no" into a stop with its reason.
+    #[tokio::test]
+    async fn the_holder_stops_on_a_no_and_on_a_closed_gate() {
+        let dir = tempdir("hold");
+        let gate = gate_at(&dir);
+        let listener = UnixListener::bind(&gate.socket).unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            lines.next_line().await.unwrap();
+            w.write_all(b"ok 1000\n").await.unwrap();
+            lines.next_line().await.unwrap();
+            w.write_all(b"no lease lost\n").await.unwrap();
+            // A second connection, closed at once: the replica died.
+            let (s, _) = listener.accept().await.unwrap();
+            drop(s);
+        });
+        let (tx, mut rx) = watch::channel(Verdict::Until(None));
+        tokio::spawn(hold(None, gate.clone(), tx));
+        rx.wait_for(|v| matches!(v, Verdict::Until(Some(_))))
+            .await
+            .unwrap();
+        let v = rx
+            .wait_for(|v| matches!(v, Verdict::Stop(_)))
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(v, Verdict::Stop("lease lost".into()));
+
+        let (tx, mut rx) = watch::channel(Verdict::Until(None));
+        tokio::spawn(hold(None, gate, tx));
+        let v = rx
+            .wait_for(|v| matches!(v, Verdict::Stop(_)))
+            .await
+            .unwrap()
+            .clone();
+        assert!(
+            matches!(v, Verdict::Stop(ref w) if w.contains("gone")),
+            "{v:?}"
+        );
+        server.await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
