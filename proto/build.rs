@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // prost's codec, but an undecodable request is INVALID_ARGUMENT.
+        .codec_path("crate::codec::Codec")
         .compile_fds(fds)?;
     for p in PROTOS {
         println!("cargo:rerun-if-changed={p}");

@@ -118,7 +118,11 @@ impl ConsoleService for Svc {
         _: Request<pb::ListConsolesRequest>,
     ) -> Result<Response<pb::ListConsolesResponse>, Status> {
         let consoles = self.0.consoles.lock().unwrap().values().cloned().collect();
-        Ok(Response::new(pb::ListConsolesResponse { consoles }))
+        // A handful of consoles: one page.
+        Ok(Response::new(pb::ListConsolesResponse {
+            consoles,
+            next_page_token: String::new(),
+        }))
     }
 
     type WatchConsolesStream = Events;

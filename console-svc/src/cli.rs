@@ -398,12 +398,9 @@ async fn commands(command: Command, out: &mut impl Write) -> Result<()> {
             Ok(())
         }
         Command::List(a) => {
-            let list = connect(&a)
-                .await?
-                .list_consoles(pb::ListConsolesRequest {})
-                .await
-                .map_err(rpc)?;
-            print_list(out, &list.into_inner().consoles, a.json)
+            // Every page: the service answers at most 1000 consoles at once.
+            let all = pb::list_all(&mut connect(&a).await?, 0).await;
+            print_list(out, &all.map_err(rpc)?, a.json)
         }
         Command::Log(a) => {
             let req = pb::GetConsoleLogRequest {

@@ -34,6 +34,11 @@ pub enum ConsoleError {
     Forward(#[from] ForwardError),
 }
 
+/// The longest message a gRPC error carries (bytes): whatever a lower layer
+/// put in it, `grpc-message` stays far below the 8-16 KiB header limits of
+/// common clients.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
 impl ConsoleError {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Self::InvalidArgument(msg.into())
@@ -47,6 +52,7 @@ impl From<ConsoleError> for Status {
             ConsoleError::Unsupported(_) => Code::Unimplemented,
             ConsoleError::NotFound(_) => Code::NotFound,
             ConsoleError::Port(PortError::Exhausted { .. }) => Code::ResourceExhausted,
+            ConsoleError::Port(PortError::AllBusy { .. }) => Code::ResourceExhausted,
             ConsoleError::Port(PortError::OutOfRange { .. }) => Code::InvalidArgument,
             ConsoleError::Port(PortError::Taken { .. }) => Code::AlreadyExists,
             ConsoleError::Start { .. } => Code::Unavailable,
@@ -62,6 +68,6 @@ impl From<ConsoleError> for Status {
             ConsoleError::Forward(ForwardError::OwnerUnreachable { .. }) => Code::Unavailable,
             ConsoleError::Forward(ForwardError::NotHere { .. }) => Code::Unavailable,
         };
-        Status::new(code, err.to_string())
+        Status::new(code, crate::text::bounded(err.to_string(), MAX_MESSAGE_LEN))
     }
 }

@@ -83,14 +83,24 @@ impl ConsoleService for ConsoleApi {
 
     async fn list_consoles(
         &self,
-        _request: Request<pb::ListConsolesRequest>,
+        request: Request<pb::ListConsolesRequest>,
     ) -> Result<Response<pb::ListConsolesResponse>, Status> {
+        let req = request.into_inner();
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(NodeId::parse(token).map_err(|_| {
+                ConsoleError::invalid("page_token is not a next_page_token this service gave")
+            })?),
+        };
         let all = match &self.cluster {
             Some(c) => c.list().await?,
             None => self.manager.list(),
         };
-        let consoles = all.iter().map(to_proto).collect();
-        Ok(Response::new(pb::ListConsolesResponse { consoles }))
+        let (page, next) = page_of(&all, after.as_ref(), req.page_size);
+        Ok(Response::new(pb::ListConsolesResponse {
+            consoles: page.iter().map(to_proto).collect(),
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
     }
 
     type WatchConsolesStream = EventStream;
@@ -147,6 +157,32 @@ impl ConsoleService for ConsoleApi {
             truncated: log.truncated,
         }))
     }
+}
+
+/// ListConsoles' page size when the request names none, and its maximum:
+/// a Console is at most about 1 KiB (node ids are at most 128 characters,
+/// last_error is bounded), so a page stays far below 4 MiB.
+pub const DEFAULT_PAGE_SIZE: usize = 500;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// The consoles after `after` (all sorted by node id), at most `size` of
+/// them (0: the default), and the token of the next page when more follow.
+/// The token is the page's last node id: a console added or removed
+/// between pages neither repeats nor hides the others.
+fn page_of<'a>(
+    all: &'a [ConsoleInfo],
+    after: Option<&NodeId>,
+    size: u32,
+) -> (&'a [ConsoleInfo], Option<&'a NodeId>) {
+    let size = match size as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    let start = after.map_or(0, |a| all.partition_point(|c| c.node <= *a));
+    let rest = &all[start..];
+    let page = &rest[..rest.len().min(size)];
+    let next = (rest.len() > page.len()).then(|| &page[page.len() - 1].node);
+    (page, next)
 }
 
 /// The snapshot, a SYNCED marker, then changes. A watcher that falls too far
@@ -248,7 +284,11 @@ pub fn to_proto(info: &ConsoleInfo) -> pb::Console {
         host,
         port,
         owner: info.owner.clone(),
-        last_error: info.last_error.clone().unwrap_or_default(),
+        last_error: info
+            .last_error
+            .clone()
+            .map(|e| crate::text::bounded(e, crate::error::MAX_MESSAGE_LEN))
+            .unwrap_or_default(),
         created_at: info.created_at.map(timestamp),
         updated_at: info.updated_at.map(timestamp),
         backend: info.backend.to_owned(),
@@ -257,4 +297,85 @@ pub fn to_proto(info: &ConsoleInfo) -> pb::Console {
 
 fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn infos(n: usize) -> Vec<ConsoleInfo> {
+        (0..n)
+            .map(|i| ConsoleInfo {
+                node: NodeId::parse(&format!("node-{i:05}")).unwrap(),
+                kind: ConsoleKind::Serial,
+                state: ConsoleState::Running,
+                endpoint: None,
+                owner: "r".into(),
+                last_error: None,
+                created_at: None,
+                updated_at: None,
+                backend: "native",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_cover_everything_once_in_order() {
+        let all = infos(2345);
+        let mut seen = Vec::new();
+        let mut after: Option<NodeId> = None;
+        let mut pages = 0;
+        loop {
+            let (page, next) = page_of(&all, after.as_ref(), 0);
+            assert!(page.len() <= DEFAULT_PAGE_SIZE);
+            seen.extend(page.iter().map(|c| c.node.clone()));
+            pages += 1;
+            match next {
+                Some(n) => after = Some(n.clone()),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 5);
+        assert_eq!(seen, all.iter().map(|c| c.node.clone()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn page_sizes_are_bounded() {
+        let all = infos(1500);
+        assert_eq!(page_of(&all, None, 7).0.len(), 7);
+        assert_eq!(page_of(&all, None, u32::MAX).0.len(), MAX_PAGE_SIZE);
+        let (page, next) = page_of(&all, None, 1500);
+        assert_eq!((page.len(), next.is_some()), (MAX_PAGE_SIZE, true));
+        // Exactly the rest: no next page.
+        let (page, next) = page_of(&all, Some(&all[499].node), 1000);
+        assert_eq!((page.len(), next), (1000, None));
+        // A token past the end (its console was removed): an empty last page.
+        let gone = NodeId::parse("zzz").unwrap();
+        assert_eq!(page_of(&all, Some(&gone), 0), (&[][..], None));
+    }
+
+    /// The biggest console this service can describe stays near 1 KiB, so a
+    /// full page is far below gRPC's 4 MiB default limit.
+    #[test]
+    fn a_full_page_of_the_largest_consoles_fits_well_under_4_mib() {
+        use prost::Message as _;
+        let mut big = infos(MAX_PAGE_SIZE);
+        for c in &mut big {
+            c.node = NodeId::parse(&"n".repeat(crate::spec::MAX_NODE_ID_LEN)).unwrap();
+            c.last_error = Some("e".repeat(crate::error::MAX_MESSAGE_LEN));
+            c.owner = "o".repeat(64);
+            c.endpoint = Some(Endpoint {
+                host: "h".repeat(253),
+                port: 65535,
+            });
+            c.created_at = Some(SystemTime::now());
+            c.updated_at = Some(SystemTime::now());
+        }
+        let answer = pb::ListConsolesResponse {
+            consoles: big.iter().map(to_proto).collect(),
+            next_page_token: "n".repeat(crate::spec::MAX_NODE_ID_LEN),
+        };
+        let len = answer.encoded_len();
+        assert!(len < 2 * 1024 * 1024, "{len} bytes");
+    }
 }

@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: the typed configuration (file, `PORTHOLE_*`, flags).
 //! - [`spec`], [`secret`]: validated requests; passwords that never print.
+//! - [`text`]: caller input quoted in messages, bounded.
 //! - [`seal`]: passwords sealed (AEAD) for etcd.
 //! - [`manager`]: console lifecycles (the state machine), ports, events.
 //! - [`sol`]: the serial backends (native, socat) and ipmitool.
@@ -35,5 +36,6 @@ pub mod secret;
 pub mod server;
 pub mod sol;
 pub mod spec;
+pub mod text;
 pub mod vnc;
 pub use server::{run, RunError};

@@ -22,25 +22,28 @@
 
 mod census;
 mod fencing;
+mod port_choice;
+#[cfg(test)]
+mod port_tests;
+mod start;
 mod supervise;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::Config;
-use crate::coordinator::{Coordinator, Fence, Ownership};
+use crate::coordinator::{Coordinator, Ownership};
 use crate::error::ConsoleError;
 use crate::ports::PortAllocator;
 use crate::process::ProcessTable;
-use crate::sol::{ConsoleBackend, ConsoleContext, Health, LogSnapshot, RunningConsole, SolError};
+use crate::sol::{ConsoleBackend, LogSnapshot, RunningConsole};
 use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +155,19 @@ struct SlotState {
     fenced: bool,
 }
 
+impl SlotState {
+    /// Has an enable got as far as recording a spec (or a disable a
+    /// state)? A slot only just created for an enable that is refused has
+    /// not, and is shown nowhere.
+    fn is_recorded(&self) -> bool {
+        self.spec.is_some() || self.info.state != ConsoleState::Starting
+    }
+
+    fn shown(&self) -> Option<ConsoleInfo> {
+        self.is_recorded().then(|| self.info.clone())
+    }
+}
+
 /// A started backend console and what keeps it company.
 struct Running {
     console: Box<dyn RunningConsole>,
@@ -199,19 +215,21 @@ impl ConsoleManager {
     }
 
     pub fn get(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
-        let slot = self
-            .slot(node)
-            .ok_or_else(|| ConsoleError::NotFound(node.to_string()))?;
-        let info = slot.state.lock().expect("slot lock").info.clone();
-        Ok(info)
+        self.slot(node)
+            .and_then(|slot| slot.state.lock().expect("slot lock").shown())
+            .ok_or_else(|| ConsoleError::NotFound(node.to_string()))
     }
 
+    /// Every console, by node id.
     pub fn list(&self) -> Vec<ConsoleInfo> {
-        let slots = self.slots();
+        // Under the map's lock, without cloning slots: a clone held here
+        // would keep a refused enable's slot from being forgotten.
+        let slots = self.inner.slots.lock().expect("slots");
         let mut all: Vec<ConsoleInfo> = slots
-            .iter()
-            .map(|s| s.state.lock().expect("slot lock").info.clone())
+            .values()
+            .filter_map(|s| s.state.lock().expect("slot lock").shown())
             .collect();
+        drop(slots);
         all.sort_by(|a, b| a.node.cmp(&b.node));
         all
     }
@@ -235,9 +253,27 @@ impl ConsoleManager {
     }
 
     /// Start (or keep) a node's console; see the module doc for the states.
+    ///
+    /// A refused request (a port outside the range or another node's, a
+    /// shutdown) records nothing: a node seen for the first time is
+    /// forgotten again, so refusals cost neither memory nor list entries.
     pub async fn enable(&self, spec: ConsoleSpec) -> Result<ConsoleInfo, ConsoleError> {
         let backend = self.inner.backends.for_kind(spec.kind())?.clone();
-        let slot = self.slot_or_insert(&spec.node);
+        let node = spec.node.clone();
+        let slot = self.slot_or_insert(&node);
+        let result = self.enable_slot(&slot, &backend, spec).await;
+        if result.is_err() {
+            self.forget_if_unrecorded(&node, slot);
+        }
+        result
+    }
+
+    async fn enable_slot(
+        &self,
+        slot: &Arc<Slot>,
+        backend: &Arc<dyn ConsoleBackend>,
+        spec: ConsoleSpec,
+    ) -> Result<ConsoleInfo, ConsoleError> {
         let _op = slot.op.lock().await;
         if self.inner.cancel.is_cancelled() {
             return Err(ConsoleError::ShuttingDown);
@@ -248,10 +284,10 @@ impl ConsoleManager {
                 return Ok(st.info.clone());
             }
         }
-        let port = self.port_for(&spec)?;
+        let choice = self.port_for(&spec)?;
         // A changed spec (new BMC, new credentials) restarts on the same port.
-        self.stop_running(&slot).await;
-        self.update(&slot, |st| {
+        self.stop_running(slot).await;
+        self.update(slot, |st| {
             st.spec = Some(spec.clone());
             st.info.kind = spec.kind();
             st.info.backend = backend.name();
@@ -259,98 +295,14 @@ impl ConsoleManager {
             st.info.endpoint = None;
             st.info.last_error = None;
         });
-        let span = info_span!("console", node = %spec.node, port);
+        let span = info_span!("console", node = %spec.node);
         let (kind, began) = (census::kind_label(spec.kind()), tokio::time::Instant::now());
         let started = self
-            .start(&slot, &backend, spec, port)
+            .start(slot, backend, spec, choice)
             .instrument(span)
             .await;
         crate::metrics::get().enable_done(kind, started.is_ok(), began.elapsed());
         started
-    }
-
-    async fn start(
-        &self,
-        slot: &Arc<Slot>,
-        backend: &Arc<dyn ConsoleBackend>,
-        spec: ConsoleSpec,
-        port: u16,
-    ) -> Result<ConsoleInfo, ConsoleError> {
-        let inner = &self.inner;
-        let ownership = inner.coordinator.acquire(&spec.node).await?;
-        let fence = Fence::new(inner.coordinator.clone(), ownership.clone());
-        let (health_tx, health_rx) = watch::channel(Health::Ok);
-        let ctx = ConsoleContext {
-            node: spec.node.clone(),
-            target: spec.target.clone(),
-            listen: SocketAddr::new(inner.config.console.socat_address, port),
-            health: health_tx,
-            cancel: inner.cancel.child_token(),
-            fence: fence.clone(),
-            processes: inner.processes.clone(),
-        };
-        let started =
-            tokio::time::timeout(inner.config.console.subprocess_timeout, backend.start(ctx))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(SolError::Timeout {
-                        what: format!("starting the console on port {port}"),
-                        timeout: inner.config.console.subprocess_timeout,
-                    })
-                });
-        let console = match started {
-            Ok(console) => console,
-            Err(source) => {
-                warn!(error = %source, "console did not start");
-                let _ = inner.coordinator.release(&ownership).await;
-                self.update(slot, |st| {
-                    st.info.state = ConsoleState::Failed;
-                    st.info.last_error = Some(source.to_string());
-                });
-                return Err(ConsoleError::Start {
-                    node: spec.node.to_string(),
-                    source,
-                });
-            }
-        };
-        let supervisor = inner.cancel.child_token();
-        let info = self.update(slot, |st| {
-            st.running = Some(Running {
-                console,
-                ownership,
-                supervisor: supervisor.clone(),
-            });
-            st.info.state = ConsoleState::Running;
-            st.info.endpoint = Some(Endpoint {
-                host: inner.config.console.url_host(),
-                port,
-            });
-        });
-        supervise::spawn(
-            self.clone(),
-            slot.clone(),
-            &spec,
-            health_rx,
-            supervisor,
-            fence,
-        );
-        info!(url = %info.endpoint.as_ref().map(Endpoint::url).unwrap_or_default(), "console running");
-        Ok(info)
-    }
-
-    /// The port `spec` is served on. In a cluster that is the spec's own:
-    /// the local allocator only knows what this replica served, and would
-    /// refuse a port another replica's node has since given up.
-    fn port_for(&self, spec: &ConsoleSpec) -> Result<u16, ConsoleError> {
-        match self.inner.placement {
-            Placement::Cluster => spec.requested_port.ok_or_else(|| {
-                ConsoleError::invalid(format!("the cluster spec of {} names no port", spec.node))
-            }),
-            Placement::Local => {
-                let mut ports = self.inner.ports.lock().expect("ports");
-                Ok(ports.assign(&spec.node, spec.requested_port)?)
-            }
-        }
     }
 
     /// Stop a node's console; its port stays reserved for it.
@@ -441,6 +393,19 @@ impl ConsoleManager {
 
     fn slot(&self, node: &NodeId) -> Option<Arc<Slot>> {
         self.inner.slots.lock().expect("slots").get(node).cloned()
+    }
+
+    /// Drop a slot that an enable created but never recorded anything in,
+    /// unless another caller holds it too (it may still record).
+    fn forget_if_unrecorded(&self, node: &NodeId, slot: Arc<Slot>) {
+        let mut slots = self.inner.slots.lock().expect("slots");
+        // Clones of a slot are only taken under the `slots` lock, so
+        // "the map's and ours" cannot grow while we look.
+        let alone = Arc::strong_count(&slot) == 2;
+        let unrecorded = !slot.state.lock().expect("slot lock").is_recorded();
+        if alone && unrecorded && slots.get(node).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+            slots.remove(node);
+        }
     }
 
     fn slot_or_insert(&self, node: &NodeId) -> Arc<Slot> {

@@ -4,7 +4,11 @@
 //! the port it was given for as long as the service runs (disable and enable
 //! give it back the same one), an explicit per-node port is honoured when it
 //! lies inside the range and is free, and an exhausted range is an error that
-//! says so. Ports are only bookkeeping here; binding is the backends' job.
+//! says so. A fresh choice (a node without a port asking for none) skips
+//! the ports the caller finds busy, as Ironic's `acquire_port` does: a port
+//! another program holds (a listener, or a client connection in TIME_WAIT
+//! on it) is passed over for the next free one. Ports are only bookkeeping
+//! here; the caller says what is busy and binding is the backends' job.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -19,6 +23,14 @@ use crate::spec::NodeId;
 pub enum PortError {
     #[error("no free console port in {range}: all {count} are assigned to nodes")]
     Exhausted { range: PortRange, count: usize },
+    #[error(
+        "no free console port in {range}: {assigned} are assigned to nodes and the other {busy} are in use by other programs"
+    )]
+    AllBusy {
+        range: PortRange,
+        assigned: usize,
+        busy: usize,
+    },
     #[error("port {port} is outside the console port range {range}")]
     OutOfRange { port: u16, range: PortRange },
     #[error("port {port} is already the console port of node {holder}")]
@@ -172,16 +184,60 @@ impl PortAllocator {
         Ok(port)
     }
 
-    /// Skip a port that turned out to be bound by something else; the node
-    /// gets another one on its next `assign`.
-    pub fn reassign_away_from(&mut self, node: &NodeId, bad: u16) -> Result<u16, PortError> {
-        self.by_node.remove(node);
-        // Keep `bad` marked taken while searching so it is not handed out again.
-        let port = self.assign(node, None);
-        if port.is_err() {
-            self.taken.remove(&bad);
+    /// Whether `assign(node, requested)` picks a fresh port: the node asks
+    /// for none and has none yet.
+    pub fn is_fresh(&self, node: &NodeId, requested: Option<u16>) -> bool {
+        requested.is_none() && !self.by_node.contains_key(node)
+    }
+
+    /// A fresh port for `node`: the lowest free one that `usable` accepts
+    /// (the caller's "can it be bound now"), skipping the ones it refuses.
+    /// A node that already holds a port gives it up for the new one.
+    pub fn assign_fresh(
+        &mut self,
+        node: &NodeId,
+        mut usable: impl FnMut(u16) -> bool,
+    ) -> Result<u16, PortError> {
+        let current = self.by_node.get(node).copied();
+        let mut busy = 0;
+        let mut found = None;
+        for p in self.range.0.clone() {
+            if self.taken.contains(&p) && current != Some(p) {
+                continue;
+            }
+            if usable(p) {
+                found = Some(p);
+                break;
+            }
+            busy += 1;
         }
-        port
+        let Some(port) = found else {
+            let assigned = self.taken.len() - usize::from(current.is_some());
+            if busy == 0 {
+                return Err(PortError::Exhausted {
+                    range: self.range.clone(),
+                    count: self.range.len(),
+                });
+            }
+            return Err(PortError::AllBusy {
+                range: self.range.clone(),
+                assigned,
+                busy,
+            });
+        };
+        if let Some(old) = current.filter(|old| *old != port) {
+            self.taken.remove(&old);
+        }
+        self.by_node.insert(node.clone(), port);
+        self.taken.insert(port);
+        Ok(port)
+    }
+
+    /// Forget a node's port (its fresh choice could not be used).
+    pub fn release(&mut self, node: &NodeId) {
+        if let Some(port) = self.by_node.remove(node) {
+            self.taken.remove(&port);
+        }
     }
 
     fn holder(&self, port: u16) -> Option<&NodeId> {
@@ -232,6 +288,50 @@ mod tests {
         let full =
             PortAllocator::with_assignments("10000:10001".parse().unwrap(), [(node("a"), 10000)]);
         assert_eq!(full.random_free(7), None);
+    }
+
+    #[test]
+    fn fresh_choices_skip_busy_ports() {
+        let mut a = PortAllocator::new("10000:10004".parse().unwrap());
+        assert_eq!(a.assign(&node("a"), None), Ok(10000));
+        assert!(a.is_fresh(&node("b"), None));
+        assert!(!a.is_fresh(&node("a"), None), "a has its port");
+        assert!(!a.is_fresh(&node("b"), Some(10003)), "explicit");
+        // 10001 is held by another program: b gets 10002, and 10001 is
+        // not recorded for anyone.
+        let mut asked = Vec::new();
+        let got = a.assign_fresh(&node("b"), |p| {
+            asked.push(p);
+            p != 10001
+        });
+        assert_eq!(got, Ok(10002));
+        assert_eq!(asked, [10001, 10002], "assigned ports are not probed");
+        assert_eq!(a.assign(&node("c"), None), Ok(10001), "bookkeeping only");
+        // Everything free is busy: said so, nothing recorded.
+        let err = a.assign_fresh(&node("d"), |_| false).unwrap_err();
+        assert_eq!(
+            err,
+            PortError::AllBusy {
+                range: a.range().clone(),
+                assigned: 3,
+                busy: 1
+            }
+        );
+        assert!(
+            err.to_string().contains("1 are in use by other programs"),
+            "{err}"
+        );
+        assert_eq!(a.current(&node("d")), None);
+        assert_eq!(a.assign_fresh(&node("d"), |_| true), Ok(10003));
+        assert!(matches!(
+            a.assign_fresh(&node("e"), |_| true),
+            Err(PortError::Exhausted { count: 4, .. })
+        ));
+        // A node moved off a port it could not use gives it back.
+        assert_eq!(a.assign_fresh(&node("d"), |p| p != 10003).ok(), None);
+        a.release(&node("d"));
+        assert_eq!(a.current(&node("d")), None);
+        assert_eq!(a.assign(&node("e"), None), Ok(10003));
     }
 
     #[test]

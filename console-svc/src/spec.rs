@@ -11,10 +11,17 @@ use porthole_proto::console::v1 as pb;
 
 use crate::error::ConsoleError;
 use crate::secret::Secret;
+use crate::text::quoted;
 
 /// A node's id as Ironic knows it (a UUID or a name).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(String);
+
+/// The longest node id. Every name made from one must fit: the log file
+/// `<log_dir>/<id>.log.1` (a file name is at most 255 bytes), the etcd keys
+/// `<prefix>consoles/<id>/endpoint`, log fields. Ironic's UUIDs are 36
+/// characters and its node names are host-name-like; 128 leaves room.
+pub const MAX_NODE_ID_LEN: usize = 128;
 
 impl NodeId {
     pub fn parse(raw: &str) -> Result<Self, ConsoleError> {
@@ -22,9 +29,17 @@ impl NodeId {
         if raw.is_empty() {
             return Err(ConsoleError::invalid("node_id must not be empty"));
         }
-        if raw.len() > 255 || !raw.chars().all(ok_char) {
+        if raw.len() > MAX_NODE_ID_LEN {
             return Err(ConsoleError::invalid(format!(
-                "node_id {raw:?} must be 1-255 characters of letters, digits, '-', '_', '.' or '~'"
+                "node_id {} is {} characters long; at most {MAX_NODE_ID_LEN} are allowed",
+                quoted(raw),
+                raw.chars().count()
+            )));
+        }
+        if !raw.chars().all(ok_char) {
+            return Err(ConsoleError::invalid(format!(
+                "node_id {} must be letters, digits, '-', '_', '.' or '~'",
+                quoted(raw)
             )));
         }
         Ok(Self(raw.to_owned()))
@@ -58,7 +73,8 @@ impl PrivilegeLevel {
             "USER" => Ok(Self::User),
             "CALLBACK" => Ok(Self::Callback),
             _ => Err(ConsoleError::invalid(format!(
-                "privilege_level {raw:?} is not one of CALLBACK, USER, OPERATOR, ADMINISTRATOR"
+                "privilege_level {} is not one of CALLBACK, USER, OPERATOR, ADMINISTRATOR",
+                quoted(raw)
             ))),
         }
     }
@@ -100,8 +116,8 @@ impl IpmiTarget {
         let address = p.address.trim().to_owned();
         if !is_host(&address) {
             return Err(ConsoleError::invalid(format!(
-                "ipmi.address {:?} is neither an IP address nor a host name",
-                p.address
+                "ipmi.address {} is neither an IP address nor a host name",
+                quoted(&p.address)
             )));
         }
         let port = match p.port {
@@ -189,8 +205,8 @@ impl VncTarget {
         let host = p.host.trim().to_owned();
         if !is_host(&host) {
             return Err(ConsoleError::invalid(format!(
-                "vnc.host {:?} is neither an IP address nor a host name",
-                p.host
+                "vnc.host {} is neither an IP address nor a host name",
+                quoted(&p.host)
             )));
         }
         let port = match p.port {
@@ -355,6 +371,38 @@ mod tests {
                 err.to_string().contains(want),
                 "{err} should mention {want}"
             );
+        }
+    }
+
+    /// Long input is refused with a reason that quotes at most 64
+    /// characters of it; the longest id allowed names a log file that fits.
+    #[test]
+    fn long_input_is_refused_without_being_echoed() {
+        let huge = "a".repeat(1 << 20);
+        let mut r = request();
+        r.node_id = huge.clone();
+        let err = ConsoleSpec::from_request(r).unwrap_err().to_string();
+        assert!(
+            err.contains("1048576 characters long; at most 128"),
+            "{err}"
+        );
+        assert!(err.len() < 200, "{} bytes", err.len());
+        let err = NodeId::parse(&format!("{huge} x")).unwrap_err().to_string();
+        assert!(err.len() < 200, "{} bytes", err.len());
+        let err = NodeId::parse(&"a".repeat(255)).unwrap_err().to_string();
+        assert!(err.contains("at most 128"), "{err}");
+        let longest = NodeId::parse(&"a".repeat(MAX_NODE_ID_LEN)).unwrap();
+        assert!(format!("{longest}.log.1").len() <= 255);
+        for mutate in [
+            (|r: &mut pb::EnableConsoleRequest| {
+                r.ipmi.as_mut().unwrap().address = "!".repeat(1 << 20)
+            }) as fn(&mut pb::EnableConsoleRequest),
+            |r| r.ipmi.as_mut().unwrap().privilege_level = "R".repeat(1 << 20),
+        ] {
+            let mut r = request();
+            mutate(&mut r);
+            let err = ConsoleSpec::from_request(r).unwrap_err().to_string();
+            assert!(err.len() < 200 && err.contains('…'), "{} bytes", err.len());
         }
     }
 

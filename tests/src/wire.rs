@@ -24,13 +24,58 @@ pub struct Wire {
     pending: Vec<u8>,
 }
 
+/// Longest wait for an earlier node-side connection of the rig to go.
+pub const BRIDGE_QUIET_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The node's OS side of a BMC's serial line.
+///
+/// The rig serves the line with `socat PTY TCP-LISTEN:...,fork`: one child
+/// per connection, and every child reads the same pty. A child of an
+/// earlier connection (another test's, closed a moment ago) keeps reading
+/// for socat's 0.5 s close timeout, longer on a loaded machine, and the
+/// bytes it reads are lost to this connection: with bare ipmitool typing,
+/// 56 of 227 bytes went to such a child. So this waits until our
+/// connection is the bridge's only one; a loss inside console-svc is not
+/// affected by the wait.
 pub async fn node_side(bmc: &Bmc) -> Result<Wire> {
-    Wire::connect(
-        &bmc.host_console.addr(),
-        &format!("node side of {}", bmc.name),
-    )
-    .await
+    let name = format!("node side of {}", bmc.name);
+    let wire = Wire::connect(&bmc.host_console.addr(), &name).await?;
+    let ours = wire.stream.local_addr()?.port();
+    let deadline = Instant::now() + BRIDGE_QUIET_TIMEOUT;
+    loop {
+        let others = bridge_connections(bmc.host_console.port, ours)?;
+        if others == 0 {
+            return Ok(wire);
+        }
+        if Instant::now() > deadline {
+            bail!("{name}: {others} other connection(s) to the rig's serial bridge stayed open for {BRIDGE_QUIET_TIMEOUT:?}; they would take bytes meant for this test");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connections of the bridge listening on `port` (IPv4) other than the one
+/// to our `ours` port, from `/proc/net/tcp`.
+pub fn bridge_connections(port: u16, ours: u16) -> Result<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").context("reading /proc/net/tcp")?;
+    let port_of = |addr: &str| {
+        addr.rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((port_of(f.get(1)?)?, port_of(f.get(2)?)?, *f.get(3)?))
+        })
+        // A child still reading: ESTABLISHED (01), or CLOSE_WAIT (08) while
+        // it drains after its peer closed. Closing states and TIME_WAIT
+        // belong to children that are gone.
+        .filter(|(local, remote, state)| {
+            *local == port && matches!(*state, "01" | "08") && *remote != ours
+        })
+        .count())
 }
 
 /// A viewer on a console URL (`tcp://host:port`).
@@ -57,6 +102,11 @@ impl Wire {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The local port of this connection.
+    pub fn local_port(&self) -> Result<u16> {
+        Ok(self.stream.local_addr()?.port())
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {

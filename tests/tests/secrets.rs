@@ -60,7 +60,7 @@ async fn the_password_is_in_no_argv_environment_answer_or_log(backend: Backend) 
     );
 
     let list = client
-        .list_consoles(pb::ListConsolesRequest {})
+        .list_consoles(pb::ListConsolesRequest::default())
         .await?
         .into_inner();
     ensure!(list.consoles.len() == 2, "ListConsoles: {list:?}");

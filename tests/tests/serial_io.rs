@@ -14,6 +14,30 @@ const BYTES_TIMEOUT: Duration = Duration::from_secs(15);
 
 both_backends!(bytes_flow_both_ways_8bit_clean, two_consoles_at_once);
 
+/// The rig's serial bridge forks a child per connection, all reading the
+/// same pty; a closed connection's child drains for 0.5 s (CLOSE-WAIT) and
+/// takes whatever the BMC writes meanwhile (bare ipmitool, no console-svc:
+/// 56 of 227 typed bytes went to such a child). `node_side` waits it out,
+/// so a byte lost in these tests is console-svc's.
+#[tokio::test]
+async fn node_side_waits_out_an_earlier_connection_of_the_bridge() {
+    porthole_tests::run(async {
+        let rig = rig_or_skip!();
+        let bmcs = rig.lease_bmcs(1).await?;
+        let earlier = node_side(&bmcs[0]).await?;
+        drop(earlier);
+        let n = node_side(&bmcs[0]).await?;
+        let ours = n.local_port()?;
+        let others = porthole_tests::wire::bridge_connections(bmcs[0].host_console.port, ours)?;
+        ensure!(
+            others == 0,
+            "{others} other bridge connection(s) still read the line"
+        );
+        Ok(())
+    })
+    .await
+}
+
 async fn bytes_flow_both_ways_8bit_clean(backend: Backend) -> Result<()> {
     let rig = rig_or_skip!();
     let bmcs = rig.lease_bmcs(1).await?;

@@ -35,7 +35,7 @@ async fn mutual_tls_body() -> Result<()> {
     let list = svc
         .client()
         .await?
-        .list_consoles(pb::ListConsolesRequest {})
+        .list_consoles(pb::ListConsolesRequest::default())
         .await?;
     ensure!(list.into_inner().consoles.is_empty());
 

@@ -80,8 +80,18 @@ pub struct NativeConfig {
     /// How long the SOL session stays up after the last viewer leaves.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// Viewers per console at once; more are refused with a message.
+    /// Viewers per console at once; a new one beyond it takes the place
+    /// of the viewer that has sent nothing for the longest.
     pub max_viewers: usize,
+    /// Viewers per console from one address at once (0: only
+    /// `max_viewers`); a new one beyond it takes the place of that
+    /// address's viewer that has sent nothing for the longest.
+    pub max_viewers_per_address: usize,
+    /// A viewer that has sent nothing at all this long after connecting is
+    /// closed (0: never); `terminal_timeout` still applies after its first
+    /// byte.
+    #[serde(with = "humantime_serde")]
+    pub terminal_silent_timeout: Duration,
 }
 
 impl Default for ConsoleConfig {
@@ -114,6 +124,8 @@ impl Default for NativeConfig {
             log_file_max_bytes: 10 * 1024 * 1024,
             linger: Duration::from_secs(5),
             max_viewers: 16,
+            max_viewers_per_address: 8,
+            terminal_silent_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{CoordError, Coordinator, Ownership};
 use crate::error::ConsoleError;
 use crate::ports::PortError;
+use crate::sol::{ConsoleContext, SolError};
 use crate::spec::Target;
 
 #[derive(Default)]
@@ -72,6 +73,10 @@ fn build(
     let mut config = Config::default();
     config.console.port_range = range.parse().unwrap();
     config.console.ipmitool_path = ipmitool.into();
+    // Fresh ports are probed by binding them: on an address of this test
+    // process's own, so nothing else on the machine is in the way.
+    config.console.socat_address = private_loopback();
+    config.console.advertise_host = Some("127.0.0.1".into());
     let dir = tempfile::Builder::new()
         .prefix("porthole-mgr-")
         .tempdir()
@@ -98,7 +103,13 @@ fn build(
 
 use std::time::Duration;
 
-fn spec(node: &str, port: u32) -> ConsoleSpec {
+/// 127.79.x.1, x from the process id: a loopback address no other test
+/// process binds.
+pub(super) fn private_loopback() -> std::net::IpAddr {
+    std::net::Ipv4Addr::new(127, 79, (std::process::id() % 250) as u8 + 1, 1).into()
+}
+
+pub(super) fn spec(node: &str, port: u32) -> ConsoleSpec {
     ConsoleSpec::from_request(pb::EnableConsoleRequest {
         node_id: node.into(),
         kind: pb::ConsoleKind::Serial as i32,

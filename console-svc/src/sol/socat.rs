@@ -1,7 +1,9 @@
 //! The socat serial backend: Ironic's process layout, supervised.
 //!
-//! One `socat TCP-LISTEN:P,bind=A,reuseaddr,fork,max-children=1
-//! EXEC:"console-svc sol-exec",pty,raw,echo=0,stderr` per console. For each
+//! One `socat TCP-LISTEN:P,bind=A,reuseaddr,nodelay,fork,max-children=1
+//! EXEC:"console-svc sol-exec",pty,raw,echo=0,stderr` per console
+//! (`nodelay`: TCP_NODELAY on the listener, which accepted connections
+//! inherit, so keystroke echoes are not held back by Nagle). For each
 //! connection socat runs `console-svc sol-exec` ([`super::sol_exec`]), which
 //! asks this replica's activation gate ([`super::activation_gate`]) for a go,
 //! runs `ipmitool ... sol deactivate` and then `ipmitool ... sol activate`,
@@ -41,6 +43,12 @@ pub use super::sol_exec::{SOL_ARGV_ENV, SOL_GATE_ENV};
 use super::{ConsoleBackend, ConsoleContext, Health, LogSnapshot, RunningConsole, SolError};
 use crate::backoff::Backoff;
 use crate::process::Supervised;
+
+/// socat's TCP-LISTEN options after the port and bind address.
+const LISTEN_OPTIONS: &str = "reuseaddr,nodelay,fork,max-children=1";
+/// How long to wait for the rest of socat's stderr once it exited: its
+/// last words (why it exited) may still be in the pipe.
+const LAST_WORDS_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct SocatSettings {
@@ -171,6 +179,8 @@ struct Instance {
 struct Spawned {
     child: Supervised,
     last_error: watch::Receiver<String>,
+    /// The stderr follower; ends at the pipe's end.
+    stderr_done: JoinHandle<()>,
 }
 
 impl Instance {
@@ -192,7 +202,7 @@ impl Instance {
             std::net::IpAddr::V6(v6) => format!("TCP6-LISTEN:{},bind=[{v6}]", listen.port()),
             ip => format!("TCP4-LISTEN:{},bind={ip}", listen.port()),
         };
-        cmd.arg(format!("{bind},reuseaddr,fork,max-children=1"))
+        cmd.arg(format!("{bind},{LISTEN_OPTIONS}"))
             .arg(format!(
                 "EXEC:{} sol-exec,pty,raw,echo=0,stderr",
                 s.helper.display()
@@ -231,33 +241,32 @@ impl Instance {
         let stderr = child.child_mut().stderr.take().expect("piped");
         let (ready_tx, mut ready) = watch::channel(false);
         let (error_tx, last_error) = watch::channel(String::new());
-        tokio::spawn(
+        let mut stderr_done = tokio::spawn(
             follow_stderr(stderr, ready_tx, error_tx, self.used.clone()).in_current_span(),
         );
         let waited = tokio::time::timeout(self.settings.subprocess_timeout, async {
             tokio::select! {
-                r = ready.wait_for(|r| *r) => r.is_ok(),
-                _ = child.wait() => false,
+                r = ready.wait_for(|r| *r) => Ok(r.is_ok()),
+                status = child.wait() => Err(status),
             }
         })
         .await;
         match waited {
-            Ok(true) => {
+            Ok(Ok(true)) => {
                 info!(pid = child.pid(), "socat is listening");
-                Ok(Spawned { child, last_error })
-            }
-            Ok(false) => {
-                child.terminate().await;
-                let detail = last_error.borrow().clone();
-                if detail.contains("Address already in use") {
-                    return Err(SolError::PortInUse {
-                        addr: self.ctx.listen,
-                    });
-                }
-                Err(SolError::EarlyExit {
-                    program: "socat",
-                    detail,
+                Ok(Spawned {
+                    child,
+                    last_error,
+                    stderr_done,
                 })
+            }
+            Ok(result) => {
+                child.terminate().await;
+                // socat's exit can be seen before its last stderr line is
+                // read: read the pipe to its end (bounded) first.
+                let _ = tokio::time::timeout(LAST_WORDS_WAIT, &mut stderr_done).await;
+                let detail = last_error.borrow().clone();
+                Err(early_exit_error(self.ctx.listen, detail, result.err()))
             }
             Err(_) => {
                 child.terminate().await;
@@ -308,8 +317,9 @@ impl Instance {
                     break;
                 }
                 status = running.child.wait() => {
-                    let why = running.last_error.borrow().clone();
                     running.child.terminate().await;
+                    let _ = tokio::time::timeout(LAST_WORDS_WAIT, &mut running.stderr_done).await;
+                    let why = running.last_error.borrow().clone();
                     self.failed(format!("socat exited ({}): {why}", fmt_status(status)));
                 }
             }
@@ -342,6 +352,26 @@ impl Instance {
     }
 }
 
+/// Why socat exited before it listened, in its own words when it gave any.
+fn early_exit_error(
+    listen: std::net::SocketAddr,
+    detail: String,
+    status: Option<std::io::Result<std::process::ExitStatus>>,
+) -> SolError {
+    if detail.contains("Address already in use") {
+        return SolError::PortInUse { addr: listen };
+    }
+    let detail = match (detail.is_empty(), status) {
+        (false, _) => detail,
+        (true, Some(status)) => format!("it said nothing ({})", fmt_status(status)),
+        (true, None) => "it said nothing".to_owned(),
+    };
+    SolError::EarlyExit {
+        program: "socat",
+        detail,
+    }
+}
+
 fn fmt_status(status: std::io::Result<std::process::ExitStatus>) -> String {
     match status {
         Ok(s) => s.to_string(),
@@ -370,3 +400,7 @@ async fn follow_stderr(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "socat_tests.rs"]
+mod tests;

@@ -27,7 +27,7 @@ async fn a_drained_replica_is_not_serving_but_answers() {
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     assert_eq!(cluster.health(1).await, ServingStatus::NotServing);
     assert_eq!(cluster.health(0).await, ServingStatus::Serving);
-    c1.list_consoles(pb::ListConsolesRequest {})
+    c1.list_consoles(pb::ListConsolesRequest::default())
         .await
         .expect("a drained replica still answers");
 }

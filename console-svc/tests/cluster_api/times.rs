@@ -60,7 +60,7 @@ fn times(con: &pb::Console) -> (SystemTime, SystemTime) {
 
 async fn listed(c: &mut Client) -> (SystemTime, SystemTime) {
     let all = c
-        .list_consoles(pb::ListConsolesRequest {})
+        .list_consoles(pb::ListConsolesRequest::default())
         .await
         .expect("list")
         .into_inner()

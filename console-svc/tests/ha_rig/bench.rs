@@ -101,8 +101,8 @@ async fn bench_takeover_and_steady_state_etcd_rate() {
     loop {
         // A survivor busy with the takeover may time out a ListConsoles:
         // count it and ask again.
-        let all = match survivor.list_consoles(pb::ListConsolesRequest {}).await {
-            Ok(r) => r.into_inner().consoles,
+        let all = match pb::list_all(&mut survivor, 0).await {
+            Ok(all) => all,
             Err(e) => {
                 assert!(killed.elapsed() < Duration::from_secs(120), "{e}");
                 list_errors += 1;

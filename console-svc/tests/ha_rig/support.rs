@@ -210,7 +210,7 @@ pub async fn still_nobody_listens_after(port: u16, quiet: Duration, why: &str) {
 
 /// Every console, as ListConsoles on `c` has them.
 pub async fn list(c: &mut Client) -> Vec<pb::Console> {
-    c.list_consoles(pb::ListConsolesRequest {})
+    c.list_consoles(pb::ListConsolesRequest::default())
         .await
         .unwrap()
         .into_inner()

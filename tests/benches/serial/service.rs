@@ -108,7 +108,7 @@ impl Service {
         let mut client = self.client.clone();
         let reply = self
             .rt
-            .block_on(client.list_consoles(pb::ListConsolesRequest {}))?;
+            .block_on(client.list_consoles(pb::ListConsolesRequest::default()))?;
         Ok(reply.into_inner().consoles)
     }
 

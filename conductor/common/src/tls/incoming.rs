@@ -80,6 +80,9 @@ async fn accept_loop(
             _ = stop.cancelled() => break,
             accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => match accepted {
                 Ok((tcp, peer)) => {
+                    // Replies written in pieces must not wait on Nagle and
+                    // the client's delayed ACK (about 40 ms).
+                    let _ = tcp.set_nodelay(true);
                     let acceptor = acceptor.clone();
                     handshakes.spawn(async move {
                         let done = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;

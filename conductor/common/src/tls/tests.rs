@@ -255,3 +255,47 @@ fn options_must_come_in_pairs_and_bad_files_are_named_not_quoted() {
     assert!(!ClientTls::default().wanted("http://x"));
     assert!(ClientTls::default().wanted("https://x"));
 }
+
+/// Accepted connections get TCP_NODELAY before the handshake: a reply
+/// written in pieces must not wait on the client's delayed ACK.
+#[tokio::test]
+#[expect(
+    unsafe_code,
+    reason = "TcpStream::from_raw_fd of a socket listed in /proc/self/fd, kept open by ManuallyDrop"
+)]
+async fn accepted_connections_have_tcp_nodelay() {
+    use std::mem::ManuallyDrop;
+    use std::os::fd::FromRawFd;
+    let pki = Pki::new();
+    let (port, cancel) = serve(&pki.server(false), DEFAULT_HANDSHAKE_TIMEOUT).await;
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(pki.client(None).tonic(("cert_file", "key_file")).unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap();
+    let mut accepted = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if !target.to_string_lossy().starts_with("socket:") {
+            continue;
+        }
+        // SAFETY: only borrowed for getsockname, getpeername and
+        // getsockopt; ManuallyDrop keeps the descriptor open.
+        let sock = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        if sock.local_addr().map(|a| a.port()).ok() == Some(port) && sock.peer_addr().is_ok() {
+            accepted.push(sock.nodelay().unwrap_or(false));
+        }
+    }
+    assert_eq!(accepted, [true], "accepted TLS connections' TCP_NODELAY");
+    drop(channel);
+    cancel.cancel();
+}

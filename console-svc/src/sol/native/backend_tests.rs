@@ -56,9 +56,9 @@ fn fake_ipmitool(dir: &Path, mode: &str) -> PathBuf {
     path
 }
 
-struct Started {
-    console: Box<dyn RunningConsole>,
-    addr: SocketAddr,
+pub(super) struct Started {
+    pub(super) console: Box<dyn RunningConsole>,
+    pub(super) addr: SocketAddr,
     health: watch::Receiver<Health>,
     pids: PathBuf,
     /// The service-wide cancellation the console was started under.
@@ -114,7 +114,7 @@ fn backend(ipmitool: PathBuf) -> NativeBackend {
     })
 }
 
-async fn start(name: &str, mode: &str) -> Started {
+pub(super) async fn start(name: &str, mode: &str) -> Started {
     let scratch = scratch(name);
     let dir = scratch.path().to_owned();
     let backend = backend(fake_ipmitool(&dir, mode));

@@ -24,6 +24,8 @@ pub(super) enum Call {
 /// What the fake launcher does on the next activations.
 pub(super) enum Plan {
     Up,
+    /// Up after this long (a slow ipmitool).
+    UpAfter(std::time::Duration),
     Fail(&'static str),
     Hang,
 }
@@ -89,8 +91,11 @@ impl SolLauncher for FakeLauncher {
             Some(msg) => Plan::Fail(msg),
             None => Plan::Up,
         });
+        if let Plan::UpAfter(delay) = plan {
+            tokio::time::sleep(delay).await;
+        }
         match plan {
-            Plan::Up => {
+            Plan::Up | Plan::UpAfter(_) => {
                 let (ours, node) = duplex(64 * 1024);
                 let _ = self.0.nodes.send(node);
                 Ok(SolSession {

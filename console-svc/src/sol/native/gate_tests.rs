@@ -44,7 +44,9 @@ async fn rig(valid_for: Duration) -> Rig {
         log_file: None,
         linger: Duration::from_secs(5),
         max_viewers: 4,
+        max_viewers_per_address: 0,
         terminal_timeout: Duration::ZERO,
+        terminal_silent_timeout: Duration::ZERO,
         retry_max_backoff: Duration::from_secs(5),
         viewer_queue: 64,
     };

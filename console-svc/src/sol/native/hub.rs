@@ -61,7 +61,11 @@ pub(crate) struct HubConfig {
     pub(crate) log_file: Option<(PathBuf, u64)>,
     pub(crate) linger: Duration,
     pub(crate) max_viewers: usize,
+    /// Viewers from one address at once; 0: no limit of its own.
+    pub(crate) max_viewers_per_address: usize,
     pub(crate) terminal_timeout: Duration,
+    /// A viewer that sent nothing this long after connecting is closed.
+    pub(crate) terminal_silent_timeout: Duration,
     pub(crate) retry_max_backoff: Duration,
     pub(crate) viewer_queue: usize,
 }
@@ -185,7 +189,10 @@ struct Hub {
 impl Hub {
     async fn run(mut self) {
         loop {
-            let take_input = !self.sol.is_active() || self.pending_input.len() < MAX_PENDING_INPUT;
+            // Keystrokes wait in the viewers' sockets rather than being
+            // dropped while the session comes up or the node side is slow.
+            let take_input =
+                !self.sol.holds_input() || self.pending_input.len() < MAX_PENDING_INPUT;
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
@@ -199,22 +206,19 @@ impl Hub {
     }
 
     fn on_join(&mut self, join: Join) {
-        if self.viewers.len() >= self.cfg.max_viewers {
-            info!(peer = %join.peer, max = self.cfg.max_viewers, "viewer refused: console full");
-            let msg = format!(
-                "\r\n[porthole: console busy: {} viewers already attached]\r\n",
-                self.cfg.max_viewers
-            );
-            self.tasks.spawn(viewer::refuse(join.io, Bytes::from(msg)));
-            return;
-        }
+        self.make_room_for(&join.peer);
         let id = self.next_viewer;
         self.next_viewer += 1;
+        let timeouts = viewer::Timeouts {
+            idle: self.cfg.terminal_timeout,
+            silent: self.cfg.terminal_silent_timeout,
+        };
         let (handle, conn) = viewer::pair(
             join.io,
+            &join.peer,
             self.cfg.viewer_queue,
             self.input_tx.clone(),
-            self.cfg.terminal_timeout,
+            timeouts,
         );
         let scrollback = self.scrollback.contents();
         if !scrollback.is_empty() {
@@ -235,6 +239,42 @@ impl Hub {
             Sol::Active(active) => active.linger_until = None,
             Sol::Activating(_) | Sol::Backoff { .. } => {}
         }
+    }
+
+    /// Idle connections never lock a viewer out: when `peer`'s address
+    /// already has `max_viewers_per_address` viewers, its longest-idle one
+    /// makes room; when the console has `max_viewers`, the longest-idle of
+    /// all does ("idle": nothing sent, since connecting for a viewer that
+    /// never sent anything).
+    fn make_room_for(&mut self, peer: &str) {
+        self.viewers.retain(|_, v| !v.is_gone());
+        let host = viewer::peer_host(peer);
+        let per_address = self.cfg.max_viewers_per_address;
+        let same_host = self.viewers.values().filter(|v| v.host() == host).count();
+        let (victim, why) = if per_address > 0 && same_host >= per_address {
+            let victim = self.longest_idle(|v| v.host() == host);
+            (victim, format!("{per_address} viewers from {host}"))
+        } else if self.viewers.len() >= self.cfg.max_viewers.max(1) {
+            let victim = self.longest_idle(|_| true);
+            (victim, format!("{} viewers", self.cfg.max_viewers))
+        } else {
+            return;
+        };
+        let Some(id) = victim else { return };
+        if let Some(v) = self.viewers.remove(&id) {
+            info!(viewer = id, peer = %peer, limit = %why, "console full: the longest-idle viewer makes room for a new one");
+            v.kick(Bytes::from(format!(
+                "\r\n[porthole: disconnected: the console is full ({why}) and this connection had sent nothing for the longest]\r\n"
+            )));
+        }
+    }
+
+    fn longest_idle(&self, eligible: impl Fn(&ViewerHandle) -> bool) -> Option<u64> {
+        self.viewers
+            .iter()
+            .filter(|(_, v)| eligible(v))
+            .min_by_key(|(id, v)| (v.idle_since(), **id))
+            .map(|(id, _)| *id)
     }
 
     /// Forget viewers whose task has ended; mind the session if none is left.
@@ -262,11 +302,9 @@ impl Hub {
 
     fn on_input(&mut self, data: &[u8]) {
         match self.sol {
-            Sol::Active(_) | Sol::Activating(_) => {
-                let room = MAX_PENDING_INPUT.saturating_sub(self.pending_input.len());
-                self.pending_input
-                    .extend_from_slice(&data[..data.len().min(room)]);
-            }
+            // Taken only while below MAX_PENDING_INPUT (see `run`), so this
+            // holds at most that plus one read of a viewer.
+            Sol::Active(_) | Sol::Activating(_) => self.pending_input.extend_from_slice(data),
             // Nobody to type to: keystrokes are dropped, as on a dead line.
             Sol::Idle | Sol::Backoff { .. } => {}
         }

@@ -37,6 +37,8 @@ mod viewer;
 #[cfg(test)]
 mod backend_tests;
 #[cfg(test)]
+mod eviction_tests;
+#[cfg(test)]
 mod fake;
 #[cfg(test)]
 mod gate_tests;
@@ -111,7 +113,9 @@ impl NativeBackend {
                 .map(|dir| (dir.join(format!("{node}.log")), n.log_file_max_bytes)),
             linger: n.linger,
             max_viewers: n.max_viewers,
+            max_viewers_per_address: n.max_viewers_per_address,
             terminal_timeout: self.settings.terminal_timeout,
+            terminal_silent_timeout: n.terminal_silent_timeout,
             retry_max_backoff: self.settings.retry_max_backoff,
             viewer_queue: hub::VIEWER_QUEUE_CHUNKS,
         }

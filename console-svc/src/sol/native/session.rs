@@ -63,8 +63,9 @@ pub(crate) enum SolEvent {
 }
 
 impl Sol {
-    pub(crate) fn is_active(&self) -> bool {
-        matches!(self, Sol::Active(_))
+    /// Keystrokes are kept for the node (up or coming up), not dropped.
+    pub(crate) fn holds_input(&self) -> bool {
+        matches!(self, Sol::Active(_) | Sol::Activating(_))
     }
 
     /// Wait for the session's next event; `pending_input` is written to the

@@ -8,15 +8,20 @@
 //!   socket ──read──▶ shared input channel ──▶ hub ──▶ pty
 //!   socket ◀─write── bounded queue (scrollback first) ◀── hub fan-out
 //!   ends on: EOF/error, queue closed, kick (message, then close),
-//!            handle dropped (close), no traffic for terminal_timeout
+//!            handle dropped (close), no traffic for terminal_timeout,
+//!            nothing sent within terminal_silent_timeout of connecting
 //! ```
+//!
+//! The handle sees when the viewer last sent something ([`ViewerHandle::idle_since`]),
+//! which the hub uses to pick the viewer that makes room for a new one.
 //!
 //! The queue is bounded; when it is full the hub kicks the viewer instead of
 //! waiting, so one slow viewer never holds up the others.
 
 use std::fmt;
 use std::io;
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +42,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ViewerIo for T {}
 pub(crate) struct ViewerHandle {
     out: mpsc::Sender<Bytes>,
     kick: Option<oneshot::Sender<Bytes>>,
+    activity: Arc<Activity>,
+    /// The peer's address without its port (the whole peer string when it
+    /// is not a socket address).
+    host: String,
+}
+
+/// When a viewer connected and when it last sent a byte.
+struct Activity {
+    connected: Instant,
+    last_input: Mutex<Option<Instant>>,
+}
+
+impl Activity {
+    fn typed(&self) {
+        *self.last_input.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    fn last_input(&self) -> Option<Instant> {
+        *self.last_input.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The viewer's queue is full: it fell too far behind.
@@ -58,6 +83,18 @@ impl ViewerHandle {
         self.out.is_closed()
     }
 
+    /// Since when the viewer has sent nothing: its last byte, or its
+    /// connection when it never sent one.
+    pub(crate) fn idle_since(&self) -> Instant {
+        self.activity
+            .last_input()
+            .unwrap_or(self.activity.connected)
+    }
+
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Write `message` to the viewer (skipping whatever it has not been sent
     /// yet), then close the connection.
     pub(crate) fn kick(mut self, message: Bytes) {
@@ -73,38 +110,63 @@ pub(crate) struct ViewerConn {
     out: mpsc::Receiver<Bytes>,
     kick: oneshot::Receiver<Bytes>,
     input: mpsc::Sender<Bytes>,
-    idle_timeout: Duration,
+    timeouts: Timeouts,
+    activity: Arc<Activity>,
 }
 
-/// A handle and a connection for `io`: output queue of `queue` chunks,
-/// keystrokes to `input`, closed after `idle_timeout` without traffic (zero:
-/// never).
+/// When a viewer is closed for doing nothing; zero: never.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    /// No traffic either way for this long (`terminal_timeout`).
+    pub(crate) idle: Duration,
+    /// Nothing sent at all this long after connecting
+    /// (`terminal_silent_timeout`).
+    pub(crate) silent: Duration,
+}
+
+/// A handle and a connection for `io` from `peer`: output queue of `queue`
+/// chunks, keystrokes to `input`, closed as `timeouts` say.
 pub(crate) fn pair(
     io: Box<dyn ViewerIo>,
+    peer: &str,
     queue: usize,
     input: mpsc::Sender<Bytes>,
-    idle_timeout: Duration,
+    timeouts: Timeouts,
 ) -> (ViewerHandle, ViewerConn) {
     let (out_tx, out_rx) = mpsc::channel(queue.max(1));
     let (kick_tx, kick_rx) = oneshot::channel();
+    let activity = Arc::new(Activity {
+        connected: Instant::now(),
+        last_input: Mutex::new(None),
+    });
     let handle = ViewerHandle {
         out: out_tx,
         kick: Some(kick_tx),
+        activity: activity.clone(),
+        host: peer_host(peer),
     };
     let conn = ViewerConn {
         io,
         out: out_rx,
         kick: kick_rx,
         input,
-        idle_timeout,
+        timeouts,
+        activity,
     };
     (handle, conn)
+}
+
+/// `peer`'s address without the port.
+pub(crate) fn peer_host(peer: &str) -> String {
+    peer.parse::<SocketAddr>()
+        .map_or_else(|_| peer.to_owned(), |a| a.ip().to_string())
 }
 
 enum End {
     ClosedByViewer,
     Failed(io::Error),
     Idle(Duration),
+    Silent(Duration),
     Kicked(Bytes),
     Closed,
 }
@@ -115,6 +177,7 @@ impl fmt::Display for End {
             End::ClosedByViewer => f.write_str("the viewer closed the connection"),
             End::Failed(e) => write!(f, "connection error: {e}"),
             End::Idle(t) => write!(f, "no traffic for {t:?}"),
+            End::Silent(t) => write!(f, "nothing sent within {t:?} of connecting"),
             End::Kicked(_) => f.write_str("disconnected by the console"),
             End::Closed => f.write_str("the console closed"),
         }
@@ -128,19 +191,32 @@ pub(crate) async fn serve(conn: ViewerConn) {
         mut out,
         mut kick,
         input,
-        idle_timeout,
+        timeouts,
+        activity,
     } = conn;
     let _counted = crate::metrics::get().viewer("serial");
     let (mut rd, mut wr) = tokio::io::split(io);
     let last_traffic = Mutex::new(Instant::now());
     let end = tokio::select! {
-        end = read_loop(&mut rd, &input, &last_traffic) => end,
-        end = write_loop(&mut wr, &mut out, &last_traffic) => end,
-        end = idle_watch(&last_traffic, idle_timeout) => end,
+        // A kick first: it drops the output queue too, which write_loop
+        // would otherwise report as a plain close, losing the message.
+        biased;
         msg = &mut kick => msg.map_or(End::Closed, End::Kicked),
+        end = read_loop(&mut rd, &input, &last_traffic, &activity) => end,
+        end = write_loop(&mut wr, &mut out, &last_traffic) => end,
+        end = idle_watch(&last_traffic, timeouts.idle) => end,
+        end = silent_watch(&activity, timeouts.silent) => end,
     };
-    if let End::Kicked(msg) = &end {
-        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, wr.write_all(msg)).await;
+    let goodbye = match &end {
+        End::Kicked(msg) => Some(msg.clone()),
+        End::Silent(t) => Some(Bytes::from(format!(
+            "\r\n[porthole: disconnected: nothing was sent within {}s of connecting]\r\n",
+            t.as_secs()
+        ))),
+        _ => None,
+    };
+    if let Some(msg) = goodbye {
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, wr.write_all(&msg)).await;
     }
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, wr.shutdown()).await;
     info!(reason = %end, "viewer left");
@@ -154,6 +230,7 @@ async fn read_loop(
     rd: &mut (impl AsyncRead + Unpin),
     input: &mpsc::Sender<Bytes>,
     last_traffic: &Mutex<Instant>,
+    activity: &Activity,
 ) -> End {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
@@ -161,6 +238,7 @@ async fn read_loop(
             Ok(0) => return End::ClosedByViewer,
             Ok(n) => {
                 touch(last_traffic);
+                activity.typed();
                 crate::metrics::get().bytes_to_node("serial", n);
                 if input.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
                     return End::Closed;
@@ -199,11 +277,14 @@ async fn idle_watch(last_traffic: &Mutex<Instant>, timeout: Duration) -> End {
     }
 }
 
-/// Tell a viewer the console cannot take it, then close.
-pub(crate) async fn refuse(mut io: Box<dyn ViewerIo>, message: Bytes) {
-    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-        io.write_all(&message).await?;
-        io.shutdown().await
-    })
-    .await;
+/// Ends the viewer if it has sent nothing `timeout` after connecting.
+async fn silent_watch(activity: &Activity, timeout: Duration) -> End {
+    if timeout.is_zero() {
+        return std::future::pending().await;
+    }
+    tokio::time::sleep_until(activity.connected + timeout).await;
+    if activity.last_input().is_none() {
+        return End::Silent(timeout);
+    }
+    std::future::pending().await
 }

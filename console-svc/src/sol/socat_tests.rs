@@ -1,0 +1,184 @@
+//! The socat backend against the real `socat` binary, with no BMC and no
+//! viewer: its listener has TCP_NODELAY (which accepted connections
+//! inherit), a port another program holds is `PortInUse` (so the busy-port
+//! retry and the manager's next-port choice run), and any other early exit
+//! carries socat's own words. Skipped with a notice when socat is missing.
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{SocatBackend, SocatSettings};
+use crate::coordinator::local::LocalCoordinator;
+use crate::coordinator::{Coordinator, Fence};
+use crate::process::ProcessTable;
+use crate::secret::Secret;
+use crate::sol::{ConsoleBackend, ConsoleContext, Health, SolError};
+use crate::spec::{IpmiTarget, NodeId, PrivilegeLevel, Target};
+
+fn have_socat() -> bool {
+    let found = std::process::Command::new("socat")
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        eprintln!("socat is not installed; skipping this socat backend test");
+    }
+    found
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("porthole-socat-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn backend() -> SocatBackend {
+    SocatBackend::new(SocatSettings {
+        socat: "socat".into(),
+        ipmitool: "ipmitool".into(),
+        // Never run: no viewer connects.
+        helper: "/bin/true".into(),
+        subprocess_timeout: Duration::from_secs(5),
+        terminal_timeout: Duration::ZERO,
+        retry_max_backoff: Duration::from_secs(5),
+    })
+    .unwrap()
+}
+
+async fn context(dir: &Path, listen: SocketAddr) -> (ConsoleContext, watch::Receiver<Health>) {
+    let node = NodeId::parse("node-1").unwrap();
+    let coordinator = Arc::new(LocalCoordinator::new("r1"));
+    let fence = Fence::new(
+        coordinator.clone(),
+        coordinator.acquire(&node).await.unwrap(),
+    );
+    let (health_tx, health) = watch::channel(Health::Ok);
+    let ctx = ConsoleContext {
+        node,
+        target: Target::Ipmi(IpmiTarget {
+            address: "127.0.0.1".into(),
+            port: 623,
+            username: "admin".into(),
+            password: Secret::new("pw-123"),
+            cipher_suite: 3,
+            privilege: PrivilegeLevel::Administrator,
+        }),
+        listen,
+        health: health_tx,
+        cancel: CancellationToken::new(),
+        fence,
+        processes: Arc::new(ProcessTable::open(dir.join("pids"), Duration::from_secs(1)).unwrap()),
+    };
+    (ctx, health)
+}
+
+#[tokio::test]
+async fn a_port_another_program_holds_is_port_in_use() {
+    if !have_socat() {
+        return;
+    }
+    let dir = scratch("busy");
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let (ctx, _health) = context(&dir, addr).await;
+    let started = tokio::time::Instant::now();
+    let err = backend().start(ctx).await.err().expect("the port is held");
+    assert!(
+        matches!(&err, SolError::PortInUse { addr: a } if *a == addr),
+        "{err}"
+    );
+    // The busy-port retry ran (about a second) before giving up.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_early_exit_says_what_socat_said() {
+    if !have_socat() {
+        return;
+    }
+    let dir = scratch("early");
+    // TEST-NET-1: no interface of this host has it.
+    let addr: SocketAddr = "192.0.2.1:40999".parse().unwrap();
+    let (ctx, _health) = context(&dir, addr).await;
+    let err = backend().start(ctx).await.err().expect("cannot bind there");
+    let SolError::EarlyExit { detail, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(detail.contains("Cannot assign requested address"), "{err}");
+}
+
+#[tokio::test]
+async fn the_listener_has_tcp_nodelay() {
+    if !have_socat() {
+        return;
+    }
+    let dir = scratch("nodelay");
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let (ctx, _health) = context(&dir, addr).await;
+    let console = backend().start(ctx).await.expect("socat listens");
+    let pid: i32 = std::fs::read_dir(dir.join("pids"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .next()
+        .expect("socat recorded");
+    let nodelay = listener_nodelay(pid, addr.port());
+    console.stop().await;
+    assert_eq!(nodelay, Some(true), "socat's listener on {addr}");
+}
+
+/// TCP_NODELAY of the socket process `pid` has bound to `port`, looked at
+/// through a copy of its descriptor (`pidfd_getfd`; socat is our child).
+#[expect(
+    unsafe_code,
+    reason = "pidfd_open/pidfd_getfd syscalls and OwnedFd::from_raw_fd of what they return"
+)]
+fn listener_nodelay(pid: i32, port: u16) -> Option<bool> {
+    // SAFETY: plain syscalls with integer arguments; a returned descriptor
+    // is new and owned by us.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: pidfd_open returned a new descriptor we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        let entry = entry.ok()?;
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if !target.to_string_lossy().starts_with("socket:") {
+            continue;
+        }
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: as above.
+        let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+        if copy < 0 {
+            continue;
+        }
+        // SAFETY: pidfd_getfd returned a new descriptor we own; a TcpStream
+        // only reads its options and addresses here.
+        let sock = TcpStream::from(unsafe { OwnedFd::from_raw_fd(copy as i32) });
+        if sock.local_addr().map(|a| a.port()).ok() == Some(port) {
+            return sock.nodelay().ok();
+        }
+    }
+    None
+}
