@@ -57,11 +57,23 @@ CREATE TABLE IF NOT EXISTS ports (
   created_at TEXT NOT NULL, updated_at TEXT);
 ";
 
+/// Node columns added after the first schema: `(name, type)`, added to an
+/// older database on open (ALTER TABLE ... ADD COLUMN).
+const NODE_COLS_ADDED: &[(&str, &str)] = &[
+    ("provision_updated_at", "TEXT"),
+    ("inspection_started_at", "TEXT"),
+    ("inspection_finished_at", "TEXT"),
+    ("deploy_step", "TEXT NOT NULL DEFAULT '{}'"),
+    ("clean_step", "TEXT NOT NULL DEFAULT '{}'"),
+    ("automated_clean", "INTEGER"),
+];
+
 const NODE_COLS: &str = "uuid, name, driver, driver_info, driver_internal_info, \
   console_interface, power_state, target_power_state, provision_state, \
   target_provision_state, maintenance, maintenance_reason, console_enabled, \
   console_info, properties, instance_info, instance_uuid, extra, resource_class, \
-  last_error, created_at, updated_at";
+  last_error, created_at, updated_at, provision_updated_at, \
+  inspection_started_at, inspection_finished_at, deploy_step, clean_step, automated_clean";
 const PORT_COLS: &str = "uuid, address, node_uuid, extra, pxe_enabled, created_at, updated_at";
 
 /// The registry, synchronous: call it only off the runtime's workers
@@ -157,6 +169,24 @@ impl Store {
     }
 }
 
+/// Add the columns an older database lacks.
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let mut have = Vec::new();
+    {
+        let mut stmt = conn.prepare("PRAGMA table_info(nodes)")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            have.push(r.get::<_, String>(1)?);
+        }
+    }
+    for (name, ty) in NODE_COLS_ADDED {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE nodes ADD COLUMN {name} {ty}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("JSON values always serialize")
 }
@@ -175,6 +205,7 @@ impl Registry {
         conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL;")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&conn).map_err(err)?;
         Ok(Self {
             conn: Mutex::new(conn),
             sealer,
@@ -210,19 +241,28 @@ impl Registry {
             last_error: r.get(19)?,
             created_at: r.get(20)?,
             updated_at: r.get(21)?,
+            provision_updated_at: r.get(22)?,
+            inspection_started_at: r.get(23)?,
+            inspection_finished_at: r.get(24)?,
+            deploy_step: dict(r.get(25)?)?,
+            clean_step: dict(r.get(26)?)?,
+            automated_clean: r.get(27)?,
+            reservation: None,
         })
     }
 
     fn write_node(&self, conn: &Connection, n: &Node, insert: bool) -> Result<(), DbError> {
         let sql = if insert {
-            format!("INSERT INTO nodes ({NODE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)")
+            format!("INSERT INTO nodes ({NODE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)")
         } else {
             "UPDATE nodes SET name=?2, driver=?3, driver_info=?4, driver_internal_info=?5, \
              console_interface=?6, power_state=?7, target_power_state=?8, provision_state=?9, \
              target_provision_state=?10, maintenance=?11, maintenance_reason=?12, \
              console_enabled=?13, console_info=?14, properties=?15, instance_info=?16, \
              instance_uuid=?17, extra=?18, resource_class=?19, last_error=?20, \
-             created_at=?21, updated_at=?22 WHERE uuid=?1"
+             created_at=?21, updated_at=?22, provision_updated_at=?23, \
+             inspection_started_at=?24, inspection_finished_at=?25, deploy_step=?26, \
+             clean_step=?27, automated_clean=?28 WHERE uuid=?1"
                 .to_owned()
         };
         let res = conn.execute(
@@ -250,6 +290,12 @@ impl Registry {
                 n.last_error,
                 n.created_at,
                 n.updated_at,
+                n.provision_updated_at,
+                n.inspection_started_at,
+                n.inspection_finished_at,
+                to_json(&n.deploy_step),
+                to_json(&n.clean_step),
+                n.automated_clean,
             ],
         );
         match res {

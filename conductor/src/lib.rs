@@ -8,6 +8,7 @@
 //!   passwords sealed at rest.
 //! - [`service`]: the domain operations (create, PATCH, power, console).
 //! - [`power`]: ipmitool and Redfish drivers.
+//! - [`provision`]: Ironic's provision state machine; deploy/inspect interfaces.
 //! - [`console`], [`watch`]: the console-svc client, reconcile, WatchConsoles.
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
 //! - [`patch`]: JSON Patch.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod patch;
 pub mod power;
+pub mod provision;
 pub mod seal;
 pub mod service;
 pub mod watch;
@@ -116,6 +118,13 @@ pub async fn run(
     };
     let conductor = Arc::new(opened);
     clear_stale_power_actions(&conductor).await?;
+    conductor
+        .fail_stuck_provisioning()
+        .await
+        .map_err(|e| match e {
+            ServiceError::Db(d) => RunError::Db(d),
+            other => RunError::Serve(std::io::Error::other(other.to_string())),
+        })?;
     conductor.tasks.spawn(watch::follow(conductor.clone()));
     let state = api::AppState {
         conductor: conductor.clone(),

@@ -17,6 +17,19 @@ pub const POWER_ON: &str = "power on";
 pub const POWER_OFF: &str = "power off";
 pub const REBOOTING: &str = "rebooting";
 
+/// The hardware type whose interfaces are all `fake` (power kept in the
+/// database, deploy and inspect succeed at once): for tests and the demo.
+pub const FAKE_HARDWARE: &str = "fake-hardware";
+
+/// The power/management interface name of a hardware type.
+fn hw_interface(driver: &str) -> &str {
+    if driver == FAKE_HARDWARE {
+        "fake"
+    } else {
+        driver
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
     pub uuid: String,
@@ -43,6 +56,19 @@ pub struct Node {
     pub last_error: Option<String>,
     pub created_at: String,
     pub updated_at: Option<String>,
+    /// When provision_state last changed.
+    pub provision_updated_at: Option<String>,
+    pub inspection_started_at: Option<String>,
+    pub inspection_finished_at: Option<String>,
+    /// The deploy / clean step running now (`{}` when none), as Ironic.
+    pub deploy_step: Dict,
+    pub clean_step: Dict,
+    /// Run automated cleaning on provide and undeploy (`None`: yes, as
+    /// Ironic's `[conductor]automated_clean` default).
+    pub automated_clean: Option<bool>,
+    /// The host holding the node's lock while an action runs; not stored
+    /// (the conductor fills it from its locks when rendering).
+    pub reservation: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -111,10 +137,11 @@ impl Node {
             "driver_info": masked(&self.driver_info),
             "driver_internal_info": self.driver_internal_info,
             "console_interface": self.console_interface,
-            "power_interface": self.driver,
-            "management_interface": self.driver,
-            "boot_interface": "pxe",
-            "deploy_interface": "direct",
+            "power_interface": hw_interface(&self.driver),
+            "management_interface": hw_interface(&self.driver),
+            "boot_interface": if self.driver == FAKE_HARDWARE { "fake" } else { "pxe" },
+            "deploy_interface": crate::provision::interfaces::interface_names(&self.driver).0,
+            "inspect_interface": crate::provision::interfaces::interface_names(&self.driver).1,
             "power_state": self.power_state,
             "target_power_state": self.target_power_state,
             "provision_state": self.provision_state,
@@ -129,15 +156,18 @@ impl Node {
             "extra": self.extra,
             "resource_class": self.resource_class,
             "last_error": self.last_error,
-            "reservation": Value::Null,
+            "reservation": self.reservation,
+            "automated_clean": self.automated_clean,
+            "deploy_step": self.deploy_step,
+            "clean_step": self.clean_step,
             "conductor_group": "",
             "conductor": "porthole-conductor",
             "traits": [],
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "provision_updated_at": Value::Null,
-            "inspection_started_at": Value::Null,
-            "inspection_finished_at": Value::Null,
+            "provision_updated_at": self.provision_updated_at,
+            "inspection_started_at": self.inspection_started_at,
+            "inspection_finished_at": self.inspection_finished_at,
             "links": links(base, &format!("nodes/{uuid}")),
             "ports": links(base, &format!("nodes/{uuid}/ports")),
             "states": links(base, &format!("nodes/{uuid}/states")),

@@ -143,6 +143,48 @@ async fn body() -> Result<()> {
     );
     let dev = cli.json(&["node", "boot", "device", "show", "rf"]).await?;
     ensure!(dev["boot_device"] == "pxe", "boot device show: {dev}");
+    // Verify (manage from enroll) reads the power state from sushy-tools.
+    cli.ok(&["node", "manage", "rf", "--wait", "60"]).await?;
+    let n = cli.json(&["node", "show", "rf"]).await?;
+    ensure!(
+        n["provision_state"] == "manageable" && n["last_error"].is_null(),
+        "verify: {n}"
+    );
+    // A Redfish address nothing listens on: verify fails, back to enroll.
+    let gone = cli
+        .json(&[
+            "node",
+            "create",
+            "--driver",
+            "redfish",
+            "--name",
+            "rf-gone",
+            "--driver-info",
+            "redfish_address=http://127.0.0.1:9",
+            "--driver-info",
+            &system,
+        ])
+        .await?;
+    cli.ok(&["node", "manage", "rf-gone"]).await?;
+    let n = eventually(
+        Duration::from_secs(60),
+        "rf-gone back in enroll",
+        || async {
+            let n = cli.json(&["node", "show", "rf-gone"]).await?;
+            Ok((n["provision_state"] == "enroll" && n["last_error"].is_string()).then_some(n))
+        },
+    )
+    .await?;
+    let want = format!(
+        "Failed to get power state for node {}. Error: ",
+        gone["uuid"].as_str().unwrap_or_default()
+    );
+    ensure!(
+        n["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&want)),
+        "{n}"
+    );
     let r = cli.run(&["node", "console", "enable", "rf"]).await?;
     ensure!(
         !r.ok && r.stderr.contains("no-console") && r.stderr.contains("400"),

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// `Version.parse_headers` raises HTTPNotAcceptable), the value echoed.
     #[error("Invalid value for X-OpenStack-Ironic-API-Version header: {0}")]
     BadVersion(String),
+    /// Ironic's NotAcceptable: the microversion does not allow this request.
+    #[error("Request not acceptable.")]
+    NotAcceptable,
     #[error("The request you have made requires authentication.")]
     Unauthorized,
     #[error("The request URI is too long: {0} bytes, at most {URI_LIMIT} are accepted.")]
@@ -68,7 +71,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Version { .. } | ApiError::BadVersion(_) => StatusCode::NOT_ACCEPTABLE,
+            ApiError::Version { .. } | ApiError::BadVersion(_) | ApiError::NotAcceptable => {
+                StatusCode::NOT_ACCEPTABLE
+            }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
         }

@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{node}/ports/detail"), get(ports::detail_of_node))
         .route(&format!("{node}/states"), get(states::states))
         .route(&format!("{node}/states/power"), put(states::power))
+        .route(&format!("{node}/states/provision"), put(states::provision))
         .route(
             &format!("{node}/states/console"),
             get(states::console).put(states::set_console),

@@ -31,6 +31,7 @@ fn known_fields() -> Vec<&'static str> {
         "management_interface",
         "boot_interface",
         "deploy_interface",
+        "inspect_interface",
         "power_state",
         "target_power_state",
         "provision_state",
@@ -46,6 +47,9 @@ fn known_fields() -> Vec<&'static str> {
         "resource_class",
         "last_error",
         "reservation",
+        "automated_clean",
+        "deploy_step",
+        "clean_step",
         "conductor_group",
         "conductor",
         "traits",
@@ -126,7 +130,11 @@ async fn listing(
         .iter()
         .filter(|n| matches(n, q))
         .take(limit)
-        .map(|n| render(n, &base, &fields, detail))
+        .map(|n| {
+            let mut n = n.clone();
+            n.reservation = st.conductor.reservation(&n.uuid);
+            render(&n, &base, &fields, detail)
+        })
         .collect();
     Ok(Json(json!({"nodes": nodes})))
 }
@@ -154,7 +162,8 @@ pub async fn show(
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
     let fields = parse_fields(q.get("fields").map(String::as_str), &known_fields())?;
-    let n = st.conductor.store.get_node(&node).await?;
+    let mut n = st.conductor.store.get_node(&node).await?;
+    n.reservation = st.conductor.reservation(&n.uuid);
     Ok(Json(render(&n, &base_url(&st, &headers), &fields, true)))
 }
 

@@ -45,6 +45,85 @@ pub async fn power(
     Ok(accepted(&st, &headers, &uuid, ""))
 }
 
+/// The arguments Ironic's `PUT .../states/provision` takes.
+const PROVISION_ARGS: &[&str] = &[
+    "target",
+    "configdrive",
+    "clean_steps",
+    "deploy_steps",
+    "rescue_password",
+    "disable_ramdisk",
+    "service_steps",
+    "runbook",
+];
+
+/// `PUT .../states/provision`: checked now (400, 406, 409), 202 with a
+/// Location at once, the work in the background.
+pub async fn provision(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_object(&body)?;
+    if let Some(k) = body.keys().find(|k| !PROVISION_ARGS.contains(&k.as_str())) {
+        let shown: String = k.chars().take(64).collect();
+        return Err(ApiError::BadRequest(format!(
+            "Unknown argument: \"{shown}\""
+        )));
+    }
+    let target = match body.get("target") {
+        Some(Value::String(t)) => t.as_str(),
+        None | Some(Value::Null) => {
+            return Err(ApiError::BadRequest("Missing argument: \"target\"".into()))
+        }
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "Invalid target: Value should be a string, not {other}."
+            )))
+        }
+    };
+    // Not carried out yet: refused rather than silently dropped.
+    for k in [
+        "clean_steps",
+        "deploy_steps",
+        "service_steps",
+        "runbook",
+        "rescue_password",
+    ] {
+        if body.get(k).is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::BadRequest(format!(
+                "\"{k}\" is not supported by the Porthole conductor yet."
+            )));
+        }
+    }
+    if body
+        .get("disable_ramdisk")
+        .is_some_and(|v| v.as_bool() == Some(true))
+    {
+        return Err(ApiError::BadRequest(
+            "\"disable_ramdisk\" is not supported by the Porthole conductor yet.".into(),
+        ));
+    }
+    let configdrive = match body.get("configdrive") {
+        None | Some(Value::Null) => None,
+        Some(c @ (Value::String(_) | Value::Object(_))) => Some(c.clone()),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "Invalid configdrive: it must be a string or a JSON object.".into(),
+            ))
+        }
+    };
+    if super::version::negotiate(&headers)? < crate::provision::min_minor(target) {
+        return Err(ApiError::NotAcceptable);
+    }
+    let uuid = st
+        .conductor
+        .set_provision_state(&node, target, configdrive)
+        .await?;
+    Ok(accepted(&st, &headers, &uuid, ""))
+}
+
 pub async fn console(
     State(st): State<AppState>,
     Path(node): Path<String>,

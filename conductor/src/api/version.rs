@@ -57,7 +57,7 @@ fn requested(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .map(|v| v.trim().to_owned()))
 }
 
-fn negotiate(headers: &HeaderMap) -> Result<u32, ApiError> {
+pub fn negotiate(headers: &HeaderMap) -> Result<u32, ApiError> {
     let Some(raw) = requested(headers)? else {
         return Ok(MIN_MINOR);
     };

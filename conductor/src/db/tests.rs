@@ -31,6 +31,13 @@ fn node(uuid: &str, name: &str) -> Node {
         last_error: None,
         created_at: now(),
         updated_at: None,
+        provision_updated_at: None,
+        inspection_started_at: None,
+        inspection_finished_at: None,
+        deploy_step: Dict::new(),
+        clean_step: Dict::new(),
+        automated_clean: None,
+        reservation: None,
     }
 }
 
@@ -134,4 +141,44 @@ async fn a_waiting_database_call_does_not_stall_the_runtime() {
         "a 250 ms timer took {took:?} while a database call waited"
     );
     assert!(write.await.unwrap().unwrap().maintenance);
+}
+
+/// A database written before the provision columns existed opens, gains
+/// them, and reads its nodes with Ironic's empty values.
+#[test]
+fn an_old_database_gains_the_provision_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute(
+            "INSERT INTO nodes (uuid, name, driver, driver_info, driver_internal_info, \
+             console_interface, provision_state, maintenance, console_enabled, properties, \
+             instance_info, extra, created_at) VALUES ('u-old', 'old', 'ipmi', '{}', '{}', \
+             'no-console', 'enroll', 0, 0, '{}', '{}', '{}', 'then')",
+            [],
+        )
+        .unwrap();
+    }
+    let store = open(dir.path());
+    let n = store.inner.get_node("old").unwrap();
+    assert_eq!(n.provision_state, "enroll");
+    assert_eq!(n.provision_updated_at, None);
+    assert_eq!(n.automated_clean, None);
+    assert!(n.deploy_step.is_empty() && n.clean_step.is_empty());
+    store
+        .inner
+        .modify_node("old", |n: &mut Node| {
+            n.provision_updated_at = Some("now".into());
+            n.clean_step.insert("step".into(), json!("erase"));
+            n.automated_clean = Some(false);
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+    drop(store);
+    let n = open(dir.path()).inner.get_node("u-old").unwrap();
+    assert_eq!(n.provision_updated_at.as_deref(), Some("now"));
+    assert_eq!(n.clean_step["step"], "erase");
+    assert_eq!(n.automated_clean, Some(false));
 }

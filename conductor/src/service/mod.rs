@@ -8,6 +8,7 @@
 mod console;
 mod nodes;
 pub mod power;
+mod provision;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,9 @@ pub enum ServiceError {
     #[error("{0}")]
     Conflict(String),
     /// Another operation holds the node.
-    #[error("Node {0} is locked by host porthole-conductor, please retry after the current operation is completed.")]
+    #[error(
+        "Node {0} is locked by host {HOST}, please retry after the current operation is completed."
+    )]
     Locked(String),
     #[error(transparent)]
     Patch(#[from] PatchError),
@@ -44,6 +47,9 @@ pub enum ServiceError {
     #[error(transparent)]
     Console(#[from] ConsoleError),
 }
+
+/// The host name this conductor gives in `reservation` and NodeLocked.
+pub const HOST: &str = "porthole-conductor";
 
 /// Timing of power actions.
 #[derive(Clone, Debug)]
@@ -63,6 +69,8 @@ pub struct Conductor {
     console_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Deploy and inspect interfaces by hardware type.
+    pub interfaces: crate::provision::interfaces::Interfaces,
 }
 
 /// Marks a node busy until dropped.
@@ -94,6 +102,7 @@ impl Conductor {
             console_locks: Mutex::default(),
             tasks: TaskTracker::new(),
             shutdown,
+            interfaces: Default::default(),
         }
     }
 
@@ -114,6 +123,11 @@ impl Conductor {
 
     pub fn is_busy(&self, uuid: &str) -> bool {
         self.busy_set().contains(uuid)
+    }
+
+    /// Who holds `uuid`'s lock now (Ironic's `reservation`).
+    pub fn reservation(&self, uuid: &str) -> Option<String> {
+        self.is_busy(uuid).then(|| HOST.to_owned())
     }
 
     /// The console lock of a node.

@@ -11,7 +11,7 @@ use crate::console::{default_interface, interface_kind};
 use crate::model::{now, Dict, Node, MASK};
 use crate::patch;
 
-pub const DRIVERS: &[&str] = &["ipmi", "redfish"];
+pub const DRIVERS: &[&str] = &["ipmi", "redfish", crate::model::FAKE_HARDWARE];
 
 /// Attributes a client may set on create or PATCH.
 const WRITABLE: &[&str] = &[
@@ -27,6 +27,7 @@ const WRITABLE: &[&str] = &[
     "resource_class",
     "maintenance",
     "maintenance_reason",
+    "automated_clean",
 ];
 /// Ironic attributes accepted and ignored (one conductor, fixed interfaces).
 const IGNORED: &[&str] = &[
@@ -43,7 +44,6 @@ const IGNORED: &[&str] = &[
     "bios_interface",
     "firmware_interface",
     "conductor_group",
-    "automated_clean",
     "protected",
     "protected_reason",
     "owner",
@@ -102,6 +102,13 @@ impl Conductor {
             last_error: None,
             created_at: now(),
             updated_at: None,
+            provision_updated_at: None,
+            inspection_started_at: None,
+            inspection_finished_at: None,
+            deploy_step: Dict::new(),
+            clean_step: Dict::new(),
+            automated_clean: None,
+            reservation: None,
         };
         let mut doc = editable(&node);
         for (k, v) in &body {
@@ -127,8 +134,14 @@ impl Conductor {
                 )));
             }
         }
+        // As Ironic's update_node, a PATCH needs the node's lock: 409
+        // while a provision or power action runs.
+        let uuid = self.store.get_node(ident).await?.uuid;
+        if self.is_busy(&uuid) {
+            return Err(ServiceError::Locked(uuid));
+        }
         let ops = ops.clone();
-        self.store.modify_node(ident, move |node: &mut Node| {
+        self.store.modify_node(&uuid, move |node: &mut Node| {
             let mut doc = Value::Object(editable(node));
             patch::apply(&mut doc, &ops)?;
             let Value::Object(doc) = doc else { unreachable!("patched an object") };
@@ -153,6 +166,16 @@ impl Conductor {
         let lock = self.console_lock(&node.uuid);
         let _console = lock.lock().await;
         let node = self.store.get_node(&node.uuid).await?;
+        // Ironic's DELETE_ALLOWED_STATES plus available
+        // (allow_deleting_available_nodes, on by default); any state in
+        // maintenance.
+        const ALLOWED: [&str; 4] = ["manageable", "enroll", "adopt failed", "available"];
+        if !node.maintenance && !ALLOWED.contains(&node.provision_state.as_str()) {
+            return Err(ServiceError::Conflict(format!(
+                "Can not delete node \"{}\" while it is in provision state \"{}\". Valid provision states to perform deletion are: \"('manageable', 'enroll', 'adopt failed', 'available')\", or set the node into maintenance mode",
+                node.uuid, node.provision_state
+            )));
+        }
         if node.console_enabled {
             self.consoles.disable(&node.uuid).await?;
         }
@@ -175,6 +198,7 @@ fn editable(node: &Node) -> Dict {
         "resource_class": node.resource_class,
         "maintenance": node.maintenance,
         "maintenance_reason": node.maintenance_reason,
+        "automated_clean": node.automated_clean,
     });
     let Value::Object(mut m) = v else {
         unreachable!("a json! object")
@@ -229,6 +253,10 @@ fn read_back(node: &mut Node, doc: &Dict) -> Result<(), ServiceError> {
     node.maintenance = match doc.get("maintenance") {
         None | Some(Value::Null) => false,
         Some(v) => super::parse_bool("maintenance", v)?,
+    };
+    node.automated_clean = match doc.get("automated_clean") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(super::parse_bool("automated_clean", v)?),
     };
     node.console_interface =
         s("console_interface")?.unwrap_or_else(|| default_interface(&node.driver).into());

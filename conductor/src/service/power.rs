@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::{BusyGuard, Conductor, ServiceError};
-use crate::model::{Dict, Node, POWER_ON};
+use crate::model::{Dict, Node, FAKE_HARDWARE, POWER_ON};
 use crate::power::{Bmc, Power, PowerError, BOOT_DEVICES};
 
 /// What a `PUT /states/power` asks for.
@@ -57,6 +57,9 @@ impl Conductor {
         action: PowerAction,
     ) -> Result<(), ServiceError> {
         let node = self.store.get_node(ident).await?;
+        if node.driver == FAKE_HARDWARE {
+            return self.set_fake_power(&node.uuid, action).await;
+        }
         let bmc = Bmc::for_node(&node, &self.power)?;
         let guard = self.reserve(&node.uuid)?;
         let target = match action {
@@ -74,6 +77,26 @@ impl Conductor {
         let span = tracing::info_span!("power", node = %node.uuid, ?action);
         self.tasks
             .spawn(async move { this.run_power(bmc, action, guard).await }.instrument(span));
+        Ok(())
+    }
+
+    /// The `fake` power interface: the power state is what the database
+    /// says, changed at once.
+    async fn set_fake_power(
+        self: &Arc<Self>,
+        uuid: &str,
+        action: PowerAction,
+    ) -> Result<(), ServiceError> {
+        let _guard = self.reserve(uuid)?;
+        let p = action.end_state().as_ironic();
+        self.store
+            .modify_node(uuid, move |n: &mut Node| {
+                n.power_state = Some(p.into());
+                n.target_power_state = None;
+                n.last_error = None;
+                Ok::<_, ServiceError>(())
+            })
+            .await?;
         Ok(())
     }
 
@@ -140,19 +163,25 @@ impl Conductor {
         let Ok(bmc) = Bmc::for_node(&node, &self.power) else {
             return;
         };
-        let Ok(guard) = self.reserve(uuid) else {
-            return;
-        };
+        // A read: it takes no lock (a slow BMC would otherwise hold off
+        // every action on a new node for up to the command timeout), and
+        // its answer is dropped if an action began meanwhile.
         let this = self.clone();
+        let uuid = uuid.to_owned();
         let span = tracing::info_span!("power_sync", node = %uuid);
         self.tasks.spawn(
             async move {
                 match bmc.power_state().await {
+                    Ok(_) if this.is_busy(&uuid) => {
+                        tracing::debug!("power sync: an action is under way; answer dropped")
+                    }
                     Ok(p) => {
                         let r = this
                             .store
-                            .modify_node(&guard.uuid, move |n: &mut Node| {
-                                n.power_state = Some(p.as_ironic().into());
+                            .modify_node(&uuid, move |n: &mut Node| {
+                                if n.target_power_state.is_none() {
+                                    n.power_state = Some(p.as_ironic().into());
+                                }
                                 Ok::<_, ServiceError>(())
                             })
                             .await;
@@ -162,7 +191,6 @@ impl Conductor {
                     }
                     Err(e) => tracing::info!(error = %e, "power sync: cannot read the power state"),
                 }
-                drop(guard);
             }
             .instrument(span),
         );
@@ -203,19 +231,31 @@ impl Conductor {
             Ok(()) => json!({"result": true}),
             Err(reason) => json!({"result": false, "reason": reason}),
         };
-        let power = Bmc::for_node(&node, &self.power)
-            .map(drop)
-            .map_err(|e| e.to_string());
+        let power = if node.driver == FAKE_HARDWARE {
+            Ok(())
+        } else {
+            Bmc::for_node(&node, &self.power)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
         let console = crate::console::enable_request(&node)
             .map(drop)
             .map_err(|e| e.to_string());
         let unsupported =
             json!({"result": null, "reason": "not supported by the Porthole conductor"});
+        let iface = if self.interfaces.for_node(&node).is_some() {
+            json!({"result": true})
+        } else {
+            json!({"result": false, "reason": format!(
+                "The {} driver's deploy and inspect interfaces are not available in this conductor yet.",
+                node.driver
+            )})
+        };
         Ok(json!({
             "power": res(power.clone()),
             "management": res(power),
             "console": res(console),
-            "boot": unsupported, "deploy": unsupported, "inspect": unsupported,
+            "boot": iface.clone(), "deploy": iface.clone(), "inspect": iface,
             "network": {"result": true}, "raid": unsupported, "rescue": unsupported,
             "storage": {"result": true}, "bios": unsupported,
         }))
@@ -229,7 +269,7 @@ impl Conductor {
             "target_power_state": n.target_power_state,
             "provision_state": n.provision_state,
             "target_provision_state": n.target_provision_state,
-            "provision_updated_at": null,
+            "provision_updated_at": n.provision_updated_at,
             "console_enabled": n.console_enabled,
             "last_error": n.last_error,
             "raid_config": {}, "target_raid_config": {},

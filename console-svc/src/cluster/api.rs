@@ -22,14 +22,18 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Cluster;
+use crate::coordinator::etcd::keys::{Key, Keys, Leaf};
 use crate::coordinator::etcd::spec_doc::{self, SpecTimes};
 use crate::coordinator::etcd::specs::{SpecStoreError, StoredSpec};
-use crate::coordinator::etcd::view::{Change, ClusterView, Entry};
+use crate::coordinator::etcd::view::{Change, Entry};
 use crate::coordinator::etcd::EndpointDoc;
 use crate::coordinator::CoordError;
 use crate::error::ConsoleError;
 use crate::manager::{ConsoleInfo, ConsoleState, Endpoint};
 use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
+
+/// The mirror's keys are relative to the prefix.
+pub(super) const RELATIVE: Keys = Keys::relative();
 
 /// Who holds a node's claim.
 #[derive(Clone, Debug)]
@@ -67,49 +71,44 @@ pub struct ClusterState {
 
 /// The mirrored state, decoded (specs opened with the key).
 pub fn snapshot(cluster: &Cluster) -> ClusterState {
-    decode(cluster, cluster.inner.view.range(""))
+    decode(cluster, cluster.inner.store.range(""))
 }
 
 /// Keys (relative to the prefix) as cluster state.
 pub fn decode(cluster: &Cluster, keys: Vec<(String, Entry)>) -> ClusterState {
     let mut state = ClusterState::default();
-    for (key, _) in &keys {
-        if let Some(m) = key.strip_prefix("members/") {
-            state.members.push(m.to_owned());
-        }
-    }
-    for (key, entry) in keys.iter().filter(|(k, _)| k.starts_with("ports/")) {
-        let node = std::str::from_utf8(&entry.value).ok().map(NodeId::parse);
-        if let (Some(Ok(node)), Ok(port)) = (node, key["ports/".len()..].parse()) {
-            state.nodes.entry(node).or_default().port = Some(port);
-        }
-    }
-    for (key, entry) in keys.iter().filter(|(k, _)| k.starts_with("consoles/")) {
-        let Some((node, leaf)) = key["consoles/".len()..].rsplit_once('/') else {
-            continue;
-        };
-        let Ok(node) = NodeId::parse(node) else {
-            continue;
-        };
-        let nv = state.nodes.entry(node.clone()).or_default();
-        match leaf {
-            "spec" => {
-                let opened = open_spec(cluster, &node, entry);
-                nv.spec = Some(opened.spec);
-                nv.times = opened.times;
+    for (key, entry) in &keys {
+        match RELATIVE.parse(key) {
+            Some(Key::Member(m)) => state.members.push(m),
+            Some(Key::Port(port)) => {
+                let node = std::str::from_utf8(&entry.value).ok().map(NodeId::parse);
+                if let Some(Ok(node)) = node {
+                    state.nodes.entry(node).or_default().port = Some(port);
+                }
             }
-            "owner" => {
-                nv.owner = Some(OwnerView {
-                    replica: String::from_utf8_lossy(&entry.value).into_owned(),
-                    token: entry.create_revision,
-                })
+            Some(Key::Console(node, leaf)) => {
+                let nv = state.nodes.entry(node.clone()).or_default();
+                match leaf {
+                    Leaf::Spec => {
+                        let opened = open_spec(cluster, &node, entry);
+                        nv.spec = Some(opened.spec);
+                        nv.times = opened.times;
+                    }
+                    Leaf::Owner => {
+                        nv.owner = Some(OwnerView {
+                            replica: String::from_utf8_lossy(&entry.value).into_owned(),
+                            token: entry.create_revision,
+                        })
+                    }
+                    Leaf::Endpoint => {
+                        nv.endpoint = serde_json::from_slice(&entry.value)
+                            .ok()
+                            .map(|doc| (doc, entry.mod_revision))
+                    }
+                    Leaf::Other(_) => {}
+                }
             }
-            "endpoint" => {
-                nv.endpoint = serde_json::from_slice(&entry.value)
-                    .ok()
-                    .map(|doc| (doc, entry.mod_revision))
-            }
-            _ => {}
+            None => {}
         }
     }
     state
@@ -126,8 +125,8 @@ fn open_spec(cluster: &Cluster, node: &NodeId, entry: &Entry) -> Opened {
     }
     let opened = Opened {
         spec: inner
-            .specs
-            .decode(node, &entry.value, entry.mod_revision)
+            .store
+            .decode_spec(node, &entry.value, entry.mod_revision)
             .map_err(|e| e.to_string()),
         times: spec_doc::times(&entry.value),
     };
@@ -154,8 +153,8 @@ impl Cluster {
                     _ => SpecTimes::new_at(now),
                 };
                 self.inner
-                    .specs
-                    .put(&spec, times)
+                    .store
+                    .put_spec(&spec, times)
                     .await
                     .map_err(store_err)?
                     .mod_revision
@@ -184,13 +183,13 @@ impl Cluster {
         &self,
         node: &NodeId,
     ) -> Result<(Option<StoredSpec>, Option<SpecTimes>), ConsoleError> {
-        let key = format!("consoles/{node}/spec");
+        let key = RELATIVE.spec(node);
         let keys = self.read_raw(&[&key]).await?;
         let Some((_, entry)) = keys.into_iter().find(|(k, _)| *k == key) else {
             return Ok((None, None));
         };
-        let specs = &self.inner.specs;
-        let spec = specs.decode(node, &entry.value, entry.mod_revision);
+        let store = &self.inner.store;
+        let spec = store.decode_spec(node, &entry.value, entry.mod_revision);
         Ok((
             Some(spec.map_err(store_err)?),
             spec_doc::times(&entry.value),
@@ -198,7 +197,11 @@ impl Cluster {
     }
 
     pub async fn disable(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
-        self.inner.specs.delete(node).await.map_err(store_err)?;
+        self.inner
+            .store
+            .delete_spec(node)
+            .await
+            .map_err(store_err)?;
         let deadline = Instant::now() + self.inner.settings.enable_timeout;
         self.wait(deadline, node, |endpoint| endpoint.is_none())
             .await;
@@ -211,7 +214,7 @@ impl Cluster {
     /// replica is seen at once.
     pub async fn get(&self, node: &NodeId) -> Result<ConsoleInfo, ConsoleError> {
         let state = self
-            .fresh(&[&format!("consoles/{node}/"), "ports/"])
+            .fresh(&[&RELATIVE.node_prefix(node), &RELATIVE.ports_prefix()])
             .await?;
         state
             .nodes
@@ -221,7 +224,9 @@ impl Cluster {
     }
 
     pub async fn list(&self) -> Result<Vec<ConsoleInfo>, ConsoleError> {
-        let state = self.fresh(&["consoles/", "ports/"]).await?;
+        let state = self
+            .fresh(&[&RELATIVE.consoles_prefix(), &RELATIVE.ports_prefix()])
+            .await?;
         Ok(self.infos(&state))
     }
 
@@ -236,8 +241,8 @@ impl Cluster {
         &self,
         starts: &[&str],
     ) -> Result<Vec<(String, Entry)>, ConsoleError> {
-        let read = self.inner.view.read(starts).await;
-        read.map_err(|e| ConsoleError::Coordination(CoordError::Etcd(e.to_string())))
+        let read = self.inner.store.read(starts).await;
+        read.map_err(ConsoleError::Coordination)
     }
 
     fn infos(&self, state: &ClusterState) -> Vec<ConsoleInfo> {
@@ -257,7 +262,7 @@ impl Cluster {
     ) {
         let cluster = self.clone();
         tokio::spawn(async move {
-            let mut changes = cluster.inner.view.subscribe();
+            let mut changes = cluster.inner.store.subscribe();
             'snapshot: loop {
                 for info in cluster.infos(&snapshot(&cluster)) {
                     if tx.send(Some(info)).await.is_err() {
@@ -274,7 +279,7 @@ impl Cluster {
                         c = changes.recv() => c,
                     };
                     let node = match change {
-                        Ok(Change::Key(key)) => node_of(&key),
+                        Ok(Change::Key(key)) => RELATIVE.node_of(&key),
                         Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => continue 'snapshot,
                         Err(RecvError::Closed) => return,
                     };
@@ -298,8 +303,8 @@ impl Cluster {
         node: &NodeId,
         ready: impl Fn(Option<&Entry>) -> bool,
     ) -> Option<()> {
-        let view: &ClusterView = &self.inner.view;
-        let key = format!("consoles/{node}/endpoint");
+        let view = &self.inner.store;
+        let key = RELATIVE.endpoint(node);
         let mut changes = view.subscribe();
         loop {
             if ready(view.get(&key).as_ref()) {
@@ -314,9 +319,9 @@ impl Cluster {
 
     /// One node from the mirror (its keys and the port reservations only).
     fn info(&self, node: &NodeId) -> Option<ConsoleInfo> {
-        let view = &self.inner.view;
-        let mut keys = view.range(&format!("consoles/{node}/"));
-        keys.extend(view.range("ports/"));
+        let view = &self.inner.store;
+        let mut keys = view.range(&RELATIVE.node_prefix(node));
+        keys.extend(view.range(&RELATIVE.ports_prefix()));
         let state = decode(self, keys);
         self.to_info(node, state.nodes.get(node)?)
     }
@@ -380,13 +385,6 @@ impl Cluster {
 /// accepts the one already assigned).
 fn same_spec(stored: &StoredSpec, asked: &ConsoleSpec) -> bool {
     stored.spec.target == asked.target && asked.requested_port.is_none_or(|p| p == stored.port)
-}
-
-fn node_of(key: &str) -> Option<NodeId> {
-    if let Some(rest) = key.strip_prefix("consoles/") {
-        return NodeId::parse(rest.rsplit_once('/')?.0).ok();
-    }
-    None
 }
 
 fn describe(info: Option<&ConsoleInfo>) -> String {

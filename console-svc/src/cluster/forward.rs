@@ -22,6 +22,7 @@ use porthole_proto::console::v1 as pb;
 use tonic::metadata::MetadataValue;
 use tracing::debug;
 
+use super::api::RELATIVE;
 use super::Cluster;
 use crate::coordinator::etcd::view::Entry;
 use crate::coordinator::etcd::Member;
@@ -131,7 +132,7 @@ impl Cluster {
             .into());
         }
         let keys = self
-            .read_raw(&[&format!("consoles/{node}/"), "members/"])
+            .read_raw(&[&RELATIVE.node_prefix(node), &RELATIVE.members_prefix()])
             .await?;
         let scheme = self.inner.settings.peer_tls.scheme();
         match route(node, self.replica(), &keys, scheme)? {
@@ -238,9 +239,9 @@ fn route(
     scheme: &str,
 ) -> Result<Route, ConsoleError> {
     let get = |key: String| keys.iter().find(|(k, _)| *k == key).map(|(_, e)| e);
-    let owner = match get(format!("consoles/{node}/owner")) {
+    let owner = match get(RELATIVE.owner(node)) {
         Some(entry) => String::from_utf8_lossy(&entry.value).into_owned(),
-        None if get(format!("consoles/{node}/spec")).is_some() => {
+        None if get(RELATIVE.spec(node)).is_some() => {
             return Err(ForwardError::NoOwner {
                 node: node.to_string(),
             }
@@ -255,7 +256,7 @@ fn route(
     if owner == me {
         return Ok(Route::Here);
     }
-    let member = get(format!("members/{owner}"))
+    let member = get(RELATIVE.member(&owner))
         .and_then(|entry| serde_json::from_slice::<Member>(&entry.value).ok());
     match member {
         Some(member) => Ok(Route::Owner {

@@ -19,19 +19,27 @@
 //! - [`forward`]: GetConsoleLog on any replica (forwarded to the owner).
 //! - [`placement`]: rendezvous ranking and the claim loop; ownership is sticky.
 //! - [`publish`]: the owner's endpoint keys follow its manager's events.
+//! - [`store`]: the narrow store all of them run on (etcd, or in memory in
+//!   unit tests).
 
 pub mod api;
 pub mod forward;
 pub mod placement;
 pub mod publish;
+pub mod store;
+
+#[cfg(test)]
+mod memory;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use self::store::{ClusterStore, EtcdStore};
 use crate::coordinator::etcd::specs::SpecStore;
-use crate::coordinator::etcd::view::ClusterView;
 use crate::coordinator::etcd::EtcdCoordinator;
 use crate::manager::ConsoleManager;
 
@@ -53,9 +61,7 @@ pub struct Cluster {
 }
 
 struct Inner {
-    coordinator: Arc<EtcdCoordinator>,
-    specs: SpecStore,
-    view: ClusterView,
+    store: Arc<dyn ClusterStore>,
     manager: ConsoleManager,
     settings: ClusterSettings,
     /// Cancelled by drain: no more claims.
@@ -75,11 +81,24 @@ impl Cluster {
         cancel: CancellationToken,
     ) -> Self {
         let view = coordinator.view(cancel.clone());
+        let store = EtcdStore {
+            coordinator,
+            specs,
+            view,
+        };
+        Self::with_store(Arc::new(store), manager, settings, cancel)
+    }
+
+    /// Start placing and publishing on `store` until `cancel`.
+    pub fn with_store(
+        store: Arc<dyn ClusterStore>,
+        manager: ConsoleManager,
+        settings: ClusterSettings,
+        cancel: CancellationToken,
+    ) -> Self {
         let cluster = Self {
             inner: Arc::new(Inner {
-                coordinator,
-                specs,
-                view,
+                store,
                 manager,
                 settings,
                 taking: cancel.child_token(),
@@ -92,8 +111,7 @@ impl Cluster {
     }
 
     pub fn replica(&self) -> &str {
-        use crate::coordinator::Coordinator;
-        self.inner.coordinator.replica_id()
+        self.inner.store.replica()
     }
 
     pub fn manager(&self) -> &ConsoleManager {
@@ -106,7 +124,7 @@ impl Cluster {
     /// Returns how many consoles were released.
     pub async fn drain(&self) -> usize {
         self.inner.taking.cancel();
-        if let Err(e) = self.inner.coordinator.leave().await {
+        if let Err(e) = self.inner.store.leave().await {
             tracing::warn!(error = %e, "could not leave the member list");
         }
         let manager = &self.inner.manager;

@@ -25,7 +25,6 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::Cluster;
 use crate::coordinator::etcd::specs::StoredSpec;
-use crate::coordinator::Coordinator;
 use crate::manager::ConsoleState;
 use crate::spec::NodeId;
 
@@ -95,11 +94,13 @@ impl Placer {
     }
 
     async fn run(mut self, cancel: CancellationToken) {
-        let mut changes = self.cluster.inner.view.subscribe();
-        let mut serving = self.cluster.inner.coordinator.serving();
+        let mut changes = self.cluster.inner.store.subscribe();
+        let mut serving = self.cluster.inner.store.serving();
         loop {
-            self.pass().await;
-            let next = self.due.values().min().copied();
+            let taking = self.pass().await;
+            // Not taking: pending claims wait for serving to return (waking
+            // for a due time already past would spin this loop).
+            let next = taking.then(|| self.due.values().min().copied()).flatten();
             let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -114,10 +115,11 @@ impl Placer {
         }
     }
 
-    /// One look at the whole cluster state.
-    async fn pass(&mut self) {
+    /// One look at the whole cluster state; true when this replica may
+    /// claim consoles.
+    async fn pass(&mut self) -> bool {
         let inner = &self.cluster.inner;
-        let taking = !inner.taking.is_cancelled() && *inner.coordinator.serving().borrow();
+        let taking = !inner.taking.is_cancelled() && *inner.store.serving().borrow();
         let state = super::api::snapshot(&self.cluster);
         let members: Vec<&str> = state.members.iter().map(String::as_str).collect();
         let me = self.cluster.replica().to_owned();
@@ -144,6 +146,7 @@ impl Placer {
             .expect("spec cache")
             .retain(|n, _| wanted.contains(n));
         self.drop_unwanted(&wanted).await;
+        taking
     }
 
     async fn maybe_claim(&mut self, node: &NodeId, spec: &StoredSpec, members: &[&str], me: &str) {

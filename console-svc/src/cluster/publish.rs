@@ -55,7 +55,7 @@ pub(super) async fn publish(cluster: &Cluster, info: &ConsoleInfo) {
     let doc = endpoint_doc(cluster.replica(), info);
     match cluster
         .inner
-        .coordinator
+        .store
         .publish_endpoint(&info.node, ownership.token, doc.as_ref())
         .await
     {

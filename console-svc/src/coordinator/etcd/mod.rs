@@ -1,6 +1,6 @@
 //! The etcd coordinator: one lease per replica, one owner key per console.
 //!
-//! Keys, under the configured prefix:
+//! Keys, under the configured prefix (built and parsed in [`keys`] only):
 //!
 //! - `members/<replica>`: this replica's advertise host and gRPC address,
 //!   bound to its lease (it vanishes when the replica dies).
@@ -18,6 +18,7 @@
 //! the etcd side of it and the ownership transactions.
 
 pub mod failover;
+pub mod keys;
 pub mod lease;
 pub mod spec_doc;
 pub mod specs;
@@ -33,6 +34,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use self::failover::EtcdClient;
+pub use self::keys::Keys;
 use self::lease::{LeaseApi, LeaseTiming, OnGrant, Renewer};
 use super::gate::{LeaseGate, LeaseState};
 use super::{CoordError, Coordinator, Ownership};
@@ -65,54 +67,6 @@ pub struct EtcdCoordinator {
     /// The lease with its fence deadline, for the BMC gate.
     valid: watch::Receiver<Option<LeaseState>>,
     serving: watch::Receiver<bool>,
-}
-
-/// Every key this service writes, under one prefix (ending in `/`).
-#[derive(Clone, Debug)]
-pub struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_owned(),
-        }
-    }
-
-    pub fn endpoint(&self, node: &NodeId) -> String {
-        format!("{}consoles/{node}/endpoint", self.prefix)
-    }
-
-    pub fn spec(&self, node: &NodeId) -> String {
-        format!("{}consoles/{node}/spec", self.prefix)
-    }
-
-    pub fn consoles_prefix(&self) -> String {
-        format!("{}consoles/", self.prefix)
-    }
-
-    /// The node of a `consoles/<node>/spec` key.
-    pub fn parse_spec(&self, key: &str) -> Option<NodeId> {
-        let rest = key.strip_prefix(&self.consoles_prefix())?;
-        NodeId::parse(rest.strip_suffix("/spec")?).ok()
-    }
-
-    pub fn port(&self, port: u16) -> String {
-        format!("{}ports/{port}", self.prefix)
-    }
-
-    pub fn ports_prefix(&self) -> String {
-        format!("{}ports/", self.prefix)
-    }
-
-    fn member(&self, replica: &str) -> String {
-        format!("{}members/{replica}", self.prefix)
-    }
-
-    fn owner(&self, node: &NodeId) -> String {
-        format!("{}consoles/{node}/owner", self.prefix)
-    }
 }
 
 impl EtcdCoordinator {
@@ -157,12 +111,12 @@ impl EtcdCoordinator {
         sealer: crate::seal::Sealer,
         range: crate::ports::PortRange,
     ) -> specs::SpecStore {
-        specs::SpecStore::new(self.client.clone(), &self.keys.prefix, sealer, range)
+        specs::SpecStore::new(self.client.clone(), self.keys.prefix(), sealer, range)
     }
 
     /// Mirror everything under the prefix (see [`view`]) until `cancel`.
     pub fn view(&self, cancel: CancellationToken) -> view::ClusterView {
-        view::ClusterView::start(self.client.clone(), self.keys.prefix.clone(), cancel)
+        view::ClusterView::start(self.client.clone(), self.keys.prefix().to_owned(), cancel)
     }
 
     fn current_lease(&self) -> Result<i64, CoordError> {

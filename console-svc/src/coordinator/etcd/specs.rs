@@ -161,9 +161,10 @@ impl SpecStore {
                     key: key.clone(),
                     reason: reason.to_owned(),
                 };
-                let port = key[prefix.len()..]
-                    .parse::<u16>()
-                    .map_err(|_| bad("not a port"))?;
+                let port = self
+                    .keys
+                    .parse_port(&key)
+                    .ok_or_else(|| bad("not a port"))?;
                 let node = std::str::from_utf8(kv.value())
                     .ok()
                     .and_then(|v| NodeId::parse(v).ok())
@@ -219,9 +220,21 @@ impl SpecStore {
         value: &[u8],
         mod_revision: i64,
     ) -> Result<StoredSpec, SpecStoreError> {
-        let spec = spec_doc::from_json(&self.sealer, node, value)?;
+        StoredSpec::open(&self.sealer, node, value, mod_revision)
+    }
+}
+
+impl StoredSpec {
+    /// A spec key's value, opened with `sealer`.
+    pub fn open(
+        sealer: &Sealer,
+        node: &NodeId,
+        value: &[u8],
+        mod_revision: i64,
+    ) -> Result<Self, SpecStoreError> {
+        let spec = spec_doc::from_json(sealer, node, value)?;
         let port = spec.requested_port.unwrap_or_default();
-        Ok(StoredSpec {
+        Ok(Self {
             spec,
             port,
             mod_revision,

@@ -1,0 +1,397 @@
+//! Provision actions: `PUT /v1/nodes/{node}/states/provision` checked
+//! against the state machine (`crate::provision`), the first transition
+//! written at once, the work (verify, clean, deploy, inspect, tear down,
+//! adopt) run in a background task that holds the node's lock (Ironic's
+//! reservation) until the node is stable, failed, or waiting — a wait
+//! state never holds it.
+//!
+//! Callers: `api::states::provision`, and `lib::run` at start
+//! ([`Conductor::fail_stuck_provisioning`]).
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tracing::Instrument;
+
+use super::{BusyGuard, Conductor, ServiceError};
+use crate::model::{now, Dict, Node, FAKE_HARDWARE};
+use crate::power::Bmc;
+use crate::provision::interfaces::{InterfaceError, NodeInterfaces, Outcome};
+use crate::provision::{parse_verb, transition, Event, State, Verb};
+
+/// What a provision request asked for, checked.
+struct Action {
+    uuid: String,
+    /// The state the first transition led to.
+    state: State,
+    configdrive: Option<Value>,
+    ifaces: Option<NodeInterfaces>,
+}
+
+fn refused(target: &str, uuid: &str, state: &str) -> ServiceError {
+    ServiceError::Invalid(format!(
+        "The requested action \"{target}\" can not be performed on node \"{uuid}\" while it is in state \"{state}\"."
+    ))
+}
+
+fn stored_state(n: &Node) -> Result<State, ServiceError> {
+    State::parse(&n.provision_state).map_err(|e| ServiceError::Conflict(e.to_string()))
+}
+
+/// Move `n` along `event`, as Ironic's task.process_event: state, target,
+/// provision_updated_at. Refused when the table has no such edge.
+fn apply(n: &mut Node, event: Event) -> Result<State, ServiceError> {
+    let (next, target) = transition(stored_state(n)?, event)
+        .map_err(|r| ServiceError::Conflict(format!("node {}: {r}", n.uuid)))?;
+    n.provision_state = next.as_str().into();
+    n.target_provision_state = target.map(|t| t.as_str().into());
+    n.provision_updated_at = Some(now());
+    Ok(next)
+}
+
+/// The checks Ironic makes before it starts an action on a locked node:
+/// maintenance, the state machine, configdrive. The state it starts from.
+fn check(
+    node: &Node,
+    target: &str,
+    event: Event,
+    configdrive: Option<&Value>,
+) -> Result<State, ServiceError> {
+    let uuid = &node.uuid;
+    if matches!(event, Event::Deploy | Event::Rebuild) && node.maintenance {
+        return Err(ServiceError::Invalid(format!(
+            "The provisioning operation can't be performed on node {uuid} because it's in maintenance mode."
+        )));
+    }
+    let from = stored_state(node)?;
+    if transition(from, event).is_err() {
+        return Err(refused(target, uuid, &node.provision_state));
+    }
+    if configdrive.is_some_and(|c| !c.is_null()) && !matches!(event, Event::Deploy | Event::Rebuild)
+    {
+        return Err(ServiceError::Invalid(
+            "Adding a config drive is only supported when setting provision state to active, rebuild".into(),
+        ));
+    }
+    if event == Event::Provide && node.maintenance {
+        return Err(ServiceError::Invalid(format!(
+            "The providing operation can't be performed on node {uuid} because it's in maintenance mode."
+        )));
+    }
+    Ok(from)
+}
+
+/// 400 for a verb that needs a deploy or inspect interface the node lacks.
+fn no_interface(node: &Node, target: &str, event: Event) -> ServiceError {
+    let (deploy, inspect) = crate::provision::interfaces::interface_names(&node.driver);
+    let (kind, name) = if event == Event::Inspect {
+        ("inspect", inspect)
+    } else {
+        ("deploy", deploy)
+    };
+    ServiceError::Invalid(format!(
+        "The {kind} interface \"{name}\" of node {} is not available in this conductor yet; only {FAKE_HARDWARE} nodes can {target}.",
+        node.uuid
+    ))
+}
+
+impl Conductor {
+    /// Start a provision action; returns the node's UUID. The node's lock
+    /// is taken here (409 while another action runs) and handed to the
+    /// background work.
+    pub async fn set_provision_state(
+        self: &Arc<Self>,
+        ident: &str,
+        target: &str,
+        configdrive: Option<Value>,
+    ) -> Result<String, ServiceError> {
+        let node = self.store.get_node(ident).await?;
+        let uuid = node.uuid.clone();
+        let event = match parse_verb(target) {
+            Verb::Event(e) => e,
+            Verb::Unsupported => {
+                return Err(ServiceError::Invalid(format!(
+                "The requested action \"{target}\" is not supported by the Porthole conductor yet."
+            )))
+            }
+            Verb::Unknown => return Err(refused(target, &uuid, &node.provision_state)),
+        };
+        let guard = self.reserve(&uuid)?;
+        // Read again under the lock: the state may have moved meanwhile.
+        let node = self.store.get_node(&uuid).await?;
+        let from = check(&node, target, event, configdrive.as_ref())?;
+        let ifaces = self.interfaces.for_node(&node);
+        let needs = matches!(
+            event,
+            Event::Deploy | Event::Rebuild | Event::Inspect | Event::Adopt
+        );
+        if needs && ifaces.is_none() {
+            return Err(no_interface(&node, target, event));
+        }
+        let state = self
+            .store
+            .modify_node(&uuid, move |n: &mut Node| {
+                apply(n, event)?;
+                n.last_error = None;
+                match event {
+                    Event::Inspect => {
+                        n.inspection_started_at = Some(now());
+                        n.inspection_finished_at = None;
+                    }
+                    Event::Abort => n.last_error = Some(abort_message(from)),
+                    _ => {}
+                }
+                Ok::<_, ServiceError>(())
+            })
+            .await
+            .and_then(|n| stored_state(&n))?;
+        tracing::info!(node = %uuid, from = %from, to = %state, verb = target, "provision action accepted");
+        if event == Event::Abort {
+            // Abort only leaves a wait state for its failed state: no work.
+            return Ok(uuid);
+        }
+        let action = Action {
+            uuid: uuid.clone(),
+            state,
+            configdrive,
+            ifaces,
+        };
+        let this = self.clone();
+        let span = tracing::info_span!("provision", node = %uuid, verb = target);
+        self.tasks
+            .spawn(async move { this.run(action, guard).await }.instrument(span));
+        Ok(uuid)
+    }
+
+    /// The background part: drive the node until it rests (stable, failed)
+    /// or waits; the lock goes with `guard` when this returns.
+    async fn run(self: Arc<Self>, a: Action, guard: BusyGuard) {
+        let mut state = a.state;
+        loop {
+            let step = self.step(&a, state).await;
+            let (event, error) = match step {
+                Ok(Some(ev)) => (ev, None),
+                Ok(None) => break,
+                Err(e) => (Event::Fail, Some(e)),
+            };
+            match self.advance(&a.uuid, event, error).await {
+                Ok(next) => state = next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "provision: cannot record the transition");
+                    break;
+                }
+            }
+            if !is_working(state) {
+                break;
+            }
+        }
+        tracing::info!(state = %state, "provision work finished");
+        drop(guard);
+    }
+
+    /// Do the work of `state`; the event it ends with (`None`: nothing to
+    /// do here), or the error for `fail`.
+    async fn step(&self, a: &Action, state: State) -> Result<Option<Event>, String> {
+        let node = self
+            .store
+            .get_node(&a.uuid)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ifaces = a.ifaces.as_ref();
+        let wait_or_done = |o: Outcome| match o {
+            Outcome::Done => Some(Event::Done),
+            Outcome::Wait => Some(Event::Wait),
+        };
+        let iface_err = |e: InterfaceError| e.0;
+        match state {
+            State::Verifying => self.verify(&node).await.map(|()| Some(Event::Done)),
+            State::Cleaning => self.clean(&node, ifaces).await.map(wait_or_done),
+            State::Deploying => {
+                let d = ifaces.ok_or("no deploy interface")?;
+                d.deploy
+                    .deploy(&node, a.configdrive.as_ref())
+                    .await
+                    .map(wait_or_done)
+                    .map_err(|e| format!("Deploy failed: {e}"))
+            }
+            State::Inspecting => {
+                let i = ifaces.ok_or("no inspect interface")?;
+                i.inspect
+                    .inspect(&node)
+                    .await
+                    .map(wait_or_done)
+                    .map_err(|e| format!("Failed to inspect hardware. Reason: {e}"))
+            }
+            State::Deleting => {
+                if let Some(i) = ifaces {
+                    i.deploy.tear_down(&node).await.map_err(iface_err)?;
+                }
+                // As Ironic's tear down: the instance is forgotten.
+                self.store
+                    .modify_node(&node.uuid, |n: &mut Node| {
+                        n.instance_info = Dict::new();
+                        n.instance_uuid = None;
+                        Ok::<_, ServiceError>(())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(Event::Clean))
+            }
+            State::Adopting => {
+                let d = ifaces.ok_or("no deploy interface")?;
+                d.deploy
+                    .take_over(&node)
+                    .await
+                    .map(|()| Some(Event::Done))
+                    .map_err(|e| {
+                        format!("Error while attempting to adopt node {}: {e}.", node.uuid)
+                    })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Record `event` on the node (and `error` as last_error); the state
+    /// it led to.
+    async fn advance(
+        &self,
+        uuid: &str,
+        event: Event,
+        error: Option<String>,
+    ) -> Result<State, ServiceError> {
+        let n = self
+            .store
+            .modify_node(uuid, move |n: &mut Node| {
+                let from = stored_state(n)?;
+                let next = apply(n, event)?;
+                if let Some(e) = &error {
+                    n.last_error = Some(e.clone());
+                }
+                if matches!(from, State::Inspecting | State::InspectWait) && event == Event::Done {
+                    n.inspection_finished_at = Some(now());
+                }
+                if next.is_stable() || event == Event::Fail {
+                    n.deploy_step = Dict::new();
+                    n.clean_step = Dict::new();
+                }
+                Ok::<_, ServiceError>(())
+            })
+            .await?;
+        let next = stored_state(&n)?;
+        if let Some(e) = &n.last_error.as_ref().filter(|_| event == Event::Fail) {
+            tracing::warn!(state = %next, error = %e, "provision step failed");
+        } else {
+            tracing::info!(state = %next, "provision state changed");
+        }
+        Ok(next)
+    }
+
+    /// Verify: the node's power interface answers with its credentials.
+    async fn verify(&self, node: &Node) -> Result<(), String> {
+        let uuid = &node.uuid;
+        if node.driver == FAKE_HARDWARE {
+            return Ok(());
+        }
+        let bmc = Bmc::for_node(node, &self.power).map_err(|e| {
+            format!("Failed to validate power driver interface for node {uuid}. Error: {e}")
+        })?;
+        let power = bmc
+            .power_state()
+            .await
+            .map_err(|e| format!("Failed to get power state for node {uuid}. Error: {e}"))?;
+        let p = power.as_ironic();
+        self.store
+            .modify_node(uuid, move |n: &mut Node| {
+                n.power_state = Some(p.into());
+                Ok::<_, ServiceError>(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Automated cleaning: the interface's clean steps (priority > 0,
+    /// highest first), unless the node's automated_clean is false; none
+    /// is immediate.
+    async fn clean(&self, node: &Node, ifaces: Option<&NodeInterfaces>) -> Result<Outcome, String> {
+        let Some(d) = ifaces.map(|i| &i.deploy) else {
+            return Ok(Outcome::Done);
+        };
+        if node.automated_clean == Some(false) {
+            tracing::info!("automated cleaning disabled for this node; skipped");
+            return Ok(Outcome::Done);
+        }
+        let mut steps: Vec<_> = d
+            .clean_steps(node)
+            .into_iter()
+            .filter(|s| s.priority > 0)
+            .collect();
+        steps.sort_by_key(|s| std::cmp::Reverse(s.priority));
+        for step in steps {
+            let shown = step.to_json();
+            self.store
+                .modify_node(&node.uuid, move |n: &mut Node| {
+                    n.clean_step = shown;
+                    Ok::<_, ServiceError>(())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(step = %step.step, "running clean step");
+            match d.execute_clean_step(node, &step).await {
+                Ok(Outcome::Done) => {}
+                Ok(Outcome::Wait) => return Ok(Outcome::Wait),
+                Err(e) => {
+                    return Err(format!(
+                        "Node {} failed step {}.{}: {e}",
+                        node.uuid, step.interface, step.step
+                    ))
+                }
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// At start: a node left in a working state by a stopped conductor
+    /// cannot be resumed; it fails as Ironic's
+    /// STUCK_STATES_TREATED_AS_FAIL do (verifying → enroll, deploying →
+    /// deploy failed, ...).
+    pub async fn fail_stuck_provisioning(&self) -> Result<(), ServiceError> {
+        for node in self.store.list_nodes().await? {
+            let Ok(state) = State::parse(&node.provision_state) else {
+                continue;
+            };
+            if !is_working(state) {
+                continue;
+            }
+            let msg =
+                format!("The conductor stopped while the node was in provision state \"{state}\".");
+            self.advance(&node.uuid, Event::Fail, Some(msg)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A state with work under way in a task (not a wait, not a resting state).
+fn is_working(s: State) -> bool {
+    matches!(
+        s,
+        State::Verifying
+            | State::Cleaning
+            | State::Deploying
+            | State::Inspecting
+            | State::Deleting
+            | State::Adopting
+    )
+}
+
+/// last_error after an abort from `from`, as Ironic words it.
+fn abort_message(from: State) -> String {
+    match from {
+        State::InspectWait => "Inspection was aborted by request.".into(),
+        State::CleanWait => "By request, the clean operation was aborted".into(),
+        _ => "By request, the deploy operation was aborted".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
