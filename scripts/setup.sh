@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what Porthole's scripts and tests need on a fresh Debian machine.
 #
-#   scripts/setup.sh
+#   scripts/setup.sh           # install what is missing
+#   scripts/setup.sh --list    # print the Debian packages, one a line (check-fresh.sh reads it)
 #
 # Debian packages: ipmitool, socat, OpenIPMI's ipmi_sim (the rig's BMCs),
 # etcd, TigerVNC and openssl (the rig's other peers), iproute2 (ss), procps,
@@ -16,6 +17,8 @@ set -euo pipefail
 PKGS=(ipmitool socat openipmi etcd-server etcd-client iproute2 procps netcat-openbsd
       openssl tigervnc-standalone-server tigervnc-tools build-essential ca-certificates
       protobuf-compiler libprotobuf-dev python3 python3-venv python3-pip curl qemu-system-x86)
+
+if [ "${1:-}" = --list ]; then printf '%s\n' "${PKGS[@]}"; exit 0; fi
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 

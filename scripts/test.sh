@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # Porthole's test command: everything CI checks, against a rig of its own.
 #
-#   scripts/test.sh                 # the whole suite
-#   scripts/test.sh -- serial_io    # extra arguments go to `cargo test`
+#   scripts/test.sh                          # the whole suite
+#   scripts/test.sh -- --test serial_io      # extra arguments go to `cargo test`:
+#   scripts/test.sh -- bytes_flow            #   one test file, or tests whose name has this
 #
-# 1. scripts/setup.sh (Debian packages; idempotent), scripts/venv.sh and
-#    scripts/venv-clients.sh (nova, vncdotool, the OpenStack clients);
+# 1. scripts/setup.sh (Debian packages; idempotent), scripts/check-fresh.sh
+#    (everything the build reads from the system comes from those packages:
+#    exit 5 if not), scripts/venv.sh and scripts/venv-clients.sh (nova,
+#    vncdotool, the OpenStack clients);
 # 2. cargo build --workspace --all-targets (the tests run target/debug/console-svc);
 # 3. starts ../shared/rig with RIG_RUN_DIR=.run/test-rig, RIG_BASE_PORT=24000
 #    (PORTHOLE_TEST_RIG_BASE), RIG_BMCS=6 and a random, distinctive BMC
 #    password (the secrets test looks for it in argv, environments and logs);
 # 4. cargo test --workspace with PORTHOLE_RIG_JSON set, so every rig test
-#    runs for real; then cargo fmt --check and cargo clippy -D warnings.
+#    runs for real; then cargo fmt --check, cargo clippy -D warnings and
+#    scripts/deny.sh (cargo-deny, installed from crates.io if missing).
+#
+# A run in which no test ran (a filter that matches no test name) fails:
+# "0 passed, 0 failed" is not a pass.
 #
 # The rig is stopped by its recorded pids on exit, whatever happens. The exit
-# code is the first failing step's (0 when all pass). Logs: .run/test-*.log,
+# code is the first failing step's (0 when all pass; 4 when no test ran). Logs: .run/test-*.log,
 # and each console-svc's own log in .run/test-logs/.
 set -euo pipefail
 
@@ -63,6 +70,11 @@ trap 'exit 130' INT TERM
 
 say "setup"
 "$ROOT/scripts/setup.sh"
+# What the build reads from the system must come from setup.sh's packages
+# (a package that is merely present here would hide a missing install step).
+say "fresh-machine rehearsal (scripts/check-fresh.sh)"
+"$ROOT/scripts/check-fresh.sh" 2>"$RUN/test-fresh.log" ||
+  { cat "$RUN/test-fresh.log" >&2; say "check-fresh.sh failed: scripts/setup.sh misses a package"; exit 5; }
 # The real Python peers: nova 34.0.0's RFB proxy and vncdotool (.venv), the
 # OpenStack clients (.venv-clients). Separate venvs: nova pins old libraries.
 say "python peers (.venv, .venv-clients)"
@@ -89,6 +101,12 @@ tests=${PIPESTATUS[0]}
 set -e
 [ "$tests" = 124 ] && say "cargo test did not finish within ${TEST_TIMEOUT}s"
 status=$tests
+count() { awk -v f="$1" '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ "^" f) n += $i } END { print n + 0 }' "$RUN/test-cargo.log"; }
+ran=$(( $(count passed) + $(count failed) ))
+if [ "$ran" = 0 ]; then
+  say "no test ran${*:+ with cargo test arguments: $*}: a filter matches test names (e.g. bytes_flow_both_ways_8bit_clean::native), a file is --test FILE (e.g. --test serial_io)"
+  [ "$status" = 0 ] && status=4
+fi
 
 lint=""
 say "cargo fmt --check"
@@ -96,8 +114,10 @@ cargo fmt --all --check >"$RUN/test-fmt.log" 2>&1 || { cat "$RUN/test-fmt.log" >
 say "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy -q --workspace --all-targets -- -D warnings >"$RUN/test-clippy.log" 2>&1 ||
   { cat "$RUN/test-clippy.log" >&2; lint+="clippy FAILED"; }
+say "cargo deny: licenses, bans, sources, advisories where reachable (scripts/deny.sh)"
+"$ROOT/scripts/deny.sh" >"$RUN/test-deny.log" 2>&1 || { cat "$RUN/test-deny.log" >&2; lint+="${lint:+ }deny FAILED"; }
+grep -h "SKIPPED" "$RUN/test-deny.log" >&2 || true
 if [ "$status" = 0 ] && [ -n "$lint" ]; then status=3; fi
 
-count() { awk -v f="$1" '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ "^" f) n += $i } END { print n + 0 }' "$RUN/test-cargo.log"; }
-say "tests: $(count passed) passed, $(count failed) failed, $(count ignored) ignored (cargo test exit $tests); fmt/clippy: ${lint:-ok}"
+say "tests: $(count passed) passed, $(count failed) failed, $(count ignored) ignored (cargo test exit $tests); fmt/clippy/deny: ${lint:-ok}"
 exit "$status"

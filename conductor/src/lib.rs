@@ -15,6 +15,9 @@
 //! - [`logfmt`]: text log lines with control characters escaped (in porthole-common).
 //! - [`metrics`]: the Prometheus metrics (`api.metrics_listen`).
 
+// A service logs through tracing, never to stdout/stderr directly.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod api;
 pub mod config;
 pub mod console;

@@ -1,8 +1,11 @@
 //! The `conductor` binary: parse the command line, set up logging, bind the
-//! API port, and hand over to `conductor::run` until SIGTERM/SIGINT.
+//! API port, and hand over to `conductor::run` until SIGTERM/SIGINT. A
+//! failure is printed as one line, `conductor: <error: cause: ...>`, with exit
+//! code 1 (never a backtrace, whatever `RUST_BACKTRACE` says).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -75,7 +78,42 @@ impl Cli {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("conductor: {}", error_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The whole chain of causes on one line (`a: b: c`), line breaks inside a
+/// cause (a TOML parse error has some) folded into spaces.
+fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut last = String::new();
+    for cause in err.chain() {
+        let text = cause
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Errors that print their source in their own message (`#[error("{0}")]`
+        // over a `#[source]`) would otherwise say the same thing twice.
+        if text.is_empty() || last.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        last = text;
+    }
+    line
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides())?;
     telemetry::init(config.api.log_format == "json");

@@ -20,6 +20,10 @@ async fn api_and_grpc_sockets_have_nodelay() {
 }
 
 /// This process's TCP sockets as (local, peer, TCP_NODELAY).
+#[expect(
+    unsafe_code,
+    reason = "BorrowedFd::borrow_raw of a descriptor listed in /proc/self/fd"
+)]
 fn tcp_sockets() -> Vec<(SocketAddr, SocketAddr, bool)> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pb::console_service_client::ConsoleServiceClient;
 use porthole_common::tls::ClientTls;
@@ -30,7 +30,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the service.
     Serve(ServeArgs),
-    /// Enable (or keep) a node's serial console.
+    /// Enable (or keep) a node's console: serial (IPMI SOL) or --kind vnc.
     Enable(EnableArgs),
     /// Disable a node's console.
     Disable(NodeArgs),
@@ -152,30 +152,137 @@ pub struct NodeArgs {
     pub client: ClientArgs,
 }
 
+/// What `enable` asks for: a serial console (IPMI SOL) or a VNC console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Serial,
+    Vnc,
+}
+
 #[derive(Debug, Args)]
 pub struct EnableArgs {
     pub node: String,
+    /// serial (IPMI SOL, the --bmc-* options) or vnc (the --vnc-* options).
+    #[arg(long, value_enum, default_value_t = Kind::Serial)]
+    pub kind: Kind,
+    /// BMC address (serial).
     #[arg(long)]
-    pub bmc_address: String,
-    /// IPMI UDP port.
-    #[arg(long, default_value_t = 623)]
-    pub bmc_port: u16,
+    pub bmc_address: Option<String>,
+    /// IPMI UDP port (serial; default 623).
     #[arg(long)]
-    pub bmc_username: String,
-    /// A file holding the BMC password (never on the command line).
+    pub bmc_port: Option<u16>,
+    /// BMC user (serial).
     #[arg(long)]
-    pub bmc_password_file: PathBuf,
-    /// ipmitool -C.
+    pub bmc_username: Option<String>,
+    /// A file holding the BMC password (serial; never on the command line).
+    #[arg(long)]
+    pub bmc_password_file: Option<PathBuf>,
+    /// ipmitool -C (serial).
     #[arg(long)]
     pub cipher_suite: Option<u32>,
-    /// ipmitool -L (default ADMINISTRATOR).
-    #[arg(long, default_value = "")]
-    pub privilege_level: String,
+    /// ipmitool -L (serial; default ADMINISTRATOR).
+    #[arg(long)]
+    pub privilege_level: Option<String>,
+    /// The VNC server's host (vnc).
+    #[arg(long)]
+    pub vnc_host: Option<String>,
+    /// The VNC server's TCP port (vnc; default 5900).
+    #[arg(long)]
+    pub vnc_port: Option<u16>,
+    /// A file holding the VNC password (vnc; none when the server asks for
+    /// none; never on the command line).
+    #[arg(long)]
+    pub vnc_password_file: Option<PathBuf>,
     /// A fixed console port inside the service's port range.
     #[arg(long)]
     pub port: Option<u16>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+impl EnableArgs {
+    /// The EnableConsole request these arguments describe, passwords read
+    /// from their files; an option of the other kind, or a missing one, is
+    /// an error that names it.
+    pub fn request(&self) -> Result<pb::EnableConsoleRequest> {
+        let kind = match self.kind {
+            Kind::Serial => "serial",
+            Kind::Vnc => "vnc",
+        };
+        let given = |name: &str, set: bool| set.then(|| format!("--{name}"));
+        let other = match self.kind {
+            Kind::Serial => vec![
+                given("vnc-host", self.vnc_host.is_some()),
+                given("vnc-port", self.vnc_port.is_some()),
+                given("vnc-password-file", self.vnc_password_file.is_some()),
+            ],
+            Kind::Vnc => vec![
+                given("bmc-address", self.bmc_address.is_some()),
+                given("bmc-port", self.bmc_port.is_some()),
+                given("bmc-username", self.bmc_username.is_some()),
+                given("bmc-password-file", self.bmc_password_file.is_some()),
+                given("cipher-suite", self.cipher_suite.is_some()),
+                given("privilege-level", self.privilege_level.is_some()),
+            ],
+        };
+        let wrong: Vec<String> = other.into_iter().flatten().collect();
+        if !wrong.is_empty() {
+            bail!(
+                "{} not for a {kind} console (--kind {kind})",
+                wrong.join(", ")
+            );
+        }
+        let need = |v: &Option<String>, name: &str| {
+            v.clone()
+                .ok_or_else(|| anyhow!("a {kind} console needs --{name}"))
+        };
+        let need_file = |v: &Option<PathBuf>, name: &str| {
+            v.clone()
+                .ok_or_else(|| anyhow!("a {kind} console needs --{name}"))
+        };
+        let mut req = pb::EnableConsoleRequest {
+            node_id: self.node.clone(),
+            port: self.port.map(u32::from).unwrap_or(0),
+            ..Default::default()
+        };
+        match self.kind {
+            Kind::Serial => {
+                let address = need(&self.bmc_address, "bmc-address")?;
+                let username = need(&self.bmc_username, "bmc-username")?;
+                let file = need_file(&self.bmc_password_file, "bmc-password-file")?;
+                req.kind = pb::ConsoleKind::Serial as i32;
+                req.ipmi = Some(pb::IpmiTarget {
+                    address,
+                    port: self.bmc_port.unwrap_or(623).into(),
+                    username,
+                    password: read_password(&file)?,
+                    cipher_suite: self.cipher_suite,
+                    privilege_level: self.privilege_level.clone().unwrap_or_default(),
+                });
+            }
+            Kind::Vnc => {
+                let host = need(&self.vnc_host, "vnc-host")?;
+                let password = match &self.vnc_password_file {
+                    Some(file) => read_password(file)?,
+                    None => String::new(),
+                };
+                req.kind = pb::ConsoleKind::Vnc as i32;
+                req.vnc = Some(pb::VncTarget {
+                    host,
+                    port: self.vnc_port.map(u32::from).unwrap_or(0),
+                    password,
+                });
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// A password file's contents without the trailing line break.
+fn read_password(file: &std::path::Path) -> Result<String> {
+    let password =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(password.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 #[derive(Debug, Args)]
@@ -225,7 +332,10 @@ fn certificate_hint(args: &ClientArgs) -> Option<String> {
 /// Whether `e` is a call whose connection failed under it.
 fn closed_under_us(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<tonic::Status>()
+        let status = c
+            .downcast_ref::<tonic::Status>()
+            .or_else(|| c.downcast_ref::<RpcError>().map(|r| &r.0));
+        status
             .and_then(|s| std::error::Error::source(s))
             .is_some_and(|s| s.is::<tonic::transport::Error>())
     })
@@ -234,40 +344,44 @@ fn closed_under_us(e: &anyhow::Error) -> bool {
 async fn commands(command: Command, out: &mut impl Write) -> Result<()> {
     match command {
         Command::Enable(a) => {
-            let password = std::fs::read_to_string(&a.bmc_password_file)
-                .with_context(|| format!("reading {}", a.bmc_password_file.display()))?;
-            let req = pb::EnableConsoleRequest {
-                node_id: a.node,
-                kind: pb::ConsoleKind::Serial as i32,
-                ipmi: Some(pb::IpmiTarget {
-                    address: a.bmc_address,
-                    port: a.bmc_port.into(),
-                    username: a.bmc_username,
-                    password: password.trim_end_matches(['\r', '\n']).to_owned(),
-                    cipher_suite: a.cipher_suite,
-                    privilege_level: a.privilege_level,
-                }),
-                port: a.port.map(u32::from).unwrap_or(0),
-                vnc: None,
-            };
-            let c = connect(&a.client).await?.enable_console(req).await?;
-            print_console(out, &c.into_inner(), a.client.json)
+            let req = a.request()?;
+            let c = connect(&a.client).await?.enable_console(req).await;
+            print_console(out, &c.map_err(rpc)?.into_inner(), a.client.json)
         }
         Command::Disable(a) => {
+            let mut client = connect(&a.client).await?;
+            // DisableConsole itself is idempotent (an unknown node is not an
+            // error, the conductor relies on that); an operator who names a
+            // node the service does not know has mistyped it: say so.
+            let get = pb::GetConsoleRequest {
+                node_id: a.node.clone(),
+            };
+            if let Err(status) = client.get_console(get).await {
+                return Err(match status.code() {
+                    tonic::Code::NotFound => anyhow!(
+                        "{} ({}): nothing disabled; console-svc knows a node by the id it was \
+                         enabled with (the conductor uses the node's UUID)",
+                        status.message(),
+                        code_name(status.code())
+                    ),
+                    _ => rpc(status),
+                });
+            }
             let req = pb::DisableConsoleRequest { node_id: a.node };
-            let c = connect(&a.client).await?.disable_console(req).await?;
+            let c = client.disable_console(req).await.map_err(rpc)?;
             print_console(out, &c.into_inner(), a.client.json)
         }
         Command::Show(a) => {
             let req = pb::GetConsoleRequest { node_id: a.node };
-            let c = connect(&a.client).await?.get_console(req).await?;
-            print_console(out, &c.into_inner(), a.client.json)
+            let c = connect(&a.client).await?.get_console(req).await;
+            print_console(out, &c.map_err(rpc)?.into_inner(), a.client.json)
         }
         Command::Drain(a) => {
             let resp = connect(&a)
                 .await?
                 .drain_replica(pb::DrainReplicaRequest {})
-                .await?
+                .await
+                .map_err(rpc)?
                 .into_inner();
             match a.json {
                 true => writeln!(
@@ -285,8 +399,8 @@ async fn commands(command: Command, out: &mut impl Write) -> Result<()> {
         }
         Command::List(a) => {
             // Every page: the service answers at most 1000 consoles at once.
-            let all = pb::list_all(&mut connect(&a).await?, 0).await?;
-            print_list(out, &all, a.json)
+            let all = pb::list_all(&mut connect(&a).await?, 0).await;
+            print_list(out, &all.map_err(rpc)?, a.json)
         }
         Command::Log(a) => {
             let req = pb::GetConsoleLogRequest {
@@ -296,7 +410,8 @@ async fn commands(command: Command, out: &mut impl Write) -> Result<()> {
             let log = connect(&a.client)
                 .await?
                 .get_console_log(req)
-                .await?
+                .await
+                .map_err(rpc)?
                 .into_inner();
             if a.client.json {
                 let v = serde_json::json!({
@@ -309,6 +424,70 @@ async fn commands(command: Command, out: &mut impl Write) -> Result<()> {
         }
         Command::Serve(_) | Command::SolExec => unreachable!("not client commands"),
     }
+}
+
+/// A gRPC error as the operator reads it: the service's message and the
+/// code's canonical name, e.g. `no console for node n1 (NOT_FOUND)`; the
+/// status's own cause (a transport error) stays its source.
+#[derive(Debug)]
+struct RpcError(tonic::Status);
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = match self.0.message() {
+            "" => self.0.code().description(),
+            m => m,
+        };
+        write!(f, "{message} ({})", code_name(self.0.code()))
+    }
+}
+
+impl std::error::Error for RpcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
+    }
+}
+
+fn rpc(status: tonic::Status) -> anyhow::Error {
+    anyhow::Error::new(RpcError(status))
+}
+
+/// `NotFound` → `NOT_FOUND`, as gRPC names its codes.
+fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, ch) in format!("{code:?}").chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(ch.to_ascii_uppercase());
+    }
+    name
+}
+
+/// An error as the one line a command prints before exiting non-zero: the
+/// whole chain of causes (`a: b: c`), never a backtrace, and no line breaks
+/// even when a cause spans several lines (a TOML parse error does).
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut last = String::new();
+    for cause in err.chain() {
+        let text = cause
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Errors that print their source in their own message (`#[error("{0}")]`
+        // over a `#[source]`) would otherwise say the same thing twice.
+        if text.is_empty() || last.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        last = text;
+    }
+    line
 }
 
 async fn connect(args: &ClientArgs) -> Result<ConsoleServiceClient<Channel>> {
@@ -411,3 +590,6 @@ fn print_list(out: &mut impl Write, consoles: &[pb::Console], json: bool) -> Res
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,6 +17,9 @@
 //! - [`cli`]: the operator's client commands.
 //! - [`metrics`]: the Prometheus metrics (`service.metrics_listen`).
 
+// A service logs through tracing, never to stdout/stderr directly.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod backoff;
 pub mod cli;
 pub mod cluster;

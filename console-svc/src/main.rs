@@ -1,5 +1,9 @@
 //! The `console-svc` binary: parse the command line, set up logging, and
-//! hand over to the library (`console_svc::run` or a client command).
+//! hand over to the library (`console_svc::run` or a client command). A
+//! failure is printed as one line, `console-svc: <error: cause: ...>`, with
+//! exit code 1 (never a backtrace, whatever `RUST_BACKTRACE` says).
+
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -7,13 +11,24 @@ use console_svc::cli::{self, Cli, Command};
 use console_svc::config::{Config, LogFormat};
 use porthole_common::{shutdown, telemetry};
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::SolExec = cli.command {
         // Runs under socat for each console connection, asking this
         // replica's activation gate before it touches the BMC.
-        std::process::exit(console_svc::sol::sol_exec::run());
+        let code = console_svc::sol::sol_exec::run();
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("console-svc: {}", cli::error_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve(args) => {

@@ -120,6 +120,10 @@ const ORPHANED_ERRNO: i32 = libc::ECHILD;
 /// CLOCK_MONOTONIC, which the child shares with us). The death signal
 /// follows the *thread* that forks: spawn from long-lived threads (tokio's
 /// workers and the main thread are; the blocking pool's are not).
+#[expect(
+    unsafe_code,
+    reason = "Command::pre_exec runs code between fork and exec"
+)]
 pub fn guard_child(cmd: &mut std::process::Command, deadline: Option<std::time::Instant>) {
     use std::os::unix::process::CommandExt as _;
     let parent = std::process::id() as libc::pid_t;
@@ -162,6 +166,10 @@ pub fn refused_past_deadline(e: &io::Error) -> bool {
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (async-signal-safe).
+#[expect(
+    unsafe_code,
+    reason = "clock_gettime(2): libc has no safe wrapper that is async-signal-safe"
+)]
 fn monotonic_ns() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -301,7 +309,7 @@ mod tests {
 
     #[tokio::test]
     async fn terminate_stops_the_child_and_forgets_it() {
-        let dir = tempdir();
+        let (dir, _scratch) = tempdir();
         let table = ProcessTable::open(&dir, Duration::from_secs(1)).unwrap();
         let child = table.spawn(&mut sleeper(), "sleep").unwrap();
         let pid = child.pid();
@@ -313,7 +321,7 @@ mod tests {
 
     #[tokio::test]
     async fn sweep_kills_recorded_leftovers_but_not_a_reused_pid() {
-        let dir = tempdir();
+        let (dir, _scratch) = tempdir();
         let table = ProcessTable::open(&dir, Duration::from_secs(1)).unwrap();
         let mut child = table.spawn(&mut sleeper(), "sleep").unwrap();
         let pid = child.pid();
@@ -383,13 +391,10 @@ mod tests {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     }
 
-    fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "porthole-proc-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&d);
-        d
+    /// A path inside a fresh scratch dir (the table creates it), and the
+    /// dir's guard: both gone when the guard drops.
+    fn tempdir() -> (PathBuf, tempfile::TempDir) {
+        let scratch = tempfile::tempdir().unwrap();
+        (scratch.path().join("pids"), scratch)
     }
 }

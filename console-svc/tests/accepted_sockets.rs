@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 /// TCP_NODELAY of every socket of this process bound to `port` that has a
 /// peer (accepted or connected from that port, not the listener).
+#[expect(
+    unsafe_code,
+    reason = "TcpStream::from_raw_fd of a socket listed in /proc/self/fd, kept open by ManuallyDrop"
+)]
 fn connected_nodelay(port: u16) -> Vec<bool> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {

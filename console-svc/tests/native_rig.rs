@@ -93,6 +93,8 @@ struct Console {
     health: watch::Receiver<Health>,
     pid_dir: PathBuf,
     host_console: SocketAddr,
+    /// Holds `pid_dir`; removed on drop.
+    _scratch: tempfile::TempDir,
 }
 
 async fn start_console(bmc: Bmc, log_dir: Option<PathBuf>) -> Console {
@@ -100,7 +102,11 @@ async fn start_console(bmc: Bmc, log_dir: Option<PathBuf>) -> Console {
         .with_test_writer()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
-    let pid_dir = std::env::temp_dir().join(format!("porthole-native-rig-{}", std::process::id()));
+    let scratch = tempfile::Builder::new()
+        .prefix("porthole-native-rig-")
+        .tempdir()
+        .unwrap();
+    let pid_dir = scratch.path().join("pids");
     let processes = Arc::new(ProcessTable::open(&pid_dir, Duration::from_secs(1)).unwrap());
     let node = NodeId::parse(NODE_ID).unwrap();
     let coordinator = Arc::new(LocalCoordinator::new("rig-test"));
@@ -136,6 +142,7 @@ async fn start_console(bmc: Bmc, log_dir: Option<PathBuf>) -> Console {
         addr,
         health,
         pid_dir,
+        _scratch: scratch,
         host_console: bmc.host_console,
     }
 }
@@ -291,9 +298,11 @@ async fn bytes_pass_both_ways_eight_bit_clean() {
 async fn viewers_share_output_a_late_one_gets_scrollback_and_the_log_keeps_it() {
     let Some(bmc) = rig_bmc() else { return };
     let _lease = lease(&bmc).await;
-    let log_dir =
-        std::env::temp_dir().join(format!("porthole-native-rig-log-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&log_dir);
+    let logs = tempfile::Builder::new()
+        .prefix("porthole-native-rig-log-")
+        .tempdir()
+        .unwrap();
+    let log_dir = logs.path().to_owned();
     let console = start_console(bmc, Some(log_dir.clone())).await;
     let (mut a, mut node) = console.attach_primed().await;
     let mut b = TcpStream::connect(console.addr).await.unwrap();

@@ -2,7 +2,9 @@
 //! in-process (`console_svc::run`), `EnableConsole` with kind VNC names the
 //! rig's TigerVNC, and a viewer on the reported host/port reads the
 //! 1024x768 framebuffer; a wrong password makes the console FAILED with a
-//! readable last_error. Needs `PORTHOLE_RIG_JSON`; skips otherwise.
+//! readable last_error; `console-svc enable --kind vnc` (the binary, its
+//! password from a file) asks for the same console. Needs
+//! `PORTHOLE_RIG_JSON`; skips otherwise.
 //!
 //! Console ports come from 32100..32700 (clear of the rig layouts and of
 //! the test harness's 28000..31999).
@@ -34,9 +36,23 @@ fn free_range(n: u16) -> u16 {
 }
 
 async fn service() -> (ConsoleServiceClient<Channel>, CancellationToken) {
+    let (client, shutdown, _) = service_at().await;
+    (client, shutdown)
+}
+
+/// [`service`], and the address its gRPC listens on.
+async fn service_at() -> (
+    ConsoleServiceClient<Channel>,
+    CancellationToken,
+    std::net::SocketAddr,
+) {
     common::init_tracing();
     let base = free_range(4);
-    let pid_dir = std::env::temp_dir().join(format!("porthole-vnc-grpc-{}", std::process::id()));
+    let scratch = tempfile::Builder::new()
+        .prefix("porthole-vnc-grpc-")
+        .tempdir()
+        .unwrap();
+    let pid_dir = scratch.path().join("pids");
     let env = vec![
         (
             "PORTHOLE_CONSOLE_SVC_CONSOLE_PORT_RANGE".to_owned(),
@@ -55,10 +71,14 @@ async fn service() -> (ConsoleServiceClient<Channel>, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    tokio::spawn(console_svc::run(listener, config, shutdown.clone()));
+    let run = console_svc::run(listener, config, shutdown.clone());
+    tokio::spawn(async move {
+        let _scratch = scratch; // the pid dir lives as long as the service
+        run.await
+    });
     for _ in 0..100 {
         if let Ok(client) = ConsoleServiceClient::connect(format!("http://{addr}")).await {
-            return (client, shutdown);
+            return (client, shutdown, addr);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -132,6 +152,68 @@ async fn enable_a_vnc_console_and_view_it() {
     client
         .disable_console(pb::DisableConsoleRequest {
             node_id: "vnc-ok".into(),
+        })
+        .await
+        .unwrap();
+    shutdown.cancel();
+}
+
+/// The operator's CLI: `enable --kind vnc --vnc-host --vnc-port
+/// --vnc-password-file` gives a VNC console a viewer can log in to.
+#[tokio::test]
+async fn the_cli_enables_a_vnc_console() {
+    let Some(rig) = rig_vnc("vnc_grpc") else {
+        return;
+    };
+    let (mut client, shutdown, addr) = service_at().await;
+    let server = format!("http://{addr}");
+    let mut pw = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut pw, format!("{}\n", rig.password).as_bytes()).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_console-svc"))
+        .args([
+            "enable",
+            "vnc-cli",
+            "--kind",
+            "vnc",
+            "--vnc-host",
+            &rig.host,
+        ])
+        .args(["--vnc-port", &rig.port.to_string()])
+        .arg("--vnc-password-file")
+        .arg(pw.path())
+        .args(["--server", &server, "--json"])
+        .env_remove("PORTHOLE_SERVER")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "console-svc enable --kind vnc: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(shown["kind"], "vnc", "{shown}");
+    assert_eq!(shown["backend"], "vnc", "{shown}");
+    assert!(
+        !stdout.contains(&rig.password),
+        "the password was echoed: {stdout}"
+    );
+    let port = shown["port"].as_u64().expect("a console port") as u16;
+    let host = shown["host"].as_str().expect("a console host");
+    let mut io = TcpStream::connect((host, port)).await.unwrap();
+    none_handshake(&mut io).await.expect("SecurityResult OK");
+    let frame = read_frame(&mut io).await;
+    assert_eq!((frame.width, frame.height), (1024, 768));
+    let running = until(&mut client, "vnc-cli", |c| {
+        c.state == pb::ConsoleState::Running as i32
+    })
+    .await;
+    assert!(running.last_error.is_empty(), "{}", running.last_error);
+    client
+        .disable_console(pb::DisableConsoleRequest {
+            node_id: "vnc-cli".into(),
         })
         .await
         .unwrap();

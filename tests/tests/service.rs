@@ -1,7 +1,8 @@
 //! The service around the consoles, both backends: gRPC health reports
 //! SERVING, server reflection lists the console service, and the operator's
 //! CLI (`console-svc enable/show/list/log/disable --json`) works against a
-//! running instance; SIGTERM ends open WatchConsoles streams (the
+//! running instance and refuses, in one line and with a non-zero exit, a node
+//! the service does not know; SIGTERM ends open WatchConsoles streams (the
 //! conductor keeps one open all the time) and the service with them.
 
 use std::time::Duration;
@@ -15,6 +16,12 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+/// Needs no rig: no console is ever started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_refuses_unknown_nodes() {
+    porthole_tests::run(unknown_nodes(Backend::Native)).await
+}
 
 both_backends!(
     health_and_reflection,
@@ -156,6 +163,51 @@ fn enable_args<'a>(node: &'a str, bmc: &'a Bmc) -> Vec<String> {
         bmc.cipher_suite.to_string(),
     ]);
     args
+}
+
+/// `disable`, `show` and `log` of a node the service does not know (e.g. the
+/// conductor's node name where console-svc knows its UUID) fail with one line
+/// naming the node and NOT_FOUND, and record nothing.
+async fn unknown_nodes(backend: Backend) -> Result<()> {
+    let svc = ConsoleSvc::start(backend).await?;
+    for cmd in ["disable", "show", "log"] {
+        let out = cli_output(&svc, &[cmd, "no-such-node"]).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(1),
+            "{cmd} of an unknown node: {} (stdout {:?}, stderr {stderr:?})",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        ensure!(
+            stderr.lines().count() == 1
+                && stderr.starts_with("console-svc: ")
+                && stderr.contains("no-such-node")
+                && stderr.contains("(NOT_FOUND)"),
+            "{cmd} of an unknown node printed {stderr:?}"
+        );
+        ensure!(out.stdout.is_empty(), "{cmd} printed {:?}", out.stdout);
+    }
+    let list = cli(&svc, &["list"]).await?;
+    ensure!(
+        list == serde_json::json!([]),
+        "list after the refusals: {list}"
+    );
+    Ok(())
+}
+
+/// Run `console-svc <args> --server URL --json` with a backtrace asked for
+/// (a user error must still be one line).
+async fn cli_output<S: AsRef<str>>(svc: &ConsoleSvc, args: &[S]) -> Result<std::process::Output> {
+    let mut cmd = tokio::process::Command::new(binary()?);
+    cmd.args(args.iter().map(AsRef::as_ref))
+        .args(["--server", &svc.grpc_url(), "--json"])
+        .env_remove("PORTHOLE_SERVER")
+        .env("RUST_BACKTRACE", "full")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output()).await;
+    Ok(out.map_err(|_| anyhow!("console-svc took over 30 s"))??)
 }
 
 /// Run `console-svc <args> --server URL --json` and parse its output.

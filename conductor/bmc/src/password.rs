@@ -45,6 +45,10 @@ impl PasswordFd {
 
     /// Make the file the child's fd 3 (and only the child's: the original
     /// stays close-on-exec).
+    #[expect(
+        unsafe_code,
+        reason = "Command::pre_exec runs code between fork and exec"
+    )]
     pub fn attach(self, cmd: &mut Command) {
         let fd = self.0;
         // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and
@@ -65,9 +69,11 @@ impl PasswordFd {
     }
 }
 
+#[expect(unsafe_code, reason = "FromRawFd is an unsafe trait method")]
 impl FromRawFd for PasswordFd {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
-        // SAFETY: the caller hands over ownership of an open fd.
+        // SAFETY: the caller guarantees `fd` is open and owned by nobody
+        // else; ownership moves into the OwnedFd.
         Self(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }

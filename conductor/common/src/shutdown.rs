@@ -34,6 +34,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    #[expect(unsafe_code, reason = "libc::raise, to send this process SIGTERM")]
     async fn sigterm_cancels_the_token() {
         let token = on_signals("stopping the test").unwrap();
         assert!(!token.is_cancelled());

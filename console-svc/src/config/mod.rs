@@ -220,9 +220,8 @@ mod tests {
 
     #[test]
     fn file_then_env_then_flags() {
-        let dir = std::env::temp_dir().join(format!("porthole-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("c.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
         std::fs::write(
             &file,
             "[console]\nport_range = \"11000:11010\"\nbackend = \"socat\"\nkill_timeout = \"3s\"\n",

@@ -18,6 +18,9 @@ use crate::spec::Target;
 struct FakeBackend {
     started: AtomicUsize,
     running: Arc<AtomicUsize>,
+    /// The manager's process-table dir: removed when the last holder (the
+    /// test or the manager) drops the backend.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 struct FakeConsole {
@@ -74,13 +77,15 @@ fn build(
     // process's own, so nothing else on the machine is in the way.
     config.console.socat_address = private_loopback();
     config.console.advertise_host = Some("127.0.0.1".into());
-    let dir = std::env::temp_dir().join(format!(
-        "porthole-mgr-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let processes = Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap());
-    let backend = Arc::new(FakeBackend::default());
+    let dir = tempfile::Builder::new()
+        .prefix("porthole-mgr-")
+        .tempdir()
+        .unwrap();
+    let processes = Arc::new(ProcessTable::open(dir.path(), Duration::from_secs(1)).unwrap());
+    let backend = Arc::new(FakeBackend {
+        _scratch: Some(dir),
+        ..FakeBackend::default()
+    });
     let backends = Backends {
         serial: backend.clone(),
         vnc: None,

@@ -67,6 +67,10 @@ fn open_pair() -> io::Result<PtyPair> {
 /// every copy for the master to report EOF when the child exits. The child
 /// must not be configured with `process_group(0)`: it calls `setsid`, which
 /// fails for a process group leader.
+#[expect(
+    unsafe_code,
+    reason = "Command::pre_exec runs code between fork and exec"
+)]
 pub fn spawn(
     mut cmd: Command,
     processes: &ProcessTable,
@@ -102,6 +106,10 @@ pub struct PtyStream {
 }
 
 impl PtyStream {
+    #[expect(
+        unsafe_code,
+        reason = "AsyncFd::register: the descriptor must stay open while registered"
+    )]
     fn new(master: OwnedFd) -> io::Result<Self> {
         // SAFETY: `master` is an open descriptor that the AsyncFd owns for
         // its whole life; nothing replaces or closes it meanwhile.
@@ -181,9 +189,14 @@ mod tests {
 
     use super::*;
 
-    fn table(name: &str) -> ProcessTable {
-        let dir = std::env::temp_dir().join(format!("porthole-pty-{}-{name}", std::process::id()));
-        ProcessTable::open(dir, Duration::from_secs(1)).unwrap()
+    /// A process table in a scratch dir, removed when the guard drops.
+    fn table(name: &str) -> (ProcessTable, tempfile::TempDir) {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("porthole-pty-{name}-"))
+            .tempdir()
+            .unwrap();
+        let table = ProcessTable::open(dir.path(), Duration::from_secs(1)).unwrap();
+        (table, dir)
     }
 
     async fn read_exactly(pty: &mut PtyStream, n: usize) -> Vec<u8> {
@@ -197,7 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn cat_echoes_bytes_eight_bit_clean_in_raw_mode() {
-        let t = table("cat");
+        let (t, _scratch) = table("cat");
         let (child, mut pty) = spawn(Command::new("cat"), &t, "cat").unwrap();
         // Raw mode: no echo, no ISIG for \x03, no VEOF for \x04, no CR/NL mapping.
         let data = b"hi\r\n\x00\x03\x04\x1b\xff~.\n".to_vec();
@@ -208,7 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_end_of_the_child_reads_as_eof() {
-        let t = table("eof");
+        let (t, _scratch) = table("eof");
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "printf abc"]);
         let (mut child, mut pty) = spawn(cmd, &t, "sh").unwrap();
@@ -224,7 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_child_leads_a_session_with_the_pty_as_controlling_terminal() {
-        let t = table("ctty");
+        let (t, _scratch) = table("ctty");
         let mut cmd = Command::new("sh");
         // Opening /dev/tty only works with a controlling terminal.
         cmd.args([

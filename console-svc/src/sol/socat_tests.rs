@@ -6,7 +6,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,11 +33,12 @@ fn have_socat() -> bool {
     found
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("porthole-socat-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch dir for one test, removed when the returned value drops.
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("porthole-socat-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn backend() -> SocatBackend {
@@ -85,10 +86,11 @@ async fn a_port_another_program_holds_is_port_in_use() {
     if !have_socat() {
         return;
     }
-    let dir = scratch("busy");
+    let scratch = scratch("busy");
+    let dir = scratch.path();
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = holder.local_addr().unwrap();
-    let (ctx, _health) = context(&dir, addr).await;
+    let (ctx, _health) = context(dir, addr).await;
     let started = tokio::time::Instant::now();
     let err = backend().start(ctx).await.err().expect("the port is held");
     assert!(
@@ -108,10 +110,11 @@ async fn an_early_exit_says_what_socat_said() {
     if !have_socat() {
         return;
     }
-    let dir = scratch("early");
+    let scratch = scratch("early");
+    let dir = scratch.path();
     // TEST-NET-1: no interface of this host has it.
     let addr: SocketAddr = "192.0.2.1:40999".parse().unwrap();
-    let (ctx, _health) = context(&dir, addr).await;
+    let (ctx, _health) = context(dir, addr).await;
     let err = backend().start(ctx).await.err().expect("cannot bind there");
     let SolError::EarlyExit { detail, .. } = &err else {
         panic!("{err}");
@@ -124,12 +127,13 @@ async fn the_listener_has_tcp_nodelay() {
     if !have_socat() {
         return;
     }
-    let dir = scratch("nodelay");
+    let scratch = scratch("nodelay");
+    let dir = scratch.path();
     let addr = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
-    let (ctx, _health) = context(&dir, addr).await;
+    let (ctx, _health) = context(dir, addr).await;
     let console = backend().start(ctx).await.expect("socat listens");
     let pid: i32 = std::fs::read_dir(dir.join("pids"))
         .unwrap()
@@ -143,6 +147,10 @@ async fn the_listener_has_tcp_nodelay() {
 
 /// TCP_NODELAY of the socket process `pid` has bound to `port`, looked at
 /// through a copy of its descriptor (`pidfd_getfd`; socat is our child).
+#[expect(
+    unsafe_code,
+    reason = "pidfd_open/pidfd_getfd syscalls and OwnedFd::from_raw_fd of what they return"
+)]
 fn listener_nodelay(pid: i32, port: u16) -> Option<bool> {
     // SAFETY: plain syscalls with integer arguments; a returned descriptor
     // is new and owned by us.

@@ -99,6 +99,7 @@ const RELAY_PAUSE: Duration = Duration::from_millis(200);
 
 /// SIGKILL when the socat that runs us dies; a socat already gone (we were
 /// reparented before the prctl) is caught by comparing the parent.
+#[expect(unsafe_code, reason = "prctl(2) PR_SET_PDEATHSIG")]
 fn die_with_parent() -> Result<(), String> {
     let before = nix::unistd::getppid();
     // SAFETY: prctl with an int argument; no memory is passed.

@@ -36,6 +36,10 @@ impl<S> Limited<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
+    #[expect(
+        unsafe_code,
+        reason = "ReadBuf::assume_init of what a read into a limited view of the buffer filled"
+    )]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

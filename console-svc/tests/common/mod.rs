@@ -123,12 +123,17 @@ pub struct Console {
     pub running: Box<dyn RunningConsole>,
     pub addr: SocketAddr,
     pub health: watch::Receiver<Health>,
+    /// The process table's dir, removed on drop.
+    _pids: tempfile::TempDir,
 }
 
 pub async fn start(settings: VncSettings, host: &str, port: u16, password: &str) -> Console {
     init_tracing();
-    let pid_dir = std::env::temp_dir().join(format!("porthole-vnc-it-{}", std::process::id()));
-    let processes = Arc::new(ProcessTable::open(&pid_dir, Duration::from_secs(1)).unwrap());
+    let pids = tempfile::Builder::new()
+        .prefix("porthole-vnc-it-")
+        .tempdir()
+        .unwrap();
+    let processes = Arc::new(ProcessTable::open(pids.path(), Duration::from_secs(1)).unwrap());
     let node = NodeId::parse("vnc-node").unwrap();
     let coordinator = Arc::new(LocalCoordinator::new("vnc-test"));
     let fence = Fence::new(
@@ -157,6 +162,7 @@ pub async fn start(settings: VncSettings, host: &str, port: u16, password: &str)
         running,
         addr,
         health,
+        _pids: pids,
     }
 }
 

@@ -179,6 +179,10 @@ struct DirectSol {
 }
 
 impl DirectSol {
+    #[expect(
+        unsafe_code,
+        reason = "Command::pre_exec runs code between fork and exec"
+    )]
     fn start(bmc: &Bmc) -> Result<Self> {
         deactivate(bmc)?;
         let pty = raw_pty()?;

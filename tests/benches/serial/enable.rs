@@ -109,6 +109,10 @@ fn is_listening(port: u16) -> io::Result<bool> {
 /// sock_diag netlink interface (what `ss -ltn` asks). Reading
 /// `/proc/net/tcp` takes about 2 ms on the bench machine (it walks every
 /// socket hash bucket); this dump of listening sockets takes about 30 µs.
+#[expect(
+    unsafe_code,
+    reason = "socket(2) and OwnedFd::from_raw_fd: no safe netlink socket in std or nix here"
+)]
 fn listening_ports_v4() -> io::Result<Vec<u16>> {
     use nix::libc as c;
     // SAFETY: socket(2) with constant arguments; the descriptor is owned

@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use porthole_tests::wire::find;
 
 /// Wait until `fd` is readable or `timeout` passes; true when readable.
+#[expect(unsafe_code, reason = "poll(2) on one descriptor")]
 fn wait_readable(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {
     let mut pfd = nix::libc::pollfd {
         fd: fd.as_fd().as_raw_fd(),

@@ -259,6 +259,10 @@ fn options_must_come_in_pairs_and_bad_files_are_named_not_quoted() {
 /// Accepted connections get TCP_NODELAY before the handshake: a reply
 /// written in pieces must not wait on the client's delayed ACK.
 #[tokio::test]
+#[expect(
+    unsafe_code,
+    reason = "TcpStream::from_raw_fd of a socket listed in /proc/self/fd, kept open by ManuallyDrop"
+)]
 async fn accepted_connections_have_tcp_nodelay() {
     use std::mem::ManuallyDrop;
     use std::os::fd::FromRawFd;

@@ -41,11 +41,12 @@ esac
 exit 2
 "#;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("porthole-native-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch dir for one test, removed when the returned value drops.
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("porthole-native-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn fake_ipmitool(dir: &Path, mode: &str) -> PathBuf {
@@ -62,6 +63,8 @@ pub(super) struct Started {
     pids: PathBuf,
     /// The service-wide cancellation the console was started under.
     cancel: CancellationToken,
+    /// The fake ipmitool and the pid dir, removed on drop.
+    _dir: tempfile::TempDir,
 }
 
 /// A port on a loopback address of this test's own (127.77.x.y), so no
@@ -112,7 +115,8 @@ fn backend(ipmitool: PathBuf) -> NativeBackend {
 }
 
 pub(super) async fn start(name: &str, mode: &str) -> Started {
-    let dir = scratch(name);
+    let scratch = scratch(name);
+    let dir = scratch.path().to_owned();
     let backend = backend(fake_ipmitool(&dir, mode));
     // A child forked elsewhere may briefly hold free_port's probe socket.
     for _ in 0..5 {
@@ -127,6 +131,7 @@ pub(super) async fn start(name: &str, mode: &str) -> Started {
                     health,
                     pids: dir.join("pids"),
                     cancel,
+                    _dir: scratch,
                 }
             }
             Err(SolError::PortInUse { .. }) => continue,
@@ -227,10 +232,11 @@ async fn a_busy_payload_is_reported_in_ipmitools_words() {
 
 #[tokio::test]
 async fn a_busy_port_is_port_in_use() {
-    let dir = scratch("inuse");
+    let scratch = scratch("inuse");
+    let dir = scratch.path();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let (ctx, _health) = context(&dir, addr).await;
+    let (ctx, _health) = context(dir, addr).await;
     match backend("ipmitool".into()).start(ctx).await {
         Err(SolError::PortInUse { addr: a }) => assert_eq!(a, addr),
         Err(e) => panic!("{e}"),

@@ -142,9 +142,8 @@ mod tests {
 
     #[tokio::test]
     async fn appends_and_rotates_at_the_size_cap() {
-        let dir = std::env::temp_dir().join(format!("porthole-logfile-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let path = dir.join("node-1.log");
         std::fs::write(&path, b"old:").unwrap();
         let mut log = LogFile::spawn(path.clone(), 10);
