@@ -1,7 +1,7 @@
 //! The console service's domain errors and their one mapping to gRPC.
 //!
 //! Lower layers have their own enums (`sol::SolError`, `coordinator::CoordError`,
-//! `ports::PortError`, `cluster::forward::ForwardError`); they convert into `ConsoleError` here, and
+//! `ports::PortError`, `spec::SpecError`, `cluster::forward::ForwardError`); they convert into `ConsoleError` here, and
 //! `From<ConsoleError> for tonic::Status` is the only place a status code is
 //! chosen.
 
@@ -11,6 +11,7 @@ use crate::cluster::forward::ForwardError;
 use crate::coordinator::CoordError;
 use crate::ports::PortError;
 use crate::sol::SolError;
+use crate::spec::SpecError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -38,6 +39,18 @@ pub enum ConsoleError {
 /// put in it, `grpc-message` stays far below the 8-16 KiB header limits of
 /// common clients.
 pub const MAX_MESSAGE_LEN: usize = 1024;
+
+impl From<SpecError> for ConsoleError {
+    fn from(err: SpecError) -> Self {
+        Self::InvalidArgument(err.to_string())
+    }
+}
+
+impl From<SpecError> for Status {
+    fn from(err: SpecError) -> Self {
+        ConsoleError::from(err).into()
+    }
+}
 
 impl ConsoleError {
     pub fn invalid(msg: impl Into<String>) -> Self {

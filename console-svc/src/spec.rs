@@ -2,16 +2,29 @@
 //! edge (gRPC) and carried as plain domain types from there on.
 //!
 //! `ConsoleSpec::from_request` is the only place that turns wire input into a
-//! spec; everything it rejects becomes `ConsoleError::InvalidArgument`.
+//! spec; everything it rejects is a [`SpecError`], which `crate::error`
+//! turns into INVALID_ARGUMENT. This module imports nothing from the layers
+//! above it (the gRPC error type, the cluster).
 
 use std::fmt;
 use std::net::IpAddr;
 
 use porthole_proto::console::v1 as pb;
 
-use crate::error::ConsoleError;
 use crate::secret::Secret;
 use crate::text::quoted;
+
+/// A request that is not a valid console spec; the message says what is
+/// wrong and quotes at most a bounded part of the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(String);
+
+impl SpecError {
+    fn invalid(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
 
 /// A node's id as Ironic knows it (a UUID or a name).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -24,20 +37,20 @@ pub struct NodeId(String);
 pub const MAX_NODE_ID_LEN: usize = 128;
 
 impl NodeId {
-    pub fn parse(raw: &str) -> Result<Self, ConsoleError> {
+    pub fn parse(raw: &str) -> Result<Self, SpecError> {
         let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~');
         if raw.is_empty() {
-            return Err(ConsoleError::invalid("node_id must not be empty"));
+            return Err(SpecError::invalid("node_id must not be empty"));
         }
         if raw.len() > MAX_NODE_ID_LEN {
-            return Err(ConsoleError::invalid(format!(
+            return Err(SpecError::invalid(format!(
                 "node_id {} is {} characters long; at most {MAX_NODE_ID_LEN} are allowed",
                 quoted(raw),
                 raw.chars().count()
             )));
         }
         if !raw.chars().all(ok_char) {
-            return Err(ConsoleError::invalid(format!(
+            return Err(SpecError::invalid(format!(
                 "node_id {} must be letters, digits, '-', '_', '.' or '~'",
                 quoted(raw)
             )));
@@ -66,13 +79,13 @@ pub enum PrivilegeLevel {
 }
 
 impl PrivilegeLevel {
-    pub fn parse(raw: &str) -> Result<Self, ConsoleError> {
+    pub fn parse(raw: &str) -> Result<Self, SpecError> {
         match raw.to_ascii_uppercase().as_str() {
             "" | "ADMINISTRATOR" | "ADMIN" => Ok(Self::Administrator),
             "OPERATOR" => Ok(Self::Operator),
             "USER" => Ok(Self::User),
             "CALLBACK" => Ok(Self::Callback),
-            _ => Err(ConsoleError::invalid(format!(
+            _ => Err(SpecError::invalid(format!(
                 "privilege_level {} is not one of CALLBACK, USER, OPERATOR, ADMINISTRATOR",
                 quoted(raw)
             ))),
@@ -112,10 +125,10 @@ impl IpmiTarget {
         }
     }
 
-    fn from_proto(p: pb::IpmiTarget) -> Result<Self, ConsoleError> {
+    fn from_proto(p: pb::IpmiTarget) -> Result<Self, SpecError> {
         let address = p.address.trim().to_owned();
         if !is_host(&address) {
-            return Err(ConsoleError::invalid(format!(
+            return Err(SpecError::invalid(format!(
                 "ipmi.address {} is neither an IP address nor a host name",
                 quoted(&p.address)
             )));
@@ -123,7 +136,7 @@ impl IpmiTarget {
         let port = match p.port {
             0 => Self::DEFAULT_PORT,
             n => u16::try_from(n).map_err(|_| {
-                ConsoleError::invalid(format!("ipmi.port {n} is not a UDP port (1-65535)"))
+                SpecError::invalid(format!("ipmi.port {n} is not a UDP port (1-65535)"))
             })?,
         };
         // ipmitool reads the user name from argv; it goes through socat's EXEC
@@ -134,12 +147,12 @@ impl IpmiTarget {
                 .chars()
                 .any(|c| c.is_control() || ",:!'\"\\ ".contains(c))
         {
-            return Err(ConsoleError::invalid(
+            return Err(SpecError::invalid(
                 "ipmi.username must be at most 16 characters without spaces, quotes, ',', ':', '!' or '\\'",
             ));
         }
         if p.password.len() > 20 {
-            return Err(ConsoleError::invalid(
+            return Err(SpecError::invalid(
                 "ipmi.password is longer than IPMI 2.0's 20 bytes",
             ));
         }
@@ -147,7 +160,7 @@ impl IpmiTarget {
             None => Self::DEFAULT_CIPHER_SUITE,
             Some(n @ 0..=17) => n as u8,
             Some(n) => {
-                return Err(ConsoleError::invalid(format!(
+                return Err(SpecError::invalid(format!(
                     "ipmi.cipher_suite {n} is not an IPMI cipher suite (0-17)"
                 )))
             }
@@ -201,10 +214,10 @@ impl VncTarget {
         }
     }
 
-    fn from_proto(p: pb::VncTarget) -> Result<Self, ConsoleError> {
+    fn from_proto(p: pb::VncTarget) -> Result<Self, SpecError> {
         let host = p.host.trim().to_owned();
         if !is_host(&host) {
-            return Err(ConsoleError::invalid(format!(
+            return Err(SpecError::invalid(format!(
                 "vnc.host {} is neither an IP address nor a host name",
                 quoted(&p.host)
             )));
@@ -212,7 +225,7 @@ impl VncTarget {
         let port = match p.port {
             0 => Self::DEFAULT_PORT,
             n => u16::try_from(n).map_err(|_| {
-                ConsoleError::invalid(format!("vnc.port {n} is not a TCP port (1-65535)"))
+                SpecError::invalid(format!("vnc.port {n} is not a TCP port (1-65535)"))
             })?,
         };
         let password = (!p.password.is_empty()).then(|| Secret::new(p.password));
@@ -260,23 +273,23 @@ impl ConsoleSpec {
         self.target.kind()
     }
 
-    pub fn from_request(req: pb::EnableConsoleRequest) -> Result<Self, ConsoleError> {
+    pub fn from_request(req: pb::EnableConsoleRequest) -> Result<Self, SpecError> {
         let node = NodeId::parse(&req.node_id)?;
         let target = match pb::ConsoleKind::try_from(req.kind) {
             Ok(pb::ConsoleKind::Serial) | Ok(pb::ConsoleKind::Unspecified) => {
-                let ipmi = req.ipmi.ok_or_else(|| {
-                    ConsoleError::invalid("ipmi is required for a serial console")
-                })?;
+                let ipmi = req
+                    .ipmi
+                    .ok_or_else(|| SpecError::invalid("ipmi is required for a serial console"))?;
                 Target::Ipmi(IpmiTarget::from_proto(ipmi)?)
             }
             Ok(pb::ConsoleKind::Vnc) => {
                 let vnc = req
                     .vnc
-                    .ok_or_else(|| ConsoleError::invalid("vnc is required for a VNC console"))?;
+                    .ok_or_else(|| SpecError::invalid("vnc is required for a VNC console"))?;
                 Target::Vnc(VncTarget::from_proto(vnc)?)
             }
             Err(_) => {
-                return Err(ConsoleError::invalid(format!(
+                return Err(SpecError::invalid(format!(
                     "kind {} is not a console kind",
                     req.kind
                 )))
@@ -285,7 +298,7 @@ impl ConsoleSpec {
         let requested_port = match req.port {
             0 => None,
             n => Some(u16::try_from(n).map_err(|_| {
-                ConsoleError::invalid(format!("port {n} is not a TCP port (1-65535)"))
+                SpecError::invalid(format!("port {n} is not a TCP port (1-65535)"))
             })?),
         };
         Ok(Self {
@@ -366,7 +379,8 @@ mod tests {
             let mut r = request();
             mutate(&mut r);
             let err = ConsoleSpec::from_request(r).unwrap_err();
-            assert!(matches!(err, ConsoleError::InvalidArgument(_)), "{err}");
+            let status = tonic::Status::from(err.clone());
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{err}");
             assert!(
                 err.to_string().contains(want),
                 "{err} should mention {want}"
