@@ -82,35 +82,13 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("conductor: {}", error_line(&err));
+            eprintln!(
+                "conductor: {}",
+                porthole_common::report::error_line(err.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
-}
-
-/// The whole chain of causes on one line (`a: b: c`), line breaks inside a
-/// cause (a TOML parse error has some) folded into spaces.
-fn error_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    let mut last = String::new();
-    for cause in err.chain() {
-        let text = cause
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        // Errors that print their source in their own message (`#[error("{0}")]`
-        // over a `#[source]`) would otherwise say the same thing twice.
-        if text.is_empty() || last.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-        last = text;
-    }
-    line
 }
 
 fn run() -> Result<()> {

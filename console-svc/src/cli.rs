@@ -464,32 +464,6 @@ fn code_name(code: tonic::Code) -> String {
     name
 }
 
-/// An error as the one line a command prints before exiting non-zero: the
-/// whole chain of causes (`a: b: c`), never a backtrace, and no line breaks
-/// even when a cause spans several lines (a TOML parse error does).
-pub fn error_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    let mut last = String::new();
-    for cause in err.chain() {
-        let text = cause
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        // Errors that print their source in their own message (`#[error("{0}")]`
-        // over a `#[source]`) would otherwise say the same thing twice.
-        if text.is_empty() || last.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-        last = text;
-    }
-    line
-}
-
 async fn connect(args: &ClientArgs) -> Result<ConsoleServiceClient<Channel>> {
     let server = &args.server;
     let mut endpoint = Endpoint::from_shared(server.clone())

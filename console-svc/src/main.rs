@@ -22,7 +22,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("console-svc: {}", cli::error_line(&err));
+            eprintln!(
+                "console-svc: {}",
+                porthole_common::report::error_line(err.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

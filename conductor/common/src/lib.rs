@@ -3,14 +3,15 @@
 //! < the service's own `PORTHOLE_<SERVICE>_…` environment < flags,
 //! [`config`]), tracing set-up ([`telemetry`], [`logfmt`]), signals turned into a
 //! `CancellationToken` ([`shutdown`]), the one sealing format ([`seal`]),
-//! the Prometheus `/metrics` endpoint ([`metrics`]) and the TLS settings
-//! ([`tls`]).
+//! the Prometheus `/metrics` endpoint ([`metrics`]) the TLS settings
+//! ([`tls`]) and the one-line error report binaries print ([`report`]).
 //!
 //! Callers: the services' `main.rs` and `lib.rs`. It imports no service crate.
 
 pub mod config;
 pub mod logfmt;
 pub mod metrics;
+pub mod report;
 pub mod seal;
 pub mod shutdown;
 pub mod telemetry;

@@ -138,16 +138,6 @@ fn an_unknown_kind_is_refused_by_the_parser() {
 }
 
 #[test]
-fn error_lines_fold_causes_and_line_breaks() {
-    let inner = anyhow!("TOML parse error at line 1\n  |\n1 | a b\n  |   ^\nexpected `=`");
-    let err = inner.context("config file f.toml");
-    assert_eq!(
-        error_line(&err),
-        "config file f.toml: TOML parse error at line 1 | 1 | a b | ^ expected `=`"
-    );
-}
-
-#[test]
 fn grpc_codes_are_named_as_grpc_names_them() {
     assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
     assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
