@@ -56,8 +56,9 @@ impl RunningConsole for Bound {
 }
 
 /// A manager on `private_loopback()` with `n` ports from a block that is
-/// free there now; the block's first port.
-fn manager(n: u16, backend: Arc<BindingBackend>) -> (ConsoleManager, u16) {
+/// free there now; the block's first port; the scratch dir of its process
+/// table, removed when dropped.
+fn manager(n: u16, backend: Arc<BindingBackend>) -> (ConsoleManager, u16, tempfile::TempDir) {
     // Each test its own block: tests run at once in this process.
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let ip = private_loopback();
@@ -69,8 +70,8 @@ fn manager(n: u16, backend: Arc<BindingBackend>) -> (ConsoleManager, u16) {
     config.console.port_range = format!("{first}:{}", first + n).parse().unwrap();
     config.console.ipmitool_path = "true".into();
     config.console.socat_address = ip;
-    let dir =
-        std::env::temp_dir().join(format!("porthole-mgr-ports-{}-{first}", std::process::id()));
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("pids");
     let processes = Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap());
     let m = ConsoleManager::new(
         Arc::new(config),
@@ -83,7 +84,7 @@ fn manager(n: u16, backend: Arc<BindingBackend>) -> (ConsoleManager, u16) {
         Placement::Local,
         CancellationToken::new(),
     );
-    (m, first)
+    (m, first, scratch)
 }
 
 /// A client connection from `ip:port` that we closed first: its local end
@@ -110,7 +111,7 @@ fn port_of(info: &ConsoleInfo) -> u16 {
 
 #[tokio::test]
 async fn a_fresh_port_skips_a_listener_and_a_time_wait() {
-    let (m, first) = manager(4, Arc::default());
+    let (m, first, _scratch) = manager(4, Arc::default());
     let ip = private_loopback();
     let _listener = std::net::TcpListener::bind((ip, first)).unwrap();
     time_wait_on(ip, first + 1).await;
@@ -134,7 +135,7 @@ async fn a_fresh_port_skips_a_listener_and_a_time_wait() {
 #[tokio::test]
 async fn a_port_taken_after_the_look_moves_a_fresh_choice_on() {
     let backend = Arc::new(BindingBackend::default());
-    let (m, first) = manager(4, backend.clone());
+    let (m, first, _scratch) = manager(4, backend.clone());
     backend.fail_once.lock().unwrap().insert(first);
     let a = m.enable(spec("a", 0)).await.expect("moved on");
     assert_eq!(port_of(&a), first + 1);
@@ -144,7 +145,7 @@ async fn a_port_taken_after_the_look_moves_a_fresh_choice_on() {
 
 #[tokio::test]
 async fn a_busy_sticky_or_explicit_port_fails_and_says_so() {
-    let (m, first) = manager(4, Arc::default());
+    let (m, first, _scratch) = manager(4, Arc::default());
     let ip = private_loopback();
     let a = m.enable(spec("a", 0)).await.unwrap();
     assert_eq!(port_of(&a), first);
@@ -175,7 +176,7 @@ async fn a_busy_sticky_or_explicit_port_fails_and_says_so() {
 /// nothing: no console in STARTING, no slot kept, no port held.
 #[tokio::test]
 async fn refused_enables_record_nothing() {
-    let (m, first) = manager(4, Arc::default());
+    let (m, first, _scratch) = manager(4, Arc::default());
     m.enable(spec("holder", u32::from(first))).await.unwrap();
     for i in 0..2000 {
         let node = format!("refused-{i}");

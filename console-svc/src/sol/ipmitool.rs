@@ -202,15 +202,18 @@ mod tests {
     use crate::secret::Secret;
     use crate::spec::PrivilegeLevel;
 
-    fn tool() -> IpmiTool {
-        let dir = std::env::temp_dir().join(format!("porthole-ipmitool-{}", std::process::id()));
+    /// A tool whose process table lives in a scratch dir, removed when the
+    /// returned guard drops.
+    fn tool() -> (IpmiTool, tempfile::TempDir) {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("pids");
         let coordinator = Arc::new(crate::coordinator::local::LocalCoordinator::new("t"));
         let ownership = crate::coordinator::Ownership {
             node: crate::spec::NodeId::parse("n").unwrap(),
             token: 1,
             lease: 0,
         };
-        IpmiTool::new(
+        let tool = IpmiTool::new(
             "ipmitool",
             IpmiTarget {
                 address: "127.0.0.1".into(),
@@ -223,12 +226,14 @@ mod tests {
             Duration::from_secs(5),
             Arc::new(ProcessTable::open(dir, Duration::from_secs(1)).unwrap()),
             Fence::new(coordinator, ownership),
-        )
+        );
+        (tool, scratch)
     }
 
     #[test]
     fn argv_has_the_cipher_suite_and_no_password() {
         let args: Vec<String> = tool()
+            .0
             .args(&["sol", "activate"])
             .into_iter()
             .map(|a| a.into_string().unwrap())
@@ -246,7 +251,7 @@ mod tests {
         // `cat /dev/fd/3` twice stands in for two ipmitool runs under one socat.
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "cat /dev/fd/3; echo; cat /dev/fd/3"]);
-        tool().password_fd().unwrap().attach(&mut cmd);
+        tool().0.password_fd().unwrap().attach(&mut cmd);
         let out = cmd.output().await.unwrap();
         assert_eq!(
             String::from_utf8(out.stdout).unwrap(),
@@ -261,7 +266,8 @@ mod tests {
     async fn a_run_does_not_outlive_the_fence_deadline() {
         use crate::coordinator::gate::testing::Gated;
         use crate::coordinator::Coordinator;
-        let dir = std::env::temp_dir().join(format!("porthole-ipmitool-dl-{}", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         let (gated, _state) = Gated::new(9, Duration::from_millis(400));
         let gated = Arc::new(gated);
         let ownership = gated
@@ -273,7 +279,7 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap();
-        let base = tool();
+        let (base, _base_dir) = tool();
         let slow = IpmiTool::new(
             script.into_os_string(),
             base.target.clone(),
@@ -289,7 +295,6 @@ mod tests {
         assert!(took < Duration::from_secs(2), "killed after {took:?}");
         let err = slow.run(&["sol", "deactivate"]).await.unwrap_err();
         assert!(err.to_string().contains("fence deadline"), "{err}");
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
