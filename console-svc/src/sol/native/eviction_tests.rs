@@ -7,19 +7,12 @@
 //! tests on in-memory viewers and tokio's paused clock, then the whole
 //! backend over real TCP sockets.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-use super::fake::{FakeLauncher, FakeState};
-use super::hub::{self, HubConfig, HubHandle};
-use crate::coordinator::local::LocalCoordinator;
-use crate::coordinator::{Coordinator, Fence};
-use crate::sol::Health;
-use crate::spec::NodeId;
+use super::hub::HubConfig;
+use super::tests::rig;
 
 fn config() -> HubConfig {
     HubConfig {
@@ -33,51 +26,6 @@ fn config() -> HubConfig {
         terminal_silent_timeout: Duration::ZERO,
         retry_max_backoff: Duration::from_secs(5),
         viewer_queue: 64,
-    }
-}
-
-struct Rig {
-    hub: HubHandle,
-    nodes: mpsc::UnboundedReceiver<DuplexStream>,
-    _fake: Arc<FakeState>,
-}
-
-async fn rig(cfg: HubConfig) -> Rig {
-    let (fake, nodes) = FakeState::new();
-    let coordinator = Arc::new(LocalCoordinator::new("r1"));
-    let node = NodeId::parse("node-1").unwrap();
-    let fence = Fence::new(
-        coordinator.clone(),
-        coordinator.acquire(&node).await.unwrap(),
-    );
-    let (health, _) = watch::channel(Health::Ok);
-    let hub = hub::spawn(
-        cfg,
-        Arc::new(FakeLauncher(fake.clone())),
-        fence,
-        health,
-        CancellationToken::new(),
-        tracing::Span::none(),
-    );
-    Rig {
-        hub,
-        nodes,
-        _fake: fake,
-    }
-}
-
-impl Rig {
-    async fn viewer(&self, peer: &str) -> DuplexStream {
-        let (client, server) = duplex(64 * 1024);
-        self.hub.join(server, peer).await;
-        client
-    }
-
-    async fn node(&mut self) -> DuplexStream {
-        tokio::time::timeout(Duration::from_secs(30), self.nodes.recv())
-            .await
-            .expect("a session")
-            .expect("launcher alive")
     }
 }
 
@@ -118,18 +66,18 @@ async fn still_open(v: &mut DuplexStream) {
 #[tokio::test(start_paused = true)]
 async fn a_full_console_makes_room_by_closing_the_longest_idle_viewer() {
     let mut r = rig(config()).await;
-    let mut a = r.viewer("10.0.0.1:1000").await;
+    let mut a = r.viewer_from("10.0.0.1:1000").await;
     let mut node = r.node().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut silent = r.viewer("10.0.0.2:1000").await;
+    let mut silent = r.viewer_from("10.0.0.2:1000").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut b = r.viewer("10.0.0.3:1000").await;
+    let mut b = r.viewer_from("10.0.0.3:1000").await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     // a typed last, b typed before it; `silent` never did, and has been
     // idle since it connected (after a, before b).
     types(&mut b, &mut node, b"from b").await;
     types(&mut a, &mut node, b"from a").await;
-    let mut c = r.viewer("10.0.0.4:1000").await;
+    let mut c = r.viewer_from("10.0.0.4:1000").await;
     let gone = read_to_eof(&mut silent).await;
     assert!(
         gone.ends_with(
@@ -144,7 +92,7 @@ async fn a_full_console_makes_room_by_closing_the_longest_idle_viewer() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     types(&mut a, &mut node, b"a again").await;
     types(&mut c, &mut node, b"c again").await;
-    let _d = r.viewer("10.0.0.5:1000").await;
+    let _d = r.viewer_from("10.0.0.5:1000").await;
     assert!(read_to_eof(&mut b).await.contains("console is full"));
     still_open(&mut a).await;
 }
@@ -157,18 +105,18 @@ async fn one_address_at_its_limit_only_displaces_its_own_viewers() {
         ..config()
     })
     .await;
-    let mut other = r.viewer("192.0.2.9:5000").await;
+    let mut other = r.viewer_from("192.0.2.9:5000").await;
     let mut node = r.node().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut first = r.viewer("10.0.0.1:1").await;
+    let mut first = r.viewer_from("10.0.0.1:1").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut second = r.viewer("10.0.0.1:2").await;
+    let mut second = r.viewer_from("10.0.0.1:2").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     types(&mut first, &mut node, b"1").await;
     // The console has room (3 of 4), but 10.0.0.1 has 2: its own viewer
     // that sent nothing for the longest (second, silent) makes room,
     // not `other`, which has been idle longer still.
-    let mut third = r.viewer("10.0.0.1:3").await;
+    let mut third = r.viewer_from("10.0.0.1:3").await;
     let gone = read_to_eof(&mut second).await;
     assert!(gone.contains("(2 viewers from 10.0.0.1)"), "{gone:?}");
     types(&mut third, &mut node, b"3").await;
@@ -183,8 +131,8 @@ async fn a_viewer_that_sends_nothing_is_closed_after_the_silent_timeout() {
         ..config()
     })
     .await;
-    let mut silent = r.viewer("10.0.0.1:1").await;
-    let mut typist = r.viewer("10.0.0.2:1").await;
+    let mut silent = r.viewer_from("10.0.0.1:1").await;
+    let mut typist = r.viewer_from("10.0.0.2:1").await;
     let mut node = r.node().await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     types(&mut typist, &mut node, b"x").await;
@@ -251,12 +199,12 @@ async fn sixteen_silent_connections_do_not_lock_a_viewer_out() {
 async fn keystrokes_during_a_slow_activation_or_a_slow_node_all_arrive() {
     use super::fake::Plan;
     let mut r = rig(config()).await;
-    r._fake
+    r.fake
         .plans
         .lock()
         .unwrap()
         .push_back(Plan::UpAfter(Duration::from_secs(3)));
-    let mut v = r.viewer("10.0.0.1:1").await;
+    let mut v = r.viewer_from("10.0.0.1:1").await;
     // 40 KiB typed before the session is up, more than 64 KiB in all so the
     // node side (a 64 KiB pipe nobody reads yet) is slow to take them too.
     let typed: Vec<u8> = (0..100 * 1024u32).map(|i| (i % 251) as u8).collect();

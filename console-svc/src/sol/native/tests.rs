@@ -17,9 +17,11 @@ use crate::coordinator::{Coordinator, Fence};
 use crate::sol::Health;
 use crate::spec::NodeId;
 
-struct Rig {
-    hub: HubHandle,
-    fake: Arc<FakeState>,
+/// A hub on a fake launcher, the test's handles on it. Shared with
+/// `eviction_tests`.
+pub(super) struct Rig {
+    pub(super) hub: HubHandle,
+    pub(super) fake: Arc<FakeState>,
     nodes: mpsc::UnboundedReceiver<DuplexStream>,
     health: watch::Receiver<Health>,
     coordinator: Arc<LocalCoordinator>,
@@ -41,7 +43,7 @@ fn config() -> HubConfig {
     }
 }
 
-async fn rig(cfg: HubConfig) -> Rig {
+pub(super) async fn rig(cfg: HubConfig) -> Rig {
     let (fake, nodes) = FakeState::new();
     let coordinator = Arc::new(LocalCoordinator::new("r1"));
     let node = NodeId::parse("node-1").unwrap();
@@ -79,7 +81,14 @@ impl Rig {
         client
     }
 
-    async fn node(&mut self) -> DuplexStream {
+    /// A viewer connected from `peer` (the eviction policy looks at it).
+    pub(super) async fn viewer_from(&self, peer: &str) -> DuplexStream {
+        let (client, server) = duplex(64 * 1024);
+        self.hub.join(server, peer).await;
+        client
+    }
+
+    pub(super) async fn node(&mut self) -> DuplexStream {
         tokio::time::timeout(Duration::from_secs(30), self.nodes.recv())
             .await
             .expect("a session in time")
