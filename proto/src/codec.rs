@@ -1,4 +1,4 @@
-//! The codec of console.v1's generated server and client: prost's, except
+//! The codec of the generated servers and clients (console.v1, inspect.v1): prost's, except
 //! for what an undecodable message becomes. A request the server cannot
 //! decode is the caller's mistake, so INVALID_ARGUMENT (tonic-prost says
 //! INTERNAL, which tells a caller the service broke); a response the client
@@ -12,6 +12,7 @@ use tonic::{Code, Status};
 use tonic_prost::ProstEncoder;
 
 use crate::console::v1 as pb;
+use crate::inspect::v1 as ipb;
 
 /// The status code for a message of this type that cannot be decoded.
 pub trait DecodeFailure {
@@ -44,6 +45,16 @@ decode_failure!(Internal:
     pb::GetConsoleLogResponse,
     pb::DrainReplicaResponse,
 );
+
+// inspect.v1: requests, then responses.
+decode_failure!(InvalidArgument:
+    ipb::ValidateInspectionRequest,
+    ipb::StartInspectionRequest,
+    ipb::GetInspectionRequest,
+    ipb::AbortInspectionRequest,
+    ipb::WatchInspectionsRequest,
+);
+decode_failure!(Internal: ipb::ValidateInspectionResponse, ipb::Inspection);
 
 /// Encodes `T`, decodes `U`.
 #[derive(Debug, Clone)]
