@@ -1,1 +1,251 @@
+//! The registry and poller over an in-memory backend, on tokio's paused
+//! clock: what is recorded, when the backend is asked, how results and
+//! timeouts end an inspection, and what a watcher sees.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::*;
+
+const A: &str = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123";
+const B: &str = "2be26c0b-03f2-4d2e-ae87-c02d7f33c123";
+
+#[derive(Default)]
+struct FakeInspector {
+    status: Mutex<HashMap<String, Status>>,
+    /// Start refused for these, with this message.
+    refuse: Mutex<HashMap<String, String>>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeInspector {
+    fn set(&self, uuid: &str, s: Status) {
+        self.status.lock().unwrap().insert(uuid.into(), s);
+    }
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn count(&self, what: &str) -> usize {
+        self.calls().iter().filter(|c| c.starts_with(what)).count()
+    }
+}
+
+fn refused(message: &str) -> InspectorError {
+    InspectorError::Refused {
+        what: "start introspection".into(),
+        status: reqwest::StatusCode::BAD_REQUEST,
+        message: message.into(),
+    }
+}
+
+#[async_trait]
+impl Backend for FakeInspector {
+    async fn start(&self, uuid: &str) -> Result<(), InspectorError> {
+        self.calls.lock().unwrap().push(format!("start {uuid}"));
+        if let Some(m) = self.refuse.lock().unwrap().get(uuid) {
+            return Err(refused(m));
+        }
+        self.set(uuid, Status::Waiting);
+        Ok(())
+    }
+    async fn status(&self, uuid: &str) -> Result<Status, InspectorError> {
+        self.calls.lock().unwrap().push(format!("status {uuid}"));
+        self.status
+            .lock()
+            .unwrap()
+            .get(uuid)
+            .cloned()
+            .ok_or_else(|| InspectorError::Refused {
+                what: "status".into(),
+                status: reqwest::StatusCode::NOT_FOUND,
+                message: format!("Could not find node {uuid} in cache"),
+            })
+    }
+    async fn abort(&self, uuid: &str) -> Result<(), InspectorError> {
+        self.calls.lock().unwrap().push(format!("abort {uuid}"));
+        Ok(())
+    }
+}
+
+const PERIOD: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(100);
+
+fn setup(enabled: bool) -> (Inspections, Arc<FakeInspector>, CancellationToken) {
+    let fake = Arc::new(FakeInspector::default());
+    let cancel = CancellationToken::new();
+    let backend = enabled.then(|| fake.clone() as Arc<dyn Backend>);
+    let timing = Timing {
+        status_check_period: PERIOD,
+        inspect_wait_timeout: TIMEOUT,
+    };
+    let i = Inspections::new(backend, timing, &TaskTracker::new(), cancel.clone());
+    (i, fake, cancel)
+}
+
+/// Let the poller run what is due now.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn disabled_unknown_and_agent_are_refused_before_anything_is_recorded() {
+    let (i, fake, _c) = setup(false);
+    let err = i.start(A, INSPECTOR).await.unwrap_err();
+    assert!(matches!(err, InspectError::InspectorDisabled));
+    let text = err.to_string();
+    assert!(text.contains("[inspector] enabled = true"), "{text}");
+    assert!(i.validate(INSPECTOR).is_err());
+    assert!(matches!(
+        i.validate("discoverd"),
+        Err(InspectError::UnknownInterface(_))
+    ));
+    assert!(matches!(
+        i.start(A, AGENT).await,
+        Err(InspectError::AgentUnavailable)
+    ));
+    assert!(matches!(i.get(A), Err(InspectError::NotFound(_))));
+    assert!(i.watch().0.is_empty());
+    assert!(fake.calls().is_empty());
+
+    let (i, fake, _c) = setup(true);
+    assert!(i.validate(INSPECTOR).is_ok());
+    assert!(matches!(
+        i.start("not-a-uuid", INSPECTOR).await,
+        Err(InspectError::BadUuid(_))
+    ));
+    fake.refuse
+        .lock()
+        .unwrap()
+        .insert(A.into(), "Node is in maintenance".into());
+    let err = i.start(A, INSPECTOR).await.unwrap_err().to_string();
+    assert!(err.contains("Node is in maintenance"), "{err}");
+    assert!(matches!(i.get(A), Err(InspectError::NotFound(_))));
+    assert!(i.watch().0.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn started_node_is_polled_once_a_period_until_it_finishes() {
+    let (i, fake, _c) = setup(true);
+    let (_, mut rx) = i.watch();
+    // Upper-case in, canonical out.
+    let shown = i.start(&A.to_uppercase(), INSPECTOR).await.unwrap();
+    assert_eq!(shown.node_uuid, A);
+    assert_eq!(shown.state(), pb::InspectionState::Waiting);
+    assert!(shown.started_at_ms > 0 && shown.finished_at_ms == 0);
+    assert_eq!(rx.recv().await.unwrap(), shown);
+    assert!(matches!(
+        i.start(A, INSPECTOR).await,
+        Err(InspectError::AlreadyWaiting(_))
+    ));
+    assert_eq!(fake.count("start"), 1);
+
+    settle().await;
+    let first = fake.count("status");
+    for n in 1..=3 {
+        tokio::time::advance(PERIOD).await;
+        settle().await;
+        assert_eq!(fake.count("status"), first + n, "{:?}", fake.calls());
+    }
+    assert_eq!(i.get(A).unwrap().state(), pb::InspectionState::Waiting);
+
+    fake.set(A, Status::Finished);
+    tokio::time::advance(PERIOD).await;
+    settle().await;
+    let done = rx.recv().await.unwrap();
+    assert_eq!(done.state(), pb::InspectionState::Finished);
+    assert!(done.error.is_empty() && done.finished_at_ms >= done.started_at_ms);
+    assert_eq!(i.get(A).unwrap(), done);
+    // Not asked again once finished; a new inspection may start.
+    let asked = fake.count("status");
+    tokio::time::advance(PERIOD * 3).await;
+    settle().await;
+    assert_eq!(fake.count("status"), asked);
+    i.start(A, INSPECTOR).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn inspector_error_lost_node_and_timeout_fail_the_inspection() {
+    let (i, fake, _c) = setup(true);
+    i.start(A, INSPECTOR).await.unwrap();
+    i.start(B, INSPECTOR).await.unwrap();
+    let (_, mut rx) = i.watch();
+    fake.set(A, Status::Failed("The ramdisk said: no disks".into()));
+    fake.status.lock().unwrap().remove(B);
+    tokio::time::advance(PERIOD).await;
+    settle().await;
+    let mut ended: Vec<pb::Inspection> = vec![rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+    ended.sort_by(|a, b| a.node_uuid.cmp(&b.node_uuid));
+    assert_eq!(ended[0].state(), pb::InspectionState::Failed);
+    assert_eq!(ended[0].error, "The ramdisk said: no disks");
+    assert_eq!(ended[1].state(), pb::InspectionState::Failed);
+    assert!(
+        ended[1].error.contains("ironic-inspector no longer knows the node")
+            && ended[1].error.contains("Could not find node"),
+        "{}",
+        ended[1].error
+    );
+
+    i.start(A, INSPECTOR).await.unwrap();
+    assert_eq!(rx.recv().await.unwrap().state(), pb::InspectionState::Waiting);
+    tokio::time::advance(TIMEOUT - PERIOD).await;
+    settle().await;
+    assert_eq!(i.get(A).unwrap().state(), pb::InspectionState::Waiting);
+    tokio::time::advance(PERIOD * 2).await;
+    settle().await;
+    let late = rx.recv().await.unwrap();
+    assert_eq!(late.state(), pb::InspectionState::Failed);
+    assert!(late.error.contains("Timeout reached"), "{}", late.error);
+    assert!(late.error.contains("1m 40s"), "{}", late.error);
+    assert_eq!(fake.count(&format!("abort {A}")), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_ends_a_waiting_inspection_and_refuses_otherwise() {
+    let (i, fake, _c) = setup(true);
+    assert!(matches!(i.abort(A).await, Err(InspectError::NotFound(_))));
+    i.start(A, INSPECTOR).await.unwrap();
+    let aborted = i.abort(A).await.unwrap();
+    assert_eq!(aborted.state(), pb::InspectionState::Aborted);
+    assert_eq!(aborted.error, "Inspection was aborted by request.");
+    assert_eq!(fake.count(&format!("abort {A}")), 1);
+    let err = i.abort(A).await.unwrap_err();
+    assert!(matches!(err, InspectError::NotWaiting { state: "aborted", .. }), "{err}");
+    // A result that arrives after the abort changes nothing.
+    fake.set(A, Status::Finished);
+    tokio::time::advance(PERIOD).await;
+    settle().await;
+    assert_eq!(i.get(A).unwrap().state(), pb::InspectionState::Aborted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_waiting_nodes_cost_one_status_request_each_per_period() {
+    let (i, fake, cancel) = setup(true);
+    let uuids: Vec<String> = (0..50).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    for u in &uuids {
+        i.start(u, INSPECTOR).await.unwrap();
+    }
+    settle().await;
+    let before = fake.count("status");
+    tokio::time::advance(PERIOD).await;
+    settle().await;
+    assert_eq!(fake.count("status") - before, 50);
+    let round: Vec<String> = fake.calls()[fake.calls().len() - 50..].to_vec();
+    for u in &uuids {
+        assert_eq!(
+            round.iter().filter(|c| **c == format!("status {u}")).count(),
+            1,
+            "{u}"
+        );
+    }
+    // Stopped: no more requests.
+    cancel.cancel();
+    settle().await;
+    let stopped = fake.count("status");
+    tokio::time::advance(PERIOD * 5).await;
+    settle().await;
+    assert_eq!(fake.count("status"), stopped);
+}
