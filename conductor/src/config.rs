@@ -22,6 +22,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub console: ConsoleSvcConfig,
     pub power: PowerConfig,
+    pub inspect: InspectSvcConfig,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -93,6 +94,33 @@ pub struct PowerConfig {
     pub poll_interval: Duration,
 }
 
+/// The inspect service (`inspect.v1`), which implements the `inspector`
+/// and `agent` inspect interfaces.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InspectSvcConfig {
+    /// Its gRPC endpoint, e.g. `http://127.0.0.1:50061`; unset: this
+    /// conductor has no `inspector` or `agent` inspect interface.
+    pub endpoint: Option<String>,
+    /// Longest gRPC call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The inspect interface of nodes that name none (Ironic's
+    /// `default_inspect_interface`): `inspector` or `agent` (needs
+    /// `endpoint`); unset: the driver's own (`fake` for fake-hardware).
+    pub default_interface: Option<String>,
+}
+
+impl Default for InspectSvcConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            timeout: Duration::from_secs(30),
+            default_interface: None,
+        }
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
@@ -148,7 +176,7 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
-const SECTIONS: &[&str] = &["api", "database", "console", "power"];
+const SECTIONS: &[&str] = &["api", "database", "console", "power", "inspect"];
 
 /// The environment prefix and sections porthole-common's loader reads.
 pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
@@ -182,6 +210,18 @@ impl Config {
                 "api.log_format must be \"text\" or \"json\", not {:?}",
                 self.api.log_format
             )));
+        }
+        if let Some(i) = &self.inspect.default_interface {
+            if !["inspector", "agent"].contains(&i.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "inspect.default_interface must be \"inspector\" or \"agent\", not {i:?}"
+                )));
+            }
+            if self.inspect.endpoint.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "inspect.default_interface = {i:?} needs inspect.endpoint (the inspect service)"
+                )));
+            }
         }
         if self.power.poll_interval.is_zero() {
             return Err(ConfigError::Invalid(

@@ -67,6 +67,8 @@ pub enum RunError {
     Power(#[from] power::PowerError),
     #[error("metrics endpoint: {0}")]
     Metrics(#[from] porthole_common::metrics::MetricsError),
+    #[error("inspect service: {0}")]
+    Inspect(#[from] provision::inspect_grpc::InspectClientError),
 }
 
 /// How long a stop waits for open API connections to finish.
@@ -128,6 +130,11 @@ pub async fn run(
             other => RunError::Serve(std::io::Error::other(other.to_string())),
         })?;
     conductor.tasks.spawn(watch::follow(conductor.clone()));
+    if let Some(inspect) = conductor.interfaces.inspect_service.clone() {
+        conductor
+            .tasks
+            .spawn(provision::inspect_grpc::follow(conductor.clone(), inspect));
+    }
     let state = api::AppState {
         conductor: conductor.clone(),
         basic,
@@ -207,7 +214,17 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
         state_timeout: config.power.state_timeout,
         poll_interval: config.power.poll_interval,
     };
-    Ok(Conductor::new(store, consoles, power, timing, shutdown))
+    let mut conductor = Conductor::new(store, consoles, power, timing, shutdown);
+    if let Some(endpoint) = &config.inspect.endpoint {
+        use provision::inspect_grpc::{GrpcInspect, InspectClient};
+        let client = InspectClient::new(endpoint, config.inspect.timeout)?;
+        if let Some(name) = &config.inspect.default_interface {
+            conductor.interfaces.fake_hardware.inspect =
+                Arc::new(GrpcInspect::new(name, client.clone()));
+        }
+        conductor.interfaces.inspect_service = Some(client);
+    }
+    Ok(conductor)
 }
 
 /// A power action cut short by a stop leaves target_power_state behind:

@@ -12,7 +12,6 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{base_url, json_object, ApiError, AppState};
-use crate::power::BOOT_DEVICES;
 use crate::service::power::PowerAction;
 
 fn accepted(st: &AppState, headers: &HeaderMap, uuid: &str, what: &str) -> Response {
@@ -172,8 +171,9 @@ pub async fn supported_boot_devices(
     State(st): State<AppState>,
     Path(node): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    st.conductor.store.get_node(&node).await?;
-    Ok(Json(json!({"supported_boot_devices": BOOT_DEVICES})))
+    let node = st.conductor.store.get_node(&node).await?;
+    let devices = crate::service::Conductor::supported_boot_devices(&node);
+    Ok(Json(json!({"supported_boot_devices": devices})))
 }
 
 pub async fn validate(

@@ -82,7 +82,18 @@ pub trait DeployInterface: Send + Sync {
 /// Inspecting a node's hardware.
 pub trait InspectInterface: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Whether `node` can be inspected now; an error refuses the `inspect`
+    /// verb before the node moves (Ironic's `validate`). Default: yes.
+    fn validate<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+        Box::pin(async { Ok(()) })
+    }
     fn inspect<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, StepResult>;
+    /// Stop the inspection `node` waits for (`abort` from `inspect wait`);
+    /// an error refuses the abort and the node keeps waiting. Default:
+    /// nothing to stop.
+    fn abort<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The `fake` deploy and inspect interfaces: everything succeeds at once,
@@ -135,6 +146,9 @@ pub struct NodeInterfaces {
 pub struct Interfaces {
     /// What `fake-hardware` nodes use (tests replace it).
     pub fake_hardware: NodeInterfaces,
+    /// The inspect service (`[inspect] endpoint`), whose `inspector` and
+    /// `agent` interfaces [`super::inspect_grpc::GrpcInspect`] gives.
+    pub inspect_service: Option<super::inspect_grpc::InspectClient>,
 }
 
 impl Default for Interfaces {
@@ -144,6 +158,7 @@ impl Default for Interfaces {
                 deploy: Arc::new(Fake),
                 inspect: Arc::new(Fake),
             },
+            inspect_service: None,
         }
     }
 }

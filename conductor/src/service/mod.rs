@@ -6,6 +6,7 @@
 //! in `console.rs`. Callers: `api` handlers, `watch`, `lib::run`.
 
 mod console;
+mod inspection;
 mod nodes;
 pub mod power;
 mod provision;
@@ -23,6 +24,7 @@ use crate::model::{now, Dict, Port};
 use crate::patch::PatchError;
 use crate::power::{PowerError, PowerSettings};
 
+pub use inspection::InspectionEnd;
 pub use nodes::NodeCreate;
 
 #[derive(Debug, thiserror::Error)]

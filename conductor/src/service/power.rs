@@ -11,6 +11,10 @@ use super::{BusyGuard, Conductor, ServiceError};
 use crate::model::{Dict, Node, FAKE_HARDWARE, POWER_ON};
 use crate::power::{Bmc, Power, PowerError, BOOT_DEVICES};
 
+/// What Ironic's fake management interface supports (fake-hardware nodes;
+/// ironic-inspector sets PXE before it powers a node on).
+pub const FAKE_BOOT_DEVICES: &[&str] = &["pxe"];
+
 /// What a `PUT /states/power` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PowerAction {
@@ -198,6 +202,9 @@ impl Conductor {
 
     pub async fn boot_device(&self, ident: &str) -> Result<Value, ServiceError> {
         let node = self.store.get_node(ident).await?;
+        if node.driver == FAKE_HARDWARE {
+            return Ok(json!({"boot_device": "pxe", "persistent": false}));
+        }
         let (dev, persistent) = Bmc::for_node(&node, &self.power)?.boot_device().await?;
         Ok(json!({"boot_device": dev, "persistent": persistent}))
     }
@@ -218,10 +225,27 @@ impl Conductor {
             None | Some(Value::Null) => false,
             Some(v) => super::parse_bool("persistent", v)?,
         };
+        if node.driver == FAKE_HARDWARE {
+            // Ironic's fake management: PXE only, nothing to do.
+            return match FAKE_BOOT_DEVICES.contains(&dev) {
+                true => Ok(()),
+                false => Err(ServiceError::Invalid(format!(
+                    "Invalid boot device {dev} specified."
+                ))),
+            };
+        }
         Bmc::for_node(&node, &self.power)?
             .set_boot_device(dev, persistent)
             .await?;
         Ok(())
+    }
+
+    /// The boot devices `node`'s management interface offers.
+    pub fn supported_boot_devices(node: &Node) -> &'static [&'static str] {
+        match node.driver == FAKE_HARDWARE {
+            true => FAKE_BOOT_DEVICES,
+            false => BOOT_DEVICES,
+        }
     }
 
     /// Ironic's validate: per interface, result and reason.

@@ -128,6 +128,23 @@ impl Conductor {
         if needs && ifaces.is_none() {
             return Err(no_interface(&node, target, event));
         }
+        // Before anything moves: a refusal leaves the node where it was.
+        match (event, &ifaces) {
+            (Event::Inspect, Some(i)) => i.inspect.validate(&node).await.map_err(|e| {
+                ServiceError::Invalid(format!(
+                    "Failed to validate inspect interface {} of node {uuid}: {e}",
+                    i.inspect.name()
+                ))
+            })?,
+            (Event::Abort, Some(i)) if from == State::InspectWait => {
+                i.inspect.abort(&node).await.map_err(|e| {
+                    ServiceError::Conflict(format!(
+                        "Failed to abort the inspection of node {uuid}: {e}"
+                    ))
+                })?
+            }
+            _ => {}
+        }
         let state = self
             .store
             .modify_node(&uuid, move |n: &mut Node| {
@@ -253,7 +270,7 @@ impl Conductor {
 
     /// Record `event` on the node (and `error` as last_error); the state
     /// it led to.
-    async fn advance(
+    pub(super) async fn advance(
         &self,
         uuid: &str,
         event: Event,

@@ -1,0 +1,216 @@
+//! The `inspector` and `agent` inspect interfaces: the inspect service
+//! (`inspect.v1` over gRPC) does the work, the conductor keeps the node's
+//! state. [`GrpcInspect`] implements [`InspectInterface`]; [`follow`]
+//! watches the service's results and ends each waiting node's inspection.
+//!
+//! ```text
+//!  PUT provision inspect ──▶ validate ──ValidateInspection──▶ refused: 400, node unchanged
+//!  inspecting ──StartInspection──▶ WAITING ──▶ node: inspect wait (unlocked)
+//!  follow: WatchInspections ──FINISHED──▶ inspect wait → manageable
+//!                           ──FAILED────▶ inspect wait → inspect failed, last_error
+//!  abort from inspect wait ──AbortInspection──▶ then inspect failed
+//! ```
+//!
+//! Callers: `lib::open` builds them from `[inspect]`; `lib::run` spawns
+//! [`follow`]; `service::provision` drives the interface.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use pb::inspect_service_client::InspectServiceClient;
+use porthole_proto::inspect::v1 as pb;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use super::interfaces::{BoxFuture, InspectInterface, InterfaceError, Outcome, StepResult};
+use crate::model::Node;
+use crate::service::{Conductor, InspectionEnd};
+
+#[derive(Debug, thiserror::Error)]
+#[error("inspect.endpoint {endpoint:?}: {message}")]
+pub struct InspectClientError {
+    endpoint: String,
+    message: String,
+}
+
+/// A lazily connecting client of the inspect service.
+#[derive(Clone)]
+pub struct InspectClient {
+    endpoint: String,
+    client: InspectServiceClient<Channel>,
+}
+
+impl InspectClient {
+    /// The conductor starts while the inspect service is down.
+    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, InspectClientError> {
+        let ep = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| InspectClientError {
+                endpoint: endpoint.into(),
+                message: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .timeout(timeout);
+        Ok(Self {
+            endpoint: endpoint.into(),
+            client: InspectServiceClient::new(ep.connect_lazy()),
+        })
+    }
+
+    /// A status as last_error text: the service's own message, or that it
+    /// cannot be reached.
+    fn describe(&self, s: &tonic::Status) -> String {
+        match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                if s.message().contains("transport") || s.code() != tonic::Code::Unknown =>
+            {
+                format!(
+                    "the inspect service at {} is unavailable: {}",
+                    self.endpoint,
+                    s.message()
+                )
+            }
+            _ => s.message().to_owned(),
+        }
+    }
+}
+
+/// One of the inspect service's interfaces (`inspector` or `agent`).
+pub struct GrpcInspect {
+    name: &'static str,
+    client: InspectClient,
+}
+
+impl GrpcInspect {
+    /// `name` must be `inspector` or `agent` (checked with the config).
+    pub fn new(name: &str, client: InspectClient) -> Self {
+        let name = if name == "agent" { "agent" } else { "inspector" };
+        Self { name, client }
+    }
+}
+
+impl InspectInterface for GrpcInspect {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn validate<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+        Box::pin(async move {
+            let mut c = self.client.client.clone();
+            c.validate_inspection(pb::ValidateInspectionRequest {
+                interface: self.name.into(),
+            })
+            .await
+            .map(drop)
+            .map_err(|s| InterfaceError(self.client.describe(&s)))
+        })
+    }
+
+    fn inspect<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, StepResult> {
+        Box::pin(async move {
+            let mut c = self.client.client.clone();
+            let shown = c
+                .start_inspection(pb::StartInspectionRequest {
+                    node_uuid: node.uuid.clone(),
+                    interface: self.name.into(),
+                })
+                .await
+                .map_err(|s| InterfaceError(self.client.describe(&s)))?
+                .into_inner();
+            match shown.state() {
+                pb::InspectionState::Finished => Ok(Outcome::Done),
+                pb::InspectionState::Failed | pb::InspectionState::Aborted => {
+                    Err(InterfaceError(shown.error))
+                }
+                _ => Ok(Outcome::Wait),
+            }
+        })
+    }
+
+    fn abort<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+        Box::pin(async move {
+            let mut c = self.client.client.clone();
+            c.abort_inspection(pb::AbortInspectionRequest {
+                node_uuid: node.uuid.clone(),
+            })
+            .await
+            .map(drop)
+            .map_err(|s| InterfaceError(self.client.describe(&s)))
+        })
+    }
+}
+
+/// How long an outcome waits for a node still held by its provision task
+/// (the result raced the move to `inspect wait`).
+const BUSY_RETRY: Duration = Duration::from_millis(100);
+const BUSY_TRIES: u32 = 300;
+
+/// Follow the inspect service's results until the conductor stops: each
+/// FINISHED or FAILED inspection ends its node's `inspect wait`. A broken
+/// stream is opened again (the service sends every inspection it holds
+/// first, so an outcome missed meanwhile still arrives).
+pub async fn follow(conductor: Arc<Conductor>, client: InspectClient) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut c = client.client.clone();
+        match c.watch_inspections(pb::WatchInspectionsRequest {}).await {
+            Ok(stream) => {
+                info!(endpoint = %client.endpoint, "following the inspect service's results");
+                backoff = Duration::from_millis(200);
+                let mut stream = stream.into_inner();
+                loop {
+                    let item = tokio::select! {
+                        _ = conductor.shutdown.cancelled() => return,
+                        item = stream.next() => item,
+                    };
+                    match item {
+                        Some(Ok(i)) => outcome(&conductor, i),
+                        Some(Err(s)) => {
+                            warn!(error = %client.describe(&s), "inspect results stream broke");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(s) => warn!(error = %client.describe(&s), "cannot follow the inspect service"),
+        }
+        tokio::select! {
+            _ = conductor.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Apply one inspection's result to its node, off the stream's task.
+fn outcome(conductor: &Arc<Conductor>, i: pb::Inspection) {
+    let result = match i.state() {
+        pb::InspectionState::Finished => Ok(()),
+        pb::InspectionState::Failed => Err(match i.interface.as_str() {
+            "inspector" => format!("ironic-inspector inspection failed: {}", i.error),
+            _ => i.error.clone(),
+        }),
+        // Waiting: nothing yet; aborted: the abort verb moved the node.
+        _ => return,
+    };
+    let c = conductor.clone();
+    conductor.tasks.spawn(async move {
+        for _ in 0..BUSY_TRIES {
+            match c.end_inspection(&i.node_uuid, result.clone()).await {
+                Ok(InspectionEnd::Busy) => {}
+                Ok(InspectionEnd::Applied | InspectionEnd::NotWaiting) => return,
+                Err(e) => {
+                    warn!(node = %i.node_uuid, error = %e, "cannot record the inspection's result");
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = c.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(BUSY_RETRY) => {}
+            }
+        }
+        warn!(node = %i.node_uuid, "node still busy; the inspection's result waits for the next stream");
+    });
+}

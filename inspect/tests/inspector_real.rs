@@ -1,0 +1,175 @@
+//! The `inspector` interface end to end: the conductor (in-process) moves
+//! the node, the inspect service (in-process) drives the REAL
+//! ironic-inspector 12.5 (`../shared/rig/inspector-up.sh`), which talks to
+//! the conductor's API as its Ironic; a test plays the ramdisk, posting to
+//! inspector's `/v1/continue`. Skips with a notice without the rig script
+//! or `.venv-inspector` (scripts/venv-inspector.sh); fails then under
+//! `PORTHOLE_REQUIRE_PEERS`.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use common::{Api, Inspector};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+/// inspector's own introspection timeout for this run.
+const INSPECTOR_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// A property inspector set: it PATCHes strings ("4"), Ironic keeps them.
+fn prop(n: &Value, key: &str) -> String {
+    match &n["properties"][key] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn inspect_until_waiting(api: &Api, uuid: &str) -> Result<()> {
+    let (code, v) = api.provision(uuid, "inspect").await?;
+    ensure!(code == 202, "inspect {uuid}: {code} {v}");
+    let n = api.wait_state_target(uuid, "inspect wait", Duration::from_secs(30)).await?;
+    ensure!(n["target_provision_state"] == "manageable", "{n}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspection_through_the_real_ironic_inspector() {
+    porthole_tests::run(async {
+        let Some((script, venv)) = common::peers() else {
+            return Ok(());
+        };
+        let dir = tempfile::tempdir()?;
+        let inspect_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let inspect_url = format!("http://{}", inspect_listener.local_addr()?);
+        let mut conductor = common::conductor(dir.path(), &inspect_url, "inspector").await?;
+        let api = Api::new(&conductor.url);
+        let inspector = Inspector::start(&script, &venv, &conductor.url, INSPECTOR_TIMEOUT)?;
+        let service_url = format!("{}/v1", inspector.url);
+        let config = common::inspect_config(&[
+            ("enabled", "true"),
+            ("service_url", &service_url),
+            ("status_check_period", "1s"),
+        ])?;
+        let mut inspect = common::serve_inspect(inspect_listener, config)?;
+        let result = flows(&api, &inspector).await;
+        if result.is_err() {
+            eprintln!("--- ironic-inspector's log ---\n{}", inspector.log());
+        }
+        inspect.stop().await?;
+        conductor.stop().await?;
+        result
+    })
+    .await
+}
+
+async fn flows(api: &Api, inspector: &Inspector) -> Result<()> {
+    // Left waiting: inspector's timeout ends it (checked last).
+    let late = api.create_node("late", "192.0.2.19").await?;
+    api.manage(&late).await?;
+    inspect_until_waiting(api, &late).await?;
+
+    // The ramdisk reports an error. inspector 12.5 cannot take its own
+    // `error` event in state `waiting` (its state machine has no such
+    // edge), so it answers 400 and the introspection ends only at
+    // inspector's timeout (checked last).
+    let bad = api.create_node("bad", "192.0.2.12").await?;
+    api.manage(&bad).await?;
+    inspect_until_waiting(api, &bad).await?;
+    let mut data = common::ramdisk_data("52:54:00:12:34:12", "192.0.2.112", "192.0.2.12");
+    data["error"] = "The ramdisk found no disks".into();
+    let (code, body) = common::post_continue(&inspector.url, &data).await?;
+    ensure!(
+        code == 400 && body.contains("Can not transition from state 'waiting' on event 'error'"),
+        "continue with an error: {code} {body}"
+    );
+
+    // The good run: the ramdisk reports, inspector processes against our
+    // API (properties PATCH, ports POST, power off), the node ends manageable.
+    let good = api.create_node("good", "192.0.2.11").await?;
+    api.manage(&good).await?;
+    inspect_until_waiting(api, &good).await?;
+    let n = api.node(&good).await?;
+    ensure!(n["inspection_started_at"].is_string(), "{n}");
+    let mac = "52:54:00:12:34:11";
+    let (code, body) =
+        common::post_continue(&inspector.url, &common::ramdisk_data(mac, "192.0.2.111", "192.0.2.11"))
+            .await?;
+    ensure!(code == 200, "continue: {code} {body}");
+    let n = api.wait_state(&good, "manageable", Duration::from_secs(30)).await?;
+    ensure!(n["last_error"].is_null(), "{n}");
+    ensure!(n["inspection_finished_at"].is_string(), "{n}");
+    ensure!(prop(&n, "cpus") == "4", "{n}");
+    ensure!(prop(&n, "memory_mb") == "8192", "{n}");
+    // 100 GiB disk: local_gb is its size in GiB less one.
+    ensure!(prop(&n, "local_gb") == "99", "{n}");
+    ensure!(prop(&n, "cpu_arch") == "x86_64", "{n}");
+    ensure!(n["power_state"] == "power off", "inspector powers it off at the end: {n}");
+    let (code, ports) = api
+        .call(reqwest::Method::GET, &format!("/v1/nodes/{good}/ports"), None)
+        .await?;
+    ensure!(code == 200, "{ports}");
+    let macs: Vec<&str> = ports["ports"]
+        .as_array()
+        .context("ports")?
+        .iter()
+        .filter_map(|p| p["address"].as_str())
+        .collect();
+    ensure!(macs == [mac], "ports {ports}");
+    let st = common::introspection_status(&inspector.url, &good).await?;
+    ensure!(st["finished"] == true && st["error"].is_null(), "{st}");
+
+    // Abort from inspect wait: inspector is told, the node fails as Ironic words it.
+    let aborted = api.create_node("aborted", "192.0.2.13").await?;
+    api.manage(&aborted).await?;
+    inspect_until_waiting(api, &aborted).await?;
+    let (code, v) = api.provision(&aborted, "abort").await?;
+    ensure!(code == 202, "abort: {code} {v}");
+    let n = api
+        .wait_state_target(&aborted, "inspect failed", Duration::from_secs(10))
+        .await?;
+    ensure!(n["last_error"] == "Inspection was aborted by request.", "{n}");
+    // inspector aborts in the background ("aborting", then finished).
+    let mut st = Value::Null;
+    for _ in 0..50 {
+        st = common::introspection_status(&inspector.url, &aborted).await?;
+        if st["finished"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        st["finished"] == true && st["error"].as_str().unwrap_or_default().contains("Canceled"),
+        "inspector saw the abort: {st}"
+    );
+    // The result of the aborted run changes nothing afterwards.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = api.node(&aborted).await?;
+    ensure!(n["provision_state"] == "inspect failed", "{n}");
+
+    // inspector's timeout, for both.
+    for uuid in [&late, &bad] {
+        let n = api
+            .wait_state_target(uuid, "inspect failed", INSPECTOR_TIMEOUT + Duration::from_secs(40))
+            .await?;
+        ensure!(
+            n["last_error"] == "ironic-inspector inspection failed: Introspection timeout",
+            "{n}"
+        );
+        ensure!(n["target_provision_state"] == "manageable" && n["inspection_finished_at"].is_null(), "{n}");
+    }
+
+    // A failed node can be inspected again, and this time it finishes.
+    inspect_until_waiting(api, &bad).await?;
+    let (code, body) = common::post_continue(
+        &inspector.url,
+        &common::ramdisk_data("52:54:00:12:34:12", "192.0.2.112", "192.0.2.12"),
+    )
+    .await?;
+    ensure!(code == 200, "continue: {code} {body}");
+    let n = api.wait_state(&bad, "manageable", Duration::from_secs(30)).await?;
+    ensure!(n["last_error"].is_null() && prop(&n, "cpus") == "4", "{n}");
+
+    Ok(())
+}
