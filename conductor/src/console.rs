@@ -270,7 +270,8 @@ pub fn apply(node: &mut Node, c: &pb::Console) {
 
 /// A status's message and its sources' (a transport error alone says
 /// "operation was canceled"; its source says the connection was closed).
-fn chain(s: &tonic::Status) -> String {
+/// A status's message and its sources' (shared with `provision::inspect_grpc`).
+pub(crate) fn chain(s: &tonic::Status) -> String {
     let mut text = s.message().to_owned();
     let mut source = std::error::Error::source(s);
     while let Some(e) = source {

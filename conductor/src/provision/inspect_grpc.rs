@@ -61,6 +61,17 @@ impl InspectClient {
     /// A status as last_error text: the service's own message, or that it
     /// cannot be reached.
     fn describe(&self, s: &tonic::Status) -> String {
+        // A connection that failed under the call arrives with a transport
+        // error as its source, whatever its code (CANCELLED among them).
+        let transport =
+            std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>());
+        if transport {
+            return format!(
+                "the inspect service at {} is unavailable: {}",
+                self.endpoint,
+                crate::console::chain(s)
+            );
+        }
         match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
                 if s.message().contains("transport") || s.code() != tonic::Code::Unknown =>
@@ -214,3 +225,6 @@ fn outcome(conductor: &Arc<Conductor>, i: pb::Inspection) {
         warn!(node = %i.node_uuid, "node still busy; the inspection's result waits for the next stream");
     });
 }
+
+#[cfg(test)]
+mod tests;
