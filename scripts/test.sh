@@ -7,8 +7,9 @@
 #
 # 1. scripts/setup.sh (Debian packages; idempotent), scripts/check-fresh.sh
 #    (everything the build reads from the system comes from those packages:
-#    exit 5 if not), scripts/venv.sh and scripts/venv-clients.sh (nova,
-#    vncdotool, the OpenStack clients);
+#    exit 5 if not), scripts/venv.sh, scripts/venv-clients.sh (nova,
+#    vncdotool, the OpenStack clients) and scripts/venv-inspector.sh
+#    (ironic-inspector 12.5 for the inspect service's tests);
 # 2. cargo build --workspace --all-targets (the tests run target/debug/console-svc);
 # 3. starts ../shared/rig with RIG_RUN_DIR=.run/test-rig, RIG_BASE_PORT=24000
 #    (PORTHOLE_TEST_RIG_BASE), RIG_BMCS=6 and a random, distinctive BMC
@@ -77,9 +78,11 @@ say "fresh-machine rehearsal (scripts/check-fresh.sh)"
   { cat "$RUN/test-fresh.log" >&2; say "check-fresh.sh failed: scripts/setup.sh misses a package"; exit 5; }
 # The real Python peers: nova 34.0.0's RFB proxy and vncdotool (.venv), the
 # OpenStack clients (.venv-clients). Separate venvs: nova pins old libraries.
-say "python peers (.venv, .venv-clients)"
+say "python peers (.venv, .venv-clients, .venv-inspector)"
 "$ROOT/scripts/venv.sh"
 "$ROOT/scripts/venv-clients.sh"
+# The real ironic-inspector 12.5 the inspect service's tests drive (.venv-inspector).
+"$ROOT/scripts/venv-inspector.sh"
 
 say "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
