@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::inspector::{Backend, InspectorError, Status};
+use crate::inspector::{is_locked, Backend, InspectorError, Status};
 
 /// Status requests in flight at once, over all nodes.
 pub const MAX_POLLS_IN_FLIGHT: usize = 16;
@@ -74,6 +74,9 @@ struct Record {
     finished_at: Option<SystemTime>,
     /// When the poller gives up on it.
     deadline: Instant,
+    /// Aborted here, but the backend has not taken the abort yet (it held
+    /// the node): the poller asks again each period.
+    abort_pending: bool,
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -196,6 +199,7 @@ impl Inspections {
             started_at: SystemTime::now(),
             finished_at: None,
             deadline: Instant::now() + self.inner.timing.inspect_wait_timeout,
+            abort_pending: false,
         };
         let shown = record.to_pb(&uuid);
         self.records().insert(uuid.clone(), record);
@@ -213,8 +217,12 @@ impl Inspections {
             .ok_or(InspectError::NotFound(uuid))
     }
 
-    /// Abort a waiting inspection (the backend first: when it refuses,
-    /// the inspection stays as it was).
+    /// Abort a waiting inspection, the backend first: when it refuses, the
+    /// inspection stays as it was; when it holds the node (inspector
+    /// still starting the run), the inspection ends ABORTED now and the
+    /// poller asks the backend again each period (so the conductor's lock
+    /// is not held while inspector needs the node). An inspection that
+    /// ended meanwhile is answered as it ended.
     pub async fn abort(&self, uuid: &str) -> Result<pb::Inspection, InspectError> {
         let uuid = canonical(uuid)?;
         let interface = {
@@ -230,13 +238,26 @@ impl Inspections {
             }
             r.interface.clone()
         };
-        self.backend(&interface)?.abort(&uuid).await?;
-        self.finish(
+        let pending = match self.backend(&interface)?.abort(&uuid).await {
+            Ok(()) => false,
+            Err(e) if is_locked(&e) => {
+                info!(node = %uuid, "the backend holds the node; the abort is asked again each period");
+                true
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ended = self.finish(
             &uuid,
             pb::InspectionState::Aborted,
             "Inspection was aborted by request.".into(),
-        )
-        .ok_or(InspectError::NotFound(uuid))
+        );
+        if let Some(shown) = ended {
+            if let Some(r) = self.records().get_mut(&uuid) {
+                r.abort_pending = pending;
+            }
+            return Ok(shown);
+        }
+        self.get(&uuid)
     }
 
     /// Every record now, and the changes from here on (subscribed first,
@@ -292,17 +313,59 @@ impl Inspections {
     /// at a time.
     pub async fn poll_once(&self) {
         let now = Instant::now();
-        let waiting: Vec<(String, String, bool)> = self
+        let due: Vec<(String, String, bool, bool)> = self
             .records()
             .iter()
-            .filter(|(_, r)| r.state == pb::InspectionState::Waiting)
-            .map(|(u, r)| (u.clone(), r.interface.clone(), now >= r.deadline))
-            .collect();
-        futures::stream::iter(waiting)
-            .for_each_concurrent(MAX_POLLS_IN_FLIGHT, |(uuid, interface, late)| async move {
-                self.poll_node(&uuid, &interface, late).await;
+            .filter(|(_, r)| r.state == pb::InspectionState::Waiting || r.abort_pending)
+            .map(|(u, r)| {
+                let late = now >= r.deadline;
+                (u.clone(), r.interface.clone(), late, r.abort_pending)
             })
+            .collect();
+        futures::stream::iter(due)
+            .for_each_concurrent(
+                MAX_POLLS_IN_FLIGHT,
+                |(uuid, interface, late, aborting)| async move {
+                    match aborting {
+                        true => self.abort_again(&uuid, &interface, late).await,
+                        false => self.poll_node(&uuid, &interface, late).await,
+                    }
+                },
+            )
             .await;
+    }
+
+    /// Ask the backend again to abort what this service already ended as
+    /// ABORTED, until it takes it (or refuses for another reason, or the
+    /// deadline passed).
+    async fn abort_again(&self, uuid: &str, interface: &str, late: bool) {
+        let Ok(backend) = self.backend(interface) else {
+            return;
+        };
+        let done = match backend.abort(uuid).await {
+            Ok(()) => {
+                info!(node = %uuid, "the backend took the abort");
+                true
+            }
+            Err(e) if late => {
+                warn!(node = %uuid, error = %e, "giving up on aborting at the backend");
+                true
+            }
+            Err(e) if is_locked(&e) => false,
+            Err(InspectorError::Refused { message, .. }) => {
+                info!(node = %uuid, %message, "the backend refused the abort; its run is over");
+                true
+            }
+            Err(e) => {
+                warn!(node = %uuid, error = %e, "abort at the backend failed this period");
+                false
+            }
+        };
+        if done {
+            if let Some(r) = self.records().get_mut(uuid) {
+                r.abort_pending = false;
+            }
+        }
     }
 
     async fn poll_node(&self, uuid: &str, interface: &str, late: bool) {

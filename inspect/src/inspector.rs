@@ -26,9 +26,6 @@ pub const API_VERSION: (u32, u32) = (1, 3);
 pub const MIN_VERSION_HEADER: &str = "X-OpenStack-Ironic-Inspector-API-Minimum-Version";
 pub const MAX_VERSION_HEADER: &str = "X-OpenStack-Ironic-Inspector-API-Maximum-Version";
 pub const VERSION_HEADER: &str = "X-OpenStack-Ironic-Inspector-API-Version";
-/// How often an abort is asked again while inspector says the node is
-/// locked (about 11 s in all).
-pub const ABORT_RETRIES: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectorError {
@@ -83,8 +80,6 @@ pub struct InspectorClient {
     http: reqwest::Client,
     /// `…/v1`, no trailing slash.
     api: String,
-    /// The first pause before an abort is asked again (doubling, ≤ 2 s).
-    abort_pause: Duration,
 }
 
 /// `(root, api)` from `service_url`: `http://h:5050/v1` and `http://h:5050`
@@ -173,17 +168,7 @@ impl InspectorClient {
             return Err(InspectorError::UnsupportedVersion { url: root, min, max });
         }
         tracing::info!(url = %api, min = %min, max = %max, "ironic-inspector answers");
-        Ok(Self {
-            http,
-            api,
-            abort_pause: Duration::from_millis(200),
-        })
-    }
-
-    /// Abort retries paced from `pause` (tests keep them short).
-    pub fn with_abort_pause(mut self, pause: Duration) -> Self {
-        self.abort_pause = pause;
-        self
+        Ok(Self { http, api })
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
@@ -254,28 +239,19 @@ impl Backend for InspectorClient {
 
     /// Inspector answers 409 "Node is locked, please, retry later" while
     /// it is still starting the introspection (setting the boot device,
-    /// powering on): asked again, [`ABORT_RETRIES`] times at most.
+    /// powering on the node through the conductor): see
+    /// [`is_locked`]; the caller asks again later.
     async fn abort(&self, uuid: &str) -> Result<(), InspectorError> {
-        let mut pause = self.abort_pause;
-        let mut tries = 0;
-        loop {
-            let what = format!("abort introspection of node {uuid}");
-            match self
-                .call(self.post(&format!("/introspection/{uuid}/abort")), what)
-                .await
-            {
-                Err(InspectorError::Refused { status, .. })
-                    if status == StatusCode::CONFLICT && tries < ABORT_RETRIES =>
-                {
-                    tries += 1;
-                    tracing::debug!(node = %uuid, tries, "ironic-inspector holds the node; abort again shortly");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                other => return other.map(drop),
-            }
-        }
+        let what = format!("abort introspection of node {uuid}");
+        self.call(self.post(&format!("/introspection/{uuid}/abort")), what)
+            .await
+            .map(drop)
     }
+}
+
+/// Whether inspector refused because it holds the node right now (409).
+pub fn is_locked(e: &InspectorError) -> bool {
+    matches!(e, InspectorError::Refused { status, .. } if *status == StatusCode::CONFLICT)
 }
 
 #[cfg(test)]

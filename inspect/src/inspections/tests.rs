@@ -17,6 +17,10 @@ struct FakeInspector {
     status: Mutex<HashMap<String, Status>>,
     /// Start refused for these, with this message.
     refuse: Mutex<HashMap<String, String>>,
+    /// Abort answered 409 "locked" this many more times.
+    abort_locked: Mutex<usize>,
+    /// When set, abort waits for a permit.
+    abort_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     calls: Mutex<Vec<String>>,
 }
 
@@ -65,6 +69,19 @@ impl Backend for FakeInspector {
     }
     async fn abort(&self, uuid: &str) -> Result<(), InspectorError> {
         self.calls.lock().unwrap().push(format!("abort {uuid}"));
+        let gate = self.abort_gate.lock().unwrap().clone();
+        if let Some(g) = gate {
+            g.acquire().await.unwrap().forget();
+        }
+        let mut locked = self.abort_locked.lock().unwrap();
+        if *locked > 0 {
+            *locked -= 1;
+            return Err(InspectorError::Refused {
+                what: "abort".into(),
+                status: reqwest::StatusCode::CONFLICT,
+                message: "Node is locked, please, retry later".into(),
+            });
+        }
         Ok(())
     }
 }
@@ -248,4 +265,57 @@ async fn many_waiting_nodes_cost_one_status_request_each_per_period() {
     tokio::time::advance(PERIOD * 5).await;
     settle().await;
     assert_eq!(fake.count("status"), stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_the_backend_cannot_take_yet_is_asked_again_each_period() {
+    let (i, fake, _c) = setup(true);
+    i.start(A, INSPECTOR).await.unwrap();
+    let (_, mut rx) = i.watch();
+    *fake.abort_locked.lock().unwrap() = 2;
+    // Ended at once: the conductor does not wait for inspector.
+    let aborted = i.abort(A).await.unwrap();
+    assert_eq!(aborted.state(), pb::InspectionState::Aborted);
+    assert_eq!(rx.recv().await.unwrap(), aborted);
+    let aborts = || fake.count(&format!("abort {A}"));
+    assert_eq!(aborts(), 1);
+    settle().await;
+    let asked = aborts();
+    tokio::time::advance(PERIOD).await;
+    settle().await;
+    assert_eq!(aborts(), asked + 1, "{:?}", fake.calls());
+    tokio::time::advance(PERIOD).await;
+    settle().await;
+    assert_eq!(aborts(), 3, "locked twice, taken at the third ask");
+    // Taken: never asked again, the status neither.
+    let statuses = fake.count("status");
+    tokio::time::advance(PERIOD * 3).await;
+    settle().await;
+    assert_eq!((aborts(), fake.count("status")), (3, statuses));
+    assert_eq!(i.get(A).unwrap().state(), pb::InspectionState::Aborted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_that_lost_the_race_with_the_result_answers_the_result() {
+    let (i, fake, _c) = setup(true);
+    i.start(A, INSPECTOR).await.unwrap();
+    settle().await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *fake.abort_gate.lock().unwrap() = Some(gate.clone());
+    let aborting = tokio::spawn({
+        let i = i.clone();
+        async move { i.abort(A).await }
+    });
+    settle().await;
+    assert_eq!(fake.count(&format!("abort {A}")), 1, "in flight");
+    // Meanwhile inspector ends the run (here: it could not power the node
+    // on while the conductor held it) and the poller records that.
+    fake.set(A, Status::Failed("Failed to power on the node".into()));
+    tokio::time::advance(PERIOD).await;
+    settle().await;
+    assert_eq!(i.get(A).unwrap().state(), pb::InspectionState::Failed);
+    gate.add_permits(1);
+    let answered = aborting.await.unwrap().expect("answered, not an error");
+    assert_eq!(answered.state(), pb::InspectionState::Failed);
+    assert_eq!(answered.error, "Failed to power on the node");
 }

@@ -268,12 +268,14 @@ impl Api {
         .await
     }
 
-    /// Wait until the node's provision_state is `state` (and has no target).
+    /// Wait until the node's provision_state is `state` (and has no target),
+    /// unlocked.
     pub async fn wait_state(&self, uuid: &str, state: &str, within: Duration) -> Result<Value> {
         self.wait_for(uuid, state, true, within).await
     }
 
-    /// Wait until the node's provision_state is `state`, whatever its target.
+    /// Wait until the node's provision_state is `state`, whatever its
+    /// target, unlocked.
     pub async fn wait_state_target(&self, uuid: &str, state: &str, within: Duration) -> Result<Value> {
         self.wait_for(uuid, state, false, within).await
     }
@@ -282,7 +284,11 @@ impl Api {
         let end = tokio::time::Instant::now() + within;
         loop {
             let n = self.node(uuid).await?;
-            if n["provision_state"] == state && (!stable || n["target_provision_state"].is_null()) {
+            // Its lock free too (the work's last step releases it just after).
+            if n["provision_state"] == state
+                && (!stable || n["target_provision_state"].is_null())
+                && n["reservation"].is_null()
+            {
                 return Ok(n);
             }
             if tokio::time::Instant::now() >= end {
@@ -343,4 +349,41 @@ pub async fn introspection_status(inspector: &str, uuid: &str) -> Result<Value> 
         bail!("introspection status {uuid}: {code} {v}");
     }
     Ok(v)
+}
+
+/// `.venv-clients/bin/openstack`, or `None` with a notice.
+pub fn openstack() -> Option<PathBuf> {
+    let venv = std::env::var_os("PORTHOLE_VENV_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv-clients"));
+    let bin = venv.join("bin/openstack");
+    if bin.exists() {
+        return Some(bin);
+    }
+    missing(&format!(
+        "{} has no openstack client (run scripts/venv-clients.sh)",
+        venv.display()
+    ))
+    .map(|_| bin)
+}
+
+/// `openstack --os-auth-type none --os-endpoint URL baremetal ARGS`: the
+/// exit status and what it printed.
+pub async fn baremetal(bin: &Path, url: &str, args: &[&str]) -> Result<(bool, String)> {
+    let out = tokio::process::Command::new(bin)
+        .args(["--os-auth-type", "none", "--os-endpoint", url, "baremetal"])
+        .args(args)
+        .env_remove("OS_CLOUD")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .with_context(|| format!("openstack baremetal {} took too long", args.join(" ")))??;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("$ openstack baremetal {}\n{text}", args.join(" "));
+    Ok((out.status.success(), text))
 }
