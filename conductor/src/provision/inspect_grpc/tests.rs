@@ -312,3 +312,28 @@ async fn abort_asks_the_service_first_and_a_refusal_keeps_the_node_waiting() {
         2
     );
 }
+
+/// ironic-inspector sets boot device pxe before it powers a node on; a
+/// fake-hardware node's management does as Ironic's fake: pxe only.
+#[tokio::test]
+async fn fake_management_takes_pxe_as_ironics_fake_does() {
+    let r = rig().await;
+    let c = &r.c;
+    let u = manageable_node(c).await;
+    let body = |dev: &str| {
+        let Value::Object(m) = json!({"boot_device": dev}) else {
+            unreachable!()
+        };
+        m
+    };
+    c.set_boot_device(&u, &body("pxe")).await.unwrap();
+    assert_eq!(
+        c.boot_device(&u).await.unwrap(),
+        json!({"boot_device": "pxe", "persistent": false})
+    );
+    let err = c.set_boot_device(&u, &body("disk")).await.unwrap_err();
+    assert!(matches!(err, ServiceError::Invalid(_)), "{err}");
+    assert_eq!(err.to_string(), "Invalid boot device disk specified.");
+    let node = c.store.get_node(&u).await.unwrap();
+    assert_eq!(Conductor::supported_boot_devices(&node), ["pxe"]);
+}
