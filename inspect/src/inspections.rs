@@ -202,7 +202,9 @@ impl Inspections {
             abort_pending: false,
         };
         let shown = record.to_pb(&uuid);
-        self.records().insert(uuid.clone(), record);
+        let replaced = self.records().insert(uuid.clone(), record);
+        debug_assert!(replaced.is_none_or(|r| r.state != pb::InspectionState::Waiting));
+        crate::metrics::get().started(if interface == AGENT { AGENT } else { INSPECTOR });
         info!(node = %uuid, interface, "inspection started");
         let _ = self.inner.events.send(shown.clone());
         Ok(shown)
@@ -286,6 +288,7 @@ impl Inspections {
             r.finished_at = Some(SystemTime::now());
             r.to_pb(uuid)
         };
+        crate::metrics::get().ended(state_name(state));
         match state {
             pb::InspectionState::Finished => info!(node = %uuid, "inspection finished"),
             _ => warn!(node = %uuid, state = state_name(state), error = %shown.error, "inspection ended without success"),

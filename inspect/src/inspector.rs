@@ -132,14 +132,22 @@ impl InspectorClient {
                 url: root.clone(),
                 source,
             })?;
+        let m = crate::metrics::get();
         let resp = http
             .get(format!("{root}/"))
             .send()
             .await
-            .map_err(|source| InspectorError::Unreachable {
-                url: root.clone(),
-                source,
+            .map_err(|source| {
+                m.inspector_request("version", "unreachable");
+                InspectorError::Unreachable {
+                    url: root.clone(),
+                    source,
+                }
             })?;
+        m.inspector_request(
+            "version",
+            if resp.status().is_success() { "ok" } else { "refused" },
+        );
         let status = resp.status();
         let header = |name: &str| {
             resp.headers()
@@ -177,28 +185,34 @@ impl InspectorClient {
             .header(VERSION_HEADER, format!("{}.{}", API_VERSION.0, API_VERSION.1))
     }
 
-    /// Send, and turn anything but a success into [`InspectorError`].
+    /// Send, and turn anything but a success into [`InspectorError`];
+    /// counted under `call`.
     async fn call(
         &self,
+        call: &'static str,
         req: reqwest::RequestBuilder,
         what: String,
     ) -> Result<String, InspectorError> {
-        let resp = req.send().await.map_err(|source| InspectorError::Request {
-            what: what.clone(),
-            source,
-        })?;
+        let m = crate::metrics::get();
+        let unreachable = |source| {
+            m.inspector_request(call, "unreachable");
+            InspectorError::Request {
+                what: what.clone(),
+                source,
+            }
+        };
+        let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
-        let body = resp.text().await.map_err(|source| InspectorError::Request {
-            what: what.clone(),
-            source,
-        })?;
+        let body = resp.text().await.map_err(unreachable)?;
         if !status.is_success() {
+            m.inspector_request(call, "refused");
             return Err(InspectorError::Refused {
                 what,
                 status,
                 message: message_of(&body),
             });
         }
+        m.inspector_request(call, "ok");
         Ok(body)
     }
 }
@@ -207,7 +221,7 @@ impl InspectorClient {
 impl Backend for InspectorClient {
     async fn start(&self, uuid: &str) -> Result<(), InspectorError> {
         let what = format!("start introspection of node {uuid}");
-        self.call(self.post(&format!("/introspection/{uuid}")), what)
+        self.call("start", self.post(&format!("/introspection/{uuid}")), what)
             .await
             .map(drop)
     }
@@ -223,7 +237,7 @@ impl Backend for InspectorClient {
             .http
             .get(format!("{}/introspection/{uuid}", self.api))
             .header(VERSION_HEADER, format!("{}.{}", API_VERSION.0, API_VERSION.1));
-        let body = self.call(req, what.clone()).await?;
+        let body = self.call("status", req, what.clone()).await?;
         let s: Introspection =
             serde_json::from_str(&body).map_err(|e| InspectorError::Refused {
                 what,
@@ -243,7 +257,7 @@ impl Backend for InspectorClient {
     /// [`is_locked`]; the caller asks again later.
     async fn abort(&self, uuid: &str) -> Result<(), InspectorError> {
         let what = format!("abort introspection of node {uuid}");
-        self.call(self.post(&format!("/introspection/{uuid}/abort")), what)
+        self.call("abort", self.post(&format!("/introspection/{uuid}/abort")), what)
             .await
             .map(drop)
     }

@@ -47,13 +47,20 @@ async fn inspection_through_the_real_ironic_inspector() {
         let api = Api::new(&conductor.url);
         let inspector = Inspector::start(&script, &venv, &conductor.url, INSPECTOR_TIMEOUT)?;
         let service_url = format!("{}/v1", inspector.url);
-        let config = common::inspect_config(&[
-            ("enabled", "true"),
-            ("service_url", &service_url),
-            ("status_check_period", "1s"),
-        ])?;
+        let metrics = format!("127.0.0.1:{}", common::free_port()?);
+        let config = common::inspect_config_with(
+            &[
+                ("enabled", "true"),
+                ("service_url", &service_url),
+                ("status_check_period", "1s"),
+            ],
+            &[("metrics_listen", &metrics)],
+        )?;
         let mut inspect = common::serve_inspect(inspect_listener, config)?;
-        let result = flows(&api, &inspector).await;
+        let mut result = flows(&api, &inspector).await;
+        if result.is_ok() {
+            result = scraped(&metrics).await;
+        }
         if result.is_err() {
             eprintln!("--- ironic-inspector's log ---\n{}", inspector.log());
         }
@@ -208,5 +215,31 @@ async fn flows(api: &Api, inspector: &Inspector) -> Result<()> {
     let n = api.wait_state(&bad, "manageable", Duration::from_secs(30)).await?;
     ensure!(n["last_error"].is_null() && prop(&n, "cpus") == "4", "{n}");
 
+    Ok(())
+}
+
+/// The service's /metrics after the flows: what it asked inspector and
+/// how the inspections ended.
+async fn scraped(addr: &str) -> Result<()> {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await?.text().await?;
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    for (sample, at_least) in [
+        (r#"porthole_inspect_inspector_requests_total{call="version",outcome="ok"}"#, 1.0),
+        (r#"porthole_inspect_inspector_requests_total{call="start",outcome="ok"}"#, 6.0),
+        (r#"porthole_inspect_inspector_requests_total{call="status",outcome="ok"}"#, 10.0),
+        (r#"porthole_inspect_inspector_requests_total{call="abort",outcome="ok"}"#, 1.0),
+        (r#"porthole_inspect_inspections_ended_total{state="finished"}"#, 3.0),
+        (r#"porthole_inspect_inspections_ended_total{state="failed"}"#, 2.0),
+        (r#"porthole_inspect_inspections_ended_total{state="aborted"}"#, 1.0),
+    ] {
+        ensure!(value(sample) >= at_least, "{sample} < {at_least}:\n{text}");
+    }
+    ensure!(value("porthole_inspect_inspections_waiting ") == 0.0, "{text}");
     Ok(())
 }

@@ -206,6 +206,12 @@ async fn start_status_abort_speak_inspectors_api() {
     let c = InspectorClient::connect(&config(Some(format!("{url}/v1/"))))
         .await
         .unwrap();
+    let m = crate::metrics::get();
+    let before = (
+        m.inspector_requests("start", "ok"),
+        m.inspector_requests("status", "ok"),
+        m.inspector_requests("start", "refused"),
+    );
     c.start(KNOWN).await.unwrap();
     assert_eq!(c.status(KNOWN).await.unwrap(), Status::Finished);
     assert_eq!(
@@ -225,6 +231,10 @@ async fn start_status_abort_speak_inspectors_api() {
         }
         e => panic!("{e}"),
     }
+    // Counted (other tests run alongside: at least these).
+    assert!(m.inspector_requests("start", "ok") > before.0);
+    assert!(m.inspector_requests("status", "ok") >= before.1 + 2);
+    assert!(m.inspector_requests("start", "refused") > before.2);
     let err = c.status(other).await.unwrap_err();
     assert!(
         matches!(&err, InspectorError::Refused { status, .. } if *status == StatusCode::NOT_FOUND),

@@ -179,9 +179,22 @@ pub async fn conductor(
 
 /// The inspect service on `listener`, `[inspector]` from `settings`.
 pub fn inspect_config(settings: &[(&'static str, &str)]) -> Result<inspect::config::Config> {
+    inspect_config_with(settings, &[])
+}
+
+/// [`inspect_config`] with `[service]` settings too.
+pub fn inspect_config_with(
+    settings: &[(&'static str, &str)],
+    service: &[(&'static str, &str)],
+) -> Result<inspect::config::Config> {
     let overrides: Vec<(&str, &str, toml::Value)> = settings
         .iter()
         .map(|(k, v)| ("inspector", *k, toml::Value::String((*v).to_owned())))
+        .chain(
+            service
+                .iter()
+                .map(|(k, v)| ("service", *k, toml::Value::String((*v).to_owned()))),
+        )
         .collect();
     Ok(inspect::config::Config::load(None, Vec::new(), &overrides)?)
 }
