@@ -198,7 +198,10 @@ mod tests {
             None,
             env(&[
                 ("PORTHOLE_INSPECT_INSPECTOR_ENABLED", "true"),
-                ("PORTHOLE_INSPECT_INSPECTOR_SERVICE_URL", "http://127.0.0.1:5050/v1"),
+                (
+                    "PORTHOLE_INSPECT_INSPECTOR_SERVICE_URL",
+                    "http://127.0.0.1:5050/v1",
+                ),
                 ("PORTHOLE_INSPECT_INSPECTOR_STATUS_CHECK_PERIOD", "2s"),
             ]),
             &[],
@@ -242,7 +245,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("[discoverd] is the older name of [inspector]"), "{err}");
+        assert!(
+            err.contains("[discoverd] is the older name of [inspector]"),
+            "{err}"
+        );
         let err = Config::load(
             None,
             env(&[("PORTHOLE_INSPECT_INSPECTOR_URL", "http://x")]),
@@ -261,10 +267,17 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("inspector.status_check_period must be above 0"), "{err}");
-        let err = Config::load(None, env(&[("PORTHOLE_INSPECT_SERVICE_TLS_CERT_FILE", "/c")]), &[])
-            .unwrap_err()
-            .to_string();
+        assert!(
+            err.contains("inspector.status_check_period must be above 0"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            env(&[("PORTHOLE_INSPECT_SERVICE_TLS_CERT_FILE", "/c")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("service.tls_"), "{err}");
     }
 }

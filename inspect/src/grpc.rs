@@ -6,8 +6,8 @@
 
 use std::pin::Pin;
 
-use porthole_proto::inspect::v1 as pb;
 use pb::inspect_service_server::InspectService;
+use porthole_proto::inspect::v1 as pb;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};

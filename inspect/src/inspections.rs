@@ -151,10 +151,7 @@ impl Inspections {
     }
 
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
-        self.inner
-            .records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The backend for `interface`, or why there is none.
@@ -276,7 +273,12 @@ impl Inspections {
 
     /// End a waiting record; `None` when it was not waiting any more (a
     /// result that raced an abort changes nothing).
-    fn finish(&self, uuid: &str, state: pb::InspectionState, error: String) -> Option<pb::Inspection> {
+    fn finish(
+        &self,
+        uuid: &str,
+        state: pb::InspectionState,
+        error: String,
+    ) -> Option<pb::Inspection> {
         let shown = {
             let mut records = self.records();
             let r = records.get_mut(uuid)?;
@@ -291,7 +293,9 @@ impl Inspections {
         crate::metrics::get().ended(state_name(state));
         match state {
             pb::InspectionState::Finished => info!(node = %uuid, "inspection finished"),
-            _ => warn!(node = %uuid, state = state_name(state), error = %shown.error, "inspection ended without success"),
+            _ => {
+                warn!(node = %uuid, state = state_name(state), error = %shown.error, "inspection ended without success")
+            }
         }
         let _ = self.inner.events.send(shown.clone());
         Some(shown)
@@ -376,16 +380,16 @@ impl Inspections {
             return;
         };
         if late {
-            let timeout = humantime::format_duration(
-                self.inner.timing.inspect_wait_timeout,
-            );
+            let timeout = humantime::format_duration(self.inner.timing.inspect_wait_timeout);
             if let Err(e) = backend.abort(uuid).await {
                 warn!(node = %uuid, error = %e, "cannot abort a timed-out introspection");
             }
             self.finish(
                 uuid,
                 pb::InspectionState::Failed,
-                format!("Timeout reached while inspecting the node (inspect_wait_timeout = {timeout})"),
+                format!(
+                    "Timeout reached while inspecting the node (inspect_wait_timeout = {timeout})"
+                ),
             );
             return;
         }
@@ -399,9 +403,9 @@ impl Inspections {
             }
             // Inspector lost the node (a restart with a new database):
             // it will never finish.
-            Err(InspectorError::Refused { status, message, .. })
-                if status == reqwest::StatusCode::NOT_FOUND =>
-            {
+            Err(InspectorError::Refused {
+                status, message, ..
+            }) if status == reqwest::StatusCode::NOT_FOUND => {
                 self.finish(
                     uuid,
                     pb::InspectionState::Failed,

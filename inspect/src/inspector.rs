@@ -44,7 +44,11 @@ pub enum InspectorError {
     #[error("the service at {url} does not say an ironic-inspector API version (no {MAX_VERSION_HEADER} header): is it ironic-inspector?")]
     NoVersion { url: String },
     #[error("ironic-inspector at {url} supports API versions {min} to {max}; this service needs {}.{} (major version 1)", API_VERSION.0, API_VERSION.1)]
-    UnsupportedVersion { url: String, min: String, max: String },
+    UnsupportedVersion {
+        url: String,
+        min: String,
+        max: String,
+    },
     #[error("ironic-inspector: {what}: {source}")]
     Request {
         what: String,
@@ -146,7 +150,11 @@ impl InspectorClient {
             })?;
         m.inspector_request(
             "version",
-            if resp.status().is_success() { "ok" } else { "refused" },
+            if resp.status().is_success() {
+                "ok"
+            } else {
+                "refused"
+            },
         );
         let status = resp.status();
         let header = |name: &str| {
@@ -173,16 +181,21 @@ impl InspectorClient {
             _ => false,
         };
         if !supported {
-            return Err(InspectorError::UnsupportedVersion { url: root, min, max });
+            return Err(InspectorError::UnsupportedVersion {
+                url: root,
+                min,
+                max,
+            });
         }
         tracing::info!(url = %api, min = %min, max = %max, "ironic-inspector answers");
         Ok(Self { http, api })
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}{path}", self.api))
-            .header(VERSION_HEADER, format!("{}.{}", API_VERSION.0, API_VERSION.1))
+        self.http.post(format!("{}{path}", self.api)).header(
+            VERSION_HEADER,
+            format!("{}.{}", API_VERSION.0, API_VERSION.1),
+        )
     }
 
     /// Send, and turn anything but a success into [`InspectorError`];
@@ -236,7 +249,10 @@ impl Backend for InspectorClient {
         let req = self
             .http
             .get(format!("{}/introspection/{uuid}", self.api))
-            .header(VERSION_HEADER, format!("{}.{}", API_VERSION.0, API_VERSION.1));
+            .header(
+                VERSION_HEADER,
+                format!("{}.{}", API_VERSION.0, API_VERSION.1),
+            );
         let body = self.call("status", req, what.clone()).await?;
         let s: Introspection =
             serde_json::from_str(&body).map_err(|e| InspectorError::Refused {
@@ -257,9 +273,13 @@ impl Backend for InspectorClient {
     /// [`is_locked`]; the caller asks again later.
     async fn abort(&self, uuid: &str) -> Result<(), InspectorError> {
         let what = format!("abort introspection of node {uuid}");
-        self.call("abort", self.post(&format!("/introspection/{uuid}/abort")), what)
-            .await
-            .map(drop)
+        self.call(
+            "abort",
+            self.post(&format!("/introspection/{uuid}/abort")),
+            what,
+        )
+        .await
+        .map(drop)
     }
 }
 

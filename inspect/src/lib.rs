@@ -109,13 +109,18 @@ pub async fn run_with(
         .register_encoded_file_descriptor_set(porthole_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     info!(%addr, inspector = config.inspector.enabled, tls = acceptor.is_some(), "inspect service serving");
     let router = tonic::transport::Server::builder()
         .layer(metrics::get().grpc_layer())
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(InspectServiceServer::new(grpc::InspectApi::new(inspections)));
+        .add_service(InspectServiceServer::new(grpc::InspectApi::new(
+            inspections,
+        )));
     let serve = async {
         match acceptor {
             Some(acceptor) => {

@@ -99,7 +99,9 @@ impl InspectMetrics {
     }
 
     pub fn started(&self, interface: &'static str) {
-        self.started.get_or_create(&[("interface", interface)]).inc();
+        self.started
+            .get_or_create(&[("interface", interface)])
+            .inc();
         self.waiting.inc();
     }
 

@@ -29,7 +29,9 @@ fn prop(n: &Value, key: &str) -> String {
 async fn inspect_until_waiting(api: &Api, uuid: &str) -> Result<()> {
     let (code, v) = api.provision(uuid, "inspect").await?;
     ensure!(code == 202, "inspect {uuid}: {code} {v}");
-    let n = api.wait_state_target(uuid, "inspect wait", Duration::from_secs(30)).await?;
+    let n = api
+        .wait_state_target(uuid, "inspect wait", Duration::from_secs(30))
+        .await?;
     ensure!(n["target_provision_state"] == "manageable", "{n}");
     Ok(())
 }
@@ -100,11 +102,15 @@ async fn flows(api: &Api, inspector: &Inspector) -> Result<()> {
     let n = api.node(&good).await?;
     ensure!(n["inspection_started_at"].is_string(), "{n}");
     let mac = "52:54:00:12:34:11";
-    let (code, body) =
-        common::post_continue(&inspector.url, &common::ramdisk_data(mac, "192.0.2.111", "192.0.2.11"))
-            .await?;
+    let (code, body) = common::post_continue(
+        &inspector.url,
+        &common::ramdisk_data(mac, "192.0.2.111", "192.0.2.11"),
+    )
+    .await?;
     ensure!(code == 200, "continue: {code} {body}");
-    let n = api.wait_state(&good, "manageable", Duration::from_secs(30)).await?;
+    let n = api
+        .wait_state(&good, "manageable", Duration::from_secs(30))
+        .await?;
     ensure!(n["last_error"].is_null(), "{n}");
     ensure!(n["inspection_finished_at"].is_string(), "{n}");
     ensure!(prop(&n, "cpus") == "4", "{n}");
@@ -112,9 +118,16 @@ async fn flows(api: &Api, inspector: &Inspector) -> Result<()> {
     // 100 GiB disk: local_gb is its size in GiB less one.
     ensure!(prop(&n, "local_gb") == "99", "{n}");
     ensure!(prop(&n, "cpu_arch") == "x86_64", "{n}");
-    ensure!(n["power_state"] == "power off", "inspector powers it off at the end: {n}");
+    ensure!(
+        n["power_state"] == "power off",
+        "inspector powers it off at the end: {n}"
+    );
     let (code, ports) = api
-        .call(reqwest::Method::GET, &format!("/v1/nodes/{good}/ports"), None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/nodes/{good}/ports"),
+            None,
+        )
         .await?;
     ensure!(code == 200, "{ports}");
     let macs: Vec<&str> = ports["ports"]
@@ -150,7 +163,11 @@ async fn flows(api: &Api, inspector: &Inspector) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     ensure!(
-        st["finished"] == true && st["error"].as_str().unwrap_or_default().contains("Canceled"),
+        st["finished"] == true
+            && st["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Canceled"),
         "inspector saw the abort: {st}"
     );
     // The result of the aborted run changes nothing afterwards. inspector
@@ -170,12 +187,14 @@ async fn flows(api: &Api, inspector: &Inspector) -> Result<()> {
     // `node inspect --wait` while the "ramdisk" reports once the node waits.
     if let Some(bin) = common::openstack() {
         let cli = api.create_node("cli", "192.0.2.14").await?;
-        let (ok, out) = common::baremetal(&bin, &api.url, &["node", "manage", &cli, "--wait", "30"]).await?;
+        let (ok, out) =
+            common::baremetal(&bin, &api.url, &["node", "manage", &cli, "--wait", "30"]).await?;
         ensure!(ok, "node manage --wait: {out}");
         let ramdisk = {
             let (api, inspector_url, cli) = (api.clone(), inspector.url.clone(), cli.clone());
             tokio::spawn(async move {
-                api.wait_state_target(&cli, "inspect wait", Duration::from_secs(60)).await?;
+                api.wait_state_target(&cli, "inspect wait", Duration::from_secs(60))
+                    .await?;
                 let data = common::ramdisk_data("52:54:00:12:34:14", "192.0.2.114", "192.0.2.14");
                 common::post_continue(&inspector_url, &data).await
             })
@@ -195,13 +214,20 @@ async fn flows(api: &Api, inspector: &Inspector) -> Result<()> {
     // inspector's timeout, for both.
     for uuid in [&late, &bad] {
         let n = api
-            .wait_state_target(uuid, "inspect failed", INSPECTOR_TIMEOUT + Duration::from_secs(40))
+            .wait_state_target(
+                uuid,
+                "inspect failed",
+                INSPECTOR_TIMEOUT + Duration::from_secs(40),
+            )
             .await?;
         ensure!(
             n["last_error"] == "ironic-inspector inspection failed: Introspection timeout",
             "{n}"
         );
-        ensure!(n["target_provision_state"] == "manageable" && n["inspection_finished_at"].is_null(), "{n}");
+        ensure!(
+            n["target_provision_state"] == "manageable" && n["inspection_finished_at"].is_null(),
+            "{n}"
+        );
     }
 
     // A failed node can be inspected again, and this time it finishes.
@@ -212,7 +238,9 @@ async fn flows(api: &Api, inspector: &Inspector) -> Result<()> {
     )
     .await?;
     ensure!(code == 200, "continue: {code} {body}");
-    let n = api.wait_state(&bad, "manageable", Duration::from_secs(30)).await?;
+    let n = api
+        .wait_state(&bad, "manageable", Duration::from_secs(30))
+        .await?;
     ensure!(n["last_error"].is_null() && prop(&n, "cpus") == "4", "{n}");
 
     Ok(())
@@ -221,7 +249,10 @@ async fn flows(api: &Api, inspector: &Inspector) -> Result<()> {
 /// The service's /metrics after the flows: what it asked inspector and
 /// how the inspections ended.
 async fn scraped(addr: &str) -> Result<()> {
-    let text = reqwest::get(format!("http://{addr}/metrics")).await?.text().await?;
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await?;
     let value = |line_start: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(line_start))
@@ -230,16 +261,40 @@ async fn scraped(addr: &str) -> Result<()> {
             .unwrap_or(0.0)
     };
     for (sample, at_least) in [
-        (r#"porthole_inspect_inspector_requests_total{call="version",outcome="ok"}"#, 1.0),
-        (r#"porthole_inspect_inspector_requests_total{call="start",outcome="ok"}"#, 6.0),
-        (r#"porthole_inspect_inspector_requests_total{call="status",outcome="ok"}"#, 10.0),
-        (r#"porthole_inspect_inspector_requests_total{call="abort",outcome="ok"}"#, 1.0),
-        (r#"porthole_inspect_inspections_ended_total{state="finished"}"#, 3.0),
-        (r#"porthole_inspect_inspections_ended_total{state="failed"}"#, 2.0),
-        (r#"porthole_inspect_inspections_ended_total{state="aborted"}"#, 1.0),
+        (
+            r#"porthole_inspect_inspector_requests_total{call="version",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"porthole_inspect_inspector_requests_total{call="start",outcome="ok"}"#,
+            6.0,
+        ),
+        (
+            r#"porthole_inspect_inspector_requests_total{call="status",outcome="ok"}"#,
+            10.0,
+        ),
+        (
+            r#"porthole_inspect_inspector_requests_total{call="abort",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"porthole_inspect_inspections_ended_total{state="finished"}"#,
+            3.0,
+        ),
+        (
+            r#"porthole_inspect_inspections_ended_total{state="failed"}"#,
+            2.0,
+        ),
+        (
+            r#"porthole_inspect_inspections_ended_total{state="aborted"}"#,
+            1.0,
+        ),
     ] {
         ensure!(value(sample) >= at_least, "{sample} < {at_least}:\n{text}");
     }
-    ensure!(value("porthole_inspect_inspections_waiting ") == 0.0, "{text}");
+    ensure!(
+        value("porthole_inspect_inspections_waiting ") == 0.0,
+        "{text}"
+    );
     Ok(())
 }

@@ -48,7 +48,10 @@ async fn disabled_inspector_refuses_and_the_node_stays_manageable() {
             "provision_updated_at",
             "updated_at",
         ] {
-            ensure!(before[key] == after[key], "{key} changed: {before} → {after}");
+            ensure!(
+                before[key] == after[key],
+                "{key} changed: {before} → {after}"
+            );
         }
         ensure!(after["provision_state"] == "manageable", "{after}");
         // And the inspect service is down: refused the same way, nothing moves.

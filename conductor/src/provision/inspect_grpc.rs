@@ -17,9 +17,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::StreamExt;
 use pb::inspect_service_client::InspectServiceClient;
 use porthole_proto::inspect::v1 as pb;
+use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
@@ -96,7 +96,11 @@ pub struct GrpcInspect {
 impl GrpcInspect {
     /// `name` must be `inspector` or `agent` (checked with the config).
     pub fn new(name: &str, client: InspectClient) -> Self {
-        let name = if name == "agent" { "agent" } else { "inspector" };
+        let name = if name == "agent" {
+            "agent"
+        } else {
+            "inspector"
+        };
         Self { name, client }
     }
 }

@@ -200,14 +200,19 @@ async fn inspector_error_lost_node_and_timeout_fail_the_inspection() {
     assert_eq!(ended[0].error, "The ramdisk said: no disks");
     assert_eq!(ended[1].state(), pb::InspectionState::Failed);
     assert!(
-        ended[1].error.contains("ironic-inspector no longer knows the node")
+        ended[1]
+            .error
+            .contains("ironic-inspector no longer knows the node")
             && ended[1].error.contains("Could not find node"),
         "{}",
         ended[1].error
     );
 
     i.start(A, INSPECTOR).await.unwrap();
-    assert_eq!(rx.recv().await.unwrap().state(), pb::InspectionState::Waiting);
+    assert_eq!(
+        rx.recv().await.unwrap().state(),
+        pb::InspectionState::Waiting
+    );
     tokio::time::advance(TIMEOUT - PERIOD).await;
     settle().await;
     assert_eq!(i.get(A).unwrap().state(), pb::InspectionState::Waiting);
@@ -230,7 +235,16 @@ async fn abort_ends_a_waiting_inspection_and_refuses_otherwise() {
     assert_eq!(aborted.error, "Inspection was aborted by request.");
     assert_eq!(fake.count(&format!("abort {A}")), 1);
     let err = i.abort(A).await.unwrap_err();
-    assert!(matches!(err, InspectError::NotWaiting { state: "aborted", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            InspectError::NotWaiting {
+                state: "aborted",
+                ..
+            }
+        ),
+        "{err}"
+    );
     // A result that arrives after the abort changes nothing.
     fake.set(A, Status::Finished);
     tokio::time::advance(PERIOD).await;
@@ -253,7 +267,10 @@ async fn many_waiting_nodes_cost_one_status_request_each_per_period() {
     let round: Vec<String> = fake.calls()[fake.calls().len() - 50..].to_vec();
     for u in &uuids {
         assert_eq!(
-            round.iter().filter(|c| **c == format!("status {u}")).count(),
+            round
+                .iter()
+                .filter(|c| **c == format!("status {u}"))
+                .count(),
             1,
             "{u}"
         );

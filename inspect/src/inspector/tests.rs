@@ -181,14 +181,18 @@ async fn connect_refuses_what_is_not_a_supported_inspector() {
     }
 
     let url = serve(Stub::default()).await;
-    let err = InspectorClient::connect(&config(Some(url))).await.unwrap_err();
+    let err = InspectorClient::connect(&config(Some(url)))
+        .await
+        .unwrap_err();
     assert!(matches!(err, InspectorError::NoVersion { .. }), "{err}");
 
     // Nothing listens there (bound, then closed).
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}/v1", l.local_addr().unwrap());
     drop(l);
-    let err = InspectorClient::connect(&config(Some(dead))).await.unwrap_err();
+    let err = InspectorClient::connect(&config(Some(dead)))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, InspectorError::Unreachable { .. })
             && err.to_string().contains("does not answer"),
@@ -241,7 +245,10 @@ async fn start_status_abort_speak_inspectors_api() {
         "{err}"
     );
     let err = c.abort(FAILED).await.unwrap_err().to_string();
-    assert!(err.contains("can not be aborted in state finished"), "{err}");
+    assert!(
+        err.contains("can not be aborted in state finished"),
+        "{err}"
+    );
 
     assert_eq!(
         *stub.calls.lock().unwrap(),
@@ -256,7 +263,11 @@ async fn start_status_abort_speak_inspectors_api() {
         ]
     );
     assert!(
-        stub.asked_versions.lock().unwrap().iter().all(|v| v == "1.3"),
+        stub.asked_versions
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|v| v == "1.3"),
         "{:?}",
         stub.asked_versions.lock().unwrap()
     );

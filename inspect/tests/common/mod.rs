@@ -57,7 +57,9 @@ pub fn peers() -> Option<(PathBuf, PathBuf)> {
 
 /// A port free now (bound, then closed).
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A real ironic-inspector, stopped on drop.
@@ -160,7 +162,11 @@ pub async fn conductor(
     let db = dir.join("conductor.sqlite");
     let overrides = vec![
         // Nothing listens there: these tests have no consoles.
-        ("console", "endpoint", s(&format!("http://127.0.0.1:{}", free_port()?))),
+        (
+            "console",
+            "endpoint",
+            s(&format!("http://127.0.0.1:{}", free_port()?)),
+        ),
         ("database", "path", s(&db.display().to_string())),
         ("inspect", "endpoint", s(inspect)),
         ("inspect", "default_interface", s(interface)),
@@ -228,7 +234,12 @@ impl Api {
         }
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -248,7 +259,9 @@ impl Api {
     }
 
     pub async fn node(&self, uuid: &str) -> Result<Value> {
-        let (code, v) = self.call(reqwest::Method::GET, &format!("/v1/nodes/{uuid}"), None).await?;
+        let (code, v) = self
+            .call(reqwest::Method::GET, &format!("/v1/nodes/{uuid}"), None)
+            .await?;
         if code != 200 {
             bail!("GET node {uuid}: {code} {v}");
         }
@@ -289,11 +302,22 @@ impl Api {
 
     /// Wait until the node's provision_state is `state`, whatever its
     /// target, unlocked.
-    pub async fn wait_state_target(&self, uuid: &str, state: &str, within: Duration) -> Result<Value> {
+    pub async fn wait_state_target(
+        &self,
+        uuid: &str,
+        state: &str,
+        within: Duration,
+    ) -> Result<Value> {
         self.wait_for(uuid, state, false, within).await
     }
 
-    async fn wait_for(&self, uuid: &str, state: &str, stable: bool, within: Duration) -> Result<Value> {
+    async fn wait_for(
+        &self,
+        uuid: &str,
+        state: &str,
+        stable: bool,
+        within: Duration,
+    ) -> Result<Value> {
         let end = tokio::time::Instant::now() + within;
         loop {
             let n = self.node(uuid).await?;
@@ -317,7 +341,8 @@ impl Api {
         if code != 202 {
             bail!("manage {uuid}: {code} {v}");
         }
-        self.wait_state(uuid, "manageable", Duration::from_secs(20)).await?;
+        self.wait_state(uuid, "manageable", Duration::from_secs(20))
+            .await?;
         Ok(())
     }
 }

@@ -104,9 +104,8 @@ impl InspectService for Served {
         let _ = self.events.send(shown.clone());
         Ok(Response::new(shown))
     }
-    type WatchInspectionsStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<pb::Inspection, Status>> + Send>,
-    >;
+    type WatchInspectionsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Inspection, Status>> + Send>>;
     async fn watch_inspections(
         &self,
         _: Request<pb::WatchInspectionsRequest>,
@@ -163,12 +162,11 @@ async fn rig() -> Rig {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(fake.events.receiver_count() > 0, "the conductor follows the stream");
-    Rig {
-        c,
-        fake,
-        _dir: dir,
-    }
+    assert!(
+        fake.events.receiver_count() > 0,
+        "the conductor follows the stream"
+    );
+    Rig { c, fake, _dir: dir }
 }
 
 async fn manageable_node(c: &Arc<Conductor>) -> String {
@@ -205,7 +203,10 @@ async fn waits_unlocked_then_the_streamed_result_ends_it() {
     assert!(n.inspection_started_at.is_some() && n.inspection_finished_at.is_none());
     assert_eq!(
         *r.fake.calls.lock().unwrap(),
-        vec!["validate inspector".to_string(), format!("start {ok} inspector")]
+        vec![
+            "validate inspector".to_string(),
+            format!("start {ok} inspector")
+        ]
     );
     r.fake
         .events
@@ -220,7 +221,11 @@ async fn waits_unlocked_then_the_streamed_result_ends_it() {
     settles(c, &bad, "inspect wait").await;
     r.fake
         .events
-        .send(inspection(&bad, pb::InspectionState::Failed, "Introspection timeout"))
+        .send(inspection(
+            &bad,
+            pb::InspectionState::Failed,
+            "Introspection timeout",
+        ))
         .unwrap();
     let n = settles(c, &bad, "inspect failed").await;
     assert_eq!(
@@ -259,7 +264,10 @@ async fn a_refused_validate_leaves_the_node_where_it_was() {
     r.fake.answers.lock().unwrap().validate = Some(Status::failed_precondition(
         "Inspection through ironic-inspector is disabled in the inspect service: set [inspector] enabled = true",
     ));
-    let err = c.set_provision_state(&u, "inspect", None).await.unwrap_err();
+    let err = c
+        .set_provision_state(&u, "inspect", None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ServiceError::Invalid(_)), "{err}");
     let text = err.to_string();
     assert!(
@@ -290,7 +298,10 @@ async fn abort_asks_the_service_first_and_a_refusal_keeps_the_node_waiting() {
     r.fake.answers.lock().unwrap().abort = Some(Status::unavailable("ironic-inspector is down"));
     let err = c.set_provision_state(&u, "abort", None).await.unwrap_err();
     assert!(matches!(err, ServiceError::Conflict(_)), "{err}");
-    assert!(err.to_string().contains("ironic-inspector is down"), "{err}");
+    assert!(
+        err.to_string().contains("ironic-inspector is down"),
+        "{err}"
+    );
     let n = settles(c, &u, "inspect wait").await;
     assert!(n.last_error.is_none());
 
