@@ -130,3 +130,6 @@ impl InspectService for InspectApi {
         Ok(Response::new(Box::pin(stream)))
     }
 }
+
+#[cfg(test)]
+mod tests;

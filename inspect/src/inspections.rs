@@ -31,6 +31,10 @@ use tracing::{info, warn};
 
 use crate::inspector::{is_locked, Backend, InspectorError, Status};
 
+/// Changes kept for a watcher that reads slower than they happen; one
+/// that falls further behind gets every inspection again.
+pub const EVENT_BUFFER: usize = 1024;
+
 /// Status requests in flight at once, over all nodes.
 pub const MAX_POLLS_IN_FLIGHT: usize = 16;
 
@@ -137,7 +141,19 @@ impl Inspections {
         tasks: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
-        let (events, _) = broadcast::channel(1024);
+        Self::with_buffer(inspector, timing, tasks, cancel, EVENT_BUFFER)
+    }
+
+    /// [`Inspections::new`] with `buffer` changes kept for slow watchers
+    /// (tests make it small to see one fall behind).
+    pub fn with_buffer(
+        inspector: Option<Arc<dyn Backend>>,
+        timing: Timing,
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+        buffer: usize,
+    ) -> Self {
+        let (events, _) = broadcast::channel(buffer);
         let this = Self {
             inner: Arc::new(Inner {
                 records: Mutex::new(HashMap::new()),

@@ -19,6 +19,8 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod config;
+#[cfg(test)]
+mod fake;
 pub mod grpc;
 pub mod inspections;
 pub mod inspector;

@@ -2,89 +2,11 @@
 //! clock: what is recorded, when the backend is asked, how results and
 //! timeouts end an inspection, and what a watcher sees.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use async_trait::async_trait;
-
 use super::*;
+use crate::fake::FakeInspector;
 
 const A: &str = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123";
 const B: &str = "2be26c0b-03f2-4d2e-ae87-c02d7f33c123";
-
-#[derive(Default)]
-struct FakeInspector {
-    status: Mutex<HashMap<String, Status>>,
-    /// Start refused for these, with this message.
-    refuse: Mutex<HashMap<String, String>>,
-    /// Abort answered 409 "locked" this many more times.
-    abort_locked: Mutex<usize>,
-    /// When set, abort waits for a permit.
-    abort_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
-    calls: Mutex<Vec<String>>,
-}
-
-impl FakeInspector {
-    fn set(&self, uuid: &str, s: Status) {
-        self.status.lock().unwrap().insert(uuid.into(), s);
-    }
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap().clone()
-    }
-    fn count(&self, what: &str) -> usize {
-        self.calls().iter().filter(|c| c.starts_with(what)).count()
-    }
-}
-
-fn refused(message: &str) -> InspectorError {
-    InspectorError::Refused {
-        what: "start introspection".into(),
-        status: reqwest::StatusCode::BAD_REQUEST,
-        message: message.into(),
-    }
-}
-
-#[async_trait]
-impl Backend for FakeInspector {
-    async fn start(&self, uuid: &str) -> Result<(), InspectorError> {
-        self.calls.lock().unwrap().push(format!("start {uuid}"));
-        if let Some(m) = self.refuse.lock().unwrap().get(uuid) {
-            return Err(refused(m));
-        }
-        self.set(uuid, Status::Waiting);
-        Ok(())
-    }
-    async fn status(&self, uuid: &str) -> Result<Status, InspectorError> {
-        self.calls.lock().unwrap().push(format!("status {uuid}"));
-        self.status
-            .lock()
-            .unwrap()
-            .get(uuid)
-            .cloned()
-            .ok_or_else(|| InspectorError::Refused {
-                what: "status".into(),
-                status: reqwest::StatusCode::NOT_FOUND,
-                message: format!("Could not find node {uuid} in cache"),
-            })
-    }
-    async fn abort(&self, uuid: &str) -> Result<(), InspectorError> {
-        self.calls.lock().unwrap().push(format!("abort {uuid}"));
-        let gate = self.abort_gate.lock().unwrap().clone();
-        if let Some(g) = gate {
-            g.acquire().await.unwrap().forget();
-        }
-        let mut locked = self.abort_locked.lock().unwrap();
-        if *locked > 0 {
-            *locked -= 1;
-            return Err(InspectorError::Refused {
-                what: "abort".into(),
-                status: reqwest::StatusCode::CONFLICT,
-                message: "Node is locked, please, retry later".into(),
-            });
-        }
-        Ok(())
-    }
-}
 
 const PERIOD: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(100);
