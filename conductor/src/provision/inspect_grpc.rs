@@ -9,6 +9,8 @@
 //!  follow: WatchInspections ──FINISHED──▶ inspect wait → manageable
 //!                           ──FAILED────▶ inspect wait → inspect failed, last_error
 //!  abort from inspect wait ──AbortInspection──▶ then inspect failed
+//!  stream (re)opened: each node in inspect wait ──GetInspection──▶ NOT_FOUND:
+//!                     the service lost it (restarted) → inspect failed
 //! ```
 //!
 //! Callers: `lib::open` builds them from `[inspect]`; `lib::run` spawns
@@ -174,6 +176,9 @@ pub async fn follow(conductor: Arc<Conductor>, client: InspectClient) {
                 info!(endpoint = %client.endpoint, "following the inspect service's results");
                 backoff = Duration::from_millis(200);
                 let mut stream = stream.into_inner();
+                conductor
+                    .tasks
+                    .spawn(reconcile(conductor.clone(), client.clone()));
                 loop {
                     let item = tokio::select! {
                         _ = conductor.shutdown.cancelled() => return,
@@ -199,6 +204,51 @@ pub async fn follow(conductor: Arc<Conductor>, client: InspectClient) {
     }
 }
 
+/// last_error of a node whose inspection the inspect service does not know.
+pub const LOST: &str = "The inspect service has no record of this inspection (it was restarted?); inspect the node again.";
+
+/// Once the stream is open: every node waiting in `inspect wait` on an
+/// interface of the service is looked up there; one the service does not
+/// know (it restarted and lost it) would wait for ever, so it fails with
+/// [`LOST`]; one that ended is ended here too (the stream's snapshot says
+/// the same; the second is a no-op).
+async fn reconcile(conductor: Arc<Conductor>, client: InspectClient) {
+    let nodes = match conductor.store.list_nodes().await {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(error = %e, "cannot list the nodes waiting for inspection");
+            return;
+        }
+    };
+    for node in nodes {
+        if super::State::parse(&node.provision_state).ok() != Some(super::State::InspectWait) {
+            continue;
+        }
+        let ours = conductor
+            .interfaces
+            .for_node(&node)
+            .is_some_and(|i| matches!(i.inspect.name(), "inspector" | "agent"));
+        if !ours {
+            continue;
+        }
+        let mut c = client.client.clone();
+        let asked = c
+            .get_inspection(pb::GetInspectionRequest {
+                node_uuid: node.uuid.clone(),
+            })
+            .await;
+        match asked {
+            Ok(i) => outcome(&conductor, i.into_inner()),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                warn!(node = %node.uuid, "the inspect service does not know this node's inspection");
+                let result = Err(LOST.to_owned());
+                retry_end(conductor.clone(), node.uuid.clone(), result).await;
+            }
+            Err(s) => warn!(node = %node.uuid, error = %client.describe(&s), "cannot look the inspection up"),
+        }
+    }
+}
+
 /// Apply one inspection's result to its node, off the stream's task.
 fn outcome(conductor: &Arc<Conductor>, i: pb::Inspection) {
     let result = match i.state() {
@@ -210,24 +260,28 @@ fn outcome(conductor: &Arc<Conductor>, i: pb::Inspection) {
         // Waiting: nothing yet; aborted: the abort verb moved the node.
         _ => return,
     };
-    let c = conductor.clone();
-    conductor.tasks.spawn(async move {
-        for _ in 0..BUSY_TRIES {
-            match c.end_inspection(&i.node_uuid, result.clone()).await {
-                Ok(InspectionEnd::Busy) => {}
-                Ok(InspectionEnd::Applied | InspectionEnd::NotWaiting) => return,
-                Err(e) => {
-                    warn!(node = %i.node_uuid, error = %e, "cannot record the inspection's result");
-                    return;
-                }
-            }
-            tokio::select! {
-                _ = c.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(BUSY_RETRY) => {}
+    conductor
+        .tasks
+        .spawn(retry_end(conductor.clone(), i.node_uuid, result));
+}
+
+/// End `uuid`'s inspection, trying again while its lock is held.
+async fn retry_end(c: Arc<Conductor>, uuid: String, result: Result<(), String>) {
+    for _ in 0..BUSY_TRIES {
+        match c.end_inspection(&uuid, result.clone()).await {
+            Ok(InspectionEnd::Busy) => {}
+            Ok(InspectionEnd::Applied | InspectionEnd::NotWaiting) => return,
+            Err(e) => {
+                warn!(node = %uuid, error = %e, "cannot record the inspection's result");
+                return;
             }
         }
-        warn!(node = %i.node_uuid, "node still busy; the inspection's result waits for the next stream");
-    });
+        tokio::select! {
+            _ = c.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(BUSY_RETRY) => {}
+        }
+    }
+    warn!(node = %uuid, "node still busy; the inspection's result waits for the next stream");
 }
 
 #[cfg(test)]

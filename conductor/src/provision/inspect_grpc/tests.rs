@@ -23,6 +23,8 @@ struct Answers {
     abort: Option<Status>,
     /// What StartInspection sends on the stream before it answers.
     start_emits: Option<pb::InspectionState>,
+    /// What GetInspection answers (else NOT_FOUND).
+    known: std::collections::HashMap<String, pb::Inspection>,
 }
 
 struct FakeService {
@@ -79,17 +81,24 @@ impl InspectService for Served {
         if let Some(state) = self.answers.lock().unwrap().start_emits {
             let _ = self.events.send(inspection(&r.node_uuid, state, ""));
         }
-        Ok(Response::new(inspection(
-            &r.node_uuid,
-            pb::InspectionState::Waiting,
-            "",
-        )))
+        let shown = inspection(&r.node_uuid, pb::InspectionState::Waiting, "");
+        self.answers
+            .lock()
+            .unwrap()
+            .known
+            .insert(r.node_uuid.clone(), shown.clone());
+        Ok(Response::new(shown))
     }
     async fn get_inspection(
         &self,
-        _: Request<pb::GetInspectionRequest>,
+        r: Request<pb::GetInspectionRequest>,
     ) -> Result<Response<pb::Inspection>, Status> {
-        Err(Status::unimplemented("not used"))
+        let uuid = r.into_inner().node_uuid;
+        self.calls.lock().unwrap().push(format!("get {uuid}"));
+        match self.answers.lock().unwrap().known.get(&uuid) {
+            Some(i) => Ok(Response::new(i.clone())),
+            None => Err(Status::not_found(format!("No inspection of node {uuid}"))),
+        }
     }
     async fn abort_inspection(
         &self,
@@ -347,4 +356,30 @@ async fn fake_management_takes_pxe_as_ironics_fake_does() {
     assert_eq!(err.to_string(), "Invalid boot device disk specified.");
     let node = c.store.get_node(&u).await.unwrap();
     assert_eq!(Conductor::supported_boot_devices(&node), ["pxe"]);
+}
+
+/// The inspect service restarted and lost its inspections: once the
+/// conductor follows it again, a node it does not know fails instead of
+/// waiting for ever; one it knows keeps waiting.
+#[tokio::test]
+async fn a_node_the_service_lost_fails_when_the_stream_opens_again() {
+    let r = rig().await;
+    let c = &r.c;
+    let lost = manageable_node(c).await;
+    let kept = manageable_node(c).await;
+    for u in [&lost, &kept] {
+        c.set_provision_state(u, "inspect", None).await.unwrap();
+        settles(c, u, "inspect wait").await;
+    }
+    r.fake.answers.lock().unwrap().known.remove(&lost);
+    // A second follower stands for the conductor following again.
+    let client = c.interfaces.inspect_service.clone().unwrap();
+    c.tasks.spawn(follow(c.clone(), client));
+    let n = settles(c, &lost, "inspect failed").await;
+    assert_eq!(n.last_error.as_deref(), Some(LOST));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = c.store.get_node(&kept).await.unwrap();
+    assert_eq!(n.provision_state, "inspect wait");
+    let calls = r.fake.calls.lock().unwrap().clone();
+    assert!(calls.contains(&format!("get {kept}")), "{calls:?}");
 }
