@@ -109,6 +109,13 @@ pub struct InspectSvcConfig {
     /// `default_inspect_interface`): `inspector` or `agent` (needs
     /// `endpoint`); unset: the driver's own (`fake` for fake-hardware).
     pub default_interface: Option<String>,
+    /// PEM CA that signed the inspect service's certificate (enables TLS).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Name to verify in the inspect service's certificate.
+    pub tls_domain: Option<String>,
 }
 
 impl Default for InspectSvcConfig {
@@ -117,6 +124,10 @@ impl Default for InspectSvcConfig {
             endpoint: None,
             timeout: Duration::from_secs(30),
             default_interface: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_domain: None,
         }
     }
 }

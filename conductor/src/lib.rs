@@ -215,9 +215,9 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
         poll_interval: config.power.poll_interval,
     };
     let mut conductor = Conductor::new(store, consoles, power, timing, shutdown);
-    if let Some(endpoint) = &config.inspect.endpoint {
+    if config.inspect.endpoint.is_some() {
         use provision::inspect_grpc::{GrpcInspect, InspectClient};
-        let client = InspectClient::new(endpoint, config.inspect.timeout)?;
+        let client = InspectClient::from_config(&config.inspect)?;
         if let Some(name) = &config.inspect.default_interface {
             conductor.interfaces.fake_hardware.inspect =
                 Arc::new(GrpcInspect::new(name, client.clone()));

@@ -20,12 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pb::inspect_service_client::InspectServiceClient;
+use porthole_common::tls::ClientTls;
 use porthole_proto::inspect::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 use super::interfaces::{BoxFuture, InspectInterface, InterfaceError, Outcome, StepResult};
+use crate::config::InspectSvcConfig;
 use crate::model::Node;
 use crate::service::{Conductor, InspectionEnd};
 
@@ -44,16 +46,45 @@ pub struct InspectClient {
 }
 
 impl InspectClient {
-    /// The conductor starts while the inspect service is down.
+    /// A plaintext client (tests); [`InspectClient::from_config`] reads
+    /// `[inspect]` with its TLS settings.
     pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, InspectClientError> {
-        let ep = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| InspectClientError {
-                endpoint: endpoint.into(),
-                message: e.to_string(),
-            })?
+        Self::with_tls(endpoint, timeout, &ClientTls::default())
+    }
+
+    /// `[inspect] endpoint`, `timeout` and `tls_*` (as `[console]`'s).
+    pub fn from_config(cfg: &InspectSvcConfig) -> Result<Self, InspectClientError> {
+        let endpoint = cfg.endpoint.as_deref().unwrap_or_default();
+        let tls = ClientTls {
+            ca_file: cfg.tls_ca.clone(),
+            cert_file: cfg.tls_cert.clone(),
+            key_file: cfg.tls_key.clone(),
+            server_name: cfg.tls_domain.clone(),
+        };
+        Self::with_tls(endpoint, cfg.timeout, &tls)
+    }
+
+    /// The conductor starts while the inspect service is down.
+    fn with_tls(
+        endpoint: &str,
+        timeout: Duration,
+        tls: &ClientTls,
+    ) -> Result<Self, InspectClientError> {
+        let bad = |e: &dyn std::fmt::Display| InspectClientError {
+            endpoint: endpoint.into(),
+            message: e.to_string(),
+        };
+        let mut ep = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .timeout(timeout);
+        if tls.wanted(endpoint) {
+            let tls = tls
+                .tonic(("inspect.tls_cert", "inspect.tls_key"))
+                .map_err(|e| bad(&e))?;
+            ep = ep.tls_config(tls).map_err(|e| bad(&e))?;
+        }
         Ok(Self {
             endpoint: endpoint.into(),
             client: InspectServiceClient::new(ep.connect_lazy()),

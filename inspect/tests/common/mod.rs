@@ -158,9 +158,19 @@ pub async fn conductor(
     inspect: &str,
     interface: &str,
 ) -> Result<Served<conductor::RunError>> {
+    conductor_with(dir, inspect, interface, Vec::new()).await
+}
+
+/// [`conductor`] with more `(section, key, value)` settings.
+pub async fn conductor_with(
+    dir: &Path,
+    inspect: &str,
+    interface: &str,
+    extra: Vec<(&'static str, &'static str, toml::Value)>,
+) -> Result<Served<conductor::RunError>> {
     let s = |v: &str| toml::Value::String(v.to_owned());
     let db = dir.join("conductor.sqlite");
-    let overrides = vec![
+    let mut overrides = vec![
         // Nothing listens there: these tests have no consoles.
         (
             "console",
@@ -171,6 +181,7 @@ pub async fn conductor(
         ("inspect", "endpoint", s(inspect)),
         ("inspect", "default_interface", s(interface)),
     ];
+    overrides.extend(extra);
     let config = conductor::config::Config::load(None, Vec::new(), &overrides)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
