@@ -63,8 +63,10 @@ pub struct Conductor {
     pub consoles: ConsoleClient,
     pub power: PowerSettings,
     pub timing: PowerTiming,
-    /// Nodes with a power action under way.
+    /// Nodes whose lock (Ironic's reservation) an action holds.
     busy: Mutex<HashSet<String>>,
+    /// The latest power action of each node (`power.rs`).
+    power_seq: power::PowerSequence,
     /// One console operation per node at a time (API and watcher alike).
     console_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub tasks: TaskTracker,
@@ -99,6 +101,7 @@ impl Conductor {
             power,
             timing,
             busy: Mutex::default(),
+            power_seq: Default::default(),
             console_locks: Mutex::default(),
             tasks: TaskTracker::new(),
             shutdown,
