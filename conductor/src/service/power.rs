@@ -136,13 +136,7 @@ impl Conductor {
     /// The BMC command under the lock (`guard`), then the wait for the
     /// state without it; the outcome recorded unless a newer action
     /// (`seq` no longer the latest) took over meanwhile.
-    async fn run_power(
-        self: Arc<Self>,
-        bmc: Bmc,
-        action: PowerAction,
-        guard: BusyGuard,
-        seq: u64,
-    ) {
+    async fn run_power(self: Arc<Self>, bmc: Bmc, action: PowerAction, guard: BusyGuard, seq: u64) {
         let uuid = guard.uuid.clone();
         let began = Instant::now();
         let result = match action {

@@ -253,7 +253,7 @@ impl Conductor {
 
     /// Record `event` on the node (and `error` as last_error); the state
     /// it led to.
-    async fn advance(
+    pub(crate) async fn advance(
         &self,
         uuid: &str,
         event: Event,
