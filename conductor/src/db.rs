@@ -242,6 +242,7 @@ impl Registry {
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&conn).map_err(err)?;
         reseal_secrets(&conn, &sealer)?;
+        conn.execute_batch(tokens::SCHEMA).map_err(err)?;
         Ok(Self {
             conn: Mutex::new(conn),
             sealer,
@@ -493,6 +494,8 @@ impl Registry {
         Ok(())
     }
 }
+
+pub mod tokens;
 
 #[cfg(test)]
 mod tests;

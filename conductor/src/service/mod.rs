@@ -9,6 +9,7 @@ mod console;
 mod nodes;
 pub mod power;
 mod provision;
+pub mod ramdisk;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,15 @@ pub enum ServiceError {
         "Node {0} is locked by host {HOST}, please retry after the current operation is completed."
     )]
     Locked(String),
+    /// A ramdisk-facing call without the right per-operation secret.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The call needs operator credentials (http_basic) it did not carry.
+    #[error("The request you have made requires authentication.")]
+    Unauthenticated,
+    /// Not found, saying no more (Ironic's bare NotFound, as its lookup).
+    #[error("Resource could not be found.")]
+    NotFound,
     #[error(transparent)]
     Patch(#[from] PatchError),
     #[error(transparent)]
@@ -73,6 +83,8 @@ pub struct Conductor {
     pub shutdown: CancellationToken,
     /// Deploy and inspect interfaces by hardware type.
     pub interfaces: crate::provision::interfaces::Interfaces,
+    /// Vendor interfaces (vendor_passthru) by hardware type.
+    pub vendors: crate::provision::vendor::VendorInterfaces,
 }
 
 /// Marks a node busy until dropped.
@@ -106,6 +118,7 @@ impl Conductor {
             tasks: TaskTracker::new(),
             shutdown,
             interfaces: Default::default(),
+            vendors: Default::default(),
         }
     }
 
