@@ -311,7 +311,7 @@ impl Registry {
                 n.name,
                 n.driver,
                 to_json(&self.sealer.seal_dict(&n.uuid, &n.driver_info)),
-                to_json(&n.driver_internal_info),
+                to_json(&tokens::without_token(&n.driver_internal_info)),
                 n.console_interface,
                 n.power_state,
                 n.target_power_state,

@@ -9,7 +9,23 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::{DbError, Registry, Store};
-use crate::model::now;
+use crate::model::{now, Dict};
+
+/// The key under which the provision service hands the clear token to an
+/// interface in an in-memory copy of the node (Ironic's key). The store
+/// never writes it: a node written back from such a copy loses it.
+pub const IN_MEMORY_KEY: &str = "agent_secret_token";
+
+/// `info` without the in-memory token.
+pub(super) fn without_token(info: &Dict) -> std::borrow::Cow<'_, Dict> {
+    if info.contains_key(IN_MEMORY_KEY) {
+        let mut d = info.clone();
+        d.remove(IN_MEMORY_KEY);
+        std::borrow::Cow::Owned(d)
+    } else {
+        std::borrow::Cow::Borrowed(info)
+    }
+}
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ramdisk_tokens (
@@ -125,6 +141,25 @@ mod tests {
             .unwrap();
         assert!(!stored.contains("s3cret"), "sealed at rest: {stored}");
         assert!(!format!("{t:?}").contains("s3cret"), "Debug masks it");
+        // A node written back from the interface's in-memory copy keeps
+        // no token in driver_internal_info.
+        let mut n = r.get_node(uuid).unwrap();
+        n.driver_internal_info.insert(
+            IN_MEMORY_KEY.into(),
+            serde_json::json!("s3cret-token-value"),
+        );
+        r.modify_node(uuid, move |stored: &mut crate::model::Node| {
+            *stored = n;
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+        let raw: String = r
+            .lock()
+            .query_row("SELECT driver_internal_info FROM nodes", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert!(!raw.contains("s3cret"), "{raw}");
         r.delete_node(uuid).unwrap();
         assert_eq!(r.ramdisk_token(uuid).unwrap(), None, "cascade");
         assert!(!r.drop_ramdisk_token(uuid).unwrap());

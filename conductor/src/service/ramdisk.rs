@@ -34,7 +34,7 @@ use crate::provision::State;
 
 /// Where the interface finds the token in the node it is handed (Ironic's
 /// key); only ever in memory.
-pub const TOKEN_KEY: &str = "agent_secret_token";
+pub const TOKEN_KEY: &str = crate::db::tokens::IN_MEMORY_KEY;
 
 /// Ironic's words for a missing or wrong secret.
 pub const BAD_TOKEN: &str = "Invalid or missing agent token received.";
