@@ -10,6 +10,7 @@ mod nodes;
 pub mod power;
 mod provision;
 pub mod ramdisk;
+pub mod vendor;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -9,15 +9,14 @@
 //!   node rendering can carry it; the API never shows it. The interface
 //!   that boots the ramdisk gets it in the in-memory copy of the node it is
 //!   handed (`driver_internal_info.agent_secret_token`, never written).
-//! - vendor_passthru: a node's vendor methods (`provision::vendor`); an
-//!   anonymous caller (http_basic on, no credentials) reaches ramdisk
-//!   methods only.
+//! - vendor_passthru (`service::vendor`) checks ramdisk methods with
+//!   [`Conductor::check_ramdisk_token`].
 //! - Ironic's agent endpoints: `lookup` (no secret, as Ironic: only nodes
 //!   in a state that waits for a ramdisk, the token never returned) and
 //!   `heartbeat` (the secret as `agent_token`).
 //!
 //! A refused call records nothing and changes nothing. Callers: the
-//! handlers in `api::vendor` and `api::ramdisk`; `service::provision`
+//! handlers in `api::ramdisk`, `service::vendor`; `service::provision`
 //! (issue, and forget after each transition).
 
 use std::sync::Arc;
@@ -83,17 +82,10 @@ fn fresh_token() -> Result<String, ServiceError> {
 
 /// The secret a ramdisk call presents: `agent_token` (the agent's), or
 /// `key` (the deploy key of the iscsi deploy's `pass_deploy_info`).
-fn presented(args: &Dict) -> Option<&str> {
+pub(super) fn presented(args: &Dict) -> Option<&str> {
     args.get("agent_token")
         .or_else(|| args.get("key"))
         .and_then(Value::as_str)
-}
-
-/// Vendor passthru's answer: the body, and whether it runs in the
-/// background (202) or is done (200).
-pub struct VendorAnswer {
-    pub body: Value,
-    pub is_async: bool,
 }
 
 impl Conductor {
@@ -153,107 +145,6 @@ impl Conductor {
             return refuse("not in a state this call is allowed in");
         }
         Ok(())
-    }
-
-    /// `GET .../vendor_passthru/methods`.
-    pub async fn vendor_methods(&self, ident: &str) -> Result<Value, ServiceError> {
-        let node = self.store.get_node(ident).await?;
-        let Some(v) = self.vendors.for_node(&node) else {
-            return Err(no_vendor(&node));
-        };
-        let m: Dict = v
-            .methods()
-            .iter()
-            .map(|m| (m.name.to_owned(), m.to_json()))
-            .collect();
-        Ok(Value::Object(m))
-    }
-
-    /// `.../vendor_passthru/{method}` as Ironic's conductor runs it, with
-    /// the ramdisk rules: an anonymous caller reaches ramdisk methods only,
-    /// and a ramdisk method always needs the operation's secret.
-    pub async fn vendor_passthru(
-        self: &Arc<Self>,
-        ident: &str,
-        method: &str,
-        http_method: &str,
-        mut args: Dict,
-        caller: Caller,
-    ) -> Result<VendorAnswer, ServiceError> {
-        if method.is_empty() {
-            return Err(ServiceError::Invalid("Method not specified".into()));
-        }
-        let node = self.store.get_node(ident).await?;
-        let vendor = self.vendors.for_node(&node);
-        let found = vendor
-            .as_ref()
-            .and_then(|v| v.methods().iter().find(|m| m.name == method).cloned());
-        // An anonymous caller learns nothing about other methods.
-        if caller == Caller::Anonymous && found.as_ref().is_none_or(|m| m.ramdisk.is_none()) {
-            return Err(ServiceError::Unauthenticated);
-        }
-        let Some(vendor) = vendor else {
-            return Err(no_vendor(&node));
-        };
-        let Some(m) = found else {
-            return Err(ServiceError::Invalid(format!(
-                "No handler for method {method}"
-            )));
-        };
-        let http_method = http_method.to_ascii_uppercase();
-        if !m.http_methods.contains(&http_method.as_str()) {
-            return Err(ServiceError::Invalid(format!(
-                "The method {method} does not support HTTP {http_method}"
-            )));
-        }
-        if let Some(states) = m.ramdisk {
-            self.check_ramdisk_token(&node, states, presented(&args))
-                .await?;
-        }
-        let guard = if m.require_exclusive_lock {
-            Some(self.reserve(&node.uuid)?)
-        } else {
-            None
-        };
-        // Under the lock: the wait may have ended meanwhile (a timeout).
-        let node = self.store.get_node(&node.uuid).await?;
-        if let Some(states) = m.ramdisk {
-            self.check_ramdisk_token(&node, states, presented(&args))
-                .await?;
-        }
-        args.remove("agent_token");
-        args.remove("key");
-        if m.is_async {
-            let this = self.clone();
-            let (method, span) = (
-                m.name,
-                tracing::info_span!("vendor", node = %node.uuid, method = m.name),
-            );
-            use tracing::Instrument;
-            self.tasks.spawn(
-                async move {
-                    let _guard = guard;
-                    if let Err(e) = vendor.call(&node, method, &http_method, &args).await {
-                        tracing::warn!(error = %e, "vendor method failed");
-                    }
-                    drop(this);
-                }
-                .instrument(span),
-            );
-            return Ok(VendorAnswer {
-                body: Value::Null,
-                is_async: true,
-            });
-        }
-        let body = vendor
-            .call(&node, m.name, &http_method, &args)
-            .await
-            .map_err(|e| ServiceError::Invalid(e.0))?;
-        drop(guard);
-        Ok(VendorAnswer {
-            body,
-            is_async: false,
-        })
     }
 
     /// Ironic's `GET /v1/lookup`: the node a ramdisk runs on, by its MAC
@@ -353,14 +244,6 @@ impl Conductor {
             .await?;
         Ok(())
     }
-}
-
-/// Ironic's UnsupportedDriverExtension for a node without a vendor interface.
-fn no_vendor(node: &Node) -> ServiceError {
-    ServiceError::Invalid(format!(
-        "Driver {} does not support vendor interface (disabled or not implemented).",
-        node.driver
-    ))
 }
 
 #[cfg(test)]
