@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::provision::interfaces::{
     BoxFuture, CleanStep, DeployInterface, InterfaceError, Outcome, StepResult,
 };
+use crate::service::vendor::VendorAnswer;
 use crate::service::{NodeCreate, PowerTiming};
 
 /// Deploys wait for the callback; the token each deploy was handed is kept.
