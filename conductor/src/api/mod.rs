@@ -1,5 +1,6 @@
 //! The Ironic-compatible REST API v1 (axum): routes, shared state, body
-//! parsing, and links. Handlers live in `nodes`, `ports` and `states`;
+//! parsing, and links. Handlers live in `nodes`, `ports`, `states`,
+//! `vendor` (vendor passthru) and `ramdisk` (lookup, heartbeat);
 //! `version` and `auth` are middleware; `error` maps failures.
 //!
 //! Called by `lib::run`, which serves [`router`] on its listener.

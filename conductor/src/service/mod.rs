@@ -3,7 +3,9 @@
 //!
 //! [`Conductor`] owns the store, the console-svc client and the power
 //! settings. Node CRUD and ports live here; power in `power.rs`, consoles
-//! in `console.rs`. Callers: `api` handlers, `watch`, `lib::run`.
+//! in `console.rs`, provisioning in `provision.rs`, the ramdisk's secret,
+//! lookup and heartbeat in `ramdisk.rs`, vendor passthru in `vendor.rs`.
+//! Callers: `api` handlers, `watch`, `periodic`, `lib::run`.
 
 mod console;
 mod nodes;
