@@ -17,9 +17,11 @@ use crate::service::vendor::VendorAnswer;
 use crate::service::{NodeCreate, PowerTiming};
 
 /// Deploys wait for the callback; the token each deploy was handed is kept.
+/// With `gate`, a deploy holds in `deploying` (token kept) until a permit.
 #[derive(Default)]
 struct Waits {
     tokens: Mutex<Vec<String>>,
+    gate: Option<tokio::sync::Semaphore>,
 }
 
 impl DeployInterface for Waits {
@@ -33,6 +35,9 @@ impl DeployInterface for Waits {
                 .unwrap()
                 .to_owned();
             self.tokens.lock().unwrap().push(t);
+            if let Some(g) = &self.gate {
+                g.acquire().await.unwrap().forget();
+            }
             Ok(Outcome::Wait)
         })
     }
@@ -61,6 +66,10 @@ struct Rig {
 }
 
 fn conductor() -> Rig {
+    conductor_with(Waits::default())
+}
+
+fn conductor_with(waits: Waits) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let sealer = crate::seal::Sealer::load_or_create(&dir.path().join("k")).unwrap();
     let store = crate::db::Store::open(&dir.path().join("db"), sealer).unwrap();
@@ -72,7 +81,7 @@ fn conductor() -> Rig {
         poll_interval: Duration::from_millis(50),
     };
     let mut c = Conductor::new(store, consoles, power, timing, Default::default());
-    let d = Arc::new(Waits::default());
+    let d = Arc::new(waits);
     c.interfaces.fake_hardware.deploy = d.clone();
     Rig {
         c: Arc::new(c),
@@ -326,4 +335,50 @@ async fn lookup_finds_only_waiting_nodes_and_never_gives_the_token() {
         e.to_string(),
         "At least one of 'addresses' and 'node_uuid' parameters is required"
     );
+}
+
+#[tokio::test]
+async fn the_right_key_works_only_once_the_node_waits() {
+    let r = conductor_with(Waits {
+        gate: Some(tokio::sync::Semaphore::new(0)),
+        ..Default::default()
+    });
+    let c = &r.c;
+    let Value::Object(m) = json!({"driver": "fake-hardware"}) else {
+        unreachable!()
+    };
+    let u = c.create_node(NodeCreate(m)).await.unwrap().uuid;
+    c.store
+        .modify_node(&u, |n: &mut Node| {
+            n.provision_state = "available".into();
+            Ok::<_, ServiceError>(())
+        })
+        .await
+        .unwrap();
+    c.set_provision_state(&u, "active", None).await.unwrap();
+    let token = loop {
+        if let Some(t) = r.d.tokens.lock().unwrap().last().cloned() {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        c.store.get_node(&u).await.unwrap().provision_state,
+        "deploying"
+    );
+    let e = callback(c, &u, Some(&token), Caller::Anonymous)
+        .await
+        .err()
+        .expect("refused while deploying");
+    assert!(matches!(e, ServiceError::Forbidden(_)), "{e:?}");
+    r.d.gate.as_ref().unwrap().add_permits(1);
+    for _ in 0..500 {
+        if c.store.get_node(&u).await.unwrap().provision_state == "wait call-back" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    callback(c, &u, Some(&token), Caller::Anonymous)
+        .await
+        .expect("accepted in wait call-back");
 }
