@@ -10,6 +10,8 @@
 //! | `inspect wait`   | `inspect_wait_timeout`    | inspection_started_at  | `inspect failed`|
 //! | `clean wait`     | `clean_callback_timeout`  | provision_updated_at   | `clean failed`  |
 //!
+//! A clean wait that times out also puts the node into maintenance with
+//! the message as maintenance_reason, as Ironic's cleaning error handler.
 //! As Ironic: a timeout of 0 disables its check, an interval of 0 all of
 //! them; nodes in maintenance are skipped, and so are locked nodes (an
 //! action under way; the next round sees them again). The node's lock is
@@ -163,7 +165,19 @@ pub async fn check_once(
             continue;
         };
         let msg = last_error(&node, state);
-        c.advance(&node.uuid, Event::Fail, Some(msg)).await?;
+        c.advance(&node.uuid, Event::Fail, Some(msg.clone()))
+            .await?;
+        if state == State::CleanWait {
+            // As Ironic's cleaning_error_handler: a node whose cleaning
+            // failed goes into maintenance with the reason.
+            c.store
+                .modify_node(&node.uuid, move |n: &mut Node| {
+                    n.maintenance = true;
+                    n.maintenance_reason = Some(msg);
+                    Ok::<_, ServiceError>(())
+                })
+                .await?;
+        }
         tracing::warn!(node = %node.uuid, from = %state, "provision wait timed out");
         failed.push(node.uuid);
     }

@@ -109,6 +109,12 @@ async fn each_wait_fails_after_its_timeout_with_ironics_last_error() {
         n.last_error.as_deref(),
         Some("Timeout reached while cleaning the node. Please check if the ramdisk responsible for the cleaning is running on the node. Failed on step {}.")
     );
+    assert!(
+        n.maintenance,
+        "a failed clean puts the node into maintenance"
+    );
+    assert_eq!(n.maintenance_reason, n.last_error);
+    assert!(!state_of(c, &deploy).await.maintenance);
     let n = state_of(c, &resting).await;
     assert_eq!((n.provision_state.as_str(), n.last_error), ("active", None));
     task.stop().await;
