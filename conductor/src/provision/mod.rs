@@ -50,6 +50,7 @@ pub mod inspect_grpc;
 pub mod interfaces;
 #[cfg(test)]
 mod tests;
+pub mod vendor;
 
 use std::fmt;
 
