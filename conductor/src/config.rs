@@ -215,7 +215,14 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
-const SECTIONS: &[&str] = &["api", "database", "console", "power", "conductor", "inspect"];
+const SECTIONS: &[&str] = &[
+    "api",
+    "database",
+    "console",
+    "power",
+    "conductor",
+    "inspect",
+];
 
 /// The environment prefix and sections porthole-common's loader reads.
 pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {

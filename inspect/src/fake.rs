@@ -82,4 +82,3 @@ impl Backend for FakeInspector {
         Ok(())
     }
 }
-

@@ -97,6 +97,47 @@ pub fn split_url(url: &str) -> Result<(String, String), InspectorError> {
     Ok((root.to_owned(), format!("{root}/v1")))
 }
 
+/// The version range inspector's answer to `GET /` declares, when it
+/// includes [`API_VERSION`].
+async fn supported_versions(
+    root: &str,
+    resp: reqwest::Response,
+) -> Result<(String, String), InspectorError> {
+    let root = root.to_owned();
+    let status = resp.status();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (min, max) = (header(MIN_VERSION_HEADER), header(MAX_VERSION_HEADER));
+    if !status.is_success() {
+        let message = message_of(&resp.text().await.unwrap_or_default());
+        return Err(InspectorError::RootRefused {
+            url: root,
+            status,
+            message,
+        });
+    }
+    let Some(max) = max else {
+        return Err(InspectorError::NoVersion { url: root });
+    };
+    let min = min.unwrap_or_else(|| "1.0".into());
+    let supported = match (parse_version(&min), parse_version(&max)) {
+        (Some(lo), Some(hi)) => lo <= API_VERSION && API_VERSION <= hi,
+        _ => false,
+    };
+    if !supported {
+        return Err(InspectorError::UnsupportedVersion {
+            url: root,
+            min,
+            max,
+        });
+    }
+    Ok((min, max))
+}
+
 fn parse_version(v: &str) -> Option<(u32, u32)> {
     let (a, b) = v.trim().split_once('.')?;
     Some((a.parse().ok()?, b.parse().ok()?))
@@ -156,37 +197,7 @@ impl InspectorClient {
                 "refused"
             },
         );
-        let status = resp.status();
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let (min, max) = (header(MIN_VERSION_HEADER), header(MAX_VERSION_HEADER));
-        if !status.is_success() {
-            let message = message_of(&resp.text().await.unwrap_or_default());
-            return Err(InspectorError::RootRefused {
-                url: root,
-                status,
-                message,
-            });
-        }
-        let Some(max) = max else {
-            return Err(InspectorError::NoVersion { url: root });
-        };
-        let min = min.unwrap_or_else(|| "1.0".into());
-        let supported = match (parse_version(&min), parse_version(&max)) {
-            (Some(lo), Some(hi)) => lo <= API_VERSION && API_VERSION <= hi,
-            _ => false,
-        };
-        if !supported {
-            return Err(InspectorError::UnsupportedVersion {
-                url: root,
-                min,
-                max,
-            });
-        }
+        let (min, max) = supported_versions(&root, resp).await?;
         tracing::info!(url = %api, min = %min, max = %max, "ironic-inspector answers");
         Ok(Self { http, api })
     }

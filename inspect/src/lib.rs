@@ -123,27 +123,7 @@ pub async fn run_with(
         .add_service(InspectServiceServer::new(grpc::InspectApi::new(
             inspections,
         )));
-    let serve = async {
-        match acceptor {
-            Some(acceptor) => {
-                let incoming = porthole_common::tls::incoming(
-                    listener,
-                    acceptor,
-                    config.service.tls_handshake_timeout,
-                    shutdown.clone(),
-                );
-                router
-                    .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-                    .await
-            }
-            None => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                router
-                    .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-                    .await
-            }
-        }
-    };
+    let serve = serve(router, listener, acceptor, &config, shutdown.clone());
     // A watcher's stream never ends by itself: give open connections
     // SHUTDOWN_GRACE once shutdown began, then stop anyway.
     let grace = async {
@@ -165,4 +145,34 @@ pub async fn run_with(
     }
     info!("inspect service stopped");
     Ok(served?)
+}
+
+/// `router` on `listener` until `shutdown`: plaintext, or TLS with each
+/// handshake on its own task within `tls_handshake_timeout`.
+async fn serve(
+    router: tonic::transport::server::Router<porthole_common::metrics::grpc::WithGrpcMetrics>,
+    listener: TcpListener,
+    acceptor: Option<porthole_common::tls::TlsAcceptor>,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    match acceptor {
+        Some(acceptor) => {
+            let incoming = porthole_common::tls::incoming(
+                listener,
+                acceptor,
+                config.service.tls_handshake_timeout,
+                shutdown.clone(),
+            );
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
+    }
 }

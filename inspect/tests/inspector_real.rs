@@ -94,122 +94,9 @@ async fn flows(api: &Api, inspector: &Inspector) -> Result<()> {
         "continue with an error: {code} {body}"
     );
 
-    // The good run: the ramdisk reports, inspector processes against our
-    // API (properties PATCH, ports POST, power off), the node ends manageable.
-    let good = api.create_node("good", "192.0.2.11").await?;
-    api.manage(&good).await?;
-    inspect_until_waiting(api, &good).await?;
-    let n = api.node(&good).await?;
-    ensure!(n["inspection_started_at"].is_string(), "{n}");
-    let mac = "52:54:00:12:34:11";
-    let (code, body) = common::post_continue(
-        &inspector.url,
-        &common::ramdisk_data(mac, "192.0.2.111", "192.0.2.11"),
-    )
-    .await?;
-    ensure!(code == 200, "continue: {code} {body}");
-    let n = api
-        .wait_state(&good, "manageable", Duration::from_secs(30))
-        .await?;
-    ensure!(n["last_error"].is_null(), "{n}");
-    ensure!(n["inspection_finished_at"].is_string(), "{n}");
-    ensure!(prop(&n, "cpus") == "4", "{n}");
-    ensure!(prop(&n, "memory_mb") == "8192", "{n}");
-    // 100 GiB disk: local_gb is its size in GiB less one.
-    ensure!(prop(&n, "local_gb") == "99", "{n}");
-    ensure!(prop(&n, "cpu_arch") == "x86_64", "{n}");
-    ensure!(
-        n["power_state"] == "power off",
-        "inspector powers it off at the end: {n}"
-    );
-    let (code, ports) = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/nodes/{good}/ports"),
-            None,
-        )
-        .await?;
-    ensure!(code == 200, "{ports}");
-    let macs: Vec<&str> = ports["ports"]
-        .as_array()
-        .context("ports")?
-        .iter()
-        .filter_map(|p| p["address"].as_str())
-        .collect();
-    ensure!(macs == [mac], "ports {ports}");
-    let st = common::introspection_status(&inspector.url, &good).await?;
-    ensure!(st["finished"] == true && st["error"].is_null(), "{st}");
-
-    // Abort from inspect wait: inspector is told, the node fails as Ironic words it.
-    let aborted = api.create_node("aborted", "192.0.2.13").await?;
-    api.manage(&aborted).await?;
-    inspect_until_waiting(api, &aborted).await?;
-    let (code, v) = api.provision(&aborted, "abort").await?;
-    ensure!(code == 202, "abort: {code} {v}");
-    let n = api
-        .wait_state_target(&aborted, "inspect failed", Duration::from_secs(10))
-        .await?;
-    ensure!(
-        n["last_error"] == "Inspection was aborted by request." || n["last_error"].is_null(),
-        "{n}"
-    );
-    // inspector aborts in the background ("aborting", then finished).
-    let mut st = Value::Null;
-    for _ in 0..50 {
-        st = common::introspection_status(&inspector.url, &aborted).await?;
-        if st["finished"] == true {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    ensure!(
-        st["finished"] == true
-            && st["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("Canceled"),
-        "inspector saw the abort: {st}"
-    );
-    // The result of the aborted run changes nothing afterwards. inspector
-    // forces the node off after an abort; a power action clears
-    // last_error (as in Ironic), so the abort's message stays only when
-    // that power-off came first (or met the node locked).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let n = api.node(&aborted).await?;
-    ensure!(n["provision_state"] == "inspect failed", "{n}");
-    ensure!(
-        n["last_error"] == "Inspection was aborted by request."
-            || (n["last_error"].is_null() && n["power_state"] == "power off"),
-        "{n}"
-    );
-
-    // The same run through the OpenStack CLI: `node manage --wait`, then
-    // `node inspect --wait` while the "ramdisk" reports once the node waits.
-    if let Some(bin) = common::openstack() {
-        let cli = api.create_node("cli", "192.0.2.14").await?;
-        let (ok, out) =
-            common::baremetal(&bin, &api.url, &["node", "manage", &cli, "--wait", "30"]).await?;
-        ensure!(ok, "node manage --wait: {out}");
-        let ramdisk = {
-            let (api, inspector_url, cli) = (api.clone(), inspector.url.clone(), cli.clone());
-            tokio::spawn(async move {
-                api.wait_state_target(&cli, "inspect wait", Duration::from_secs(60))
-                    .await?;
-                let data = common::ramdisk_data("52:54:00:12:34:14", "192.0.2.114", "192.0.2.14");
-                common::post_continue(&inspector_url, &data).await
-            })
-        };
-        let (ok, out) =
-            common::baremetal(&bin, &api.url, &["node", "inspect", &cli, "--wait", "60"]).await?;
-        let (code, body) = ramdisk.await??;
-        ensure!(code == 200, "continue: {code} {body}");
-        ensure!(ok, "node inspect --wait: {out}");
-        let n = api.node(&cli).await?;
-        ensure!(
-            n["provision_state"] == "manageable" && prop(&n, "local_gb") == "99",
-            "{n}"
-        );
-    }
+    good_run(api, inspector).await?;
+    aborted_run(api, inspector).await?;
+    cli_run(api, inspector).await?;
 
     // inspector's timeout, for both.
     for uuid in [&late, &bad] {
@@ -295,6 +182,136 @@ async fn scraped(addr: &str) -> Result<()> {
     ensure!(
         value("porthole_inspect_inspections_waiting ") == 0.0,
         "{text}"
+    );
+    Ok(())
+}
+
+/// The good run: the ramdisk reports, inspector processes against our
+/// API (properties PATCH, ports POST, power off), the node ends manageable.
+async fn good_run(api: &Api, inspector: &Inspector) -> Result<()> {
+    let good = api.create_node("good", "192.0.2.11").await?;
+    api.manage(&good).await?;
+    inspect_until_waiting(api, &good).await?;
+    let n = api.node(&good).await?;
+    ensure!(n["inspection_started_at"].is_string(), "{n}");
+    let mac = "52:54:00:12:34:11";
+    let (code, body) = common::post_continue(
+        &inspector.url,
+        &common::ramdisk_data(mac, "192.0.2.111", "192.0.2.11"),
+    )
+    .await?;
+    ensure!(code == 200, "continue: {code} {body}");
+    let n = api
+        .wait_state(&good, "manageable", Duration::from_secs(30))
+        .await?;
+    ensure!(n["last_error"].is_null(), "{n}");
+    ensure!(n["inspection_finished_at"].is_string(), "{n}");
+    ensure!(prop(&n, "cpus") == "4", "{n}");
+    ensure!(prop(&n, "memory_mb") == "8192", "{n}");
+    // 100 GiB disk: local_gb is its size in GiB less one.
+    ensure!(prop(&n, "local_gb") == "99", "{n}");
+    ensure!(prop(&n, "cpu_arch") == "x86_64", "{n}");
+    ensure!(
+        n["power_state"] == "power off",
+        "inspector powers it off at the end: {n}"
+    );
+    let (code, ports) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/nodes/{good}/ports"),
+            None,
+        )
+        .await?;
+    ensure!(code == 200, "{ports}");
+    let macs: Vec<&str> = ports["ports"]
+        .as_array()
+        .context("ports")?
+        .iter()
+        .filter_map(|p| p["address"].as_str())
+        .collect();
+    ensure!(macs == [mac], "ports {ports}");
+    let st = common::introspection_status(&inspector.url, &good).await?;
+    ensure!(st["finished"] == true && st["error"].is_null(), "{st}");
+
+    Ok(())
+}
+
+/// Abort from inspect wait: inspector is told, the node fails as Ironic
+/// words it.
+async fn aborted_run(api: &Api, inspector: &Inspector) -> Result<()> {
+    let aborted = api.create_node("aborted", "192.0.2.13").await?;
+    api.manage(&aborted).await?;
+    inspect_until_waiting(api, &aborted).await?;
+    let (code, v) = api.provision(&aborted, "abort").await?;
+    ensure!(code == 202, "abort: {code} {v}");
+    let n = api
+        .wait_state_target(&aborted, "inspect failed", Duration::from_secs(10))
+        .await?;
+    ensure!(
+        n["last_error"] == "Inspection was aborted by request." || n["last_error"].is_null(),
+        "{n}"
+    );
+    // inspector aborts in the background ("aborting", then finished).
+    let mut st = Value::Null;
+    for _ in 0..50 {
+        st = common::introspection_status(&inspector.url, &aborted).await?;
+        if st["finished"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        st["finished"] == true
+            && st["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Canceled"),
+        "inspector saw the abort: {st}"
+    );
+    // The result of the aborted run changes nothing afterwards. inspector
+    // forces the node off after an abort; a power action clears
+    // last_error (as in Ironic), so the abort's message stays only when
+    // that power-off came first (or met the node locked).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = api.node(&aborted).await?;
+    ensure!(n["provision_state"] == "inspect failed", "{n}");
+    ensure!(
+        n["last_error"] == "Inspection was aborted by request."
+            || (n["last_error"].is_null() && n["power_state"] == "power off"),
+        "{n}"
+    );
+
+    Ok(())
+}
+
+/// The same run through the OpenStack CLI: `node manage --wait`, then
+/// `node inspect --wait` while the "ramdisk" reports once the node waits.
+async fn cli_run(api: &Api, inspector: &Inspector) -> Result<()> {
+    let Some(bin) = common::openstack() else {
+        return Ok(());
+    };
+    let cli = api.create_node("cli", "192.0.2.14").await?;
+    let (ok, out) =
+        common::baremetal(&bin, &api.url, &["node", "manage", &cli, "--wait", "30"]).await?;
+    ensure!(ok, "node manage --wait: {out}");
+    let ramdisk = {
+        let (api, inspector_url, cli) = (api.clone(), inspector.url.clone(), cli.clone());
+        tokio::spawn(async move {
+            api.wait_state_target(&cli, "inspect wait", Duration::from_secs(60))
+                .await?;
+            let data = common::ramdisk_data("52:54:00:12:34:14", "192.0.2.114", "192.0.2.14");
+            common::post_continue(&inspector_url, &data).await
+        })
+    };
+    let (ok, out) =
+        common::baremetal(&bin, &api.url, &["node", "inspect", &cli, "--wait", "60"]).await?;
+    let (code, body) = ramdisk.await??;
+    ensure!(code == 200, "continue: {code} {body}");
+    ensure!(ok, "node inspect --wait: {out}");
+    let n = api.node(&cli).await?;
+    ensure!(
+        n["provision_state"] == "manageable" && prop(&n, "local_gb") == "99",
+        "{n}"
     );
     Ok(())
 }

@@ -275,7 +275,9 @@ async fn reconcile(conductor: Arc<Conductor>, client: InspectClient) {
                 let result = Err(LOST.to_owned());
                 retry_end(conductor.clone(), node.uuid.clone(), result).await;
             }
-            Err(s) => warn!(node = %node.uuid, error = %client.describe(&s), "cannot look the inspection up"),
+            Err(s) => {
+                warn!(node = %node.uuid, error = %client.describe(&s), "cannot look the inspection up")
+            }
         }
     }
 }

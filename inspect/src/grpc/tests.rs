@@ -39,7 +39,9 @@ async fn serve(enabled: bool, buffer: usize) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = tonic::transport::Server::builder()
-        .add_service(InspectServiceServer::new(InspectApi::new(inspections.clone())))
+        .add_service(InspectServiceServer::new(InspectApi::new(
+            inspections.clone(),
+        )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             cancel.clone().cancelled_owned(),
@@ -74,12 +76,24 @@ async fn each_refusal_has_its_code_and_records_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("[inspector] enabled = true"), "{e:?}");
-    let e = s.client.start_inspection(start(A, INSPECTOR)).await.unwrap_err();
+    let e = s
+        .client
+        .start_inspection(start(A, INSPECTOR))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    let e = s.client.start_inspection(start(A, "agent")).await.unwrap_err();
+    let e = s
+        .client
+        .start_inspection(start(A, "agent"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("\"agent\" is not available"), "{e:?}");
-    let e = s.client.start_inspection(start(A, "pxe")).await.unwrap_err();
+    let e = s
+        .client
+        .start_inspection(start(A, "pxe"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = s
         .client
@@ -107,13 +121,24 @@ async fn each_refusal_has_its_code_and_records_nothing() {
         .lock()
         .unwrap()
         .insert(A.into(), "Node is in maintenance".into());
-    let e = s.client.start_inspection(start(A, INSPECTOR)).await.unwrap_err();
+    let e = s
+        .client
+        .start_inspection(start(A, INSPECTOR))
+        .await
+        .unwrap_err();
     // Inspector's 400 is the request's fault: FAILED_PRECONDITION, its words.
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("Node is in maintenance"), "{e:?}");
     s.fake.refuse.lock().unwrap().clear();
-    s.client.start_inspection(start(A, INSPECTOR)).await.unwrap();
-    let e = s.client.start_inspection(start(A, INSPECTOR)).await.unwrap_err();
+    s.client
+        .start_inspection(start(A, INSPECTOR))
+        .await
+        .unwrap();
+    let e = s
+        .client
+        .start_inspection(start(A, INSPECTOR))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("already being inspected"), "{e:?}");
     s.client
@@ -136,7 +161,10 @@ async fn each_refusal_has_its_code_and_records_nothing() {
 async fn watch_sends_every_inspection_then_each_change() {
     let mut s = serve(true, 16).await;
     let b = uuid::Uuid::new_v4().to_string();
-    s.client.start_inspection(start(A, INSPECTOR)).await.unwrap();
+    s.client
+        .start_inspection(start(A, INSPECTOR))
+        .await
+        .unwrap();
     let mut watch = s
         .client
         .watch_inspections(pb::WatchInspectionsRequest {})
@@ -148,7 +176,10 @@ async fn watch_sends_every_inspection_then_each_change() {
         (first.node_uuid.as_str(), first.state()),
         (A, pb::InspectionState::Waiting)
     );
-    s.client.start_inspection(start(&b, INSPECTOR)).await.unwrap();
+    s.client
+        .start_inspection(start(&b, INSPECTOR))
+        .await
+        .unwrap();
     let next = watch.next().await.unwrap().unwrap();
     assert_eq!(next.node_uuid, b);
     s.fake.set(A, crate::inspector::Status::Finished);
@@ -171,7 +202,10 @@ async fn a_watcher_that_fell_behind_gets_every_inspection_again() {
         .into_inner();
     let uuids: Vec<String> = (0..8).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     for u in &uuids {
-        s.client.start_inspection(start(u, INSPECTOR)).await.unwrap();
+        s.client
+            .start_inspection(start(u, INSPECTOR))
+            .await
+            .unwrap();
     }
     for u in &uuids {
         s.fake.set(u, crate::inspector::Status::Finished);
