@@ -234,6 +234,25 @@ mod tests {
     }
 
     #[test]
+    fn other_services_variables_are_not_ours() {
+        // One environment can hold every service's settings.
+        let c = Config::load(
+            None,
+            env(&[
+                ("PORTHOLE_CONDUCTOR_INSPECT_ENDPOINT", "http://127.0.0.1:1"),
+                ("PORTHOLE_CONDUCTOR_INSPECT_BOGUS", "x"),
+                ("PORTHOLE_CONSOLE_SVC_SERVICE_LISTEN", "not an address"),
+                ("PORTHOLE_DEPLOY_SERVICE_LISTEN", "not an address"),
+                ("PORTHOLE_INSPECT_SERVICE_LISTEN", "127.0.0.1:50099"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.service.listen.port(), 50099);
+        assert!(!c.inspector.enabled);
+    }
+
+    #[test]
     fn both_names_unknown_keys_and_zero_periods_are_refused() {
         let err = Config::load(
             None,
