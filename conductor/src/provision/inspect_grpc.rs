@@ -4,7 +4,7 @@
 //! watches the service's results and ends each waiting node's inspection.
 //!
 //! ```text
-//!  PUT provision inspect ──▶ validate ──ValidateInspection──▶ refused: 400, node unchanged
+//!  PUT provision inspect ──▶ check_service ──ValidateInspection──▶ refused: 400, node unchanged
 //!  inspecting ──StartInspection──▶ WAITING ──▶ node: inspect wait (unlocked)
 //!  follow: WatchInspections ──FINISHED──▶ inspect wait → manageable
 //!                           ──FAILED────▶ inspect wait → inspect failed, last_error
@@ -143,7 +143,7 @@ impl InspectInterface for GrpcInspect {
         self.name
     }
 
-    fn validate<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+    fn check_service<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
         Box::pin(async move {
             let mut c = self.client.client.clone();
             c.validate_inspection(pb::ValidateInspectionRequest {

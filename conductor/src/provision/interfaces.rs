@@ -82,9 +82,11 @@ pub trait DeployInterface: Send + Sync {
 /// Inspecting a node's hardware.
 pub trait InspectInterface: Send + Sync {
     fn name(&self) -> &'static str;
-    /// Whether `node` can be inspected now; an error refuses the `inspect`
-    /// verb before the node moves (Ironic's `validate`). Default: yes.
-    fn validate<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+    /// Ask the service behind the interface whether it can inspect `node`
+    /// now (for the gRPC interfaces: ValidateInspection, e.g. refused while
+    /// its `[inspector]` is disabled); an error refuses the `inspect` verb
+    /// before the node moves. Default: nothing to ask.
+    fn check_service<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
         Box::pin(async { Ok(()) })
     }
     fn inspect<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, StepResult>;

@@ -130,7 +130,7 @@ impl Conductor {
         }
         // Before anything moves: a refusal leaves the node where it was.
         match (event, &ifaces) {
-            (Event::Inspect, Some(i)) => i.inspect.validate(&node).await.map_err(|e| {
+            (Event::Inspect, Some(i)) => i.inspect.check_service(&node).await.map_err(|e| {
                 ServiceError::Invalid(format!(
                     "Failed to validate inspect interface {} of node {uuid}: {e}",
                     i.inspect.name()
