@@ -9,6 +9,8 @@
 //! ```text
 //!  view change ─▶ for each node:
 //!    spec, unowned, rank r ──after r × step, still unowned──▶ manager.enable(spec)
+//!      (its port chosen by the service and busy here ───────▶ move the spec to the next
+//!       free port this replica can bind, claim that one)
 //!    spec changed, owned by us ─────────────────────────────▶ manager.enable(spec) (restart)
 //!    no spec, running here ─────────────────────────────────▶ manager.disable(node)
 //! ```
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::Cluster;
+use crate::coordinator::etcd::spec_doc::SpecTimes;
 use crate::coordinator::etcd::specs::StoredSpec;
 use crate::manager::ConsoleState;
 use crate::spec::NodeId;
@@ -133,7 +136,7 @@ impl Placer {
                     self.due.remove(node);
                     self.owned_elsewhere.insert(node.clone());
                 }
-                None if taking => self.maybe_claim(node, spec, &members, &me).await,
+                None if taking => self.maybe_claim(node, spec, view.times, &members, &me).await,
                 None => {}
             }
         }
@@ -149,7 +152,14 @@ impl Placer {
         taking
     }
 
-    async fn maybe_claim(&mut self, node: &NodeId, spec: &StoredSpec, members: &[&str], me: &str) {
+    async fn maybe_claim(
+        &mut self,
+        node: &NodeId,
+        spec: &StoredSpec,
+        times: Option<SpecTimes>,
+        members: &[&str],
+        me: &str,
+    ) {
         let ranked = rank(node.as_str(), members.iter().copied());
         // Not a member (yet, or drained): claim last.
         let r = ranked.iter().position(|m| *m == me).unwrap_or(ranked.len());
@@ -170,8 +180,49 @@ impl Placer {
         }
         self.due.remove(node);
         self.note_claim(node, now);
+        if spec.port_auto && !self.cluster.inner.manager.port_bindable(spec.port) {
+            if self.move_port(node, spec, times).await {
+                // Claim the moved spec as soon as it is seen, not after the
+                // pause between claims: we are still the best placed.
+                self.claims.remove(node);
+            }
+            return;
+        }
         debug!(%node, rank = r, "claiming");
         self.start(node, spec).await;
+    }
+
+    /// The port the service chose for `node` is busy on this replica's
+    /// address (another program listens on it, or a connection in
+    /// TIME_WAIT holds it): move the spec to the next free port this
+    /// replica can bind, as Ironic's `acquire_port` moves on; the new spec
+    /// is claimed like any other. A kept or explicit port is never moved
+    /// (its start fails and says the port is in use). One etcd
+    /// transaction, awaited (no BMC is touched); true when it moved.
+    async fn move_port(&self, node: &NodeId, spec: &StoredSpec, times: Option<SpecTimes>) -> bool {
+        let manager = self.cluster.inner.manager.clone();
+        let usable = move |p| manager.port_bindable(p);
+        let times = times.unwrap_or_else(|| SpecTimes::new_at(std::time::SystemTime::now()));
+        let moved = self.cluster.inner.store.move_port(spec, times, &usable);
+        match moved.await {
+            Ok(Some(moved)) => {
+                info!(
+                    %node,
+                    busy = spec.port,
+                    port = moved.port,
+                    "console port in use by another program; moved to the next free one"
+                );
+                true
+            }
+            Ok(None) => {
+                debug!(%node, "spec changed while moving its busy port; looking again");
+                true
+            }
+            Err(e) => {
+                warn!(%node, busy = spec.port, error = %e, "console not started here: its port is in use");
+                false
+            }
+        }
     }
 
     /// Claims close together double the pause (a console that will not

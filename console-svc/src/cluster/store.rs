@@ -57,6 +57,16 @@ pub trait ClusterStore: Send + Sync + 'static {
         times: SpecTimes,
     ) -> Result<StoredSpec, SpecStoreError>;
 
+    /// Move a spec whose port the service chose (`port_auto`) to the
+    /// lowest free port `usable` accepts; `None` when the spec changed since
+    /// `stored` was read (see [`SpecStore::move_port`]).
+    async fn move_port(
+        &self,
+        stored: &StoredSpec,
+        times: SpecTimes,
+        usable: &(dyn Fn(u16) -> bool + Send + Sync),
+    ) -> Result<Option<StoredSpec>, SpecStoreError>;
+
     /// Remove the spec (its port stays reserved).
     async fn delete_spec(&self, node: &NodeId) -> Result<bool, SpecStoreError>;
 
@@ -122,6 +132,15 @@ impl ClusterStore for EtcdStore {
         times: SpecTimes,
     ) -> Result<StoredSpec, SpecStoreError> {
         self.specs.put(spec, times).await
+    }
+
+    async fn move_port(
+        &self,
+        stored: &StoredSpec,
+        times: SpecTimes,
+        usable: &(dyn Fn(u16) -> bool + Send + Sync),
+    ) -> Result<Option<StoredSpec>, SpecStoreError> {
+        self.specs.move_port(stored, times, usable).await
     }
 
     async fn delete_spec(&self, node: &NodeId) -> Result<bool, SpecStoreError> {
