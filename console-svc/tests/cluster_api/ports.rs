@@ -45,8 +45,8 @@ async fn a_chosen_port_busy_on_the_owner_moves_on_a_kept_one_fails() {
         .await
         .expect("a fresh choice skips the busy ports")
         .into_inner();
-    assert_eq!(con.owner, format!("replica-{owner}"));
     assert_eq!(con.port, u32::from(first + 2), "{con:?}");
+    assert_eq!(con.owner, format!("replica-{owner}"), "the best placed");
     std::net::TcpStream::connect((ip, first + 2)).expect("served on the port it moved to");
     for busy in [first, first + 1] {
         assert_eq!(
