@@ -1,5 +1,8 @@
 //! `console-svc sol-exec`: what socat runs for each console connection
-//! (see [`super::socat`]). It takes no BMC action without its replica's go:
+//! (see [`super::socat`]), and what the native hub runs for each SOL session
+//! (see `super::native::launcher`, with [`ACTIVATE_ONLY_ENV`]: its hub
+//! deactivates first itself). It takes no BMC action without its replica's
+//! go:
 //!
 //! ```text
 //!  start: PR_SET_PDEATHSIG=SIGKILL (dies with its socat), parent checked
@@ -38,12 +41,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::activation_gate::{Answer, Request};
+use super::ipmitool::IpmiTool;
 
 /// Where the helper finds ipmitool's argv (JSON array, program first,
 /// ending in `sol activate`).
 pub const SOL_ARGV_ENV: &str = "PORTHOLE_SOL_ARGV";
 /// Where the helper finds its replica's activation gate (JSON [`GateRef`]).
 pub const SOL_GATE_ENV: &str = "PORTHOLE_SOL_GATE";
+/// Set (to `1`) by the native backend, whose hub runs its own gated `sol
+/// deactivate` before each activation: the helper activates only.
+pub const ACTIVATE_ONLY_ENV: &str = "PORTHOLE_SOL_ACTIVATE_ONLY";
 /// How long the replica has to answer a request.
 pub const ANSWER_WITHIN: Duration = Duration::from_millis(500);
 /// How often a running session asks for its go to be held.
@@ -55,6 +62,41 @@ pub struct GateRef {
     pub socket: PathBuf,
     pub node: String,
     pub token: i64,
+}
+
+/// The helper's environment for `tool`'s `sol activate` under `gate`:
+/// ipmitool's argv (no secret in it), the gate, and whether to run `sol
+/// deactivate` first. The password goes separately (`tool.password_fd()`).
+pub fn helper_env(
+    tool: &IpmiTool,
+    gate: &GateRef,
+    deactivate_first: bool,
+) -> Vec<(&'static str, String)> {
+    let argv: Vec<String> = std::iter::once(tool.program().clone())
+        .chain(tool.args(&["sol", "activate"]))
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut env = vec![
+        (
+            SOL_ARGV_ENV,
+            serde_json::to_string(&argv).expect("strings serialize"),
+        ),
+        (
+            SOL_GATE_ENV,
+            serde_json::to_string(gate).expect("gate serializes"),
+        ),
+    ];
+    if !deactivate_first {
+        env.push((ACTIVATE_ONLY_ENV, "1".into()));
+    }
+    env
+}
+
+/// The helper program: `console.sol_exec_helper`, else this executable.
+pub fn helper_path(configured: Option<&std::path::Path>) -> PathBuf {
+    configured.map(PathBuf::from).unwrap_or_else(|| {
+        std::env::current_exe().unwrap_or_else(|_| "console-svc".into())
+    })
 }
 
 /// Run the helper; its exit code.
@@ -125,7 +167,8 @@ fn die_with_parent() -> Result<(), String> {
 struct Setup {
     program: String,
     activate: Vec<String>,
-    deactivate: Vec<String>,
+    /// None: activate only (the native hub deactivated already).
+    deactivate: Option<Vec<String>>,
     gate: GateRef,
 }
 
@@ -148,10 +191,11 @@ impl Setup {
         })?;
         let gate: GateRef =
             serde_json::from_str(&raw).map_err(|e| format!("{SOL_GATE_ENV}: {e}"))?;
+        let activate_only = std::env::var_os(ACTIVATE_ONLY_ENV).is_some_and(|v| v == "1");
         Ok(Self {
             program: program.clone(),
             activate: args.to_vec(),
-            deactivate,
+            deactivate: (!activate_only).then_some(deactivate),
             gate,
         })
     }
@@ -276,9 +320,11 @@ async fn open(setup: &Setup) -> Result<(Child, Option<Instant>, Option<GateClien
         }
     };
     let not_opened = |e: std::io::Error| format!("the console is not opened: {e}");
-    let mut d = spawn(&setup.program, &setup.deactivate, deadline, false).map_err(not_opened)?;
-    if !within(deadline, d.wait()).await {
-        let _ = d.start_kill();
+    if let Some(deactivate) = &setup.deactivate {
+        let mut d = spawn(&setup.program, deactivate, deadline, false).map_err(not_opened)?;
+        if !within(deadline, d.wait()).await {
+            let _ = d.start_kill();
+        }
     }
     let child = spawn(&setup.program, &setup.activate, deadline, true).map_err(not_opened)?;
     Ok((child, deadline, client))
@@ -358,7 +404,8 @@ fn spawn(
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_remove(SOL_ARGV_ENV)
-        .env_remove(SOL_GATE_ENV);
+        .env_remove(SOL_GATE_ENV)
+        .env_remove(ACTIVATE_ONLY_ENV);
     if !session {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
