@@ -136,7 +136,10 @@ impl Placer {
                     self.due.remove(node);
                     self.owned_elsewhere.insert(node.clone());
                 }
-                None if taking => self.maybe_claim(node, spec, view.times, &members, &me).await,
+                None if taking => {
+                    self.maybe_claim(node, spec, view.times, &members, &me)
+                        .await
+                }
                 None => {}
             }
         }

@@ -104,7 +104,12 @@ pub(super) struct Member {
     _dir: tempfile::TempDir,
 }
 
-pub(super) fn member(etcd: &MemoryEtcd, id: &str, backend: Fake, cancel: &CancellationToken) -> Member {
+pub(super) fn member(
+    etcd: &MemoryEtcd,
+    id: &str,
+    backend: Fake,
+    cancel: &CancellationToken,
+) -> Member {
     let store = etcd.replica(id);
     let dir = tempfile::tempdir().unwrap();
     let processes = Arc::new(ProcessTable::open(dir.path(), Duration::from_secs(1)).unwrap());

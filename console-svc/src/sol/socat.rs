@@ -188,7 +188,11 @@ impl Instance {
                 "EXEC:{} sol-exec,pty,raw,echo=0,stderr",
                 s.helper.display()
             ))
-            .envs(super::sol_exec::helper_env(&self.tool, &self.gate_ref, true))
+            .envs(super::sol_exec::helper_env(
+                &self.tool,
+                &self.gate_ref,
+                Some(listen),
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -28,6 +28,8 @@
 //! its children inherit.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -51,6 +53,10 @@ pub const SOL_GATE_ENV: &str = "PORTHOLE_SOL_GATE";
 /// Set (to `1`) by the native backend, whose hub runs its own gated `sol
 /// deactivate` before each activation: the helper activates only.
 pub const ACTIVATE_ONLY_ENV: &str = "PORTHOLE_SOL_ACTIVATE_ONLY";
+/// Set by the socat backend: the console's listen address, whose accept
+/// queue tells a silent viewer's helper that another viewer waits (see
+/// [`super::socat_slot`]).
+pub const SOL_LISTEN_ENV: &str = "PORTHOLE_SOL_LISTEN";
 /// How long the replica has to answer a request.
 pub const ANSWER_WITHIN: Duration = Duration::from_millis(500);
 /// How often a running session asks for its go to be held.
@@ -65,12 +71,14 @@ pub struct GateRef {
 }
 
 /// The helper's environment for `tool`'s `sol activate` under `gate`:
-/// ipmitool's argv (no secret in it), the gate, and whether to run `sol
-/// deactivate` first. The password goes separately (`tool.password_fd()`).
+/// ipmitool's argv (no secret in it) and the gate; for socat
+/// (`socat_listen`) the console's address (one viewer slot, see
+/// [`super::socat_slot`]), for the native hub "activate only". The password
+/// goes separately (`tool.password_fd()`).
 pub fn helper_env(
     tool: &IpmiTool,
     gate: &GateRef,
-    deactivate_first: bool,
+    socat_listen: Option<SocketAddr>,
 ) -> Vec<(&'static str, String)> {
     let argv: Vec<String> = std::iter::once(tool.program().clone())
         .chain(tool.args(&["sol", "activate"]))
@@ -86,17 +94,18 @@ pub fn helper_env(
             serde_json::to_string(gate).expect("gate serializes"),
         ),
     ];
-    if !deactivate_first {
-        env.push((ACTIVATE_ONLY_ENV, "1".into()));
+    match socat_listen {
+        Some(listen) => env.push((SOL_LISTEN_ENV, listen.to_string())),
+        None => env.push((ACTIVATE_ONLY_ENV, "1".into())),
     }
     env
 }
 
 /// The helper program: `console.sol_exec_helper`, else this executable.
 pub fn helper_path(configured: Option<&std::path::Path>) -> PathBuf {
-    configured.map(PathBuf::from).unwrap_or_else(|| {
-        std::env::current_exe().unwrap_or_else(|_| "console-svc".into())
-    })
+    configured
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| "console-svc".into()))
 }
 
 /// Run the helper; its exit code.
@@ -170,6 +179,8 @@ struct Setup {
     /// None: activate only (the native hub deactivated already).
     deactivate: Option<Vec<String>>,
     gate: GateRef,
+    /// socat's console address: this connection holds its one viewer slot.
+    listen: Option<SocketAddr>,
 }
 
 impl Setup {
@@ -192,11 +203,19 @@ impl Setup {
         let gate: GateRef =
             serde_json::from_str(&raw).map_err(|e| format!("{SOL_GATE_ENV}: {e}"))?;
         let activate_only = std::env::var_os(ACTIVATE_ONLY_ENV).is_some_and(|v| v == "1");
+        let listen = match std::env::var(SOL_LISTEN_ENV) {
+            Ok(l) => Some(
+                l.parse()
+                    .map_err(|_| format!("{SOL_LISTEN_ENV}: {l:?} is not an address"))?,
+            ),
+            Err(_) => None,
+        };
         Ok(Self {
             program: program.clone(),
             activate: args.to_vec(),
             deactivate: (!activate_only).then_some(deactivate),
             gate,
+            listen,
         })
     }
 }
@@ -280,7 +299,7 @@ enum Verdict {
 }
 
 async fn session(setup: Setup) -> i32 {
-    let (child, deadline, client) = match open(&setup).await {
+    let (child, deadline, client, slot) = match open(&setup).await {
         Ok(opened) => opened,
         Err(why) => {
             say(&why);
@@ -289,14 +308,44 @@ async fn session(setup: Setup) -> i32 {
     };
     let (verdict_tx, verdict) = watch::channel(Verdict::Until(deadline));
     tokio::spawn(hold(client, setup.gate, verdict_tx));
-    supervise(child, verdict).await
+    supervise(child, verdict, slot).await
+}
+
+/// socat's one viewer slot as this connection holds it: the console's
+/// address and when the viewer last typed.
+struct Slot {
+    listen: SocketAddr,
+    last_input: watch::Receiver<Instant>,
+}
+
+/// `sol activate` for `setup`: on socat's pty (native), or with its stdin
+/// on a pty of ours that relays the viewer's keystrokes (socat's slot).
+fn start_session(
+    setup: &Setup,
+    deadline: Option<Instant>,
+) -> std::io::Result<(Child, Option<Slot>)> {
+    let Some(listen) = setup.listen else {
+        let child = spawn(&setup.program, &setup.activate, deadline, Io::Session)?;
+        return Ok((child, None));
+    };
+    let input = super::pty::reopen_stdin()?;
+    let (to_ipmitool, stdin) = super::pty::input_pair()?;
+    let child = spawn(
+        &setup.program,
+        &setup.activate,
+        deadline,
+        Io::InputFrom(stdin),
+    )?;
+    let (tx, last_input) = watch::channel(Instant::now());
+    tokio::spawn(super::socat_slot::relay_input(input, to_ipmitool, tx));
+    Ok((child, Some(Slot { listen, last_input })))
 }
 
 /// Ask for a go; then free the payload (ours from an earlier connection
 /// included) and activate, both only before the deadline the go gave.
-/// The running `sol activate`, the deadline, and the gate connection; or
-/// what to tell the viewer.
-async fn open(setup: &Setup) -> Result<(Child, Option<Instant>, Option<GateClient>), String> {
+/// The running `sol activate`, the deadline, the gate connection and the
+/// viewer slot (socat); or what to tell the viewer.
+async fn open(setup: &Setup) -> Result<Opened, String> {
     let gate = &setup.gate;
     let activate = Request::Activate {
         node: gate.node.clone(),
@@ -321,18 +370,26 @@ async fn open(setup: &Setup) -> Result<(Child, Option<Instant>, Option<GateClien
     };
     let not_opened = |e: std::io::Error| format!("the console is not opened: {e}");
     if let Some(deactivate) = &setup.deactivate {
-        let mut d = spawn(&setup.program, deactivate, deadline, false).map_err(not_opened)?;
+        let mut d = spawn(&setup.program, deactivate, deadline, Io::Null).map_err(not_opened)?;
         if !within(deadline, d.wait()).await {
             let _ = d.start_kill();
         }
     }
-    let child = spawn(&setup.program, &setup.activate, deadline, true).map_err(not_opened)?;
-    Ok((child, deadline, client))
+    let (child, slot) = start_session(setup, deadline).map_err(not_opened)?;
+    Ok((child, deadline, client, slot))
 }
 
+type Opened = (Child, Option<Instant>, Option<GateClient>, Option<Slot>);
+
 /// Run the session until ipmitool exits (its status), or kill it (locally)
-/// when the holder says stop or the last deadline passes (1).
-async fn supervise(mut child: Child, mut verdict: watch::Receiver<Verdict>) -> i32 {
+/// when the holder says stop, the last deadline passes, or (socat's slot)
+/// the viewer has been silent while another one waits (1).
+async fn supervise(
+    mut child: Child,
+    mut verdict: watch::Receiver<Verdict>,
+    slot: Option<Slot>,
+) -> i32 {
+    let mut check = tokio::time::interval(super::socat_slot::CHECK_EVERY);
     loop {
         let until = match &*verdict.borrow_and_update() {
             Verdict::Until(t) => *t,
@@ -358,6 +415,19 @@ async fn supervise(mut child: Child, mut verdict: watch::Receiver<Verdict>) -> i
                 let _ = child.start_kill();
                 return 1;
             },
+            _ = check.tick(), if slot.is_some() => {
+                let Some(slot) = &slot else { continue };
+                if super::socat_slot::should_yield(*slot.last_input.borrow(), slot.listen) {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    say(&format!(
+                        "console closed: another viewer is waiting and this one has sent \
+                         nothing for {:?}",
+                        super::socat_slot::YIELD_AFTER
+                    ));
+                    return 1;
+                }
+            }
         }
     }
 }
@@ -388,13 +458,24 @@ async fn hold(mut client: Option<GateClient>, gate: GateRef, verdict: watch::Sen
     }
 }
 
-/// ipmitool with `args`: guarded (dies with us, no exec past `deadline`);
-/// the session's on our stdio (socat's pty), a deactivate on nothing.
+/// What an ipmitool child's stdio is.
+enum Io {
+    /// Nothing (a deactivate).
+    Null,
+    /// Ours: socat's or the native hub's pty (a session).
+    Session,
+    /// A session reading its keystrokes from this (a pty we relay to),
+    /// writing to ours.
+    InputFrom(OwnedFd),
+}
+
+/// ipmitool with `args`: guarded (dies with us, no exec past `deadline`),
+/// its stdio as `io` says.
 fn spawn(
     program: &str,
     args: &[String],
     deadline: Option<Instant>,
-    session: bool,
+    io: Io,
 ) -> std::io::Result<Child> {
     if deadline.is_some_and(|d| Instant::now() >= d) {
         return Err(std::io::Error::other(
@@ -405,11 +486,18 @@ fn spawn(
     cmd.args(args)
         .env_remove(SOL_ARGV_ENV)
         .env_remove(SOL_GATE_ENV)
-        .env_remove(ACTIVATE_ONLY_ENV);
-    if !session {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        .env_remove(ACTIVATE_ONLY_ENV)
+        .env_remove(SOL_LISTEN_ENV);
+    match io {
+        Io::Null => {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+        }
+        Io::Session => {}
+        Io::InputFrom(fd) => {
+            cmd.stdin(Stdio::from(fd));
+        }
     }
     crate::process::guard_child(cmd.as_std_mut(), deadline.map(Instant::into_std));
     cmd.kill_on_drop(true).spawn().map_err(|e| {

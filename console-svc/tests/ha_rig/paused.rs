@@ -141,7 +141,10 @@ async fn paused_owner(backend: &'static str) {
         let since = Instant::now();
         while activates.iter().any(|p| alive(*p)) {
             if since.elapsed() > PAUSE - Duration::from_millis(500) {
-                return Err(activates.into_iter().filter(|p| alive(*p)).collect::<Vec<_>>());
+                return Err(activates
+                    .into_iter()
+                    .filter(|p| alive(*p))
+                    .collect::<Vec<_>>());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

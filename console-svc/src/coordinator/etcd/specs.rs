@@ -106,7 +106,11 @@ impl SpecStore {
             if let Some(revision) = self.put_txn(spec, before, port, times).await? {
                 return Ok(StoredSpec::stored(spec, port, revision));
             }
-            debug!(attempt, port = port.port, "lost a port race; reading ports again");
+            debug!(
+                attempt,
+                port = port.port,
+                "lost a port race; reading ports again"
+            );
             tokio::time::sleep(jitter(attempt)).await;
         }
         Err(SpecStoreError::Contended(spec.node.to_string()))

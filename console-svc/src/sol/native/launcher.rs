@@ -35,8 +35,8 @@ use tracing::{debug, warn};
 
 use crate::process::{ProcessTable, Supervised};
 use crate::sol::ipmitool::IpmiTool;
-use crate::sol::sol_exec::{self, GateRef};
 use crate::sol::pty::{self, PtyStream};
+use crate::sol::sol_exec::{self, GateRef};
 use crate::sol::SolError;
 
 /// What ipmitool prints once the SOL session is up.
@@ -111,7 +111,7 @@ impl IpmiLauncher {
         let permit = self.tool.permit()?;
         let mut cmd = tokio::process::Command::new(&self.helper.program);
         cmd.arg("sol-exec")
-            .envs(sol_exec::helper_env(&self.tool, &self.helper.gate, false));
+            .envs(sol_exec::helper_env(&self.tool, &self.helper.gate, None));
         self.tool.password_fd()?.attach(&mut cmd);
         crate::process::guard_child(cmd.as_std_mut(), permit.until_std());
         Ok(cmd)
@@ -132,7 +132,10 @@ impl SolLauncher for IpmiLauncher {
         let cmd = self.session_command()?;
         let (child, mut pty) = pty::spawn(cmd, &self.processes, "sol-exec: ipmitool sol activate")
             .map_err(crate::sol::ipmitool::spawn_error)?;
-        debug!(pid = child.pid(), "ipmitool sol activate started (under sol-exec)");
+        debug!(
+            pid = child.pid(),
+            "ipmitool sol activate started (under sol-exec)"
+        );
         let outcome = tokio::time::timeout(self.timeout, read_banner(&mut pty)).await;
         match outcome {
             Ok(Ok(Preamble::Up { greeting, rest })) => Ok(SolSession {

@@ -167,8 +167,7 @@ impl ConsoleBackend for NativeBackend {
         };
         gate.registry().register(ctx.fence.clone());
         let fence = ctx.fence.clone();
-        let launcher =
-            IpmiLauncher::new(tool, helper, ctx.processes.clone(), s.subprocess_timeout);
+        let launcher = IpmiLauncher::new(tool, helper, ctx.processes.clone(), s.subprocess_timeout);
         let stop = ctx.cancel.child_token();
         let hub = hub::spawn(
             self.hub_config(&ctx.node),
