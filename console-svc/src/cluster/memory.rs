@@ -23,7 +23,7 @@ use crate::coordinator::etcd::keys::Keys;
 use crate::coordinator::etcd::spec_doc::{self, SpecPort, SpecTimes};
 use crate::coordinator::etcd::specs::{SpecStoreError, StoredSpec};
 use crate::coordinator::etcd::view::{Change, Entry};
-use crate::coordinator::etcd::{EndpointDoc, Member};
+use crate::coordinator::etcd::{EndpointDoc, FailureDoc, Member};
 use crate::coordinator::{CoordError, Coordinator, Ownership};
 use crate::ports::{PortAllocator, PortRange};
 use crate::seal::Sealer;
@@ -401,6 +401,24 @@ impl ClusterStore for Replica {
             }
             true
         }))
+    }
+
+    async fn note_failure(
+        &self,
+        node: &NodeId,
+        doc: Option<&FailureDoc>,
+    ) -> Result<(), CoordError> {
+        let lease = self.lease()?;
+        self.etcd.txn(|tx| match doc {
+            Some(doc) => {
+                let json = serde_json::to_string(doc).expect("failure serializes");
+                tx.put(KEYS.failure(node), json, lease);
+            }
+            None => {
+                tx.delete(&KEYS.failure(node));
+            }
+        });
+        Ok(())
     }
 
     async fn leave(&self) -> Result<(), CoordError> {

@@ -13,6 +13,7 @@
 //!       free port this replica can bind, claim that one)
 //!    spec changed, owned by us ─────────────────────────────▶ manager.enable(spec) (restart)
 //!    no spec, running here ─────────────────────────────────▶ manager.disable(node)
+//!  a claim that did not start ─▶ consoles/<node>/failure (why; cleared by a start)
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -25,9 +26,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::api::RELATIVE;
+use super::store::ClusterStore;
 use super::Cluster;
 use crate::coordinator::etcd::spec_doc::SpecTimes;
 use crate::coordinator::etcd::specs::StoredSpec;
+use crate::coordinator::etcd::FailureDoc;
 use crate::manager::ConsoleState;
 use crate::spec::NodeId;
 
@@ -223,6 +227,14 @@ impl Placer {
             }
             Err(e) => {
                 warn!(%node, busy = spec.port, error = %e, "console not started here: its port is in use");
+                let why = format!("port {} is in use here and {e}", spec.port);
+                note_failure(
+                    &*self.cluster.inner.store,
+                    node,
+                    spec.mod_revision,
+                    Some(why),
+                )
+                .await;
                 false
             }
         }
@@ -250,15 +262,19 @@ impl Placer {
     async fn start(&mut self, node: &NodeId, spec: &StoredSpec) {
         self.started.insert(node.clone(), spec.mod_revision);
         let manager = self.cluster.inner.manager.clone();
+        let store = self.cluster.inner.store.clone();
+        let revision = spec.mod_revision;
         let spec = spec.spec.clone();
         let node = node.clone();
         let starts = self.starts.clone();
         let takeover = self.owned_elsewhere.remove(&node);
         // Starting touches the BMC; never hold up placement of other nodes.
+        let span = info_span!("claim", %node);
         tokio::spawn(
             async move {
                 let _turn = starts.acquire_owned().await;
-                match manager.enable(spec).await {
+                let started = manager.enable(spec).await;
+                match &started {
                     Ok(_) if takeover => {
                         crate::metrics::get().takeover();
                         info!("console taken over here")
@@ -266,8 +282,10 @@ impl Placer {
                     Ok(_) => info!("console started here"),
                     Err(e) => warn!(error = %e, "console not started here"),
                 }
+                let error = started.err().map(|e| e.to_string());
+                note_failure(&*store, &node, revision, error).await;
             }
-            .instrument(info_span!("claim", %node)),
+            .instrument(span),
         );
     }
 
@@ -283,6 +301,28 @@ impl Placer {
                 warn!(node = %info.node, error = %e, "could not stop a disabled console");
             }
         }
+    }
+}
+
+/// Record why this replica's claim of `node` (spec `revision`) did not
+/// start it, so Enable and Get can say so; a later start clears it. Best
+/// effort: placement goes on either way.
+async fn note_failure(
+    store: &dyn ClusterStore,
+    node: &NodeId,
+    revision: i64,
+    error: Option<String>,
+) {
+    let doc = error.map(|error| FailureDoc {
+        replica: store.replica().to_owned(),
+        error,
+        spec_revision: revision,
+    });
+    if doc.is_none() && store.get(&RELATIVE.failure(node)).is_none() {
+        return;
+    }
+    if let Err(e) = store.note_failure(node, doc.as_ref()).await {
+        debug!(%node, error = %e, "could not record the start's outcome");
     }
 }
 

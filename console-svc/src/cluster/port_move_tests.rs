@@ -65,3 +65,40 @@ async fn a_chosen_port_that_is_busy_here_moves_a_kept_one_does_not() {
     cancel.cancel();
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// A claim that cannot start the console (here: its port in use) records
+/// why, bound to the claimer; Enable's deadline error and Get say it, and a
+/// later start clears it.
+#[tokio::test(start_paused = true)]
+async fn why_a_claim_failed_is_told_until_a_start_succeeds() {
+    let etcd = MemoryEtcd::new("13000:13020");
+    let cancel = CancellationToken::new();
+    let failing = Fake {
+        failing: ["node-1".to_owned()].into(),
+        ..Fake::default()
+    };
+    let a = member(&etcd, "replica-a", failing, &cancel);
+    let err = a.cluster.enable(spec("node-1")).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("replica replica-a could not start it") && msg.contains("in use"),
+        "{msg}"
+    );
+    let key = KEYS.failure(&node("node-1"));
+    assert!(etcd.get(&key).is_some());
+
+    // Another replica that can start it does, and the record goes.
+    let b = member(&etcd, "replica-b", Fake::default(), &cancel);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    while etcd.owner(&node("node-1")).map(|o| o.0) != Some("replica-b".into()) {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "replica-b never claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(etcd.get(&key).is_none(), "cleared by the start that worked");
+    drop(b);
+    cancel.cancel();
+}

@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, watch};
 use crate::coordinator::etcd::spec_doc::SpecTimes;
 use crate::coordinator::etcd::specs::{SpecStore, SpecStoreError, StoredSpec};
 use crate::coordinator::etcd::view::{Change, ClusterView, Entry};
-use crate::coordinator::etcd::{EndpointDoc, EtcdCoordinator};
+use crate::coordinator::etcd::{EndpointDoc, EtcdCoordinator, FailureDoc};
 use crate::coordinator::{CoordError, Coordinator};
 use crate::spec::{ConsoleSpec, NodeId};
 
@@ -87,6 +87,11 @@ pub trait ClusterStore: Send + Sync + 'static {
         token: i64,
         doc: Option<&EndpointDoc>,
     ) -> Result<bool, CoordError>;
+
+    /// Record (or, with `None`, clear) why this replica's claim of `node`
+    /// could not start its console (bound to our lease).
+    async fn note_failure(&self, node: &NodeId, doc: Option<&FailureDoc>)
+        -> Result<(), CoordError>;
 
     /// Leave the member list (placement ranks the others first).
     async fn leave(&self) -> Result<(), CoordError>;
@@ -163,6 +168,14 @@ impl ClusterStore for EtcdStore {
         doc: Option<&EndpointDoc>,
     ) -> Result<bool, CoordError> {
         self.coordinator.publish_endpoint(node, token, doc).await
+    }
+
+    async fn note_failure(
+        &self,
+        node: &NodeId,
+        doc: Option<&FailureDoc>,
+    ) -> Result<(), CoordError> {
+        self.coordinator.note_failure(node, doc).await
     }
 
     async fn leave(&self) -> Result<(), CoordError> {

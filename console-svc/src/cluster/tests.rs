@@ -34,10 +34,10 @@ const KEYS: Keys = Keys::relative();
 /// A backend that records its starts, can be slow, and fails for some nodes.
 #[derive(Default)]
 pub(super) struct Fake {
-    delay: Duration,
-    failing: HashSet<String>,
-    starts: Mutex<Vec<(String, Instant)>>,
-    running: Arc<Mutex<BTreeSet<String>>>,
+    pub(super) delay: Duration,
+    pub(super) failing: HashSet<String>,
+    pub(super) starts: Mutex<Vec<(String, Instant)>>,
+    pub(super) running: Arc<Mutex<BTreeSet<String>>>,
 }
 
 struct FakeConsole {

@@ -9,7 +9,8 @@
 //!  Enable (through the other replica, so the writer is not the owner)
 //!    ─▶ served on range.start+2; nothing reserved for the busy ports
 //!  disable, a listener on that port on every replica's address,
-//!  Enable again ─▶ not served (DEADLINE_EXCEEDED), the port still the node's
+//!  Enable again ─▶ not served (DEADLINE_EXCEEDED saying the port is in use),
+//!  the port still the node's
 //! ```
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -77,6 +78,10 @@ async fn a_chosen_port_busy_on_the_owner_moves_on_a_kept_one_fails() {
         .await
         .expect_err("a kept port that is busy is not moved");
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message().contains("could not start it") && err.message().contains("in use"),
+        "the reason is given: {err:?}"
+    );
     assert_eq!(
         cluster.etcd_get(&format!("ports/{kept}")).as_deref(),
         Some(NODE),
