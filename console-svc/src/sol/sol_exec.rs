@@ -35,13 +35,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+mod gate_client;
+
+use self::gate_client::{ask, AskError, GateClient};
 use super::activation_gate::{Answer, Request};
 use super::ipmitool::IpmiTool;
 
@@ -217,75 +217,6 @@ impl Setup {
             gate,
             listen,
         })
-    }
-}
-
-/// Why asking failed.
-#[derive(Debug)]
-enum AskError {
-    /// No answer within [`ANSWER_WITHIN`] (the replica is paused or busy).
-    Silent,
-    /// The socket is gone or closed: the replica died.
-    Gone(String),
-}
-
-/// One connection to the replica's gate.
-struct GateClient {
-    lines: Lines<BufReader<OwnedReadHalf>>,
-    write: OwnedWriteHalf,
-}
-
-impl GateClient {
-    async fn connect(gate: &GateRef) -> Result<Self, AskError> {
-        let stream = tokio::time::timeout(ANSWER_WITHIN, UnixStream::connect(&gate.socket))
-            .await
-            .map_err(|_| AskError::Silent)?
-            .map_err(|e| AskError::Gone(format!("{}: {e}", gate.socket.display())))?;
-        let (read, write) = stream.into_split();
-        Ok(Self {
-            lines: BufReader::new(read).lines(),
-            write,
-        })
-    }
-
-    async fn ask(&mut self, request: &Request) -> Result<Answer, AskError> {
-        let exchange = async {
-            self.write
-                .write_all(request.line().as_bytes())
-                .await
-                .map_err(|e| AskError::Gone(e.to_string()))?;
-            match self.lines.next_line().await {
-                Ok(Some(line)) => Ok(Answer::parse(&line)),
-                Ok(None) => Err(AskError::Gone("the replica closed the gate".into())),
-                Err(e) => Err(AskError::Gone(e.to_string())),
-            }
-        };
-        tokio::time::timeout(ANSWER_WITHIN, exchange)
-            .await
-            .map_err(|_| AskError::Silent)?
-    }
-}
-
-/// Ask once on `client` (connecting first when there is none); a client
-/// that went silent is dropped, so a late answer is never taken for the
-/// answer to a later request. The deadline an answer gives counts from
-/// before the request was sent.
-async fn ask(
-    client: &mut Option<GateClient>,
-    gate: &GateRef,
-    request: &Request,
-) -> Result<(Instant, Answer), AskError> {
-    let sent = Instant::now();
-    let c = match client {
-        Some(c) => c,
-        None => client.insert(GateClient::connect(gate).await?),
-    };
-    match c.ask(request).await {
-        Ok(a) => Ok((sent, a)),
-        Err(e) => {
-            *client = None;
-            Err(e)
-        }
     }
 }
 
@@ -528,112 +459,5 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncReadExt;
-    use tokio::net::UnixListener;
-
-    fn gate_at(dir: &std::path::Path) -> GateRef {
-        GateRef {
-            socket: dir.join("g.sock"),
-            node: "n1".into(),
-            token: 3,
-        }
-    }
-
-    fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("porthole-solexec-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    /// A replica that accepts but never answers (paused): refused after
-    /// the bound, and the silent connection is dropped.
-    #[tokio::test]
-    async fn a_silent_replica_is_a_no_within_the_bound() {
-        let dir = tempdir("silent");
-        let gate = gate_at(&dir);
-        let listener = UnixListener::bind(&gate.socket).unwrap();
-        let _held = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut sink = Vec::new();
-            let _ = s.read_to_end(&mut sink).await;
-        });
-        let mut client = None;
-        let req = Request::Activate {
-            node: "n1".into(),
-            token: 3,
-        };
-        let asked = std::time::Instant::now();
-        let r = ask(&mut client, &gate, &req).await;
-        assert!(matches!(r, Err(AskError::Silent)), "{r:?}");
-        let took = asked.elapsed();
-        assert!(
-            took >= ANSWER_WITHIN && took < ANSWER_WITHIN * 3,
-            "{took:?}"
-        );
-        assert!(client.is_none(), "a silent connection is not reused");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// No socket (the replica never started its gate, or is gone).
-    #[tokio::test]
-    async fn no_gate_is_gone() {
-        let dir = tempdir("gone");
-        let mut client = None;
-        let req = Request::Hold {
-            node: "n1".into(),
-            token: 3,
-        };
-        let r = ask(&mut client, &gate_at(&dir), &req).await;
-        assert!(matches!(r, Err(AskError::Gone(_))), "{r:?}");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// The holder turns a replica that closes the socket (it died) into a
-    /// stop, and a replica's "no" into a stop with its reason.
-    #[tokio::test]
-    async fn the_holder_stops_on_a_no_and_on_a_closed_gate() {
-        let dir = tempdir("hold");
-        let gate = gate_at(&dir);
-        let listener = UnixListener::bind(&gate.socket).unwrap();
-        let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            let (r, mut w) = s.into_split();
-            let mut lines = BufReader::new(r).lines();
-            lines.next_line().await.unwrap();
-            w.write_all(b"ok 1000\n").await.unwrap();
-            lines.next_line().await.unwrap();
-            w.write_all(b"no lease lost\n").await.unwrap();
-            // A second connection, closed at once: the replica died.
-            let (s, _) = listener.accept().await.unwrap();
-            drop(s);
-        });
-        let (tx, mut rx) = watch::channel(Verdict::Until(None));
-        tokio::spawn(hold(None, gate.clone(), tx));
-        rx.wait_for(|v| matches!(v, Verdict::Until(Some(_))))
-            .await
-            .unwrap();
-        let v = rx
-            .wait_for(|v| matches!(v, Verdict::Stop(_)))
-            .await
-            .unwrap()
-            .clone();
-        assert_eq!(v, Verdict::Stop("lease lost".into()));
-
-        let (tx, mut rx) = watch::channel(Verdict::Until(None));
-        tokio::spawn(hold(None, gate, tx));
-        let v = rx
-            .wait_for(|v| matches!(v, Verdict::Stop(_)))
-            .await
-            .unwrap()
-            .clone();
-        assert!(
-            matches!(v, Verdict::Stop(ref w) if w.contains("gone")),
-            "{v:?}"
-        );
-        server.await.unwrap();
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
+#[path = "sol_exec_tests.rs"]
+mod tests;
