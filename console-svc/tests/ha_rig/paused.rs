@@ -5,7 +5,7 @@
 //! paused owner was running is gone while the owner is still stopped (its
 //! `sol-exec` helper kills it at the last deadline it was given); the socat owner killed (-9) leaves
 //! no listener, no orphan and no BMC traffic behind, and the survivor
-//! serves.
+//! serves, typing through 8 s without losing a keystroke.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -375,6 +375,22 @@ async fn kill_9_of_a_socat_owner_leaves_no_listener_and_no_orphan() {
         "survivor {} serves; typing reached the node in {took:?}",
         moved.owner
     );
+    // Nothing of the dead owner's (a surviving socat or helper activating
+    // SOL) breaks the survivor's session: typing through 8 s loses nothing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let typing = keep_typing(viewer, stop.clone(), Instant::now());
+    tokio::time::sleep(AFTER).await;
+    stop.store(true, Ordering::SeqCst);
+    let typed = typing.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lost: Vec<&(String, Duration)> = typed.iter().filter(|(t, _)| !has(&seen, t)).collect();
+    eprintln!(
+        "kill -9: {} tokens typed on the survivor, {} lost",
+        typed.len(),
+        lost.len()
+    );
+    assert!(typed.len() > 50, "typed only {} tokens", typed.len());
+    assert!(lost.is_empty(), "typed on the survivor and lost: {lost:?}");
     checker.finish().await;
     cluster.assert_bmc_actions_safe();
 }
