@@ -16,6 +16,8 @@ pub struct FakeInspector {
     pub refuse: Mutex<HashMap<String, String>>,
     /// Abort answered 409 "locked" this many more times.
     pub abort_locked: Mutex<usize>,
+    /// When set, start waits for a permit.
+    pub start_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     /// When set, abort waits for a permit.
     pub abort_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     pub calls: Mutex<Vec<String>>,
@@ -45,6 +47,10 @@ fn refused(message: &str) -> InspectorError {
 impl Backend for FakeInspector {
     async fn start(&self, uuid: &str) -> Result<(), InspectorError> {
         self.calls.lock().unwrap().push(format!("start {uuid}"));
+        let gate = self.start_gate.lock().unwrap().clone();
+        if let Some(g) = gate {
+            g.acquire().await.unwrap().forget();
+        }
         if let Some(m) = self.refuse.lock().unwrap().get(uuid) {
             return Err(refused(m));
         }

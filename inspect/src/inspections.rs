@@ -17,7 +17,7 @@
 //!
 //! Callers: [`crate::grpc`] (the gRPC methods), [`crate::run`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -114,6 +114,8 @@ impl Record {
 
 struct Inner {
     records: Mutex<HashMap<String, Record>>,
+    /// Nodes whose start is with the backend now (not recorded yet).
+    starting: Mutex<HashSet<String>>,
     events: broadcast::Sender<pb::Inspection>,
     /// `None`: `[inspector] enabled = false`.
     inspector: Option<Arc<dyn Backend>>,
@@ -124,6 +126,19 @@ struct Inner {
 #[derive(Clone)]
 pub struct Inspections {
     inner: Arc<Inner>,
+}
+
+/// A node's start under way; the mark goes when it ends, however (the
+/// caller may give up on the call).
+struct Starting<'a> {
+    inspections: &'a Inspections,
+    uuid: String,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.inspections.starting().remove(&self.uuid);
+    }
 }
 
 /// A UUID in its canonical (hyphenated, lower-case) form.
@@ -157,6 +172,7 @@ impl Inspections {
         let this = Self {
             inner: Arc::new(Inner {
                 records: Mutex::new(HashMap::new()),
+                starting: Mutex::default(),
                 events,
                 inspector,
                 timing,
@@ -168,6 +184,13 @@ impl Inspections {
 
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
         self.inner.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn starting(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.inner
+            .starting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The backend for `interface`, or why there is none.
@@ -195,15 +218,19 @@ impl Inspections {
     pub async fn start(&self, uuid: &str, interface: &str) -> Result<pb::Inspection, InspectError> {
         let uuid = canonical(uuid)?;
         let backend = self.backend(interface)?;
-        {
+        let _starting = {
             let records = self.records();
-            if records
+            let waiting = records
                 .get(&uuid)
-                .is_some_and(|r| r.state == pb::InspectionState::Waiting)
-            {
+                .is_some_and(|r| r.state == pb::InspectionState::Waiting);
+            if waiting || !self.starting().insert(uuid.clone()) {
                 return Err(InspectError::AlreadyWaiting(uuid));
             }
-        }
+            Starting {
+                inspections: self,
+                uuid: uuid.clone(),
+            }
+        };
         backend.start(&uuid).await?;
         let record = Record {
             interface: interface.to_owned(),

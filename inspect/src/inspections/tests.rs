@@ -258,3 +258,36 @@ async fn an_abort_that_lost_the_race_with_the_result_answers_the_result() {
     assert_eq!(answered.state(), pb::InspectionState::Failed);
     assert_eq!(answered.error, "Failed to power on the node");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_second_start_while_the_first_is_with_the_backend_is_refused() {
+    let (i, fake, _c) = setup(true);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *fake.start_gate.lock().unwrap() = Some(gate.clone());
+    let first = tokio::spawn({
+        let i = i.clone();
+        async move { i.start(A, INSPECTOR).await }
+    });
+    settle().await;
+    // Refused at once (without the mark it would reach the backend and wait).
+    let second = tokio::time::timeout(Duration::from_secs(1), i.start(A, INSPECTOR)).await;
+    assert!(
+        matches!(second, Ok(Err(InspectError::AlreadyWaiting(_)))),
+        "{second:?}"
+    );
+    gate.add_permits(1);
+    first.await.unwrap().unwrap();
+    assert_eq!(fake.count("start"), 1);
+    // A start given up on (its caller went away) leaves no mark behind.
+    i.abort(A).await.unwrap();
+    let given_up = tokio::spawn({
+        let i = i.clone();
+        async move { i.start(A, INSPECTOR).await }
+    });
+    settle().await;
+    given_up.abort();
+    let _ = given_up.await;
+    gate.add_permits(1);
+    i.start(A, INSPECTOR).await.unwrap();
+    assert_eq!(fake.count("start"), 3);
+}
