@@ -22,7 +22,8 @@ The steps are nova-compute's, in its order: the periodic resource update
 ``update_provider_tree``), then a build (``prepare_for_spawn`` reserves the
 node by ``instance_uuid``, ``prepare_networks_before_block_device_mapping``
 attaches the VIF, ``spawn`` with a config drive), the periodic update again,
-``destroy``, and the periodic update once more.
+``destroy``, and the periodic update once more. A failed VIF attach or spawn
+is followed by ``failed_spawn_cleanup``, as the compute manager does.
 
 Output: one JSON object in the file ``--out`` names (nova logs to stderr): ``steps`` (what each step saw, in order;
 a failed step has ``error`` and is the last one) and ``http`` (every request
@@ -188,8 +189,16 @@ def run(args, conf_path, steps):
     step("setup", lambda: setup(conf_path, ctx))
     step("periodic_before", lambda: periodic(ctx, args.node))
     step("prepare_for_spawn", lambda: prepare(ctx, args.node, args.trait))
-    step("plug_vifs", lambda: plug(ctx))
-    step("spawn", lambda: spawn(ctx))
+    try:
+        step("plug_vifs", lambda: plug(ctx))
+        step("spawn", lambda: spawn(ctx))
+    except BaseException:
+        # the compute manager's answer to a failed build
+        step(
+            "failed_spawn_cleanup",
+            lambda: ctx["driver"].failed_spawn_cleanup(ctx["instance"]),
+        )
+        raise
     step("periodic_active", lambda: periodic(ctx, args.node))
     step("destroy", lambda: destroy(ctx))
     step("periodic_after", lambda: periodic(ctx, args.node))
@@ -437,6 +446,10 @@ def node_view(ctx, node_id):
     """The node as the driver's own connection sees it now."""
     conn = ctx["driver"].ironic_connection
     n = conn.get_node(node_id)
+    try:
+        vifs = [v["id"] if isinstance(v, dict) else v for v in conn.list_node_vifs(node_id)]
+    except Exception as e:  # shown, not fatal: the step's own call passed
+        vifs = "error: %s" % e
     return {
         "provision_state": n.provision_state,
         "target_provision_state": n.target_provision_state,
@@ -444,7 +457,7 @@ def node_view(ctx, node_id):
         "instance_uuid": n.instance_id,
         "instance_info": n.instance_info,
         "last_error": n.last_error,
-        "vifs": list(conn.list_node_vifs(node_id)),
+        "vifs": vifs,
     }
 
 
