@@ -22,6 +22,7 @@ pub mod api;
 pub mod config;
 pub mod console;
 pub mod db;
+pub mod instance_info;
 pub use porthole_common::logfmt;
 pub mod metrics;
 pub mod model;

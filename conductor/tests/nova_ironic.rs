@@ -232,7 +232,7 @@ async fn nova_flow() -> Result<()> {
                 "{} {} {} → {} {}",
                 h["method"].as_str().unwrap_or(""),
                 h["url"].as_str().unwrap_or(""),
-                h.get("body").map(|b| b.to_string()).unwrap_or_default(),
+                body_of(h),
                 h["status"],
                 cut(h["answer"].as_str().unwrap_or(""), 300)
             );
@@ -335,6 +335,15 @@ fn requests<'a>(out: &'a Value, method: &str, path: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// A logged request's body as sent (the log keeps it as a string).
+fn body_of(h: &Value) -> String {
+    match h.get("body") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    }
+}
+
 fn describe(reqs: &[&Value]) -> String {
     if reqs.is_empty() {
         return "nova sent no such request".into();
@@ -345,10 +354,7 @@ fn describe(reqs: &[&Value]) -> String {
                 "{} {} {} → {} {}",
                 h["method"].as_str().unwrap_or(""),
                 h["url"].as_str().unwrap_or(""),
-                cut(
-                    &h.get("body").map(|b| b.to_string()).unwrap_or_default(),
-                    300
-                ),
+                cut(&body_of(h), 300),
                 h["status"],
                 cut(h["answer"].as_str().unwrap_or(""), 400)
             )
@@ -379,10 +385,7 @@ fn answered(
     let hit: Vec<_> = reqs
         .iter()
         .copied()
-        .filter(|h| {
-            h.get("body")
-                .is_some_and(|b| b.to_string().contains(needle))
-        })
+        .filter(|h| body_of(h).contains(needle))
         .collect();
     let ok = !hit.is_empty() && hit.iter().all(|h| h["status"] == want);
     c.check(
@@ -520,9 +523,15 @@ fn judge(c: &mut Checks, out: &Value, uuid: &str, trait_set: bool) {
             "spawn: node active with the instance",
             n["provision_state"] == "active"
                 && n["instance_uuid"].as_str() == instance.as_deref()
-                && n["instance_info"]["image_source"].is_string()
-                && n["instance_info"]["configdrive"].is_string(),
+                && n["instance_info"]["image_source"].is_string(),
             format!("node {n}"),
+        );
+        // Ironic keeps the config drive in instance_info (its
+        // _store_configdrive) and shows it masked, "******".
+        c.check(
+            "spawn: configdrive kept in instance_info",
+            n["instance_info"]["configdrive"] == "******",
+            format!("instance_info {}", n["instance_info"]),
         );
         c.check(
             "spawn: the VIF is attached",

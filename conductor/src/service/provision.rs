@@ -128,11 +128,18 @@ impl Conductor {
         if needs && ifaces.is_none() {
             return Err(no_interface(&node, target, event));
         }
+        let stored_cd = configdrive.clone();
         let state = self
             .store
             .modify_node(&uuid, move |n: &mut Node| {
                 apply(n, event)?;
                 n.last_error = None;
+                if matches!(event, Event::Deploy | Event::Rebuild) {
+                    crate::instance_info::store_configdrive(
+                        &mut n.instance_info,
+                        stored_cd.as_ref(),
+                    );
+                }
                 match event {
                     Event::Inspect => {
                         n.inspection_started_at = Some(now());
