@@ -309,7 +309,7 @@ fn step_ok<'a>(c: &mut Checks, out: &'a Value, name: &str) -> Option<&'a Value> 
             c.check(
                 &format!("{name}: ran"),
                 false,
-                format!("{}", s["error"].as_str().unwrap_or("?")),
+                s["error"].as_str().unwrap_or("?"),
             );
             None
         }
