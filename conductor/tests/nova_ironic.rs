@@ -564,8 +564,8 @@ fn judge(c: &mut Checks, out: &Value, uuid: &str, trait_set: bool) {
     if let Some(saw) = destroyed {
         let n = &saw["node"];
         c.check(
-            "destroy: node available, instance_uuid and instance_info cleared",
-            n["provision_state"] == "available"
+            "destroy: node cleaning or available, instance_uuid and instance_info cleared",
+            (n["provision_state"] == "available" || n["provision_state"] == "cleaning")
                 && n["instance_uuid"].is_null()
                 && n["instance_info"] == json!({}),
             format!("node {n}"),
@@ -574,6 +574,13 @@ fn judge(c: &mut Checks, out: &Value, uuid: &str, trait_set: bool) {
             "destroy: instance gone",
             saw["exists"] == false,
             format!("{saw}"),
+        );
+    }
+    if let Some(saw) = step_ok(c, out, "wait_available") {
+        c.check(
+            "after destroy: node available",
+            saw["provision_state"] == "available" && saw["last_error"].is_null(),
+            format!("node {saw}"),
         );
     }
     periodic(c, out, "periodic_after", uuid, 0, json!([]), trait_set);

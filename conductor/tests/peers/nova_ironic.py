@@ -22,7 +22,8 @@ The steps are nova-compute's, in its order: the periodic resource update
 ``update_provider_tree``), then a build (``prepare_for_spawn`` reserves the
 node by ``instance_uuid``, ``prepare_networks_before_block_device_mapping``
 attaches the VIF, ``spawn`` with a config drive), the periodic update again,
-``destroy``, and the periodic update once more. A failed VIF attach or spawn
+``destroy``, and (once the node is ``available`` again) the periodic update
+once more. A failed VIF attach or spawn
 is followed by ``failed_spawn_cleanup``, as the compute manager does.
 
 Output: one JSON object in the file ``--out`` names (nova logs to stderr): ``steps`` (what each step saw, in order;
@@ -201,6 +202,9 @@ def run(args, conf_path, steps):
         raise
     step("periodic_active", lambda: periodic(ctx, args.node))
     step("destroy", lambda: destroy(ctx))
+    # destroy returns once the node is cleaning or available (nova's own
+    # rule); nova-compute's next periodic pass comes later, with it available
+    step("wait_available", lambda: wait_available(ctx, args.node))
     step("periodic_after", lambda: periodic(ctx, args.node))
 
 
@@ -440,6 +444,17 @@ def destroy(ctx):
         "exists": ctx["driver"].instance_exists(inst),
         "node": node_view(ctx, inst.node),
     }
+
+
+def wait_available(ctx, node_id):
+    import time
+
+    conn = ctx["driver"].ironic_connection
+    while True:
+        n = conn.get_node(node_id)
+        if n.provision_state == "available" and not n.target_provision_state:
+            return node_view(ctx, node_id)
+        time.sleep(0.5)  # the step's alarm ends a wait that never ends
 
 
 def node_view(ctx, node_id):
