@@ -264,6 +264,7 @@ async fn flow(conductor: &str, redfish: &str, inspector: &str) -> Result<()> {
         "POST {inspector}/v1/introspection/{uuid} → {status} {body}"
     );
     let status_url = format!("{inspector}/v1/introspection/{uuid}");
+    let t0 = std::time::Instant::now();
     // The ramdisk runs only once the machine is on: sushy applies the
     // reboot 1–11 s after it was asked for.
     eventually(
@@ -277,6 +278,10 @@ async fn flow(conductor: &str, redfish: &str, inspector: &str) -> Result<()> {
         },
     )
     .await?;
+    eprintln!(
+        "introspection started; the machine on after {:?}",
+        t0.elapsed()
+    );
     let sys = h.ok("GET", &format!("{redfish}{SYSTEM}"), None).await?;
     ensure!(
         sys["Boot"]["BootSourceOverrideTarget"] == "Pxe",
@@ -316,6 +321,7 @@ async fn flow(conductor: &str, redfish: &str, inspector: &str) -> Result<()> {
         status == 200 && body["uuid"] == uuid.as_str(),
         "POST {inspector}/v1/continue → {status} {body}"
     );
+    let t1 = std::time::Instant::now();
     let s = eventually(
         Duration::from_secs(60),
         "introspection finished",
@@ -341,6 +347,10 @@ async fn flow(conductor: &str, redfish: &str, inspector: &str) -> Result<()> {
         )
     })
     .await?;
+    eprintln!(
+        "processing done and the machine off {:?} after /v1/continue",
+        t1.elapsed()
+    );
     let p = &n["properties"];
     ensure!(
         p["cpus"] == "2"
