@@ -8,8 +8,7 @@
 # etcd, TigerVNC and openssl (the rig's other peers), iproute2 (ss), procps,
 # netcat, a C toolchain, protoc (etcd-client compiles etcd's protos at build
 # time), Python with venv (the real OpenStack clients and nova in tests) and
-# curl (sushy-tools' start script), QEMU (its VNC server is a test upstream), xorriso
-# (xorrisofs: nova's config drive builder in the nova test). Installs only what is missing (apt-get update
+# curl (sushy-tools' start script), QEMU (its VNC server is a test upstream). Installs only what is missing (apt-get update
 # only when an install fails without it), so a second run does nothing.
 # Needs root for the install. The Rust toolchain (cargo, rustfmt, clippy)
 # must already be there; this script checks for it.
@@ -17,8 +16,10 @@ set -euo pipefail
 
 PKGS=(ipmitool socat openipmi etcd-server etcd-client iproute2 procps netcat-openbsd
       openssl tigervnc-standalone-server tigervnc-tools build-essential ca-certificates
-      protobuf-compiler libprotobuf-dev python3 python3-venv python3-pip curl qemu-system-x86 xorriso)
+      protobuf-compiler libprotobuf-dev python3 python3-venv python3-pip curl qemu-system-x86)
 
+# xorriso: xorrisofs is nova's mkisofs_cmd (the config drive) in conductor/tests/nova_ironic.rs
+PKGS+=(xorriso)
 if [ "${1:-}" = --list ]; then printf '%s\n' "${PKGS[@]}"; exit 0; fi
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
