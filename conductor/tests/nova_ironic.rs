@@ -575,6 +575,13 @@ fn judge(c: &mut Checks, out: &Value, uuid: &str, trait_set: bool) {
             saw["exists"] == false,
             format!("{saw}"),
         );
+        // Ironic's tear down detaches the node's VIFs (remove_vifs_from_node)
+        // before cleaning: nova's destroy of an active node leaves it to Ironic.
+        c.check(
+            "destroy: tear down detached the VIFs",
+            n["vifs"] == json!([]),
+            format!("GET /v1/nodes/{uuid}/vifs after destroy → {}", n["vifs"]),
+        );
     }
     if let Some(saw) = step_ok(c, out, "wait_available") {
         c.check(
