@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::model::{now, Dict, Node, Port};
+use crate::model::{now, Dict, Node, NodeAttrs, Port};
 use crate::seal::{SealError, Sealer};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,8 @@ const NODE_COLS: &str = "uuid, name, driver, driver_info, driver_internal_info, 
   console_info, properties, instance_info, instance_uuid, extra, resource_class, \
   last_error, created_at, updated_at, provision_updated_at, \
   inspection_started_at, inspection_finished_at, deploy_step, clean_step, automated_clean";
-const PORT_COLS: &str = "uuid, address, node_uuid, extra, pxe_enabled, created_at, updated_at";
+const PORT_COLS: &str = "uuid, address, node_uuid, extra, pxe_enabled, created_at, updated_at, \
+  internal_info, local_link_connection, physical_network, portgroup_uuid, is_smartnic, name";
 
 /// The registry, synchronous: call it only off the runtime's workers
 /// (through [`Store`]).
@@ -241,6 +242,7 @@ impl Registry {
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&conn).map_err(err)?;
+        extra::migrate(&conn).map_err(err)?;
         reseal_secrets(&conn, &sealer)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -286,6 +288,7 @@ impl Registry {
             clean_step: dict(r.get(26)?)?,
             automated_clean: r.get(27)?,
             reservation: None,
+            attrs: NodeAttrs::default(),
         })
     }
 
@@ -337,6 +340,16 @@ impl Registry {
             ],
         );
         match res {
+            Err(rusqlite::Error::SqliteFailure(e, Some(m)))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation
+                    && m.contains("nodes.instance_uuid") =>
+            {
+                Err(DbError::Duplicate(format!(
+                    "Instance {} is already associated with a node, it cannot be associated with this other node {}",
+                    n.instance_uuid.as_deref().unwrap_or("-"),
+                    n.uuid
+                )))
+            }
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
@@ -347,7 +360,8 @@ impl Registry {
                 )))
             }
             other => other.map(drop).map_err(DbError::from),
-        }
+        }?;
+        extra::store_attrs(conn, &n.uuid, &n.attrs)
     }
 
     pub fn insert_node(&self, node: &Node) -> Result<(), DbError> {
@@ -359,7 +373,11 @@ impl Registry {
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut rows = stmt.query([ident])?;
         match rows.next()? {
-            Some(r) => self.node_from_row(r),
+            Some(r) => {
+                let mut node = self.node_from_row(r)?;
+                node.attrs = extra::load_attrs(conn, &node.uuid)?;
+                Ok(node)
+            }
             None => Err(DbError::NotFound {
                 kind: "Node",
                 ident: ident.to_owned(),
@@ -379,7 +397,9 @@ impl Registry {
         let mut rows = stmt.query([])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            out.push(self.node_from_row(r)?);
+            let mut node = self.node_from_row(r)?;
+            node.attrs = extra::load_attrs(&conn, &node.uuid)?;
+            out.push(node);
         }
         Ok(out)
     }
@@ -417,8 +437,19 @@ impl Registry {
     }
 
     pub fn insert_port(&self, p: &Port) -> Result<(), DbError> {
-        let sql = format!("INSERT INTO ports ({PORT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-        let res = self.lock().execute(
+        self.write_port(&self.lock(), p, true)
+    }
+
+    fn write_port(&self, conn: &Connection, p: &Port, insert: bool) -> Result<(), DbError> {
+        let sql = if insert {
+            format!("INSERT INTO ports ({PORT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)")
+        } else {
+            "UPDATE ports SET address=?2, node_uuid=?3, extra=?4, pxe_enabled=?5, created_at=?6, \
+             updated_at=?7, internal_info=?8, local_link_connection=?9, physical_network=?10, \
+             portgroup_uuid=?11, is_smartnic=?12, name=?13 WHERE uuid=?1"
+                .to_owned()
+        };
+        let res = conn.execute(
             &sql,
             params![
                 p.uuid,
@@ -427,7 +458,13 @@ impl Registry {
                 to_json(&p.extra),
                 p.pxe_enabled,
                 p.created_at,
-                p.updated_at
+                p.updated_at,
+                to_json(&p.internal_info),
+                to_json(&p.local_link_connection),
+                p.physical_network,
+                p.portgroup_uuid,
+                p.is_smartnic,
+                p.name,
             ],
         );
         match res {
@@ -452,6 +489,12 @@ impl Registry {
             pxe_enabled: r.get(4)?,
             created_at: r.get(5)?,
             updated_at: r.get(6)?,
+            internal_info: dict(r.get(7)?)?,
+            local_link_connection: dict(r.get(8)?)?,
+            physical_network: r.get(9)?,
+            portgroup_uuid: r.get(10)?,
+            is_smartnic: r.get(11)?,
+            name: r.get(12)?,
         })
     }
 
@@ -493,6 +536,11 @@ impl Registry {
         Ok(())
     }
 }
+
+mod docs;
+mod extra;
+
+pub use docs::Doc;
 
 #[cfg(test)]
 mod tests;

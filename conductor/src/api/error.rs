@@ -92,6 +92,7 @@ fn service_status(e: &ServiceError) -> StatusCode {
             | DbError::Worker(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
         ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
         ServiceError::Conflict(_) | ServiceError::Locked(_) => StatusCode::CONFLICT,
         ServiceError::Patch(p) => match p {
             PatchError::Invalid(_)

@@ -80,9 +80,13 @@ pub fn negotiate(headers: &HeaderMap) -> Result<u32, ApiError> {
     Ok(minor)
 }
 
-pub async fn middleware(req: Request, next: Next) -> Response {
+pub async fn middleware(mut req: Request, next: Next) -> Response {
     let (mut resp, minor) = match negotiate(req.headers()) {
-        Ok(minor) => (next.run(req).await, minor),
+        Ok(minor) => {
+            req.extensions_mut()
+                .insert(super::fields::Microversion(minor));
+            (next.run(req).await, minor)
+        }
         Err(e) => (e.into_response(), MIN_MINOR),
     };
     let h = resp.headers_mut();

@@ -1,0 +1,151 @@
+//! Storage for what the API surface added to nodes and ports: the
+//! `node_attrs` table (one JSON [`NodeAttrs`] per node, beside its row), the
+//! later port columns, Ironic's unique `instance_uuid`, and read-change-write
+//! of a port or of all of a node's ports and portgroups under the one lock
+//! (VIF attach and detach). Callers: `Registry` (`db`), `service`.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{to_json, DbError, Registry, Store, PORT_COLS};
+use crate::model::{now, NodeAttrs, Port, Portgroup};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS node_attrs (
+  node_uuid TEXT PRIMARY KEY REFERENCES nodes(uuid) ON DELETE CASCADE,
+  attrs TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS nodes_instance_uuid ON nodes(instance_uuid);
+";
+
+/// Port columns added after the first schema.
+const PORT_COLS_ADDED: &[(&str, &str)] = &[
+    ("internal_info", "TEXT NOT NULL DEFAULT '{}'"),
+    ("local_link_connection", "TEXT NOT NULL DEFAULT '{}'"),
+    ("physical_network", "TEXT"),
+    ("portgroup_uuid", "TEXT"),
+    ("is_smartnic", "INTEGER NOT NULL DEFAULT 0"),
+    ("name", "TEXT"),
+];
+
+pub(super) fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let mut have = Vec::new();
+    {
+        let mut stmt = conn.prepare("PRAGMA table_info(ports)")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            have.push(r.get::<_, String>(1)?);
+        }
+    }
+    for (name, ty) in PORT_COLS_ADDED {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE ports ADD COLUMN {name} {ty}"))?;
+        }
+    }
+    conn.execute_batch(SCHEMA)?;
+    super::docs::migrate(conn)
+}
+
+pub(super) fn load_attrs(conn: &Connection, uuid: &str) -> Result<NodeAttrs, DbError> {
+    let raw: Option<String> = conn
+        .prepare_cached("SELECT attrs FROM node_attrs WHERE node_uuid = ?1")?
+        .query_row([uuid], |r| r.get(0))
+        .optional()?;
+    Ok(match raw {
+        Some(s) => serde_json::from_str(&s)?,
+        None => NodeAttrs::default(),
+    })
+}
+
+pub(super) fn store_attrs(conn: &Connection, uuid: &str, a: &NodeAttrs) -> Result<(), DbError> {
+    conn.prepare_cached("INSERT OR REPLACE INTO node_attrs (node_uuid, attrs) VALUES (?1, ?2)")?
+        .execute(params![uuid, to_json(a)])?;
+    Ok(())
+}
+
+impl Registry {
+    fn ports_where(&self, conn: &Connection, cond: &str, arg: &str) -> Result<Vec<Port>, DbError> {
+        let sql = format!("SELECT {PORT_COLS} FROM ports WHERE {cond} ORDER BY created_at, uuid");
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([arg])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(Self::port_from_row(r)?);
+        }
+        Ok(out)
+    }
+
+    /// Read port `ident` (UUID or MAC), let `f` change it, write it back
+    /// with a fresh `updated_at`, under one lock; `f`'s error changes nothing.
+    pub fn modify_port<E: From<DbError>>(
+        &self,
+        ident: &str,
+        f: impl FnOnce(&mut Port) -> Result<(), E>,
+    ) -> Result<Port, E> {
+        let conn = self.lock();
+        let mut port = self
+            .ports_where(&conn, "uuid = ?1 OR address = ?1", &ident.to_ascii_lowercase())?
+            .pop()
+            .ok_or_else(|| DbError::NotFound {
+                kind: "Port",
+                ident: ident.to_owned(),
+            })?;
+        let before = port.clone();
+        f(&mut port)?;
+        if port != before {
+            port.updated_at = Some(now());
+            self.write_port(&conn, &port, false)?;
+        }
+        Ok(port)
+    }
+
+    /// Let `f` change node `node_uuid`'s ports and portgroups together (VIF
+    /// attach/detach), under one lock; each changed one is written back.
+    pub fn modify_node_ports<T, E: From<DbError>>(
+        &self,
+        node_uuid: &str,
+        f: impl FnOnce(&mut [Port], &mut [Portgroup]) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let conn = self.lock();
+        let mut ports = self.ports_where(&conn, "node_uuid = ?1", node_uuid)?;
+        let mut groups: Vec<Portgroup> = super::docs::of_node(&conn, node_uuid)?;
+        let (p0, g0) = (ports.clone(), groups.clone());
+        let out = f(&mut ports, &mut groups)?;
+        let tx = conn.unchecked_transaction().map_err(DbError::from)?;
+        for (p, old) in ports.iter_mut().zip(&p0) {
+            if p != old {
+                p.updated_at = Some(now());
+                self.write_port(&tx, p, false)?;
+            }
+        }
+        for (g, old) in groups.iter_mut().zip(&g0) {
+            if g != old {
+                g.updated_at = Some(now());
+                super::docs::write(&tx, g, false)?;
+            }
+        }
+        tx.commit().map_err(DbError::from)?;
+        Ok(out)
+    }
+}
+
+impl Store {
+    /// See [`Registry::modify_port`].
+    pub async fn modify_port<E, F>(&self, ident: &str, f: F) -> Result<Port, E>
+    where
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut Port) -> Result<(), E> + Send + 'static,
+    {
+        let ident = ident.to_owned();
+        self.call(move |r| r.modify_port(&ident, f)).await
+    }
+
+    /// See [`Registry::modify_node_ports`].
+    pub async fn modify_node_ports<T, E, F>(&self, node_uuid: &str, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut [Port], &mut [Portgroup]) -> Result<T, E> + Send + 'static,
+    {
+        let node_uuid = node_uuid.to_owned();
+        self.call(move |r| r.modify_node_ports(&node_uuid, f)).await
+    }
+}
