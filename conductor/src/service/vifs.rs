@@ -16,6 +16,7 @@ use crate::model::{Dict, Port, Portgroup};
 pub const VIF_KEY: &str = "tenant_vif_port_id";
 
 /// An attach request: Ironic's `vif_info` body.
+#[derive(Debug)]
 pub struct VifAttach {
     pub id: String,
     pub port_uuid: Option<String>,
