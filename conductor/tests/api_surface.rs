@@ -191,7 +191,7 @@ async fn cli_surface() -> Result<()> {
     .await?;
     let t = cli.json(&["volume", "target", "list", "--node", &node]).await?;
     ensure!(
-        t.as_array().map(Vec::len) == Some(1) && t[0]["Volume ID"] == "vol-1",
+        t.as_array().map(Vec::len) == Some(1) && t[0]["volume_id"] == "vol-1",
         "{t}"
     );
     let r = cli
@@ -229,7 +229,7 @@ async fn cli_surface() -> Result<()> {
     ])
     .await?;
     let f = cli
-        .json(&["node", "show", "api1", "--fields", "owner", "lessee", "description", "conductor_group", "shard"])
+        .json(&["node", "show", "api1"])
         .await?;
     ensure!(
         f["owner"] == "proj-a"
