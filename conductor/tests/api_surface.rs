@@ -397,3 +397,86 @@ async fn raw_patch() -> Result<()> {
     ensure!(r.status().as_u16() == 404, "traits at 1.36: {}", r.status());
     Ok(())
 }
+
+/// `protected` over HTTP: refused outside `active` (409), and an active
+/// protected node refuses undeploy, rebuild and delete with Ironic's 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_node_refuses_undeploy_rebuild_and_delete() {
+    porthole_tests::run(protected()).await
+}
+
+async fn protected() -> Result<()> {
+    let cond = TestConductor::start(NO_CONSOLE_SVC).await?;
+    let http = reqwest::Client::new();
+    let v = |r: reqwest::RequestBuilder| r.header("X-OpenStack-Ironic-API-Version", "1.99");
+    let n: Value = v(http.post(format!("{}/v1/nodes", cond.url)))
+        .json(&json!({"driver": "fake-hardware", "name": "prot1"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let url = format!("{}/v1/nodes/{}", cond.url, n["uuid"].as_str().context("uuid")?);
+    let status_of = |r: reqwest::RequestBuilder| async move {
+        let r = r.send().await?;
+        let s = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        Ok::<_, anyhow::Error>((s, body))
+    };
+    let set_protected = |on: bool| {
+        v(http.patch(&url)).json(&json!([{"op": "replace", "path": "/protected", "value": on}]))
+    };
+    let (s, body) = status_of(set_protected(true)).await?;
+    ensure!(
+        s == 409 && faultstring(&body)?.contains("can only be made protected in provision states 'active' or 'rescue', the current state is 'enroll'"),
+        "{s} {body}"
+    );
+    for (verb, want) in [("manage", "manageable"), ("provide", "available"), ("active", "active")] {
+        let (s, body) = status_of(
+            v(http.put(format!("{url}/states/provision"))).json(&json!({"target": verb})),
+        )
+        .await?;
+        ensure!(s == 202, "{verb}: {s} {body}");
+        common::eventually(std::time::Duration::from_secs(30), want, || {
+            let r = v(http.get(&url));
+            async move {
+                let n: Value = r.send().await?.json().await?;
+                Ok((n["provision_state"] == want && n["target_provision_state"].is_null())
+                    .then_some(()))
+            }
+        })
+        .await?;
+    }
+    let (s, body) = status_of(v(http.patch(&url)).json(&json!([
+        {"op": "replace", "path": "/protected", "value": true},
+        {"op": "replace", "path": "/protected_reason", "value": "prod db"},
+    ])))
+    .await?;
+    ensure!(s == 200 && body["protected"] == true && body["protected_reason"] == "prod db", "{s} {body}");
+    let refused = format!(
+        "Node {} is protected and cannot be undeployed, rebuilt or deleted",
+        n["uuid"].as_str().context("uuid")?
+    );
+    for verb in ["deleted", "rebuild"] {
+        let (s, body) = status_of(
+            v(http.put(format!("{url}/states/provision"))).json(&json!({"target": verb})),
+        )
+        .await?;
+        ensure!(s == 403 && faultstring(&body)? == refused, "{verb}: {s} {body}");
+    }
+    // delete needs maintenance in active; protection still refuses it
+    let (s, _) = status_of(v(http.put(format!("{url}/maintenance")))).await?;
+    ensure!(s == 202, "maintenance: {s}");
+    let (s, body) = status_of(v(http.delete(&url))).await?;
+    ensure!(s == 403 && faultstring(&body)? == refused, "delete: {s} {body}");
+    let (s, _) = status_of(v(http.delete(format!("{url}/maintenance")))).await?;
+    ensure!(s == 202, "maintenance off: {s}");
+    // unprotecting clears the reason; undeploy then proceeds
+    let (s, body) = status_of(set_protected(false)).await?;
+    ensure!(s == 200 && body["protected_reason"].is_null(), "{s} {body}");
+    let (s, body) = status_of(
+        v(http.put(format!("{url}/states/provision"))).json(&json!({"target": "deleted"})),
+    )
+    .await?;
+    ensure!(s == 202, "undeploy after unprotect: {s} {body}");
+    Ok(())
+}

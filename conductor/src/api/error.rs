@@ -93,6 +93,7 @@ fn service_status(e: &ServiceError) -> StatusCode {
         },
         ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
         ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
         ServiceError::Conflict(_) | ServiceError::Locked(_) => StatusCode::CONFLICT,
         ServiceError::Patch(p) => match p {
             PatchError::Invalid(_)

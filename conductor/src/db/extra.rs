@@ -13,8 +13,11 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS node_attrs (
   node_uuid TEXT PRIMARY KEY REFERENCES nodes(uuid) ON DELETE CASCADE,
   attrs TEXT NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS nodes_instance_uuid ON nodes(instance_uuid);
 ";
+
+/// Ironic's unique `instance_uuid` (an instance on one node at most).
+const INSTANCE_INDEX: &str =
+    "CREATE UNIQUE INDEX IF NOT EXISTS nodes_instance_uuid ON nodes(instance_uuid)";
 
 /// Port columns added after the first schema.
 const PORT_COLS_ADDED: &[(&str, &str)] = &[
@@ -41,6 +44,11 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
         }
     }
     conn.execute_batch(SCHEMA)?;
+    if let Err(e) = conn.execute_batch(INSTANCE_INDEX) {
+        // An older conductor let two nodes share an instance: keep serving
+        // them, and say which rule is not enforced until that is fixed.
+        tracing::warn!(error = %e, "nodes share an instance_uuid; it is not enforced unique until they no longer do");
+    }
     super::docs::migrate(conn)
 }
 

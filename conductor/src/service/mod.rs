@@ -41,6 +41,9 @@ pub enum ServiceError {
     /// The request conflicts with the node's state.
     #[error("{0}")]
     Conflict(String),
+    /// Ironic's HTTPForbidden family (a protected node).
+    #[error("{0}")]
+    Forbidden(String),
     /// A sub-resource the request names is missing (Ironic's 404s that are
     /// not a database record: a node's trait).
     #[error("{0}")]

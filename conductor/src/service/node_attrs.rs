@@ -167,6 +167,29 @@ pub fn read_back(attrs: &mut NodeAttrs, doc: &Dict) -> Result<(), ServiceError> 
     Ok(())
 }
 
+/// Ironic's NodeProtected (403) for undeploy, rebuild and delete.
+pub fn check_not_protected(node: &Node) -> Result<(), ServiceError> {
+    if node.attrs.protected {
+        return Err(ServiceError::Forbidden(format!(
+            "Node {} is protected and cannot be undeployed, rebuilt or deleted",
+            node.uuid
+        )));
+    }
+    Ok(())
+}
+
+/// Ironic's destroy_node checks beyond the provision state: an instance
+/// (409 unless in maintenance) and protection (403).
+pub fn check_deletable(node: &Node) -> Result<(), ServiceError> {
+    if let (false, Some(i)) = (node.maintenance, &node.instance_uuid) {
+        return Err(ServiceError::Conflict(format!(
+            "Node {} is associated with instance {i}.",
+            node.uuid
+        )));
+    }
+    check_not_protected(node)
+}
+
 /// Ironic's conductor checks on an update from `before` to `node`.
 pub fn check_update(before: &Node, node: &mut Node) -> Result<(), ServiceError> {
     let (old, new) = (&before.attrs, &mut node.attrs);

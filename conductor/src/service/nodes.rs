@@ -173,6 +173,7 @@ impl Conductor {
         let lock = self.console_lock(&node.uuid);
         let _console = lock.lock().await;
         let node = self.store.get_node(&node.uuid).await?;
+        node_attrs::check_deletable(&node)?;
         // Ironic's DELETE_ALLOWED_STATES plus available
         // (allow_deleting_available_nodes, on by default); any state in
         // maintenance.

@@ -63,6 +63,9 @@ fn check(
             "The provisioning operation can't be performed on node {uuid} because it's in maintenance mode."
         )));
     }
+    if matches!(event, Event::Delete | Event::Rebuild) {
+        super::node_attrs::check_not_protected(node)?;
+    }
     let from = stored_state(node)?;
     if transition(from, event).is_err() {
         return Err(refused(target, uuid, &node.provision_state));
