@@ -1,5 +1,8 @@
 //! Microversion gating as Ironic does it: the negotiated version travels
-//! with each request ([`Microversion`], set by `version::middleware`);
+//! with each request ([`Microversion`], set by `version::middleware`; a
+//! request without a version header is gated as the maximum, where Ironic
+//! would hide everything after 1.1 — every client that relies on gating
+//! sends the header);
 //! fields newer than it are hidden from responses, asked-for `fields`,
 //! PATCHes and creates naming them get 406, and sub-resources newer than
 //! it are 404 ([`require`]). Callers: the node, port, trait, VIF, portgroup

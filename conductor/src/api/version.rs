@@ -83,8 +83,12 @@ pub fn negotiate(headers: &HeaderMap) -> Result<u32, ApiError> {
 pub async fn middleware(mut req: Request, next: Next) -> Response {
     let (mut resp, minor) = match negotiate(req.headers()) {
         Ok(minor) => {
+            // Field gating follows the version a client asked for; a request
+            // without a version header (curl, the demo) sees every field.
+            let explicit = matches!(requested(req.headers()), Ok(Some(_)));
+            let gate = if explicit { minor } else { MAX_MINOR };
             req.extensions_mut()
-                .insert(super::fields::Microversion(minor));
+                .insert(super::fields::Microversion(gate));
             (next.run(req).await, minor)
         }
         Err(e) => (e.into_response(), MIN_MINOR),
