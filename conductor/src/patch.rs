@@ -229,7 +229,8 @@ fn step<'a>(cur: &'a Value, t: &str) -> Result<&'a Value, String> {
         Value::Object(m) => m.get(t).ok_or_else(|| format!("member '{t}' not found")),
         Value::Array(a) => {
             let i = index(t)?;
-            a.get(i).ok_or_else(|| format!("index '{i}' is out of bounds"))
+            a.get(i)
+                .ok_or_else(|| format!("index '{i}' is out of bounds"))
         }
         _ => Err(format!("member '{t}' not found")),
     }
@@ -272,7 +273,9 @@ fn add(doc: &mut Value, tokens: &[String], value: Value) -> Result<(), String> {
             a.insert(i, value);
             Ok(())
         }
-        _ => Err(format!("can't add member '{last}' to a value that is not an object or list")),
+        _ => Err(format!(
+            "can't add member '{last}' to a value that is not an object or list"
+        )),
     }
 }
 

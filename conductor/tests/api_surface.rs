@@ -29,7 +29,14 @@ async fn cli_surface() -> Result<()> {
         url: cond.url.clone(),
     };
     let n = cli
-        .json(&["node", "create", "--driver", "fake-hardware", "--name", "api1"])
+        .json(&[
+            "node",
+            "create",
+            "--driver",
+            "fake-hardware",
+            "--name",
+            "api1",
+        ])
         .await?;
     let node = n["uuid"].as_str().context("uuid")?.to_owned();
     for k in [
@@ -52,10 +59,26 @@ async fn cli_surface() -> Result<()> {
         ensure!(n.get(k).is_some(), "node create shows no {k}: {n}");
     }
 
+    let port = ports(&cli, &node).await?;
+    traits(&cli).await?;
+    maintenance(&cli).await?;
+    vifs(&cli, &port).await?;
+    volume_and_portgroups(&cli, &node).await?;
+    node_fields(&cli).await
+}
+
+/// `port create --pxe-enabled false`, `port set`/`unset`; the port's UUID.
+async fn ports(cli: &Cli, node: &str) -> Result<String> {
     // port create --pxe-enabled false stores false (it was stored as true)
     let p = cli
         .json(&[
-            "port", "create", "52:54:00:aa:00:01", "--node", &node, "--pxe-enabled", "false",
+            "port",
+            "create",
+            "52:54:00:aa:00:01",
+            "--node",
+            node,
+            "--pxe-enabled",
+            "false",
         ])
         .await?;
     ensure!(p["pxe_enabled"] == false, "created: {p}");
@@ -91,8 +114,15 @@ async fn cli_surface() -> Result<()> {
             && shown["address"] == "52:54:00:aa:00:02",
         "after port set: {shown}"
     );
-    cli.ok(&["port", "unset", &port, "--extra", "rack", "--physical-network"])
-        .await?;
+    cli.ok(&[
+        "port",
+        "unset",
+        &port,
+        "--extra",
+        "rack",
+        "--physical-network",
+    ])
+    .await?;
     let shown = cli.json(&["port", "show", &port]).await?;
     ensure!(
         shown["extra"] == json!({}) && shown["physical_network"].is_null(),
@@ -109,10 +139,19 @@ async fn cli_surface() -> Result<()> {
     );
     let after = cli.json(&["port", "show", &port]).await?;
     ensure!(after == shown, "a refused PATCH changed the port: {after}");
+    Ok(port)
+}
 
-    // traits
-    cli.ok(&["node", "add", "trait", "api1", "CUSTOM_GOLD", "HW_CPU_X86_AVX2"])
-        .await?;
+async fn traits(cli: &Cli) -> Result<()> {
+    cli.ok(&[
+        "node",
+        "add",
+        "trait",
+        "api1",
+        "CUSTOM_GOLD",
+        "HW_CPU_X86_AVX2",
+    ])
+    .await?;
     let traits = cli.json(&["node", "trait", "list", "api1"]).await?;
     let names: Vec<&str> = traits
         .as_array()
@@ -123,26 +162,48 @@ async fn cli_surface() -> Result<()> {
     ensure!(names == ["CUSTOM_GOLD", "HW_CPU_X86_AVX2"], "{traits}");
     let r = cli.run(&["node", "add", "trait", "api1", "gold"]).await?;
     ensure!(
-        !r.ok && r.stderr.contains("Schema error for trait: 'gold' is not valid"),
+        !r.ok
+            && r.stderr
+                .contains("Schema error for trait: 'gold' is not valid"),
         "bad trait: {}",
         r.stderr
     );
     cli.ok(&["node", "remove", "trait", "api1", "CUSTOM_GOLD"])
         .await?;
-    let shown = cli.json(&["node", "show", "api1", "--fields", "traits"]).await?;
+    let shown = cli
+        .json(&["node", "show", "api1", "--fields", "traits"])
+        .await?;
     ensure!(shown["traits"] == json!(["HW_CPU_X86_AVX2"]), "{shown}");
-    let r = cli.run(&["node", "remove", "trait", "api1", "CUSTOM_GOLD"]).await?;
+    let r = cli
+        .run(&["node", "remove", "trait", "api1", "CUSTOM_GOLD"])
+        .await?;
     ensure!(
         !r.ok && r.stderr.contains("doesn't have a trait 'CUSTOM_GOLD'"),
         "{}",
         r.stderr
     );
+    Ok(())
+}
 
-    // maintenance set / unset
-    cli.ok(&["node", "maintenance", "set", "api1", "--reason", "disk swap"])
-        .await?;
+async fn maintenance(cli: &Cli) -> Result<()> {
+    cli.ok(&[
+        "node",
+        "maintenance",
+        "set",
+        "api1",
+        "--reason",
+        "disk swap",
+    ])
+    .await?;
     let m = cli
-        .json(&["node", "show", "api1", "--fields", "maintenance", "maintenance_reason"])
+        .json(&[
+            "node",
+            "show",
+            "api1",
+            "--fields",
+            "maintenance",
+            "maintenance_reason",
+        ])
         .await?;
     ensure!(
         m["maintenance"] == true && m["maintenance_reason"] == "disk swap",
@@ -150,25 +211,43 @@ async fn cli_surface() -> Result<()> {
     );
     cli.ok(&["node", "maintenance", "unset", "api1"]).await?;
     let m = cli
-        .json(&["node", "show", "api1", "--fields", "maintenance", "maintenance_reason"])
+        .json(&[
+            "node",
+            "show",
+            "api1",
+            "--fields",
+            "maintenance",
+            "maintenance_reason",
+        ])
         .await?;
     ensure!(
         m["maintenance"] == false && m["maintenance_reason"].is_null(),
         "{m}"
     );
+    Ok(())
+}
 
-    // VIF attach / list / detach, kept on the port as Ironic keeps it
+/// VIF attach / list / detach, kept on the port as Ironic keeps it.
+async fn vifs(cli: &Cli, port: &str) -> Result<()> {
     let vif = "0c6a7c8e-1111-4a2b-9c3d-000000000001";
     cli.ok(&["node", "vif", "attach", "api1", vif]).await?;
     let vifs = cli.json(&["node", "vif", "list", "api1"]).await?;
     ensure!(vifs == json!([{"id": vif}]), "vif list: {vifs}");
-    let shown = cli.json(&["port", "show", &port, "--fields", "internal_info"]).await?;
+    let shown = cli
+        .json(&["port", "show", port, "--fields", "internal_info"])
+        .await?;
     ensure!(
         shown["internal_info"]["tenant_vif_port_id"] == vif,
         "{shown}"
     );
     let r = cli
-        .run(&["node", "vif", "attach", "api1", "0c6a7c8e-1111-4a2b-9c3d-000000000002"])
+        .run(&[
+            "node",
+            "vif",
+            "attach",
+            "api1",
+            "0c6a7c8e-1111-4a2b-9c3d-000000000002",
+        ])
         .await?;
     ensure!(
         !r.ok && r.stderr.contains("not enough free physical ports"),
@@ -179,58 +258,124 @@ async fn cli_surface() -> Result<()> {
     let vifs = cli.json(&["node", "vif", "list", "api1"]).await?;
     ensure!(vifs == json!([]), "after detach: {vifs}");
     let r = cli.run(&["node", "vif", "detach", "api1", vif]).await?;
-    ensure!(!r.ok && r.stderr.contains("not attached to it"), "{}", r.stderr);
+    ensure!(
+        !r.ok && r.stderr.contains("not attached to it"),
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
 
-    // volume targets (nova's cleanup lists them by node) and connectors
-    let t = cli.json(&["volume", "target", "list", "--node", &node]).await?;
+/// Volume targets (nova's cleanup lists them by node), connectors and
+/// portgroups.
+async fn volume_and_portgroups(cli: &Cli, node: &str) -> Result<()> {
+    let t = cli
+        .json(&["volume", "target", "list", "--node", node])
+        .await?;
     ensure!(t == json!([]), "no targets yet: {t}");
     cli.ok(&[
-        "volume", "target", "create", "--node", &node, "--type", "iscsi", "--boot-index", "0",
-        "--volume-id", "vol-1",
+        "volume",
+        "target",
+        "create",
+        "--node",
+        node,
+        "--type",
+        "iscsi",
+        "--boot-index",
+        "0",
+        "--volume-id",
+        "vol-1",
     ])
     .await?;
-    let t = cli.json(&["volume", "target", "list", "--node", &node]).await?;
+    let t = cli
+        .json(&["volume", "target", "list", "--node", node])
+        .await?;
     ensure!(
         t.as_array().map(Vec::len) == Some(1) && t[0]["volume_id"] == "vol-1",
         "{t}"
     );
     let r = cli
         .run(&[
-            "volume", "target", "create", "--node", &node, "--type", "iscsi", "--boot-index", "0",
-            "--volume-id", "vol-2",
+            "volume",
+            "target",
+            "create",
+            "--node",
+            node,
+            "--type",
+            "iscsi",
+            "--boot-index",
+            "0",
+            "--volume-id",
+            "vol-2",
         ])
         .await?;
     ensure!(
-        !r.ok && r.stderr.contains("boot index '0' for the same node already exists"),
+        !r.ok
+            && r.stderr
+                .contains("boot index '0' for the same node already exists"),
         "{}",
         r.stderr
     );
     cli.ok(&[
-        "volume", "connector", "create", "--node", &node, "--type", "iqn", "--connector-id",
+        "volume",
+        "connector",
+        "create",
+        "--node",
+        node,
+        "--type",
+        "iqn",
+        "--connector-id",
         "iqn.2010-10.org.openstack:api1",
     ])
     .await?;
-    let c = cli.json(&["volume", "connector", "list", "--node", &node]).await?;
+    let c = cli
+        .json(&["volume", "connector", "list", "--node", node])
+        .await?;
     ensure!(c.as_array().map(Vec::len) == Some(1), "{c}");
 
     // portgroups
     let g = cli
-        .json(&["port", "group", "create", "--node", &node, "--name", "bond0", "--address", "52:54:00:aa:00:10"])
+        .json(&[
+            "port",
+            "group",
+            "create",
+            "--node",
+            node,
+            "--name",
+            "bond0",
+            "--address",
+            "52:54:00:aa:00:10",
+        ])
         .await?;
     ensure!(g["name"] == "bond0" && g["mode"] == "active-backup", "{g}");
-    let gl = cli.json(&["port", "group", "list", "--node", &node]).await?;
+    let gl = cli
+        .json(&["port", "group", "list", "--node", node])
+        .await?;
     ensure!(gl.as_array().map(Vec::len) == Some(1), "{gl}");
     cli.ok(&["port", "group", "delete", "bond0"]).await?;
+    Ok(())
+}
 
-    // newer node fields, stored and patchable
+/// The newer node fields, stored and patchable; protected and
+/// instance_uuid's conflicts.
+async fn node_fields(cli: &Cli) -> Result<()> {
     cli.ok(&[
-        "node", "set", "api1", "--owner", "proj-a", "--lessee", "proj-b", "--description",
-        "rack 4", "--conductor-group", "Group1", "--shard", "s1",
+        "node",
+        "set",
+        "api1",
+        "--owner",
+        "proj-a",
+        "--lessee",
+        "proj-b",
+        "--description",
+        "rack 4",
+        "--conductor-group",
+        "Group1",
+        "--shard",
+        "s1",
     ])
     .await?;
-    let f = cli
-        .json(&["node", "show", "api1"])
-        .await?;
+    let f = cli.json(&["node", "show", "api1"]).await?;
     ensure!(
         f["owner"] == "proj-a"
             && f["lessee"] == "proj-b"
@@ -242,7 +387,9 @@ async fn cli_surface() -> Result<()> {
     // protected only in active: Ironic's 409
     let r = cli.run(&["node", "set", "api1", "--protected"]).await?;
     ensure!(
-        !r.ok && r.stderr.contains("can only be made protected in provision states 'active' or 'rescue'"),
+        !r.ok
+            && r.stderr
+                .contains("can only be made protected in provision states 'active' or 'rescue'"),
         "{}",
         r.stderr
     );
@@ -250,10 +397,15 @@ async fn cli_surface() -> Result<()> {
     // instance_uuid: a second instance on a taken node is 409
     let a = "9f0e3c1a-2222-4b5c-8d6e-000000000001";
     let b = "9f0e3c1a-2222-4b5c-8d6e-000000000002";
-    cli.ok(&["node", "set", "api1", "--instance-uuid", a]).await?;
-    let r = cli.run(&["node", "set", "api1", "--instance-uuid", b]).await?;
+    cli.ok(&["node", "set", "api1", "--instance-uuid", a])
+        .await?;
+    let r = cli
+        .run(&["node", "set", "api1", "--instance-uuid", b])
+        .await?;
     ensure!(
-        !r.ok && r.stderr.contains(&format!("is associated with instance {a}")),
+        !r.ok
+            && r.stderr
+                .contains(&format!("is associated with instance {a}")),
         "{}",
         r.stderr
     );
@@ -307,7 +459,10 @@ async fn sdk_surface() -> Result<()> {
     };
     let out = cli.python(SDK, &[&cond.url]).await?;
     ensure!(out["created_pxe"] == false, "{out}");
-    ensure!(out["extra"] == json!({"a": 1}) && out["pxe"] == true, "{out}");
+    ensure!(
+        out["extra"] == json!({"a": 1}) && out["pxe"] == true,
+        "{out}"
+    );
     ensure!(out["traits"] == json!(["CUSTOM_B", "CUSTOM_C"]), "{out}");
     ensure!(out["vifs"] == json!(["vif-sdk-1"]), "{out}");
     ensure!(out["vifs_after"] == json!([]), "{out}");
@@ -336,7 +491,11 @@ async fn raw_patch() -> Result<()> {
         .await?
         .json()
         .await?;
-    let url = format!("{}/v1/nodes/{}", cond.url, n["uuid"].as_str().context("uuid")?);
+    let url = format!(
+        "{}/v1/nodes/{}",
+        cond.url,
+        n["uuid"].as_str().context("uuid")?
+    );
     let patch = |body: Value| {
         let r = v(http.patch(&url)).json(&body);
         async move {
@@ -345,7 +504,8 @@ async fn raw_patch() -> Result<()> {
             Ok::<_, anyhow::Error>((status, r.json::<Value>().await?))
         }
     };
-    let (status, body) = patch(json!([{"op": "replace", "path": "/provision_state", "value": "active"}])).await?;
+    let (status, body) =
+        patch(json!([{"op": "replace", "path": "/provision_state", "value": "active"}])).await?;
     let f = faultstring(&body)?;
     ensure!(
         status == 400 && f.starts_with("Cannot patch /provision_state. Only the following can be updated: automated_clean,"),
@@ -357,9 +517,15 @@ async fn raw_patch() -> Result<()> {
     ]))
     .await?;
     let f = faultstring(&body)?;
-    ensure!(status == 400 && f.contains("is not equal to tested value 9"), "{status} {f}");
+    ensure!(
+        status == 400 && f.contains("is not equal to tested value 9"),
+        "{status} {f}"
+    );
     let shown: Value = v(http.get(&url)).send().await?.json().await?;
-    ensure!(shown["description"].is_null(), "a failed patch stored: {shown}");
+    ensure!(
+        shown["description"].is_null(),
+        "a failed patch stored: {shown}"
+    );
     let (status, body) = patch(json!([
         {"op": "test", "path": "/extra/l/0", "value": 1},
         {"op": "add", "path": "/extra/l/-", "value": 3},
@@ -370,9 +536,28 @@ async fn raw_patch() -> Result<()> {
     .await?;
     ensure!(status == 200, "{status} {body}");
     ensure!(
-        body["extra"] == json!({"l": [2, 3], "first": 1, "a/b": "slash"}) && body["description"] == "slash",
+        body["extra"] == json!({"l": [2, 3], "first": 1, "a/b": "slash"})
+            && body["description"] == "slash",
         "{body}"
     );
+    // the newer fields filter lists as Ironic's
+    let (status, _) = patch(json!([{"op": "add", "path": "/owner", "value": "proj-x"}])).await?;
+    ensure!(status == 200, "owner: {status}");
+    for (q, want) in [
+        ("owner=proj-x", 1),
+        ("owner=proj-y", 0),
+        ("description_contains=las", 1),
+    ] {
+        let l: Value = v(http.get(format!("{}/v1/nodes?{q}", cond.url)))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            l["nodes"].as_array().map(Vec::len) == Some(want),
+            "?{q}: {l}"
+        );
+    }
     // a field newer than the request's version: 406, and hidden
     let r = http
         .patch(&url)
@@ -388,7 +573,10 @@ async fn raw_patch() -> Result<()> {
         .await?
         .json()
         .await?;
-    ensure!(old.get("owner").is_none() && old.get("protected").is_some(), "{old}");
+    ensure!(
+        old.get("owner").is_none() && old.get("protected").is_some(),
+        "{old}"
+    );
     let r = http
         .get(format!("{url}/traits"))
         .header("X-OpenStack-Ironic-API-Version", "1.36")
@@ -415,7 +603,11 @@ async fn protected() -> Result<()> {
         .await?
         .json()
         .await?;
-    let url = format!("{}/v1/nodes/{}", cond.url, n["uuid"].as_str().context("uuid")?);
+    let url = format!(
+        "{}/v1/nodes/{}",
+        cond.url,
+        n["uuid"].as_str().context("uuid")?
+    );
     let status_of = |r: reqwest::RequestBuilder| async move {
         let r = r.send().await?;
         let s = r.status().as_u16();
@@ -430,7 +622,11 @@ async fn protected() -> Result<()> {
         s == 409 && faultstring(&body)?.contains("can only be made protected in provision states 'active' or 'rescue', the current state is 'enroll'"),
         "{s} {body}"
     );
-    for (verb, want) in [("manage", "manageable"), ("provide", "available"), ("active", "active")] {
+    for (verb, want) in [
+        ("manage", "manageable"),
+        ("provide", "available"),
+        ("active", "active"),
+    ] {
         let (s, body) = status_of(
             v(http.put(format!("{url}/states/provision"))).json(&json!({"target": verb})),
         )
@@ -440,8 +636,10 @@ async fn protected() -> Result<()> {
             let r = v(http.get(&url));
             async move {
                 let n: Value = r.send().await?.json().await?;
-                Ok((n["provision_state"] == want && n["target_provision_state"].is_null())
-                    .then_some(()))
+                Ok(
+                    (n["provision_state"] == want && n["target_provision_state"].is_null())
+                        .then_some(()),
+                )
             }
         })
         .await?;
@@ -451,7 +649,10 @@ async fn protected() -> Result<()> {
         {"op": "replace", "path": "/protected_reason", "value": "prod db"},
     ])))
     .await?;
-    ensure!(s == 200 && body["protected"] == true && body["protected_reason"] == "prod db", "{s} {body}");
+    ensure!(
+        s == 200 && body["protected"] == true && body["protected_reason"] == "prod db",
+        "{s} {body}"
+    );
     let refused = format!(
         "Node {} is protected and cannot be undeployed, rebuilt or deleted",
         n["uuid"].as_str().context("uuid")?
@@ -461,13 +662,19 @@ async fn protected() -> Result<()> {
             v(http.put(format!("{url}/states/provision"))).json(&json!({"target": verb})),
         )
         .await?;
-        ensure!(s == 403 && faultstring(&body)? == refused, "{verb}: {s} {body}");
+        ensure!(
+            s == 403 && faultstring(&body)? == refused,
+            "{verb}: {s} {body}"
+        );
     }
     // delete needs maintenance in active; protection still refuses it
     let (s, _) = status_of(v(http.put(format!("{url}/maintenance")))).await?;
     ensure!(s == 202, "maintenance: {s}");
     let (s, body) = status_of(v(http.delete(&url))).await?;
-    ensure!(s == 403 && faultstring(&body)? == refused, "delete: {s} {body}");
+    ensure!(
+        s == 403 && faultstring(&body)? == refused,
+        "delete: {s} {body}"
+    );
     let (s, _) = status_of(v(http.delete(format!("{url}/maintenance")))).await?;
     ensure!(s == 202, "maintenance off: {s}");
     // unprotecting clears the reason; undeploy then proceeds

@@ -174,7 +174,11 @@ mod tests {
         hide(NODE_FIELDS, &mut at50, Microversion(50));
         assert!(at50.contains_key("owner") && !at50.contains_key("description"));
         let mut max = n.clone();
-        hide(NODE_FIELDS, &mut max, Microversion(super::super::version::MAX_MINOR));
+        hide(
+            NODE_FIELDS,
+            &mut max,
+            Microversion(super::super::version::MAX_MINOR),
+        );
         assert_eq!(max, n, "everything shows at the advertised maximum");
 
         let f = Some(vec!["owner".to_owned()]);
@@ -188,7 +192,9 @@ mod tests {
         assert!(check_patch(NODE_FIELDS, &ops, Microversion(50)).is_ok());
         let rm = json!([{"op": "remove", "path": "/owner"}]);
         assert!(check_patch(NODE_FIELDS, &rm, Microversion(1)).is_ok());
-        let body: Dict = serde_json::from_value(json!({"driver": "ipmi", "conductor_group": "", "name": null})).unwrap();
+        let body: Dict =
+            serde_json::from_value(json!({"driver": "ipmi", "conductor_group": "", "name": null}))
+                .unwrap();
         assert!(check_create(NODE_FIELDS, &body, Microversion(1)).is_ok());
         let body: Dict = serde_json::from_value(json!({"driver": "ipmi", "shard": "s"})).unwrap();
         assert!(check_create(NODE_FIELDS, &body, Microversion(81)).is_err());

@@ -1,6 +1,8 @@
 //! The Ironic-compatible REST API v1 (axum): routes, shared state, body
-//! parsing, and links. Handlers live in `nodes`, `ports` and `states`;
-//! `version` and `auth` are middleware; `error` maps failures.
+//! parsing, and links. Handlers live in `nodes`, `ports`, `states`,
+//! `traits` (and maintenance), `vifs` and `resources` (portgroups,
+//! volume); `version` and `auth` are middleware; `fields` gates by
+//! microversion; `error` maps failures.
 //!
 //! Called by `lib::run`, which serves [`router`] on its listener.
 
@@ -71,7 +73,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/ports/{port}",
             get(ports::show).patch(ports::patch).delete(ports::delete),
         )
-        .merge(extras_router())
+        .merge(node_extras_router())
+        .merge(collections_router())
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -91,9 +94,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Maintenance, traits, VIFs, portgroups and volume (see `traits`, `vifs`
-/// and `resources`).
-fn extras_router() -> Router<AppState> {
+/// Maintenance, traits, VIFs and the per-node portgroup and volume views
+/// (see `traits`, `vifs` and `resources`).
+fn node_extras_router() -> Router<AppState> {
     use resources as r;
     let node = "/v1/nodes/{node}";
     Router::new()
@@ -111,10 +114,7 @@ fn extras_router() -> Router<AppState> {
             &format!("{node}/traits/{{trait}}"),
             put(traits::add).delete(traits::delete_one),
         )
-        .route(
-            &format!("{node}/vifs"),
-            get(vifs::list).post(vifs::attach),
-        )
+        .route(&format!("{node}/vifs"), get(vifs::list).post(vifs::attach))
         .route(&format!("{node}/vifs/{{vif}}"), delete(vifs::detach))
         .route(
             &format!("{node}/portgroups"),
@@ -129,6 +129,12 @@ fn extras_router() -> Router<AppState> {
             &format!("{node}/volume/targets"),
             get(r::list_of_node::<VolumeTarget>),
         )
+}
+
+/// `/v1/portgroups` and `/v1/volume/...` (see `resources`).
+fn collections_router() -> Router<AppState> {
+    use resources as r;
+    Router::new()
         .route(
             "/v1/portgroups",
             get(r::list::<Portgroup>).post(r::create::<Portgroup>),

@@ -62,6 +62,7 @@ fn known_fields() -> Vec<&'static str> {
         "links",
         "ports",
         "states",
+        "chassis_uuid",
     ];
     let mut all = ALL.to_vec();
     for (f, _) in NODE_FIELDS {
@@ -117,6 +118,28 @@ fn matches(node: &Node, q: &HashMap<String, String>) -> bool {
         && eq("driver", Some(&node.driver))
         && eq("instance_uuid", node.instance_uuid.as_deref())
         && eq("resource_class", node.resource_class.as_deref())
+        && attrs_match(node, q)
+}
+
+/// Ironic's list filters on the newer fields: `owner`, `lessee`,
+/// `conductor_group` (case-insensitive), `shard`, `parent_node`,
+/// `retired`, `description_contains`.
+fn attrs_match(node: &Node, q: &HashMap<String, String>) -> bool {
+    let a = &node.attrs;
+    let eq = |k: &str, v: Option<&str>| q.get(k).is_none_or(|want| Some(want.as_str()) == v);
+    eq("owner", a.owner.as_deref())
+        && eq("lessee", a.lessee.as_deref())
+        && eq("shard", a.shard.as_deref())
+        && eq("parent_node", a.parent_node.as_deref())
+        && q.get("conductor_group")
+            .is_none_or(|g| g.eq_ignore_ascii_case(&a.conductor_group))
+        && q.get("retired")
+            .is_none_or(|r| r.eq_ignore_ascii_case("true") == a.retired)
+        && q.get("description_contains").is_none_or(|d| {
+            a.description
+                .as_deref()
+                .is_some_and(|desc| desc.contains(d.as_str()))
+        })
 }
 
 async fn listing(
@@ -184,7 +207,13 @@ pub async fn show(
     gate::check_fields(NODE_FIELDS, &fields, mv)?;
     let mut n = st.conductor.store.get_node(&node).await?;
     n.reservation = st.conductor.reservation(&n.uuid);
-    Ok(Json(render(&n, &base_url(&st, &headers), &fields, true, mv)))
+    Ok(Json(render(
+        &n,
+        &base_url(&st, &headers),
+        &fields,
+        true,
+        mv,
+    )))
 }
 
 pub async fn create(

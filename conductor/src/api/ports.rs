@@ -140,7 +140,13 @@ pub async fn show(
     let fields = parse_fields(q.get("fields").map(String::as_str), FIELDS)?;
     gate::check_fields(PORT_FIELDS, &fields, mv)?;
     let p = st.conductor.store.get_port(&port).await?;
-    Ok(Json(render(&p, &base_url(&st, &headers), &fields, true, mv)))
+    Ok(Json(render(
+        &p,
+        &base_url(&st, &headers),
+        &fields,
+        true,
+        mv,
+    )))
 }
 
 pub async fn patch(

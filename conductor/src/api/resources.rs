@@ -86,8 +86,14 @@ impl Resource for VolumeTarget {
     const COLLECTION: &'static str = "targets";
     const PATH: &'static str = "volume/targets";
     const SINCE: u32 = 32;
-    const LIST_FIELDS: &'static [&'static str] =
-        &["uuid", "volume_type", "boot_index", "volume_id", "node_uuid", "links"];
+    const LIST_FIELDS: &'static [&'static str] = &[
+        "uuid",
+        "volume_type",
+        "boot_index",
+        "volume_id",
+        "node_uuid",
+        "links",
+    ];
     const ALL_FIELDS: &'static [&'static str] = &[
         "uuid",
         "node_uuid",

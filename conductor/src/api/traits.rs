@@ -80,7 +80,9 @@ pub async fn add(
             "No body should be provided when adding a trait".into(),
         ));
     }
-    st.conductor.put_traits(&node, None, Some(t.clone())).await?;
+    st.conductor
+        .put_traits(&node, None, Some(t.clone()))
+        .await?;
     let location = format!("{}/v1/nodes/{node}/traits/{t}", base_url(&st, &headers));
     Ok((StatusCode::NO_CONTENT, [(header::LOCATION, location)]).into_response())
 }

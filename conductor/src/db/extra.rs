@@ -90,7 +90,11 @@ impl Registry {
     ) -> Result<Port, E> {
         let conn = self.lock();
         let mut port = self
-            .ports_where(&conn, "uuid = ?1 OR address = ?1", &ident.to_ascii_lowercase())?
+            .ports_where(
+                &conn,
+                "uuid = ?1 OR address = ?1",
+                &ident.to_ascii_lowercase(),
+            )?
             .pop()
             .ok_or_else(|| DbError::NotFound {
                 kind: "Port",

@@ -47,7 +47,8 @@ async fn attrs_ports_and_documents() {
         s.insert_port(&p).await.unwrap();
         let m = s
             .modify_port(&p.address, |q: &mut Port| {
-                q.internal_info.insert("tenant_vif_port_id".into(), json!("v1"));
+                q.internal_info
+                    .insert("tenant_vif_port_id".into(), json!("v1"));
                 Ok::<_, DbError>(())
             })
             .await
@@ -91,13 +92,19 @@ async fn attrs_ports_and_documents() {
         let mut t2 = t.clone();
         t2.uuid = "7be26c0b-03f2-4d2e-ae87-c02d7f33c123".into();
         let e = s.insert_doc(&t2).await.unwrap_err();
-        assert_eq!(e.to_string(), "A volume target with boot index '0' for the same node already exists.");
+        assert_eq!(
+            e.to_string(),
+            "A volume target with boot index '0' for the same node already exists."
+        );
         t2.node_uuid = other.uuid.clone();
         s.insert_doc(&t2).await.unwrap();
         let mut orphan = t.clone();
         orphan.uuid = "8be26c0b-03f2-4d2e-ae87-c02d7f33c123".into();
         orphan.node_uuid = "9be26c0b-03f2-4d2e-ae87-c02d7f33c123".into();
-        assert!(matches!(s.insert_doc(&orphan).await, Err(DbError::NotFound { .. })));
+        assert!(matches!(
+            s.insert_doc(&orphan).await,
+            Err(DbError::NotFound { .. })
+        ));
         let c = VolumeConnector {
             uuid: "aae26c0b-03f2-4d2e-ae87-c02d7f33c123".into(),
             node_uuid: n.uuid.clone(),
@@ -108,15 +115,29 @@ async fn attrs_ports_and_documents() {
             updated_at: None,
         };
         s.insert_doc(&c).await.unwrap();
-        assert_eq!(s.list_docs::<VolumeTarget>(Some(&n.uuid)).await.unwrap(), vec![t.clone()]);
+        assert_eq!(
+            s.list_docs::<VolumeTarget>(Some(&n.uuid)).await.unwrap(),
+            vec![t.clone()]
+        );
         assert_eq!(s.list_docs::<VolumeTarget>(None).await.unwrap().len(), 2);
     }
     let s = open(dir.path());
     let back = s.get_node("n1").await.unwrap();
     assert_eq!(back.attrs, n.attrs, "attributes survive a reopen");
-    assert_eq!(s.list_nodes().await.unwrap()[0].attrs.traits, vec!["CUSTOM_GOLD"]);
+    assert_eq!(
+        s.list_nodes().await.unwrap()[0].attrs.traits,
+        vec!["CUSTOM_GOLD"]
+    );
     s.delete_node(&n.uuid).await.unwrap();
     assert!(s.list_docs::<Portgroup>(None).await.unwrap().is_empty());
-    assert_eq!(s.list_docs::<VolumeTarget>(None).await.unwrap().len(), 1, "the other node's stays");
-    assert!(s.list_docs::<VolumeConnector>(None).await.unwrap().is_empty());
+    assert_eq!(
+        s.list_docs::<VolumeTarget>(None).await.unwrap().len(),
+        1,
+        "the other node's stays"
+    );
+    assert!(s
+        .list_docs::<VolumeConnector>(None)
+        .await
+        .unwrap()
+        .is_empty());
 }

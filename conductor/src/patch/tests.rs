@@ -45,7 +45,10 @@ fn root_members_are_reset_not_dropped_and_never_added() {
     );
     assert_eq!(d, json!({"name": "a", "extra": null}));
     // add on an existing (even null) root member replaces it
-    let d = ok(d, json!([{"op": "add", "path": "/extra", "value": {"z": 2}}]));
+    let d = ok(
+        d,
+        json!([{"op": "add", "path": "/extra", "value": {"z": 2}}]),
+    );
     assert_eq!(d["extra"], json!({"z": 2}));
     let e = err(
         json!({"name": "a"}),
@@ -210,7 +213,10 @@ fn errors_are_clear() {
         json!([{"op": "replace", "path": "/bogus", "value": 1}]),
     );
     assert_eq!(reason(&e), "can't replace a non-existent object 'bogus'");
-    let e = err(d.clone(), json!([{"op": "remove", "path": "/driver_info/nope"}]));
+    let e = err(
+        d.clone(),
+        json!([{"op": "remove", "path": "/driver_info/nope"}]),
+    );
     assert_eq!(reason(&e), "can't remove a non-existent object 'nope'");
     let e = err(
         d.clone(),

@@ -30,9 +30,11 @@ pub fn check_trait(name: &str, t: &Value) -> Result<String, ServiceError> {
     if s.len() > 255 {
         return Err(bad(format!("'{shown}...' is too long")));
     }
-    let custom = s
-        .strip_prefix("CUSTOM_")
-        .is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'));
+    let custom = s.strip_prefix("CUSTOM_").is_some_and(|r| {
+        !r.is_empty()
+            && r.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    });
     if custom || STANDARD.lines().any(|l| l == s) {
         return Ok(s.to_owned());
     }
@@ -91,7 +93,11 @@ impl Conductor {
     }
 
     /// Remove one trait (404 as Ironic if the node lacks it) or all.
-    pub async fn delete_traits(&self, ident: &str, one: Option<String>) -> Result<Node, ServiceError> {
+    pub async fn delete_traits(
+        &self,
+        ident: &str,
+        one: Option<String>,
+    ) -> Result<Node, ServiceError> {
         self.store
             .modify_node(ident, move |n: &mut Node| {
                 match &one {
@@ -121,7 +127,12 @@ mod tests {
 
     #[test]
     fn trait_names_as_ironic() {
-        for ok in ["CUSTOM_GOLD", "CUSTOM_A_1", "HW_CPU_X86_AVX2", "COMPUTE_NET_VIF_MODEL_VIRTIO"] {
+        for ok in [
+            "CUSTOM_GOLD",
+            "CUSTOM_A_1",
+            "HW_CPU_X86_AVX2",
+            "COMPUTE_NET_VIF_MODEL_VIRTIO",
+        ] {
             assert_eq!(check_trait("trait", &json!(ok)).unwrap(), ok);
         }
         let e = check_trait("trait", &json!("foo")).unwrap_err().to_string();
@@ -129,10 +140,20 @@ mod tests {
             e,
             "Schema error for trait: 'foo' is not valid under any of the given schemas. Possible root cause: 'foo' does not match '^CUSTOM_[A-Z0-9_]+$'"
         );
-        for bad in [json!("CUSTOM_"), json!("CUSTOM_lower"), json!("HW_NOPE_NOT_A_TRAIT"), json!(""), json!(5), json!("x".repeat(300))] {
+        for bad in [
+            json!("CUSTOM_"),
+            json!("CUSTOM_lower"),
+            json!("HW_NOPE_NOT_A_TRAIT"),
+            json!(""),
+            json!(5),
+            json!("x".repeat(300)),
+        ] {
             let e = check_trait("body", &bad).unwrap_err().to_string();
             assert!(e.starts_with("Schema error for body: "), "{bad}: {e}");
         }
-        assert!(STANDARD.lines().count() > 300, "the standard list is loaded");
+        assert!(
+            STANDARD.lines().count() > 300,
+            "the standard list is loaded"
+        );
     }
 }

@@ -261,14 +261,22 @@ impl Conductor {
         };
         let mut rec = T::blank(uuid, node.uuid.clone());
         let mut doc = rec.editable();
-        doc.extend(body.iter().filter(|(k, _)| *k != "uuid").map(|(k, v)| (k.clone(), v.clone())));
+        doc.extend(
+            body.iter()
+                .filter(|(k, _)| *k != "uuid")
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         doc.insert("node_uuid".into(), Value::String(node.uuid));
         rec.read_back(&doc)?;
         self.store.insert_doc(&rec).await?;
         Ok(rec)
     }
 
-    pub async fn patch_doc<T: Editable>(&self, ident: &str, ops: &Value) -> Result<T, ServiceError> {
+    pub async fn patch_doc<T: Editable>(
+        &self,
+        ident: &str,
+        ops: &Value,
+    ) -> Result<T, ServiceError> {
         if let Some(path) = patch::first_disallowed(ops, T::FIELDS) {
             return Err(ServiceError::Invalid(format!(
                 "Cannot patch {}. Only the following can be updated: {}",

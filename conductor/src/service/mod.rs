@@ -11,9 +11,9 @@ mod groups;
 mod node_attrs;
 mod nodes;
 mod ports;
-mod vifs;
 pub mod power;
 mod provision;
+mod vifs;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,8 +27,8 @@ use crate::db::{DbError, Store};
 use crate::patch::PatchError;
 use crate::power::{PowerError, PowerSettings};
 
-pub use nodes::NodeCreate;
 pub use groups::Editable;
+pub use nodes::NodeCreate;
 pub use vifs::VifAttach;
 
 #[derive(Debug, thiserror::Error)]

@@ -110,12 +110,16 @@ impl Conductor {
         let mut trial = current.clone();
         apply_patch(&mut trial, ops)?;
         if trial.node_uuid != current.node_uuid {
-            let to = self.store.get_node(&trial.node_uuid).await.map_err(|e| match e {
-                crate::db::DbError::NotFound { kind, ident } => {
-                    ServiceError::Invalid(format!("{kind} {ident} could not be found."))
-                }
-                other => other.into(),
-            })?;
+            let to = self
+                .store
+                .get_node(&trial.node_uuid)
+                .await
+                .map_err(|e| match e {
+                    crate::db::DbError::NotFound { kind, ident } => {
+                        ServiceError::Invalid(format!("{kind} {ident} could not be found."))
+                    }
+                    other => other.into(),
+                })?;
             if current.internal_info.contains_key(super::vifs::VIF_KEY) {
                 return Err(ServiceError::Conflict(format!(
                     "Cannot move port {} to node {} while a VIF is attached to it.",

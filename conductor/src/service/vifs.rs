@@ -116,7 +116,11 @@ impl Conductor {
 }
 
 /// Record `req` on a free port-like object of the node.
-fn attach(ports: &mut [Port], groups: &mut [Portgroup], req: &VifAttach) -> Result<(), ServiceError> {
+fn attach(
+    ports: &mut [Port],
+    groups: &mut [Portgroup],
+    req: &VifAttach,
+) -> Result<(), ServiceError> {
     let taken = groups
         .iter()
         .filter(|g| vif_of(&g.internal_info) == Some(req.id.as_str()))
@@ -142,10 +146,9 @@ fn attach(ports: &mut [Port], groups: &mut [Portgroup], req: &VifAttach) -> Resu
     };
     let id = Value::String(req.id.clone());
     if let Some(want) = &req.portgroup_uuid {
-        let g = groups
-            .iter_mut()
-            .find(|g| &g.uuid == want)
-            .ok_or_else(|| ServiceError::Invalid(format!("Portgroup {want} could not be found.")))?;
+        let g = groups.iter_mut().find(|g| &g.uuid == want).ok_or_else(|| {
+            ServiceError::Invalid(format!("Portgroup {want} could not be found."))
+        })?;
         if vif_of(&g.internal_info).is_some() {
             return Err(no_free());
         }
@@ -163,7 +166,10 @@ fn attach(ports: &mut [Port], groups: &mut [Portgroup], req: &VifAttach) -> Resu
         p.internal_info.insert(VIF_KEY.into(), id);
         return Ok(());
     }
-    if let Some(g) = groups.iter_mut().find(|g| vif_of(&g.internal_info).is_none()) {
+    if let Some(g) = groups
+        .iter_mut()
+        .find(|g| vif_of(&g.internal_info).is_none())
+    {
         g.internal_info.insert(VIF_KEY.into(), id);
         return Ok(());
     }

@@ -41,7 +41,15 @@ fn node(state: &str) -> Node {
 
 #[test]
 fn read_only_fields_get_ironics_message() {
-    for path in ["/uuid", "/power_state", "/provision_state", "/traits", "/conductor", "/maintenance_reason", "/created_at"] {
+    for path in [
+        "/uuid",
+        "/power_state",
+        "/provision_state",
+        "/traits",
+        "/conductor",
+        "/maintenance_reason",
+        "/created_at",
+    ] {
         let e = check_paths(&json!([{"op": "replace", "path": path, "value": "x"}]))
             .unwrap_err()
             .to_string();
@@ -51,13 +59,25 @@ fn read_only_fields_get_ironics_message() {
         );
     }
     // `from` of a move counts too: moving /uuid away would empty it.
-    assert!(check_paths(&json!([{"op": "move", "from": "/uuid", "path": "/description"}])).is_err());
-    for ok in ["/owner", "/extra/x", "/instance_uuid", "/protected", "/network_data"] {
+    assert!(
+        check_paths(&json!([{"op": "move", "from": "/uuid", "path": "/description"}])).is_err()
+    );
+    for ok in [
+        "/owner",
+        "/extra/x",
+        "/instance_uuid",
+        "/protected",
+        "/network_data",
+    ] {
         check_paths(&json!([{"op": "add", "path": ok, "value": "x"}])).unwrap();
     }
     let long = "d".repeat(4097);
-    let e = check_paths(&json!([{"op": "add", "path": "/description", "value": long}])).unwrap_err();
-    assert_eq!(e.to_string(), "Cannot update node with description exceeding 4096 characters");
+    let e =
+        check_paths(&json!([{"op": "add", "path": "/description", "value": long}])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Cannot update node with description exceeding 4096 characters"
+    );
 }
 
 #[test]
@@ -78,11 +98,17 @@ fn attributes_parse_as_ironic() {
         ("protected", json!("maybe")),
         ("owner", json!(5)),
         ("network_data", json!([1])),
-        ("chassis_uuid", json!("1be26c0b-03f2-4d2e-ae87-c02d7f33c999")),
+        (
+            "chassis_uuid",
+            json!("1be26c0b-03f2-4d2e-ae87-c02d7f33c999"),
+        ),
     ] {
         let mut doc = Dict::new();
         doc.insert(k.into(), v.clone());
-        assert!(read_back(&mut NodeAttrs::default(), &doc).is_err(), "{k}={v}");
+        assert!(
+            read_back(&mut NodeAttrs::default(), &doc).is_err(),
+            "{k}={v}"
+        );
     }
 }
 
@@ -107,16 +133,25 @@ fn protected_retired_and_instance_rules() {
     assert_eq!(m.attrs.protected_reason, None);
     let mut r = before.clone();
     r.attrs.protected_reason = Some("x".into());
-    assert!(matches!(check_update(&before, &mut r), Err(ServiceError::Invalid(_))));
+    assert!(matches!(
+        check_update(&before, &mut r),
+        Err(ServiceError::Invalid(_))
+    ));
 
     let before = node("available");
     let mut n = before.clone();
     n.attrs.retired = true;
-    assert!(matches!(check_update(&before, &mut n), Err(ServiceError::Conflict(_))));
+    assert!(matches!(
+        check_update(&before, &mut n),
+        Err(ServiceError::Conflict(_))
+    ));
     let mut n = before.clone();
     n.attrs.retired_reason = Some("x".into());
     let e = check_update(&before, &mut n).unwrap_err();
-    assert_eq!(e.to_string(), "The retired_reason field can only be set when retired is True");
+    assert_eq!(
+        e.to_string(),
+        "The retired_reason field can only be set when retired is True"
+    );
 
     // instance_uuid: a node taken by another instance is 409 NodeAssociated
     let mut before = node("available");
@@ -127,7 +162,10 @@ fn protected_retired_and_instance_rules() {
     assert!(matches!(e, ServiceError::Conflict(_)));
     assert_eq!(
         e.to_string(),
-        format!("Node {} is associated with instance 0e7b7b6e-0000-4000-8000-000000000001.", before.uuid)
+        format!(
+            "Node {} is associated with instance 0e7b7b6e-0000-4000-8000-000000000001.",
+            before.uuid
+        )
     );
     // the same instance again, or clearing it, is fine
     let mut same = before.clone();
@@ -137,5 +175,8 @@ fn protected_retired_and_instance_rules() {
     check_update(&before, &mut cleared).unwrap();
     let mut bad = node("available");
     bad.instance_uuid = Some("not-a-uuid".into());
-    assert!(matches!(check_update(&node("available"), &mut bad), Err(ServiceError::Invalid(_))));
+    assert!(matches!(
+        check_update(&node("available"), &mut bad),
+        Err(ServiceError::Invalid(_))
+    ));
 }

@@ -24,7 +24,13 @@ fn port() -> Port {
 
 #[test]
 fn pxe_enabled_strings_are_booleans() {
-    for (v, want) in [(json!("false"), false), (json!("False"), false), (json!("0"), false), (json!("true"), true), (json!(false), false)] {
+    for (v, want) in [
+        (json!("false"), false),
+        (json!("False"), false),
+        (json!("0"), false),
+        (json!("true"), true),
+        (json!(false), false),
+    ] {
         let mut p = port();
         let mut doc = editable(&p);
         doc.insert("pxe_enabled".into(), v.clone());
@@ -35,7 +41,10 @@ fn pxe_enabled_strings_are_booleans() {
     let mut doc = editable(&p);
     doc.insert("pxe_enabled".into(), json!("maybe"));
     let e = read_back(&mut p, &doc).unwrap_err().to_string();
-    assert!(e.starts_with("Invalid pxe_enabled: Unrecognized value 'maybe'"), "{e}");
+    assert!(
+        e.starts_with("Invalid pxe_enabled: Unrecognized value 'maybe'"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -78,5 +87,8 @@ fn patch_applies_all_or_nothing() {
         &json!([{"op": "replace", "path": "/is_smartnic", "value": true}, {"op": "replace", "path": "/local_link_connection", "value": {"port_id": "p", "switch_id": "s"}}]),
     )
     .unwrap_err();
-    assert_eq!(e.to_string(), "Invalid local_link_connection: 'hostname' is a required property");
+    assert_eq!(
+        e.to_string(),
+        "Invalid local_link_connection: 'hostname' is a required property"
+    );
 }

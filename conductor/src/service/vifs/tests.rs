@@ -34,17 +34,26 @@ fn req(id: &str) -> VifAttach {
 fn attach_picks_pxe_ports_first_and_refuses_twice() {
     let mut ports = vec![port(1, false), port(2, true)];
     attach(&mut ports, &mut [], &req("vif-a")).unwrap();
-    assert_eq!(ports[1].internal_info[VIF_KEY], "vif-a", "the PXE port first");
+    assert_eq!(
+        ports[1].internal_info[VIF_KEY], "vif-a",
+        "the PXE port first"
+    );
     let e = attach(&mut ports, &mut [], &req("vif-a")).unwrap_err();
     assert!(matches!(e, ServiceError::Conflict(_)));
     assert_eq!(
         e.to_string(),
-        format!("Unable to attach VIF because VIF vif-a is already attached to Ironic Port {}", ports[1].uuid)
+        format!(
+            "Unable to attach VIF because VIF vif-a is already attached to Ironic Port {}",
+            ports[1].uuid
+        )
     );
     attach(&mut ports, &mut [], &req("vif-b")).unwrap();
     assert_eq!(ports[0].internal_info[VIF_KEY], "vif-b");
     let e = attach(&mut ports, &mut [], &req("vif-c")).unwrap_err();
-    assert_eq!(e.to_string(), "Unable to attach VIF vif-c, not enough free physical ports.");
+    assert_eq!(
+        e.to_string(),
+        "Unable to attach VIF vif-c, not enough free physical ports."
+    );
     assert!(matches!(e, ServiceError::Invalid(_)));
 }
 
@@ -58,7 +67,10 @@ fn requests_parse() {
         "portgroup_uuid": "5e4c2a7e-0000-4000-8000-000000000002"
     })))
     .unwrap_err();
-    assert_eq!(e.to_string(), "Cannot specify both port_uuid and portgroup_uuid");
+    assert_eq!(
+        e.to_string(),
+        "Cannot specify both port_uuid and portgroup_uuid"
+    );
     let mut ports = vec![port(1, true), port(2, true)];
     let mut r = req("v");
     r.port_uuid = Some(ports[1].uuid.clone());
