@@ -348,9 +348,7 @@ async fn volume_and_portgroups(cli: &Cli, node: &str) -> Result<()> {
         ])
         .await?;
     ensure!(g["name"] == "bond0" && g["mode"] == "active-backup", "{g}");
-    let gl = cli
-        .json(&["port", "group", "list", "--node", node])
-        .await?;
+    let gl = cli.json(&["port", "group", "list", "--node", node]).await?;
     ensure!(gl.as_array().map(Vec::len) == Some(1), "{gl}");
     cli.ok(&["port", "group", "delete", "bond0"]).await?;
     Ok(())
