@@ -439,7 +439,16 @@ bm.set_node_maintenance(n, reason='sdk says')
 m = bm.get_node(n.id)
 bm.unset_node_maintenance(n)
 m2 = bm.get_node(n.id)
+# nova's build reservation: the second instance on a taken node is a 409
+bm.update_node(n, retry_on_conflict=False, instance_id='9f0e3c1a-3333-4b5c-8d6e-000000000001')
+try:
+    bm.update_node(bm.get_node(n.id), retry_on_conflict=False, instance_id='9f0e3c1a-3333-4b5c-8d6e-000000000002')
+    taken = 'not refused'
+except openstack.exceptions.ConflictException as e:
+    taken = 'conflict'
+held = bm.get_node(n.id).instance_id
 print(json.dumps({
+    'taken': taken, 'held': held,
     'created_pxe': created_pxe, 'extra': patched.extra, 'pxe': patched.is_pxe_enabled,
     'traits': traits, 'vifs': vifs, 'vifs_after': vifs_after, 'targets': targets,
     'maint': [m.is_maintenance, m.maintenance_reason, m2.is_maintenance, m2.maintenance_reason],
@@ -457,6 +466,10 @@ async fn sdk_surface() -> Result<()> {
     };
     let out = cli.python(SDK, &[&cond.url]).await?;
     ensure!(out["created_pxe"] == false, "{out}");
+    ensure!(
+        out["taken"] == "conflict" && out["held"] == "9f0e3c1a-3333-4b5c-8d6e-000000000001",
+        "{out}"
+    );
     ensure!(
         out["extra"] == json!({"a": 1}) && out["pxe"] == true,
         "{out}"

@@ -117,7 +117,7 @@ impl Editable for Portgroup {
                 )));
             }
         }
-        self.node_uuid = req_str(doc, "node_uuid", 36)?;
+        self.node_uuid = parse_uuid(&req_str(doc, "node_uuid", 36)?)?;
         self.extra = dict(doc, "extra")?;
         self.properties = dict(doc, "properties")?;
         self.mode = opt_str(doc, "mode", 255)?.or_else(|| Some("active-backup".into()));
@@ -155,7 +155,7 @@ impl Editable for VolumeConnector {
         }))
     }
     fn read_back(&mut self, doc: &Dict) -> Result<(), ServiceError> {
-        self.node_uuid = req_str(doc, "node_uuid", 36)?;
+        self.node_uuid = parse_uuid(&req_str(doc, "node_uuid", 36)?)?;
         self.kind = req_str(doc, "type", 32)?;
         if !CONNECTOR_TYPES.contains(&self.kind.as_str()) {
             return Err(ServiceError::Invalid(format!(
@@ -202,7 +202,7 @@ impl Editable for VolumeTarget {
         }))
     }
     fn read_back(&mut self, doc: &Dict) -> Result<(), ServiceError> {
-        self.node_uuid = req_str(doc, "node_uuid", 36)?;
+        self.node_uuid = parse_uuid(&req_str(doc, "node_uuid", 36)?)?;
         self.volume_type = req_str(doc, "volume_type", 64)?;
         self.volume_id = req_str(doc, "volume_id", 36)?;
         self.properties = dict(doc, "properties")?;

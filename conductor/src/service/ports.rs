@@ -223,8 +223,9 @@ fn read_back(port: &mut Port, doc: &Dict) -> Result<(), ServiceError> {
     let address = opt_string(doc, "address", 64)?
         .ok_or_else(|| ServiceError::Invalid("address cannot be removed.".into()))?;
     port.address = normalize_mac(&address)?;
-    port.node_uuid = opt_string(doc, "node_uuid", 36)?
+    let node = opt_string(doc, "node_uuid", 36)?
         .ok_or_else(|| ServiceError::Invalid("node_uuid cannot be removed.".into()))?;
+    port.node_uuid = parse_uuid(&node)?;
     port.extra = object(doc, "extra")?;
     port.pxe_enabled = match doc.get("pxe_enabled") {
         // Ironic's default for a missing or removed pxe_enabled.

@@ -75,6 +75,7 @@ fn patch_applies_all_or_nothing() {
         json!([{"op": "add", "path": "/physical_network", "value": ""}]),
         json!([{"op": "add", "path": "/physical_network", "value": "p".repeat(65)}]),
         json!([{"op": "remove", "path": "/address"}]),
+        json!([{"op": "replace", "path": "/node_uuid", "value": "a-node-name"}]),
     ] {
         assert!(apply_patch(&mut q, &bad).is_err(), "{bad}");
         q = before.clone();
