@@ -147,6 +147,8 @@ pub async fn v1(State(st): State<AppState>, headers: HeaderMap) -> Json<Value> {
         "media_types": [{"base": "application/json", "type": "application/vnd.openstack.ironic.v1+json"}],
         "nodes": link("nodes"),
         "ports": link("ports"),
+        "portgroups": link("portgroups"),
+        "volume": link("volume"),
         "drivers": link("drivers"),
         "version": version_doc(&base),
     }))

@@ -4,7 +4,7 @@
 //! their uniqueness rules and go with their node.
 
 use super::*;
-use crate::model::{Portgroup, VolumeConnector, VolumeTarget};
+use crate::model::{NodeAttrs, Portgroup, VolumeConnector, VolumeTarget};
 
 #[tokio::test]
 async fn attrs_ports_and_documents() {
@@ -140,4 +140,49 @@ async fn attrs_ports_and_documents() {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A database from before the API-surface columns opens: its ports gain
+/// the new columns with Ironic's empty values, its nodes read with default
+/// attributes, and two nodes sharing an instance (allowed then) still open.
+#[test]
+fn an_old_database_gains_the_port_columns_and_attrs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        for (u, name) in [("u-a", "a"), ("u-b", "b")] {
+            conn.execute(
+                "INSERT INTO nodes (uuid, name, driver, driver_info, driver_internal_info, \
+                 console_interface, provision_state, maintenance, console_enabled, properties, \
+                 instance_info, instance_uuid, extra, created_at) VALUES (?1, ?2, 'ipmi', '{}', \
+                 '{}', 'no-console', 'active', 0, 0, '{}', '{}', 'i-shared', '{}', 'then')",
+                [u, name],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO ports (uuid, address, node_uuid, extra, pxe_enabled, created_at) \
+             VALUES ('p-old', '52:54:00:00:00:99', 'u-a', '{}', 1, 'then')",
+            [],
+        )
+        .unwrap();
+    }
+    let store = open(dir.path());
+    let n = store.inner.get_node("a").unwrap();
+    assert_eq!(n.attrs, NodeAttrs::default());
+    let p = store.inner.get_port("p-old").unwrap();
+    assert!(p.internal_info.is_empty() && p.local_link_connection.is_empty());
+    assert!(p.physical_network.is_none() && p.portgroup_uuid.is_none() && !p.is_smartnic);
+    store
+        .inner
+        .modify_port("p-old", |p: &mut Port| {
+            p.physical_network = Some("physnet1".into());
+            Ok::<_, DbError>(())
+        })
+        .unwrap();
+    drop(store);
+    let p = open(dir.path()).inner.get_port("p-old").unwrap();
+    assert_eq!(p.physical_network.as_deref(), Some("physnet1"));
 }
