@@ -558,6 +558,9 @@ async fn raw_patch() -> Result<()> {
         ("owner=proj-x", 1),
         ("owner=proj-y", 0),
         ("description_contains=las", 1),
+        ("maintenance=False", 1),
+        ("maintenance=1", 0),
+        ("associated=no", 1),
     ] {
         let l: Value = v(http.get(format!("{}/v1/nodes?{q}", cond.url)))
             .send()
@@ -569,6 +572,14 @@ async fn raw_patch() -> Result<()> {
             "?{q}: {l}"
         );
     }
+    let r = v(http.get(format!("{}/v1/nodes?maintenance=maybe", cond.url)))
+        .send()
+        .await?;
+    ensure!(
+        r.status().as_u16() == 400,
+        "maintenance=maybe: {}",
+        r.status()
+    );
     // a field newer than the request's version: 406, and hidden
     let r = http
         .patch(&url)

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::fields::{self as gate, Microversion, NODE_FIELDS};
 use super::{base_url, json_body, json_object, parse_fields, parse_limit, ApiError, AppState};
 use crate::model::{select, Node, NODE_LIST_FIELDS};
-use crate::service::NodeCreate;
+use crate::service::{parse_bool, NodeCreate};
 
 type Params = Query<HashMap<String, String>>;
 
@@ -102,7 +102,11 @@ fn render(
 }
 
 fn matches(node: &Node, q: &HashMap<String, String>) -> bool {
-    let flag = |k: &str| q.get(k).map(|v| v.eq_ignore_ascii_case("true"));
+    // Checked by `check_flags` before any node is matched.
+    let flag = |k: &str| {
+        q.get(k)
+            .map(|v| parse_bool(k, &Value::String(v.clone())).unwrap_or(false))
+    };
     if let Some(m) = flag("maintenance") {
         if node.maintenance != m {
             return false;
@@ -121,6 +125,17 @@ fn matches(node: &Node, q: &HashMap<String, String>) -> bool {
         && attrs_match(node, q)
 }
 
+/// The boolean list filters, read as Ironic reads them (`args.boolean`):
+/// `True`, `1`, `yes`, ... or 400.
+fn check_flags(q: &HashMap<String, String>) -> Result<(), ApiError> {
+    for k in ["maintenance", "associated", "retired", "detail"] {
+        if let Some(v) = q.get(k) {
+            parse_bool(k, &Value::String(v.clone()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Ironic's list filters on the newer fields: `owner`, `lessee`,
 /// `conductor_group` (case-insensitive), `shard`, `parent_node`,
 /// `retired`, `description_contains`.
@@ -133,8 +148,9 @@ fn attrs_match(node: &Node, q: &HashMap<String, String>) -> bool {
         && eq("parent_node", a.parent_node.as_deref())
         && q.get("conductor_group")
             .is_none_or(|g| g.eq_ignore_ascii_case(&a.conductor_group))
-        && q.get("retired")
-            .is_none_or(|r| r.eq_ignore_ascii_case("true") == a.retired)
+        && q.get("retired").is_none_or(|r| {
+            parse_bool("retired", &Value::String(r.clone())).unwrap_or(false) == a.retired
+        })
         && q.get("description_contains").is_none_or(|d| {
             a.description
                 .as_deref()
@@ -149,9 +165,10 @@ async fn listing(
     detail: bool,
     mv: Microversion,
 ) -> Result<Json<Value>, ApiError> {
+    check_flags(q)?;
     let detail = detail
         || q.get("detail")
-            .is_some_and(|d| d.eq_ignore_ascii_case("true"));
+            .is_some_and(|d| parse_bool("detail", &Value::String(d.clone())).unwrap_or(false));
     let fields = parse_fields(q.get("fields").map(String::as_str), &known_fields())?;
     gate::check_fields(NODE_FIELDS, &fields, mv)?;
     if detail && fields.is_some() {
