@@ -244,6 +244,7 @@ impl Registry {
         migrate(&conn).map_err(err)?;
         extra::migrate(&conn).map_err(err)?;
         reseal_secrets(&conn, &sealer)?;
+        conn.execute_batch(tokens::SCHEMA).map_err(err)?;
         Ok(Self {
             conn: Mutex::new(conn),
             sealer,
@@ -313,7 +314,7 @@ impl Registry {
                 n.name,
                 n.driver,
                 to_json(&self.sealer.seal_dict(&n.uuid, &n.driver_info)),
-                to_json(&n.driver_internal_info),
+                to_json(&tokens::without_token(&n.driver_internal_info)),
                 n.console_interface,
                 n.power_state,
                 n.target_power_state,
@@ -539,6 +540,7 @@ impl Registry {
 
 mod docs;
 mod extra;
+pub mod tokens;
 
 pub use docs::Doc;
 

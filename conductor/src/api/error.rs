@@ -92,9 +92,11 @@ fn service_status(e: &ServiceError) -> StatusCode {
             | DbError::Worker(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
         ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
-        ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-        ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ServiceError::Missing(_) => StatusCode::NOT_FOUND,
         ServiceError::Conflict(_) | ServiceError::Locked(_) => StatusCode::CONFLICT,
+        ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ServiceError::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ServiceError::NotFound => StatusCode::NOT_FOUND,
         ServiceError::Patch(p) => match p {
             PatchError::Invalid(_)
             | PatchError::NewRootAttribute(_)

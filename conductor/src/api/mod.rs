@@ -1,8 +1,9 @@
 //! The Ironic-compatible REST API v1 (axum): routes, shared state, body
 //! parsing, and links. Handlers live in `nodes`, `ports`, `states`,
-//! `traits` (and maintenance), `vifs` and `resources` (portgroups,
-//! volume); `version` and `auth` are middleware; `fields` gates by
-//! microversion; `error` maps failures.
+//! `vendor` (vendor passthru), `ramdisk` (lookup, heartbeat), `traits` (and
+//! maintenance), `vifs` and `resources` (portgroups, volume); `version` and
+//! `auth` are middleware; `fields` gates by microversion; `error` maps
+//! failures.
 //!
 //! Called by `lib::run`, which serves [`router`] on its listener.
 
@@ -11,9 +12,11 @@ mod error;
 pub mod fields;
 mod nodes;
 mod ports;
+mod ramdisk;
 mod resources;
 mod states;
 mod traits;
+mod vendor;
 mod version;
 mod vifs;
 
@@ -21,7 +24,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method};
-use axum::routing::{delete, get, put};
+use axum::routing::{any, delete, get, post, put};
 use axum::Router;
 use serde_json::Value;
 
@@ -67,6 +70,17 @@ pub fn router(state: AppState) -> Router {
             get(states::supported_boot_devices),
         )
         .route(&format!("{node}/validate"), get(states::validate))
+        .route(&format!("{node}/vendor_passthru"), any(vendor::by_query))
+        .route(
+            &format!("{node}/vendor_passthru/methods"),
+            get(vendor::methods),
+        )
+        .route(
+            &format!("{node}/vendor_passthru/{{method}}"),
+            any(vendor::by_path),
+        )
+        .route("/v1/lookup", get(ramdisk::lookup))
+        .route("/v1/heartbeat/{node}", post(ramdisk::heartbeat))
         .route("/v1/ports", get(ports::list).post(ports::create))
         .route("/v1/ports/detail", get(ports::detail))
         .route(

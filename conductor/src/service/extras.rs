@@ -105,7 +105,7 @@ impl Conductor {
                         let before = n.attrs.traits.len();
                         n.attrs.traits.retain(|x| x != t);
                         if n.attrs.traits.len() == before {
-                            return Err(ServiceError::NotFound(format!(
+                            return Err(ServiceError::Missing(format!(
                                 "Node {} doesn't have a trait '{}'",
                                 n.uuid,
                                 t.chars().take(255).collect::<String>()
