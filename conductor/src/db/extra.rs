@@ -1,12 +1,12 @@
-//! Storage for what the API surface added to nodes and ports: the
-//! `node_attrs` table (one JSON [`NodeAttrs`] per node, beside its row), the
-//! later port columns, Ironic's unique `instance_uuid`, and read-change-write
-//! of a port or of all of a node's ports and portgroups under the one lock
-//! (VIF attach and detach). Callers: `Registry` (`db`), `service`.
+//! Storage for what the API surface added to nodes: the `node_attrs` table
+//! (one JSON [`NodeAttrs`] per node, beside its row), Ironic's unique
+//! `instance_uuid`, and read-change-write of all of a node's ports and
+//! portgroups under the one lock (VIF attach and detach). Callers:
+//! `Registry` (`db`), `service`.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{to_json, DbError, Registry, Store, PORT_COLS};
+use super::{to_json, DbError, Registry, Store};
 use crate::model::{now, NodeAttrs, Port, Portgroup};
 
 const SCHEMA: &str = "
@@ -19,30 +19,8 @@ CREATE TABLE IF NOT EXISTS node_attrs (
 const INSTANCE_INDEX: &str =
     "CREATE UNIQUE INDEX IF NOT EXISTS nodes_instance_uuid ON nodes(instance_uuid)";
 
-/// Port columns added after the first schema.
-const PORT_COLS_ADDED: &[(&str, &str)] = &[
-    ("internal_info", "TEXT NOT NULL DEFAULT '{}'"),
-    ("local_link_connection", "TEXT NOT NULL DEFAULT '{}'"),
-    ("physical_network", "TEXT"),
-    ("portgroup_uuid", "TEXT"),
-    ("is_smartnic", "INTEGER NOT NULL DEFAULT 0"),
-    ("name", "TEXT"),
-];
-
 pub(super) fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
-    let mut have = Vec::new();
-    {
-        let mut stmt = conn.prepare("PRAGMA table_info(ports)")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            have.push(r.get::<_, String>(1)?);
-        }
-    }
-    for (name, ty) in PORT_COLS_ADDED {
-        if !have.iter().any(|h| h == name) {
-            conn.execute_batch(&format!("ALTER TABLE ports ADD COLUMN {name} {ty}"))?;
-        }
-    }
+    super::ports::migrate(conn)?;
     conn.execute_batch(SCHEMA)?;
     if let Err(e) = conn.execute_batch(INSTANCE_INDEX) {
         // An older conductor let two nodes share an instance: keep serving
@@ -70,45 +48,6 @@ pub(super) fn store_attrs(conn: &Connection, uuid: &str, a: &NodeAttrs) -> Resul
 }
 
 impl Registry {
-    fn ports_where(&self, conn: &Connection, cond: &str, arg: &str) -> Result<Vec<Port>, DbError> {
-        let sql = format!("SELECT {PORT_COLS} FROM ports WHERE {cond} ORDER BY created_at, uuid");
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query([arg])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(Self::port_from_row(r)?);
-        }
-        Ok(out)
-    }
-
-    /// Read port `ident` (UUID or MAC), let `f` change it, write it back
-    /// with a fresh `updated_at`, under one lock; `f`'s error changes nothing.
-    pub fn modify_port<E: From<DbError>>(
-        &self,
-        ident: &str,
-        f: impl FnOnce(&mut Port) -> Result<(), E>,
-    ) -> Result<Port, E> {
-        let conn = self.lock();
-        let mut port = self
-            .ports_where(
-                &conn,
-                "uuid = ?1 OR address = ?1",
-                &ident.to_ascii_lowercase(),
-            )?
-            .pop()
-            .ok_or_else(|| DbError::NotFound {
-                kind: "Port",
-                ident: ident.to_owned(),
-            })?;
-        let before = port.clone();
-        f(&mut port)?;
-        if port != before {
-            port.updated_at = Some(now());
-            self.write_port(&conn, &port, false)?;
-        }
-        Ok(port)
-    }
-
     /// Let `f` change node `node_uuid`'s ports and portgroups together (VIF
     /// attach/detach), under one lock; each changed one is written back.
     pub fn modify_node_ports<T, E: From<DbError>>(
@@ -140,16 +79,6 @@ impl Registry {
 }
 
 impl Store {
-    /// See [`Registry::modify_port`].
-    pub async fn modify_port<E, F>(&self, ident: &str, f: F) -> Result<Port, E>
-    where
-        E: From<DbError> + Send + 'static,
-        F: FnOnce(&mut Port) -> Result<(), E> + Send + 'static,
-    {
-        let ident = ident.to_owned();
-        self.call(move |r| r.modify_port(&ident, f)).await
-    }
-
     /// See [`Registry::modify_node_ports`].
     pub async fn modify_node_ports<T, E, F>(&self, node_uuid: &str, f: F) -> Result<T, E>
     where

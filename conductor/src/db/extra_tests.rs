@@ -4,7 +4,7 @@
 //! their uniqueness rules and go with their node.
 
 use super::*;
-use crate::model::{NodeAttrs, Portgroup, VolumeConnector, VolumeTarget};
+use crate::model::{NodeAttrs, Port, Portgroup, VolumeConnector, VolumeTarget};
 
 #[tokio::test]
 async fn attrs_ports_and_documents() {

@@ -1,7 +1,7 @@
 //! Store tests: round trips, sealing at rest, restart, name lookups, ports.
 
 use super::*;
-use crate::model::Dict;
+use crate::model::{Dict, Port};
 use serde_json::json;
 
 fn node(uuid: &str, name: &str) -> Node {
