@@ -658,10 +658,10 @@ async fn protected() -> Result<()> {
             let r = v(http.get(&url));
             async move {
                 let n: Value = r.send().await?.json().await?;
-                Ok(
-                    (n["provision_state"] == want && n["target_provision_state"].is_null())
-                        .then_some(()),
-                )
+                Ok((n["provision_state"] == want
+                    && n["target_provision_state"].is_null()
+                    && n["reservation"].is_null())
+                .then_some(()))
             }
         })
         .await?;
