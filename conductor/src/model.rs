@@ -164,7 +164,7 @@ impl Node {
             "maintenance_reason": self.maintenance_reason,
             "console_enabled": self.console_enabled,
             "properties": self.properties,
-            "instance_info": masked(&self.instance_info),
+            "instance_info": crate::instance_info::masked(&self.instance_info),
             "instance_uuid": self.instance_uuid,
             "extra": self.extra,
             "resource_class": self.resource_class,
