@@ -644,6 +644,15 @@ async fn protected() -> Result<()> {
         s == 409 && faultstring(&body)?.contains("can only be made protected in provision states 'active' or 'rescue', the current state is 'enroll'"),
         "{s} {body}"
     );
+    // a port and a VIF, as nova attaches before deploying
+    let (s, body) = status_of(v(http.post(format!("{}/v1/ports", cond.url))).json(&json!({
+        "node_uuid": n["uuid"], "address": "52:54:00:dd:00:01"
+    })))
+    .await?;
+    ensure!(s == 201, "port: {s} {body}");
+    let (s, _) =
+        status_of(v(http.post(format!("{url}/vifs"))).json(&json!({"id": "vif-prot"}))).await?;
+    ensure!(s == 204, "vif attach: {s}");
     for (verb, want) in [
         ("manage", "manageable"),
         ("provide", "available"),
@@ -707,5 +716,19 @@ async fn protected() -> Result<()> {
     )
     .await?;
     ensure!(s == 202, "undeploy after unprotect: {s} {body}");
+    // tear down detaches the VIFs, as Ironic's remove_vifs_from_node
+    common::eventually(std::time::Duration::from_secs(30), "available", || {
+        let r = v(http.get(&url));
+        async move {
+            let n: Value = r.send().await?.json().await?;
+            Ok((n["provision_state"] == "available" && n["reservation"].is_null()).then_some(()))
+        }
+    })
+    .await?;
+    let (s, body) = status_of(v(http.get(format!("{url}/vifs")))).await?;
+    ensure!(
+        s == 200 && body["vifs"] == json!([]),
+        "vifs after tear down: {s} {body}"
+    );
     Ok(())
 }

@@ -253,6 +253,10 @@ impl Conductor {
                     })
                     .await
                     .map_err(|e| e.to_string())?;
+                // and its VIFs detached (Ironic's remove_vifs_from_node)
+                self.remove_vifs(&node.uuid)
+                    .await
+                    .map_err(|e| format!("Failed to tear down: {e}"))?;
                 Ok(Some(Event::Clean))
             }
             State::Adopting => {

@@ -5,7 +5,8 @@
 //! `get_free_port_like_object` does: a requested one, else a portgroup,
 //! else a port outside any portgroup, PXE-enabled ports first.
 //!
-//! Callers: the VIF handlers in `api::vifs`.
+//! Callers: the VIF handlers in `api::vifs`; tear down in
+//! `service::provision` (every VIF detached, as Ironic's).
 
 use serde_json::Value;
 
@@ -88,6 +89,17 @@ impl Conductor {
             .await
     }
 
+    /// Detach every VIF of a node (tear down, as Ironic's
+    /// `remove_vifs_from_node`); called under the node's lock.
+    pub async fn remove_vifs(&self, uuid: &str) -> Result<(), ServiceError> {
+        self.store
+            .modify_node_ports(uuid, |ports, groups| {
+                clear_all(ports, groups);
+                Ok::<_, ServiceError>(())
+            })
+            .await
+    }
+
     pub async fn vif_detach(&self, ident: &str, vif: &str) -> Result<(), ServiceError> {
         let node = self.store.get_node(ident).await?;
         if self.is_busy(&node.uuid) {
@@ -112,6 +124,17 @@ impl Conductor {
                 }
             })
             .await
+    }
+}
+
+/// Forget every VIF recorded on `ports` and `groups`.
+fn clear_all(ports: &mut [Port], groups: &mut [Portgroup]) {
+    for info in groups
+        .iter_mut()
+        .map(|g| &mut g.internal_info)
+        .chain(ports.iter_mut().map(|p| &mut p.internal_info))
+    {
+        info.remove(VIF_KEY);
     }
 }
 

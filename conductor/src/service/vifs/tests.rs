@@ -77,3 +77,14 @@ fn requests_parse() {
     attach(&mut ports, &mut [], &r).unwrap();
     assert!(ports[0].internal_info.is_empty() && ports[1].internal_info[VIF_KEY] == "v");
 }
+
+#[test]
+fn tear_down_clears_every_vif() {
+    let mut ports = vec![port(1, true), port(2, false)];
+    attach(&mut ports, &mut [], &req("a")).unwrap();
+    attach(&mut ports, &mut [], &req("b")).unwrap();
+    ports[0].internal_info.insert("other".into(), json!(1));
+    clear_all(&mut ports, &mut []);
+    assert!(ports.iter().all(|p| !p.internal_info.contains_key(VIF_KEY)));
+    assert_eq!(ports[0].internal_info["other"], 1, "only the VIF goes");
+}
