@@ -22,6 +22,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub console: ConsoleSvcConfig,
     pub power: PowerConfig,
+    /// Hardware types and interfaces (Ironic's `enabled_*`/`default_*`).
+    pub drivers: crate::drivers::DriversConfig,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -148,7 +150,7 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
-const SECTIONS: &[&str] = &["api", "database", "console", "power"];
+const SECTIONS: &[&str] = &["api", "database", "console", "power", "drivers"];
 
 /// The environment prefix and sections porthole-common's loader reads.
 pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
@@ -188,6 +190,8 @@ impl Config {
                 "power.poll_interval must be above 0".into(),
             ));
         }
+        crate::drivers::Registry::from_config(&self.drivers)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 

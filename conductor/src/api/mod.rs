@@ -1,10 +1,12 @@
 //! The Ironic-compatible REST API v1 (axum): routes, shared state, body
-//! parsing, and links. Handlers live in `nodes`, `ports` and `states`;
+//! parsing, and links. Handlers live in `nodes`, `ports`, `states` and
+//! `drivers`;
 //! `version` and `auth` are middleware; `error` maps failures.
 //!
 //! Called by `lib::run`, which serves [`router`] on its listener.
 
 mod auth;
+mod drivers;
 mod error;
 mod nodes;
 mod ports;
@@ -61,6 +63,9 @@ pub fn router(state: AppState) -> Router {
             get(states::supported_boot_devices),
         )
         .route(&format!("{node}/validate"), get(states::validate))
+        .route("/v1/drivers", get(drivers::list))
+        .route("/v1/drivers/{driver}", get(drivers::show))
+        .route("/v1/drivers/{driver}/properties", get(drivers::properties))
         .route("/v1/ports", get(ports::list).post(ports::create))
         .route("/v1/ports/detail", get(ports::detail))
         .route("/v1/ports/{port}", get(ports::show).delete(ports::delete))

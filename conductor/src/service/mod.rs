@@ -9,6 +9,7 @@ mod console;
 mod nodes;
 pub mod power;
 mod provision;
+mod validate;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,9 @@ pub enum ServiceError {
     Power(#[from] PowerError),
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// A driver or interface that is unknown, disabled or unsupported.
+    #[error(transparent)]
+    Driver(#[from] crate::drivers::DriverError),
 }
 
 /// The host name this conductor gives in `reservation` and NodeLocked.
@@ -71,6 +75,8 @@ pub struct Conductor {
     pub shutdown: CancellationToken,
     /// Deploy and inspect interfaces by hardware type.
     pub interfaces: crate::provision::interfaces::Interfaces,
+    /// The enabled hardware types and interfaces (`[drivers]`).
+    pub drivers: Arc<crate::drivers::Registry>,
 }
 
 /// Marks a node busy until dropped.
@@ -103,6 +109,7 @@ impl Conductor {
             tasks: TaskTracker::new(),
             shutdown,
             interfaces: Default::default(),
+            drivers: Default::default(),
         }
     }
 

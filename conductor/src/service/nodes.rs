@@ -7,11 +7,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{parse_uuid, Conductor, ServiceError};
-use crate::console::{default_interface, interface_kind};
+use crate::drivers::Kind;
 use crate::model::{now, Dict, Node, MASK};
 use crate::patch;
-
-pub const DRIVERS: &[&str] = &["ipmi", "redfish", crate::model::FAKE_HARDWARE];
 
 /// Attributes a client may set on create or PATCH.
 const WRITABLE: &[&str] = &[
@@ -23,26 +21,19 @@ const WRITABLE: &[&str] = &[
     "instance_info",
     "instance_uuid",
     "extra",
-    "console_interface",
     "resource_class",
     "maintenance",
     "maintenance_reason",
     "automated_clean",
 ];
-/// Ironic attributes accepted and ignored (one conductor, fixed interfaces).
+
+/// Is `k` an attribute a client may set (WRITABLE or an `<kind>_interface`)?
+fn writable(k: &str) -> bool {
+    WRITABLE.contains(&k) || Kind::ALL.iter().any(|kind| kind.field() == k)
+}
+
+/// Ironic attributes accepted and ignored (one conductor).
 const IGNORED: &[&str] = &[
-    "boot_interface",
-    "deploy_interface",
-    "inspect_interface",
-    "management_interface",
-    "network_interface",
-    "power_interface",
-    "raid_interface",
-    "rescue_interface",
-    "storage_interface",
-    "vendor_interface",
-    "bios_interface",
-    "firmware_interface",
     "conductor_group",
     "protected",
     "protected_reason",
@@ -65,7 +56,7 @@ impl Conductor {
     pub async fn create_node(self: &Arc<Self>, req: NodeCreate) -> Result<Node, ServiceError> {
         let body = req.0;
         for k in body.keys() {
-            if !WRITABLE.contains(&k.as_str()) && !IGNORED.contains(&k.as_str()) {
+            if !writable(k) && !IGNORED.contains(&k.as_str()) {
                 return Err(ServiceError::Invalid(format!(
                     "Unknown attribute for argument node: {k}"
                 )));
@@ -85,7 +76,8 @@ impl Conductor {
             driver: driver.to_owned(),
             driver_info: Dict::new(),
             driver_internal_info: Dict::new(),
-            console_interface: default_interface(driver).to_owned(),
+            console_interface: String::new(),
+            interfaces: Default::default(),
             power_state: None,
             target_power_state: None,
             provision_state: "enroll".into(),
@@ -112,11 +104,12 @@ impl Conductor {
         };
         let mut doc = editable(&node);
         for (k, v) in &body {
-            if WRITABLE.contains(&k.as_str()) && k != "uuid" {
+            if writable(k) && k != "uuid" {
                 doc.insert(k.clone(), v.clone());
             }
         }
         read_back(&mut node, &doc)?;
+        self.drivers.apply(&mut node, &doc, None)?;
         self.store.insert_node(&node).await?;
         self.spawn_power_sync(&node.uuid).await;
         Ok(node)
@@ -128,7 +121,7 @@ impl Conductor {
             .map(|a| a.iter().filter_map(patch::root_of).collect())
             .unwrap_or_default();
         for r in &roots {
-            if !WRITABLE.contains(&r.as_str()) && !IGNORED.contains(&r.as_str()) || r == "uuid" {
+            if !writable(r) && !IGNORED.contains(&r.as_str()) || r == "uuid" {
                 return Err(ServiceError::Invalid(format!(
                     "'/{r}' is read-only or unknown and cannot be changed."
                 )));
@@ -141,12 +134,14 @@ impl Conductor {
             return Err(ServiceError::Locked(uuid));
         }
         let ops = ops.clone();
+        let drivers = self.drivers.clone();
         self.store.modify_node(&uuid, move |node: &mut Node| {
             let mut doc = Value::Object(editable(node));
             patch::apply(&mut doc, &ops)?;
             let Value::Object(doc) = doc else { unreachable!("patched an object") };
             let before = node.clone();
             read_back(node, &doc)?;
+            drivers.apply(node, &doc, Some(&before))?;
             let changed = node.driver != before.driver || node.console_interface != before.console_interface;
             if changed && before.console_enabled {
                 return Err(ServiceError::Conflict(format!(
@@ -194,7 +189,6 @@ fn editable(node: &Node) -> Dict {
         "instance_info": node.instance_info,
         "instance_uuid": node.instance_uuid,
         "extra": node.extra,
-        "console_interface": node.console_interface,
         "resource_class": node.resource_class,
         "maintenance": node.maintenance,
         "maintenance_reason": node.maintenance_reason,
@@ -205,6 +199,15 @@ fn editable(node: &Node) -> Dict {
     };
     for k in IGNORED {
         m.insert((*k).into(), Value::Null);
+    }
+    for kind in Kind::ALL {
+        let name = node.interface(kind);
+        let v = if name.is_empty() {
+            Value::Null
+        } else {
+            name.into()
+        };
+        m.insert(kind.field(), v);
     }
     m
 }
@@ -233,15 +236,9 @@ fn read_back(node: &mut Node, doc: &Dict) -> Result<(), ServiceError> {
     if let Some(n) = &node.name {
         check_name(n)?;
     }
+    // Checked, with the interfaces, by `drivers::Registry::apply`.
     node.driver =
         s("driver")?.ok_or_else(|| ServiceError::Invalid("driver cannot be removed.".into()))?;
-    if !DRIVERS.contains(&node.driver.as_str()) {
-        return Err(ServiceError::Invalid(format!(
-            "Could not find the following driver(s) or hardware type(s): {}. Supported: {}.",
-            node.driver,
-            DRIVERS.join(", ")
-        )));
-    }
     let old_info = std::mem::take(&mut node.driver_info);
     node.driver_info = keep_masked(d("driver_info")?, &old_info);
     node.properties = d("properties")?;
@@ -258,9 +255,6 @@ fn read_back(node: &mut Node, doc: &Dict) -> Result<(), ServiceError> {
         None | Some(Value::Null) => None,
         Some(v) => Some(super::parse_bool("automated_clean", v)?),
     };
-    node.console_interface =
-        s("console_interface")?.unwrap_or_else(|| default_interface(&node.driver).into());
-    interface_kind(&node.console_interface)?;
     Ok(())
 }
 
