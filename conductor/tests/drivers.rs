@@ -35,18 +35,10 @@ fn row<'a>(rows: &'a [(String, bool, String)], iface: &str) -> Result<&'a (Strin
         .with_context(|| format!("no {iface} in {rows:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_drivers_and_interfaces() {
-    porthole_tests::run(drivers_and_interfaces()).await
-}
-
-async fn drivers_and_interfaces() -> Result<()> {
-    let Some(bin) = common::clients() else {
-        return Ok(());
-    };
-    // Only direct and fake deploy enabled (a comma-separated list, as
-    // Ironic's ListOpt and an environment variable give it).
-    let mut cond = TestConductor::start_with(
+/// A conductor with only direct and fake deploy enabled (a comma-separated
+/// list, as Ironic's ListOpt and an environment variable give it).
+async fn start() -> Result<TestConductor> {
+    TestConductor::start_with(
         NO_CONSOLE_SVC,
         vec![(
             "drivers",
@@ -54,7 +46,21 @@ async fn drivers_and_interfaces() -> Result<()> {
             toml::Value::String("direct, fake".into()),
         )],
     )
-    .await?;
+    .await
+}
+
+/// `driver list` (with `--type`, `--long`), `driver show`, `driver
+/// property list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_drivers() {
+    porthole_tests::run(drivers()).await
+}
+
+async fn drivers() -> Result<()> {
+    let Some(bin) = common::clients() else {
+        return Ok(());
+    };
+    let mut cond = start().await?;
     let cli = Cli {
         bin,
         url: cond.url.clone(),
@@ -112,6 +118,27 @@ async fn drivers_and_interfaces() -> Result<()> {
     );
     let props = cli.json(&["driver", "property", "list", "redfish"]).await?;
     ensure!(props.to_string().contains("redfish_address"), "{props}");
+    cond.stop().await?;
+    Ok(())
+}
+
+/// Interfaces as node fields: set on create and by PATCH (`node set`,
+/// `node unset`), refused with Ironic's words, expanded from an alias, and
+/// `validate` per interface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_node_interfaces() {
+    porthole_tests::run(node_interfaces()).await
+}
+
+async fn node_interfaces() -> Result<()> {
+    let Some(bin) = common::clients() else {
+        return Ok(());
+    };
+    let mut cond = start().await?;
+    let cli = Cli {
+        bin,
+        url: cond.url.clone(),
+    };
 
     // Interfaces on create: defaults for the rest, all of Ironic's fields shown.
     let n = cli
@@ -333,5 +360,4 @@ fn a_config_without_a_default_is_refused() {
         c.drivers.enabled_hardware_types,
         Some(vec!["fake-hardware".to_owned()])
     );
-    let _: Option<Value> = None;
 }

@@ -1,6 +1,8 @@
-//! Redfish power and boot devices against sushy-tools (started here with
-//! `../shared/rig/redfish-up.sh`, its own state dir and port, stopped by
-//! pid), driven through the openstack CLI.
+//! Redfish power, boot devices and verify against sushy-tools (started
+//! here with `../shared/rig/redfish-up.sh`, HTTP basic auth on, its own
+//! state dir, on `REDFISH_PORT` when set or else a free port, stopped by
+//! pid), driven through the openstack CLI: verify reads the power state
+//! the emulator really has, a wrong password goes back to enroll.
 
 mod common;
 
@@ -13,10 +15,15 @@ use serde_json::Value;
 
 const SYSTEM: &str = "/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094";
 
+/// The emulator's account (a test peer's, not a secret).
+const USER: &str = "porthole";
+const PASSWORD: &str = "Rf-4242-porthole";
+
 /// A sushy-tools emulator, stopped (by its pid) on drop.
 struct Sushy {
     pid: i32,
     url: String,
+    http: reqwest::Client,
 }
 
 impl Sushy {
@@ -31,13 +38,18 @@ impl Sushy {
             .env("RIG_STATE_DIR", &state)
             .output()
             .await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = match std::env::var("REDFISH_PORT") {
+            Ok(p) => p.parse().context("REDFISH_PORT")?,
+            Err(_) => std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        };
         let out = tokio::process::Command::new(rig_dir.join("redfish-up.sh"))
             .arg("up")
             .env("RIG_STATE_DIR", &state)
             .env("REDFISH_PORT", port.to_string())
+            .env("REDFISH_USER", USER)
+            .env("REDFISH_PASSWORD", PASSWORD)
             .output()
             .await
             .context("running redfish-up.sh")?;
@@ -57,14 +69,35 @@ impl Sushy {
             .find_map(|l| l.strip_prefix("REDFISH_URL="))
             .map(str::to_owned)
             .with_context(|| format!("redfish-up.sh said: {stdout}"))?;
-        Ok(Self { pid, url })
+        Ok(Self {
+            pid,
+            url,
+            http: reqwest::Client::new(),
+        })
     }
 
     async fn system(&self) -> Result<Value> {
-        Ok(reqwest::get(format!("{}{SYSTEM}", self.url))
+        Ok(self
+            .http
+            .get(format!("{}{SYSTEM}", self.url))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
             .await?
+            .error_for_status()?
             .json()
             .await?)
+    }
+
+    /// Change the power state behind the conductor's back.
+    async fn reset(&self, kind: &str) -> Result<()> {
+        self.http
+            .post(format!("{}{SYSTEM}/Actions/ComputerSystem.Reset", self.url))
+            .basic_auth(USER, Some(PASSWORD))
+            .json(&serde_json::json!({ "ResetType": kind }))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
     }
 }
 
@@ -102,19 +135,27 @@ async fn body() -> Result<()> {
     };
     let address = format!("redfish_address={}", sushy.url);
     let system = format!("redfish_system_id={SYSTEM}");
-    cli.ok(&[
-        "node",
-        "create",
-        "--driver",
-        "redfish",
-        "--name",
-        "rf",
-        "--driver-info",
-        &address,
-        "--driver-info",
-        &system,
-    ])
-    .await?;
+    let create = |name: &'static str, password: String| {
+        let info = [
+            address.clone(),
+            system.clone(),
+            format!("redfish_username={USER}"),
+            format!("redfish_password={password}"),
+        ];
+        let cli = &cli;
+        async move {
+            let mut cmd = vec!["node", "create", "--driver", "redfish", "--name", name];
+            for a in &info {
+                cmd.extend(["--driver-info", a.as_str()]);
+            }
+            cli.json(&cmd).await
+        }
+    };
+    let rf = create("rf", PASSWORD.to_owned()).await?;
+    ensure!(
+        rf["power_interface"] == "redfish" && rf["management_interface"] == "redfish",
+        "{rf}"
+    );
     for (verb, state, rf) in [("on", "power on", "On"), ("off", "power off", "Off")] {
         cli.ok(&["node", "power", verb, "rf"]).await?;
         eventually(
@@ -143,12 +184,44 @@ async fn body() -> Result<()> {
     );
     let dev = cli.json(&["node", "boot", "device", "show", "rf"]).await?;
     ensure!(dev["boot_device"] == "pxe", "boot device show: {dev}");
-    // Verify (manage from enroll) reads the power state from sushy-tools.
+    // Verify (manage from enroll) reads the power state from sushy-tools:
+    // turned on behind the conductor's back, the node shows it after.
+    let n = cli.json(&["node", "show", "rf"]).await?;
+    ensure!(n["power_state"] == "power off", "{n}");
+    sushy.reset("On").await?;
+    // The fake system takes a while to report it.
+    eventually(Duration::from_secs(30), "sushy powered on", || async {
+        Ok((sushy.system().await?["PowerState"] == "On").then_some(()))
+    })
+    .await?;
     cli.ok(&["node", "manage", "rf", "--wait", "60"]).await?;
     let n = cli.json(&["node", "show", "rf"]).await?;
     ensure!(
-        n["provision_state"] == "manageable" && n["last_error"].is_null(),
+        n["provision_state"] == "manageable"
+            && n["last_error"].is_null()
+            && n["power_state"] == "power on",
         "verify: {n}"
+    );
+    // A wrong password: verify fails at the BMC, back to enroll.
+    let bad = create("rf-bad", format!("{PASSWORD}-wrong")).await?;
+    cli.ok(&["node", "manage", "rf-bad"]).await?;
+    let n = eventually(Duration::from_secs(60), "rf-bad back in enroll", || async {
+        let n = cli.json(&["node", "show", "rf-bad"]).await?;
+        Ok((n["provision_state"] == "enroll" && n["last_error"].is_string()).then_some(n))
+    })
+    .await?;
+    let err = n["last_error"].as_str().unwrap_or_default();
+    ensure!(
+        err.starts_with(&format!(
+            "Failed to get power state for node {}. Error: ",
+            bad["uuid"].as_str().unwrap_or_default()
+        )) && err.contains("401"),
+        "last_error: {err}"
+    );
+    ensure!(!err.contains(PASSWORD), "the password leaked: {err}");
+    ensure!(
+        n["target_provision_state"].is_null() && n["reservation"].is_null(),
+        "{n}"
     );
     // A Redfish address nothing listens on: verify fails, back to enroll.
     let gone = cli
