@@ -8,7 +8,6 @@ mod common;
 
 use anyhow::{ensure, Context, Result};
 use common::{Cli, TestConductor};
-use serde_json::Value;
 
 /// No console-svc is needed here: nothing enables a console.
 const NO_CONSOLE_SVC: &str = "http://127.0.0.1:9";

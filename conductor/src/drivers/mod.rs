@@ -111,6 +111,9 @@ impl Node {
     }
 }
 
+/// The interfaces an alias sets.
+pub type Preset = &'static [(Kind, &'static str)];
+
 /// What this conductor has enabled: hardware types, and per kind the
 /// implementations (config order) and the configured default.
 #[derive(Clone, Debug)]
@@ -254,10 +257,7 @@ impl Registry {
 
     /// The hardware type `driver` names (itself or through an alias) and
     /// the interfaces the alias sets; NoValidHost when it is neither.
-    pub fn resolve(
-        &self,
-        driver: &str,
-    ) -> Result<(&'static HardwareType, &'static [(Kind, &'static str)]), DriverError> {
+    pub fn resolve(&self, driver: &str) -> Result<(&'static HardwareType, Preset), DriverError> {
         if let Some(a) = catalog::alias(driver) {
             if let Some(ht) = self.hardware_type(a.hardware_type) {
                 return Ok((ht, a.interfaces));

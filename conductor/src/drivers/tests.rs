@@ -262,3 +262,29 @@ fn stored_interfaces_round_trip() {
     assert_eq!(n.interfaces.to_stored()["boot"], "redfish-virtual-media");
     assert!(!n.interfaces.to_stored().contains_key("console"));
 }
+
+/// Every console name the catalog knows is one console-svc can be asked
+/// for (or `no-console`), and every hardware type's lists are known names.
+#[test]
+fn the_catalog_is_consistent() {
+    for name in Kind::Console.known() {
+        assert!(
+            crate::console::interface_kind(name).is_ok(),
+            "{name} unknown to console.rs"
+        );
+    }
+    for ht in catalog::HARDWARE_TYPES {
+        for kind in Kind::ALL {
+            assert!(!ht.supported(kind).is_empty(), "{} {kind:?}", ht.name);
+            for n in ht.supported(kind) {
+                assert!(kind.known().contains(n), "{} {kind:?} {n}", ht.name);
+            }
+        }
+    }
+    for a in catalog::ALIASES {
+        let ht = catalog::hardware_type(a.hardware_type).unwrap();
+        for (kind, n) in a.interfaces {
+            assert!(ht.supports(*kind, n), "{} {kind:?} {n}", a.name);
+        }
+    }
+}
