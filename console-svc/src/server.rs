@@ -20,6 +20,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use crate::backend::ConsoleBackend;
 use crate::cluster::forward::PeerTls;
 use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Backend, Config};
@@ -32,7 +33,7 @@ use crate::process::ProcessTable;
 use crate::seal::Sealer;
 use crate::sol::native::NativeBackend;
 use crate::sol::socat::{SocatBackend, SocatSettings};
-use crate::sol::{ConsoleBackend, SolError};
+use crate::sol::SolError;
 use crate::vnc::VncBackend;
 
 #[derive(Debug, thiserror::Error)]

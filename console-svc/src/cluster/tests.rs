@@ -17,13 +17,13 @@ use super::memory::{MemoryEtcd, Replica};
 use super::placement::rank;
 use super::store::ClusterStore;
 use super::{forward::PeerTls, Cluster, ClusterSettings};
+use crate::backend::{BackendError, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole};
 use crate::config::Config;
 use crate::coordinator::etcd::keys::Keys;
 use crate::coordinator::etcd::spec_doc::SpecTimes;
 use crate::error::ConsoleError;
 use crate::manager::{Backends, ConsoleManager, ConsoleState, Placement};
 use crate::process::ProcessTable;
-use crate::sol::{ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole, SolError};
 use crate::spec::{ConsoleSpec, NodeId, Target, VncTarget};
 
 /// Claim delay per rank.
@@ -51,7 +51,7 @@ impl ConsoleBackend for Fake {
         "fake"
     }
 
-    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
+    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError> {
         let node = ctx.node.to_string();
         self.starts
             .lock()
@@ -59,7 +59,7 @@ impl ConsoleBackend for Fake {
             .push((node.clone(), Instant::now()));
         tokio::time::sleep(self.delay).await;
         if self.failing.contains(&node) {
-            return Err(SolError::PortInUse { addr: ctx.listen });
+            return Err(BackendError::PortInUse { addr: ctx.listen });
         }
         self.running.lock().unwrap().insert(node.clone());
         Ok(Box::new(FakeConsole {

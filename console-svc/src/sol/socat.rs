@@ -40,7 +40,10 @@ use super::activation_gate::{ActivationGate, Registry};
 use super::ipmitool::IpmiTool;
 use super::sol_exec::GateRef;
 pub use super::sol_exec::{SOL_ARGV_ENV, SOL_GATE_ENV};
-use super::{ConsoleBackend, ConsoleContext, Health, LogSnapshot, RunningConsole, SolError};
+use super::SolError;
+use crate::backend::{
+    BackendError, ConsoleBackend, ConsoleContext, Health, LogSnapshot, RunningConsole,
+};
 use crate::backoff::Backoff;
 use crate::process::Supervised;
 
@@ -108,7 +111,7 @@ impl ConsoleBackend for SocatBackend {
         "socat"
     }
 
-    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
+    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError> {
         let tool = IpmiTool::new(
             self.settings.ipmitool.as_os_str(),
             ctx.ipmi(self.name())?.clone(),
@@ -136,7 +139,7 @@ impl ConsoleBackend for SocatBackend {
             Ok(first) => first,
             Err(e) => {
                 instance.registry.deregister(&instance.ctx.fence);
-                return Err(e);
+                return Err(e.into());
             }
         };
         let stop = instance.ctx.cancel.child_token();
@@ -278,7 +281,7 @@ impl Instance {
         }
     }
 
-    /// Like [`crate::sol::bind_port`]: a port still held for a moment by a
+    /// Like [`crate::backend::bind_port`]: a port still held for a moment by a
     /// fork of ours is retried for up to a second.
     async fn spawn_retrying_busy_port(&self) -> Result<Spawned, SolError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);

@@ -15,12 +15,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{NativeBackend, NativeSettings};
+use crate::backend::{BackendError, ConsoleBackend, ConsoleContext, Health, RunningConsole};
 use crate::config::NativeConfig;
 use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{Coordinator, Fence};
 use crate::process::ProcessTable;
 use crate::secret::Secret;
-use crate::sol::{ConsoleBackend, ConsoleContext, Health, RunningConsole, SolError};
 use crate::spec::{IpmiTarget, NodeId, PrivilegeLevel, Target};
 
 /// A stand-in for ipmitool: checks the password on fd 3, then acts out
@@ -134,7 +134,7 @@ pub(super) async fn start(name: &str, mode: &str) -> Started {
                     _dir: scratch,
                 }
             }
-            Err(SolError::PortInUse { .. }) => continue,
+            Err(BackendError::PortInUse { .. }) => continue,
             Err(e) => panic!("{e}"),
         }
     }
@@ -238,7 +238,7 @@ async fn a_busy_port_is_port_in_use() {
     let addr = taken.local_addr().unwrap();
     let (ctx, _health) = context(dir, addr).await;
     match backend("ipmitool".into()).start(ctx).await {
-        Err(SolError::PortInUse { addr: a }) => assert_eq!(a, addr),
+        Err(BackendError::PortInUse { addr: a }) => assert_eq!(a, addr),
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("started on a busy port"),
     }

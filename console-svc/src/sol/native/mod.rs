@@ -59,7 +59,9 @@ use tracing::{info, warn, Instrument};
 use self::hub::{HubConfig, HubHandle, Join};
 use self::launcher::IpmiLauncher;
 use super::ipmitool::IpmiTool;
-use super::{ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole, SolError};
+use crate::backend::{
+    bind_port, BackendError, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole,
+};
 use crate::config::{Config, NativeConfig};
 use crate::spec::NodeId;
 
@@ -128,9 +130,9 @@ impl ConsoleBackend for NativeBackend {
         "native"
     }
 
-    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
+    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError> {
         let span = tracing::info_span!(parent: None, "console", node = %ctx.node, port = ctx.listen.port());
-        let listener = crate::sol::bind_port(ctx.listen).await?;
+        let listener = bind_port(ctx.listen).await?;
         span.in_scope(|| info!(listen = %ctx.listen, "console listening"));
         let s = &self.settings;
         let tool = IpmiTool::new(
