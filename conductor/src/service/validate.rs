@@ -88,3 +88,91 @@ impl Conductor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use crate::config::Config;
+    use crate::service::{Conductor, NodeCreate, PowerTiming};
+
+    fn conductor(dir: &tempfile::TempDir) -> Arc<Conductor> {
+        let sealer = crate::seal::Sealer::load_or_create(&dir.path().join("k")).unwrap();
+        let store = crate::db::Store::open(&dir.path().join("db"), sealer).unwrap();
+        let consoles = crate::console::ConsoleClient::new(&Config::default().console).unwrap();
+        let power =
+            crate::power::PowerSettings::new("ipmitool".into(), Duration::from_secs(2)).unwrap();
+        let timing = PowerTiming {
+            state_timeout: Duration::from_secs(2),
+            poll_interval: Duration::from_millis(50),
+        };
+        Arc::new(Conductor::new(
+            store,
+            consoles,
+            power,
+            timing,
+            Default::default(),
+        ))
+    }
+
+    async fn validated(c: &Arc<Conductor>, body: Value) -> Value {
+        let Value::Object(m) = body else { panic!() };
+        let uuid = c.create_node(NodeCreate(m)).await.unwrap().uuid;
+        c.validate(&uuid).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_interface_answers_for_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = conductor(&dir);
+        let v = validated(&c, json!({"driver": "fake-hardware"})).await;
+        for (kind, r) in v.as_object().unwrap() {
+            assert_eq!(r["result"], true, "fake {kind}: {r}");
+        }
+        assert_eq!(v.as_object().unwrap().len(), 13);
+
+        let v = validated(&c, json!({"driver": "ipmi"})).await;
+        assert_eq!(v["power"]["result"], false);
+        assert!(
+            v["power"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("ipmi_address"),
+            "{v}"
+        );
+        assert_eq!(v["deploy"]["result"], false);
+        assert_eq!(
+            v["deploy"]["reason"],
+            "The deploy interface \"direct\" is not available in this conductor yet."
+        );
+        assert_eq!(v["boot"]["result"], false);
+        assert_eq!(v["inspect"]["result"], true, "no-inspect validates: {v}");
+        assert_eq!(v["network"]["result"], true);
+
+        let v = validated(
+            &c,
+            json!({"driver": "redfish", "driver_info": {"redfish_address": "http://127.0.0.1:9"}}),
+        )
+        .await;
+        assert_eq!(v["power"]["result"], true, "{v}");
+        assert_eq!(v["management"]["result"], true, "{v}");
+        assert_eq!(v["console"]["result"], true, "no-console: {v}");
+
+        let v = validated(&c, json!({"driver": "iscsi_ilo"})).await;
+        assert_eq!(v["power"]["result"], false);
+        assert!(
+            v["power"]["reason"].as_str().unwrap().contains("\"ilo\""),
+            "{v}"
+        );
+        assert!(
+            v["deploy"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("\"iscsi\""),
+            "{v}"
+        );
+    }
+}
