@@ -1,6 +1,6 @@
 //! Redfish power, boot devices and verify against sushy-tools (started
 //! here with `../shared/rig/redfish-up.sh`, HTTP basic auth on, its own
-//! state dir, on `REDFISH_PORT` when set or else a free port, stopped by
+//! state dir, on `PORTHOLE_TEST_REDFISH_PORT` when set or else a free port, stopped by
 //! pid), driven through the openstack CLI: verify reads the power state
 //! the emulator really has, a wrong password goes back to enroll.
 
@@ -38,8 +38,8 @@ impl Sushy {
             .env("RIG_STATE_DIR", &state)
             .output()
             .await;
-        let port = match std::env::var("REDFISH_PORT") {
-            Ok(p) => p.parse().context("REDFISH_PORT")?,
+        let port = match std::env::var("PORTHOLE_TEST_REDFISH_PORT") {
+            Ok(p) => p.parse().context("PORTHOLE_TEST_REDFISH_PORT")?,
             Err(_) => std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port(),
