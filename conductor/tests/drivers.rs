@@ -263,6 +263,26 @@ async fn node_interfaces() -> Result<()> {
             && n["boot_interface"] == "ipxe",
         "{n}"
     );
+    // --reset-interfaces: the ones not given take the new defaults too.
+    cli.ok(&[
+        "node",
+        "set",
+        "i1",
+        "--driver",
+        "ipmi",
+        "--reset-interfaces",
+        "--inspect-interface",
+        "agent",
+    ])
+    .await?;
+    let n = cli.json(&["node", "show", "i1"]).await?;
+    ensure!(
+        n["driver"] == "ipmi"
+            && n["boot_interface"] == "pxe"
+            && n["inspect_interface"] == "agent"
+            && n["console_interface"] == "ipmitool-socat",
+        "{n}"
+    );
 
     // An alias expands on create.
     let a = cli

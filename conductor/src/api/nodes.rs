@@ -195,15 +195,24 @@ pub async fn patch(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(node): Path<String>,
+    Query(q): Params,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    // Ironic's reset_interfaces (API 1.45).
+    let reset = match q.get("reset_interfaces") {
+        None => false,
+        Some(_) if super::version::negotiate(&headers)? < 45 => {
+            return Err(ApiError::NotAcceptable)
+        }
+        Some(v) => crate::service::parse_bool("reset_interfaces", &Value::String(v.clone()))?,
+    };
     let ops = json_body(&body)?;
     if !ops.is_array() {
         return Err(ApiError::BadRequest(
             "A PATCH body is a JSON Patch: a list of operations.".into(),
         ));
     }
-    let n = st.conductor.patch_node(&node, &ops).await?;
+    let n = st.conductor.patch_node_with(&node, &ops, reset).await?;
     Ok(Json(Value::Object(n.to_api(&base_url(&st, &headers)))))
 }
 

@@ -324,9 +324,27 @@ impl Registry {
         doc: &Dict,
         before: Option<&Node>,
     ) -> Result<(), DriverError> {
+        self.apply_with(node, doc, before, false)
+    }
+
+    /// [`Registry::apply`] with `reset` (Ironic's `reset_interfaces`): on
+    /// a driver change, every interface the request does not set takes the
+    /// new hardware type's default; without a driver change it is refused.
+    pub fn apply_with(
+        &self,
+        node: &mut Node,
+        doc: &Dict,
+        before: Option<&Node>,
+        reset: bool,
+    ) -> Result<(), DriverError> {
         let (ht, preset) = self.resolve(&node.driver)?;
         node.driver = ht.name.to_owned();
         let driver_changed = before.is_some_and(|b| b.driver != node.driver);
+        if reset && !driver_changed {
+            return Err(DriverError::Invalid(
+                "The reset_interfaces parameter can be provided only when changing the node's driver.".into(),
+            ));
+        }
         let uuid = node.uuid.clone();
         let preset_or_default = |kind: Kind| -> Result<String, DriverError> {
             match preset.iter().find(|(k, _)| *k == kind) {
@@ -358,7 +376,7 @@ impl Registry {
                 Some(v) => {
                     if preset.iter().any(|(k, _)| *k == kind) {
                         preset_or_default(kind)?
-                    } else if driver_changed && self.check(ht, kind, &v).is_err() {
+                    } else if driver_changed && (reset || self.check(ht, kind, &v).is_err()) {
                         self.default_for(ht, kind, Some(&uuid))?
                     } else {
                         v

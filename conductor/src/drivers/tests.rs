@@ -239,6 +239,29 @@ fn a_patch_keeps_resets_or_refuses() {
     assert_eq!(p.driver, "ipmi");
     assert_eq!(p.interface(Kind::Deploy), "iscsi");
     assert_eq!(p.interface(Kind::Console), "ipmitool-socat");
+    // reset_interfaces: everything the PATCH does not set takes the
+    // new defaults, compatible or not; only with a driver change.
+    let ipxe = patch(&reg, &n, json!({"boot_interface": "ipxe"})).unwrap();
+    let mut d = Dict::new();
+    for kind in Kind::ALL {
+        d.insert(kind.field(), ipxe.interface(kind).into());
+    }
+    let mut r = ipxe.clone();
+    r.driver = "redfish".into();
+    reg.apply_with(&mut r, &d, Some(&ipxe), true).unwrap();
+    assert_eq!(r.interface(Kind::Boot), "pxe", "reset");
+    let mut kept = ipxe.clone();
+    kept.driver = "redfish".into();
+    reg.apply(&mut kept, &d, Some(&ipxe)).unwrap();
+    assert_eq!(kept.interface(Kind::Boot), "ipxe", "kept without reset");
+    let mut same = ipxe.clone();
+    let e = reg
+        .apply_with(&mut same, &d, Some(&ipxe), true)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "The reset_interfaces parameter can be provided only when changing the node's driver."
+    );
     // An incompatible value the PATCH sets is refused.
     let e = patch(
         &reg,

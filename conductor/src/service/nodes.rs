@@ -116,6 +116,18 @@ impl Conductor {
     }
 
     pub async fn patch_node(&self, ident: &str, ops: &Value) -> Result<Node, ServiceError> {
+        self.patch_node_with(ident, ops, false).await
+    }
+
+    /// [`Conductor::patch_node`] with Ironic's `reset_interfaces`: on a
+    /// driver change, the interfaces the PATCH does not set take the new
+    /// hardware type's defaults (400 without a driver change).
+    pub async fn patch_node_with(
+        &self,
+        ident: &str,
+        ops: &Value,
+        reset_interfaces: bool,
+    ) -> Result<Node, ServiceError> {
         let roots: Vec<String> = ops
             .as_array()
             .map(|a| a.iter().filter_map(patch::root_of).collect())
@@ -141,7 +153,7 @@ impl Conductor {
             let Value::Object(doc) = doc else { unreachable!("patched an object") };
             let before = node.clone();
             read_back(node, &doc)?;
-            drivers.apply(node, &doc, Some(&before))?;
+            drivers.apply_with(node, &doc, Some(&before), reset_interfaces)?;
             let changed = node.driver != before.driver || node.console_interface != before.console_interface;
             if changed && before.console_enabled {
                 return Err(ServiceError::Conflict(format!(
