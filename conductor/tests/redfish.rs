@@ -1,114 +1,19 @@
-//! Redfish power, boot devices and verify against sushy-tools (started
-//! here with `../shared/rig/redfish-up.sh`, HTTP basic auth on, its own
-//! state dir, on `PORTHOLE_TEST_REDFISH_PORT` when set or else a free port, stopped by
-//! pid), driven through the openstack CLI: verify reads the power state
-//! the emulator really has, a wrong password goes back to enroll.
+//! Redfish power, boot devices and verify against sushy-tools
+//! (`common::sushy`, with HTTP basic auth on), driven through the openstack
+//! CLI: verify reads the power state the emulator really has, a wrong
+//! password goes back to enroll with last_error.
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Result};
+use common::sushy::{Sushy, SYSTEM};
 use common::{eventually, Cli, TestConductor};
-use serde_json::Value;
-
-const SYSTEM: &str = "/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094";
 
 /// The emulator's account (a test peer's, not a secret).
 const USER: &str = "porthole";
 const PASSWORD: &str = "Rf-4242-porthole";
-
-/// A sushy-tools emulator, stopped (by its pid) on drop.
-struct Sushy {
-    pid: i32,
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Sushy {
-    async fn start() -> Result<Self> {
-        let rig_dir = std::env::var_os("PORTHOLE_RIG_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rig"));
-        let state = Path::new(env!("CARGO_TARGET_TMPDIR")).join("porthole-conductor-sushy");
-        // An emulator an interrupted run of this test left in our state dir.
-        let _ = tokio::process::Command::new(rig_dir.join("redfish-up.sh"))
-            .arg("down")
-            .env("RIG_STATE_DIR", &state)
-            .output()
-            .await;
-        let port = match std::env::var("PORTHOLE_TEST_REDFISH_PORT") {
-            Ok(p) => p.parse().context("PORTHOLE_TEST_REDFISH_PORT")?,
-            Err(_) => std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port(),
-        };
-        let out = tokio::process::Command::new(rig_dir.join("redfish-up.sh"))
-            .arg("up")
-            .env("RIG_STATE_DIR", &state)
-            .env("REDFISH_PORT", port.to_string())
-            .env("REDFISH_USER", USER)
-            .env("REDFISH_PASSWORD", PASSWORD)
-            .output()
-            .await
-            .context("running redfish-up.sh")?;
-        if !out.status.success() {
-            bail!(
-                "redfish-up.sh failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let pid: i32 = std::fs::read_to_string(state.join("redfish/sushy.pid"))?
-            .trim()
-            .parse()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let url = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("REDFISH_URL="))
-            .map(str::to_owned)
-            .with_context(|| format!("redfish-up.sh said: {stdout}"))?;
-        Ok(Self {
-            pid,
-            url,
-            http: reqwest::Client::new(),
-        })
-    }
-
-    async fn system(&self) -> Result<Value> {
-        Ok(self
-            .http
-            .get(format!("{}{SYSTEM}", self.url))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
-    }
-
-    /// Change the power state behind the conductor's back.
-    async fn reset(&self, kind: &str) -> Result<()> {
-        self.http
-            .post(format!("{}{SYSTEM}/Actions/ComputerSystem.Reset", self.url))
-            .basic_auth(USER, Some(PASSWORD))
-            .json(&serde_json::json!({ "ResetType": kind }))
-            .send()
-            .await?
-            .error_for_status()?;
-        Ok(())
-    }
-}
-
-impl Drop for Sushy {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redfish_power_and_boot_device() {
@@ -127,7 +32,7 @@ async fn body() -> Result<()> {
     let Some(bin) = common::clients() else {
         return Ok(());
     };
-    let sushy = Sushy::start().await?;
+    let sushy = Sushy::start_with(Some((USER, PASSWORD))).await?;
     let mut cond = TestConductor::start("http://127.0.0.1:9").await?;
     let cli = Cli {
         bin,

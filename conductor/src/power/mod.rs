@@ -8,6 +8,8 @@
 
 pub mod ipmi;
 pub mod redfish;
+#[cfg(test)]
+pub mod slow;
 
 use std::time::Duration;
 
@@ -58,6 +60,9 @@ pub struct PowerSettings {
     pub ipmitool_path: String,
     pub command_timeout: Duration,
     pub redfish: porthole_bmc::redfish::Client,
+    /// The BMC of `slow-test` nodes (unit tests only).
+    #[cfg(test)]
+    pub slow: Option<std::sync::Arc<slow::SlowBmc>>,
 }
 
 impl PowerSettings {
@@ -66,6 +71,8 @@ impl PowerSettings {
             redfish: porthole_bmc::redfish::Client::new(command_timeout)?,
             ipmitool_path,
             command_timeout,
+            #[cfg(test)]
+            slow: None,
         })
     }
 }
@@ -74,6 +81,8 @@ impl PowerSettings {
 pub enum Bmc {
     Ipmi(ipmi::Ipmi),
     Redfish(redfish::Redfish),
+    #[cfg(test)]
+    Slow(std::sync::Arc<slow::SlowBmc>),
 }
 
 impl Bmc {
@@ -104,6 +113,10 @@ impl Bmc {
                 &node.driver_info,
                 settings,
             )?)),
+            #[cfg(test)]
+            "slow-test" if settings.slow.is_some() => {
+                Ok(Bmc::Slow(settings.slow.clone().expect("checked")))
+            }
             other => Err(PowerError::Invalid(format!(
                 "The {} interface \"{other}\" of node {} is not available in this conductor; ipmitool and redfish are.",
                 kind.name(),
@@ -116,6 +129,8 @@ impl Bmc {
         match self {
             Bmc::Ipmi(b) => b.power_state().await,
             Bmc::Redfish(b) => b.power_state().await,
+            #[cfg(test)]
+            Bmc::Slow(b) => Ok(b.power_state()),
         }
     }
 
@@ -123,6 +138,11 @@ impl Bmc {
         match self {
             Bmc::Ipmi(b) => b.set_power(want).await,
             Bmc::Redfish(b) => b.set_power(want).await,
+            #[cfg(test)]
+            Bmc::Slow(b) => {
+                b.set_power(want);
+                Ok(())
+            }
         }
     }
 
@@ -136,6 +156,11 @@ impl Bmc {
                 b.set_power(Power::On).await
             }
             Bmc::Redfish(b) => b.reboot().await,
+            #[cfg(test)]
+            Bmc::Slow(b) => {
+                b.set_power(Power::On);
+                Ok(())
+            }
         }
     }
 
@@ -143,6 +168,8 @@ impl Bmc {
         match self {
             Bmc::Ipmi(b) => b.set_boot_device(device, persistent).await,
             Bmc::Redfish(b) => b.set_boot_device(device, persistent).await,
+            #[cfg(test)]
+            Bmc::Slow(_) => Ok(()),
         }
     }
 
@@ -151,6 +178,8 @@ impl Bmc {
         match self {
             Bmc::Ipmi(b) => b.boot_device().await,
             Bmc::Redfish(b) => b.boot_device().await,
+            #[cfg(test)]
+            Bmc::Slow(_) => Ok((None, false)),
         }
     }
 }
