@@ -5,7 +5,7 @@
 //!
 //! - [`config`]: the typed configuration (file, `PORTHOLE_CONDUCTOR_*`, flags).
 //! - [`model`], [`db`], [`seal`]: nodes and ports, their SQLite registry,
-//!   passwords sealed at rest.
+//!   passwords sealed at rest; [`instance_info`]: the config drive kept there.
 //! - [`service`]: the domain operations (create, PATCH, power, console).
 //! - [`power`]: ipmitool and Redfish drivers.
 //! - [`drivers`]: hardware types, enabled interfaces, driver aliases.
@@ -26,6 +26,7 @@ pub mod console;
 pub mod db;
 pub mod drivers;
 pub use porthole_common::logfmt;
+pub mod instance_info;
 pub mod metrics;
 pub mod model;
 pub mod patch;
