@@ -1,6 +1,6 @@
 //! A sushy-tools Redfish emulator for the conductor's tests (started with
 //! `../shared/rig/redfish-up.sh` in its own state dir under the target
-//! dir, on `PORTHOLE_TEST_REDFISH_PORT` when set or else a free port,
+//! dir, on `PORTHOLE_REDFISH_PORT` when set or else a free port,
 //! with HTTP basic auth when asked, stopped by its pid on drop). Its fake
 //! driver applies a power change 1-11 s after the request, as a real BMC
 //! takes its time. Callers: `redfish.rs`, `redfish_lock.rs`.
@@ -38,8 +38,8 @@ impl Sushy {
             .env("RIG_STATE_DIR", &state)
             .output()
             .await;
-        let port = match std::env::var("PORTHOLE_TEST_REDFISH_PORT") {
-            Ok(p) => p.parse().context("PORTHOLE_TEST_REDFISH_PORT")?,
+        let port = match std::env::var("PORTHOLE_REDFISH_PORT") {
+            Ok(p) => p.parse().context("PORTHOLE_REDFISH_PORT")?,
             Err(_) => std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port(),
