@@ -23,6 +23,8 @@ pub struct Config {
     pub console: ConsoleSvcConfig,
     pub power: PowerConfig,
     pub conductor: ConductorConfig,
+    /// Hardware types and interfaces (Ironic's `enabled_*`/`default_*`).
+    pub drivers: crate::drivers::DriversConfig,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -176,7 +178,14 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
-const SECTIONS: &[&str] = &["api", "database", "console", "power", "conductor"];
+const SECTIONS: &[&str] = &[
+    "api",
+    "database",
+    "console",
+    "power",
+    "conductor",
+    "drivers",
+];
 
 /// The environment prefix and sections porthole-common's loader reads.
 pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
@@ -216,6 +225,8 @@ impl Config {
                 "power.poll_interval must be above 0".into(),
             ));
         }
+        crate::drivers::Registry::from_config(&self.drivers)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 

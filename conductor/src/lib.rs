@@ -8,6 +8,7 @@
 //!   passwords sealed at rest; [`instance_info`]: the config drive kept there.
 //! - [`service`]: the domain operations (create, PATCH, power, console).
 //! - [`power`]: ipmitool and Redfish drivers.
+//! - [`drivers`]: hardware types, enabled interfaces, driver aliases.
 //! - [`provision`]: Ironic's provision state machine; deploy/inspect interfaces.
 //! - [`console`], [`watch`]: the console-svc client, reconcile, WatchConsoles.
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod config;
 pub mod console;
 pub mod db;
+pub mod drivers;
 pub use porthole_common::logfmt;
 pub mod instance_info;
 pub mod metrics;
@@ -70,6 +72,8 @@ pub enum RunError {
     Power(#[from] power::PowerError),
     #[error("metrics endpoint: {0}")]
     Metrics(#[from] porthole_common::metrics::MetricsError),
+    #[error("drivers: {0}")]
+    Drivers(#[from] drivers::DriverError),
 }
 
 /// How long a stop waits for open API connections to finish.
@@ -218,7 +222,9 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
         state_timeout: config.power.state_timeout,
         poll_interval: config.power.poll_interval,
     };
-    Ok(Conductor::new(store, consoles, power, timing, shutdown))
+    let mut conductor = Conductor::new(store, consoles, power, timing, shutdown);
+    conductor.drivers = std::sync::Arc::new(drivers::Registry::from_config(&config.drivers)?);
+    Ok(conductor)
 }
 
 /// A power action cut short by a stop leaves target_power_state behind:

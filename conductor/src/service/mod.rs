@@ -16,6 +16,7 @@ mod ports;
 pub mod power;
 mod provision;
 pub mod ramdisk;
+mod validate;
 pub mod vendor;
 mod vifs;
 
@@ -70,6 +71,9 @@ pub enum ServiceError {
     Power(#[from] PowerError),
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// A driver or interface that is unknown, disabled or unsupported.
+    #[error(transparent)]
+    Driver(#[from] crate::drivers::DriverError),
 }
 
 /// The host name this conductor gives in `reservation` and NodeLocked.
@@ -99,6 +103,8 @@ pub struct Conductor {
     pub interfaces: crate::provision::interfaces::Interfaces,
     /// Vendor interfaces (vendor_passthru) by hardware type.
     pub vendors: crate::provision::vendor::VendorInterfaces,
+    /// The enabled hardware types and interfaces (`[drivers]`).
+    pub drivers: Arc<crate::drivers::Registry>,
 }
 
 /// Marks a node busy until dropped.
@@ -133,6 +139,7 @@ impl Conductor {
             shutdown,
             interfaces: Default::default(),
             vendors: Default::default(),
+            drivers: Default::default(),
         }
     }
 
