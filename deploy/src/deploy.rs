@@ -1,0 +1,196 @@
+//! The deploy operations: PrepareRamdisk (validate, floppy, store, virtual
+//! media, boot once from CD, power) and CleanUp (eject, delete the floppy).
+//! A failed PrepareRamdisk deletes the floppy it stored and ejects what it
+//! inserted, so a refused or failed deploy leaves no object behind.
+//!
+//! The two per-deploy secrets are generated here and go only to the floppy
+//! (in memory) and back to the caller; nothing logs them.
+//!
+//! Callers: [`crate::grpc`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use porthole_bmc::redfish::{Client, Endpoint, RedfishError};
+use porthole_bmc::vmedia::Media;
+use porthole_bmc::Secret;
+use porthole_proto::deploy::v1::DeployNode;
+
+use crate::config::Config;
+use crate::image::vfat::{self, Floppy, VfatError};
+use crate::metrics;
+use crate::secret::DeployKey;
+use crate::store::{floppy_object, Store, StoreError};
+use crate::validate::{validate, Invalid};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("deploy failed: {0}")]
+    Floppy(#[from] VfatError),
+    #[error("deploy failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("deploy failed: {0}")]
+    Bmc(#[from] RedfishError),
+}
+
+/// What PrepareRamdisk hands back.
+#[derive(Debug)]
+pub struct Prepared {
+    /// pass_deploy_info's `key` (the floppy's `deployment_key`).
+    pub deployment_key: DeployKey,
+    /// The floppy's `token` file: the ramdisk's credential for its calls.
+    pub token: DeployKey,
+    pub floppy_url: String,
+    pub floppy_build: Duration,
+    pub upload: Duration,
+    pub insert: Duration,
+    pub power: Duration,
+}
+
+pub struct Deployer {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    redfish: Client,
+}
+
+impl Deployer {
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, redfish: Client) -> Self {
+        Self {
+            config,
+            store,
+            redfish,
+        }
+    }
+
+    pub fn validate(&self, node: &DeployNode) -> Result<(), Invalid> {
+        validate(node, &self.config)
+    }
+
+    /// The `parameters.txt` lines for `node`, as Ironic's iscsi deploy
+    /// builds the ramdisk's options.
+    pub fn parameters(&self, node: &DeployNode, key: &DeployKey) -> Vec<(String, String)> {
+        let or = |v: &str, d: &str| if v.is_empty() { d.to_owned() } else { v.to_owned() };
+        vec![
+            (
+                "ironic_api_url".into(),
+                self.config.conductor.api_url.clone().unwrap_or_default(),
+            ),
+            ("deployment_id".into(), node.uuid.clone()),
+            ("deployment_key".into(), key.expose().to_owned()),
+            ("iscsi_target_iqn".into(), format!("iqn-{}", node.uuid)),
+            ("boot_option".into(), or(&node.boot_option, "netboot")),
+            ("boot_mode".into(), or(&node.boot_mode, "bios")),
+        ]
+    }
+
+    pub async fn prepare(&self, node: &DeployNode) -> Result<Prepared, DeployError> {
+        if let Err(e) = self.validate(node) {
+            metrics::get().prepared("invalid");
+            return Err(e.into());
+        }
+        let ep = endpoint(node);
+        let name = floppy_object(&node.uuid);
+        let result = self.prepare_steps(node, &ep, &name).await;
+        match &result {
+            Ok(_) => metrics::get().prepared("success"),
+            Err(e) => {
+                metrics::get().prepared("failure");
+                tracing::warn!(node = %node.uuid, error = %e, "PrepareRamdisk failed; cleaning up");
+                if let Err(c) = self.clean_up_at(&ep, &name).await {
+                    tracing::warn!(node = %node.uuid, error = %c, "clean up after the failure failed too");
+                }
+            }
+        }
+        result
+    }
+
+    async fn prepare_steps(
+        &self,
+        node: &DeployNode,
+        ep: &Endpoint,
+        name: &str,
+    ) -> Result<Prepared, DeployError> {
+        let m = metrics::get();
+        let ttl = self.config.store.ttl;
+        let t = Instant::now();
+        let deployment_key = DeployKey::generate();
+        let token = DeployKey::generate();
+        let params = self.parameters(node, &deployment_key);
+        let image = vfat::build(&Floppy {
+            parameters: &params,
+            token: Some(&token),
+            size_kib: self.config.store.floppy_size_kib,
+        })?;
+        let floppy_build = t.elapsed();
+        m.step("floppy_build", floppy_build);
+
+        let t = Instant::now();
+        self.store.put(name, Bytes::from(image), ttl).await?;
+        let floppy_url = self.store.temp_url(name, ttl).await?;
+        let upload = t.elapsed();
+        m.step("upload", upload);
+
+        let t = Instant::now();
+        self.redfish
+            .insert_media(ep, Media::Floppy, &floppy_url)
+            .await?;
+        self.redfish
+            .insert_media(ep, Media::Cd, &node.deploy_iso)
+            .await?;
+        let insert = t.elapsed();
+        m.step("insert", insert);
+
+        let t = Instant::now();
+        self.redfish.boot_once(ep, "Cd").await?;
+        let (_, system) = self.redfish.system(ep).await?;
+        let reset = match system["PowerState"].as_str() {
+            Some("On") => "ForceRestart",
+            _ => "On",
+        };
+        self.redfish.reset(ep, reset).await?;
+        let power = t.elapsed();
+        m.step("power", power);
+        tracing::info!(node = %node.uuid, store = self.store.kind(), reset, "deploy ramdisk booting from virtual media");
+        Ok(Prepared {
+            deployment_key,
+            token,
+            floppy_url,
+            floppy_build,
+            upload,
+            insert,
+            power,
+        })
+    }
+
+    /// Eject both media and delete the floppy; every step is tried, the
+    /// first error is returned.
+    pub async fn clean_up(&self, node: &DeployNode) -> Result<(), DeployError> {
+        self.clean_up_at(&endpoint(node), &floppy_object(&node.uuid))
+            .await
+    }
+
+    async fn clean_up_at(&self, ep: &Endpoint, name: &str) -> Result<(), DeployError> {
+        let deleted = self.store.delete(name).await.map_err(DeployError::from);
+        let mut first = deleted.err();
+        for media in [Media::Floppy, Media::Cd] {
+            if let Err(e) = self.redfish.eject_media(ep, media).await {
+                first.get_or_insert(e.into());
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// The node's Redfish endpoint; the password lives in a [`Secret`].
+fn endpoint(node: &DeployNode) -> Endpoint {
+    let bmc = node.bmc.clone().unwrap_or_default();
+    let mut ep = Endpoint::new(&bmc.address);
+    ep.system_id = Some(bmc.system_id).filter(|s| !s.is_empty());
+    ep.username = Some(bmc.username).filter(|s| !s.is_empty());
+    ep.password = Some(Secret::new(bmc.password)).filter(|s| !s.is_empty());
+    ep.verify_ca = !bmc.insecure;
+    ep
+}
