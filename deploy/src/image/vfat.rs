@@ -1,12 +1,14 @@
 //! The virtual floppy, as Ironic's `images.create_vfat_image` makes it: a
 //! small FAT12 volume labelled `ir-vfd-dev` holding `parameters.txt`
 //! (`key=value` lines joined by `\n`) and, for the callback, a `token` file
-//! with the per-deploy secret. Built in memory with `fatfs`: no loop mount,
+//! with the per-deploy secret. The label is the boot sector's, which
+//! blkid (the ramdisk's `/dev/disk/by-label`), mtools and fatlabel read.
+//! Built in memory with `fatfs`: no loop mount,
 //! no `mkfs`, no root, and no file on disk holds the token.
 //!
 //! Callers: [`crate::deploy`] (the floppy of each deploy), tests.
 
-use std::io::{Cursor, Seek, SeekFrom, Write};
+use std::io::{Cursor, Write};
 
 use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
 
@@ -46,9 +48,9 @@ pub fn build(floppy: &Floppy<'_>) -> Result<Vec<u8>, VfatError> {
         &mut disk,
         FormatVolumeOptions::new()
             .volume_label(label)
+            .volume_id(volume_id())
             .fat_type(FatType::Fat12),
     )?;
-    write_label_entry(&mut disk, &label)?;
     {
         let fs = FileSystem::new(&mut disk, FsOptions::new())?;
         {
@@ -63,6 +65,15 @@ pub fn build(floppy: &Floppy<'_>) -> Result<Vec<u8>, VfatError> {
         fs.unmount()?;
     }
     Ok(disk.into_inner())
+}
+
+/// A random serial number, as mkfs.fat derives one from the clock.
+fn volume_id() -> u32 {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut b = [0u8; 4];
+    // A fixed serial is harmless; the RNG does not fail on Linux anyway.
+    let _ = SystemRandom::new().fill(&mut b);
+    u32::from_le_bytes(b)
 }
 
 /// `key=value` lines joined by `\n`, as Ironic writes them. A key with `=`
@@ -84,25 +95,6 @@ pub fn parameters_text(parameters: &[(String, String)]) -> Result<String, VfatEr
         lines.push(format!("{k}={v}"));
     }
     Ok(lines.join("\n"))
-}
-
-/// The root directory's volume-label entry (attribute 0x08), as `mkfs.fat
-/// -n` writes it beside the boot sector's copy: mtools and blkid read the
-/// label from there first. `fatfs` formats only the boot sector's copy.
-fn write_label_entry(disk: &mut Cursor<Vec<u8>>, label: &[u8; 11]) -> std::io::Result<()> {
-    let b = disk.get_ref();
-    let bytes_per_sector = u64::from(u16::from_le_bytes([b[11], b[12]]));
-    let reserved = u64::from(u16::from_le_bytes([b[14], b[15]]));
-    let fats = u64::from(b[16]);
-    let sectors_per_fat = u64::from(u16::from_le_bytes([b[22], b[23]]));
-    let root = (reserved + fats * sectors_per_fat) * bytes_per_sector;
-    let mut entry = [0u8; 32];
-    entry[..11].copy_from_slice(label);
-    entry[11] = 0x08;
-    disk.seek(SeekFrom::Start(root))?;
-    disk.write_all(&entry)?;
-    disk.seek(SeekFrom::Start(0))?;
-    Ok(())
 }
 
 #[cfg(test)]
