@@ -95,6 +95,7 @@ impl HttpStore {
         }));
         let app = Router::new()
             .route("/objects/{id}", get(serve_object))
+            .fallback(|| async { not_found() })
             .with_state(store.clone());
         store.0.tasks.spawn(async move {
             let served = axum::serve(listener, app)
@@ -217,7 +218,6 @@ async fn serve_object(
     UrlPath(id): UrlPath<String>,
     Query(q): Query<Signed>,
 ) -> Response {
-    let not_found = || (StatusCode::NOT_FOUND, "Not Found\n").into_response();
     let (Some(expires), Some(sig)) = (q.temp_url_expires, q.temp_url_sig) else {
         return not_found();
     };
@@ -250,6 +250,11 @@ async fn serve_object(
         // Deleted between the lookup and the open (expiry, delete).
         Err(_) => not_found(),
     }
+}
+
+/// The one answer for anything not served: unknown, expired, bad signature.
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "Not Found\n").into_response()
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
