@@ -1,8 +1,8 @@
 //! The Swift store against a real Swift (the rig's `swift-up.sh`: proxy
-//! with tempauth and tempurl, 1-replica rings). The test starts it with
-//! its own state dir (`PORTHOLE_SWIFT_RIG_STATE_DIR`, default under
-//! CARGO_TARGET_TMPDIR) unless one is already running there, and stops what
-//! it started. Swift's ports are fixed (8080 and 6210-6212).
+//! with tempauth and tempurl, 1-replica rings), from porthole-tests'
+//! `peers::Swift`: its own state dir (`PORTHOLE_SWIFT_RIG_STATE_DIR`,
+//! default under CARGO_TARGET_TMPDIR), one already running there used, what
+//! it started stopped. Swift's ports are fixed (8080 and 6210-6212).
 //!
 //! What it shows: the container is created when missing; the object carries
 //! `X-Delete-At` from `X-Delete-After`; its temp URL (HMAC-SHA256 under the
@@ -12,75 +12,19 @@
 //! (gone, at a URL signed to outlive it), and after the rig's `expire` the
 //! listing agrees; delete removes it at once.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use deploy::store::swift::{SwiftSettings, SwiftStore};
 use deploy::store::Store;
 use porthole_bmc::Secret;
+use porthole_tests::peers::Swift;
 
-const AUTH_URL: &str = "http://127.0.0.1:8080/auth/v1.0";
+const AUTH_URL: &str = Swift::AUTH_URL;
 
-fn rig_dir() -> PathBuf {
-    std::env::var_os("PORTHOLE_RIG_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rig"))
-}
-
-/// Swift from swift-up.sh; `down` on drop if this test started it.
-struct Swift {
-    state: PathBuf,
-    started: bool,
-}
-
-impl Swift {
-    fn up() -> Option<Swift> {
-        let state = std::env::var_os("PORTHOLE_SWIFT_RIG_STATE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("porthole-deploy-swift"));
-        let out = Command::new(rig_dir().join("swift-up.sh"))
-            .arg("up")
-            .env("RIG_STATE_DIR", &state)
-            .output();
-        let out = match out {
-            Ok(o) if o.status.success() => o,
-            other => {
-                eprintln!("notice: swift-up.sh did not start Swift ({other:?}); skipping");
-                assert!(
-                    std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
-                    "Swift is missing and PORTHOLE_REQUIRE_PEERS is set"
-                );
-                return None;
-            }
-        };
-        let said = String::from_utf8_lossy(&out.stdout);
-        Some(Swift {
-            state,
-            started: !said.contains("already running"),
-        })
-    }
-
-    fn expire(&self) {
-        let out = Command::new(rig_dir().join("swift-up.sh"))
-            .arg("expire")
-            .env("RIG_STATE_DIR", &self.state)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    }
-}
-
-impl Drop for Swift {
-    fn drop(&mut self) {
-        if self.started {
-            let _ = Command::new(rig_dir().join("swift-up.sh"))
-                .arg("down")
-                .env("RIG_STATE_DIR", &self.state)
-                .output();
-        }
-    }
+fn swift() -> Option<Swift> {
+    Swift::up(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("porthole-deploy-swift"))
 }
 
 fn store(container: &str) -> SwiftStore {
@@ -120,7 +64,7 @@ fn now() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swift_objects_expire_with_their_temp_urls() {
     let _one = one_at_a_time();
-    let Some(swift) = Swift::up() else { return };
+    let Some(swift) = swift() else { return };
     let container = format!("ironic_ilo_container-{}", uuid::Uuid::new_v4().simple());
     let s = store(&container);
     let name = format!("image-{}", uuid::Uuid::new_v4());
@@ -198,7 +142,7 @@ async fn swift_objects_expire_with_their_temp_urls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_swift_key_is_a_clear_error_naming_tempauth() {
     let _one = one_at_a_time();
-    let Some(_swift) = Swift::up() else { return };
+    let Some(_swift) = swift() else { return };
     let s = SwiftStore::new(SwiftSettings {
         key: Secret::new("not-the-key"),
         ..settings_for("ironic_ilo_container")
