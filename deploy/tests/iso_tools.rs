@@ -154,3 +154,80 @@ fn bios_only_has_one_entry() {
     assert_eq!(n, 1, "{report}");
     assert!(!report.contains("UEFI"), "{report}");
 }
+/// A real BIOS boot: QEMU's SeaBIOS boots the ISO from CD, Debian's
+/// ISOLINUX reads our isolinux.cfg and loads /vmlinuz and /initrd from it
+/// (the "kernel" here is not one, so it stops there). SeaBIOS' serial
+/// console (`etc/sercon-port`) puts the screen text on the serial port.
+#[test]
+fn seabios_boots_it_and_isolinux_loads_our_kernel_and_ramdisk() {
+    const ISOLINUX: &str = "/usr/lib/ISOLINUX/isolinux.bin";
+    const LDLINUX: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
+    if !have("qemu-system-x86_64") {
+        return;
+    }
+    let (Ok(loader), Ok(ldlinux)) = (std::fs::read(ISOLINUX), std::fs::read(LDLINUX)) else {
+        eprintln!("notice: {ISOLINUX} or {LDLINUX} missing (isolinux, syslinux-common); skipping");
+        assert!(std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none());
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = iso::build(&BootIso {
+        kernel: b"not a kernel",
+        ramdisk: b"not a ramdisk",
+        kernel_params: "console=ttyS0",
+        bios: Some(Isolinux {
+            loader: &loader,
+            ldlinux: Some(&ldlinux),
+        }),
+        uefi_loader: None,
+        volume: "PORTHOLE_BOOT",
+    })
+    .unwrap();
+    let img = dir.path().join("boot.iso");
+    std::fs::write(&img, bytes).unwrap();
+    let port = dir.path().join("sercon-port");
+    std::fs::write(&port, 0x3f8u16.to_le_bytes()).unwrap();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-machine", "accel=tcg", "-m", "128", "-nodefaults", "-vga", "none"])
+        .args(["-display", "none", "-serial", "stdio", "-no-reboot", "-boot", "d"])
+        .arg("-cdrom")
+        .arg(&img)
+        .arg("-fw_cfg")
+        .arg(format!("name=etc/sercon-port,file={}", port.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = qemu.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if tx.send(String::from_utf8_lossy(&seen).into_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut screen = String::new();
+    // Until the ramdisk is loaded, or ISOLINUX gave up (its "boot:" prompt).
+    while !screen.contains("Loading /initrd...ok") && !screen.contains("boot: ") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(s) => screen = s,
+            Err(_) => break,
+        }
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    for want in ["Booting from DVD/CD", "ISOLINUX", "Loading /vmlinuz... ok", "Loading /initrd...ok"] {
+        assert!(screen.contains(want), "{want:?} not on the serial console:\n{screen}");
+    }
+}
