@@ -238,7 +238,10 @@ mod tests {
                 ("PORTHOLE_DEPLOY_STORE_TTL", "90s"),
                 ("PORTHOLE_DEPLOY_CONDUCTOR_API_URL", "http://192.0.2.1:6385"),
                 ("PORTHOLE_DEPLOY_STORE_BACKEND", "swift"),
-                ("PORTHOLE_DEPLOY_SWIFT_AUTH_URL", "http://127.0.0.1:8080/auth/v1.0"),
+                (
+                    "PORTHOLE_DEPLOY_SWIFT_AUTH_URL",
+                    "http://127.0.0.1:8080/auth/v1.0",
+                ),
                 ("PORTHOLE_DEPLOY_SWIFT_USER", "test:tester"),
                 ("PORTHOLE_DEPLOY_SWIFT_KEY_FILE", "/run/key"),
                 ("PORTHOLE_DEPLOY_CONFIG", "ignored-here"),
@@ -249,7 +252,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.store.ttl, Duration::from_secs(90));
         assert_eq!(c.store.backend, Backend::Swift);
-        assert_eq!(c.conductor.api_url.as_deref(), Some("http://192.0.2.1:6385"));
+        assert_eq!(
+            c.conductor.api_url.as_deref(),
+            Some("http://192.0.2.1:6385")
+        );
         assert_eq!(c.swift.container, "ironic_ilo_container");
     }
 

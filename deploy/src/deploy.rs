@@ -72,7 +72,13 @@ impl Deployer {
     /// The `parameters.txt` lines for `node`, as Ironic's iscsi deploy
     /// builds the ramdisk's options.
     pub fn parameters(&self, node: &DeployNode, key: &DeployKey) -> Vec<(String, String)> {
-        let or = |v: &str, d: &str| if v.is_empty() { d.to_owned() } else { v.to_owned() };
+        let or = |v: &str, d: &str| {
+            if v.is_empty() {
+                d.to_owned()
+            } else {
+                v.to_owned()
+            }
+        };
         vec![
             (
                 "ironic_api_url".into(),

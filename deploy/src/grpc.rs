@@ -47,9 +47,7 @@ impl DeployService for DeployApi {
         req: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
         let n = node(req.into_inner().node)?;
-        self.deployer
-            .validate(&n)
-            .map_err(|e| status(e.into()))?;
+        self.deployer.validate(&n).map_err(|e| status(e.into()))?;
         Ok(Response::new(ValidateResponse {}))
     }
 

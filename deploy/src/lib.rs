@@ -105,9 +105,7 @@ pub async fn run(
     let deployer = Arc::new(deploy::Deployer::new(config.clone(), store, redfish));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::Serving)
-        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_serving::<DeployServiceServer<grpc::DeployApi>>()
         .await;

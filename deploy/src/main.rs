@@ -53,7 +53,10 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("deploy: {}", porthole_common::report::error_line(err.as_ref()));
+            eprintln!(
+                "deploy: {}",
+                porthole_common::report::error_line(err.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

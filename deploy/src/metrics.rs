@@ -78,7 +78,9 @@ impl DeployMetrics {
     }
 
     pub fn step(&self, step: &'static str, took: Duration) {
-        self.steps.get_or_create(&[("step", step)]).observe(seconds(took));
+        self.steps
+            .get_or_create(&[("step", step)])
+            .observe(seconds(took));
     }
 
     pub fn prepared(&self, result: &'static str) {

@@ -142,7 +142,12 @@ mod tests {
         node.boot_mode = "legacy".into();
         node.uuid = "node-1".into();
         let err = validate(&node, &config(true)).unwrap_err().to_string();
-        for want in ["\"file:///etc/passwd\"", "\"kexec\"", "\"legacy\"", "\"node-1\" is not a UUID"] {
+        for want in [
+            "\"file:///etc/passwd\"",
+            "\"kexec\"",
+            "\"legacy\"",
+            "\"node-1\" is not a UUID",
+        ] {
             assert!(err.contains(want), "{want} not in {err}");
         }
     }

@@ -35,7 +35,10 @@ fn run(cmd: &str, args: &[&str]) -> (bool, String) {
 
 fn image(dir: &Path, key: &DeployKey) -> String {
     let params = vec![
-        ("ironic_api_url".to_owned(), "http://192.0.2.1:6385".to_owned()),
+        (
+            "ironic_api_url".to_owned(),
+            "http://192.0.2.1:6385".to_owned(),
+        ),
         (
             "deployment_id".to_owned(),
             "1be26c0b-03f2-4d2e-ae87-c02d7f33c123".to_owned(),
@@ -67,7 +70,10 @@ fn mtools_list_and_read_both_files_and_the_label() {
     // MTOOLS_SKIP_CHECK: the image has no partition table or geometry file.
     let (ok, listing) = run("mdir", &["-i", &img, "::"]);
     assert!(ok, "{listing}");
-    assert!(listing.contains("Volume in drive : is ir-vfd-dev"), "{listing}");
+    assert!(
+        listing.contains("Volume in drive : is ir-vfd-dev"),
+        "{listing}"
+    );
     // Long names (VFAT) beside the 8.3 ones.
     assert!(listing.contains("  parameters.txt\n"), "{listing}");
     assert!(listing.contains("  token\n"), "{listing}");
@@ -94,7 +100,11 @@ fn fsck_vfat_finds_nothing_to_repair() {
     let img = image(dir.path(), &DeployKey::generate());
     let (ok, report) = run("fsck.vfat", &["-n", "-v", &img]);
     assert!(ok, "fsck.vfat -n failed:\n{report}");
-    assert!(!report.contains("Free cluster summary wrong") && !report.contains("Leaving filesystem unchanged"), "{report}");
+    assert!(
+        !report.contains("Free cluster summary wrong")
+            && !report.contains("Leaving filesystem unchanged"),
+        "{report}"
+    );
     // dosfstools' own reader of the label.
     let (ok, label) = run("fatlabel", &[&img]);
     assert!(ok, "{label}");

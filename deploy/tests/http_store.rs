@@ -82,7 +82,10 @@ async fn temp_url_serves_the_bytes_and_nothing_else() {
     let origin = u.origin().ascii_serialization();
     for bad in [
         url.replace(&sig, &flipped),
-        url.replace(&format!("expires={}", later - 3600), &format!("expires={later}")),
+        url.replace(
+            &format!("expires={}", later - 3600),
+            &format!("expires={later}"),
+        ),
         format!("{origin}/objects/{id}"),
         format!("{origin}/objects/{}?{}", "0".repeat(64), u.query().unwrap()),
         format!("{origin}/image-n1"),
@@ -128,7 +131,11 @@ async fn a_url_past_its_expiry_is_404_while_the_object_lives() {
     let dir = tempfile::tempdir().unwrap();
     let (store, cancel) = start(dir.path()).await;
     store
-        .put("image-n3", Bytes::from_static(b"y"), Duration::from_secs(60))
+        .put(
+            "image-n3",
+            Bytes::from_static(b"y"),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     let url = store
@@ -153,9 +160,15 @@ async fn a_put_replaces_the_object_and_its_old_url_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let (store, cancel) = start(dir.path()).await;
     let ttl = Duration::from_secs(60);
-    store.put("n", Bytes::from_static(b"one"), ttl).await.unwrap();
+    store
+        .put("n", Bytes::from_static(b"one"), ttl)
+        .await
+        .unwrap();
     let old = store.temp_url("n", ttl).await.unwrap();
-    store.put("n", Bytes::from_static(b"two"), ttl).await.unwrap();
+    store
+        .put("n", Bytes::from_static(b"two"), ttl)
+        .await
+        .unwrap();
     let new = store.temp_url("n", ttl).await.unwrap();
     assert_eq!(get(&old).await.0, 404);
     assert_eq!(get(&new).await, (200, Bytes::from_static(b"two")));
@@ -170,7 +183,10 @@ async fn a_restart_deletes_what_an_earlier_run_left() {
     std::fs::write(dir.path().join("leftover"), b"old secret floppy").unwrap();
     let (store, cancel) = start(dir.path()).await;
     assert!(files(dir.path()).is_empty());
-    assert!(store.temp_url("anything", Duration::from_secs(5)).await.is_err());
+    assert!(store
+        .temp_url("anything", Duration::from_secs(5))
+        .await
+        .is_err());
     cancel.cancel();
     store.stopped().await;
 }

@@ -71,26 +71,46 @@ fn bios_and_uefi_entries_and_the_files_as_xorriso_reads_them() {
     let img = dir.path().join("boot.iso");
     std::fs::write(&img, &bytes).unwrap();
 
-    let report = xorriso(&["-indev", img.to_str().unwrap(), "-report_el_torito", "plain"]);
+    let report = xorriso(&[
+        "-indev",
+        img.to_str().unwrap(),
+        "-report_el_torito",
+        "plain",
+    ]);
     let entries: Vec<&str> = report
         .lines()
         .filter(|l| l.starts_with("El Torito boot img :"))
         .collect();
     assert_eq!(entries.len(), 2, "{report}");
-    assert!(entries[0].contains("BIOS") && entries[0].contains(" y "), "{report}");
-    assert!(entries[1].contains("UEFI") && entries[1].contains(" y "), "{report}");
+    assert!(
+        entries[0].contains("BIOS") && entries[0].contains(" y "),
+        "{report}"
+    );
+    assert!(
+        entries[1].contains("UEFI") && entries[1].contains(" y "),
+        "{report}"
+    );
     let paths: Vec<&str> = report
         .lines()
         .filter_map(|l| l.strip_prefix("El Torito img path :"))
         .map(str::trim)
         .collect();
     assert_eq!(
-        paths.iter().map(|p| p.split_whitespace().nth(1).unwrap()).collect::<Vec<_>>(),
+        paths
+            .iter()
+            .map(|p| p.split_whitespace().nth(1).unwrap())
+            .collect::<Vec<_>>(),
         ["/isolinux/isolinux.bin", "/efiboot.img"],
         "{report}"
     );
-    assert!(report.contains("El Torito img opts :   1  boot-info-table"), "{report}");
-    assert!(report.contains("Volume id    : 'PORTHOLE_BOOT'"), "{report}");
+    assert!(
+        report.contains("El Torito img opts :   1  boot-info-table"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Volume id    : 'PORTHOLE_BOOT'"),
+        "{report}"
+    );
 
     assert_eq!(extract(&img, "/vmlinuz", dir.path()), kernel);
     assert_eq!(extract(&img, "/initrd", dir.path()), ramdisk);
@@ -120,7 +140,13 @@ fn bios_and_uefi_entries_and_the_files_as_xorriso_reads_them() {
         iso::grub_cfg("root=UUID=1234 console=ttyS0")
     );
     let out = Command::new("mcopy")
-        .args(["-n", "-i", esp_path.to_str().unwrap(), "::EFI/BOOT/BOOTX64.EFI", "-"])
+        .args([
+            "-n",
+            "-i",
+            esp_path.to_str().unwrap(),
+            "::EFI/BOOT/BOOTX64.EFI",
+            "-",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.stdout, efi);
@@ -146,7 +172,12 @@ fn bios_only_has_one_entry() {
     .unwrap();
     let img = dir.path().join("b.iso");
     std::fs::write(&img, &bytes).unwrap();
-    let report = xorriso(&["-indev", img.to_str().unwrap(), "-report_el_torito", "plain"]);
+    let report = xorriso(&[
+        "-indev",
+        img.to_str().unwrap(),
+        "-report_el_torito",
+        "plain",
+    ]);
     let n = report
         .lines()
         .filter(|l| l.starts_with("El Torito boot img :"))
@@ -188,8 +219,24 @@ fn seabios_boots_it_and_isolinux_loads_our_kernel_and_ramdisk() {
     let port = dir.path().join("sercon-port");
     std::fs::write(&port, 0x3f8u16.to_le_bytes()).unwrap();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-machine", "accel=tcg", "-m", "128", "-nodefaults", "-vga", "none"])
-        .args(["-display", "none", "-serial", "stdio", "-no-reboot", "-boot", "d"])
+        .args([
+            "-machine",
+            "accel=tcg",
+            "-m",
+            "128",
+            "-nodefaults",
+            "-vga",
+            "none",
+        ])
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-boot",
+            "d",
+        ])
         .arg("-cdrom")
         .arg(&img)
         .arg("-fw_cfg")
@@ -210,7 +257,10 @@ fn seabios_boots_it_and_isolinux_loads_our_kernel_and_ramdisk() {
                 break;
             }
             seen.extend_from_slice(&buf[..n]);
-            if tx.send(String::from_utf8_lossy(&seen).into_owned()).is_err() {
+            if tx
+                .send(String::from_utf8_lossy(&seen).into_owned())
+                .is_err()
+            {
                 break;
             }
         }
@@ -227,7 +277,15 @@ fn seabios_boots_it_and_isolinux_loads_our_kernel_and_ramdisk() {
     }
     let _ = qemu.kill();
     let _ = qemu.wait();
-    for want in ["Booting from DVD/CD", "ISOLINUX", "Loading /vmlinuz... ok", "Loading /initrd...ok"] {
-        assert!(screen.contains(want), "{want:?} not on the serial console:\n{screen}");
+    for want in [
+        "Booting from DVD/CD",
+        "ISOLINUX",
+        "Loading /vmlinuz... ok",
+        "Loading /initrd...ok",
+    ] {
+        assert!(
+            screen.contains(want),
+            "{want:?} not on the serial console:\n{screen}"
+        );
     }
 }

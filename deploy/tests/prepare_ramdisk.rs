@@ -61,7 +61,9 @@ impl Service {
     }
 
     fn stored(&self) -> usize {
-        std::fs::read_dir(&self.objects).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(&self.objects)
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     async fn stop(self) {
@@ -80,7 +82,10 @@ async fn sushy() -> Option<Sushy> {
     let client = porthole_bmc::redfish::Client::new(Duration::from_secs(10)).unwrap();
     let mut ep = porthole_bmc::redfish::Endpoint::new(&sushy.url);
     ep.system_id = Some(Sushy::system(0));
-    for m in [porthole_bmc::vmedia::Media::Floppy, porthole_bmc::vmedia::Media::Cd] {
+    for m in [
+        porthole_bmc::vmedia::Media::Floppy,
+        porthole_bmc::vmedia::Media::Cd,
+    ] {
         client.eject_media(&ep, m).await.unwrap();
     }
     assert!(sushy.held().is_empty(), "sushy holds media after eject");
@@ -158,19 +163,27 @@ async fn prepare_and_check(svc: &mut Service, sushy: &Sushy) -> PrepareRamdiskRe
     let n = node(sushy, &iso_url);
     // Power off first, so PrepareRamdisk has to power on.
     reqwest::Client::new()
-        .post(format!("{}{}/Actions/ComputerSystem.Reset", sushy.url, Sushy::system(0)))
+        .post(format!(
+            "{}{}/Actions/ComputerSystem.Reset",
+            sushy.url,
+            Sushy::system(0)
+        ))
         .json(&serde_json::json!({"ResetType": "ForceOff"}))
         .send()
         .await
         .unwrap();
     wait_power(sushy, "Off").await;
     svc.client
-        .validate(ValidateRequest { node: Some(n.clone()) })
+        .validate(ValidateRequest {
+            node: Some(n.clone()),
+        })
         .await
         .unwrap();
     let resp = svc
         .client
-        .prepare_ramdisk(PrepareRamdiskRequest { node: Some(n.clone()) })
+        .prepare_ramdisk(PrepareRamdiskRequest {
+            node: Some(n.clone()),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -181,7 +194,10 @@ async fn prepare_and_check(svc: &mut Service, sushy: &Sushy) -> PrepareRamdiskRe
     // sushy downloaded both: the CD is the ISO's bytes, the floppy reads
     // back with mtools.
     let held = sushy.held();
-    assert!(held.contains(&iso), "the CD sushy holds is not the deploy ISO");
+    assert!(
+        held.contains(&iso),
+        "the CD sushy holds is not the deploy ISO"
+    );
     let floppy = held
         .iter()
         .find(|b| b.len() == 100 * 1024)
@@ -213,7 +229,9 @@ async fn prepare_and_check(svc: &mut Service, sushy: &Sushy) -> PrepareRamdiskRe
     assert_eq!(reqwest::get(&resp.floppy_url).await.unwrap().status(), 200);
 
     svc.client
-        .clean_up(CleanUpRequest { node: Some(n.clone()) })
+        .clean_up(CleanUpRequest {
+            node: Some(n.clone()),
+        })
         .await
         .unwrap();
     for dev in ["Floppy", "Cd"] {
@@ -222,7 +240,10 @@ async fn prepare_and_check(svc: &mut Service, sushy: &Sushy) -> PrepareRamdiskRe
     }
     assert!(sushy.held().is_empty(), "sushy still holds media");
     let after = reqwest::get(&resp.floppy_url).await.unwrap().status();
-    assert!(after == 404 || after == 401, "floppy URL after CleanUp: {after}");
+    assert!(
+        after == 404 || after == 401,
+        "floppy URL after CleanUp: {after}"
+    );
     // Twice is fine.
     svc.client
         .clean_up(CleanUpRequest { node: Some(n) })
@@ -247,7 +268,8 @@ async fn embedded_store_floppy_and_iso_reach_sushy_and_clean_up_removes_them() {
 async fn swift_store_floppy_reaches_sushy_through_a_temp_url() {
     let _one = ONE.lock().await;
     let Some(sushy) = sushy().await else { return };
-    let Some(_swift) = Swift::up(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("porthole-deploy-swift"))
+    let Some(_swift) =
+        Swift::up(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("porthole-deploy-swift"))
     else {
         return;
     };
@@ -262,7 +284,8 @@ async fn swift_store_floppy_reaches_sushy_through_a_temp_url() {
     .await;
     let resp = prepare_and_check(&mut svc, &sushy).await;
     assert!(
-        resp.floppy_url.contains("/v1/AUTH_test/ironic_ilo_container/image-1be26c0b-")
+        resp.floppy_url
+            .contains("/v1/AUTH_test/ironic_ilo_container/image-1be26c0b-")
             && resp.floppy_url.contains("temp_url_sig="),
         "{}",
         resp.floppy_url
@@ -284,18 +307,30 @@ async fn an_invalid_node_is_invalid_argument_and_nothing_is_stored_or_inserted()
         let err = match call {
             "validate" => svc
                 .client
-                .validate(ValidateRequest { node: Some(n.clone()) })
+                .validate(ValidateRequest {
+                    node: Some(n.clone()),
+                })
                 .await
                 .unwrap_err(),
             _ => svc
                 .client
-                .prepare_ramdisk(PrepareRamdiskRequest { node: Some(n.clone()) })
+                .prepare_ramdisk(PrepareRamdiskRequest {
+                    node: Some(n.clone()),
+                })
                 .await
                 .unwrap_err(),
         };
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{call}: {err:?}");
-        for want in ["does not have any port", "[\"deploy_iso\"]", "['image_source']"] {
-            assert!(err.message().contains(want), "{call}: {want} not in {}", err.message());
+        for want in [
+            "does not have any port",
+            "[\"deploy_iso\"]",
+            "['image_source']",
+        ] {
+            assert!(
+                err.message().contains(want),
+                "{call}: {want} not in {}",
+                err.message()
+            );
         }
     }
     let err = svc
@@ -314,7 +349,9 @@ async fn a_deploy_iso_the_bmc_cannot_fetch_fails_in_its_words_and_leaves_nothing
     let _one = ONE.lock().await;
     let Some(sushy) = sushy().await else { return };
     let mut svc = Service::start(|_, _| {}).await;
-    let iso_url = iso_server(vec![0; 10]).await.replace("deploy.iso", "gone.iso");
+    let iso_url = iso_server(vec![0; 10])
+        .await
+        .replace("deploy.iso", "gone.iso");
     let err = svc
         .client
         .prepare_ramdisk(PrepareRamdiskRequest {
@@ -326,7 +363,9 @@ async fn a_deploy_iso_the_bmc_cannot_fetch_fails_in_its_words_and_leaves_nothing
     assert!(
         err.message().starts_with("deploy failed: ")
             && err.message().contains("insert cd")
-            && err.message().contains("Cannot download virtual media: got error 404"),
+            && err
+                .message()
+                .contains("Cannot download virtual media: got error 404"),
         "{}",
         err.message()
     );

@@ -32,11 +32,7 @@ fn store(container: &str) -> SwiftStore {
 }
 
 /// One test at a time: each may start and stop the one Swift (fixed ports).
-static SWIFT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    SWIFT.lock().unwrap_or_else(|p| p.into_inner())
-}
+static SWIFT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// An authenticated request of our own (the test's view of Swift).
 async fn admin(method: reqwest::Method, path: &str) -> reqwest::Response {
@@ -63,7 +59,7 @@ fn now() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swift_objects_expire_with_their_temp_urls() {
-    let _one = one_at_a_time();
+    let _one = SWIFT.lock().await;
     let Some(swift) = swift() else { return };
     let container = format!("ironic_ilo_container-{}", uuid::Uuid::new_v4().simple());
     let s = store(&container);
@@ -74,10 +70,19 @@ async fn swift_objects_expire_with_their_temp_urls() {
     s.put(&name, body.clone(), ttl).await.unwrap();
 
     // Created when missing, and the object carries X-Delete-At.
-    assert_eq!(admin(reqwest::Method::HEAD, &format!("/{container}")).await.status(), 204);
+    assert_eq!(
+        admin(reqwest::Method::HEAD, &format!("/{container}"))
+            .await
+            .status(),
+        204
+    );
     let head = admin(reqwest::Method::HEAD, &format!("/{container}/{name}")).await;
     assert_eq!(head.status(), 200);
-    let delete_at: u64 = head.headers()["x-delete-at"].to_str().unwrap().parse().unwrap();
+    let delete_at: u64 = head.headers()["x-delete-at"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(
         (before + 4..=now() + 4).contains(&delete_at),
         "X-Delete-At {delete_at}, put at {before}"
@@ -85,18 +90,27 @@ async fn swift_objects_expire_with_their_temp_urls() {
 
     // The temp URL GETs the bytes without a token; tampering is refused.
     let url = s.temp_url(&name, ttl).await.unwrap();
-    assert!(url.contains("temp_url_sig=") && url.contains("temp_url_expires="), "{url}");
+    assert!(
+        url.contains("temp_url_sig=") && url.contains("temp_url_expires="),
+        "{url}"
+    );
     let got = reqwest::get(&url).await.unwrap();
     assert_eq!(got.status(), 200);
     assert_eq!(got.bytes().await.unwrap(), body);
     let sig_at = url.find("temp_url_sig=").unwrap() + "temp_url_sig=".len();
     let mut bad = url.clone();
-    let c = if &bad[sig_at..=sig_at] == "0" { "1" } else { "0" };
+    let c = if &bad[sig_at..=sig_at] == "0" {
+        "1"
+    } else {
+        "0"
+    };
     bad.replace_range(sig_at..=sig_at, c);
     assert_eq!(reqwest::get(&bad).await.unwrap().status(), 401);
 
     // A metadata update keeps the expiry (a bare POST would drop it).
-    s.update_metadata(&name, &[("usage_count", "1")]).await.unwrap();
+    s.update_metadata(&name, &[("usage_count", "1")])
+        .await
+        .unwrap();
     let head = admin(reqwest::Method::HEAD, &format!("/{container}/{name}")).await;
     assert_eq!(head.headers()["x-object-meta-usage-count"], "1");
     assert_eq!(
@@ -130,7 +144,9 @@ async fn swift_objects_expire_with_their_temp_urls() {
     assert!(!listing.contains(&name), "still listed: {listing}");
 
     // Delete: at once, and again without an error.
-    s.put(&name, body.clone(), Duration::from_secs(60)).await.unwrap();
+    s.put(&name, body.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
     let url = s.temp_url(&name, Duration::from_secs(60)).await.unwrap();
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
     s.delete(&name).await.unwrap();
@@ -141,7 +157,7 @@ async fn swift_objects_expire_with_their_temp_urls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_swift_key_is_a_clear_error_naming_tempauth() {
-    let _one = one_at_a_time();
+    let _one = SWIFT.lock().await;
     let Some(_swift) = swift() else { return };
     let s = SwiftStore::new(SwiftSettings {
         key: Secret::new("not-the-key"),

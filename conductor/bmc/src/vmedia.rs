@@ -68,7 +68,11 @@ impl Client {
         if let Some(p) = system["VirtualMedia"]["@odata.id"].as_str() {
             return Ok(p.to_owned());
         }
-        for m in system["Links"]["ManagedBy"].as_array().into_iter().flatten() {
+        for m in system["Links"]["ManagedBy"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let Some(mp) = m["@odata.id"].as_str() else {
                 continue;
             };
@@ -255,7 +259,9 @@ mod tests {
         client.eject_media(&ep, Media::Floppy).await.unwrap();
         assert_eq!(
             writes(&seen),
-            [r#"POST /m/1/vm/a/Actions/VirtualMedia.InsertMedia {"Image":"http://store/f","Inserted":true,"WriteProtected":true}"#]
+            [
+                r#"POST /m/1/vm/a/Actions/VirtualMedia.InsertMedia {"Image":"http://store/f","Inserted":true,"WriteProtected":true}"#
+            ]
         );
     }
 
@@ -275,7 +281,9 @@ mod tests {
         client.boot_once(&ep, "Cd").await.unwrap();
         assert_eq!(
             writes(&seen),
-            [r#"PATCH /s/1 {"Boot":{"BootSourceOverrideEnabled":"Once","BootSourceOverrideTarget":"Cd"}}"#]
+            [
+                r#"PATCH /s/1 {"Boot":{"BootSourceOverrideEnabled":"Once","BootSourceOverrideTarget":"Cd"}}"#
+            ]
         );
     }
 }

@@ -79,8 +79,16 @@ async fn sushy_downloads_both_media_boots_once_from_cd_and_ejects() {
         assert_eq!(v["Image"], format!("{base}/{url}"), "{dev}: {v}");
     }
     let held = sushy.held();
-    assert!(held.contains(&floppy), "sushy holds {} files, not the floppy", held.len());
-    assert!(held.contains(&cd), "sushy holds {} files, not the CD", held.len());
+    assert!(
+        held.contains(&floppy),
+        "sushy holds {} files, not the floppy",
+        held.len()
+    );
+    assert!(
+        held.contains(&cd),
+        "sushy holds {} files, not the CD",
+        held.len()
+    );
 
     // Inserting again replaces (eject first): still one copy of each.
     client
@@ -102,7 +110,10 @@ async fn sushy_downloads_both_media_boots_once_from_cd_and_ejects() {
         let v = resource(&sushy, &format!("{SYSTEM}/VirtualMedia/{dev}")).await;
         assert_eq!(v["Inserted"], false, "{dev}: {v}");
     }
-    assert!(sushy.held().is_empty(), "sushy still holds media after eject");
+    assert!(
+        sushy.held().is_empty(),
+        "sushy still holds media after eject"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

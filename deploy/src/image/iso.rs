@@ -72,7 +72,9 @@ pub fn grub_cfg(kernel_params: &str) -> String {
 /// The image's bytes.
 pub fn build(iso: &BootIso<'_>) -> Result<Vec<u8>, IsoError> {
     if iso.bios.is_none() && iso.uefi_loader.is_none() {
-        return Err(IsoError::Invalid("needs a BIOS loader, a UEFI loader or both"));
+        return Err(IsoError::Invalid(
+            "needs a BIOS loader, a UEFI loader or both",
+        ));
     }
     if iso.kernel_params.contains(['\n', '\r']) {
         return Err(IsoError::Invalid("kernel parameters must be one line"));
@@ -180,7 +182,8 @@ fn esp_image(loader: &[u8], grub_cfg: &str) -> Result<Vec<u8>, std::io::Error> {
         {
             let boot = fs.root_dir().create_dir("EFI")?.create_dir("BOOT")?;
             boot.create_file("BOOTX64.EFI")?.write_all(loader)?;
-            boot.create_file("grub.cfg")?.write_all(grub_cfg.as_bytes())?;
+            boot.create_file("grub.cfg")?
+                .write_all(grub_cfg.as_bytes())?;
         }
         fs.unmount()?;
     }

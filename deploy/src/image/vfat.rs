@@ -106,7 +106,10 @@ mod tests {
     fn params() -> Vec<(String, String)> {
         vec![
             ("ironic_api_url".into(), "http://127.0.0.1:6385".into()),
-            ("deployment_id".into(), "1be26c0b-03f2-4d2e-ae87-c02d7f33c123".into()),
+            (
+                "deployment_id".into(),
+                "1be26c0b-03f2-4d2e-ae87-c02d7f33c123".into(),
+            ),
         ]
     }
 

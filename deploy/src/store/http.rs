@@ -258,7 +258,7 @@ fn not_found() -> Response {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -314,6 +314,8 @@ async fn remove_file(file: &Path) {
     match tokio::fs::remove_file(file).await {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(file = %file.display(), error = %e, "cannot delete a stored object"),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "cannot delete a stored object")
+        }
     }
 }

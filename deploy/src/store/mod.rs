@@ -86,7 +86,12 @@ mod tests {
         // HMAC-SHA256("mykey", "GET\n1440619048\n/v1/AUTH_account/container/object"),
         // computed independently with Python's hmac module.
         assert_eq!(
-            temp_url_sig(b"mykey", "GET", 1440619048, "/v1/AUTH_account/container/object"),
+            temp_url_sig(
+                b"mykey",
+                "GET",
+                1440619048,
+                "/v1/AUTH_account/container/object"
+            ),
             "9ef8c448d4184fd16dd4013a1e3349149f895555655621dbf6d6a166f585af72"
         );
     }

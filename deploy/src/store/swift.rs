@@ -185,13 +185,21 @@ impl SwiftStore {
             .iter()
             .map(|(k, v)| (format!("X-Object-Meta-{k}"), (*v).to_owned()))
             .collect();
-        if let Some(at) = head.headers().get("x-delete-at").and_then(|v| v.to_str().ok()) {
+        if let Some(at) = head
+            .headers()
+            .get("x-delete-at")
+            .and_then(|v| v.to_str().ok())
+        {
             headers.push(("X-Delete-At".into(), at.to_owned()));
         }
-        let headers: Vec<(&str, String)> =
-            headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let headers: Vec<(&str, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         let what = format!("update object {name}");
-        let resp = self.call(Method::POST, &path, &headers, None, &what).await?;
+        let resp = self
+            .call(Method::POST, &path, &headers, None, &what)
+            .await?;
         check(resp, &what).await.map(drop)
     }
 
@@ -219,7 +227,13 @@ impl Store for SwiftStore {
             ("Content-Type", "application/octet-stream".to_owned()),
         ];
         let resp = self
-            .call(Method::PUT, &self.object_path(name), &headers, Some(bytes), &what)
+            .call(
+                Method::PUT,
+                &self.object_path(name),
+                &headers,
+                Some(bytes),
+                &what,
+            )
             .await?;
         check(resp, &what).await.map(drop)
     }
@@ -229,7 +243,11 @@ impl Store for SwiftStore {
         let base = self.storage_url().await?;
         let url = url::Url::parse(&base)
             .map_err(|e| StoreError::Malformed(format!("storage URL {base}: {e}")))?;
-        let path = format!("{}{}", url.path().trim_end_matches('/'), self.object_path(name));
+        let path = format!(
+            "{}{}",
+            url.path().trim_end_matches('/'),
+            self.object_path(name)
+        );
         let expires = expires_at(ttl);
         let sig = temp_url_sig(key.expose().as_bytes(), "GET", expires, &path);
         let origin = url.origin().ascii_serialization();
