@@ -24,6 +24,58 @@ use tonic::transport::Channel;
 
 const API_URL: &str = "http://192.0.2.1:6385";
 
+/// Every log line of this test process (the service runs in-process), at
+/// debug level, to look for secrets in.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(|| LogSink)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(sub).unwrap();
+    });
+}
+
+/// Neither per-deploy secret, nor the floppy URL's signature, was logged.
+fn assert_not_logged(resp: &PrepareRamdiskResponse) {
+    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("deploy ramdisk booting from virtual media"),
+        "the capture saw no deploy log at all:\n{logs}"
+    );
+    let sig = resp
+        .floppy_url
+        .split("temp_url_sig=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    for (what, secret) in [
+        ("deployment_key", resp.deployment_key.as_str()),
+        ("token", resp.token.as_str()),
+        ("floppy URL signature", sig),
+    ] {
+        assert!(!logs.contains(secret), "the {what} is in the logs");
+    }
+}
+
 /// One test at a time: they share the emulator's node and Swift.
 static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -158,6 +210,7 @@ fn mtype(img: &[u8], file: &str) -> String {
 
 /// The flow every store shares; returns the response.
 async fn prepare_and_check(svc: &mut Service, sushy: &Sushy) -> PrepareRamdiskResponse {
+    capture_logs();
     let iso: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
     let iso_url = iso_server(iso.clone()).await;
     let n = node(sushy, &iso_url);
@@ -249,6 +302,7 @@ async fn prepare_and_check(svc: &mut Service, sushy: &Sushy) -> PrepareRamdiskRe
         .clean_up(CleanUpRequest { node: Some(n) })
         .await
         .unwrap();
+    assert_not_logged(&resp);
     resp
 }
 
