@@ -87,3 +87,23 @@ impl DeployMetrics {
         self.prepares.get_or_create(&[("result", result)]).inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_the_names_the_readme_gives() {
+        get().step("upload", Duration::from_millis(5));
+        get().prepared("invalid");
+        let text = porthole_common::metrics::encode(&get().registry());
+        for name in [
+            "porthole_deploy_step_duration_seconds_count{step=\"upload\"}",
+            "porthole_deploy_step_duration_seconds_count{step=\"power\"} 0",
+            "porthole_deploy_prepares_total{result=\"success\"}",
+            "porthole_deploy_prepares_total{result=\"invalid\"}",
+        ] {
+            assert!(text.contains(name), "{name} not in\n{text}");
+        }
+    }
+}
