@@ -200,3 +200,145 @@ fn endpoint(node: &DeployNode) -> Endpoint {
     ep.verify_ca = !bmc.insecure;
     ep
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use axum::http::{Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+    use axum::routing::any;
+    use porthole_proto::deploy::v1::RedfishAccess;
+    use serde_json::json;
+
+    use super::*;
+
+    /// An in-memory store that records what was asked of it.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Store for Recorder {
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        async fn put(&self, name: &str, b: Bytes, _: Duration) -> Result<(), StoreError> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("put {name} {}", b.len()));
+            Ok(())
+        }
+        async fn temp_url(&self, name: &str, _: Duration) -> Result<String, StoreError> {
+            Ok(format!("http://store/{name}"))
+        }
+        async fn delete(&self, name: &str) -> Result<(), StoreError> {
+            self.0.lock().unwrap().push(format!("delete {name}"));
+            Ok(())
+        }
+    }
+
+    /// A BMC with virtual media whose InsertMedia answers `status` with a
+    /// Redfish error body (as a BMC's gateway or firmware would).
+    async fn failing_bmc(status: StatusCode) -> String {
+        let app = axum::Router::new().fallback(any(move |method: Method, uri: Uri| async move {
+            let body = match uri.path() {
+                "/redfish/v1" => json!({"Systems": {"@odata.id": "/s"}}),
+                "/s" => json!({"Members": [{"@odata.id": "/s/1"}]}),
+                "/s/1" => json!({"VirtualMedia": {"@odata.id": "/s/1/vm"}, "PowerState": "Off"}),
+                "/s/1/vm" => json!({"Members": [{"@odata.id": "/s/1/vm/f"}]}),
+                "/s/1/vm/f" => json!({"MediaTypes": ["Floppy"], "Inserted": false}),
+                p if method == Method::POST && p.ends_with("InsertMedia") => {
+                    let err = json!({"error": {"code": "Base.1.0.GeneralError",
+                        "message": format!("firmware says no ({status})")}});
+                    return (status, axum::Json(err)).into_response();
+                }
+                _ => json!({}),
+            };
+            axum::Json(body).into_response()
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn deployer(store: Arc<Recorder>) -> Deployer {
+        let mut config = Config::default();
+        config.conductor.api_url = Some("http://192.0.2.1:6385".into());
+        Deployer::new(
+            Arc::new(config),
+            store,
+            Client::new(Duration::from_secs(5)).unwrap(),
+        )
+    }
+
+    fn node(bmc: &str) -> DeployNode {
+        DeployNode {
+            uuid: "1be26c0b-03f2-4d2e-ae87-c02d7f33c123".into(),
+            bmc: Some(RedfishAccess {
+                address: bmc.into(),
+                ..Default::default()
+            }),
+            deploy_iso: "http://images/deploy.iso".into(),
+            image_source: "http://images/user.qcow2".into(),
+            port_addresses: vec!["52:54:00:12:34:56".into()],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn bmc_errors_become_deploy_failed_with_the_bmcs_words_and_the_floppy_goes() {
+        for status in [
+            StatusCode::NOT_FOUND,
+            StatusCode::BAD_REQUEST,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::BAD_GATEWAY,
+        ] {
+            let store = Arc::new(Recorder::default());
+            let d = deployer(store.clone());
+            let err = d
+                .prepare(&node(&failing_bmc(status).await))
+                .await
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, DeployError::Bmc(_)), "{status}: {err:?}");
+            assert!(text.starts_with("deploy failed: "), "{text}");
+            assert!(
+                text.contains(&format!("firmware says no ({status})")),
+                "{text}"
+            );
+            assert!(text.contains(&status.as_u16().to_string()), "{text}");
+            let asked = store.0.lock().unwrap().clone();
+            let name = "image-1be26c0b-03f2-4d2e-ae87-c02d7f33c123";
+            assert_eq!(
+                asked,
+                [format!("put {name} 102400"), format!("delete {name}")],
+                "{status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_node_touches_neither_store_nor_bmc() {
+        let store = Arc::new(Recorder::default());
+        let d = deployer(store.clone());
+        let mut n = node("http://127.0.0.1:9");
+        n.port_addresses.clear();
+        let err = d.prepare(&n).await.unwrap_err();
+        assert!(matches!(err, DeployError::Invalid(_)), "{err:?}");
+        assert!(store.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn parameters_default_boot_option_and_mode_as_ironic_does() {
+        let d = deployer(Arc::new(Recorder::default()));
+        let key = DeployKey::generate();
+        let p = d.parameters(&node("http://bmc"), &key);
+        let get = |k: &str| p.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("boot_option").as_deref(), Some("netboot"));
+        assert_eq!(get("boot_mode").as_deref(), Some("bios"));
+        assert_eq!(get("deployment_key").as_deref(), Some(key.expose()));
+    }
+}

@@ -50,15 +50,24 @@ async fn mutual_tls_serves_our_clients_only() {
     // Served: the service itself answers (a node with nothing is invalid).
     let status = validate(ours).await.unwrap();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("does not have any port"), "{status:?}");
+    assert!(
+        status.message().contains("does not have any port"),
+        "{status:?}"
+    );
 
     for (who, tls) in [
-        ("a stranger", Some(client_tls(&pki.ca(), Some(&pki.stranger())).unwrap())),
+        (
+            "a stranger",
+            Some(client_tls(&pki.ca(), Some(&pki.stranger())).unwrap()),
+        ),
         ("no certificate", Some(client_tls(&pki.ca(), None).unwrap())),
         ("plaintext", None),
     ] {
         let ep = match tls {
-            Some(t) => Endpoint::from_shared(url.clone()).unwrap().tls_config(t).unwrap(),
+            Some(t) => Endpoint::from_shared(url.clone())
+                .unwrap()
+                .tls_config(t)
+                .unwrap(),
             None => Endpoint::from_shared(format!("http://localhost:{}", addr.port())).unwrap(),
         };
         match validate(ep).await {
