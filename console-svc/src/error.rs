@@ -1,16 +1,16 @@
 //! The console service's domain errors and their one mapping to gRPC.
 //!
-//! Lower layers have their own enums (`sol::SolError`, `coordinator::CoordError`,
+//! Lower layers have their own enums (`backend::BackendError`, `coordinator::CoordError`,
 //! `ports::PortError`, `spec::SpecError`, `cluster::forward::ForwardError`); they convert into `ConsoleError` here, and
 //! `From<ConsoleError> for tonic::Status` is the only place a status code is
 //! chosen.
 
 use tonic::{Code, Status};
 
+use crate::backend::BackendError;
 use crate::cluster::forward::ForwardError;
 use crate::coordinator::CoordError;
 use crate::ports::PortError;
-use crate::sol::SolError;
 use crate::spec::SpecError;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub enum ConsoleError {
     #[error(transparent)]
     Port(#[from] PortError),
     #[error("console for node {node} did not start: {source}")]
-    Start { node: String, source: SolError },
+    Start { node: String, source: BackendError },
     #[error(transparent)]
     Coordination(#[from] CoordError),
     #[error("console-svc is shutting down")]

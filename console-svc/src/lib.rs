@@ -8,6 +8,7 @@
 //! - [`text`]: caller input quoted in messages, bounded.
 //! - [`seal`]: passwords sealed (AEAD) for etcd.
 //! - [`manager`]: console lifecycles (the state machine), ports, events.
+//! - [`backend`]: the backend contract (start a console, its health, its log).
 //! - [`sol`]: the serial backends (native, socat) and ipmitool.
 //! - [`vnc`]: VNC consoles, a native RFB proxy (nova-novncproxy compatible).
 //! - [`coordinator`]: who owns which console (local, or etcd leases).
@@ -20,6 +21,7 @@
 // A service logs through tracing, never to stdout/stderr directly.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod backend;
 pub mod backoff;
 pub mod cli;
 pub mod cluster;

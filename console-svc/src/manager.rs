@@ -38,12 +38,12 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::backend::{ConsoleBackend, LogSnapshot, RunningConsole};
 use crate::config::Config;
 use crate::coordinator::{Coordinator, Ownership};
 use crate::error::ConsoleError;
 use crate::ports::PortAllocator;
 use crate::process::ProcessTable;
-use crate::sol::{ConsoleBackend, LogSnapshot, RunningConsole};
 use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

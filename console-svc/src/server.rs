@@ -20,6 +20,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use crate::backend::ConsoleBackend;
 use crate::cluster::forward::PeerTls;
 use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Backend, Config};
@@ -32,7 +33,7 @@ use crate::process::ProcessTable;
 use crate::seal::Sealer;
 use crate::sol::native::NativeBackend;
 use crate::sol::socat::{SocatBackend, SocatSettings};
-use crate::sol::{ConsoleBackend, SolError};
+use crate::sol::SolError;
 use crate::vnc::VncBackend;
 
 #[derive(Debug, thiserror::Error)]
@@ -367,9 +368,7 @@ fn serial_backend(config: &Config) -> Result<Arc<dyn ConsoleBackend>, RunError> 
         Backend::Socat => Arc::new(SocatBackend::new(SocatSettings {
             socat: c.socat_path.clone(),
             ipmitool: c.ipmitool_path.clone(),
-            helper: c.sol_exec_helper.clone().unwrap_or_else(|| {
-                std::env::current_exe().unwrap_or_else(|_| "console-svc".into())
-            }),
+            helper: crate::sol::sol_exec::helper_path(c.sol_exec_helper.as_deref()),
             subprocess_timeout: c.subprocess_timeout,
             terminal_timeout: c.terminal_timeout,
             retry_max_backoff: c.retry_max_backoff,

@@ -26,13 +26,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use console_svc::backend::{ConsoleBackend, ConsoleContext, Health, RunningConsole};
 use console_svc::config::NativeConfig;
 use console_svc::coordinator::local::LocalCoordinator;
 use console_svc::coordinator::{Coordinator, Fence};
 use console_svc::process::ProcessTable;
 use console_svc::secret::Secret;
 use console_svc::sol::native::{NativeBackend, NativeSettings};
-use console_svc::sol::{ConsoleBackend, ConsoleContext, Health, RunningConsole};
 use console_svc::spec::{IpmiTarget, NodeId, PrivilegeLevel};
 use nix::fcntl::Flock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -123,6 +123,8 @@ async fn start_console(bmc: Bmc, log_dir: Option<PathBuf>) -> Console {
             ..NativeConfig::default()
         },
         ipmitool: "ipmitool".into(),
+        // The built binary: each session runs under its `sol-exec` helper.
+        helper: env!("CARGO_BIN_EXE_console-svc").into(),
         subprocess_timeout: Duration::from_secs(10),
         terminal_timeout: Duration::from_secs(600),
         retry_max_backoff: Duration::from_secs(5),

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{none_handshake, read_frame, settings, start};
-use console_svc::sol::Health;
+use console_svc::backend::Health;
 use console_svc::vnc::upstream::Method;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

@@ -18,8 +18,8 @@ mod common;
 use std::time::Duration;
 
 use common::{none_handshake, read_frame, rig_vnc, settings, start, Frame, RigVnc};
+use console_svc::backend::Health;
 use console_svc::secret::Secret;
-use console_svc::sol::Health;
 use console_svc::vnc::upstream::{self, Method, UpstreamTarget};
 use tokio::net::TcpStream;
 

@@ -24,10 +24,10 @@ use tracing::debug;
 
 use super::api::RELATIVE;
 use super::Cluster;
+use crate::backend::LogSnapshot;
 use crate::coordinator::etcd::view::Entry;
 use crate::coordinator::etcd::Member;
 use crate::error::ConsoleError;
-use crate::sol::LogSnapshot;
 use crate::spec::NodeId;
 
 /// Request metadata naming the replica that forwarded a request.

@@ -14,9 +14,9 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use super::tests::{private_loopback, spec};
 use super::*;
+use crate::backend::{BackendError, ConsoleContext};
 use crate::coordinator::local::LocalCoordinator;
 use crate::ports::PortError;
-use crate::sol::{ConsoleContext, SolError};
 
 /// Binds each console's port as the real backends do; `fail_once` ports
 /// are reported busy the first time (taken after the manager's look).
@@ -35,11 +35,11 @@ impl ConsoleBackend for BindingBackend {
         "binding"
     }
 
-    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
+    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError> {
         if self.fail_once.lock().unwrap().remove(&ctx.listen.port()) {
-            return Err(SolError::PortInUse { addr: ctx.listen });
+            return Err(BackendError::PortInUse { addr: ctx.listen });
         }
-        let listener = crate::sol::bind_port(ctx.listen).await?;
+        let listener = crate::backend::bind_port(ctx.listen).await?;
         Ok(Box::new(Bound {
             _listener: listener,
         }))

@@ -11,9 +11,9 @@ use tracing::{info, warn};
 
 use super::port_choice::{self, PortChoice};
 use super::{supervise, ConsoleInfo, ConsoleManager, ConsoleState, Endpoint, Running, Slot};
+use crate::backend::{BackendError, ConsoleBackend, ConsoleContext, Health, RunningConsole};
 use crate::coordinator::Fence;
 use crate::error::ConsoleError;
-use crate::sol::{ConsoleBackend, ConsoleContext, Health, RunningConsole, SolError};
 use crate::spec::ConsoleSpec;
 
 impl ConsoleManager {
@@ -34,7 +34,7 @@ impl ConsoleManager {
                 Ok(started) => break started,
                 // Taken between our look and the bind: a fresh choice moves
                 // on to the next free port; a sticky or explicit one fails.
-                Err(SolError::PortInUse { .. })
+                Err(BackendError::PortInUse { .. })
                     if choice.fresh && tried.len() < port_choice::MAX_FRESH_TRIES =>
                 {
                     tried.push(port);
@@ -104,7 +104,7 @@ impl ConsoleManager {
         spec: &ConsoleSpec,
         port: u16,
         fence: &Fence,
-    ) -> Result<(Box<dyn RunningConsole>, watch::Receiver<Health>), SolError> {
+    ) -> Result<(Box<dyn RunningConsole>, watch::Receiver<Health>), BackendError> {
         let inner = &self.inner;
         let (health_tx, health_rx) = watch::channel(Health::Ok);
         let ctx = ConsoleContext {
@@ -120,7 +120,7 @@ impl ConsoleManager {
         let console = tokio::time::timeout(timeout, backend.start(ctx))
             .await
             .unwrap_or_else(|_| {
-                Err(SolError::Timeout {
+                Err(BackendError::Timeout {
                     what: format!("starting the console on port {port}"),
                     timeout,
                 })

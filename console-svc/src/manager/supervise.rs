@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use super::{ConsoleManager, ConsoleState, Slot};
+use crate::backend::Health;
 use crate::backoff::Backoff;
 use crate::coordinator::Fence;
 use crate::sol::ipmitool::IpmiTool;
-use crate::sol::Health;
 use crate::spec::{ConsoleSpec, Target};
 
 pub(super) fn spawn(

@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use porthole_proto::console::v1 as pb;
 
 use super::*;
+use crate::backend::{BackendError, ConsoleContext};
 use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{CoordError, Coordinator, Ownership};
 use crate::error::ConsoleError;
 use crate::ports::PortError;
-use crate::sol::{ConsoleContext, SolError};
 use crate::spec::Target;
 
 #[derive(Default)]
@@ -33,9 +33,9 @@ impl ConsoleBackend for FakeBackend {
         "fake"
     }
 
-    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
+    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError> {
         if ctx.node.as_str() == "port-in-use" {
-            return Err(SolError::PortInUse { addr: ctx.listen });
+            return Err(BackendError::PortInUse { addr: ctx.listen });
         }
         self.started.fetch_add(1, Ordering::SeqCst);
         self.running.fetch_add(1, Ordering::SeqCst);

@@ -14,11 +14,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{SocatBackend, SocatSettings};
+use crate::backend::{BackendError, ConsoleBackend, ConsoleContext, Health};
 use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{Coordinator, Fence};
 use crate::process::ProcessTable;
 use crate::secret::Secret;
-use crate::sol::{ConsoleBackend, ConsoleContext, Health, SolError};
+use crate::sol::SolError;
 use crate::spec::{IpmiTarget, NodeId, PrivilegeLevel, Target};
 
 fn have_socat() -> bool {
@@ -94,7 +95,7 @@ async fn a_port_another_program_holds_is_port_in_use() {
     let started = tokio::time::Instant::now();
     let err = backend().start(ctx).await.err().expect("the port is held");
     assert!(
-        matches!(&err, SolError::PortInUse { addr: a } if *a == addr),
+        matches!(&err, BackendError::PortInUse { addr: a } if *a == addr),
         "{err}"
     );
     // The busy-port retry ran (about a second) before giving up.
@@ -116,7 +117,7 @@ async fn an_early_exit_says_what_socat_said() {
     let addr: SocketAddr = "192.0.2.1:40999".parse().unwrap();
     let (ctx, _health) = context(dir, addr).await;
     let err = backend().start(ctx).await.err().expect("cannot bind there");
-    let SolError::EarlyExit { detail, .. } = &err else {
+    let Some(SolError::EarlyExit { detail, .. }) = err.downcast_ref::<SolError>() else {
         panic!("{err}");
     };
     assert!(detail.contains("Cannot assign requested address"), "{err}");

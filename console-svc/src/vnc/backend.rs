@@ -16,8 +16,10 @@ use super::accept::{Scheme, ViewerSettings};
 use super::upstream::{Method, UpstreamSettings};
 use super::viewer::{self, Console};
 use super::{tls, VncError};
+use crate::backend::{
+    bind_port, BackendError, ConsoleBackend, ConsoleContext, Health, LogSnapshot, RunningConsole,
+};
 use crate::config::{Config, VncAuthScheme, VncUpstreamSecurity};
-use crate::sol::{ConsoleBackend, ConsoleContext, Health, LogSnapshot, RunningConsole, SolError};
 use crate::spec::Target;
 
 /// What the VNC backend needs, built once from `[vnc]`.
@@ -97,15 +99,15 @@ impl ConsoleBackend for VncBackend {
         "vnc"
     }
 
-    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, SolError> {
+    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError> {
         let Target::Vnc(target) = &ctx.target else {
-            return Err(SolError::WrongKind {
+            return Err(BackendError::WrongKind {
                 backend: self.name(),
                 kind: ctx.target.kind(),
             });
         };
         let span = tracing::info_span!(parent: None, "console", node = %ctx.node, port = ctx.listen.port(), upstream = %target.display_addr());
-        let listener = crate::sol::bind_port(ctx.listen).await?;
+        let listener = bind_port(ctx.listen).await?;
         span.in_scope(|| info!(listen = %ctx.listen, "VNC console listening"));
         let console = Arc::new(Console {
             target: target.clone(),

@@ -52,7 +52,7 @@
 //! Seams: [`rfb`] wire types and parsers, [`accept`] the viewer side
 //! (server role), [`upstream`] the upstream side (client role), [`tls`]
 //! rustls configs, [`des_auth`] VNC authentication, [`stream`] byte-stream
-//! wrappers, [`backend`] the [`crate::sol::ConsoleBackend`] and relay.
+//! wrappers, [`backend`] the [`crate::backend::ConsoleBackend`] and relay.
 
 pub mod accept;
 pub mod backend;
@@ -147,5 +147,36 @@ impl VncError {
             self,
             VncError::UpstreamConnect(_) | VncError::UpstreamTimeout(_) | VncError::Io(_)
         )
+    }
+}
+
+impl From<VncError> for crate::backend::BackendError {
+    fn from(err: VncError) -> Self {
+        match err {
+            VncError::Fenced(e) => Self::Fenced(e),
+            other => Self::Failed(Box::new(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use super::VncError;
+    use crate::backend::BackendError;
+    use crate::coordinator::CoordError;
+
+    #[test]
+    fn a_vnc_error_converts_into_the_backend_error() {
+        let err = BackendError::from(VncError::Fenced(CoordError::PastDeadline("d".into())));
+        assert!(matches!(err, BackendError::Fenced(_)), "{err}");
+        let err = BackendError::from(VncError::PasswordRequired);
+        assert_eq!(
+            err.to_string(),
+            "the server asks for a VNC password and the console has none"
+        );
+        assert!(matches!(
+            err.downcast_ref::<VncError>(),
+            Some(VncError::PasswordRequired)
+        ));
     }
 }

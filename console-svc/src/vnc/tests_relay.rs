@@ -13,8 +13,8 @@ use super::accept::Scheme;
 use super::backend::VncSettings;
 use super::testutil::{fake_server, upstream_settings, viewer_settings, FakeAuth};
 use super::viewer::{probe, serve, Console};
+use crate::backend::Health;
 use crate::secret::Secret;
-use crate::sol::Health;
 use crate::spec::VncTarget;
 
 /// A fake upstream accepting any number of connections.

@@ -19,9 +19,9 @@ use super::rfb::Version;
 use super::stream::Stream;
 use super::upstream::{self, UpstreamTarget};
 use super::VncError;
+use crate::backend::Health;
 use crate::backoff::Backoff;
 use crate::coordinator::Fence;
-use crate::sol::Health;
 use crate::spec::VncTarget;
 
 /// Relay buffer per direction: framebuffer updates are large.

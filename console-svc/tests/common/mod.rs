@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use console_svc::backend::{ConsoleBackend, ConsoleContext, Health, RunningConsole};
 use console_svc::coordinator::local::LocalCoordinator;
 use console_svc::coordinator::{Coordinator, Fence};
 use console_svc::process::ProcessTable;
 use console_svc::secret::Secret;
-use console_svc::sol::{ConsoleBackend, ConsoleContext, Health, RunningConsole};
 use console_svc::spec::{NodeId, Target, VncTarget};
 use console_svc::vnc::accept::{Scheme, ViewerSettings};
 use console_svc::vnc::upstream::{Method, UpstreamSettings};

@@ -15,12 +15,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{NativeBackend, NativeSettings};
+use crate::backend::{BackendError, ConsoleBackend, ConsoleContext, Health, RunningConsole};
 use crate::config::NativeConfig;
 use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{Coordinator, Fence};
 use crate::process::ProcessTable;
 use crate::secret::Secret;
-use crate::sol::{ConsoleBackend, ConsoleContext, Health, RunningConsole, SolError};
 use crate::spec::{IpmiTarget, NodeId, PrivilegeLevel, Target};
 
 /// A stand-in for ipmitool: checks the password on fd 3, then acts out
@@ -40,6 +40,32 @@ case "$last2" in
 esac
 exit 2
 "#;
+
+/// A stand-in for `console-svc sol-exec` (the test binary cannot be run as
+/// the helper): asks the gate for its go as the helper does, then runs the
+/// ipmitool argv it was given (activate only, as the native hub asks).
+const FAKE_HELPER: &str = r#"#!/usr/bin/env python3
+import json, os, socket, sys
+assert sys.argv[1:] == ["sol-exec"], sys.argv
+assert os.environ.get("PORTHOLE_SOL_ACTIVATE_ONLY") == "1"
+gate = json.loads(os.environ["PORTHOLE_SOL_GATE"])
+s = socket.socket(socket.AF_UNIX)
+s.connect(gate["socket"])
+s.sendall(("activate %s %d\n" % (gate["node"], gate["token"])).encode())
+answer = s.makefile().readline()
+if not answer.startswith("ok "):
+    print("[porthole: no go: %s]" % answer.strip(), flush=True)
+    sys.exit(1)
+argv = json.loads(os.environ["PORTHOLE_SOL_ARGV"])
+os.execv(argv[0], argv)
+"#;
+
+fn fake_helper(dir: &Path) -> PathBuf {
+    let path = dir.join("sol-exec-helper");
+    std::fs::write(&path, FAKE_HELPER).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
 
 /// A scratch dir for one test, removed when the returned value drops.
 fn scratch(name: &str) -> tempfile::TempDir {
@@ -105,9 +131,11 @@ async fn context(dir: &Path, listen: SocketAddr) -> (ConsoleContext, watch::Rece
 }
 
 fn backend(ipmitool: PathBuf) -> NativeBackend {
+    let helper = fake_helper(ipmitool.parent().unwrap_or(Path::new(".")));
     NativeBackend::with_settings(NativeSettings {
         native: NativeConfig::default(),
         ipmitool,
+        helper,
         subprocess_timeout: Duration::from_secs(5),
         terminal_timeout: Duration::ZERO,
         retry_max_backoff: Duration::from_secs(5),
@@ -134,7 +162,7 @@ pub(super) async fn start(name: &str, mode: &str) -> Started {
                     _dir: scratch,
                 }
             }
-            Err(SolError::PortInUse { .. }) => continue,
+            Err(BackendError::PortInUse { .. }) => continue,
             Err(e) => panic!("{e}"),
         }
     }
@@ -238,7 +266,7 @@ async fn a_busy_port_is_port_in_use() {
     let addr = taken.local_addr().unwrap();
     let (ctx, _health) = context(dir, addr).await;
     match backend("ipmitool".into()).start(ctx).await {
-        Err(SolError::PortInUse { addr: a }) => assert_eq!(a, addr),
+        Err(BackendError::PortInUse { addr: a }) => assert_eq!(a, addr),
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("started on a busy port"),
     }

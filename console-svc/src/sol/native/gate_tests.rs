@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::fake::{Call, FakeLauncher, FakeState, Plan};
 use super::hub::{self, HubConfig, HubHandle};
+use crate::backend::Health;
 use crate::coordinator::gate::testing::Gated;
 use crate::coordinator::gate::LeaseState;
 use crate::coordinator::{Coordinator, Fence};
-use crate::sol::Health;
 use crate::spec::NodeId;
 
 const LEASE: i64 = 41;

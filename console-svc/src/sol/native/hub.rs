@@ -41,9 +41,9 @@ use super::logfile::LogFile;
 use super::ring::ByteRing;
 use super::session::{Active, Sol, SolEvent};
 use super::viewer::{self, ViewerHandle, ViewerIo};
+use crate::backend::{Health, LogSnapshot};
 use crate::backoff::Backoff;
 use crate::coordinator::Fence;
-use crate::sol::{Health, LogSnapshot};
 
 /// Keystrokes held while the session is (re)activating, or while the node
 /// side is slow to take them.

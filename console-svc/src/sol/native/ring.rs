@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use crate::sol::LogSnapshot;
+use crate::backend::LogSnapshot;
 
 #[derive(Debug)]
 pub(crate) struct ByteRing {

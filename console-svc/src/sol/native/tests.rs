@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::fake::{Call, FakeLauncher, FakeState, Plan};
 use super::hub::{self, HubConfig, HubHandle};
+use crate::backend::Health;
 use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{Coordinator, Fence};
-use crate::sol::Health;
 use crate::spec::NodeId;
 
 /// A hub on a fake launcher, the test's handles on it. Shared with
