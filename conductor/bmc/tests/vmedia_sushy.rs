@@ -17,9 +17,15 @@ use serde_json::Value;
 
 const SYSTEM: &str = "/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094";
 
-fn sushy(name: &str) -> Option<Sushy> {
-    let state = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("porthole-bmc-sushy-{name}"));
-    Sushy::get(&state, 1)
+/// One test at a time: they share the emulator (and, when started here,
+/// its state dir and venv).
+static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn sushy() -> Option<Sushy> {
+    Sushy::get(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("porthole-bmc-sushy"),
+        1,
+    )
 }
 
 fn endpoint(sushy: &Sushy) -> Endpoint {
@@ -54,7 +60,8 @@ fn bytes(tag: u8, n: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sushy_downloads_both_media_boots_once_from_cd_and_ejects() {
-    let Some(sushy) = sushy("media") else {
+    let _one = ONE.lock().await;
+    let Some(sushy) = sushy() else {
         return;
     };
     let ep = endpoint(&sushy);
@@ -118,7 +125,8 @@ async fn sushy_downloads_both_media_boots_once_from_cd_and_ejects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_url_the_bmc_cannot_fetch_is_an_error_in_the_bmcs_words() {
-    let Some(sushy) = sushy("missing") else {
+    let _one = ONE.lock().await;
+    let Some(sushy) = sushy() else {
         return;
     };
     let ep = endpoint(&sushy);
