@@ -98,6 +98,14 @@ impl Deployer {
             return Err(e.into());
         }
         let ep = endpoint(node);
+        // The design's "validate the feature": a BMC without both devices
+        // is refused before anything is stored.
+        for media in [Media::Floppy, Media::Cd] {
+            if let Err(e) = self.redfish.virtual_media(&ep, media).await {
+                metrics::get().prepared("failure");
+                return Err(e.into());
+            }
+        }
         let name = floppy_object(&node.uuid);
         let result = self.prepare_steps(node, &ep, &name).await;
         match &result {
@@ -240,15 +248,20 @@ mod tests {
     }
 
     /// A BMC with virtual media whose InsertMedia answers `status` with a
-    /// Redfish error body (as a BMC's gateway or firmware would).
-    async fn failing_bmc(status: StatusCode) -> String {
+    /// Redfish error body (as a BMC's gateway or firmware would); with
+    /// `cd: false` it has a floppy only.
+    async fn failing_bmc(status: StatusCode, cd: bool) -> String {
         let app = axum::Router::new().fallback(any(move |method: Method, uri: Uri| async move {
             let body = match uri.path() {
                 "/redfish/v1" => json!({"Systems": {"@odata.id": "/s"}}),
                 "/s" => json!({"Members": [{"@odata.id": "/s/1"}]}),
                 "/s/1" => json!({"VirtualMedia": {"@odata.id": "/s/1/vm"}, "PowerState": "Off"}),
+                "/s/1/vm" if cd => {
+                    json!({"Members": [{"@odata.id": "/s/1/vm/f"}, {"@odata.id": "/s/1/vm/c"}]})
+                }
                 "/s/1/vm" => json!({"Members": [{"@odata.id": "/s/1/vm/f"}]}),
                 "/s/1/vm/f" => json!({"MediaTypes": ["Floppy"], "Inserted": false}),
+                "/s/1/vm/c" => json!({"MediaTypes": ["CD", "DVD"], "Inserted": false}),
                 p if method == Method::POST && p.ends_with("InsertMedia") => {
                     let err = json!({"error": {"code": "Base.1.0.GeneralError",
                         "message": format!("firmware says no ({status})")}});
@@ -299,7 +312,7 @@ mod tests {
             let store = Arc::new(Recorder::default());
             let d = deployer(store.clone());
             let err = d
-                .prepare(&node(&failing_bmc(status).await))
+                .prepare(&node(&failing_bmc(status, true).await))
                 .await
                 .unwrap_err();
             let text = err.to_string();
@@ -318,6 +331,23 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_bmc_without_a_cd_device_is_refused_before_anything_is_stored() {
+        let store = Arc::new(Recorder::default());
+        let d = deployer(store.clone());
+        let bmc = failing_bmc(StatusCode::OK, false).await;
+        let err = d.prepare(&node(&bmc)).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("deploy failed: ") && err.contains("no virtual media device for cd"),
+            "{err}"
+        );
+        assert!(
+            store.0.lock().unwrap().is_empty(),
+            "{:?}",
+            store.0.lock().unwrap()
+        );
     }
 
     #[tokio::test]

@@ -430,3 +430,26 @@ async fn a_deploy_iso_the_bmc_cannot_fetch_fails_in_its_words_and_leaves_nothing
     assert!(sushy.held().is_empty());
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_system_is_deploy_failed_with_sushys_404_and_nothing_stored() {
+    let _one = ONE.lock().await;
+    let Some(sushy) = sushy().await else { return };
+    let mut svc = Service::start(|_, _| {}).await;
+    let mut n = node(&sushy, "http://127.0.0.1:9/deploy.iso");
+    n.bmc.as_mut().unwrap().system_id = "/redfish/v1/Systems/no-such-system".into();
+    let err = svc
+        .client
+        .prepare_ramdisk(PrepareRamdiskRequest { node: Some(n) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().starts_with("deploy failed: ") && err.message().contains("404"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(svc.stored(), 0);
+    assert!(sushy.held().is_empty());
+    svc.stop().await;
+}
