@@ -445,7 +445,11 @@ async fn an_unknown_system_is_deploy_failed_with_sushys_404_and_nothing_stored()
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(
-        err.message().starts_with("deploy failed: ") && err.message().contains("404"),
+        err.message().starts_with("deploy failed: ")
+            && err.message().contains("404")
+            && err
+                .message()
+                .contains("Fake system no-such-system was not found"),
         "{}",
         err.message()
     );
