@@ -158,13 +158,7 @@ impl Deployer {
         m.step("insert", insert);
 
         let t = Instant::now();
-        self.redfish.boot_once(ep, "Cd").await?;
-        let (_, system) = self.redfish.system(ep).await?;
-        let reset = match system["PowerState"].as_str() {
-            Some("On") => "ForceRestart",
-            _ => "On",
-        };
-        self.redfish.reset(ep, reset).await?;
+        let reset = self.boot_from_cd(ep).await?;
         let power = t.elapsed();
         m.step("power", power);
         tracing::info!(node = %node.uuid, store = self.store.kind(), reset, "deploy ramdisk booting from virtual media");
@@ -177,6 +171,19 @@ impl Deployer {
             insert,
             power,
         })
+    }
+
+    /// Boot once from the CD: the override, then power on (or a reboot of
+    /// a node that is on); returns the reset used.
+    async fn boot_from_cd(&self, ep: &Endpoint) -> Result<&'static str, DeployError> {
+        self.redfish.boot_once(ep, "Cd").await?;
+        let (_, system) = self.redfish.system(ep).await?;
+        let reset = match system["PowerState"].as_str() {
+            Some("On") => "ForceRestart",
+            _ => "On",
+        };
+        self.redfish.reset(ep, reset).await?;
+        Ok(reset)
     }
 
     /// Eject both media and delete the floppy; every step is tried, the
