@@ -22,6 +22,8 @@ PKGS=(ipmitool socat openipmi etcd-server etcd-client iproute2 procps netcat-ope
       protobuf-compiler libprotobuf-dev python3 python3-venv python3-pip curl qemu-system-x86
       mtools dosfstools xorriso isolinux syslinux-common)
 
+# xorriso: xorrisofs is nova's mkisofs_cmd (the config drive) in conductor/tests/nova_ironic.rs
+PKGS+=(xorriso)
 if [ "${1:-}" = --list ]; then printf '%s\n' "${PKGS[@]}"; exit 0; fi
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
