@@ -13,9 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, Row};
 
-use crate::model::{now, Dict, Node, Port};
+use crate::model::{now, Dict, Node, NodeAttrs};
 use crate::seal::{SealError, Sealer};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,6 @@ const NODE_COLS: &str = "uuid, name, driver, driver_info, driver_internal_info, 
   console_info, properties, instance_info, instance_uuid, extra, resource_class, \
   last_error, created_at, updated_at, provision_updated_at, \
   inspection_started_at, inspection_finished_at, deploy_step, clean_step, automated_clean";
-const PORT_COLS: &str = "uuid, address, node_uuid, extra, pxe_enabled, created_at, updated_at";
 
 /// The registry, synchronous: call it only off the runtime's workers
 /// (through [`Store`]).
@@ -144,28 +143,6 @@ impl Store {
     pub async fn delete_node(&self, uuid: &str) -> Result<(), DbError> {
         let uuid = uuid.to_owned();
         self.call(move |r| r.delete_node(&uuid)).await
-    }
-
-    pub async fn insert_port(&self, p: &Port) -> Result<(), DbError> {
-        let p = p.clone();
-        self.call(move |r| r.insert_port(&p)).await
-    }
-
-    /// A port by UUID or MAC address.
-    pub async fn get_port(&self, ident: &str) -> Result<Port, DbError> {
-        let ident = ident.to_owned();
-        self.call(move |r| r.get_port(&ident)).await
-    }
-
-    /// Ports, all or one node's.
-    pub async fn list_ports(&self, node_uuid: Option<&str>) -> Result<Vec<Port>, DbError> {
-        let node_uuid = node_uuid.map(str::to_owned);
-        self.call(move |r| r.list_ports(node_uuid.as_deref())).await
-    }
-
-    pub async fn delete_port(&self, uuid: &str) -> Result<(), DbError> {
-        let uuid = uuid.to_owned();
-        self.call(move |r| r.delete_port(&uuid)).await
     }
 }
 
@@ -241,6 +218,7 @@ impl Registry {
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&conn).map_err(err)?;
+        extra::migrate(&conn).map_err(err)?;
         reseal_secrets(&conn, &sealer)?;
         conn.execute_batch(tokens::SCHEMA).map_err(err)?;
         Ok(Self {
@@ -287,6 +265,7 @@ impl Registry {
             clean_step: dict(r.get(26)?)?,
             automated_clean: r.get(27)?,
             reservation: None,
+            attrs: NodeAttrs::default(),
         })
     }
 
@@ -338,6 +317,16 @@ impl Registry {
             ],
         );
         match res {
+            Err(rusqlite::Error::SqliteFailure(e, Some(m)))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation
+                    && m.contains("nodes.instance_uuid") =>
+            {
+                Err(DbError::Duplicate(format!(
+                    "Instance {} is already associated with a node, it cannot be associated with this other node {}",
+                    n.instance_uuid.as_deref().unwrap_or("-"),
+                    n.uuid
+                )))
+            }
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
@@ -348,7 +337,8 @@ impl Registry {
                 )))
             }
             other => other.map(drop).map_err(DbError::from),
-        }
+        }?;
+        extra::store_attrs(conn, &n.uuid, &n.attrs)
     }
 
     pub fn insert_node(&self, node: &Node) -> Result<(), DbError> {
@@ -360,7 +350,11 @@ impl Registry {
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut rows = stmt.query([ident])?;
         match rows.next()? {
-            Some(r) => self.node_from_row(r),
+            Some(r) => {
+                let mut node = self.node_from_row(r)?;
+                node.attrs = extra::load_attrs(conn, &node.uuid)?;
+                Ok(node)
+            }
             None => Err(DbError::NotFound {
                 kind: "Node",
                 ident: ident.to_owned(),
@@ -380,7 +374,9 @@ impl Registry {
         let mut rows = stmt.query([])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            out.push(self.node_from_row(r)?);
+            let mut node = self.node_from_row(r)?;
+            node.attrs = extra::load_attrs(&conn, &node.uuid)?;
+            out.push(node);
         }
         Ok(out)
     }
@@ -416,86 +412,14 @@ impl Registry {
         }
         Ok(())
     }
-
-    pub fn insert_port(&self, p: &Port) -> Result<(), DbError> {
-        let sql = format!("INSERT INTO ports ({PORT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-        let res = self.lock().execute(
-            &sql,
-            params![
-                p.uuid,
-                p.address,
-                p.node_uuid,
-                to_json(&p.extra),
-                p.pxe_enabled,
-                p.created_at,
-                p.updated_at
-            ],
-        );
-        match res {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(DbError::Duplicate(format!(
-                    "A port with MAC address {} already exists.",
-                    p.address
-                )))
-            }
-            other => other.map(drop).map_err(DbError::from),
-        }
-    }
-
-    fn port_from_row(r: &Row<'_>) -> Result<Port, DbError> {
-        Ok(Port {
-            uuid: r.get(0)?,
-            address: r.get(1)?,
-            node_uuid: r.get(2)?,
-            extra: dict(r.get(3)?)?,
-            pxe_enabled: r.get(4)?,
-            created_at: r.get(5)?,
-            updated_at: r.get(6)?,
-        })
-    }
-
-    /// A port by UUID or MAC address.
-    pub fn get_port(&self, ident: &str) -> Result<Port, DbError> {
-        let conn = self.lock();
-        let sql = format!("SELECT {PORT_COLS} FROM ports WHERE uuid = ?1 OR address = ?1");
-        let row = conn
-            .query_row(&sql, [ident.to_ascii_lowercase()], |r| {
-                Ok(Self::port_from_row(r))
-            })
-            .optional()?;
-        row.unwrap_or_else(|| {
-            Err(DbError::NotFound {
-                kind: "Port",
-                ident: ident.to_owned(),
-            })
-        })
-    }
-
-    /// Ports, all or one node's.
-    pub fn list_ports(&self, node_uuid: Option<&str>) -> Result<Vec<Port>, DbError> {
-        let conn = self.lock();
-        let sql = format!(
-            "SELECT {PORT_COLS} FROM ports WHERE ?1 IS NULL OR node_uuid = ?1 ORDER BY created_at, uuid"
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query([node_uuid])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(Self::port_from_row(r)?);
-        }
-        Ok(out)
-    }
-
-    pub fn delete_port(&self, uuid: &str) -> Result<(), DbError> {
-        self.lock()
-            .execute("DELETE FROM ports WHERE uuid = ?1", [uuid])?;
-        Ok(())
-    }
 }
 
+mod docs;
+mod extra;
+mod ports;
 pub mod tokens;
+
+pub use docs::Doc;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,11 @@
 
 use serde_json::{json, Map, Value};
 
+mod attrs;
+mod resources;
+pub use attrs::{NodeAttrs, WRITABLE as ATTRS_WRITABLE};
+pub use resources::{Portgroup, VolumeConnector, VolumeTarget};
+
 /// A JSON object (driver_info, properties, ...).
 pub type Dict = Map<String, Value>;
 
@@ -69,6 +74,8 @@ pub struct Node {
     /// The host holding the node's lock while an action runs; not stored
     /// (the conductor fills it from its locks when rendering).
     pub reservation: Option<String>,
+    /// Owner, lessee, description, protected, retired, traits, ...
+    pub attrs: NodeAttrs,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +87,13 @@ pub struct Port {
     pub pxe_enabled: bool,
     pub created_at: String,
     pub updated_at: Option<String>,
+    /// Conductor-kept data; `tenant_vif_port_id` is the attached VIF.
+    pub internal_info: Dict,
+    pub local_link_connection: Dict,
+    pub physical_network: Option<String>,
+    pub portgroup_uuid: Option<String>,
+    pub is_smartnic: bool,
+    pub name: Option<String>,
 }
 
 /// Is this driver_info key a secret?
@@ -148,7 +162,6 @@ impl Node {
             "target_provision_state": self.target_provision_state,
             "maintenance": self.maintenance,
             "maintenance_reason": self.maintenance_reason,
-            "fault": Value::Null,
             "console_enabled": self.console_enabled,
             "properties": self.properties,
             "instance_info": crate::instance_info::masked(&self.instance_info),
@@ -160,9 +173,6 @@ impl Node {
             "automated_clean": self.automated_clean,
             "deploy_step": self.deploy_step,
             "clean_step": self.clean_step,
-            "conductor_group": "",
-            "conductor": "porthole-conductor",
-            "traits": [],
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "provision_updated_at": self.provision_updated_at,
@@ -172,10 +182,11 @@ impl Node {
             "ports": links(base, &format!("nodes/{uuid}/ports")),
             "states": links(base, &format!("nodes/{uuid}/states")),
         });
-        match v {
-            Value::Object(m) => m,
-            _ => unreachable!("a json! object"),
-        }
+        let Value::Object(mut m) = v else {
+            unreachable!("a json! object")
+        };
+        self.attrs.render_into(&mut m);
+        m
     }
 }
 
@@ -187,12 +198,12 @@ impl Port {
             "node_uuid": self.node_uuid,
             "extra": self.extra,
             "pxe_enabled": self.pxe_enabled,
-            "local_link_connection": {},
-            "internal_info": {},
-            "portgroup_uuid": Value::Null,
-            "physical_network": Value::Null,
-            "is_smartnic": false,
-            "name": Value::Null,
+            "local_link_connection": self.local_link_connection,
+            "internal_info": self.internal_info,
+            "portgroup_uuid": self.portgroup_uuid,
+            "physical_network": self.physical_network,
+            "is_smartnic": self.is_smartnic,
+            "name": self.name,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "links": links(base, &format!("ports/{}", self.uuid)),

@@ -92,6 +92,7 @@ fn service_status(e: &ServiceError) -> StatusCode {
             | DbError::Worker(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
         ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ServiceError::Missing(_) => StatusCode::NOT_FOUND,
         ServiceError::Conflict(_) | ServiceError::Locked(_) => StatusCode::CONFLICT,
         ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
         ServiceError::Unauthenticated => StatusCode::UNAUTHORIZED,

@@ -1,31 +1,37 @@
 //! The Ironic-compatible REST API v1 (axum): routes, shared state, body
 //! parsing, and links. Handlers live in `nodes`, `ports`, `states`,
-//! `vendor` (vendor passthru) and `ramdisk` (lookup, heartbeat);
-//! `version` and `auth` are middleware; `error` maps failures.
+//! `vendor` (vendor passthru), `ramdisk` (lookup, heartbeat), `traits` (and
+//! maintenance), `vifs` and `resources` (portgroups, volume); `version` and
+//! `auth` are middleware; `fields` gates by microversion; `error` maps
+//! failures.
 //!
 //! Called by `lib::run`, which serves [`router`] on its listener.
 
 mod auth;
 mod error;
+pub mod fields;
 mod nodes;
 mod ports;
 mod ramdisk;
+mod resources;
 mod states;
+mod traits;
 mod vendor;
 mod version;
+mod vifs;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method};
-use axum::routing::{any, get, post, put};
+use axum::routing::{any, delete, get, post, put};
 use axum::Router;
 use serde_json::Value;
 
 pub use auth::{AuthError, HttpBasic};
 pub use error::ApiError;
 
-use crate::model::Dict;
+use crate::model::{Dict, Portgroup, VolumeConnector, VolumeTarget};
 use crate::service::Conductor;
 
 #[derive(Clone)]
@@ -77,7 +83,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/heartbeat/{node}", post(ramdisk::heartbeat))
         .route("/v1/ports", get(ports::list).post(ports::create))
         .route("/v1/ports/detail", get(ports::detail))
-        .route("/v1/ports/{port}", get(ports::show).delete(ports::delete))
+        .route(
+            "/v1/ports/{port}",
+            get(ports::show).patch(ports::patch).delete(ports::delete),
+        )
+        .merge(node_extras_router())
+        .merge(collections_router())
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -95,6 +106,87 @@ pub fn router(state: AppState) -> Router {
             porthole_common::metrics::http::HttpMetrics::track,
         ))
         .with_state(state)
+}
+
+/// Maintenance, traits, VIFs and the per-node portgroup and volume views
+/// (see `traits`, `vifs` and `resources`).
+fn node_extras_router() -> Router<AppState> {
+    use resources as r;
+    let node = "/v1/nodes/{node}";
+    Router::new()
+        .route(
+            &format!("{node}/maintenance"),
+            put(traits::set_maintenance).delete(traits::unset_maintenance),
+        )
+        .route(
+            &format!("{node}/traits"),
+            get(traits::list)
+                .put(traits::replace)
+                .delete(traits::delete_all),
+        )
+        .route(
+            &format!("{node}/traits/{{trait}}"),
+            put(traits::add).delete(traits::delete_one),
+        )
+        .route(&format!("{node}/vifs"), get(vifs::list).post(vifs::attach))
+        .route(&format!("{node}/vifs/{{vif}}"), delete(vifs::detach))
+        .route(
+            &format!("{node}/portgroups"),
+            get(r::list_of_node::<Portgroup>),
+        )
+        .route(&format!("{node}/volume"), get(r::node_volume_root))
+        .route(
+            &format!("{node}/volume/connectors"),
+            get(r::list_of_node::<VolumeConnector>),
+        )
+        .route(
+            &format!("{node}/volume/targets"),
+            get(r::list_of_node::<VolumeTarget>),
+        )
+}
+
+/// `/v1/portgroups` and `/v1/volume/...` (see `resources`).
+fn collections_router() -> Router<AppState> {
+    use resources as r;
+    Router::new()
+        .route(
+            "/v1/portgroups",
+            get(r::list::<Portgroup>).post(r::create::<Portgroup>),
+        )
+        .route("/v1/portgroups/detail", get(r::detail::<Portgroup>))
+        .route(
+            "/v1/portgroups/{id}",
+            get(r::show::<Portgroup>)
+                .patch(r::patch::<Portgroup>)
+                .delete(r::delete::<Portgroup>),
+        )
+        .route("/v1/portgroups/{id}/ports", get(r::ports_of_group))
+        .route("/v1/volume", get(r::volume_root))
+        .route(
+            "/v1/volume/connectors",
+            get(r::list::<VolumeConnector>).post(r::create::<VolumeConnector>),
+        )
+        .route(
+            "/v1/volume/connectors/detail",
+            get(r::detail::<VolumeConnector>),
+        )
+        .route(
+            "/v1/volume/connectors/{id}",
+            get(r::show::<VolumeConnector>)
+                .patch(r::patch::<VolumeConnector>)
+                .delete(r::delete::<VolumeConnector>),
+        )
+        .route(
+            "/v1/volume/targets",
+            get(r::list::<VolumeTarget>).post(r::create::<VolumeTarget>),
+        )
+        .route("/v1/volume/targets/detail", get(r::detail::<VolumeTarget>))
+        .route(
+            "/v1/volume/targets/{id}",
+            get(r::show::<VolumeTarget>)
+                .patch(r::patch::<VolumeTarget>)
+                .delete(r::delete::<VolumeTarget>),
+        )
 }
 
 async fn fallback() -> ApiError {

@@ -12,9 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::fields::{self as gate, Microversion, NODE_FIELDS};
 use super::{base_url, json_body, json_object, parse_fields, parse_limit, ApiError, AppState};
 use crate::model::{select, Node, NODE_LIST_FIELDS};
-use crate::service::NodeCreate;
+use crate::service::{parse_bool, NodeCreate};
 
 type Params = Query<HashMap<String, String>>;
 
@@ -61,13 +62,27 @@ fn known_fields() -> Vec<&'static str> {
         "links",
         "ports",
         "states",
+        "chassis_uuid",
     ];
-    ALL.to_vec()
+    let mut all = ALL.to_vec();
+    for (f, _) in NODE_FIELDS {
+        if !all.contains(f) {
+            all.push(f);
+        }
+    }
+    all
 }
 
 /// A node as the client asked for it: all fields, `fields`, or the list subset.
-fn render(node: &Node, base: &str, fields: &Option<Vec<String>>, detail: bool) -> Value {
-    let full = node.to_api(base);
+fn render(
+    node: &Node,
+    base: &str,
+    fields: &Option<Vec<String>>,
+    detail: bool,
+    mv: Microversion,
+) -> Value {
+    let mut full = node.to_api(base);
+    gate::hide(NODE_FIELDS, &mut full, mv);
     let out = match fields {
         Some(f) => {
             let mut f = f.clone();
@@ -87,7 +102,11 @@ fn render(node: &Node, base: &str, fields: &Option<Vec<String>>, detail: bool) -
 }
 
 fn matches(node: &Node, q: &HashMap<String, String>) -> bool {
-    let flag = |k: &str| q.get(k).map(|v| v.eq_ignore_ascii_case("true"));
+    // Checked by `check_flags` before any node is matched.
+    let flag = |k: &str| {
+        q.get(k)
+            .map(|v| parse_bool(k, &Value::String(v.clone())).unwrap_or(false))
+    };
     if let Some(m) = flag("maintenance") {
         if node.maintenance != m {
             return false;
@@ -103,6 +122,40 @@ fn matches(node: &Node, q: &HashMap<String, String>) -> bool {
         && eq("driver", Some(&node.driver))
         && eq("instance_uuid", node.instance_uuid.as_deref())
         && eq("resource_class", node.resource_class.as_deref())
+        && attrs_match(node, q)
+}
+
+/// The boolean list filters, read as Ironic reads them (`args.boolean`):
+/// `True`, `1`, `yes`, ... or 400.
+fn check_flags(q: &HashMap<String, String>) -> Result<(), ApiError> {
+    for k in ["maintenance", "associated", "retired", "detail"] {
+        if let Some(v) = q.get(k) {
+            parse_bool(k, &Value::String(v.clone()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Ironic's list filters on the newer fields: `owner`, `lessee`,
+/// `conductor_group` (case-insensitive), `shard`, `parent_node`,
+/// `retired`, `description_contains`.
+fn attrs_match(node: &Node, q: &HashMap<String, String>) -> bool {
+    let a = &node.attrs;
+    let eq = |k: &str, v: Option<&str>| q.get(k).is_none_or(|want| Some(want.as_str()) == v);
+    eq("owner", a.owner.as_deref())
+        && eq("lessee", a.lessee.as_deref())
+        && eq("shard", a.shard.as_deref())
+        && eq("parent_node", a.parent_node.as_deref())
+        && q.get("conductor_group")
+            .is_none_or(|g| g.eq_ignore_ascii_case(&a.conductor_group))
+        && q.get("retired").is_none_or(|r| {
+            parse_bool("retired", &Value::String(r.clone())).unwrap_or(false) == a.retired
+        })
+        && q.get("description_contains").is_none_or(|d| {
+            a.description
+                .as_deref()
+                .is_some_and(|desc| desc.contains(d.as_str()))
+        })
 }
 
 async fn listing(
@@ -110,11 +163,14 @@ async fn listing(
     headers: &HeaderMap,
     q: &HashMap<String, String>,
     detail: bool,
+    mv: Microversion,
 ) -> Result<Json<Value>, ApiError> {
+    check_flags(q)?;
     let detail = detail
         || q.get("detail")
-            .is_some_and(|d| d.eq_ignore_ascii_case("true"));
+            .is_some_and(|d| parse_bool("detail", &Value::String(d.clone())).unwrap_or(false));
     let fields = parse_fields(q.get("fields").map(String::as_str), &known_fields())?;
+    gate::check_fields(NODE_FIELDS, &fields, mv)?;
     if detail && fields.is_some() {
         return Err(ApiError::BadRequest(
             "Can not specify ?detail=True and fields in the same request.".into(),
@@ -133,7 +189,7 @@ async fn listing(
         .map(|n| {
             let mut n = n.clone();
             n.reservation = st.conductor.reservation(&n.uuid);
-            render(&n, &base, &fields, detail)
+            render(&n, &base, &fields, detail, mv)
         })
         .collect();
     Ok(Json(json!({"nodes": nodes})))
@@ -141,51 +197,64 @@ async fn listing(
 
 pub async fn list(
     State(st): State<AppState>,
+    mv: Microversion,
     headers: HeaderMap,
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&st, &headers, &q, false).await
+    listing(&st, &headers, &q, false, mv).await
 }
 
 pub async fn detail(
     State(st): State<AppState>,
+    mv: Microversion,
     headers: HeaderMap,
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
-    listing(&st, &headers, &q, true).await
+    listing(&st, &headers, &q, true, mv).await
 }
 
 pub async fn show(
     State(st): State<AppState>,
+    mv: Microversion,
     headers: HeaderMap,
     Path(node): Path<String>,
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
     let fields = parse_fields(q.get("fields").map(String::as_str), &known_fields())?;
+    gate::check_fields(NODE_FIELDS, &fields, mv)?;
     let mut n = st.conductor.store.get_node(&node).await?;
     n.reservation = st.conductor.reservation(&n.uuid);
-    Ok(Json(render(&n, &base_url(&st, &headers), &fields, true)))
+    Ok(Json(render(
+        &n,
+        &base_url(&st, &headers),
+        &fields,
+        true,
+        mv,
+    )))
 }
 
 pub async fn create(
     State(st): State<AppState>,
+    mv: Microversion,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body = json_object(&body)?;
+    gate::check_create(NODE_FIELDS, &body, mv)?;
     let node = st.conductor.create_node(NodeCreate(body)).await?;
     let base = base_url(&st, &headers);
     let location = format!("{base}/v1/nodes/{}", node.uuid);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(Value::Object(node.to_api(&base))),
+        Json(render(&node, &base, &None, true, mv)),
     )
         .into_response())
 }
 
 pub async fn patch(
     State(st): State<AppState>,
+    mv: Microversion,
     headers: HeaderMap,
     Path(node): Path<String>,
     body: Bytes,
@@ -196,8 +265,10 @@ pub async fn patch(
             "A PATCH body is a JSON Patch: a list of operations.".into(),
         ));
     }
-    let n = st.conductor.patch_node(&node, &ops).await?;
-    Ok(Json(Value::Object(n.to_api(&base_url(&st, &headers)))))
+    gate::check_patch(NODE_FIELDS, &ops, mv)?;
+    let mut n = st.conductor.patch_node(&node, &ops).await?;
+    n.reservation = st.conductor.reservation(&n.uuid);
+    Ok(Json(render(&n, &base_url(&st, &headers), &None, true, mv)))
 }
 
 pub async fn delete(

@@ -80,9 +80,17 @@ pub fn negotiate(headers: &HeaderMap) -> Result<u32, ApiError> {
     Ok(minor)
 }
 
-pub async fn middleware(req: Request, next: Next) -> Response {
+pub async fn middleware(mut req: Request, next: Next) -> Response {
     let (mut resp, minor) = match negotiate(req.headers()) {
-        Ok(minor) => (next.run(req).await, minor),
+        Ok(minor) => {
+            // Field gating follows the version a client asked for; a request
+            // without a version header (curl, the demo) sees every field.
+            let explicit = matches!(requested(req.headers()), Ok(Some(_)));
+            let gate = if explicit { minor } else { MAX_MINOR };
+            req.extensions_mut()
+                .insert(super::fields::Microversion(gate));
+            (next.run(req).await, minor)
+        }
         Err(e) => (e.into_response(), MIN_MINOR),
     };
     let h = resp.headers_mut();
@@ -139,6 +147,8 @@ pub async fn v1(State(st): State<AppState>, headers: HeaderMap) -> Json<Value> {
         "media_types": [{"base": "application/json", "type": "application/vnd.openstack.ironic.v1+json"}],
         "nodes": link("nodes"),
         "ports": link("ports"),
+        "portgroups": link("portgroups"),
+        "volume": link("volume"),
         "drivers": link("drivers"),
         "version": version_doc(&base),
     }))

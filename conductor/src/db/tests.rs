@@ -1,7 +1,7 @@
 //! Store tests: round trips, sealing at rest, restart, name lookups, ports.
 
 use super::*;
-use crate::model::Dict;
+use crate::model::{Dict, Port};
 use serde_json::json;
 
 fn node(uuid: &str, name: &str) -> Node {
@@ -38,6 +38,7 @@ fn node(uuid: &str, name: &str) -> Node {
         clean_step: Dict::new(),
         automated_clean: None,
         reservation: None,
+        attrs: Default::default(),
     }
 }
 
@@ -97,6 +98,12 @@ async fn modify_and_ports() {
         pxe_enabled: true,
         created_at: now(),
         updated_at: None,
+        internal_info: Dict::new(),
+        local_link_connection: Dict::new(),
+        physical_network: None,
+        portgroup_uuid: None,
+        is_smartnic: false,
+        name: None,
     };
     s.insert_port(&p).await.unwrap();
     assert!(matches!(
@@ -259,3 +266,7 @@ fn an_old_database_gains_the_provision_columns() {
     assert_eq!(n.clean_step["step"], "erase");
     assert_eq!(n.automated_clean, Some(false));
 }
+
+#[cfg(test)]
+#[path = "extra_tests.rs"]
+mod extra_tests;

@@ -8,11 +8,16 @@
 //! Callers: `api` handlers, `watch`, `periodic`, `lib::run`.
 
 mod console;
+pub mod extras;
+mod groups;
+mod node_attrs;
 mod nodes;
+mod ports;
 pub mod power;
 mod provision;
 pub mod ramdisk;
 pub mod vendor;
+mod vifs;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,11 +28,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::console::{ConsoleClient, ConsoleError};
 use crate::db::{DbError, Store};
-use crate::model::{now, Dict, Port};
 use crate::patch::PatchError;
 use crate::power::{PowerError, PowerSettings};
 
+pub use groups::Editable;
 pub use nodes::NodeCreate;
+pub use vifs::VifAttach;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -39,12 +45,17 @@ pub enum ServiceError {
     /// The request conflicts with the node's state.
     #[error("{0}")]
     Conflict(String),
+    /// A sub-resource the request names is missing (Ironic's 404s that are
+    /// not a database record: a node's trait).
+    #[error("{0}")]
+    Missing(String),
     /// Another operation holds the node.
     #[error(
         "Node {0} is locked by host {HOST}, please retry after the current operation is completed."
     )]
     Locked(String),
-    /// A ramdisk-facing call without the right per-operation secret.
+    /// A ramdisk-facing call without the right per-operation secret; a
+    /// protected node's undeploy, rebuild or delete (Ironic's NodeProtected).
     #[error("{0}")]
     Forbidden(String),
     /// The call needs operator credentials (http_basic) it did not carry.
@@ -154,66 +165,6 @@ impl Conductor {
         let mut m = self.console_locks.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(uuid.to_owned()).or_default().clone()
     }
-
-    // ---- ports ----
-
-    pub async fn create_port(&self, body: &Dict) -> Result<Port, ServiceError> {
-        for k in body.keys() {
-            let known = [
-                "address",
-                "node_uuid",
-                "extra",
-                "pxe_enabled",
-                "uuid",
-                "local_link_connection",
-                "physical_network",
-                "is_smartnic",
-            ];
-            if !known.contains(&k.as_str()) {
-                return Err(ServiceError::Invalid(format!(
-                    "Unknown attribute for argument port: {k}"
-                )));
-            }
-        }
-        let address = body
-            .get("address")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        let address = normalize_mac(address)?;
-        let node_ident = body
-            .get("node_uuid")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| ServiceError::Invalid("Mandatory field missing: node_uuid.".into()))?;
-        let node = self.store.get_node(node_ident).await?;
-        let uuid = match body.get("uuid").and_then(|v| v.as_str()) {
-            Some(u) => parse_uuid(u)?,
-            None => uuid::Uuid::new_v4().to_string(),
-        };
-        let port = Port {
-            uuid,
-            address,
-            node_uuid: node.uuid,
-            extra: body
-                .get("extra")
-                .and_then(|v| v.as_object())
-                .cloned()
-                .unwrap_or_default(),
-            pxe_enabled: body
-                .get("pxe_enabled")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(true),
-            created_at: now(),
-            updated_at: None,
-        };
-        self.store.insert_port(&port).await?;
-        Ok(port)
-    }
-
-    pub async fn delete_port(&self, ident: &str) -> Result<(), ServiceError> {
-        let port = self.store.get_port(ident).await?;
-        self.store.delete_port(&port.uuid).await?;
-        Ok(())
-    }
 }
 
 /// A MAC address in Ironic's form (lower case, colons), or 400.
@@ -256,6 +207,15 @@ pub fn parse_bool(name: &str, value: &serde_json::Value) -> Result<bool, Service
     Err(ServiceError::Invalid(format!(
         "Invalid {name}: Unrecognized value '{shown}', acceptable values are: '0', '1', 'f', 'false', 'n', 'no', 'off', 'on', 't', 'true', 'y', 'yes'"
     )))
+}
+
+/// A short rendering of a client's value for an error message.
+pub fn shown(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s,
+    }
 }
 
 pub fn parse_uuid(raw: &str) -> Result<String, ServiceError> {

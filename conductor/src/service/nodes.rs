@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::{parse_uuid, Conductor, ServiceError};
+use super::{node_attrs, parse_uuid, Conductor, ServiceError};
 use crate::console::{default_interface, interface_kind};
-use crate::model::{now, Dict, Node, MASK};
+use crate::model::{now, Dict, Node, NodeAttrs, ATTRS_WRITABLE, MASK};
 use crate::patch;
 
 pub const DRIVERS: &[&str] = &["ipmi", "redfish", crate::model::FAKE_HARDWARE];
@@ -43,19 +43,6 @@ const IGNORED: &[&str] = &[
     "vendor_interface",
     "bios_interface",
     "firmware_interface",
-    "conductor_group",
-    "protected",
-    "protected_reason",
-    "owner",
-    "lessee",
-    "description",
-    "shard",
-    "chassis_uuid",
-    "network_data",
-    "retired",
-    "retired_reason",
-    "parent_node",
-    "disable_power_off",
 ];
 
 /// A node create request, checked.
@@ -64,8 +51,14 @@ pub struct NodeCreate(pub Dict);
 impl Conductor {
     pub async fn create_node(self: &Arc<Self>, req: NodeCreate) -> Result<Node, ServiceError> {
         let body = req.0;
+        let mut body = body;
+        if let Some(Value::String(p)) = body.get("parent_node") {
+            let parent = self.parent_uuid(p).await?;
+            body.insert("parent_node".into(), Value::String(parent));
+        }
         for k in body.keys() {
-            if !WRITABLE.contains(&k.as_str()) && !IGNORED.contains(&k.as_str()) {
+            let k = k.as_str();
+            if !WRITABLE.contains(&k) && !IGNORED.contains(&k) && !ATTRS_WRITABLE.contains(&k) {
                 return Err(ServiceError::Invalid(format!(
                     "Unknown attribute for argument node: {k}"
                 )));
@@ -109,31 +102,31 @@ impl Conductor {
             clean_step: Dict::new(),
             automated_clean: None,
             reservation: None,
+            attrs: NodeAttrs::default(),
         };
         let mut doc = editable(&node);
         for (k, v) in &body {
-            if WRITABLE.contains(&k.as_str()) && k != "uuid" {
+            let writable = WRITABLE.contains(&k.as_str()) || ATTRS_WRITABLE.contains(&k.as_str());
+            if writable && k != "uuid" {
                 doc.insert(k.clone(), v.clone());
             }
         }
+        let before = node.clone();
         read_back(&mut node, &doc)?;
+        node_attrs::check_update(&before, &mut node)?;
         self.store.insert_node(&node).await?;
         self.spawn_power_sync(&node.uuid).await;
         Ok(node)
     }
 
     pub async fn patch_node(&self, ident: &str, ops: &Value) -> Result<Node, ServiceError> {
-        let roots: Vec<String> = ops
-            .as_array()
-            .map(|a| a.iter().filter_map(patch::root_of).collect())
-            .unwrap_or_default();
-        for r in &roots {
-            if !WRITABLE.contains(&r.as_str()) && !IGNORED.contains(&r.as_str()) || r == "uuid" {
-                return Err(ServiceError::Invalid(format!(
-                    "'/{r}' is read-only or unknown and cannot be changed."
-                )));
-            }
+        node_attrs::check_paths(ops)?;
+        let mut parents = Vec::new();
+        for p in node_attrs::parent_values(ops) {
+            let uuid = self.parent_uuid(&p).await?;
+            parents.push((p, uuid));
         }
+        let ops = &node_attrs::with_parents(ops, &parents);
         // As Ironic's update_node, a PATCH needs the node's lock: 409
         // while a provision or power action runs.
         let uuid = self.store.get_node(ident).await?.uuid;
@@ -147,6 +140,7 @@ impl Conductor {
             let Value::Object(doc) = doc else { unreachable!("patched an object") };
             let before = node.clone();
             read_back(node, &doc)?;
+            node_attrs::check_update(&before, node)?;
             let changed = node.driver != before.driver || node.console_interface != before.console_interface;
             if changed && before.console_enabled {
                 return Err(ServiceError::Conflict(format!(
@@ -159,6 +153,19 @@ impl Conductor {
         .await
     }
 
+    /// A `parent_node` given by name or UUID, as the parent's UUID (400 if
+    /// there is no such node, as Ironic turns its 404 into a bad request).
+    async fn parent_uuid(&self, ident: &str) -> Result<String, ServiceError> {
+        match self.store.get_node(ident).await {
+            Ok(n) => Ok(n.uuid),
+            Err(crate::db::DbError::NotFound { .. }) => Err(ServiceError::Invalid(format!(
+                "Node {} could not be found.",
+                ident.chars().take(64).collect::<String>()
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Disable the node's console (if on), then forget the node and its ports.
     pub async fn delete_node(self: &Arc<Self>, ident: &str) -> Result<(), ServiceError> {
         let node = self.store.get_node(ident).await?;
@@ -166,6 +173,7 @@ impl Conductor {
         let lock = self.console_lock(&node.uuid);
         let _console = lock.lock().await;
         let node = self.store.get_node(&node.uuid).await?;
+        node_attrs::check_deletable(&node)?;
         // Ironic's DELETE_ALLOWED_STATES plus available
         // (allow_deleting_available_nodes, on by default); any state in
         // maintenance.
@@ -203,6 +211,7 @@ fn editable(node: &Node) -> Dict {
     let Value::Object(mut m) = v else {
         unreachable!("a json! object")
     };
+    m.extend(node.attrs.editable());
     for k in IGNORED {
         m.insert((*k).into(), Value::Null);
     }
@@ -258,6 +267,7 @@ fn read_back(node: &mut Node, doc: &Dict) -> Result<(), ServiceError> {
         None | Some(Value::Null) => None,
         Some(v) => Some(super::parse_bool("automated_clean", v)?),
     };
+    node_attrs::read_back(&mut node.attrs, doc)?;
     node.console_interface =
         s("console_interface")?.unwrap_or_else(|| default_interface(&node.driver).into());
     interface_kind(&node.console_interface)?;

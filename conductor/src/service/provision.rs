@@ -63,6 +63,9 @@ fn check(
             "The provisioning operation can't be performed on node {uuid} because it's in maintenance mode."
         )));
     }
+    if matches!(event, Event::Delete | Event::Rebuild) {
+        super::node_attrs::check_not_protected(node)?;
+    }
     let from = stored_state(node)?;
     if transition(from, event).is_err() {
         return Err(refused(target, uuid, &node.provision_state));
@@ -250,6 +253,10 @@ impl Conductor {
                     })
                     .await
                     .map_err(|e| e.to_string())?;
+                // and its VIFs detached (Ironic's remove_vifs_from_node)
+                self.remove_vifs(&node.uuid)
+                    .await
+                    .map_err(|e| format!("Failed to tear down: {e}"))?;
                 Ok(Some(Event::Clean))
             }
             State::Adopting => {
