@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["console/v1/console.proto"];
+const PROTOS: &[&str] = &["console/v1/console.proto", "deploy/v1/deploy.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -45,6 +45,18 @@ decode_failure!(Internal:
     pb::DrainReplicaResponse,
 );
 
+// deploy.v1: requests, then responses.
+decode_failure!(InvalidArgument:
+    crate::deploy::v1::ValidateRequest,
+    crate::deploy::v1::PrepareRamdiskRequest,
+    crate::deploy::v1::CleanUpRequest,
+);
+decode_failure!(Internal:
+    crate::deploy::v1::ValidateResponse,
+    crate::deploy::v1::PrepareRamdiskResponse,
+    crate::deploy::v1::CleanUpResponse,
+);
+
 /// Encodes `T`, decodes `U`.
 #[derive(Debug, Clone)]
 pub struct Codec<T, U>(PhantomData<(T, U)>);

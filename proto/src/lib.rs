@@ -40,6 +40,12 @@ pub mod console {
     }
 }
 
+pub mod deploy {
+    pub mod v1 {
+        tonic::include_proto!("porthole.deploy.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every contract in this crate.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/porthole_descriptor.bin"));
