@@ -4,7 +4,11 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["console/v1/console.proto", "inspect/v1/inspect.proto"];
+const PROTOS: &[&str] = &[
+    "console/v1/console.proto",
+    "deploy/v1/deploy.proto",
+    "inspect/v1/inspect.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

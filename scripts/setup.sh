@@ -8,7 +8,10 @@
 # etcd, TigerVNC and openssl (the rig's other peers), iproute2 (ss), procps,
 # netcat, a C toolchain, protoc (etcd-client compiles etcd's protos at build
 # time), Python with venv (the real OpenStack clients and nova in tests) and
-# curl (sushy-tools' start script), QEMU (its VNC server is a test upstream). Installs only what is missing (apt-get update
+# curl (sushy-tools' start script), QEMU (its VNC server is a test upstream),
+# mtools, dosfstools and xorriso (independent readers of the deploy service's
+# floppy and ISO images in its tests), isolinux and syslinux-common (the BIOS
+# loader its boot-ISO test boots in QEMU). Installs only what is missing (apt-get update
 # only when an install fails without it), so a second run does nothing.
 # Needs root for the install. The Rust toolchain (cargo, rustfmt, clippy)
 # must already be there; this script checks for it.
@@ -16,7 +19,8 @@ set -euo pipefail
 
 PKGS=(ipmitool socat openipmi etcd-server etcd-client iproute2 procps netcat-openbsd
       openssl tigervnc-standalone-server tigervnc-tools build-essential ca-certificates
-      protobuf-compiler libprotobuf-dev python3 python3-venv python3-pip curl qemu-system-x86)
+      protobuf-compiler libprotobuf-dev python3 python3-venv python3-pip curl qemu-system-x86
+      mtools dosfstools xorriso isolinux syslinux-common)
 
 # xorriso: xorrisofs is nova's mkisofs_cmd (the config drive) in conductor/tests/nova_ironic.rs
 PKGS+=(xorriso)

@@ -24,6 +24,8 @@ pub struct Config {
     pub power: PowerConfig,
     pub conductor: ConductorConfig,
     pub inspect: InspectSvcConfig,
+    /// Hardware types and interfaces (Ironic's `enabled_*`/`default_*`).
+    pub drivers: crate::drivers::DriversConfig,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -100,16 +102,13 @@ pub struct PowerConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InspectSvcConfig {
-    /// Its gRPC endpoint, e.g. `http://127.0.0.1:50061`; unset: this
-    /// conductor has no `inspector` or `agent` inspect interface.
+    /// Its gRPC endpoint, e.g. `http://127.0.0.1:50063`; unset: nodes whose
+    /// `inspect_interface` is `inspector` or `agent` cannot be inspected
+    /// (their interface validates false, naming this option).
     pub endpoint: Option<String>,
     /// Longest gRPC call.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// The inspect interface of nodes that name none (Ironic's
-    /// `default_inspect_interface`): `inspector` or `agent` (needs
-    /// `endpoint`); unset: the driver's own (`fake` for fake-hardware).
-    pub default_interface: Option<String>,
     /// PEM CA that signed the inspect service's certificate (enables TLS).
     pub tls_ca: Option<PathBuf>,
     /// Client certificate and key (PEM) for mutual TLS.
@@ -124,7 +123,6 @@ impl Default for InspectSvcConfig {
         Self {
             endpoint: None,
             timeout: Duration::from_secs(30),
-            default_interface: None,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -222,6 +220,7 @@ const SECTIONS: &[&str] = &[
     "power",
     "conductor",
     "inspect",
+    "drivers",
 ];
 
 /// The environment prefix and sections porthole-common's loader reads.
@@ -257,23 +256,13 @@ impl Config {
                 self.api.log_format
             )));
         }
-        if let Some(i) = &self.inspect.default_interface {
-            if !["inspector", "agent"].contains(&i.as_str()) {
-                return Err(ConfigError::Invalid(format!(
-                    "inspect.default_interface must be \"inspector\" or \"agent\", not {i:?}"
-                )));
-            }
-            if self.inspect.endpoint.is_none() {
-                return Err(ConfigError::Invalid(format!(
-                    "inspect.default_interface = {i:?} needs inspect.endpoint (the inspect service)"
-                )));
-            }
-        }
         if self.power.poll_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "power.poll_interval must be above 0".into(),
             ));
         }
+        crate::drivers::Registry::from_config(&self.drivers)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 

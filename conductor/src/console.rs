@@ -61,14 +61,6 @@ pub fn interface_kind(iface: &str) -> Result<Option<Kind>, ConsoleError> {
         })
 }
 
-/// The default console_interface for a driver.
-pub fn default_interface(driver: &str) -> &'static str {
-    match driver {
-        "ipmi" => "ipmitool-socat",
-        _ => "no-console",
-    }
-}
-
 #[derive(Clone)]
 pub struct ConsoleClient {
     endpoint: String,

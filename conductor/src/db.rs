@@ -66,6 +66,8 @@ const NODE_COLS_ADDED: &[(&str, &str)] = &[
     ("deploy_step", "TEXT NOT NULL DEFAULT '{}'"),
     ("clean_step", "TEXT NOT NULL DEFAULT '{}'"),
     ("automated_clean", "INTEGER"),
+    // `{kind: name}` of every interface but console (`drivers::InterfaceSet`).
+    ("interfaces", "TEXT NOT NULL DEFAULT '{}'"),
 ];
 
 const NODE_COLS: &str = "uuid, name, driver, driver_info, driver_internal_info, \
@@ -73,7 +75,7 @@ const NODE_COLS: &str = "uuid, name, driver, driver_info, driver_internal_info, 
   target_provision_state, maintenance, maintenance_reason, console_enabled, \
   console_info, properties, instance_info, instance_uuid, extra, resource_class, \
   last_error, created_at, updated_at, provision_updated_at, \
-  inspection_started_at, inspection_finished_at, deploy_step, clean_step, automated_clean";
+  inspection_started_at, inspection_finished_at, deploy_step, clean_step, automated_clean, interfaces";
 
 /// The registry, synchronous: call it only off the runtime's workers
 /// (through [`Store`]).
@@ -264,6 +266,10 @@ impl Registry {
             deploy_step: dict(r.get(25)?)?,
             clean_step: dict(r.get(26)?)?,
             automated_clean: r.get(27)?,
+            interfaces: crate::drivers::InterfaceSet::from_stored(
+                &r.get::<_, String>(2)?,
+                &dict(r.get(28)?)?,
+            ),
             reservation: None,
             attrs: NodeAttrs::default(),
         })
@@ -271,7 +277,7 @@ impl Registry {
 
     fn write_node(&self, conn: &Connection, n: &Node, insert: bool) -> Result<(), DbError> {
         let sql = if insert {
-            format!("INSERT INTO nodes ({NODE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)")
+            format!("INSERT INTO nodes ({NODE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)")
         } else {
             "UPDATE nodes SET name=?2, driver=?3, driver_info=?4, driver_internal_info=?5, \
              console_interface=?6, power_state=?7, target_power_state=?8, provision_state=?9, \
@@ -280,7 +286,7 @@ impl Registry {
              instance_uuid=?17, extra=?18, resource_class=?19, last_error=?20, \
              created_at=?21, updated_at=?22, provision_updated_at=?23, \
              inspection_started_at=?24, inspection_finished_at=?25, deploy_step=?26, \
-             clean_step=?27, automated_clean=?28 WHERE uuid=?1"
+             clean_step=?27, automated_clean=?28, interfaces=?29 WHERE uuid=?1"
                 .to_owned()
         };
         let res = conn.execute(
@@ -314,6 +320,7 @@ impl Registry {
                 to_json(&n.deploy_step),
                 to_json(&n.clean_step),
                 n.automated_clean,
+                to_json(&n.interfaces.to_stored()),
             ],
         );
         match res {

@@ -8,6 +8,7 @@
 //!   passwords sealed at rest; [`instance_info`]: the config drive kept there.
 //! - [`service`]: the domain operations (create, PATCH, power, console).
 //! - [`power`]: ipmitool and Redfish drivers.
+//! - [`drivers`]: hardware types, enabled interfaces, driver aliases.
 //! - [`provision`]: Ironic's provision state machine; deploy/inspect interfaces.
 //! - [`console`], [`watch`]: the console-svc client, reconcile, WatchConsoles.
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod config;
 pub mod console;
 pub mod db;
+pub mod drivers;
 pub use porthole_common::logfmt;
 pub mod instance_info;
 pub mod metrics;
@@ -72,6 +74,8 @@ pub enum RunError {
     Metrics(#[from] porthole_common::metrics::MetricsError),
     #[error("inspect service: {0}")]
     Inspect(#[from] provision::inspect_grpc::InspectClientError),
+    #[error("drivers: {0}")]
+    Drivers(#[from] drivers::DriverError),
 }
 
 /// How long a stop waits for open API connections to finish.
@@ -226,14 +230,10 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
         poll_interval: config.power.poll_interval,
     };
     let mut conductor = Conductor::new(store, consoles, power, timing, shutdown);
+    conductor.drivers = std::sync::Arc::new(drivers::Registry::from_config(&config.drivers)?);
     if config.inspect.endpoint.is_some() {
-        use provision::inspect_grpc::{GrpcInspect, InspectClient};
-        let client = InspectClient::from_config(&config.inspect)?;
-        if let Some(name) = &config.inspect.default_interface {
-            conductor.interfaces.fake_hardware.inspect =
-                Arc::new(GrpcInspect::new(name, client.clone()));
-        }
-        conductor.interfaces.inspect_service = Some(client);
+        let client = provision::inspect_grpc::InspectClient::from_config(&config.inspect)?;
+        conductor.interfaces.set_inspect_service(client);
     }
     Ok(conductor)
 }

@@ -24,18 +24,9 @@ pub const REBOOTING: &str = "rebooting";
 
 /// The hardware type whose interfaces are all `fake` (power kept in the
 /// database, deploy and inspect succeed at once): for tests and the demo.
-pub const FAKE_HARDWARE: &str = "fake-hardware";
+pub use crate::drivers::FAKE_HARDWARE;
 
-/// The power/management interface name of a hardware type.
-fn hw_interface(driver: &str) -> &str {
-    if driver == FAKE_HARDWARE {
-        "fake"
-    } else {
-        driver
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Node {
     pub uuid: String,
     pub name: Option<String>,
@@ -43,6 +34,8 @@ pub struct Node {
     pub driver_info: Dict,
     pub driver_internal_info: Dict,
     pub console_interface: String,
+    /// The other interfaces (boot, deploy, power, ...), chosen per node.
+    pub interfaces: crate::drivers::InterfaceSet,
     pub power_state: Option<String>,
     pub target_power_state: Option<String>,
     pub provision_state: String,
@@ -150,12 +143,6 @@ impl Node {
             "driver": self.driver,
             "driver_info": masked(&self.driver_info),
             "driver_internal_info": self.driver_internal_info,
-            "console_interface": self.console_interface,
-            "power_interface": hw_interface(&self.driver),
-            "management_interface": hw_interface(&self.driver),
-            "boot_interface": if self.driver == FAKE_HARDWARE { "fake" } else { "pxe" },
-            "deploy_interface": crate::provision::interfaces::interface_names(&self.driver).0,
-            "inspect_interface": crate::provision::interfaces::interface_names(&self.driver).1,
             "power_state": self.power_state,
             "target_power_state": self.target_power_state,
             "provision_state": self.provision_state,
@@ -186,6 +173,9 @@ impl Node {
             unreachable!("a json! object")
         };
         self.attrs.render_into(&mut m);
+        for kind in crate::drivers::Kind::ALL {
+            m.insert(kind.field(), self.interface(kind).into());
+        }
         m
     }
 }

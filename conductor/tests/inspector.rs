@@ -8,13 +8,16 @@
 //! the machine is really on, PATCHes the node's properties and its port's
 //! `pxe_enabled`, and powers the node off at the end.
 //!
-//! Inspector is called directly; the conductor's `inspector` inspect
-//! interface that drives this comes with issue 12. Sushy-tools and
-//! inspector run from their rig scripts with state dirs of their own under
+//! Inspector is called directly (the conductor's `inspector` inspect
+//! interface, which drives it through the inspect service, is tested in
+//! `inspect/tests/inspector_real.rs`). Sushy-tools and inspector run from
+//! their rig scripts with state dirs of their own under
 //! `CARGO_TARGET_TMPDIR`, on free ports (or `PORTHOLE_REDFISH_PORT` /
-//! `PORTHOLE_INSPECTOR_PORT`), and are stopped by pid (the scripts' `down`).
-//! Skips with a notice without `PORTHOLE_RIG_JSON` (fails instead with
-//! `PORTHOLE_REQUIRE_PEERS`).
+//! `PORTHOLE_INSPECTOR_PORT`), and are stopped by pid (the scripts' `down`);
+//! inspector runs from `.venv-inspector` (scripts/venv-inspector.sh, or
+//! `PORTHOLE_VENV_INSPECTOR`), linked into its state dir, so the script
+//! installs nothing. Skips with a notice without `PORTHOLE_RIG_JSON` or
+//! that venv (fails instead with `PORTHOLE_REQUIRE_PEERS`).
 
 mod common;
 
@@ -107,6 +110,40 @@ impl Drop for Peer {
     }
 }
 
+/// `.venv-inspector` (or `PORTHOLE_VENV_INSPECTOR`) when it has
+/// ironic-inspector.
+fn inspector_venv() -> Option<PathBuf> {
+    let venv = std::env::var_os("PORTHOLE_VENV_INSPECTOR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-inspector"));
+    venv.join("bin/ironic-inspector").exists().then_some(venv)
+}
+
+/// Point `<state>/inspector/venv`, where inspector-up.sh looks for its
+/// venv, at `venv` (replacing one an older run installed there).
+fn link_venv(state: &str, venv: &Path) -> Result<()> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(state)
+        .join("inspector");
+    std::fs::create_dir_all(&dir)?;
+    let link = dir.join("venv");
+    match std::fs::symlink_metadata(&link) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&link)?,
+        Ok(_) => std::fs::remove_file(&link)?,
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(venv, &link).context("linking the inspector venv")?;
+    Ok(())
+}
+
+fn skip(notice: &str) {
+    eprintln!("notice: {notice}; skipping the inspector test");
+    assert!(
+        std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
+        "a test peer is missing and PORTHOLE_REQUIRE_PEERS is set (CI): see the notice above"
+    );
+}
+
 struct Http {
     http: reqwest::Client,
 }
@@ -146,13 +183,13 @@ async fn inspector_introspects_a_redfish_node() {
 
 async fn introspection() -> Result<()> {
     if std::env::var_os("PORTHOLE_RIG_JSON").is_none() {
-        eprintln!("notice: PORTHOLE_RIG_JSON is not set; skipping the inspector test (scripts/test.sh sets it)");
-        assert!(
-            std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
-            "a test peer is missing and PORTHOLE_REQUIRE_PEERS is set (CI): see the notice above"
-        );
+        skip("PORTHOLE_RIG_JSON is not set (scripts/test.sh sets it)");
         return Ok(());
     }
+    let Some(venv) = inspector_venv() else {
+        skip(".venv-inspector has no ironic-inspector (run scripts/venv-inspector.sh)");
+        return Ok(());
+    };
     let sushy = Peer::up(
         "redfish-up.sh",
         "porthole-conductor-inspector-sushy",
@@ -164,6 +201,7 @@ async fn introspection() -> Result<()> {
     .await?;
     let redfish = sushy.said("REDFISH_URL")?;
     let cond = TestConductor::start("http://127.0.0.1:9").await?;
+    link_venv("porthole-conductor-inspector", &venv)?;
     let inspector = Peer::up(
         "inspector-up.sh",
         "porthole-conductor-inspector",

@@ -1,7 +1,8 @@
 //! Provisioning through the real openstack CLI (python-ironicclient): a
 //! `fake-hardware` node round the state machine with `--wait` at each
 //! step, Ironic's 400 for an invalid transition; an `ipmi` node on a rig
-//! BMC verified for real (manageable), and with a wrong password back to
+//! BMC verified for real (manageable, showing the power state the BMC was
+//! given behind the conductor's back), and with a wrong password back to
 //! enroll with last_error.
 
 mod common;
@@ -151,13 +152,41 @@ async fn ipmi_verify() -> Result<()> {
             cli.json(&cmd).await
         }
     };
-    create("good", bmc.password.clone()).await?;
+    let good = create("good", bmc.password.clone()).await?;
+    // Verify must read the BMC: its power is flipped behind the conductor's
+    // back (after the read that follows create), and manage shows the new one.
+    let n = eventually(
+        Duration::from_secs(30),
+        "power read after create",
+        || async {
+            let n = cli.json(&["node", "show", "good"]).await?;
+            Ok(n["power_state"].is_string().then_some(n))
+        },
+    )
+    .await?;
+    let info = good["driver_info"].as_object().context("driver_info")?;
+    let mut info = info.clone();
+    info.insert("ipmi_password".into(), bmc.password.clone().into());
+    let settings =
+        conductor::power::PowerSettings::new("ipmitool".into(), Duration::from_secs(20))?;
+    let direct = conductor::power::ipmi::Ipmi::from_info(&info, &settings)?;
+    let flipped = if n["power_state"] == "power on" {
+        conductor::power::Power::Off
+    } else {
+        conductor::power::Power::On
+    };
+    direct.set_power(flipped).await?;
+    eventually(Duration::from_secs(30), "the BMC flipped", || async {
+        Ok((direct.power_state().await? == flipped).then_some(()))
+    })
+    .await?;
     cli.ok(&["node", "manage", "good", "--wait", "60"]).await?;
     expect(&cli, "good", "manageable").await?;
     let n = cli.json(&["node", "show", "good"]).await?;
     ensure!(
-        n["power_state"] == "power on" || n["power_state"] == "power off",
-        "verify read the power state: {n}"
+        n["power_state"] == flipped.as_ironic() && n["power_interface"] == "ipmitool",
+        "verify read the power state {}: {n}",
+        flipped.as_ironic()
     );
 
     let bad = create("bad", format!("{}-wrong", bmc.password)).await?;

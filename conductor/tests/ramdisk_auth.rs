@@ -135,7 +135,10 @@ async fn body() -> Result<()> {
     let shutdown = CancellationToken::new();
     let mut c = Conductor::new(store, consoles, power, timing, shutdown.clone());
     let waits = Arc::new(Waits::default());
-    c.interfaces.fake_hardware.deploy = waits.clone();
+    c.interfaces.deploy.insert(
+        "fake".into(),
+        waits.clone() as Arc<dyn conductor::provision::interfaces::DeployInterface>,
+    );
     let state = AppState {
         conductor: Arc::new(c),
         basic: Some(Arc::new(HttpBasic::load(&htpasswd)?)),

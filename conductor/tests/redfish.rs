@@ -1,6 +1,7 @@
-//! Redfish power and boot devices against sushy-tools (started here with
-//! `../shared/rig/redfish-up.sh`, its own state dir and port, stopped by
-//! pid), driven through the openstack CLI.
+//! Redfish power, boot devices and verify against sushy-tools
+//! (`common::sushy`, with HTTP basic auth on), driven through the openstack
+//! CLI: verify reads the power state the emulator really has, a wrong
+//! password goes back to enroll with last_error.
 
 mod common;
 
@@ -9,6 +10,10 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use common::sushy::{Sushy, SYSTEM};
 use common::{eventually, Cli, TestConductor};
+
+/// The emulator's account (a test peer's, not a secret).
+const USER: &str = "porthole";
+const PASSWORD: &str = "Rf-4242-porthole";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redfish_power_and_boot_device() {
@@ -27,7 +32,7 @@ async fn body() -> Result<()> {
     let Some(bin) = common::clients() else {
         return Ok(());
     };
-    let sushy = Sushy::start().await?;
+    let sushy = Sushy::start_with(Some((USER, PASSWORD))).await?;
     let mut cond = TestConductor::start("http://127.0.0.1:9").await?;
     let cli = Cli {
         bin,
@@ -35,19 +40,27 @@ async fn body() -> Result<()> {
     };
     let address = format!("redfish_address={}", sushy.url);
     let system = format!("redfish_system_id={SYSTEM}");
-    cli.ok(&[
-        "node",
-        "create",
-        "--driver",
-        "redfish",
-        "--name",
-        "rf",
-        "--driver-info",
-        &address,
-        "--driver-info",
-        &system,
-    ])
-    .await?;
+    let create = |name: &'static str, password: String| {
+        let info = [
+            address.clone(),
+            system.clone(),
+            format!("redfish_username={USER}"),
+            format!("redfish_password={password}"),
+        ];
+        let cli = &cli;
+        async move {
+            let mut cmd = vec!["node", "create", "--driver", "redfish", "--name", name];
+            for a in &info {
+                cmd.extend(["--driver-info", a.as_str()]);
+            }
+            cli.json(&cmd).await
+        }
+    };
+    let rf = create("rf", PASSWORD.to_owned()).await?;
+    ensure!(
+        rf["power_interface"] == "redfish" && rf["management_interface"] == "redfish",
+        "{rf}"
+    );
     for (verb, state, rf) in [("on", "power on", "On"), ("off", "power off", "Off")] {
         cli.ok(&["node", "power", verb, "rf"]).await?;
         eventually(
@@ -76,12 +89,44 @@ async fn body() -> Result<()> {
     );
     let dev = cli.json(&["node", "boot", "device", "show", "rf"]).await?;
     ensure!(dev["boot_device"] == "pxe", "boot device show: {dev}");
-    // Verify (manage from enroll) reads the power state from sushy-tools.
+    // Verify (manage from enroll) reads the power state from sushy-tools:
+    // turned on behind the conductor's back, the node shows it after.
+    let n = cli.json(&["node", "show", "rf"]).await?;
+    ensure!(n["power_state"] == "power off", "{n}");
+    sushy.reset("On").await?;
+    // The fake system takes a while to report it.
+    eventually(Duration::from_secs(30), "sushy powered on", || async {
+        Ok((sushy.system().await?["PowerState"] == "On").then_some(()))
+    })
+    .await?;
     cli.ok(&["node", "manage", "rf", "--wait", "60"]).await?;
     let n = cli.json(&["node", "show", "rf"]).await?;
     ensure!(
-        n["provision_state"] == "manageable" && n["last_error"].is_null(),
+        n["provision_state"] == "manageable"
+            && n["last_error"].is_null()
+            && n["power_state"] == "power on",
         "verify: {n}"
+    );
+    // A wrong password: verify fails at the BMC, back to enroll.
+    let bad = create("rf-bad", format!("{PASSWORD}-wrong")).await?;
+    cli.ok(&["node", "manage", "rf-bad"]).await?;
+    let n = eventually(Duration::from_secs(60), "rf-bad back in enroll", || async {
+        let n = cli.json(&["node", "show", "rf-bad"]).await?;
+        Ok((n["provision_state"] == "enroll" && n["last_error"].is_string()).then_some(n))
+    })
+    .await?;
+    let err = n["last_error"].as_str().unwrap_or_default();
+    ensure!(
+        err.starts_with(&format!(
+            "Failed to get power state for node {}. Error: ",
+            bad["uuid"].as_str().unwrap_or_default()
+        )) && err.contains("401"),
+        "last_error: {err}"
+    );
+    ensure!(!err.contains(PASSWORD), "the password leaked: {err}");
+    ensure!(
+        n["target_provision_state"].is_null() && n["reservation"].is_null(),
+        "{n}"
     );
     // A Redfish address nothing listens on: verify fails, back to enroll.
     let gone = cli

@@ -64,7 +64,7 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 50061)),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 50063)),
             log_format: "text".into(),
             metrics_listen: None,
             tls_cert_file: None,

@@ -45,7 +45,7 @@ async fn inspection_through_the_real_ironic_inspector() {
         let dir = tempfile::tempdir()?;
         let inspect_listener = TcpListener::bind("127.0.0.1:0").await?;
         let inspect_url = format!("http://{}", inspect_listener.local_addr()?);
-        let mut conductor = common::conductor(dir.path(), &inspect_url, "inspector").await?;
+        let mut conductor = common::conductor(dir.path(), &inspect_url).await?;
         let api = Api::new(&conductor.url);
         let inspector = Inspector::start(&script, &venv, &conductor.url, INSPECTOR_TIMEOUT)?;
         let service_url = format!("{}/v1", inspector.url);

@@ -24,7 +24,7 @@ async fn disabled_inspector_refuses_and_the_node_stays_manageable() {
         let url = format!("http://{}", listener.local_addr()?);
         // Defaults: [inspector] enabled = false.
         let mut inspect = common::serve_inspect(listener, common::inspect_config(&[])?)?;
-        let mut conductor = common::conductor(dir.path(), &url, "inspector").await?;
+        let mut conductor = common::conductor(dir.path(), &url).await?;
         let api = Api::new(&conductor.url);
         let uuid = api.create_node("n1", "192.0.2.30").await?;
         api.manage(&uuid).await?;

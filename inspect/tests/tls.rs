@@ -41,7 +41,6 @@ async fn conductor_calls_the_inspect_service_over_mutual_tls() {
         let mut with_cert = common::conductor_with(
             dir.path(),
             &url,
-            "inspector",
             vec![
                 ("inspect", "tls_ca", s(&pki.ca())),
                 ("inspect", "tls_cert", s(&client.cert)),
@@ -61,13 +60,9 @@ async fn conductor_calls_the_inspect_service_over_mutual_tls() {
         with_cert.stop().await?;
 
         let dir = tempfile::tempdir()?;
-        let mut no_cert = common::conductor_with(
-            dir.path(),
-            &url,
-            "inspector",
-            vec![("inspect", "tls_ca", s(&pki.ca()))],
-        )
-        .await?;
+        let mut no_cert =
+            common::conductor_with(dir.path(), &url, vec![("inspect", "tls_ca", s(&pki.ca()))])
+                .await?;
         let api = Api::new(&no_cert.url);
         let uuid = api.create_node("n-tls", "192.0.2.40").await?;
         api.manage(&uuid).await?;

@@ -1,4 +1,5 @@
-//! The codec of the generated servers and clients (console.v1, inspect.v1): prost's, except
+//! The codec of the generated servers and clients (console.v1,
+//! deploy.v1, inspect.v1): prost's, except
 //! for what an undecodable message becomes. A request the server cannot
 //! decode is the caller's mistake, so INVALID_ARGUMENT (tonic-prost says
 //! INTERNAL, which tells a caller the service broke); a response the client
@@ -44,6 +45,18 @@ decode_failure!(Internal:
     pb::ConsoleEvent,
     pb::GetConsoleLogResponse,
     pb::DrainReplicaResponse,
+);
+
+// deploy.v1: requests, then responses.
+decode_failure!(InvalidArgument:
+    crate::deploy::v1::ValidateRequest,
+    crate::deploy::v1::PrepareRamdiskRequest,
+    crate::deploy::v1::CleanUpRequest,
+);
+decode_failure!(Internal:
+    crate::deploy::v1::ValidateResponse,
+    crate::deploy::v1::PrepareRamdiskResponse,
+    crate::deploy::v1::CleanUpResponse,
 );
 
 // inspect.v1: requests, then responses.

@@ -40,6 +40,12 @@ pub mod console {
     }
 }
 
+pub mod deploy {
+    pub mod v1 {
+        tonic::include_proto!("porthole.deploy.v1");
+    }
+}
+
 pub mod inspect {
     pub mod v1 {
         tonic::include_proto!("porthole.inspect.v1");

@@ -12,11 +12,13 @@
 //! - [`session`]: enable/wait helpers and [`session::establish`].
 //! - [`procs`]: processes by pid and start time from `/proc`.
 //! - [`metrics`]: `/metrics` scraped and read by Prometheus' own parser.
+//! - [`peers`]: sushy-tools and Swift started by a test (deploy, porthole-bmc).
 //!
 //! A test is an `async fn(Backend) -> anyhow::Result<()>`;
 //! [`both_backends!`] runs it once per serial backend.
 
 pub mod metrics;
+pub mod peers;
 pub mod pki;
 pub mod pool;
 pub mod ports;

@@ -5,13 +5,15 @@
 //! Owns: [`Secret`] passwords that never print and are zeroed on drop
 //! ([`secret`]), the sealed password memfd handed to ipmitool
 //! ([`password`]), the one ipmitool runner: argv builder, timeout, error
-//! summary ([`ipmitool`]) and the Redfish client ([`redfish`]). It imports
+//! summary ([`ipmitool`]) the Redfish client ([`redfish`]) and its virtual media
+//! and boot-once calls ([`vmedia`]). It imports
 //! no service crate.
 
 pub mod ipmitool;
 pub mod password;
 pub mod redfish;
 pub mod secret;
+pub mod vmedia;
 
 pub use password::{PasswordFd, PASSWORD_FD};
 pub use secret::Secret;

@@ -2,8 +2,8 @@
 //! mode, built once and reused for every BMC, and resources found by
 //! following `@odata.id` links from the service root rather than guessed.
 //!
-//! Callers: the conductor's redfish power driver (and, next, deploy's virtual
-//! media). It knows Redfish resources, not Ironic's power words.
+//! Callers: the conductor's redfish power driver (and, in [`crate::vmedia`], deploy's
+//! virtual media). It knows Redfish resources, not Ironic's power words.
 
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ pub enum RedfishError {
     /// The BMC's answer lacks what the next step needs.
     #[error("Redfish {0}")]
     Malformed(String),
+    /// The BMC lacks a feature the caller needs (e.g. virtual media).
+    #[error("Redfish: {0}")]
+    Unsupported(String),
     /// The BMC has no single system and none was named.
     #[error("The BMC has {0} systems; set driver_info redfish_system_id.")]
     AmbiguousSystem(usize),

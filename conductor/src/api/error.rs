@@ -115,6 +115,10 @@ fn service_status(e: &ServiceError) -> StatusCode {
             }
             ConsoleError::Rejected(s) => grpc_status(s.code()),
         },
+        ServiceError::Driver(d) => match d {
+            crate::drivers::DriverError::DriverNotFound(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        },
     }
 }
 

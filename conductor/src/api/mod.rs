@@ -1,13 +1,14 @@
 //! The Ironic-compatible REST API v1 (axum): routes, shared state, body
 //! parsing, and links. Handlers live in `nodes`, `ports`, `states`,
-//! `vendor` (vendor passthru), `ramdisk` (lookup, heartbeat), `traits` (and
-//! maintenance), `vifs` and `resources` (portgroups, volume); `version` and
-//! `auth` are middleware; `fields` gates by microversion; `error` maps
-//! failures.
+//! `drivers`, `vendor` (vendor passthru), `ramdisk` (lookup, heartbeat),
+//! `traits` (and maintenance), `vifs` and `resources` (portgroups, volume);
+//! `version` and `auth` are middleware; `fields` gates by microversion;
+//! `error` maps failures.
 //!
 //! Called by `lib::run`, which serves [`router`] on its listener.
 
 mod auth;
+mod drivers;
 mod error;
 pub mod fields;
 mod nodes;
@@ -81,6 +82,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/lookup", get(ramdisk::lookup))
         .route("/v1/heartbeat/{node}", post(ramdisk::heartbeat))
+        .route("/v1/drivers", get(drivers::list))
+        .route("/v1/drivers/{driver}", get(drivers::show))
+        .route("/v1/drivers/{driver}/properties", get(drivers::properties))
         .route("/v1/ports", get(ports::list).post(ports::create))
         .route("/v1/ports/detail", get(ports::detail))
         .route(

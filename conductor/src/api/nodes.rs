@@ -33,6 +33,13 @@ fn known_fields() -> Vec<&'static str> {
         "boot_interface",
         "deploy_interface",
         "inspect_interface",
+        "bios_interface",
+        "firmware_interface",
+        "network_interface",
+        "raid_interface",
+        "rescue_interface",
+        "storage_interface",
+        "vendor_interface",
         "power_state",
         "target_power_state",
         "provision_state",
@@ -257,8 +264,17 @@ pub async fn patch(
     mv: Microversion,
     headers: HeaderMap,
     Path(node): Path<String>,
+    Query(q): Params,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    // Ironic's reset_interfaces (API 1.45).
+    let reset = match q.get("reset_interfaces") {
+        None => false,
+        Some(_) if super::version::negotiate(&headers)? < 45 => {
+            return Err(ApiError::NotAcceptable)
+        }
+        Some(v) => crate::service::parse_bool("reset_interfaces", &Value::String(v.clone()))?,
+    };
     let ops = json_body(&body)?;
     if !ops.is_array() {
         return Err(ApiError::BadRequest(
@@ -266,7 +282,7 @@ pub async fn patch(
         ));
     }
     gate::check_patch(NODE_FIELDS, &ops, mv)?;
-    let mut n = st.conductor.patch_node(&node, &ops).await?;
+    let mut n = st.conductor.patch_node_with(&node, &ops, reset).await?;
     n.reservation = st.conductor.reservation(&n.uuid);
     Ok(Json(render(&n, &base_url(&st, &headers), &None, true, mv)))
 }

@@ -37,6 +37,7 @@ fn node(uuid: &str, name: &str) -> Node {
         deploy_step: Dict::new(),
         clean_step: Dict::new(),
         automated_clean: None,
+        interfaces: crate::drivers::InterfaceSet::from_stored("ipmi", &Dict::new()),
         reservation: None,
         attrs: Default::default(),
     }
@@ -251,12 +252,18 @@ fn an_old_database_gains_the_provision_columns() {
     assert_eq!(n.provision_updated_at, None);
     assert_eq!(n.automated_clean, None);
     assert!(n.deploy_step.is_empty() && n.clean_step.is_empty());
+    // Its interfaces: the hardware type's first choices.
+    use crate::drivers::Kind;
+    assert_eq!(n.interface(Kind::Power), "ipmitool");
+    assert_eq!(n.interface(Kind::Deploy), "direct");
+    assert_eq!(n.interface(Kind::Bios), "no-bios");
     store
         .inner
         .modify_node("old", |n: &mut Node| {
             n.provision_updated_at = Some("now".into());
             n.clean_step.insert("step".into(), json!("erase"));
             n.automated_clean = Some(false);
+            n.set_interface(Kind::Deploy, "iscsi".into());
             Ok::<_, DbError>(())
         })
         .unwrap();
@@ -265,6 +272,8 @@ fn an_old_database_gains_the_provision_columns() {
     assert_eq!(n.provision_updated_at.as_deref(), Some("now"));
     assert_eq!(n.clean_step["step"], "erase");
     assert_eq!(n.automated_clean, Some(false));
+    assert_eq!(n.interface(Kind::Deploy), "iscsi");
+    assert_eq!(n.interface(Kind::Inspect), "no-inspect");
 }
 
 #[cfg(test)]

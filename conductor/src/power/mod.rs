@@ -1,7 +1,8 @@
 //! Power and boot-device control of a node's BMC: ipmitool for `ipmi`
 //! nodes, Redfish for `redfish` nodes.
 //!
-//! [`Bmc::for_node`] checks the node's driver_info and picks the driver;
+//! [`Bmc::for_node`] picks the driver by the node's power_interface and
+//! checks its driver_info;
 //! the domain layer (`service`) calls the async operations from its
 //! background power tasks and the boot-device handlers.
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::drivers::Kind;
 use crate::model::{Dict, Node};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,10 +86,26 @@ pub enum Bmc {
 }
 
 impl Bmc {
-    /// The BMC of `node` from its driver and driver_info.
+    /// The BMC that drives `node`'s power: its power_interface
+    /// (`ipmitool` or `redfish`) and driver_info.
     pub fn for_node(node: &Node, settings: &PowerSettings) -> Result<Self, PowerError> {
-        match node.driver.as_str() {
-            "ipmi" => Ok(Bmc::Ipmi(ipmi::Ipmi::from_info(
+        Self::for_interface(node, Kind::Power, settings)
+    }
+
+    /// The BMC behind `node`'s management_interface (boot devices).
+    pub fn for_management(node: &Node, settings: &PowerSettings) -> Result<Self, PowerError> {
+        Self::for_interface(node, Kind::Management, settings)
+    }
+
+    /// The BMC behind `node`'s `kind` interface (power, management or
+    /// vendor: `ipmitool` or `redfish`).
+    pub fn for_interface(
+        node: &Node,
+        kind: Kind,
+        settings: &PowerSettings,
+    ) -> Result<Self, PowerError> {
+        match node.interface(kind) {
+            "ipmitool" => Ok(Bmc::Ipmi(ipmi::Ipmi::from_info(
                 &node.driver_info,
                 settings,
             )?)),
@@ -100,7 +118,9 @@ impl Bmc {
                 Ok(Bmc::Slow(settings.slow.clone().expect("checked")))
             }
             other => Err(PowerError::Invalid(format!(
-                "Driver {other} is not supported; use ipmi or redfish."
+                "The {} interface \"{other}\" of node {} is not available in this conductor; ipmitool and redfish are.",
+                kind.name(),
+                node.uuid
             ))),
         }
     }

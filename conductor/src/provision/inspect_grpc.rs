@@ -13,7 +13,8 @@
 //!                     the service lost it (restarted) → inspect failed
 //! ```
 //!
-//! Callers: `lib::open` builds them from `[inspect]`; `lib::run` spawns
+//! Callers: `lib::open` builds the client from `[inspect]` and registers
+//! the interfaces (`Interfaces::set_inspect_service`); `lib::run` spawns
 //! [`follow`]; `service::provision` drives the interface.
 
 use std::sync::Arc;
@@ -255,10 +256,8 @@ async fn reconcile(conductor: Arc<Conductor>, client: InspectClient) {
         if super::State::parse(&node.provision_state).ok() != Some(super::State::InspectWait) {
             continue;
         }
-        let ours = conductor
-            .interfaces
-            .for_node(&node)
-            .is_some_and(|i| matches!(i.inspect.name(), "inspector" | "agent"));
+        let ours = super::interfaces::INSPECT_SERVICE_INTERFACES
+            .contains(&conductor.interfaces.for_node(&node).inspect.name());
         if !ours {
             continue;
         }

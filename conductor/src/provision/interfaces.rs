@@ -1,17 +1,26 @@
 //! The deploy and inspect interfaces the provision state machine drives:
-//! a small trait each (the deploy and inspect services of later issues
-//! implement them over gRPC), and the `fake` implementation of the
-//! `fake-hardware` driver, which succeeds at once.
+//! a small trait each (the deploy and inspect services implement them over
+//! gRPC: `inspector` and `agent` are [`super::inspect_grpc::GrpcInspect`]
+//! once `[inspect] endpoint` is set), the `fake` implementation of the
+//! `fake-hardware` driver, which succeeds at once, `no-inspect`, and a
+//! stand-in for every name whose implementation is not here (`direct`,
+//! `iscsi`, `inspector`/`agent` without the inspect service, ...: it
+//! validates false, saying why).
 //!
-//! [`Interfaces::for_node`] picks a node's; callers: `service::provision`.
+//! [`Interfaces::for_node`] picks a node's by its `deploy_interface` and
+//! `inspect_interface`; callers: `service::provision`, `service` validate,
+//! `inspect_grpc` (which nodes wait for the inspect service).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::drivers::Kind;
 use crate::model::{Dict, Node};
+use crate::provision::Event;
 
 /// A boxed future, so the traits stay object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -60,6 +69,11 @@ impl CleanStep {
 pub trait DeployInterface: Send + Sync {
     /// The interface name (`deploy_interface`).
     fn name(&self) -> &'static str;
+    /// Can this interface deploy `node` (Ironic's `validate`: driver_info,
+    /// instance_info, the service behind it)? The reason when not.
+    fn validate(&self, _node: &Node) -> Result<(), InterfaceError> {
+        Ok(())
+    }
     /// Write the image (with the configdrive, when given) and boot it.
     fn deploy<'a>(
         &'a self,
@@ -82,6 +96,10 @@ pub trait DeployInterface: Send + Sync {
 /// Inspecting a node's hardware.
 pub trait InspectInterface: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Can this interface inspect `node`? The reason when not.
+    fn validate(&self, _node: &Node) -> Result<(), InterfaceError> {
+        Ok(())
+    }
     /// Ask the service behind the interface whether it can inspect `node`
     /// now (for the gRPC interfaces: ValidateInspection, e.g. refused while
     /// its `[inspector]` is disabled); an error refuses the `inspect` verb
@@ -136,6 +154,94 @@ impl InspectInterface for Fake {
     }
 }
 
+/// `no-inspect`: validates (as Ironic's no-op interfaces), but inspecting
+/// is refused before it starts.
+pub struct NoInspect;
+
+impl InspectInterface for NoInspect {
+    fn name(&self) -> &'static str {
+        "no-inspect"
+    }
+    fn inspect<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, StepResult> {
+        let e = no_inspect(node);
+        Box::pin(async move { Err(e) })
+    }
+}
+
+fn no_inspect(node: &Node) -> InterfaceError {
+    InterfaceError(format!(
+        "Driver {} does not support inspect (disabled or not implemented).",
+        node.driver
+    ))
+}
+
+/// An interface name this conductor knows but cannot run yet (its service
+/// comes in a later issue): it validates false and every call fails.
+pub struct Unavailable {
+    kind: Kind,
+    name: String,
+}
+
+impl Unavailable {
+    fn error(&self) -> InterfaceError {
+        if self.kind == Kind::Inspect && INSPECT_SERVICE_INTERFACES.contains(&self.name.as_str()) {
+            return InterfaceError(format!(
+                "The inspect interface \"{}\" needs the inspect service, which this conductor is not configured with: set inspect.endpoint (PORTHOLE_CONDUCTOR_INSPECT_ENDPOINT).",
+                self.name
+            ));
+        }
+        InterfaceError(format!(
+            "The {} interface \"{}\" is not available in this conductor yet.",
+            self.kind.name(),
+            self.name
+        ))
+    }
+    fn fail<'a, T: Send + 'a>(&self) -> BoxFuture<'a, Result<T, InterfaceError>> {
+        let e = self.error();
+        Box::pin(async move { Err(e) })
+    }
+}
+
+impl DeployInterface for Unavailable {
+    fn name(&self) -> &'static str {
+        "unavailable"
+    }
+    fn validate(&self, _: &Node) -> Result<(), InterfaceError> {
+        Err(self.error())
+    }
+    fn deploy<'a>(&'a self, _: &'a Node, _: Option<&'a Value>) -> BoxFuture<'a, StepResult> {
+        self.fail()
+    }
+    fn tear_down<'a>(&'a self, _: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+        self.fail()
+    }
+    fn take_over<'a>(&'a self, _: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+        self.fail()
+    }
+    fn clean_steps(&self, _: &Node) -> Vec<CleanStep> {
+        Vec::new()
+    }
+    fn execute_clean_step<'a>(
+        &'a self,
+        _: &'a Node,
+        _: &'a CleanStep,
+    ) -> BoxFuture<'a, StepResult> {
+        self.fail()
+    }
+}
+
+impl InspectInterface for Unavailable {
+    fn name(&self) -> &'static str {
+        "unavailable"
+    }
+    fn validate(&self, _: &Node) -> Result<(), InterfaceError> {
+        Err(self.error())
+    }
+    fn inspect<'a>(&'a self, _: &'a Node) -> BoxFuture<'a, StepResult> {
+        self.fail()
+    }
+}
+
 /// The deploy and inspect interfaces of one node.
 #[derive(Clone)]
 pub struct NodeInterfaces {
@@ -143,41 +249,88 @@ pub struct NodeInterfaces {
     pub inspect: Arc<dyn InspectInterface>,
 }
 
-/// The interfaces the conductor has, by hardware type.
+impl NodeInterfaces {
+    /// May `event` start on `node` with these interfaces? Ironic's
+    /// up-front refusal (400) when not: deploy, rebuild and adopt validate
+    /// the deploy interface, inspect the inspect interface.
+    pub fn ready_for(&self, node: &Node, event: Event) -> Result<(), String> {
+        let uuid = &node.uuid;
+        match event {
+            Event::Deploy | Event::Rebuild | Event::Adopt => {
+                self.deploy.validate(node).map_err(|e| {
+                    format!("Failed to validate deploy or power info for node {uuid}. Error: {e}")
+                })
+            }
+            Event::Inspect if node.interface(Kind::Inspect) == "no-inspect" => {
+                Err(no_inspect(node).0)
+            }
+            Event::Inspect => self.inspect.validate(node).map_err(|e| {
+                format!("Failed to validate inspection or power info for node {uuid}. Error: {e}")
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The inspect interfaces the inspect service implements.
+pub const INSPECT_SERVICE_INTERFACES: [&str; 2] = ["inspector", "agent"];
+
+/// The deploy and inspect implementations the conductor has, by
+/// interface name; the deploy and inspect services register theirs.
 #[derive(Clone)]
 pub struct Interfaces {
-    /// What `fake-hardware` nodes use (tests replace it).
-    pub fake_hardware: NodeInterfaces,
-    /// The inspect service (`[inspect] endpoint`), whose `inspector` and
-    /// `agent` interfaces [`super::inspect_grpc::GrpcInspect`] gives.
+    pub deploy: BTreeMap<String, Arc<dyn DeployInterface>>,
+    pub inspect: BTreeMap<String, Arc<dyn InspectInterface>>,
+    /// The inspect service (`[inspect] endpoint`), when configured: its
+    /// results are followed (`inspect_grpc::follow`).
     pub inspect_service: Option<super::inspect_grpc::InspectClient>,
 }
 
 impl Default for Interfaces {
     fn default() -> Self {
+        let mut deploy: BTreeMap<String, Arc<dyn DeployInterface>> = BTreeMap::new();
+        deploy.insert("fake".into(), Arc::new(Fake));
+        let mut inspect: BTreeMap<String, Arc<dyn InspectInterface>> = BTreeMap::new();
+        inspect.insert("fake".into(), Arc::new(Fake));
+        inspect.insert("no-inspect".into(), Arc::new(NoInspect));
         Self {
-            fake_hardware: NodeInterfaces {
-                deploy: Arc::new(Fake),
-                inspect: Arc::new(Fake),
-            },
+            deploy,
+            inspect,
             inspect_service: None,
         }
     }
 }
 
-/// The interface names a node of `driver` has (for the API and errors).
-pub fn interface_names(driver: &str) -> (&'static str, &'static str) {
-    match driver {
-        "fake-hardware" => ("fake", "fake"),
-        _ => ("direct", "no-inspect"),
-    }
-}
-
 impl Interfaces {
-    /// `node`'s interfaces, or `None` when this conductor cannot deploy or
-    /// inspect nodes of its driver yet (ipmi and redfish nodes: their
-    /// deploy and inspect services come in later issues).
-    pub fn for_node(&self, node: &Node) -> Option<NodeInterfaces> {
-        (node.driver == "fake-hardware").then(|| self.fake_hardware.clone())
+    /// Use the inspect service at `client` for the `inspector` and `agent`
+    /// inspect interfaces (the service itself refuses what it cannot do).
+    pub fn set_inspect_service(&mut self, client: super::inspect_grpc::InspectClient) {
+        for name in INSPECT_SERVICE_INTERFACES {
+            let grpc = super::inspect_grpc::GrpcInspect::new(name, client.clone());
+            self.inspect.insert(name.into(), Arc::new(grpc));
+        }
+        self.inspect_service = Some(client);
+    }
+
+    /// `node`'s interfaces by its `deploy_interface` and
+    /// `inspect_interface`; a name without an implementation here gets
+    /// [`Unavailable`].
+    pub fn for_node(&self, node: &Node) -> NodeInterfaces {
+        let unavailable = |kind: Kind| {
+            Arc::new(Unavailable {
+                kind,
+                name: node.interface(kind).to_owned(),
+            })
+        };
+        NodeInterfaces {
+            deploy: match self.deploy.get(node.interface(Kind::Deploy)) {
+                Some(d) => d.clone(),
+                None => unavailable(Kind::Deploy),
+            },
+            inspect: match self.inspect.get(node.interface(Kind::Inspect)) {
+                Some(i) => i.clone(),
+                None => unavailable(Kind::Inspect),
+            },
+        }
     }
 }

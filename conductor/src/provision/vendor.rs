@@ -106,7 +106,7 @@ impl VendorInterface for FakeVendor {
     }
 }
 
-/// The vendor interfaces this conductor has, by hardware type.
+/// The vendor interfaces this conductor has, by interface name.
 #[derive(Clone)]
 pub struct VendorInterfaces {
     /// What `fake-hardware` nodes use (tests may replace it).
@@ -122,8 +122,10 @@ impl Default for VendorInterfaces {
 }
 
 impl VendorInterfaces {
-    /// `node`'s vendor interface; `None` is Ironic's `no-vendor`.
+    /// `node`'s vendor interface by its `vendor_interface`; `None` is
+    /// Ironic's `no-vendor` (and, for now, `ipmitool`, `redfish` and `ilo`,
+    /// which offer no methods here yet).
     pub fn for_node(&self, node: &Node) -> Option<Arc<dyn VendorInterface>> {
-        (node.driver == crate::model::FAKE_HARDWARE).then(|| self.fake_hardware.clone())
+        (node.interface(crate::drivers::Kind::Vendor) == "fake").then(|| self.fake_hardware.clone())
     }
 }

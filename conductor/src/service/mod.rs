@@ -17,6 +17,7 @@ mod ports;
 pub mod power;
 mod provision;
 pub mod ramdisk;
+mod validate;
 pub mod vendor;
 mod vifs;
 
@@ -72,6 +73,9 @@ pub enum ServiceError {
     Power(#[from] PowerError),
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// A driver or interface that is unknown, disabled or unsupported.
+    #[error(transparent)]
+    Driver(#[from] crate::drivers::DriverError),
 }
 
 /// The host name this conductor gives in `reservation` and NodeLocked.
@@ -101,6 +105,8 @@ pub struct Conductor {
     pub interfaces: crate::provision::interfaces::Interfaces,
     /// Vendor interfaces (vendor_passthru) by hardware type.
     pub vendors: crate::provision::vendor::VendorInterfaces,
+    /// The enabled hardware types and interfaces (`[drivers]`).
+    pub drivers: Arc<crate::drivers::Registry>,
 }
 
 /// Marks a node busy until dropped.
@@ -135,6 +141,7 @@ impl Conductor {
             shutdown,
             interfaces: Default::default(),
             vendors: Default::default(),
+            drivers: Default::default(),
         }
     }
 

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{node_attrs, parse_uuid, Conductor, ServiceError};
-use crate::console::{default_interface, interface_kind};
+use crate::drivers::Kind;
 use crate::model::{now, Dict, Node, NodeAttrs, ATTRS_WRITABLE, MASK};
 use crate::patch;
-
-pub const DRIVERS: &[&str] = &["ipmi", "redfish", crate::model::FAKE_HARDWARE];
 
 /// Attributes a client may set on create or PATCH.
 const WRITABLE: &[&str] = &[
@@ -23,27 +21,18 @@ const WRITABLE: &[&str] = &[
     "instance_info",
     "instance_uuid",
     "extra",
-    "console_interface",
     "resource_class",
     "maintenance",
     "maintenance_reason",
     "automated_clean",
 ];
-/// Ironic attributes accepted and ignored (one conductor, fixed interfaces).
-const IGNORED: &[&str] = &[
-    "boot_interface",
-    "deploy_interface",
-    "inspect_interface",
-    "management_interface",
-    "network_interface",
-    "power_interface",
-    "raid_interface",
-    "rescue_interface",
-    "storage_interface",
-    "vendor_interface",
-    "bios_interface",
-    "firmware_interface",
-];
+/// Is `k` an attribute a client may set: [`WRITABLE`], an `<kind>_interface`
+/// or one of the [`NodeAttrs`] fields?
+fn writable(k: &str) -> bool {
+    WRITABLE.contains(&k)
+        || ATTRS_WRITABLE.contains(&k)
+        || Kind::ALL.iter().any(|kind| kind.field() == k)
+}
 
 /// A node create request, checked.
 pub struct NodeCreate(pub Dict);
@@ -57,8 +46,7 @@ impl Conductor {
             body.insert("parent_node".into(), Value::String(parent));
         }
         for k in body.keys() {
-            let k = k.as_str();
-            if !WRITABLE.contains(&k) && !IGNORED.contains(&k) && !ATTRS_WRITABLE.contains(&k) {
+            if !writable(k) {
                 return Err(ServiceError::Invalid(format!(
                     "Unknown attribute for argument node: {k}"
                 )));
@@ -78,7 +66,8 @@ impl Conductor {
             driver: driver.to_owned(),
             driver_info: Dict::new(),
             driver_internal_info: Dict::new(),
-            console_interface: default_interface(driver).to_owned(),
+            console_interface: String::new(),
+            interfaces: Default::default(),
             power_state: None,
             target_power_state: None,
             provision_state: "enroll".into(),
@@ -106,20 +95,32 @@ impl Conductor {
         };
         let mut doc = editable(&node);
         for (k, v) in &body {
-            let writable = WRITABLE.contains(&k.as_str()) || ATTRS_WRITABLE.contains(&k.as_str());
-            if writable && k != "uuid" {
+            if writable(k) && k != "uuid" {
                 doc.insert(k.clone(), v.clone());
             }
         }
         let before = node.clone();
         read_back(&mut node, &doc)?;
         node_attrs::check_update(&before, &mut node)?;
+        self.drivers.apply(&mut node, &doc, None)?;
         self.store.insert_node(&node).await?;
         self.spawn_power_sync(&node.uuid).await;
         Ok(node)
     }
 
     pub async fn patch_node(&self, ident: &str, ops: &Value) -> Result<Node, ServiceError> {
+        self.patch_node_with(ident, ops, false).await
+    }
+
+    /// [`Conductor::patch_node`] with Ironic's `reset_interfaces`: on a
+    /// driver change, the interfaces the PATCH does not set take the new
+    /// hardware type's defaults (400 without a driver change).
+    pub async fn patch_node_with(
+        &self,
+        ident: &str,
+        ops: &Value,
+        reset_interfaces: bool,
+    ) -> Result<Node, ServiceError> {
         node_attrs::check_paths(ops)?;
         let mut parents = Vec::new();
         for p in node_attrs::parent_values(ops) {
@@ -134,6 +135,7 @@ impl Conductor {
             return Err(ServiceError::Locked(uuid));
         }
         let ops = ops.clone();
+        let drivers = self.drivers.clone();
         self.store.modify_node(&uuid, move |node: &mut Node| {
             let mut doc = Value::Object(editable(node));
             patch::apply(&mut doc, &ops)?;
@@ -141,6 +143,7 @@ impl Conductor {
             let before = node.clone();
             read_back(node, &doc)?;
             node_attrs::check_update(&before, node)?;
+            drivers.apply_with(node, &doc, Some(&before), reset_interfaces)?;
             let changed = node.driver != before.driver || node.console_interface != before.console_interface;
             if changed && before.console_enabled {
                 return Err(ServiceError::Conflict(format!(
@@ -202,7 +205,6 @@ fn editable(node: &Node) -> Dict {
         "instance_info": node.instance_info,
         "instance_uuid": node.instance_uuid,
         "extra": node.extra,
-        "console_interface": node.console_interface,
         "resource_class": node.resource_class,
         "maintenance": node.maintenance,
         "maintenance_reason": node.maintenance_reason,
@@ -212,8 +214,14 @@ fn editable(node: &Node) -> Dict {
         unreachable!("a json! object")
     };
     m.extend(node.attrs.editable());
-    for k in IGNORED {
-        m.insert((*k).into(), Value::Null);
+    for kind in Kind::ALL {
+        let name = node.interface(kind);
+        let v = if name.is_empty() {
+            Value::Null
+        } else {
+            name.into()
+        };
+        m.insert(kind.field(), v);
     }
     m
 }
@@ -242,15 +250,9 @@ fn read_back(node: &mut Node, doc: &Dict) -> Result<(), ServiceError> {
     if let Some(n) = &node.name {
         check_name(n)?;
     }
+    // Checked, with the interfaces, by `drivers::Registry::apply`.
     node.driver =
         s("driver")?.ok_or_else(|| ServiceError::Invalid("driver cannot be removed.".into()))?;
-    if !DRIVERS.contains(&node.driver.as_str()) {
-        return Err(ServiceError::Invalid(format!(
-            "Could not find the following driver(s) or hardware type(s): {}. Supported: {}.",
-            node.driver,
-            DRIVERS.join(", ")
-        )));
-    }
     let old_info = std::mem::take(&mut node.driver_info);
     node.driver_info = keep_masked(d("driver_info")?, &old_info);
     node.properties = d("properties")?;
@@ -268,9 +270,6 @@ fn read_back(node: &mut Node, doc: &Dict) -> Result<(), ServiceError> {
         Some(v) => Some(super::parse_bool("automated_clean", v)?),
     };
     node_attrs::read_back(&mut node.attrs, doc)?;
-    node.console_interface =
-        s("console_interface")?.unwrap_or_else(|| default_interface(&node.driver).into());
-    interface_kind(&node.console_interface)?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! Power actions (asynchronous, with target_power_state), boot devices and
-//! validation. Callers: the state handlers in `api::states`.
+//! Power actions (asynchronous, with target_power_state) and boot devices
+//! (validation is in `validate.rs`). Callers: the state handlers in
+//! `api::states`.
 //!
 //! Locking as Ironic's reservation: a power action holds the node's lock
 //! while it commands the BMC, and lets it go before it waits for the power
@@ -17,11 +18,12 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::{BusyGuard, Conductor, ServiceError};
-use crate::model::{Dict, Node, FAKE_HARDWARE, POWER_ON};
+use crate::drivers::Kind;
+use crate::model::{Dict, Node, POWER_ON};
 use crate::power::{Bmc, Power, PowerError, BOOT_DEVICES};
 
-/// What Ironic's fake management interface supports (fake-hardware nodes;
-/// ironic-inspector sets PXE before it powers a node on).
+/// What Ironic's fake management interface supports (`management_interface`
+/// `fake`; ironic-inspector sets PXE before it powers a node on).
 pub const FAKE_BOOT_DEVICES: &[&str] = &["pxe"];
 
 /// What a `PUT /states/power` asks for.
@@ -93,7 +95,7 @@ impl Conductor {
         action: PowerAction,
     ) -> Result<(), ServiceError> {
         let node = self.store.get_node(ident).await?;
-        if node.driver == FAKE_HARDWARE {
+        if node.interface(Kind::Power) == "fake" {
             return self.set_fake_power(&node.uuid, action).await;
         }
         let bmc = Bmc::for_node(&node, &self.power)?;
@@ -265,10 +267,12 @@ impl Conductor {
 
     pub async fn boot_device(&self, ident: &str) -> Result<Value, ServiceError> {
         let node = self.store.get_node(ident).await?;
-        if node.driver == FAKE_HARDWARE {
+        if node.interface(Kind::Management) == "fake" {
             return Ok(json!({"boot_device": "pxe", "persistent": false}));
         }
-        let (dev, persistent) = Bmc::for_node(&node, &self.power)?.boot_device().await?;
+        let (dev, persistent) = Bmc::for_management(&node, &self.power)?
+            .boot_device()
+            .await?;
         Ok(json!({"boot_device": dev, "persistent": persistent}))
     }
 
@@ -288,7 +292,7 @@ impl Conductor {
             None | Some(Value::Null) => false,
             Some(v) => super::parse_bool("persistent", v)?,
         };
-        if node.driver == FAKE_HARDWARE {
+        if node.interface(Kind::Management) == "fake" {
             // Ironic's fake management: PXE only, nothing to do.
             return match FAKE_BOOT_DEVICES.contains(&dev) {
                 true => Ok(()),
@@ -297,7 +301,7 @@ impl Conductor {
                 ))),
             };
         }
-        Bmc::for_node(&node, &self.power)?
+        Bmc::for_management(&node, &self.power)?
             .set_boot_device(dev, persistent)
             .await?;
         Ok(())
@@ -305,47 +309,10 @@ impl Conductor {
 
     /// The boot devices `node`'s management interface offers.
     pub fn supported_boot_devices(node: &Node) -> &'static [&'static str] {
-        match node.driver == FAKE_HARDWARE {
+        match node.interface(Kind::Management) == "fake" {
             true => FAKE_BOOT_DEVICES,
             false => BOOT_DEVICES,
         }
-    }
-
-    /// Ironic's validate: per interface, result and reason.
-    pub async fn validate(&self, ident: &str) -> Result<Value, ServiceError> {
-        let node = self.store.get_node(ident).await?;
-        let res = |r: Result<(), String>| match r {
-            Ok(()) => json!({"result": true}),
-            Err(reason) => json!({"result": false, "reason": reason}),
-        };
-        let power = if node.driver == FAKE_HARDWARE {
-            Ok(())
-        } else {
-            Bmc::for_node(&node, &self.power)
-                .map(drop)
-                .map_err(|e| e.to_string())
-        };
-        let console = crate::console::enable_request(&node)
-            .map(drop)
-            .map_err(|e| e.to_string());
-        let unsupported =
-            json!({"result": null, "reason": "not supported by the Porthole conductor"});
-        let iface = if self.interfaces.for_node(&node).is_some() {
-            json!({"result": true})
-        } else {
-            json!({"result": false, "reason": format!(
-                "The {} driver's deploy and inspect interfaces are not available in this conductor yet.",
-                node.driver
-            )})
-        };
-        Ok(json!({
-            "power": res(power.clone()),
-            "management": res(power),
-            "console": res(console),
-            "boot": iface.clone(), "deploy": iface.clone(), "inspect": iface,
-            "network": {"result": true}, "raid": unsupported, "rescue": unsupported,
-            "storage": {"result": true}, "bios": unsupported,
-        }))
     }
 
     /// `GET /states`.

@@ -14,7 +14,8 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::{BusyGuard, Conductor, ServiceError};
-use crate::model::{now, Dict, Node, FAKE_HARDWARE};
+use crate::drivers::Kind;
+use crate::model::{now, Dict, Node};
 use crate::power::Bmc;
 use crate::provision::interfaces::{InterfaceError, NodeInterfaces, Outcome};
 use crate::provision::{parse_verb, transition, Event, State, Verb};
@@ -84,20 +85,6 @@ fn check(
     Ok(from)
 }
 
-/// 400 for a verb that needs a deploy or inspect interface the node lacks.
-fn no_interface(node: &Node, target: &str, event: Event) -> ServiceError {
-    let (deploy, inspect) = crate::provision::interfaces::interface_names(&node.driver);
-    let (kind, name) = if event == Event::Inspect {
-        ("inspect", inspect)
-    } else {
-        ("deploy", deploy)
-    };
-    ServiceError::Invalid(format!(
-        "The {kind} interface \"{name}\" of node {} is not available in this conductor yet; only {FAKE_HARDWARE} nodes can {target}.",
-        node.uuid
-    ))
-}
-
 impl Conductor {
     /// Start a provision action; returns the node's UUID. The node's lock
     /// is taken here (409 while another action runs) and handed to the
@@ -125,23 +112,19 @@ impl Conductor {
         let from = check(&node, target, event, configdrive.as_ref())?;
         let cd = configdrive.clone(); // kept in instance_info (instance_info.rs)
         let ifaces = self.interfaces.for_node(&node);
-        let needs = matches!(
-            event,
-            Event::Deploy | Event::Rebuild | Event::Inspect | Event::Adopt
-        );
-        if needs && ifaces.is_none() {
-            return Err(no_interface(&node, target, event));
-        }
+        ifaces
+            .ready_for(&node, event)
+            .map_err(ServiceError::Invalid)?;
         // Before anything moves: a refusal leaves the node where it was.
-        match (event, &ifaces) {
-            (Event::Inspect, Some(i)) => i.inspect.check_service(&node).await.map_err(|e| {
+        match event {
+            Event::Inspect => ifaces.inspect.check_service(&node).await.map_err(|e| {
                 ServiceError::Invalid(format!(
                     "Failed to validate inspect interface {} of node {uuid}: {e}",
-                    i.inspect.name()
+                    ifaces.inspect.name()
                 ))
             })?,
-            (Event::Abort, Some(i)) if from == State::InspectWait => {
-                i.inspect.abort(&node).await.map_err(|e| {
+            Event::Abort if from == State::InspectWait => {
+                ifaces.inspect.abort(&node).await.map_err(|e| {
                     ServiceError::Conflict(format!(
                         "Failed to abort the inspection of node {uuid}: {e}"
                     ))
@@ -149,6 +132,7 @@ impl Conductor {
             }
             _ => {}
         }
+        let ifaces = Some(ifaces);
         let state = self
             .store
             .modify_node(&uuid, move |n: &mut Node| {
@@ -329,7 +313,7 @@ impl Conductor {
     /// Verify: the node's power interface answers with its credentials.
     async fn verify(&self, node: &Node) -> Result<(), String> {
         let uuid = &node.uuid;
-        if node.driver == FAKE_HARDWARE {
+        if node.interface(Kind::Power) == "fake" {
             return Ok(());
         }
         let bmc = Bmc::for_node(node, &self.power).map_err(|e| {

@@ -1,8 +1,9 @@
 //! A sushy-tools Redfish emulator for the conductor's tests (started with
 //! `../shared/rig/redfish-up.sh` in its own state dir under the target
-//! dir, on a free port, stopped by its pid on drop). Its fake driver
-//! applies a power change 1-11 s after the request, as a real BMC takes
-//! its time. Callers: `redfish.rs`, `redfish_lock.rs`.
+//! dir, on `PORTHOLE_REDFISH_PORT` when set or else a free port,
+//! with HTTP basic auth when asked, stopped by its pid on drop). Its fake
+//! driver applies a power change 1-11 s after the request, as a real BMC
+//! takes its time. Callers: `redfish.rs`, `redfish_lock.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -15,10 +16,18 @@ pub const SYSTEM: &str = "/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef0
 pub struct Sushy {
     pid: i32,
     pub url: String,
+    /// The account it asks for, if any.
+    auth: Option<(String, String)>,
+    http: reqwest::Client,
 }
 
 impl Sushy {
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Started with HTTP basic auth for `(user, password)` when given.
+    pub async fn start_with(auth: Option<(&str, &str)>) -> Result<Self> {
         let rig_dir = std::env::var_os("PORTHOLE_RIG_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rig"));
@@ -29,16 +38,21 @@ impl Sushy {
             .env("RIG_STATE_DIR", &state)
             .output()
             .await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let out = tokio::process::Command::new(rig_dir.join("redfish-up.sh"))
-            .arg("up")
+        let port = match std::env::var("PORTHOLE_REDFISH_PORT") {
+            Ok(p) => p.parse().context("PORTHOLE_REDFISH_PORT")?,
+            Err(_) => std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        };
+        let mut cmd = tokio::process::Command::new(rig_dir.join("redfish-up.sh"));
+        cmd.arg("up")
             .env("RIG_STATE_DIR", &state)
-            .env("REDFISH_PORT", port.to_string())
-            .output()
-            .await
-            .context("running redfish-up.sh")?;
+            .env("REDFISH_PORT", port.to_string());
+        if let Some((user, password)) = auth {
+            cmd.env("REDFISH_USER", user)
+                .env("REDFISH_PASSWORD", password);
+        }
+        let out = cmd.output().await.context("running redfish-up.sh")?;
         if !out.status.success() {
             bail!(
                 "redfish-up.sh failed: {}{}",
@@ -55,15 +69,41 @@ impl Sushy {
             .find_map(|l| l.strip_prefix("REDFISH_URL="))
             .map(str::to_owned)
             .with_context(|| format!("redfish-up.sh said: {stdout}"))?;
-        Ok(Self { pid, url })
+        Ok(Self {
+            pid,
+            url,
+            auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            Some((u, p)) => req.basic_auth(u, Some(p)),
+            None => req,
+        }
     }
 
     /// The emulated system's Redfish resource.
     pub async fn system(&self) -> Result<Value> {
-        Ok(reqwest::get(format!("{}{SYSTEM}", self.url))
+        Ok(self
+            .authed(self.http.get(format!("{}{SYSTEM}", self.url)))
+            .send()
             .await?
+            .error_for_status()?
             .json()
             .await?)
+    }
+
+    /// Change the power state behind the conductor's back.
+    pub async fn reset(&self, kind: &str) -> Result<()> {
+        let url = format!("{}{SYSTEM}/Actions/ComputerSystem.Reset", self.url);
+        self.authed(self.http.post(url))
+            .json(&serde_json::json!({ "ResetType": kind }))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
     }
 }
 

@@ -151,21 +151,16 @@ impl<E: std::error::Error + Send + Sync + 'static> Served<E> {
     }
 }
 
-/// The conductor with `[inspect] endpoint = inspect` and nodes inspected
-/// through `interface` by default.
-pub async fn conductor(
-    dir: &Path,
-    inspect: &str,
-    interface: &str,
-) -> Result<Served<conductor::RunError>> {
-    conductor_with(dir, inspect, interface, Vec::new()).await
+/// The conductor with `[inspect] endpoint = inspect` (which nodes go to
+/// it is each node's `inspect_interface`: [`Api::create_node`]).
+pub async fn conductor(dir: &Path, inspect: &str) -> Result<Served<conductor::RunError>> {
+    conductor_with(dir, inspect, Vec::new()).await
 }
 
 /// [`conductor`] with more `(section, key, value)` settings.
 pub async fn conductor_with(
     dir: &Path,
     inspect: &str,
-    interface: &str,
     extra: Vec<(&'static str, &'static str, toml::Value)>,
 ) -> Result<Served<conductor::RunError>> {
     let s = |v: &str| toml::Value::String(v.to_owned());
@@ -179,7 +174,6 @@ pub async fn conductor_with(
         ),
         ("database", "path", s(&db.display().to_string())),
         ("inspect", "endpoint", s(inspect)),
-        ("inspect", "default_interface", s(interface)),
     ];
     overrides.extend(extra);
     let config = conductor::config::Config::load(None, Vec::new(), &overrides)?;
@@ -279,15 +273,19 @@ impl Api {
         Ok(v)
     }
 
-    /// A fake-hardware node whose BMC address inspector looks it up by.
+    /// A fake-hardware node inspected by `inspector`, whose BMC address
+    /// inspector looks it up by.
     pub async fn create_node(&self, name: &str, bmc: &str) -> Result<String> {
+        self.create_node_with(json!({"name": name, "driver": "fake-hardware",
+                                     "inspect_interface": "inspector",
+                                     "driver_info": {"ipmi_address": bmc}}))
+            .await
+    }
+
+    /// `POST /v1/nodes` with `body`; the new node's UUID.
+    pub async fn create_node_with(&self, body: Value) -> Result<String> {
         let (code, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/nodes",
-                Some(json!({"name": name, "driver": "fake-hardware",
-                            "driver_info": {"ipmi_address": bmc}})),
-            )
+            .call(reqwest::Method::POST, "/v1/nodes", Some(body))
             .await?;
         if code != 201 {
             bail!("create node: {code} {v}");

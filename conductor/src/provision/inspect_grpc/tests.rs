@@ -126,6 +126,21 @@ impl InspectService for Served {
     }
 }
 
+/// A conductor on `dir` without the inspect service.
+fn conductor(dir: &tempfile::TempDir) -> Conductor {
+    let sealer = crate::seal::Sealer::load_or_create(&dir.path().join("k")).unwrap();
+    let store = crate::db::Store::open(&dir.path().join("db"), sealer).unwrap();
+    let cfg = Config::default();
+    let consoles = crate::console::ConsoleClient::new(&cfg.console).unwrap();
+    let power =
+        crate::power::PowerSettings::new("ipmitool".into(), Duration::from_secs(2)).unwrap();
+    let timing = PowerTiming {
+        state_timeout: Duration::from_secs(2),
+        poll_interval: Duration::from_millis(50),
+    };
+    Conductor::new(store, consoles, power, timing, Default::default())
+}
+
 struct Rig {
     c: Arc<Conductor>,
     fake: Arc<FakeService>,
@@ -147,20 +162,9 @@ async fn rig() -> Rig {
     tokio::spawn(server);
 
     let dir = tempfile::tempdir().unwrap();
-    let sealer = crate::seal::Sealer::load_or_create(&dir.path().join("k")).unwrap();
-    let store = crate::db::Store::open(&dir.path().join("db"), sealer).unwrap();
-    let cfg = Config::default();
-    let consoles = crate::console::ConsoleClient::new(&cfg.console).unwrap();
-    let power =
-        crate::power::PowerSettings::new("ipmitool".into(), Duration::from_secs(2)).unwrap();
-    let timing = PowerTiming {
-        state_timeout: Duration::from_secs(2),
-        poll_interval: Duration::from_millis(50),
-    };
-    let mut c = Conductor::new(store, consoles, power, timing, Default::default());
+    let mut c = conductor(&dir);
     let client = InspectClient::new(&url, Duration::from_secs(5)).unwrap();
-    c.interfaces.fake_hardware.inspect = Arc::new(GrpcInspect::new("inspector", client.clone()));
-    c.interfaces.inspect_service = Some(client.clone());
+    c.interfaces.set_inspect_service(client.clone());
     let c = Arc::new(c);
     c.tasks.spawn(follow(c.clone(), client));
     // The follower is subscribed once an event sent now reaches it; wait
@@ -178,8 +182,17 @@ async fn rig() -> Rig {
     Rig { c, fake, _dir: dir }
 }
 
+/// A fake-hardware node inspected by `inspector`, in `manageable`.
 async fn manageable_node(c: &Arc<Conductor>) -> String {
-    let Value::Object(m) = json!({"driver": "fake-hardware"}) else {
+    manageable_node_with(
+        c,
+        json!({"driver": "fake-hardware", "inspect_interface": "inspector"}),
+    )
+    .await
+}
+
+async fn manageable_node_with(c: &Arc<Conductor>, body: Value) -> String {
+    let Value::Object(m) = body else {
         unreachable!()
     };
     let uuid = c.create_node(NodeCreate(m)).await.unwrap().uuid;
@@ -382,4 +395,96 @@ async fn a_node_the_service_lost_fails_when_the_stream_opens_again() {
     assert_eq!(n.provision_state, "inspect wait");
     let calls = r.fake.calls.lock().unwrap().clone();
     assert!(calls.contains(&format!("get {kept}")), "{calls:?}");
+}
+
+/// Which nodes go to the service is their `inspect_interface`: `agent`
+/// does too (the service answers for it), the `fake` default does not.
+#[tokio::test]
+async fn the_node_s_inspect_interface_picks_the_service() {
+    let r = rig().await;
+    let c = &r.c;
+    let agent = manageable_node_with(
+        c,
+        json!({"driver": "fake-hardware", "inspect_interface": "agent"}),
+    )
+    .await;
+    c.set_provision_state(&agent, "inspect", None)
+        .await
+        .unwrap();
+    settles(c, &agent, "inspect wait").await;
+    let fake = manageable_node_with(c, json!({"driver": "fake-hardware"})).await;
+    let n = c.store.get_node(&fake).await.unwrap();
+    assert_eq!(n.interface(crate::drivers::Kind::Inspect), "fake");
+    c.set_provision_state(&fake, "inspect", None).await.unwrap();
+    settles(c, &fake, "manageable").await;
+    assert_eq!(
+        *r.fake.calls.lock().unwrap(),
+        vec!["validate agent".to_string(), format!("start {agent} agent")],
+        "only the agent node reached the service"
+    );
+}
+
+/// The classic `pxe_ipmitool` alias sets `inspector` inspection: such a
+/// node is inspected through the service.
+#[tokio::test]
+async fn a_pxe_ipmitool_node_is_inspected_by_the_service() {
+    let r = rig().await;
+    let c = &r.c;
+    let Value::Object(m) = json!({"driver": "pxe_ipmitool",
+        "driver_info": {"ipmi_address": "127.0.0.1", "ipmi_username": "u", "ipmi_password": "p"}})
+    else {
+        unreachable!()
+    };
+    let n = c.create_node(NodeCreate(m)).await.unwrap();
+    assert_eq!(n.driver, "ipmi");
+    assert_eq!(n.interface(crate::drivers::Kind::Inspect), "inspector");
+    let v = c.validate(&n.uuid).await.unwrap();
+    assert_eq!(v["inspect"], json!({"result": true}), "{v}");
+    // manageable without a BMC to verify against (verify is not under test).
+    c.store
+        .modify_node(&n.uuid, |n: &mut Node| {
+            n.provision_state = "manageable".into();
+            Ok::<_, ServiceError>(())
+        })
+        .await
+        .unwrap();
+    c.set_provision_state(&n.uuid, "inspect", None)
+        .await
+        .unwrap();
+    settles(c, &n.uuid, "inspect wait").await;
+    assert_eq!(
+        *r.fake.calls.lock().unwrap(),
+        vec![
+            "validate inspector".to_string(),
+            format!("start {} inspector", n.uuid)
+        ]
+    );
+}
+
+/// Without `[inspect] endpoint` an `inspector` node's interface validates
+/// false naming the option, and `inspect` is refused with nothing moved.
+#[tokio::test]
+async fn without_the_service_inspector_nodes_are_refused_naming_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Arc::new(conductor(&dir));
+    let u = manageable_node(&c).await;
+    let v = c.validate(&u).await.unwrap();
+    let want = "The inspect interface \"inspector\" needs the inspect service, which this conductor is not configured with: set inspect.endpoint (PORTHOLE_CONDUCTOR_INSPECT_ENDPOINT).";
+    assert_eq!(
+        v["inspect"],
+        json!({"result": false, "reason": want}),
+        "{v}"
+    );
+    let before = c.store.get_node(&u).await.unwrap();
+    let err = c
+        .set_provision_state(&u, "inspect", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServiceError::Invalid(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("Failed to validate inspection or power info for node {u}. Error: {want}")
+    );
+    assert_eq!(c.store.get_node(&u).await.unwrap(), before);
+    assert!(!c.is_busy(&u));
 }

@@ -36,6 +36,7 @@ fn node(state: &str) -> Node {
         automated_clean: None,
         reservation: None,
         attrs: NodeAttrs::default(),
+        interfaces: Default::default(),
     }
 }
 

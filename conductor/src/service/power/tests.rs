@@ -42,8 +42,8 @@ fn conductor(settle: Duration) -> Rig {
     }
 }
 
-/// A node on the slow BMC (made as fake-hardware, then moved over in the
-/// store, so no create-time driver check is involved).
+/// A node on the slow BMC (made as fake-hardware, then its power
+/// interface moved over in the store, so no create-time check is involved).
 async fn slow_node(c: &Arc<Conductor>) -> String {
     let serde_json::Value::Object(m) = json!({"driver": "fake-hardware"}) else {
         unreachable!()
@@ -51,7 +51,7 @@ async fn slow_node(c: &Arc<Conductor>) -> String {
     let uuid = c.create_node(NodeCreate(m)).await.unwrap().uuid;
     c.store
         .modify_node(&uuid, |n: &mut Node| {
-            n.driver = "slow-test".into();
+            n.set_interface(crate::drivers::Kind::Power, "slow-test".into());
             Ok::<_, ServiceError>(())
         })
         .await

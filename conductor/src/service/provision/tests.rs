@@ -106,9 +106,11 @@ fn conductor(deploy: Option<Arc<Scripted>>) -> Rig {
     };
     let mut c = Conductor::new(store, consoles, power, timing, Default::default());
     if let Some(d) = deploy {
-        c.interfaces.fake_hardware.deploy = d;
+        c.interfaces.deploy.insert("fake".into(), d);
     }
-    c.interfaces.fake_hardware.inspect = Arc::new(Fake) as Arc<dyn InspectInterface>;
+    c.interfaces
+        .inspect
+        .insert("fake".into(), Arc::new(Fake) as Arc<dyn InspectInterface>);
     Rig {
         c: Arc::new(c),
         _dir: dir,

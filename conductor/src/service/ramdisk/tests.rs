@@ -82,7 +82,10 @@ fn conductor_with(waits: Waits) -> Rig {
     };
     let mut c = Conductor::new(store, consoles, power, timing, Default::default());
     let d = Arc::new(waits);
-    c.interfaces.fake_hardware.deploy = d.clone();
+    c.interfaces.deploy.insert(
+        "fake".into(),
+        d.clone() as Arc<dyn crate::provision::interfaces::DeployInterface>,
+    );
     Rig {
         c: Arc::new(c),
         d,

@@ -1,0 +1,291 @@
+//! The deploy service's configuration: defaults < TOML file
+//! (`--config` / `PORTHOLE_DEPLOY_CONFIG`) < `PORTHOLE_DEPLOY_<SECTION>_<KEY>`
+//! < flags, loaded by [`porthole_common::config`]. Secrets (Swift's key, its
+//! temp-URL key) are read from files named here, never from the
+//! environment or a flag.
+//!
+//! Callers: `main.rs`, [`crate::run`], tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use porthole_common::config::{ConfigError, Layout};
+use porthole_common::tls::ServerTls;
+use serde::{Deserialize, Serialize};
+
+pub const LAYOUT: Layout<'static> = Layout {
+    prefix: "PORTHOLE_DEPLOY_",
+    sections: &["service", "conductor", "store", "swift", "redfish"],
+};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub service: Service,
+    pub conductor: Conductor,
+    pub store: StoreConfig,
+    pub swift: Swift,
+    pub redfish: Redfish,
+}
+
+/// The gRPC endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Service {
+    pub listen: SocketAddr,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_client_ca_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50061".parse().expect("literal"),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_handshake_timeout: porthole_common::tls::DEFAULT_HANDSHAKE_TIMEOUT,
+            metrics_listen: None,
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl Service {
+    pub fn server_tls(&self) -> Result<Option<ServerTls>, porthole_common::tls::TlsError> {
+        ServerTls::from_options(
+            "service.tls_",
+            self.tls_cert_file.as_deref(),
+            self.tls_key_file.as_deref(),
+            self.tls_client_ca_file.as_deref(),
+        )
+    }
+}
+
+/// What the ramdisk is told about the conductor.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Conductor {
+    /// The conductor's API URL as the ramdisk reaches it (the floppy's
+    /// `ironic_api_url`); validate() refuses every node while unset.
+    pub api_url: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded HTTP store (no Swift needed).
+    #[default]
+    Http,
+    Swift,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    /// How long an uploaded image and its URL live (Ironic's
+    /// `deploy_helper_images_ttl`).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// The embedded store's HTTP listener.
+    pub http_listen: SocketAddr,
+    /// How BMCs reach it (`http://host:port`); unset: the listen address.
+    pub http_public_url: Option<String>,
+    /// Where its objects are kept (cleared at start).
+    pub http_dir: PathBuf,
+    /// Size of the floppy image.
+    pub floppy_size_kib: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Http,
+            ttl: Duration::from_secs(600),
+            http_listen: "127.0.0.1:50062".parse().expect("literal"),
+            http_public_url: None,
+            http_dir: PathBuf::from("/var/lib/porthole/deploy/objects"),
+            floppy_size_kib: crate::image::vfat::DEFAULT_SIZE_KIB,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Swift {
+    /// tempauth v1.0 URL, e.g. `http://127.0.0.1:8080/auth/v1.0`.
+    pub auth_url: Option<String>,
+    /// `account:user`.
+    pub user: Option<String>,
+    /// File holding the user's key (first line).
+    pub key_file: Option<PathBuf>,
+    /// File holding the account's temp-URL key; unset: read from the account.
+    pub temp_url_key_file: Option<PathBuf>,
+    /// Ironic's `swift_ilo_container`.
+    pub container: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for Swift {
+    fn default() -> Self {
+        Self {
+            auth_url: None,
+            user: None,
+            key_file: None,
+            temp_url_key_file: None,
+            container: "ironic_ilo_container".into(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redfish {
+    /// Bound on each Redfish request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for Redfish {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, &str, toml::Value)],
+    ) -> Result<Self, ConfigError> {
+        let config: Config = porthole_common::config::load(&LAYOUT, file, env, overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !["text", "json"].contains(&self.service.log_format.as_str()) {
+            return bad(format!(
+                "service.log_format must be \"text\" or \"json\", not {:?}",
+                self.service.log_format
+            ));
+        }
+        if self.store.ttl.as_secs() == 0 {
+            return bad("store.ttl must be at least 1 s".into());
+        }
+        if self.store.floppy_size_kib < 64 || self.store.floppy_size_kib > 2880 {
+            return bad("store.floppy_size_kib must be between 64 and 2880".into());
+        }
+        if let Some(u) = &self.conductor.api_url {
+            check_url("conductor.api_url", u)?;
+        }
+        if let Some(u) = &self.store.http_public_url {
+            check_url("store.http_public_url", u)?;
+        }
+        if self.store.backend == Backend::Swift {
+            for (name, set) in [
+                ("swift.auth_url", self.swift.auth_url.is_some()),
+                ("swift.user", self.swift.user.is_some()),
+                ("swift.key_file", self.swift.key_file.is_some()),
+            ] {
+                if !set {
+                    return bad(format!("store.backend = \"swift\" needs {name}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_url(name: &str, value: &str) -> Result<(), ConfigError> {
+    match url::Url::parse(value) {
+        Ok(u) if ["http", "https"].contains(&u.scheme()) && u.host().is_some() => Ok(()),
+        _ => Err(ConfigError::Invalid(format!(
+            "{name} must be an http(s) URL with a host, not {value:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_sections_and_keys_reach_the_struct() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("PORTHOLE_DEPLOY_STORE_TTL", "90s"),
+                ("PORTHOLE_DEPLOY_CONDUCTOR_API_URL", "http://192.0.2.1:6385"),
+                ("PORTHOLE_DEPLOY_STORE_BACKEND", "swift"),
+                (
+                    "PORTHOLE_DEPLOY_SWIFT_AUTH_URL",
+                    "http://127.0.0.1:8080/auth/v1.0",
+                ),
+                ("PORTHOLE_DEPLOY_SWIFT_USER", "test:tester"),
+                ("PORTHOLE_DEPLOY_SWIFT_KEY_FILE", "/run/key"),
+                ("PORTHOLE_DEPLOY_CONFIG", "ignored-here"),
+                ("PORTHOLE_CONDUCTOR_API_LISTEN", "not ours"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.store.ttl, Duration::from_secs(90));
+        assert_eq!(c.store.backend, Backend::Swift);
+        assert_eq!(
+            c.conductor.api_url.as_deref(),
+            Some("http://192.0.2.1:6385")
+        );
+        assert_eq!(c.swift.container, "ironic_ilo_container");
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_store_with_a_ten_minute_ttl() {
+        let c = Config::load(None, env(&[]), &[]).unwrap();
+        assert_eq!(c.store.backend, Backend::Http);
+        assert_eq!(c.store.ttl, Duration::from_secs(600));
+        assert!(c.conductor.api_url.is_none());
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        for (vars, want) in [
+            (
+                vec![("PORTHOLE_DEPLOY_STORE_BACKEND", "swift")],
+                "needs swift.auth_url",
+            ),
+            (
+                vec![("PORTHOLE_DEPLOY_CONDUCTOR_API_URL", "ftp://x")],
+                "conductor.api_url must be an http(s) URL",
+            ),
+            (vec![("PORTHOLE_DEPLOY_STORE_TTL", "0s")], "store.ttl"),
+            (
+                vec![("PORTHOLE_DEPLOY_NOPE_X", "1")],
+                "PORTHOLE_DEPLOY_NOPE_X",
+            ),
+        ] {
+            let err = Config::load(None, env(&vars), &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "{vars:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The deploy service's Prometheus metrics (`porthole_deploy_…`), served on
+//! `service.metrics_listen` by [`crate::run`]: the gRPC requests, each
+//! PrepareRamdisk step's duration and the results.
+//!
+//! One process-wide set, [`get`], as in the other services.
+//!
+//! Callers: [`crate::run`] (the gRPC layer, the endpoint), [`crate::deploy`].
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use porthole_common::metrics::grpc::{GrpcMetrics, GrpcMetricsLayer};
+use porthole_common::metrics::{
+    latency_histogram, seconds, Counter, Family, HistogramFamily, Registry, Unit,
+};
+
+type Labels1 = [(&'static str, &'static str); 1];
+
+pub struct DeployMetrics {
+    registry: Arc<Registry>,
+    grpc: GrpcMetrics,
+    steps: HistogramFamily<Labels1>,
+    prepares: Family<Labels1, Counter>,
+}
+
+static METRICS: LazyLock<DeployMetrics> = LazyLock::new(DeployMetrics::new);
+
+/// The process's metrics.
+pub fn get() -> &'static DeployMetrics {
+    &METRICS
+}
+
+/// The steps of PrepareRamdisk, as labelled.
+pub const STEPS: [&str; 4] = ["floppy_build", "upload", "insert", "power"];
+
+impl DeployMetrics {
+    fn new() -> Self {
+        let mut r = Registry::default();
+        let grpc = GrpcMetrics::register(
+            &mut r,
+            "porthole_deploy",
+            &[porthole_proto::FILE_DESCRIPTOR_SET],
+        )
+        .expect("the crate's own descriptor set decodes");
+        let steps = HistogramFamily::<Labels1>::new_with_constructor(latency_histogram);
+        let prepares = Family::<Labels1, Counter>::default();
+        r.register_with_unit(
+            "porthole_deploy_step_duration",
+            "Time of each PrepareRamdisk step: floppy_build, upload (to the store, with the temp URL), insert (both virtual media), power (boot once from CD and power on or reboot)",
+            Unit::Seconds,
+            steps.clone(),
+        );
+        r.register(
+            "porthole_deploy_prepares",
+            "PrepareRamdisk calls finished, by result (success, invalid: refused before any action, failure)",
+            prepares.clone(),
+        );
+        for step in STEPS {
+            let _ = steps.get_or_create(&[("step", step)]);
+        }
+        for result in ["success", "invalid", "failure"] {
+            let _ = prepares.get_or_create(&[("result", result)]);
+        }
+        Self {
+            registry: Arc::new(r),
+            grpc,
+            steps,
+            prepares,
+        }
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    pub fn grpc_layer(&self) -> GrpcMetricsLayer {
+        self.grpc.layer()
+    }
+
+    pub fn step(&self, step: &'static str, took: Duration) {
+        self.steps
+            .get_or_create(&[("step", step)])
+            .observe(seconds(took));
+    }
+
+    pub fn prepared(&self, result: &'static str) {
+        self.prepares.get_or_create(&[("result", result)]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_the_names_the_readme_gives() {
+        get().step("upload", Duration::from_millis(5));
+        get().prepared("invalid");
+        let text = porthole_common::metrics::encode(&get().registry());
+        for name in [
+            "porthole_deploy_step_duration_seconds_count{step=\"upload\"}",
+            "porthole_deploy_step_duration_seconds_count{step=\"power\"} 0",
+            "porthole_deploy_prepares_total{result=\"success\"}",
+            "porthole_deploy_prepares_total{result=\"invalid\"}",
+        ] {
+            assert!(text.contains(name), "{name} not in\n{text}");
+        }
+    }
+}
