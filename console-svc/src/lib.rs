@@ -7,6 +7,7 @@
 //! - [`spec`], [`secret`]: validated requests; passwords that never print.
 //! - [`text`]: caller input quoted in messages, bounded.
 //! - [`seal`]: passwords sealed (AEAD) for etcd.
+//! - [`consoles`]: the console API one trait for both modes (local, cluster).
 //! - [`manager`]: console lifecycles (the state machine), ports, events.
 //! - [`backend`]: the backend contract (start a console, its health, its log).
 //! - [`sol`]: the serial backends (native, socat) and ipmitool.
@@ -26,6 +27,7 @@ pub mod backoff;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod consoles;
 pub mod coordinator;
 pub mod error;
 pub mod grpc;

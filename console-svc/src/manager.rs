@@ -21,6 +21,7 @@
 //! ```
 
 mod census;
+mod consoles;
 mod fencing;
 mod port_choice;
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::backend::ConsoleBackend;
 use crate::cluster::forward::PeerTls;
 use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Backend, Config};
+use crate::consoles::Consoles;
 use crate::coordinator::etcd::{EtcdCoordinator, EtcdSettings, Member};
 use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{CoordError, Coordinator};
@@ -132,10 +133,10 @@ pub async fn run(
         )?),
         None => None,
     };
-    let api = match &cluster {
-        Some(c) => ConsoleApi::clustered(c.clone()),
-        None => ConsoleApi::new(manager.clone()),
-    };
+    let api = ConsoleApi::new(match &cluster {
+        Some(c) => Arc::new(c.clone()) as Arc<dyn Consoles>,
+        None => Arc::new(manager.clone()),
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     // health_reporter() says SERVING for ""; not before report_health says so.

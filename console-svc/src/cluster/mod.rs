@@ -1,8 +1,8 @@
 //! Several replicas, one cluster: the API every replica serves and the
 //! placement loop that decides who runs which console, both on etcd.
 //!
-//! Used when `[etcd] endpoints` is set; without it the gRPC layer talks to
-//! the local [`ConsoleManager`] directly, as before. Per node, the keys are
+//! Used when `[etcd] endpoints` is set; without it the gRPC layer's
+//! [`Consoles`](crate::consoles::Consoles) is the local [`ConsoleManager`]. Per node, the keys are
 //! `consoles/<node>/spec` (desired, written by any replica), `owner` (the
 //! claim, bound to the owner's lease) and `endpoint` (published by the owner
 //! in a transaction fenced by the claim's token). What a caller sees:
@@ -15,7 +15,8 @@
 //!   no spec, port still reserved ─────────────────────────────────────────  DISABLED
 //! ```
 //!
-//! - [`api`]: Enable/Disable/Get/List/Watch on the mirrored cluster state.
+//! - [`api`]: Enable/Disable/Get/List on cluster state; `consoles.rs`: the
+//!   [`Consoles`](crate::consoles::Consoles) trait on it (Watch included).
 //! - [`forward`]: GetConsoleLog on any replica (forwarded to the owner).
 //! - [`placement`]: rendezvous ranking and the claim loop; ownership is sticky.
 //! - [`publish`]: the owner's endpoint keys follow its manager's events.
@@ -23,6 +24,7 @@
 //!   unit tests).
 
 pub mod api;
+mod consoles;
 pub mod forward;
 pub mod placement;
 pub mod publish;

@@ -433,3 +433,31 @@ async fn metrics_follow_consoles_enables_and_fences() {
     assert_eq!(census(&m), [("serial", "disabled"), ("serial", "failed")]);
     assert!(scrape(fences) > fences_before, "the fence is counted");
 }
+
+/// The local [`Consoles`](crate::consoles::Consoles) watch: what was there
+/// before it in the snapshot, each change after it, Closed at shutdown.
+#[tokio::test]
+async fn the_local_watch_sees_the_snapshot_changes_and_the_shutdown() {
+    use crate::consoles::{Change, Consoles};
+    let (m, _backend) = manager("12010:12015", "true");
+    m.enable(spec("a", 0)).await.unwrap();
+    let mut watch = Consoles::watch(&m);
+    let snapshot: Vec<String> = watch
+        .snapshot()
+        .iter()
+        .map(|c| c.node.to_string())
+        .collect();
+    assert_eq!(snapshot, ["a"]);
+    Consoles::disable(&m, &spec("a", 0).node).await.unwrap();
+    match watch.next().await {
+        Change::Console(info) => {
+            assert_eq!(
+                (info.node.as_str(), info.state),
+                ("a", ConsoleState::Disabled)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    m.shutdown().await;
+    assert!(matches!(watch.next().await, Change::Closed));
+}
