@@ -17,6 +17,7 @@
 //! - [`process`]: recorded child processes, cleaned up after a crash.
 //! - [`grpc`]: `console.v1.ConsoleService`, health and reflection.
 //! - [`cli`]: the operator's client commands.
+//! - [`tasks`]: the handle every long-lived task is owned by (stop signal, join).
 //! - [`metrics`]: the Prometheus metrics (`service.metrics_listen`).
 
 // A service logs through tracing, never to stdout/stderr directly.
@@ -40,6 +41,7 @@ pub mod secret;
 pub mod server;
 pub mod sol;
 pub mod spec;
+pub mod tasks;
 pub mod text;
 pub mod vnc;
 pub use server::{run, RunError};

@@ -2,7 +2,8 @@
 //! tests in-process.
 //!
 //! ```text
-//!  run ──▶ sweep leftovers of a crashed run ──▶ serve gRPC ──shutdown──▶ stop every console ──▶ return
+//!  run ──▶ sweep leftovers of a crashed run ──▶ serve gRPC ──shutdown──▶ drain, stop every console
+//!      ──▶ stop placement/publish/mirror ──▶ revoke the lease (awaited, bounded) ──▶ return
 //! ```
 
 use std::future::Future;
@@ -25,7 +26,7 @@ use crate::cluster::forward::PeerTls;
 use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Backend, Config};
 use crate::consoles::Consoles;
-use crate::coordinator::etcd::{EtcdCoordinator, EtcdSettings, Member};
+use crate::coordinator::etcd::{lease, EtcdCoordinator, EtcdSettings, Member};
 use crate::coordinator::local::LocalCoordinator;
 use crate::coordinator::{CoordError, Coordinator};
 use crate::grpc::ConsoleApi;
@@ -35,6 +36,7 @@ use crate::seal::Sealer;
 use crate::sol::native::NativeBackend;
 use crate::sol::socat::{SocatBackend, SocatSettings};
 use crate::sol::SolError;
+use crate::tasks::Tasks;
 use crate::vnc::VncBackend;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +67,7 @@ pub enum RunError {
 }
 
 /// Serve `console.v1` on `listener` until `shutdown` is cancelled, then
-/// stop every console and return.
+/// stop every console, revoke the etcd lease (bounded) and return.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -85,59 +87,7 @@ pub async fn run(
         ),
         None => None,
     };
-    let pid_dir = config.console.terminal_pid_dir.clone();
-    let processes =
-        ProcessTable::open(&pid_dir, config.console.kill_timeout).map_err(|source| {
-            RunError::PidDir {
-                dir: pid_dir.clone(),
-                source,
-            }
-        })?;
-    for left in processes.sweep().await.map_err(|source| RunError::PidDir {
-        dir: pid_dir,
-        source,
-    })? {
-        warn!(pid = left.pid, label = %left.label, killed = left.killed, "cleaned up after a previous run");
-    }
-    let processes = Arc::new(processes);
-    let backends = Backends {
-        serial: serial_backend(&config)?,
-        vnc: match config.vnc.enabled {
-            true => Some(Arc::new(VncBackend::new(&config)?) as Arc<dyn ConsoleBackend>),
-            false => None,
-        },
-    };
-    // Cancelled last, after every console stopped: revoking the lease then
-    // frees this replica's consoles for the others at once.
-    let coordination = CancellationToken::new();
-    let (coordinator, etcd) = coordinator(&config, coordination.clone()).await?;
-    let placement = match etcd {
-        Some(_) => Placement::Cluster,
-        None => Placement::Local,
-    };
-    let manager = ConsoleManager::new(
-        config.clone(),
-        backends,
-        coordinator.clone(),
-        processes,
-        placement,
-        shutdown.child_token(),
-    );
-    let cluster = match etcd {
-        Some(etcd) => Some(cluster(
-            &config,
-            etcd,
-            &manager,
-            peer_tls,
-            coordination.clone(),
-        )?),
-        None => None,
-    };
-    let api = ConsoleApi::new(match &cluster {
-        Some(c) => Arc::new(c.clone()) as Arc<dyn Consoles>,
-        None => Arc::new(manager.clone()),
-    });
-
+    let replica = Replica::start(&config, peer_tls, &shutdown).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     // health_reporter() says SERVING for ""; not before report_health says so.
     set_health(&health, ServingStatus::NotServing).await;
@@ -154,33 +104,42 @@ pub async fn run(
               (Some(_), Some(_)) => "mutual",
           },
           "console-svc serving");
-    tokio::spawn(report_health(
+    let tasks = Tasks::new(&shutdown);
+    tasks.spawn(report_health(
         health.clone(),
-        coordinator.serving(),
-        drained_or_stopping(cluster.clone(), shutdown.clone()),
+        replica.coordinator.serving(),
+        drained_or_stopping(replica.cluster.clone(), shutdown.clone()),
     ));
-    let stopper = {
-        let manager = manager.clone();
-        let shutdown = shutdown.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            set_health(&health, ServingStatus::NotServing).await;
-            // Drain: stop taking, leave, release each console so another
-            // replica claims it at once; the lease is revoked last.
-            if let Some(cluster) = cluster {
-                cluster.drain().await;
-            }
-            manager.shutdown().await;
-            coordination.cancel();
-        })
-    };
+    let api = ConsoleApi::new(replica.consoles());
+    let stopper = tasks.spawn(replica.stop_after(shutdown.clone(), health));
     let router = tonic::transport::Server::builder()
         .layer(crate::metrics::get().grpc_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ConsoleServiceServer::new(api));
-    let serve = serve(router, listener, acceptor, &config, shutdown.clone());
+    let served = serve_until_grace(router, listener, acceptor, &config, &shutdown).await;
+    shutdown.cancel();
+    // Consoles stopped, placement and publish ended, the lease revoked.
+    let _ = stopper.await;
+    if !tasks.stop(SHUTDOWN_GRACE).await {
+        warn!("the health reporter did not end");
+    }
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
+    info!("console-svc stopped");
+    Ok(served?)
+}
+
+/// Serve until `shutdown`, then give client connections [`SHUTDOWN_GRACE`].
+async fn serve_until_grace(
+    router: tonic::transport::server::Router<WithGrpcMetrics>,
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let serve = serve(router, listener, acceptor, config, shutdown.clone());
     // A graceful shutdown waits for every client connection to close; one
     // whose peer never answers the GOAWAY would keep us up for ever. Give
     // them SHUTDOWN_GRACE once shutdown began, then stop anyway.
@@ -188,20 +147,130 @@ pub async fn run(
         shutdown.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
-    let served = tokio::select! {
+    tokio::select! {
         served = serve => served,
         _ = grace => {
             warn!(grace = ?SHUTDOWN_GRACE, "client connections still open after shutdown began; closing them");
             Ok(())
         }
-    };
-    shutdown.cancel();
-    let _ = stopper.await;
-    if let Some(metrics) = metrics {
-        metrics.stop().await;
     }
-    info!("console-svc stopped");
-    Ok(served?)
+}
+
+/// This replica's consoles and what coordinates them: the manager, and
+/// with etcd the coordinator and the cluster layer.
+struct Replica {
+    manager: ConsoleManager,
+    coordinator: Arc<dyn Coordinator>,
+    etcd: Option<Arc<EtcdCoordinator>>,
+    cluster: Option<Cluster>,
+    /// The parent of the coordination tasks (lease, mirror, placement,
+    /// publish); cancelled last, after every console stopped.
+    coordination: CancellationToken,
+}
+
+/// How long shutdown waits for placement, publish and the mirror to end.
+const COORDINATION_BOUND: Duration = Duration::from_secs(2);
+
+impl Replica {
+    /// Sweep what a crashed run left, then start the backends, the
+    /// coordinator, the manager and (with etcd) the cluster layer.
+    async fn start(
+        config: &Arc<Config>,
+        peer_tls: PeerTls,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, RunError> {
+        let processes = Arc::new(processes(config).await?);
+        let backends = Backends {
+            serial: serial_backend(config)?,
+            vnc: match config.vnc.enabled {
+                true => Some(Arc::new(VncBackend::new(config)?) as Arc<dyn ConsoleBackend>),
+                false => None,
+            },
+        };
+        // Not a child of `shutdown`: the lease outlives the consoles, so
+        // that revoking it frees them for the others at once.
+        let coordination = CancellationToken::new();
+        let (coordinator, etcd) = coordinator(config, coordination.clone()).await?;
+        let placement = match etcd {
+            Some(_) => Placement::Cluster,
+            None => Placement::Local,
+        };
+        let manager = ConsoleManager::new(
+            config.clone(),
+            backends,
+            coordinator.clone(),
+            processes,
+            placement,
+            shutdown.child_token(),
+        );
+        let cluster = match &etcd {
+            Some(etcd) => Some(cluster(
+                config,
+                etcd.clone(),
+                &manager,
+                peer_tls,
+                coordination.clone(),
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            manager,
+            coordinator,
+            etcd,
+            cluster,
+            coordination,
+        })
+    }
+
+    /// What the gRPC API calls: the cluster with etcd, else the manager.
+    fn consoles(&self) -> Arc<dyn Consoles> {
+        match &self.cluster {
+            Some(c) => Arc::new(c.clone()),
+            None => Arc::new(self.manager.clone()),
+        }
+    }
+
+    /// Once `shutdown` fires: NOT_SERVING; drain (stop taking, leave,
+    /// release each console so another replica claims it at once); stop the
+    /// consoles; stop placement, publish and the mirror; revoke the lease
+    /// and wait for it (bounded by [`lease::REVOKE_TIMEOUT`]).
+    async fn stop_after(
+        self,
+        shutdown: CancellationToken,
+        health: tonic_health::server::HealthReporter,
+    ) {
+        shutdown.cancelled().await;
+        set_health(&health, ServingStatus::NotServing).await;
+        if let Some(cluster) = &self.cluster {
+            cluster.drain().await;
+        }
+        self.manager.shutdown().await;
+        if let Some(cluster) = &self.cluster {
+            if !cluster.stop(COORDINATION_BOUND).await {
+                warn!("placement, publish or the etcd mirror did not end in time");
+            }
+        }
+        self.coordination.cancel();
+        if let Some(etcd) = &self.etcd {
+            if !etcd.stop(lease::REVOKE_TIMEOUT + COORDINATION_BOUND).await {
+                warn!("the etcd lease keeper did not end in time");
+            }
+        }
+    }
+}
+
+/// The process table, with what a crashed run left behind cleaned up.
+async fn processes(config: &Config) -> Result<ProcessTable, RunError> {
+    let pid_dir = config.console.terminal_pid_dir.clone();
+    let pid_err = |source| RunError::PidDir {
+        dir: pid_dir.clone(),
+        source,
+    };
+    let processes = ProcessTable::open(&pid_dir, config.console.kill_timeout).map_err(pid_err)?;
+    for left in processes.sweep().await.map_err(pid_err)? {
+        warn!(pid = left.pid, label = %left.label, killed = left.killed, "cleaned up after a previous run");
+    }
+    Ok(processes)
 }
 
 /// The TLS acceptor when gRPC is served over TLS, and how this replica

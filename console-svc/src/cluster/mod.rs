@@ -44,6 +44,11 @@ use self::store::{ClusterStore, EtcdStore};
 use crate::coordinator::etcd::specs::SpecStore;
 use crate::coordinator::etcd::EtcdCoordinator;
 use crate::manager::ConsoleManager;
+use crate::tasks::Tasks;
+
+/// The longest a drain waits for etcd to drop this replica from the member
+/// list; without an answer the key goes with the lease.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Timing of the cluster layer.
 #[derive(Clone, Debug)]
@@ -66,6 +71,9 @@ struct Inner {
     store: Arc<dyn ClusterStore>,
     manager: ConsoleManager,
     settings: ClusterSettings,
+    /// Placement (and its claims) and publish; stopped by the `cancel` given
+    /// to [`Cluster::with_store`].
+    tasks: Tasks,
     /// Cancelled by drain: no more claims.
     taking: CancellationToken,
     /// Opened specs by node, with the revision they were read at: placement
@@ -98,18 +106,28 @@ impl Cluster {
         settings: ClusterSettings,
         cancel: CancellationToken,
     ) -> Self {
+        let tasks = Tasks::new(&cancel);
         let cluster = Self {
             inner: Arc::new(Inner {
                 store,
                 manager,
                 settings,
-                taking: cancel.child_token(),
+                taking: tasks.token().child_token(),
+                tasks,
                 opened: api::SpecCache::default(),
             }),
         };
-        placement::spawn(cluster.clone(), cancel.clone());
-        publish::spawn(cluster.clone(), cancel);
+        placement::spawn(cluster.clone());
+        publish::spawn(cluster.clone());
         cluster
+    }
+
+    /// Stop placing, claiming, publishing and mirroring; wait (at most
+    /// `bound` for each) until they ended. False if some had not.
+    pub async fn stop(&self, bound: Duration) -> bool {
+        let tasks = self.inner.tasks.stop(bound).await;
+        let store = self.inner.store.stop(bound).await;
+        tasks && store
     }
 
     pub fn replica(&self) -> &str {
@@ -126,8 +144,10 @@ impl Cluster {
     /// Returns how many consoles were released.
     pub async fn drain(&self) -> usize {
         self.inner.taking.cancel();
-        if let Err(e) = self.inner.store.leave().await {
-            tracing::warn!(error = %e, "could not leave the member list");
+        match tokio::time::timeout(LEAVE_TIMEOUT, self.inner.store.leave()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not leave the member list"),
+            Err(_) => tracing::warn!(timeout = ?LEAVE_TIMEOUT, "etcd did not answer the leave"),
         }
         let manager = &self.inner.manager;
         let owned = manager
