@@ -359,7 +359,7 @@ impl ConsoleManager {
         // by `cancel`: this only waits for them to end.
         if !self.inner.tasks.stop(TASKS_BOUND).await {
             warn!(
-                tasks = self.inner.tasks.len(),
+                bound = ?TASKS_BOUND,
                 "manager tasks still running after shutdown"
             );
         }

@@ -442,6 +442,7 @@ fn serial_backend(config: &Config) -> Result<Arc<dyn ConsoleBackend>, RunError> 
                 std::env::current_exe().unwrap_or_else(|_| "console-svc".into())
             }),
             subprocess_timeout: c.subprocess_timeout,
+            checking_interval: c.subprocess_checking_interval,
             terminal_timeout: c.terminal_timeout,
             retry_max_backoff: c.retry_max_backoff,
         })?),

@@ -39,11 +39,6 @@ impl Tasks {
         }
     }
 
-    /// A handle of its own whose stop signal is a child of this one's.
-    pub fn child(&self) -> Self {
-        Self::new(&self.stop)
-    }
-
     /// The stop signal the tasks watch.
     pub fn token(&self) -> &CancellationToken {
         &self.stop
@@ -55,15 +50,6 @@ impl Tasks {
         F::Output: Send + 'static,
     {
         self.tracker.spawn(task)
-    }
-
-    /// How many tasks are still running.
-    pub fn len(&self) -> usize {
-        self.tracker.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tracker.is_empty()
     }
 
     /// Signal stop, then wait up to `bound` for every task to end. False if
@@ -100,14 +86,12 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100 * i)).await;
             });
         }
-        let child = tasks.child();
+        let child = Tasks::new(tasks.token());
         let stop = child.token().clone();
         child.spawn(async move { stop.cancelled().await });
-        assert_eq!(tasks.len(), 3);
         let t0 = tokio::time::Instant::now();
         assert!(tasks.stop(Duration::from_secs(1)).await);
         assert_eq!(t0.elapsed(), Duration::from_millis(200));
-        assert!(tasks.is_empty());
         assert!(
             child.token().is_cancelled(),
             "a child stops with its parent"
@@ -123,6 +107,5 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         assert!(!tasks.stop(Duration::from_secs(2)).await);
         assert_eq!(t0.elapsed(), Duration::from_secs(2));
-        assert_eq!(tasks.len(), 1);
     }
 }

@@ -160,10 +160,6 @@ impl Cluster {
         owned
     }
 
-    pub fn draining(&self) -> bool {
-        self.inner.taking.is_cancelled()
-    }
-
     /// Resolves once this replica is drained (it stays drained until restarted).
     pub async fn drained(&self) {
         self.inner.taking.cancelled().await

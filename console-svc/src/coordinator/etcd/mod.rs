@@ -266,11 +266,6 @@ pub struct EndpointDoc {
 }
 
 impl EtcdCoordinator {
-    /// The lease this replica holds now, if any.
-    pub fn lease_id(&self) -> Option<i64> {
-        *self.lease.borrow()
-    }
-
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
