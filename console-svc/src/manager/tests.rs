@@ -193,7 +193,10 @@ async fn a_start_failure_is_reported_and_recorded() {
     assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
     let info = m.get(&spec("port-in-use", 0).node).unwrap();
     assert_eq!(info.state, ConsoleState::Failed);
-    assert!(info.last_error.unwrap().contains("already in use"));
+    // The backend's words, as the error's cause; not the error's own frame.
+    let last_error = info.last_error.unwrap();
+    assert!(last_error.starts_with("port "), "{last_error}");
+    assert!(last_error.contains("already in use"), "{last_error}");
 }
 
 #[tokio::test]
