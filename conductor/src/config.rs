@@ -22,6 +22,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub console: ConsoleSvcConfig,
     pub power: PowerConfig,
+    pub conductor: ConductorConfig,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -93,6 +94,33 @@ pub struct PowerConfig {
     pub poll_interval: Duration,
 }
 
+/// Ironic's `[conductor]` provisioning timeouts, in seconds as Ironic's
+/// (0 disables a check; `check_provision_state_interval` 0 disables them
+/// all). A node waiting past its timeout fails (`periodic`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConductorConfig {
+    /// `wait call-back` → `deploy failed`.
+    pub deploy_callback_timeout: u64,
+    /// `inspect wait` → `inspect failed` (from inspection_started_at).
+    pub inspect_wait_timeout: u64,
+    /// `clean wait` → `clean failed`.
+    pub clean_callback_timeout: u64,
+    /// How often the timeouts are checked.
+    pub check_provision_state_interval: u64,
+}
+
+impl Default for ConductorConfig {
+    fn default() -> Self {
+        Self {
+            deploy_callback_timeout: 1800,
+            inspect_wait_timeout: 1800,
+            clean_callback_timeout: 1800,
+            check_provision_state_interval: 60,
+        }
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
@@ -148,7 +176,7 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
-const SECTIONS: &[&str] = &["api", "database", "console", "power"];
+const SECTIONS: &[&str] = &["api", "database", "console", "power", "conductor"];
 
 /// The environment prefix and sections porthole-common's loader reads.
 pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
@@ -230,6 +258,26 @@ mod tests {
         assert_eq!(c.api.auth_strategy, AuthStrategy::HttpBasic);
         assert_eq!(c.power.state_timeout, Duration::from_secs(5));
         assert_eq!(c.console.endpoint, "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn conductor_timeouts_are_ironics_seconds() {
+        let c = Config::load(None, Vec::new(), &[]).unwrap().conductor;
+        assert_eq!(
+            (
+                c.deploy_callback_timeout,
+                c.inspect_wait_timeout,
+                c.clean_callback_timeout,
+                c.check_provision_state_interval
+            ),
+            (1800, 1800, 1800, 60)
+        );
+        let env = vec![(
+            "PORTHOLE_CONDUCTOR_CONDUCTOR_DEPLOY_CALLBACK_TIMEOUT".to_owned(),
+            "0".to_owned(),
+        )];
+        let c = Config::load(None, env, &[]).unwrap().conductor;
+        assert_eq!(c.deploy_callback_timeout, 0);
     }
 
     #[test]

@@ -242,6 +242,7 @@ impl Registry {
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&conn).map_err(err)?;
         reseal_secrets(&conn, &sealer)?;
+        conn.execute_batch(tokens::SCHEMA).map_err(err)?;
         Ok(Self {
             conn: Mutex::new(conn),
             sealer,
@@ -310,7 +311,7 @@ impl Registry {
                 n.name,
                 n.driver,
                 to_json(&self.sealer.seal_dict(&n.uuid, &n.driver_info)),
-                to_json(&n.driver_internal_info),
+                to_json(&tokens::without_token(&n.driver_internal_info)),
                 n.console_interface,
                 n.power_state,
                 n.target_power_state,
@@ -493,6 +494,8 @@ impl Registry {
         Ok(())
     }
 }
+
+pub mod tokens;
 
 #[cfg(test)]
 mod tests;

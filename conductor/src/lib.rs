@@ -12,6 +12,7 @@
 //! - [`console`], [`watch`]: the console-svc client, reconcile, WatchConsoles.
 //! - [`api`]: the REST API v1 (axum), auth, versions, the error mapping.
 //! - [`patch`]: JSON Patch.
+//! - [`periodic`]: the provision timeouts (Ironic's `[conductor]` periodic checks).
 //! - [`logfmt`]: text log lines with control characters escaped (in porthole-common).
 //! - [`metrics`]: the Prometheus metrics (`api.metrics_listen`).
 
@@ -26,6 +27,7 @@ pub use porthole_common::logfmt;
 pub mod metrics;
 pub mod model;
 pub mod patch;
+pub mod periodic;
 pub mod power;
 pub mod provision;
 pub mod seal;
@@ -124,6 +126,11 @@ pub async fn run(
             other => RunError::Serve(std::io::Error::other(other.to_string())),
         })?;
     conductor.tasks.spawn(watch::follow(conductor.clone()));
+    let timeouts = periodic::ProvisionTimeouts::start(
+        conductor.clone(),
+        periodic::Timeouts::from_config(&config.conductor),
+        shutdown.child_token(),
+    );
     let state = api::AppState {
         conductor: conductor.clone(),
         basic,
@@ -160,6 +167,9 @@ pub async fn run(
     shutdown.cancel();
     if let Some(m) = metrics {
         m.stop().await;
+    }
+    if let Some(t) = timeouts {
+        t.stop().await;
     }
     conductor.tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), conductor.tasks.wait())

@@ -40,6 +40,16 @@ impl Sealer {
         })
     }
 
+    /// One secret sealed for `id` (associated data), e.g. a ramdisk token.
+    pub fn seal_str(&self, id: &str, clear: &str) -> String {
+        self.0.seal(id, clear)
+    }
+
+    /// A secret sealed by [`Sealer::seal_str`] for the same `id`.
+    pub fn open_str(&self, id: &str, sealed: &str) -> Result<String, SealError> {
+        self.0.open(id, sealed)
+    }
+
     /// A driver_info as an older conductor stored it (secrets sealed without
     /// associated data, or in clear text) in today's form for node `uuid`.
     pub fn reseal_dict_v0(&self, uuid: &str, dict: &Dict) -> Result<Dict, SealError> {

@@ -4,78 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Result};
+use common::sushy::{Sushy, SYSTEM};
 use common::{eventually, Cli, TestConductor};
-use serde_json::Value;
-
-const SYSTEM: &str = "/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094";
-
-/// A sushy-tools emulator, stopped (by its pid) on drop.
-struct Sushy {
-    pid: i32,
-    url: String,
-}
-
-impl Sushy {
-    async fn start() -> Result<Self> {
-        let rig_dir = std::env::var_os("PORTHOLE_RIG_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/rig"));
-        let state = Path::new(env!("CARGO_TARGET_TMPDIR")).join("porthole-conductor-sushy");
-        // An emulator an interrupted run of this test left in our state dir.
-        let _ = tokio::process::Command::new(rig_dir.join("redfish-up.sh"))
-            .arg("down")
-            .env("RIG_STATE_DIR", &state)
-            .output()
-            .await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let out = tokio::process::Command::new(rig_dir.join("redfish-up.sh"))
-            .arg("up")
-            .env("RIG_STATE_DIR", &state)
-            .env("REDFISH_PORT", port.to_string())
-            .output()
-            .await
-            .context("running redfish-up.sh")?;
-        if !out.status.success() {
-            bail!(
-                "redfish-up.sh failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let pid: i32 = std::fs::read_to_string(state.join("redfish/sushy.pid"))?
-            .trim()
-            .parse()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let url = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("REDFISH_URL="))
-            .map(str::to_owned)
-            .with_context(|| format!("redfish-up.sh said: {stdout}"))?;
-        Ok(Self { pid, url })
-    }
-
-    async fn system(&self) -> Result<Value> {
-        Ok(reqwest::get(format!("{}{SYSTEM}", self.url))
-            .await?
-            .json()
-            .await?)
-    }
-}
-
-impl Drop for Sushy {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redfish_power_and_boot_device() {

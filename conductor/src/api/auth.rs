@@ -3,6 +3,11 @@
 //! or `http_basic` against an htpasswd file of bcrypt hashes. Version
 //! discovery (`GET /`, `GET /v1`) needs no credentials, as in Ironic.
 //!
+//! The ramdisk's calls (`api::ramdisk::is_ramdisk_path`) are let through
+//! without valid credentials, marked [`Caller::Anonymous`], for the
+//! conductor to check the per-operation secret; every other call without
+//! them is 401.
+//!
 //! Callers: the router in `api::mod` (middleware), `lib::run` (loading).
 
 use std::collections::{HashMap, HashSet};
@@ -16,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
+use super::ramdisk::{is_ramdisk_path, Caller};
 use super::{ApiError, AppState};
 
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +149,7 @@ impl HttpBasic {
     }
 }
 
-pub async fn middleware(State(st): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let Some(basic) = &st.basic else {
         return next.run(req).await;
     };
@@ -151,6 +157,7 @@ pub async fn middleware(State(st): State<AppState>, req: Request, next: Next) ->
     if path == "/" || path == "/v1" || path == "/v1/" {
         return next.run(req).await;
     }
+    let ramdisk = is_ramdisk_path(path);
     let header = req
         .headers()
         .get(AUTHORIZATION)
@@ -162,6 +169,10 @@ pub async fn middleware(State(st): State<AppState>, req: Request, next: Next) ->
         .await
         .unwrap_or(false);
     if ok {
+        req.extensions_mut().insert(Caller::Operator);
+        next.run(req).await
+    } else if ramdisk {
+        req.extensions_mut().insert(Caller::Anonymous);
         next.run(req).await
     } else {
         ApiError::Unauthorized.into_response()

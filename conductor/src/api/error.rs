@@ -93,6 +93,9 @@ fn service_status(e: &ServiceError) -> StatusCode {
         },
         ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
         ServiceError::Conflict(_) | ServiceError::Locked(_) => StatusCode::CONFLICT,
+        ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ServiceError::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ServiceError::NotFound => StatusCode::NOT_FOUND,
         ServiceError::Patch(p) => match p {
             PatchError::Invalid(_)
             | PatchError::NewRootAttribute(_)

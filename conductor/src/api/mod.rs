@@ -1,5 +1,6 @@
 //! The Ironic-compatible REST API v1 (axum): routes, shared state, body
-//! parsing, and links. Handlers live in `nodes`, `ports` and `states`;
+//! parsing, and links. Handlers live in `nodes`, `ports`, `states`,
+//! `vendor` (vendor passthru) and `ramdisk` (lookup, heartbeat);
 //! `version` and `auth` are middleware; `error` maps failures.
 //!
 //! Called by `lib::run`, which serves [`router`] on its listener.
@@ -8,14 +9,16 @@ mod auth;
 mod error;
 mod nodes;
 mod ports;
+mod ramdisk;
 mod states;
+mod vendor;
 mod version;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method};
-use axum::routing::{get, put};
+use axum::routing::{any, get, post, put};
 use axum::Router;
 use serde_json::Value;
 
@@ -61,6 +64,17 @@ pub fn router(state: AppState) -> Router {
             get(states::supported_boot_devices),
         )
         .route(&format!("{node}/validate"), get(states::validate))
+        .route(&format!("{node}/vendor_passthru"), any(vendor::by_query))
+        .route(
+            &format!("{node}/vendor_passthru/methods"),
+            get(vendor::methods),
+        )
+        .route(
+            &format!("{node}/vendor_passthru/{{method}}"),
+            any(vendor::by_path),
+        )
+        .route("/v1/lookup", get(ramdisk::lookup))
+        .route("/v1/heartbeat/{node}", post(ramdisk::heartbeat))
         .route("/v1/ports", get(ports::list).post(ports::create))
         .route("/v1/ports/detail", get(ports::detail))
         .route("/v1/ports/{port}", get(ports::show).delete(ports::delete))

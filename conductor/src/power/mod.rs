@@ -7,6 +7,8 @@
 
 pub mod ipmi;
 pub mod redfish;
+#[cfg(test)]
+pub mod slow;
 
 use std::time::Duration;
 
@@ -56,6 +58,9 @@ pub struct PowerSettings {
     pub ipmitool_path: String,
     pub command_timeout: Duration,
     pub redfish: porthole_bmc::redfish::Client,
+    /// The BMC of `slow-test` nodes (unit tests only).
+    #[cfg(test)]
+    pub slow: Option<std::sync::Arc<slow::SlowBmc>>,
 }
 
 impl PowerSettings {
@@ -64,6 +69,8 @@ impl PowerSettings {
             redfish: porthole_bmc::redfish::Client::new(command_timeout)?,
             ipmitool_path,
             command_timeout,
+            #[cfg(test)]
+            slow: None,
         })
     }
 }
@@ -72,6 +79,8 @@ impl PowerSettings {
 pub enum Bmc {
     Ipmi(ipmi::Ipmi),
     Redfish(redfish::Redfish),
+    #[cfg(test)]
+    Slow(std::sync::Arc<slow::SlowBmc>),
 }
 
 impl Bmc {
@@ -86,6 +95,10 @@ impl Bmc {
                 &node.driver_info,
                 settings,
             )?)),
+            #[cfg(test)]
+            "slow-test" if settings.slow.is_some() => {
+                Ok(Bmc::Slow(settings.slow.clone().expect("checked")))
+            }
             other => Err(PowerError::Invalid(format!(
                 "Driver {other} is not supported; use ipmi or redfish."
             ))),
@@ -96,6 +109,8 @@ impl Bmc {
         match self {
             Bmc::Ipmi(b) => b.power_state().await,
             Bmc::Redfish(b) => b.power_state().await,
+            #[cfg(test)]
+            Bmc::Slow(b) => Ok(b.power_state()),
         }
     }
 
@@ -103,6 +118,11 @@ impl Bmc {
         match self {
             Bmc::Ipmi(b) => b.set_power(want).await,
             Bmc::Redfish(b) => b.set_power(want).await,
+            #[cfg(test)]
+            Bmc::Slow(b) => {
+                b.set_power(want);
+                Ok(())
+            }
         }
     }
 
@@ -116,6 +136,11 @@ impl Bmc {
                 b.set_power(Power::On).await
             }
             Bmc::Redfish(b) => b.reboot().await,
+            #[cfg(test)]
+            Bmc::Slow(b) => {
+                b.set_power(Power::On);
+                Ok(())
+            }
         }
     }
 
@@ -123,6 +148,8 @@ impl Bmc {
         match self {
             Bmc::Ipmi(b) => b.set_boot_device(device, persistent).await,
             Bmc::Redfish(b) => b.set_boot_device(device, persistent).await,
+            #[cfg(test)]
+            Bmc::Slow(_) => Ok(()),
         }
     }
 
@@ -131,6 +158,8 @@ impl Bmc {
         match self {
             Bmc::Ipmi(b) => b.boot_device().await,
             Bmc::Redfish(b) => b.boot_device().await,
+            #[cfg(test)]
+            Bmc::Slow(_) => Ok((None, false)),
         }
     }
 }

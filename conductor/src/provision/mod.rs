@@ -49,6 +49,7 @@
 pub mod interfaces;
 #[cfg(test)]
 mod tests;
+pub mod vendor;
 
 use std::fmt;
 

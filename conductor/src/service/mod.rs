@@ -3,12 +3,16 @@
 //!
 //! [`Conductor`] owns the store, the console-svc client and the power
 //! settings. Node CRUD and ports live here; power in `power.rs`, consoles
-//! in `console.rs`. Callers: `api` handlers, `watch`, `lib::run`.
+//! in `console.rs`, provisioning in `provision.rs`, the ramdisk's secret,
+//! lookup and heartbeat in `ramdisk.rs`, vendor passthru in `vendor.rs`.
+//! Callers: `api` handlers, `watch`, `periodic`, `lib::run`.
 
 mod console;
 mod nodes;
 pub mod power;
 mod provision;
+pub mod ramdisk;
+pub mod vendor;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -40,6 +44,15 @@ pub enum ServiceError {
         "Node {0} is locked by host {HOST}, please retry after the current operation is completed."
     )]
     Locked(String),
+    /// A ramdisk-facing call without the right per-operation secret.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The call needs operator credentials (http_basic) it did not carry.
+    #[error("The request you have made requires authentication.")]
+    Unauthenticated,
+    /// Not found, saying no more (Ironic's bare NotFound, as its lookup).
+    #[error("Resource could not be found.")]
+    NotFound,
     #[error(transparent)]
     Patch(#[from] PatchError),
     #[error(transparent)]
@@ -63,14 +76,18 @@ pub struct Conductor {
     pub consoles: ConsoleClient,
     pub power: PowerSettings,
     pub timing: PowerTiming,
-    /// Nodes with a power action under way.
+    /// Nodes whose lock (Ironic's reservation) an action holds.
     busy: Mutex<HashSet<String>>,
+    /// The latest power action of each node (`power.rs`).
+    power_seq: power::PowerSequence,
     /// One console operation per node at a time (API and watcher alike).
     console_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     /// Deploy and inspect interfaces by hardware type.
     pub interfaces: crate::provision::interfaces::Interfaces,
+    /// Vendor interfaces (vendor_passthru) by hardware type.
+    pub vendors: crate::provision::vendor::VendorInterfaces,
 }
 
 /// Marks a node busy until dropped.
@@ -99,10 +116,12 @@ impl Conductor {
             power,
             timing,
             busy: Mutex::default(),
+            power_seq: Default::default(),
             console_locks: Mutex::default(),
             tasks: TaskTracker::new(),
             shutdown,
             interfaces: Default::default(),
+            vendors: Default::default(),
         }
     }
 

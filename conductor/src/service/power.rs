@@ -1,8 +1,17 @@
 //! Power actions (asynchronous, with target_power_state), boot devices and
 //! validation. Callers: the state handlers in `api::states`.
+//!
+//! Locking as Ironic's reservation: a power action holds the node's lock
+//! while it commands the BMC, and lets it go before it waits for the power
+//! state to settle, so another call (ironic-inspector's power off during an
+//! inspection, a second `power on`) is accepted meanwhile. Each action has
+//! a sequence number ([`PowerSequence`]); an action that a newer one
+//! overtook stops waiting and records nothing.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
 
 use serde_json::{json, Value};
 use tracing::Instrument;
@@ -48,6 +57,29 @@ impl PowerAction {
     }
 }
 
+/// The sequence number of each node's latest power action.
+#[derive(Default)]
+pub struct PowerSequence(Mutex<HashMap<String, u64>>);
+
+impl PowerSequence {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new action on `uuid`: its number.
+    fn begin(&self, uuid: &str) -> u64 {
+        let mut m = self.map();
+        let n = m.entry(uuid.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// Is `seq` still `uuid`'s latest action?
+    fn is_latest(&self, uuid: &str, seq: u64) -> bool {
+        self.map().get(uuid) == Some(&seq)
+    }
+}
+
 impl Conductor {
     /// Start a power action: target_power_state set now, the BMC driven in
     /// the background, power_state settled (or last_error) when it is done.
@@ -62,6 +94,7 @@ impl Conductor {
         }
         let bmc = Bmc::for_node(&node, &self.power)?;
         let guard = self.reserve(&node.uuid)?;
+        let seq = self.power_seq.begin(&node.uuid);
         let target = match action {
             PowerAction::Reboot => POWER_ON,
             a => a.end_state().as_ironic(),
@@ -76,7 +109,7 @@ impl Conductor {
         let this = self.clone();
         let span = tracing::info_span!("power", node = %node.uuid, ?action);
         self.tasks
-            .spawn(async move { this.run_power(bmc, action, guard).await }.instrument(span));
+            .spawn(async move { this.run_power(bmc, action, guard, seq).await }.instrument(span));
         Ok(())
     }
 
@@ -100,22 +133,39 @@ impl Conductor {
         Ok(())
     }
 
-    async fn run_power(self: Arc<Self>, bmc: Bmc, action: PowerAction, guard: BusyGuard) {
+    /// The BMC command under the lock (`guard`), then the wait for the
+    /// state without it; the outcome recorded unless a newer action
+    /// (`seq` no longer the latest) took over meanwhile.
+    async fn run_power(self: Arc<Self>, bmc: Bmc, action: PowerAction, guard: BusyGuard, seq: u64) {
         let uuid = guard.uuid.clone();
         let began = Instant::now();
         let result = match action {
             PowerAction::Reboot => bmc.reboot().await,
             a => bmc.set_power(a.end_state()).await,
         };
+        drop(guard);
         let settled = match result {
-            Ok(()) => self.wait_for(&bmc, action.end_state()).await,
+            Ok(()) => match self.wait_for(&bmc, action.end_state(), &uuid, seq).await {
+                Some(r) => r,
+                None => {
+                    tracing::info!("a newer power action took over; this one records nothing");
+                    return;
+                }
+            },
             Err(e) => Err(e),
         };
         crate::metrics::get().power_action(action.label(), settled.is_ok(), began.elapsed());
         let record = settled.as_ref().map(|p| *p).map_err(|e| e.to_string());
+        let this = self.clone();
+        let id = uuid.clone();
         let outcome = self
             .store
             .modify_node(&uuid, move |n: &mut Node| {
+                // Checked under the store's lock: a newer action writes its
+                // target_power_state under it too, after taking its number.
+                if !this.power_seq.is_latest(&id, seq) {
+                    return Ok(());
+                }
                 n.target_power_state = None;
                 match record {
                     Ok(p) => n.power_state = Some(p.as_ironic().into()),
@@ -134,21 +184,34 @@ impl Conductor {
             (Err(e), _) => tracing::warn!(error = %e, "power action failed"),
             (_, Err(e)) => tracing::warn!(error = %e, "node vanished during a power action"),
         }
-        drop(guard);
     }
 
-    async fn wait_for(&self, bmc: &Bmc, want: Power) -> Result<Power, PowerError> {
+    /// Poll until the BMC reports `want` (or the state timeout); `None`
+    /// once a newer action than `seq` began on `uuid`.
+    async fn wait_for(
+        &self,
+        bmc: &Bmc,
+        want: Power,
+        uuid: &str,
+        seq: u64,
+    ) -> Option<Result<Power, PowerError>> {
         let deadline = Instant::now() + self.timing.state_timeout;
         loop {
-            let now = bmc.power_state().await?;
+            if !self.power_seq.is_latest(uuid, seq) {
+                return None;
+            }
+            let now = match bmc.power_state().await {
+                Ok(p) => p,
+                Err(e) => return Some(Err(e)),
+            };
             if now == want {
-                return Ok(now);
+                return Some(Ok(now));
             }
             if Instant::now() > deadline {
-                return Err(PowerError::Timeout {
+                return Some(Err(PowerError::Timeout {
                     what: format!("the BMC reporting {}", want.as_ironic()),
                     timeout: self.timing.state_timeout,
-                });
+                }));
             }
             tokio::time::sleep(self.timing.poll_interval).await;
         }
@@ -278,3 +341,6 @@ impl Conductor {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests;

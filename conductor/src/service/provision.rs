@@ -146,6 +146,7 @@ impl Conductor {
             .await
             .and_then(|n| stored_state(&n))?;
         tracing::info!(node = %uuid, from = %from, to = %state, verb = target, "provision action accepted");
+        self.forget_ramdisk_token_unless_waiting(&uuid, state).await;
         if event == Event::Abort {
             // Abort only leaves a wait state for its failed state: no work.
             return Ok(uuid);
@@ -192,11 +193,21 @@ impl Conductor {
     /// Do the work of `state`; the event it ends with (`None`: nothing to
     /// do here), or the error for `fail`.
     async fn step(&self, a: &Action, state: State) -> Result<Option<Event>, String> {
-        let node = self
+        let mut node = self
             .store
             .get_node(&a.uuid)
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(wait) = super::ramdisk::wait_of(state) {
+            // Work that may wait for the ramdisk: its secret, handed to the
+            // interface in this in-memory copy only (`service::ramdisk`).
+            let token = self
+                .issue_ramdisk_token(&node.uuid, wait)
+                .await
+                .map_err(|e| e.to_string())?;
+            node.driver_internal_info
+                .insert(super::ramdisk::TOKEN_KEY.into(), Value::String(token));
+        }
         let ifaces = a.ifaces.as_ref();
         let wait_or_done = |o: Outcome| match o {
             Outcome::Done => Some(Event::Done),
@@ -253,7 +264,7 @@ impl Conductor {
 
     /// Record `event` on the node (and `error` as last_error); the state
     /// it led to.
-    async fn advance(
+    pub(crate) async fn advance(
         &self,
         uuid: &str,
         event: Event,
@@ -278,6 +289,7 @@ impl Conductor {
             })
             .await?;
         let next = stored_state(&n)?;
+        self.forget_ramdisk_token_unless_waiting(uuid, next).await;
         if let Some(e) = &n.last_error.as_ref().filter(|_| event == Event::Fail) {
             tracing::warn!(state = %next, error = %e, "provision step failed");
         } else {

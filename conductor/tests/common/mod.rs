@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod sushy;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
