@@ -18,6 +18,8 @@ PKGS=(ipmitool socat openipmi etcd-server etcd-client iproute2 procps netcat-ope
       openssl tigervnc-standalone-server tigervnc-tools build-essential ca-certificates
       protobuf-compiler libprotobuf-dev python3 python3-venv python3-pip curl qemu-system-x86)
 
+# xorriso: xorrisofs is nova's mkisofs_cmd (the config drive) in conductor/tests/nova_ironic.rs
+PKGS+=(xorriso)
 if [ "${1:-}" = --list ]; then printf '%s\n' "${PKGS[@]}"; exit 0; fi
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

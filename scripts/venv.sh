@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Creates .venv (git-ignored) with the Python peers of the VNC tests:
-#   nova==34.0.0  (nova.console.securityproxy.rfb.RFBSecurityProxy, nova.console.rfb.authvencrypt)
+# Creates .venv (git-ignored) with the Python peers of the VNC and nova tests:
+#   nova==34.0.0  (nova.console.securityproxy.rfb.RFBSecurityProxy, nova.console.rfb.authvencrypt;
+#                  nova.virt.ironic.driver.IronicDriver for conductor/tests/nova_ironic.rs, which
+#                  also needs xorriso's xorrisofs as nova's mkisofs_cmd, from scripts/setup.sh)
 #   vncdotool     (a second RFB client that captures a screenshot)
 # Idempotent: a .venv that already imports both is kept. Needs python3 with the venv module.
 set -euo pipefail
@@ -12,6 +14,7 @@ check() {
 import importlib.metadata as m
 assert m.version("nova") == "34.0.0"
 import nova.console.securityproxy.rfb, nova.console.rfb.authvencrypt, vncdotool.api  # noqa
+import nova.virt.ironic.driver, openstack.baremetal.v1._proxy  # noqa
 PY
 }
 if [[ -x "$PY" ]] && check; then

@@ -5,7 +5,7 @@
 //!
 //! - [`config`]: the typed configuration (file, `PORTHOLE_CONDUCTOR_*`, flags).
 //! - [`model`], [`db`], [`seal`]: nodes and ports, their SQLite registry,
-//!   passwords sealed at rest.
+//!   passwords sealed at rest; [`instance_info`]: the config drive kept there.
 //! - [`service`]: the domain operations (create, PATCH, power, console).
 //! - [`power`]: ipmitool and Redfish drivers.
 //! - [`provision`]: Ironic's provision state machine; deploy/inspect interfaces.
@@ -24,6 +24,7 @@ pub mod config;
 pub mod console;
 pub mod db;
 pub use porthole_common::logfmt;
+pub mod instance_info;
 pub mod metrics;
 pub mod model;
 pub mod patch;

@@ -151,7 +151,7 @@ impl Node {
             "fault": Value::Null,
             "console_enabled": self.console_enabled,
             "properties": self.properties,
-            "instance_info": masked(&self.instance_info),
+            "instance_info": crate::instance_info::masked(&self.instance_info),
             "instance_uuid": self.instance_uuid,
             "extra": self.extra,
             "resource_class": self.resource_class,

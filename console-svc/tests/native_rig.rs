@@ -123,6 +123,8 @@ async fn start_console(bmc: Bmc, log_dir: Option<PathBuf>) -> Console {
             ..NativeConfig::default()
         },
         ipmitool: "ipmitool".into(),
+        // The built binary: each session runs under its `sol-exec` helper.
+        helper: env!("CARGO_BIN_EXE_console-svc").into(),
         subprocess_timeout: Duration::from_secs(10),
         terminal_timeout: Duration::from_secs(600),
         retry_max_backoff: Duration::from_secs(5),

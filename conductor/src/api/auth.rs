@@ -227,30 +227,34 @@ mod tests {
         );
     }
 
-    /// The fastest of `n` checks of `header` (the least disturbed by load).
-    fn fastest(b: &HttpBasic, header: &str, n: usize) -> Duration {
-        (0..n)
-            .map(|_| {
-                let start = Instant::now();
-                assert!(!b.check(header));
-                start.elapsed()
-            })
-            .min()
-            .expect("n > 0")
+    /// The hashes [`record`] was asked to verify against.
+    static VERIFIED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// A verifier that records the hash and refuses.
+    fn record(_pass: &str, hash: &str) -> bool {
+        VERIFIED.lock().unwrap().push(hash.to_owned());
+        false
     }
 
+    /// An unknown user costs what a wrong password costs: one verification
+    /// against a hash of the same bcrypt cost (without the dummy hash it
+    /// answered in microseconds, a wrong password in tens of milliseconds).
+    /// Counted, not timed, so load cannot make it flaky.
     #[test]
     fn an_unknown_user_costs_what_a_wrong_password_costs() {
-        let (_dir, b) = load(&[("admin", "s3cret")], 8);
-        let wrong = fastest(&b, &hdr("admin", "wrong"), 7);
-        let unknown = fastest(&b, &hdr("nobody", "wrong"), 7);
-        eprintln!("wrong password {wrong:?}, unknown user {unknown:?}");
-        // Without the dummy hash an unknown user answers in microseconds,
-        // a wrong password in tens of milliseconds; allow for load.
-        assert!(
-            unknown * 4 >= wrong && wrong * 4 >= unknown,
-            "wrong password {wrong:?} but unknown user {unknown:?}"
+        let (_dir, mut b) = load(&[("admin", "s3cret")], 8);
+        b.verify = record;
+        assert!(!b.check(&hdr("admin", "wrong")));
+        assert!(!b.check(&hdr("nobody", "wrong")));
+        let seen = std::mem::take(&mut *VERIFIED.lock().unwrap());
+        assert_eq!(seen.len(), 2, "one verification each: {seen:?}");
+        assert_eq!(seen[0], b.users["admin"]);
+        assert_ne!(
+            seen[1], seen[0],
+            "the unknown user is checked against the dummy"
         );
+        assert_eq!(cost_of(&seen[1]), cost_of(&seen[0]), "at the same cost");
+        assert_eq!(cost_of(&seen[1]), Some(8));
     }
 
     static INSIDE: AtomicUsize = AtomicUsize::new(0);

@@ -120,6 +120,7 @@ impl Conductor {
         // Read again under the lock: the state may have moved meanwhile.
         let node = self.store.get_node(&uuid).await?;
         let from = check(&node, target, event, configdrive.as_ref())?;
+        let cd = configdrive.clone(); // kept in instance_info (instance_info.rs)
         let ifaces = self.interfaces.for_node(&node);
         let needs = matches!(
             event,
@@ -139,6 +140,9 @@ impl Conductor {
                         n.inspection_finished_at = None;
                     }
                     Event::Abort => n.last_error = Some(abort_message(from)),
+                    Event::Deploy | Event::Rebuild => {
+                        crate::instance_info::store_configdrive(&mut n.instance_info, cd.as_ref())
+                    }
                     _ => {}
                 }
                 Ok::<_, ServiceError>(())

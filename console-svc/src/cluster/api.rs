@@ -24,7 +24,7 @@ use crate::coordinator::etcd::keys::{Key, Keys, Leaf};
 use crate::coordinator::etcd::spec_doc::{self, SpecTimes};
 use crate::coordinator::etcd::specs::{SpecStoreError, StoredSpec};
 use crate::coordinator::etcd::view::Entry;
-use crate::coordinator::etcd::EndpointDoc;
+use crate::coordinator::etcd::{EndpointDoc, FailureDoc};
 use crate::coordinator::CoordError;
 use crate::error::ConsoleError;
 use crate::manager::{ConsoleInfo, ConsoleState, Endpoint};
@@ -49,6 +49,8 @@ pub struct NodeView {
     pub owner: Option<OwnerView>,
     pub endpoint: Option<(EndpointDoc, i64)>,
     pub port: Option<u16>,
+    /// Why the last claim could not start it, if one could not.
+    pub failure: Option<FailureDoc>,
 }
 
 /// A spec key's value, opened.
@@ -103,6 +105,7 @@ pub fn decode(cluster: &Cluster, keys: Vec<(String, Entry)>) -> ClusterState {
                             .ok()
                             .map(|doc| (doc, entry.mod_revision))
                     }
+                    Leaf::Failure => nv.failure = serde_json::from_slice(&entry.value).ok(),
                     Leaf::Other(_) => {}
                 }
             }
@@ -295,6 +298,10 @@ impl Cluster {
                 info.kind = s.spec.kind();
                 info.backend = self.inner.manager.backend_name(info.kind);
                 info.state = ConsoleState::Starting;
+                // Not served yet: why the last claim of this spec failed.
+                info.last_error = (nv.failure.as_ref())
+                    .filter(|f| f.spec_revision == s.mod_revision)
+                    .map(|f| format!("replica {} could not start it: {}", f.replica, f.error));
             }
         }
         info.created_at = nv.times.map(|t| t.created_at);

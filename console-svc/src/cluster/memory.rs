@@ -20,10 +20,10 @@ use tokio::sync::{broadcast, watch};
 
 use super::store::ClusterStore;
 use crate::coordinator::etcd::keys::Keys;
-use crate::coordinator::etcd::spec_doc::{self, SpecTimes};
+use crate::coordinator::etcd::spec_doc::{self, SpecPort, SpecTimes};
 use crate::coordinator::etcd::specs::{SpecStoreError, StoredSpec};
 use crate::coordinator::etcd::view::{Change, Entry};
-use crate::coordinator::etcd::{EndpointDoc, Member};
+use crate::coordinator::etcd::{EndpointDoc, FailureDoc, Member};
 use crate::coordinator::{CoordError, Coordinator, Ownership};
 use crate::ports::{PortAllocator, PortRange};
 use crate::seal::Sealer;
@@ -73,6 +73,17 @@ impl Tx<'_> {
         };
         self.state.keys.insert(key.clone(), entry);
         self.changed.push(key);
+    }
+
+    /// Every `ports/<port>` reservation: (node, port).
+    fn held(&self) -> Vec<(NodeId, u16)> {
+        (self.state.keys.iter())
+            .filter_map(|(k, e)| Some((KEYS.parse_port(k)?, e)))
+            .filter_map(|(port, e)| {
+                let node = NodeId::parse(std::str::from_utf8(&e.value).ok()?).ok()?;
+                Some((node, port))
+            })
+            .collect()
     }
 
     fn delete(&mut self, key: &str) -> bool {
@@ -308,30 +319,49 @@ impl ClusterStore for Replica {
         let shared = &self.etcd.shared;
         let node = &spec.node;
         self.etcd.txn(|tx| {
-            let held = (tx.state.keys.iter())
-                .filter_map(|(k, e)| Some((KEYS.parse_port(k)?, e)))
-                .filter_map(|(port, e)| {
-                    let node = NodeId::parse(std::str::from_utf8(&e.value).ok()?).ok()?;
-                    Some((node, port))
-                });
-            let mut ports = PortAllocator::with_assignments(shared.range.clone(), held);
+            let mut ports = PortAllocator::with_assignments(shared.range.clone(), tx.held());
             let before = ports.current(node);
-            let port = ports.assign(node, spec.requested_port)?;
-            if before != Some(port) {
-                tx.put(KEYS.port(port), node.as_str(), 0);
+            let port = SpecPort {
+                port: ports.assign(node, spec.requested_port)?,
+                auto: spec.requested_port.is_none() && before.is_none(),
+            };
+            if before != Some(port.port) {
+                tx.put(KEYS.port(port.port), node.as_str(), 0);
                 if let Some(old) = before {
                     tx.delete(&KEYS.port(old));
                 }
             }
             let json = spec_doc::to_json(&shared.sealer, spec, port, times);
             tx.put(KEYS.spec(node), json, 0);
-            let mut stored = spec.clone();
-            stored.requested_port = Some(port);
-            Ok(StoredSpec {
-                spec: stored,
-                port,
-                mod_revision: tx.revision,
-            })
+            Ok(StoredSpec::stored(spec, port, tx.revision))
+        })
+    }
+
+    async fn move_port(
+        &self,
+        stored: &StoredSpec,
+        times: SpecTimes,
+        usable: &(dyn Fn(u16) -> bool + Send + Sync),
+    ) -> Result<Option<StoredSpec>, SpecStoreError> {
+        let shared = &self.etcd.shared;
+        let spec = &stored.spec;
+        let node = &spec.node;
+        self.etcd.txn(|tx| {
+            let current = tx.get(&KEYS.spec(node)).map(|e| e.mod_revision);
+            if current != Some(stored.mod_revision) {
+                return Ok(None);
+            }
+            let mut ports = PortAllocator::with_assignments(shared.range.clone(), tx.held());
+            let busy = stored.port;
+            let port = SpecPort {
+                port: ports.assign_fresh(node, |p| p != busy && usable(p))?,
+                auto: true,
+            };
+            tx.delete(&KEYS.port(busy));
+            tx.put(KEYS.port(port.port), node.as_str(), 0);
+            let json = spec_doc::to_json(&shared.sealer, spec, port, times);
+            tx.put(KEYS.spec(node), json, 0);
+            Ok(Some(StoredSpec::stored(spec, port, tx.revision)))
         })
     }
 
@@ -371,6 +401,24 @@ impl ClusterStore for Replica {
             }
             true
         }))
+    }
+
+    async fn note_failure(
+        &self,
+        node: &NodeId,
+        doc: Option<&FailureDoc>,
+    ) -> Result<(), CoordError> {
+        let lease = self.lease()?;
+        self.etcd.txn(|tx| match doc {
+            Some(doc) => {
+                let json = serde_json::to_string(doc).expect("failure serializes");
+                tx.put(KEYS.failure(node), json, lease);
+            }
+            None => {
+                tx.delete(&KEYS.failure(node));
+            }
+        });
+        Ok(())
     }
 
     async fn leave(&self) -> Result<(), CoordError> {

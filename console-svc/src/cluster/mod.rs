@@ -33,6 +33,8 @@ pub mod store;
 #[cfg(test)]
 mod memory;
 #[cfg(test)]
+mod port_move_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

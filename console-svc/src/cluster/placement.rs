@@ -9,8 +9,11 @@
 //! ```text
 //!  view change ─▶ for each node:
 //!    spec, unowned, rank r ──after r × step, still unowned──▶ manager.enable(spec)
+//!      (its port chosen by the service and busy here ───────▶ move the spec to the next
+//!       free port this replica can bind, claim that one)
 //!    spec changed, owned by us ─────────────────────────────▶ manager.enable(spec) (restart)
 //!    no spec, running here ─────────────────────────────────▶ manager.disable(node)
+//!  a claim that did not start ─▶ consoles/<node>/failure (why; cleared by a start)
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -23,8 +26,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::api::RELATIVE;
+use super::store::ClusterStore;
 use super::Cluster;
+use crate::coordinator::etcd::spec_doc::SpecTimes;
 use crate::coordinator::etcd::specs::StoredSpec;
+use crate::coordinator::etcd::FailureDoc;
 use crate::manager::ConsoleState;
 use crate::spec::NodeId;
 
@@ -136,7 +143,10 @@ impl Placer {
                     self.due.remove(node);
                     self.owned_elsewhere.insert(node.clone());
                 }
-                None if taking => self.maybe_claim(node, spec, &members, &me).await,
+                None if taking => {
+                    self.maybe_claim(node, spec, view.times, &members, &me)
+                        .await
+                }
                 None => {}
             }
         }
@@ -152,7 +162,14 @@ impl Placer {
         taking
     }
 
-    async fn maybe_claim(&mut self, node: &NodeId, spec: &StoredSpec, members: &[&str], me: &str) {
+    async fn maybe_claim(
+        &mut self,
+        node: &NodeId,
+        spec: &StoredSpec,
+        times: Option<SpecTimes>,
+        members: &[&str],
+        me: &str,
+    ) {
         let ranked = rank(node.as_str(), members.iter().copied());
         // Not a member (yet, or drained): claim last.
         let r = ranked.iter().position(|m| *m == me).unwrap_or(ranked.len());
@@ -173,8 +190,57 @@ impl Placer {
         }
         self.due.remove(node);
         self.note_claim(node, now);
+        if spec.port_auto && !self.cluster.inner.manager.port_bindable(spec.port) {
+            if self.move_port(node, spec, times).await {
+                // Claim the moved spec as soon as it is seen, not after the
+                // pause between claims: we are still the best placed.
+                self.claims.remove(node);
+            }
+            return;
+        }
         debug!(%node, rank = r, "claiming");
         self.start(node, spec).await;
+    }
+
+    /// The port the service chose for `node` is busy on this replica's
+    /// address (another program listens on it, or a connection in
+    /// TIME_WAIT holds it): move the spec to the next free port this
+    /// replica can bind, as Ironic's `acquire_port` moves on; the new spec
+    /// is claimed like any other. A kept or explicit port is never moved
+    /// (its start fails and says the port is in use). One etcd
+    /// transaction, awaited (no BMC is touched); true when it moved.
+    async fn move_port(&self, node: &NodeId, spec: &StoredSpec, times: Option<SpecTimes>) -> bool {
+        let manager = self.cluster.inner.manager.clone();
+        let usable = move |p| manager.port_bindable(p);
+        let times = times.unwrap_or_else(|| SpecTimes::new_at(std::time::SystemTime::now()));
+        let moved = self.cluster.inner.store.move_port(spec, times, &usable);
+        match moved.await {
+            Ok(Some(moved)) => {
+                info!(
+                    %node,
+                    busy = spec.port,
+                    port = moved.port,
+                    "console port in use by another program; moved to the next free one"
+                );
+                true
+            }
+            Ok(None) => {
+                debug!(%node, "spec changed while moving its busy port; looking again");
+                true
+            }
+            Err(e) => {
+                warn!(%node, busy = spec.port, error = %e, "console not started here: its port is in use");
+                let why = format!("port {} is in use here and {e}", spec.port);
+                note_failure(
+                    &*self.cluster.inner.store,
+                    node,
+                    spec.mod_revision,
+                    Some(why),
+                )
+                .await;
+                false
+            }
+        }
     }
 
     /// Claims close together double the pause (a console that will not
@@ -199,15 +265,19 @@ impl Placer {
     async fn start(&mut self, node: &NodeId, spec: &StoredSpec) {
         self.started.insert(node.clone(), spec.mod_revision);
         let manager = self.cluster.inner.manager.clone();
+        let store = self.cluster.inner.store.clone();
+        let revision = spec.mod_revision;
         let spec = spec.spec.clone();
         let node = node.clone();
         let starts = self.starts.clone();
         let takeover = self.owned_elsewhere.remove(&node);
         // Starting touches the BMC; never hold up placement of other nodes.
+        let span = info_span!("claim", %node);
         self.cluster.inner.tasks.spawn(
             async move {
                 let _turn = starts.acquire_owned().await;
-                match manager.enable(spec).await {
+                let started = manager.enable(spec).await;
+                match &started {
                     Ok(_) if takeover => {
                         crate::metrics::get().takeover();
                         info!("console taken over here")
@@ -215,8 +285,10 @@ impl Placer {
                     Ok(_) => info!("console started here"),
                     Err(e) => warn!(error = %e, "console not started here"),
                 }
+                let error = started.err().map(|e| e.to_string());
+                note_failure(&*store, &node, revision, error).await;
             }
-            .instrument(info_span!("claim", %node)),
+            .instrument(span),
         );
     }
 
@@ -232,6 +304,28 @@ impl Placer {
                 warn!(node = %info.node, error = %e, "could not stop a disabled console");
             }
         }
+    }
+}
+
+/// Record why this replica's claim of `node` (spec `revision`) did not
+/// start it, so Enable and Get can say so; a later start clears it. Best
+/// effort: placement goes on either way.
+async fn note_failure(
+    store: &dyn ClusterStore,
+    node: &NodeId,
+    revision: i64,
+    error: Option<String>,
+) {
+    let doc = error.map(|error| FailureDoc {
+        replica: store.replica().to_owned(),
+        error,
+        spec_revision: revision,
+    });
+    if doc.is_none() && store.get(&RELATIVE.failure(node)).is_none() {
+        return;
+    }
+    if let Err(e) = store.note_failure(node, doc.as_ref()).await {
+        debug!(%node, error = %e, "could not record the start's outcome");
     }
 }
 

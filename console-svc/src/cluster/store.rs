@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, watch};
 use crate::coordinator::etcd::spec_doc::SpecTimes;
 use crate::coordinator::etcd::specs::{SpecStore, SpecStoreError, StoredSpec};
 use crate::coordinator::etcd::view::{Change, ClusterView, Entry};
-use crate::coordinator::etcd::{EndpointDoc, EtcdCoordinator};
+use crate::coordinator::etcd::{EndpointDoc, EtcdCoordinator, FailureDoc};
 use crate::coordinator::{CoordError, Coordinator};
 use crate::spec::{ConsoleSpec, NodeId};
 
@@ -58,6 +58,16 @@ pub trait ClusterStore: Send + Sync + 'static {
         times: SpecTimes,
     ) -> Result<StoredSpec, SpecStoreError>;
 
+    /// Move a spec whose port the service chose (`port_auto`) to the
+    /// lowest free port `usable` accepts; `None` when the spec changed since
+    /// `stored` was read (see [`SpecStore::move_port`]).
+    async fn move_port(
+        &self,
+        stored: &StoredSpec,
+        times: SpecTimes,
+        usable: &(dyn Fn(u16) -> bool + Send + Sync),
+    ) -> Result<Option<StoredSpec>, SpecStoreError>;
+
     /// Remove the spec (its port stays reserved).
     async fn delete_spec(&self, node: &NodeId) -> Result<bool, SpecStoreError>;
 
@@ -78,6 +88,11 @@ pub trait ClusterStore: Send + Sync + 'static {
         token: i64,
         doc: Option<&EndpointDoc>,
     ) -> Result<bool, CoordError>;
+
+    /// Record (or, with `None`, clear) why this replica's claim of `node`
+    /// could not start its console (bound to our lease).
+    async fn note_failure(&self, node: &NodeId, doc: Option<&FailureDoc>)
+        -> Result<(), CoordError>;
 
     /// Leave the member list (placement ranks the others first).
     async fn leave(&self) -> Result<(), CoordError>;
@@ -131,6 +146,15 @@ impl ClusterStore for EtcdStore {
         self.specs.put(spec, times).await
     }
 
+    async fn move_port(
+        &self,
+        stored: &StoredSpec,
+        times: SpecTimes,
+        usable: &(dyn Fn(u16) -> bool + Send + Sync),
+    ) -> Result<Option<StoredSpec>, SpecStoreError> {
+        self.specs.move_port(stored, times, usable).await
+    }
+
     async fn delete_spec(&self, node: &NodeId) -> Result<bool, SpecStoreError> {
         self.specs.delete(node).await
     }
@@ -151,6 +175,14 @@ impl ClusterStore for EtcdStore {
         doc: Option<&EndpointDoc>,
     ) -> Result<bool, CoordError> {
         self.coordinator.publish_endpoint(node, token, doc).await
+    }
+
+    async fn note_failure(
+        &self,
+        node: &NodeId,
+        doc: Option<&FailureDoc>,
+    ) -> Result<(), CoordError> {
+        self.coordinator.note_failure(node, doc).await
     }
 
     async fn leave(&self) -> Result<(), CoordError> {

@@ -28,16 +28,16 @@ use crate::spec::{ConsoleSpec, NodeId, Target, VncTarget};
 
 /// Claim delay per rank.
 const STEP: Duration = Duration::from_secs(2);
-const ENABLE_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const ENABLE_TIMEOUT: Duration = Duration::from_secs(3);
 const KEYS: Keys = Keys::relative();
 
 /// A backend that records its starts, can be slow, and fails for some nodes.
 #[derive(Default)]
-struct Fake {
-    delay: Duration,
-    failing: HashSet<String>,
-    starts: Mutex<Vec<(String, Instant)>>,
-    running: Arc<Mutex<BTreeSet<String>>>,
+pub(super) struct Fake {
+    pub(super) delay: Duration,
+    pub(super) failing: HashSet<String>,
+    pub(super) starts: Mutex<Vec<(String, Instant)>>,
+    pub(super) running: Arc<Mutex<BTreeSet<String>>>,
 }
 
 struct FakeConsole {
@@ -96,15 +96,20 @@ impl Fake {
 }
 
 /// One replica: its store handle, manager, cluster layer and backend.
-struct Member {
-    store: Arc<Replica>,
-    manager: ConsoleManager,
-    cluster: Cluster,
-    backend: Arc<Fake>,
+pub(super) struct Member {
+    pub(super) store: Arc<Replica>,
+    pub(super) manager: ConsoleManager,
+    pub(super) cluster: Cluster,
+    pub(super) backend: Arc<Fake>,
     _dir: tempfile::TempDir,
 }
 
-fn member(etcd: &MemoryEtcd, id: &str, backend: Fake, cancel: &CancellationToken) -> Member {
+pub(super) fn member(
+    etcd: &MemoryEtcd,
+    id: &str,
+    backend: Fake,
+    cancel: &CancellationToken,
+) -> Member {
     let store = etcd.replica(id);
     let dir = tempfile::tempdir().unwrap();
     let processes = Arc::new(ProcessTable::open(dir.path(), Duration::from_secs(1)).unwrap());
@@ -136,11 +141,11 @@ fn member(etcd: &MemoryEtcd, id: &str, backend: Fake, cancel: &CancellationToken
     }
 }
 
-fn node(id: &str) -> NodeId {
+pub(super) fn node(id: &str) -> NodeId {
     NodeId::parse(id).unwrap()
 }
 
-fn spec(id: &str) -> ConsoleSpec {
+pub(super) fn spec(id: &str) -> ConsoleSpec {
     ConsoleSpec {
         node: node(id),
         target: Target::Vnc(VncTarget {

@@ -59,7 +59,8 @@ pub struct ConsoleConfig {
     pub retry_max_backoff: Duration,
     pub ipmitool_path: PathBuf,
     pub socat_path: PathBuf,
-    /// The program socat runs per connection as `<helper> sol-exec`;
+    /// The program run as `<helper> sol-exec` around each `ipmitool sol
+    /// activate` (socat: per connection; native: per SOL session);
     /// defaults to this console-svc binary.
     pub sol_exec_helper: Option<PathBuf>,
     /// The longest SIGTERM may take to stop every console.

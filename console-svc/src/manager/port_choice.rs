@@ -1,6 +1,8 @@
 //! Which port a console is started on, for `ConsoleManager::enable`.
 //!
-//! With [`Placement::Cluster`] it is the spec's own (reserved cluster-wide).
+//! With [`Placement::Cluster`] it is the spec's own (reserved cluster-wide);
+//! placement asks [`ConsoleManager::port_bindable`] before it claims one the
+//! service chose, and moves a busy one on (`cluster::placement`).
 //! With [`Placement::Local`] the [`PortAllocator`] decides, and a fresh
 //! choice (a node with no port that asks for none) skips the ports another
 //! program holds right now, as Ironic's `acquire_port` does: each candidate
@@ -52,6 +54,12 @@ impl ConsoleManager {
                 Ok(PortChoice { port, fresh: false })
             }
         }
+    }
+
+    /// Whether a console listener can bind `port` on this replica's console
+    /// address now (see [`bindable`]).
+    pub fn port_bindable(&self, port: u16) -> bool {
+        bindable(self.inner.config.console.socat_address, port)
     }
 
     /// Move a node's fresh port off the ones in `tried` (found busy when the

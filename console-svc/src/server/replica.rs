@@ -205,9 +205,7 @@ fn serial_backend(config: &Config) -> Result<Arc<dyn ConsoleBackend>, RunError> 
         Backend::Socat => Arc::new(SocatBackend::new(SocatSettings {
             socat: c.socat_path.clone(),
             ipmitool: c.ipmitool_path.clone(),
-            helper: c.sol_exec_helper.clone().unwrap_or_else(|| {
-                std::env::current_exe().unwrap_or_else(|_| "console-svc".into())
-            }),
+            helper: crate::sol::sol_exec::helper_path(c.sol_exec_helper.as_deref()),
             subprocess_timeout: c.subprocess_timeout,
             checking_interval: c.subprocess_checking_interval,
             terminal_timeout: c.terminal_timeout,

@@ -21,8 +21,12 @@
 //! last deadline it was given passes. A replica that died closes the
 //! socket: the helper ends its session at once.
 //!
-//! Owned by [`super::socat::SocatBackend`]: started with its first console,
-//! stopped (socket removed) when the backend is dropped.
+//! Both serial backends run their long-lived `sol activate` under that
+//! helper: socat per connection, the native hub per SOL session (so an
+//! ipmitool already running when its replica is paused is killed at the
+//! last deadline it was given, by the helper, not by the stopped replica).
+//! Owned by the backend through a [`SharedGate`]: started with its first
+//! console, stopped (socket removed) when the backend is dropped.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -208,6 +212,26 @@ where
         if write.write_all(answer.line().as_bytes()).await.is_err() {
             return;
         }
+    }
+}
+
+/// A backend's gate, started on first use (it needs the pid directory and
+/// a runtime) and stopped with the backend.
+#[derive(Default)]
+pub struct SharedGate {
+    gate: Mutex<Option<Arc<ActivationGate>>>,
+}
+
+impl SharedGate {
+    /// The gate, started in `dir` on first use.
+    pub fn get(&self, dir: &Path) -> Result<Arc<ActivationGate>, SolError> {
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = gate.as_ref() {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(ActivationGate::start(dir)?);
+        *gate = Some(g.clone());
+        Ok(g)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod ipmitool;
 pub mod native;
 pub mod pty;
 pub mod socat;
+pub mod socat_slot;
 pub mod sol_exec;
 
 use std::io;

@@ -8,7 +8,8 @@
 //! session and process group), records it in the [`ProcessTable`], and hands
 //! back the master as a [`PtyStream`] (tokio `AsyncRead + AsyncWrite`).
 //!
-//! Caller: `sol::native::launcher` (the real SOL launcher).
+//! Callers: `sol::native::launcher` (the real SOL launcher) and the socat
+//! helper's input relay (`sol::socat_slot`: [`input_pair`], [`reopen_stdin`]).
 //!
 //! ```text
 //!  spawn ──▶ PtyStream reads the child's output ──child exits, slave closed──▶ EIO = EOF
@@ -59,6 +60,26 @@ fn open_pair() -> io::Result<PtyPair> {
         master: master.into(),
         slave,
     })
+}
+
+/// A fresh raw-mode pty for a child's stdin only: the master as a
+/// [`PtyStream`] (what is written is the child's input) and the slave to
+/// hand to the child.
+pub fn input_pair() -> io::Result<(PtyStream, OwnedFd)> {
+    let pair = open_pair()?;
+    Ok((PtyStream::new(pair.master)?, pair.slave))
+}
+
+/// This process's stdin (a terminal) opened again, non-blocking, as a
+/// [`PtyStream`]: a new open file description, so the stdout that shares
+/// the old one (and that children inherit) stays blocking.
+pub fn reopen_stdin() -> io::Result<PtyStream> {
+    let fd = open(
+        "/proc/self/fd/0",
+        OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )?;
+    PtyStream::new(fd)
 }
 
 /// Start `cmd` under a new raw-mode pty and record it in `processes`.

@@ -21,11 +21,10 @@
 //!                       SIGTERM group ─kill_timeout─▶ SIGKILL ─▶ sol deactivate (if used)
 //! ```
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use super::activation_gate::{ActivationGate, Registry};
+use super::activation_gate::{Registry, SharedGate};
 use super::ipmitool::IpmiTool;
 use super::sol_exec::GateRef;
 pub use super::sol_exec::{SOL_ARGV_ENV, SOL_GATE_ENV};
@@ -70,9 +69,8 @@ pub struct SocatSettings {
 
 pub struct SocatBackend {
     settings: SocatSettings,
-    /// Started with the first console (it needs the pid directory and a
-    /// runtime), stopped when the backend goes.
-    gate: Mutex<Option<Arc<ActivationGate>>>,
+    /// Started with the first console, stopped when the backend goes.
+    gate: SharedGate,
 }
 
 impl SocatBackend {
@@ -92,19 +90,8 @@ impl SocatBackend {
         }
         Ok(Self {
             settings,
-            gate: Mutex::new(None),
+            gate: SharedGate::default(),
         })
-    }
-
-    /// The activation gate, started in `dir` on first use.
-    fn gate(&self, dir: &std::path::Path) -> Result<Arc<ActivationGate>, SolError> {
-        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(g) = gate.as_ref() {
-            return Ok(g.clone());
-        }
-        let g = Arc::new(ActivationGate::start(dir)?);
-        *gate = Some(g.clone());
-        Ok(g)
     }
 }
 
@@ -123,7 +110,7 @@ impl ConsoleBackend for SocatBackend {
             ctx.fence.clone(),
         );
         ctx.fence.check().await?;
-        let gate = self.gate(ctx.processes.dir())?;
+        let gate = self.gate.get(ctx.processes.dir())?;
         let gate_ref = GateRef {
             socket: gate.path().to_owned(),
             node: ctx.node.to_string(),
@@ -193,12 +180,6 @@ impl Instance {
     fn command(&self) -> Result<Command, SolError> {
         let s = &self.settings;
         let listen = self.ctx.listen;
-        let mut argv: Vec<OsString> = vec![s.ipmitool.clone().into()];
-        argv.extend(self.tool.args(&["sol", "activate"]));
-        let argv: Vec<String> = argv
-            .into_iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
         let mut cmd = Command::new(&s.socat);
         cmd.args(["-d", "-d"]);
         if !s.terminal_timeout.is_zero() {
@@ -213,14 +194,11 @@ impl Instance {
                 "EXEC:{} sol-exec,pty,raw,echo=0,stderr",
                 s.helper.display()
             ))
-            .env(
-                SOL_ARGV_ENV,
-                serde_json::to_string(&argv).expect("strings serialize"),
-            )
-            .env(
-                SOL_GATE_ENV,
-                serde_json::to_string(&self.gate_ref).expect("gate serializes"),
-            )
+            .envs(super::sol_exec::helper_env(
+                &self.tool,
+                &self.gate_ref,
+                Some(listen),
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

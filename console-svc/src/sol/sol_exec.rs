@@ -1,5 +1,8 @@
 //! `console-svc sol-exec`: what socat runs for each console connection
-//! (see [`super::socat`]). It takes no BMC action without its replica's go:
+//! (see [`super::socat`]), and what the native hub runs for each SOL session
+//! (see `super::native::launcher`, with [`ACTIVATE_ONLY_ENV`]: its hub
+//! deactivates first itself). It takes no BMC action without its replica's
+//! go:
 //!
 //! ```text
 //!  start: PR_SET_PDEATHSIG=SIGKILL (dies with its socat), parent checked
@@ -25,25 +28,35 @@
 //! its children inherit.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+mod gate_client;
+
+use self::gate_client::{ask, AskError, GateClient};
 use super::activation_gate::{Answer, Request};
+use super::ipmitool::IpmiTool;
 
 /// Where the helper finds ipmitool's argv (JSON array, program first,
 /// ending in `sol activate`).
 pub const SOL_ARGV_ENV: &str = "PORTHOLE_SOL_ARGV";
 /// Where the helper finds its replica's activation gate (JSON [`GateRef`]).
 pub const SOL_GATE_ENV: &str = "PORTHOLE_SOL_GATE";
+/// Set (to `1`) by the native backend, whose hub runs its own gated `sol
+/// deactivate` before each activation: the helper activates only.
+pub const ACTIVATE_ONLY_ENV: &str = "PORTHOLE_SOL_ACTIVATE_ONLY";
+/// Set by the socat backend: the console's listen address, whose accept
+/// queue tells a silent viewer's helper that another viewer waits (see
+/// [`super::socat_slot`]).
+pub const SOL_LISTEN_ENV: &str = "PORTHOLE_SOL_LISTEN";
 /// How long the replica has to answer a request.
 pub const ANSWER_WITHIN: Duration = Duration::from_millis(500);
 /// How often a running session asks for its go to be held.
@@ -55,6 +68,44 @@ pub struct GateRef {
     pub socket: PathBuf,
     pub node: String,
     pub token: i64,
+}
+
+/// The helper's environment for `tool`'s `sol activate` under `gate`:
+/// ipmitool's argv (no secret in it) and the gate; for socat
+/// (`socat_listen`) the console's address (one viewer slot, see
+/// [`super::socat_slot`]), for the native hub "activate only". The password
+/// goes separately (`tool.password_fd()`).
+pub fn helper_env(
+    tool: &IpmiTool,
+    gate: &GateRef,
+    socat_listen: Option<SocketAddr>,
+) -> Vec<(&'static str, String)> {
+    let argv: Vec<String> = std::iter::once(tool.program().clone())
+        .chain(tool.args(&["sol", "activate"]))
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut env = vec![
+        (
+            SOL_ARGV_ENV,
+            serde_json::to_string(&argv).expect("strings serialize"),
+        ),
+        (
+            SOL_GATE_ENV,
+            serde_json::to_string(gate).expect("gate serializes"),
+        ),
+    ];
+    match socat_listen {
+        Some(listen) => env.push((SOL_LISTEN_ENV, listen.to_string())),
+        None => env.push((ACTIVATE_ONLY_ENV, "1".into())),
+    }
+    env
+}
+
+/// The helper program: `console.sol_exec_helper`, else this executable.
+pub fn helper_path(configured: Option<&std::path::Path>) -> PathBuf {
+    configured
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| "console-svc".into()))
 }
 
 /// Run the helper; its exit code.
@@ -125,8 +176,11 @@ fn die_with_parent() -> Result<(), String> {
 struct Setup {
     program: String,
     activate: Vec<String>,
-    deactivate: Vec<String>,
+    /// None: activate only (the native hub deactivated already).
+    deactivate: Option<Vec<String>>,
     gate: GateRef,
+    /// socat's console address: this connection holds its one viewer slot.
+    listen: Option<SocketAddr>,
 }
 
 impl Setup {
@@ -148,81 +202,21 @@ impl Setup {
         })?;
         let gate: GateRef =
             serde_json::from_str(&raw).map_err(|e| format!("{SOL_GATE_ENV}: {e}"))?;
+        let activate_only = std::env::var_os(ACTIVATE_ONLY_ENV).is_some_and(|v| v == "1");
+        let listen = match std::env::var(SOL_LISTEN_ENV) {
+            Ok(l) => Some(
+                l.parse()
+                    .map_err(|_| format!("{SOL_LISTEN_ENV}: {l:?} is not an address"))?,
+            ),
+            Err(_) => None,
+        };
         Ok(Self {
             program: program.clone(),
             activate: args.to_vec(),
-            deactivate,
+            deactivate: (!activate_only).then_some(deactivate),
             gate,
+            listen,
         })
-    }
-}
-
-/// Why asking failed.
-#[derive(Debug)]
-enum AskError {
-    /// No answer within [`ANSWER_WITHIN`] (the replica is paused or busy).
-    Silent,
-    /// The socket is gone or closed: the replica died.
-    Gone(String),
-}
-
-/// One connection to the replica's gate.
-struct GateClient {
-    lines: Lines<BufReader<OwnedReadHalf>>,
-    write: OwnedWriteHalf,
-}
-
-impl GateClient {
-    async fn connect(gate: &GateRef) -> Result<Self, AskError> {
-        let stream = tokio::time::timeout(ANSWER_WITHIN, UnixStream::connect(&gate.socket))
-            .await
-            .map_err(|_| AskError::Silent)?
-            .map_err(|e| AskError::Gone(format!("{}: {e}", gate.socket.display())))?;
-        let (read, write) = stream.into_split();
-        Ok(Self {
-            lines: BufReader::new(read).lines(),
-            write,
-        })
-    }
-
-    async fn ask(&mut self, request: &Request) -> Result<Answer, AskError> {
-        let exchange = async {
-            self.write
-                .write_all(request.line().as_bytes())
-                .await
-                .map_err(|e| AskError::Gone(e.to_string()))?;
-            match self.lines.next_line().await {
-                Ok(Some(line)) => Ok(Answer::parse(&line)),
-                Ok(None) => Err(AskError::Gone("the replica closed the gate".into())),
-                Err(e) => Err(AskError::Gone(e.to_string())),
-            }
-        };
-        tokio::time::timeout(ANSWER_WITHIN, exchange)
-            .await
-            .map_err(|_| AskError::Silent)?
-    }
-}
-
-/// Ask once on `client` (connecting first when there is none); a client
-/// that went silent is dropped, so a late answer is never taken for the
-/// answer to a later request. The deadline an answer gives counts from
-/// before the request was sent.
-async fn ask(
-    client: &mut Option<GateClient>,
-    gate: &GateRef,
-    request: &Request,
-) -> Result<(Instant, Answer), AskError> {
-    let sent = Instant::now();
-    let c = match client {
-        Some(c) => c,
-        None => client.insert(GateClient::connect(gate).await?),
-    };
-    match c.ask(request).await {
-        Ok(a) => Ok((sent, a)),
-        Err(e) => {
-            *client = None;
-            Err(e)
-        }
     }
 }
 
@@ -236,7 +230,7 @@ enum Verdict {
 }
 
 async fn session(setup: Setup) -> i32 {
-    let (child, deadline, client) = match open(&setup).await {
+    let (child, deadline, client, slot) = match open(&setup).await {
         Ok(opened) => opened,
         Err(why) => {
             say(&why);
@@ -245,14 +239,44 @@ async fn session(setup: Setup) -> i32 {
     };
     let (verdict_tx, verdict) = watch::channel(Verdict::Until(deadline));
     tokio::spawn(hold(client, setup.gate, verdict_tx));
-    supervise(child, verdict).await
+    supervise(child, verdict, slot).await
+}
+
+/// socat's one viewer slot as this connection holds it: the console's
+/// address and when the viewer last typed.
+struct Slot {
+    listen: SocketAddr,
+    last_input: watch::Receiver<Instant>,
+}
+
+/// `sol activate` for `setup`: on socat's pty (native), or with its stdin
+/// on a pty of ours that relays the viewer's keystrokes (socat's slot).
+fn start_session(
+    setup: &Setup,
+    deadline: Option<Instant>,
+) -> std::io::Result<(Child, Option<Slot>)> {
+    let Some(listen) = setup.listen else {
+        let child = spawn(&setup.program, &setup.activate, deadline, Io::Session)?;
+        return Ok((child, None));
+    };
+    let input = super::pty::reopen_stdin()?;
+    let (to_ipmitool, stdin) = super::pty::input_pair()?;
+    let child = spawn(
+        &setup.program,
+        &setup.activate,
+        deadline,
+        Io::InputFrom(stdin),
+    )?;
+    let (tx, last_input) = watch::channel(Instant::now());
+    tokio::spawn(super::socat_slot::relay_input(input, to_ipmitool, tx));
+    Ok((child, Some(Slot { listen, last_input })))
 }
 
 /// Ask for a go; then free the payload (ours from an earlier connection
 /// included) and activate, both only before the deadline the go gave.
-/// The running `sol activate`, the deadline, and the gate connection; or
-/// what to tell the viewer.
-async fn open(setup: &Setup) -> Result<(Child, Option<Instant>, Option<GateClient>), String> {
+/// The running `sol activate`, the deadline, the gate connection and the
+/// viewer slot (socat); or what to tell the viewer.
+async fn open(setup: &Setup) -> Result<Opened, String> {
     let gate = &setup.gate;
     let activate = Request::Activate {
         node: gate.node.clone(),
@@ -276,17 +300,27 @@ async fn open(setup: &Setup) -> Result<(Child, Option<Instant>, Option<GateClien
         }
     };
     let not_opened = |e: std::io::Error| format!("the console is not opened: {e}");
-    let mut d = spawn(&setup.program, &setup.deactivate, deadline, false).map_err(not_opened)?;
-    if !within(deadline, d.wait()).await {
-        let _ = d.start_kill();
+    if let Some(deactivate) = &setup.deactivate {
+        let mut d = spawn(&setup.program, deactivate, deadline, Io::Null).map_err(not_opened)?;
+        if !within(deadline, d.wait()).await {
+            let _ = d.start_kill();
+        }
     }
-    let child = spawn(&setup.program, &setup.activate, deadline, true).map_err(not_opened)?;
-    Ok((child, deadline, client))
+    let (child, slot) = start_session(setup, deadline).map_err(not_opened)?;
+    Ok((child, deadline, client, slot))
 }
 
+type Opened = (Child, Option<Instant>, Option<GateClient>, Option<Slot>);
+
 /// Run the session until ipmitool exits (its status), or kill it (locally)
-/// when the holder says stop or the last deadline passes (1).
-async fn supervise(mut child: Child, mut verdict: watch::Receiver<Verdict>) -> i32 {
+/// when the holder says stop, the last deadline passes, or (socat's slot)
+/// the viewer has been silent while another one waits (1).
+async fn supervise(
+    mut child: Child,
+    mut verdict: watch::Receiver<Verdict>,
+    slot: Option<Slot>,
+) -> i32 {
+    let mut check = tokio::time::interval(super::socat_slot::CHECK_EVERY);
     loop {
         let until = match &*verdict.borrow_and_update() {
             Verdict::Until(t) => *t,
@@ -312,6 +346,19 @@ async fn supervise(mut child: Child, mut verdict: watch::Receiver<Verdict>) -> i
                 let _ = child.start_kill();
                 return 1;
             },
+            _ = check.tick(), if slot.is_some() => {
+                let Some(slot) = &slot else { continue };
+                if super::socat_slot::should_yield(*slot.last_input.borrow(), slot.listen) {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    say(&format!(
+                        "console closed: another viewer is waiting and this one has sent \
+                         nothing for {:?}",
+                        super::socat_slot::YIELD_AFTER
+                    ));
+                    return 1;
+                }
+            }
         }
     }
 }
@@ -342,13 +389,24 @@ async fn hold(mut client: Option<GateClient>, gate: GateRef, verdict: watch::Sen
     }
 }
 
-/// ipmitool with `args`: guarded (dies with us, no exec past `deadline`);
-/// the session's on our stdio (socat's pty), a deactivate on nothing.
+/// What an ipmitool child's stdio is.
+enum Io {
+    /// Nothing (a deactivate).
+    Null,
+    /// Ours: socat's or the native hub's pty (a session).
+    Session,
+    /// A session reading its keystrokes from this (a pty we relay to),
+    /// writing to ours.
+    InputFrom(OwnedFd),
+}
+
+/// ipmitool with `args`: guarded (dies with us, no exec past `deadline`),
+/// its stdio as `io` says.
 fn spawn(
     program: &str,
     args: &[String],
     deadline: Option<Instant>,
-    session: bool,
+    io: Io,
 ) -> std::io::Result<Child> {
     if deadline.is_some_and(|d| Instant::now() >= d) {
         return Err(std::io::Error::other(
@@ -358,11 +416,19 @@ fn spawn(
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_remove(SOL_ARGV_ENV)
-        .env_remove(SOL_GATE_ENV);
-    if !session {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        .env_remove(SOL_GATE_ENV)
+        .env_remove(ACTIVATE_ONLY_ENV)
+        .env_remove(SOL_LISTEN_ENV);
+    match io {
+        Io::Null => {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+        }
+        Io::Session => {}
+        Io::InputFrom(fd) => {
+            cmd.stdin(Stdio::from(fd));
+        }
     }
     crate::process::guard_child(cmd.as_std_mut(), deadline.map(Instant::into_std));
     cmd.kill_on_drop(true).spawn().map_err(|e| {
@@ -393,112 +459,5 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncReadExt;
-    use tokio::net::UnixListener;
-
-    fn gate_at(dir: &std::path::Path) -> GateRef {
-        GateRef {
-            socket: dir.join("g.sock"),
-            node: "n1".into(),
-            token: 3,
-        }
-    }
-
-    fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("porthole-solexec-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    /// A replica that accepts but never answers (paused): refused after
-    /// the bound, and the silent connection is dropped.
-    #[tokio::test]
-    async fn a_silent_replica_is_a_no_within_the_bound() {
-        let dir = tempdir("silent");
-        let gate = gate_at(&dir);
-        let listener = UnixListener::bind(&gate.socket).unwrap();
-        let _held = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut sink = Vec::new();
-            let _ = s.read_to_end(&mut sink).await;
-        });
-        let mut client = None;
-        let req = Request::Activate {
-            node: "n1".into(),
-            token: 3,
-        };
-        let asked = std::time::Instant::now();
-        let r = ask(&mut client, &gate, &req).await;
-        assert!(matches!(r, Err(AskError::Silent)), "{r:?}");
-        let took = asked.elapsed();
-        assert!(
-            took >= ANSWER_WITHIN && took < ANSWER_WITHIN * 3,
-            "{took:?}"
-        );
-        assert!(client.is_none(), "a silent connection is not reused");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// No socket (the replica never started its gate, or is gone).
-    #[tokio::test]
-    async fn no_gate_is_gone() {
-        let dir = tempdir("gone");
-        let mut client = None;
-        let req = Request::Hold {
-            node: "n1".into(),
-            token: 3,
-        };
-        let r = ask(&mut client, &gate_at(&dir), &req).await;
-        assert!(matches!(r, Err(AskError::Gone(_))), "{r:?}");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// The holder turns a replica that closes the socket (it died) into a
-    /// stop, and a replica's "no" into a stop with its reason.
-    #[tokio::test]
-    async fn the_holder_stops_on_a_no_and_on_a_closed_gate() {
-        let dir = tempdir("hold");
-        let gate = gate_at(&dir);
-        let listener = UnixListener::bind(&gate.socket).unwrap();
-        let server = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            let (r, mut w) = s.into_split();
-            let mut lines = BufReader::new(r).lines();
-            lines.next_line().await.unwrap();
-            w.write_all(b"ok 1000\n").await.unwrap();
-            lines.next_line().await.unwrap();
-            w.write_all(b"no lease lost\n").await.unwrap();
-            // A second connection, closed at once: the replica died.
-            let (s, _) = listener.accept().await.unwrap();
-            drop(s);
-        });
-        let (tx, mut rx) = watch::channel(Verdict::Until(None));
-        tokio::spawn(hold(None, gate.clone(), tx));
-        rx.wait_for(|v| matches!(v, Verdict::Until(Some(_))))
-            .await
-            .unwrap();
-        let v = rx
-            .wait_for(|v| matches!(v, Verdict::Stop(_)))
-            .await
-            .unwrap()
-            .clone();
-        assert_eq!(v, Verdict::Stop("lease lost".into()));
-
-        let (tx, mut rx) = watch::channel(Verdict::Until(None));
-        tokio::spawn(hold(None, gate, tx));
-        let v = rx
-            .wait_for(|v| matches!(v, Verdict::Stop(_)))
-            .await
-            .unwrap()
-            .clone();
-        assert!(
-            matches!(v, Verdict::Stop(ref w) if w.contains("gone")),
-            "{v:?}"
-        );
-        server.await.unwrap();
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
+#[path = "sol_exec_tests.rs"]
+mod tests;

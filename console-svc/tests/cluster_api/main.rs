@@ -36,4 +36,5 @@ mod support;
 mod health;
 mod log;
 mod placement;
+mod ports;
 mod times;

@@ -1,9 +1,11 @@
 //! Issue 9 points 1 and 2, on both backends: the owner paused (SIGSTOP)
 //! past the TTL while a viewer on the new owner types through the whole
 //! window loses that viewer no keystroke, before or after the SIGCONT, and
-//! takes no BMC action past its deadline; the socat owner killed (-9) leaves
+//! takes no BMC action past its deadline; the `ipmitool sol activate` the
+//! paused owner was running is gone while the owner is still stopped (its
+//! `sol-exec` helper kills it at the last deadline it was given); the socat owner killed (-9) leaves
 //! no listener, no orphan and no BMC traffic behind, and the survivor
-//! serves.
+//! serves, typing through 8 s without losing a keystroke.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,8 +127,29 @@ async fn paused_owner(backend: &'static str) {
     let mut on_owner = TcpStream::connect((con.host.as_str(), port)).await.unwrap();
     until_typing_arrives(&mut on_owner, &seen, "a").await;
 
+    let activates = sol_activates_under(cluster.pid(owner));
+    assert!(
+        !activates.is_empty(),
+        "{backend}: the owner runs no ipmitool sol activate with its viewer attached"
+    );
+
     let t0 = Instant::now();
     cluster.signal(owner, Signal::SIGSTOP);
+    // Its session's ipmitool must not outlive the lease: gone while the
+    // owner is still stopped.
+    let gone = tokio::spawn(async move {
+        let since = Instant::now();
+        while activates.iter().any(|p| alive(*p)) {
+            if since.elapsed() > PAUSE - Duration::from_millis(500) {
+                return Err(activates
+                    .into_iter()
+                    .filter(|p| alive(*p))
+                    .collect::<Vec<_>>());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(since.elapsed())
+    });
     let mut survivor = cluster.client(1 - owner).await;
     let moved = served_elsewhere(&mut survivor, &con.owner, TTL + Duration::from_secs(5)).await;
     let mut viewer = TcpStream::connect((moved.host.as_str(), port))
@@ -162,7 +185,17 @@ async fn paused_owner(backend: &'static str) {
     }
 
     tokio::time::sleep(PAUSE.saturating_sub(t0.elapsed())).await;
+    let gone = gone.await.unwrap();
     cluster.signal(owner, Signal::SIGCONT);
+    match gone {
+        Ok(after) => eprintln!(
+            "{backend}: the paused owner's ipmitool sol activate was gone {after:?} after the SIGSTOP"
+        ),
+        Err(left) => panic!(
+            "{backend}: the paused owner's ipmitool sol activate {left:?} still ran \
+             {PAUSE:?} after the SIGSTOP, past its lease"
+        ),
+    }
     let continued = t0.elapsed();
     tokio::time::sleep(AFTER).await;
     stop.store(true, Ordering::SeqCst);
@@ -210,6 +243,40 @@ async fn the_owner_paused_past_the_ttl_costs_the_new_owner_no_keystroke_native()
 #[tokio::test]
 async fn the_owner_paused_past_the_ttl_costs_the_new_owner_no_keystroke_socat() {
     paused_owner("socat").await;
+}
+
+/// A live (not zombie) process, by pid.
+fn alive(pid: i32) -> bool {
+    group_member(pid)
+}
+
+/// Live `ipmitool ... sol activate` processes descended from `root`.
+fn sol_activates_under(root: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let ppid = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        rest.split_whitespace().nth(1)?.parse().ok()
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.windows(13).any(|w| w == b"sol\0activate\0") && alive(*pid)
+        })
+        .filter(|pid| {
+            let mut p = *pid;
+            for _ in 0..16 {
+                match ppid(p) {
+                    Some(q) if q == root => return true,
+                    Some(q) if q > 1 => p = q,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .collect()
 }
 
 /// Live processes whose process group is `pgid`.
@@ -308,6 +375,22 @@ async fn kill_9_of_a_socat_owner_leaves_no_listener_and_no_orphan() {
         "survivor {} serves; typing reached the node in {took:?}",
         moved.owner
     );
+    // Nothing of the dead owner's (a surviving socat or helper activating
+    // SOL) breaks the survivor's session: typing through 8 s loses nothing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let typing = keep_typing(viewer, stop.clone(), Instant::now());
+    tokio::time::sleep(AFTER).await;
+    stop.store(true, Ordering::SeqCst);
+    let typed = typing.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lost: Vec<&(String, Duration)> = typed.iter().filter(|(t, _)| !has(&seen, t)).collect();
+    eprintln!(
+        "kill -9: {} tokens typed on the survivor, {} lost",
+        typed.len(),
+        lost.len()
+    );
+    assert!(typed.len() > 50, "typed only {} tokens", typed.len());
+    assert!(lost.is_empty(), "typed on the survivor and lost: {lost:?}");
     checker.finish().await;
     cluster.assert_bmc_actions_safe();
 }

@@ -244,6 +244,11 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no replica {:?}", con.owner))
     }
 
+    /// Replica `i`'s process id.
+    pub fn pid(&self, i: usize) -> i32 {
+        self.replicas[i].child.as_ref().expect("running").id() as i32
+    }
+
     pub fn signal(&self, i: usize, sig: Signal) {
         let child = self.replicas[i].child.as_ref().expect("running");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);

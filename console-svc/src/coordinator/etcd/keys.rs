@@ -6,6 +6,7 @@
 //!  <prefix>consoles/<node>/spec     desired state (sealed passwords)
 //!  <prefix>consoles/<node>/owner    claim; create revision = fencing token
 //!  <prefix>consoles/<node>/endpoint where the owner serves it
+//!  <prefix>consoles/<node>/failure  why the last claim could not start it (claimer's lease)
 //!  <prefix>ports/<port>             node holding a cluster-wide port
 //! ```
 //!
@@ -22,6 +23,7 @@ const PORTS: &str = "ports/";
 const SPEC: &str = "spec";
 const OWNER: &str = "owner";
 const ENDPOINT: &str = "endpoint";
+const FAILURE: &str = "failure";
 
 /// Every key this service writes, under one prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +48,7 @@ pub enum Leaf {
     Spec,
     Owner,
     Endpoint,
+    Failure,
     /// A leaf this version does not know (written by a newer one).
     Other(String),
 }
@@ -93,6 +96,10 @@ impl Keys {
         self.console(node, ENDPOINT)
     }
 
+    pub fn failure(&self, node: &NodeId) -> String {
+        self.console(node, FAILURE)
+    }
+
     /// Every key of one node: `consoles/<node>/`.
     pub fn node_prefix(&self, node: &NodeId) -> String {
         format!("{}{CONSOLES}{node}/", self.prefix)
@@ -130,6 +137,7 @@ impl Keys {
             SPEC => Leaf::Spec,
             OWNER => Leaf::Owner,
             ENDPOINT => Leaf::Endpoint,
+            FAILURE => Leaf::Failure,
             other => Leaf::Other(other.to_owned()),
         };
         Some(Key::Console(node, leaf))

@@ -252,6 +252,17 @@ async fn follow_lease(mut lease: watch::Receiver<Option<i64>>, serving: watch::S
     }
 }
 
+/// The value of `consoles/<node>/failure`: why the last claim of a console
+/// could not start it (e.g. its kept port is in use on that replica), bound
+/// to the claimer's lease, so Enable and Get can say why nobody serves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureDoc {
+    pub replica: String,
+    pub error: String,
+    /// The spec revision the start was tried with (older ones are stale).
+    pub spec_revision: i64,
+}
+
 /// The value of `consoles/<node>/endpoint`: where the owner serves a console.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointDoc {
@@ -296,6 +307,27 @@ impl EtcdCoordinator {
             .and_then([op]);
         let resp = self.txn(txn).await?;
         Ok(resp.succeeded())
+    }
+
+    /// Record (or, with `None`, clear) why this replica could not start
+    /// `node`'s console, bound to its lease.
+    pub async fn note_failure(
+        &self,
+        node: &NodeId,
+        doc: Option<&FailureDoc>,
+    ) -> Result<(), CoordError> {
+        let lease = self.current_lease()?;
+        let key = self.keys.failure(node);
+        let op = match doc {
+            Some(doc) => TxnOp::put(
+                key,
+                serde_json::to_string(doc).expect("failure serializes"),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            None => TxnOp::delete(key, None),
+        };
+        self.txn(Txn::new().and_then([op])).await?;
+        Ok(())
     }
 
     /// Stop taking consoles: remove `members/<replica>` so placement ranks

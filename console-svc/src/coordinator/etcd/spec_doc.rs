@@ -84,6 +84,11 @@ struct SpecDoc {
     kind: KindDoc,
     /// The console's port, assigned cluster-wide (`ports/<port>`).
     port: u16,
+    /// The service chose `port` for this spec (the request named none and
+    /// the node held none): where it is busy it may move to the next free
+    /// one. Absent (false): a kept or explicit port, never moved.
+    #[serde(default, skip_serializing_if = "is_false")]
+    port_auto: bool,
     target: TargetDoc,
     /// Absent in documents written before the times were kept.
     #[serde(
@@ -133,8 +138,38 @@ struct VncDoc {
     password: Option<String>,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Whether a spec document's port was the service's own choice (see
+/// `SpecDoc::port_auto`); false for anything else.
+pub fn port_auto(json: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct AutoOnly {
+        #[serde(default)]
+        port_auto: bool,
+    }
+    serde_json::from_slice::<AutoOnly>(json).is_ok_and(|d| d.port_auto)
+}
+
+/// Where a spec's port came from: the service's choice (`auto`, which may
+/// move when busy) or the node's kept or explicit one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecPort {
+    pub port: u16,
+    pub auto: bool,
+}
+
+impl SpecPort {
+    /// A kept or explicit port.
+    pub fn kept(port: u16) -> Self {
+        Self { port, auto: false }
+    }
+}
+
 /// The stored form of `spec` served on `port`, written with `times`.
-pub fn to_json(sealer: &Sealer, spec: &ConsoleSpec, port: u16, times: SpecTimes) -> String {
+pub fn to_json(sealer: &Sealer, spec: &ConsoleSpec, port: SpecPort, times: SpecTimes) -> String {
     let node = spec.node.as_str();
     let target = match &spec.target {
         Target::Ipmi(t) => TargetDoc::Ipmi(IpmiDoc {
@@ -157,7 +192,8 @@ pub fn to_json(sealer: &Sealer, spec: &ConsoleSpec, port: u16, times: SpecTimes)
             ConsoleKind::Serial => KindDoc::Serial,
             ConsoleKind::Vnc => KindDoc::Vnc,
         },
-        port,
+        port: port.port,
+        port_auto: port.auto,
         target,
         created_at: Some(times.created_at),
         updated_at: Some(times.updated_at),
@@ -234,7 +270,7 @@ mod tests {
     #[test]
     fn round_trips_without_clear_passwords() {
         let sealer = Sealer::from_key(&[3; 32]);
-        let json = to_json(&sealer, &ipmi_spec(), 10005, now());
+        let json = to_json(&sealer, &ipmi_spec(), SpecPort::kept(10005), now());
         assert!(!json.contains("hunter2"), "{json}");
         assert!(json.contains("\"port\":10005") && json.contains("\"kind\":\"serial\""));
         let back = from_json(&sealer, &node(), json.as_bytes()).unwrap();
@@ -251,7 +287,7 @@ mod tests {
             }),
             requested_port: Some(10006),
         };
-        let json = to_json(&sealer, &vnc, 10006, now());
+        let json = to_json(&sealer, &vnc, SpecPort::kept(10006), now());
         assert!(!json.contains("vncpass"), "{json}");
         assert_eq!(from_json(&sealer, &node(), json.as_bytes()).unwrap(), vnc);
     }
@@ -266,7 +302,7 @@ mod tests {
         let created = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
         let changed = created + std::time::Duration::from_nanos(86_400_000_000_007);
         let times = SpecTimes::new_at(created).changed_at(changed);
-        let json = to_json(&sealer, &ipmi_spec(), 10005, times);
+        let json = to_json(&sealer, &ipmi_spec(), SpecPort::kept(10005), times);
         assert!(
             json.contains("\"created_at\":\"2023-11-14T22:13:20.123"),
             "{json}"
@@ -294,7 +330,7 @@ mod tests {
     #[test]
     fn fields_from_a_later_release_are_ignored() {
         let sealer = Sealer::from_key(&[3; 32]);
-        let json = to_json(&sealer, &ipmi_spec(), 10005, now());
+        let json = to_json(&sealer, &ipmi_spec(), SpecPort::kept(10005), now());
         let mut doc: serde_json::Value = serde_json::from_str(&json).unwrap();
         doc["added_later"] = serde_json::json!({"x": 1});
         doc["target"]["ipmi"]["added_later_too"] = serde_json::json!(true);
@@ -307,7 +343,7 @@ mod tests {
     #[test]
     fn refuses_other_nodes_keys_and_damage() {
         let sealer = Sealer::from_key(&[3; 32]);
-        let json = to_json(&sealer, &ipmi_spec(), 10005, now());
+        let json = to_json(&sealer, &ipmi_spec(), SpecPort::kept(10005), now());
         let other = NodeId::parse("node-2").unwrap();
         let err = from_json(&sealer, &other, json.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("names node"), "{err}");

@@ -13,6 +13,12 @@
 //!                                    [old ports/<q> = node ─▶ delete it, when the port moved]
 //! ```
 //!
+//! A port the service chose (the request named none, the node held none) is
+//! marked `port_auto` in the spec; `move_port` moves such a spec to the
+//! next free port its owner can bind (placement, when the chosen one is
+//! busy on the owner's address), in one transaction that also checks the
+//! spec is still the one the owner read.
+//!
 //! `delete` removes the spec only: like the local allocator, a disabled node
 //! keeps its port reservation, so enabling it again gives it the same port.
 
@@ -22,7 +28,7 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use tracing::debug;
 
 use super::failover::EtcdClient;
-use super::spec_doc::{self, SpecDocError, SpecTimes};
+use super::spec_doc::{self, SpecDocError, SpecPort, SpecTimes};
 use super::Keys;
 use crate::ports::{PortAllocator, PortError, PortRange};
 use crate::seal::Sealer;
@@ -53,6 +59,8 @@ pub struct StoredSpec {
     /// `requested_port` is the assigned port.
     pub spec: ConsoleSpec,
     pub port: u16,
+    /// The service chose `port` (see [`SpecPort`]): it may move when busy.
+    pub port_auto: bool,
     pub mod_revision: i64,
 }
 
@@ -91,17 +99,18 @@ impl SpecStore {
                 (None, None, 1..) => ports.random_free(jitter_seed()),
                 _ => spec.requested_port,
             };
-            let port = ports.assign(&spec.node, wanted)?;
+            let port = SpecPort {
+                port: ports.assign(&spec.node, wanted)?,
+                auto: spec.requested_port.is_none() && before.is_none(),
+            };
             if let Some(revision) = self.put_txn(spec, before, port, times).await? {
-                let mut stored = spec.clone();
-                stored.requested_port = Some(port);
-                return Ok(StoredSpec {
-                    spec: stored,
-                    port,
-                    mod_revision: revision,
-                });
+                return Ok(StoredSpec::stored(spec, port, revision));
             }
-            debug!(attempt, port, "lost a port race; reading ports again");
+            debug!(
+                attempt,
+                port = port.port,
+                "lost a port race; reading ports again"
+            );
             tokio::time::sleep(jitter(attempt)).await;
         }
         Err(SpecStoreError::Contended(spec.node.to_string()))
@@ -112,10 +121,11 @@ impl SpecStore {
         &self,
         spec: &ConsoleSpec,
         before: Option<u16>,
-        port: u16,
+        spec_port: SpecPort,
         times: SpecTimes,
     ) -> Result<Option<i64>, SpecStoreError> {
         let node = spec.node.as_str();
+        let port = spec_port.port;
         let port_key = self.keys.port(port);
         let mut when = Vec::new();
         let mut ops = Vec::new();
@@ -134,8 +144,55 @@ impl SpecStore {
                 ops.push(TxnOp::delete(old_key, None));
             }
         }
-        let json = spec_doc::to_json(&self.sealer, spec, port, times);
+        let json = spec_doc::to_json(&self.sealer, spec, spec_port, times);
         ops.push(TxnOp::put(self.keys.spec(&spec.node), json, None));
+        self.commit(when, ops).await
+    }
+
+    /// Move `stored` (a spec whose port the service chose) off its port to
+    /// the lowest free one that `usable` accepts (its owner can bind it),
+    /// still marked `port_auto`. `Ok(None)`: the spec or the ports changed
+    /// meanwhile (placement looks again); an error when no port is usable.
+    #[tracing::instrument(skip_all, fields(node = %stored.spec.node, busy = stored.port))]
+    pub async fn move_port(
+        &self,
+        stored: &StoredSpec,
+        times: SpecTimes,
+        usable: &(dyn Fn(u16) -> bool + Send + Sync),
+    ) -> Result<Option<StoredSpec>, SpecStoreError> {
+        let spec = &stored.spec;
+        let node = spec.node.as_str();
+        let mut ports = PortAllocator::with_assignments(self.range.clone(), self.held().await?);
+        let busy = stored.port;
+        let port = SpecPort {
+            port: ports.assign_fresh(&spec.node, |p| p != busy && usable(p))?,
+            auto: true,
+        };
+        let spec_key = self.keys.spec(&spec.node);
+        let new_key = self.keys.port(port.port);
+        let old_key = self.keys.port(busy);
+        let when = vec![
+            Compare::mod_revision(spec_key.clone(), CompareOp::Equal, stored.mod_revision),
+            Compare::value(old_key.clone(), CompareOp::Equal, node),
+            Compare::create_revision(new_key.clone(), CompareOp::Equal, 0),
+        ];
+        let json = spec_doc::to_json(&self.sealer, spec, port, times);
+        let ops = vec![
+            TxnOp::delete(old_key, None),
+            TxnOp::put(new_key, node, None),
+            TxnOp::put(spec_key, json, None),
+        ];
+        let revision = self.commit(when, ops).await?;
+        Ok(revision.map(|r| StoredSpec::stored(spec, port, r)))
+    }
+
+    /// One transaction; the revision it committed at, `None` when a
+    /// comparison failed.
+    async fn commit(
+        &self,
+        when: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<Option<i64>, SpecStoreError> {
         let txn = Txn::new().when(when).and_then(ops);
         let resp = self
             .client
@@ -225,6 +282,18 @@ impl SpecStore {
 }
 
 impl StoredSpec {
+    /// What `put` / `move_port` stored: `spec` on `port` at `revision`.
+    pub fn stored(spec: &ConsoleSpec, port: SpecPort, revision: i64) -> Self {
+        let mut stored = spec.clone();
+        stored.requested_port = Some(port.port);
+        Self {
+            spec: stored,
+            port: port.port,
+            port_auto: port.auto,
+            mod_revision: revision,
+        }
+    }
+
     /// A spec key's value, opened with `sealer`.
     pub fn open(
         sealer: &Sealer,
@@ -237,6 +306,7 @@ impl StoredSpec {
         Ok(Self {
             spec,
             port,
+            port_auto: spec_doc::port_auto(value),
             mod_revision,
         })
     }

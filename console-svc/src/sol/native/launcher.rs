@@ -2,10 +2,16 @@
 //! be tested with an in-memory launcher.
 //!
 //! The real launcher, [`IpmiLauncher`], runs `ipmitool ... sol activate` under
-//! a raw pty (see [`crate::sol::pty`]) and waits for ipmitool's "SOL Session
+//! a raw pty (see [`crate::sol::pty`]), through the `console-svc sol-exec`
+//! helper (activate only: the hub deactivated first), which gets its go
+//! from this replica's activation gate, asks for it to be held every 200 ms
+//! and SIGKILLs ipmitool when the last deadline it was given passes (so a
+//! session does not outlive a paused replica's lease; see
+//! [`crate::sol::sol_exec`]). It waits for ipmitool's "SOL Session
 //! operational" banner: the session is up once it is printed; if ipmitool
 //! exits first, its own words become the error ("SOL payload already active
-//! on another session", "Unable to establish IPMI v2 / RMCP+ session", ...).
+//! on another session", "Unable to establish IPMI v2 / RMCP+ session", ...,
+//! or the helper's refusal "[porthole: ...]").
 //!
 //! ```text
 //!  activate ──spawn under pty──▶ banner ──▶ SolSession (io + control)
@@ -17,6 +23,7 @@
 //! ipmitool keeps running silently after a deactivate, so a session always
 //! ends with its process group being terminated.
 
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +36,7 @@ use tracing::{debug, warn};
 use crate::process::{ProcessTable, Supervised};
 use crate::sol::ipmitool::IpmiTool;
 use crate::sol::pty::{self, PtyStream};
+use crate::sol::sol_exec::{self, GateRef};
 use crate::sol::SolError;
 
 /// What ipmitool prints once the SOL session is up.
@@ -66,20 +74,47 @@ pub(crate) trait SolLauncher: Send + Sync + 'static {
     async fn activate(&self) -> Result<SolSession, SolError>;
 }
 
-/// `ipmitool sol activate` under a pty.
+/// The `console-svc sol-exec` helper a session runs under, and the gate it
+/// asks.
+pub(crate) struct Helper {
+    pub(crate) program: PathBuf,
+    pub(crate) gate: GateRef,
+}
+
+/// `ipmitool sol activate` under a pty, through the helper.
 pub(crate) struct IpmiLauncher {
     tool: IpmiTool,
+    helper: Helper,
     processes: Arc<ProcessTable>,
     timeout: Duration,
 }
 
 impl IpmiLauncher {
-    pub(crate) fn new(tool: IpmiTool, processes: Arc<ProcessTable>, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        tool: IpmiTool,
+        helper: Helper,
+        processes: Arc<ProcessTable>,
+        timeout: Duration,
+    ) -> Self {
         Self {
             tool,
+            helper,
             processes,
             timeout,
         }
+    }
+
+    /// `console-svc sol-exec` for this BMC's `sol activate`: only while the
+    /// BMC gate is open, the password at fd 3, dying with console-svc and
+    /// refusing to exec past the deadline (as every ipmitool child).
+    fn session_command(&self) -> Result<tokio::process::Command, SolError> {
+        let permit = self.tool.permit()?;
+        let mut cmd = tokio::process::Command::new(&self.helper.program);
+        cmd.arg("sol-exec")
+            .envs(sol_exec::helper_env(&self.tool, &self.helper.gate, None));
+        self.tool.password_fd()?.attach(&mut cmd);
+        crate::process::guard_child(cmd.as_std_mut(), permit.until_std());
+        Ok(cmd)
     }
 
     fn bmc(&self) -> String {
@@ -94,10 +129,13 @@ impl SolLauncher for IpmiLauncher {
     }
 
     async fn activate(&self) -> Result<SolSession, SolError> {
-        let cmd = self.tool.command(&["sol", "activate"])?;
-        let (child, mut pty) = pty::spawn(cmd, &self.processes, "ipmitool sol activate")
+        let cmd = self.session_command()?;
+        let (child, mut pty) = pty::spawn(cmd, &self.processes, "sol-exec: ipmitool sol activate")
             .map_err(crate::sol::ipmitool::spawn_error)?;
-        debug!(pid = child.pid(), "ipmitool sol activate started");
+        debug!(
+            pid = child.pid(),
+            "ipmitool sol activate started (under sol-exec)"
+        );
         let outcome = tokio::time::timeout(self.timeout, read_banner(&mut pty)).await;
         match outcome {
             Ok(Ok(Preamble::Up { greeting, rest })) => Ok(SolSession {

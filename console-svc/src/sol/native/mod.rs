@@ -7,7 +7,11 @@
 //!
 //! - `hub`: one task per console; owns the session, viewers, scrollback, log.
 //! - `session`: the SOL session's states and its I/O events.
-//! - `launcher`: `sol deactivate` / `sol activate` under a pty ([`crate::sol::pty`]).
+//! - `launcher`: `sol deactivate`, and `sol activate` under a pty ([`crate::sol::pty`])
+//!   through the `console-svc sol-exec` helper, which asks this replica's
+//!   activation gate ([`crate::sol::activation_gate`]) for its go and kills
+//!   ipmitool when the last deadline it was given passes (a paused replica's
+//!   session does not outlive its lease).
 //! - `viewer`: one TCP connection, its bounded output queue and idle timeout.
 //! - `ring`, `logfile`: scrollback and log ring; `<log_dir>/<node>.log`.
 //!
@@ -57,8 +61,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use self::hub::{HubConfig, HubHandle, Join};
-use self::launcher::IpmiLauncher;
+use self::launcher::{Helper, IpmiLauncher};
+use super::activation_gate::{ActivationGate, SharedGate};
 use super::ipmitool::IpmiTool;
+use super::sol_exec::GateRef;
 use crate::backend::{
     bind_port, BackendError, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole,
 };
@@ -70,6 +76,9 @@ use crate::spec::NodeId;
 pub struct NativeSettings {
     pub native: NativeConfig,
     pub ipmitool: PathBuf,
+    /// The `console-svc` binary, run as `console-svc sol-exec` around each
+    /// `ipmitool sol activate`.
+    pub helper: PathBuf,
     /// The longest an ipmitool command (or an activation) may take.
     pub subprocess_timeout: Duration,
     /// A viewer with no traffic either way for this long is closed; zero:
@@ -84,6 +93,7 @@ impl NativeSettings {
         Self {
             native: config.native.clone(),
             ipmitool: c.ipmitool_path.clone(),
+            helper: super::sol_exec::helper_path(c.sol_exec_helper.as_deref()),
             subprocess_timeout: c.subprocess_timeout,
             terminal_timeout: c.terminal_timeout,
             retry_max_backoff: c.retry_max_backoff,
@@ -93,6 +103,9 @@ impl NativeSettings {
 
 pub struct NativeBackend {
     settings: NativeSettings,
+    /// Where each session's helper asks for its go; started with the first
+    /// console.
+    gate: SharedGate,
 }
 
 impl NativeBackend {
@@ -101,7 +114,10 @@ impl NativeBackend {
     }
 
     pub fn with_settings(settings: NativeSettings) -> Self {
-        Self { settings }
+        Self {
+            settings,
+            gate: SharedGate::default(),
+        }
     }
 
     fn hub_config(&self, node: &NodeId) -> HubConfig {
@@ -142,7 +158,18 @@ impl ConsoleBackend for NativeBackend {
             ctx.processes.clone(),
             ctx.fence.clone(),
         );
-        let launcher = IpmiLauncher::new(tool, ctx.processes.clone(), s.subprocess_timeout);
+        let gate = self.gate.get(ctx.processes.dir())?;
+        let helper = Helper {
+            program: s.helper.clone(),
+            gate: GateRef {
+                socket: gate.path().to_owned(),
+                node: ctx.node.to_string(),
+                token: ctx.fence.ownership().token,
+            },
+        };
+        gate.registry().register(ctx.fence.clone());
+        let fence = ctx.fence.clone();
+        let launcher = IpmiLauncher::new(tool, helper, ctx.processes.clone(), s.subprocess_timeout);
         let stop = ctx.cancel.child_token();
         let hub = hub::spawn(
             self.hub_config(&ctx.node),
@@ -162,6 +189,7 @@ impl ConsoleBackend for NativeBackend {
             acceptor,
             stop,
             stop_bound,
+            gated: (gate, fence),
         }))
     }
 }
@@ -198,6 +226,9 @@ struct NativeConsole {
     acceptor: JoinHandle<()>,
     stop: CancellationToken,
     stop_bound: Duration,
+    /// The gate this console's sessions ask (kept open while it runs) and
+    /// its claim there, dropped once it stopped.
+    gated: (Arc<ActivationGate>, crate::coordinator::Fence),
 }
 
 #[async_trait]
@@ -208,6 +239,7 @@ impl RunningConsole for NativeConsole {
         if let Some(hub) = self.hub.take() {
             hub.shutdown(self.stop_bound).await;
         }
+        self.gated.0.registry().deregister(&self.gated.1);
     }
 
     fn log(&self, max_bytes: usize) -> Option<LogSnapshot> {
@@ -219,5 +251,6 @@ impl Drop for NativeConsole {
     /// Dropped without `stop`: the hub still winds down on its own.
     fn drop(&mut self) {
         self.stop.cancel();
+        self.gated.0.registry().deregister(&self.gated.1);
     }
 }
