@@ -89,12 +89,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let addr = listener.local_addr().map_err(RunError::Serve)?;
+    check_noauth(&config, addr)?;
     let basic = match config.api.auth_strategy {
-        AuthStrategy::Noauth
-            if !addr.ip().is_loopback() && !config.api.allow_noauth_on_any_address =>
-        {
-            return Err(RunError::InsecureNoauth(addr));
-        }
         AuthStrategy::Noauth => None,
         AuthStrategy::HttpBasic => {
             let file = config
@@ -278,5 +274,15 @@ mod tests {
         c.api.allow_noauth_on_any_address = false;
         c.api.auth_strategy = AuthStrategy::HttpBasic;
         assert!(check_noauth(&c, any).is_ok());
+    }
+
+    /// `run` applies that check before it opens anything.
+    #[tokio::test]
+    async fn run_refuses_noauth_off_loopback() {
+        let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let err = run(listener, Config::default(), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunError::InsecureNoauth(_)), "{err}");
     }
 }

@@ -2,7 +2,7 @@
 //! router served in-process, with a deploy interface that waits for its
 //! ramdisk and keeps the secret it was handed. Without credentials only
 //! the ramdisk's calls get through, and only with the right secret while
-//! the node waits; a wrong one is 403 with Ironic's words and changes
+//! the node waits; a wrong one is 400 with Ironic's words and changes
 //! nothing; everything else is 401. Needs no rig.
 
 mod common;
@@ -239,7 +239,7 @@ async fn body() -> Result<()> {
         ensure!(f.contains("requires authentication"), "{path}: {f}");
     }
 
-    // A wrong or missing key: 403, Ironic's words, the node unchanged.
+    // A wrong or missing key: 400, Ironic's words, the node unchanged.
     let before = api.node(&u).await?;
     for b in [
         json!({"key": "wrong"}),
@@ -247,7 +247,7 @@ async fn body() -> Result<()> {
         json!({"agent_token": format!("{token}x")}),
     ] {
         let (s, v) = api.send(M::POST, &cb, Some(b.clone()), false).await?;
-        ensure!(s == 403, "{b}: {s} {v}");
+        ensure!(s == 400, "{b}: {s} {v}");
         let f = common::faultstring(&v)?;
         ensure!(f == "Invalid or missing agent token received.", "{f}");
     }
@@ -259,7 +259,7 @@ async fn body() -> Result<()> {
             false,
         )
         .await?;
-    ensure!(s == 403, "heartbeat with a wrong token: {s} {v}");
+    ensure!(s == 400, "heartbeat with a wrong token: {s} {v}");
     ensure!(
         api.node(&u).await? == before,
         "a refused call changed the node"
@@ -337,7 +337,7 @@ async fn body() -> Result<()> {
     let (s, v) = api
         .send(M::POST, &cb, Some(json!({"key": token})), false)
         .await?;
-    ensure!(s == 403, "the key after the wait ended: {s} {v}");
+    ensure!(s == 400, "the key after the wait ended: {s} {v}");
     let (s, v) = api
         .send(
             M::GET,

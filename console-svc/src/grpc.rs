@@ -1,42 +1,31 @@
-//! `console.v1.ConsoleService` over tonic: wire types in, domain calls on
-//! the [`ConsoleManager`], wire types out. Errors map to `tonic::Status` in
-//! one place (`From<ConsoleError> for Status`, in `error.rs`).
+//! `console.v1.ConsoleService` over tonic: wire types in, calls on the one
+//! [`Consoles`] (the local manager, or the cluster with etcd), wire types
+//! out. Errors map to `tonic::Status` in one place (`From<ConsoleError> for
+//! Status`, in `error.rs`).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::Stream;
 use pb::console_service_server::ConsoleService;
 use porthole_proto::console::v1 as pb;
-use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
 use crate::cluster::forward::FORWARDED_BY;
-use crate::cluster::Cluster;
+use crate::consoles::{Change, ConsoleWatch, Consoles};
 use crate::error::ConsoleError;
-use crate::manager::{ConsoleInfo, ConsoleManager, ConsoleState, Endpoint};
+use crate::manager::{ConsoleInfo, ConsoleState, Endpoint};
 use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
 
 pub struct ConsoleApi {
-    manager: ConsoleManager,
-    /// With etcd: answers from cluster state (any replica serves the API).
-    cluster: Option<Cluster>,
+    consoles: Arc<dyn Consoles>,
 }
 
 impl ConsoleApi {
-    pub fn new(manager: ConsoleManager) -> Self {
-        Self {
-            manager,
-            cluster: None,
-        }
-    }
-
-    pub fn clustered(cluster: Cluster) -> Self {
-        Self {
-            manager: cluster.manager().clone(),
-            cluster: Some(cluster),
-        }
+    pub fn new(consoles: Arc<dyn Consoles>) -> Self {
+        Self { consoles }
     }
 }
 
@@ -50,10 +39,7 @@ impl ConsoleService for ConsoleApi {
     ) -> Result<Response<pb::Console>, Status> {
         let spec = ConsoleSpec::from_request(request.into_inner())?;
         let span = info_span!("enable", node = %spec.node);
-        let info = match &self.cluster {
-            Some(c) => c.enable(spec).instrument(span).await?,
-            None => self.manager.enable(spec).instrument(span).await?,
-        };
+        let info = self.consoles.enable(spec).instrument(span).await?;
         Ok(Response::new(to_proto(&info)))
     }
 
@@ -62,10 +48,7 @@ impl ConsoleService for ConsoleApi {
         request: Request<pb::DisableConsoleRequest>,
     ) -> Result<Response<pb::Console>, Status> {
         let node = NodeId::parse(&request.into_inner().node_id)?;
-        let info = match &self.cluster {
-            Some(c) => c.disable(&node).await?,
-            None => self.manager.disable(&node).await?,
-        };
+        let info = self.consoles.disable(&node).await?;
         Ok(Response::new(to_proto(&info)))
     }
 
@@ -74,10 +57,7 @@ impl ConsoleService for ConsoleApi {
         request: Request<pb::GetConsoleRequest>,
     ) -> Result<Response<pb::Console>, Status> {
         let node = NodeId::parse(&request.into_inner().node_id)?;
-        let info = match &self.cluster {
-            Some(c) => c.get(&node).await?,
-            None => self.manager.get(&node)?,
-        };
+        let info = self.consoles.get(&node).await?;
         Ok(Response::new(to_proto(&info)))
     }
 
@@ -92,10 +72,7 @@ impl ConsoleService for ConsoleApi {
                 ConsoleError::invalid("page_token is not a next_page_token this service gave")
             })?),
         };
-        let all = match &self.cluster {
-            Some(c) => c.list().await?,
-            None => self.manager.list(),
-        };
+        let all = self.consoles.list().await?;
         let (page, next) = page_of(&all, after.as_ref(), req.page_size);
         Ok(Response::new(pb::ListConsolesResponse {
             consoles: page.iter().map(to_proto).collect(),
@@ -109,31 +86,20 @@ impl ConsoleService for ConsoleApi {
         &self,
         _request: Request<pb::WatchConsolesRequest>,
     ) -> Result<Response<Self::WatchConsolesStream>, Status> {
-        if let Some(cluster) = &self.cluster {
-            return Ok(Response::new(Box::pin(cluster_stream(
-                cluster,
-                self.manager.stopping(),
-            ))));
-        }
-        let manager = self.manager.clone();
-        let stream = async_stream(manager);
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(event_stream(self.consoles.watch()))))
     }
 
     async fn drain_replica(
         &self,
         _request: Request<pb::DrainReplicaRequest>,
     ) -> Result<Response<pb::DrainReplicaResponse>, Status> {
-        let Some(cluster) = &self.cluster else {
-            return Err(ConsoleError::Unsupported(
-                "drain needs etcd coordination ([etcd] endpoints): without it there is no other replica"
-                    .into(),
-            )
-            .into());
-        };
-        let released = cluster.drain().instrument(info_span!("drain")).await;
+        let (replica, released) = self
+            .consoles
+            .drain()
+            .instrument(info_span!("drain"))
+            .await?;
         Ok(Response::new(pb::DrainReplicaResponse {
-            replica: cluster.replica().to_owned(),
+            replica,
             released: released as u32,
         }))
     }
@@ -148,10 +114,10 @@ impl ConsoleService for ConsoleApi {
             .map(|v| v.to_str().unwrap_or("unnamed").to_owned());
         let req = request.into_inner();
         let node = NodeId::parse(&req.node_id)?;
-        let log = match &self.cluster {
-            Some(c) => c.log(&node, req.max_bytes, forwarded_by.as_deref()).await?,
-            None => self.manager.log(&node, req.max_bytes as usize)?,
-        };
+        let log = self
+            .consoles
+            .log(&node, req.max_bytes, forwarded_by.as_deref())
+            .await?;
         Ok(Response::new(pb::GetConsoleLogResponse {
             data: log.data,
             truncated: log.truncated,
@@ -185,75 +151,45 @@ fn page_of<'a>(
     (page, next)
 }
 
-/// The snapshot, a SYNCED marker, then changes. A watcher that falls too far
-/// behind gets a fresh snapshot instead of the changes it missed.
-fn async_stream(manager: ConsoleManager) -> impl Stream<Item = Result<pb::ConsoleEvent, Status>> {
+/// WatchConsoles, for both modes: the snapshot (EXISTING), a SYNCED marker,
+/// then a CHANGED per change. A watcher that falls too far behind gets a
+/// fresh snapshot instead of the changes it missed. Ends when the client
+/// goes or the service stops (so the server's graceful shutdown can finish).
+fn event_stream(
+    mut watch: Box<dyn ConsoleWatch>,
+) -> impl Stream<Item = Result<pb::ConsoleEvent, Status>> {
+    use pb::console_event::Type;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        let mut events = manager.subscribe();
-        let stopping = manager.stopping();
         'snapshot: loop {
-            for info in manager.list() {
+            let snapshot = watch.snapshot().into_iter();
+            let events = snapshot.map(|info| event(Type::Existing, Some(&info)));
+            for ev in events.chain([event(Type::Synced, None)]) {
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let change = tokio::select! {
+                    _ = tx.closed() => return,
+                    change = watch.next() => change,
+                };
+                let info = match change {
+                    Change::Console(info) => info,
+                    Change::Resync => continue 'snapshot,
+                    Change::Closed => return,
+                };
                 if tx
-                    .send(Ok(event(pb::console_event::Type::Existing, Some(&info))))
+                    .send(Ok(event(Type::Changed, Some(&info))))
                     .await
                     .is_err()
                 {
                     return;
                 }
             }
-            if tx
-                .send(Ok(event(pb::console_event::Type::Synced, None)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            loop {
-                let ev = tokio::select! {
-                    _ = tx.closed() => return,
-                    // Ends the stream so the server's graceful shutdown can finish.
-                    _ = stopping.cancelled() => return,
-                    ev = events.recv() => ev,
-                };
-                match ev {
-                    Ok(info) => {
-                        if tx
-                            .send(Ok(event(pb::console_event::Type::Changed, Some(&info))))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Lagged(_)) => continue 'snapshot,
-                    Err(RecvError::Closed) => return,
-                }
-            }
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// WatchConsoles on cluster state (see `cluster::api`).
-fn cluster_stream(
-    cluster: &Cluster,
-    stopping: tokio_util::sync::CancellationToken,
-) -> impl Stream<Item = Result<pb::ConsoleEvent, Status>> {
-    use futures::StreamExt;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    cluster.watch(tx, stopping);
-    let mut synced = false;
-    tokio_stream::wrappers::ReceiverStream::new(rx).map(move |info| {
-        Ok(match info {
-            Some(info) if synced => event(pb::console_event::Type::Changed, Some(&info)),
-            Some(info) => event(pb::console_event::Type::Existing, Some(&info)),
-            None => {
-                synced = true;
-                event(pb::console_event::Type::Synced, None)
-            }
-        })
-    })
 }
 
 fn event(kind: pb::console_event::Type, info: Option<&ConsoleInfo>) -> pb::ConsoleEvent {
@@ -317,6 +253,68 @@ mod tests {
                 backend: "native",
             })
             .collect()
+    }
+
+    /// A watch that plays a script: each snapshot in turn, then the changes.
+    struct Scripted {
+        snapshots: std::collections::VecDeque<Vec<ConsoleInfo>>,
+        changes: std::collections::VecDeque<Change>,
+    }
+
+    #[async_trait::async_trait]
+    impl ConsoleWatch for Scripted {
+        fn snapshot(&mut self) -> Vec<ConsoleInfo> {
+            self.snapshots.pop_front().unwrap_or_default()
+        }
+
+        async fn next(&mut self) -> Change {
+            self.changes.pop_front().unwrap_or(Change::Closed)
+        }
+    }
+
+    /// (type, node) of each event until the stream ends.
+    async fn events_of(watch: Scripted) -> Vec<(pb::console_event::Type, String)> {
+        use futures::StreamExt;
+        event_stream(Box::new(watch))
+            .map(|ev| {
+                let ev = ev.unwrap();
+                let kind = ev.r#type();
+                (kind, ev.console.map(|c| c.node_id).unwrap_or_default())
+            })
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_watch_is_snapshot_synced_changes_and_a_new_snapshot_after_a_resync() {
+        use pb::console_event::Type::{Changed, Existing, Synced};
+        let all = infos(3);
+        let watch = Scripted {
+            snapshots: [all[..2].to_vec(), all[1..].to_vec()].into(),
+            changes: [
+                Change::Console(all[2].clone()),
+                Change::Resync,
+                Change::Console(all[0].clone()),
+                Change::Closed,
+                Change::Console(all[1].clone()),
+            ]
+            .into(),
+        };
+        let n = |i: usize| all[i].node.to_string();
+        assert_eq!(
+            events_of(watch).await,
+            vec![
+                (Existing, n(0)),
+                (Existing, n(1)),
+                (Synced, String::new()),
+                (Changed, n(2)),
+                (Existing, n(1)),
+                (Existing, n(2)),
+                (Synced, String::new()),
+                (Changed, n(0)),
+            ],
+            "Closed ends the stream; nothing after it is sent"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`spec`], [`secret`]: validated requests; passwords that never print.
 //! - [`text`]: caller input quoted in messages, bounded.
 //! - [`seal`]: passwords sealed (AEAD) for etcd.
+//! - [`consoles`]: the console API one trait for both modes (local, cluster).
 //! - [`manager`]: console lifecycles (the state machine), ports, events.
 //! - [`backend`]: the backend contract (start a console, its health, its log).
 //! - [`sol`]: the serial backends (native, socat) and ipmitool.
@@ -16,6 +17,7 @@
 //! - [`process`]: recorded child processes, cleaned up after a crash.
 //! - [`grpc`]: `console.v1.ConsoleService`, health and reflection.
 //! - [`cli`]: the operator's client commands.
+//! - [`tasks`]: the handle every long-lived task is owned by (stop signal, join).
 //! - [`metrics`]: the Prometheus metrics (`service.metrics_listen`).
 
 // A service logs through tracing, never to stdout/stderr directly.
@@ -26,6 +28,7 @@ pub mod backoff;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod consoles;
 pub mod coordinator;
 pub mod error;
 pub mod grpc;
@@ -38,6 +41,7 @@ pub mod secret;
 pub mod server;
 pub mod sol;
 pub mod spec;
+pub mod tasks;
 pub mod text;
 pub mod vnc;
 pub use server::{run, RunError};

@@ -21,6 +21,7 @@
 //! ```
 
 mod census;
+mod consoles;
 mod fencing;
 mod port_choice;
 #[cfg(test)]
@@ -45,6 +46,7 @@ use crate::error::ConsoleError;
 use crate::ports::PortAllocator;
 use crate::process::ProcessTable;
 use crate::spec::{ConsoleKind, ConsoleSpec, NodeId};
+use crate::tasks::Tasks;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsoleState {
@@ -97,6 +99,11 @@ pub enum Placement {
     Cluster,
 }
 
+/// How long shutdown waits for the manager's own tasks once the consoles
+/// stopped (a supervisor may be finishing an ipmitool probe); past it they
+/// are left to end on their own.
+const TASKS_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// BMC probes running at once (see `Inner::probes`).
 const MAX_CONCURRENT_PROBES: usize = 16;
 
@@ -138,6 +145,8 @@ struct Inner {
     /// many consoles together, and each probe is an ipmitool process.
     probes: Arc<tokio::sync::Semaphore>,
     cancel: CancellationToken,
+    /// The fencing follower and each console's supervisor, on `cancel`.
+    tasks: Tasks,
 }
 
 /// One node's console. `op` serializes enable/disable; `state` is what
@@ -197,6 +206,7 @@ impl ConsoleManager {
                 slots: Mutex::default(),
                 events: broadcast::channel(1024).0,
                 probes: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PROBES)),
+                tasks: Tasks::new(&cancel),
                 cancel,
             }),
         };
@@ -343,6 +353,14 @@ impl ConsoleManager {
             warn!(
                 ?budget,
                 "some consoles did not stop within the shutdown budget"
+            );
+        }
+        // Supervisors were stopped with their consoles, the fencing follower
+        // by `cancel`: this only waits for them to end.
+        if !self.inner.tasks.stop(TASKS_BOUND).await {
+            warn!(
+                bound = ?TASKS_BOUND,
+                "manager tasks still running after shutdown"
             );
         }
     }

@@ -2,7 +2,8 @@
 //! tests in-process.
 //!
 //! ```text
-//!  run ──▶ sweep leftovers of a crashed run ──▶ serve gRPC ──shutdown──▶ stop every console ──▶ return
+//!  run ──▶ sweep leftovers of a crashed run ──▶ serve gRPC ──shutdown──▶ drain, stop every console
+//!      ──▶ stop placement/publish/mirror ──▶ revoke the lease (awaited, bounded) ──▶ return
 //! ```
 
 use std::future::Future;
@@ -20,21 +21,17 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::backend::ConsoleBackend;
+use self::health::{drained_or_stopping, report_health, set_health};
+use self::replica::Replica;
 use crate::cluster::forward::PeerTls;
-use crate::cluster::{Cluster, ClusterSettings};
-use crate::config::{Backend, Config};
-use crate::coordinator::etcd::{EtcdCoordinator, EtcdSettings, Member};
-use crate::coordinator::local::LocalCoordinator;
-use crate::coordinator::{CoordError, Coordinator};
+use crate::config::Config;
+use crate::coordinator::CoordError;
 use crate::grpc::ConsoleApi;
-use crate::manager::{Backends, ConsoleManager, Placement};
-use crate::process::ProcessTable;
-use crate::seal::Sealer;
-use crate::sol::native::NativeBackend;
-use crate::sol::socat::{SocatBackend, SocatSettings};
 use crate::sol::SolError;
-use crate::vnc::VncBackend;
+use crate::tasks::Tasks;
+
+mod health;
+mod replica;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -64,7 +61,7 @@ pub enum RunError {
 }
 
 /// Serve `console.v1` on `listener` until `shutdown` is cancelled, then
-/// stop every console and return.
+/// stop every console, revoke the etcd lease (bounded) and return.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -73,70 +70,8 @@ pub async fn run(
     let config = Arc::new(config);
     // First, so that a bad certificate or key stops us before anything starts.
     let (acceptor, peer_tls) = tls_settings(&config)?;
-    let metrics = match config.service.metrics_listen {
-        Some(addr) => Some(
-            MetricsServer::start(
-                addr,
-                crate::metrics::get().registry(),
-                shutdown.child_token(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    let pid_dir = config.console.terminal_pid_dir.clone();
-    let processes =
-        ProcessTable::open(&pid_dir, config.console.kill_timeout).map_err(|source| {
-            RunError::PidDir {
-                dir: pid_dir.clone(),
-                source,
-            }
-        })?;
-    for left in processes.sweep().await.map_err(|source| RunError::PidDir {
-        dir: pid_dir,
-        source,
-    })? {
-        warn!(pid = left.pid, label = %left.label, killed = left.killed, "cleaned up after a previous run");
-    }
-    let processes = Arc::new(processes);
-    let backends = Backends {
-        serial: serial_backend(&config)?,
-        vnc: match config.vnc.enabled {
-            true => Some(Arc::new(VncBackend::new(&config)?) as Arc<dyn ConsoleBackend>),
-            false => None,
-        },
-    };
-    // Cancelled last, after every console stopped: revoking the lease then
-    // frees this replica's consoles for the others at once.
-    let coordination = CancellationToken::new();
-    let (coordinator, etcd) = coordinator(&config, coordination.clone()).await?;
-    let placement = match etcd {
-        Some(_) => Placement::Cluster,
-        None => Placement::Local,
-    };
-    let manager = ConsoleManager::new(
-        config.clone(),
-        backends,
-        coordinator.clone(),
-        processes,
-        placement,
-        shutdown.child_token(),
-    );
-    let cluster = match etcd {
-        Some(etcd) => Some(cluster(
-            &config,
-            etcd,
-            &manager,
-            peer_tls,
-            coordination.clone(),
-        )?),
-        None => None,
-    };
-    let api = match &cluster {
-        Some(c) => ConsoleApi::clustered(c.clone()),
-        None => ConsoleApi::new(manager.clone()),
-    };
-
+    let metrics = start_metrics(&config, &shutdown).await?;
+    let replica = Replica::start(&config, peer_tls, &shutdown).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     // health_reporter() says SERVING for ""; not before report_health says so.
     set_health(&health, ServingStatus::NotServing).await;
@@ -145,41 +80,68 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-          backend = config.console.backend.as_str(),
-          tls = match (&acceptor, &config.service.tls_client_ca_file) {
-              (None, _) => "off",
-              (Some(_), None) => "on",
-              (Some(_), Some(_)) => "mutual",
-          },
-          "console-svc serving");
-    tokio::spawn(report_health(
+    log_serving(&listener, &config, acceptor.is_some());
+    let tasks = Tasks::new(&shutdown);
+    tasks.spawn(report_health(
         health.clone(),
-        coordinator.serving(),
-        drained_or_stopping(cluster.clone(), shutdown.clone()),
+        replica.coordinator.serving(),
+        drained_or_stopping(replica.cluster.clone(), shutdown.clone()),
     ));
-    let stopper = {
-        let manager = manager.clone();
-        let shutdown = shutdown.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            set_health(&health, ServingStatus::NotServing).await;
-            // Drain: stop taking, leave, release each console so another
-            // replica claims it at once; the lease is revoked last.
-            if let Some(cluster) = cluster {
-                cluster.drain().await;
-            }
-            manager.shutdown().await;
-            coordination.cancel();
-        })
-    };
+    let api = ConsoleApi::new(replica.consoles());
+    let stopper = tasks.spawn(replica.stop_after(shutdown.clone(), health));
     let router = tonic::transport::Server::builder()
         .layer(crate::metrics::get().grpc_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ConsoleServiceServer::new(api));
-    let serve = serve(router, listener, acceptor, &config, shutdown.clone());
+    let served = serve_until_grace(router, listener, acceptor, &config, &shutdown).await;
+    shutdown.cancel();
+    // Consoles stopped, placement and publish ended, the lease revoked.
+    let _ = stopper.await;
+    if !tasks.stop(SHUTDOWN_GRACE).await {
+        warn!("the health reporter did not end");
+    }
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
+    info!("console-svc stopped");
+    Ok(served?)
+}
+
+/// The Prometheus endpoint, when `service.metrics_listen` names one.
+async fn start_metrics(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<MetricsServer>, RunError> {
+    let Some(addr) = config.service.metrics_listen else {
+        return Ok(None);
+    };
+    let registry = crate::metrics::get().registry();
+    Ok(Some(
+        MetricsServer::start(addr, registry, shutdown.child_token()).await?,
+    ))
+}
+
+fn log_serving(listener: &TcpListener, config: &Config, tls: bool) {
+    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+          backend = config.console.backend.as_str(),
+          tls = match (tls, &config.service.tls_client_ca_file) {
+              (false, _) => "off",
+              (true, None) => "on",
+              (true, Some(_)) => "mutual",
+          },
+          "console-svc serving");
+}
+
+/// Serve until `shutdown`, then give client connections [`SHUTDOWN_GRACE`].
+async fn serve_until_grace(
+    router: tonic::transport::server::Router<WithGrpcMetrics>,
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let serve = serve(router, listener, acceptor, config, shutdown.clone());
     // A graceful shutdown waits for every client connection to close; one
     // whose peer never answers the GOAWAY would keep us up for ever. Give
     // them SHUTDOWN_GRACE once shutdown began, then stop anyway.
@@ -187,20 +149,13 @@ pub async fn run(
         shutdown.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
-    let served = tokio::select! {
+    tokio::select! {
         served = serve => served,
         _ = grace => {
             warn!(grace = ?SHUTDOWN_GRACE, "client connections still open after shutdown began; closing them");
             Ok(())
         }
-    };
-    shutdown.cancel();
-    let _ = stopper.await;
-    if let Some(metrics) = metrics {
-        metrics.stop().await;
     }
-    info!("console-svc stopped");
-    Ok(served?)
 }
 
 /// The TLS acceptor when gRPC is served over TLS, and how this replica
@@ -253,201 +208,3 @@ fn plain_incoming(listener: TcpListener) -> TcpIncoming {
 
 /// How long client connections may stay open once shutdown began.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// The coordinator, and the etcd one again when that is what it is.
-async fn coordinator(
-    config: &Config,
-    cancel: CancellationToken,
-) -> Result<(Arc<dyn Coordinator>, Option<Arc<EtcdCoordinator>>), RunError> {
-    let replica = config.service.replica_id.clone();
-    let etcd = &config.etcd;
-    if etcd.endpoints.is_empty() {
-        return Ok((Arc::new(LocalCoordinator::new(replica)), None));
-    }
-    let settings = EtcdSettings {
-        endpoints: etcd.endpoints.clone(),
-        prefix: etcd.prefix.clone(),
-        lease_ttl: etcd.lease_ttl,
-        connect_timeout: etcd.connect_timeout,
-    };
-    let member = Member {
-        replica,
-        host: config.console.url_host(),
-        grpc: config.service.listen.to_string(),
-    };
-    info!(endpoints = ?etcd.endpoints, "coordinating through etcd");
-    let etcd = EtcdCoordinator::start(settings, member, cancel).await?;
-    Ok((etcd.clone(), Some(etcd)))
-}
-
-/// The cluster layer: specs sealed with the key file, placement, endpoints.
-fn cluster(
-    config: &Config,
-    etcd: Arc<EtcdCoordinator>,
-    manager: &ConsoleManager,
-    peer_tls: PeerTls,
-    cancel: CancellationToken,
-) -> Result<Cluster, RunError> {
-    let key_file = config
-        .etcd
-        .secret_key_file
-        .as_deref()
-        .unwrap_or(std::path::Path::new(""));
-    let sealer = Sealer::load(key_file)?;
-    let specs = etcd.spec_store(sealer, config.console.port_range.clone());
-    let settings = ClusterSettings {
-        enable_timeout: config.etcd.enable_timeout,
-        claim_step: config.etcd.claim_step,
-        peer_tls,
-    };
-    Ok(Cluster::start(
-        etcd,
-        specs,
-        manager.clone(),
-        settings,
-        cancel,
-    ))
-}
-
-/// `grpc.health.v1`: SERVING while the coordinator lets us serve, and
-/// NOT_SERVING for good once `quiet` resolves (drained or shutting down:
-/// the replica still answers API calls, but a load balancer should stop
-/// sending it work). The overall service `""` says the same as
-/// `porthole.console.v1.ConsoleService`, so a probe that names no service
-/// (Kubernetes' gRPC probe by default) sees a fenced or drained replica.
-async fn report_health(
-    health: tonic_health::server::HealthReporter,
-    mut serving: tokio::sync::watch::Receiver<bool>,
-    quiet: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(quiet);
-    loop {
-        let status = match *serving.borrow_and_update() {
-            true => ServingStatus::Serving,
-            false => ServingStatus::NotServing,
-        };
-        set_health(&health, status).await;
-        tokio::select! {
-            _ = &mut quiet => break,
-            changed = serving.changed() => if changed.is_err() {
-                (&mut quiet).await;
-                break;
-            },
-        }
-    }
-    set_health(&health, ServingStatus::NotServing).await;
-}
-
-/// The names health answers for: overall and the console service.
-const HEALTH_NAMES: [&str; 2] = [
-    "",
-    <ConsoleServiceServer<ConsoleApi> as tonic::server::NamedService>::NAME,
-];
-
-async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
-    for name in HEALTH_NAMES {
-        health.set_service_status(name, status).await;
-    }
-}
-
-/// Resolves when the replica is drained (`DrainReplica`) or shuts down.
-async fn drained_or_stopping(cluster: Option<Cluster>, shutdown: CancellationToken) {
-    match cluster {
-        Some(cluster) => tokio::select! {
-            _ = cluster.drained() => {}
-            _ = shutdown.cancelled() => {}
-        },
-        None => shutdown.cancelled().await,
-    }
-}
-
-fn serial_backend(config: &Config) -> Result<Arc<dyn ConsoleBackend>, RunError> {
-    let c = &config.console;
-    Ok(match c.backend {
-        Backend::Native => Arc::new(NativeBackend::new(config)),
-        Backend::Socat => Arc::new(SocatBackend::new(SocatSettings {
-            socat: c.socat_path.clone(),
-            ipmitool: c.ipmitool_path.clone(),
-            helper: crate::sol::sol_exec::helper_path(c.sol_exec_helper.as_deref()),
-            subprocess_timeout: c.subprocess_timeout,
-            terminal_timeout: c.terminal_timeout,
-            retry_max_backoff: c.retry_max_backoff,
-        })?),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use tonic_health::pb::health_server::Health;
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::server::{HealthReporter, HealthService};
-
-    use super::*;
-
-    async fn status(reporter: &HealthReporter, name: &str) -> ServingStatus {
-        let service = HealthService::from_health_reporter(reporter.clone());
-        let request = tonic::Request::new(HealthCheckRequest {
-            service: name.into(),
-        });
-        match service.check(request).await {
-            Ok(r) => match r.into_inner().status() {
-                tonic_health::pb::health_check_response::ServingStatus::Serving => {
-                    ServingStatus::Serving
-                }
-                tonic_health::pb::health_check_response::ServingStatus::NotServing => {
-                    ServingStatus::NotServing
-                }
-                _ => ServingStatus::Unknown,
-            },
-            Err(_) => ServingStatus::Unknown,
-        }
-    }
-
-    /// Both the named service and the overall `""` become `want`.
-    async fn becomes(reporter: &HealthReporter, want: ServingStatus) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        for name in ["porthole.console.v1.ConsoleService", ""] {
-            while status(reporter, name).await != want {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{name:?} never {want:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn fenced_or_drained_is_not_serving_overall_too_whatever_the_lease_does() {
-        // As tonic_health::server::health_reporter() leaves it: "" SERVING.
-        let reporter = HealthReporter::new();
-        reporter
-            .set_service_status("", ServingStatus::Serving)
-            .await;
-        let (serving, rx) = tokio::sync::watch::channel(true);
-        let drained = CancellationToken::new();
-        tokio::spawn(report_health(
-            reporter.clone(),
-            rx,
-            drained.clone().cancelled_owned(),
-        ));
-        becomes(&reporter, ServingStatus::Serving).await;
-        // Fenced (the lease is not known valid).
-        serving.send_replace(false);
-        becomes(&reporter, ServingStatus::NotServing).await;
-        serving.send_replace(true);
-        becomes(&reporter, ServingStatus::Serving).await;
-
-        drained.cancel();
-        becomes(&reporter, ServingStatus::NotServing).await;
-        // A lease regained after the drain does not make it SERVING again.
-        serving.send_replace(false);
-        serving.send_replace(true);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        for name in ["porthole.console.v1.ConsoleService", ""] {
-            assert_eq!(status(&reporter, name).await, ServingStatus::NotServing);
-        }
-    }
-}

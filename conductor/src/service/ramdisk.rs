@@ -118,7 +118,7 @@ impl Conductor {
     }
 
     /// `node` is in one of `states` and `given` is the secret issued for
-    /// that wait (compared in constant time); else 403, nothing recorded.
+    /// that wait (compared in constant time); else 400 (Ironic raises InvalidParameterValue here), nothing recorded.
     pub async fn check_ramdisk_token(
         &self,
         node: &Node,
@@ -127,7 +127,7 @@ impl Conductor {
     ) -> Result<(), ServiceError> {
         let refuse = |why: &str| {
             tracing::info!(node = %node.uuid, state = %node.provision_state, why, "ramdisk call refused");
-            Err(ServiceError::Forbidden(BAD_TOKEN.into()))
+            Err(ServiceError::Invalid(BAD_TOKEN.into()))
         };
         let Some(given) = given else {
             return refuse("no token");

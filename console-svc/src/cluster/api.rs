@@ -7,7 +7,7 @@
 //!                 ▼                       ▼
 //!        wait for endpoint (newer than R when the spec changed) ─deadline─▶ DEADLINE_EXCEEDED + state
 //!  Disable ─▶ delete spec ─▶ wait (bounded) for the owner's endpoint to go ─▶ DISABLED
-//!  Get / List / Watch ─▶ the mirror (Watch: snapshot, SYNCED, then a CHANGED per node touched)
+//!  Get / List ─▶ etcd now; Watch (`consoles.rs`) ─▶ the mirror: snapshot, then a change per node touched
 //! ```
 //!
 //! `created_at` / `updated_at` are the spec's own (written into it, see
@@ -17,15 +17,13 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Cluster;
 use crate::coordinator::etcd::keys::{Key, Keys, Leaf};
 use crate::coordinator::etcd::spec_doc::{self, SpecTimes};
 use crate::coordinator::etcd::specs::{SpecStoreError, StoredSpec};
-use crate::coordinator::etcd::view::{Change, Entry};
+use crate::coordinator::etcd::view::Entry;
 use crate::coordinator::etcd::{EndpointDoc, FailureDoc};
 use crate::coordinator::CoordError;
 use crate::error::ConsoleError;
@@ -248,54 +246,12 @@ impl Cluster {
         read.map_err(ConsoleError::Coordination)
     }
 
-    fn infos(&self, state: &ClusterState) -> Vec<ConsoleInfo> {
+    pub(super) fn infos(&self, state: &ClusterState) -> Vec<ConsoleInfo> {
         state
             .nodes
             .iter()
             .filter_map(|(node, nv)| self.to_info(node, nv))
             .collect()
-    }
-
-    /// WatchConsoles: the snapshot, SYNCED (`None`), then a change per
-    /// node touched; a watcher that falls behind gets a new snapshot.
-    pub fn watch(
-        &self,
-        tx: mpsc::Sender<Option<ConsoleInfo>>,
-        stop: tokio_util::sync::CancellationToken,
-    ) {
-        let cluster = self.clone();
-        tokio::spawn(async move {
-            let mut changes = cluster.inner.store.subscribe();
-            'snapshot: loop {
-                for info in cluster.infos(&snapshot(&cluster)) {
-                    if tx.send(Some(info)).await.is_err() {
-                        return;
-                    }
-                }
-                if tx.send(None).await.is_err() {
-                    return;
-                }
-                loop {
-                    let change = tokio::select! {
-                        _ = tx.closed() => return,
-                        _ = stop.cancelled() => return,
-                        c = changes.recv() => c,
-                    };
-                    let node = match change {
-                        Ok(Change::Key(key)) => RELATIVE.node_of(&key),
-                        Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => continue 'snapshot,
-                        Err(RecvError::Closed) => return,
-                    };
-                    let Some(node) = node else { continue };
-                    let info = cluster
-                        .info(&node)
-                        .unwrap_or_else(|| cluster.blank(&node, ConsoleState::Disabled));
-                    if tx.send(Some(info)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
     }
 
     /// Wait on the mirror until `ready` likes the node's endpoint key (one
@@ -321,7 +277,7 @@ impl Cluster {
     }
 
     /// One node from the mirror (its keys and the port reservations only).
-    fn info(&self, node: &NodeId) -> Option<ConsoleInfo> {
+    pub(super) fn info(&self, node: &NodeId) -> Option<ConsoleInfo> {
         let view = &self.inner.store;
         let mut keys = view.range(&RELATIVE.node_prefix(node));
         keys.extend(view.range(&RELATIVE.ports_prefix()));
@@ -373,7 +329,7 @@ impl Cluster {
     }
 
     /// A node's answer before its keys are looked at: no spec, no times.
-    fn blank(&self, node: &NodeId, state: ConsoleState) -> ConsoleInfo {
+    pub(super) fn blank(&self, node: &NodeId, state: ConsoleState) -> ConsoleInfo {
         ConsoleInfo {
             node: node.clone(),
             kind: ConsoleKind::Serial,

@@ -319,7 +319,7 @@ mod tests {
             grpc: grpc.into(),
         };
         (
-            format!("members/{replica}"),
+            RELATIVE.member(replica),
             entry(&serde_json::to_string(&doc).unwrap()),
         )
     }
@@ -335,8 +335,8 @@ mod tests {
     #[test]
     fn the_owner_answers_at_its_grpc_address() {
         let keys = vec![
-            ("consoles/node-1/spec".into(), entry("{}")),
-            ("consoles/node-1/owner".into(), entry("r2")),
+            (RELATIVE.spec(&node()), entry("{}")),
+            (RELATIVE.owner(&node()), entry("r2")),
             member("r1", "10.0.0.1:50051"),
             member("r2", "10.0.0.2:50051"),
             member("r20", "10.0.0.20:50051"),
@@ -353,14 +353,14 @@ mod tests {
 
     #[test]
     fn no_owner_or_an_unknown_one_is_unavailable_and_named() {
-        let unclaimed = vec![("consoles/node-1/spec".into(), entry("{}"))];
+        let unclaimed = vec![(RELATIVE.spec(&node()), entry("{}"))];
         let s = status(route(&node(), "r1", &unclaimed, "http"));
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert!(s.message().contains("no owner"), "{}", s.message());
 
         let gone = vec![
-            ("consoles/node-1/spec".into(), entry("{}")),
-            ("consoles/node-1/owner".into(), entry("r9")),
+            (RELATIVE.spec(&node()), entry("{}")),
+            (RELATIVE.owner(&node()), entry("r9")),
             member("r1", "10.0.0.1:50051"),
         ];
         let s = status(route(&node(), "r1", &gone, "http"));

@@ -1,8 +1,8 @@
 //! Several replicas, one cluster: the API every replica serves and the
 //! placement loop that decides who runs which console, both on etcd.
 //!
-//! Used when `[etcd] endpoints` is set; without it the gRPC layer talks to
-//! the local [`ConsoleManager`] directly, as before. Per node, the keys are
+//! Used when `[etcd] endpoints` is set; without it the gRPC layer's
+//! [`Consoles`](crate::consoles::Consoles) is the local [`ConsoleManager`]. Per node, the keys are
 //! `consoles/<node>/spec` (desired, written by any replica), `owner` (the
 //! claim, bound to the owner's lease) and `endpoint` (published by the owner
 //! in a transaction fenced by the claim's token). What a caller sees:
@@ -15,7 +15,8 @@
 //!   no spec, port still reserved ─────────────────────────────────────────  DISABLED
 //! ```
 //!
-//! - [`api`]: Enable/Disable/Get/List/Watch on the mirrored cluster state.
+//! - [`api`]: Enable/Disable/Get/List on cluster state; `consoles.rs`: the
+//!   [`Consoles`](crate::consoles::Consoles) trait on it (Watch included).
 //! - [`forward`]: GetConsoleLog on any replica (forwarded to the owner).
 //! - [`placement`]: rendezvous ranking and the claim loop; ownership is sticky.
 //! - [`publish`]: the owner's endpoint keys follow its manager's events.
@@ -23,6 +24,7 @@
 //!   unit tests).
 
 pub mod api;
+mod consoles;
 pub mod forward;
 pub mod placement;
 pub mod publish;
@@ -44,6 +46,11 @@ use self::store::{ClusterStore, EtcdStore};
 use crate::coordinator::etcd::specs::SpecStore;
 use crate::coordinator::etcd::EtcdCoordinator;
 use crate::manager::ConsoleManager;
+use crate::tasks::Tasks;
+
+/// The longest a drain waits for etcd to drop this replica from the member
+/// list; without an answer the key goes with the lease.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Timing of the cluster layer.
 #[derive(Clone, Debug)]
@@ -66,6 +73,9 @@ struct Inner {
     store: Arc<dyn ClusterStore>,
     manager: ConsoleManager,
     settings: ClusterSettings,
+    /// Placement (and its claims) and publish; stopped by the `cancel` given
+    /// to [`Cluster::with_store`].
+    tasks: Tasks,
     /// Cancelled by drain: no more claims.
     taking: CancellationToken,
     /// Opened specs by node, with the revision they were read at: placement
@@ -98,18 +108,28 @@ impl Cluster {
         settings: ClusterSettings,
         cancel: CancellationToken,
     ) -> Self {
+        let tasks = Tasks::new(&cancel);
         let cluster = Self {
             inner: Arc::new(Inner {
                 store,
                 manager,
                 settings,
-                taking: cancel.child_token(),
+                taking: tasks.token().child_token(),
+                tasks,
                 opened: api::SpecCache::default(),
             }),
         };
-        placement::spawn(cluster.clone(), cancel.clone());
-        publish::spawn(cluster.clone(), cancel);
+        placement::spawn(cluster.clone());
+        publish::spawn(cluster.clone());
         cluster
+    }
+
+    /// Stop placing, claiming, publishing and mirroring; wait (at most
+    /// `bound` for each) until they ended. False if some had not.
+    pub async fn stop(&self, bound: Duration) -> bool {
+        let tasks = self.inner.tasks.stop(bound).await;
+        let store = self.inner.store.stop(bound).await;
+        tasks && store
     }
 
     pub fn replica(&self) -> &str {
@@ -126,8 +146,10 @@ impl Cluster {
     /// Returns how many consoles were released.
     pub async fn drain(&self) -> usize {
         self.inner.taking.cancel();
-        if let Err(e) = self.inner.store.leave().await {
-            tracing::warn!(error = %e, "could not leave the member list");
+        match tokio::time::timeout(LEAVE_TIMEOUT, self.inner.store.leave()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not leave the member list"),
+            Err(_) => tracing::warn!(timeout = ?LEAVE_TIMEOUT, "etcd did not answer the leave"),
         }
         let manager = &self.inner.manager;
         let owned = manager
@@ -138,10 +160,6 @@ impl Cluster {
         manager.release_all().await;
         tracing::info!(released = owned, "drained");
         owned
-    }
-
-    pub fn draining(&self) -> bool {
-        self.inner.taking.is_cancelled()
     }
 
     /// Resolves once this replica is drained (it stays drained until restarted).

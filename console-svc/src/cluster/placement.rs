@@ -57,9 +57,12 @@ fn score(node: &str, replica: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-pub(super) fn spawn(cluster: Cluster, cancel: CancellationToken) {
+/// Place on `cluster`'s tasks until they stop.
+pub(super) fn spawn(cluster: Cluster) {
     let span = info_span!(parent: None, "placement", replica = cluster.replica());
-    tokio::spawn(async move { Placer::new(cluster).run(cancel).await }.instrument(span));
+    let tasks = &cluster.inner.tasks;
+    let (tasks, cancel) = (tasks.clone(), tasks.token().clone());
+    tasks.spawn(async move { Placer::new(cluster).run(cancel).await }.instrument(span));
 }
 
 struct Placer {
@@ -270,7 +273,7 @@ impl Placer {
         let takeover = self.owned_elsewhere.remove(&node);
         // Starting touches the BMC; never hold up placement of other nodes.
         let span = info_span!("claim", %node);
-        tokio::spawn(
+        self.cluster.inner.tasks.spawn(
             async move {
                 let _turn = starts.acquire_owned().await;
                 let started = manager.enable(spec).await;

@@ -9,17 +9,19 @@
 //! ```
 
 use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::Cluster;
 use crate::coordinator::etcd::EndpointDoc;
 use crate::manager::{ConsoleInfo, ConsoleState};
 
-pub(super) fn spawn(cluster: Cluster, cancel: CancellationToken) {
+/// Publish on `cluster`'s tasks until they stop.
+pub(super) fn spawn(cluster: Cluster) {
     let span = info_span!(parent: None, "publish", replica = cluster.replica());
     let mut events = cluster.inner.manager.subscribe();
-    tokio::spawn(
+    let tasks = cluster.inner.tasks.clone();
+    let cancel = tasks.token().clone();
+    tasks.spawn(
         async move {
             loop {
                 let info = tokio::select! {

@@ -17,6 +17,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
@@ -95,6 +96,12 @@ pub trait ClusterStore: Send + Sync + 'static {
 
     /// Leave the member list (placement ranks the others first).
     async fn leave(&self) -> Result<(), CoordError>;
+
+    /// Stop the store's own tasks (the etcd mirror), waiting at most `bound`;
+    /// false if they had not ended by then.
+    async fn stop(&self, _bound: Duration) -> bool {
+        true
+    }
 }
 
 /// [`ClusterStore`] on etcd.
@@ -180,5 +187,9 @@ impl ClusterStore for EtcdStore {
 
     async fn leave(&self) -> Result<(), CoordError> {
         self.coordinator.leave().await
+    }
+
+    async fn stop(&self, bound: Duration) -> bool {
+        self.view.stop(bound).await
     }
 }

@@ -451,3 +451,56 @@ async fn enable_gives_up_at_its_deadline_when_nobody_publishes() {
     assert_eq!(owner, "replica-a");
     cancel.cancel();
 }
+
+/// The cluster's [`Consoles`](crate::consoles::Consoles) watch, on another
+/// replica than the owner: a console enabled anywhere shows up STARTING
+/// then RUNNING with the owner's endpoint; its spec deleted, DISABLED.
+#[tokio::test(start_paused = true)]
+async fn the_cluster_watch_follows_a_console_enabled_and_disabled_elsewhere() {
+    use crate::consoles::{Change, Consoles};
+    let etcd = MemoryEtcd::new("13200:13220");
+    let cancel = CancellationToken::new();
+    let a = member(&etcd, "replica-a", Fake::default(), &cancel);
+    let b = member(&etcd, "replica-b", Fake::default(), &cancel);
+    let mut watch = Consoles::watch(&b.cluster);
+    assert!(watch.snapshot().is_empty());
+    a.cluster.enable(spec("node-1")).await.unwrap();
+    let mut seen = Vec::new();
+    let running = loop {
+        match tokio::time::timeout(ENABLE_TIMEOUT, watch.next())
+            .await
+            .unwrap()
+        {
+            Change::Console(info) if info.state == ConsoleState::Running => break info,
+            Change::Console(info) => seen.push(info.state),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(running.node, node("node-1"));
+    assert!(running.endpoint.is_some(), "{running:?}");
+    assert!(
+        seen.iter().all(|s| *s == ConsoleState::Starting),
+        "{seen:?}"
+    );
+    Consoles::disable(&b.cluster, &node("node-1"))
+        .await
+        .unwrap();
+    let disabled = loop {
+        match tokio::time::timeout(ENABLE_TIMEOUT, watch.next())
+            .await
+            .unwrap()
+        {
+            Change::Console(info) if info.state == ConsoleState::Disabled => break info,
+            Change::Console(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(disabled.node, node("node-1"));
+    cancel.cancel();
+    assert!(matches!(
+        tokio::time::timeout(ENABLE_TIMEOUT, watch.next())
+            .await
+            .unwrap(),
+        Change::Closed
+    ));
+}

@@ -38,8 +38,9 @@ pub struct ConsoleConfig {
     pub advertise_host: Option<String>,
     /// Ironic's `terminal_pid_dir`: where started processes are recorded.
     pub terminal_pid_dir: PathBuf,
-    /// Ironic's `subprocess_checking_interval`: how often to look whether a
-    /// started process is ready.
+    /// Ironic's `subprocess_checking_interval`: how often socat's start is
+    /// tried again while its port is still held (readiness itself is read
+    /// from socat's output, not polled).
     #[serde(with = "humantime_serde")]
     pub subprocess_checking_interval: Duration,
     /// Ironic's `subprocess_timeout`: the longest a start (or an ipmitool

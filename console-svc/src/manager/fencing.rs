@@ -32,7 +32,8 @@ pub(super) fn spawn(manager: ConsoleManager) {
     // Read now, not when the task first runs: a change in between is then
     // seen as a change.
     let mut was = *serving.borrow_and_update();
-    tokio::spawn(async move {
+    let tasks = manager.inner.tasks.clone();
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,

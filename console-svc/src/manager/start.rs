@@ -27,48 +27,23 @@ impl ConsoleManager {
         let inner = &self.inner;
         let ownership = inner.coordinator.acquire(&spec.node).await?;
         let fence = Fence::new(inner.coordinator.clone(), ownership.clone());
-        let mut tried = Vec::new();
-        let (console, health_rx) = loop {
-            let port = choice.port;
-            match self.launch(backend, &spec, port, &fence).await {
-                Ok(started) => break started,
-                // Taken between our look and the bind: a fresh choice moves
-                // on to the next free port; a sticky or explicit one fails.
-                Err(BackendError::PortInUse { .. })
-                    if choice.fresh && tried.len() < port_choice::MAX_FRESH_TRIES =>
-                {
-                    tried.push(port);
-                    match self.next_fresh_port(&spec.node, &tried) {
-                        Ok(next) => {
-                            info!(
-                                busy = port,
-                                port = next,
-                                "console port in use by another program; trying the next free one"
-                            );
-                            choice.port = next;
-                        }
-                        Err(e) => {
-                            let _ = inner.coordinator.release(&ownership).await;
-                            self.update(slot, |st| {
-                                st.info.state = ConsoleState::Failed;
-                                st.info.last_error = Some(e.to_string());
-                            });
-                            return Err(e);
-                        }
-                    }
-                }
-                Err(source) => {
-                    warn!(error = %source, port, "console did not start");
-                    let _ = inner.coordinator.release(&ownership).await;
-                    self.update(slot, |st| {
-                        st.info.state = ConsoleState::Failed;
-                        st.info.last_error = Some(source.to_string());
-                    });
-                    return Err(ConsoleError::Start {
-                        node: spec.node.to_string(),
-                        source,
-                    });
-                }
+        let started = self
+            .launch_on_a_free_port(backend, &spec, &mut choice, &fence)
+            .await;
+        let (console, health_rx) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = inner.coordinator.release(&ownership).await;
+                // The backend's own words, without "console for node ...".
+                let why = match &e {
+                    ConsoleError::Start { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
+                self.update(slot, |st| {
+                    st.info.state = ConsoleState::Failed;
+                    st.info.last_error = Some(why);
+                });
+                return Err(e);
             }
         };
         let port = choice.port;
@@ -95,6 +70,44 @@ impl ConsoleManager {
         );
         info!(port, url = %info.endpoint.as_ref().map(Endpoint::url).unwrap_or_default(), "console running");
         Ok(info)
+    }
+
+    /// Start the backend on `choice.port`; a fresh port taken between our
+    /// look and the bind moves on to the next free one (`choice.port` says
+    /// which), a sticky or explicit one fails.
+    async fn launch_on_a_free_port(
+        &self,
+        backend: &Arc<dyn ConsoleBackend>,
+        spec: &ConsoleSpec,
+        choice: &mut PortChoice,
+        fence: &Fence,
+    ) -> Result<(Box<dyn RunningConsole>, watch::Receiver<Health>), ConsoleError> {
+        let mut tried = Vec::new();
+        loop {
+            let port = choice.port;
+            match self.launch(backend, spec, port, fence).await {
+                Ok(started) => return Ok(started),
+                Err(BackendError::PortInUse { .. })
+                    if choice.fresh && tried.len() < port_choice::MAX_FRESH_TRIES =>
+                {
+                    tried.push(port);
+                    let next = self.next_fresh_port(&spec.node, &tried)?;
+                    info!(
+                        busy = port,
+                        port = next,
+                        "console port in use by another program; trying the next free one"
+                    );
+                    choice.port = next;
+                }
+                Err(source) => {
+                    warn!(error = %source, port, "console did not start");
+                    return Err(ConsoleError::Start {
+                        node: spec.node.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 
     /// One start of the backend on `port`, bounded by `subprocess_timeout`.

@@ -48,6 +48,7 @@ pub(super) fn spawn(
     };
     let backoff = Backoff::new(Duration::from_secs(1), cfg.retry_max_backoff);
     let span = tracing::info_span!(parent: None, "supervisor", node = %spec.node);
+    let tasks = manager.inner.tasks.clone();
     let sup = Supervisor {
         manager,
         slot,
@@ -58,7 +59,7 @@ pub(super) fn spawn(
         probe_error: None,
         backend_error: None,
     };
-    tokio::spawn(sup.run().instrument(span));
+    tasks.spawn(sup.run().instrument(span));
 }
 
 struct Supervisor {

@@ -193,7 +193,10 @@ async fn a_start_failure_is_reported_and_recorded() {
     assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
     let info = m.get(&spec("port-in-use", 0).node).unwrap();
     assert_eq!(info.state, ConsoleState::Failed);
-    assert!(info.last_error.unwrap().contains("already in use"));
+    // The backend's words, as the error's cause; not the error's own frame.
+    let last_error = info.last_error.unwrap();
+    assert!(last_error.starts_with("port "), "{last_error}");
+    assert!(last_error.contains("already in use"), "{last_error}");
 }
 
 #[tokio::test]
@@ -432,4 +435,32 @@ async fn metrics_follow_consoles_enables_and_fences() {
     next_state(&mut events, ConsoleState::Failed).await;
     assert_eq!(census(&m), [("serial", "disabled"), ("serial", "failed")]);
     assert!(scrape(fences) > fences_before, "the fence is counted");
+}
+
+/// The local [`Consoles`](crate::consoles::Consoles) watch: what was there
+/// before it in the snapshot, each change after it, Closed at shutdown.
+#[tokio::test]
+async fn the_local_watch_sees_the_snapshot_changes_and_the_shutdown() {
+    use crate::consoles::{Change, Consoles};
+    let (m, _backend) = manager("12010:12015", "true");
+    m.enable(spec("a", 0)).await.unwrap();
+    let mut watch = Consoles::watch(&m);
+    let snapshot: Vec<String> = watch
+        .snapshot()
+        .iter()
+        .map(|c| c.node.to_string())
+        .collect();
+    assert_eq!(snapshot, ["a"]);
+    Consoles::disable(&m, &spec("a", 0).node).await.unwrap();
+    match watch.next().await {
+        Change::Console(info) => {
+            assert_eq!(
+                (info.node.as_str(), info.state),
+                ("a", ConsoleState::Disabled)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    m.shutdown().await;
+    assert!(matches!(watch.next().await, Change::Closed));
 }

@@ -59,6 +59,9 @@ pub struct SocatSettings {
     /// The `console-svc` binary, run by socat as `console-svc sol-exec`.
     pub helper: PathBuf,
     pub subprocess_timeout: Duration,
+    /// `subprocess_checking_interval`: how often a start whose port was
+    /// still held is tried again (within a second).
+    pub checking_interval: Duration,
     /// socat's `-T`: close an idle connection; zero disables it.
     pub terminal_timeout: Duration,
     pub retry_max_backoff: Duration,
@@ -260,13 +263,13 @@ impl Instance {
     }
 
     /// Like [`crate::backend::bind_port`]: a port still held for a moment by a
-    /// fork of ours is retried for up to a second.
+    /// fork of ours is retried for up to a second, every `checking_interval`.
     async fn spawn_retrying_busy_port(&self) -> Result<Spawned, SolError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
             match self.spawn_ready().await {
                 Err(SolError::PortInUse { .. }) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(self.settings.checking_interval).await;
                 }
                 other => return other,
             }

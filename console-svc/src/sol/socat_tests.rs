@@ -43,12 +43,17 @@ fn scratch(name: &str) -> tempfile::TempDir {
 }
 
 fn backend() -> SocatBackend {
+    backend_checking_every(Duration::from_millis(50))
+}
+
+fn backend_checking_every(checking_interval: Duration) -> SocatBackend {
     SocatBackend::new(SocatSettings {
         socat: "socat".into(),
         ipmitool: "ipmitool".into(),
         // Never run: no viewer connects.
         helper: "/bin/true".into(),
         subprocess_timeout: Duration::from_secs(5),
+        checking_interval,
         terminal_timeout: Duration::ZERO,
         retry_max_backoff: Duration::from_secs(5),
     })
@@ -103,6 +108,31 @@ async fn a_port_another_program_holds_is_port_in_use() {
         started.elapsed() >= Duration::from_millis(900),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// `console.subprocess_checking_interval` paces the busy-port retries: one
+/// longer than the retry window means one retry, after that interval.
+#[tokio::test]
+async fn a_busy_port_is_tried_again_every_checking_interval() {
+    if !have_socat() {
+        return;
+    }
+    let scratch = scratch("interval");
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let (ctx, _health) = context(scratch.path(), addr).await;
+    let started = tokio::time::Instant::now();
+    let err = backend_checking_every(Duration::from_millis(1500))
+        .start(ctx)
+        .await
+        .err()
+        .expect("the port is held");
+    assert!(matches!(&err, BackendError::PortInUse { .. }), "{err}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(3),
+        "{took:?}"
     );
 }
 

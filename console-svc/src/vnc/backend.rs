@@ -117,9 +117,14 @@ impl ConsoleBackend for VncBackend {
             fence: Some(ctx.fence),
         });
         let stop = ctx.cancel.child_token();
-        tokio::spawn(viewer::probe(console.clone(), stop.clone()).instrument(span.clone()));
+        let probe =
+            tokio::spawn(viewer::probe(console.clone(), stop.clone()).instrument(span.clone()));
         let acceptor = tokio::spawn(accept_loop(listener, console, stop.clone()).instrument(span));
-        Ok(Box::new(VncConsole { acceptor, stop }))
+        Ok(Box::new(VncConsole {
+            acceptor,
+            probe,
+            stop,
+        }))
     }
 }
 
@@ -158,6 +163,8 @@ async fn accept_loop(listener: TcpListener, console: Arc<Console>, stop: Cancell
 /// A console served by the VNC backend.
 struct VncConsole {
     acceptor: JoinHandle<()>,
+    /// Probes an unreachable upstream until it answers.
+    probe: JoinHandle<()>,
     stop: CancellationToken,
 }
 
@@ -166,6 +173,7 @@ impl RunningConsole for VncConsole {
     async fn stop(mut self: Box<Self>) {
         self.stop.cancel();
         let _ = (&mut self.acceptor).await;
+        let _ = (&mut self.probe).await;
     }
 
     fn log(&self, _max_bytes: usize) -> Option<LogSnapshot> {

@@ -14,7 +14,6 @@ use super::VncError;
 pub const RFB_38: &[u8; 12] = b"RFB 003.008\n";
 
 /// Security types (RFB 3.7+ numbering).
-pub const SEC_INVALID: u8 = 0;
 pub const SEC_NONE: u8 = 1;
 pub const SEC_VNC_AUTH: u8 = 2;
 pub const SEC_VENCRYPT: u8 = 19;

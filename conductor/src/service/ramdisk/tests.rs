@@ -170,7 +170,7 @@ async fn a_wrong_or_missing_key_is_refused_and_changes_nothing() {
         for who in [Caller::Anonymous, Caller::Operator] {
             let e = callback(c, &u, key, who).await.err().expect("refused");
             assert!(
-                matches!(e, ServiceError::Forbidden(_)),
+                matches!(e, ServiceError::Invalid(_)),
                 "{key:?} {who:?}: {e:?}"
             );
             assert_eq!(e.to_string(), BAD_TOKEN);
@@ -218,7 +218,7 @@ async fn the_key_dies_with_the_wait() {
         .await
         .err()
         .unwrap();
-    assert!(matches!(e, ServiceError::Forbidden(_)), "{e:?}");
+    assert!(matches!(e, ServiceError::Invalid(_)), "{e:?}");
 
     // A timeout ends the wait the same way.
     let (u, token) = waiting(&r, "52:54:00:00:00:05").await;
@@ -373,7 +373,7 @@ async fn the_right_key_works_only_once_the_node_waits() {
         .await
         .err()
         .expect("refused while deploying");
-    assert!(matches!(e, ServiceError::Forbidden(_)), "{e:?}");
+    assert!(matches!(e, ServiceError::Invalid(_)), "{e:?}");
     r.d.gate.as_ref().unwrap().add_permits(1);
     for _ in 0..500 {
         if c.store.get_node(&u).await.unwrap().provision_state == "wait call-back" {

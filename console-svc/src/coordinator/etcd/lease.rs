@@ -134,8 +134,7 @@ pub async fn keep(
         current.send_replace(None);
         match why {
             None => {
-                let _ = api.revoke(lease).await;
-                info!(lease, "lease revoked");
+                revoke(api, lease).await;
                 return;
             }
             Some(why) => warn!(lease, %why, "lease lost: stopped serving"),
@@ -143,6 +142,23 @@ pub async fn keep(
     }
     valid.send_replace(None);
     current.send_replace(None);
+}
+
+/// The longest a stopping replica waits for etcd to revoke its lease; an
+/// etcd that does not answer lets the lease expire by its TTL instead.
+pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Revoke `lease` (every key bound to it goes at once), within [`REVOKE_TIMEOUT`].
+async fn revoke(api: &dyn LeaseApi, lease: i64) {
+    match tokio::time::timeout(REVOKE_TIMEOUT, api.revoke(lease)).await {
+        Ok(Ok(())) => info!(lease, "lease revoked"),
+        Ok(Err(e)) => warn!(lease, error = %e, "cannot revoke the lease; it expires by its TTL"),
+        Err(_) => warn!(
+            lease,
+            timeout = ?REVOKE_TIMEOUT,
+            "etcd did not answer the lease revoke; it expires by its TTL"
+        ),
+    }
 }
 
 async fn join(

@@ -39,6 +39,7 @@ use self::lease::{LeaseApi, LeaseTiming, OnGrant, Renewer};
 use super::gate::{LeaseGate, LeaseState};
 use super::{CoordError, Coordinator, Ownership};
 use crate::spec::NodeId;
+use crate::tasks::Tasks;
 
 /// What other replicas (and operators) learn about a replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,11 +68,13 @@ pub struct EtcdCoordinator {
     /// The lease with its fence deadline, for the BMC gate.
     valid: watch::Receiver<Option<LeaseState>>,
     serving: watch::Receiver<bool>,
+    /// The lease keeper and the serving follower; stopped by `cancel`.
+    tasks: Tasks,
 }
 
 impl EtcdCoordinator {
     /// Connect and start keeping a lease; serving begins once it is granted.
-    /// The lease is revoked when `cancel` fires.
+    /// The lease is revoked when `cancel` fires ([`Self::stop`] waits for it).
     pub async fn start(
         settings: EtcdSettings,
         member: Member,
@@ -91,10 +94,12 @@ impl EtcdCoordinator {
             value: serde_json::to_string(&member).expect("member serializes"),
         };
         let timing = LeaseTiming::for_ttl(settings.lease_ttl);
-        tokio::spawn(async move {
-            lease::keep(&etcd, &register, timing, lease_tx, valid_tx, cancel).await;
+        let tasks = Tasks::new(&cancel);
+        let stop = tasks.token().clone();
+        tasks.spawn(async move {
+            lease::keep(&etcd, &register, timing, lease_tx, valid_tx, stop).await;
         });
-        tokio::spawn(follow_lease(lease.clone(), serving_tx));
+        tasks.spawn(follow_lease(lease.clone(), serving_tx));
         Ok(Arc::new(Self {
             member,
             keys,
@@ -102,7 +107,16 @@ impl EtcdCoordinator {
             lease,
             valid,
             serving,
+            tasks,
         }))
+    }
+
+    /// Stop keeping the lease and wait (at most `bound`) until it is revoked
+    /// (the revoke itself gives up after [`lease::REVOKE_TIMEOUT`]: an
+    /// unreachable etcd lets the lease expire by its TTL). False if the
+    /// keeper had not ended by then.
+    pub async fn stop(&self, bound: Duration) -> bool {
+        self.tasks.stop(bound).await
     }
 
     /// The desired-state store on this coordinator's etcd connection.
@@ -263,11 +277,6 @@ pub struct EndpointDoc {
 }
 
 impl EtcdCoordinator {
-    /// The lease this replica holds now, if any.
-    pub fn lease_id(&self) -> Option<i64> {
-        *self.lease.borrow()
-    }
-
     pub fn keys(&self) -> &Keys {
         &self.keys
     }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::failover::EtcdClient;
+use crate::tasks::Tasks;
 
 /// One key as last seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,8 @@ pub struct ClusterView {
     mirror: Arc<RwLock<Mirror>>,
     revision: watch::Receiver<i64>,
     changes: broadcast::Sender<Change>,
+    /// The follower; stopped by `cancel`.
+    tasks: Tasks,
 }
 
 /// How long [`ClusterView::read`] waits for the mirror to catch up before
@@ -79,14 +82,22 @@ impl ClusterView {
             changes: changes.clone(),
         };
         let span = info_span!(parent: None, "cluster_view", %prefix);
-        tokio::spawn(async move { follower.run(cancel).await }.instrument(span));
+        let tasks = Tasks::new(&cancel);
+        let stop = tasks.token().clone();
+        tasks.spawn(async move { follower.run(stop).await }.instrument(span));
         Self {
             client,
             prefix,
             mirror,
             revision,
             changes,
+            tasks,
         }
+    }
+
+    /// Stop mirroring; wait (at most `bound`) for the follower to end.
+    pub async fn stop(&self, bound: Duration) -> bool {
+        self.tasks.stop(bound).await
     }
 
     /// Every key starting with `start` (relative) as of now, for answers
