@@ -88,7 +88,22 @@ fn chassis_events(path: &Path) -> Vec<String> {
         .collect()
 }
 
-async fn run(api: &Api, inspector: &Inspector, info: Value, chassis: &Path) -> Result<()> {
+/// Wait (up to 20 s) until the node's power state is `want`, settled.
+async fn power_settles(api: &Api, uuid: &str, want: &str) -> Result<Value> {
+    let mut n = Value::Null;
+    for _ in 0..100 {
+        n = api.node(uuid).await?;
+        if n["power_state"] == want && n["target_power_state"].is_null() {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("never {want}: {n}")
+}
+
+/// A `pxe_ipmitool` node with a port, validated, verified (manageable),
+/// powered off.
+async fn classic_node(api: &Api, info: Value) -> Result<String> {
     let uuid = api
         .create_node_with(json!({"name": "classic", "driver": "pxe_ipmitool", "driver_info": info}))
         .await?;
@@ -118,6 +133,22 @@ async fn run(api: &Api, inspector: &Inspector, info: Value, chassis: &Path) -> R
     );
     // Verify reads the power state from the BMC for real.
     api.manage(&uuid).await?;
+    // Off to begin with (another test may have left the BMC on), so that
+    // inspector's reboot is one power on at the BMC.
+    let (code, v) = api
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/nodes/{uuid}/states/power"),
+            Some(json!({"target": "power off"})),
+        )
+        .await?;
+    ensure!(code == 202, "power off: {code} {v}");
+    power_settles(api, &uuid, "power off").await?;
+    Ok(uuid)
+}
+
+async fn run(api: &Api, inspector: &Inspector, info: Value, chassis: &Path) -> Result<()> {
+    let uuid = classic_node(api, info).await?;
     let seen_before = chassis_events(chassis).len();
     let (code, body) = api.provision(&uuid, "inspect").await?;
     ensure!(code == 202, "inspect: {code} {body}");
@@ -126,18 +157,7 @@ async fn run(api: &Api, inspector: &Inspector, info: Value, chassis: &Path) -> R
         .await?;
     ensure!(n["target_provision_state"] == "manageable", "{n}");
     // inspector rebooted the node through the conductor: ipmitool on the BMC.
-    let mut powered = Value::Null;
-    for _ in 0..100 {
-        powered = api.node(&uuid).await?;
-        if powered["power_state"] == "power on" && powered["target_power_state"].is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    ensure!(
-        powered["power_state"] == "power on",
-        "inspector's reboot: {powered}"
-    );
+    power_settles(api, &uuid, "power on").await?;
     let data = common::ramdisk_data(MAC, "192.0.2.121", "127.0.0.1");
     let (code, body) = common::post_continue(&inspector.url, &data).await?;
     ensure!(code == 200, "continue: {code} {body}");
@@ -150,16 +170,8 @@ async fn run(api: &Api, inspector: &Inspector, info: Value, chassis: &Path) -> R
         "inspector's PATCH: {}",
         n["properties"]
     );
-    // inspector powers it off at the end (through the BMC, as verify read).
-    let mut off = Value::Null;
-    for _ in 0..100 {
-        off = api.node(&uuid).await?;
-        if off["power_state"] == "power off" && off["target_power_state"].is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    ensure!(off["power_state"] == "power off", "final power off: {off}");
+    // inspector powers it off at the end.
+    power_settles(api, &uuid, "power off").await?;
     let events = chassis_events(chassis);
     let new = events.get(seen_before..).unwrap_or_default();
     ensure!(
