@@ -106,17 +106,12 @@ pub async fn run(
             Some(Arc::new(basic))
         }
     };
-    let metrics = match config.api.metrics_listen {
-        Some(at) => Some(
-            porthole_common::metrics::MetricsServer::start(
-                at,
-                metrics::get().registry(),
-                shutdown.child_token(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
+    let metrics = porthole_common::metrics::MetricsServer::start_optional(
+        config.api.metrics_listen,
+        metrics::get().registry(),
+        shutdown.child_token(),
+    )
+    .await?;
     let opened = {
         let (config, shutdown) = (config.clone(), shutdown.clone());
         tokio::task::spawn_blocking(move || open(&config, shutdown))
@@ -165,17 +160,7 @@ pub async fn run(
     // A graceful stop waits for open connections, but only so long: an
     // HTTP/2 client that never answers the GOAWAY's ping (or a request that
     // never ends) would otherwise keep a stopped conductor up for ever.
-    let grace_over = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    let served = tokio::select! {
-        r = server => r,
-        () = grace_over => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "client connections still open after the stop; closing them");
-            Ok(())
-        }
-    };
+    let served = porthole_common::service::until_grace(server, &shutdown, SHUTDOWN_GRACE).await;
     shutdown.cancel();
     if let Some(m) = metrics {
         m.stop().await;

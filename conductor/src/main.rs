@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use conductor::config::Config;
-use porthole_common::{shutdown, telemetry};
+use porthole_common::config::Overrides;
+use porthole_common::{service, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,62 +48,33 @@ struct Cli {
 
 impl Cli {
     fn overrides(&self) -> Vec<(&'static str, &'static str, toml::Value)> {
-        let s = |v: String| toml::Value::String(v);
-        let mut o = Vec::new();
-        if let Some(v) = self.listen {
-            o.push(("api", "listen", s(v.to_string())));
-        }
-        if let Some(v) = &self.console_svc {
-            o.push(("console", "endpoint", s(v.clone())));
-        }
-        if let Some(v) = &self.database {
-            o.push(("database", "path", s(v.display().to_string())));
-        }
-        if let Some(v) = &self.auth_strategy {
-            o.push(("api", "auth_strategy", s(v.clone())));
-        }
-        if let Some(v) = &self.http_basic_auth_user_file {
-            o.push((
+        let mut o = Overrides::default();
+        o.set("api", "listen", self.listen)
+            .set("console", "endpoint", self.console_svc.as_ref())
+            .path("database", "path", self.database.as_deref())
+            .set("api", "auth_strategy", self.auth_strategy.as_ref())
+            .path(
                 "api",
                 "http_basic_auth_user_file",
-                s(v.display().to_string()),
-            ));
-        }
-        if self.log_json {
-            o.push(("api", "log_format", s("json".into())));
-        }
-        if let Some(v) = self.metrics_listen {
-            o.push(("api", "metrics_listen", s(v.to_string())));
-        }
-        o
+                self.http_basic_auth_user_file.as_deref(),
+            )
+            .switch("api", "log_format", self.log_json, "json")
+            .set("api", "metrics_listen", self.metrics_listen);
+        o.into_vec()
     }
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!(
-                "conductor: {}",
-                porthole_common::report::error_line(err.as_ref())
-            );
-            ExitCode::FAILURE
-        }
-    }
+    service::exit("conductor", run())
 }
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides())?;
     telemetry::init(config.api.log_format == "json");
-    tokio::runtime::Runtime::new()?.block_on(serve(config))
-}
-
-async fn serve(config: Config) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("binding the API port {}", config.api.listen))?;
-    let shutdown = shutdown::on_signals("stopping")?;
-    conductor::run(listener, config, shutdown).await?;
+    let listen = config.api.listen;
+    service::serve(listen, "API port", "stopping", |listener, shutdown| {
+        conductor::run(listener, config, shutdown)
+    })?;
     Ok(())
 }

@@ -5,11 +5,11 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use console_svc::cli::{self, Cli, Command};
 use console_svc::config::{Config, LogFormat};
-use porthole_common::{shutdown, telemetry};
+use porthole_common::{service, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,16 +19,7 @@ fn main() -> ExitCode {
         let code = console_svc::sol::sol_exec::run();
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!(
-                "console-svc: {}",
-                porthole_common::report::error_line(err.as_ref())
-            );
-            ExitCode::FAILURE
-        }
-    }
+    service::exit("console-svc", run(cli))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -47,10 +38,10 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 async fn serve(config: Config) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.service.listen)
-        .await
-        .with_context(|| format!("binding the gRPC port {}", config.service.listen))?;
-    let shutdown = shutdown::on_signals("stopping every console")?;
-    console_svc::run(listener, config, shutdown).await?;
+    let listen = config.service.listen;
+    service::bind_and_run(listen, "gRPC port", "stopping every console", |l, s| {
+        console_svc::run(l, config, s)
+    })
+    .await?;
     Ok(())
 }

@@ -6,18 +6,15 @@
 //!      ──▶ stop placement/publish/mirror ──▶ revoke the lease (awaited, bounded) ──▶ return
 //! ```
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use porthole_common::metrics::grpc::WithGrpcMetrics;
 use porthole_common::metrics::MetricsServer;
-use porthole_common::tls::{self, TlsAcceptor};
+use porthole_common::tls::TlsAcceptor;
 use porthole_proto::console::v1::console_service_server::ConsoleServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -113,13 +110,9 @@ async fn start_metrics(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Result<Option<MetricsServer>, RunError> {
-    let Some(addr) = config.service.metrics_listen else {
-        return Ok(None);
-    };
     let registry = crate::metrics::get().registry();
-    Ok(Some(
-        MetricsServer::start(addr, registry, shutdown.child_token()).await?,
-    ))
+    let listen = config.service.metrics_listen;
+    Ok(MetricsServer::start_optional(listen, registry, shutdown.child_token()).await?)
 }
 
 fn log_serving(listener: &TcpListener, config: &Config, tls: bool) {
@@ -141,21 +134,14 @@ async fn serve_until_grace(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let serve = serve(router, listener, acceptor, config, shutdown.clone());
-    // A graceful shutdown waits for every client connection to close; one
-    // whose peer never answers the GOAWAY would keep us up for ever. Give
-    // them SHUTDOWN_GRACE once shutdown began, then stop anyway.
-    let grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        served = serve => served,
-        _ = grace => {
-            warn!(grace = ?SHUTDOWN_GRACE, "client connections still open after shutdown began; closing them");
-            Ok(())
-        }
-    }
+    let serve = porthole_common::service::serve_grpc(
+        router,
+        listener,
+        acceptor,
+        config.service.tls_handshake_timeout,
+        shutdown.clone(),
+    );
+    porthole_common::service::until_grace(serve, shutdown, SHUTDOWN_GRACE).await
 }
 
 /// The TLS acceptor when gRPC is served over TLS, and how this replica
@@ -170,40 +156,6 @@ fn tls_settings(config: &Config) -> Result<(Option<TlsAcceptor>, PeerTls), RunEr
         None => PeerTls::default(),
     };
     Ok((acceptor, peer))
-}
-
-type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
-
-/// `router` on `listener` until `shutdown`: plaintext, or TLS with each
-/// handshake on its own task, bounded, so a client that connects and
-/// stalls holds up no one else.
-fn serve(
-    router: tonic::transport::server::Router<WithGrpcMetrics>,
-    listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
-    config: &Config,
-    shutdown: CancellationToken,
-) -> Serving {
-    match acceptor {
-        Some(acceptor) => {
-            let timeout = config.service.tls_handshake_timeout;
-            let incoming = tls::incoming(listener, acceptor, timeout, shutdown.clone());
-            Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()))
-        }
-        None => Box::pin(
-            router
-                .serve_with_incoming_shutdown(plain_incoming(listener), shutdown.cancelled_owned()),
-        ),
-    }
-}
-
-/// The accepted plaintext gRPC connections, each with `TCP_NODELAY` (the
-/// TLS accept loop sets it too): tonic applies its nodelay setting only to
-/// listeners it binds itself, and without it a reply written in pieces
-/// (headers, message, trailers) waits for the client's delayed ACK, about
-/// 40 ms on Linux.
-fn plain_incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// How long client connections may stay open once shutdown began.

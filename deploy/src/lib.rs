@@ -31,19 +31,16 @@ pub mod secret;
 pub mod store;
 pub mod validate;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use porthole_bmc::redfish::{Client, RedfishError};
 use porthole_bmc::Secret;
 use porthole_common::metrics::MetricsServer;
-use porthole_common::tls::{self, TlsAcceptor};
+use porthole_common::service;
 use porthole_proto::deploy::v1::deploy_service_server::DeployServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use config::{Backend, Config};
@@ -93,12 +90,12 @@ pub async fn run(
         Some(t) => Some(t.acceptor()?),
         None => None,
     };
-    let metrics = match config.service.metrics_listen {
-        Some(at) => {
-            Some(MetricsServer::start(at, metrics::get().registry(), shutdown.child_token()).await?)
-        }
-        None => None,
-    };
+    let metrics = MetricsServer::start_optional(
+        config.service.metrics_listen,
+        metrics::get().registry(),
+        shutdown.child_token(),
+    )
+    .await?;
     let (store, http_store) = open_store(&config, shutdown.child_token()).await?;
     let redfish = Client::new(config.redfish.timeout)?;
     let config = Arc::new(config);
@@ -124,25 +121,14 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(DeployServiceServer::new(grpc::DeployApi::new(deployer)));
-    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match acceptor {
-            Some(acceptor) => serve_tls(router, listener, acceptor, &config, &shutdown),
-            None => Box::pin(router.serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown.clone().cancelled_owned(),
-            )),
-        };
-    let grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    let served = tokio::select! {
-        served = serve => served,
-        () = grace => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "client connections still open after shutdown began; closing them");
-            Ok(())
-        }
-    };
+    let serve = service::serve_grpc(
+        router,
+        listener,
+        acceptor,
+        config.service.tls_handshake_timeout,
+        shutdown.clone(),
+    );
+    let served = service::until_grace(serve, &shutdown, SHUTDOWN_GRACE).await;
     shutdown.cancel();
     if let Some(s) = http_store {
         s.stopped().await;
@@ -152,18 +138,6 @@ pub async fn run(
     }
     tracing::info!("deploy service stopped");
     Ok(served?)
-}
-
-fn serve_tls(
-    router: tonic::transport::server::Router<porthole_common::metrics::grpc::WithGrpcMetrics>,
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> {
-    let timeout = config.service.tls_handshake_timeout;
-    let incoming = tls::incoming(listener, acceptor, timeout, shutdown.clone());
-    Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()))
 }
 
 /// The configured store (and the embedded one's handle, to wait for it).

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use deploy::config::Config;
-use porthole_common::{shutdown, telemetry};
+use porthole_common::config::Overrides;
+use porthole_common::{service, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,46 +35,25 @@ struct Cli {
 
 impl Cli {
     fn overrides(&self) -> Vec<(&'static str, &'static str, toml::Value)> {
-        let s = |v: String| toml::Value::String(v);
-        let mut o = Vec::new();
-        if let Some(v) = self.listen {
-            o.push(("service", "listen", s(v.to_string())));
-        }
-        if let Some(v) = &self.conductor_api_url {
-            o.push(("conductor", "api_url", s(v.clone())));
-        }
-        if self.log_json {
-            o.push(("service", "log_format", s("json".into())));
-        }
-        o
+        let mut o = Overrides::default();
+        o.set("service", "listen", self.listen)
+            .set("conductor", "api_url", self.conductor_api_url.as_ref())
+            .switch("service", "log_format", self.log_json, "json");
+        o.into_vec()
     }
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!(
-                "deploy: {}",
-                porthole_common::report::error_line(err.as_ref())
-            );
-            ExitCode::FAILURE
-        }
-    }
+    service::exit("deploy", run())
 }
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides())?;
     telemetry::init(config.service.log_format == "json");
-    tokio::runtime::Runtime::new()?.block_on(serve(config))
-}
-
-async fn serve(config: Config) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.service.listen)
-        .await
-        .with_context(|| format!("binding the gRPC port {}", config.service.listen))?;
-    let shutdown = shutdown::on_signals("stopping")?;
-    deploy::run(listener, config, shutdown).await?;
+    let listen = config.service.listen;
+    service::serve(listen, "gRPC port", "stopping", |listener, shutdown| {
+        deploy::run(listener, config, shutdown)
+    })?;
     Ok(())
 }

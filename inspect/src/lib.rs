@@ -29,12 +29,12 @@ pub mod metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
+use porthole_common::service;
 use porthole_proto::inspect::v1::inspect_service_server::InspectServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
-use tracing::{info, warn};
+use tracing::info;
 
 use config::Config;
 use inspections::{Inspections, Timing};
@@ -89,17 +89,12 @@ pub async fn run_with(
     acceptor: Option<porthole_common::tls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let metrics = match config.service.metrics_listen {
-        Some(addr) => Some(
-            porthole_common::metrics::MetricsServer::start(
-                addr,
-                metrics::get().registry(),
-                shutdown.child_token(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
+    let metrics = porthole_common::metrics::MetricsServer::start_optional(
+        config.service.metrics_listen,
+        metrics::get().registry(),
+        shutdown.child_token(),
+    )
+    .await?;
     let tasks = TaskTracker::new();
     let timing = Timing {
         status_check_period: config.inspector.status_check_period,
@@ -123,20 +118,16 @@ pub async fn run_with(
         .add_service(InspectServiceServer::new(grpc::InspectApi::new(
             inspections,
         )));
-    let serve = serve(router, listener, acceptor, &config, shutdown.clone());
+    let serve = service::serve_grpc(
+        router,
+        listener,
+        acceptor,
+        config.service.tls_handshake_timeout,
+        shutdown.clone(),
+    );
     // A watcher's stream never ends by itself: give open connections
     // SHUTDOWN_GRACE once shutdown began, then stop anyway.
-    let grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    let served = tokio::select! {
-        r = serve => r,
-        () = grace => {
-            warn!(grace = ?SHUTDOWN_GRACE, "client connections still open after the stop; closing them");
-            Ok(())
-        }
-    };
+    let served = service::until_grace(serve, &shutdown, SHUTDOWN_GRACE).await;
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
@@ -145,34 +136,4 @@ pub async fn run_with(
     }
     info!("inspect service stopped");
     Ok(served?)
-}
-
-/// `router` on `listener` until `shutdown`: plaintext, or TLS with each
-/// handshake on its own task within `tls_handshake_timeout`.
-async fn serve(
-    router: tonic::transport::server::Router<porthole_common::metrics::grpc::WithGrpcMetrics>,
-    listener: TcpListener,
-    acceptor: Option<porthole_common::tls::TlsAcceptor>,
-    config: &Config,
-    shutdown: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    match acceptor {
-        Some(acceptor) => {
-            let incoming = porthole_common::tls::incoming(
-                listener,
-                acceptor,
-                config.service.tls_handshake_timeout,
-                shutdown.clone(),
-            );
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                .await
-        }
-        None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                .await
-        }
-    }
 }

@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use inspect::config::Config;
-use porthole_common::{shutdown, telemetry};
+use porthole_common::config::Overrides;
+use porthole_common::{service, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,49 +39,26 @@ struct Cli {
 
 impl Cli {
     fn overrides(&self) -> Vec<(&'static str, &'static str, toml::Value)> {
-        let s = |v: String| toml::Value::String(v);
-        let mut o = Vec::new();
-        if let Some(v) = self.listen {
-            o.push(("service", "listen", s(v.to_string())));
-        }
-        if let Some(v) = &self.inspector_url {
-            o.push(("inspector", "service_url", s(v.clone())));
-        }
-        if self.log_json {
-            o.push(("service", "log_format", s("json".into())));
-        }
-        if let Some(v) = self.metrics_listen {
-            o.push(("service", "metrics_listen", s(v.to_string())));
-        }
-        o
+        let mut o = Overrides::default();
+        o.set("service", "listen", self.listen)
+            .set("inspector", "service_url", self.inspector_url.as_ref())
+            .switch("service", "log_format", self.log_json, "json")
+            .set("service", "metrics_listen", self.metrics_listen);
+        o.into_vec()
     }
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!(
-                "inspect: {}",
-                porthole_common::report::error_line(err.as_ref())
-            );
-            ExitCode::FAILURE
-        }
-    }
+    service::exit("inspect", run())
 }
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides())?;
     telemetry::init(config.service.log_format == "json");
-    tokio::runtime::Runtime::new()?.block_on(serve(config))
-}
-
-async fn serve(config: Config) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.service.listen)
-        .await
-        .with_context(|| format!("binding the gRPC port {}", config.service.listen))?;
-    let shutdown = shutdown::on_signals("stopping")?;
-    inspect::run(listener, config, shutdown).await?;
+    let listen = config.service.listen;
+    service::serve(listen, "gRPC port", "stopping", |listener, shutdown| {
+        inspect::run(listener, config, shutdown)
+    })?;
     Ok(())
 }

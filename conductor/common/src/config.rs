@@ -84,6 +84,53 @@ impl Layout<'_> {
     }
 }
 
+/// The `(section, key, value)` overrides a binary's flags make, built from
+/// its parsed command line (only the flags given).
+#[derive(Debug, Default)]
+pub struct Overrides(Vec<(&'static str, &'static str, toml::Value)>);
+
+impl Overrides {
+    /// `section.key` = `value` as a string, when the flag was given.
+    pub fn set(
+        &mut self,
+        section: &'static str,
+        key: &'static str,
+        value: Option<impl ToString>,
+    ) -> &mut Self {
+        if let Some(v) = value {
+            self.0
+                .push((section, key, toml::Value::String(v.to_string())));
+        }
+        self
+    }
+
+    /// `section.key` = the path, when the flag was given.
+    pub fn path(
+        &mut self,
+        section: &'static str,
+        key: &'static str,
+        value: Option<&Path>,
+    ) -> &mut Self {
+        self.set(section, key, value.map(|p| p.display().to_string()))
+    }
+
+    /// `section.key` = `value`, when the switch is on.
+    pub fn switch(
+        &mut self,
+        section: &'static str,
+        key: &'static str,
+        on: bool,
+        value: &str,
+    ) -> &mut Self {
+        self.set(section, key, on.then_some(value))
+    }
+
+    /// What `load` takes as its `overrides`.
+    pub fn into_vec(self) -> Vec<(&'static str, &'static str, toml::Value)> {
+        self.0
+    }
+}
+
 /// Load `T` from defaults < `file` < the layout's variables in `env` <
 /// `overrides` (`(section, key, value)` from flags).
 pub fn load<T: DeserializeOwned>(
@@ -193,6 +240,25 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
+
+    #[test]
+    fn overrides_hold_only_the_flags_given() {
+        let mut o = Overrides::default();
+        o.set("service", "listen", Some("127.0.0.1:1"))
+            .set("service", "url", None::<String>)
+            .path("database", "path", Some(Path::new("/d/db")))
+            .switch("service", "log_format", true, "json")
+            .switch("service", "other", false, "json");
+        let s = |v: &str| toml::Value::String(v.into());
+        assert_eq!(
+            o.into_vec(),
+            vec![
+                ("service", "listen", s("127.0.0.1:1")),
+                ("database", "path", s("/d/db")),
+                ("service", "log_format", s("json")),
+            ]
+        );
+    }
 
     #[derive(Debug, Default, Deserialize)]
     #[serde(default, deny_unknown_fields)]

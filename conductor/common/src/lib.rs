@@ -4,7 +4,8 @@
 //! [`config`]), tracing set-up ([`telemetry`], [`logfmt`]), signals turned into a
 //! `CancellationToken` ([`shutdown`]), the one sealing format ([`seal`]),
 //! the Prometheus `/metrics` endpoint ([`metrics`]) the TLS settings
-//! ([`tls`]) and the one-line error report binaries print ([`report`]).
+//! ([`tls`]), the one-line error report binaries print ([`report`]) and the
+//! bind/signal/serve steps every binary and serve loop shares ([`service`]).
 //!
 //! Callers: the services' `main.rs` and `lib.rs`. It imports no service crate.
 
@@ -13,6 +14,7 @@ pub mod logfmt;
 pub mod metrics;
 pub mod report;
 pub mod seal;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

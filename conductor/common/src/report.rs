@@ -1,7 +1,8 @@
 //! An error as the one line a binary prints before it exits non-zero: the
 //! whole chain of causes (`a: b: c`), never a backtrace, and no line breaks
 //! even when a cause spans several lines (a TOML parse error does). Both
-//! services' `main.rs` print failures through [`error_line`].
+//! services' `main.rs` print failures through [`error_line`] (by way of
+//! `service::exit`).
 
 use std::error::Error;
 

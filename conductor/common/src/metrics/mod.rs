@@ -108,6 +108,18 @@ impl MetricsServer {
         Self::serve(listener, registry, cancel)
     }
 
+    /// [`start`](Self::start) when `listen` is configured, else nothing.
+    pub async fn start_optional(
+        listen: Option<SocketAddr>,
+        registry: Arc<Registry>,
+        cancel: CancellationToken,
+    ) -> Result<Option<Self>, MetricsError> {
+        match listen {
+            Some(at) => Ok(Some(Self::start(at, registry, cancel).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Serve `registry` on an already bound listener.
     pub fn serve(
         listener: TcpListener,
