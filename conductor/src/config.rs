@@ -8,12 +8,13 @@
 //! (`auth_strategy`, `http_basic_auth_user_file`). Called by `main.rs` and tests.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 pub use porthole_common::config::ConfigError;
+pub use porthole_common::config::Layered;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -229,18 +230,8 @@ pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::co
     sections: SECTIONS,
 };
 
-impl Config {
-    /// Defaults, then `file`, then `PORTHOLE_CONDUCTOR_*` from `env`, then `overrides`;
-    /// see `porthole_common::config` for the layering and how values coerce.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-        overrides: &[(&str, &str, toml::Value)],
-    ) -> Result<Self, ConfigError> {
-        let config: Config = porthole_common::config::load(&LAYOUT, file, env, overrides)?;
-        config.validate()?;
-        Ok(config)
-    }
+impl porthole_common::config::Layered for Config {
+    const LAYOUT: porthole_common::config::Layout<'static> = LAYOUT;
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.api.auth_strategy == AuthStrategy::HttpBasic
@@ -250,12 +241,7 @@ impl Config {
                 "api.auth_strategy = http_basic needs api.http_basic_auth_user_file".into(),
             ));
         }
-        if !["text", "json"].contains(&self.api.log_format.as_str()) {
-            return Err(ConfigError::Invalid(format!(
-                "api.log_format must be \"text\" or \"json\", not {:?}",
-                self.api.log_format
-            )));
-        }
+        porthole_common::config::check_log_format("api.log_format", &self.api.log_format)?;
         if self.power.poll_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "power.poll_interval must be above 0".into(),
@@ -265,7 +251,9 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
+}
 
+impl Config {
     /// The key file that seals passwords.
     pub fn secret_key_file(&self) -> PathBuf {
         self.database.secret_key_file.clone().unwrap_or_else(|| {

@@ -3,6 +3,7 @@
 //! failure is printed as one line, `conductor: <error: cause: ...>`, with exit
 //! code 1 (never a backtrace, whatever `RUST_BACKTRACE` says).
 
+use conductor::config::Layered as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

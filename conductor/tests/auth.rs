@@ -6,6 +6,7 @@ mod common;
 
 use anyhow::{ensure, Result};
 use conductor::config::Config;
+use conductor::config::Layered as _;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@ mod common;
 
 use anyhow::{ensure, Context, Result};
 use common::{Cli, TestConductor};
+use conductor::config::Layered as _;
 
 /// No console-svc is needed here: nothing enables a console.
 const NO_CONSOLE_SVC: &str = "http://127.0.0.1:9";

@@ -8,6 +8,7 @@
 //! Its own test binary: the conductor's metrics are process-wide, so no
 //! other conductor may run in this process.
 
+use conductor::config::Layered as _;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};

@@ -3,6 +3,7 @@
 //! failure is printed as one line, `console-svc: <error: cause: ...>`, with
 //! exit code 1 (never a backtrace, whatever `RUST_BACKTRACE` says).
 
+use console_svc::config::Layered as _;
 use std::process::ExitCode;
 
 use anyhow::Result;

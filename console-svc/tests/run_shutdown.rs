@@ -10,6 +10,7 @@
 
 mod common;
 
+use console_svc::config::Layered as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -11,6 +11,7 @@
 
 mod common;
 
+use console_svc::config::Layered as _;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 

@@ -7,9 +7,10 @@
 //! Callers: `main.rs`, [`crate::run`], tests.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+pub use porthole_common::config::Layered;
 use porthole_common::config::{ConfigError, Layout};
 use porthole_common::tls::ServerTls;
 use serde::{Deserialize, Serialize};
@@ -164,25 +165,13 @@ impl Default for Redfish {
     }
 }
 
-impl Config {
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-        overrides: &[(&str, &str, toml::Value)],
-    ) -> Result<Self, ConfigError> {
-        let config: Config = porthole_common::config::load(&LAYOUT, file, env, overrides)?;
-        config.validate()?;
-        Ok(config)
-    }
+impl porthole_common::config::Layered for Config {
+    const LAYOUT: porthole_common::config::Layout<'static> = LAYOUT;
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if !["text", "json"].contains(&self.service.log_format.as_str()) {
-            return bad(format!(
-                "service.log_format must be \"text\" or \"json\", not {:?}",
-                self.service.log_format
-            ));
-        }
+        let log_format = &self.service.log_format;
+        porthole_common::config::check_log_format("service.log_format", log_format)?;
         if self.store.ttl.as_secs() == 0 {
             return bad("store.ttl must be at least 1 s".into());
         }

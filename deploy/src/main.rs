@@ -2,6 +2,7 @@
 //! gRPC port and hand over to `deploy::run` until SIGTERM/SIGINT. A failure
 //! is printed as one line, `deploy: <error: cause: ...>`, exit code 1.
 
+use deploy::config::Layered as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

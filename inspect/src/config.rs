@@ -151,12 +151,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.service.server_tls()?;
-        if !matches!(self.service.log_format.as_str(), "text" | "json") {
-            return Err(ConfigError::Invalid(format!(
-                "service.log_format must be text or json, not {:?}",
-                self.service.log_format
-            )));
-        }
+        let log_format = &self.service.log_format;
+        porthole_common::config::check_log_format("service.log_format", log_format)?;
         let i = &self.inspector;
         for (name, d) in [
             ("status_check_period", i.status_check_period),

@@ -131,6 +131,39 @@ impl Overrides {
     }
 }
 
+/// A service's typed configuration: its layout and the checks its types
+/// cannot make; loading is the same for every service.
+pub trait Layered: DeserializeOwned {
+    /// Its environment prefix and sections.
+    const LAYOUT: Layout<'static>;
+
+    /// What the types alone cannot say (pairs, ranges, one-of), after loading.
+    fn validate(&self) -> Result<(), ConfigError>;
+
+    /// Defaults, then `file`, then the layout's variables from `env`, then
+    /// `overrides` (`section.key = value` pairs from flags), then
+    /// [`validate`](Self::validate); see [`load`] for how values coerce.
+    fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, &str, toml::Value)],
+    ) -> Result<Self, ConfigError> {
+        let config: Self = load(&Self::LAYOUT, file, env, overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `setting` (e.g. `service.log_format`) is `text` or `json`.
+pub fn check_log_format(setting: &str, value: &str) -> Result<(), ConfigError> {
+    match value {
+        "text" | "json" => Ok(()),
+        other => Err(ConfigError::Invalid(format!(
+            "{setting} must be \"text\" or \"json\", not {other:?}"
+        ))),
+    }
+}
+
 /// Load `T` from defaults < `file` < the layout's variables in `env` <
 /// `overrides` (`(section, key, value)` from flags).
 pub fn load<T: DeserializeOwned>(
@@ -240,6 +273,17 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        check_log_format("service.log_format", "text").unwrap();
+        check_log_format("service.log_format", "json").unwrap();
+        let err = check_log_format("service.log_format", "xml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration: service.log_format must be \"text\" or \"json\", not \"xml\""
+        );
+    }
 
     #[test]
     fn overrides_hold_only_the_flags_given() {

@@ -10,6 +10,7 @@
 
 pub mod sushy;
 
+use conductor::config::Layered as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //! one; README.md has the full reference.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use porthole_common::tls::{ClientTls, ServerTls};
@@ -23,6 +23,7 @@ pub use etcd::EtcdConfig;
 pub use vnc::{VncAuthScheme, VncConfig, VncUpstreamSecurity};
 
 pub use porthole_common::config::ConfigError;
+pub use porthole_common::config::Layered;
 
 /// The top-level tables, which environment variable names start with.
 const SECTIONS: &[&str] = &["service", "console", "native", "vnc", "etcd"];
@@ -150,19 +151,8 @@ impl ServiceConfig {
     }
 }
 
-impl Config {
-    /// Defaults, then `file`, then `PORTHOLE_CONSOLE_SVC_*` variables from `env`, then
-    /// `overrides` (`section.key = value` pairs from flags); see
-    /// `porthole_common::config` for the layering and how values coerce.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-        overrides: &[(&str, &str, toml::Value)],
-    ) -> Result<Self, ConfigError> {
-        let config: Config = porthole_common::config::load(&LAYOUT, file, env, overrides)?;
-        config.validate()?;
-        Ok(config)
-    }
+impl porthole_common::config::Layered for Config {
+    const LAYOUT: porthole_common::config::Layout<'static> = LAYOUT;
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.service.server_tls()?.is_some() && self.service.tls_handshake_timeout.is_zero() {
@@ -217,6 +207,7 @@ pub fn default_runtime_dir() -> PathBuf {
 mod tests {
     use super::*;
     use crate::ports::PortRange;
+    use std::path::Path;
 
     #[test]
     fn file_then_env_then_flags() {

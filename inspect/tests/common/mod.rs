@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+use conductor::config::Layered as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
