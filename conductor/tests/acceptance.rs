@@ -34,10 +34,7 @@ async fn body() -> Result<()> {
     let bmc = &bmcs[0];
     let mut svc = ConsoleSvc::start(Backend::Native).await?;
     let mut cond = TestConductor::start(&svc.grpc_url()).await?;
-    let cli = Cli {
-        bin,
-        url: cond.url.clone(),
-    };
+    let cli = cond.cli(bin);
 
     let uuid = create_node(&cli, bmc).await?;
     power(&cli, &bmc.name).await?;

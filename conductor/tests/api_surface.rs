@@ -24,10 +24,7 @@ async fn cli_surface() -> Result<()> {
         return Ok(());
     };
     let cond = TestConductor::start(NO_CONSOLE_SVC).await?;
-    let cli = Cli {
-        bin,
-        url: cond.url.clone(),
-    };
+    let cli = cond.cli(bin);
     let n = cli
         .json(&[
             "node",
@@ -460,10 +457,7 @@ async fn sdk_surface() -> Result<()> {
         return Ok(());
     };
     let cond = TestConductor::start(NO_CONSOLE_SVC).await?;
-    let cli = Cli {
-        bin,
-        url: cond.url.clone(),
-    };
+    let cli = cond.cli(bin);
     let out = cli.python(SDK, &[&cond.url]).await?;
     ensure!(out["created_pxe"] == false, "{out}");
     ensure!(

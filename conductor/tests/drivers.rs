@@ -61,10 +61,7 @@ async fn drivers() -> Result<()> {
         return Ok(());
     };
     let mut cond = start().await?;
-    let cli = Cli {
-        bin,
-        url: cond.url.clone(),
-    };
+    let cli = cond.cli(bin);
 
     // driver list / show / property list.
     let list = cli.json(&["driver", "list"]).await?;
@@ -135,10 +132,7 @@ async fn node_interfaces() -> Result<()> {
         return Ok(());
     };
     let mut cond = start().await?;
-    let cli = Cli {
-        bin,
-        url: cond.url.clone(),
-    };
+    let cli = cond.cli(bin);
 
     // Interfaces on create: defaults for the rest, all of Ironic's fields shown.
     let n = cli

@@ -55,10 +55,7 @@ async fn fake_round_trip() -> Result<()> {
         return Ok(());
     };
     let mut cond = TestConductor::start(NO_CONSOLE_SVC).await?;
-    let cli = Cli {
-        bin,
-        url: cond.url.clone(),
-    };
+    let cli = cond.cli(bin);
     let n = cli
         .json(&[
             "node",
@@ -131,10 +128,7 @@ async fn ipmi_verify() -> Result<()> {
     let bmcs = rig.lease_bmcs(1).await?;
     let bmc = &bmcs[0];
     let mut cond = TestConductor::start(NO_CONSOLE_SVC).await?;
-    let cli = Cli {
-        bin,
-        url: cond.url.clone(),
-    };
+    let cli = cond.cli(bin);
     let create = |name: &'static str, password: String| {
         let info = [
             format!("ipmi_address={}", bmc.host),

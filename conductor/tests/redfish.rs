@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use common::sushy::{Sushy, SYSTEM};
-use common::{eventually, Cli, TestConductor};
+use common::{eventually, TestConductor};
 
 /// The emulator's account (a test peer's, not a secret).
 const USER: &str = "porthole";
@@ -34,10 +34,7 @@ async fn body() -> Result<()> {
     };
     let sushy = Sushy::start_with(Some((USER, PASSWORD))).await?;
     let mut cond = TestConductor::start("http://127.0.0.1:9").await?;
-    let cli = Cli {
-        bin,
-        url: cond.url.clone(),
-    };
+    let cli = cond.cli(bin);
     let address = format!("redfish_address={}", sushy.url);
     let system = format!("redfish_system_id={SYSTEM}");
     let create = |name: &'static str, password: String| {

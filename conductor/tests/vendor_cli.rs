@@ -7,7 +7,7 @@
 mod common;
 
 use anyhow::{ensure, Result};
-use common::{Cli, TestConductor};
+use common::TestConductor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthru_list_and_call_from_the_cli() {
@@ -19,10 +19,7 @@ async fn body() -> Result<()> {
         return Ok(());
     };
     let cond = TestConductor::start("http://127.0.0.1:9").await?;
-    let cli = Cli {
-        bin,
-        url: cond.url.clone(),
-    };
+    let cli = cond.cli(bin);
     cli.ok(&[
         "node",
         "create",

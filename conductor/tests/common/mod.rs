@@ -120,6 +120,16 @@ impl TestConductor {
     }
 }
 
+impl TestConductor {
+    /// The openstack CLI in `bin` pointed at this conductor.
+    pub fn cli(&self, bin: PathBuf) -> Cli {
+        Cli {
+            bin,
+            url: self.url.clone(),
+        }
+    }
+}
+
 impl Drop for TestConductor {
     fn drop(&mut self) {
         self.shutdown.cancel();
