@@ -489,13 +489,13 @@ async fn json_patch_rules_over_http() {
 async fn raw_patch() -> Result<()> {
     let cond = TestConductor::start(NO_CONSOLE_SVC).await?;
     let http = reqwest::Client::new();
-    let v = |r: reqwest::RequestBuilder| r.header("X-OpenStack-Ironic-API-Version", "1.99");
-    let n: Value = v(http.post(format!("{}/v1/nodes", cond.url)))
-        .json(&json!({"driver": "fake-hardware", "name": "raw1", "extra": {"l": [1, 2]}}))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let v = latest;
+    let n = create_node(
+        &http,
+        &cond.url,
+        json!({"driver": "fake-hardware", "name": "raw1", "extra": {"l": [1, 2]}}),
+    )
+    .await?;
     let url = format!(
         "{}/v1/nodes/{}",
         cond.url,
@@ -612,13 +612,13 @@ async fn a_protected_node_refuses_undeploy_rebuild_and_delete() {
 async fn protected() -> Result<()> {
     let cond = TestConductor::start(NO_CONSOLE_SVC).await?;
     let http = reqwest::Client::new();
-    let v = |r: reqwest::RequestBuilder| r.header("X-OpenStack-Ironic-API-Version", "1.99");
-    let n: Value = v(http.post(format!("{}/v1/nodes", cond.url)))
-        .json(&json!({"driver": "fake-hardware", "name": "prot1"}))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let v = latest;
+    let n = create_node(
+        &http,
+        &cond.url,
+        json!({"driver": "fake-hardware", "name": "prot1"}),
+    )
+    .await?;
     let url = format!(
         "{}/v1/nodes/{}",
         cond.url,
@@ -725,4 +725,18 @@ async fn protected() -> Result<()> {
         "vifs after tear down: {s} {body}"
     );
     Ok(())
+}
+
+/// A raw request at the newest API version this conductor speaks.
+fn latest(r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    r.header("X-OpenStack-Ironic-API-Version", "1.99")
+}
+
+/// `POST /v1/nodes` with `body` at [`latest`]: the node as returned.
+async fn create_node(http: &reqwest::Client, url: &str, body: Value) -> Result<Value> {
+    let created = latest(http.post(format!("{url}/v1/nodes")))
+        .json(&body)
+        .send()
+        .await?;
+    Ok(created.json().await?)
 }
