@@ -138,6 +138,18 @@ async fn settles(c: &Conductor, uuid: &str, want: &str) -> Node {
     );
 }
 
+/// Put `uuid` straight into provision state `state` (a test's starting point).
+async fn set_state(c: &Conductor, uuid: &str, state: &str) {
+    let state = state.to_owned();
+    c.store
+        .modify_node(uuid, move |n: &mut Node| {
+            n.provision_state = state;
+            Ok::<_, ServiceError>(())
+        })
+        .await
+        .unwrap();
+}
+
 async fn put(c: &Arc<Conductor>, uuid: &str, verb: &str) -> Result<String, ServiceError> {
     c.set_provision_state(uuid, verb, None).await
 }
@@ -234,13 +246,7 @@ async fn one_action_at_a_time_409_while_it_runs() {
     let r = conductor(Some(d.clone()));
     let c = &r.c;
     let u = node(c, json!({"driver": "fake-hardware"})).await;
-    c.store
-        .modify_node(&u, |n: &mut Node| {
-            n.provision_state = "available".into();
-            Ok::<_, ServiceError>(())
-        })
-        .await
-        .unwrap();
+    set_state(c, &u, "available").await;
     c.set_provision_state(&u, "active", Some(json!({"user_data": "hi"})))
         .await
         .unwrap();
@@ -286,13 +292,7 @@ async fn a_wait_state_holds_no_lock_and_abort_fails_it() {
     let r = conductor(Some(d));
     let c = &r.c;
     let u = node(c, json!({"driver": "fake-hardware"})).await;
-    c.store
-        .modify_node(&u, |n: &mut Node| {
-            n.provision_state = "available".into();
-            Ok::<_, ServiceError>(())
-        })
-        .await
-        .unwrap();
+    set_state(c, &u, "available").await;
     c.set_provision_state(&u, "active", Some(json!({"user_data": "hi"})))
         .await
         .unwrap();
@@ -330,13 +330,7 @@ async fn a_failed_deploy_says_why_and_rebuild_recovers() {
     let r = conductor(Some(d));
     let c = &r.c;
     let u = node(c, json!({"driver": "fake-hardware"})).await;
-    c.store
-        .modify_node(&u, |n: &mut Node| {
-            n.provision_state = "available".into();
-            Ok::<_, ServiceError>(())
-        })
-        .await
-        .unwrap();
+    set_state(c, &u, "available").await;
     let cd = Some(json!({"user_data": "hi"}));
     c.set_provision_state(&u, "active", cd.clone())
         .await
@@ -437,13 +431,7 @@ async fn nodes_without_deploy_interfaces_are_refused_up_front() {
     let r = conductor(None);
     let c = &r.c;
     let u = node(c, json!({"driver": "redfish"})).await;
-    c.store
-        .modify_node(&u, |n: &mut Node| {
-            n.provision_state = "available".into();
-            Ok::<_, ServiceError>(())
-        })
-        .await
-        .unwrap();
+    set_state(c, &u, "available").await;
     let before = c.store.get_node(&u).await.unwrap();
     let e = put(c, &u, "active").await.unwrap_err().to_string();
     assert!(e.contains("deploy interface \"direct\""), "{e}");
@@ -459,16 +447,8 @@ async fn work_cut_short_by_a_stop_fails_at_start() {
     let c = &r.c;
     let u = node(c, json!({"driver": "fake-hardware"})).await;
     let v = node(c, json!({"driver": "fake-hardware"})).await;
-    for (id, state) in [(&u, "deploying"), (&v, "wait call-back")] {
-        let state = state.to_owned();
-        c.store
-            .modify_node(id, move |n: &mut Node| {
-                n.provision_state = state;
-                Ok::<_, ServiceError>(())
-            })
-            .await
-            .unwrap();
-    }
+    set_state(c, &u, "deploying").await;
+    set_state(c, &v, "wait call-back").await;
     c.fail_stuck_provisioning().await.unwrap();
     let n = c.store.get_node(&u).await.unwrap();
     assert_eq!(n.provision_state, "deploy failed");
@@ -485,13 +465,7 @@ async fn an_active_node_cannot_be_deleted_unless_in_maintenance() {
     let r = conductor(None);
     let c = &r.c;
     let u = node(c, json!({"driver": "fake-hardware"})).await;
-    c.store
-        .modify_node(&u, |n: &mut Node| {
-            n.provision_state = "active".into();
-            Ok::<_, ServiceError>(())
-        })
-        .await
-        .unwrap();
+    set_state(c, &u, "active").await;
     let e = c.delete_node(&u).await.unwrap_err();
     assert!(matches!(e, ServiceError::Conflict(_)), "{e:?}");
     assert_eq!(
