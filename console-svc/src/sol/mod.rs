@@ -24,6 +24,8 @@ pub mod pty;
 pub mod socat;
 pub mod socat_slot;
 pub mod sol_exec;
+#[cfg(test)]
+pub(crate) mod test_context;
 
 use std::io;
 use std::time::Duration;

@@ -6,21 +6,12 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-
 use super::{SocatBackend, SocatSettings};
-use crate::backend::{BackendError, ConsoleBackend, ConsoleContext, Health};
-use crate::coordinator::local::LocalCoordinator;
-use crate::coordinator::{Coordinator, Fence};
-use crate::process::ProcessTable;
-use crate::secret::Secret;
+use crate::backend::{BackendError, ConsoleBackend};
+use crate::sol::test_context::context;
 use crate::sol::SolError;
-use crate::spec::{IpmiTarget, NodeId, PrivilegeLevel, Target};
 
 fn have_socat() -> bool {
     let found = std::process::Command::new("socat")
@@ -58,33 +49,6 @@ fn backend_checking_every(checking_interval: Duration) -> SocatBackend {
         retry_max_backoff: Duration::from_secs(5),
     })
     .unwrap()
-}
-
-async fn context(dir: &Path, listen: SocketAddr) -> (ConsoleContext, watch::Receiver<Health>) {
-    let node = NodeId::parse("node-1").unwrap();
-    let coordinator = Arc::new(LocalCoordinator::new("r1"));
-    let fence = Fence::new(
-        coordinator.clone(),
-        coordinator.acquire(&node).await.unwrap(),
-    );
-    let (health_tx, health) = watch::channel(Health::Ok);
-    let ctx = ConsoleContext {
-        node,
-        target: Target::Ipmi(IpmiTarget {
-            address: "127.0.0.1".into(),
-            port: 623,
-            username: "admin".into(),
-            password: Secret::new("pw-123"),
-            cipher_suite: 3,
-            privilege: PrivilegeLevel::Administrator,
-        }),
-        listen,
-        health: health_tx,
-        cancel: CancellationToken::new(),
-        fence,
-        processes: Arc::new(ProcessTable::open(dir.join("pids"), Duration::from_secs(1)).unwrap()),
-    };
-    (ctx, health)
 }
 
 #[tokio::test]

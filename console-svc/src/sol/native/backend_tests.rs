@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,13 +14,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{NativeBackend, NativeSettings};
-use crate::backend::{BackendError, ConsoleBackend, ConsoleContext, Health, RunningConsole};
+use crate::backend::{BackendError, ConsoleBackend, Health, RunningConsole};
 use crate::config::NativeConfig;
-use crate::coordinator::local::LocalCoordinator;
-use crate::coordinator::{Coordinator, Fence};
-use crate::process::ProcessTable;
-use crate::secret::Secret;
-use crate::spec::{IpmiTarget, NodeId, PrivilegeLevel, Target};
+use crate::sol::test_context::context;
 
 /// A stand-in for ipmitool: checks the password on fd 3, then acts out
 /// `sol deactivate` and `sol activate` (`$1` of the script: ok or busy).
@@ -101,33 +96,6 @@ fn free_port() -> SocketAddr {
     let ip = std::net::Ipv4Addr::new(127, 77, (std::process::id() % 250) as u8 + 1, n as u8);
     let l = std::net::TcpListener::bind((ip, 0)).unwrap();
     l.local_addr().unwrap()
-}
-
-async fn context(dir: &Path, listen: SocketAddr) -> (ConsoleContext, watch::Receiver<Health>) {
-    let node = NodeId::parse("node-1").unwrap();
-    let coordinator = Arc::new(LocalCoordinator::new("r1"));
-    let fence = Fence::new(
-        coordinator.clone(),
-        coordinator.acquire(&node).await.unwrap(),
-    );
-    let (health_tx, health) = watch::channel(Health::Ok);
-    let ctx = ConsoleContext {
-        node,
-        target: Target::Ipmi(IpmiTarget {
-            address: "127.0.0.1".into(),
-            port: 623,
-            username: "admin".into(),
-            password: Secret::new("pw-123"),
-            cipher_suite: 3,
-            privilege: PrivilegeLevel::Administrator,
-        }),
-        listen,
-        health: health_tx,
-        cancel: CancellationToken::new(),
-        fence,
-        processes: Arc::new(ProcessTable::open(dir.join("pids"), Duration::from_secs(1)).unwrap()),
-    };
-    (ctx, health)
 }
 
 fn backend(ipmitool: PathBuf) -> NativeBackend {
