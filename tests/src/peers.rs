@@ -9,6 +9,10 @@
 //!   `PORTHOLE_SWIFT_RIG_STATE_DIR` (default under the caller's dir); one
 //!   already running there is used and left running.
 //!
+//! Peers on fixed ports (Swift; tgtd's 3260) are held under a machine-wide
+//! [`PeerLock`] while a test uses them, so two test binaries, or two
+//! worktrees' suites, take turns instead of colliding on the ports.
+//!
 //! Without the peer a test is skipped with a notice (`None`), unless
 //! `PORTHOLE_REQUIRE_PEERS` is set (scripts/test.sh), where it fails.
 //!
@@ -126,6 +130,8 @@ impl Drop for Sushy {
 pub struct Swift {
     pub state: PathBuf,
     started: bool,
+    // Dropped after `Drop::drop` stopped Swift (fields drop after it).
+    _turn: PeerLock,
 }
 
 impl Swift {
@@ -138,6 +144,7 @@ impl Swift {
         let state = std::env::var_os("PORTHOLE_SWIFT_RIG_STATE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| default_state.to_owned());
+        let turn = PeerLock::take("swift");
         let out = Command::new(rig_dir().join("swift-up.sh"))
             .arg("up")
             .env("RIG_STATE_DIR", &state)
@@ -146,6 +153,7 @@ impl Swift {
             Ok(o) if o.status.success() => Some(Swift {
                 state,
                 started: !String::from_utf8_lossy(&o.stdout).contains("already running"),
+                _turn: turn,
             }),
             other => {
                 missing(&format!("swift-up.sh did not start Swift: {other:?}"));
@@ -173,5 +181,67 @@ impl Drop for Swift {
                 .env("RIG_STATE_DIR", &self.state)
                 .output();
         }
+    }
+}
+
+/// A machine-wide turn at a fixed-port peer: an exclusive `flock` on
+/// `$TMPDIR/porthole-peer-<name>.lock`, released on drop (or when the
+/// process dies). Waits up to `PORTHOLE_PEER_LOCK_WAIT` seconds (600).
+pub struct PeerLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+impl PeerLock {
+    pub fn take(name: &str) -> PeerLock {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = std::env::temp_dir().join(format!("porthole-peer-{name}.lock"));
+        let wait: u64 = std::env::var("PORTHOLE_PEER_LOCK_WAIT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return PeerLock(lock),
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{} still held by another test after {wait} s",
+                        path.display()
+                    );
+                    file = f;
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err((_, e)) => panic!("flock {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerLock;
+    use nix::fcntl::{Flock, FlockArg};
+
+    fn try_other(name: &str) -> bool {
+        let path = std::env::temp_dir().join(format!("porthole-peer-{name}.lock"));
+        let f = std::fs::File::open(path).unwrap();
+        Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok()
+    }
+
+    #[test]
+    fn a_peer_lock_excludes_others_until_dropped() {
+        let name = format!("unit-{}", std::process::id());
+        let turn = PeerLock::take(&name);
+        assert!(
+            !try_other(&name),
+            "a second taker got the lock while it was held"
+        );
+        drop(turn);
+        assert!(try_other(&name), "the lock outlived its PeerLock");
     }
 }
