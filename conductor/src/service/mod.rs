@@ -8,6 +8,7 @@
 //! Callers: `api` handlers, `watch`, `periodic`, `lib::run`.
 
 mod console;
+pub mod deploy_callback;
 pub mod extras;
 mod groups;
 mod inspection;
