@@ -154,7 +154,12 @@ async fn settled(c: &Arc<Conductor>, u: &str, state: &str) -> Node {
 }
 
 fn calls(f: &Fake) -> Vec<String> {
-    f.asked.lock().unwrap().iter().map(|(c, _)| c.clone()).collect()
+    f.asked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| c.clone())
+        .collect()
 }
 
 #[tokio::test]
@@ -167,21 +172,31 @@ async fn deploy_sends_the_node_keeps_the_services_key_sealed_and_waits() {
     let sent = r.fake.asked.lock().unwrap()[1].1.clone();
     let bmc = sent.bmc.clone().unwrap();
     assert_eq!(
-        (bmc.address.as_str(), bmc.system_id.as_str(), bmc.username.as_str()),
+        (
+            bmc.address.as_str(),
+            bmc.system_id.as_str(),
+            bmc.username.as_str()
+        ),
         ("http://127.0.0.1:8000", "/redfish/v1/Systems/1", "admin")
     );
     assert_eq!(bmc.password, "s3cret-bmc");
     assert!(bmc.insecure, "redfish_verify_ca False");
     assert_eq!(sent.deploy_iso, "http://images/deploy.iso");
     assert_eq!(sent.image_source, "http://images/user.qcow2");
-    assert_eq!((sent.boot_option.as_str(), sent.boot_mode.as_str()), ("local", "uefi"));
+    assert_eq!(
+        (sent.boot_option.as_str(), sent.boot_mode.as_str()),
+        ("local", "uefi")
+    );
     assert_eq!(sent.port_addresses, ["52:54:00:12:34:56"]);
     let t = r.c.store.ramdisk_token(&u).await.unwrap().unwrap();
     assert_eq!(t.token, "k3y-from-the-service-0123456789abcdef");
     assert_eq!(t.wait_state, "wait call-back");
     let n = r.c.store.get_node(&u).await.unwrap();
     let shown = serde_json::to_string(&n.to_api("http://x")).unwrap();
-    assert!(!shown.contains("k3y-from") && !shown.contains("floppy-token"), "{shown}");
+    assert!(
+        !shown.contains("k3y-from") && !shown.contains("floppy-token"),
+        "{shown}"
+    );
 
     // Undeploy from the wait: tear down cleans up (and the key goes).
     r.c.set_provision_state(&u, "deleted", None).await.unwrap();
@@ -200,7 +215,10 @@ async fn the_services_refusal_is_a_400_with_its_words_and_the_node_stays() {
     .await;
     let u = available(&r.c).await;
     let before = r.c.store.get_node(&u).await.unwrap();
-    let e = r.c.set_provision_state(&u, "active", None).await.unwrap_err();
+    let e =
+        r.c.set_provision_state(&u, "active", None)
+            .await
+            .unwrap_err();
     assert!(matches!(e, ServiceError::Invalid(_)), "{e:?}");
     assert_eq!(
         e.to_string(),
@@ -216,7 +234,8 @@ async fn the_services_refusal_is_a_400_with_its_words_and_the_node_stays() {
 
 #[tokio::test]
 async fn a_bmc_failure_is_deploy_failed_in_its_words_and_cleans_up() {
-    let words = "redfish insert cd: HTTP 404 Not Found: Cannot download virtual media: got error 404";
+    let words =
+        "redfish insert cd: HTTP 404 Not Found: Cannot download virtual media: got error 404";
     let r = rig(Fake {
         failed: Some(words.into()),
         ..Default::default()
@@ -239,13 +258,20 @@ async fn an_unreachable_service_is_named_and_the_node_is_not_moved() {
         .port();
     let r = rig_at(&format!("http://127.0.0.1:{port}"), Arc::default());
     let u = available(&r.c).await;
-    let e = r.c.set_provision_state(&u, "active", None).await.unwrap_err();
+    let e =
+        r.c.set_provision_state(&u, "active", None)
+            .await
+            .unwrap_err();
     assert!(
-        e.to_string()
-            .contains(&format!("the deploy service at http://127.0.0.1:{port} is unavailable")),
+        e.to_string().contains(&format!(
+            "the deploy service at http://127.0.0.1:{port} is unavailable"
+        )),
         "{e}"
     );
-    assert_eq!(r.c.store.get_node(&u).await.unwrap().provision_state, "available");
+    assert_eq!(
+        r.c.store.get_node(&u).await.unwrap().provision_state,
+        "available"
+    );
 }
 
 #[tokio::test]
@@ -259,9 +285,19 @@ async fn validate_needs_a_virtual_media_boot_and_continue_says_it_is_not_there_y
         })
         .await
         .unwrap();
-    let e = r.c.set_provision_state(&u, "active", None).await.unwrap_err();
-    assert!(e.to_string().contains("set boot_interface to ilo-virtual-media or redfish-virtual-media"), "{e}");
-    assert!(calls(&r.fake).is_empty(), "refused before the service is asked");
+    let e =
+        r.c.set_provision_state(&u, "active", None)
+            .await
+            .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("set boot_interface to ilo-virtual-media or redfish-virtual-media"),
+        "{e}"
+    );
+    assert!(
+        calls(&r.fake).is_empty(),
+        "refused before the service is asked"
+    );
 
     let n = r.c.store.get_node(&u).await.unwrap();
     let iscsi = r.c.interfaces.for_node(&n).deploy;
@@ -291,7 +327,10 @@ fn an_ilo_node_reaches_its_ilo_over_https_redfish() {
     let d = deploy_node(&n);
     let bmc = d.bmc.unwrap();
     assert_eq!(bmc.address, "https://10.0.0.9");
-    assert_eq!((bmc.username.as_str(), bmc.password.as_str()), ("Administrator", "pw"));
+    assert_eq!(
+        (bmc.username.as_str(), bmc.password.as_str()),
+        ("Administrator", "pw")
+    );
     assert!(!bmc.insecure);
     assert_eq!(d.deploy_iso, "https://img/deploy.iso");
 }

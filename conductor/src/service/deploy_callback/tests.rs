@@ -34,7 +34,10 @@ impl DeployInterface for Double {
         "iscsi"
     }
     fn deploy<'a>(&'a self, n: &'a Node, _: Option<&'a Value>) -> BoxFuture<'a, StepResult> {
-        let t = n.driver_internal_info[TOKEN_KEY].as_str().unwrap().to_owned();
+        let t = n.driver_internal_info[TOKEN_KEY]
+            .as_str()
+            .unwrap()
+            .to_owned();
         self.tokens.lock().unwrap().push(t);
         Box::pin(async { Ok(Outcome::Wait) })
     }
@@ -143,8 +146,10 @@ async fn settled(c: &Arc<Conductor>, u: &str, state: &str) -> Node {
 }
 
 fn body(u: &str, key: &str) -> Dict {
-    dict(json!({"address": "10.1.2.3", "iqn": format!("iqn-{u}"), "key": key,
-                "error": ""}))
+    dict(
+        json!({"address": "10.1.2.3", "iqn": format!("iqn-{u}"), "key": key,
+                "error": ""}),
+    )
 }
 
 async fn call(c: &Arc<Conductor>, u: &str, args: Dict) -> Result<VendorAnswer, ServiceError> {
@@ -171,7 +176,11 @@ async fn the_right_key_hands_over_to_the_continue_step_with_the_target_recorded(
     assert_eq!(cbs.len(), 1);
     assert_eq!(cbs[0].address.to_string(), "10.1.2.3");
     assert_eq!((cbs[0].port, cbs[0].lun), (3261, 0));
-    assert_eq!(r.c.store.ramdisk_token(&u).await.unwrap(), None, "key forgotten");
+    assert_eq!(
+        r.c.store.ramdisk_token(&u).await.unwrap(),
+        None,
+        "key forgotten"
+    );
     assert_eq!(*r.d.clean_ups.lock().unwrap(), 0);
     // Once: the key died with the wait, and the state is not a wait.
     let e = call(&r.c, &u, body(&u, &key)).await.err().unwrap();
@@ -187,24 +196,61 @@ async fn wrong_key_bad_fields_and_wrong_state_are_400_and_change_nothing() {
     wrong.replace_range(0..1, if key.starts_with('A') { "B" } else { "A" });
     let iqn = format!("iqn-{u}");
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"address": "10.1.2.3", "iqn": iqn, "key": wrong}), BAD_TOKEN),
+        (
+            json!({"address": "10.1.2.3", "iqn": iqn, "key": wrong}),
+            BAD_TOKEN,
+        ),
         (json!({"address": "10.1.2.3", "iqn": iqn}), BAD_TOKEN),
-        (json!({"iqn": iqn, "key": key}), "Parameters ['address'] were not passed to ironic for deploy."),
-        (json!({"key": key, "error": ""}), "Parameters ['address', 'iqn'] were not passed"),
-        (json!({"address": "node-7", "iqn": iqn, "key": key}), "Invalid address \"node-7\""),
-        (json!({"address": "10.1.2.3", "iqn": "iqn-other", "key": key}), "Invalid iqn \"iqn-other\""),
-        (json!({"address": "10.1.2.3", "iqn": iqn, "key": key, "port": 70000}), "Invalid port 70000"),
-        (json!({"address": "10.1.2.3", "iqn": iqn, "key": key, "port": "x"}), "Invalid port \"x\""),
-        (json!({"address": "10.1.2.3", "iqn": iqn, "key": key, "lun": -1}), "Invalid lun -1"),
-        (json!({"address": "10.1.2.3", "iqn": iqn, "key": key, "error": 5}), "Invalid error 5"),
+        (
+            json!({"iqn": iqn, "key": key}),
+            "Parameters ['address'] were not passed to ironic for deploy.",
+        ),
+        (
+            json!({"key": key, "error": ""}),
+            "Parameters ['address', 'iqn'] were not passed",
+        ),
+        (
+            json!({"address": "node-7", "iqn": iqn, "key": key}),
+            "Invalid address \"node-7\"",
+        ),
+        (
+            json!({"address": "10.1.2.3", "iqn": "iqn-other", "key": key}),
+            "Invalid iqn \"iqn-other\"",
+        ),
+        (
+            json!({"address": "10.1.2.3", "iqn": iqn, "key": key, "port": 70000}),
+            "Invalid port 70000",
+        ),
+        (
+            json!({"address": "10.1.2.3", "iqn": iqn, "key": key, "port": "x"}),
+            "Invalid port \"x\"",
+        ),
+        (
+            json!({"address": "10.1.2.3", "iqn": iqn, "key": key, "lun": -1}),
+            "Invalid lun -1",
+        ),
+        (
+            json!({"address": "10.1.2.3", "iqn": iqn, "key": key, "error": 5}),
+            "Invalid error 5",
+        ),
     ];
     for (args, want) in cases {
-        let e = call(&r.c, &u, dict(args.clone())).await.err().expect("refused");
+        let e = call(&r.c, &u, dict(args.clone()))
+            .await
+            .err()
+            .expect("refused");
         assert!(matches!(e, ServiceError::Invalid(_)), "{args}: {e:?}");
         assert!(e.to_string().contains(want), "{args}: {e}");
     }
-    assert_eq!(r.c.store.get_node(&u).await.unwrap(), before, "nothing recorded");
-    assert!(r.c.store.ramdisk_token(&u).await.unwrap().is_some(), "still waiting");
+    assert_eq!(
+        r.c.store.get_node(&u).await.unwrap(),
+        before,
+        "nothing recorded"
+    );
+    assert!(
+        r.c.store.ramdisk_token(&u).await.unwrap().is_some(),
+        "still waiting"
+    );
     assert!(r.d.callbacks.lock().unwrap().is_empty());
     assert!(!r.c.is_busy(&u));
 
@@ -243,7 +289,10 @@ async fn a_continue_step_that_fails_ends_in_deploy_failed_and_cleans_up() {
     call(&r.c, &u, body(&u, &key)).await.unwrap();
     let n = settled(&r.c, &u, "deploy failed").await;
     let e = n.last_error.unwrap();
-    assert!(e.starts_with("Deploy failed: ") && e.contains("iSCSI write step"), "{e}");
+    assert!(
+        e.starts_with("Deploy failed: ") && e.contains("iSCSI write step"),
+        "{e}"
+    );
     assert_eq!(*r.d.clean_ups.lock().unwrap(), 1);
 }
 
@@ -287,5 +336,8 @@ fn parse_defaults_port_and_lun_as_ironic() {
     assert_eq!(cb.address.to_string(), "fe80::1");
     let mut a = a;
     a.insert("error".into(), json!("  "));
-    assert!(matches!(parse(&n, &a).unwrap(), Callback::Ready(_)), "blank error: none");
+    assert!(
+        matches!(parse(&n, &a).unwrap(), Callback::Ready(_)),
+        "blank error: none"
+    );
 }
