@@ -308,7 +308,7 @@ async fn the_callback_timeout_and_an_abort_clean_up() {
     };
     let later = std::time::SystemTime::now() + Duration::from_secs(6);
     let failed = crate::periodic::check_once(&r.c, &t, later).await.unwrap();
-    assert_eq!(failed, [u.clone()]);
+    assert_eq!(failed, std::slice::from_ref(&u));
     let n = r.c.store.get_node(&u).await.unwrap();
     assert_eq!(n.provision_state, "deploy failed");
     assert_eq!(
