@@ -97,6 +97,7 @@ fn deploy_bin() -> Result<PathBuf> {
 struct DeploySvc {
     child: tokio::process::Child,
     log: PathBuf,
+    objects: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -137,6 +138,7 @@ impl DeploySvc {
         let svc = Self {
             child,
             log,
+            objects: dir.path().join("objects"),
             _dir: dir,
         };
         eventually(
@@ -154,6 +156,13 @@ impl DeploySvc {
         Ok(svc)
     }
 
+    /// Objects the embedded store holds.
+    fn stored(&self) -> usize {
+        std::fs::read_dir(&self.objects)
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -167,6 +176,71 @@ impl DeploySvc {
         }
         let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
         self.logs()
+    }
+}
+
+/// A second sushy-tools (the first one's venv) whose systems have a
+/// virtual CD and no floppy: one system, on a free port in this helper's
+/// range (20801-20899); killed on drop.
+struct CdOnlySushy {
+    url: String,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl CdOnlySushy {
+    async fn start(first: &Sushy) -> Result<Self> {
+        let venv = first
+            .media
+            .parent()
+            .context("sushy media dir")?
+            .join("venv/bin/sushy-emulator");
+        ensure!(venv.exists(), "no sushy-emulator at {}", venv.display());
+        let port = (20801..20900)
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .context("no free port in 20801-20899")?;
+        let dir = tempfile::Builder::new()
+            .prefix("porthole-sushy-cd-")
+            .tempdir()?;
+        let system = Sushy::system(0);
+        let uuid = system.rsplit('/').next().unwrap_or_default();
+        let conf = format!(
+            "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\nSUSHY_EMULATOR_LISTEN_PORT = {port}\n\
+             SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_STATE_DIR = '{}'\n\
+             SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{uuid}', 'name': 'cd-only', \
+             'power_state': 'Off', 'external_notifier': False, \
+             'nics': [{{'mac': '52:54:00:12:35:56', 'ip': '192.0.2.50'}}]}}]\n\
+             SUSHY_EMULATOR_VMEDIA_DEVICES = {{'Cd': {{'Name': 'Virtual CD', 'MediaTypes': ['CD', 'DVD']}}}}\n",
+            dir.path().join("db").display()
+        );
+        std::fs::create_dir_all(dir.path().join("media"))?;
+        std::fs::write(dir.path().join("emulator.conf"), conf)?;
+        let child = tokio::process::Command::new(venv)
+            .arg("--config")
+            .arg(dir.path().join("emulator.conf"))
+            .env("TMPDIR", dir.path().join("media"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("emulator.log"))?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning sushy-emulator")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        eventually(
+            Duration::from_secs(30),
+            "the CD-only sushy answering",
+            || async {
+                let r = http.get(format!("{url}/redfish/v1/")).send().await;
+                Ok(r.ok().filter(|r| r.status().is_success()).map(drop))
+            },
+        )
+        .await?;
+        Ok(Self {
+            url,
+            _child: child,
+            _dir: dir,
+        })
     }
 }
 
@@ -265,6 +339,11 @@ impl Run {
 
     /// A `redfish` node on sushy system `i`, with its port, in `available`.
     async fn available_node(&self, name: &str, i: usize) -> Result<String> {
+        self.available_node_at(name, &self.sushy.url, i).await
+    }
+
+    /// The same on the emulator at `bmc`.
+    async fn available_node_at(&self, name: &str, bmc: &str, i: usize) -> Result<String> {
         let info = |k: &str, v: &str| format!("{k}={v}");
         let n = self
             .cli
@@ -280,7 +359,7 @@ impl Run {
                 "--name",
                 name,
                 "--driver-info",
-                &info("redfish_address", &self.sushy.url),
+                &info("redfish_address", bmc),
                 "--driver-info",
                 &info("redfish_system_id", &Sushy::system(i)),
                 "--driver-info",
@@ -662,6 +741,33 @@ async fn cli_deploy_on_sushy_with_swift_then_the_right_key() -> Result<()> {
     let deploy_logs = svc.stop().await;
     drop(swift);
     run.assert_no_key_logged(&deploy_logs);
+    run.cond.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bmc_without_a_floppy_device_ends_in_deploy_failed_and_stores_nothing() -> Result<()> {
+    let _one = ONE.lock().await;
+    let Some(mut run) = Run::start().await? else {
+        return Ok(());
+    };
+    let cd_only = CdOnlySushy::start(&run.sushy).await?;
+    let svc = run.deploy_svc(false).await?;
+    run.available_node_at("cd-only", &cd_only.url, 0).await?;
+    run.cli.ok(&["node", "deploy", "cd-only"]).await?;
+    let n = run
+        .rests_in("cd-only", "deploy failed", Duration::from_secs(60))
+        .await?;
+    let err = n["last_error"].as_str().unwrap_or_default();
+    ensure!(
+        err.starts_with("Deploy failed: ") && err.contains("no virtual media device for floppy"),
+        "{err}"
+    );
+    ensure!(
+        svc.stored() == 0,
+        "a floppy was stored for a BMC without a floppy device"
+    );
+    svc.stop().await;
     run.cond.stop().await?;
     Ok(())
 }
