@@ -16,7 +16,9 @@
 //! ejected; `error` fails the deploy with its words; no call back fails it
 //! after the (short) `deploy_callback_timeout`, media ejected. sushy's
 //! failure modes (a deploy ISO URL that 404s, a system it does not know)
-//! end in `deploy failed` with its words. No deployment key is logged.
+//! end in `deploy failed` with its words; a second sushy whose systems
+//! have no floppy device (`SUSHY_EMULATOR_VMEDIA_DEVICES`) ends in
+//! `deploy failed` before anything is stored. No deployment key is logged.
 //!
 //! Peers: `PORTHOLE_REDFISH_URL` + `PORTHOLE_REDFISH_MEDIA_DIR` name a
 //! running emulator with 2 systems (else one is started where the rig is,
