@@ -104,12 +104,13 @@ struct DeploySvc {
 }
 
 impl DeploySvc {
-    async fn start(port: u16, conductor_url: &str, swift: bool) -> Result<Self> {
+    /// `service_tls`: more `[service]` lines (its TLS files).
+    async fn start(port: u16, conductor_url: &str, swift: bool, service_tls: &str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("porthole-deploy-svc-")
             .tempdir()?;
         let mut toml = format!(
-            "[service]\nlisten = \"127.0.0.1:{port}\"\n[conductor]\napi_url = \"{conductor_url}\"\n\
+            "[service]\nlisten = \"127.0.0.1:{port}\"\n{service_tls}[conductor]\napi_url = \"{conductor_url}\"\n\
              [store]\nhttp_listen = \"127.0.0.1:{}\"\nhttp_dir = \"{}\"\nttl = \"120s\"\n",
             free_port()?,
             dir.path().join("objects").display()
@@ -323,7 +324,7 @@ impl Run {
     }
 
     async fn deploy_svc(&self, swift: bool) -> Result<DeploySvc> {
-        DeploySvc::start(self.deploy_port, &self.cond.url, swift).await
+        DeploySvc::start(self.deploy_port, &self.cond.url, swift, "").await
     }
 
     async fn show(&self, node: &str) -> Result<Value> {
@@ -771,5 +772,103 @@ async fn a_bmc_without_a_floppy_device_ends_in_deploy_failed_and_stores_nothing(
     );
     svc.stop().await;
     run.cond.stop().await?;
+    Ok(())
+}
+
+/// `node validate`'s deploy row: (result, reason).
+async fn deploy_row(cli: &Cli, node: &str) -> Result<(bool, String)> {
+    let v = cli.json(&["node", "validate", node]).await?;
+    let row = v
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["Interface"] == "deploy"))
+        .with_context(|| format!("no deploy row: {v}"))?;
+    Ok((
+        row["Result"] == true,
+        row["Reason"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+/// `[deploy] tls_*` as `[inspect]`'s: over mutual TLS the service's
+/// Validate answers (`node validate`: deploy true; then false with its
+/// words for a node without ports); without a client certificate the
+/// handshake is refused and the conductor says the service is unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conductor_reaches_the_deploy_service_over_mutual_tls() -> Result<()> {
+    let Some(bin) = clients() else {
+        return Ok(());
+    };
+    let pki = porthole_tests::pki::Pki::new()?;
+    let (server, client) = (pki.server(), pki.client());
+    let port = free_port()?;
+    let tls = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_client_ca_file = \"{}\"\n",
+        server.cert.display(),
+        server.key.display(),
+        pki.ca().display()
+    );
+    let svc = DeploySvc::start(port, "http://127.0.0.1:6385", false, &tls).await?;
+    let s = |p: &Path| toml::Value::String(p.display().to_string());
+    let endpoint = toml::Value::String(format!("https://127.0.0.1:{port}"));
+    for with_cert in [true, false] {
+        let mut extra = vec![
+            ("deploy", "endpoint", endpoint.clone()),
+            ("deploy", "tls_ca", s(&pki.ca())),
+        ];
+        if with_cert {
+            extra.push(("deploy", "tls_cert", s(&client.cert)));
+            extra.push(("deploy", "tls_key", s(&client.key)));
+        }
+        let mut cond = TestConductor::start_with(NO_CONSOLE_SVC, extra).await?;
+        let cli = cond.cli(bin.clone());
+        cli.ok(&[
+            "node",
+            "create",
+            "--driver",
+            "redfish",
+            "--name",
+            "t1",
+            "--deploy-interface",
+            "iscsi",
+            "--boot-interface",
+            "redfish-virtual-media",
+            "--driver-info",
+            "redfish_address=http://127.0.0.1:9",
+            "--driver-info",
+            "deploy_iso=http://images/deploy.iso",
+        ])
+        .await?;
+        cli.ok(&[
+            "node",
+            "set",
+            "t1",
+            "--instance-info",
+            "image_source=http://images/u.qcow2",
+        ])
+        .await?;
+        let (ok, reason) = deploy_row(&cli, "t1").await?;
+        if with_cert {
+            ensure!(
+                !ok && reason.contains("does not have any port associated with it"),
+                "{reason}"
+            );
+            let uuid = cli.json(&["node", "show", "t1"]).await?["uuid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            cli.ok(&["port", "create", "52:54:00:aa:bb:01", "--node", &uuid])
+                .await?;
+            let (ok, reason) = deploy_row(&cli, "t1").await?;
+            ensure!(ok, "the service's Validate over mTLS: {reason}");
+        } else {
+            ensure!(
+                !ok && reason.contains(&format!(
+                    "the deploy service at https://127.0.0.1:{port} is unavailable"
+                )),
+                "{reason}"
+            );
+        }
+        cond.stop().await?;
+    }
+    svc.stop().await;
     Ok(())
 }
