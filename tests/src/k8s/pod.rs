@@ -1,7 +1,8 @@
 //! One pod of the rehearsal: its container run as a local process with the
 //! command, args and environment the manifest gives (downward-API fields,
 //! Secret and ConfigMap values filled in; `$(VAR)` expanded; DNS names and
-//! mount paths mapped, see [`super::expand`]), its volumes as directories
+//! mount paths mapped in args, env values and ConfigMap files, see
+//! [`super::expand`]), its volumes as directories
 //! under the pod's own, its probes run by a tracker task as the kubelet
 //! runs them, and its deletion as the kubelet does it (preStop, SIGTERM,
 //! SIGKILL at the grace period). Created by [`super::cluster`].
@@ -159,7 +160,11 @@ impl Pod {
                         .config_maps
                         .get(name)
                         .ok_or_else(|| anyhow!("{what}: ConfigMap {name} is not in the manifests"))?;
-                    project(data.iter().map(|(k, s)| (k.clone(), map_paths(s, &mounts).into_bytes())), items)
+                    project(
+                        data.iter()
+                            .map(|(k, s)| (k.clone(), map_paths(&resolve(s, i.names), &mounts).into_bytes())),
+                        items,
+                    )
                         .with_context(|| format!("{what}: ConfigMap {name}"))?
                 }
                 VolumeSource::Secret { name, items } => {
