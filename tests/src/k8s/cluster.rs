@@ -62,16 +62,30 @@ impl Cluster {
                     _ => format!("{}-rehearsal{k}", w.name),
                 };
                 plan.push((w.name.clone(), name, format!("{NET}.{ip}")));
-                ip = ip.checked_add(1).ok_or_else(|| anyhow!("out of addresses"))?;
+                ip = ip
+                    .checked_add(1)
+                    .ok_or_else(|| anyhow!("out of addresses"))?;
             }
         }
         if ip > opts.first_vip {
             bail!("pod addresses run into the Service addresses");
         }
         let mut names = BTreeMap::new();
-        let fq = |n: &str| [n.to_owned(), format!("{n}.{ns}"), format!("{n}.{ns}.svc"), format!("{n}.{ns}.svc.cluster.local")];
+        let fq = |n: &str| {
+            [
+                n.to_owned(),
+                format!("{n}.{ns}"),
+                format!("{n}.{ns}.svc"),
+                format!("{n}.{ns}.svc.cluster.local"),
+            ]
+        };
         let mut vips = BTreeMap::new();
-        for (j, s) in manifests.services.iter().filter(|s| !s.headless).enumerate() {
+        for (j, s) in manifests
+            .services
+            .iter()
+            .filter(|s| !s.headless)
+            .enumerate()
+        {
             let vip = format!("{NET}.{}", opts.first_vip as usize + j);
             for n in fq(&s.name) {
                 names.insert(n, vip.clone());
@@ -80,7 +94,9 @@ impl Cluster {
         }
         for (wname, pod, ip) in &plan {
             let w = manifests.workload(wname)?;
-            let Some(svc) = w.service_name.as_ref() else { continue };
+            let Some(svc) = w.service_name.as_ref() else {
+                continue;
+            };
             let published = manifests
                 .services
                 .iter()
@@ -192,7 +208,11 @@ impl Cluster {
             }
             let dead = self.pods.iter().any(|p| p.status().exited.is_some());
             if dead || since.elapsed() > within {
-                bail!("not every pod became ready within {:?}:\n{}", since.elapsed(), self.report());
+                bail!(
+                    "not every pod became ready within {:?}:\n{}",
+                    since.elapsed(),
+                    self.report()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -229,8 +249,17 @@ impl Cluster {
     pub async fn evict(&mut self, name: &str) -> Result<Termination> {
         let i = self.index(name)?;
         let labels = self.pods[i].labels.clone();
-        for b in self.manifests.budgets.iter().filter(|b| selects(&b.selector, &labels)) {
-            let selected: Vec<&Pod> = self.pods.iter().filter(|p| selects(&b.selector, &p.labels)).collect();
+        for b in self
+            .manifests
+            .budgets
+            .iter()
+            .filter(|b| selects(&b.selector, &labels))
+        {
+            let selected: Vec<&Pod> = self
+                .pods
+                .iter()
+                .filter(|p| selects(&b.selector, &p.labels))
+                .collect();
             let healthy = selected
                 .iter()
                 .filter(|p| {

@@ -124,18 +124,30 @@ mod tests {
         assert_eq!(expand("$(POD_IP):50051", &v), "10.0.0.7:50051");
         assert_eq!(expand("$(POD_NAME).$(POD_NAME)", &v), "web-0.web-0");
         // Undefined: left as written (Kubernetes does the same).
-        assert_eq!(expand("x.$(POD_NAMESPACE).svc", &v), "x.$(POD_NAMESPACE).svc");
+        assert_eq!(
+            expand("x.$(POD_NAMESPACE).svc", &v),
+            "x.$(POD_NAMESPACE).svc"
+        );
         assert_eq!(expand("$$(POD_IP) $ $(", &v), "$(POD_IP) $ $(");
     }
 
     #[test]
     fn only_hosts_are_resolved() {
-        let names = vars(&[("etcd-0.etcd-peer", "127.0.15.10"), ("console-svc", "127.0.15.200")]);
+        let names = vars(&[
+            ("etcd-0.etcd-peer", "127.0.15.10"),
+            ("console-svc", "127.0.15.200"),
+        ]);
         assert_eq!(
-            resolve("http://etcd-0.etcd-peer:2379,http://etcd-1.etcd-peer:2379", &names),
+            resolve(
+                "http://etcd-0.etcd-peer:2379,http://etcd-1.etcd-peer:2379",
+                &names
+            ),
             "http://127.0.15.10:2379,http://etcd-1.etcd-peer:2379"
         );
-        assert_eq!(resolve("http://console-svc:50051", &names), "http://127.0.15.200:50051");
+        assert_eq!(
+            resolve("http://console-svc:50051", &names),
+            "http://127.0.15.200:50051"
+        );
         // A binary or a path with the same word is not a host.
         assert_eq!(
             resolve("/usr/local/bin/console-svc serve", &names),
@@ -148,15 +160,24 @@ mod tests {
     fn paths_under_mounts_are_mapped() {
         let m = vec![
             ("/etc/porthole".to_string(), "/tmp/p/etc".to_string()),
-            ("/etc/porthole/sealing".to_string(), "/tmp/p/key".to_string()),
+            (
+                "/etc/porthole/sealing".to_string(),
+                "/tmp/p/key".to_string(),
+            ),
         ];
         assert_eq!(map_paths("/etc/porthole/sealing/key", &m), "/tmp/p/key/key");
         assert_eq!(
             map_paths("secret_key_file = \"/etc/porthole/x\"", &m),
             "secret_key_file = \"/tmp/p/etc/x\""
         );
-        assert_eq!(map_paths("--config=/etc/porthole", &m), "--config=/tmp/p/etc");
+        assert_eq!(
+            map_paths("--config=/etc/porthole", &m),
+            "--config=/tmp/p/etc"
+        );
         // Not under a mount, or only a prefix of a name.
-        assert_eq!(map_paths("/etc/portholes /var/etc/porthole", &m), "/etc/portholes /var/etc/porthole");
+        assert_eq!(
+            map_paths("/etc/portholes /var/etc/porthole", &m),
+            "/etc/portholes /var/etc/porthole"
+        );
     }
 }

@@ -3,16 +3,19 @@
 //! `$PORTHOLE_K8S_RENDERED/<overlay>.json`) started process by process as
 //! a kubelet, kube-proxy and the cluster's DNS would run them.
 //!
-//! - [`manifest`]: the objects the rehearsal acts on;
+//! - [`manifest`], [`container`]: the objects the rehearsal acts on;
 //! - [`expand`]: `$(VAR)` expansion, DNS names, mount paths;
 //! - [`pod`], [`tracker`], [`probe`]: a pod's process, probes and deletion;
 //! - [`proxy`]: Services' cluster IPs;
 //! - [`cluster`]: all of it, with evictions against the budgets;
-//! - [`secrets`]: the Secrets an operator would create.
+//! - [`secrets`]: the Secrets an operator would create;
+//! - [`observe`]: the conductor's API, metrics and listeners, from outside.
 
 pub mod cluster;
+pub mod container;
 pub mod expand;
 pub mod manifest;
+pub mod observe;
 pub mod pod;
 pub mod probe;
 pub mod proxy;

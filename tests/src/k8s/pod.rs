@@ -25,6 +25,9 @@ use super::probe;
 /// The Secrets the rehearsal supplies: name → key → bytes.
 pub type Secrets = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
+/// Variables by name.
+type Vars = BTreeMap<String, String>;
+
 /// What a Debian-based image has on PATH.
 const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -102,7 +105,13 @@ pub struct PodInput<'a> {
     pub binaries: &'a Binaries,
 }
 
-fn field(path: &str, name: &str, ns: &str, ip: &str, labels: &BTreeMap<String, String>) -> Result<String> {
+fn field(
+    path: &str,
+    name: &str,
+    ns: &str,
+    ip: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<String> {
     Ok(match path {
         "metadata.name" => name.to_owned(),
         "metadata.namespace" => ns.to_owned(),
@@ -129,92 +138,25 @@ impl Pod {
         let what = format!("pod {} container {}", i.name, c.name);
         let _ = std::fs::remove_dir_all(&i.root);
         std::fs::create_dir_all(&i.root)?;
-        // Mount points first: ConfigMap files are mapped through them.
-        let mut mounts = Vec::new();
-        for m in &c.mounts {
-            let v = w
-                .volumes
-                .iter()
-                .find(|v| v.name == m.volume)
-                .ok_or_else(|| anyhow!("{what}: mounts volume {} that the pod does not have", m.volume))?;
-            let dir = match v.source {
-                VolumeSource::Claim => i.claims.join(format!("{}-{}", v.name, i.name)),
-                _ => i.root.join("volumes").join(&v.name),
-            };
-            let host = match &m.sub_path {
-                Some(sp) => dir.join(sp),
-                None => dir,
-            };
-            mounts.push((m.path.clone(), host.display().to_string()));
-        }
-        for v in &w.volumes {
-            let dir = match v.source {
-                VolumeSource::Claim => i.claims.join(format!("{}-{}", v.name, i.name)),
-                _ => i.root.join("volumes").join(&v.name),
-            };
-            std::fs::create_dir_all(&dir)?;
-            let files: Vec<(String, Vec<u8>)> = match &v.source {
-                VolumeSource::ConfigMap { name, items } => {
-                    let data = i
-                        .manifests
-                        .config_maps
-                        .get(name)
-                        .ok_or_else(|| anyhow!("{what}: ConfigMap {name} is not in the manifests"))?;
-                    project(
-                        data.iter()
-                            .map(|(k, s)| (k.clone(), map_paths(&resolve(s, i.names), &mounts).into_bytes())),
-                        items,
-                    )
-                        .with_context(|| format!("{what}: ConfigMap {name}"))?
-                }
-                VolumeSource::Secret { name, items } => {
-                    let data = i
-                        .secrets
-                        .get(name)
-                        .ok_or_else(|| anyhow!("{what}: Secret {name} (the operator creates it) was not supplied"))?;
-                    project(data.iter().map(|(k, b)| (k.clone(), b.clone())), items)
-                        .with_context(|| format!("{what}: Secret {name}"))?
-                }
-                VolumeSource::EmptyDir | VolumeSource::Claim => Vec::new(),
-            };
-            for (path, bytes) in files {
-                let f = dir.join(path);
-                if let Some(p) = f.parent() {
-                    std::fs::create_dir_all(p)?;
-                }
-                std::fs::write(&f, bytes)?;
-            }
-        }
-        let mut vars = BTreeMap::new();
-        let mut env = Vec::new();
-        for e in &c.env {
-            let raw = match &e.source {
-                EnvSource::Value(v) => expand(v, &vars),
-                EnvSource::Field(f) => field(f, &i.name, &i.manifests.namespace, &i.ip, &w.labels)
-                    .with_context(|| format!("{what}: env {}", e.name))?,
-                EnvSource::Secret { name, key } => i
-                    .secrets
-                    .get(name)
-                    .and_then(|s| s.get(key))
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .ok_or_else(|| anyhow!("{what}: env {} needs Secret {name} key {key}", e.name))?,
-                EnvSource::ConfigMap { name, key } => i
-                    .manifests
-                    .config_maps
-                    .get(name)
-                    .and_then(|m| m.get(key))
-                    .cloned()
-                    .ok_or_else(|| anyhow!("{what}: env {} needs ConfigMap {name} key {key}", e.name))?,
-            };
-            vars.insert(e.name.clone(), raw.clone());
-            env.push((e.name.clone(), map_paths(&resolve(&raw, i.names), &mounts)));
-        }
-        let mut argv: Vec<String> = c.command.iter().chain(&c.args).map(|a| expand(a, &vars)).collect();
+        let mounts = lay_out(&i, c, &what)?;
+        let (vars, env) = environment(&i, c, &what, &mounts)?;
+        let mut argv: Vec<String> = c
+            .command
+            .iter()
+            .chain(&c.args)
+            .map(|a| expand(a, &vars))
+            .collect();
         if c.command.is_empty() {
             bail!("{what}: no command (the rehearsal does not read image entrypoints)");
         }
-        let program = i.binaries.program(&c.image, &argv[0]).with_context(|| what.clone())?;
-        argv = argv.iter().map(|a| map_paths(&resolve(a, i.names), &mounts)).collect();
+        let program = i
+            .binaries
+            .program(&c.image, &argv[0])
+            .with_context(|| what.clone())?;
+        argv = argv
+            .iter()
+            .map(|a| map_paths(&resolve(a, i.names), &mounts))
+            .collect();
         Ok(Pod {
             name: i.name,
             ip: i.ip,
@@ -256,7 +198,10 @@ impl Pod {
         let child = cmd
             .spawn()
             .with_context(|| format!("pod {}: starting {}", self.name, self.program.display()))?;
-        let pid = child.id().map(|p| p as i32).ok_or_else(|| anyhow!("no pid"))?;
+        let pid = child
+            .id()
+            .map(|p| p as i32)
+            .ok_or_else(|| anyhow!("no pid"))?;
         crate::svc::note_pid(pid, true);
         self.pid = Some(pid);
         *self.status.lock().expect("status") = Status::default();
@@ -350,6 +295,116 @@ impl Pod {
     }
 }
 
+/// The host directory of each mount point (`(container path, host path)`)
+/// and the volumes' files: ConfigMap and Secret keys, empty dirs, claims.
+fn lay_out(i: &PodInput<'_>, c: &Container, what: &str) -> Result<Vec<(String, String)>> {
+    let w = i.workload;
+    // Mount points first: ConfigMap files are mapped through them.
+    let mut mounts = Vec::new();
+    for m in &c.mounts {
+        let v = w
+            .volumes
+            .iter()
+            .find(|v| v.name == m.volume)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{what}: mounts volume {} that the pod does not have",
+                    m.volume
+                )
+            })?;
+        let dir = match v.source {
+            VolumeSource::Claim => i.claims.join(format!("{}-{}", v.name, i.name)),
+            _ => i.root.join("volumes").join(&v.name),
+        };
+        let host = match &m.sub_path {
+            Some(sp) => dir.join(sp),
+            None => dir,
+        };
+        mounts.push((m.path.clone(), host.display().to_string()));
+    }
+    for v in &w.volumes {
+        let dir = match v.source {
+            VolumeSource::Claim => i.claims.join(format!("{}-{}", v.name, i.name)),
+            _ => i.root.join("volumes").join(&v.name),
+        };
+        std::fs::create_dir_all(&dir)?;
+        let files: Vec<(String, Vec<u8>)> = match &v.source {
+            VolumeSource::ConfigMap { name, items } => {
+                let data =
+                    i.manifests.config_maps.get(name).ok_or_else(|| {
+                        anyhow!("{what}: ConfigMap {name} is not in the manifests")
+                    })?;
+                project(
+                    data.iter().map(|(k, s)| {
+                        (
+                            k.clone(),
+                            map_paths(&resolve(s, i.names), &mounts).into_bytes(),
+                        )
+                    }),
+                    items,
+                )
+                .with_context(|| format!("{what}: ConfigMap {name}"))?
+            }
+            VolumeSource::Secret { name, items } => {
+                let data = i.secrets.get(name).ok_or_else(|| {
+                    anyhow!("{what}: Secret {name} (the operator creates it) was not supplied")
+                })?;
+                project(data.iter().map(|(k, b)| (k.clone(), b.clone())), items)
+                    .with_context(|| format!("{what}: Secret {name}"))?
+            }
+            VolumeSource::EmptyDir | VolumeSource::Claim => Vec::new(),
+        };
+        for (path, bytes) in files {
+            let f = dir.join(path);
+            if let Some(p) = f.parent() {
+                std::fs::create_dir_all(p)?;
+            }
+            std::fs::write(&f, bytes)?;
+        }
+    }
+    Ok(mounts)
+}
+
+/// The container's environment as the kubelet fills it in: `$(VAR)` of
+/// the variables before it, fields, Secret and ConfigMap keys; returned
+/// raw (for expanding command and args) and as the process gets it
+/// (names resolved, paths mapped).
+fn environment(
+    i: &PodInput<'_>,
+    c: &Container,
+    what: &str,
+    mounts: &[(String, String)],
+) -> Result<(Vars, Vec<(String, String)>)> {
+    let w = i.workload;
+    let mut vars = BTreeMap::new();
+    let mut env = Vec::new();
+    for e in &c.env {
+        let raw = match &e.source {
+            EnvSource::Value(v) => expand(v, &vars),
+            EnvSource::Field(f) => field(f, &i.name, &i.manifests.namespace, &i.ip, &w.labels)
+                .with_context(|| format!("{what}: env {}", e.name))?,
+            EnvSource::Secret { name, key } => i
+                .secrets
+                .get(name)
+                .and_then(|s| s.get(key))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .ok_or_else(|| anyhow!("{what}: env {} needs Secret {name} key {key}", e.name))?,
+            EnvSource::ConfigMap { name, key } => i
+                .manifests
+                .config_maps
+                .get(name)
+                .and_then(|m| m.get(key))
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow!("{what}: env {} needs ConfigMap {name} key {key}", e.name)
+                })?,
+        };
+        vars.insert(e.name.clone(), raw.clone());
+        env.push((e.name.clone(), map_paths(&resolve(&raw, i.names), mounts)));
+    }
+    Ok((vars, env))
+}
+
 /// What [`Pod::delete`] measured.
 #[derive(Debug, Default)]
 pub struct Termination {
@@ -380,17 +435,24 @@ impl ExecParts {
             self.program.clone()
         } else {
             Binaries {
-                porthole: self.program.parent().map(Path::to_owned).unwrap_or_default(),
+                porthole: self
+                    .program
+                    .parent()
+                    .map(Path::to_owned)
+                    .unwrap_or_default(),
             }
             .program(&self.image, first)
             .map_err(|e| e.to_string())?
         };
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(rest.iter().map(|a| map_paths(&resolve(a, &self.names), &self.mounts)))
-            .env_clear()
-            .env("PATH", IMAGE_PATH)
-            .env("HOSTNAME", &self.name)
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.args(
+            rest.iter()
+                .map(|a| map_paths(&resolve(a, &self.names), &self.mounts)),
+        )
+        .env_clear()
+        .env("PATH", IMAGE_PATH)
+        .env("HOSTNAME", &self.name)
+        .envs(self.env.iter().map(|(k, v)| (k, v)));
         Ok(cmd)
     }
 }

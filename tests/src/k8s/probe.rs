@@ -88,7 +88,9 @@ pub async fn http_get(ip: &str, port: u16, path: &str) -> Result<(u16, String), 
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -96,11 +98,19 @@ pub async fn http_get(ip: &str, port: u16, path: &str) -> Result<(u16, String), 
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("GET http://{ip}:{port}{path}: no HTTP status in {:?}", &text[..text.len().min(80)]))?;
+        .ok_or_else(|| {
+            format!(
+                "GET http://{ip}:{port}{path}: no HTTP status in {:?}",
+                &text[..text.len().min(80)]
+            )
+        })?;
     if !(200..400).contains(&status) {
         return Err(format!("GET http://{ip}:{port}{path}: HTTP {status}"));
     }
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 

@@ -29,7 +29,11 @@ impl Endpoint {
 }
 
 /// Serve `listen` until `cancel`, forwarding to `endpoints`.
-pub async fn serve(listen: String, endpoints: Vec<Endpoint>, cancel: CancellationToken) -> Result<()> {
+pub async fn serve(
+    listen: String,
+    endpoints: Vec<Endpoint>,
+    cancel: CancellationToken,
+) -> Result<()> {
     let listener = TcpListener::bind(&listen)
         .await
         .with_context(|| format!("Service address {listen}"))?;

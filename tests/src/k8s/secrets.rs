@@ -34,7 +34,10 @@ pub fn make(ns: &str) -> Result<(Secrets, ApiUser)> {
     let mut s = Secrets::new();
     s.insert(
         "console-svc-sealing-key".into(),
-        BTreeMap::from([("key".into(), format!("{}\n", hex(&random(32)?)).into_bytes())]),
+        BTreeMap::from([(
+            "key".into(),
+            format!("{}\n", hex(&random(32)?)).into_bytes(),
+        )]),
     );
     s.insert("etcd-peer-tls".into(), etcd_peer_tls(ns)?);
     let user = ApiUser {
@@ -45,7 +48,10 @@ pub fn make(ns: &str) -> Result<(Secrets, ApiUser)> {
     let hash = bcrypt::hash(&user.password, 4)?;
     s.insert(
         "conductor-htpasswd".into(),
-        BTreeMap::from([("htpasswd".into(), format!("{}:{hash}\n", user.user).into_bytes())]),
+        BTreeMap::from([(
+            "htpasswd".into(),
+            format!("{}:{hash}\n", user.user).into_bytes(),
+        )]),
     );
     Ok((s, user))
 }

@@ -30,7 +30,14 @@ impl Input {
     }
 
     async fn run(&self, p: &Probe) -> Result<(), String> {
-        probe::run(&p.handler, &self.ip, &self.container, &*self.exec, p.timeout).await
+        probe::run(
+            &p.handler,
+            &self.ip,
+            &self.container,
+            &*self.exec,
+            p.timeout,
+        )
+        .await
     }
 }
 
@@ -108,7 +115,8 @@ async fn readiness(i: &Input) {
                 bad = 0;
                 if !s.ready && ok >= p.success_threshold && !s.terminating {
                     s.ready = true;
-                    s.changes.push((Instant::now(), true, "readiness probe passed".into()));
+                    s.changes
+                        .push((Instant::now(), true, "readiness probe passed".into()));
                 }
             }
             Err(e) => {
@@ -116,7 +124,8 @@ async fn readiness(i: &Input) {
                 ok = 0;
                 if s.ready && bad >= p.failure_threshold {
                     s.ready = false;
-                    s.changes.push((Instant::now(), false, format!("readiness probe: {e}")));
+                    s.changes
+                        .push((Instant::now(), false, format!("readiness probe: {e}")));
                 }
                 s.last_failure = Some(format!("readiness probe of {}: {e}", i.pod));
             }
