@@ -8,7 +8,9 @@
 //!   (the eviction API, preStop, SIGTERM within the grace period) and goes
 //!   on on another pod on the same port, never two owners at once; the
 //!   budget then refuses a second eviction; one etcd member deleted and
-//!   recreated fences nobody.
+//!   recreated fences nobody; every member stopped fences every replica,
+//!   which its readiness probe sees (liveness does not restart it), and
+//!   service comes back when they continue.
 //! - the rehearsal itself fails on a wrong manifest (an env name console-svc
 //!   does not know, a readiness probe on the wrong port), and passes the
 //!   same manifest unbroken.
@@ -20,6 +22,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
 use porthole_proto::console::v1 as pb;
 use porthole_tests::k8s::cluster::{Cluster, Options};
 use porthole_tests::k8s::manifest::Manifests;
@@ -74,7 +77,7 @@ async fn grpc_console(addr: &str, node: &str) -> Result<pb::Console> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ha_overlay_drains_a_console_owner_and_loses_an_etcd_member() {
+async fn ha_overlay_drains_an_owner_loses_a_member_and_fences_without_quorum() {
     porthole_tests::run(ha()).await
 }
 
@@ -122,6 +125,7 @@ async fn ha() -> Result<()> {
     let (owner, new_owner) = scene.drain_owner().await?;
     scene.budget_refuses_a_second(&owner, &new_owner).await?;
     scene.lose_etcd_member("etcd-0").await?;
+    scene.lose_quorum().await?;
     for p in &scene.c.pods {
         ensure!(
             !p.status().liveness_failed,
@@ -348,6 +352,78 @@ impl Scene {
         ensure!(changes_before == changes_after, "a replica's readiness changed with {member} down: {changes_before:?} -> {changes_after:?}");
         let v = self.viewer.as_mut().ok_or_else(|| anyhow!("no viewer"))?;
         session::establish(v, &mut self.node).await
+    }
+
+    /// Every etcd member stopped (SIGSTOP): each replica fences, its
+    /// readiness probe sees it and the console's listener closes, while
+    /// liveness keeps it running; continued, they serve again without a
+    /// restart and the console is back on its port.
+    async fn lose_quorum(&mut self) -> Result<()> {
+        let members: Vec<String> = self.c.pods_of("etcd").map(|p| p.name.clone()).collect();
+        for m in &members {
+            ensure!(self.c.pod(m)?.signal(Signal::SIGSTOP), "{m} is not running");
+        }
+        let stopped = Instant::now();
+        let unready = loop {
+            let ready: Vec<String> = self
+                .c
+                .pods_of("console-svc")
+                .filter(|p| p.status().ready)
+                .map(|p| p.name.clone())
+                .collect();
+            if ready.is_empty() {
+                break stopped.elapsed();
+            }
+            if stopped.elapsed() > Duration::from_secs(20) {
+                for m in &members {
+                    self.c.pod(m)?.signal(Signal::SIGCONT);
+                }
+                bail!("with every etcd member stopped for 20 s, still ready: {ready:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let open = listeners(self.port);
+        for m in &members {
+            ensure!(self.c.pod(m)?.signal(Signal::SIGCONT), "{m} is not running");
+        }
+        eprintln!("etcd stopped: every console-svc replica unready (fenced) after {unready:?}; console listeners then: {open:?}");
+        ensure!(
+            open.is_empty(),
+            "a fenced replica still listens on the console port: {open:?}"
+        );
+        let back = self.c.settle(Duration::from_secs(60)).await?;
+        let since = Instant::now();
+        loop {
+            let (host, port) = console_url(
+                &self.api,
+                &self.user,
+                &self.uuid,
+                None,
+                Duration::from_secs(30),
+            )
+            .await?;
+            ensure!(
+                port == self.port,
+                "the console came back on port {port}, not {}",
+                self.port
+            );
+            self.host = host;
+            if self.owner().await.is_ok()
+                && listeners(port) == vec![format!("{}:{port}", self.host)]
+            {
+                break;
+            }
+            ensure!(
+                since.elapsed() < Duration::from_secs(30),
+                "the console was not served again within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!(
+            "etcd continued: every pod ready again after {back:?}, the console on tcp://{}:{}",
+            self.host, self.port
+        );
+        self.type_through().await
     }
 
     async fn disable(&self) -> Result<()> {

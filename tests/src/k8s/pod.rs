@@ -251,6 +251,15 @@ impl Pod {
         self.status.lock().expect("status").clone()
     }
 
+    /// Signal the container's process group (a paused or continued
+    /// container); false when it is not running.
+    pub fn signal(&self, sig: Signal) -> bool {
+        match self.pid {
+            Some(pid) if self.alive() => killpg(Pid::from_raw(pid), sig).is_ok(),
+            _ => false,
+        }
+    }
+
     pub fn alive(&self) -> bool {
         self.pid.is_some() && self.status().exited.is_none()
     }
