@@ -541,3 +541,68 @@ async fn rehearsal_fails_on_a_readiness_probe_on_the_wrong_port() {
     })
     .await
 }
+
+/// What every overlay must keep consistent when it changes a count: etcd's
+/// `--initial-cluster` and console-svc's `etcd.endpoints` name exactly the
+/// StatefulSet's members, and console-svc's grace period covers its drain.
+#[test]
+fn overlays_list_exactly_their_etcd_members() {
+    if let Err(e) = members_consistent() {
+        panic!("{e:#}");
+    }
+}
+
+fn members_consistent() -> Result<()> {
+    for overlay in ["dev", "ha"] {
+        let Some(path) = rendered(overlay) else {
+            return Ok(());
+        };
+        let m = Manifests::load(&path)?;
+        let etcd = m.workload("etcd")?;
+        let want: Vec<String> = (0..etcd.replicas).map(|k| format!("etcd-{k}")).collect();
+        let cmd = &etcd.containers[0].command;
+        let cluster = cmd
+            .iter()
+            .find_map(|a| a.strip_prefix("--initial-cluster="))
+            .ok_or_else(|| anyhow!("{overlay}: etcd has no --initial-cluster"))?;
+        let members: Vec<&str> = cluster
+            .split(',')
+            .filter_map(|m| m.split('=').next())
+            .collect();
+        ensure!(
+            members == want,
+            "{overlay}: --initial-cluster names {members:?}, the StatefulSet runs {want:?}"
+        );
+        let svc = m.workload("console-svc")?;
+        let endpoints = svc.containers[0]
+            .env
+            .iter()
+            .find(|e| e.name == "PORTHOLE_CONSOLE_SVC_ETCD_ENDPOINTS")
+            .and_then(|e| match &e.source {
+                porthole_tests::k8s::container::EnvSource::Value(v) => Some(v.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("{overlay}: console-svc sets no etcd endpoints"))?;
+        let hosts: Vec<String> = endpoints
+            .split(',')
+            .map(|e| {
+                e.trim_start_matches("http://")
+                    .split('.')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect();
+        ensure!(
+            hosts == want,
+            "{overlay}: console-svc's etcd endpoints {hosts:?}, the members {want:?}"
+        );
+        let grace = svc.grace;
+        let shutdown = shutdown_timeout(&m)?;
+        ensure!(
+            grace > shutdown + Duration::from_secs(4),
+            "{overlay}: grace {grace:?} vs shutdown_timeout {shutdown:?}"
+        );
+    }
+    Ok(())
+}
