@@ -11,6 +11,7 @@
 //!   recreated fences nobody; every member stopped fences every replica,
 //!   which its readiness probe sees (liveness does not restart it), and
 //!   service comes back when they continue.
+//! - each overlay's etcd member lists match its member count;
 //! - the rehearsal itself fails on a wrong manifest (an env name console-svc
 //!   does not know, a readiness probe on the wrong port), and passes the
 //!   same manifest unbroken.
