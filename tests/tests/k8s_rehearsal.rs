@@ -323,7 +323,8 @@ impl Scene {
                     ip,
                     &pod.container,
                     &exec,
-                    Duration::from_secs(1),
+                    // Longer than the kubelet's: an answer, not a loaded machine's delay.
+                    Duration::from_secs(3),
                 )
                 .await
                 .map_err(|e| anyhow!("{name} with {member} down {:?}: {e}", down.elapsed()))?;
