@@ -354,6 +354,25 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_service_section_reads_its_env() {
+        let c = Config::load(None, Vec::new(), &[]).unwrap().deploy;
+        assert_eq!((c.endpoint, c.timeout), (None, Duration::from_secs(120)));
+        let env = vec![
+            (
+                "PORTHOLE_CONDUCTOR_DEPLOY_ENDPOINT".to_owned(),
+                "https://127.0.0.1:50061".to_owned(),
+            ),
+            (
+                "PORTHOLE_CONDUCTOR_DEPLOY_TLS_CA".to_owned(),
+                "/etc/porthole/ca.pem".to_owned(),
+            ),
+        ];
+        let c = Config::load(None, env, &[]).unwrap().deploy;
+        assert_eq!(c.endpoint.as_deref(), Some("https://127.0.0.1:50061"));
+        assert_eq!(c.tls_ca, Some(PathBuf::from("/etc/porthole/ca.pem")));
+    }
+
+    #[test]
     fn log_format_is_text_or_json() {
         let s = |v: &str| toml::Value::String(v.into());
         let err = Config::load(None, Vec::new(), &[("api", "log_format", s("xml"))])

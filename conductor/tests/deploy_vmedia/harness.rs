@@ -111,7 +111,7 @@ impl DeploySvc {
         let child = tokio::process::Command::new(deploy_bin()?)
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "debug")
+            .env("PORTHOLE_LOG", "debug")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -447,6 +447,10 @@ impl Run {
         assert!(
             ours.contains("deploy ramdisk booting; waiting for its callback"),
             "the capture saw no deploy log"
+        );
+        assert!(
+            deploy_logs.contains("deploy ramdisk booting from virtual media"),
+            "the deploy service's log has no PrepareRamdisk line: {deploy_logs}"
         );
         for k in &self.keys {
             assert!(

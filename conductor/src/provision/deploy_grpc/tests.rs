@@ -334,3 +334,12 @@ fn an_ilo_node_reaches_its_ilo_over_https_redfish() {
     assert!(!bmc.insecure);
     assert_eq!(d.deploy_iso, "https://img/deploy.iso");
 }
+
+#[test]
+fn a_bad_endpoint_is_refused_naming_the_option() {
+    let e = DeployClient::new("not a uri", Duration::from_secs(1))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.starts_with("deploy.endpoint \"not a uri\": "), "{e}");
+}
