@@ -50,6 +50,7 @@ async fn cli_deploy_on_sushy_with_the_embedded_store_then_the_ramdisks_callbacks
     };
     let svc = run.deploy_svc(false).await?;
     let uuid = run.available_node("vm-0", 0).await?;
+    refused_up_front(&run).await?;
     let first_key = refusals_then_the_right_key(&mut run, &uuid).await?;
     the_ramdisks_error(&mut run, &first_key).await?;
     no_call_back(&mut run, &uuid).await?;
@@ -57,6 +58,56 @@ async fn cli_deploy_on_sushy_with_the_embedded_store_then_the_ramdisks_callbacks
     let deploy_logs = svc.stop().await;
     run.assert_no_key_logged(&deploy_logs);
     run.cond.stop().await?;
+    Ok(())
+}
+
+/// The deploy service's Validate refuses a node without `deploy_iso` or
+/// `image_source`: the CLI's deploy is a 400 naming both, in Ironic's
+/// words, and the node stays `available` with nothing inserted.
+async fn refused_up_front(run: &Run) -> Result<()> {
+    let iso = format!("deploy_iso={}/deploy.iso", run.images);
+    let before = unchanged_view(&run.show("vm-0").await?);
+    run.cli
+        .ok(&[
+            "node",
+            "unset",
+            "vm-0",
+            "--driver-info",
+            "deploy_iso",
+            "--instance-info",
+            "image_source",
+        ])
+        .await?;
+    let r = run.cli.run(&["node", "deploy", "vm-0"]).await?;
+    ensure!(!r.ok, "deploy without deploy_iso was accepted");
+    for want in [
+        "Failed to validate deploy or power info for node",
+        "Some parameters were missing in node's driver_info: [\"deploy_iso\"]",
+        "Missing are: ['image_source']",
+    ] {
+        ensure!(r.stderr.contains(want), "{want} not in: {}", r.stderr);
+    }
+    let n = run.show("vm-0").await?;
+    ensure!(
+        n["provision_state"] == "available" && n["last_error"].is_null(),
+        "{n}"
+    );
+    ensure!(
+        run.sushy.held().is_empty(),
+        "media inserted for a refused deploy"
+    );
+    run.cli
+        .ok(&[
+            "node",
+            "set",
+            "vm-0",
+            "--driver-info",
+            &iso,
+            "--instance-info",
+            "image_source=http://images/user.qcow2",
+        ])
+        .await?;
+    ensure!(unchanged_view(&run.show("vm-0").await?)[0] == before[0]);
     Ok(())
 }
 
