@@ -288,6 +288,7 @@ async fn cli_deploy_on_sushy_with_swift_then_the_right_key() -> Result<()> {
     else {
         return Ok(());
     };
+    let held = std::time::Instant::now();
     let svc = run.deploy_svc(true).await?;
     run.deploy_to_wait("vm-1").await?;
     let (params, _) = run.media()?;
@@ -319,6 +320,10 @@ async fn cli_deploy_on_sushy_with_swift_then_the_right_key() -> Result<()> {
     );
     let deploy_logs = svc.stop().await;
     drop(swift);
+    eprintln!(
+        "Swift (and its machine-wide lock) held for {:?}",
+        held.elapsed()
+    );
     run.assert_no_key_logged(&deploy_logs);
     run.cond.stop().await?;
     Ok(())
