@@ -265,6 +265,19 @@ impl Run {
         ) else {
             return Ok(None);
         };
+        // What an earlier (failed) run left inserted goes first.
+        let bmc = porthole_bmc::redfish::Client::new(Duration::from_secs(10))?;
+        for i in 0..2 {
+            let mut ep = porthole_bmc::redfish::Endpoint::new(&sushy.url);
+            ep.system_id = Some(Sushy::system(i));
+            for m in [
+                porthole_bmc::vmedia::Media::Floppy,
+                porthole_bmc::vmedia::Media::Cd,
+            ] {
+                bmc.eject_media(&ep, m).await?;
+            }
+        }
+        ensure!(sushy.held().is_empty(), "sushy holds media after eject");
         let iso: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
         let images = iso_server(iso.clone()).await?;
         let deploy_port = free_port()?;
