@@ -59,6 +59,16 @@ decode_failure!(Internal:
     crate::deploy::v1::CleanUpResponse,
 );
 
+// deploy.v1 InstanceDeployService (issue 14): requests, then responses.
+decode_failure!(InvalidArgument:
+    crate::deploy::v1::ContinueDeployRequest,
+    crate::deploy::v1::ReleaseBootIsoRequest,
+);
+decode_failure!(Internal:
+    crate::deploy::v1::DeployProgress,
+    crate::deploy::v1::ReleaseBootIsoResponse,
+);
+
 // inspect.v1: requests, then responses.
 decode_failure!(InvalidArgument:
     ipb::ValidateInspectionRequest,
