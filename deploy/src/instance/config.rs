@@ -29,6 +29,10 @@ pub struct Instance {
     pub fetch_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// A write whose progress does not move for this long is ended (a
+    /// target that went away: libiscsi reconnects silently for ever).
+    #[serde(with = "humantime_serde")]
+    pub write_stall_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub notify_timeout: Duration,
     /// syslinux's `isolinux.bin` and `ldlinux.c32` for built boot ISOs.
@@ -52,6 +56,7 @@ impl Default for Instance {
             ramdisk_port: 10000,
             fetch_timeout: Duration::from_secs(1800),
             write_timeout: Duration::from_secs(3600),
+            write_stall_timeout: Duration::from_secs(300),
             notify_timeout: Duration::from_secs(30),
             isolinux_bin: PathBuf::from("/usr/lib/ISOLINUX/isolinux.bin"),
             ldlinux_c32: Some(PathBuf::from("/usr/lib/syslinux/modules/bios/ldlinux.c32")),
@@ -72,6 +77,9 @@ impl Instance {
         }
         if self.kernel_params.contains(['\n', '\r']) {
             return bad("instance.kernel_params must be one line");
+        }
+        if self.write_stall_timeout.is_zero() || self.write_timeout.is_zero() {
+            return bad("instance.write_timeout and write_stall_timeout must not be 0");
         }
         if self.lock_ttl.as_secs() == 0 {
             return bad("instance.lock_ttl must be at least 1 s");

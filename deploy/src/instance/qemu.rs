@@ -27,6 +27,13 @@ pub enum QemuError {
     Failed { what: String, words: String },
     #[error("{what} did not finish within {after:?}")]
     Timeout { what: String, after: Duration },
+    #[error("{what} stalled at {percent:.2}%: no progress for {after:?} (the target stopped answering); qemu-img: {words}")]
+    Stalled {
+        what: String,
+        percent: f64,
+        after: Duration,
+        words: String,
+    },
     #[error("{what}: unexpected output: {detail}")]
     Output { what: String, detail: String },
     #[error("the image is {0}; only raw and qcow2 images are deployed")]
@@ -223,15 +230,18 @@ impl QemuImg {
     }
 
     /// `convert -n -O raw image target`, calling `progress` with each
-    /// percentage qemu-img prints.
+    /// percentage qemu-img prints. libiscsi keeps reconnecting to a target
+    /// that went away, silently: no new percentage for `limits.stall` ends
+    /// the write (qemu-img is killed).
     pub async fn write(
         &self,
         image: &Path,
         format: &str,
         t: &Target,
-        limit: Duration,
+        limits: WriteLimits,
         mut progress: impl FnMut(f64) + Send,
     ) -> Result<(), QemuError> {
+        let limit = limits.total;
         let a = self.target_args(t)?;
         let mut c = self.command();
         c.args(["convert", "-p", "-n", "-f", format])
@@ -258,15 +268,30 @@ impl QemuImg {
             });
             let mut parser = Progress::default();
             let mut buf = [0u8; 512];
+            let mut percent = 0.0;
             loop {
-                match stdout.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => parser.feed(&buf[..n], &mut progress),
+                let read = tokio::time::timeout(limits.stall, stdout.read(&mut buf)).await;
+                match read {
+                    Ok(Ok(0) | Err(_)) => break,
+                    Ok(Ok(n)) => parser.feed(&buf[..n], &mut |p| {
+                        percent = p;
+                        progress(p)
+                    }),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        let err = err_task.await.unwrap_or_default();
+                        return Err(QemuError::Stalled {
+                            what: what.clone(),
+                            percent,
+                            after: limits.stall,
+                            words: words_or(&err, "nothing"),
+                        });
+                    }
                 }
             }
             let status = child.wait().await;
             let err = err_task.await.unwrap_or_default();
-            (status, err)
+            Ok((status, err))
         };
         let (status, err) =
             tokio::time::timeout(limit, run)
@@ -274,7 +299,7 @@ impl QemuImg {
                 .map_err(|_| QemuError::Timeout {
                     what: what.clone(),
                     after: limit,
-                })?;
+                })??;
         let status = status.map_err(|source| QemuError::Spawn { tool, source })?;
         if !status.success() {
             return Err(QemuError::Failed {
@@ -308,23 +333,28 @@ impl QemuImg {
             c.args(["-f", format, "-F", "raw"]).arg(image).arg(&a.spec);
         }
         let what = format!("comparing {} with the image", t.url());
-        let out = self.run(&what, c, limit).await;
-        match out {
-            Ok(_) => Ok(()),
-            // Exit 1: the contents differ (the words are on stdout).
-            Err(QemuError::Failed { what, words }) => Err(QemuError::Failed { what, words }),
-            Err(e) => Err(e),
-        }
+        self.run(&what, c, limit).await.map(drop)
     }
+}
+
+/// Bounds on a write: all of it, and the longest wait for progress.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteLimits {
+    pub total: Duration,
+    pub stall: Duration,
 }
 
 /// The tool's last lines of stderr, or its exit status when silent.
 fn words(stderr: &[u8], status: std::process::ExitStatus) -> String {
+    words_or(stderr, &format!("exited with {status}"))
+}
+
+fn words_or(stderr: &[u8], silent: &str) -> String {
     let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(5)..].join("; ");
     if tail.is_empty() {
-        format!("exited with {status}")
+        silent.to_owned()
     } else {
         tail.chars().take(600).collect()
     }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::bootiso::{object_name, Chosen, Origin};
 use super::cache::Cached;
 use super::digest::Expected;
-use super::qemu::{ImageInfo, Target};
+use super::qemu::{ImageInfo, Target, WriteLimits};
 use super::{gib, phase, unless, InstanceError, Instances, TARGET_QUERY};
 use crate::image::iso::{self, BootIso, Isolinux};
 
@@ -266,7 +266,11 @@ impl Instances {
         };
         let _ = progress.try_send(at(0.0));
         let t = Instant::now();
-        let limit = self.config.instance.write_timeout;
+        let i = &self.config.instance;
+        let limit = WriteLimits {
+            total: i.write_timeout,
+            stall: i.write_stall_timeout,
+        };
         let mut last = 0.0;
         let res = self
             .qemu
