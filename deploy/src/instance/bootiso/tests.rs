@@ -53,11 +53,12 @@ async fn two_deploys_share_one_iso_and_the_second_release_deletes_it() {
 #[tokio::test]
 async fn concurrent_deploys_lose_no_count() {
     let (_d, s, _c) = store().await;
-    let b = Arc::new(isos(&s));
+    // Two services on one store: only the lock object orders them.
+    let services = [Arc::new(isos(&s)), Arc::new(isos(&s))];
     let name = object_name("img", "k", "r");
     let tasks: Vec<_> = (0..12)
-        .map(|_| {
-            let (b, name) = (b.clone(), name.clone());
+        .map(|i| {
+            let (b, name) = (services[i % 2].clone(), name.clone());
             tokio::spawn(async move {
                 b.acquire(&name, || async { Ok::<_, BootIsoError>(vec![7u8; 4096]) })
                     .await
@@ -75,8 +76,8 @@ async fn concurrent_deploys_lose_no_count() {
     let meta = s.metadata(&name).await.unwrap().unwrap();
     assert_eq!(meta[USAGE_COUNT], "12");
     let releases: Vec<_> = (0..12)
-        .map(|_| {
-            let (b, r) = (b.clone(), format!("store:{name}"));
+        .map(|i| {
+            let (b, r) = (services[i % 2].clone(), format!("store:{name}"));
             tokio::spawn(async move { b.release(&r).await.unwrap() })
         })
         .collect();
