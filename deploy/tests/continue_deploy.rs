@@ -139,7 +139,10 @@ impl Images {
     fn qcow2(&self, name: &str, bytes: &[u8]) {
         let raw = self.path(&format!("{name}.src"));
         std::fs::write(&raw, bytes).unwrap();
-        qemu_img(&["convert", "-f", "raw", "-O", "qcow2"], &[&raw, &self.path(name)]);
+        qemu_img(
+            &["convert", "-f", "raw", "-O", "qcow2"],
+            &[&raw, &self.path(name)],
+        );
     }
 
     fn url(&self, name: &str) -> String {
@@ -272,7 +275,10 @@ async fn raw_and_qcow2_whole_disk_images_land_on_the_lun_and_the_ramdisk_hears_d
         assert_eq!(result.virtual_size, want.len() as u64);
         assert!(result.verified, "{name}: not read back");
         let (bytes, rest_zero) = lun_bytes(&lun, want.len());
-        assert!(bytes == *want, "{name}: the LUN's bytes differ from the image");
+        assert!(
+            bytes == *want,
+            "{name}: the LUN's bytes differ from the image"
+        );
         assert!(rest_zero, "{name}: bytes written past the image");
         assert_eq!(heard.recv().await.unwrap(), b"done", "{name}");
         let phases: Vec<&str> = seen.iter().map(|p| p.phase.as_str()).collect();
@@ -280,7 +286,10 @@ async fn raw_and_qcow2_whole_disk_images_land_on_the_lun_and_the_ramdisk_hears_d
             assert!(phases.contains(&p), "{name}: no {p} in {phases:?}");
         }
         let writes: Vec<&DeployProgress> = seen.iter().filter(|p| p.phase == "write").collect();
-        assert!(writes.iter().any(|p| p.percent >= 100.0), "{name}: {writes:?}");
+        assert!(
+            writes.iter().any(|p| p.percent >= 100.0),
+            "{name}: {writes:?}"
+        );
         assert!(writes.iter().all(|p| p.bytes_total == want.len() as u64));
     }
     // Deployed again: from the cache, no second download.
@@ -291,7 +300,10 @@ async fn raw_and_qcow2_whole_disk_images_land_on_the_lun_and_the_ramdisk_hears_d
         image_source: imgs.url("disk.raw"),
         ..Default::default()
     };
-    run(&mut svc.client, request(&lun, image, port), |_| {}).await.1.unwrap();
+    run(&mut svc.client, request(&lun, image, port), |_| {})
+        .await
+        .1
+        .unwrap();
     assert_eq!(imgs.gets.load(Ordering::SeqCst), gets, "downloaded again");
     assert!(lun_bytes(&lun, raw.len()).0 == raw);
     svc.stop().await;
@@ -367,20 +379,29 @@ async fn too_large_bad_checksum_and_unreachable_images_are_refused_before_any_wr
         let what = image.image_source.clone();
         let s = refused(&mut svc, request(&lun, image, port)).await;
         assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{what}: {s:?}");
-        assert!(s.message().starts_with("deploy failed: "), "{what}: {}", s.message());
+        assert!(
+            s.message().starts_with("deploy failed: "),
+            "{what}: {}",
+            s.message()
+        );
         assert!(s.message().contains(want), "{what}: {}", s.message());
         assert!(blank(&lun), "{what}: the LUN was written");
-        assert!(heard.try_recv().is_err(), "{what}: the ramdisk was told done");
+        assert!(
+            heard.try_recv().is_err(),
+            "{what}: the ramdisk was told done"
+        );
     }
     // Only the images that passed their checks stay cached: none with a
     // checksum mismatch, no partial download.
     let cached = svc.cached();
     assert!(
-        cached.iter().all(|p| !p.to_string_lossy().ends_with(".part")),
+        cached
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with(".part")),
         "{cached:?}"
     );
     assert_eq!(cached.len(), 1, "{cached:?}"); // big.qcow2, which downloaded fine
-    // Missing fields: INVALID_ARGUMENT naming each.
+                                               // Missing fields: INVALID_ARGUMENT naming each.
     let mut req = request(&lun, InstanceImage::default(), port);
     req.target.as_mut().unwrap().iqn.clear();
     let s = refused(&mut svc, req).await;
@@ -413,7 +434,8 @@ async fn a_wrong_iqn_and_a_target_gone_mid_write_are_deploy_failed_in_the_tools_
     let s = refused(&mut svc, req).await;
     assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
     assert!(
-        s.message().contains("iqn.2026-12.org.porthole:no-such-target")
+        s.message()
+            .contains("iqn.2026-12.org.porthole:no-such-target")
             && s.message().contains("Target not found"),
         "{}",
         s.message()
@@ -437,7 +459,8 @@ async fn a_wrong_iqn_and_a_target_gone_mid_write_are_deploy_failed_in_the_tools_
     assert!(removed, "the write never reported progress: {seen:?}");
     assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
     assert!(
-        s.message().starts_with("deploy failed: writing the image to iscsi://127.0.0.1:3260/")
+        s.message()
+            .starts_with("deploy failed: writing the image to iscsi://127.0.0.1:3260/")
             && s.message().contains("stalled at ")
             && s.message().contains("no progress for 3s"),
         "{}",
@@ -496,11 +519,17 @@ async fn deploys_of_one_image_share_one_boot_iso_and_release_deletes_it_at_zero(
 
     let one = run(&mut svc.client, netboot(&luns[0], &imgs, port), |_| {}).await;
     let one = one.1.unwrap();
-    assert_eq!((one.boot_iso_origin.as_str(), one.usage_count), ("built", 1));
+    assert_eq!(
+        (one.boot_iso_origin.as_str(), one.usage_count),
+        ("built", 1)
+    );
     assert!(one.boot_iso.starts_with("store:boot-"), "{}", one.boot_iso);
     let two = run(&mut svc.client, netboot(&luns[1], &imgs, port), |_| {}).await;
     let two = two.1.unwrap();
-    assert_eq!((two.boot_iso_origin.as_str(), two.usage_count), ("shared", 2));
+    assert_eq!(
+        (two.boot_iso_origin.as_str(), two.usage_count),
+        ("shared", 2)
+    );
     assert_eq!(two.boot_iso, one.boot_iso);
     assert_eq!(svc.stored().len(), 1, "{:?}", svc.stored());
     assert_eq!(release(&mut svc, &one.boot_iso).await, (1, false));
@@ -518,7 +547,13 @@ async fn deploys_of_one_image_share_one_boot_iso_and_release_deletes_it_at_zero(
     let mut counts: Vec<u64> = results.iter().map(|r| r.usage_count).collect();
     counts.sort();
     assert_eq!(counts, [1, 2, 3, 4]);
-    assert_eq!(results.iter().filter(|r| r.boot_iso_origin == "built").count(), 1);
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r.boot_iso_origin == "built")
+            .count(),
+        1
+    );
     assert_eq!(svc.stored().len(), 1, "{:?}", svc.stored());
     let iso = results[0].boot_iso.clone();
     let mut left: Vec<(u64, bool)> = Vec::new();
@@ -528,7 +563,10 @@ async fn deploys_of_one_image_share_one_boot_iso_and_release_deletes_it_at_zero(
     assert_eq!(left, [(3, false), (2, false), (1, false), (0, true)]);
     assert!(svc.stored().is_empty());
     // A user's ISO is never ours to count.
-    assert_eq!(release(&mut svc, "http://images/user.iso").await, (0, false));
+    assert_eq!(
+        release(&mut svc, "http://images/user.iso").await,
+        (0, false)
+    );
     svc.stop().await;
 }
 
@@ -566,7 +604,10 @@ async fn with_sushy_the_node_gets_the_boot_iso_as_its_cd_and_boots_from_it() {
     let stored = svc.stored();
     assert_eq!(stored.len(), 1, "{stored:?}");
     let iso = std::fs::read(&stored[0]).unwrap();
-    assert!(sushy.held().contains(&iso), "sushy does not hold the boot ISO");
+    assert!(
+        sushy.held().contains(&iso),
+        "sushy does not hold the boot ISO"
+    );
     let sys: serde_json::Value = reqwest::get(format!("{}{}", sushy.url, Sushy::system(0)))
         .await
         .unwrap()

@@ -8,9 +8,14 @@
 //!
 //! Counting is read-modify-write under a lock held in the store itself: an
 //! object `<name>.lock` created only if absent (the embedded store's
-//! mutex; Swift's `If-None-Match: *`), expiring after `instance.lock_ttl`
-//! so a crashed holder cannot block the ISO for ever, and deleted after the
-//! update. Deploys in one process also queue on a local mutex first, so
+//! mutex; Swift's `If-None-Match: *`), naming its holder (a random token),
+//! expiring after `instance.lock_ttl` so a crashed holder cannot block the
+//! ISO for ever, and deleted after the update. Swift checks
+//! `If-None-Match` when a PUT starts, so PUTs at the same instant all
+//! succeed (seen on the rig: 6 deploys counted 4); there the holder reads
+//! the lock back after [`SETTLE`] and only the newest PUT's writer goes on.
+//! What remains is a PUT that overlaps the winner's yet takes longer than
+//! `SETTLE` to land. Deploys in one process also queue on a local mutex first, so
 //! they do not poll each other. The ISO is built before the lock is taken
 //! (a build takes seconds); a deploy that finds the ISO stored meanwhile
 //! discards its own and counts the stored one.
@@ -67,6 +72,12 @@ pub const USAGE_COUNT: &str = "usage_count";
 /// Set on ISOs this service built: only those are ever deleted.
 pub const BUILT_BY: &str = "built_by";
 const BUILT_BY_US: &str = "porthole-deploy";
+/// The lock object's metadata key naming its holder (a random token).
+const HOLDER: &str = "holder";
+/// How long after creating a lock object in a store without an atomic
+/// conditional create it is read back (far longer than a PUT of an empty
+/// object takes on the same proxy).
+pub const SETTLE: Duration = Duration::from_millis(500);
 
 pub struct BootIsos {
     store: Arc<dyn Store>,
@@ -201,6 +212,30 @@ impl BootIsos {
         .await
     }
 
+    /// One attempt at the lock object. Where the store's conditional
+    /// create is not atomic (Swift), the lock is read back after
+    /// [`SETTLE`]: of PUTs that overlapped, every one sees the newest,
+    /// so only its writer goes on (the others retry, leaving it alone).
+    async fn try_lock(
+        &self,
+        name: &str,
+        lock: &str,
+        holder: &Metadata,
+        me: &str,
+    ) -> Result<bool, BootIsoError> {
+        let created = self
+            .store
+            .create_exclusive(lock, holder, self.lock_ttl)
+            .await
+            .map_err(|e| store_err(name, e))?;
+        if !created || self.store.exclusive_is_atomic() {
+            return Ok(created);
+        }
+        tokio::time::sleep(SETTLE).await;
+        let now = self.meta(lock).await?;
+        Ok(now.and_then(|m| m.get(HOLDER).cloned()).as_deref() == Some(me))
+    }
+
     async fn meta(&self, name: &str) -> Result<Option<Metadata>, BootIsoError> {
         self.store
             .metadata(name)
@@ -222,13 +257,10 @@ impl BootIsos {
         let _local = local.lock().await;
         let lock = format!("{name}.lock");
         let started = Instant::now();
+        let me = crate::secret::DeployKey::generate().expose().to_owned();
+        let holder = Metadata::from([(HOLDER.to_owned(), me.clone())]);
         loop {
-            let taken = self
-                .store
-                .create_exclusive(&lock, self.lock_ttl)
-                .await
-                .map_err(|e| store_err(name, e))?;
-            if taken {
+            if self.try_lock(name, &lock, &holder, &me).await? {
                 break;
             }
             if started.elapsed() > self.lock_ttl * 2 {

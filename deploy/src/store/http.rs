@@ -231,9 +231,19 @@ impl Store for HttpStore {
         Ok(())
     }
 
-    async fn create_exclusive(&self, name: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.insert(name, Bytes::new(), Metadata::new(), Some(ttl), true)
+    async fn create_exclusive(
+        &self,
+        name: &str,
+        meta: &Metadata,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.insert(name, Bytes::new(), meta.clone(), Some(ttl), true)
             .await
+    }
+
+    /// The check and the insert happen under one mutex.
+    fn exclusive_is_atomic(&self) -> bool {
+        true
     }
 
     async fn temp_url(&self, name: &str, ttl: Duration) -> Result<String, StoreError> {

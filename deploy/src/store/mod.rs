@@ -85,14 +85,27 @@ pub trait Store: Send + Sync + 'static {
             what: "object metadata",
         })
     }
-    /// Create an empty `name` expiring after `ttl` only when no object of
-    /// that name exists (a lock); `false` when one does.
-    async fn create_exclusive(&self, name: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let _ = (name, ttl);
+    /// Create an empty `name` with metadata `meta`, expiring after `ttl`,
+    /// only when no object of that name exists (a lock); `false` when one
+    /// does. See [`Store::exclusive_is_atomic`].
+    async fn create_exclusive(
+        &self,
+        name: &str,
+        meta: &Metadata,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (name, meta, ttl);
         Err(StoreError::Unsupported {
             store: self.kind(),
             what: "a conditional create",
         })
+    }
+    /// Whether two overlapping `create_exclusive` calls can never both
+    /// succeed. Swift's `If-None-Match: *` is checked when a PUT starts,
+    /// so two PUTs at the same instant both get 201 (the newer wins): a
+    /// caller must read the lock back after a pause to know it holds it.
+    fn exclusive_is_atomic(&self) -> bool {
+        false
     }
 }
 

@@ -115,7 +115,11 @@ async fn a_lock_left_by_a_crashed_holder_expires() {
     let name = object_name("a", "b", "c");
     // A holder that died: its lock object, with the lock TTL.
     assert!(s
-        .create_exclusive(&format!("{name}.lock"), Duration::from_millis(300))
+        .create_exclusive(
+            &format!("{name}.lock"),
+            &Metadata::new(),
+            Duration::from_millis(300)
+        )
         .await
         .unwrap());
     let t = Instant::now();
@@ -129,4 +133,77 @@ async fn a_lock_left_by_a_crashed_holder_expires() {
         "{:?}",
         t.elapsed()
     );
+}
+
+/// A store whose conditional create is as weak as Swift's under
+/// overlapping PUTs: it always succeeds and the newest write wins.
+struct LastWriterWins(HttpStore);
+
+#[async_trait::async_trait]
+impl Store for LastWriterWins {
+    fn kind(&self) -> &'static str {
+        "weak"
+    }
+    async fn put(&self, n: &str, b: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        self.0.put(n, b, ttl).await
+    }
+    async fn temp_url(&self, n: &str, ttl: Duration) -> Result<String, StoreError> {
+        self.0.temp_url(n, ttl).await
+    }
+    async fn delete(&self, n: &str) -> Result<(), StoreError> {
+        self.0.delete(n).await
+    }
+    async fn put_kept(&self, n: &str, b: Bytes, m: &Metadata) -> Result<(), StoreError> {
+        self.0.put_kept(n, b, m).await
+    }
+    async fn metadata(&self, n: &str) -> Result<Option<Metadata>, StoreError> {
+        self.0.metadata(n).await
+    }
+    async fn set_metadata(&self, n: &str, m: &Metadata) -> Result<(), StoreError> {
+        self.0.set_metadata(n, m).await
+    }
+    async fn create_exclusive(
+        &self,
+        n: &str,
+        m: &Metadata,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        // Checked when the PUT starts, landed a while later.
+        if self.0.metadata(n).await?.is_some() {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        self.0.put(n, Bytes::new(), ttl).await?;
+        self.0.set_metadata(n, m).await?;
+        Ok(true)
+    }
+}
+
+#[tokio::test]
+async fn with_a_non_atomic_conditional_create_the_read_back_keeps_the_count() {
+    let (_d, s, _c) = store().await;
+    let weak: Arc<dyn Store> = Arc::new(LastWriterWins(s.clone()));
+    // Two services, so the local mutex does not order them.
+    let services = [
+        Arc::new(BootIsos::new(weak.clone(), Duration::from_secs(10))),
+        Arc::new(BootIsos::new(weak, Duration::from_secs(10))),
+    ];
+    let name = object_name("weak", "k", "r");
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (b, name) = (services[i % 2].clone(), name.clone());
+            tokio::spawn(async move {
+                b.acquire(&name, || async { Ok::<_, BootIsoError>(vec![1u8; 16]) })
+                    .await
+                    .unwrap()
+                    .usage_count
+            })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await.unwrap());
+    }
+    counts.sort();
+    assert_eq!(counts, (1..=8).collect::<Vec<u64>>());
 }
