@@ -618,3 +618,46 @@ async fn with_sushy_the_node_gets_the_boot_iso_as_its_cd_and_boots_from_it() {
     assert_eq!(release(&mut svc, &r.boot_iso).await, (0, true));
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn a_chap_target_is_written_with_the_secret_in_a_file_that_is_gone_after() {
+    let Some(tgt) = iscsi() else { return };
+    let imgs = images().await;
+    let raw = imgs.raw("disk.raw", 2 << 20);
+    let mut svc = Service::start(|_| {}).await;
+    let mut lun = tgt.add(&iqn("chap", 0), "8M");
+    let user = format!("porthole{}", std::process::id());
+    lun.require_chap(&user, "Chap-4242-secret");
+    let (port, mut heard) = ramdisk().await;
+    let image = InstanceImage {
+        image_source: imgs.url("disk.raw"),
+        ..Default::default()
+    };
+    let with = |password: &str| {
+        let mut req = request(&lun, image.clone(), port);
+        let t = req.target.as_mut().unwrap();
+        t.chap_username = user.clone();
+        t.chap_password = password.into();
+        req
+    };
+    // Without CHAP, and with a wrong password: the target's refusal.
+    for req in [request(&lun, image.clone(), port), with("wrong-password")] {
+        let s = refused(&mut svc, req).await;
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+        assert!(s.message().contains("Authentication failure"), "{}", s.message());
+    }
+    assert!(blank(&lun));
+    let r = run(&mut svc.client, with("Chap-4242-secret"), |_| {}).await.1;
+    let r = r.unwrap();
+    assert!(r.verified);
+    assert!(lun_bytes(&lun, raw.len()).0 == raw, "the LUN differs from the image");
+    assert_eq!(heard.recv().await.unwrap(), b"done");
+    // The secret files are gone; only the cached image is left.
+    let cached = svc.cached();
+    assert!(
+        cached.iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with("chap-")),
+        "{cached:?}"
+    );
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    svc.stop().await;
+}

@@ -205,6 +205,7 @@ pub struct Lun {
     pub url: String,
     /// The backing file: the LUN's bytes.
     pub backing: PathBuf,
+    chap_user: Option<String>,
 }
 
 impl Iscsi {
@@ -258,6 +259,7 @@ impl Iscsi {
             iqn: iqn.to_owned(),
             url: field("ISCSI_URL="),
             backing: PathBuf::from(field("ISCSI_BACKING=")),
+            chap_user: None,
         }
     }
 }
@@ -275,6 +277,24 @@ impl Lun {
             let (tid, name) = rest.split_once(": ")?;
             (name.trim() == self.iqn).then(|| tid.to_owned())
         })
+    }
+
+    /// Require CHAP `user` / `password` (a tgtd account bound to this
+    /// target; deleted with the LUN). The password is a test peer's.
+    pub fn require_chap(&mut self, user: &str, password: &str) {
+        let tid = self.tid().expect("the target exists");
+        for args in [
+            vec!["--op", "new", "--user", user, "--password", password],
+            vec!["--op", "bind", "--tid", &tid, "--user", user],
+        ] {
+            let out = Command::new("tgtadm")
+                .args(["--lld", "iscsi", "--mode", "account"])
+                .args(&args)
+                .output()
+                .expect("running tgtadm");
+            assert!(out.status.success(), "tgtadm account {}: {out:?}", args[1]);
+        }
+        self.chap_user = Some(user.to_owned());
     }
 
     /// Delete the target now, sessions and all (the "target gone" case).
@@ -299,6 +319,12 @@ impl Lun {
 impl Drop for Lun {
     fn drop(&mut self) {
         let _ = self.delete();
+        if let Some(user) = &self.chap_user {
+            let _ = Command::new("tgtadm")
+                .args(["--lld", "iscsi", "--mode", "account", "--op", "delete"])
+                .args(["--user", user])
+                .output();
+        }
         let _ = std::fs::remove_file(&self.backing);
     }
 }
