@@ -240,43 +240,70 @@ impl Iscsi {
         }
     }
 
-    /// A blank LUN of `size` (`64M`, …) under a new target `iqn`.
+    /// A blank LUN of `size` (`64M`, …) under a new target `iqn`, made
+    /// here as `iscsi-up.sh add` makes it but with the next tid computed
+    /// as a number (the script compares tids as strings, so its 11th
+    /// target collides with tid 10).
     pub fn add(&self, iqn: &str, size: &str) -> Lun {
-        let out = Command::new(rig_dir().join("iscsi-up.sh"))
-            .args(["add", iqn, size])
-            .env("RIG_STATE_DIR", &self.state)
+        let tids = targets();
+        let tid = (tids.iter().map(|(t, _)| *t).max().unwrap_or(0) + 1).to_string();
+        let backing = self.state.join(format!("iscsi/lun-{tid}.img"));
+        let _ = std::fs::remove_file(&backing);
+        let out = Command::new("truncate")
+            .args(["-s", size])
+            .arg(&backing)
             .output()
-            .expect("running iscsi-up.sh add");
-        assert!(out.status.success(), "iscsi-up.sh add: {out:?}");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let field = |k: &str| {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .unwrap_or_else(|| panic!("no {k} in {text}"))
-                .to_owned()
-        };
+            .expect("truncate");
+        assert!(out.status.success(), "truncate: {out:?}");
+        let store = backing.display().to_string();
+        for args in [
+            vec!["--mode", "target", "--op", "new", "--tid", &tid, "--targetname", iqn],
+            vec![
+                "--mode", "logicalunit", "--op", "new", "--tid", &tid, "--lun", "1",
+                "--backing-store", &store,
+            ],
+            vec![
+                "--mode", "target", "--op", "bind", "--tid", &tid, "--initiator-address", "ALL",
+            ],
+        ] {
+            let out = Command::new("tgtadm")
+                .args(["--lld", "iscsi"])
+                .args(&args)
+                .output()
+                .expect("running tgtadm");
+            assert!(out.status.success(), "tgtadm {args:?}: {out:?}");
+        }
         Lun {
             iqn: iqn.to_owned(),
-            url: field("ISCSI_URL="),
-            backing: PathBuf::from(field("ISCSI_BACKING=")),
+            url: format!("iscsi://{}:{}/{iqn}/1", Self::ADDRESS, Self::PORT),
+            backing,
             chap_user: None,
         }
     }
 }
 
+/// tgtd's targets: (tid, iqn).
+fn targets() -> Vec<(u32, String)> {
+    let out = Command::new("tgtadm")
+        .args(["--lld", "iscsi", "--mode", "target", "--op", "show"])
+        .output()
+        .expect("running tgtadm");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (tid, name) = l.strip_prefix("Target ")?.split_once(": ")?;
+            Some((tid.parse().ok()?, name.trim().to_owned()))
+        })
+        .collect()
+}
+
 impl Lun {
     /// The target's tid in tgtd, if it still exists.
     fn tid(&self) -> Option<String> {
-        let out = Command::new("tgtadm")
-            .args(["--lld", "iscsi", "--mode", "target", "--op", "show"])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines().find_map(|l| {
-            let rest = l.strip_prefix("Target ")?;
-            let (tid, name) = rest.split_once(": ")?;
-            (name.trim() == self.iqn).then(|| tid.to_owned())
-        })
+        targets()
+            .into_iter()
+            .find(|(_, name)| *name == self.iqn)
+            .map(|(t, _)| t.to_string())
     }
 
     /// Require CHAP `user` / `password` (a tgtd account bound to this
