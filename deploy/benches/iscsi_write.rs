@@ -97,7 +97,10 @@ fn request(lun: &Lun, image: &str, port: u16) -> ContinueDeployRequest {
     }
 }
 
-async fn deploy(client: &mut InstanceDeployServiceClient<Channel>, req: ContinueDeployRequest) -> DeployResult {
+async fn deploy(
+    client: &mut InstanceDeployServiceClient<Channel>,
+    req: ContinueDeployRequest,
+) -> DeployResult {
     let mut s = client.continue_deploy(req).await.unwrap().into_inner();
     let mut last = None;
     while let Some(p) = s.message().await.unwrap() {
@@ -121,7 +124,8 @@ async fn main() {
     let Some(tgt) = Iscsi::up(&base.join("rig")) else {
         return;
     };
-    let work = tempfile::tempdir_in(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")).unwrap();
+    let work =
+        tempfile::tempdir_in(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")).unwrap();
     let image = work.path().join("disk.raw");
     let out = Command::new("dd")
         .args(["if=/dev/urandom", "bs=1M", "status=none"])
@@ -142,10 +146,15 @@ async fn main() {
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(deploy::run(listener, config, stop.clone()));
-    let mut client = InstanceDeployServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = InstanceDeployServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let port = ramdisk().await;
 
-    let lun = tgt.add(&format!("iqn.2026-12.org.porthole:bench-{}", std::process::id()), &format!("{}M", mib + 16));
+    let lun = tgt.add(
+        &format!("iqn.2026-12.org.porthole:bench-{}", std::process::id()),
+        &format!("{}M", mib + 16),
+    );
     // Warm the cache: the rounds measure the write, not the download.
     deploy(&mut client, request(&lun, &url, port)).await;
 
@@ -179,7 +188,12 @@ async fn main() {
     std::fs::write(&small, &std::fs::read(&image).unwrap()[..32 << 20]).unwrap();
     let small_url = url.replace("disk.raw", "small.raw");
     let luns: Vec<Lun> = (0..10)
-        .map(|i| tgt.add(&format!("iqn.2026-12.org.porthole:bench-{}-{i}", std::process::id()), "40M"))
+        .map(|i| {
+            tgt.add(
+                &format!("iqn.2026-12.org.porthole:bench-{}-{i}", std::process::id()),
+                "40M",
+            )
+        })
         .collect();
     deploy(&mut client, request(&luns[0], &small_url, port)).await;
     let t = Instant::now();
@@ -198,14 +212,30 @@ async fn main() {
     println!();
     println!("| way | median s | MiB/s |");
     println!("| --- | ---: | ---: |");
-    println!("| service: qemu-img write inside ContinueDeploy | {w:.3} | {:.1} |", rate(w));
+    println!(
+        "| service: qemu-img write inside ContinueDeploy | {w:.3} | {:.1} |",
+        rate(w)
+    );
     let wall = median(svc_wall);
-    println!("| service: whole ContinueDeploy (checks, write, done) | {wall:.3} | {:.1} |", rate(wall));
-    println!("| qemu-img convert straight to the target | {d:.3} | {:.1} |", rate(d));
+    println!(
+        "| service: whole ContinueDeploy (checks, write, done) | {wall:.3} | {:.1} |",
+        rate(wall)
+    );
+    println!(
+        "| qemu-img convert straight to the target | {d:.3} | {:.1} |",
+        rate(d)
+    );
     let l = median(dd);
-    println!("| local dd into a file (conv=fsync) | {l:.3} | {:.1} |", rate(l));
+    println!(
+        "| local dd into a file (conv=fsync) | {l:.3} | {:.1} |",
+        rate(l)
+    );
     println!();
-    println!("service write / direct: {:.2}; whole ContinueDeploy / direct: {:.2}", d / w, d / wall);
+    println!(
+        "service write / direct: {:.2}; whole ContinueDeploy / direct: {:.2}",
+        d / w,
+        d / wall
+    );
     println!("10 concurrent ContinueDeploys of a 32 MiB image to 10 LUNs: {ten:.2} s wall");
     drop(luns);
     stop.cancel();

@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use porthole_proto::deploy::v1::instance_deploy_service_server::InstanceDeployService;
 use porthole_proto::deploy::v1::{
-    ContinueDeployRequest, DeployProgress, ReleaseBootIsoRequest, ReleaseBootIsoResponse,
+    BootInstanceRequest, BootInstanceResponse, ContinueDeployRequest, DeployProgress,
+    ReleaseBootIsoRequest, ReleaseBootIsoResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,7 +27,7 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::instance::{InstanceError, Instances, Request as Continue};
+use crate::instance::{Boot, InstanceError, Instances, Request as Continue};
 use crate::store::StoreError;
 
 pub struct InstanceApi {
@@ -105,6 +106,26 @@ impl InstanceDeployService for InstanceApi {
         Ok(Response::new(ReleaseBootIsoResponse {
             usage_count,
             deleted,
+        }))
+    }
+
+    async fn boot_instance(
+        &self,
+        req: Request<BootInstanceRequest>,
+    ) -> Result<Response<BootInstanceResponse>, Status> {
+        let r = req.into_inner();
+        let node = r.node.unwrap_or_default();
+        let how = Boot {
+            persistent: r.persistent,
+            reset: !r.skip_reset,
+        };
+        let reset = self
+            .instances
+            .boot_instance(&node, &r.boot_iso, how)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(BootInstanceResponse {
+            reset: reset.to_owned(),
         }))
     }
 }

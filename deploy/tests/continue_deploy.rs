@@ -20,8 +20,8 @@ use axum::response::IntoResponse;
 use deploy::config::Config;
 use porthole_proto::deploy::v1::instance_deploy_service_client::InstanceDeployServiceClient;
 use porthole_proto::deploy::v1::{
-    ContinueDeployRequest, DeployNode, DeployProgress, DeployResult, InstanceImage, IscsiTarget,
-    RedfishAccess, ReleaseBootIsoRequest,
+    BootInstanceRequest, ContinueDeployRequest, DeployNode, DeployProgress, DeployResult,
+    InstanceImage, IscsiTarget, RedfishAccess, ReleaseBootIsoRequest,
 };
 use porthole_tests::peers::{Iscsi, Lun, Sushy};
 use tokio::io::AsyncReadExt;
@@ -615,6 +615,49 @@ async fn with_sushy_the_node_gets_the_boot_iso_as_its_cd_and_boots_from_it() {
         .await
         .unwrap();
     assert_eq!(sys["Boot"]["BootSourceOverrideTarget"], "Cd", "{sys}");
+
+    // The BMC forgot the CD (as after a power cycle): BootInstance puts
+    // the same ISO back and boots from it.
+    let client = porthole_bmc::redfish::Client::new(Duration::from_secs(10)).unwrap();
+    let mut ep = porthole_bmc::redfish::Endpoint::new(&sushy.url);
+    ep.system_id = Some(Sushy::system(0));
+    client
+        .eject_media(&ep, porthole_bmc::vmedia::Media::Cd)
+        .await
+        .unwrap();
+    assert!(!sushy.held().contains(&iso), "the eject did not take");
+    let node = DeployNode {
+        uuid: "1be26c0b-03f2-4d2e-ae87-c02d7f33c123".into(),
+        bmc: Some(RedfishAccess {
+            address: sushy.url.clone(),
+            system_id: Sushy::system(0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let b = svc
+        .client
+        .boot_instance(BootInstanceRequest {
+            node: Some(node.clone()),
+            boot_iso: r.boot_iso.clone(),
+            persistent: true,
+            skip_reset: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(["ForceRestart", "On"].contains(&b.reset.as_str()), "{b:?}");
+    assert!(
+        sushy.held().contains(&iso),
+        "BootInstance did not re-insert the ISO"
+    );
+    // Without a BMC address: INVALID_ARGUMENT.
+    let s = svc
+        .client
+        .boot_instance(BootInstanceRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
     assert_eq!(release(&mut svc, &r.boot_iso).await, (0, true));
     svc.stop().await;
 }
@@ -644,18 +687,31 @@ async fn a_chap_target_is_written_with_the_secret_in_a_file_that_is_gone_after()
     for req in [request(&lun, image.clone(), port), with("wrong-password")] {
         let s = refused(&mut svc, req).await;
         assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
-        assert!(s.message().contains("Authentication failure"), "{}", s.message());
+        assert!(
+            s.message().contains("Authentication failure"),
+            "{}",
+            s.message()
+        );
     }
     assert!(blank(&lun));
-    let r = run(&mut svc.client, with("Chap-4242-secret"), |_| {}).await.1;
+    let r = run(&mut svc.client, with("Chap-4242-secret"), |_| {})
+        .await
+        .1;
     let r = r.unwrap();
     assert!(r.verified);
-    assert!(lun_bytes(&lun, raw.len()).0 == raw, "the LUN differs from the image");
+    assert!(
+        lun_bytes(&lun, raw.len()).0 == raw,
+        "the LUN differs from the image"
+    );
     assert_eq!(heard.recv().await.unwrap(), b"done");
     // The secret files are gone; only the cached image is left.
     let cached = svc.cached();
     assert!(
-        cached.iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with("chap-")),
+        cached.iter().all(|p| !p
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("chap-")),
         "{cached:?}"
     );
     assert_eq!(cached.len(), 1, "{cached:?}");

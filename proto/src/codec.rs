@@ -63,10 +63,12 @@ decode_failure!(Internal:
 decode_failure!(InvalidArgument:
     crate::deploy::v1::ContinueDeployRequest,
     crate::deploy::v1::ReleaseBootIsoRequest,
+    crate::deploy::v1::BootInstanceRequest,
 );
 decode_failure!(Internal:
     crate::deploy::v1::DeployProgress,
     crate::deploy::v1::ReleaseBootIsoResponse,
+    crate::deploy::v1::BootInstanceResponse,
 );
 
 // inspect.v1: requests, then responses.

@@ -257,13 +257,37 @@ impl Iscsi {
         assert!(out.status.success(), "truncate: {out:?}");
         let store = backing.display().to_string();
         for args in [
-            vec!["--mode", "target", "--op", "new", "--tid", &tid, "--targetname", iqn],
             vec![
-                "--mode", "logicalunit", "--op", "new", "--tid", &tid, "--lun", "1",
-                "--backing-store", &store,
+                "--mode",
+                "target",
+                "--op",
+                "new",
+                "--tid",
+                &tid,
+                "--targetname",
+                iqn,
             ],
             vec![
-                "--mode", "target", "--op", "bind", "--tid", &tid, "--initiator-address", "ALL",
+                "--mode",
+                "logicalunit",
+                "--op",
+                "new",
+                "--tid",
+                &tid,
+                "--lun",
+                "1",
+                "--backing-store",
+                &store,
+            ],
+            vec![
+                "--mode",
+                "target",
+                "--op",
+                "bind",
+                "--tid",
+                &tid,
+                "--initiator-address",
+                "ALL",
             ],
         ] {
             let out = Command::new("tgtadm")

@@ -42,7 +42,7 @@ use cache::{CacheError, ImageCache};
 use qemu::{QemuError, QemuImg};
 use source::{HttpSource, Sources, StoreSource};
 
-pub use steps::Request;
+pub use steps::{Boot, Request};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
@@ -147,6 +147,23 @@ impl Instances {
             }
         }
         result
+    }
+
+    /// BootInstance: the boot ISO (or the disk) inserted again and booted;
+    /// the reset used.
+    pub async fn boot_instance(
+        &self,
+        node: &porthole_proto::deploy::v1::DeployNode,
+        boot_iso: &str,
+        how: Boot,
+    ) -> Result<&'static str, InstanceError> {
+        if node.bmc.as_ref().is_none_or(|b| b.address.is_empty()) {
+            return Err(InstanceError::Invalid(
+                "BootInstance: node.bmc.address is required".into(),
+            ));
+        }
+        let iso = Some(boot_iso).filter(|s| !s.is_empty());
+        self.boot_node(node, iso, how).await
     }
 
     /// ReleaseBootIso: `(usage_count left, deleted)`.

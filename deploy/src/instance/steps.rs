@@ -379,28 +379,67 @@ impl Instances {
     /// boot once from it and reboot.
     async fn boot(&self, req: &Request, chosen: Option<&Chosen>) -> Result<(), InstanceError> {
         let ep: Endpoint = crate::deploy::endpoint(&req.node);
-        for media in [Media::Floppy, Media::Cd] {
-            self.redfish.eject_media(&ep, media).await?;
-        }
-        let target = match chosen {
-            Some(c) => {
-                let url = match self.isos.object_of(&c.boot_iso) {
+        self.redfish.eject_media(&ep, Media::Floppy).await?;
+        let how = Boot {
+            persistent: false,
+            reset: true,
+        };
+        let iso = chosen.map(|c| c.boot_iso.as_str());
+        self.boot_node(&req.node, iso, how).await.map(drop)
+    }
+
+    /// Eject the CD, insert `boot_iso` (a store object by a fresh temp
+    /// URL; `None`: boot from the disk), set the boot override and, with
+    /// `how.reset`, reboot; the reset used.
+    pub(super) async fn boot_node(
+        &self,
+        node: &DeployNode,
+        boot_iso: Option<&str>,
+        how: Boot,
+    ) -> Result<&'static str, InstanceError> {
+        let ep: Endpoint = crate::deploy::endpoint(node);
+        self.redfish.eject_media(&ep, Media::Cd).await?;
+        let target = match boot_iso {
+            Some(iso) => {
+                let url = match self.isos.object_of(iso) {
                     Some(object) => self.store.temp_url(object, self.config.store.ttl).await?,
-                    None => c.boot_iso.clone(),
+                    None => iso.to_owned(),
                 };
                 self.redfish.insert_media(&ep, Media::Cd, &url).await?;
                 "Cd"
             }
             None => "Hdd",
         };
-        self.redfish.boot_once(&ep, target).await?;
+        if how.persistent {
+            let path = self.redfish.system_path(&ep).await?;
+            let body = serde_json::json!({"Boot": {
+                "BootSourceOverrideTarget": target,
+                "BootSourceOverrideEnabled": "Continuous"
+            }});
+            let what = format!("set boot continuously to {target}");
+            self.redfish.patch(&ep, &path, &body, &what).await?;
+        } else {
+            self.redfish.boot_once(&ep, target).await?;
+        }
+        if !how.reset {
+            return Ok("");
+        }
         let (_, system) = self.redfish.system(&ep).await?;
         let reset = match system["PowerState"].as_str() {
             Some("On") => "ForceRestart",
             _ => "On",
         };
         self.redfish.reset(&ep, reset).await?;
-        tracing::info!(node = %req.node.uuid, boot = target, reset, "instance booting");
-        Ok(())
+        tracing::info!(node = %node.uuid, boot = target, reset, persistent = how.persistent, "instance booting");
+        Ok(reset)
     }
+}
+
+/// How [`Instances::boot_node`] boots.
+#[derive(Clone, Copy, Debug)]
+pub struct Boot {
+    /// Continuous instead of Once.
+    pub persistent: bool,
+    /// Reboot (or power on) after.
+    pub reset: bool,
 }
