@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 
 use super::digest::{DigestError, Expected, Hasher};
-use super::source::{SourceError, Sources};
+use super::source::{Download, SourceError, Sources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -210,27 +210,13 @@ impl ImageCache {
             }
         }
         let mut dl = sources.open(image_source).await?;
-        if let Some(len) = dl.len() {
+        if let Some(len) = dl.length() {
             self.make_room(image_source, len)?;
         }
         let part = self.0.dir.join(format!("{key}.part"));
-        let result = async {
-            let mut file = create_private(&part).await?;
-            let mut size = 0u64;
-            while let Some(chunk) = dl.chunk().await? {
-                size += chunk.len() as u64;
-                if dl.len().is_none() {
-                    self.make_room(image_source, size)?;
-                }
-                for (_, h) in &mut hashers {
-                    h.update(&chunk);
-                }
-                file.write_all(&chunk).await.map_err(io(&part))?;
-            }
-            file.sync_all().await.map_err(io(&part))?;
-            Ok::<u64, CacheError>(size)
-        }
-        .await;
+        let result = self
+            .stream_to(&part, dl.as_mut(), image_source, &mut hashers)
+            .await;
         let size = match result {
             Ok(size) => size,
             Err(e) => {
@@ -262,6 +248,31 @@ impl ImageCache {
             path,
             size,
         })
+    }
+
+    /// Write the download into `part` (0600), hashing and keeping within
+    /// the cap as it comes; its size.
+    async fn stream_to(
+        &self,
+        part: &Path,
+        dl: &mut dyn Download,
+        image_source: &str,
+        hashers: &mut [(String, Hasher)],
+    ) -> Result<u64, CacheError> {
+        let mut file = create_private(part).await?;
+        let mut size = 0u64;
+        while let Some(chunk) = dl.chunk().await? {
+            size += chunk.len() as u64;
+            if dl.length().is_none() {
+                self.make_room(image_source, size)?;
+            }
+            for (_, h) in hashers.iter_mut() {
+                h.update(&chunk);
+            }
+            file.write_all(&chunk).await.map_err(io(part))?;
+        }
+        file.sync_all().await.map_err(io(part))?;
+        Ok(size)
     }
 
     /// Evict unused images, oldest first, until `size` more bytes fit;

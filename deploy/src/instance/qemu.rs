@@ -258,41 +258,7 @@ impl QemuImg {
             tool: tool.clone(),
             source,
         })?;
-        let mut stdout = child.stdout.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
-        let run = async {
-            let err_task = tokio::spawn(async move {
-                let mut b = Vec::new();
-                let _ = stderr.read_to_end(&mut b).await;
-                b
-            });
-            let mut parser = Progress::default();
-            let mut buf = [0u8; 512];
-            let mut percent = 0.0;
-            loop {
-                let read = tokio::time::timeout(limits.stall, stdout.read(&mut buf)).await;
-                match read {
-                    Ok(Ok(0) | Err(_)) => break,
-                    Ok(Ok(n)) => parser.feed(&buf[..n], &mut |p| {
-                        percent = p;
-                        progress(p)
-                    }),
-                    Err(_) => {
-                        let _ = child.kill().await;
-                        let err = err_task.await.unwrap_or_default();
-                        return Err(QemuError::Stalled {
-                            what: what.clone(),
-                            percent,
-                            after: limits.stall,
-                            words: words_or(&err, "nothing"),
-                        });
-                    }
-                }
-            }
-            let status = child.wait().await;
-            let err = err_task.await.unwrap_or_default();
-            Ok((status, err))
-        };
+        let run = follow(&mut child, &what, limits.stall, &mut progress);
         let (status, err) =
             tokio::time::timeout(limit, run)
                 .await
@@ -335,6 +301,49 @@ impl QemuImg {
         let what = format!("comparing {} with the image", t.url());
         self.run(&what, c, limit).await.map(drop)
     }
+}
+
+/// Read a running `convert -p`'s progress to its end: its exit status and
+/// stderr, or [`QemuError::Stalled`] (the child killed) when no output
+/// came for `stall`.
+async fn follow(
+    child: &mut tokio::process::Child,
+    what: &str,
+    stall: Duration,
+    progress: &mut (impl FnMut(f64) + Send),
+) -> Result<(std::io::Result<std::process::ExitStatus>, Vec<u8>), QemuError> {
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let err_task = tokio::spawn(async move {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b).await;
+        b
+    });
+    let mut parser = Progress::default();
+    let mut buf = [0u8; 512];
+    let mut percent = 0.0;
+    loop {
+        match tokio::time::timeout(stall, stdout.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => parser.feed(&buf[..n], &mut |p| {
+                percent = p;
+                progress(p)
+            }),
+            Err(_) => {
+                let _ = child.kill().await;
+                let err = err_task.await.unwrap_or_default();
+                return Err(QemuError::Stalled {
+                    what: what.to_owned(),
+                    percent,
+                    after: stall,
+                    words: words_or(&err, "nothing"),
+                });
+            }
+        }
+    }
+    let status = child.wait().await;
+    let err = err_task.await.unwrap_or_default();
+    Ok((status, err))
 }
 
 /// Bounds on a write: all of it, and the longest wait for progress.

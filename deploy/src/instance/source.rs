@@ -31,7 +31,8 @@ pub enum SourceError {
 /// An open download: its length when the server said, and its chunks.
 #[async_trait]
 pub trait Download: Send {
-    fn len(&self) -> Option<u64>;
+    /// Its length, when the server said.
+    fn length(&self) -> Option<u64>;
     /// The next chunk, `None` at the end.
     async fn chunk(&mut self) -> Result<Option<Bytes>, SourceError>;
 }
@@ -67,7 +68,7 @@ struct HttpDownload {
 
 #[async_trait]
 impl Download for HttpDownload {
-    fn len(&self) -> Option<u64> {
+    fn length(&self) -> Option<u64> {
         self.resp.content_length()
     }
     async fn chunk(&mut self) -> Result<Option<Bytes>, SourceError> {

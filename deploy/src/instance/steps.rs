@@ -98,6 +98,22 @@ impl Request {
     }
 }
 
+fn result(chosen: Option<Chosen>, info: ImageInfo, written: f64, verified: bool) -> DeployResult {
+    let (boot_iso, origin, usage_count) = match chosen {
+        Some(c) => (c.boot_iso, c.origin.as_str(), c.usage_count),
+        None => (String::new(), "", 0),
+    };
+    DeployResult {
+        boot_iso,
+        boot_iso_origin: origin.into(),
+        usage_count,
+        virtual_size: info.virtual_size,
+        image_format: info.format,
+        write_seconds: written,
+        verified,
+    }
+}
+
 /// How the instance will boot, decided before anything is written.
 enum Plan {
     /// boot_option local: from its disk.
@@ -154,19 +170,7 @@ impl Instances {
             }
         }
         tracing::info!(node = %req.node.uuid, target = %req.target.url(), bytes = info.virtual_size, seconds = written, "instance image written");
-        let (boot_iso, origin, usage_count) = match chosen {
-            Some(c) => (c.boot_iso, c.origin.as_str(), c.usage_count),
-            None => (String::new(), "", 0),
-        };
-        let result = DeployResult {
-            boot_iso,
-            boot_iso_origin: origin.into(),
-            usage_count,
-            virtual_size: info.virtual_size,
-            image_format: info.format,
-            write_seconds: written,
-            verified,
-        };
+        let result = result(chosen, info, written, verified);
         say(DeployProgress {
             phase: "done".into(),
             bytes_written: result.virtual_size,

@@ -15,7 +15,7 @@ struct MemDownload(Option<Bytes>, bool);
 
 #[async_trait]
 impl Download for MemDownload {
-    fn len(&self) -> Option<u64> {
+    fn length(&self) -> Option<u64> {
         self.1
             .then(|| self.0.as_ref().map_or(0, |b| b.len() as u64))
     }
