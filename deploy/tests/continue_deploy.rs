@@ -717,3 +717,121 @@ async fn a_chap_target_is_written_with_the_secret_in_a_file_that_is_gone_after()
     assert_eq!(cached.len(), 1, "{cached:?}");
     svc.stop().await;
 }
+
+/// `sfdisk --dump` of the LUN's backing file.
+fn sfdisk(lun: &Lun) -> String {
+    let out = std::process::Command::new("sfdisk")
+        .arg("--dump")
+        .arg(&lun.backing)
+        .output()
+        .expect("sfdisk");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `blkid -p` of the LUN at `offset`: TYPE and LABEL.
+fn blkid(lun: &Lun, offset: u64) -> String {
+    let out = std::process::Command::new("blkid")
+        .args(["-p", "-o", "export", "-O", &offset.to_string()])
+        .arg(&lun.backing)
+        .output()
+        .expect("blkid");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_partition_image_gets_ironics_layout_swap_ephemeral_and_the_image_in_root() {
+    if std::process::Command::new("sfdisk")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("notice: sfdisk missing (Debian fdisk); skipping");
+        assert!(
+            std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
+            "sfdisk missing"
+        );
+        return;
+    }
+    let Some(tgt) = iscsi() else { return };
+    let imgs = images().await;
+    let root_fs = imgs.raw("root.raw", 2 << 20);
+    let mut svc = Service::start(|_| {}).await;
+    // 1 GiB ephemeral + 64 MiB swap + 1 GiB root + 1 MiB: a sparse 2.1 GiB LUN.
+    let lun = tgt.add(&iqn("partition", 0), "2120M");
+    let (port, mut heard) = ramdisk().await;
+    let image = InstanceImage {
+        image_source: imgs.url("root.raw"),
+        image_type: "partition".into(),
+        root_gb: 1,
+        swap_mb: 64,
+        ephemeral_gb: 1,
+        ephemeral_format: "ext4".into(),
+        ..Default::default()
+    };
+    let (_, r) = run(&mut svc.client, request(&lun, image.clone(), port), |_| {}).await;
+    let r = r.unwrap();
+    assert_eq!(r.root_partition, 3);
+    assert!(r.verified);
+    let table = sfdisk(&lun);
+    let mib = 2048u64; // sectors
+    let gib = 1024 * mib;
+    for want in [
+        "label: dos".to_owned(),
+        format!("start=        {mib}, size=     {gib}, type=83"),
+        format!("start=     {}, size=      {}, type=82", mib + gib, 64 * mib),
+        format!(
+            "start=     {}, size=     {gib}, type=83, bootable",
+            mib + gib + 64 * mib
+        ),
+    ] {
+        assert!(table.contains(&want), "no {want:?} in\n{table}");
+    }
+    let root_at = (mib + gib + 64 * mib) * 512;
+    let all = std::fs::File::open(&lun.backing).unwrap();
+    let mut got = vec![0u8; root_fs.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&all, &mut got, root_at).unwrap();
+    assert!(got == root_fs, "the root partition does not hold the image");
+    let swap = blkid(&lun, (mib + gib) * 512);
+    assert!(swap.contains("TYPE=swap"), "{swap}");
+    let eph = blkid(&lun, mib * 512);
+    assert!(
+        eph.contains("TYPE=ext4") && eph.contains("LABEL=ephemeral0"),
+        "{eph}"
+    );
+    assert_eq!(heard.recv().await.unwrap(), b"done");
+    // No scratch file (MBR, swap page, ephemeral file system) is left.
+    assert_eq!(svc.cached().len(), 1, "{:?}", svc.cached());
+
+    // Bad partition fields: INVALID_ARGUMENT, nothing written.
+    let blank_lun = tgt.add(&iqn("partition-bad", 0), "8M");
+    for (change, want) in [
+        (
+            (|i: &mut InstanceImage| i.root_gb = 0) as fn(&mut InstanceImage),
+            "a partition image needs root_gb",
+        ),
+        (
+            |i| i.ephemeral_format = "zfs".into(),
+            "ephemeral_format \"zfs\" is not supported",
+        ),
+        (
+            |i| i.image_type = "lvm".into(),
+            "image.image_type \"lvm\" is neither",
+        ),
+    ] {
+        let mut img = image.clone();
+        change(&mut img);
+        let s = refused(&mut svc, request(&blank_lun, img, port)).await;
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains(want), "{}", s.message());
+    }
+    // The layout does not fit an 8 MiB LUN: refused before the write.
+    let s = refused(&mut svc, request(&blank_lun, image, port)).await;
+    assert!(
+        s.message().contains("does not fit the target"),
+        "{}",
+        s.message()
+    );
+    assert!(blank(&blank_lun));
+    svc.stop().await;
+}

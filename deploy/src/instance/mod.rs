@@ -22,6 +22,8 @@ pub mod cache;
 pub mod config;
 pub mod digest;
 pub mod notify;
+pub mod partition;
+mod partitioned;
 pub mod qemu;
 pub mod source;
 mod steps;
@@ -79,6 +81,8 @@ pub enum InstanceError {
     Store(#[from] crate::store::StoreError),
     #[error("deploy failed: {0}")]
     Bmc(#[from] RedfishError),
+    #[error("deploy failed: {0}")]
+    Partition(#[from] partition::PartitionError),
     #[error("deploy failed: cancelled")]
     Cancelled,
 }

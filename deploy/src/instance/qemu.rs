@@ -65,23 +65,41 @@ impl Target {
         format!("iscsi://{host}:{}/{}/{}", self.port, self.iqn, self.lun)
     }
 
-    /// `driver=iscsi,…` for `--image-opts`, the password as secret `sec`.
-    fn image_opts(&self, user: &str, sec: &str) -> String {
+    /// `driver=iscsi,…` for `--image-opts` (CHAP's password as secret
+    /// `sec`); with a region, inside a raw driver limited to it.
+    fn image_opts(&self, chap: Option<(&str, &str)>, region: Option<Region>) -> String {
         let esc = |s: &str| s.replace(',', ",,");
         let host = if self.address.contains(':') {
             format!("[{}]", self.address)
         } else {
             self.address.clone()
         };
-        format!(
-            "driver=iscsi,transport=tcp,portal={}:{},target={},lun={},user={},password-secret={sec}",
+        let (mut out, p) = match region {
+            Some(r) => (
+                format!("driver=raw,offset={},size={},", r.offset, r.size),
+                "file.",
+            ),
+            None => (String::new(), ""),
+        };
+        out.push_str(&format!(
+            "{p}driver=iscsi,{p}transport=tcp,{p}portal={}:{},{p}target={},{p}lun={}",
             esc(&host),
             self.port,
             esc(&self.iqn),
             self.lun,
-            esc(user)
-        )
+        ));
+        if let Some((user, sec)) = chap {
+            out.push_str(&format!(",{p}user={},{p}password-secret={sec}", esc(user)));
+        }
+        out
     }
+}
+
+/// A byte range of the target (a partition).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub offset: u64,
+    pub size: u64,
 }
 
 /// What `qemu-img info` says about an image.
@@ -139,12 +157,18 @@ struct TargetArgs {
 }
 
 impl QemuImg {
-    fn target_args(&self, t: &Target) -> Result<TargetArgs, QemuError> {
+    fn target_args(&self, t: &Target, region: Option<Region>) -> Result<TargetArgs, QemuError> {
         Ok(match &t.chap {
-            None => TargetArgs {
+            None if region.is_none() => TargetArgs {
                 objects: vec![],
                 opts: false,
                 spec: t.url(),
+                _secret: None,
+            },
+            None => TargetArgs {
+                objects: vec![],
+                opts: true,
+                spec: t.image_opts(None, region),
                 _secret: None,
             },
             Some((user, password)) => {
@@ -155,7 +179,7 @@ impl QemuImg {
                         format!("secret,id=chap0,file={}", file.0.display()),
                     ],
                     opts: true,
-                    spec: t.image_opts(user, "chap0"),
+                    spec: t.image_opts(Some((user, "chap0")), region),
                     _secret: Some(file),
                 }
             }
@@ -217,7 +241,7 @@ impl QemuImg {
 
     /// The target's size in bytes (a login and READ CAPACITY).
     pub async fn target_size(&self, t: &Target, limit: Duration) -> Result<u64, QemuError> {
-        let a = self.target_args(t)?;
+        let a = self.target_args(t, None)?;
         let mut c = self.command();
         c.args(["info", "--output=json"]).args(&a.objects);
         if a.opts {
@@ -229,7 +253,8 @@ impl QemuImg {
         Ok(parse_info(&what, &out)?.virtual_size)
     }
 
-    /// `convert -n -O raw image target`, calling `progress` with each
+    /// `convert -n -O raw image target` (or into `region` of it), calling
+    /// `progress` with each
     /// percentage qemu-img prints. libiscsi keeps reconnecting to a target
     /// that went away, silently: no new percentage for `limits.stall` ends
     /// the write (qemu-img is killed).
@@ -238,11 +263,12 @@ impl QemuImg {
         image: &Path,
         format: &str,
         t: &Target,
+        region: Option<Region>,
         limits: WriteLimits,
         mut progress: impl FnMut(f64) + Send,
     ) -> Result<(), QemuError> {
         let limit = limits.total;
-        let a = self.target_args(t)?;
+        let a = self.target_args(t, region)?;
         let mut c = self.command();
         c.args(["convert", "-p", "-n", "-f", format])
             .args(&a.objects);
@@ -284,9 +310,10 @@ impl QemuImg {
         image: &Path,
         format: &str,
         t: &Target,
+        region: Option<Region>,
         limit: Duration,
     ) -> Result<(), QemuError> {
-        let a = self.target_args(t)?;
+        let a = self.target_args(t, region)?;
         let mut c = self.command();
         c.arg("compare").args(&a.objects);
         if a.opts {
@@ -453,8 +480,16 @@ mod tests {
             "iscsi://[::1]:3260/iqn.2008-10.org.openstack:node-1/1"
         );
         assert_eq!(
-            t.image_opts("a,b", "s"),
+            t.image_opts(Some(("a,b", "s")), None),
             "driver=iscsi,transport=tcp,portal=[::1]:3260,target=iqn.2008-10.org.openstack:node-1,lun=1,user=a,,b,password-secret=s"
+        );
+        let r = Region {
+            offset: 1 << 20,
+            size: 512,
+        };
+        assert_eq!(
+            t.image_opts(None, Some(r)),
+            "driver=raw,offset=1048576,size=512,file.driver=iscsi,file.transport=tcp,file.portal=[::1]:3260,file.target=iqn.2008-10.org.openstack:node-1,file.lun=1"
         );
     }
 
@@ -473,7 +508,7 @@ mod tests {
             lun: 1,
             chap: Some(("u".into(), Secret::new("s3cret-chap"))),
         };
-        let a = q.target_args(&t).unwrap();
+        let a = q.target_args(&t, None).unwrap();
         let argv = format!("{:?} {}", a.objects, a.spec);
         assert!(!argv.contains("s3cret-chap"), "{argv}");
         let file = a._secret.as_ref().unwrap().0.clone();

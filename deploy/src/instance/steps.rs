@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::bootiso::{object_name, Chosen, Origin};
 use super::cache::Cached;
 use super::digest::Expected;
-use super::qemu::{ImageInfo, Target, WriteLimits};
+use super::partition::{self, Kind, Layout, PartitionError};
+use super::qemu::{ImageInfo, Region, Target, WriteLimits};
 use super::{gib, phase, unless, InstanceError, Instances, TARGET_QUERY};
 use crate::image::iso::{self, BootIso, Isolinux};
 
@@ -29,6 +30,8 @@ pub struct Request {
     pub target: Target,
     pub image: InstanceImage,
     pub expected: Expected,
+    /// Partition images: the disk layout; `None`: a whole-disk image.
+    pub layout: Option<Layout>,
     pub ramdisk: (String, u16),
     pub skip_boot: bool,
 }
@@ -63,6 +66,9 @@ impl Request {
         )
         .map_err(|e| missing.push(e.to_string()))
         .unwrap_or_default();
+        let layout = layout(&image)
+            .map_err(|e| missing.push(e))
+            .unwrap_or_default();
         if !missing.is_empty() {
             return Err(InstanceError::Invalid(format!(
                 "ContinueDeploy: {}",
@@ -94,7 +100,40 @@ impl Request {
             node,
             image,
             expected,
+            layout,
         })
+    }
+
+    /// Where the image goes: the root partition, or the whole disk.
+    pub fn root_region(&self, virtual_size: u64) -> Option<Region> {
+        let (_, root) = self.layout.as_ref()?.get(Kind::Root)?;
+        Some(Region {
+            offset: root.start,
+            size: virtual_size.min(root.size),
+        })
+    }
+}
+
+/// The partition layout of a partition image, checked.
+fn layout(image: &InstanceImage) -> Result<Option<Layout>, String> {
+    match image.image_type.as_str() {
+        "" | "whole-disk" => Ok(None),
+        "partition" => {
+            let format = if image.ephemeral_format.is_empty() {
+                "ext4"
+            } else {
+                &image.ephemeral_format
+            };
+            if image.ephemeral_gb > 0 && !partition::known_format(format) {
+                return Err(PartitionError::Format(format.to_owned()).to_string());
+            }
+            Layout::new(image.root_gb, image.swap_mb, image.ephemeral_gb)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        other => Err(format!(
+            "image.image_type {other:?} is neither whole-disk nor partition"
+        )),
     }
 }
 
@@ -111,6 +150,7 @@ fn result(chosen: Option<Chosen>, info: ImageInfo, written: f64, verified: bool)
         image_format: info.format,
         write_seconds: written,
         verified,
+        root_partition: 0,
     }
 }
 
@@ -170,7 +210,12 @@ impl Instances {
             }
         }
         tracing::info!(node = %req.node.uuid, target = %req.target.url(), bytes = info.virtual_size, seconds = written, "instance image written");
-        let result = result(chosen, info, written, verified);
+        let mut result = result(chosen, info, written, verified);
+        result.root_partition = req
+            .layout
+            .as_ref()
+            .and_then(|l| l.get(Kind::Root))
+            .map_or(0, |r| r.0 as u32);
         say(DeployProgress {
             phase: "done".into(),
             bytes_written: result.virtual_size,
@@ -240,10 +285,11 @@ impl Instances {
             });
         }
         let target_size = self.qemu.target_size(&req.target, TARGET_QUERY).await?;
-        if info.virtual_size > target_size {
+        let needed = req.layout.as_ref().map_or(info.virtual_size, Layout::end);
+        if needed > target_size {
             return Err(InstanceError::TargetTooSmall {
                 image: req.image.image_source.clone(),
-                virtual_size: info.virtual_size,
+                virtual_size: needed,
                 target: req.target.url(),
                 target_size,
             });
@@ -268,17 +314,21 @@ impl Instances {
             percent,
             result: None,
         };
-        let _ = progress.try_send(at(0.0));
         let t = Instant::now();
         let i = &self.config.instance;
         let limit = WriteLimits {
             total: i.write_timeout,
             stall: i.write_stall_timeout,
         };
+        if let Some(layout) = &req.layout {
+            self.write_layout(req, layout, limit).await?;
+        }
+        let _ = progress.try_send(at(0.0));
+        let region = req.root_region(total);
         let mut last = 0.0;
         let res = self
             .qemu
-            .write(&image.path, &info.format, &req.target, limit, |p| {
+            .write(&image.path, &info.format, &req.target, region, limit, |p| {
                 // One message per whole percent at most.
                 if p >= last + 1.0 || p >= 100.0 {
                     last = p;
@@ -313,7 +363,13 @@ impl Instances {
         let t = Instant::now();
         let limit = self.config.instance.write_timeout;
         self.qemu
-            .compare(&image.path, &info.format, &req.target, limit)
+            .compare(
+                &image.path,
+                &info.format,
+                &req.target,
+                req.root_region(info.virtual_size),
+                limit,
+            )
             .await?;
         crate::metrics::get().step("verify", t.elapsed());
         Ok(true)
@@ -333,10 +389,10 @@ impl Instances {
                 usage_count: 0,
             })),
             (Plan::Shared { name }, Some((k, r))) => {
-                let root = if req.image.root_device.is_empty() {
-                    "/dev/sda"
-                } else {
-                    &req.image.root_device
+                let root = match (&req.image.root_device, &req.layout) {
+                    (d, _) if !d.is_empty() => d.clone(),
+                    (_, Some(l)) => format!("/dev/sda{}", l.get(Kind::Root).map_or(1, |r| r.0)),
+                    _ => "/dev/sda".to_owned(),
                 };
                 let params = format!("root={root} {}", self.config.instance.kernel_params);
                 let build = || self.build_iso(&k.path, &r.path, params.trim().to_owned());
