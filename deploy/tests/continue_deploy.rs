@@ -835,3 +835,57 @@ async fn a_partition_image_gets_ironics_layout_swap_ephemeral_and_the_image_in_r
     assert!(blank(&blank_lun));
     svc.stop().await;
 }
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) && c.contains("qemu-img") {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_mid_write_stops_the_write() {
+    let Some(tgt) = iscsi() else { return };
+    let imgs = images().await;
+    imgs.raw("big.raw", 160 << 20);
+    let mut svc = Service::start(|c| c.instance.verify = false).await;
+    let lun = tgt.add(&iqn("dropped", 0), "192M");
+    let (port, mut heard) = ramdisk().await;
+    let image = InstanceImage {
+        image_source: imgs.url("big.raw"),
+        ..Default::default()
+    };
+    let mut stream = svc
+        .client
+        .continue_deploy(request(&lun, image, port))
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let p = stream.message().await.unwrap().expect("the stream ended early");
+        if p.phase == "write" && p.percent > 0.0 {
+            break;
+        }
+    }
+    assert!(!processes_with(&lun.iqn).is_empty(), "no qemu-img writing");
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !processes_with(&lun.iqn).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "qemu-img still runs 5 s after the caller left: {:?}",
+            processes_with(&lun.iqn)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(heard.try_recv().is_err(), "done after a cancelled write");
+    svc.stop().await;
+}
