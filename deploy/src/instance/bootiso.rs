@@ -10,10 +10,11 @@
 //! object `<name>.lock` created only if absent (the embedded store's
 //! mutex; Swift's `If-None-Match: *`), naming its holder (a random token),
 //! expiring after `instance.lock_ttl` so a crashed holder cannot block the
-//! ISO for ever, and deleted after the update. Swift checks
-//! `If-None-Match` when a PUT starts, so PUTs at the same instant all
-//! succeed (seen on the rig: 6 deploys counted 4); there the holder reads
-//! the lock back after [`SETTLE`] and only the newest PUT's writer goes on.
+//! ISO for ever, and deleted after the update. Swift's object server
+//! checks `If-None-Match` against what is stored when a PUT starts, before
+//! its body lands, so PUTs that overlap can all get 201; there the holder
+//! reads the lock back after [`SETTLE`] and only the newest PUT's writer
+//! goes on.
 //! What remains is a PUT that overlaps the winner's yet takes longer than
 //! `SETTLE` to land. Deploys in one process also queue on a local mutex first, so
 //! they do not poll each other. The ISO is built before the lock is taken
