@@ -139,7 +139,7 @@ async fn main() {
     let mut config = Config::default();
     config.store.http_listen = "127.0.0.1:0".parse().unwrap();
     config.store.http_dir = work.path().join("objects");
-    config.instance.cache_dir = work.path().join("cache");
+    config.instance.cache_dir = Some(work.path().join("cache"));
     config.instance.cache_size_mib = (mib as u64) * 2 + 64;
     config.instance.verify = false;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -4,7 +4,7 @@
 //!
 //! Callers: [`crate::config`], [`super`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use porthole_common::config::ConfigError;
@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Instance {
-    /// The local image cache (Ironic's `InstanceImageCache`).
-    pub cache_dir: PathBuf,
+    /// The local image cache (Ironic's `InstanceImageCache`); unset:
+    /// `images` beside `store.http_dir` (see [`Instance::cache_dir`]).
+    pub cache_dir: Option<PathBuf>,
     /// Its size cap; least recently used images not in use go first.
     pub cache_size_mib: u64,
     /// `qemu-img` (with qemu-block-extra's iscsi driver).
@@ -49,7 +50,7 @@ pub struct Instance {
 impl Default for Instance {
     fn default() -> Self {
         Self {
-            cache_dir: PathBuf::from("/var/lib/porthole/deploy/images"),
+            cache_dir: None,
             cache_size_mib: 20 * 1024,
             qemu_img: PathBuf::from("qemu-img"),
             verify: true,
@@ -67,6 +68,15 @@ impl Default for Instance {
 }
 
 impl Instance {
+    /// The cache directory: `cache_dir`, else `images` beside
+    /// `http_dir` (`/var/lib/porthole/deploy/images` by default), so a
+    /// configuration that moves the store's files moves the cache too.
+    pub fn cache_dir(&self, http_dir: &Path) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| http_dir.with_file_name("images"))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.cache_size_mib == 0 {
@@ -85,5 +95,28 @@ impl Instance {
             return bad("instance.lock_ttl must be at least 1 s");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_sits_beside_the_store_unless_set() {
+        let mut i = Instance::default();
+        assert_eq!(
+            i.cache_dir(Path::new("/var/lib/porthole/deploy/objects")),
+            Path::new("/var/lib/porthole/deploy/images")
+        );
+        assert_eq!(
+            i.cache_dir(Path::new("/tmp/t/objects")),
+            Path::new("/tmp/t/images")
+        );
+        i.cache_dir = Some("/srv/cache".into());
+        assert_eq!(
+            i.cache_dir(Path::new("/tmp/t/objects")),
+            Path::new("/srv/cache")
+        );
     }
 }

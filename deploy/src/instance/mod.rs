@@ -90,6 +90,8 @@ pub enum InstanceError {
 /// ContinueDeploy's shared parts.
 pub struct Instances {
     config: Arc<Config>,
+    /// The image cache's directory (also the scratch and secret files').
+    cache_dir: std::path::PathBuf,
     store: Arc<dyn Store>,
     redfish: Client,
     cache: ImageCache,
@@ -106,17 +108,19 @@ impl Instances {
         redfish: Client,
     ) -> Result<Instances, CacheError> {
         let i = &config.instance;
-        let cache = ImageCache::open(&i.cache_dir, i.cache_size_mib.saturating_mul(1 << 20))?;
+        let cache_dir = i.cache_dir(&config.store.http_dir);
+        let cache = ImageCache::open(&cache_dir, i.cache_size_mib.saturating_mul(1 << 20))?;
         let sources = Sources(vec![
             Box::new(HttpSource::new(i.fetch_timeout)),
             Box::new(StoreSource::new(store.clone(), i.fetch_timeout)),
         ]);
         let qemu = QemuImg {
             tool: i.qemu_img.clone(),
-            secret_dir: i.cache_dir.clone(),
+            secret_dir: cache_dir.clone(),
         };
         let isos = BootIsos::new(store.clone(), i.lock_ttl);
         Ok(Instances {
+            cache_dir,
             config,
             store,
             redfish,

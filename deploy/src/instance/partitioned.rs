@@ -27,9 +27,7 @@ impl Instances {
     fn scratch(&self, what: &str) -> Scratch {
         let id = crate::secret::DeployKey::generate();
         Scratch(
-            self.config
-                .instance
-                .cache_dir
+            self.cache_dir
                 .join(format!("{what}-{}", &id.expose()[..16])),
         )
     }

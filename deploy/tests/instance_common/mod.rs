@@ -37,7 +37,7 @@ impl Service {
         config.conductor.api_url = Some("http://192.0.2.1:6385".into());
         config.store.http_listen = "127.0.0.1:0".parse().unwrap();
         config.store.http_dir = dir.path().join("objects");
-        config.instance.cache_dir = dir.path().join("cache");
+        config.instance.cache_dir = Some(dir.path().join("cache"));
         config.instance.cache_size_mib = 512;
         config.instance.write_timeout = Duration::from_secs(60);
         configure(&mut config);
