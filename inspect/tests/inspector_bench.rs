@@ -36,7 +36,6 @@ const IRONIC_PERIOD: Duration = Duration::from_secs(60);
 
 /// One node's timeline.
 struct Timeline {
-    uuid: String,
     started: SystemTime,
     callback: SystemTime,
     /// inspector's `finished_at`.
@@ -174,7 +173,6 @@ async fn run(
             "{node}"
         );
         timelines.push(Timeline {
-            uuid,
             started: started[i],
             callback: callbacks[i],
             finished,
@@ -249,6 +247,21 @@ fn ironic_poller(t: &Timeline) -> (SystemTime, u64) {
     (t.started + IRONIC_PERIOD * ticks as u32, ticks)
 }
 
+/// nproc and the CPU model.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    format!("nproc {cpus}, CPU {model:?}")
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -290,6 +303,7 @@ fn report(t: &[Timeline], requests: f64, poll: &str, load_start: String, wall: D
         )
     };
     println!("## {} nodes through ironic-inspector 12.5\n", t.len());
+    println!("- Machine: {}", machine());
     println!(
         "- Load average (1, 5, 15 min): {load_start} at the start, {} at the end",
         loadavg()
@@ -322,8 +336,7 @@ fn report(t: &[Timeline], requests: f64, poll: &str, load_start: String, wall: D
         )
     );
     println!(
-        "\nwindow: from the first inspection's start to the last node seen manageable (ours) or seen by the 60 s poller (computed). Nodes: {}",
-        t.iter().map(|x| &x.uuid[..8]).collect::<Vec<_>>().join(" ")
+        "\nwindow: from the first inspection's start to the last node seen manageable (ours) or seen by the 60 s poller (computed)."
     );
     if ours.iter().any(|l| *l <= 0.0) {
         println!("\nnote: a node was seen manageable before its callback returned");
@@ -336,7 +349,6 @@ fn quantiles_and_the_computed_poller() {
     assert_eq!((quantile(&v, 0.5), quantile(&v, 0.99)), (2.0, 4.0));
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
     let t = |finished: u64| Timeline {
-        uuid: String::new(),
         started: t0,
         callback: t0,
         finished: t0 + Duration::from_secs(finished),
