@@ -21,7 +21,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use common::{Api, Inspector};
 use porthole_proto::console::v1 as pb;
 use porthole_tests::{node_side, rig_or_skip, Backend, Bmc, ConsoleSvc, Wire};
@@ -131,10 +131,21 @@ async fn flow(
     let (n, _) = fails(api, inspector, &quiet).await?;
     ensure!(n["last_error"] == TIMEOUT_ERROR, "without a console: {n}");
 
-    // console-svc slow: stopped, its port still accepting.
+    without_evidence(api, inspector, svc, &watched).await
+}
+
+/// The console node fails again twice, with console-svc slow (stopped by
+/// SIGSTOP, its port still accepting) and then down: promptly (`fails`
+/// checks the lag), with a note instead of the evidence.
+async fn without_evidence(
+    api: &Api,
+    inspector: &Inspector,
+    svc: &mut ConsoleSvc,
+    watched: &str,
+) -> Result<()> {
     signal(svc.pid(), "-STOP")?;
-    start_inspection(api, &watched).await?;
-    let slow = fails(api, inspector, &watched).await;
+    start_inspection(api, watched).await?;
+    let slow = fails(api, inspector, watched).await;
     signal(svc.pid(), "-CONT")?;
     let (n, lag) = slow?;
     let note = format!(
@@ -145,11 +156,10 @@ async fn flow(
     ensure!(n["last_error"] == note.as_str(), "console-svc stopped: {n}");
     eprintln!("console-svc stopped: inspect failed {lag:?} after inspector's verdict");
 
-    // console-svc down.
     let url = svc.grpc_url();
     svc.stop()?;
-    start_inspection(api, &watched).await?;
-    let (n, lag) = fails(api, inspector, &watched).await?;
+    start_inspection(api, watched).await?;
+    let (n, lag) = fails(api, inspector, watched).await?;
     let e = n["last_error"].as_str().unwrap_or_default();
     ensure!(
         e.starts_with(&format!(

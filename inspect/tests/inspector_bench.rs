@@ -117,7 +117,26 @@ async fn run(
         uuids.push(uuid);
     }
     let before = status_requests(metrics).await?;
-    // All at once.
+    let started = start_all(api, inspector, &uuids).await?;
+    let watcher = tokio::spawn(watch_manageable(api.clone(), uuids.clone()));
+    let callbacks = ramdisks(inspector, &uuids).await?;
+    let manageable = watcher.await??;
+    let after = status_requests(metrics).await?;
+    let mut timelines = Vec::new();
+    for (i, uuid) in uuids.iter().enumerate() {
+        timelines.push(Timeline {
+            started: started[i],
+            callback: callbacks[i],
+            finished: processed(api, inspector, uuid).await?,
+            manageable: manageable[i],
+        });
+    }
+    Ok((timelines, after - before))
+}
+
+/// Inspect every node at once; when each was asked. Returns once every
+/// node waits, on both sides, before any ramdisk calls back.
+async fn start_all(api: &Api, inspector: &Inspector, uuids: &[String]) -> Result<Vec<SystemTime>> {
     let started: Vec<SystemTime> = try_join_all(uuids.iter().map(|u| async move {
         let at = SystemTime::now();
         let (code, v) = api.provision(u, "inspect").await?;
@@ -125,8 +144,7 @@ async fn run(
         Ok::<_, anyhow::Error>(at)
     }))
     .await?;
-    // Every node waiting, on both sides, before any ramdisk calls back.
-    for u in &uuids {
+    for u in uuids {
         api.wait_state_target(u, "inspect wait", Duration::from_secs(120))
             .await?;
         let end = Instant::now() + Duration::from_secs(120);
@@ -135,8 +153,11 @@ async fn run(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    // The ramdisks, one every STAGGER, while the conductor is watched.
-    let watcher = tokio::spawn(watch_manageable(api.clone(), uuids.clone()));
+    Ok(started)
+}
+
+/// The ramdisks' callbacks, one every [`STAGGER`]; when each POST started.
+async fn ramdisks(inspector: &Inspector, uuids: &[String]) -> Result<Vec<SystemTime>> {
     let mut posts = Vec::new();
     for (i, u) in uuids.iter().enumerate() {
         let data = common::ramdisk_data(&mac(i), &format!("198.51.100.{}", 10 + i), &bmc(i));
@@ -154,32 +175,25 @@ async fn run(
     for p in posts {
         callbacks.push(p.await??);
     }
-    let manageable = watcher.await??;
-    let after = status_requests(metrics).await?;
+    Ok(callbacks)
+}
 
-    let mut timelines = Vec::new();
-    for (i, uuid) in uuids.into_iter().enumerate() {
-        let st = common::introspection_status(&inspector.url, &uuid).await?;
-        ensure!(st["finished"] == true && st["error"].is_null(), "{st}");
-        let finished =
-            humantime::parse_rfc3339_weak(st["finished_at"].as_str().context("finished_at")?)?;
-        // inspector's processing really reached the conductor.
-        let node = api.node(&uuid).await?;
-        ensure!(
-            node["properties"]["cpus"] == "4"
-                && node["properties"]["local_gb"] == "99"
-                && node["power_state"] == "power off"
-                && node["last_error"].is_null(),
-            "{node}"
-        );
-        timelines.push(Timeline {
-            started: started[i],
-            callback: callbacks[i],
-            finished,
-            manageable: manageable[i],
-        });
-    }
-    Ok((timelines, after - before))
+/// inspector's `finished_at` for `uuid`, once its processing is checked
+/// to have reached the conductor (properties, power off, no error).
+async fn processed(api: &Api, inspector: &Inspector, uuid: &str) -> Result<SystemTime> {
+    let st = common::introspection_status(&inspector.url, uuid).await?;
+    ensure!(st["finished"] == true && st["error"].is_null(), "{st}");
+    let finished =
+        humantime::parse_rfc3339_weak(st["finished_at"].as_str().context("finished_at")?)?;
+    let node = api.node(uuid).await?;
+    ensure!(
+        node["properties"]["cpus"] == "4"
+            && node["properties"]["local_gb"] == "99"
+            && node["power_state"] == "power off"
+            && node["last_error"].is_null(),
+        "{node}"
+    );
+    Ok(finished)
 }
 
 /// When each node was first seen `manageable` (one node list every 100 ms).
@@ -268,40 +282,63 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn report(t: &[Timeline], requests: f64, poll: &str, load_start: String, wall: Duration) {
+/// One poller's figures over the run.
+struct Figures {
+    /// callback → manageable (or → seen), seconds, per node.
+    latency: Vec<f64>,
+    requests: f64,
+    /// From the first inspection's start to the last node seen.
+    window: f64,
+}
+
+impl Figures {
+    fn row(&self, name: &str) -> String {
+        let l = &self.latency;
+        format!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.2} |",
+            quantile(l, 0.5),
+            quantile(l, 0.99),
+            l.iter().copied().fold(0.0, f64::max),
+            self.requests,
+            self.window,
+            self.requests / self.window
+        )
+    }
+}
+
+/// Ours as measured, and Ironic's 60 s poller computed from the same timestamps.
+fn figures(t: &[Timeline], requests: f64) -> (Figures, Figures) {
     let first_start = t.iter().map(|x| x.started).min().expect("nodes");
-    // Ours.
-    let ours: Vec<f64> = t
-        .iter()
-        .map(|x| secs(since(x.manageable, x.callback)))
-        .collect();
     let last_ours = t.iter().map(|x| x.manageable).max().expect("nodes");
-    let ours_window = secs(since(last_ours, first_start));
+    let ours = Figures {
+        latency: t
+            .iter()
+            .map(|x| secs(since(x.manageable, x.callback)))
+            .collect(),
+        requests,
+        window: secs(since(last_ours, first_start)),
+    };
+    let ironic: Vec<(SystemTime, u64)> = t.iter().map(ironic_poller).collect();
+    let last_ironic = ironic.iter().map(|(s, _)| *s).max().expect("nodes");
+    let computed = Figures {
+        latency: t
+            .iter()
+            .zip(&ironic)
+            .map(|(x, (seen, _))| secs(since(*seen, x.callback)))
+            .collect(),
+        requests: ironic.iter().map(|(_, k)| *k).sum::<u64>() as f64,
+        window: secs(since(last_ironic, first_start)),
+    };
+    (ours, computed)
+}
+
+fn report(t: &[Timeline], requests: f64, poll: &str, load_start: String, wall: Duration) {
+    let (ours, ironic) = figures(t, requests);
     // inspector's own share: callback to its finished_at.
     let processing: Vec<f64> = t
         .iter()
         .map(|x| secs(since(x.finished, x.callback)))
         .collect();
-    // Ironic's 60 s poller on the same timestamps.
-    let ironic: Vec<(SystemTime, u64)> = t.iter().map(ironic_poller).collect();
-    let ironic_lat: Vec<f64> = t
-        .iter()
-        .zip(&ironic)
-        .map(|(x, (seen, _))| secs(since(*seen, x.callback)))
-        .collect();
-    let ironic_requests: u64 = ironic.iter().map(|(_, k)| k).sum();
-    let last_ironic = ironic.iter().map(|(s, _)| *s).max().expect("nodes");
-    let ironic_window = secs(since(last_ironic, first_start));
-    let row = |name: &str, lat: &[f64], req: f64, window: f64| {
-        format!(
-            "| {name} | {:.2} | {:.2} | {:.2} | {:.0} | {window:.1} | {:.2} |",
-            quantile(lat, 0.5),
-            quantile(lat, 0.99),
-            lat.iter().copied().fold(0.0, f64::max),
-            req,
-            req / window
-        )
-    };
     println!("## {} nodes through ironic-inspector 12.5\n", t.len());
     println!("- Machine: {}", machine());
     println!(
@@ -319,27 +356,17 @@ fn report(t: &[Timeline], requests: f64, poll: &str, load_start: String, wall: D
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     println!(
         "{}",
-        row(
-            &format!("ours, status_check_period {poll} (measured)"),
-            &ours,
-            requests,
-            ours_window
-        )
+        ours.row(&format!("ours, status_check_period {poll} (measured)"))
     );
     println!(
         "{}",
-        row(
-            "Ironic's default 60 s (computed from this run's timestamps)",
-            &ironic_lat,
-            ironic_requests as f64,
-            ironic_window
-        )
+        ironic.row("Ironic's default 60 s (computed from this run's timestamps)")
     );
     println!(
         "\nwindow: from the first inspection's start to the last node seen manageable (ours) or seen by the 60 s poller (computed)."
     );
-    if ours.iter().any(|l| *l <= 0.0) {
-        println!("\nnote: a node was seen manageable before its callback returned");
+    if ours.latency.iter().any(|l| *l <= 0.0) {
+        println!("\nnote: a node was seen manageable before its callback started");
     }
 }
 
