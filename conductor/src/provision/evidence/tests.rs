@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tonic::{Request, Response, Status};
 
 use super::*;
-use crate::config::Config;
+use crate::config::{Config, Layered as _};
 use crate::model::now;
 use crate::service::{NodeCreate, PowerTiming, ServiceError};
 
@@ -343,4 +343,62 @@ async fn a_silent_console_service_costs_the_timeout_only() {
         format!("it broke\nNo console log: the console service at http://{addr} did not answer within 2s.")
     );
     held.abort();
+}
+
+#[test]
+fn settings_come_from_conductor_options_and_a_zero_timeout_is_refused() {
+    let var = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let c = Config::load(None, Vec::new(), &[]).unwrap();
+    assert_eq!(
+        Settings::from_config(&c.conductor),
+        Settings {
+            lines: 20,
+            timeout: Duration::from_secs(3)
+        }
+    );
+    let env = vec![
+        var(
+            "PORTHOLE_CONDUCTOR_CONDUCTOR_FAILURE_CONSOLE_LOG_LINES",
+            "0",
+        ),
+        var(
+            "PORTHOLE_CONDUCTOR_CONDUCTOR_FAILURE_CONSOLE_LOG_TIMEOUT",
+            "7",
+        ),
+    ];
+    let c = Config::load(None, env, &[]).unwrap();
+    assert_eq!(
+        Settings::from_config(&c.conductor),
+        Settings {
+            lines: 0,
+            timeout: Duration::from_secs(7)
+        }
+    );
+    let env = vec![var(
+        "PORTHOLE_CONDUCTOR_CONDUCTOR_FAILURE_CONSOLE_LOG_TIMEOUT",
+        "0",
+    )];
+    let err = Config::load(None, env, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("conductor.failure_console_log_timeout must be above 0"),
+        "{err}"
+    );
+}
+
+/// `failure_console_log_lines = 0`: nothing asked, the message alone.
+#[tokio::test]
+async fn zero_lines_turns_evidence_off() {
+    let svc = FakeSvc {
+        log: Some(LOG.to_vec()),
+        ..Default::default()
+    };
+    let asked = svc.asked.clone();
+    let mut rig = conductor(&serve(svc).await);
+    Arc::get_mut(&mut rig.c).unwrap().evidence.lines = 0;
+    let uuid = node_in(&rig.c, "wait call-back", "active", true).await;
+    assert_eq!(
+        fail(&rig.c, &uuid, "x").await.last_error.as_deref(),
+        Some("x")
+    );
+    assert!(asked.lock().unwrap().is_empty());
 }
