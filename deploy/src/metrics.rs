@@ -157,6 +157,9 @@ mod tests {
             "porthole_deploy_step_duration_seconds_count{step=\"power\"} 0",
             "porthole_deploy_prepares_total{result=\"success\"}",
             "porthole_deploy_prepares_total{result=\"invalid\"}",
+            "porthole_deploy_continues_total{result=\"failure\"}",
+            "porthole_deploy_iscsi_writes_total{result=\"success\"}",
+            "porthole_deploy_written_bytes_total",
         ] {
             assert!(text.contains(name), "{name} not in\n{text}");
         }
