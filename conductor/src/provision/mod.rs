@@ -47,6 +47,7 @@
 //! of provision_state; the API for the up-front check of a request.
 
 pub mod deploy_grpc;
+pub mod evidence;
 pub mod inspect_grpc;
 pub mod interfaces;
 #[cfg(test)]
