@@ -1,0 +1,506 @@
+//! Issue 14's acceptance, conductor side: `openstack baremetal node deploy
+//! --wait` on `redfish` nodes (sushy-tools) with the `iscsi` deploy and
+//! `redfish-virtual-media` boot interfaces, the built `deploy` binary with
+//! the embedded store, tgtd for the node's disk, and this test as the deploy
+//! ramdisk: it reads its floppy from what sushy downloaded, exports a blank
+//! LUN (`peers::Iscsi`) as `iqn-<uuid>`, posts `pass_deploy_info` and
+//! listens for `done` on the port the service is told to use.
+//!
+//! - Two nodes from the same image: both end `active`, each LUN holds the
+//!   raw image's bytes (zeros after), the first built the boot ISO, the
+//!   second shares it (usage_count 2); sushy's CD is that ISO.
+//! - `node reboot` on the active node, its CD ejected behind the
+//!   conductor's back: the ISO is inserted again and the node boots from it.
+//! - `node undeploy --wait`: powered off, media ejected; the first leaves the
+//!   ISO at usage_count 1, the second deletes it; no object, no partial
+//!   download or secret file is left.
+//! - Refusals before any write (image too large for root_gb, checksum
+//!   mismatch, unreachable image URL): `deploy failed` with the reason,
+//!   the LUN untouched, no `done`, media ejected, nothing stored.
+//!
+//! Peers as `deploy_vmedia.rs`, plus tgtd (`iscsi-up.sh`, under
+//! `PeerLock "iscsi"`). Skips with a notice without them (fails with
+//! `PORTHOLE_REQUIRE_PEERS`).
+
+mod common;
+#[path = "deploy_vmedia/harness.rs"]
+#[allow(dead_code)] // deploy_vmedia.rs uses the rest
+mod harness;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use common::{eventually, Cli};
+use harness::*;
+use porthole_tests::peers::{Iscsi, Lun, Sushy};
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+
+/// Files served by name on 127.0.0.1 (the images, kernel, ramdisk).
+async fn file_server(files: HashMap<String, Vec<u8>>) -> Result<String> {
+    let files = Arc::new(files);
+    let app = axum::Router::new().route(
+        "/{name}",
+        axum::routing::get(
+            |axum::extract::State(f): axum::extract::State<Arc<HashMap<String, Vec<u8>>>>,
+             axum::extract::Path(name): axum::extract::Path<String>| async move {
+                match f.get(&name) {
+                    Some(b) => Ok(b.clone()),
+                    None => Err(axum::http::StatusCode::NOT_FOUND),
+                }
+            },
+        ),
+    );
+    let app = app.with_state(files);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}"))
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+}
+
+/// The deploy ramdisk's `done` port: what each connection sent.
+struct DonePort {
+    port: u16,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+async fn done_port() -> Result<DonePort> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = l.local_addr()?.port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got).await;
+            let _ = tx.send(got);
+        }
+    });
+    Ok(DonePort { port, rx })
+}
+
+/// The floppy sushy downloaded for node `uuid`: its parameters.
+fn floppy_of(sushy: &Sushy, uuid: &str) -> Result<BTreeMap<String, String>> {
+    for img in sushy.held() {
+        let Ok(text) = mtype(&img, "parameters.txt") else {
+            continue;
+        };
+        let p: BTreeMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        if p.get("deployment_id").map(String::as_str) == Some(uuid) {
+            return Ok(p);
+        }
+    }
+    bail!("sushy holds no floppy for {uuid}")
+}
+
+struct Env {
+    run: Run,
+    svc: DeploySvc,
+    iscsi: Iscsi,
+    done: DonePort,
+    files: String,
+    image: Vec<u8>,
+}
+
+impl Env {
+    fn cli(&self) -> Cli {
+        Cli {
+            bin: self.run.cli.bin.clone(),
+            url: self.run.cli.url.clone(),
+        }
+    }
+
+    /// `instance_info` for the node (`extra` over the good image's).
+    async fn instance_info(&self, node: &str, extra: &[(&str, String)]) -> Result<()> {
+        let mut fields: BTreeMap<&str, String> = BTreeMap::from([
+            ("image_source", format!("{}/disk.raw", self.files)),
+            ("image_os_hash_algo", "sha256".into()),
+            ("image_os_hash_value", sha256(&self.image)),
+            ("root_gb", "1".into()),
+            ("kernel", format!("{}/vmlinuz", self.files)),
+            ("ramdisk", format!("{}/initrd", self.files)),
+        ]);
+        for (k, v) in extra {
+            fields.insert(k, v.clone());
+        }
+        let mut args = vec!["node".to_owned(), "set".into(), node.into()];
+        for (k, v) in fields {
+            args.push("--instance-info".into());
+            args.push(format!("{k}={v}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run.cli.ok(&args).await.map(drop)
+    }
+
+    /// `node deploy --wait` while this test plays the ramdisk: the CLI's
+    /// outcome and the node as it rests.
+    async fn deploy(&mut self, node: &str, uuid: &str) -> Result<(bool, Value)> {
+        let cli = self.cli();
+        let name = node.to_owned();
+        let waiter =
+            tokio::spawn(async move { cli.run(&["node", "deploy", &name, "--wait", "110"]).await });
+        self.run
+            .rests_in(node, "wait call-back", Duration::from_secs(90))
+            .await?;
+        let params = floppy_of(&self.run.sushy, uuid)?;
+        check_params(&params, &self.run, uuid)?;
+        self.run.keys.push(params["deployment_key"].clone());
+        let body = json!({"address": Iscsi::ADDRESS, "iqn": params["iscsi_target_iqn"],
+                          "key": params["deployment_key"], "error": "",
+                          "port": Iscsi::PORT, "lun": 1});
+        let (status, answer) = self.run.callback(&params, body).await?;
+        ensure!(status == 202, "{status} {answer}");
+        let ran = waiter.await??;
+        let n = self.run.show(node).await?;
+        Ok((ran.ok, n))
+    }
+}
+
+/// The LUN's bytes: the image at its start, zeros after.
+fn holds_image(lun: &Lun, image: &[u8]) -> Result<()> {
+    let all = std::fs::read(&lun.backing)?;
+    ensure!(all.len() > image.len(), "LUN of {} bytes", all.len());
+    ensure!(&all[..image.len()] == image, "the LUN is not the image");
+    ensure!(
+        all[image.len()..].iter().all(|&b| b == 0),
+        "bytes after the image"
+    );
+    Ok(())
+}
+
+fn blank(lun: &Lun) -> Result<bool> {
+    Ok(std::fs::read(&lun.backing)?.iter().all(|&b| b == 0))
+}
+
+/// What the conductor logged since `from` (its capture).
+fn logged_since(from: usize) -> String {
+    let all = LOGS.lock().unwrap();
+    String::from_utf8_lossy(&all[from.min(all.len())..]).into_owned()
+}
+
+fn log_len() -> usize {
+    LOGS.lock().unwrap().len()
+}
+
+async fn system(run: &Run, i: usize) -> Result<Value> {
+    let url = format!("{}{}", run.sushy.url, Sushy::system(i));
+    Ok(run.http.get(url).send().await?.json().await?)
+}
+
+/// The bytes behind a CD's Image URL, which must be an ISO 9660 image
+/// from the embedded store.
+async fn iso9660(run: &Run, cd: &Value) -> Result<Vec<u8>> {
+    let url = cd["Image"].as_str().unwrap_or_default();
+    ensure!(url.contains("/objects/") && url.contains("temp_url_sig="), "{cd}");
+    let r = run.http.get(url).send().await?;
+    ensure!(r.status().is_success(), "{url}: {}", r.status());
+    let b = r.bytes().await?.to_vec();
+    ensure!(b.get(0x8001..0x8006) == Some(&b"CD001"[..]), "not an ISO 9660 image");
+    Ok(b)
+}
+
+async fn cd(run: &Run, i: usize) -> Result<Value> {
+    let url = format!("{}{}/VirtualMedia/Cd", run.sushy.url, Sushy::system(i));
+    Ok(run.http.get(url).send().await?.json().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_deploys_write_the_image_over_iscsi_share_the_boot_iso_and_undeploy_leaves_nothing(
+) -> Result<()> {
+    let _one = ONE.lock().await;
+    let Some(run) = Run::start().await? else {
+        return Ok(());
+    };
+    let Some(iscsi) =
+        Iscsi::up(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("porthole-conductor-iscsi"))
+    else {
+        return Ok(());
+    };
+    let image: Vec<u8> = {
+        let mut b = vec![0u8; 8 << 20];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))?;
+        b
+    };
+    let big = {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("big.qcow2");
+        let out = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&p)
+            .arg("2G")
+            .output()?;
+        ensure!(out.status.success(), "qemu-img create: {out:?}");
+        std::fs::read(&p)?
+    };
+    let files = file_server(HashMap::from([
+        ("disk.raw".to_owned(), image.clone()),
+        ("big.qcow2".to_owned(), big),
+        ("vmlinuz".to_owned(), b"a kernel, as far as this test goes".to_vec()),
+        ("initrd".to_owned(), b"a ramdisk".to_vec()),
+    ]))
+    .await?;
+    let done = done_port().await?;
+    let sections = format!(
+        "[instance]\nramdisk_port = {}\nwrite_timeout = \"60s\"\nnotify_timeout = \"10s\"\n",
+        done.port
+    );
+    let svc = DeploySvc::start_with(run.deploy_port, &run.cond.url, false, "", &sections).await?;
+    let mut env = Env {
+        run,
+        svc,
+        iscsi,
+        done,
+        files,
+        image,
+    };
+
+    let a = env.run.available_node("vm-a", 0).await?;
+    let b = env.run.available_node("vm-b", 1).await?;
+    let lun_a = env.iscsi.add(&format!("iqn-{a}"), "64M");
+    let lun_b = env.iscsi.add(&format!("iqn-{b}"), "64M");
+    env.instance_info("vm-a", &[]).await?;
+    env.instance_info("vm-b", &[]).await?;
+
+    let iso = two_nodes_share_one_boot_iso(&mut env, (&a, &lun_a), (&b, &lun_b)).await?;
+    a_reboot_inserts_the_boot_iso_again(&env, &iso).await?;
+    undeploys_release_the_iso_and_leave_nothing(&env, &iso).await?;
+    drop((lun_a, lun_b));
+    refusals_before_any_write(&mut env, &a).await?;
+
+    let deploy_logs = env.svc.stop().await;
+    env.run.assert_no_key_logged(&deploy_logs);
+    drop(env.iscsi);
+    env.run.cond.stop().await?;
+    Ok(())
+}
+
+/// Both deployed, one after the other: active, the image on each LUN,
+/// `done` received, the same boot ISO (built, then shared with
+/// usage_count 2) in instance_info and in sushy's CD. The ISO's name.
+async fn two_nodes_share_one_boot_iso(
+    env: &mut Env,
+    (a, lun_a): (&str, &Lun),
+    (b, lun_b): (&str, &Lun),
+) -> Result<String> {
+    let mut isos = Vec::new();
+    let mut bytes = Vec::new();
+    for (i, (name, uuid, lun, origin)) in [
+        ("vm-a", a, lun_a, "built"),
+        ("vm-b", b, lun_b, "shared"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ensure!(blank(lun)?, "the LUN starts blank");
+        let (ok, n) = env.deploy(name, uuid).await?;
+        ensure!(ok && n["provision_state"] == "active", "{n}");
+        ensure!(n["last_error"].is_null(), "{n}");
+        holds_image(lun, &env.image)?;
+        let got = tokio::time::timeout(Duration::from_secs(10), env.done.rx.recv())
+            .await?
+            .context("the done port closed")?;
+        ensure!(got == b"done", "the ramdisk got {got:?}");
+        let boot_iso = n["instance_info"]["boot_iso"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        ensure!(boot_iso.starts_with("store:boot-"), "{n}");
+        let dii = &n["driver_internal_info"];
+        ensure!(dii["boot_iso_origin"] == origin, "{n}");
+        ensure!(
+            dii["deploy_progress"]["phase"] == "done"
+                && dii["deploy_progress"]["percent"] == 100.0
+                && dii["deploy_progress"]["bytes_written"] == env.image.len(),
+            "{n}"
+        );
+        // sushy boots it from the ISO: inserted as its CD (a temp URL of
+        // the store's object), floppy gone.
+        let cd = cd(&env.run, i).await?;
+        ensure!(cd["Inserted"] == true, "{cd}");
+        bytes.push(iso9660(&env.run, &cd).await?);
+        let floppy = format!("{}{}/VirtualMedia/Floppy", env.run.sushy.url, Sushy::system(i));
+        let floppy: Value = env.run.http.get(floppy).send().await?.json().await?;
+        ensure!(floppy["Inserted"] == false, "{floppy}");
+        let s = system(&env.run, i).await?;
+        ensure!(s["PowerState"] == "On", "{s}");
+        ensure!(s["Boot"]["BootSourceOverrideTarget"] == "Cd", "{s}");
+        isos.push(boot_iso);
+    }
+    ensure!(isos[0] == isos[1], "one shared ISO: {isos:?}");
+    ensure!(bytes[0] == bytes[1], "both CDs are the same ISO");
+    let logs = env.svc.logs();
+    ensure!(
+        logs.lines().any(|l| l.contains("boot ISO chosen")
+            && l.contains("origin=\"shared\"")
+            && l.contains("usage_count=2")),
+        "no shared usage_count 2 in the service's log"
+    );
+    Ok(isos.remove(0))
+}
+
+/// The BMC forgot the CD (ejected behind the conductor's back); `node
+/// reboot` inserts the boot ISO again and boots once from it.
+async fn a_reboot_inserts_the_boot_iso_again(env: &Env, iso: &str) -> Result<()> {
+    let bmc = porthole_bmc::redfish::Client::new(Duration::from_secs(10))?;
+    let mut ep = porthole_bmc::redfish::Endpoint::new(&env.run.sushy.url);
+    ep.system_id = Some(Sushy::system(0));
+    bmc.eject_media(&ep, porthole_bmc::vmedia::Media::Cd).await?;
+    ensure!(cd(&env.run, 0).await?["Inserted"] == false);
+    env.run.cli.ok(&["node", "reboot", "vm-a"]).await?;
+    let _ = iso;
+    let cd_b = cd(&env.run, 1).await?;
+    let cd = eventually(Duration::from_secs(30), "the ISO inserted again", || async {
+        let v = cd(&env.run, 0).await?;
+        Ok((v["Inserted"] == true).then_some(v))
+    })
+    .await?;
+    let again = iso9660(&env.run, &cd).await?;
+    let before = iso9660(&env.run, &cd_b).await?;
+    ensure!(again == before, "the CD inserted again is not the boot ISO");
+    let n = eventually(Duration::from_secs(30), "the reboot settled", || async {
+        let n = env.run.show("vm-a").await?;
+        Ok(n["target_power_state"].is_null().then_some(n))
+    })
+    .await?;
+    ensure!(
+        n["power_state"] == "power on" && n["last_error"].is_null(),
+        "{n}"
+    );
+    let s = system(&env.run, 0).await?;
+    ensure!(s["Boot"]["BootSourceOverrideTarget"] == "Cd", "{s}");
+    Ok(())
+}
+
+/// Undeploy one: powered off, its media ejected, the ISO kept (count 1,
+/// the other node's CD still fetches it); undeploy the other: count 0,
+/// deleted; the store holds nothing and the cache no partial or secret
+/// file.
+async fn undeploys_release_the_iso_and_leave_nothing(env: &Env, iso: &str) -> Result<()> {
+    let iso_url = cd(&env.run, 1).await?["Image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for (i, name, left, deleted) in [(0, "vm-a", 1, false), (1, "vm-b", 0, true)] {
+        let from = log_len();
+        env.run
+            .cli
+            .ok(&["node", "undeploy", name, "--wait", "110"])
+            .await?;
+        let n = env.run.show(name).await?;
+        ensure!(n["provision_state"] == "available", "{n}");
+        ensure!(n["power_state"] == "power off", "{n}");
+        ensure!(system(&env.run, i).await?["PowerState"] == "Off");
+        ensure!(n["instance_info"].get("boot_iso").is_none(), "{n}");
+        ensure!(
+            n["driver_internal_info"].get("deploy_progress").is_none()
+                && n["driver_internal_info"].get("iscsi_target").is_none(),
+            "{n}"
+        );
+        for dev in ["Floppy", "Cd"] {
+            let url = format!("{}{}/VirtualMedia/{dev}", env.run.sushy.url, Sushy::system(i));
+            let v: Value = env.run.http.get(url).send().await?.json().await?;
+            ensure!(v["Inserted"] == false, "{name} {dev} still inserted: {v}");
+        }
+        let logs = logged_since(from);
+        let line = logs
+            .lines()
+            .find(|l| l.contains("boot ISO released"))
+            .with_context(|| format!("no release logged for {name}"))?;
+        ensure!(
+            line.contains(iso)
+                && line.contains(&format!("usage_count={left}"))
+                && line.contains(&format!("deleted={deleted}")),
+            "{line}"
+        );
+        let status = env.run.http.get(&iso_url).send().await?.status();
+        ensure!(
+            status.is_success() != deleted,
+            "after {name}'s undeploy the ISO answers {status}"
+        );
+    }
+    ensure!(env.run.sushy.held().is_empty(), "sushy still holds media");
+    ensure!(
+        env.svc.stored() == 0,
+        "{} objects left in the store",
+        env.svc.stored()
+    );
+    let cached = env.svc.cached();
+    ensure!(
+        !cached
+            .iter()
+            .any(|f| f.ends_with(".part") || f.starts_with("chap") || f.contains("secret")),
+        "temporary files left in the cache: {cached:?}"
+    );
+    Ok(())
+}
+
+/// Each refusal: deploy failed with the reason, nothing written, no
+/// `done`, clean up done (media ejected, nothing stored).
+async fn refusals_before_any_write(env: &mut Env, a: &str) -> Result<()> {
+    let wrong = sha256(b"another image");
+    let cases: [(&str, Vec<(&str, String)>, String); 3] = [
+        (
+            "too large for root_gb",
+            vec![
+                ("image_source", format!("{}/big.qcow2", env.files)),
+                ("image_os_hash_algo", String::new()),
+                ("image_os_hash_value", String::new()),
+            ],
+            "is too large for the node's root_gb: its virtual size is 2147483648 bytes, root_gb 1 is 1073741824 bytes".into(),
+        ),
+        (
+            "checksum mismatch",
+            vec![("image_os_hash_value", wrong.clone())],
+            format!("image checksum mismatch: sha256 of {}/disk.raw is {}, instance_info says {wrong}", env.files, sha256(&env.image)),
+        ),
+        (
+            "unreachable image URL",
+            vec![("image_source", "http://127.0.0.1:9/disk.raw".into())],
+            "cannot download image http://127.0.0.1:9/disk.raw".into(),
+        ),
+    ];
+    for (what, extra, want) in cases {
+        let lun = env.iscsi.add(&format!("iqn-{a}"), "64M");
+        env.instance_info("vm-a", &extra).await?;
+        let (ok, n) = env.deploy("vm-a", a).await?;
+        ensure!(!ok, "{what}: the CLI's deploy --wait succeeded");
+        ensure!(n["provision_state"] == "deploy failed", "{what}: {n}");
+        let err = n["last_error"].as_str().unwrap_or_default();
+        ensure!(
+            err.starts_with("Deploy failed: ") && err.contains(&want),
+            "{what}: {err}"
+        );
+        ensure!(blank(&lun)?, "{what}: the LUN was written");
+        ensure!(
+            env.done.rx.try_recv().is_err(),
+            "{what}: the ramdisk was told done"
+        );
+        env.run.ejected(0).await?;
+        ensure!(
+            env.svc.stored() == 0,
+            "{what}: {} objects left",
+            env.svc.stored()
+        );
+        ensure!(
+            n["instance_info"].get("boot_iso").is_none(),
+            "{what}: {n}"
+        );
+        drop(lun);
+    }
+    Ok(())
+}
