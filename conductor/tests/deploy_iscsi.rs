@@ -205,11 +205,17 @@ async fn system(run: &Run, i: usize) -> Result<Value> {
 /// from the embedded store.
 async fn iso9660(run: &Run, cd: &Value) -> Result<Vec<u8>> {
     let url = cd["Image"].as_str().unwrap_or_default();
-    ensure!(url.contains("/objects/") && url.contains("temp_url_sig="), "{cd}");
+    ensure!(
+        url.contains("/objects/") && url.contains("temp_url_sig="),
+        "{cd}"
+    );
     let r = run.http.get(url).send().await?;
     ensure!(r.status().is_success(), "{url}: {}", r.status());
     let b = r.bytes().await?.to_vec();
-    ensure!(b.get(0x8001..0x8006) == Some(&b"CD001"[..]), "not an ISO 9660 image");
+    ensure!(
+        b.get(0x8001..0x8006) == Some(&b"CD001"[..]),
+        "not an ISO 9660 image"
+    );
     Ok(b)
 }
 
@@ -250,7 +256,10 @@ async fn cli_deploys_write_the_image_over_iscsi_share_the_boot_iso_and_undeploy_
     let files = file_server(HashMap::from([
         ("disk.raw".to_owned(), image.clone()),
         ("big.qcow2".to_owned(), big),
-        ("vmlinuz".to_owned(), b"a kernel, as far as this test goes".to_vec()),
+        (
+            "vmlinuz".to_owned(),
+            b"a kernel, as far as this test goes".to_vec(),
+        ),
         ("initrd".to_owned(), b"a ramdisk".to_vec()),
     ]))
     .await?;
@@ -299,12 +308,10 @@ async fn two_nodes_share_one_boot_iso(
 ) -> Result<String> {
     let mut isos = Vec::new();
     let mut bytes = Vec::new();
-    for (i, (name, uuid, lun, origin)) in [
-        ("vm-a", a, lun_a, "built"),
-        ("vm-b", b, lun_b, "shared"),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (name, uuid, lun, origin)) in
+        [("vm-a", a, lun_a, "built"), ("vm-b", b, lun_b, "shared")]
+            .into_iter()
+            .enumerate()
     {
         ensure!(blank(lun)?, "the LUN starts blank");
         let (ok, n) = env.deploy(name, uuid).await?;
@@ -333,7 +340,11 @@ async fn two_nodes_share_one_boot_iso(
         let cd = cd(&env.run, i).await?;
         ensure!(cd["Inserted"] == true, "{cd}");
         bytes.push(iso9660(&env.run, &cd).await?);
-        let floppy = format!("{}{}/VirtualMedia/Floppy", env.run.sushy.url, Sushy::system(i));
+        let floppy = format!(
+            "{}{}/VirtualMedia/Floppy",
+            env.run.sushy.url,
+            Sushy::system(i)
+        );
         let floppy: Value = env.run.http.get(floppy).send().await?.json().await?;
         ensure!(floppy["Inserted"] == false, "{floppy}");
         let s = system(&env.run, i).await?;
@@ -359,15 +370,20 @@ async fn a_reboot_inserts_the_boot_iso_again(env: &Env, iso: &str) -> Result<()>
     let bmc = porthole_bmc::redfish::Client::new(Duration::from_secs(10))?;
     let mut ep = porthole_bmc::redfish::Endpoint::new(&env.run.sushy.url);
     ep.system_id = Some(Sushy::system(0));
-    bmc.eject_media(&ep, porthole_bmc::vmedia::Media::Cd).await?;
+    bmc.eject_media(&ep, porthole_bmc::vmedia::Media::Cd)
+        .await?;
     ensure!(cd(&env.run, 0).await?["Inserted"] == false);
     env.run.cli.ok(&["node", "reboot", "vm-a"]).await?;
     let _ = iso;
     let cd_b = cd(&env.run, 1).await?;
-    let cd = eventually(Duration::from_secs(30), "the ISO inserted again", || async {
-        let v = cd(&env.run, 0).await?;
-        Ok((v["Inserted"] == true).then_some(v))
-    })
+    let cd = eventually(
+        Duration::from_secs(30),
+        "the ISO inserted again",
+        || async {
+            let v = cd(&env.run, 0).await?;
+            Ok((v["Inserted"] == true).then_some(v))
+        },
+    )
     .await?;
     let again = iso9660(&env.run, &cd).await?;
     let before = iso9660(&env.run, &cd_b).await?;
@@ -412,7 +428,11 @@ async fn undeploys_release_the_iso_and_leave_nothing(env: &Env, iso: &str) -> Re
             "{n}"
         );
         for dev in ["Floppy", "Cd"] {
-            let url = format!("{}{}/VirtualMedia/{dev}", env.run.sushy.url, Sushy::system(i));
+            let url = format!(
+                "{}{}/VirtualMedia/{dev}",
+                env.run.sushy.url,
+                Sushy::system(i)
+            );
             let v: Value = env.run.http.get(url).send().await?.json().await?;
             ensure!(v["Inserted"] == false, "{name} {dev} still inserted: {v}");
         }
@@ -449,43 +469,71 @@ async fn undeploys_release_the_iso_and_leave_nothing(env: &Env, iso: &str) -> Re
     Ok(())
 }
 
+/// One deploy that must fail: what, instance_info over the good image's,
+/// the words last_error must hold, whether the ramdisk exports its LUN.
+struct Refusal {
+    what: &'static str,
+    extra: Vec<(&'static str, String)>,
+    want: String,
+    exported: bool,
+}
+
 /// Each refusal: deploy failed with the reason, nothing written, no
-/// `done`, clean up done (media ejected, nothing stored).
+/// `done`, clean up done (media ejected, nothing stored). Last, a write
+/// failure: the ramdisk's target is not there (a wrong IQN).
 async fn refusals_before_any_write(env: &mut Env, a: &str) -> Result<()> {
     let wrong = sha256(b"another image");
-    let cases: [(&str, Vec<(&str, String)>, String); 3] = [
-        (
-            "too large for root_gb",
-            vec![
+    let cases = [
+        Refusal {
+            what: "too large for root_gb",
+            extra: vec![
                 ("image_source", format!("{}/big.qcow2", env.files)),
                 ("image_os_hash_algo", String::new()),
                 ("image_os_hash_value", String::new()),
             ],
-            "is too large for the node's root_gb: its virtual size is 2147483648 bytes, root_gb 1 is 1073741824 bytes".into(),
-        ),
-        (
-            "checksum mismatch",
-            vec![("image_os_hash_value", wrong.clone())],
-            format!("image checksum mismatch: sha256 of {}/disk.raw is {}, instance_info says {wrong}", env.files, sha256(&env.image)),
-        ),
-        (
-            "unreachable image URL",
-            vec![("image_source", "http://127.0.0.1:9/disk.raw".into())],
-            "cannot download image http://127.0.0.1:9/disk.raw".into(),
-        ),
+            want: "is too large for the node's root_gb: its virtual size is 2147483648 bytes, root_gb 1 is 1073741824 bytes".into(),
+            exported: true,
+        },
+        Refusal {
+            what: "checksum mismatch",
+            extra: vec![("image_os_hash_value", wrong.clone())],
+            want: format!(
+                "image checksum mismatch: sha256 of {}/disk.raw is {}, instance_info says {wrong}",
+                env.files,
+                sha256(&env.image)
+            ),
+            exported: true,
+        },
+        Refusal {
+            what: "unreachable image URL",
+            extra: vec![("image_source", "http://127.0.0.1:9/disk.raw".into())],
+            want: "cannot download image http://127.0.0.1:9/disk.raw".into(),
+            exported: true,
+        },
+        Refusal {
+            what: "no such target",
+            extra: vec![],
+            want: format!("iqn-{a}"),
+            exported: false,
+        },
     ];
-    for (what, extra, want) in cases {
-        let lun = env.iscsi.add(&format!("iqn-{a}"), "64M");
-        env.instance_info("vm-a", &extra).await?;
+    for c in cases {
+        let what = c.what;
+        let lun = c
+            .exported
+            .then(|| env.iscsi.add(&format!("iqn-{a}"), "64M"));
+        env.instance_info("vm-a", &c.extra).await?;
         let (ok, n) = env.deploy("vm-a", a).await?;
         ensure!(!ok, "{what}: the CLI's deploy --wait succeeded");
         ensure!(n["provision_state"] == "deploy failed", "{what}: {n}");
         let err = n["last_error"].as_str().unwrap_or_default();
         ensure!(
-            err.starts_with("Deploy failed: ") && err.contains(&want),
+            err.starts_with("Deploy failed: ") && err.contains(&c.want),
             "{what}: {err}"
         );
-        ensure!(blank(&lun)?, "{what}: the LUN was written");
+        if let Some(lun) = &lun {
+            ensure!(blank(lun)?, "{what}: the LUN was written");
+        }
         ensure!(
             env.done.rx.try_recv().is_err(),
             "{what}: the ramdisk was told done"
@@ -496,10 +544,8 @@ async fn refusals_before_any_write(env: &mut Env, a: &str) -> Result<()> {
             "{what}: {} objects left",
             env.svc.stored()
         );
-        ensure!(
-            n["instance_info"].get("boot_iso").is_none(),
-            "{what}: {n}"
-        );
+        ensure!(n["instance_info"].get("boot_iso").is_none(), "{what}: {n}");
+        eprintln!("{what}: {err}");
         drop(lun);
     }
     Ok(())

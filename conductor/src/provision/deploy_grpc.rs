@@ -351,10 +351,7 @@ impl DeployInterface for GrpcIscsi {
         true
     }
 
-    fn prepare_power_on<'a>(
-        &'a self,
-        node: &'a Node,
-    ) -> BoxFuture<'a, Result<(), InterfaceError>> {
+    fn prepare_power_on<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
         Box::pin(self.reinsert_boot_iso(node))
     }
 

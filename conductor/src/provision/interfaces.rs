@@ -123,7 +123,10 @@ pub trait DeployInterface: Send + Sync {
     /// the node's lock): make the deployed instance bootable again (the
     /// design's IloPower: the boot ISO re-inserted). An error fails the
     /// power action. Default: nothing to do.
-    fn prepare_power_on<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+    fn prepare_power_on<'a>(
+        &'a self,
+        _node: &'a Node,
+    ) -> BoxFuture<'a, Result<(), InterfaceError>> {
         Box::pin(async { Ok(()) })
     }
     /// Write the image (with the configdrive, when given) and boot it.

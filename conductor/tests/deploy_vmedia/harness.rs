@@ -160,6 +160,7 @@ impl DeploySvc {
     }
 
     /// Files in its image cache (beside the store's objects).
+    #[allow(dead_code)] // deploy_iscsi.rs
     pub fn cached(&self) -> Vec<String> {
         std::fs::read_dir(self.objects.with_file_name("images"))
             .map(|d| {

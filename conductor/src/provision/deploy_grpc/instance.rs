@@ -359,22 +359,21 @@ mod tests {
 
     #[test]
     fn instance_info_becomes_the_image_and_bad_numbers_are_named() {
-        let mut n = Node::default();
-        n.instance_info = Dict::from_iter([
-            ("image_source".to_owned(), json!("http://i/u.raw")),
-            ("image_os_hash_algo".to_owned(), json!("sha256")),
-            ("image_os_hash_value".to_owned(), json!("ab")),
-            ("root_gb".to_owned(), json!("10")),
-            ("swap_mb".to_owned(), json!(512)),
-            ("kernel".to_owned(), json!("http://i/k")),
-            ("ramdisk".to_owned(), json!("http://i/r")),
-            ("boot_iso".to_owned(), json!("http://i/user.iso")),
-        ]);
+        let mut n = Node {
+            instance_info: Dict::from_iter([
+                ("image_source".to_owned(), json!("http://i/u.raw")),
+                ("image_os_hash_algo".to_owned(), json!("sha256")),
+                ("image_os_hash_value".to_owned(), json!("ab")),
+                ("root_gb".to_owned(), json!("10")),
+                ("swap_mb".to_owned(), json!(512)),
+                ("kernel".to_owned(), json!("http://i/k")),
+                ("ramdisk".to_owned(), json!("http://i/r")),
+                ("boot_iso".to_owned(), json!("http://i/user.iso")),
+            ]),
+            ..Default::default()
+        };
         let img = instance_image(&n).unwrap();
-        assert_eq!(
-            (img.root_gb, img.swap_mb, img.ephemeral_gb),
-            (10, 512, 0)
-        );
+        assert_eq!((img.root_gb, img.swap_mb, img.ephemeral_gb), (10, 512, 0));
         assert_eq!(img.boot_iso, "http://i/user.iso", "the user's ISO");
         assert_eq!(owned_boot_iso(&n), None, "the user's is never released");
         // The service's ISO from an earlier deploy is not passed as given.

@@ -76,9 +76,8 @@ impl DeployService for Served {
     }
 }
 
-type Progress = std::pin::Pin<
-    Box<dyn tokio_stream::Stream<Item = Result<pb::DeployProgress, Status>> + Send>,
->;
+type Progress =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::DeployProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl InstanceDeployService for Served {
@@ -91,7 +90,9 @@ impl InstanceDeployService for Served {
         let mut items: Vec<Result<pb::DeployProgress, Status>> =
             self.0.progress.iter().cloned().map(Ok).collect();
         if let Some(m) = &self.0.continue_fails {
-            items.push(Err(Status::failed_precondition(format!("deploy failed: {m}"))));
+            items.push(Err(Status::failed_precondition(format!(
+                "deploy failed: {m}"
+            ))));
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
     }
@@ -99,7 +100,11 @@ impl InstanceDeployService for Served {
         &self,
         r: Request<pb::ReleaseBootIsoRequest>,
     ) -> Result<Response<pb::ReleaseBootIsoResponse>, Status> {
-        self.0.released.lock().unwrap().push(r.into_inner().boot_iso);
+        self.0
+            .released
+            .lock()
+            .unwrap()
+            .push(r.into_inner().boot_iso);
         Ok(Response::new(pb::ReleaseBootIsoResponse::default()))
     }
     async fn boot_instance(
@@ -346,7 +351,6 @@ async fn validate_needs_a_virtual_media_boot() {
         calls(&r.fake).is_empty(),
         "refused before the service is asked"
     );
-
 }
 
 #[test]
