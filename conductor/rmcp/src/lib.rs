@@ -24,6 +24,12 @@
 pub mod crypto;
 pub mod error;
 pub mod handshake;
+pub mod session;
+#[cfg(test)]
+mod test_bmc;
+pub mod transport;
 pub mod wire;
 
 pub use error::{RakpStatus, Result, RmcpError};
+pub use handshake::Privilege;
+pub use session::{Incoming, Session, SessionConfig};
