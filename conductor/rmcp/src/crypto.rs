@@ -161,7 +161,7 @@ pub fn aes_encrypt(k2: &[u8], iv: [u8; 16], data: &[u8]) -> Vec<u8> {
 
 /// The inverse of [`aes_encrypt`]: checks the length and the pad bytes.
 pub fn aes_decrypt(k2: &[u8], body: &[u8]) -> Result<Vec<u8>> {
-    if body.len() < 32 || body.len() % 16 != 0 {
+    if body.len() < 32 || !body.len().is_multiple_of(16) {
         return Err(RmcpError::Malformed(format!(
             "encrypted payload of {} bytes is not IV + whole AES blocks",
             body.len()
@@ -169,13 +169,18 @@ pub fn aes_decrypt(k2: &[u8], body: &[u8]) -> Result<Vec<u8>> {
     }
     let (iv, rest) = body.split_at(16);
     let mut plain = rest.to_vec();
-    let mut dec = Aes128CbcDec::new(GenericArray::from_slice(&k2[..16]), GenericArray::from_slice(iv));
+    let mut dec = Aes128CbcDec::new(
+        GenericArray::from_slice(&k2[..16]),
+        GenericArray::from_slice(iv),
+    );
     for block in plain.chunks_exact_mut(16) {
         dec.decrypt_block_mut(GenericArray::from_mut_slice(block));
     }
     let pad = usize::from(*plain.last().unwrap_or(&0));
     if pad + 1 > plain.len() {
-        return Err(RmcpError::Malformed("confidentiality pad longer than payload".into()));
+        return Err(RmcpError::Malformed(
+            "confidentiality pad longer than payload".into(),
+        ));
     }
     let data_len = plain.len() - pad - 1;
     let pad_ok = plain[data_len..data_len + pad]
@@ -183,7 +188,9 @@ pub fn aes_decrypt(k2: &[u8], body: &[u8]) -> Result<Vec<u8>> {
         .enumerate()
         .all(|(i, b)| usize::from(*b) == i + 1);
     if !pad_ok {
-        return Err(RmcpError::Malformed("bad confidentiality pad bytes (wrong K2?)".into()));
+        return Err(RmcpError::Malformed(
+            "bad confidentiality pad bytes (wrong K2?)".into(),
+        ));
     }
     plain.truncate(data_len);
     Ok(plain)
@@ -213,15 +220,23 @@ pub(crate) mod tests {
             hex(&sha256),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
-        assert_eq!(IntegrityAlg::HmacSha1_96.mac(b"Jefe", b"what do ya want for nothing?"), sha1[..12]);
-        assert_eq!(IntegrityAlg::HmacSha256_128.mac(b"Jefe", b"what do ya want for nothing?"), sha256[..16]);
+        assert_eq!(
+            IntegrityAlg::HmacSha1_96.mac(b"Jefe", b"what do ya want for nothing?"),
+            sha1[..12]
+        );
+        assert_eq!(
+            IntegrityAlg::HmacSha256_128.mac(b"Jefe", b"what do ya want for nothing?"),
+            sha256[..16]
+        );
     }
 
     // FIPS-197 / SP 800-38A F.2.1 CBC-AES128 block 1, then IPMI's padding.
     #[test]
     fn aes_cbc_known_answer_and_pad() {
         let key = unhex("2b7e151628aed2a6abf7158809cf4f3c");
-        let iv: [u8; 16] = unhex("000102030405060708090a0b0c0d0e0f").try_into().unwrap();
+        let iv: [u8; 16] = unhex("000102030405060708090a0b0c0d0e0f")
+            .try_into()
+            .unwrap();
         let block = unhex("6bc1bee22e409f96e93d7e117393172a");
         // 15 data bytes + pad length 0 = one block; check against SP 800-38A with the
         // last byte of the plaintext block being the pad length.
@@ -247,22 +262,45 @@ pub(crate) mod tests {
         }
         let wrong = unhex("000102030405060708090a0b0c0d0e0f");
         let enc = aes_encrypt(&key, iv, b"hello");
-        assert!(aes_decrypt(&wrong, &enc).is_err(), "a wrong K2 shows in the pad");
+        assert!(
+            aes_decrypt(&wrong, &enc).is_err(),
+            "a wrong K2 shows in the pad"
+        );
     }
 
     #[test]
     fn suites() {
         let s3 = CipherSuite::from_id(3).unwrap();
-        assert_eq!((s3.auth, s3.integrity, s3.conf), (AuthAlg::HmacSha1, IntegrityAlg::HmacSha1_96, ConfAlg::AesCbc128));
+        assert_eq!(
+            (s3.auth, s3.integrity, s3.conf),
+            (
+                AuthAlg::HmacSha1,
+                IntegrityAlg::HmacSha1_96,
+                ConfAlg::AesCbc128
+            )
+        );
         let s17 = CipherSuite::from_id(17).unwrap();
-        assert_eq!((s17.auth, s17.integrity, s17.conf), (AuthAlg::HmacSha256, IntegrityAlg::HmacSha256_128, ConfAlg::AesCbc128));
-        assert!(matches!(CipherSuite::from_id(8), Err(RmcpError::UnsupportedCipherSuite(8))));
+        assert_eq!(
+            (s17.auth, s17.integrity, s17.conf),
+            (
+                AuthAlg::HmacSha256,
+                IntegrityAlg::HmacSha256_128,
+                ConfAlg::AesCbc128
+            )
+        );
+        assert!(matches!(
+            CipherSuite::from_id(8),
+            Err(RmcpError::UnsupportedCipherSuite(8))
+        ));
     }
 
     pub(crate) fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
     pub(crate) fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 }

@@ -69,11 +69,16 @@ pub enum RmcpError {
     UnsupportedCipherSuite(u8),
     /// The BMC refused a step of session set-up.
     #[error("{step} refused by the BMC: {status}{hint}", hint = status_hint(*status))]
-    Refused { step: &'static str, status: RakpStatus },
+    Refused {
+        step: &'static str,
+        status: RakpStatus,
+    },
     /// RAKP 2's key exchange code did not match: the password (or Kg) is wrong.
     #[error("wrong password for user {user:?} (RAKP 2 key exchange authentication code mismatch)")]
     WrongPassword { user: String },
-    #[error("the BMC's RAKP 4 integrity check value does not match (wrong BMC key, or a forged answer)")]
+    #[error(
+        "the BMC's RAKP 4 integrity check value does not match (wrong BMC key, or a forged answer)"
+    )]
     BadRakp4,
     #[error("IPMI command netfn 0x{netfn:02x} cmd 0x{cmd:02x} failed: completion code 0x{code:02x} ({})", completion_text(*code))]
     Completion { netfn: u8, cmd: u8, code: u8 },

@@ -41,14 +41,22 @@ pub const NAME_ONLY_LOOKUP: u8 = 0x10;
 
 fn algorithm_payloads(suite: &CipherSuite) -> [u8; 24] {
     let mut p = [0u8; 24];
-    for (i, alg) in [suite.auth as u8, suite.integrity as u8, suite.conf as u8].into_iter().enumerate() {
+    for (i, alg) in [suite.auth as u8, suite.integrity as u8, suite.conf as u8]
+        .into_iter()
+        .enumerate()
+    {
         p[i * 8..i * 8 + 8].copy_from_slice(&[i as u8, 0, 0, 8, alg, 0, 0, 0]);
     }
     p
 }
 
 /// Open Session Request; privilege 0 asks for the highest the user may have.
-pub fn open_session_request(tag: u8, max_privilege: u8, console_sid: u32, suite: &CipherSuite) -> Vec<u8> {
+pub fn open_session_request(
+    tag: u8,
+    max_privilege: u8,
+    console_sid: u32,
+    suite: &CipherSuite,
+) -> Vec<u8> {
     let mut m = vec![tag, max_privilege, 0, 0];
     m.extend_from_slice(&console_sid.to_le_bytes());
     m.extend_from_slice(&algorithm_payloads(suite));
@@ -164,28 +172,45 @@ impl Handshake {
     /// RAKP 2's key exchange code: HMAC(Kuid, SIDm SIDc Rm Rc GUIDc ROLEm ULENm UNAMEm).
     pub fn rakp2_code(&self) -> Vec<u8> {
         let (sidm, sidc) = (self.console_sid.to_le_bytes(), self.bmc_sid.to_le_bytes());
-        self.suite
-            .auth
-            .mac(&self.kuid, &[&sidm, &sidc, &self.rm, &self.rc, &self.guid, &self.ulen(), &self.user])
+        self.suite.auth.mac(
+            &self.kuid,
+            &[
+                &sidm,
+                &sidc,
+                &self.rm,
+                &self.rc,
+                &self.guid,
+                &self.ulen(),
+                &self.user,
+            ],
+        )
     }
 
     /// RAKP 3's key exchange code: HMAC(Kuid, Rc SIDm ROLEm ULENm UNAMEm).
     pub fn rakp3_code(&self) -> Vec<u8> {
         let sidm = self.console_sid.to_le_bytes();
-        self.suite.auth.mac(&self.kuid, &[&self.rc, &sidm, &self.ulen(), &self.user])
+        self.suite
+            .auth
+            .mac(&self.kuid, &[&self.rc, &sidm, &self.ulen(), &self.user])
     }
 
     /// SIK = HMAC(Kg, Rm Rc ROLEm ULENm UNAMEm), then K1 and K2.
     pub fn keys(&self) -> SessionKeys {
         let kg: &[u8] = self.kg.as_deref().map_or(&self.kuid, |k| k);
-        let sik = self.suite.auth.mac(kg, &[&self.rm, &self.rc, &self.ulen(), &self.user]);
+        let sik = self
+            .suite
+            .auth
+            .mac(kg, &[&self.rm, &self.rc, &self.ulen(), &self.user]);
         SessionKeys::derive(self.suite.auth, sik)
     }
 
     /// RAKP 4's integrity check value: HMAC(SIK, Rm SIDc GUIDc), truncated.
     pub fn rakp4_icv(&self, keys: &SessionKeys) -> Vec<u8> {
         let sidc = self.bmc_sid.to_le_bytes();
-        let mut icv = self.suite.auth.mac(&keys.sik, &[&self.rm, &sidc, &self.guid]);
+        let mut icv = self
+            .suite
+            .auth
+            .mac(&keys.sik, &[&self.rm, &sidc, &self.guid]);
         icv.truncate(self.suite.auth.icv_len());
         icv
     }

@@ -25,6 +25,7 @@ pub mod crypto;
 pub mod error;
 pub mod handshake;
 pub mod session;
+pub mod sol;
 #[cfg(test)]
 mod test_bmc;
 pub mod transport;
@@ -33,3 +34,4 @@ pub mod wire;
 pub use error::{RakpStatus, Result, RmcpError};
 pub use handshake::Privilege;
 pub use session::{Incoming, Session, SessionConfig};
+pub use sol::{Sol, SolConfig, SolInput};

@@ -126,17 +126,31 @@ impl<T: Datagram> Session<T> {
         if cfg.username.len() > 16 {
             return Err(RmcpError::Invalid("user names are at most 16 bytes".into()));
         }
-        let mut setup = Setup { transport: &transport, cfg };
+        let mut setup = Setup {
+            transport: &transport,
+            cfg,
+        };
         let caps = setup
-            .exchange("Get Channel Authentication Capabilities", |_| {
-                let m = wire::encode_request(cmd::NETFN_APP, cmd::GET_CHANNEL_AUTH_CAPS, 0, &[0x8e, cfg.privilege as u8]);
-                wire::encode_v15(&m)
-            }, |p| {
-                (p.payload_type.is_none()).then(|| wire::decode_response(&p.payload))
-            })
+            .exchange(
+                "Get Channel Authentication Capabilities",
+                |_| {
+                    let m = wire::encode_request(
+                        cmd::NETFN_APP,
+                        cmd::GET_CHANNEL_AUTH_CAPS,
+                        0,
+                        &[0x8e, cfg.privilege as u8],
+                    );
+                    wire::encode_v15(&m)
+                },
+                |p| (p.payload_type.is_none()).then(|| wire::decode_response(&p.payload)),
+            )
             .await??;
         if caps.completion != 0 {
-            return Err(RmcpError::Completion { netfn: cmd::NETFN_APP, cmd: cmd::GET_CHANNEL_AUTH_CAPS, code: caps.completion });
+            return Err(RmcpError::Completion {
+                netfn: cmd::NETFN_APP,
+                cmd: cmd::GET_CHANNEL_AUTH_CAPS,
+                code: caps.completion,
+            });
         }
         if caps.data.len() < 4 || caps.data[1] & 0x80 == 0 || caps.data[3] & 0x02 == 0 {
             return Err(RmcpError::NoRmcpPlus);
@@ -148,25 +162,38 @@ impl<T: Datagram> Session<T> {
             }
         };
         let open = setup
-            .exchange("Open Session", |tag| {
-                let m = handshake::open_session_request(tag, 0, console_sid, &suite);
-                wire::encode_v2(payload::OPEN_SESSION_REQ, 0, 0, &m, None)
-            }, |p| {
-                (p.payload_type == Some(payload::OPEN_SESSION_RSP))
-                    .then(|| handshake::parse_open_session_response(&p.payload, &suite))
-            })
+            .exchange(
+                "Open Session",
+                |tag| {
+                    let m = handshake::open_session_request(tag, 0, console_sid, &suite);
+                    wire::encode_v2(payload::OPEN_SESSION_REQ, 0, 0, &m, None)
+                },
+                |p| {
+                    (p.payload_type == Some(payload::OPEN_SESSION_RSP))
+                        .then(|| handshake::parse_open_session_response(&p.payload, &suite))
+                },
+            )
             .await??;
         if open.console_sid != console_sid {
-            return Err(RmcpError::Malformed("Open Session Response for another session".into()));
+            return Err(RmcpError::Malformed(
+                "Open Session Response for another session".into(),
+            ));
         }
         let rm = random::<16>();
         let role = NAME_ONLY_LOOKUP | cfg.privilege as u8;
         let user = cfg.username.as_bytes();
         let rakp2 = setup
-            .exchange("RAKP 1", |tag| {
-                let m = handshake::rakp1(tag, open.bmc_sid, &rm, role, user);
-                wire::encode_v2(payload::RAKP1, 0, 0, &m, None)
-            }, |p| (p.payload_type == Some(payload::RAKP2)).then(|| handshake::parse_rakp2(&p.payload)))
+            .exchange(
+                "RAKP 1",
+                |tag| {
+                    let m = handshake::rakp1(tag, open.bmc_sid, &rm, role, user);
+                    wire::encode_v2(payload::RAKP1, 0, 0, &m, None)
+                },
+                |p| {
+                    (p.payload_type == Some(payload::RAKP2))
+                        .then(|| handshake::parse_rakp2(&p.payload))
+                },
+            )
             .await??;
         let hs = Handshake {
             suite,
@@ -183,16 +210,25 @@ impl<T: Datagram> Session<T> {
         if let Err(e) = hs.verify_rakp2(&rakp2.auth_code) {
             // Tell the BMC to drop the half-open session; no answer expected.
             let m = handshake::rakp3(0, RakpStatus::INVALID_INTEGRITY_CHECK.0, open.bmc_sid, &[]);
-            let _ = transport.send(&wire::encode_v2(payload::RAKP3, 0, 0, &m, None)).await;
+            let _ = transport
+                .send(&wire::encode_v2(payload::RAKP3, 0, 0, &m, None))
+                .await;
             return Err(e);
         }
         let keys = hs.keys();
         let code = hs.rakp3_code();
         let rakp4 = setup
-            .exchange("RAKP 3", |tag| {
-                let m = handshake::rakp3(tag, 0, open.bmc_sid, &code);
-                wire::encode_v2(payload::RAKP3, 0, 0, &m, None)
-            }, |p| (p.payload_type == Some(payload::RAKP4)).then(|| handshake::parse_rakp4(&p.payload)))
+            .exchange(
+                "RAKP 3",
+                |tag| {
+                    let m = handshake::rakp3(tag, 0, open.bmc_sid, &code);
+                    wire::encode_v2(payload::RAKP3, 0, 0, &m, None)
+                },
+                |p| {
+                    (p.payload_type == Some(payload::RAKP4))
+                        .then(|| handshake::parse_rakp4(&p.payload))
+                },
+            )
             .await??;
         if rakp4.console_sid != console_sid || rakp4.icv != hs.rakp4_icv(&keys) {
             return Err(RmcpError::BadRakp4);
@@ -213,10 +249,18 @@ impl<T: Datagram> Session<T> {
         };
         if cfg.privilege > Privilege::User {
             session
-                .request(cmd::NETFN_APP, cmd::SET_SESSION_PRIVILEGE, &[cfg.privilege as u8])
+                .request(
+                    cmd::NETFN_APP,
+                    cmd::SET_SESSION_PRIVILEGE,
+                    &[cfg.privilege as u8],
+                )
                 .await?;
         }
-        debug!(suite = suite.id, bmc_sid = open.bmc_sid, "RMCP+ session open");
+        debug!(
+            suite = suite.id,
+            bmc_sid = open.bmc_sid,
+            "RMCP+ session open"
+        );
         Ok(session)
     }
 
@@ -225,7 +269,11 @@ impl<T: Datagram> Session<T> {
     }
 
     fn protection(&self) -> Protection<'_> {
-        Protection { suite: self.suite, k1: &self.keys.k1, k2: &self.keys.k2 }
+        Protection {
+            suite: self.suite,
+            k1: &self.keys.k1,
+            k2: &self.keys.k2,
+        }
     }
 
     /// Send one session payload (IPMI message or SOL packet), protected as the suite says.
@@ -234,7 +282,13 @@ impl<T: Datagram> Session<T> {
             return Err(RmcpError::Closed);
         }
         self.out_seq = self.out_seq.wrapping_add(1).max(1);
-        let pkt = wire::encode_v2(payload_type, self.bmc_sid, self.out_seq, data, Some(&self.protection()));
+        let pkt = wire::encode_v2(
+            payload_type,
+            self.bmc_sid,
+            self.out_seq,
+            data,
+            Some(&self.protection()),
+        );
         self.transport.send(&pkt).await?;
         Ok(())
     }
@@ -243,7 +297,11 @@ impl<T: Datagram> Session<T> {
     pub async fn send_request(&mut self, netfn: u8, command: u8, data: &[u8]) -> Result<u8> {
         self.rq_seq = (self.rq_seq + 1) & 0x3f;
         let seq = self.rq_seq;
-        self.send_payload(payload::IPMI, &wire::encode_request(netfn, command, seq, data)).await?;
+        self.send_payload(
+            payload::IPMI,
+            &wire::encode_request(netfn, command, seq, data),
+        )
+        .await?;
         Ok(seq)
     }
 
@@ -284,7 +342,11 @@ impl<T: Datagram> Session<T> {
         let rsp = self.request_raw(netfn, command, data).await?;
         match rsp.completion {
             0 => Ok(rsp.data),
-            code => Err(RmcpError::Completion { netfn, cmd: command, code }),
+            code => Err(RmcpError::Completion {
+                netfn,
+                cmd: command,
+                code,
+            }),
         }
     }
 
@@ -297,10 +359,14 @@ impl<T: Datagram> Session<T> {
             self.send_payload(payload::IPMI, &msg).await?;
             let deadline = tokio::time::Instant::now() + self.timeout;
             let mut buf = [0u8; MAX_DATAGRAM];
-            while let Ok(got) = tokio::time::timeout_at(deadline, self.transport.recv(&mut buf)).await {
+            while let Ok(got) =
+                tokio::time::timeout_at(deadline, self.transport.recv(&mut buf)).await
+            {
                 let n = got?;
                 match self.accept(&buf[..n]) {
-                    Ok(Some(Incoming::Response(r))) if r.rq_seq == seq && r.cmd == command && r.netfn == netfn | 1 => {
+                    Ok(Some(Incoming::Response(r)))
+                        if r.rq_seq == seq && r.cmd == command && r.netfn == netfn | 1 =>
+                    {
                         return Ok(r)
                     }
                     Ok(Some(other @ Incoming::Sol(_))) => self.backlog.push_back(other),
@@ -309,7 +375,11 @@ impl<T: Datagram> Session<T> {
                 }
             }
         }
-        Err(RmcpError::Timeout { what: command_name(netfn, command), attempts: self.retries + 1, timeout: self.timeout })
+        Err(RmcpError::Timeout {
+            what: command_name(netfn, command),
+            attempts: self.retries + 1,
+            timeout: self.timeout,
+        })
     }
 
     /// Close Session, then the session is unusable. A BMC that does not
@@ -319,7 +389,10 @@ impl<T: Datagram> Session<T> {
             return Ok(());
         }
         let sid = self.bmc_sid.to_le_bytes();
-        let result = self.request(cmd::NETFN_APP, cmd::CLOSE_SESSION, &sid).await.map(|_| ());
+        let result = self
+            .request(cmd::NETFN_APP, cmd::CLOSE_SESSION, &sid)
+            .await
+            .map(|_| ());
         self.closed = true;
         result
     }
@@ -355,9 +428,13 @@ impl<T: Datagram> Setup<'_, T> {
         for attempt in 0..=self.cfg.retries {
             self.transport.send(&make(attempt as u8)).await?;
             let deadline = tokio::time::Instant::now() + self.cfg.timeout;
-            while let Ok(got) = tokio::time::timeout_at(deadline, self.transport.recv(&mut buf)).await {
+            while let Ok(got) =
+                tokio::time::timeout_at(deadline, self.transport.recv(&mut buf)).await
+            {
                 let n = got?;
-                let Ok(pkt) = wire::decode(&buf[..n], None) else { continue };
+                let Ok(pkt) = wire::decode(&buf[..n], None) else {
+                    continue;
+                };
                 // Set-up answers echo the tag we sent; a late answer to an
                 // earlier attempt is as good (same session parameters).
                 if let Some(r) = pick(&pkt) {
@@ -365,7 +442,11 @@ impl<T: Datagram> Setup<'_, T> {
                 }
             }
         }
-        Err(RmcpError::Timeout { what, attempts: self.cfg.retries + 1, timeout: self.cfg.timeout })
+        Err(RmcpError::Timeout {
+            what,
+            attempts: self.cfg.retries + 1,
+            timeout: self.cfg.timeout,
+        })
     }
 }
 

@@ -17,12 +17,22 @@ async fn open_request_close_suite_3_and_17() {
         let mut c = cfg(b"secret");
         c.cipher_suite = suite;
         let mut s = Session::open(t, &c).await.unwrap();
-        let id = s.request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[]).await.unwrap();
+        let id = s
+            .request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[])
+            .await
+            .unwrap();
         assert_eq!(id[0], 0x20);
         s.close().await.unwrap();
-        assert!(matches!(s.send_payload(0, b"x").await, Err(RmcpError::Closed)));
+        assert!(matches!(
+            s.send_payload(0, b"x").await,
+            Err(RmcpError::Closed)
+        ));
         let seen = bmc.ctl.requests.lock().unwrap().clone();
-        assert_eq!(seen, vec![(6, 0x3b), (6, 0x01), (6, 0x3c)], "suite {suite}: set privilege, device id, close");
+        assert_eq!(
+            seen,
+            vec![(6, 0x3b), (6, 0x01), (6, 0x3c)],
+            "suite {suite}: set privilege, device id, close"
+        );
     }
 }
 
@@ -45,14 +55,33 @@ async fn lost_datagrams_are_retransmitted_then_time_out() {
     bmc.ctl.drop_in.store(2, Ordering::SeqCst);
     let start = tokio::time::Instant::now();
     let mut s = Session::open(t, &cfg(b"secret")).await.unwrap();
-    assert_eq!(start.elapsed(), Duration::from_secs(2), "two 1 s timeouts, then answers");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(2),
+        "two 1 s timeouts, then answers"
+    );
     bmc.ctl.drop_in.store(1, Ordering::SeqCst);
-    s.request(cmd::NETFN_CHASSIS, cmd::GET_CHASSIS_STATUS, &[]).await.unwrap();
+    s.request(cmd::NETFN_CHASSIS, cmd::GET_CHASSIS_STATUS, &[])
+        .await
+        .unwrap();
     // A BMC that stops answering: 4 attempts of 1 s.
     bmc.ctl.drop_in.store(100, Ordering::SeqCst);
     let start = tokio::time::Instant::now();
-    let err = s.request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[]).await.unwrap_err();
-    assert!(matches!(err, RmcpError::Timeout { what: "Get Device ID", attempts: 4, .. }), "{err}");
+    let err = s
+        .request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RmcpError::Timeout {
+                what: "Get Device ID",
+                attempts: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(start.elapsed(), Duration::from_secs(4));
 }
 
@@ -61,7 +90,10 @@ async fn completion_codes_are_errors() {
     let (t, _bmc) = test_bmc::spawn(3, b"secret");
     let mut s = Session::open(t, &cfg(b"secret")).await.unwrap();
     let err = s.request(0x0a, 0x99, &[]).await.unwrap_err();
-    assert_eq!(err.to_string(), "IPMI command netfn 0x0a cmd 0x99 failed: completion code 0xc1 (invalid command)");
+    assert_eq!(
+        err.to_string(),
+        "IPMI command netfn 0x0a cmd 0x99 failed: completion code 0xc1 (invalid command)"
+    );
 }
 
 #[test]

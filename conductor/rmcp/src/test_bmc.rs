@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
 use crate::crypto::{CipherSuite, SessionKeys};
-use crate::handshake::{self, Handshake};
+use crate::handshake::Handshake;
 use crate::transport::{mem_pair, Datagram, MemDatagram, MAX_DATAGRAM};
 use crate::wire::{self, payload, Protection};
 
@@ -27,6 +27,12 @@ pub struct Control {
     /// Bytes the "node" received over SOL.
     pub node_rx: Mutex<Vec<u8>>,
     pub sol_active: Mutex<bool>,
+    /// NACK this many console data packets (transfer unavailable).
+    pub nack_next: AtomicUsize,
+    /// Accept at most this many characters of a packet (0: all).
+    pub accept_max: AtomicUsize,
+    /// Stop answering Get Device ID (keep-alive) and everything else.
+    pub silent: std::sync::atomic::AtomicBool,
 }
 
 pub struct TestBmc {
@@ -71,6 +77,9 @@ pub fn spawn(suite: u8, password: &[u8]) -> (MemDatagram, TestBmc) {
         let mut buf = [0u8; MAX_DATAGRAM];
         loop {
             let n = bmc.recv(&mut buf).await.unwrap();
+            if c.silent.load(Ordering::SeqCst) {
+                continue;
+            }
             if c.drop_in.load(Ordering::SeqCst) > 0 {
                 c.drop_in.fetch_sub(1, Ordering::SeqCst);
                 continue;
@@ -106,19 +115,30 @@ impl State {
     fn session_out(&mut self, ptype: u8, m: &[u8]) -> Vec<u8> {
         self.out_seq += 1;
         let keys = self.keys.as_ref().unwrap();
-        let p = Protection { suite: self.suite, k1: &keys.k1, k2: &keys.k2 };
+        let p = Protection {
+            suite: self.suite,
+            k1: &keys.k1,
+            k2: &keys.k2,
+        };
         wire::encode_v2(ptype, self.console_sid, self.out_seq, m, Some(&p))
     }
 
     fn handle(&mut self, c: &Control, d: &[u8]) -> Vec<Vec<u8>> {
         let keys = self.keys.as_ref();
-        let prot = keys.map(|k| Protection { suite: self.suite, k1: &k.k1, k2: &k.k2 });
-        let Ok(pkt) = wire::decode(d, prot.as_ref()) else { return vec![] };
+        let prot = keys.map(|k| Protection {
+            suite: self.suite,
+            k1: &k.k1,
+            k2: &k.k2,
+        });
+        let Ok(pkt) = wire::decode(d, prot.as_ref()) else {
+            return vec![];
+        };
         let m = pkt.payload;
         match pkt.payload_type {
             None => {
                 let (_, _, seq, _) = wire::decode_request(&m).unwrap();
-                let r = wire::encode_response(0x06, 0x38, seq, 0, &[1, 0x97, 0x04, 0x03, 0, 0, 0, 0]);
+                let r =
+                    wire::encode_response(0x06, 0x38, seq, 0, &[1, 0x97, 0x04, 0x03, 0, 0, 0, 0]);
                 vec![wire::encode_v15(&r)]
             }
             Some(payload::OPEN_SESSION_REQ) => {
@@ -164,7 +184,12 @@ impl State {
         c.requests.lock().unwrap().push((netfn, cmd));
         let (code, rsp): (u8, Vec<u8>) = match (netfn, cmd) {
             (0x06, 0x3b) => (0, vec![data[0]]),
-            (0x06, 0x01) => (0, vec![0x20, 0x81, 0x02, 0x00, 0x02, 0xbf, 0x00, 0x00, 0x00, 0x00, 0x00]),
+            (0x06, 0x01) => (
+                0,
+                vec![
+                    0x20, 0x81, 0x02, 0x00, 0x02, 0xbf, 0x00, 0x00, 0x00, 0x00, 0x00,
+                ],
+            ),
             (0x00, 0x01) => (0, vec![0x01, 0x00, 0x00, 0x00]),
             (0x06, 0x3c) => (0, vec![]),
             (0x06, 0x48) => {
@@ -173,7 +198,10 @@ impl State {
                     (0x80, vec![])
                 } else {
                     *active = true;
-                    (0, vec![0, 0, 0, 0, 0xc8, 0, 0xc8, 0, 0x6f, 0x02, 0xff, 0xff])
+                    (
+                        0,
+                        vec![0, 0, 0, 0, 0xc8, 0, 0xc8, 0, 0x6f, 0x02, 0xff, 0xff],
+                    )
                 }
             }
             (0x06, 0x49) => {
@@ -193,6 +221,16 @@ impl State {
         if seq == 0 {
             return vec![];
         }
+        if c.nack_next.load(Ordering::SeqCst) > 0 {
+            c.nack_next.fetch_sub(1, Ordering::SeqCst);
+            return vec![self.session_out(payload::SOL, &[0, seq, 0, 0x60])];
+        }
+        let max = c.accept_max.load(Ordering::SeqCst);
+        let data = if max > 0 && data.len() > max {
+            &data[..max]
+        } else {
+            data
+        };
         c.node_rx.lock().unwrap().extend_from_slice(data);
         let ack = [0, seq, data.len() as u8, 0];
         let mut out = vec![self.session_out(payload::SOL, &ack)];
@@ -210,7 +248,3 @@ impl State {
         out
     }
 }
-
-// `handshake` is used through Handshake above.
-#[allow(unused_imports)]
-use handshake as _;

@@ -19,7 +19,9 @@ pub trait Datagram: Send + Sync + 'static {
 
 impl Datagram for tokio::net::UdpSocket {
     async fn send(&self, datagram: &[u8]) -> io::Result<()> {
-        tokio::net::UdpSocket::send(self, datagram).await.map(|_| ())
+        tokio::net::UdpSocket::send(self, datagram)
+            .await
+            .map(|_| ())
     }
     async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         tokio::net::UdpSocket::recv(self, buf).await
@@ -49,8 +51,14 @@ pub fn mem_pair() -> (MemDatagram, MemDatagram) {
     let (atx, arx) = mpsc::unbounded_channel();
     let (btx, brx) = mpsc::unbounded_channel();
     (
-        MemDatagram { tx: atx, rx: Mutex::new(brx) },
-        MemDatagram { tx: btx, rx: Mutex::new(arx) },
+        MemDatagram {
+            tx: atx,
+            rx: Mutex::new(brx),
+        },
+        MemDatagram {
+            tx: btx,
+            rx: Mutex::new(arx),
+        },
     )
 }
 

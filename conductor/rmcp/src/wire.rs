@@ -4,7 +4,7 @@
 //! and the IPMI LAN message inside (addresses, netfn, sequence, checksums).
 //! Pure functions over byte slices; `session` and the test BMC call them.
 
-use crate::crypto::{aes_encrypt, aes_decrypt, random, CipherSuite, ConfAlg, IntegrityAlg};
+use crate::crypto::{aes_decrypt, aes_encrypt, random, CipherSuite, ConfAlg, IntegrityAlg};
 use crate::error::{Result, RmcpError};
 
 /// RMCP version 1.0, reserved, sequence 0xff (no RMCP ACK), class IPMI.
@@ -110,7 +110,9 @@ pub fn decode(datagram: &[u8], protection: Option<&Protection<'_>>) -> Result<Pa
             return Err(bad("short IPMI v1.5 header"));
         }
         let len = usize::from(rest[hdr - 1]);
-        let msg = rest.get(hdr..hdr + len).ok_or_else(|| bad("IPMI v1.5 message shorter than its length"))?;
+        let msg = rest
+            .get(hdr..hdr + len)
+            .ok_or_else(|| bad("IPMI v1.5 message shorter than its length"))?;
         return Ok(Packet {
             payload_type: None,
             encrypted: false,
@@ -132,7 +134,9 @@ pub fn decode(datagram: &[u8], protection: Option<&Protection<'_>>) -> Result<Pa
     let session_id = u32::from_le_bytes([rest[2], rest[3], rest[4], rest[5]]);
     let seq = u32::from_le_bytes([rest[6], rest[7], rest[8], rest[9]]);
     let len = usize::from(u16::from_le_bytes([rest[10], rest[11]]));
-    let body = rest.get(12..12 + len).ok_or_else(|| bad("payload shorter than its length"))?;
+    let body = rest
+        .get(12..12 + len)
+        .ok_or_else(|| bad("payload shorter than its length"))?;
     if authenticated {
         let p = protection.ok_or_else(|| bad("authenticated packet outside a session"))?;
         let mac_len = p.suite.integrity.mac_len();
@@ -150,7 +154,9 @@ pub fn decode(datagram: &[u8], protection: Option<&Protection<'_>>) -> Result<Pa
         && matches!(payload_type, payload::IPMI | payload::SOL)
         && session_id != 0
     {
-        return Err(bad("unauthenticated packet inside an integrity-protected session"));
+        return Err(bad(
+            "unauthenticated packet inside an integrity-protected session",
+        ));
     }
     let payload = if encrypted {
         let p = protection.ok_or_else(|| bad("encrypted packet outside a session"))?;
@@ -177,7 +183,10 @@ pub const BMC_ADDR: u8 = 0x20;
 pub const CONSOLE_SWID: u8 = 0x81;
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// An IPMI request message addressed to the BMC.
@@ -202,10 +211,15 @@ pub struct Response {
 
 pub fn decode_response(m: &[u8]) -> Result<Response> {
     if m.len() < 8 {
-        return Err(RmcpError::Malformed(format!("IPMI response of {} bytes", m.len())));
+        return Err(RmcpError::Malformed(format!(
+            "IPMI response of {} bytes",
+            m.len()
+        )));
     }
     if checksum(&m[..2]) != m[2] || checksum(&m[3..m.len() - 1]) != m[m.len() - 1] {
-        return Err(RmcpError::Malformed("IPMI message checksum mismatch".into()));
+        return Err(RmcpError::Malformed(
+            "IPMI message checksum mismatch".into(),
+        ));
     }
     Ok(Response {
         netfn: m[1] >> 2,
@@ -246,14 +260,20 @@ mod tests {
         // ipmitool -I lanplus's first datagram, captured against ipmi_sim:
         // Get Channel Authentication Capabilities, channel 0x8e, privilege admin.
         let msg = encode_request(0x06, 0x38, 0, &[0x8e, 0x04]);
-        assert_eq!(hex(&encode_v15(&msg)), "0600ff070000000000000000000920 18c8 81 00 38 8e 04 b5".replace(' ', ""));
+        assert_eq!(
+            hex(&encode_v15(&msg)),
+            "0600ff070000000000000000000920 18c8 81 00 38 8e 04 b5".replace(' ', "")
+        );
     }
 
     #[test]
     fn response_checksums_are_checked() {
         let r = encode_response(0x06, 0x01, 5, 0, &[1, 2, 3]);
         let d = decode_response(&r).unwrap();
-        assert_eq!((d.netfn, d.cmd, d.rq_seq, d.completion, d.data.clone()), (0x07, 0x01, 5, 0, vec![1, 2, 3]));
+        assert_eq!(
+            (d.netfn, d.cmd, d.rq_seq, d.completion, d.data.clone()),
+            (0x07, 0x01, 5, 0, vec![1, 2, 3])
+        );
         let mut bad = r.clone();
         bad[7] ^= 1;
         assert!(decode_response(&bad).is_err());
@@ -263,20 +283,44 @@ mod tests {
     fn v2_trailer_round_trip_and_tamper() {
         let suite = CipherSuite::from_id(3).unwrap();
         let (k1, k2) = ([7u8; 20], [9u8; 20]);
-        let p = Protection { suite, k1: &k1, k2: &k2 };
+        let p = Protection {
+            suite,
+            k1: &k1,
+            k2: &k2,
+        };
         for len in 0..40 {
             let data: Vec<u8> = (0..len).map(|i| i as u8 ^ 0xa5).collect();
             let pkt = encode_v2(payload::SOL, 0x1234_5678, 42, &data, Some(&p));
-            assert_eq!((pkt.len() - 4 - 12) % 4, 0, "covered part is a multiple of 4");
+            assert_eq!(
+                (pkt.len() - 4 - 12) % 4,
+                0,
+                "covered part is a multiple of 4"
+            );
             let d = decode(&pkt, Some(&p)).unwrap();
-            assert_eq!((d.payload_type, d.session_id, d.seq, d.encrypted, d.authenticated), (Some(1), 0x1234_5678, 42, true, true));
+            assert_eq!(
+                (
+                    d.payload_type,
+                    d.session_id,
+                    d.seq,
+                    d.encrypted,
+                    d.authenticated
+                ),
+                (Some(1), 0x1234_5678, 42, true, true)
+            );
             assert_eq!(d.payload, data);
             let mut t = pkt.clone();
             t[20] ^= 0x01;
-            assert!(decode(&t, Some(&p)).is_err(), "a flipped bit fails the integrity check");
+            assert!(
+                decode(&t, Some(&p)).is_err(),
+                "a flipped bit fails the integrity check"
+            );
         }
         let other = [8u8; 20];
-        let q = Protection { suite, k1: &other, k2: &k2 };
+        let q = Protection {
+            suite,
+            k1: &other,
+            k2: &k2,
+        };
         let pkt = encode_v2(payload::IPMI, 1, 1, b"x", Some(&p));
         assert!(decode(&pkt, Some(&q)).is_err(), "wrong K1 is refused");
         // An unauthenticated IPMI payload inside the session is refused.

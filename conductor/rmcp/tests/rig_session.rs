@@ -21,14 +21,29 @@ fn config(bmc: &Bmc) -> SessionConfig {
 /// `ipmitool -I lanplus raw ...` on the same BMC: the response bytes.
 fn ipmitool_raw(bmc: &Bmc, args: &[&str]) -> Result<Vec<u8>> {
     let out = Command::new("ipmitool")
-        .args(["-I", "lanplus", "-C", "3", "-H", &bmc.host, "-p", &bmc.port.to_string(), "-U", &bmc.username])
+        .args([
+            "-I",
+            "lanplus",
+            "-C",
+            "3",
+            "-H",
+            &bmc.host,
+            "-p",
+            &bmc.port.to_string(),
+            "-U",
+            &bmc.username,
+        ])
         .arg("-f")
         .arg(&bmc.password_file)
         .arg("raw")
         .args(args)
         .output()
         .context("running ipmitool")?;
-    anyhow::ensure!(out.status.success(), "ipmitool: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "ipmitool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)?
         .split_whitespace()
         .map(|h| u8::from_str_radix(h, 16).context("ipmitool raw output"))
@@ -37,26 +52,48 @@ fn ipmitool_raw(bmc: &Bmc, args: &[&str]) -> Result<Vec<u8>> {
 
 #[tokio::test]
 async fn session_get_device_id_and_chassis_status_match_ipmitool() -> Result<()> {
-    let Some(rig) = Rig::from_env()? else { return Ok(()) };
+    let Some(rig) = Rig::from_env()? else {
+        return Ok(());
+    };
     let bmc = &rig.bmcs[0];
     let mut s = Session::open(transport::udp(addr(bmc)).await?, &config(bmc)).await?;
     assert_eq!(s.cipher_suite().id, 3);
     let ours = s.request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[]).await?;
     // bmc.emu: mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02.
-    assert_eq!((ours[0], ours[1] & 0x0f, ours[2] & 0x7f, ours[3]), (0, 3, 9, 0x08));
+    assert_eq!(
+        (ours[0], ours[1] & 0x0f, ours[2] & 0x7f, ours[3]),
+        (0, 3, 9, 0x08)
+    );
     assert_eq!(&ours[6..11], &[0x91, 0x12, 0x00, 0x02, 0x0f]);
-    let chassis = s.request(cmd::NETFN_CHASSIS, cmd::GET_CHASSIS_STATUS, &[]).await?;
+    let chassis = s
+        .request(cmd::NETFN_CHASSIS, cmd::GET_CHASSIS_STATUS, &[])
+        .await?;
     s.close().await?;
-    assert_eq!(ours, ipmitool_raw(bmc, &["0x06", "0x01"])?, "Get Device ID as ipmitool sees it");
-    assert_eq!(chassis, ipmitool_raw(bmc, &["0x00", "0x01"])?, "Get Chassis Status as ipmitool sees it");
+    assert_eq!(
+        ours,
+        ipmitool_raw(bmc, &["0x06", "0x01"])?,
+        "Get Device ID as ipmitool sees it"
+    );
+    assert_eq!(
+        chassis,
+        ipmitool_raw(bmc, &["0x00", "0x01"])?,
+        "Get Chassis Status as ipmitool sees it"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn privilege_levels_and_cipher_suites() -> Result<()> {
-    let Some(rig) = Rig::from_env()? else { return Ok(()) };
+    let Some(rig) = Rig::from_env()? else {
+        return Ok(());
+    };
     let bmc = &rig.bmcs[1 % rig.bmcs.len()];
-    for (suite, privilege) in [(3, Privilege::User), (2, Privilege::Operator), (1, Privilege::Administrator), (0, Privilege::Administrator)] {
+    for (suite, privilege) in [
+        (3, Privilege::User),
+        (2, Privilege::Operator),
+        (1, Privilege::Administrator),
+        (0, Privilege::Administrator),
+    ] {
         let mut c = config(bmc);
         c.cipher_suite = suite;
         c.privilege = privilege;
@@ -69,21 +106,56 @@ async fn privilege_levels_and_cipher_suites() -> Result<()> {
     // ipmi_sim offers no SHA256 suite: 17 is refused at Open Session, as ipmitool's -C 17 is.
     let mut c = config(bmc);
     c.cipher_suite = 17;
-    let err = Session::open(transport::udp(addr(bmc)).await?, &c).await.err().context("suite 17 opened")?;
-    assert!(matches!(err, RmcpError::Refused { step: "Open Session", .. }), "{err}");
+    let err = Session::open(transport::udp(addr(bmc)).await?, &c)
+        .await
+        .err()
+        .context("suite 17 opened")?;
+    assert!(
+        matches!(
+            err,
+            RmcpError::Refused {
+                step: "Open Session",
+                ..
+            }
+        ),
+        "{err}"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn wrong_password_and_unknown_user_have_clear_errors() -> Result<()> {
-    let Some(rig) = Rig::from_env()? else { return Ok(()) };
+    let Some(rig) = Rig::from_env()? else {
+        return Ok(());
+    };
     let bmc = &rig.bmcs[0];
     let c = SessionConfig::new(&bmc.username, b"not-the-password");
-    let err = Session::open(transport::udp(addr(bmc)).await?, &c).await.err().context("opened")?;
-    assert_eq!(err.to_string(), format!("wrong password for user {:?} (RAKP 2 key exchange authentication code mismatch)", bmc.username));
+    let err = Session::open(transport::udp(addr(bmc)).await?, &c)
+        .await
+        .err()
+        .context("opened")?;
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "wrong password for user {:?} (RAKP 2 key exchange authentication code mismatch)",
+            bmc.username
+        )
+    );
     let c = SessionConfig::new("nobody", bmc.password.as_bytes());
-    let err = Session::open(transport::udp(addr(bmc)).await?, &c).await.err().context("opened")?;
-    assert!(matches!(err, RmcpError::Refused { status: RakpStatus::UNAUTHORIZED_NAME, .. }), "{err}");
+    let err = Session::open(transport::udp(addr(bmc)).await?, &c)
+        .await
+        .err()
+        .context("opened")?;
+    assert!(
+        matches!(
+            err,
+            RmcpError::Refused {
+                status: RakpStatus::UNAUTHORIZED_NAME,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // The BMC still serves a correct session afterwards.
     let mut s = Session::open(transport::udp(addr(bmc)).await?, &config(bmc)).await?;
     s.close().await?;
