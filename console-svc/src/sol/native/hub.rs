@@ -60,6 +60,8 @@ pub(crate) struct HubConfig {
     /// `<log_dir>/<node>.log` and its size cap.
     pub(crate) log_file: Option<(PathBuf, u64)>,
     pub(crate) linger: Duration,
+    /// Keep the session up (and retrying) with no viewer attached.
+    pub(crate) always_on: bool,
     pub(crate) max_viewers: usize,
     /// Viewers from one address at once; 0: no limit of its own.
     pub(crate) max_viewers_per_address: usize,
@@ -188,6 +190,9 @@ struct Hub {
 
 impl Hub {
     async fn run(mut self) {
+        if self.cfg.always_on {
+            self.begin_activation();
+        }
         loop {
             // Keystrokes wait in the viewers' sockets rather than being
             // dropped while the session comes up or the node side is slow.
@@ -284,7 +289,7 @@ impl Hub {
     }
 
     fn viewers_changed(&mut self) {
-        if !self.viewers.is_empty() {
+        if !self.viewers.is_empty() || self.cfg.always_on {
             return;
         }
         match &mut self.sol {
@@ -343,7 +348,7 @@ impl Hub {
     }
 
     fn begin_activation(&mut self) {
-        if self.viewers.is_empty() {
+        if self.viewers.is_empty() && !self.cfg.always_on {
             self.sol = Sol::Idle;
             return;
         }
@@ -377,9 +382,7 @@ impl Hub {
         self.health.send_if_modified(|h| set(h, Health::Ok));
         self.backoff.reset();
         let (greeting, early) = (session.greeting.clone(), session.early_output.clone());
-        let linger_until = self
-            .viewers
-            .is_empty()
+        let linger_until = (self.viewers.is_empty() && !self.cfg.always_on)
             .then(|| Instant::now() + self.cfg.linger);
         self.sol = Sol::Active(Active::new(session, linger_until));
         if !greeting.is_empty() {
@@ -398,7 +401,7 @@ impl Hub {
         self.health
             .send_if_modified(|h| set(h, Health::Failed(message.clone())));
         self.pending_input.clear();
-        if self.viewers.is_empty() {
+        if self.viewers.is_empty() && !self.cfg.always_on {
             self.sol = Sol::Idle;
             return;
         }

@@ -34,6 +34,7 @@
 mod hub;
 mod launcher;
 mod logfile;
+pub(crate) mod rmcp;
 mod ring;
 mod session;
 mod viewer;
@@ -130,6 +131,7 @@ impl NativeBackend {
                 .as_ref()
                 .map(|dir| (dir.join(format!("{node}.log")), n.log_file_max_bytes)),
             linger: n.linger,
+            always_on: n.always_on.unwrap_or(false),
             max_viewers: n.max_viewers,
             max_viewers_per_address: n.max_viewers_per_address,
             terminal_timeout: self.settings.terminal_timeout,
@@ -194,7 +196,7 @@ impl ConsoleBackend for NativeBackend {
     }
 }
 
-async fn accept_loop(listener: TcpListener, joins: mpsc::Sender<Join>, stop: CancellationToken) {
+pub(super) async fn accept_loop(listener: TcpListener, joins: mpsc::Sender<Join>, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,

@@ -1,0 +1,234 @@
+//! The `rmcp` serial backend: the native backend's hub (viewers, scrollback,
+//! log ring and file, backoff, fencing) with SOL spoken by console-svc itself
+//! over RMCP+ ([`porthole_rmcp`]) instead of an `ipmitool` process per
+//! session. By default the session is always on (`[native] always_on`): it
+//! comes up with the console, stays up with no viewer, and is brought back
+//! with backoff when the BMC drops it, so the log holds everything.
+//!
+//! [`RmcpBackend::start`] is called by the manager per console. The hub
+//! checks the fence before each activation (as for `native`); while a
+//! session runs, [`bridge`] checks the lease every 200 ms and drops the
+//! session without a word to the BMC once it is not known valid.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use porthole_rmcp::{transport, Privilege, Session, SessionConfig, Sol, SolConfig, SolInput};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use super::hub::{self, HubHandle};
+use super::launcher::{SessionControl, SolLauncher, SolSession};
+use super::{accept_loop, NativeBackend};
+use crate::backend::{bind_port, BackendError, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole};
+use crate::config::Config;
+use crate::coordinator::Fence;
+use crate::spec::{IpmiTarget, PrivilegeLevel};
+use crate::sol::SolError;
+
+/// How often a running session re-checks the lease.
+const FENCE_CHECK: Duration = Duration::from_millis(200);
+
+pub struct RmcpBackend {
+    native: NativeBackend,
+}
+
+impl RmcpBackend {
+    pub fn new(config: &Config) -> Self {
+        Self { native: NativeBackend::new(config) }
+    }
+}
+
+#[async_trait]
+impl ConsoleBackend for RmcpBackend {
+    fn name(&self) -> &'static str {
+        "rmcp"
+    }
+
+    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError> {
+        let span = tracing::info_span!(parent: None, "console", node = %ctx.node, port = ctx.listen.port());
+        let target = ctx.ipmi(self.name())?.clone();
+        let listener = bind_port(ctx.listen).await?;
+        let settings = &self.native.settings;
+        let mut cfg = self.native.hub_config(&ctx.node);
+        cfg.always_on = settings.native.always_on.unwrap_or(true);
+        span.in_scope(|| info!(listen = %ctx.listen, always_on = cfg.always_on, "console listening (rmcp)"));
+        let launcher = RmcpLauncher { target, fence: ctx.fence.clone(), timeout: settings.subprocess_timeout };
+        let stop = ctx.cancel.child_token();
+        let hub = hub::spawn(cfg, Arc::new(launcher), ctx.fence, ctx.health, stop.clone(), span.clone());
+        let acceptor = tokio::spawn(accept_loop(listener, hub.joins(), stop.clone()).instrument(span));
+        Ok(Box::new(RmcpConsole {
+            hub: Some(hub),
+            acceptor,
+            stop,
+            // Deactivate + Close Session, each with the client's retries.
+            stop_bound: settings.subprocess_timeout + Duration::from_secs(9),
+        }))
+    }
+}
+
+struct RmcpConsole {
+    hub: Option<HubHandle>,
+    acceptor: JoinHandle<()>,
+    stop: CancellationToken,
+    stop_bound: Duration,
+}
+
+#[async_trait]
+impl RunningConsole for RmcpConsole {
+    async fn stop(mut self: Box<Self>) {
+        self.stop.cancel();
+        let _ = (&mut self.acceptor).await;
+        if let Some(hub) = self.hub.take() {
+            hub.shutdown(self.stop_bound).await;
+        }
+    }
+
+    fn log(&self, max_bytes: usize) -> Option<LogSnapshot> {
+        self.hub.as_ref().map(|h| h.log(max_bytes))
+    }
+}
+
+impl Drop for RmcpConsole {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct RmcpLauncher {
+    target: IpmiTarget,
+    fence: Fence,
+    timeout: Duration,
+}
+
+fn privilege(p: PrivilegeLevel) -> Privilege {
+    match p {
+        PrivilegeLevel::Callback => Privilege::Callback,
+        PrivilegeLevel::User => Privilege::User,
+        PrivilegeLevel::Operator => Privilege::Operator,
+        PrivilegeLevel::Administrator => Privilege::Administrator,
+    }
+}
+
+impl RmcpLauncher {
+    async fn open(&self) -> porthole_rmcp::Result<Sol<tokio::net::UdpSocket>> {
+        let t = &self.target;
+        let addr = tokio::net::lookup_host((t.address.as_str(), t.port))
+            .await?
+            .next()
+            .ok_or_else(|| porthole_rmcp::RmcpError::Invalid(format!("{} resolves to no address", t.address)))?;
+        let mut cfg = SessionConfig::new(&t.username, t.password.expose().as_bytes());
+        cfg.cipher_suite = t.cipher_suite;
+        cfg.privilege = privilege(t.privilege);
+        let session = Session::open(transport::udp(addr).await?, &cfg).await?;
+        Sol::activate(session, SolConfig::default()).await
+    }
+}
+
+#[async_trait]
+impl SolLauncher for RmcpLauncher {
+    /// Nothing to do up front: [`Sol::activate`] takes over a payload that
+    /// is active elsewhere (deactivate, activate) within its own session.
+    async fn deactivate(&self) -> Result<(), SolError> {
+        Ok(())
+    }
+
+    async fn activate(&self) -> Result<SolSession, SolError> {
+        let bmc = self.target.display_addr();
+        let sol = tokio::time::timeout(self.timeout, self.open())
+            .await
+            .map_err(|_| SolError::Timeout { what: format!("RMCP+ SOL activation on {bmc}"), timeout: self.timeout })?
+            .map_err(|e| SolError::Bmc { bmc: bmc.clone(), message: e.to_string() })?;
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let cancel = CancellationToken::new();
+        let why = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(bridge(sol, theirs, cancel.clone(), self.fence.clone(), why.clone(), bmc));
+        Ok(SolSession {
+            io: Box::new(ours),
+            greeting: Bytes::new(),
+            early_output: Bytes::new(),
+            control: Box::new(RmcpControl { cancel, task, why, stop_timeout: self.timeout }),
+        })
+    }
+}
+
+/// Move bytes between the hub's stream and the SOL session until either
+/// ends; the stream closes when the session does.
+async fn bridge(
+    sol: Sol<tokio::net::UdpSocket>,
+    io: DuplexStream,
+    cancel: CancellationToken,
+    fence: Fence,
+    why: Arc<Mutex<Option<String>>>,
+    bmc: String,
+) {
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    // Aborted with the bridge (end without deactivate): no word to the BMC.
+    let mut run = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sol.run(in_rx, out_tx, cancel.clone())));
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut buf = vec![0u8; 4096];
+    let mut tick = tokio::time::interval(FENCE_CHECK);
+    let ended = loop {
+        tokio::select! {
+            r = &mut run => break match r {
+                Ok(Ok(())) => "SOL session closed".to_owned(),
+                Ok(Err(e)) => format!("BMC {bmc}: {e}"),
+                Err(e) => format!("SOL task failed: {e}"),
+            },
+            n = rd.read(&mut buf) => match n {
+                Ok(n) if n > 0 => {
+                    let _ = in_tx.send(SolInput::Data(buf[..n].to_vec())).await;
+                }
+                _ => cancel.cancel(),
+            },
+            Some(data) = out_rx.recv() => {
+                if wr.write_all(&data).await.is_err() {
+                    cancel.cancel();
+                }
+            }
+            _ = tick.tick() => {
+                if let Err(e) = fence.permit() {
+                    run.abort();
+                    warn!(reason = %e, "lease not known valid: SOL session dropped without telling the BMC");
+                    break format!("lease not known valid: {e}");
+                }
+            }
+        }
+    };
+    // Output that came before the end still goes out.
+    while let Ok(data) = out_rx.try_recv() {
+        let _ = wr.write_all(&data).await;
+    }
+    *why.lock().unwrap_or_else(|e| e.into_inner()) = Some(ended);
+    let _ = wr.shutdown().await;
+}
+
+struct RmcpControl {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    why: Arc<Mutex<Option<String>>>,
+    stop_timeout: Duration,
+}
+
+#[async_trait]
+impl SessionControl for RmcpControl {
+    async fn end(mut self: Box<Self>, deactivate: bool) -> Option<std::process::ExitStatus> {
+        if deactivate {
+            // Sol::run deactivates the payload and closes the session.
+            self.cancel.cancel();
+            let _ = tokio::time::timeout(self.stop_timeout, &mut self.task).await;
+        }
+        self.task.abort();
+        None
+    }
+
+    fn why(&self) -> Option<String> {
+        self.why.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
