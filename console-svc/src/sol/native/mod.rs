@@ -14,6 +14,10 @@
 //!   session does not outlive its lease).
 //! - `viewer`: one TCP connection, its bounded output queue and idle timeout.
 //! - `ring`, `logfile`: scrollback and log ring; `<log_dir>/<node>.log`.
+//! - `rmcp`: the `rmcp` backend: this hub with SOL spoken natively over
+//!   RMCP+ (porthole-rmcp) instead of ipmitool, always on by default
+//!   (`HubConfig::always_on`: activate with no viewer, never linger out,
+//!   retry with backoff with nobody watching).
 //!
 //! SOL session lifecycle:
 //!
@@ -39,6 +43,8 @@ mod ring;
 mod session;
 mod viewer;
 
+#[cfg(test)]
+mod always_on_tests;
 #[cfg(test)]
 mod backend_tests;
 #[cfg(test)]

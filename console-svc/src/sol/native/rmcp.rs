@@ -6,9 +6,11 @@
 //! with backoff when the BMC drops it, so the log holds everything.
 //!
 //! [`RmcpBackend::start`] is called by the manager per console. The hub
-//! checks the fence before each activation (as for `native`); while a
-//! session runs, [`bridge`] checks the lease every 200 ms and drops the
-//! session without a word to the BMC once it is not known valid.
+//! checks the fence before each activation (as for `native`); every
+//! datagram to the BMC goes through [`FencedUdp`], which refuses to send
+//! unless the lease is known valid at that instant, and [`bridge`] checks
+//! the lease every 200 ms so a session whose lease lapsed ends promptly,
+//! without a word to the BMC.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +35,35 @@ use crate::sol::SolError;
 
 /// How often a running session re-checks the lease.
 const FENCE_CHECK: Duration = Duration::from_millis(200);
+
+/// A UDP socket to one BMC that sends only while the claim's lease is
+/// known valid (the HA rule: a BMC action only under a valid lease).
+pub(crate) struct FencedUdp {
+    sock: tokio::net::UdpSocket,
+    fence: Fence,
+}
+
+impl FencedUdp {
+    pub(crate) async fn connect(bmc: std::net::SocketAddr, fence: Fence) -> std::io::Result<Self> {
+        Ok(Self { sock: transport::udp(bmc).await?, fence })
+    }
+}
+
+impl transport::Datagram for FencedUdp {
+    async fn send(&self, datagram: &[u8]) -> std::io::Result<()> {
+        if let Err(e) = self.fence.permit() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("not sent to the BMC: {e}"),
+            ));
+        }
+        self.sock.send(datagram).await.map(|_| ())
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.sock.recv(buf).await
+    }
+}
 
 pub struct RmcpBackend {
     native: NativeBackend,
@@ -116,7 +147,7 @@ fn privilege(p: PrivilegeLevel) -> Privilege {
 }
 
 impl RmcpLauncher {
-    async fn open(&self) -> porthole_rmcp::Result<Sol<tokio::net::UdpSocket>> {
+    async fn open(&self) -> porthole_rmcp::Result<Sol<FencedUdp>> {
         let t = &self.target;
         let addr = tokio::net::lookup_host((t.address.as_str(), t.port))
             .await?
@@ -125,7 +156,7 @@ impl RmcpLauncher {
         let mut cfg = SessionConfig::new(&t.username, t.password.expose().as_bytes());
         cfg.cipher_suite = t.cipher_suite;
         cfg.privilege = privilege(t.privilege);
-        let session = Session::open(transport::udp(addr).await?, &cfg).await?;
+        let session = Session::open(FencedUdp::connect(addr, self.fence.clone()).await?, &cfg).await?;
         Sol::activate(session, SolConfig::default()).await
     }
 }
@@ -160,7 +191,7 @@ impl SolLauncher for RmcpLauncher {
 /// Move bytes between the hub's stream and the SOL session until either
 /// ends; the stream closes when the session does.
 async fn bridge(
-    sol: Sol<tokio::net::UdpSocket>,
+    sol: Sol<FencedUdp>,
     io: DuplexStream,
     cancel: CancellationToken,
     fence: Fence,
@@ -232,3 +263,7 @@ impl SessionControl for RmcpControl {
         self.why.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
+
+#[cfg(test)]
+#[path = "rmcp_tests.rs"]
+mod tests;
