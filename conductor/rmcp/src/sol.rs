@@ -248,11 +248,16 @@ impl<T: Datagram> Sol<T> {
                 }
             }
         };
-        if !matches!(
-            result,
-            Err(RmcpError::SolDeactivated) | Err(RmcpError::Timeout { .. })
-        ) {
-            self.shutdown().await;
+        match &result {
+            // The BMC is gone: nothing to tell it.
+            Err(RmcpError::Timeout { .. }) => {}
+            // The payload is already off; the session still closes.
+            Err(RmcpError::SolDeactivated) => {
+                if let Err(e) = self.session.close().await {
+                    debug!(error = %e, "Close Session failed");
+                }
+            }
+            _ => self.shutdown().await,
         }
         result
     }

@@ -156,3 +156,15 @@ async fn keepalive_detects_a_dead_bmc() {
     // Keep-alives at 30, 45 and 60 s go unanswered; at 75 s the third miss ends it.
     assert_eq!(start.elapsed(), Duration::from_secs(75 - 16));
 }
+
+#[tokio::test(start_paused = true)]
+async fn bmc_side_deactivation_ends_the_run_and_closes_the_session() {
+    let r = start_with(|_| {}).await;
+    r.ctl.deactivating.store(true, Ordering::SeqCst);
+    r.input.send(SolInput::Data(b"x".to_vec())).await.unwrap();
+    let err = r.task.await.unwrap().unwrap_err();
+    assert!(matches!(err, RmcpError::SolDeactivated), "{err}");
+    let reqs = requests(&r.ctl);
+    assert_eq!(reqs.last(), Some(&(6, 0x3c)), "closed: {reqs:?}");
+    assert!(!reqs.contains(&(6, 0x49)), "no deactivate of an inactive payload: {reqs:?}");
+}

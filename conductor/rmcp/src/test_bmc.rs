@@ -31,6 +31,8 @@ pub struct Control {
     pub nack_next: AtomicUsize,
     /// Accept at most this many characters of a packet (0: all).
     pub accept_max: AtomicUsize,
+    /// Answer the next console data packet with "SOL deactivating".
+    pub deactivating: std::sync::atomic::AtomicBool,
     /// Stop answering Get Device ID (keep-alive) and everything else.
     pub silent: std::sync::atomic::AtomicBool,
 }
@@ -220,6 +222,10 @@ impl State {
         c.sol_ops.lock().unwrap().push(op);
         if seq == 0 {
             return vec![];
+        }
+        if c.deactivating.swap(false, Ordering::SeqCst) {
+            *c.sol_active.lock().unwrap() = false;
+            return vec![self.session_out(payload::SOL, &[0, seq, 0, 0x10])];
         }
         if c.nack_next.load(Ordering::SeqCst) > 0 {
             c.nack_next.fetch_sub(1, Ordering::SeqCst);
