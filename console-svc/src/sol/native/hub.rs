@@ -62,6 +62,8 @@ pub(crate) struct HubConfig {
     pub(crate) linger: Duration,
     /// Keep the session up (and retrying) with no viewer attached.
     pub(crate) always_on: bool,
+    /// The backend's name in metrics (`native`, `rmcp`).
+    pub(crate) backend: &'static str,
     pub(crate) max_viewers: usize,
     /// Viewers from one address at once; 0: no limit of its own.
     pub(crate) max_viewers_per_address: usize,
@@ -319,7 +321,7 @@ impl Hub {
         match event {
             SolEvent::Activated(Ok(session)) => self.on_activated(session),
             SolEvent::Activated(Err(e)) => {
-                crate::metrics::get().sol_activation_failed("native");
+                crate::metrics::get().sol_activation_failed(self.cfg.backend);
                 self.on_failure(e.to_string())
             }
             SolEvent::Output(data) => {
@@ -353,7 +355,7 @@ impl Hub {
             return;
         }
         info!("activating SOL");
-        crate::metrics::get().sol_activation("native");
+        crate::metrics::get().sol_activation(self.cfg.backend);
         let fence = self.fence.clone();
         let launcher = self.launcher.clone();
         self.sol = Sol::Activating(Box::pin(async move {

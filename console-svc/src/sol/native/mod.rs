@@ -138,6 +138,7 @@ impl NativeBackend {
                 .map(|dir| (dir.join(format!("{node}.log")), n.log_file_max_bytes)),
             linger: n.linger,
             always_on: n.always_on.unwrap_or(false),
+            backend: "native",
             max_viewers: n.max_viewers,
             max_viewers_per_address: n.max_viewers_per_address,
             terminal_timeout: self.settings.terminal_timeout,

@@ -88,6 +88,7 @@ impl ConsoleBackend for RmcpBackend {
         let settings = &self.native.settings;
         let mut cfg = self.native.hub_config(&ctx.node);
         cfg.always_on = settings.native.always_on.unwrap_or(true);
+        cfg.backend = "rmcp";
         span.in_scope(|| info!(listen = %ctx.listen, always_on = cfg.always_on, "console listening (rmcp)"));
         let launcher = RmcpLauncher { target, fence: ctx.fence.clone(), timeout: settings.subprocess_timeout };
         let stop = ctx.cancel.child_token();

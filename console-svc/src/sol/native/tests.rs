@@ -35,6 +35,7 @@ pub(super) fn config() -> HubConfig {
         log_file: None,
         linger: Duration::from_secs(5),
         always_on: false,
+        backend: "native",
         max_viewers: 4,
         max_viewers_per_address: 0,
         terminal_timeout: Duration::ZERO,
