@@ -1,6 +1,7 @@
 //! Rig tests: RMCP+ sessions against the rig's real `ipmi_sim` BMCs, each
 //! answer compared with what `ipmitool -I lanplus` gets from the same BMC.
-//! Skips (with a notice) unless `PORTHOLE_RIG_JSON` names a running rig.
+//! Skips (with a notice) unless `PORTHOLE_RIG_JSON` names a running rig; each
+//! test leases its BMC (the tests crate's flock), so suites can run side by side.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -55,7 +56,8 @@ async fn session_get_device_id_and_chassis_status_match_ipmitool() -> Result<()>
     let Some(rig) = Rig::from_env()? else {
         return Ok(());
     };
-    let bmc = &rig.bmcs[0];
+    let lease = rig.lease_bmcs(1).await?;
+    let bmc = &lease[0];
     let mut s = Session::open(transport::udp(addr(bmc)).await?, &config(bmc)).await?;
     assert_eq!(s.cipher_suite().id, 3);
     let ours = s.request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[]).await?;
@@ -87,7 +89,8 @@ async fn privilege_levels_and_cipher_suites() -> Result<()> {
     let Some(rig) = Rig::from_env()? else {
         return Ok(());
     };
-    let bmc = &rig.bmcs[1 % rig.bmcs.len()];
+    let lease = rig.lease_bmcs(1).await?;
+    let bmc = &lease[0];
     for (suite, privilege) in [
         (3, Privilege::User),
         (2, Privilege::Operator),
@@ -128,7 +131,8 @@ async fn wrong_password_and_unknown_user_have_clear_errors() -> Result<()> {
     let Some(rig) = Rig::from_env()? else {
         return Ok(());
     };
-    let bmc = &rig.bmcs[0];
+    let lease = rig.lease_bmcs(1).await?;
+    let bmc = &lease[0];
     let c = SessionConfig::new(&bmc.username, b"not-the-password");
     let err = Session::open(transport::udp(addr(bmc)).await?, &c)
         .await

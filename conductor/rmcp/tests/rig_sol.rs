@@ -63,7 +63,8 @@ async fn sol_both_ways_8bit_clean_then_deactivate() -> Result<()> {
     let Some(rig) = Rig::from_env()? else {
         return Ok(());
     };
-    let bmc = &rig.bmcs[2 % rig.bmcs.len()];
+    let lease = rig.lease_bmcs(1).await?;
+    let bmc = &lease[0];
     let mut node = TcpStream::connect(bmc.host_console.addr()).await?;
     let mut sol = activate(bmc).await?;
     let all: Vec<u8> = (0..=255u8).collect();
@@ -92,7 +93,8 @@ async fn an_active_sol_is_taken_over() -> Result<()> {
     let Some(rig) = Rig::from_env()? else {
         return Ok(());
     };
-    let bmc = &rig.bmcs[3 % rig.bmcs.len()];
+    let lease = rig.lease_bmcs(1).await?;
+    let bmc = &lease[0];
     let mut node = TcpStream::connect(bmc.host_console.addr()).await?;
     let first = activate(bmc).await?;
     // The second activation meets "already active" (0x80), deactivates, activates.
@@ -115,7 +117,8 @@ async fn an_active_sol_is_taken_over() -> Result<()> {
 #[ignore = "slow: 75 s of idle SOL"]
 async fn an_idle_session_stays_up_on_keepalives() -> Result<()> {
     let Some(rig) = Rig::from_env()? else { return Ok(()) };
-    let bmc = &rig.bmcs[3 % rig.bmcs.len()];
+    let lease = rig.lease_bmcs(1).await?;
+    let bmc = &lease[0];
     let mut node = TcpStream::connect(bmc.host_console.addr()).await?;
     let mut sol = activate(bmc).await?;
     tokio::time::sleep(Duration::from_secs(75)).await;

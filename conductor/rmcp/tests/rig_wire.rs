@@ -129,7 +129,8 @@ async fn tshark_decodes_our_handshake_session_and_sol_packets() -> Result<()> {
         anyhow::ensure!(std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(), "tshark is missing and PORTHOLE_REQUIRE_PEERS is set");
         return Ok(());
     }
-    let bmc = &rig.bmcs[0];
+    let lease = rig.lease_bmcs(1).await?;
+    let bmc = &lease[0];
     let log: Log = Arc::default();
     let addr = relay(format!("{}:{}", bmc.host, bmc.port).parse()?, log.clone()).await?;
     sol_exchange(bmc, addr, 3).await?;
