@@ -31,8 +31,18 @@ async fn rmcp_bad_credentials() -> Result<()> {
     let svc = ConsoleSvc::start(Backend::Rmcp).await?;
     let mut client = svc.client().await?;
     let cases = [
-        ("wrongpw", bmcs[0].username.as_str(), "Wrong-Pw-9876", "wrong password for user"),
-        ("nouser", "nobody", bmcs[0].password.as_str(), "unauthorized name): unknown user name"),
+        (
+            "wrongpw",
+            bmcs[0].username.as_str(),
+            "Wrong-Pw-9876",
+            "wrong password for user",
+        ),
+        (
+            "nouser",
+            "nobody",
+            bmcs[0].password.as_str(),
+            "unauthorized name): unknown user name",
+        ),
     ];
     for (tag, user, password, expected) in cases {
         let node = session::node_id(tag);
@@ -42,13 +52,20 @@ async fn rmcp_bad_credentials() -> Result<()> {
             ipmi.password = password.into();
         }
         session::enable(&mut client, req).await?;
-        let failed = session::wait_console(&mut client, &node, Duration::from_secs(30), "FAILED", |c| {
-            c.state() == pb::ConsoleState::Failed
-        })
-        .await?;
+        let failed =
+            session::wait_console(&mut client, &node, Duration::from_secs(30), "FAILED", |c| {
+                c.state() == pb::ConsoleState::Failed
+            })
+            .await?;
         let why = failed.last_error;
-        ensure!(why.contains(expected), "{tag}: last_error {why:?} lacks {expected:?}");
-        ensure!(!why.contains(password), "{tag}: last_error shows the password: {why:?}");
+        ensure!(
+            why.contains(expected),
+            "{tag}: last_error {why:?} lacks {expected:?}"
+        );
+        ensure!(
+            !why.contains(password),
+            "{tag}: last_error shows the password: {why:?}"
+        );
     }
     Ok(())
 }

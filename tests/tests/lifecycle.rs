@@ -148,7 +148,10 @@ fn console_processes(svc: &ConsoleSvc, backend: Backend) -> Result<Vec<Proc>> {
         .iter()
         .any(|p| p.what.contains("ipmitool") || p.what.contains("sol-exec"));
     if backend == Backend::Rmcp {
-        ensure!(found.is_empty(), "rmcp started processes for SOL: {found:?}");
+        ensure!(
+            found.is_empty(),
+            "rmcp started processes for SOL: {found:?}"
+        );
         return Ok(found);
     }
     if !ipmitool {

@@ -45,10 +45,7 @@ async fn the_password_is_in_no_argv_environment_answer_or_log(backend: Backend) 
         .count();
     if backend == Backend::Rmcp {
         // SOL runs inside console-svc: no ipmitool process at all.
-        ensure!(
-            started.is_empty(),
-            "rmcp started processes: {started:?}"
-        );
+        ensure!(started.is_empty(), "rmcp started processes: {started:?}");
     } else {
         ensure!(
             sessions >= 2,

@@ -166,5 +166,8 @@ async fn bmc_side_deactivation_ends_the_run_and_closes_the_session() {
     assert!(matches!(err, RmcpError::SolDeactivated), "{err}");
     let reqs = requests(&r.ctl);
     assert_eq!(reqs.last(), Some(&(6, 0x3c)), "closed: {reqs:?}");
-    assert!(!reqs.contains(&(6, 0x49)), "no deactivate of an inactive payload: {reqs:?}");
+    assert!(
+        !reqs.contains(&(6, 0x49)),
+        "no deactivate of an inactive payload: {reqs:?}"
+    );
 }

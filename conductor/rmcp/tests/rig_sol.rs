@@ -116,13 +116,19 @@ async fn an_active_sol_is_taken_over() -> Result<()> {
 #[tokio::test]
 #[ignore = "slow: 75 s of idle SOL"]
 async fn an_idle_session_stays_up_on_keepalives() -> Result<()> {
-    let Some(rig) = Rig::from_env()? else { return Ok(()) };
+    let Some(rig) = Rig::from_env()? else {
+        return Ok(());
+    };
     let lease = rig.lease_bmcs(1).await?;
     let bmc = &lease[0];
     let mut node = TcpStream::connect(bmc.host_console.addr()).await?;
     let mut sol = activate(bmc).await?;
     tokio::time::sleep(Duration::from_secs(75)).await;
-    anyhow::ensure!(!sol.task.is_finished(), "the SOL session ended while idle: {:?}", sol.task.await?);
+    anyhow::ensure!(
+        !sol.task.is_finished(),
+        "the SOL session ended while idle: {:?}",
+        sol.task.await?
+    );
     node.write_all(b"still here\r\n").await?;
     assert_eq!(read_sol(&mut sol.output, 12).await?, b"still here\r\n");
     sol.input.send(SolInput::Data(b"typed".to_vec())).await?;

@@ -73,7 +73,10 @@ fn write_pcap(path: &Path, log: &[(bool, Vec<u8>)]) -> Result<()> {
         ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         ip.extend_from_slice(&src);
         ip.extend_from_slice(&dst);
-        let sum = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+        let sum = ip
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum::<u32>();
         let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
         ip[10..12].copy_from_slice(&sum.to_be_bytes());
         let mut udp = Vec::new();
@@ -101,7 +104,9 @@ async fn sol_exchange(bmc: &Bmc, addr: SocketAddr, suite: u8) -> Result<()> {
     let mut cfg = SessionConfig::new(&bmc.username, bmc.password.as_bytes());
     cfg.cipher_suite = suite;
     let mut session = Session::open(transport::udp(addr).await?, &cfg).await?;
-    session.request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[]).await?;
+    session
+        .request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[])
+        .await?;
     let sol = Sol::activate(session, SolConfig::default()).await?;
     let (input, in_rx) = mpsc::channel(8);
     let (out_tx, mut output) = mpsc::channel(8);
@@ -111,7 +116,11 @@ async fn sol_exchange(bmc: &Bmc, addr: SocketAddr, suite: u8) -> Result<()> {
     node.write_all(b"printed").await?;
     let mut got = Vec::new();
     while got.len() < 7 {
-        got.extend(tokio::time::timeout(Duration::from_secs(10), output.recv()).await?.context("SOL ended")?);
+        got.extend(
+            tokio::time::timeout(Duration::from_secs(10), output.recv())
+                .await?
+                .context("SOL ended")?,
+        );
     }
     anyhow::ensure!(got == b"printed", "SOL output {got:?}");
     input.send(SolInput::Break).await?;
@@ -123,10 +132,15 @@ async fn sol_exchange(bmc: &Bmc, addr: SocketAddr, suite: u8) -> Result<()> {
 
 #[tokio::test]
 async fn tshark_decodes_our_handshake_session_and_sol_packets() -> Result<()> {
-    let Some(rig) = Rig::from_env()? else { return Ok(()) };
+    let Some(rig) = Rig::from_env()? else {
+        return Ok(());
+    };
     if tshark(&["--version"]).is_none() {
         eprintln!("notice: tshark is not installed (scripts/setup.sh installs it); skipping");
-        anyhow::ensure!(std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(), "tshark is missing and PORTHOLE_REQUIRE_PEERS is set");
+        anyhow::ensure!(
+            std::env::var_os("PORTHOLE_REQUIRE_PEERS").is_none(),
+            "tshark is missing and PORTHOLE_REQUIRE_PEERS is set"
+        );
         return Ok(());
     }
     let lease = rig.lease_bmcs(1).await?;
@@ -147,8 +161,14 @@ async fn tshark_decodes_our_handshake_session_and_sol_packets() -> Result<()> {
     let frames = log.lock().unwrap().len();
     let summary = tshark(&["-r", pcap]).context("tshark")?;
     eprintln!("{frames} datagrams; tshark's summary:\n{summary}");
-    anyhow::ensure!(!text.contains("Malformed"), "tshark: malformed packets:\n{text}");
-    anyhow::ensure!(!text.contains("[Expert Info (Error"), "tshark: errors:\n{text}");
+    anyhow::ensure!(
+        !text.contains("Malformed"),
+        "tshark: malformed packets:\n{text}"
+    );
+    anyhow::ensure!(
+        !text.contains("[Expert Info (Error"),
+        "tshark: errors:\n{text}"
+    );
     // tshark 4.0 parses the session wrapper (type, flags, session id,
     // sequence, length) and IPMI messages; RAKP and SOL bodies it shows as data.
     for needed in [
@@ -164,7 +184,10 @@ async fn tshark_decodes_our_handshake_session_and_sol_packets() -> Result<()> {
         // suite 1: in clear
         "SOL (serial over LAN) (0x01), not encrypted, not authenticated",
     ] {
-        anyhow::ensure!(text.contains(needed), "tshark shows no {needed:?}:\n{summary}");
+        anyhow::ensure!(
+            text.contains(needed),
+            "tshark shows no {needed:?}:\n{summary}"
+        );
     }
     let plain_ipmi = text.matches("IPMI Message (0x00), not encrypted").count();
     anyhow::ensure!(plain_ipmi >= 6, "suite 1's IPMI messages: {plain_ipmi}");

@@ -38,8 +38,8 @@
 mod hub;
 mod launcher;
 mod logfile;
-pub(crate) mod rmcp;
 mod ring;
+pub(crate) mod rmcp;
 mod session;
 mod viewer;
 
@@ -203,7 +203,11 @@ impl ConsoleBackend for NativeBackend {
     }
 }
 
-pub(super) async fn accept_loop(listener: TcpListener, joins: mpsc::Sender<Join>, stop: CancellationToken) {
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    joins: mpsc::Sender<Join>,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,

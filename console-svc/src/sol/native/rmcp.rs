@@ -27,11 +27,13 @@ use tracing::{info, warn, Instrument};
 use super::hub::{self, HubHandle};
 use super::launcher::{SessionControl, SolLauncher, SolSession};
 use super::{accept_loop, NativeBackend};
-use crate::backend::{bind_port, BackendError, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole};
+use crate::backend::{
+    bind_port, BackendError, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole,
+};
 use crate::config::Config;
 use crate::coordinator::Fence;
-use crate::spec::{IpmiTarget, PrivilegeLevel};
 use crate::sol::SolError;
+use crate::spec::{IpmiTarget, PrivilegeLevel};
 
 /// How often a running session re-checks the lease.
 const FENCE_CHECK: Duration = Duration::from_millis(200);
@@ -45,7 +47,10 @@ pub(crate) struct FencedUdp {
 
 impl FencedUdp {
     pub(crate) async fn connect(bmc: std::net::SocketAddr, fence: Fence) -> std::io::Result<Self> {
-        Ok(Self { sock: transport::udp(bmc).await?, fence })
+        Ok(Self {
+            sock: transport::udp(bmc).await?,
+            fence,
+        })
     }
 }
 
@@ -71,7 +76,9 @@ pub struct RmcpBackend {
 
 impl RmcpBackend {
     pub fn new(config: &Config) -> Self {
-        Self { native: NativeBackend::new(config) }
+        Self {
+            native: NativeBackend::new(config),
+        }
     }
 }
 
@@ -89,11 +96,25 @@ impl ConsoleBackend for RmcpBackend {
         let mut cfg = self.native.hub_config(&ctx.node);
         cfg.always_on = settings.native.always_on.unwrap_or(true);
         cfg.backend = "rmcp";
-        span.in_scope(|| info!(listen = %ctx.listen, always_on = cfg.always_on, "console listening (rmcp)"));
-        let launcher = RmcpLauncher { target, fence: ctx.fence.clone(), timeout: settings.subprocess_timeout };
+        span.in_scope(
+            || info!(listen = %ctx.listen, always_on = cfg.always_on, "console listening (rmcp)"),
+        );
+        let launcher = RmcpLauncher {
+            target,
+            fence: ctx.fence.clone(),
+            timeout: settings.subprocess_timeout,
+        };
         let stop = ctx.cancel.child_token();
-        let hub = hub::spawn(cfg, Arc::new(launcher), ctx.fence, ctx.health, stop.clone(), span.clone());
-        let acceptor = tokio::spawn(accept_loop(listener, hub.joins(), stop.clone()).instrument(span));
+        let hub = hub::spawn(
+            cfg,
+            Arc::new(launcher),
+            ctx.fence,
+            ctx.health,
+            stop.clone(),
+            span.clone(),
+        );
+        let acceptor =
+            tokio::spawn(accept_loop(listener, hub.joins(), stop.clone()).instrument(span));
         Ok(Box::new(RmcpConsole {
             hub: Some(hub),
             acceptor,
@@ -153,11 +174,14 @@ impl RmcpLauncher {
         let addr = tokio::net::lookup_host((t.address.as_str(), t.port))
             .await?
             .next()
-            .ok_or_else(|| porthole_rmcp::RmcpError::Invalid(format!("{} resolves to no address", t.address)))?;
+            .ok_or_else(|| {
+                porthole_rmcp::RmcpError::Invalid(format!("{} resolves to no address", t.address))
+            })?;
         let mut cfg = SessionConfig::new(&t.username, t.password.expose().as_bytes());
         cfg.cipher_suite = t.cipher_suite;
         cfg.privilege = privilege(t.privilege);
-        let session = Session::open(FencedUdp::connect(addr, self.fence.clone()).await?, &cfg).await?;
+        let session =
+            Session::open(FencedUdp::connect(addr, self.fence.clone()).await?, &cfg).await?;
         Sol::activate(session, SolConfig::default()).await
     }
 }
@@ -174,17 +198,35 @@ impl SolLauncher for RmcpLauncher {
         let bmc = self.target.display_addr();
         let sol = tokio::time::timeout(self.timeout, self.open())
             .await
-            .map_err(|_| SolError::Timeout { what: format!("RMCP+ SOL activation on {bmc}"), timeout: self.timeout })?
-            .map_err(|e| SolError::Bmc { bmc: bmc.clone(), message: e.to_string() })?;
+            .map_err(|_| SolError::Timeout {
+                what: format!("RMCP+ SOL activation on {bmc}"),
+                timeout: self.timeout,
+            })?
+            .map_err(|e| SolError::Bmc {
+                bmc: bmc.clone(),
+                message: e.to_string(),
+            })?;
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let cancel = CancellationToken::new();
         let why = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(bridge(sol, theirs, cancel.clone(), self.fence.clone(), why.clone(), bmc));
+        let task = tokio::spawn(bridge(
+            sol,
+            theirs,
+            cancel.clone(),
+            self.fence.clone(),
+            why.clone(),
+            bmc,
+        ));
         Ok(SolSession {
             io: Box::new(ours),
             greeting: Bytes::new(),
             early_output: Bytes::new(),
-            control: Box::new(RmcpControl { cancel, task, why, stop_timeout: self.timeout }),
+            control: Box::new(RmcpControl {
+                cancel,
+                task,
+                why,
+                stop_timeout: self.timeout,
+            }),
         })
     }
 }
@@ -202,7 +244,11 @@ async fn bridge(
     let (in_tx, in_rx) = mpsc::channel(16);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
     // Aborted with the bridge (end without deactivate): no word to the BMC.
-    let mut run = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sol.run(in_rx, out_tx, cancel.clone())));
+    let mut run = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sol.run(
+        in_rx,
+        out_tx,
+        cancel.clone(),
+    )));
     let (mut rd, mut wr) = tokio::io::split(io);
     let mut buf = vec![0u8; 4096];
     let mut tick = tokio::time::interval(FENCE_CHECK);
