@@ -25,6 +25,7 @@ pub mod crypto;
 pub mod error;
 pub mod handshake;
 pub mod session;
+mod setup;
 pub mod sol;
 #[cfg(test)]
 mod test_bmc;

@@ -1,6 +1,5 @@
-//! An established RMCP+ session over any [`Datagram`]: set-up (Get Channel
-//! Authentication Capabilities, Open Session, RAKP 1-4, Set Session
-//! Privilege Level), requests with per-attempt timeouts and retransmission,
+//! An established RMCP+ session over any [`Datagram`]: set-up (`setup`,
+//! then Set Session Privilege Level), requests with per-attempt timeouts and retransmission,
 //! outbound session sequence numbers and the inbound replay window, and
 //! Close Session. `sol` drives SOL over it; callers use [`Session::open`].
 
@@ -10,9 +9,10 @@ use std::time::Duration;
 use tracing::debug;
 use zeroize::Zeroizing;
 
-use crate::crypto::{random, CipherSuite, SessionKeys};
-use crate::error::{RakpStatus, Result, RmcpError};
-use crate::handshake::{self, Handshake, Privilege, NAME_ONLY_LOOKUP};
+use crate::crypto::{CipherSuite, SessionKeys};
+use crate::error::{Result, RmcpError};
+use crate::handshake::Privilege;
+use crate::setup;
 use crate::transport::{Datagram, MAX_DATAGRAM};
 use crate::wire::{self, payload, Packet, Protection, Response};
 
@@ -122,123 +122,13 @@ pub struct Session<T: Datagram> {
 impl<T: Datagram> Session<T> {
     /// Authenticate and activate a session at `cfg.privilege`.
     pub async fn open(transport: T, cfg: &SessionConfig) -> Result<Self> {
-        let suite = CipherSuite::from_id(cfg.cipher_suite)?;
-        if cfg.username.len() > 16 {
-            return Err(RmcpError::Invalid("user names are at most 16 bytes".into()));
-        }
-        let mut setup = Setup {
-            transport: &transport,
-            cfg,
-        };
-        let caps = setup
-            .exchange(
-                "Get Channel Authentication Capabilities",
-                |_| {
-                    let m = wire::encode_request(
-                        cmd::NETFN_APP,
-                        cmd::GET_CHANNEL_AUTH_CAPS,
-                        0,
-                        &[0x8e, cfg.privilege as u8],
-                    );
-                    wire::encode_v15(&m)
-                },
-                |p| (p.payload_type.is_none()).then(|| wire::decode_response(&p.payload)),
-            )
-            .await??;
-        if caps.completion != 0 {
-            return Err(RmcpError::Completion {
-                netfn: cmd::NETFN_APP,
-                cmd: cmd::GET_CHANNEL_AUTH_CAPS,
-                code: caps.completion,
-            });
-        }
-        if caps.data.len() < 4 || caps.data[1] & 0x80 == 0 || caps.data[3] & 0x02 == 0 {
-            return Err(RmcpError::NoRmcpPlus);
-        }
-        let console_sid = loop {
-            let sid = u32::from_le_bytes(random::<4>());
-            if sid != 0 {
-                break sid;
-            }
-        };
-        let open = setup
-            .exchange(
-                "Open Session",
-                |tag| {
-                    let m = handshake::open_session_request(tag, 0, console_sid, &suite);
-                    wire::encode_v2(payload::OPEN_SESSION_REQ, 0, 0, &m, None)
-                },
-                |p| {
-                    (p.payload_type == Some(payload::OPEN_SESSION_RSP))
-                        .then(|| handshake::parse_open_session_response(&p.payload, &suite))
-                },
-            )
-            .await??;
-        if open.console_sid != console_sid {
-            return Err(RmcpError::Malformed(
-                "Open Session Response for another session".into(),
-            ));
-        }
-        let rm = random::<16>();
-        let role = NAME_ONLY_LOOKUP | cfg.privilege as u8;
-        let user = cfg.username.as_bytes();
-        let rakp2 = setup
-            .exchange(
-                "RAKP 1",
-                |tag| {
-                    let m = handshake::rakp1(tag, open.bmc_sid, &rm, role, user);
-                    wire::encode_v2(payload::RAKP1, 0, 0, &m, None)
-                },
-                |p| {
-                    (p.payload_type == Some(payload::RAKP2))
-                        .then(|| handshake::parse_rakp2(&p.payload))
-                },
-            )
-            .await??;
-        let hs = Handshake {
-            suite,
-            console_sid,
-            bmc_sid: open.bmc_sid,
-            rm,
-            rc: rakp2.rc,
-            guid: rakp2.guid,
-            role,
-            user: user.to_vec(),
-            kuid: cfg.password.clone(),
-            kg: cfg.kg.clone(),
-        };
-        if let Err(e) = hs.verify_rakp2(&rakp2.auth_code) {
-            // Tell the BMC to drop the half-open session; no answer expected.
-            let m = handshake::rakp3(0, RakpStatus::INVALID_INTEGRITY_CHECK.0, open.bmc_sid, &[]);
-            let _ = transport
-                .send(&wire::encode_v2(payload::RAKP3, 0, 0, &m, None))
-                .await;
-            return Err(e);
-        }
-        let keys = hs.keys();
-        let code = hs.rakp3_code();
-        let rakp4 = setup
-            .exchange(
-                "RAKP 3",
-                |tag| {
-                    let m = handshake::rakp3(tag, 0, open.bmc_sid, &code);
-                    wire::encode_v2(payload::RAKP3, 0, 0, &m, None)
-                },
-                |p| {
-                    (p.payload_type == Some(payload::RAKP4))
-                        .then(|| handshake::parse_rakp4(&p.payload))
-                },
-            )
-            .await??;
-        if rakp4.console_sid != console_sid || rakp4.icv != hs.rakp4_icv(&keys) {
-            return Err(RmcpError::BadRakp4);
-        }
+        let est = setup::authenticate(&transport, cfg).await?;
         let mut session = Self {
             transport,
-            suite,
-            keys,
-            bmc_sid: open.bmc_sid,
-            console_sid,
+            suite: est.suite,
+            keys: est.keys,
+            bmc_sid: est.bmc_sid,
+            console_sid: est.console_sid,
             out_seq: 0,
             window: SeqWindow::default(),
             rq_seq: 0,
@@ -257,8 +147,8 @@ impl<T: Datagram> Session<T> {
                 .await?;
         }
         debug!(
-            suite = suite.id,
-            bmc_sid = open.bmc_sid,
+            suite = est.suite.id,
+            bmc_sid = est.bmc_sid,
             "RMCP+ session open"
         );
         Ok(session)
@@ -407,46 +297,6 @@ fn command_name(netfn: u8, command: u8) -> &'static str {
         (cmd::NETFN_APP, cmd::ACTIVATE_PAYLOAD) => "Activate Payload",
         (cmd::NETFN_APP, cmd::DEACTIVATE_PAYLOAD) => "Deactivate Payload",
         _ => "an IPMI request",
-    }
-}
-
-/// Session set-up exchanges: unprotected, retransmitted with a new tag.
-struct Setup<'a, T: Datagram> {
-    transport: &'a T,
-    cfg: &'a SessionConfig,
-}
-
-impl<T: Datagram> Setup<'_, T> {
-    /// Send `make(attempt)` until `pick` recognises an answer.
-    async fn exchange<R>(
-        &mut self,
-        what: &'static str,
-        make: impl Fn(u8) -> Vec<u8>,
-        pick: impl Fn(&Packet) -> Option<R>,
-    ) -> Result<R> {
-        let mut buf = [0u8; MAX_DATAGRAM];
-        for attempt in 0..=self.cfg.retries {
-            self.transport.send(&make(attempt as u8)).await?;
-            let deadline = tokio::time::Instant::now() + self.cfg.timeout;
-            while let Ok(got) =
-                tokio::time::timeout_at(deadline, self.transport.recv(&mut buf)).await
-            {
-                let n = got?;
-                let Ok(pkt) = wire::decode(&buf[..n], None) else {
-                    continue;
-                };
-                // Set-up answers echo the tag we sent; a late answer to an
-                // earlier attempt is as good (same session parameters).
-                if let Some(r) = pick(&pkt) {
-                    return Ok(r);
-                }
-            }
-        }
-        Err(RmcpError::Timeout {
-            what,
-            attempts: self.cfg.retries + 1,
-            timeout: self.cfg.timeout,
-        })
     }
 }
 

@@ -202,52 +202,7 @@ impl<T: Datagram> Sol<T> {
         output: mpsc::Sender<Vec<u8>>,
         cancel: CancellationToken,
     ) -> Result<()> {
-        let mut keepalive = Instant::now() + self.cfg.keepalive;
-        let result = loop {
-            let retransmit = self.in_flight.as_ref().map(|f| f.due);
-            let idle = self.in_flight.is_none();
-            tokio::select! {
-                _ = cancel.cancelled() => break Ok(()),
-                got = self.session.recv() => match got {
-                    Ok(Incoming::Sol(m)) => {
-                        if let Err(e) = self.on_packet(&m, &output).await {
-                            break Err(e);
-                        }
-                    }
-                    Ok(Incoming::Response(_)) => self.keepalive_misses = 0,
-                    Err(e) => break Err(e),
-                },
-                item = input.recv(), if idle && self.pending.is_empty() && !self.pending_break => match item {
-                    Some(item) => {
-                        self.queue(item);
-                        while let Ok(more) = input.try_recv() {
-                            self.queue(more);
-                        }
-                    }
-                    None => break Ok(()),
-                },
-                _ = sleep_until(retransmit.unwrap_or_else(Instant::now)), if retransmit.is_some() => {
-                    if let Err(e) = self.resend().await {
-                        break Err(e);
-                    }
-                }
-                _ = sleep_until(keepalive) => {
-                    if self.keepalive_misses >= KEEPALIVE_MISSES {
-                        break Err(RmcpError::Timeout { what: "the SOL keep-alive (Get Device ID)", attempts: KEEPALIVE_MISSES, timeout: self.cfg.keepalive });
-                    }
-                    self.keepalive_misses += 1;
-                    keepalive = Instant::now() + self.cfg.keepalive;
-                    if let Err(e) = self.session.send_request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[]).await {
-                        break Err(e);
-                    }
-                }
-            }
-            if self.in_flight.is_none() {
-                if let Err(e) = self.send_next().await {
-                    break Err(e);
-                }
-            }
-        };
+        let result = self.pump(&mut input, &output, &cancel).await;
         match &result {
             // The BMC is gone: nothing to tell it.
             Err(RmcpError::Timeout { .. }) => {}
@@ -260,6 +215,61 @@ impl<T: Datagram> Sol<T> {
             _ => self.shutdown().await,
         }
         result
+    }
+
+    /// The event loop of [`Self::run`]; Ok when asked to stop.
+    async fn pump(
+        &mut self,
+        input: &mut mpsc::Receiver<SolInput>,
+        output: &mpsc::Sender<Vec<u8>>,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let mut keepalive = Instant::now() + self.cfg.keepalive;
+        loop {
+            let retransmit = self.in_flight.as_ref().map(|f| f.due);
+            let take_input =
+                self.in_flight.is_none() && self.pending.is_empty() && !self.pending_break;
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                got = self.session.recv() => match got? {
+                    Incoming::Sol(m) => self.on_packet(&m, output).await?,
+                    Incoming::Response(_) => self.keepalive_misses = 0,
+                },
+                item = input.recv(), if take_input => {
+                    let Some(item) = item else { return Ok(()) };
+                    self.queue(item);
+                    while let Ok(more) = input.try_recv() {
+                        self.queue(more);
+                    }
+                }
+                _ = sleep_until(retransmit.unwrap_or_else(Instant::now)), if retransmit.is_some() => {
+                    self.resend().await?;
+                }
+                _ = sleep_until(keepalive) => {
+                    self.keepalive().await?;
+                    keepalive = Instant::now() + self.cfg.keepalive;
+                }
+            }
+            if self.in_flight.is_none() {
+                self.send_next().await?;
+            }
+        }
+    }
+
+    /// Get Device ID, unless too many went unanswered (the BMC is gone).
+    async fn keepalive(&mut self) -> Result<()> {
+        if self.keepalive_misses >= KEEPALIVE_MISSES {
+            return Err(RmcpError::Timeout {
+                what: "the SOL keep-alive (Get Device ID)",
+                attempts: KEEPALIVE_MISSES,
+                timeout: self.cfg.keepalive,
+            });
+        }
+        self.keepalive_misses += 1;
+        self.session
+            .send_request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[])
+            .await
+            .map(|_| ())
     }
 
     fn queue(&mut self, item: SolInput) {
