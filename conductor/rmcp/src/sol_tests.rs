@@ -171,3 +171,31 @@ async fn bmc_side_deactivation_ends_the_run_and_closes_the_session() {
         "no deactivate of an inactive payload: {reqs:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retransmitted_bmc_packet_is_acked_but_delivered_once() {
+    let mut r = start_with(|_| {}).await;
+    r.ctl.duplicate_out.store(1, Ordering::SeqCst);
+    r.input
+        .send(SolInput::Data(b"once".to_vec()))
+        .await
+        .unwrap();
+    r.input
+        .send(SolInput::Data(b"-next".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(read_n(&mut r.output, 9).await, b"once-next");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(r.output.try_recv().is_err(), "nothing delivered twice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sequence_numbers_wrap_from_15_to_1() {
+    let mut r = start_with(|_| {}).await;
+    // 40 packets, one at a time: our sequence and the BMC's wrap twice.
+    for i in 0..40u8 {
+        r.input.send(SolInput::Data(vec![i])).await.unwrap();
+        assert_eq!(read_n(&mut r.output, 1).await, vec![i]);
+    }
+    assert_eq!(*r.ctl.node_rx.lock().unwrap(), (0..40).collect::<Vec<u8>>());
+}

@@ -31,6 +31,9 @@ pub struct Control {
     pub nack_next: AtomicUsize,
     /// Accept at most this many characters of a packet (0: all).
     pub accept_max: AtomicUsize,
+    /// Send this many of the BMC's own output packets twice (a retransmit
+    /// after a lost ack).
+    pub duplicate_out: AtomicUsize,
     /// Answer the next console data packet with "SOL deactivating".
     pub deactivating: std::sync::atomic::AtomicBool,
     /// Stop answering Get Device ID (keep-alive) and everything else.
@@ -248,6 +251,13 @@ impl State {
             if c.drop_sol_out.load(Ordering::SeqCst) > 0 {
                 c.drop_sol_out.fetch_sub(1, Ordering::SeqCst);
             } else {
+                if c.duplicate_out.load(Ordering::SeqCst) > 0 {
+                    c.duplicate_out.fetch_sub(1, Ordering::SeqCst);
+                    let again = self.session_out(payload::SOL, &echo);
+                    out.push(pkt);
+                    out.push(again);
+                    return out;
+                }
                 out.push(pkt);
             }
         }
