@@ -86,6 +86,8 @@ pub enum RmcpError {
     SolAlreadyActive,
     #[error("SOL activation refused: completion code 0x{code:02x} ({})", sol_activation_text(*code))]
     SolActivation { code: u8 },
+    #[error("the BMC asks for SOL on UDP port {port}, not the session's port (not supported)")]
+    SolOtherPort { port: u16 },
     #[error("the SOL session was deactivated by the BMC")]
     SolDeactivated,
     #[error("the session is closed")]

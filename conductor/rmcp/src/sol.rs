@@ -93,6 +93,9 @@ pub struct SolConfig {
     pub retries: u32,
     /// Get Device ID this often; three unanswered in a row end the session.
     pub keepalive: Duration,
+    /// The UDP port the session runs on: a BMC asking for SOL on another
+    /// port is refused (this client keeps SOL in the session's socket).
+    pub session_port: Option<u16>,
 }
 
 impl Default for SolConfig {
@@ -101,6 +104,7 @@ impl Default for SolConfig {
             retry_timeout: Duration::from_millis(500),
             retries: 7,
             keepalive: Duration::from_secs(15),
+            session_port: None,
         }
     }
 }
@@ -175,11 +179,19 @@ impl<T: Datagram> Sol<T> {
         }
         let inbound = usize::from(u16::from_le_bytes([rsp.data[4], rsp.data[5]]));
         let max_chunk = inbound.saturating_sub(4).clamp(1, 255);
-        debug!(
-            inbound,
-            port = u16::from_le_bytes([rsp.data[8], rsp.data[9]]),
-            "SOL activated"
-        );
+        let port = u16::from_le_bytes([rsp.data[8], rsp.data[9]]);
+        if cfg.session_port.is_some_and(|p| p != port) {
+            // ipmitool: "BMC requests SOL session on different port".
+            let _ = session
+                .request(
+                    cmd::NETFN_APP,
+                    cmd::DEACTIVATE_PAYLOAD,
+                    &payload_selector([0; 4]),
+                )
+                .await;
+            return Err(RmcpError::SolOtherPort { port });
+        }
+        debug!(inbound, port, "SOL activated");
         Ok(Self {
             session,
             cfg,

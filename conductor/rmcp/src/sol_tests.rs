@@ -199,3 +199,30 @@ async fn sequence_numbers_wrap_from_15_to_1() {
     }
     assert_eq!(*r.ctl.node_rx.lock().unwrap(), (0..40).collect::<Vec<u8>>());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_bmc_asking_for_another_sol_port_is_refused() {
+    let (t, bmc) = test_bmc::spawn(3, b"secret");
+    let session = Session::open(t, &SessionConfig::new("admin", b"secret"))
+        .await
+        .unwrap();
+    let cfg = SolConfig {
+        session_port: Some(624),
+        ..SolConfig::default()
+    };
+    let err = Sol::activate(session, cfg).await.err().unwrap();
+    assert!(
+        matches!(err, RmcpError::SolOtherPort { port: 623 }),
+        "{err}"
+    );
+    assert!(!*bmc.ctl.sol_active.lock().unwrap(), "deactivated again");
+    let (t, _bmc) = test_bmc::spawn(3, b"secret");
+    let session = Session::open(t, &SessionConfig::new("admin", b"secret"))
+        .await
+        .unwrap();
+    let cfg = SolConfig {
+        session_port: Some(623),
+        ..SolConfig::default()
+    };
+    assert!(Sol::activate(session, cfg).await.is_ok());
+}

@@ -182,7 +182,11 @@ impl RmcpLauncher {
         cfg.privilege = privilege(t.privilege);
         let session =
             Session::open(FencedUdp::connect(addr, self.fence.clone()).await?, &cfg).await?;
-        Sol::activate(session, SolConfig::default()).await
+        let sol = SolConfig {
+            session_port: Some(t.port),
+            ..SolConfig::default()
+        };
+        Sol::activate(session, sol).await
     }
 }
 
