@@ -256,6 +256,9 @@ async fn bridge(
     let (mut rd, mut wr) = tokio::io::split(io);
     let mut buf = vec![0u8; 4096];
     let mut tick = tokio::time::interval(FENCE_CHECK);
+    // The hub's side closed: the session is ending, read no more (a closed
+    // stream reads 0 at once, which would spin this loop).
+    let mut reading = true;
     let ended = loop {
         tokio::select! {
             r = &mut run => break match r {
@@ -263,11 +266,14 @@ async fn bridge(
                 Ok(Err(e)) => format!("BMC {bmc}: {e}"),
                 Err(e) => format!("SOL task failed: {e}"),
             },
-            n = rd.read(&mut buf) => match n {
+            n = rd.read(&mut buf), if reading => match n {
                 Ok(n) if n > 0 => {
                     let _ = in_tx.send(SolInput::Data(buf[..n].to_vec())).await;
                 }
-                _ => cancel.cancel(),
+                _ => {
+                    reading = false;
+                    cancel.cancel();
+                }
             },
             Some(data) = out_rx.recv() => {
                 if wr.write_all(&data).await.is_err() {
