@@ -35,8 +35,8 @@ pub mod handshake;
 pub mod session;
 mod setup;
 pub mod sol;
-#[cfg(test)]
-mod test_bmc;
+#[cfg(any(test, feature = "test-bmc"))]
+pub mod test_bmc;
 pub mod transport;
 pub mod wire;
 

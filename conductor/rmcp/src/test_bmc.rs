@@ -1,7 +1,8 @@
 //! An in-memory BMC for unit tests: the BMC side of session set-up, a few
 //! commands, payload activation and an echoing SOL port. It can drop
 //! datagrams so tests see retransmission (under tokio's paused clock).
-//! Correctness against a real BMC is the rig tests' job (ipmi_sim).
+//! Correctness against a real BMC is the rig tests' job (ipmi_sim). Other
+//! crates' unit tests get it with the `test-bmc` feature (console-svc's rmcp).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

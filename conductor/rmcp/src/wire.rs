@@ -231,7 +231,7 @@ pub fn decode_response(m: &[u8]) -> Result<Response> {
 }
 
 /// A decoded IPMI request message (the test BMC's side).
-#[cfg(test)]
+#[cfg(any(test, feature = "test-bmc"))]
 pub fn decode_request(m: &[u8]) -> Result<(u8, u8, u8, Vec<u8>)> {
     if m.len() < 7 || checksum(&m[..2]) != m[2] || checksum(&m[3..m.len() - 1]) != m[m.len() - 1] {
         return Err(RmcpError::Malformed("bad IPMI request".into()));
@@ -240,7 +240,7 @@ pub fn decode_request(m: &[u8]) -> Result<(u8, u8, u8, Vec<u8>)> {
 }
 
 /// The response to a request (the test BMC's side).
-#[cfg(test)]
+#[cfg(any(test, feature = "test-bmc"))]
 pub fn encode_response(netfn: u8, cmd: u8, rq_seq: u8, completion: u8, data: &[u8]) -> Vec<u8> {
     let mut m = vec![CONSOLE_SWID, (netfn | 1) << 2, 0];
     m[2] = checksum(&m[..2]);

@@ -8,9 +8,9 @@
 //! [`RmcpBackend::start`] is called by the manager per console. The hub
 //! checks the fence before each activation (as for `native`); every
 //! datagram to the BMC goes through [`FencedUdp`], which refuses to send
-//! unless the lease is known valid at that instant, and [`bridge`] checks
-//! the lease every 200 ms so a session whose lease lapsed ends promptly,
-//! without a word to the BMC.
+//! unless the lease is known valid at that instant, and [`bridge`] wakes at
+//! the lease's deadline so a session whose lease lapsed ends then, without
+//! a word to the BMC (no polling: an idle console costs no wake-ups).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,9 +34,6 @@ use crate::config::Config;
 use crate::coordinator::Fence;
 use crate::sol::SolError;
 use crate::spec::{IpmiTarget, PrivilegeLevel};
-
-/// How often a running session re-checks the lease.
-const FENCE_CHECK: Duration = Duration::from_millis(200);
 
 /// A UDP socket to one BMC that sends only while the claim's lease is
 /// known valid (the HA rule: a BMC action only under a valid lease).
@@ -237,8 +234,8 @@ impl SolLauncher for RmcpLauncher {
 
 /// Move bytes between the hub's stream and the SOL session until either
 /// ends; the stream closes when the session does.
-async fn bridge(
-    sol: Sol<FencedUdp>,
+async fn bridge<T: transport::Datagram>(
+    sol: Sol<T>,
     io: DuplexStream,
     cancel: CancellationToken,
     fence: Fence,
@@ -255,11 +252,20 @@ async fn bridge(
     )));
     let (mut rd, mut wr) = tokio::io::split(io);
     let mut buf = vec![0u8; 4096];
-    let mut tick = tokio::time::interval(FENCE_CHECK);
     // The hub's side closed: the session is ending, read no more (a closed
     // stream reads 0 at once, which would spin this loop).
     let mut reading = true;
     let ended = loop {
+        // Sleep until the lease's current deadline, then look again: a
+        // renewed lease gives a later one, a lapsed one ends the session.
+        let lease_end = match fence.permit() {
+            Ok(permit) => permit.until(),
+            Err(e) => {
+                run.abort();
+                warn!(reason = %e, "lease not known valid: SOL session dropped without telling the BMC");
+                break format!("lease not known valid: {e}");
+            }
+        };
         tokio::select! {
             r = &mut run => break match r {
                 Ok(Ok(())) => "SOL session closed".to_owned(),
@@ -280,13 +286,12 @@ async fn bridge(
                     cancel.cancel();
                 }
             }
-            _ = tick.tick() => {
-                if let Err(e) = fence.permit() {
-                    run.abort();
-                    warn!(reason = %e, "lease not known valid: SOL session dropped without telling the BMC");
-                    break format!("lease not known valid: {e}");
+            _ = async {
+                match lease_end {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-            }
+            } => {}
         }
     };
     // Output that came before the end still goes out.
