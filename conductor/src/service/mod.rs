@@ -4,10 +4,13 @@
 //! [`Conductor`] owns the store, the console-svc client and the power
 //! settings. Node CRUD and ports live here; power in `power.rs`, consoles
 //! in `console.rs`, provisioning in `provision.rs`, the ramdisk's secret,
-//! lookup and heartbeat in `ramdisk.rs`, vendor passthru in `vendor.rs`.
+//! lookup and heartbeat in `ramdisk.rs`, vendor passthru in `vendor.rs`, the
+//! deploy ramdisk's `pass_deploy_info` and the deploy's clean up in
+//! `deploy_callback.rs`.
 //! Callers: `api` handlers, `watch`, `periodic`, `lib::run`.
 
 mod console;
+pub mod deploy_callback;
 pub mod extras;
 mod groups;
 mod inspection;
@@ -107,6 +110,8 @@ pub struct Conductor {
     pub vendors: crate::provision::vendor::VendorInterfaces,
     /// The enabled hardware types and interfaces (`[drivers]`).
     pub drivers: Arc<crate::drivers::Registry>,
+    /// Console evidence with failures (`[conductor] failure_console_log_*`).
+    pub evidence: crate::provision::evidence::Settings,
 }
 
 /// Marks a node busy until dropped.
@@ -142,6 +147,7 @@ impl Conductor {
             interfaces: Default::default(),
             vendors: Default::default(),
             drivers: Default::default(),
+            evidence: Default::default(),
         }
     }
 
