@@ -1,6 +1,8 @@
 //! Rig tests: SOL against the rig's `ipmi_sim` BMCs. The test plays the
 //! node's OS on the serial line's host side (`host_console`, TCP): what it
-//! writes must come out of our SOL session, what we send must arrive there.
+//! writes must come out of our SOL session, what we send must arrive there
+//! (through the tests crate's `node_side`, which waits out the rig bridge's
+//! earlier connections: they would take bytes meant for this test).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,8 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use porthole_rmcp::{transport, Session, SessionConfig, Sol, SolConfig, SolInput};
 use porthole_tests::rig::{Bmc, Rig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use porthole_tests::{node_side, Wire};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -50,12 +51,15 @@ async fn read_sol(out: &mut mpsc::Receiver<Vec<u8>>, n: usize) -> Result<Vec<u8>
     Ok(got)
 }
 
-async fn read_node(node: &mut TcpStream, n: usize) -> Result<Vec<u8>> {
-    let mut got = vec![0u8; n];
-    tokio::time::timeout(Duration::from_secs(10), node.read_exact(&mut got))
-        .await
-        .context("node side: timed out")??;
-    Ok(got)
+/// Exactly `bytes` arrive on the node side next.
+async fn expect_node(node: &mut Wire, bytes: &[u8]) -> Result<()> {
+    let got = node.expect(bytes, Duration::from_secs(10)).await?;
+    anyhow::ensure!(
+        got == bytes,
+        "node side got more than was sent: {} bytes",
+        got.len()
+    );
+    Ok(())
 }
 
 #[tokio::test]
@@ -65,20 +69,20 @@ async fn sol_both_ways_8bit_clean_then_deactivate() -> Result<()> {
     };
     let lease = rig.lease_bmcs(1).await?;
     let bmc = &lease[0];
-    let mut node = TcpStream::connect(bmc.host_console.addr()).await?;
+    let mut node = node_side(bmc).await?;
     let mut sol = activate(bmc).await?;
     let all: Vec<u8> = (0..=255u8).collect();
     // Node -> SOL.
-    node.write_all(&all).await?;
+    node.send(&all).await?;
     assert_eq!(read_sol(&mut sol.output, all.len()).await?, all);
     // SOL -> node, in small pieces like keystrokes and one large one.
     for chunk in all.chunks(7) {
         sol.input.send(SolInput::Data(chunk.to_vec())).await?;
     }
-    assert_eq!(read_node(&mut node, all.len()).await?, all);
+    expect_node(&mut node, &all).await?;
     let big: Vec<u8> = (0..2000u32).map(|i| (i * 31 % 256) as u8).collect();
     sol.input.send(SolInput::Data(big.clone())).await?;
-    assert_eq!(read_node(&mut node, big.len()).await?, big);
+    expect_node(&mut node, &big).await?;
     sol.cancel.cancel();
     sol.task.await??;
     // Deactivated: a fresh session activates without finding it active.
@@ -95,11 +99,11 @@ async fn an_active_sol_is_taken_over() -> Result<()> {
     };
     let lease = rig.lease_bmcs(1).await?;
     let bmc = &lease[0];
-    let mut node = TcpStream::connect(bmc.host_console.addr()).await?;
+    let mut node = node_side(bmc).await?;
     let first = activate(bmc).await?;
     // The second activation meets "already active" (0x80), deactivates, activates.
     let mut second = activate(bmc).await?;
-    node.write_all(b"after takeover\r\n").await?;
+    node.send(b"after takeover\r\n").await?;
     assert_eq!(
         read_sol(&mut second.output, 16).await?,
         b"after takeover\r\n"
@@ -121,7 +125,7 @@ async fn an_idle_session_stays_up_on_keepalives() -> Result<()> {
     };
     let lease = rig.lease_bmcs(1).await?;
     let bmc = &lease[0];
-    let mut node = TcpStream::connect(bmc.host_console.addr()).await?;
+    let mut node = node_side(bmc).await?;
     let mut sol = activate(bmc).await?;
     tokio::time::sleep(Duration::from_secs(75)).await;
     anyhow::ensure!(
@@ -129,10 +133,10 @@ async fn an_idle_session_stays_up_on_keepalives() -> Result<()> {
         "the SOL session ended while idle: {:?}",
         sol.task.await?
     );
-    node.write_all(b"still here\r\n").await?;
+    node.send(b"still here\r\n").await?;
     assert_eq!(read_sol(&mut sol.output, 12).await?, b"still here\r\n");
     sol.input.send(SolInput::Data(b"typed".to_vec())).await?;
-    assert_eq!(read_node(&mut node, 5).await?, b"typed");
+    expect_node(&mut node, b"typed").await?;
     sol.cancel.cancel();
     sol.task.await??;
     Ok(())
