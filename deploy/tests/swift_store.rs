@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deploy::store::swift::{SwiftSettings, SwiftStore};
+use deploy::store::swift::{SwiftAuth, SwiftSettings, SwiftStore};
 use deploy::store::Store;
 use porthole_bmc::Secret;
 use porthole_tests::peers::Swift;
@@ -160,7 +160,11 @@ async fn a_wrong_swift_key_is_a_clear_error_naming_tempauth() {
     let _one = SWIFT.lock().await;
     let Some(_swift) = swift() else { return };
     let s = SwiftStore::new(SwiftSettings {
-        key: Secret::new("not-the-key"),
+        auth: SwiftAuth::TempAuth {
+            auth_url: AUTH_URL.into(),
+            user: "test:tester".into(),
+            key: Secret::new("not-the-key"),
+        },
         ..settings_for("ironic_ilo_container")
     })
     .unwrap();
@@ -175,9 +179,11 @@ async fn a_wrong_swift_key_is_a_clear_error_naming_tempauth() {
 
 fn settings_for(container: &str) -> SwiftSettings {
     SwiftSettings {
-        auth_url: AUTH_URL.into(),
-        user: "test:tester".into(),
-        key: Secret::new("testing"),
+        auth: SwiftAuth::TempAuth {
+            auth_url: AUTH_URL.into(),
+            user: "test:tester".into(),
+            key: Secret::new("testing"),
+        },
         container: container.into(),
         temp_url_key: None,
         timeout: Duration::from_secs(10),

@@ -7,6 +7,7 @@
 //! Callers: [`crate::deploy`] (the floppy), [`crate::run`] (which store).
 
 pub mod http;
+pub mod keystone;
 pub mod swift;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,6 +37,8 @@ pub enum StoreError {
     },
     #[error("object store: no object {0}")]
     NotFound(String),
+    #[error("object store: {0}")]
+    Keystone(#[from] keystone::KeystoneError),
 }
 
 /// An object store for deploy media.

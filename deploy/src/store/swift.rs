@@ -2,12 +2,14 @@
 //! `swift.container` (Ironic's `swift_ilo_container`, default
 //! `ironic_ilo_container`, created when missing) uploaded with
 //! `X-Delete-After`, reached by the BMC through HMAC-SHA256 temp URLs
-//! signed with the account's temp-URL key. Auth: tempauth (v1.0); the token
-//! is fetched once and again after a 401.
+//! signed with the account's temp-URL key. Auth: tempauth (v1.0) or
+//! Keystone v3 password ([`super::keystone`]); the token is fetched at first
+//! use, again after a 401, and again shortly before the expiry its issuer
+//! gave (Keystone's `expires_at`, tempauth's `X-Auth-Token-Expires`).
 //!
 //! Callers: [`crate::run`] builds it; [`crate::deploy`] through [`Store`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,16 +17,38 @@ use porthole_bmc::Secret;
 use reqwest::{Method, StatusCode};
 use tokio::sync::Mutex;
 
+use super::keystone::{self, KeystoneSettings};
 use super::{expires_at, temp_url_sig, Store, StoreError};
+
+/// How to get a token and the storage URL.
+#[derive(Clone, Debug)]
+pub enum SwiftAuth {
+    /// tempauth v1.0: `GET auth_url` with `X-Auth-User` / `X-Auth-Key`.
+    TempAuth {
+        /// `http://host:port/auth/v1.0`.
+        auth_url: String,
+        /// `account:user`.
+        user: String,
+        key: Secret,
+    },
+    /// Keystone v3 password; the storage URL is the catalog's
+    /// `object-store` endpoint.
+    Keystone(KeystoneSettings),
+}
+
+impl SwiftAuth {
+    fn describe(&self) -> String {
+        match self {
+            Self::TempAuth { auth_url, .. } => format!("tempauth at {auth_url}"),
+            Self::Keystone(k) => format!("Keystone at {}", k.auth_url),
+        }
+    }
+}
 
 /// How to reach the account.
 #[derive(Clone, Debug)]
 pub struct SwiftSettings {
-    /// tempauth's `http://host:port/auth/v1.0`.
-    pub auth_url: String,
-    /// `account:user`.
-    pub user: String,
-    pub key: Secret,
+    pub auth: SwiftAuth,
     pub container: String,
     /// The account's temp-URL key; `None`: read from the account
     /// (`X-Account-Meta-Temp-Url-Key`) at first use.
@@ -36,6 +60,8 @@ pub struct SwiftSettings {
 struct Session {
     storage_url: String,
     token: Option<Secret>,
+    /// When to fetch a new token before using this one again.
+    renew_at: Option<Instant>,
     temp_url_key: Option<Secret>,
     container_made: bool,
 }
@@ -66,12 +92,37 @@ impl SwiftStore {
     }
 
     async fn authenticate(&self, s: &mut Session) -> Result<(), StoreError> {
-        let what = format!("tempauth at {}", self.settings.auth_url);
+        let (token, storage_url, expires) = match &self.settings.auth {
+            SwiftAuth::TempAuth {
+                auth_url,
+                user,
+                key,
+            } => self.tempauth(auth_url, user, key).await?,
+            SwiftAuth::Keystone(k) => {
+                let g = keystone::authenticate(&self.http, k).await?;
+                (g.token, g.storage_url, g.expires_at)
+            }
+        };
+        tracing::debug!(auth = %self.settings.auth.describe(), %storage_url, "object store token");
+        s.renew_at = keystone::renew_after(expires).map(|d| Instant::now() + d);
+        s.storage_url = storage_url;
+        s.token = Some(token);
+        Ok(())
+    }
+
+    /// tempauth: the token, the storage URL and the expiry it gives.
+    async fn tempauth(
+        &self,
+        auth_url: &str,
+        user: &str,
+        key: &Secret,
+    ) -> Result<(Secret, String, Option<SystemTime>), StoreError> {
+        let what = format!("tempauth at {auth_url}");
         let resp = self
             .http
-            .get(&self.settings.auth_url)
-            .header("X-Auth-User", &self.settings.user)
-            .header("X-Auth-Key", self.settings.key.expose())
+            .get(auth_url)
+            .header("X-Auth-User", user)
+            .header("X-Auth-Key", key.expose())
             .send()
             .await
             .map_err(|source| StoreError::Transport {
@@ -86,9 +137,18 @@ impl SwiftStore {
                 .map(str::to_owned)
                 .ok_or_else(|| StoreError::Malformed(format!("{what}: no {n} in the answer")))
         };
-        s.storage_url = header("x-storage-url")?.trim_end_matches('/').to_owned();
-        s.token = Some(Secret::new(header("x-auth-token")?));
-        Ok(())
+        let storage_url = header("x-storage-url")?.trim_end_matches('/').to_owned();
+        let token = Secret::new(header("x-auth-token")?);
+        let expires = header("x-auth-token-expires")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|secs| SystemTime::now() + Duration::from_secs(secs));
+        Ok((token, storage_url, expires))
+    }
+
+    /// Whether the session needs a (new) token before its next request.
+    fn stale(s: &Session) -> bool {
+        s.token.is_none() || s.renew_at.is_some_and(|at| Instant::now() >= at)
     }
 
     /// One authenticated request to `<storage_url><path>`, re-authenticating
@@ -103,7 +163,7 @@ impl SwiftStore {
     ) -> Result<reqwest::Response, StoreError> {
         let mut s = self.session.lock().await;
         for attempt in 0..2 {
-            if s.token.is_none() {
+            if Self::stale(&s) {
                 self.authenticate(&mut s).await?;
             }
             let token = s.token.as_ref().expect("authenticated").expose().to_owned();
@@ -121,9 +181,17 @@ impl SwiftStore {
                 what: what.to_owned(),
                 source,
             })?;
-            if resp.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
+            if resp.status() == StatusCode::UNAUTHORIZED {
                 s.token = None;
-                continue;
+                if attempt == 0 {
+                    tracing::info!(auth = %self.settings.auth.describe(), what, "object store answered 401; authenticating again");
+                    continue;
+                }
+                let what = format!(
+                    "{what} (with a fresh token from {})",
+                    self.settings.auth.describe()
+                );
+                return check(resp, &what).await;
             }
             return Ok(resp);
         }
@@ -206,7 +274,7 @@ impl SwiftStore {
     /// The storage URL (after authenticating), for tests and logs.
     pub async fn storage_url(&self) -> Result<String, StoreError> {
         let mut s = self.session.lock().await;
-        if s.token.is_none() {
+        if Self::stale(&s) {
             self.authenticate(&mut s).await?;
         }
         Ok(s.storage_url.clone())
