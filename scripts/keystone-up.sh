@@ -12,7 +12,9 @@
 #      KEYSTONE_PORT (19950), KEYSTONE_PASSWORD_FILE (required: the admin
 #      password, first line; read by the Python processes themselves, never
 #      put in argv or the environment), KEYSTONE_TOKEN_EXPIRATION (3600 s),
-#      KEYSTONE_SWIFT_URL (http://127.0.0.1:8080/v1/AUTH_$(project_id)s),
+#      KEYSTONE_SWIFT_URL (http://127.0.0.1:8080/v1/AUTH_$(project_id)s: the
+#      public endpoint), KEYSTONE_SWIFT_INTERNAL_URL (the internal one; the
+#      public one's by default),
 #      PORTHOLE_VENV_KEYSTONE (the venv).
 # Users: `admin` in domain Default with role admin on project `admin`.
 set -euo pipefail
@@ -22,6 +24,7 @@ STATE=${KEYSTONE_STATE_DIR:?KEYSTONE_STATE_DIR names the state dir}
 PORT=${KEYSTONE_PORT:-19950}
 EXPIRATION=${KEYSTONE_TOKEN_EXPIRATION:-3600}
 SWIFT_URL=${KEYSTONE_SWIFT_URL:-'http://127.0.0.1:8080/v1/AUTH_$(project_id)s'}
+SWIFT_INTERNAL_URL=${KEYSTONE_SWIFT_INTERNAL_URL:-$SWIFT_URL}
 say() { echo "keystone-up.sh: $*" >&2; }
 
 down() {
@@ -61,9 +64,9 @@ CONF
   "${km[@]}" credential_setup --keystone-user "$(id -un)" --keystone-group "$(id -gn)"
   # bootstrap takes the password from --bootstrap-password or the
   # environment: set it inside the Python process only.
-  KS_PWFILE="$pwfile" "$VENV/bin/python" - "$conf" "$PORT" "$SWIFT_URL" <<'PY'
+  KS_PWFILE="$pwfile" "$VENV/bin/python" - "$conf" "$PORT" "$SWIFT_URL" "$SWIFT_INTERNAL_URL" <<'PY'
 import os, sys
-conf, port, swift = sys.argv[1], sys.argv[2], sys.argv[3]
+conf, port, swift, swift_internal = sys.argv[1:5]
 with open(os.environ.pop("KS_PWFILE")) as f:
     os.environ["OS_BOOTSTRAP_PASSWORD"] = f.readline().strip()
 from keystone.cmd import manage
@@ -79,10 +82,10 @@ from keystone.common import provider_api
 catalog = provider_api.ProviderAPIs.catalog_api
 sid = uuid.uuid4().hex
 catalog.create_service(sid, {"id": sid, "type": "object-store", "name": "swift", "enabled": True})
-for iface in ("public", "internal"):
+for iface, url in (("public", swift), ("internal", swift_internal)):
     eid = uuid.uuid4().hex
     catalog.create_endpoint(eid, {"id": eid, "service_id": sid, "interface": iface,
-                                  "region_id": "RegionOne", "url": swift, "enabled": True})
+                                  "region_id": "RegionOne", "url": url, "enabled": True})
 PY
   OS_KEYSTONE_CONFIG_FILES="$conf" setsid "$VENV/bin/keystone-wsgi-public" \
     --host 127.0.0.1 --port "$PORT" >>"$STATE/keystone.out" 2>&1 </dev/null &

@@ -83,6 +83,8 @@ say "python peers (.venv, .venv-clients, .venv-inspector)"
 "$ROOT/scripts/venv-clients.sh"
 # The real ironic-inspector 12.5 the inspect service's tests drive (.venv-inspector).
 "$ROOT/scripts/venv-inspector.sh"
+# The real Keystone the deploy service's Swift store authenticates against (.venv-keystone).
+"$ROOT/scripts/venv-keystone.sh"
 
 say "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
