@@ -202,8 +202,10 @@ async fn password_auth_against_a_real_keystone() {
     assert!(matches!(err, KeystoneError::Refused { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.contains(&format!("Keystone at {}/auth/tokens refused user \"admin\"", ks.url))
-            && msg.contains("401")
+        msg.contains(&format!(
+            "Keystone at {}/auth/tokens refused user \"admin\"",
+            ks.url
+        )) && msg.contains("401")
             && msg.contains("requires authentication")
             && msg.contains("wrong password"),
         "{msg}"
@@ -263,8 +265,10 @@ async fn password_auth_against_a_real_keystone() {
         .expect("down");
     assert!(matches!(err, KeystoneError::Unreachable { .. }), "{err:?}");
     assert!(
-        err.to_string()
-            .contains(&format!("Keystone at {}/auth/tokens cannot be reached", ks.url)),
+        err.to_string().contains(&format!(
+            "Keystone at {}/auth/tokens cannot be reached",
+            ks.url
+        )),
         "{err}"
     );
 }

@@ -50,7 +50,7 @@ pub enum KeystoneError {
     Unreachable { url: String, source: reqwest::Error },
     #[error(
         "Keystone at {url} refused user {user:?} (domain {user_domain:?}) for project \
-         {project:?} (domain {project_domain:?}): {status} {message}; a wrong password \
+         {project:?} (domain {project_domain:?}): {status}: {message}; a wrong password \
          (swift.key_file), an unknown user or project, or no role on the project"
     )]
     Refused {
@@ -296,7 +296,12 @@ mod tests {
 
     #[test]
     fn the_tokens_url_takes_auth_urls_with_and_without_v3() {
-        for u in ["http://ks:5000", "http://ks:5000/", "http://ks:5000/v3", "http://ks:5000/v3/"] {
+        for u in [
+            "http://ks:5000",
+            "http://ks:5000/",
+            "http://ks:5000/v3",
+            "http://ks:5000/v3/",
+        ] {
             assert_eq!(tokens_url(u), "http://ks:5000/v3/auth/tokens", "{u}");
         }
         assert_eq!(
@@ -311,7 +316,10 @@ mod tests {
         let pick = |r, i| object_store(&c, &settings(r, i));
         assert_eq!(pick(None, "public"), Some("http://one/v1/AUTH_p/"));
         assert_eq!(pick(None, "internal"), Some("http://one-int/v1/AUTH_p"));
-        assert_eq!(pick(Some("RegionTwo"), "public"), Some("http://two/v1/AUTH_p"));
+        assert_eq!(
+            pick(Some("RegionTwo"), "public"),
+            Some("http://two/v1/AUTH_p")
+        );
         assert_eq!(pick(Some("RegionTwo"), "internal"), None);
         assert_eq!(pick(None, "admin"), None);
     }
@@ -319,15 +327,23 @@ mod tests {
     #[test]
     fn a_missing_endpoint_says_what_the_catalog_has() {
         let c = catalog();
-        let e = no_endpoint("http://ks/v3/auth/tokens", &c, &settings(Some("RegionTwo"), "internal"))
-            .to_string();
+        let e = no_endpoint(
+            "http://ks/v3/auth/tokens",
+            &c,
+            &settings(Some("RegionTwo"), "internal"),
+        )
+        .to_string();
         assert!(
-            e.contains("no object-store endpoint with interface \"internal\" in region \"RegionTwo\"")
-                && e.contains("public in RegionOne, internal in RegionOne, public in RegionTwo"),
+            e.contains(
+                "no object-store endpoint with interface \"internal\" in region \"RegionTwo\""
+            ) && e.contains("public in RegionOne, internal in RegionOne, public in RegionTwo"),
             "{e}"
         );
         let e = no_endpoint("u", &c[..1], &settings(None, "public")).to_string();
-        assert!(e.contains("no object-store service (services: identity)"), "{e}");
+        assert!(
+            e.contains("no object-store service (services: identity)"),
+            "{e}"
+        );
     }
 
     #[test]
