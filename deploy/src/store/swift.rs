@@ -151,6 +151,26 @@ impl SwiftStore {
         s.token.is_none() || s.renew_at.is_some_and(|at| Instant::now() >= at)
     }
 
+    /// The session's token and storage URL, fetching a token first when
+    /// there is none or it is due for renewal. The lock is held only for
+    /// that: requests themselves run at once, on the one token.
+    async fn current(&self) -> Result<(Secret, String), StoreError> {
+        let mut s = self.session.lock().await;
+        if Self::stale(&s) {
+            self.authenticate(&mut s).await?;
+        }
+        let token = s.token.clone().expect("authenticated");
+        Ok((token, s.storage_url.clone()))
+    }
+
+    /// Drop `token` after a 401, unless another request already replaced it.
+    async fn forget(&self, token: &Secret) {
+        let mut s = self.session.lock().await;
+        if s.token.as_ref().map(Secret::expose) == Some(token.expose()) {
+            s.token = None;
+        }
+    }
+
     /// One authenticated request to `<storage_url><path>`, re-authenticating
     /// once on 401.
     async fn call(
@@ -161,16 +181,12 @@ impl SwiftStore {
         body: Option<Bytes>,
         what: &str,
     ) -> Result<reqwest::Response, StoreError> {
-        let mut s = self.session.lock().await;
         for attempt in 0..2 {
-            if Self::stale(&s) {
-                self.authenticate(&mut s).await?;
-            }
-            let token = s.token.as_ref().expect("authenticated").expose().to_owned();
+            let (token, storage_url) = self.current().await?;
             let mut r = self
                 .http
-                .request(method.clone(), format!("{}{path}", s.storage_url))
-                .header("X-Auth-Token", token);
+                .request(method.clone(), format!("{storage_url}{path}"))
+                .header("X-Auth-Token", token.expose());
             for (k, v) in headers {
                 r = r.header(*k, v);
             }
@@ -182,7 +198,7 @@ impl SwiftStore {
                 source,
             })?;
             if resp.status() == StatusCode::UNAUTHORIZED {
-                s.token = None;
+                self.forget(&token).await;
                 if attempt == 0 {
                     tracing::info!(auth = %self.settings.auth.describe(), what, "object store answered 401; authenticating again");
                     continue;
@@ -273,11 +289,7 @@ impl SwiftStore {
 
     /// The storage URL (after authenticating), for tests and logs.
     pub async fn storage_url(&self) -> Result<String, StoreError> {
-        let mut s = self.session.lock().await;
-        if Self::stale(&s) {
-            self.authenticate(&mut s).await?;
-        }
-        Ok(s.storage_url.clone())
+        Ok(self.current().await?.1)
     }
 }
 
@@ -348,4 +360,94 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
         status,
         body: body.chars().take(300).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::{get, put};
+
+    use super::*;
+
+    /// A fake Swift (tempauth): counts token requests and the most object
+    /// PUTs in flight at once (each takes 100 ms).
+    #[derive(Default)]
+    struct Fake {
+        auths: AtomicUsize,
+        in_flight: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    async fn fake_swift() -> (String, Arc<Fake>) {
+        let fake = Arc::new(Fake::default());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let storage = format!("{base}/v1/AUTH_t");
+        let (f1, f2) = (fake.clone(), fake.clone());
+        let app = axum::Router::new()
+            .route(
+                "/auth/v1.0",
+                get(move || async move {
+                    f1.auths.fetch_add(1, Ordering::SeqCst);
+                    let mut h = HeaderMap::new();
+                    h.insert("x-storage-url", storage.parse().unwrap());
+                    h.insert("x-auth-token", "tok".parse().unwrap());
+                    (StatusCode::OK, h)
+                }),
+            )
+            .route("/v1/AUTH_t/{c}", put(|| async { StatusCode::CREATED }))
+            .route(
+                "/v1/AUTH_t/{c}/{o}",
+                put(move || async move {
+                    let now = f2.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    f2.most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    f2.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    StatusCode::CREATED.into_response()
+                }),
+            );
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (format!("{base}/auth/v1.0"), fake)
+    }
+
+    #[tokio::test]
+    async fn uploads_for_different_nodes_run_at_once_on_one_token() {
+        let (auth_url, fake) = fake_swift().await;
+        let store = SwiftStore::new(SwiftSettings {
+            auth: SwiftAuth::TempAuth {
+                auth_url,
+                user: "t:u".into(),
+                key: Secret::new("k"),
+            },
+            container: "c".into(),
+            temp_url_key: None,
+            timeout: Duration::from_secs(10),
+        })
+        .unwrap();
+        let puts = (0..5).map(|i| {
+            let store = &store;
+            async move {
+                store
+                    .put(
+                        &format!("image-{i}"),
+                        Bytes::from_static(b"x"),
+                        Duration::from_secs(60),
+                    )
+                    .await
+            }
+        });
+        for r in futures::future::join_all(puts).await {
+            r.unwrap();
+        }
+        assert_eq!(
+            fake.most.load(Ordering::SeqCst),
+            5,
+            "uploads were serialized"
+        );
+        assert_eq!(fake.auths.load(Ordering::SeqCst), 1, "one token for all");
+    }
 }
