@@ -196,7 +196,7 @@ pub async fn authenticate(
         .map_err(|e| malformed(format!("the token body is not Keystone's: {e}")))?;
     let expires_at = match &body.token.expires_at {
         Some(t) => Some(
-            humantime::parse_rfc3339_weak(t.trim_end_matches('Z'))
+            humantime::parse_rfc3339_weak(t)
                 .map_err(|e| malformed(format!("expires_at {t:?}: {e}")))?,
         ),
         None => None,
@@ -344,6 +344,110 @@ mod tests {
             e.contains("no object-store service (services: identity)"),
             "{e}"
         );
+    }
+
+    /// A one-route Keystone answering every token request with `answer`.
+    async fn keystone(
+        answer: (
+            axum::http::StatusCode,
+            Vec<(&'static str, &'static str)>,
+            String,
+        ),
+    ) -> String {
+        let app = axum::Router::new().route(
+            "/v3/auth/tokens",
+            axum::routing::post(move || {
+                let (status, headers, body) = answer.clone();
+                async move {
+                    let mut h = axum::http::HeaderMap::new();
+                    for (k, v) in headers {
+                        h.insert(k, v.parse().unwrap());
+                    }
+                    (status, h, body)
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    }
+
+    fn token_body(expires_at: &str) -> String {
+        serde_json::json!({"token": {"expires_at": expires_at, "catalog": [
+            {"type": "object-store", "endpoints": [
+                {"interface": "public", "region_id": "RegionOne", "url": "http://s/v1/AUTH_p"}]}]}})
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn keystones_answers_become_a_grant_or_a_named_error() {
+        use axum::http::StatusCode;
+        let http = reqwest::Client::new();
+        let at = |url: String| KeystoneSettings {
+            auth_url: url,
+            ..settings(None, "public")
+        };
+        // Keystone's own format for expires_at.
+        let ok = keystone((
+            StatusCode::CREATED,
+            vec![("x-subject-token", "gAAAAB-t")],
+            token_body("2030-01-02T03:04:05.000000Z"),
+        ))
+        .await;
+        let g = authenticate(&http, &at(ok)).await.unwrap();
+        assert_eq!(g.token.expose(), "gAAAAB-t");
+        assert_eq!(g.storage_url, "http://s/v1/AUTH_p");
+        assert_eq!(
+            g.expires_at,
+            Some(humantime::parse_rfc3339("2030-01-02T03:04:05Z").unwrap())
+        );
+
+        let no_token = keystone((
+            StatusCode::CREATED,
+            vec![],
+            token_body("2030-01-02T03:04:05Z"),
+        ))
+        .await;
+        let e = authenticate(&http, &at(no_token.clone()))
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("Keystone at {no_token}/v3/auth/tokens: no X-Subject-Token in the answer")
+        );
+
+        let bad_time = keystone((
+            StatusCode::CREATED,
+            vec![("x-subject-token", "t")],
+            token_body("tomorrow"),
+        ))
+        .await;
+        let e = authenticate(&http, &at(bad_time))
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("expires_at \"tomorrow\""), "{e}");
+
+        let broken = keystone((
+            StatusCode::SERVICE_UNAVAILABLE,
+            vec![],
+            r#"{"error":{"code":503,"message":"Service Unavailable","title":"x"}}"#.into(),
+        ))
+        .await;
+        let e = authenticate(&http, &at(broken.clone()))
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("Keystone at {broken}/v3/auth/tokens answered 503 Service Unavailable: Service Unavailable")
+        );
+        assert!(!e.contains("pw"), "{e}");
     }
 
     #[test]
