@@ -38,7 +38,13 @@ pub enum StoreError {
     #[error("object store: no object {0}")]
     NotFound(String),
     #[error("object store: {0}")]
-    Keystone(#[from] keystone::KeystoneError),
+    Keystone(Box<keystone::KeystoneError>),
+}
+
+impl From<keystone::KeystoneError> for StoreError {
+    fn from(e: keystone::KeystoneError) -> Self {
+        Self::Keystone(Box::new(e))
+    }
 }
 
 /// An object store for deploy media.
