@@ -92,21 +92,26 @@ async fn service(
     (client, stop, task)
 }
 
-/// `nodes` PrepareRamdisk calls at once; each one's answer and duration.
+/// `nodes` PrepareRamdisk calls at once; each one's answer (or error) and
+/// duration.
 async fn service_round(
     client: &DeployServiceClient<Channel>,
     nodes: &[DeployNode],
-) -> (Vec<(PrepareRamdiskResponse, Duration)>, Duration) {
+) -> (
+    Vec<(Result<PrepareRamdiskResponse, String>, Duration)>,
+    Duration,
+) {
     let start = Instant::now();
     let calls = nodes.iter().cloned().map(|node| {
         let mut c = client.clone();
         async move {
             let t = Instant::now();
+            let uuid = node.uuid.clone();
             let r = c
                 .prepare_ramdisk(PrepareRamdiskRequest { node: Some(node) })
                 .await
-                .expect("PrepareRamdisk")
-                .into_inner();
+                .map(tonic::Response::into_inner)
+                .map_err(|e| format!("node {uuid}: {}", e.message()));
             (r, t.elapsed())
         }
     });
@@ -178,10 +183,19 @@ async fn measure(label: &str, config: Config, side: PeerSide, ctx: &Ctx) -> Vec<
     for (n, rounds) in [(1, SINGLE_CALLS), (NODES, ROUNDS)] {
         let nodes: Vec<DeployNode> = (0..n).map(|i| node(&ctx.sushy, i, &ctx.iso_url)).collect();
         let targets = &ctx.targets[..n];
+        eprintln!("prepare bench: {label}, {n} node(s) at once, {rounds} rounds");
         let (mut svc, mut plain) = (Samples::default(), Samples::default());
         for _ in 0..rounds {
             let (done, wall) = service_round(&client, &nodes).await;
             for (r, d) in &done {
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("prepare bench: PrepareRamdisk failed: {e}");
+                        svc.failed(e);
+                        continue;
+                    }
+                };
                 svc.add(&[
                     r.floppy_build_seconds,
                     0.0,
@@ -304,6 +318,13 @@ async fn swift_side(dir: &Path, config: &mut Config, peer: &Peer) -> PeerSide {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // The service's own logs, to stderr, where RUST_LOG asks for them.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let state = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/porthole-deploy-bench-sushy");
     let Some(sushy) = Sushy::get(&state, NODES) else {
         return;
@@ -345,19 +366,27 @@ async fn main() {
         store: PlainStore::Dir(peer_dir),
         floppy_url: Box::new(move |_| format!("{media}/floppy.img")),
     };
-    let mut tables = measure("embedded store", base_config(dir.path()), embedded, &ctx).await;
+    // PORTHOLE_BENCH_STORES: `embedded`, `swift` or both (the default).
+    let only = std::env::var("PORTHOLE_BENCH_STORES").unwrap_or_default();
+    let mut tables = Vec::new();
+    if only.is_empty() || only.contains("embedded") {
+        tables.extend(measure("embedded store", base_config(dir.path()), embedded, &ctx).await);
+    }
 
     let swift_state =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/porthole-deploy-bench-swift");
     let mut swift_note = None;
-    match Swift::up(&swift_state) {
+    match (only.is_empty() || only.contains("swift"))
+        .then(|| Swift::up(&swift_state))
+        .flatten()
+    {
         Some(swift) => {
             let mut config = base_config(dir.path());
             let side = swift_side(dir.path(), &mut config, &ctx.peer).await;
             tables.extend(measure("Swift (tempauth)", config, side, &ctx).await);
             drop(swift);
         }
-        None => swift_note = Some("Swift could not be started: no Swift tables"),
+        None => swift_note = Some("no Swift tables: Swift not asked for or not started"),
     }
     let load_after = report::loadavg();
     report::print(&report::Run {

@@ -189,3 +189,36 @@ fn settings_for(container: &str) -> SwiftSettings {
         timeout: Duration::from_secs(10),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_uploads_at_once_are_all_there() {
+    let _one = SWIFT.lock().await;
+    let Some(_swift) = swift() else { return };
+    let container = format!("ironic_ilo_container-{}", uuid::Uuid::new_v4().simple());
+    let s = store(&container);
+    for round in 0..3 {
+        let names: Vec<String> = (0..20).map(|i| format!("image-{i}")).collect();
+        let puts = names.iter().map(|n| {
+            let s = &s;
+            async move {
+                s.put(
+                    n,
+                    Bytes::from(vec![1u8; 100 * 1024]),
+                    Duration::from_secs(60),
+                )
+                .await
+                .unwrap();
+                s.temp_url(n, Duration::from_secs(60)).await.unwrap()
+            }
+        });
+        let urls = futures::future::join_all(puts).await;
+        for (n, url) in names.iter().zip(&urls) {
+            let got = reqwest::get(url).await.unwrap().status();
+            assert_eq!(got, 200, "round {round}: {n}");
+        }
+        for n in &names {
+            s.delete(n).await.unwrap();
+        }
+    }
+    let _ = admin(reqwest::Method::DELETE, &format!("/{container}")).await;
+}

@@ -21,6 +21,7 @@ const STEPS: [&str; 7] = [
 pub struct Samples {
     steps: Vec<Vec<f64>>,
     walls: Vec<f64>,
+    failures: Vec<String>,
 }
 
 impl Samples {
@@ -31,6 +32,11 @@ impl Samples {
         for (col, v) in self.steps.iter_mut().zip(row) {
             col.push(*v);
         }
+    }
+
+    /// A call that failed: left out of the figures, counted and shown.
+    pub fn failed(&mut self, e: &str) {
+        self.failures.push(e.to_owned());
     }
 
     pub fn wall(&mut self, d: Duration) {
@@ -186,6 +192,14 @@ pub fn print(run: &Run<'_>) {
             ms(pct(pw, 0.99)),
             ratio(pct(sw, 0.5), pct(pw, 0.5))
         );
+        let f = &t.service.failures;
+        if !f.is_empty() {
+            println!(
+                "**{} of the service's calls failed** (left out of the figures above; the first: `{}`).\n",
+                f.len(),
+                f[0].replace('\n', " ")
+            );
+        }
     }
     println!("Bench wall time: {:.1} s.", run.elapsed.as_secs_f64());
 }

@@ -197,6 +197,7 @@ impl SwiftStore {
                 what: what.to_owned(),
                 source,
             })?;
+            tracing::debug!(%method, path, status = %resp.status(), "object store request");
             if resp.status() == StatusCode::UNAUTHORIZED {
                 self.forget(&token).await;
                 if attempt == 0 {
