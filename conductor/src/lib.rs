@@ -212,6 +212,7 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
     };
     let mut conductor = Conductor::new(store, consoles, power, timing, shutdown);
     conductor.drivers = std::sync::Arc::new(drivers::Registry::from_config(&config.drivers)?);
+    conductor.evidence = provision::evidence::Settings::from_config(&config.conductor);
     if config.inspect.endpoint.is_some() {
         let client = provision::inspect_grpc::InspectClient::from_config(&config.inspect)?;
         conductor.interfaces.set_inspect_service(client);
