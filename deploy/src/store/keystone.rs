@@ -10,8 +10,8 @@
 //! (with what the catalog has), or an answer that is not Keystone's.
 //! Neither the password nor a token ever appears in one.
 //!
-//! Callers: [`super::swift::SwiftStore`] (at first use, after a 401 and when
-//! the token nears its expiry).
+//! Callers: [`super::swift_auth`] for [`super::swift::SwiftStore`] (at first
+//! use, after a 401 and when the token nears its expiry).
 
 use std::time::{Duration, SystemTime};
 

@@ -9,6 +9,7 @@
 pub mod http;
 pub mod keystone;
 pub mod swift;
+pub mod swift_auth;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -3,13 +3,13 @@
 //! `ironic_ilo_container`, created when missing) uploaded with
 //! `X-Delete-After`, reached by the BMC through HMAC-SHA256 temp URLs
 //! signed with the account's temp-URL key. Auth: tempauth (v1.0) or
-//! Keystone v3 password ([`super::keystone`]); the token is fetched at first
+//! Keystone v3 password ([`super::swift_auth`]); the token is fetched at first
 //! use, again after a 401, and again shortly before the expiry its issuer
 //! gave (Keystone's `expires_at`, tempauth's `X-Auth-Token-Expires`).
 //!
 //! Callers: [`crate::run`] builds it; [`crate::deploy`] through [`Store`].
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,33 +17,8 @@ use porthole_bmc::Secret;
 use reqwest::{Method, StatusCode};
 use tokio::sync::Mutex;
 
-use super::keystone::{self, KeystoneSettings};
+pub use super::swift_auth::SwiftAuth;
 use super::{expires_at, temp_url_sig, Metadata, Store, StoreError};
-
-/// How to get a token and the storage URL.
-#[derive(Clone, Debug)]
-pub enum SwiftAuth {
-    /// tempauth v1.0: `GET auth_url` with `X-Auth-User` / `X-Auth-Key`.
-    TempAuth {
-        /// `http://host:port/auth/v1.0`.
-        auth_url: String,
-        /// `account:user`.
-        user: String,
-        key: Secret,
-    },
-    /// Keystone v3 password; the storage URL is the catalog's
-    /// `object-store` endpoint.
-    Keystone(KeystoneSettings),
-}
-
-impl SwiftAuth {
-    fn describe(&self) -> String {
-        match self {
-            Self::TempAuth { auth_url, .. } => format!("tempauth at {auth_url}"),
-            Self::Keystone(k) => format!("Keystone at {}", k.auth_url),
-        }
-    }
-}
 
 /// How to reach the account.
 #[derive(Clone, Debug)]
@@ -92,58 +67,12 @@ impl SwiftStore {
     }
 
     async fn authenticate(&self, s: &mut Session) -> Result<(), StoreError> {
-        let (token, storage_url, expires) = match &self.settings.auth {
-            SwiftAuth::TempAuth {
-                auth_url,
-                user,
-                key,
-            } => self.tempauth(auth_url, user, key).await?,
-            SwiftAuth::Keystone(k) => {
-                let g = keystone::authenticate(&self.http, k).await?;
-                (g.token, g.storage_url, g.expires_at)
-            }
-        };
+        let (token, storage_url, expires) = self.settings.auth.token(&self.http).await?;
         tracing::debug!(auth = %self.settings.auth.describe(), %storage_url, "object store token");
-        s.renew_at = keystone::renew_after(expires).map(|d| Instant::now() + d);
+        s.renew_at = super::keystone::renew_after(expires).map(|d| Instant::now() + d);
         s.storage_url = storage_url;
         s.token = Some(token);
         Ok(())
-    }
-
-    /// tempauth: the token, the storage URL and the expiry it gives.
-    async fn tempauth(
-        &self,
-        auth_url: &str,
-        user: &str,
-        key: &Secret,
-    ) -> Result<(Secret, String, Option<SystemTime>), StoreError> {
-        let what = format!("tempauth at {auth_url}");
-        let resp = self
-            .http
-            .get(auth_url)
-            .header("X-Auth-User", user)
-            .header("X-Auth-Key", key.expose())
-            .send()
-            .await
-            .map_err(|source| StoreError::Transport {
-                what: what.clone(),
-                source,
-            })?;
-        let resp = check(resp, &what).await?;
-        let header = |n: &str| {
-            resp.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .ok_or_else(|| StoreError::Malformed(format!("{what}: no {n} in the answer")))
-        };
-        let storage_url = header("x-storage-url")?.trim_end_matches('/').to_owned();
-        let token = Secret::new(header("x-auth-token")?);
-        let expires = header("x-auth-token-expires")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|secs| SystemTime::now() + Duration::from_secs(secs));
-        Ok((token, storage_url, expires))
     }
 
     /// Whether the session needs a (new) token before its next request.
@@ -439,7 +368,10 @@ fn meta_headers(meta: &Metadata) -> Vec<(String, String)> {
 }
 
 /// The response when 2xx, else the status and the start of the body.
-async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, StoreError> {
+pub(super) async fn check(
+    resp: reqwest::Response,
+    what: &str,
+) -> Result<reqwest::Response, StoreError> {
     if resp.status().is_success() {
         return Ok(resp);
     }
