@@ -235,6 +235,11 @@ impl Conductor {
             }
             State::Inspecting => {
                 let i = ifaces.ok_or("no inspect interface")?;
+                if i.inspect.name() == super::continue_inspection::AGENT {
+                    self.start_agent_inspection(&node)
+                        .await
+                        .map_err(|e| format!("Failed to inspect hardware. Reason: {e}"))?;
+                }
                 i.inspect
                     .inspect(&node)
                     .await
