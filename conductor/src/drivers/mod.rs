@@ -74,8 +74,16 @@ impl InterfaceSet {
         for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Console) {
             let name = match stored.get(kind.name()).and_then(Value::as_str) {
                 Some(s) => s.to_owned(),
+                // Not `agent`/`inspector` for inspect: an older
+                // conductor's node had no inspect service behind it.
                 None => ht
-                    .and_then(|h| h.supported(kind).first())
+                    .and_then(|h| {
+                        h.supported(kind).iter().find(|n| {
+                            kind != Kind::Inspect
+                                || !crate::provision::interfaces::INSPECT_SERVICE_INTERFACES
+                                    .contains(n)
+                        })
+                    })
                     .copied()
                     .unwrap_or_default()
                     .to_owned(),
