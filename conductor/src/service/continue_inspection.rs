@@ -483,6 +483,37 @@ impl Conductor {
             .map_err(|e| format!("unable to start inspection: {e}"))
     }
 
+    /// An `agent` inspection that ended without its data (an abort, the
+    /// inspect_wait_timeout), the node locked by the caller: as Ironic's
+    /// abort, the lookup addresses go and the node is powered off; with
+    /// `tell_service` the inspect service's record is aborted too (a
+    /// timeout; the abort verb asked it already). Failures are logged: the
+    /// node has failed already.
+    pub(crate) async fn clean_up_agent_inspection(&self, node: &Node, tell_service: bool) {
+        if node.interface(Kind::Inspect) != AGENT {
+            return;
+        }
+        if tell_service {
+            let iface = self.interfaces.for_node(node).inspect;
+            if let Err(e) = iface.abort(node).await {
+                tracing::warn!(node = %node.uuid, error = %e, "cannot abort the inspect service's record");
+            }
+        }
+        let cleared = self
+            .store
+            .modify_node(&node.uuid, |n: &mut Node| {
+                n.driver_internal_info.remove(LOOKUP_CACHE_KEY);
+                Ok::<_, ServiceError>(())
+            })
+            .await;
+        if let Err(e) = cleared {
+            tracing::warn!(node = %node.uuid, error = %e, "cannot clear the lookup addresses");
+        }
+        if let Err(e) = self.inspection_power(node, Power::Off).await {
+            tracing::warn!(node = %node.uuid, error = %e, "cannot power off the node after its inspection ended");
+        }
+    }
+
     /// Drive `node` to `want` and wait until its BMC says so (the node is
     /// locked by the caller); power_state is recorded.
     async fn inspection_power(&self, node: &Node, want: Power) -> Result<(), String> {

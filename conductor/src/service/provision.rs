@@ -156,7 +156,15 @@ impl Conductor {
         tracing::info!(node = %uuid, from = %from, to = %state, verb = target, "provision action accepted");
         self.forget_ramdisk_token_unless_waiting(&uuid, state).await;
         if event == Event::Abort {
-            // Abort only leaves a wait state for its failed state: no work.
+            // Abort only leaves a wait state for its failed state: no work,
+            // but an `agent` inspection's node is powered off (as Ironic's).
+            if from == State::InspectWait {
+                let this = self.clone();
+                self.tasks.spawn(async move {
+                    this.clean_up_agent_inspection(&node, false).await;
+                    drop(guard);
+                });
+            }
             return Ok(uuid);
         }
         let action = Action {

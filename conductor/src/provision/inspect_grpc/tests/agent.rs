@@ -272,3 +272,50 @@ async fn the_streamed_finish_of_an_agent_inspection_is_not_applied() {
     let n = c.store.get_node(&uuid).await.unwrap();
     assert_eq!(n.provision_state, "inspect wait");
 }
+
+/// Wait (up to 5 s) until `uuid`'s lock is free again.
+async fn unlocked(c: &Conductor, uuid: &str) {
+    for _ in 0..500 {
+        if !c.is_busy(uuid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{uuid} still locked");
+}
+
+/// An abort from `inspect wait` and the inspect_wait_timeout both end an
+/// `agent` inspection as Ironic's abort does: the service's record
+/// aborted, the lookup addresses gone, the node powered off.
+#[tokio::test]
+async fn abort_and_timeout_power_the_node_off() {
+    let r = rig().await;
+    let c = &r.c;
+    let aborted = waiting_agent_node(&r).await;
+    c.set_provision_state(&aborted, "abort", None).await.unwrap();
+    unlocked(c, &aborted).await;
+    let n = c.store.get_node(&aborted).await.unwrap();
+    assert_eq!(n.provision_state, "inspect failed");
+    assert_eq!(n.power_state.as_deref(), Some("power off"));
+    assert!(!n.driver_internal_info.contains_key(LOOKUP_CACHE_KEY));
+
+    let late = waiting_agent_node(&r).await;
+    let t = crate::periodic::Timeouts {
+        deploy_callback: None,
+        inspect_wait: Some(Duration::from_secs(60)),
+        clean_callback: None,
+        interval: Some(Duration::from_secs(1)),
+    };
+    let later = std::time::SystemTime::now() + Duration::from_secs(61);
+    let failed = crate::periodic::check_once(c, &t, later).await.unwrap();
+    assert!(failed.contains(&late), "{failed:?}");
+    unlocked(c, &late).await;
+    let n = c.store.get_node(&late).await.unwrap();
+    assert_eq!(n.provision_state, "inspect failed");
+    assert_eq!(n.last_error.as_deref(), Some("timeout reached while inspecting the node"));
+    assert_eq!(n.power_state.as_deref(), Some("power off"));
+    assert!(!n.driver_internal_info.contains_key(LOOKUP_CACHE_KEY));
+    let calls = r.fake.calls.lock().unwrap().clone();
+    assert!(calls.contains(&format!("abort {aborted}")), "{calls:?}");
+    assert!(calls.contains(&format!("abort {late}")), "{calls:?}");
+}
