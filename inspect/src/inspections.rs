@@ -296,8 +296,9 @@ impl Inspections {
         };
         let shown = record.to_pb(&uuid);
         let replaced = self.records().insert(uuid.clone(), record);
-        debug_assert!(replaced
-            .is_none_or(|r| r.state != pb::InspectionState::Waiting || interface == AGENT));
+        debug_assert!(
+            replaced.is_none_or(|r| r.state != pb::InspectionState::Waiting || interface == AGENT)
+        );
         crate::metrics::get().started(if interface == AGENT { AGENT } else { INSPECTOR });
         info!(node = %uuid, interface, "inspection started");
         let _ = self.inner.events.send(shown.clone());

@@ -17,7 +17,7 @@
 //!   body and an old microversion are refused and change nothing;
 //!   `GET /v1/nodes/{node}/inventory` (1.81) and its 404.
 //! - A second conductor with `inspect_wait_timeout = 3`: no post, the node
-//!   ends `inspect failed` with Ironic's words.
+//!   ends `inspect failed` with Ironic's words, powered off at the BMC.
 //!
 //! Sushy-tools comes from `porthole_tests::peers::Sushy` (or
 //! `PORTHOLE_REDFISH_URL`); skips with a notice without the rig or the
@@ -116,7 +116,12 @@ fn inventory(i: usize) -> Value {
 
 /// POST /v1/continue_inspection as a ramdisk: no credentials, `version`
 /// header when given; status and body.
-async fn post(conductor: &str, query: &str, version: Option<&str>, body: Vec<u8>) -> Result<(u16, Value)> {
+async fn post(
+    conductor: &str,
+    query: &str,
+    version: Option<&str>,
+    body: Vec<u8>,
+) -> Result<(u16, Value)> {
     let mut req = reqwest::Client::new()
         .post(format!("{conductor}/v1/continue_inspection{query}"))
         .header("Content-Type", "application/json")
@@ -127,7 +132,10 @@ async fn post(conductor: &str, query: &str, version: Option<&str>, body: Vec<u8>
     let resp = req.send().await?;
     let code = resp.status().as_u16();
     let text = resp.text().await?;
-    Ok((code, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    Ok((
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
 }
 
 fn fault(v: &Value) -> String {
@@ -171,7 +179,10 @@ async fn ramdisk(
             );
             break;
         }
-        ensure!(tokio::time::Instant::now() < end, "system {i} never on: {sys}");
+        ensure!(
+            tokio::time::Instant::now() < end,
+            "system {i} never on: {sys}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     post(&api.url, &query, version, body.to_string().into_bytes()).await
@@ -180,7 +191,9 @@ async fn ramdisk(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_inspection_with_real_peers() {
     porthole_tests::run(async {
-        let state = tempfile::Builder::new().prefix("porthole-agent-").tempdir()?;
+        let state = tempfile::Builder::new()
+            .prefix("porthole-agent-")
+            .tempdir()?;
         let Some(sushy) = Sushy::get(state.path(), 3) else {
             return Ok(());
         };
@@ -209,15 +222,27 @@ async fn cli_flow(api: &Api, sushy: &Sushy, cli: &std::path::Path) -> Result<()>
     let mac = sushy_mac(0);
     let uuid = redfish_node(api, sushy, 0, json!({"cpus": 16})).await?;
     let n = api.node(&uuid).await?;
-    ensure!(n["inspect_interface"] == "agent", "agent is not the default: {n}");
+    ensure!(
+        n["inspect_interface"] == "agent",
+        "agent is not the default: {n}"
+    );
     let (ok, out) = common::baremetal(
         cli,
         &api.url,
-        &["port", "create", &mac, "--node", &uuid, "--pxe-enabled", "false"],
+        &[
+            "port",
+            "create",
+            &mac,
+            "--node",
+            &uuid,
+            "--pxe-enabled",
+            "false",
+        ],
     )
     .await?;
     ensure!(ok, "port create: {out}");
-    let (ok, out) = common::baremetal(cli, &api.url, &["node", "manage", &uuid, "--wait", "60"]).await?;
+    let (ok, out) =
+        common::baremetal(cli, &api.url, &["node", "manage", &uuid, "--wait", "60"]).await?;
     ensure!(ok, "node manage --wait: {out}");
     let posted = tokio::spawn(ramdisk(
         api.clone(),
@@ -231,10 +256,15 @@ async fn cli_flow(api: &Api, sushy: &Sushy, cli: &std::path::Path) -> Result<()>
     let (ok, out) =
         common::baremetal(cli, &api.url, &["node", "inspect", &uuid, "--wait", "120"]).await?;
     let (code, body) = posted.await??;
-    ensure!(code == 202 && body == json!({"uuid": uuid}), "continue_inspection: {code} {body}");
+    ensure!(
+        code == 202 && body == json!({"uuid": uuid}),
+        "continue_inspection: {code} {body}"
+    );
     ensure!(ok, "node inspect --wait: {out}");
 
-    let n = api.wait_state(&uuid, "manageable", Duration::from_secs(60)).await?;
+    let n = api
+        .wait_state(&uuid, "manageable", Duration::from_secs(60))
+        .await?;
     let p = &n["properties"];
     ensure!(
         p["cpus"] == 16
@@ -248,24 +278,35 @@ async fn cli_flow(api: &Api, sushy: &Sushy, cli: &std::path::Path) -> Result<()>
         n["last_error"].is_null() && n["power_state"] == "power off",
         "node after inspection: {n}"
     );
-    ensure!(power_of(sushy, 0).await? == "Off", "the machine was left on");
+    ensure!(
+        power_of(sushy, 0).await? == "Off",
+        "the machine was left on"
+    );
     let (code, ports) = api
-        .call(reqwest::Method::GET, &format!("/v1/ports/detail?node={uuid}"), None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/ports/detail?node={uuid}"),
+            None,
+        )
         .await?;
     ensure!(code == 200, "ports: {code} {ports}");
     let mut got: Vec<(String, bool)> = ports["ports"]
         .as_array()
         .context("ports")?
         .iter()
-        .map(|p| (p["address"].as_str().unwrap_or_default().to_owned(), p["pxe_enabled"] == true))
+        .map(|p| {
+            (
+                p["address"].as_str().unwrap_or_default().to_owned(),
+                p["pxe_enabled"] == true,
+            )
+        })
         .collect();
     got.sort();
     ensure!(
         got == vec![(mac.clone(), true), ("52:54:00:ee:00:00".to_owned(), false)],
         "ports after inspection (add_ports = all, pxe_enabled updated): {got:?}"
     );
-    let (ok, out) =
-        common::baremetal(cli, &api.url, &["node", "inventory", "save", &uuid]).await?;
+    let (ok, out) = common::baremetal(cli, &api.url, &["node", "inventory", "save", &uuid]).await?;
     ensure!(ok, "node inventory save: {out}");
     let start = out.find('{').context("no JSON in the output")?;
     let saved: Value = serde_json::Deserializer::from_str(&out[start..])
@@ -281,29 +322,58 @@ async fn cli_flow(api: &Api, sushy: &Sushy, cli: &std::path::Path) -> Result<()>
     Ok(())
 }
 
+/// A post that must be refused: query, version header, body, status, the
+/// start of the faultstring.
+type Refusal<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, String);
+
 /// The API run: refusals that change nothing, the 1.84 lookup by UUID,
 /// the stored inventory.
 async fn api_flow(api: &Api, sushy: &Sushy) -> Result<()> {
     let uuid = redfish_node(api, sushy, 1, json!({})).await?;
     let (code, v) = api
-        .call(reqwest::Method::GET, &format!("/v1/nodes/{uuid}/inventory"), None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/nodes/{uuid}/inventory"),
+            None,
+        )
         .await?;
     ensure!(
-        code == 404 && fault(&v) == format!("Node inventory record for node {uuid} could not be found."),
+        code == 404
+            && fault(&v) == format!("Node inventory record for node {uuid} could not be found."),
         "inventory before inspection: {code} {v}"
     );
     api.manage(&uuid).await?;
     let before = api.node(&uuid).await?;
     let good = inventory(1).to_string().into_bytes();
     let by_uuid = format!("?node_uuid={uuid}");
-    let mut oversize = br#"{"inventory": {"interfaces": [{"mac_address": "52:54:00:12:34:57"}]}, "pad": ""#.to_vec();
+    let mut oversize =
+        br#"{"inventory": {"interfaces": [{"mac_address": "52:54:00:12:34:57"}]}, "pad": ""#
+            .to_vec();
     oversize.extend(std::iter::repeat_n(b'x', 1_200_000));
     oversize.extend(b"\"}");
-    let refusals: Vec<(&str, Option<&str>, Vec<u8>, u16, String)> = vec![
+    let refusals: Vec<Refusal> = vec![
         // Manageable, not in inspect wait.
-        (&by_uuid, Some("1.84"), good.clone(), 404, "Resource could not be found.".into()),
-        ("", None, good.clone(), 404, "Resource could not be found.".into()),
-        ("", Some("1.84"), b"not json".to_vec(), 400, "Invalid JSON in the request body".into()),
+        (
+            &by_uuid,
+            Some("1.84"),
+            good.clone(),
+            404,
+            "Resource could not be found.".into(),
+        ),
+        (
+            "",
+            None,
+            good.clone(),
+            404,
+            "Resource could not be found.".into(),
+        ),
+        (
+            "",
+            Some("1.84"),
+            b"not json".to_vec(),
+            400,
+            "Invalid JSON in the request body".into(),
+        ),
         (
             "",
             Some("1.84"),
@@ -311,8 +381,20 @@ async fn api_flow(api: &Api, sushy: &Sushy) -> Result<()> {
             400,
             "Schema error for data: [] should be non-empty".into(),
         ),
-        ("", Some("1.84"), oversize, 413, "Request is too large".into()),
-        (&by_uuid, Some("1.50"), good.clone(), 404, "API version 1.84 or newer is required".into()),
+        (
+            "",
+            Some("1.84"),
+            oversize,
+            413,
+            "Request is too large".into(),
+        ),
+        (
+            &by_uuid,
+            Some("1.50"),
+            good.clone(),
+            404,
+            "API version 1.84 or newer is required".into(),
+        ),
     ];
     for (query, version, body, want, says) in refusals {
         let (code, v) = post(&api.url, query, version, body).await?;
@@ -321,7 +403,10 @@ async fn api_flow(api: &Api, sushy: &Sushy) -> Result<()> {
             "{query} {version:?}: {code} {v} (wanted {want} {says})"
         );
         let now = api.node(&uuid).await?;
-        ensure!(now == before, "a refused post changed the node: {before} → {now}");
+        ensure!(
+            now == before,
+            "a refused post changed the node: {before} → {now}"
+        );
     }
 
     let (code, v) = api.provision(&uuid, "inspect").await?;
@@ -340,25 +425,36 @@ async fn api_flow(api: &Api, sushy: &Sushy) -> Result<()> {
         code == 202 && body["node"]["uuid"] == uuid.as_str() && body["config"].is_object(),
         "continue_inspection at 1.84: {code} {body}"
     );
-    let n = api.wait_state(&uuid, "manageable", Duration::from_secs(60)).await?;
+    let n = api
+        .wait_state(&uuid, "manageable", Duration::from_secs(60))
+        .await?;
     ensure!(
         n["properties"]["cpus"] == 2 && n["properties"]["local_gb"] == 19,
         "{n}"
     );
     let (code, v) = api
-        .call(reqwest::Method::GET, &format!("/v1/nodes/{uuid}/inventory"), None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/nodes/{uuid}/inventory"),
+            None,
+        )
         .await?;
     ensure!(
         code == 200
             && v["inventory"]["cpu"]["count"] == 2
-            && v["plugin_data"]["macs"].as_array().is_some_and(|m| m.len() == 2),
+            && v["plugin_data"]["macs"]
+                .as_array()
+                .is_some_and(|m| m.len() == 2),
         "inventory: {code} {v}"
     );
     // Again now that it is manageable: refused, nothing changes.
     let after = api.node(&uuid).await?;
     let (code, v) = post(&api.url, &by_uuid, Some("1.84"), good).await?;
     ensure!(code == 404, "a post after the inspection: {code} {v}");
-    ensure!(api.node(&uuid).await? == after, "the refused post changed the node");
+    ensure!(
+        api.node(&uuid).await? == after,
+        "the refused post changed the node"
+    );
     Ok(())
 }
 
@@ -388,6 +484,19 @@ async fn timeout_flow(sushy: &Sushy, inspect: &InspectBin) -> Result<()> {
             n["last_error"] == "timeout reached while inspecting the node",
             "{n}"
         );
+        // As Ironic's abort on timeout: the machine is powered off.
+        let end = tokio::time::Instant::now() + Duration::from_secs(60);
+        while power_of(sushy, 2).await? != "Off" {
+            ensure!(
+                tokio::time::Instant::now() < end,
+                "left on after the timeout"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let n = api
+            .wait_state_target(&uuid, "inspect failed", Duration::from_secs(30))
+            .await?;
+        ensure!(n["power_state"] == "power off", "{n}");
         Ok(())
     }
     .await;

@@ -42,14 +42,22 @@ pub async fn continue_inspection(
     let minor = super::version::negotiate(&headers)?;
     let node_uuid = q.get("node_uuid").filter(|u| !u.is_empty());
     let new_api = minor >= CONTINUE_MINOR;
-    if !(new_api || minor == 1) || (node_uuid.is_some() && !new_api) {
+    // 1.1 (without node_uuid) for ironic-inspector's callers, else 1.84+.
+    let allowed = new_api || (minor == 1 && node_uuid.is_none());
+    if !allowed {
         return Err(ServiceError::Missing(format!(
             "API version 1.{CONTINUE_MINOR} or newer is required"
         ))
         .into());
     }
     let node_uuid = node_uuid
-        .map(|u| crate::service::parse_uuid(u).map_err(|_| ServiceError::Invalid(format!("Invalid node_uuid: Expected a UUID but received {u}."))))
+        .map(|u| {
+            crate::service::parse_uuid(u).map_err(|_| {
+                ServiceError::Invalid(format!(
+                    "Invalid node_uuid: Expected a UUID but received {u}."
+                ))
+            })
+        })
         .transpose()?;
     let bytes = axum::body::to_bytes(body, BODY_LIMIT)
         .await

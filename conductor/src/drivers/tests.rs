@@ -339,7 +339,8 @@ fn agent_is_the_default_inspect_interface_with_the_inspect_service() {
     .unwrap();
     reg.set_inspect_service(true);
     assert_eq!(inspect_of(&reg, "ipmi"), "no-inspect");
-    let mut reg = Registry::from_config(&cfg(json!({"default_inspect_interface": "inspector"}))).unwrap();
+    let mut reg =
+        Registry::from_config(&cfg(json!({"default_inspect_interface": "inspector"}))).unwrap();
     reg.set_inspect_service(true);
     assert_eq!(inspect_of(&reg, "ipmi"), "inspector");
 }

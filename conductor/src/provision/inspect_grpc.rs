@@ -99,7 +99,9 @@ impl InspectClient {
         req: pb::ContinueInspectionRequest,
     ) -> Result<pb::ContinueInspectionResponse, tonic::Status> {
         let mut c = self.client.clone();
-        c.continue_inspection(req).await.map(tonic::Response::into_inner)
+        c.continue_inspection(req)
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// A status as last_error text: the service's own message, or that it

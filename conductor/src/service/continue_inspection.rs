@@ -203,7 +203,9 @@ impl Conductor {
         node_uuid: Option<&str>,
     ) -> Result<Node, ServiceError> {
         if macs.is_empty() && bmcs.is_empty() && node_uuid.is_none() {
-            return Err(ServiceError::Invalid("No lookup information provided".into()));
+            return Err(ServiceError::Invalid(
+                "No lookup information provided".into(),
+            ));
         }
         let mut node = match node_uuid {
             Some(u) => Some(
@@ -251,16 +253,25 @@ impl Conductor {
                     n.driver_internal_info
                         .get(LOOKUP_CACHE_KEY)
                         .and_then(Value::as_array)
-                        .is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|x| bmcs.iter().any(|b| b == x))))
+                        .is_some_and(|a| {
+                            a.iter()
+                                .any(|x| x.as_str().is_some_and(|x| bmcs.iter().any(|b| b == x)))
+                        })
                 })
                 .collect();
             match (&node, by_bmc.as_slice()) {
-                (Some(n), found) if !found.is_empty() && !found.iter().any(|f| f.uuid == n.uuid) => {
-                    return Err(not_found("the MACs and the BMC address point to different nodes"))
+                (Some(n), found)
+                    if !found.is_empty() && !found.iter().any(|f| f.uuid == n.uuid) =>
+                {
+                    return Err(not_found(
+                        "the MACs and the BMC address point to different nodes",
+                    ))
                 }
                 (None, [one]) => node = Some(one.clone()),
                 (None, [_, _, ..]) => {
-                    return Err(not_found("several nodes have this BMC address and no port matches"))
+                    return Err(not_found(
+                        "several nodes have this BMC address and no port matches",
+                    ))
                 }
                 _ => {}
             }
@@ -278,9 +289,7 @@ impl Conductor {
     ) -> Result<Node, ServiceError> {
         let macs = inventory_macs(&data.inventory);
         let bmcs = inventory_bmcs(&data.inventory);
-        let found = self
-            .lookup_for_inspection(&macs, &bmcs, node_uuid)
-            .await?;
+        let found = self.lookup_for_inspection(&macs, &bmcs, node_uuid).await?;
         if found.interface(Kind::Inspect) != AGENT {
             return Err(not_found("the node's inspect interface is not agent"));
         }
@@ -302,7 +311,12 @@ impl Conductor {
         };
         let reply = match client.continue_inspection(req).await {
             Ok(r) => r,
-            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                ) =>
+            {
                 tracing::warn!(node = %node.uuid, error = %s.message(), "the inspect service has no waiting agent inspection of the node");
                 return Err(ServiceError::NotFound);
             }
@@ -398,7 +412,10 @@ impl Conductor {
         reply: &pb::ContinueInspectionResponse,
     ) -> Result<(), ServiceError> {
         let ports = self.store.list_ports(Some(uuid)).await?;
-        for p in ports.iter().filter(|p| reply.delete_ports.contains(&p.address)) {
+        for p in ports
+            .iter()
+            .filter(|p| reply.delete_ports.contains(&p.address))
+        {
             tracing::info!(port = %p.uuid, mac = %p.address, "deleting a port the inventory does not keep (keep_ports)");
             self.store.delete_port(&p.uuid).await?;
         }

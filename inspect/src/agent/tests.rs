@@ -79,7 +79,10 @@ fn a_property_already_set_is_kept_unless_overwrite_existing() {
     let cfg = AgentConfig::default();
     let out = run(&n, &inventory(), &cfg).unwrap();
     let p = &out.properties;
-    assert!(!p.contains_key("cpus") && !p.contains_key("memory_mb"), "{p:?}");
+    assert!(
+        !p.contains_key("cpus") && !p.contains_key("memory_mb"),
+        "{p:?}"
+    );
     // Empty counts as unset.
     assert_eq!(p["local_gb"], 19);
     assert_eq!(p["cpu_arch"], "x86_64");
@@ -150,16 +153,27 @@ fn hints_that_match_nothing_or_are_malformed_fail_the_inspection() {
         &cfg,
     )
     .unwrap_err();
-    assert_eq!(e, format!("No disks satisfied root device hints for node {U}"));
+    assert_eq!(
+        e,
+        format!("No disks satisfied root device hints for node {U}")
+    );
     for (bad, says) in [
         (json!({"colour": "red"}), "The hints \"colour\" are invalid"),
         (json!({"size": "big"}), "\"size\" is not an integer value"),
         (json!({"size": 0}), "\"size\" should be a positive integer"),
         (json!({"model": 5}), "\"model\" is not a string value"),
-        (json!({"rotational": "maybe"}), "\"rotational\" is not a Boolean"),
+        (
+            json!({"rotational": "maybe"}),
+            "\"rotational\" is not a Boolean",
+        ),
         (json!("sda"), "must be a JSON object"),
     ] {
-        let e = run(&node(json!({ "root_device": bad }), &[]), &inventory(), &cfg).unwrap_err();
+        let e = run(
+            &node(json!({ "root_device": bad }), &[]),
+            &inventory(),
+            &cfg,
+        )
+        .unwrap_err();
         assert!(
             e.starts_with("No disks could be found using root device hints") && e.contains(says),
             "{bad}: {e}"
@@ -170,10 +184,7 @@ fn hints_that_match_nothing_or_are_malformed_fail_the_inspection() {
 #[test]
 fn without_a_disk_of_4_gib_the_node_is_diskless() {
     let mut inv = inventory();
-    inv.insert(
-        "disks".into(),
-        json!([{"name": "/dev/sdc", "size": 3 * G}]),
-    );
+    inv.insert("disks".into(), json!([{"name": "/dev/sdc", "size": 3 * G}]));
     let out = run(&node(json!({}), &[]), &inv, &AgentConfig::default()).unwrap();
     assert_eq!(out.properties["local_gb"], 0);
     assert!(!out.plugin_data.contains_key("root_disk"));
@@ -208,7 +219,11 @@ fn add_ports_chooses_which_macs_become_ports() {
     let out = run(&n, &inventory(), &with(AddPorts::All)).unwrap();
     assert_eq!(
         macs(&out.add_ports),
-        ["52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:aa:00:03"]
+        [
+            "52:54:00:aa:00:01",
+            "52:54:00:aa:00:02",
+            "52:54:00:aa:00:03"
+        ]
     );
     assert!(!out.add_ports[1].pxe_enabled);
     let out = run(&n, &inventory(), &with(AddPorts::Disabled)).unwrap();
@@ -311,7 +326,13 @@ fn the_ramdisks_logs_are_not_kept() {
     let mut pd = Dict::new();
     pd.insert("logs".into(), "H4sIAAAA".into());
     pd.insert("extra".into(), json!({"k": 1}));
-    let out = process(&node(json!({}), &[]), &inventory(), pd, &AgentConfig::default()).unwrap();
+    let out = process(
+        &node(json!({}), &[]),
+        &inventory(),
+        pd,
+        &AgentConfig::default(),
+    )
+    .unwrap();
     assert!(!out.plugin_data.contains_key("logs"));
     assert_eq!(out.plugin_data["extra"], json!({"k": 1}));
 }
@@ -319,7 +340,10 @@ fn the_ramdisks_logs_are_not_kept() {
 #[test]
 fn pxelinux_style_pxe_interface_is_understood() {
     let mut inv = inventory();
-    inv.insert("boot".into(), json!({"pxe_interface": "01-52-54-00-aa-00-02"}));
+    inv.insert(
+        "boot".into(),
+        json!({"pxe_interface": "01-52-54-00-aa-00-02"}),
+    );
     let out = run(&node(json!({}), &[]), &inv, &AgentConfig::default()).unwrap();
     assert_eq!(macs(&out.add_ports), ["52:54:00:aa:00:02"]);
 }

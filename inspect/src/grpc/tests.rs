@@ -258,7 +258,11 @@ async fn agent_data_is_processed_once_for_a_waiting_agent_inspection() {
     assert_eq!(w.into_inner().state(), pb::InspectionState::Waiting);
     assert!(s.fake.calls().is_empty());
     for bad in ["[1]", "{nope"] {
-        let e = s.client.continue_inspection(data(A, bad)).await.unwrap_err();
+        let e = s
+            .client
+            .continue_inspection(data(A, bad))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     }
     assert_eq!(
@@ -300,7 +304,11 @@ async fn agent_data_is_processed_once_for_a_waiting_agent_inspection() {
         .into_inner();
     let i = r.inspection.unwrap();
     assert_eq!(i.state(), pb::InspectionState::Failed);
-    assert!(i.error.contains("no valid network interfaces"), "{}", i.error);
+    assert!(
+        i.error.contains("no valid network interfaces"),
+        "{}",
+        i.error
+    );
     assert!(r.add_ports.is_empty());
 }
 

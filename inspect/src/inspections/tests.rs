@@ -320,7 +320,11 @@ async fn agent_inspections_wait_for_data_until_their_timeout() {
     settle().await;
     let shown = i.get(A).unwrap();
     assert_eq!(shown.state(), pb::InspectionState::Failed);
-    assert!(shown.error.contains("inspect_wait_timeout = 30s"), "{}", shown.error);
+    assert!(
+        shown.error.contains("inspect_wait_timeout = 30s"),
+        "{}",
+        shown.error
+    );
     assert!(fake.calls().is_empty(), "{:?}", fake.calls());
     cancel.cancel();
 }

@@ -51,7 +51,9 @@ async fn waiting_agent_node(r: &Rig) -> String {
                "properties": {"cpus": 1}}),
     )
     .await;
-    r.c.set_provision_state(&uuid, "inspect", None).await.unwrap();
+    r.c.set_provision_state(&uuid, "inspect", None)
+        .await
+        .unwrap();
     settles(&r.c, &uuid, "inspect wait").await;
     uuid
 }
@@ -66,10 +68,22 @@ fn bodies_that_are_not_ironics_inventory_are_refused_with_its_words() {
         (json!([1]), "[1] is not of type 'object'"),
         (json!({"x": 1}), "'inventory' is a required property"),
         (json!({"inventory": "x"}), "\"x\" is not of type 'object'"),
-        (json!({"inventory": {}}), "'interfaces' is a required property"),
-        (json!({"inventory": {"interfaces": []}}), "[] should be non-empty"),
-        (json!({"inventory": {"interfaces": [{}]}}), "'mac_address' is a required property"),
-        (json!({"inventory": {"interfaces": [{"mac_address": 1}]}}), "1 is not of type 'string'"),
+        (
+            json!({"inventory": {}}),
+            "'interfaces' is a required property",
+        ),
+        (
+            json!({"inventory": {"interfaces": []}}),
+            "[] should be non-empty",
+        ),
+        (
+            json!({"inventory": {"interfaces": [{}]}}),
+            "'mac_address' is a required property",
+        ),
+        (
+            json!({"inventory": {"interfaces": [{"mac_address": 1}]}}),
+            "1 is not of type 'string'",
+        ),
         (
             json!({"inventory": {"interfaces": [{"mac_address": "x"}], "bmc_address": 5}}),
             "5 is not of type 'string', 'null'",
@@ -90,18 +104,29 @@ fn bmc_lookup_addresses_leave_loopback_out() {
         ..Node::default()
     };
     assert_eq!(
-        bmc_addresses(&node(json!({"ipmi_address": "192.0.2.10", "ipmi_username": "u"}))),
+        bmc_addresses(&node(
+            json!({"ipmi_address": "192.0.2.10", "ipmi_username": "u"})
+        )),
         ["192.0.2.10"]
     );
     assert_eq!(
-        bmc_addresses(&node(json!({"redfish_address": "https://192.0.2.20:8000/redfish/v1"}))),
+        bmc_addresses(&node(
+            json!({"redfish_address": "https://192.0.2.20:8000/redfish/v1"})
+        )),
         ["192.0.2.20"]
     );
     assert_eq!(
-        bmc_addresses(&node(json!({"redfish_address": "http://[2001:db8::1]:8000"}))),
+        bmc_addresses(&node(
+            json!({"redfish_address": "http://[2001:db8::1]:8000"})
+        )),
         ["2001:db8::1"]
     );
-    for lo in ["http://127.0.0.1:8000", "127.0.0.2", "localhost", "http://[::1]:80"] {
+    for lo in [
+        "http://127.0.0.1:8000",
+        "127.0.0.2",
+        "localhost",
+        "http://[::1]:80",
+    ] {
         assert!(
             bmc_addresses(&node(json!({ "redfish_address": lo }))).is_empty(),
             "{lo}"
@@ -118,11 +143,18 @@ async fn the_ramdisks_data_ends_the_inspection_with_the_services_answer() {
     let c = &r.c;
     let uuid = waiting_agent_node(&r).await;
     let n = c.store.get_node(&uuid).await.unwrap();
-    assert_eq!(n.driver_internal_info[LOOKUP_CACHE_KEY], json!(["192.0.2.10"]));
+    assert_eq!(
+        n.driver_internal_info[LOOKUP_CACHE_KEY],
+        json!(["192.0.2.10"])
+    );
     assert_eq!(n.power_state.as_deref(), Some("power on"));
     // A port the answer deletes (keep_ports), on this node.
     let stale = c
-        .create_port(json!({"address": "52:54:00:ff:ff:ff", "node_uuid": uuid}).as_object().unwrap())
+        .create_port(
+            json!({"address": "52:54:00:ff:ff:ff", "node_uuid": uuid})
+                .as_object()
+                .unwrap(),
+        )
         .await
         .unwrap();
     r.fake.answers.lock().unwrap().continue_answer = Some(Ok(finished(&uuid)));
@@ -182,11 +214,17 @@ async fn posts_for_nodes_not_waiting_for_them_are_refused_and_change_nothing() {
                "driver_info": {"ipmi_address": "192.0.2.30"}}),
     )
     .await;
-    c.create_port(json!({"address": "52:54:00:bb:00:01", "node_uuid": idle}).as_object().unwrap())
+    c.create_port(
+        json!({"address": "52:54:00:bb:00:01", "node_uuid": idle})
+            .as_object()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let inspector = manageable_node(c).await;
+    c.set_provision_state(&inspector, "inspect", None)
         .await
         .unwrap();
-    let inspector = manageable_node(c).await;
-    c.set_provision_state(&inspector, "inspect", None).await.unwrap();
     settles(c, &inspector, "inspect wait").await;
     let snapshot = |c: Arc<Conductor>| async move {
         let mut all = c.store.list_nodes().await.unwrap();
@@ -208,9 +246,15 @@ async fn posts_for_nodes_not_waiting_for_them_are_refused_and_change_nothing() {
         // A node inspected through ironic-inspector.
         (inventory("", "52:54:00:cc:00:01"), Some(inspector.as_str())),
         // A UUID no node has.
-        (inventory("", "52:54:00:cc:00:01"), Some("3be26c0b-03f2-4d2e-ae87-c02d7f33c123")),
+        (
+            inventory("", "52:54:00:cc:00:01"),
+            Some("3be26c0b-03f2-4d2e-ae87-c02d7f33c123"),
+        ),
     ] {
-        let e = c.continue_inspection(body(data.clone()), uuid).await.unwrap_err();
+        let e = c
+            .continue_inspection(body(data.clone()), uuid)
+            .await
+            .unwrap_err();
         assert!(matches!(e, ServiceError::NotFound), "{data} {uuid:?}: {e}");
     }
     let e = c
@@ -238,7 +282,11 @@ async fn a_failed_processing_fails_the_inspection_with_the_reason() {
     let r = rig().await;
     let c = &r.c;
     let uuid = waiting_agent_node(&r).await;
-    let mut i = inspection(&uuid, pb::InspectionState::Failed, "Ramdisk reported error: boom");
+    let mut i = inspection(
+        &uuid,
+        pb::InspectionState::Failed,
+        "Ramdisk reported error: boom",
+    );
     i.interface = "agent".into();
     r.fake.answers.lock().unwrap().continue_answer = Some(Ok(pb::ContinueInspectionResponse {
         inspection: Some(i),
@@ -292,7 +340,9 @@ async fn abort_and_timeout_power_the_node_off() {
     let r = rig().await;
     let c = &r.c;
     let aborted = waiting_agent_node(&r).await;
-    c.set_provision_state(&aborted, "abort", None).await.unwrap();
+    c.set_provision_state(&aborted, "abort", None)
+        .await
+        .unwrap();
     unlocked(c, &aborted).await;
     let n = c.store.get_node(&aborted).await.unwrap();
     assert_eq!(n.provision_state, "inspect failed");
@@ -312,7 +362,10 @@ async fn abort_and_timeout_power_the_node_off() {
     unlocked(c, &late).await;
     let n = c.store.get_node(&late).await.unwrap();
     assert_eq!(n.provision_state, "inspect failed");
-    assert_eq!(n.last_error.as_deref(), Some("timeout reached while inspecting the node"));
+    assert_eq!(
+        n.last_error.as_deref(),
+        Some("timeout reached while inspecting the node")
+    );
     assert_eq!(n.power_state.as_deref(), Some("power off"));
     assert!(!n.driver_internal_info.contains_key(LOOKUP_CACHE_KEY));
     let calls = r.fake.calls.lock().unwrap().clone();
