@@ -421,6 +421,7 @@ async fn api_flow(api: &Api, sushy: &Sushy) -> Result<()> {
         inventory(1),
     )
     .await?;
+    let posted = std::time::Instant::now();
     ensure!(
         code == 202 && body["node"]["uuid"] == uuid.as_str() && body["config"].is_object(),
         "continue_inspection at 1.84: {code} {body}"
@@ -428,6 +429,11 @@ async fn api_flow(api: &Api, sushy: &Sushy) -> Result<()> {
     let n = api
         .wait_state(&uuid, "manageable", Duration::from_secs(60))
         .await?;
+    // Most of it is sushy's power off landing (1-11 s after it is asked).
+    eprintln!(
+        "continue_inspection answered; manageable {:?} later",
+        posted.elapsed()
+    );
     ensure!(
         n["properties"]["cpus"] == 2 && n["properties"]["local_gb"] == 19,
         "{n}"
