@@ -9,7 +9,8 @@
 #    (everything the build reads from the system comes from those packages:
 #    exit 5 if not), scripts/venv.sh, scripts/venv-clients.sh (nova,
 #    vncdotool, the OpenStack clients) and scripts/venv-inspector.sh
-#    (ironic-inspector 12.5 for the inspect service's tests);
+#    (ironic-inspector 12.5 for the inspect service's tests), then
+#    scripts/k8s-check.sh (deploy-k8s/ rendered and validated: exit 6 if not);
 # 2. cargo build --workspace --all-targets (the tests run target/debug/console-svc);
 # 3. starts ../shared/rig with RIG_RUN_DIR=.run/test-rig, RIG_BASE_PORT=24000
 #    (PORTHOLE_TEST_RIG_BASE), RIG_BMCS=6 and a random, distinctive BMC
@@ -83,6 +84,13 @@ say "python peers (.venv, .venv-clients, .venv-inspector)"
 "$ROOT/scripts/venv-clients.sh"
 # The real ironic-inspector 12.5 the inspect service's tests drive (.venv-inspector).
 "$ROOT/scripts/venv-inspector.sh"
+# deploy-k8s/: rendered (two kustomize versions must agree), validated
+# (kubernetes-validate --strict, yamllint, checkov) into .run/k8s/, which
+# the rehearsal test (tests/tests/k8s_rehearsal.rs) starts process by process.
+say "deploy-k8s (scripts/k8s-check.sh; log: .run/test-k8s.log)"
+"$ROOT/scripts/k8s-check.sh" >"$RUN/test-k8s.log" 2>&1 ||
+  { cat "$RUN/test-k8s.log" >&2; say "k8s-check.sh failed"; exit 6; }
+export PORTHOLE_K8S_RENDERED=$RUN/k8s
 
 say "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets

@@ -13,10 +13,12 @@
 //! - [`procs`]: processes by pid and start time from `/proc`.
 //! - [`metrics`]: `/metrics` scraped and read by Prometheus' own parser.
 //! - [`peers`]: sushy-tools and Swift started by a test (deploy, porthole-bmc).
+//! - [`k8s`]: the rendered Kubernetes manifests run process by process.
 //!
 //! A test is an `async fn(Backend) -> anyhow::Result<()>`;
 //! [`both_backends!`] runs it once per serial backend.
 
+pub mod k8s;
 pub mod metrics;
 pub mod peers;
 pub mod pki;

@@ -432,8 +432,9 @@ impl Drop for ConsoleSvc {
     }
 }
 
-/// Add (or remove) `pid` in `$PORTHOLE_TEST_SVC_PIDS`, if set.
-fn note_pid(pid: i32, running: bool) {
+/// Add (or remove) `pid` in `$PORTHOLE_TEST_SVC_PIDS`, if set (scripts/test.sh
+/// stops what a killed run left there).
+pub fn note_pid(pid: i32, running: bool) {
     let Some(dir) = std::env::var_os(SVC_PIDS_ENV).map(PathBuf::from) else {
         return;
     };
