@@ -24,8 +24,10 @@
 //! while the node is locked, 503 while the inspect service cannot be
 //! reached. The inspect service computes; only this module writes.
 //!
-//! Callers: `api::inspection` (the endpoint), `service::provision` (the
-//! start).
+//! Here: the endpoint's path and the answer applied; `lookup` (the schema,
+//! Ironic's lookup), `power` (the start, the clean up, power actions).
+//! Callers: `api::inspection` (the endpoint), `service::provision` (start,
+//! abort), `periodic` (timeout).
 
 use std::sync::Arc;
 
@@ -35,8 +37,8 @@ use serde_json::Value;
 use super::{BusyGuard, Conductor, ServiceError};
 use crate::db::inventory::Inventory;
 use crate::drivers::Kind;
-use crate::model::{now, Dict, Node, Port, POWER_OFF, POWER_ON};
-use crate::power::{Bmc, Power};
+use crate::model::{now, Dict, Node, Port};
+use crate::power::Power;
 use crate::provision::{Event, State};
 
 /// Where the BMC addresses used for lookup are cached while inspecting
@@ -46,239 +48,13 @@ pub const LOOKUP_CACHE_KEY: &str = "lookup_bmc_addresses";
 /// The inspect interface this module serves.
 pub const AGENT: &str = "agent";
 
-/// What the ramdisk posted, checked against Ironic's schema.
-#[derive(Clone, Debug)]
-pub struct RamdiskData {
-    pub inventory: Dict,
-    /// The rest of the body (Ironic's plugin data).
-    pub plugin_data: Dict,
-}
+mod lookup;
+mod power;
 
-fn schema_error(msg: &str) -> ServiceError {
-    ServiceError::Invalid(format!("Schema error for data: {msg}"))
-}
-
-fn type_name(v: &Value) -> String {
-    let s = v.to_string();
-    match s.char_indices().nth(64) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s,
-    }
-}
-
-/// Ironic's DATA_VALIDATOR: an object with `inventory`, an object whose
-/// `interfaces` is a non-empty array of objects with a string
-/// `mac_address`; `bmc_address` / `bmc_v6address` strings or null.
-pub fn parse_body(body: Value) -> Result<RamdiskData, ServiceError> {
-    let Value::Object(mut plugin_data) = body else {
-        return Err(schema_error(&format!(
-            "{} is not of type 'object'",
-            type_name(&body)
-        )));
-    };
-    let inventory = match plugin_data.remove("inventory") {
-        None => return Err(schema_error("'inventory' is a required property")),
-        Some(Value::Object(m)) => m,
-        Some(other) => {
-            return Err(schema_error(&format!(
-                "{} is not of type 'object'",
-                type_name(&other)
-            )))
-        }
-    };
-    for key in ["bmc_address", "bmc_v6address"] {
-        match inventory.get(key) {
-            None | Some(Value::Null) | Some(Value::String(_)) => {}
-            Some(other) => {
-                return Err(schema_error(&format!(
-                    "{} is not of type 'string', 'null'",
-                    type_name(other)
-                )))
-            }
-        }
-    }
-    let ifaces = match inventory.get("interfaces") {
-        None => return Err(schema_error("'interfaces' is a required property")),
-        Some(Value::Array(a)) => a,
-        Some(other) => {
-            return Err(schema_error(&format!(
-                "{} is not of type 'array'",
-                type_name(other)
-            )))
-        }
-    };
-    if ifaces.is_empty() {
-        return Err(schema_error("[] should be non-empty"));
-    }
-    for i in ifaces {
-        let Value::Object(m) = i else {
-            return Err(schema_error(&format!(
-                "{} is not of type 'object'",
-                type_name(i)
-            )));
-        };
-        match m.get("mac_address") {
-            Some(Value::String(_)) => {}
-            None => return Err(schema_error("'mac_address' is a required property")),
-            Some(other) => {
-                return Err(schema_error(&format!(
-                    "{} is not of type 'string'",
-                    type_name(other)
-                )))
-            }
-        }
-    }
-    Ok(RamdiskData {
-        inventory,
-        plugin_data,
-    })
-}
-
-/// The valid MACs of the inventory's interfaces (invalid ones ignored, as
-/// Ironic's lookup does).
-fn inventory_macs(inventory: &Dict) -> Vec<String> {
-    inventory
-        .get("interfaces")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.get("mac_address").and_then(Value::as_str))
-        .filter_map(|m| super::normalize_mac(m).ok())
-        .collect()
-}
-
-fn inventory_bmcs(inventory: &Dict) -> Vec<String> {
-    ["bmc_address", "bmc_v6address"]
-        .iter()
-        .filter_map(|k| inventory.get(*k).and_then(Value::as_str))
-        .map(|a| a.trim().to_owned())
-        .filter(|a| !a.is_empty())
-        .collect()
-}
-
-/// The BMC addresses in `node`'s driver_info (`*_address`; a URL's host),
-/// loopback ones left out as Ironic does (many nodes share them).
-pub fn bmc_addresses(node: &Node) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for (k, v) in &node.driver_info {
-        let Some(raw) = v.as_str().filter(|_| k.ends_with("_address")) else {
-            continue;
-        };
-        let host = match raw.split_once("//") {
-            Some((_, rest)) => rest.split(['/', '?']).next().unwrap_or(rest),
-            None => raw,
-        };
-        let host = match host.rsplit_once(':') {
-            // host:port, but not a bare IPv6 address.
-            Some((h, p)) if !h.contains(':') && p.chars().all(|c| c.is_ascii_digit()) => h,
-            _ => host,
-        };
-        let host = host.trim_start_matches('[');
-        let host = host.split(']').next().unwrap_or(host);
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|a| a.is_loopback());
-        if !host.is_empty() && !loopback && !out.iter().any(|o| o == host) {
-            out.push(host.to_owned());
-        }
-    }
-    out
-}
-
-/// Why a lookup found nothing usable: logged, never told to the caller.
-fn not_found(why: &str) -> ServiceError {
-    tracing::warn!(why, "continue_inspection refused");
-    ServiceError::NotFound
-}
+use lookup::not_found;
+pub use lookup::{bmc_addresses, parse_body, RamdiskData};
 
 impl Conductor {
-    /// Ironic's inspection lookup: by `node_uuid`, then the MACs (through
-    /// ports), then the BMC addresses cached on nodes in `inspect wait`;
-    /// every disagreement or miss is the same 404.
-    async fn lookup_for_inspection(
-        &self,
-        macs: &[String],
-        bmcs: &[String],
-        node_uuid: Option<&str>,
-    ) -> Result<Node, ServiceError> {
-        if macs.is_empty() && bmcs.is_empty() && node_uuid.is_none() {
-            return Err(ServiceError::Invalid(
-                "No lookup information provided".into(),
-            ));
-        }
-        let mut node = match node_uuid {
-            Some(u) => Some(
-                self.store
-                    .get_node(u)
-                    .await
-                    .map_err(|_| not_found("no node with that UUID"))?,
-            ),
-            None => None,
-        };
-        if !macs.is_empty() {
-            let ports = self.store.list_ports(None).await?;
-            let mut owners: Vec<&str> = ports
-                .iter()
-                .filter(|p| macs.contains(&p.address))
-                .map(|p| p.node_uuid.as_str())
-                .collect();
-            owners.sort_unstable();
-            owners.dedup();
-            match owners.as_slice() {
-                [] => {}
-                [one] => {
-                    if node.as_ref().is_some_and(|n| n.uuid != *one) {
-                        return Err(not_found("the MACs belong to another node"));
-                    }
-                    node = Some(self.store.get_node(one).await?);
-                }
-                _ => return Err(not_found("the MACs belong to several nodes")),
-            }
-        }
-        if node
-            .as_ref()
-            .is_some_and(|n| n.provision_state != State::InspectWait.as_str())
-        {
-            return Err(not_found("the node is not in inspect wait"));
-        }
-        if !bmcs.is_empty() {
-            let by_bmc: Vec<Node> = self
-                .store
-                .list_nodes()
-                .await?
-                .into_iter()
-                .filter(|n| n.provision_state == State::InspectWait.as_str())
-                .filter(|n| {
-                    n.driver_internal_info
-                        .get(LOOKUP_CACHE_KEY)
-                        .and_then(Value::as_array)
-                        .is_some_and(|a| {
-                            a.iter()
-                                .any(|x| x.as_str().is_some_and(|x| bmcs.iter().any(|b| b == x)))
-                        })
-                })
-                .collect();
-            match (&node, by_bmc.as_slice()) {
-                (Some(n), found)
-                    if !found.is_empty() && !found.iter().any(|f| f.uuid == n.uuid) =>
-                {
-                    return Err(not_found(
-                        "the MACs and the BMC address point to different nodes",
-                    ))
-                }
-                (None, [one]) => node = Some(one.clone()),
-                (None, [_, _, ..]) => {
-                    return Err(not_found(
-                        "several nodes have this BMC address and no port matches",
-                    ))
-                }
-                _ => {}
-            }
-        }
-        node.ok_or_else(|| not_found("no node matches the MACs or BMC addresses"))
-    }
-
     /// Ironic's `POST /v1/continue_inspection`: the node the data is for,
     /// moved to `inspecting` with the inspect service's result being
     /// applied in the background; the node as it was found.
@@ -287,9 +63,7 @@ impl Conductor {
         data: RamdiskData,
         node_uuid: Option<&str>,
     ) -> Result<Node, ServiceError> {
-        let macs = inventory_macs(&data.inventory);
-        let bmcs = inventory_bmcs(&data.inventory);
-        let found = self.lookup_for_inspection(&macs, &bmcs, node_uuid).await?;
+        let found = self.lookup_for_inspection(&data, node_uuid).await?;
         if found.interface(Kind::Inspect) != AGENT {
             return Err(not_found("the node's inspect interface is not agent"));
         }
@@ -464,107 +238,6 @@ impl Conductor {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
-    }
-
-    /// The start of an `agent` inspection, in the provision task (the node
-    /// locked): the lookup addresses cached; the node powered off, set to
-    /// boot from PXE once (its management interface), powered on.
-    pub(crate) async fn start_agent_inspection(&self, node: &Node) -> Result<(), String> {
-        let addrs: Vec<Value> = bmc_addresses(node).into_iter().map(Value::String).collect();
-        self.store
-            .modify_node(&node.uuid, move |n: &mut Node| {
-                match addrs.is_empty() {
-                    true => n.driver_internal_info.remove(LOOKUP_CACHE_KEY),
-                    false => n
-                        .driver_internal_info
-                        .insert(LOOKUP_CACHE_KEY.into(), Value::Array(addrs)),
-                };
-                Ok::<_, ServiceError>(())
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let start = async {
-            self.inspection_power(node, Power::Off).await?;
-            if node.interface(Kind::Management) != "fake" {
-                Bmc::for_management(node, &self.power)
-                    .map_err(|e| e.to_string())?
-                    .set_boot_device("pxe", false)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            self.inspection_power(node, Power::On).await
-        };
-        start
-            .await
-            .map_err(|e| format!("unable to start inspection: {e}"))
-    }
-
-    /// An `agent` inspection that ended without its data (an abort, the
-    /// inspect_wait_timeout), the node locked by the caller: as Ironic's
-    /// abort, the lookup addresses go and the node is powered off; with
-    /// `tell_service` the inspect service's record is aborted too (a
-    /// timeout; the abort verb asked it already). Failures are logged: the
-    /// node has failed already.
-    pub(crate) async fn clean_up_agent_inspection(&self, node: &Node, tell_service: bool) {
-        if node.interface(Kind::Inspect) != AGENT {
-            return;
-        }
-        if tell_service {
-            let iface = self.interfaces.for_node(node).inspect;
-            if let Err(e) = iface.abort(node).await {
-                tracing::warn!(node = %node.uuid, error = %e, "cannot abort the inspect service's record");
-            }
-        }
-        let cleared = self
-            .store
-            .modify_node(&node.uuid, |n: &mut Node| {
-                n.driver_internal_info.remove(LOOKUP_CACHE_KEY);
-                Ok::<_, ServiceError>(())
-            })
-            .await;
-        if let Err(e) = cleared {
-            tracing::warn!(node = %node.uuid, error = %e, "cannot clear the lookup addresses");
-        }
-        if let Err(e) = self.inspection_power(node, Power::Off).await {
-            tracing::warn!(node = %node.uuid, error = %e, "cannot power off the node after its inspection ended");
-        }
-    }
-
-    /// Drive `node` to `want` and wait until its BMC says so (the node is
-    /// locked by the caller); power_state is recorded.
-    async fn inspection_power(&self, node: &Node, want: Power) -> Result<(), String> {
-        if node.interface(Kind::Power) != "fake" {
-            let bmc = Bmc::for_node(node, &self.power).map_err(|e| e.to_string())?;
-            bmc.set_power(want).await.map_err(|e| e.to_string())?;
-            let deadline = tokio::time::Instant::now() + self.timing.state_timeout;
-            loop {
-                if bmc.power_state().await.map_err(|e| e.to_string())? == want {
-                    break;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    return Err(format!(
-                        "the BMC did not report {} within {:?}",
-                        want.as_ironic(),
-                        self.timing.state_timeout
-                    ));
-                }
-                tokio::time::sleep(self.timing.poll_interval).await;
-            }
-        }
-        let p = match want {
-            Power::On => POWER_ON,
-            Power::Off => POWER_OFF,
-        };
-        self.store
-            .modify_node(&node.uuid, move |n: &mut Node| {
-                n.power_state = Some(p.into());
-                n.target_power_state = None;
-                Ok::<_, ServiceError>(())
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        tracing::info!(node = %node.uuid, state = p, "inspection power action done");
         Ok(())
     }
 }
