@@ -438,6 +438,14 @@ async fn api_flow(api: &Api, sushy: &Sushy) -> Result<()> {
         n["properties"]["cpus"] == 2 && n["properties"]["local_gb"] == 19,
         "{n}"
     );
+    // Before 1.81 the resource does not exist.
+    let old = reqwest::Client::new()
+        .get(format!("{}/v1/nodes/{uuid}/inventory", api.url))
+        .header("X-OpenStack-Ironic-API-Version", "1.80")
+        .send()
+        .await?
+        .status();
+    ensure!(old == 404, "inventory at 1.80: {old}");
     let (code, v) = api
         .call(
             reqwest::Method::GET,

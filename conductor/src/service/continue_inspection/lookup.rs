@@ -39,67 +39,53 @@ fn type_name(v: &Value) -> String {
 /// `mac_address`; `bmc_address` / `bmc_v6address` strings or null.
 pub fn parse_body(body: Value) -> Result<RamdiskData, ServiceError> {
     let Value::Object(mut plugin_data) = body else {
-        return Err(schema_error(&format!(
-            "{} is not of type 'object'",
-            type_name(&body)
-        )));
+        return Err(not_of_type(&body, "'object'"));
     };
     let inventory = match plugin_data.remove("inventory") {
         None => return Err(schema_error("'inventory' is a required property")),
         Some(Value::Object(m)) => m,
-        Some(other) => {
-            return Err(schema_error(&format!(
-                "{} is not of type 'object'",
-                type_name(&other)
-            )))
-        }
+        Some(other) => return Err(not_of_type(&other, "'object'")),
     };
     for key in ["bmc_address", "bmc_v6address"] {
         match inventory.get(key) {
             None | Some(Value::Null) | Some(Value::String(_)) => {}
-            Some(other) => {
-                return Err(schema_error(&format!(
-                    "{} is not of type 'string', 'null'",
-                    type_name(other)
-                )))
-            }
+            Some(other) => return Err(not_of_type(other, "'string', 'null'")),
         }
     }
-    let ifaces = match inventory.get("interfaces") {
+    check_interfaces(inventory.get("interfaces"))?;
+    Ok(RamdiskData {
+        inventory,
+        plugin_data,
+    })
+}
+
+/// `inventory.interfaces`: a non-empty array of objects, each with a
+/// string `mac_address`.
+fn check_interfaces(ifaces: Option<&Value>) -> Result<(), ServiceError> {
+    let ifaces = match ifaces {
         None => return Err(schema_error("'interfaces' is a required property")),
         Some(Value::Array(a)) => a,
-        Some(other) => {
-            return Err(schema_error(&format!(
-                "{} is not of type 'array'",
-                type_name(other)
-            )))
-        }
+        Some(other) => return Err(not_of_type(other, "'array'")),
     };
     if ifaces.is_empty() {
         return Err(schema_error("[] should be non-empty"));
     }
     for i in ifaces {
         let Value::Object(m) = i else {
-            return Err(schema_error(&format!(
-                "{} is not of type 'object'",
-                type_name(i)
-            )));
+            return Err(not_of_type(i, "'object'"));
         };
         match m.get("mac_address") {
             Some(Value::String(_)) => {}
             None => return Err(schema_error("'mac_address' is a required property")),
-            Some(other) => {
-                return Err(schema_error(&format!(
-                    "{} is not of type 'string'",
-                    type_name(other)
-                )))
-            }
+            Some(other) => return Err(not_of_type(other, "'string'")),
         }
     }
-    Ok(RamdiskData {
-        inventory,
-        plugin_data,
-    })
+    Ok(())
+}
+
+/// jsonschema's type error, as Ironic words it.
+fn not_of_type(v: &Value, types: &str) -> ServiceError {
+    schema_error(&format!("{} is not of type {types}", type_name(v)))
 }
 
 /// The valid MACs of the inventory's interfaces (invalid ones ignored, as
