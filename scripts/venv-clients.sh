@@ -4,8 +4,10 @@
 #
 #   scripts/venv-clients.sh          # create or update; idempotent
 #
-# Installs python-openstackclient, python-ironicclient, openstacksdk and
-# prometheus-client (its text parser, for the metrics tests) from PyPI into
+# Installs python-openstackclient, python-ironicclient, openstacksdk,
+# python-ironic-inspector-client (`openstack baremetal introspection ...`,
+# against the rig's ironic-inspector) and prometheus-client (its text
+# parser, for the metrics tests) from PyPI into
 # the venv only (never the system Python). Versions are pinned so
 # the microversions the clients negotiate stay known (conductor advertises
 # up to 1.99; ironicclient asks for its latest known version).
@@ -20,6 +22,8 @@ PKGS=(
   "python-openstackclient==10.5.0"
   "python-ironicclient==6.3.0"
   "openstacksdk==4.22.0"
+  # `openstack baremetal introspection status` (inspector's own API, noauth).
+  "python-ironic-inspector-client==5.4.0"
   # The metrics tests parse /metrics with Prometheus' own Python parser.
   "prometheus-client==0.26.0"
 )

@@ -146,6 +146,13 @@ pub struct ConductorConfig {
     pub clean_callback_timeout: u64,
     /// How often the timeouts are checked.
     pub check_provision_state_interval: u64,
+    /// Lines of the node's serial console (from console-svc) appended to
+    /// last_error when a deploy, inspection or cleaning fails; 0: none
+    /// (`provision::evidence`).
+    pub failure_console_log_lines: usize,
+    /// Seconds to wait for that log before failing without it (with a
+    /// note saying why).
+    pub failure_console_log_timeout: u64,
 }
 
 impl Default for ConductorConfig {
@@ -155,6 +162,8 @@ impl Default for ConductorConfig {
             inspect_wait_timeout: 1800,
             clean_callback_timeout: 1800,
             check_provision_state_interval: 60,
+            failure_console_log_lines: 20,
+            failure_console_log_timeout: 3,
         }
     }
 }
@@ -245,6 +254,11 @@ impl porthole_common::config::Layered for Config {
         if self.power.poll_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "power.poll_interval must be above 0".into(),
+            ));
+        }
+        if self.conductor.failure_console_log_timeout == 0 {
+            return Err(ConfigError::Invalid(
+                "conductor.failure_console_log_timeout must be above 0 (failure_console_log_lines = 0 turns the console evidence off)".into(),
             ));
         }
         crate::drivers::Registry::from_config(&self.drivers)

@@ -1,8 +1,9 @@
 //! The conductor's side of console-svc: the gRPC client (TLS-capable), the
 //! EnableConsole request built from a node, and console_info from a reply.
 //!
-//! Callers: `service` (PUT /states/console, node delete) and `watch`
-//! (reconcile on start, WatchConsoles).
+//! Callers: `service` (PUT /states/console, node delete), `watch`
+//! (reconcile on start, WatchConsoles) and `provision::evidence` (the log
+//! at a failure).
 
 use std::time::Duration;
 
@@ -142,6 +143,25 @@ impl ConsoleClient {
         c.disable_console(req)
             .await
             .map(drop)
+            .map_err(|s| self.status(s))
+    }
+
+    /// The newest `max_bytes` of the console's log (GetConsoleLog); the
+    /// caller bounds the wait (`provision::evidence`).
+    #[tracing::instrument(skip(self))]
+    pub async fn log(
+        &self,
+        node_id: &str,
+        max_bytes: u32,
+    ) -> Result<pb::GetConsoleLogResponse, ConsoleError> {
+        let mut c = self.client.clone();
+        let req = pb::GetConsoleLogRequest {
+            node_id: node_id.to_owned(),
+            max_bytes,
+        };
+        c.get_console_log(req)
+            .await
+            .map(|r| r.into_inner())
             .map_err(|s| self.status(s))
     }
 

@@ -4,7 +4,9 @@
 //! the conductor's API as its Ironic; a test plays the ramdisk, posting to
 //! inspector's `/v1/continue`. Skips with a notice without the rig script
 //! or `.venv-inspector` (scripts/venv-inspector.sh); fails then under
-//! `PORTHOLE_REQUIRE_PEERS`.
+//! `PORTHOLE_REQUIRE_PEERS`. `openstack baremetal introspection status`
+//! (python-ironic-inspector-client, in `.venv-clients`) shows a finished
+//! run and an errored one as inspector's API does.
 
 mod common;
 
@@ -114,6 +116,15 @@ async fn flows(api: &Api, inspector: &Inspector) -> Result<()> {
         ensure!(
             n["target_provision_state"] == "manageable" && n["inspection_finished_at"].is_null(),
             "{n}"
+        );
+    }
+    // inspector's CLI shows the errored run with its error.
+    if let Some(st) = introspection_cli(inspector, &late).await? {
+        ensure!(
+            st["finished"] == true
+                && st["state"] == "error"
+                && st["error"] == "Introspection timeout",
+            "openstack baremetal introspection status {late}: {st}"
         );
     }
 
@@ -232,8 +243,45 @@ async fn good_run(api: &Api, inspector: &Inspector) -> Result<()> {
     ensure!(macs == [mac], "ports {ports}");
     let st = common::introspection_status(&inspector.url, &good).await?;
     ensure!(st["finished"] == true && st["error"].is_null(), "{st}");
+    // The same through python-ironic-inspector-client's CLI.
+    if let Some(st) = introspection_cli(inspector, &good).await? {
+        ensure!(
+            st["finished"] == true && st["state"] == "finished" && st["error"].is_null(),
+            "openstack baremetal introspection status {good}: {st}"
+        );
+    }
 
     Ok(())
+}
+
+/// `openstack baremetal introspection status UUID -f json`, noauth,
+/// pointed at the rig's inspector (`--inspector-url`); `None` (with a
+/// notice) without `.venv-clients`.
+async fn introspection_cli(inspector: &Inspector, uuid: &str) -> Result<Option<Value>> {
+    let Some(bin) = common::openstack() else {
+        return Ok(None);
+    };
+    let out = tokio::process::Command::new(&bin)
+        .args(["--os-auth-type", "none", "--inspector-url", &inspector.url])
+        .args(["baremetal", "introspection", "status", uuid, "-f", "json"])
+        .env_remove("OS_CLOUD")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .context("openstack baremetal introspection status took too long")??;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("$ openstack baremetal introspection status {uuid}\n{stdout}{stderr}");
+    ensure!(
+        out.status.success(),
+        "openstack baremetal introspection status {uuid}: {stderr}"
+    );
+    Ok(Some(
+        serde_json::from_str(&stdout).with_context(|| format!("not JSON: {stdout}"))?,
+    ))
 }
 
 /// Abort from inspect wait: inspector is told, the node fails as Ironic

@@ -147,6 +147,7 @@ async fn zero_disables_a_check_or_all_of_them() {
         inspect_wait_timeout: 0,
         clean_callback_timeout: 0,
         check_provision_state_interval: 60,
+        ..Default::default()
     };
     assert!(
         ProvisionTimeouts::start(c.clone(), Timeouts::from_config(&none), Default::default())

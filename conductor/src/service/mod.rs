@@ -112,6 +112,8 @@ pub struct Conductor {
     pub vendors: crate::provision::vendor::VendorInterfaces,
     /// The enabled hardware types and interfaces (`[drivers]`).
     pub drivers: Arc<crate::drivers::Registry>,
+    /// Console evidence with failures (`[conductor] failure_console_log_*`).
+    pub evidence: crate::provision::evidence::Settings,
 }
 
 /// Marks a node busy until dropped.
@@ -147,6 +149,7 @@ impl Conductor {
             interfaces: Default::default(),
             vendors: Default::default(),
             drivers: Default::default(),
+            evidence: Default::default(),
         }
     }
 

@@ -295,6 +295,11 @@ impl Conductor {
         event: Event,
         error: Option<String>,
     ) -> Result<State, ServiceError> {
+        // A failure carries the node's console output (`provision::evidence`).
+        let error = match error {
+            Some(e) => Some(self.with_console_evidence(uuid, event, e).await),
+            None => None,
+        };
         let n = self
             .store
             .modify_node(uuid, move |n: &mut Node| {
