@@ -148,6 +148,8 @@ def containerfile(path, rendered):
             problems.append("stage console-svc needs ipmitool and socat")
         if svc == "deploy" and not {"qemu-utils", "qemu-block-extra"} <= set(pkgs):
             problems.append("stage deploy needs qemu-utils and qemu-block-extra (qemu's iSCSI driver)")
+        if svc == "deploy" and not {"isolinux", "syslinux-common"} <= set(pkgs):
+            problems.append("stage deploy needs isolinux and syslinux-common (the boot ISOs it builds)")
     return problems
 
 

@@ -11,7 +11,8 @@
 # curl (sushy-tools' start script), QEMU (its VNC server is a test upstream),
 # mtools, dosfstools and xorriso (independent readers of the deploy service's
 # floppy and ISO images in its tests), isolinux and syslinux-common (the BIOS
-# loader its boot-ISO test boots in QEMU). Installs only what is missing (apt-get update
+# loader its boot-ISO test boots in QEMU), fdisk (sfdisk reads the partition
+# table a partition-image deploy wrote). Installs only what is missing (apt-get update
 # only when an install fails without it), so a second run does nothing.
 # Needs root for the install. The Rust toolchain (cargo, rustfmt, clippy)
 # must already be there; this script checks for it.
@@ -20,7 +21,7 @@ set -euo pipefail
 PKGS=(ipmitool socat openipmi etcd-server etcd-client iproute2 procps netcat-openbsd
       openssl tigervnc-standalone-server tigervnc-tools build-essential ca-certificates
       protobuf-compiler libprotobuf-dev python3 python3-venv python3-pip curl qemu-system-x86
-      mtools dosfstools xorriso isolinux syslinux-common)
+      mtools dosfstools xorriso isolinux syslinux-common fdisk)
 
 # xorriso: xorrisofs is nova's mkisofs_cmd (the config drive) in conductor/tests/nova_ironic.rs
 PKGS+=(xorriso)

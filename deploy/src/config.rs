@@ -17,7 +17,14 @@ use serde::{Deserialize, Serialize};
 
 pub const LAYOUT: Layout<'static> = Layout {
     prefix: "PORTHOLE_DEPLOY_",
-    sections: &["service", "conductor", "store", "swift", "redfish"],
+    sections: &[
+        "service",
+        "conductor",
+        "store",
+        "swift",
+        "redfish",
+        "instance",
+    ],
 };
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -28,6 +35,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub swift: Swift,
     pub redfish: Redfish,
+    pub instance: crate::instance::config::Instance,
 }
 
 /// The gRPC endpoint.
@@ -184,6 +192,7 @@ impl porthole_common::config::Layered for Config {
         if let Some(u) = &self.store.http_public_url {
             check_url("store.http_public_url", u)?;
         }
+        self.instance.validate()?;
         if self.store.backend == Backend::Swift {
             for (name, set) in [
                 ("swift.auth_url", self.swift.auth_url.is_some()),

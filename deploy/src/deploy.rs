@@ -206,7 +206,7 @@ impl Deployer {
 }
 
 /// The node's Redfish endpoint; the password lives in a [`Secret`].
-fn endpoint(node: &DeployNode) -> Endpoint {
+pub(crate) fn endpoint(node: &DeployNode) -> Endpoint {
     let bmc = node.bmc.clone().unwrap_or_default();
     let mut ep = Endpoint::new(&bmc.address);
     ep.system_id = Some(bmc.system_id).filter(|s| !s.is_empty());

@@ -15,6 +15,9 @@
 //! - [`image`]: the vfat floppy; [`secret`]: the per-deploy keys.
 //! - [`store`]: the Swift and embedded HTTP stores behind one trait.
 //! - [`metrics`]: the Prometheus metrics (`service.metrics_listen`).
+//! - [`instance`]: ContinueDeploy (image cache and checks, the iSCSI write,
+//!   `done`, the shared boot ISO) and ReleaseBootIso; [`grpc_instance`]:
+//!   `deploy.v1.InstanceDeployService` over it.
 //!
 //! Redfish virtual media live in porthole-bmc (`vmedia`), the shared BMC
 //! library.
@@ -25,7 +28,9 @@
 pub mod config;
 pub mod deploy;
 pub mod grpc;
+pub mod grpc_instance;
 pub mod image;
+pub mod instance;
 pub mod metrics;
 pub mod secret;
 pub mod store;
@@ -39,6 +44,7 @@ use porthole_bmc::Secret;
 use porthole_common::metrics::MetricsServer;
 use porthole_common::service;
 use porthole_proto::deploy::v1::deploy_service_server::DeployServiceServer;
+use porthole_proto::deploy::v1::instance_deploy_service_server::InstanceDeployServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -72,6 +78,8 @@ pub enum RunError {
     Redfish(#[from] RedfishError),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    ImageCache(#[from] instance::cache::CacheError),
     #[error("serving gRPC: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -99,12 +107,20 @@ pub async fn run(
     let (store, http_store) = open_store(&config, shutdown.child_token()).await?;
     let redfish = Client::new(config.redfish.timeout)?;
     let config = Arc::new(config);
+    let instances = Arc::new(instance::Instances::new(
+        config.clone(),
+        store.clone(),
+        redfish.clone(),
+    )?);
     let deployer = Arc::new(deploy::Deployer::new(config.clone(), store, redfish));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_serving::<DeployServiceServer<grpc::DeployApi>>()
+        .await;
+    health
+        .set_serving::<InstanceDeployServiceServer<grpc_instance::InstanceApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(porthole_proto::FILE_DESCRIPTOR_SET)
@@ -120,7 +136,10 @@ pub async fn run(
         .layer(metrics::get().grpc_layer())
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(DeployServiceServer::new(grpc::DeployApi::new(deployer)));
+        .add_service(DeployServiceServer::new(grpc::DeployApi::new(deployer)))
+        .add_service(InstanceDeployServiceServer::new(
+            grpc_instance::InstanceApi::new(instances, config.instance.ramdisk_port),
+        ));
     let serve = service::serve_grpc(
         router,
         listener,

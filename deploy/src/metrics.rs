@@ -21,6 +21,9 @@ pub struct DeployMetrics {
     grpc: GrpcMetrics,
     steps: HistogramFamily<Labels1>,
     prepares: Family<Labels1, Counter>,
+    continues: Family<Labels1, Counter>,
+    writes: Family<Labels1, Counter>,
+    written: Counter,
 }
 
 static METRICS: LazyLock<DeployMetrics> = LazyLock::new(DeployMetrics::new);
@@ -61,11 +64,15 @@ impl DeployMetrics {
         for result in ["success", "invalid", "failure"] {
             let _ = prepares.get_or_create(&[("result", result)]);
         }
+        let (continues, writes, written) = register_instance(&mut r);
         Self {
             registry: Arc::new(r),
             grpc,
             steps,
             prepares,
+            continues,
+            writes,
+            written,
         }
     }
 
@@ -86,6 +93,54 @@ impl DeployMetrics {
     pub fn prepared(&self, result: &'static str) {
         self.prepares.get_or_create(&[("result", result)]).inc();
     }
+
+    /// A ContinueDeploy ended (success, invalid, failure).
+    pub fn continued(&self, result: &'static str) {
+        self.continues.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// An iSCSI write ended (success, failure).
+    pub fn write_result(&self, result: &'static str) {
+        self.writes.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// Bytes of image written to targets.
+    pub fn written(&self, bytes: u64) {
+        self.written.inc_by(bytes);
+    }
+}
+
+/// ContinueDeploy's metrics (issue 14); its steps (fetch, write, verify,
+/// boot_iso_build) share `porthole_deploy_step_duration`.
+fn register_instance(
+    r: &mut Registry,
+) -> (Family<Labels1, Counter>, Family<Labels1, Counter>, Counter) {
+    let continues = Family::<Labels1, Counter>::default();
+    let writes = Family::<Labels1, Counter>::default();
+    let written = Counter::default();
+    r.register(
+        "porthole_deploy_continues",
+        "ContinueDeploy calls finished, by result (success, invalid, failure)",
+        continues.clone(),
+    );
+    r.register(
+        "porthole_deploy_iscsi_writes",
+        "Image writes to iSCSI targets, by result (success, failure)",
+        writes.clone(),
+    );
+    r.register_with_unit(
+        "porthole_deploy_written",
+        "Bytes of images written to iSCSI targets",
+        Unit::Bytes,
+        written.clone(),
+    );
+    for result in ["success", "invalid", "failure"] {
+        let _ = continues.get_or_create(&[("result", result)]);
+    }
+    for result in ["success", "failure"] {
+        let _ = writes.get_or_create(&[("result", result)]);
+    }
+    (continues, writes, written)
 }
 
 #[cfg(test)]
@@ -102,6 +157,9 @@ mod tests {
             "porthole_deploy_step_duration_seconds_count{step=\"power\"} 0",
             "porthole_deploy_prepares_total{result=\"success\"}",
             "porthole_deploy_prepares_total{result=\"invalid\"}",
+            "porthole_deploy_continues_total{result=\"failure\"}",
+            "porthole_deploy_iscsi_writes_total{result=\"success\"}",
+            "porthole_deploy_written_bytes_total",
         ] {
             assert!(text.contains(name), "{name} not in\n{text}");
         }

@@ -59,6 +59,18 @@ decode_failure!(Internal:
     crate::deploy::v1::CleanUpResponse,
 );
 
+// deploy.v1 InstanceDeployService (issue 14): requests, then responses.
+decode_failure!(InvalidArgument:
+    crate::deploy::v1::ContinueDeployRequest,
+    crate::deploy::v1::ReleaseBootIsoRequest,
+    crate::deploy::v1::BootInstanceRequest,
+);
+decode_failure!(Internal:
+    crate::deploy::v1::DeployProgress,
+    crate::deploy::v1::ReleaseBootIsoResponse,
+    crate::deploy::v1::BootInstanceResponse,
+);
+
 // inspect.v1: requests, then responses.
 decode_failure!(InvalidArgument:
     ipb::ValidateInspectionRequest,

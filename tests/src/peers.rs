@@ -9,6 +9,11 @@
 //!   `PORTHOLE_SWIFT_RIG_STATE_DIR` (default under the caller's dir); one
 //!   already running there is used and left running.
 //!
+//! - tgtd (fixed port 3260, [`Iscsi`], `iscsi-up.sh`): started with
+//!   `PORTHOLE_ISCSI_RIG_STATE_DIR` (default under the caller's dir) unless
+//!   running there; each test adds blank LUNs of its own ([`Lun`]) and
+//!   they are deleted on drop.
+//!
 //! Peers on fixed ports (Swift; tgtd's 3260) are held under a machine-wide
 //! [`PeerLock`] while a test uses them, so two test binaries, or two
 //! worktrees' suites, take turns instead of colliding on the ports.
@@ -177,6 +182,208 @@ impl Drop for Swift {
     fn drop(&mut self) {
         if self.started {
             let _ = Command::new(rig_dir().join("swift-up.sh"))
+                .arg("down")
+                .env("RIG_STATE_DIR", &self.state)
+                .output();
+        }
+    }
+}
+
+/// tgtd from `iscsi-up.sh` on 127.0.0.1:3260 (user space, no CHAP), held
+/// under `PeerLock::take("iscsi")` while the test runs.
+pub struct Iscsi {
+    pub state: PathBuf,
+    started: bool,
+    // Dropped after `Drop::drop` stopped tgtd.
+    _turn: PeerLock,
+}
+
+/// A file-backed LUN 1 of its own target, deleted (target and file) on drop.
+pub struct Lun {
+    pub iqn: String,
+    /// `iscsi://127.0.0.1:3260/<iqn>/1`.
+    pub url: String,
+    /// The backing file: the LUN's bytes.
+    pub backing: PathBuf,
+    chap_user: Option<String>,
+}
+
+impl Iscsi {
+    pub const ADDRESS: &'static str = "127.0.0.1";
+    pub const PORT: u16 = 3260;
+
+    /// tgtd for a test: `default_state` unless PORTHOLE_ISCSI_RIG_STATE_DIR.
+    pub fn up(default_state: &Path) -> Option<Iscsi> {
+        let state = std::env::var_os("PORTHOLE_ISCSI_RIG_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| default_state.to_owned());
+        let turn = PeerLock::take("iscsi");
+        let was_running = state.join("iscsi/tgtd.pid").exists()
+            && Command::new("tgtadm")
+                .args(["--lld", "iscsi", "--mode", "system", "--op", "show"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+        let out = Command::new(rig_dir().join("iscsi-up.sh"))
+            .arg("up")
+            .env("RIG_STATE_DIR", &state)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Iscsi {
+                state,
+                started: !was_running,
+                _turn: turn,
+            }),
+            other => {
+                missing(&format!("iscsi-up.sh did not start tgtd: {other:?}"));
+                None
+            }
+        }
+    }
+
+    /// A blank LUN of `size` (`64M`, …) under a new target `iqn`, made
+    /// here as `iscsi-up.sh add` makes it but with the next tid computed
+    /// as a number (the script compares tids as strings, so its 11th
+    /// target collides with tid 10).
+    pub fn add(&self, iqn: &str, size: &str) -> Lun {
+        let tids = targets();
+        let tid = (tids.iter().map(|(t, _)| *t).max().unwrap_or(0) + 1).to_string();
+        let backing = self.state.join(format!("iscsi/lun-{tid}.img"));
+        let _ = std::fs::remove_file(&backing);
+        let out = Command::new("truncate")
+            .args(["-s", size])
+            .arg(&backing)
+            .output()
+            .expect("truncate");
+        assert!(out.status.success(), "truncate: {out:?}");
+        let store = backing.display().to_string();
+        for args in [
+            vec![
+                "--mode",
+                "target",
+                "--op",
+                "new",
+                "--tid",
+                &tid,
+                "--targetname",
+                iqn,
+            ],
+            vec![
+                "--mode",
+                "logicalunit",
+                "--op",
+                "new",
+                "--tid",
+                &tid,
+                "--lun",
+                "1",
+                "--backing-store",
+                &store,
+            ],
+            vec![
+                "--mode",
+                "target",
+                "--op",
+                "bind",
+                "--tid",
+                &tid,
+                "--initiator-address",
+                "ALL",
+            ],
+        ] {
+            let out = Command::new("tgtadm")
+                .args(["--lld", "iscsi"])
+                .args(&args)
+                .output()
+                .expect("running tgtadm");
+            assert!(out.status.success(), "tgtadm {args:?}: {out:?}");
+        }
+        Lun {
+            iqn: iqn.to_owned(),
+            url: format!("iscsi://{}:{}/{iqn}/1", Self::ADDRESS, Self::PORT),
+            backing,
+            chap_user: None,
+        }
+    }
+}
+
+/// tgtd's targets: (tid, iqn).
+fn targets() -> Vec<(u32, String)> {
+    let out = Command::new("tgtadm")
+        .args(["--lld", "iscsi", "--mode", "target", "--op", "show"])
+        .output()
+        .expect("running tgtadm");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (tid, name) = l.strip_prefix("Target ")?.split_once(": ")?;
+            Some((tid.parse().ok()?, name.trim().to_owned()))
+        })
+        .collect()
+}
+
+impl Lun {
+    /// The target's tid in tgtd, if it still exists.
+    fn tid(&self) -> Option<String> {
+        targets()
+            .into_iter()
+            .find(|(_, name)| *name == self.iqn)
+            .map(|(t, _)| t.to_string())
+    }
+
+    /// Require CHAP `user` / `password` (a tgtd account bound to this
+    /// target; deleted with the LUN). The password is a test peer's.
+    pub fn require_chap(&mut self, user: &str, password: &str) {
+        let tid = self.tid().expect("the target exists");
+        for args in [
+            vec!["--op", "new", "--user", user, "--password", password],
+            vec!["--op", "bind", "--tid", &tid, "--user", user],
+        ] {
+            let out = Command::new("tgtadm")
+                .args(["--lld", "iscsi", "--mode", "account"])
+                .args(&args)
+                .output()
+                .expect("running tgtadm");
+            assert!(out.status.success(), "tgtadm account {}: {out:?}", args[1]);
+        }
+        self.chap_user = Some(user.to_owned());
+    }
+
+    /// Delete the target now, sessions and all (the "target gone" case).
+    pub fn remove_target(&self) {
+        let out = self.delete();
+        assert!(
+            out.as_ref().is_none_or(|o| o.status.success()),
+            "tgtadm delete: {out:?}"
+        );
+    }
+
+    fn delete(&self) -> Option<std::process::Output> {
+        let tid = self.tid()?;
+        Command::new("tgtadm")
+            .args(["--lld", "iscsi", "--mode", "target", "--op", "delete"])
+            .args(["--force", "--tid", &tid])
+            .output()
+            .ok()
+    }
+}
+
+impl Drop for Lun {
+    fn drop(&mut self) {
+        let _ = self.delete();
+        if let Some(user) = &self.chap_user {
+            let _ = Command::new("tgtadm")
+                .args(["--lld", "iscsi", "--mode", "account", "--op", "delete"])
+                .args(["--user", user])
+                .output();
+        }
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}
+
+impl Drop for Iscsi {
+    fn drop(&mut self) {
+        if self.started {
+            let _ = Command::new(rig_dir().join("iscsi-up.sh"))
                 .arg("down")
                 .env("RIG_STATE_DIR", &self.state)
                 .output();

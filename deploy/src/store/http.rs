@@ -29,13 +29,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{expires_at, now_unix, temp_url_sig, Store, StoreError};
+use super::{expires_at, now_unix, temp_url_sig, Metadata, Store, StoreError};
 use crate::secret::hex;
 
 struct Object {
     /// The random path segment (and file name).
     id: String,
     file: PathBuf,
+    meta: Metadata,
 }
 
 struct Inner {
@@ -115,6 +116,70 @@ impl HttpStore {
         self.0.tasks.wait().await;
     }
 
+    /// Store `bytes` as `name` (a new file, a new random id), deleted at
+    /// `ttl` when given; with `exclusive`, only when `name` is absent
+    /// (`false` and nothing kept otherwise).
+    async fn insert(
+        &self,
+        name: &str,
+        bytes: Bytes,
+        meta: Metadata,
+        ttl: Option<Duration>,
+        exclusive: bool,
+    ) -> Result<bool, StoreError> {
+        let mut raw = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| StoreError::Malformed("the system RNG failed".into()))?;
+        let id = hex(&raw);
+        let file = self.0.dir.join(&id);
+        write_private(&file, bytes).await?;
+        let inserted = {
+            let mut objects = self.0.objects.lock().expect("store lock");
+            if exclusive && objects.contains_key(name) {
+                None
+            } else {
+                let old = objects.insert(
+                    name.to_owned(),
+                    Object {
+                        id: id.clone(),
+                        file: file.clone(),
+                        meta,
+                    },
+                );
+                let mut by_id = self.0.by_id.lock().expect("store lock");
+                if let Some(o) = &old {
+                    by_id.remove(&o.id);
+                }
+                by_id.insert(id.clone(), name.to_owned());
+                Some(old)
+            }
+        };
+        let Some(old) = inserted else {
+            remove_file(&file).await;
+            return Ok(false);
+        };
+        if let Some(old) = old {
+            remove_file(&old.file).await;
+        }
+        let Some(ttl) = ttl else {
+            return Ok(true);
+        };
+        // Expiry: the bytes go at the TTL, whoever holds the URL.
+        let (store, name, cancel) = (self.clone(), name.to_owned(), self.0.cancel.clone());
+        self.0.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(ttl) => {}
+                () = cancel.cancelled() => {}
+            }
+            if let Some(file) = store.remove(&name, Some(&id)) {
+                remove_file(&file).await;
+                tracing::debug!(object = %name, "embedded store object expired");
+            }
+        });
+        Ok(true)
+    }
+
     fn remove(&self, name: &str, only_id: Option<&str>) -> Option<PathBuf> {
         let mut objects = self.0.objects.lock().expect("store lock");
         match (objects.get(name), only_id) {
@@ -141,45 +206,44 @@ impl Store for HttpStore {
     }
 
     async fn put(&self, name: &str, bytes: Bytes, ttl: Duration) -> Result<(), StoreError> {
-        let mut raw = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| StoreError::Malformed("the system RNG failed".into()))?;
-        let id = hex(&raw);
-        let file = self.0.dir.join(&id);
-        write_private(&file, bytes).await?;
-        let old = {
-            let mut objects = self.0.objects.lock().expect("store lock");
-            let old = objects.insert(
-                name.to_owned(),
-                Object {
-                    id: id.clone(),
-                    file,
-                },
-            );
-            let mut by_id = self.0.by_id.lock().expect("store lock");
-            if let Some(o) = &old {
-                by_id.remove(&o.id);
-            }
-            by_id.insert(id.clone(), name.to_owned());
-            old
-        };
-        if let Some(old) = old {
-            remove_file(&old.file).await;
-        }
-        // Expiry: the bytes go at the TTL, whoever holds the URL.
-        let (store, name, cancel) = (self.clone(), name.to_owned(), self.0.cancel.clone());
-        self.0.tasks.spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(ttl) => {}
-                () = cancel.cancelled() => {}
-            }
-            if let Some(file) = store.remove(&name, Some(&id)) {
-                remove_file(&file).await;
-                tracing::debug!(object = %name, "embedded store object expired");
-            }
-        });
+        self.insert(name, bytes, Metadata::new(), Some(ttl), false)
+            .await
+            .map(drop)
+    }
+
+    async fn put_kept(&self, name: &str, bytes: Bytes, meta: &Metadata) -> Result<(), StoreError> {
+        self.insert(name, bytes, meta.clone(), None, false)
+            .await
+            .map(drop)
+    }
+
+    async fn metadata(&self, name: &str) -> Result<Option<Metadata>, StoreError> {
+        let objects = self.0.objects.lock().expect("store lock");
+        Ok(objects.get(name).map(|o| o.meta.clone()))
+    }
+
+    async fn set_metadata(&self, name: &str, meta: &Metadata) -> Result<(), StoreError> {
+        let mut objects = self.0.objects.lock().expect("store lock");
+        let o = objects
+            .get_mut(name)
+            .ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        o.meta = meta.clone();
         Ok(())
+    }
+
+    async fn create_exclusive(
+        &self,
+        name: &str,
+        meta: &Metadata,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.insert(name, Bytes::new(), meta.clone(), Some(ttl), true)
+            .await
+    }
+
+    /// The check and the insert happen under one mutex.
+    fn exclusive_is_atomic(&self) -> bool {
+        true
     }
 
     async fn temp_url(&self, name: &str, ttl: Duration) -> Result<String, StoreError> {

@@ -36,7 +36,15 @@ pub enum StoreError {
     },
     #[error("object store: no object {0}")]
     NotFound(String),
+    #[error("object store {store}: {what} is not supported")]
+    Unsupported {
+        store: &'static str,
+        what: &'static str,
+    },
 }
+
+/// An object's user metadata (Swift's `X-Object-Meta-*`), lower-case keys.
+pub type Metadata = std::collections::BTreeMap<String, String>;
 
 /// An object store for deploy media.
 #[async_trait]
@@ -50,6 +58,55 @@ pub trait Store: Send + Sync + 'static {
     async fn temp_url(&self, name: &str, ttl: Duration) -> Result<String, StoreError>;
     /// Remove `name`; an object already gone is not an error.
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
+
+    // Kept objects and their metadata (the shared boot ISOs, issue 14).
+
+    /// Store `bytes` as `name` with `meta` and no expiry.
+    async fn put_kept(&self, name: &str, bytes: Bytes, meta: &Metadata) -> Result<(), StoreError> {
+        let _ = (name, bytes, meta);
+        Err(StoreError::Unsupported {
+            store: self.kind(),
+            what: "an object without expiry",
+        })
+    }
+    /// `name`'s metadata; `None` when there is no such object.
+    async fn metadata(&self, name: &str) -> Result<Option<Metadata>, StoreError> {
+        let _ = name;
+        Err(StoreError::Unsupported {
+            store: self.kind(),
+            what: "object metadata",
+        })
+    }
+    /// Replace `name`'s metadata (its expiry, if any, is kept).
+    async fn set_metadata(&self, name: &str, meta: &Metadata) -> Result<(), StoreError> {
+        let _ = (name, meta);
+        Err(StoreError::Unsupported {
+            store: self.kind(),
+            what: "object metadata",
+        })
+    }
+    /// Create an empty `name` with metadata `meta`, expiring after `ttl`,
+    /// only when no object of that name exists (a lock); `false` when one
+    /// does. See [`Store::exclusive_is_atomic`].
+    async fn create_exclusive(
+        &self,
+        name: &str,
+        meta: &Metadata,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (name, meta, ttl);
+        Err(StoreError::Unsupported {
+            store: self.kind(),
+            what: "a conditional create",
+        })
+    }
+    /// Whether two overlapping `create_exclusive` calls can never both
+    /// succeed. Swift's `If-None-Match: *` is checked when a PUT starts,
+    /// so two PUTs at the same instant both get 201 (the newer wins): a
+    /// caller must read the lock back after a pause to know it holds it.
+    fn exclusive_is_atomic(&self) -> bool {
+        false
+    }
 }
 
 /// Seconds since the epoch, `ttl` from now (temp URLs' `temp_url_expires`).

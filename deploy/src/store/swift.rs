@@ -15,7 +15,7 @@ use porthole_bmc::Secret;
 use reqwest::{Method, StatusCode};
 use tokio::sync::Mutex;
 
-use super::{expires_at, temp_url_sig, Store, StoreError};
+use super::{expires_at, temp_url_sig, Metadata, Store, StoreError};
 
 /// How to reach the account.
 #[derive(Clone, Debug)]
@@ -266,6 +266,95 @@ impl Store for SwiftStore {
         }
         check(resp, &what).await.map(drop)
     }
+
+    // Kept objects, metadata and the lock object (issue 14's boot ISOs).
+    // Metadata keys travel as `X-Object-Meta-<key with - for _>`.
+
+    async fn put_kept(&self, name: &str, bytes: Bytes, meta: &Metadata) -> Result<(), StoreError> {
+        self.ensure_container().await?;
+        let what = format!("upload object {name}");
+        let mut headers = meta_headers(meta);
+        headers.push(("Content-Type".into(), "application/octet-stream".into()));
+        let headers: Vec<(&str, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let path = self.object_path(name);
+        let resp = self
+            .call(Method::PUT, &path, &headers, Some(bytes), &what)
+            .await?;
+        check(resp, &what).await.map(drop)
+    }
+
+    async fn metadata(&self, name: &str) -> Result<Option<Metadata>, StoreError> {
+        let what = format!("read object {name}");
+        let path = self.object_path(name);
+        let resp = self.call(Method::HEAD, &path, &[], None, &what).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = check(resp, &what).await?;
+        let meta = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                let key = k.as_str().strip_prefix("x-object-meta-")?;
+                Some((key.replace('-', "_"), v.to_str().ok()?.to_owned()))
+            })
+            .collect();
+        Ok(Some(meta))
+    }
+
+    async fn set_metadata(&self, name: &str, meta: &Metadata) -> Result<(), StoreError> {
+        let pairs: Vec<(String, String)> = meta
+            .iter()
+            .map(|(k, v)| (k.replace('_', "-"), v.clone()))
+            .collect();
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.update_metadata(name, &pairs).await
+    }
+
+    async fn create_exclusive(
+        &self,
+        name: &str,
+        meta: &Metadata,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.ensure_container().await?;
+        let what = format!("create lock object {name}");
+        let mut headers = meta_headers(meta);
+        headers.extend([
+            ("If-None-Match".to_owned(), "*".to_owned()),
+            (
+                "X-Delete-After".to_owned(),
+                ttl.as_secs().max(1).to_string(),
+            ),
+            // reqwest sends none for an empty body; Swift answers 411.
+            ("Content-Length".to_owned(), "0".to_owned()),
+        ]);
+        let headers: Vec<(&str, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let path = self.object_path(name);
+        let resp = self
+            .call(Method::PUT, &path, &headers, Some(Bytes::new()), &what)
+            .await?;
+        if resp.status() == StatusCode::PRECONDITION_FAILED {
+            return Ok(false);
+        }
+        check(resp, &what).await.map(|_| true)
+    }
+}
+
+/// `X-Object-Meta-*` headers for `meta`.
+fn meta_headers(meta: &Metadata) -> Vec<(String, String)> {
+    meta.iter()
+        .map(|(k, v)| (format!("X-Object-Meta-{}", k.replace('_', "-")), v.clone()))
+        .collect()
 }
 
 /// The response when 2xx, else the status and the start of the body.
