@@ -25,6 +25,7 @@ pub struct Config {
     pub power: PowerConfig,
     pub conductor: ConductorConfig,
     pub inspect: InspectSvcConfig,
+    pub deploy: DeploySvcConfig,
     /// Hardware types and interfaces (Ironic's `enabled_*`/`default_*`).
     pub drivers: crate::drivers::DriversConfig,
 }
@@ -132,6 +133,42 @@ impl Default for InspectSvcConfig {
     }
 }
 
+/// The deploy service (`deploy.v1`), which implements the `iscsi` deploy
+/// interface and the `ilo-virtual-media` / `redfish-virtual-media` boot
+/// interfaces (`provision::deploy_grpc`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeploySvcConfig {
+    /// Its gRPC endpoint, e.g. `http://127.0.0.1:50061`; unset: nodes whose
+    /// `deploy_interface` is `iscsi` cannot be deployed (their interface
+    /// validates false, naming this option).
+    pub endpoint: Option<String>,
+    /// Longest gRPC call (PrepareRamdisk waits for the BMC to fetch both
+    /// media).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// PEM CA that signed the deploy service's certificate (enables TLS).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Name to verify in the deploy service's certificate.
+    pub tls_domain: Option<String>,
+}
+
+impl Default for DeploySvcConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            timeout: Duration::from_secs(120),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_domain: None,
+        }
+    }
+}
+
 /// Ironic's `[conductor]` provisioning timeouts, in seconds as Ironic's
 /// (0 disables a check; `check_provision_state_interval` 0 disables them
 /// all). A node waiting past its timeout fails (`periodic`).
@@ -230,6 +267,7 @@ const SECTIONS: &[&str] = &[
     "power",
     "conductor",
     "inspect",
+    "deploy",
     "drivers",
 ];
 
@@ -327,6 +365,25 @@ mod tests {
         )];
         let c = Config::load(None, env, &[]).unwrap().conductor;
         assert_eq!(c.deploy_callback_timeout, 0);
+    }
+
+    #[test]
+    fn the_deploy_service_section_reads_its_env() {
+        let c = Config::load(None, Vec::new(), &[]).unwrap().deploy;
+        assert_eq!((c.endpoint, c.timeout), (None, Duration::from_secs(120)));
+        let env = vec![
+            (
+                "PORTHOLE_CONDUCTOR_DEPLOY_ENDPOINT".to_owned(),
+                "https://127.0.0.1:50061".to_owned(),
+            ),
+            (
+                "PORTHOLE_CONDUCTOR_DEPLOY_TLS_CA".to_owned(),
+                "/etc/porthole/ca.pem".to_owned(),
+            ),
+        ];
+        let c = Config::load(None, env, &[]).unwrap().deploy;
+        assert_eq!(c.endpoint.as_deref(), Some("https://127.0.0.1:50061"));
+        assert_eq!(c.tls_ca, Some(PathBuf::from("/etc/porthole/ca.pem")));
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub enum RunError {
     Metrics(#[from] porthole_common::metrics::MetricsError),
     #[error("inspect service: {0}")]
     Inspect(#[from] provision::inspect_grpc::InspectClientError),
+    #[error("deploy service: {0}")]
+    Deploy(#[from] provision::deploy_grpc::DeployClientError),
     #[error("drivers: {0}")]
     Drivers(#[from] drivers::DriverError),
 }
@@ -218,6 +220,14 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
     if config.inspect.endpoint.is_some() {
         let client = provision::inspect_grpc::InspectClient::from_config(&config.inspect)?;
         conductor.interfaces.set_inspect_service(client);
+    }
+    if config.deploy.endpoint.is_some() {
+        let client = provision::deploy_grpc::DeployClient::from_config(&config.deploy)?;
+        let iscsi = provision::deploy_grpc::GrpcIscsi::new(client, conductor.store.clone());
+        conductor
+            .interfaces
+            .set_deploy_service(std::sync::Arc::new(iscsi));
+        conductor.vendors.iscsi = Some(std::sync::Arc::new(provision::vendor::IscsiVendor));
     }
     Ok(conductor)
 }

@@ -159,7 +159,7 @@ fn redfish(kind: Kind) -> &'static [&'static str] {
     match kind {
         Kind::Boot => &["pxe", "ipxe", "redfish-virtual-media"],
         Kind::Console => &["no-console", "redfish-graphical"],
-        Kind::Deploy => &["direct"],
+        Kind::Deploy => &["direct", "iscsi"],
         Kind::Inspect => &["agent", "no-inspect", "redfish", "inspector"],
         Kind::Management | Kind::Power => &["redfish"],
         Kind::Vendor => &["redfish", "no-vendor"],

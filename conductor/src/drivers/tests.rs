@@ -232,7 +232,8 @@ fn a_patch_keeps_resets_or_refuses() {
     let p = patch(&reg, &n, json!({"driver": "redfish"})).unwrap();
     assert_eq!(p.driver, "redfish");
     assert_eq!(p.interface(Kind::Power), "redfish");
-    assert_eq!(p.interface(Kind::Deploy), "direct");
+    // redfish supports iscsi (virtual-media deploy): kept.
+    assert_eq!(p.interface(Kind::Deploy), "iscsi");
     assert_eq!(p.interface(Kind::Console), "no-console");
     // ... and to an alias: its interfaces.
     let p = patch(&reg, &p, json!({"driver": "pxe_ipmitool_socat"})).unwrap();

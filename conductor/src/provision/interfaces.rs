@@ -4,8 +4,9 @@
 //! once `[inspect] endpoint` is set), the `fake` implementation of the
 //! `fake-hardware` driver, which succeeds at once, `no-inspect`, and a
 //! stand-in for every name whose implementation is not here (`direct`,
-//! `iscsi`, `inspector`/`agent` without the inspect service, ...: it
-//! validates false, saying why).
+//! `iscsi` without the deploy service, `inspector`/`agent` without the
+//! inspect service, ...: it validates false, saying why). `iscsi` is
+//! [`super::deploy_grpc::GrpcIscsi`] once `[deploy] endpoint` is set.
 //!
 //! [`Interfaces::for_node`] picks a node's by its `deploy_interface` and
 //! `inspect_interface`; callers: `service::provision`, `service` validate,
@@ -65,6 +66,17 @@ impl CleanStep {
     }
 }
 
+/// What the deploy ramdisk reported in `pass_deploy_info`, checked
+/// (`service::deploy_callback`): where its iSCSI target listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeployCallback {
+    /// The ramdisk's IP address.
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    pub iqn: String,
+    pub lun: u32,
+}
+
 /// Deploying, tearing down, cleaning and adopting a node.
 pub trait DeployInterface: Send + Sync {
     /// The interface name (`deploy_interface`).
@@ -73,6 +85,33 @@ pub trait DeployInterface: Send + Sync {
     /// instance_info, the service behind it)? The reason when not.
     fn validate(&self, _node: &Node) -> Result<(), InterfaceError> {
         Ok(())
+    }
+    /// Ask the service behind the interface whether it can deploy `node`
+    /// (for the gRPC interface: the deploy service's Validate); an error
+    /// refuses deploy/rebuild before the node moves and makes `node
+    /// validate` false. Default: nothing to ask.
+    fn check_service<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The deploy after the ramdisk's callback (`pass_deploy_info`
+    /// accepted, the node back in `deploying`): write the image and boot
+    /// it. Default: this interface takes no callback.
+    fn continue_deploy<'a>(
+        &'a self,
+        _node: &'a Node,
+        _callback: &'a DeployCallback,
+    ) -> BoxFuture<'a, StepResult> {
+        let e = InterfaceError(format!(
+            "The {} deploy interface does not continue a deploy after a ramdisk callback.",
+            self.name()
+        ));
+        Box::pin(async move { Err(e) })
+    }
+    /// Undo what deploy() prepared for the ramdisk (boot media, stored
+    /// images, the deploy key); called when a deploy fails, times out or
+    /// is aborted, and by tear_down. Default: nothing to undo.
+    fn clean_up<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+        Box::pin(async { Ok(()) })
     }
     /// Write the image (with the configdrive, when given) and boot it.
     fn deploy<'a>(
@@ -184,6 +223,12 @@ pub struct Unavailable {
 
 impl Unavailable {
     fn error(&self) -> InterfaceError {
+        if self.kind == Kind::Deploy && self.name == super::deploy_grpc::ISCSI {
+            return InterfaceError(format!(
+                "The deploy interface \"{}\" needs the deploy service, which this conductor is not configured with: set deploy.endpoint (PORTHOLE_CONDUCTOR_DEPLOY_ENDPOINT).",
+                self.name
+            ));
+        }
         if self.kind == Kind::Inspect && INSPECT_SERVICE_INTERFACES.contains(&self.name.as_str()) {
             return InterfaceError(format!(
                 "The inspect interface \"{}\" needs the inspect service, which this conductor is not configured with: set inspect.endpoint (PORTHOLE_CONDUCTOR_INSPECT_ENDPOINT).",
@@ -310,6 +355,12 @@ impl Interfaces {
             self.inspect.insert(name.into(), Arc::new(grpc));
         }
         self.inspect_service = Some(client);
+    }
+
+    /// Use the deploy service for the `iscsi` deploy interface (and with
+    /// it the virtual-media boot interfaces).
+    pub fn set_deploy_service(&mut self, iscsi: Arc<dyn DeployInterface>) {
+        self.deploy.insert(super::deploy_grpc::ISCSI.into(), iscsi);
     }
 
     /// `node`'s interfaces by its `deploy_interface` and

@@ -46,6 +46,7 @@
 //! Callers: the provision service (`service::provision`) for every change
 //! of provision_state; the API for the up-front check of a request.
 
+pub mod deploy_grpc;
 pub mod evidence;
 pub mod inspect_grpc;
 pub mod interfaces;

@@ -1,8 +1,9 @@
 //! Vendor interfaces: the methods a node's `vendor_interface` offers
 //! through `/v1/nodes/{node}/vendor_passthru/{method}` (Ironic's
 //! `vendor_routes`), as a small trait; the `fake` one of `fake-hardware`
-//! nodes with one method, `fake_callback`. The `iscsi` deploy's
-//! `pass_deploy_info` plugs in here later.
+//! nodes with one method, `fake_callback`; and [`IscsiVendor`], the
+//! `pass_deploy_info` of nodes deployed by the `iscsi` deploy interface
+//! (the deploy ramdisk's callback, which `service::deploy_callback` runs).
 //!
 //! A method marked [`VendorMethod::ramdisk`] is the ramdisk's: the API lets
 //! a caller without operator credentials reach it, and the conductor runs
@@ -106,17 +107,60 @@ impl VendorInterface for FakeVendor {
     }
 }
 
+/// The `iscsi` deploy's ramdisk callback (Ironic's iscsi_deploy
+/// `VendorPassthru.pass_deploy_info`).
+pub const PASS_DEPLOY_INFO: &str = "pass_deploy_info";
+
+const ISCSI_METHODS: &[VendorMethod] = &[VendorMethod {
+    name: PASS_DEPLOY_INFO,
+    http_methods: &["POST"],
+    is_async: true,
+    description: "The deploy ramdisk's callback: where its iSCSI target is (address, iqn, optional port and lun) or the error it met; the deployment key as key.",
+    attach: false,
+    require_exclusive_lock: true,
+    ramdisk: Some(&[State::DeployWait]),
+}];
+
+/// The vendor methods of a node whose deploy interface is the deploy
+/// service's `iscsi`: `pass_deploy_info`, which the conductor itself runs
+/// (`service::deploy_callback`: it moves the node), so [`Self::call`] is
+/// never reached for it.
+pub struct IscsiVendor;
+
+impl VendorInterface for IscsiVendor {
+    fn name(&self) -> &'static str {
+        "iscsi"
+    }
+    fn methods(&self) -> &[VendorMethod] {
+        ISCSI_METHODS
+    }
+    fn call<'a>(
+        &'a self,
+        _: &'a Node,
+        method: &'a str,
+        _: &'a str,
+        _: &'a Dict,
+    ) -> BoxFuture<'a, Result<Value, InterfaceError>> {
+        let e = InterfaceError(format!("No handler for method {method}"));
+        Box::pin(async move { Err(e) })
+    }
+}
+
 /// The vendor interfaces this conductor has, by interface name.
 #[derive(Clone)]
 pub struct VendorInterfaces {
     /// What `fake-hardware` nodes use (tests may replace it).
     pub fake_hardware: Arc<dyn VendorInterface>,
+    /// What nodes deployed by `iscsi` use (any vendor_interface but
+    /// `no-vendor`), while the deploy service is configured.
+    pub iscsi: Option<Arc<dyn VendorInterface>>,
 }
 
 impl Default for VendorInterfaces {
     fn default() -> Self {
         Self {
             fake_hardware: Arc::new(FakeVendor),
+            iscsi: None,
         }
     }
 }
@@ -124,8 +168,15 @@ impl Default for VendorInterfaces {
 impl VendorInterfaces {
     /// `node`'s vendor interface by its `vendor_interface`; `None` is
     /// Ironic's `no-vendor` (and, for now, `ipmitool`, `redfish` and `ilo`,
-    /// which offer no methods here yet).
+    /// which offer no methods of their own here yet: on a node deployed by
+    /// `iscsi` they offer `pass_deploy_info`).
     pub fn for_node(&self, node: &Node) -> Option<Arc<dyn VendorInterface>> {
-        (node.interface(crate::drivers::Kind::Vendor) == "fake").then(|| self.fake_hardware.clone())
+        use crate::drivers::Kind;
+        match node.interface(Kind::Vendor) {
+            "fake" => Some(self.fake_hardware.clone()),
+            "no-vendor" => None,
+            _ if node.interface(Kind::Deploy) == super::deploy_grpc::ISCSI => self.iscsi.clone(),
+            _ => None,
+        }
     }
 }

@@ -4,11 +4,14 @@
 //! [`Conductor`] owns the store, the console-svc client and the power
 //! settings. Node CRUD and ports live here; power in `power.rs`, consoles
 //! in `console.rs`, provisioning in `provision.rs`, the ramdisk's secret,
-//! lookup and heartbeat in `ramdisk.rs`, vendor passthru in `vendor.rs`.
+//! lookup and heartbeat in `ramdisk.rs`, vendor passthru in `vendor.rs`, the
+//! deploy ramdisk's `pass_deploy_info` and the deploy's clean up in
+//! `deploy_callback.rs`.
 //! Callers: `api` handlers, `watch`, `periodic`, `lib::run`.
 
 mod console;
 pub mod continue_inspection;
+pub mod deploy_callback;
 pub mod extras;
 mod groups;
 mod inspection;

@@ -117,6 +117,13 @@ impl Conductor {
             .map_err(ServiceError::Invalid)?;
         // Before anything moves: a refusal leaves the node where it was.
         match event {
+            Event::Deploy | Event::Rebuild => {
+                ifaces.deploy.check_service(&node).await.map_err(|e| {
+                    ServiceError::Invalid(format!(
+                        "Failed to validate deploy or power info for node {uuid}. Error: {e}"
+                    ))
+                })?
+            }
             Event::Inspect => ifaces.inspect.check_service(&node).await.map_err(|e| {
                 ServiceError::Invalid(format!(
                     "Failed to validate inspect interface {} of node {uuid}: {e}",
@@ -156,8 +163,15 @@ impl Conductor {
         tracing::info!(node = %uuid, from = %from, to = %state, verb = target, "provision action accepted");
         self.forget_ramdisk_token_unless_waiting(&uuid, state).await;
         if event == Event::Abort {
-            // Abort only leaves a wait state for its failed state: no work,
-            // but an `agent` inspection's node is powered off (as Ironic's).
+            // Abort only leaves a wait state for its failed state: no work
+            // but the clean up: the deploy's (still under the lock), or an
+            // `agent` inspection's power off (as Ironic's; in the
+            // background, the lock going with it).
+            if state == State::DeployFailed {
+                if let Ok(n) = self.store.get_node(&uuid).await {
+                    self.clean_up_deploy(&n).await;
+                }
+            }
             if from == State::InspectWait {
                 let this = self.clone();
                 self.tasks.spawn(async move {
@@ -320,6 +334,10 @@ impl Conductor {
             .await?;
         let next = stored_state(&n)?;
         self.forget_ramdisk_token_unless_waiting(uuid, next).await;
+        if next == State::DeployFailed {
+            // A failed step or callback, a timeout: the deploy's clean up.
+            self.clean_up_deploy(&n).await;
+        }
         if let Some(e) = &n.last_error.as_ref().filter(|_| event == Event::Fail) {
             tracing::warn!(state = %next, error = %e, "provision step failed");
         } else {

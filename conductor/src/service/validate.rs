@@ -1,6 +1,8 @@
 //! `GET /v1/nodes/{node}/validate`: each interface's own answer, as
 //! Ironic's `validate_driver_interfaces` gives it (`{"result": true}` or
-//! `{"result": false, "reason": ...}` per interface). No BMC is contacted:
+//! `{"result": false, "reason": ...}` per interface). A deploy interface
+//! backed by a service asks it (`check_service`: the deploy service's
+//! Validate, which reads no BMC either). No BMC is contacted:
 //! power and management check the driver_info their driver needs; boot,
 //! deploy and inspect ask the node's deploy/inspect implementation (a boot
 //! interface other than `fake` is driven by the deploy service, so it is
@@ -26,6 +28,23 @@ impl Conductor {
                 Err(reason) => json!({"result": false, "reason": reason}),
             };
             out.insert(kind.name().to_owned(), v);
+        }
+        // A deploy interface valid here asks its service (the deploy
+        // service's Validate for `iscsi`); the boot interface it drives
+        // shares the answer.
+        if out["deploy"]["result"] == true {
+            let deploy = self.interfaces.for_node(&node).deploy;
+            if let Err(e) = deploy.check_service(&node).await {
+                out.insert("deploy".into(), json!({"result": false, "reason": e.0}));
+                let boot = node.interface(Kind::Boot);
+                if boot != "fake" {
+                    let reason = format!(
+                        "The boot interface \"{boot}\" needs the deploy interface: {}",
+                        e.0
+                    );
+                    out.insert("boot".into(), json!({"result": false, "reason": reason}));
+                }
+            }
         }
         Ok(Value::Object(out))
     }

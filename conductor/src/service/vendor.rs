@@ -70,6 +70,10 @@ impl Conductor {
         }
         args.remove("agent_token");
         args.remove("key");
+        if m.name == crate::provision::vendor::PASS_DEPLOY_INFO && vendor.name() == "iscsi" {
+            // It moves the node: the conductor runs it (deploy_callback).
+            return self.pass_deploy_info(node, &args, guard).await;
+        }
         if !m.is_async {
             let body = vendor
                 .call(&node, m.name, &http_method, &args)
