@@ -25,6 +25,8 @@ PKGS=(ipmitool socat openipmi etcd-server etcd-client iproute2 procps netcat-ope
 
 # xorriso: xorrisofs is nova's mkisofs_cmd (the config drive) in conductor/tests/nova_ironic.rs
 PKGS+=(xorriso)
+# tshark: Wireshark's IPMI/RMCP dissector decodes porthole-rmcp's packets (conductor/rmcp/tests/rig_wire.rs)
+PKGS+=(tshark)
 if [ "${1:-}" = --list ]; then printf '%s\n' "${PKGS[@]}"; exit 0; fi
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

@@ -84,6 +84,8 @@ say "python peers (.venv, .venv-clients, .venv-inspector)"
 "$ROOT/scripts/venv-clients.sh"
 # The real ironic-inspector 12.5 the inspect service's tests drive (.venv-inspector).
 "$ROOT/scripts/venv-inspector.sh"
+# The real Keystone the deploy service's Swift store authenticates against (.venv-keystone).
+"$ROOT/scripts/venv-keystone.sh"
 # deploy-k8s/: rendered (two kustomize versions must agree), validated
 # (kubernetes-validate --strict, yamllint, checkov) into .run/k8s/, which
 # the rehearsal test (tests/tests/k8s_rehearsal.rs) starts process by process.

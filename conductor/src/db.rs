@@ -223,6 +223,7 @@ impl Registry {
         extra::migrate(&conn).map_err(err)?;
         reseal_secrets(&conn, &sealer)?;
         conn.execute_batch(tokens::SCHEMA).map_err(err)?;
+        conn.execute_batch(inventory::SCHEMA).map_err(err)?;
         Ok(Self {
             conn: Mutex::new(conn),
             sealer,
@@ -423,6 +424,7 @@ impl Registry {
 
 mod docs;
 mod extra;
+pub mod inventory;
 mod ports;
 pub mod tokens;
 

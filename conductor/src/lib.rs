@@ -213,7 +213,9 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
         poll_interval: config.power.poll_interval,
     };
     let mut conductor = Conductor::new(store, consoles, power, timing, shutdown);
-    conductor.drivers = std::sync::Arc::new(drivers::Registry::from_config(&config.drivers)?);
+    let mut registry = drivers::Registry::from_config(&config.drivers)?;
+    registry.set_inspect_service(config.inspect.endpoint.is_some());
+    conductor.drivers = std::sync::Arc::new(registry);
     conductor.evidence = provision::evidence::Settings::from_config(&config.conductor);
     if config.inspect.endpoint.is_some() {
         let client = provision::inspect_grpc::InspectClient::from_config(&config.inspect)?;

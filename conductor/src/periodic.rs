@@ -152,7 +152,7 @@ pub async fn check_once(
         }
         // Ironic's `reserved: False`: a node an action holds waits for the
         // next round.
-        let Ok(_guard) = c.reserve(&node.uuid) else {
+        let Ok(guard) = c.reserve(&node.uuid) else {
             tracing::debug!(node = %node.uuid, "timed out but locked; next round");
             continue;
         };
@@ -167,6 +167,16 @@ pub async fn check_once(
         let msg = last_error(&node, state);
         c.advance(&node.uuid, Event::Fail, Some(msg.clone()))
             .await?;
+        if state == State::InspectWait {
+            // An `agent` inspection: its service record aborted, the node
+            // powered off (Ironic's abort on timeout), still locked, off
+            // this loop (a BMC may take its time).
+            let (c, node) = (c.clone(), node.clone());
+            c.clone().tasks.spawn(async move {
+                c.clean_up_agent_inspection(&node, true).await;
+                drop(guard);
+            });
+        }
         if state == State::CleanWait {
             // As Ironic's cleaning_error_handler: a node whose cleaning
             // failed goes into maintenance with the reason.

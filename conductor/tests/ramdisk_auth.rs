@@ -232,12 +232,26 @@ async fn body() -> Result<()> {
             Some(json!({"key": token})),
         ),
         (M::GET, "/v1/ports".to_owned(), None),
+        (M::GET, format!("/v1/nodes/{u}/inventory"), None),
     ] {
         let (s, v) = api.send(m.clone(), &path, b, false).await?;
         ensure!(s == 401, "{m} {path} without credentials: {s} {v}");
         let f = common::faultstring(&v)?;
         ensure!(f.contains("requires authentication"), "{path}: {f}");
     }
+    // The inspection ramdisk's call reaches its handler without them (no
+    // node waits for inspection: 404, as Ironic, nothing disclosed).
+    let before = api.node(&u).await?;
+    let (s, v) = api
+        .send(
+            M::POST,
+            "/v1/continue_inspection",
+            Some(json!({"inventory": {"interfaces": [{"mac_address": "52:54:00:aa:00:01"}]}})),
+            false,
+        )
+        .await?;
+    ensure!(s == 404, "continue_inspection without credentials: {s} {v}");
+    ensure!(api.node(&u).await? == before, "it changed the node");
 
     // A wrong or missing key: 400, Ironic's words, the node unchanged.
     let before = api.node(&u).await?;

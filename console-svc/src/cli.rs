@@ -38,7 +38,7 @@ pub enum Command {
     Show(NodeArgs),
     /// List every console.
     List(ClientArgs),
-    /// Print what a node's console printed recently (native backend).
+    /// Print what a node's console printed recently (native and rmcp backends).
     Log(LogArgs),
     /// Empty the replica at --server (etcd only): it stops taking consoles
     /// and releases its own to the other replicas, but keeps running.
@@ -56,7 +56,7 @@ pub struct ServeArgs {
     /// gRPC listen address (service.listen).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Serial backend: native or socat (console.backend).
+    /// Serial backend: native, socat or rmcp (console.backend).
     #[arg(long)]
     pub backend: Option<String>,
     /// START:END, END excluded (console.port_range).

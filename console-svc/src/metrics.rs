@@ -164,7 +164,7 @@ impl ConsoleMetrics {
             sources: m.censuses.clone(),
         }));
         // Every fixed series exists from the start, so rate() sees the first event.
-        for backend in ["native", "socat"] {
+        for backend in ["native", "socat", "rmcp"] {
             let _ = m.sol_activations.get_or_create(&[("backend", backend)]);
             let _ = m
                 .sol_activation_failures

@@ -1,8 +1,8 @@
 //! The deploy service's configuration: defaults < TOML file
 //! (`--config` / `PORTHOLE_DEPLOY_CONFIG`) < `PORTHOLE_DEPLOY_<SECTION>_<KEY>`
-//! < flags, loaded by [`porthole_common::config`]. Secrets (Swift's key, its
-//! temp-URL key) are read from files named here, never from the
-//! environment or a flag.
+//! < flags, loaded by [`porthole_common::config`]. Secrets (Swift's key or
+//! Keystone password, the temp-URL key) are read from files named here,
+//! never from the environment or a flag.
 //!
 //! Callers: `main.rs`, [`crate::run`], tests.
 
@@ -127,17 +127,45 @@ impl Default for StoreConfig {
     }
 }
 
+/// How the Swift store authenticates (Ironic's `[swift] auth_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwiftAuthType {
+    /// tempauth v1.0 (`auth_url` is `.../auth/v1.0`, `user` `account:user`).
+    #[default]
+    Tempauth,
+    /// Keystone v3 password (`auth_url` is Keystone's, with or without
+    /// `/v3`); the storage URL comes from the catalog.
+    #[serde(alias = "v3password")]
+    Password,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Swift {
-    /// tempauth v1.0 URL, e.g. `http://127.0.0.1:8080/auth/v1.0`.
+    pub auth_type: SwiftAuthType,
+    /// tempauth's URL, e.g. `http://127.0.0.1:8080/auth/v1.0`, or
+    /// Keystone's, e.g. `http://127.0.0.1:5000/v3`.
     pub auth_url: Option<String>,
-    /// `account:user`.
+    /// tempauth: `account:user`; Keystone: the user's name.
     pub user: Option<String>,
-    /// File holding the user's key (first line).
+    /// File holding the user's key (tempauth) or password (Keystone), first
+    /// line.
     pub key_file: Option<PathBuf>,
     /// File holding the account's temp-URL key; unset: read from the account.
     pub temp_url_key_file: Option<PathBuf>,
+    /// Keystone: the user's domain (name).
+    pub user_domain_name: String,
+    /// Keystone: the project the token is scoped to (required there).
+    pub project_name: Option<String>,
+    /// Keystone: the project's domain (name).
+    pub project_domain_name: String,
+    /// Keystone: the region of the `object-store` endpoint; unset: the
+    /// first one with `interface`.
+    pub region_name: Option<String>,
+    /// Keystone: which `object-store` endpoint (`public`, `internal`,
+    /// `admin`).
+    pub interface: String,
     /// Ironic's `swift_ilo_container`.
     pub container: String,
     #[serde(with = "humantime_serde")]
@@ -147,13 +175,53 @@ pub struct Swift {
 impl Default for Swift {
     fn default() -> Self {
         Self {
+            auth_type: SwiftAuthType::Tempauth,
             auth_url: None,
             user: None,
             key_file: None,
             temp_url_key_file: None,
+            user_domain_name: "Default".into(),
+            project_name: None,
+            project_domain_name: "Default".into(),
+            region_name: None,
+            interface: "public".into(),
             container: "ironic_ilo_container".into(),
             timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl Swift {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (name, set) in [
+            ("swift.auth_url", self.auth_url.is_some()),
+            ("swift.user", self.user.is_some()),
+            ("swift.key_file", self.key_file.is_some()),
+        ] {
+            if !set {
+                return bad(format!("store.backend = \"swift\" needs {name}"));
+            }
+        }
+        if let Some(u) = &self.auth_url {
+            check_url("swift.auth_url", u)?;
+        }
+        if self.auth_type == SwiftAuthType::Password {
+            if self.project_name.as_deref().is_none_or(str::is_empty) {
+                return bad(
+                    "swift.auth_type = \"password\" (Keystone) needs swift.project_name: \
+                     the catalog comes with a project-scoped token"
+                        .into(),
+                );
+            }
+            if !["public", "internal", "admin"].contains(&self.interface.as_str()) {
+                return bad(format!(
+                    "swift.interface must be public, internal or admin, not {:?}",
+                    self.interface
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -194,15 +262,7 @@ impl porthole_common::config::Layered for Config {
         }
         self.instance.validate()?;
         if self.store.backend == Backend::Swift {
-            for (name, set) in [
-                ("swift.auth_url", self.swift.auth_url.is_some()),
-                ("swift.user", self.swift.user.is_some()),
-                ("swift.key_file", self.swift.key_file.is_some()),
-            ] {
-                if !set {
-                    return bad(format!("store.backend = \"swift\" needs {name}"));
-                }
-            }
+            self.swift.validate()?;
         }
         Ok(())
     }
@@ -265,6 +325,43 @@ mod tests {
         assert!(c.conductor.api_url.is_none());
     }
 
+    /// A Keystone-backed Swift store's settings, with `extra` on top.
+    fn keystone(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let mut v = vec![
+            ("PORTHOLE_DEPLOY_STORE_BACKEND", "swift"),
+            ("PORTHOLE_DEPLOY_SWIFT_AUTH_TYPE", "password"),
+            ("PORTHOLE_DEPLOY_SWIFT_AUTH_URL", "http://127.0.0.1:5000/v3"),
+            ("PORTHOLE_DEPLOY_SWIFT_USER", "ironic"),
+            ("PORTHOLE_DEPLOY_SWIFT_KEY_FILE", "/run/ironic-password"),
+        ];
+        for (k, val) in extra {
+            v.retain(|(have, _)| have != k);
+            v.push((k, val));
+        }
+        v
+    }
+
+    #[test]
+    fn keystone_settings_reach_the_struct_with_ironics_defaults() {
+        let c = Config::load(
+            None,
+            env(&keystone(&[
+                ("PORTHOLE_DEPLOY_SWIFT_PROJECT_NAME", "service"),
+                ("PORTHOLE_DEPLOY_SWIFT_REGION_NAME", "RegionTwo"),
+            ])),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.swift.auth_type, SwiftAuthType::Password);
+        assert_eq!(c.swift.project_name.as_deref(), Some("service"));
+        assert_eq!(c.swift.region_name.as_deref(), Some("RegionTwo"));
+        assert_eq!(c.swift.user_domain_name, "Default");
+        assert_eq!(c.swift.project_domain_name, "Default");
+        assert_eq!(c.swift.interface, "public");
+        let c = Config::load(None, env(&[]), &[]).unwrap();
+        assert_eq!(c.swift.auth_type, SwiftAuthType::Tempauth);
+    }
+
     #[test]
     fn bad_settings_are_named() {
         for (vars, want) in [
@@ -277,6 +374,28 @@ mod tests {
                 "conductor.api_url must be an http(s) URL",
             ),
             (vec![("PORTHOLE_DEPLOY_STORE_TTL", "0s")], "store.ttl"),
+            (
+                keystone(&[]),
+                "swift.auth_type = \"password\" (Keystone) needs swift.project_name",
+            ),
+            (
+                keystone(&[
+                    ("PORTHOLE_DEPLOY_SWIFT_PROJECT_NAME", "service"),
+                    ("PORTHOLE_DEPLOY_SWIFT_INTERFACE", "private"),
+                ]),
+                "swift.interface must be public, internal or admin, not \"private\"",
+            ),
+            (
+                keystone(&[
+                    ("PORTHOLE_DEPLOY_SWIFT_PROJECT_NAME", "service"),
+                    ("PORTHOLE_DEPLOY_SWIFT_AUTH_URL", "keystone:5000"),
+                ]),
+                "swift.auth_url must be an http(s) URL",
+            ),
+            (
+                keystone(&[("PORTHOLE_DEPLOY_SWIFT_AUTH_TYPE", "token")]),
+                "swift.auth_type",
+            ),
             (
                 vec![("PORTHOLE_DEPLOY_NOPE_X", "1")],
                 "PORTHOLE_DEPLOY_NOPE_X",

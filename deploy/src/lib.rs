@@ -13,7 +13,8 @@
 //! - [`validate`]: what a node needs before anything is done.
 //! - [`deploy`]: PrepareRamdisk and CleanUp; [`grpc`]: `deploy.v1` over it.
 //! - [`image`]: the vfat floppy; [`secret`]: the per-deploy keys.
-//! - [`store`]: the Swift and embedded HTTP stores behind one trait.
+//! - [`store`]: the Swift (tempauth or Keystone v3) and embedded HTTP stores
+//!   behind one trait.
 //! - [`metrics`]: the Prometheus metrics (`service.metrics_listen`).
 //! - [`instance`]: ContinueDeploy (image cache and checks, the iSCSI write,
 //!   `done`, the shared boot ISO) and ReleaseBootIso; [`grpc_instance`]:
@@ -49,9 +50,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
-use config::{Backend, Config};
+use config::{Backend, Config, SwiftAuthType};
 use store::http::HttpStore;
-use store::swift::{SwiftSettings, SwiftStore};
+use store::keystone::KeystoneSettings;
+use store::swift::{SwiftAuth, SwiftSettings, SwiftStore};
 use store::{Store, StoreError};
 
 /// Why the service could not start (or stopped with an error).
@@ -195,10 +197,27 @@ async fn open_store(
                 Some(p) => Some(read("swift.temp_url_key_file", p)?),
                 None => None,
             };
+            let auth_url = s.auth_url.clone().expect("validated");
+            let user = s.user.clone().expect("validated");
+            let auth = match s.auth_type {
+                SwiftAuthType::Tempauth => SwiftAuth::TempAuth {
+                    auth_url,
+                    user,
+                    key,
+                },
+                SwiftAuthType::Password => SwiftAuth::Keystone(KeystoneSettings {
+                    auth_url,
+                    user,
+                    password: key,
+                    user_domain_name: s.user_domain_name.clone(),
+                    project_name: s.project_name.clone().expect("validated"),
+                    project_domain_name: s.project_domain_name.clone(),
+                    region: s.region_name.clone(),
+                    interface: s.interface.clone(),
+                }),
+            };
             let store = SwiftStore::new(SwiftSettings {
-                auth_url: s.auth_url.clone().expect("validated"),
-                user: s.user.clone().expect("validated"),
-                key,
+                auth,
                 container: s.container.clone(),
                 temp_url_key,
                 timeout: s.timeout,

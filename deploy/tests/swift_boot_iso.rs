@@ -10,16 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy::instance::bootiso::{object_name, BootIsoError, BootIsos, Origin};
-use deploy::store::swift::{SwiftSettings, SwiftStore};
+use deploy::store::swift::{SwiftAuth, SwiftSettings, SwiftStore};
 use deploy::store::Store;
 use porthole_bmc::Secret;
 use porthole_tests::peers::Swift;
 
 fn settings(container: &str) -> SwiftSettings {
     SwiftSettings {
-        auth_url: Swift::AUTH_URL.into(),
-        user: Swift::USER.into(),
-        key: Secret::new(Swift::KEY),
+        auth: SwiftAuth::TempAuth {
+            auth_url: Swift::AUTH_URL.into(),
+            user: Swift::USER.into(),
+            key: Secret::new(Swift::KEY),
+        },
         container: container.into(),
         temp_url_key: None,
         timeout: Duration::from_secs(10),

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deploy::store::swift::{SwiftSettings, SwiftStore};
+use deploy::store::swift::{SwiftAuth, SwiftSettings, SwiftStore};
 use deploy::store::Store;
 use porthole_bmc::Secret;
 use porthole_tests::peers::Swift;
@@ -160,7 +160,11 @@ async fn a_wrong_swift_key_is_a_clear_error_naming_tempauth() {
     let _one = SWIFT.lock().await;
     let Some(_swift) = swift() else { return };
     let s = SwiftStore::new(SwiftSettings {
-        key: Secret::new("not-the-key"),
+        auth: SwiftAuth::TempAuth {
+            auth_url: AUTH_URL.into(),
+            user: "test:tester".into(),
+            key: Secret::new("not-the-key"),
+        },
         ..settings_for("ironic_ilo_container")
     })
     .unwrap();
@@ -175,11 +179,46 @@ async fn a_wrong_swift_key_is_a_clear_error_naming_tempauth() {
 
 fn settings_for(container: &str) -> SwiftSettings {
     SwiftSettings {
-        auth_url: AUTH_URL.into(),
-        user: "test:tester".into(),
-        key: Secret::new("testing"),
+        auth: SwiftAuth::TempAuth {
+            auth_url: AUTH_URL.into(),
+            user: "test:tester".into(),
+            key: Secret::new("testing"),
+        },
         container: container.into(),
         temp_url_key: None,
         timeout: Duration::from_secs(10),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_uploads_at_once_are_all_there() {
+    let _one = SWIFT.lock().await;
+    let Some(_swift) = swift() else { return };
+    let container = format!("ironic_ilo_container-{}", uuid::Uuid::new_v4().simple());
+    let s = store(&container);
+    for round in 0..3 {
+        let names: Vec<String> = (0..20).map(|i| format!("image-{i}")).collect();
+        let puts = names.iter().map(|n| {
+            let s = &s;
+            async move {
+                s.put(
+                    n,
+                    Bytes::from(vec![1u8; 100 * 1024]),
+                    Duration::from_secs(60),
+                )
+                .await
+                .unwrap();
+                s.temp_url(n, Duration::from_secs(60)).await.unwrap()
+            }
+        });
+        let urls = futures::future::join_all(puts).await;
+        for (n, url) in names.iter().zip(&urls) {
+            let got = reqwest::get(url).await.unwrap().status();
+            assert_eq!(got, 200, "round {round}: {n}");
+        }
+        for n in &names {
+            s.delete(n).await.unwrap();
+        }
+    }
+    let _ = admin(reqwest::Method::DELETE, &format!("/{container}")).await;
 }

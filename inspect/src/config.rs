@@ -23,7 +23,7 @@ pub use porthole_common::config::ConfigError;
 /// The environment prefix and sections porthole-common's loader reads.
 pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
     prefix: "PORTHOLE_INSPECT_",
-    sections: &["service", "inspector", "discoverd"],
+    sections: &["service", "inspector", "discoverd", "agent"],
 };
 
 /// The service's settings, `[inspector]` already resolved from either name.
@@ -31,6 +31,8 @@ pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::co
 pub struct Config {
     pub service: ServiceConfig,
     pub inspector: InspectorConfig,
+    /// The built-in `agent` interface (`crate::agent`).
+    pub agent: crate::agent::AgentConfig,
 }
 
 /// What the file and variables hold, before `[discoverd]` is folded in.
@@ -40,6 +42,7 @@ struct Raw {
     service: ServiceConfig,
     inspector: Option<InspectorConfig>,
     discoverd: Option<InspectorConfig>,
+    agent: crate::agent::AgentConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -144,6 +147,7 @@ impl Config {
         let config = Config {
             service: raw.service,
             inspector,
+            agent: raw.agent,
         };
         config.validate()?;
         Ok(config)
@@ -164,6 +168,11 @@ impl Config {
                     "inspector.{name} must be above 0"
                 )));
             }
+        }
+        if self.agent.inspect_wait_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "agent.inspect_wait_timeout must be above 0".into(),
+            ));
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::agent::{NodeNow, Port};
 use crate::inspections::{InspectError, Inspections};
 use crate::inspector::InspectorError;
 
@@ -36,9 +37,9 @@ pub fn status_of(e: &InspectError) -> Status {
         InspectError::UnknownInterface(_) | InspectError::BadUuid(_) => {
             Status::invalid_argument(msg)
         }
-        InspectError::AlreadyWaiting(_) | InspectError::NotWaiting { .. } => {
-            Status::failed_precondition(msg)
-        }
+        InspectError::AlreadyWaiting(_)
+        | InspectError::NotWaiting { .. }
+        | InspectError::NotAgent { .. } => Status::failed_precondition(msg),
         InspectError::NotFound(_) => Status::not_found(msg),
         InspectError::Backend(b) => match b {
             // Inspector's answer to what we asked: its 4xx are the
@@ -48,6 +49,38 @@ pub fn status_of(e: &InspectError) -> Status {
             }
             _ => Status::unavailable(msg),
         },
+    }
+}
+
+/// A request field that must hold a JSON object (empty: `{}`).
+fn object(field: &str, raw: &str) -> Result<crate::agent::Dict, Status> {
+    if raw.trim().is_empty() {
+        return Ok(crate::agent::Dict::new());
+    }
+    match serde_json::from_str(raw) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Status::invalid_argument(format!(
+            "{field} must be a JSON object"
+        ))),
+        Err(e) => Err(Status::invalid_argument(format!(
+            "{field} is not JSON: {e}"
+        ))),
+    }
+}
+
+fn from_pb(p: pb::AgentPort) -> Port {
+    Port {
+        address: p.address.to_ascii_lowercase(),
+        pxe_enabled: p.pxe_enabled,
+        client_id: Some(p.client_id).filter(|c| !c.is_empty()),
+    }
+}
+
+fn to_pb(p: Port) -> pb::AgentPort {
+    pb::AgentPort {
+        address: p.address,
+        pxe_enabled: p.pxe_enabled,
+        client_id: p.client_id.unwrap_or_default(),
     }
 }
 
@@ -96,6 +129,35 @@ impl InspectService for InspectApi {
             .await
             .map(Response::new)
             .map_err(|e| status_of(&e))
+    }
+
+    async fn continue_inspection(
+        &self,
+        req: Request<pb::ContinueInspectionRequest>,
+    ) -> Result<Response<pb::ContinueInspectionResponse>, Status> {
+        let r = req.into_inner();
+        let data = crate::inspections::AgentData {
+            inventory: object("inventory_json", &r.inventory_json)?,
+            plugin_data: object("plugin_data_json", &r.plugin_data_json)?,
+            node: NodeNow {
+                uuid: r.node_uuid.clone(),
+                properties: object("properties_json", &r.properties_json)?,
+                ports: r.ports.into_iter().map(from_pb).collect(),
+            },
+        };
+        let (inspection, outcome) = self
+            .inspections
+            .continue_agent(&r.node_uuid, data)
+            .map_err(|e| status_of(&e))?;
+        let o = outcome.unwrap_or_default();
+        Ok(Response::new(pb::ContinueInspectionResponse {
+            inspection: Some(inspection),
+            properties_json: serde_json::Value::Object(o.properties).to_string(),
+            add_ports: o.add_ports.into_iter().map(to_pb).collect(),
+            delete_ports: o.delete_ports,
+            update_ports: o.update_ports.into_iter().map(to_pb).collect(),
+            plugin_data_json: serde_json::Value::Object(o.plugin_data).to_string(),
+        }))
     }
 
     type WatchInspectionsStream = Watch;

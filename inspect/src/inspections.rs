@@ -9,6 +9,9 @@
 //!     a bounded number at once ──▶ Finished / Failed(e) / still waiting
 //!     waiting past inspect_wait_timeout ──▶ Failed, backend.abort (best effort)
 //!  abort(uuid) ──▶ backend.abort ──ok──▶ ABORTED ──▶ event
+//!  start(uuid, "agent") ──▶ record WAITING (nothing outside to ask)
+//!  continue_agent(uuid, inventory, ...) ──▶ crate::agent::process
+//!     ──▶ FINISHED with the outcome / FAILED(reason) ──▶ event
 //! ```
 //!
 //! No node is held while waiting: the conductor released its lock before
@@ -29,7 +32,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::agent::AgentConfig;
 use crate::inspector::{is_locked, Backend, InspectorError, Status};
+
+mod agent;
+pub use agent::AgentData;
+use agent::LocalAgent;
 
 /// Changes kept for a watcher that reads slower than they happen; one
 /// that falls further behind gets every inspection again.
@@ -46,8 +54,10 @@ pub const AGENT: &str = "agent";
 pub enum InspectError {
     #[error("Inspection through ironic-inspector is disabled in the inspect service: set [inspector] enabled = true and [inspector] service_url (PORTHOLE_INSPECT_INSPECTOR_ENABLED, PORTHOLE_INSPECT_INSPECTOR_SERVICE_URL)")]
     InspectorDisabled,
-    #[error("The built-in inspect interface \"agent\" is not available in this inspect service yet; use \"inspector\"")]
+    #[error("The built-in inspect interface \"agent\" is not available in this inspect service; use \"inspector\"")]
     AgentUnavailable,
+    #[error("The inspection of node {uuid} is through {interface:?}, not \"agent\": its data does not come to continue_inspection")]
+    NotAgent { uuid: String, interface: String },
     #[error("Unknown inspect interface {0:?}: expected \"inspector\" or \"agent\"")]
     UnknownInterface(String),
     #[error("Expected a node UUID, got {0:?}")]
@@ -76,8 +86,9 @@ struct Record {
     error: String,
     started_at: SystemTime,
     finished_at: Option<SystemTime>,
-    /// When the poller gives up on it.
+    /// When the poller gives up on it, and how long that was.
     deadline: Instant,
+    timeout: Duration,
     /// Aborted here, but the backend has not taken the abort yet (it held
     /// the node): the poller asks again each period.
     abort_pending: bool,
@@ -119,6 +130,8 @@ struct Inner {
     events: broadcast::Sender<pb::Inspection>,
     /// `None`: `[inspector] enabled = false`.
     inspector: Option<Arc<dyn Backend>>,
+    /// The built-in `agent` interface (`None`: not offered).
+    agent: Option<Arc<AgentConfig>>,
     timing: Timing,
 }
 
@@ -149,7 +162,8 @@ fn canonical(uuid: &str) -> Result<String, InspectError> {
 }
 
 impl Inspections {
-    /// The registry, and its poller on `tasks` until `cancel`.
+    /// The registry, and its poller on `tasks` until `cancel`; the
+    /// `agent` interface with its default settings.
     pub fn new(
         inspector: Option<Arc<dyn Backend>>,
         timing: Timing,
@@ -168,6 +182,19 @@ impl Inspections {
         cancel: CancellationToken,
         buffer: usize,
     ) -> Self {
+        let agent = Some(AgentConfig::default());
+        Self::with_agent(inspector, agent, timing, tasks, cancel, buffer)
+    }
+
+    /// The registry with `agent`'s settings (`None`: no `agent` interface).
+    pub fn with_agent(
+        inspector: Option<Arc<dyn Backend>>,
+        agent: Option<AgentConfig>,
+        timing: Timing,
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+        buffer: usize,
+    ) -> Self {
         let (events, _) = broadcast::channel(buffer);
         let this = Self {
             inner: Arc::new(Inner {
@@ -175,6 +202,7 @@ impl Inspections {
                 starting: Mutex::default(),
                 events,
                 inspector,
+                agent: agent.map(Arc::new),
                 timing,
             }),
         };
@@ -201,7 +229,10 @@ impl Inspections {
                 .inspector
                 .clone()
                 .ok_or(InspectError::InspectorDisabled),
-            AGENT => Err(InspectError::AgentUnavailable),
+            AGENT => match self.inner.agent {
+                Some(_) => Ok(Arc::new(LocalAgent)),
+                None => Err(InspectError::AgentUnavailable),
+            },
             other => Err(InspectError::UnknownInterface(
                 other.chars().take(64).collect(),
             )),
@@ -220,9 +251,13 @@ impl Inspections {
         let backend = self.backend(interface)?;
         let _starting = {
             let records = self.records();
+            // An `agent` inspection holds nothing outside this record: a
+            // new start (the conductor's, under the node's lock, after its
+            // own timeout failed the node) replaces a waiting one.
             let waiting = records
                 .get(&uuid)
-                .is_some_and(|r| r.state == pb::InspectionState::Waiting);
+                .is_some_and(|r| r.state == pb::InspectionState::Waiting)
+                && interface != AGENT;
             if waiting || !self.starting().insert(uuid.clone()) {
                 return Err(InspectError::AlreadyWaiting(uuid));
             }
@@ -232,18 +267,25 @@ impl Inspections {
             }
         };
         backend.start(&uuid).await?;
+        let timeout = match (&self.inner.agent, interface) {
+            (Some(a), AGENT) => a.inspect_wait_timeout,
+            _ => self.inner.timing.inspect_wait_timeout,
+        };
         let record = Record {
             interface: interface.to_owned(),
             state: pb::InspectionState::Waiting,
             error: String::new(),
             started_at: SystemTime::now(),
             finished_at: None,
-            deadline: Instant::now() + self.inner.timing.inspect_wait_timeout,
+            deadline: Instant::now() + timeout,
+            timeout,
             abort_pending: false,
         };
         let shown = record.to_pb(&uuid);
         let replaced = self.records().insert(uuid.clone(), record);
-        debug_assert!(replaced.is_none_or(|r| r.state != pb::InspectionState::Waiting));
+        debug_assert!(
+            replaced.is_none_or(|r| r.state != pb::InspectionState::Waiting || interface == AGENT)
+        );
         crate::metrics::get().started(if interface == AGENT { AGENT } else { INSPECTOR });
         info!(node = %uuid, interface, "inspection started");
         let _ = self.inner.events.send(shown.clone());
@@ -363,21 +405,23 @@ impl Inspections {
     /// at a time.
     pub async fn poll_once(&self) {
         let now = Instant::now();
-        let due: Vec<(String, String, bool, bool)> = self
+        // An `agent` inspection has nothing to poll: only its deadline.
+        let due: Vec<(String, String, Option<Duration>, bool)> = self
             .records()
             .iter()
             .filter(|(_, r)| r.state == pb::InspectionState::Waiting || r.abort_pending)
             .map(|(u, r)| {
-                let late = now >= r.deadline;
+                let late = (now >= r.deadline).then_some(r.timeout);
                 (u.clone(), r.interface.clone(), late, r.abort_pending)
             })
+            .filter(|(_, i, late, _)| i != AGENT || late.is_some())
             .collect();
         futures::stream::iter(due)
             .for_each_concurrent(
                 MAX_POLLS_IN_FLIGHT,
                 |(uuid, interface, late, aborting)| async move {
                     match aborting {
-                        true => self.abort_again(&uuid, &interface, late).await,
+                        true => self.abort_again(&uuid, &interface, late.is_some()).await,
                         false => self.poll_node(&uuid, &interface, late).await,
                     }
                 },
@@ -418,12 +462,12 @@ impl Inspections {
         }
     }
 
-    async fn poll_node(&self, uuid: &str, interface: &str, late: bool) {
+    async fn poll_node(&self, uuid: &str, interface: &str, late: Option<Duration>) {
         let Ok(backend) = self.backend(interface) else {
             return;
         };
-        if late {
-            let timeout = humantime::format_duration(self.inner.timing.inspect_wait_timeout);
+        if let Some(timeout) = late {
+            let timeout = humantime::format_duration(timeout);
             if let Err(e) = backend.abort(uuid).await {
                 warn!(node = %uuid, error = %e, "cannot abort a timed-out introspection");
             }

@@ -6,6 +6,8 @@
 //!
 //! - [`config`]: the typed configuration (file, `PORTHOLE_INSPECT_*`, flags).
 //! - [`inspector`]: ironic-inspector's HTTP API, its version check.
+//! - [`agent`]: the built-in `agent` interface's processing of the
+//!   ramdisk's inventory (properties, root disk, ports).
 //! - [`inspections`]: one record per node, the poller, the change stream.
 //! - [`grpc`]: `inspect.v1.InspectService` and the error → status mapping.
 //! - [`metrics`]: the Prometheus metrics (`service.metrics_listen`).
@@ -18,6 +20,7 @@
 // A service logs through tracing, never to stdout/stderr directly.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod agent;
 pub mod config;
 #[cfg(test)]
 mod fake;
@@ -100,7 +103,14 @@ pub async fn run_with(
         status_check_period: config.inspector.status_check_period,
         inspect_wait_timeout: config.inspector.inspect_wait_timeout,
     };
-    let inspections = Inspections::new(inspector, timing, &tasks, shutdown.child_token());
+    let inspections = Inspections::with_agent(
+        inspector,
+        Some(config.agent.clone()),
+        timing,
+        &tasks,
+        shutdown.child_token(),
+        inspections::EVENT_BUFFER,
+    );
     let (_health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(porthole_proto::FILE_DESCRIPTOR_SET)

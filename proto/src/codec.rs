@@ -80,6 +80,9 @@ decode_failure!(InvalidArgument:
     ipb::WatchInspectionsRequest,
 );
 decode_failure!(Internal: ipb::ValidateInspectionResponse, ipb::Inspection);
+// inspect.v1's `agent` data (ContinueInspection).
+decode_failure!(InvalidArgument: ipb::ContinueInspectionRequest);
+decode_failure!(Internal: ipb::ContinueInspectionResponse);
 
 /// Encodes `T`, decodes `U`.
 #[derive(Debug, Clone)]

@@ -42,7 +42,7 @@ pub async fn run<F: std::future::Future<Output = anyhow::Result<()>>>(body: F) {
     }
 }
 
-/// `both_backends!(name)` makes `name::native` and `name::socat` tests that
+/// `both_backends!(name)` makes `name::native`, `name::socat` and `name::rmcp` tests that
 /// call `async fn name(Backend) -> anyhow::Result<()>`; `one_backend!(name,
 /// Native)` makes just one.
 #[macro_export]
@@ -56,6 +56,10 @@ macro_rules! both_backends {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn socat() {
                 $crate::run(super::$name($crate::Backend::Socat)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rmcp() {
+                $crate::run(super::$name($crate::Backend::Rmcp)).await
             }
         }
     )+};

@@ -7,7 +7,9 @@
 //!   where the rig is (`PORTHOLE_RIG_JSON`), one is started on a free port.
 //! - Swift (fixed ports 8080, 6210-6212): `swift-up.sh up` with
 //!   `PORTHOLE_SWIFT_RIG_STATE_DIR` (default under the caller's dir); one
-//!   already running there is used and left running.
+//!   already running there is used and left running; a start that failed
+//!   is stopped again (what it left running would share the fixed ports
+//!   with the next Swift).
 //!
 //! - tgtd (fixed port 3260, [`Iscsi`], `iscsi-up.sh`): started with
 //!   `PORTHOLE_ISCSI_RIG_STATE_DIR` (default under the caller's dir) unless
@@ -150,19 +152,37 @@ impl Swift {
             .map(PathBuf::from)
             .unwrap_or_else(|| default_state.to_owned());
         let turn = PeerLock::take("swift");
-        let out = Command::new(rig_dir().join("swift-up.sh"))
+        match Self::start(&rig_dir(), &state, turn) {
+            Ok(s) => Some(s),
+            Err(why) => {
+                missing(&why);
+                None
+            }
+        }
+    }
+
+    /// `swift-up.sh up` from `rig` in `state`, during `turn`.
+    fn start(rig: &Path, state: &Path, turn: PeerLock) -> Result<Swift, String> {
+        let script = rig.join("swift-up.sh");
+        let out = Command::new(&script)
             .arg("up")
-            .env("RIG_STATE_DIR", &state)
+            .env("RIG_STATE_DIR", state)
             .output();
         match out {
-            Ok(o) if o.status.success() => Some(Swift {
-                state,
+            Ok(o) if o.status.success() => Ok(Swift {
+                state: state.to_owned(),
                 started: !String::from_utf8_lossy(&o.stdout).contains("already running"),
                 _turn: turn,
             }),
             other => {
-                missing(&format!("swift-up.sh did not start Swift: {other:?}"));
-                None
+                // It may have started servers before its last check failed:
+                // stop them, or they hold the fixed ports beside the next
+                // Swift's.
+                let _ = Command::new(&script)
+                    .arg("down")
+                    .env("RIG_STATE_DIR", state)
+                    .output();
+                Err(format!("swift-up.sh did not start Swift: {other:?}"))
             }
         }
     }
@@ -431,7 +451,7 @@ impl PeerLock {
 
 #[cfg(test)]
 mod tests {
-    use super::PeerLock;
+    use super::{PeerLock, Swift};
     use nix::fcntl::{Flock, FlockArg};
 
     fn try_other(name: &str) -> bool {
@@ -450,5 +470,37 @@ mod tests {
         );
         drop(turn);
         assert!(try_other(&name), "the lock outlived its PeerLock");
+    }
+
+    /// A failed `swift-up.sh up` can leave servers running on Swift's
+    /// fixed ports (it exits on its last check, after starting them); the
+    /// next Swift, from another state dir, then shares the ports with them
+    /// (SO_REUSEPORT) and objects come and go. So a failed start is
+    /// stopped again.
+    #[test]
+    fn a_failed_swift_start_is_stopped_again() {
+        let rig = tempfile::tempdir().unwrap();
+        let log = rig.path().join("calls");
+        let script = rig.path().join("swift-up.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$1 $RIG_STATE_DIR\" >> {}\n[ \"$1\" = down ] || exit 22\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let name = format!("unit-swift-{}", std::process::id());
+        let err = Swift::start(
+            rig.path(),
+            std::path::Path::new("/st"),
+            PeerLock::take(&name),
+        )
+        .err()
+        .expect("the start failed");
+        assert!(err.contains("did not start Swift"), "{err}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "up /st\ndown /st\n");
     }
 }

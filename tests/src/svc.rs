@@ -46,6 +46,8 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum Backend {
     Native,
     Socat,
+    /// Native RMCP+ SOL in console-svc (no ipmitool), always on.
+    Rmcp,
 }
 
 impl Backend {
@@ -53,6 +55,7 @@ impl Backend {
         match self {
             Backend::Native => "native",
             Backend::Socat => "socat",
+            Backend::Rmcp => "rmcp",
         }
     }
 }

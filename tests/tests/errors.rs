@@ -18,6 +18,58 @@ both_backends!(
     bad_requests_are_invalid_argument,
 );
 
+/// rmcp brings its session up without a viewer, so a wrong password shows
+/// at once, in RMCP+'s own words (not ipmitool's "Unable to establish").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_wrong_password_and_unknown_user_are_named() {
+    porthole_tests::run(rmcp_bad_credentials()).await
+}
+
+async fn rmcp_bad_credentials() -> Result<()> {
+    let rig = rig_or_skip!();
+    let bmcs = rig.lease_bmcs(1).await?;
+    let svc = ConsoleSvc::start(Backend::Rmcp).await?;
+    let mut client = svc.client().await?;
+    let cases = [
+        (
+            "wrongpw",
+            bmcs[0].username.as_str(),
+            "Wrong-Pw-9876",
+            "wrong password for user",
+        ),
+        (
+            "nouser",
+            "nobody",
+            bmcs[0].password.as_str(),
+            "unauthorized name): unknown user name",
+        ),
+    ];
+    for (tag, user, password, expected) in cases {
+        let node = session::node_id(tag);
+        let mut req = bmcs[0].enable_request(&node);
+        if let Some(ipmi) = req.ipmi.as_mut() {
+            ipmi.username = user.into();
+            ipmi.password = password.into();
+        }
+        session::enable(&mut client, req).await?;
+        let failed =
+            session::wait_console(&mut client, &node, Duration::from_secs(30), "FAILED", |c| {
+                c.state() == pb::ConsoleState::Failed
+            })
+            .await?;
+        let why = failed.last_error;
+        ensure!(
+            why.contains(expected),
+            "{tag}: last_error {why:?} lacks {expected:?}"
+        );
+        ensure!(
+            !why.contains(password),
+            "{tag}: last_error shows the password: {why:?}"
+        );
+    }
+    Ok(())
+}
+
 /// A UDP port on 127.0.0.1 that nobody answers on: bound (so no one else
 /// takes it) but never read.
 fn black_hole() -> Result<UdpSocket> {

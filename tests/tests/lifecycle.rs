@@ -86,7 +86,7 @@ async fn disable_closes_the_port_and_stops_every_process(backend: Backend) -> Re
     let mut v = viewer(&url).await?;
     let mut n = node_side(&bmcs[0]).await?;
     establish(&mut v, &mut n).await?;
-    let before = console_processes(&svc)?;
+    let before = console_processes(&svc, backend)?;
 
     let off = session::disable(&mut client, &node).await?;
     ensure!(
@@ -119,7 +119,7 @@ async fn restart_after_kill_9_leaves_no_orphans(backend: Backend) -> Result<()> 
     let mut v = viewer(&url_of(&on)?).await?;
     let mut n = node_side(&bmcs[0]).await?;
     establish(&mut v, &mut n).await?;
-    let before = console_processes(&svc)?;
+    let before = console_processes(&svc, backend)?;
 
     svc.kill9()?;
     let alive: Vec<String> = before
@@ -140,12 +140,20 @@ async fn restart_after_kill_9_leaves_no_orphans(backend: Backend) -> Result<()> 
     establish(&mut v, &mut n).await
 }
 
-/// The service's processes while a viewer is attached; there must be some.
-fn console_processes(svc: &ConsoleSvc) -> Result<Vec<Proc>> {
+/// The service's processes while a viewer is attached; there must be some
+/// (for `rmcp`: none at all, SOL runs inside console-svc).
+fn console_processes(svc: &ConsoleSvc, backend: Backend) -> Result<Vec<Proc>> {
     let found = svc.processes();
     let ipmitool = found
         .iter()
         .any(|p| p.what.contains("ipmitool") || p.what.contains("sol-exec"));
+    if backend == Backend::Rmcp {
+        ensure!(
+            found.is_empty(),
+            "rmcp started processes for SOL: {found:?}"
+        );
+        return Ok(found);
+    }
     if !ipmitool {
         bail!("no ipmitool among console-svc's processes with a viewer attached: {found:?}");
     }

@@ -1,4 +1,4 @@
-//! What only the native backend does: several viewers on one console see
+//! What only the native hub does (backends `native` and `rmcp`): several viewers on one console see
 //! the same output, a viewer that arrives late gets the scrollback first,
 //! and GetConsoleLog returns what the node printed. The socat backend keeps
 //! no log and says so (UNIMPLEMENTED).
@@ -16,7 +16,17 @@ const WAIT: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_share_output_scrollback_and_log() {
-    porthole_tests::run(shared_viewers()).await
+    porthole_tests::run(shared_viewers(Backend::Native)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_viewers_share_output_scrollback_and_log() {
+    porthole_tests::run(shared_viewers(Backend::Rmcp)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_logs_output_printed_while_nobody_watches() {
+    porthole_tests::run(always_on_with_rmcp()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,10 +34,10 @@ async fn socat_backend_keeps_no_log() {
     porthole_tests::run(no_log_with_socat()).await
 }
 
-async fn shared_viewers() -> Result<()> {
+async fn shared_viewers(backend: Backend) -> Result<()> {
     let rig = rig_or_skip!();
     let bmcs = rig.lease_bmcs(1).await?;
-    let svc = ConsoleSvc::start(Backend::Native).await?;
+    let svc = ConsoleSvc::start(backend).await?;
     let mut client = svc.client().await?;
     let node = session::node_id("shared");
     let url = url_of(&session::enable(&mut client, bmcs[0].enable_request(&node)).await?)?;
@@ -65,6 +75,39 @@ async fn shared_viewers() -> Result<()> {
         "max_bytes=8 gave {}",
         show(&tail.data)
     );
+    Ok(())
+}
+
+/// rmcp is always on: what the node prints before any viewer ever attached
+/// is in GetConsoleLog, and a first viewer is replayed it; no process runs.
+async fn always_on_with_rmcp() -> Result<()> {
+    let rig = rig_or_skip!();
+    let bmcs = rig.lease_bmcs(1).await?;
+    let svc = ConsoleSvc::start(Backend::Rmcp).await?;
+    let mut client = svc.client().await?;
+    let node = session::node_id("alwayson");
+    let url = url_of(&session::enable(&mut client, bmcs[0].enable_request(&node)).await?)?;
+    let mut n = node_side(&bmcs[0]).await?;
+    let line = format!("unwatched-{node}\r\n");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // Printed again until the (viewer-less) session is up and logs it.
+    loop {
+        n.send(line.as_bytes()).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let log = console_log(&svc, &node, 0).await?;
+        if find(&log.data, line.as_bytes()).is_some() {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no viewer ever attached and the log still lacks the line: {}",
+            show(&log.data)
+        );
+    }
+    let procs = svc.processes();
+    ensure!(procs.is_empty(), "rmcp runs processes: {procs:?}");
+    let mut v = viewer(&url).await?;
+    v.expect(line.as_bytes(), Duration::from_secs(5)).await?;
     Ok(())
 }
 

@@ -116,7 +116,7 @@ async fn cli_drives_a_running_service(backend: Backend) -> Result<()> {
 
     let log = cli(&svc, &["log", &node]).await;
     match backend {
-        Backend::Native => {
+        Backend::Native | Backend::Rmcp => {
             let log = log?;
             ensure!(
                 log["data"].is_string() && log["truncated"] == false,

@@ -47,6 +47,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("The request URI is too long: {0} bytes, at most {URI_LIMIT} are accepted.")]
     UriTooLong(usize),
+    /// A body over a route's own limit (`api::inspection`).
+    #[error("Request is too large. Larger than the body limit ({0} bytes).")]
+    TooLarge(usize),
 }
 
 /// The longest request URI (path and query) served, as eventlet's request
@@ -76,6 +79,7 @@ impl ApiError {
             }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }
@@ -97,6 +101,7 @@ fn service_status(e: &ServiceError) -> StatusCode {
         ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
         ServiceError::Unauthenticated => StatusCode::UNAUTHORIZED,
         ServiceError::NotFound => StatusCode::NOT_FOUND,
+        ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Patch(p) => match p {
             PatchError::Invalid(_)
             | PatchError::NewRootAttribute(_)

@@ -11,6 +11,7 @@ mod auth;
 mod drivers;
 mod error;
 pub mod fields;
+mod inspection;
 mod nodes;
 mod ports;
 mod ramdisk;
@@ -82,6 +83,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/lookup", get(ramdisk::lookup))
         .route("/v1/heartbeat/{node}", post(ramdisk::heartbeat))
+        .route(
+            "/v1/continue_inspection",
+            post(inspection::continue_inspection),
+        )
+        .route(&format!("{node}/inventory"), get(inspection::inventory))
         .route("/v1/drivers", get(drivers::list))
         .route("/v1/drivers/{driver}", get(drivers::show))
         .route("/v1/drivers/{driver}/properties", get(drivers::properties))

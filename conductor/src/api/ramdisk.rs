@@ -25,7 +25,7 @@ pub use crate::service::ramdisk::Caller;
 pub fn is_ramdisk_path(path: &str) -> bool {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segs.as_slice() {
-        ["v1", "lookup"] => true,
+        ["v1", "lookup"] | ["v1", "continue_inspection"] => true,
         ["v1", "heartbeat", node] => !node.is_empty(),
         ["v1", "nodes", node, "vendor_passthru"] => !node.is_empty(),
         ["v1", "nodes", node, "vendor_passthru", method] => {
@@ -80,6 +80,7 @@ mod tests {
     fn only_the_ramdisks_paths_skip_operator_credentials() {
         for p in [
             "/v1/lookup",
+            "/v1/continue_inspection",
             "/v1/heartbeat/n1",
             "/v1/nodes/n1/vendor_passthru",
             "/v1/nodes/n1/vendor_passthru/pass_deploy_info",
@@ -95,6 +96,8 @@ mod tests {
             "/v1/heartbeat",
             "/v1/heartbeat/n1/x",
             "/v1/lookup/x",
+            "/v1/continue_inspection/x",
+            "/v1/nodes/n1/inventory",
             "/v1/ports",
         ] {
             assert!(!is_ramdisk_path(p), "{p}");

@@ -74,8 +74,16 @@ impl InterfaceSet {
         for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Console) {
             let name = match stored.get(kind.name()).and_then(Value::as_str) {
                 Some(s) => s.to_owned(),
+                // Not `agent`/`inspector` for inspect: an older
+                // conductor's node had no inspect service behind it.
                 None => ht
-                    .and_then(|h| h.supported(kind).first())
+                    .and_then(|h| {
+                        h.supported(kind).iter().find(|n| {
+                            kind != Kind::Inspect
+                                || !crate::provision::interfaces::INSPECT_SERVICE_INTERFACES
+                                    .contains(n)
+                        })
+                    })
                     .copied()
                     .unwrap_or_default()
                     .to_owned(),
@@ -121,6 +129,11 @@ pub struct Registry {
     hardware_types: Vec<&'static HardwareType>,
     enabled: BTreeMap<Kind, Vec<String>>,
     defaults: BTreeMap<Kind, String>,
+    /// The inspect service is configured (`[inspect] endpoint`): only then
+    /// may `agent` / `inspector` be a default inspect interface (Ironic
+    /// prefers `agent` where it is enabled; here it can only work with
+    /// the service).
+    inspect_service: bool,
 }
 
 impl Default for Registry {
@@ -218,6 +231,7 @@ impl Registry {
             hardware_types,
             enabled,
             defaults,
+            inspect_service: false,
         };
         for ht in &reg.hardware_types {
             for kind in Kind::ALL {
@@ -225,6 +239,14 @@ impl Registry {
             }
         }
         Ok(reg)
+    }
+
+    /// Say whether the inspect service is configured: with it, `agent`
+    /// becomes the default inspect interface of the hardware types that
+    /// prefer it (ipmi, redfish, ilo), when enabled and no
+    /// `default_inspect_interface` is set.
+    pub fn set_inspect_service(&mut self, configured: bool) {
+        self.inspect_service = configured;
     }
 
     pub fn hardware_types(&self) -> &[&'static HardwareType] {
@@ -301,6 +323,11 @@ impl Registry {
             None => ht
                 .supported(kind)
                 .iter()
+                .filter(|n| {
+                    kind != Kind::Inspect
+                        || self.inspect_service
+                        || !crate::provision::interfaces::INSPECT_SERVICE_INTERFACES.contains(n)
+                })
                 .find(|n| self.is_enabled(kind, n))
                 .map(|n| (*n).to_owned()),
         };

@@ -312,3 +312,36 @@ fn the_catalog_is_consistent() {
         }
     }
 }
+
+/// `agent` is the default inspect interface (Ironic's first choice) once
+/// the inspect service is configured, for the hardware types that support
+/// it; without the service, `no-inspect` stays; a configured default and a
+/// disabled `agent` win; fake-hardware keeps `fake`.
+#[test]
+fn agent_is_the_default_inspect_interface_with_the_inspect_service() {
+    let inspect_of = |reg: &Registry, driver: &str| {
+        create(reg, json!({ "driver": driver }))
+            .unwrap()
+            .interface(Kind::Inspect)
+            .to_owned()
+    };
+    let mut reg = Registry::default();
+    for d in ["ipmi", "redfish", "ilo"] {
+        assert_eq!(inspect_of(&reg, d), "no-inspect", "{d}");
+    }
+    reg.set_inspect_service(true);
+    for d in ["ipmi", "redfish", "ilo"] {
+        assert_eq!(inspect_of(&reg, d), "agent", "{d}");
+    }
+    assert_eq!(inspect_of(&reg, FAKE_HARDWARE), "fake");
+    let mut reg = Registry::from_config(&cfg(json!({
+        "enabled_inspect_interfaces": ["no-inspect", "inspector", "fake"]
+    })))
+    .unwrap();
+    reg.set_inspect_service(true);
+    assert_eq!(inspect_of(&reg, "ipmi"), "no-inspect");
+    let mut reg =
+        Registry::from_config(&cfg(json!({"default_inspect_interface": "inspector"}))).unwrap();
+    reg.set_inspect_service(true);
+    assert_eq!(inspect_of(&reg, "ipmi"), "inspector");
+}

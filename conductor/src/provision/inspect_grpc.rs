@@ -92,9 +92,21 @@ impl InspectClient {
         })
     }
 
+    /// ContinueInspection: the `agent` interface's processing of a
+    /// ramdisk's data (`service::continue_inspection` applies the answer).
+    pub async fn continue_inspection(
+        &self,
+        req: pb::ContinueInspectionRequest,
+    ) -> Result<pb::ContinueInspectionResponse, tonic::Status> {
+        let mut c = self.client.clone();
+        c.continue_inspection(req)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// A status as last_error text: the service's own message, or that it
     /// cannot be reached.
-    fn describe(&self, s: &tonic::Status) -> String {
+    pub fn describe(&self, s: &tonic::Status) -> String {
         // A connection that failed under the call arrives with a transport
         // error as its source, whatever its code (CANCELLED among them).
         let transport =
@@ -284,6 +296,9 @@ async fn reconcile(conductor: Arc<Conductor>, client: InspectClient) {
 /// Apply one inspection's result to its node, off the stream's task.
 fn outcome(conductor: &Arc<Conductor>, i: pb::Inspection) {
     let result = match i.state() {
+        // The agent's result is applied where its data arrived
+        // (`service::continue_inspection`), not from here.
+        pb::InspectionState::Finished if i.interface == "agent" => return,
         pb::InspectionState::Finished => Ok(()),
         pb::InspectionState::Failed => Err(match i.interface.as_str() {
             "inspector" => format!("ironic-inspector inspection failed: {}", i.error),

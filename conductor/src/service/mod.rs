@@ -10,6 +10,7 @@
 //! Callers: `api` handlers, `watch`, `periodic`, `lib::run`.
 
 mod console;
+pub mod continue_inspection;
 pub mod deploy_callback;
 pub mod extras;
 mod groups;
@@ -70,6 +71,10 @@ pub enum ServiceError {
     /// Not found, saying no more (Ironic's bare NotFound, as its lookup).
     #[error("Resource could not be found.")]
     NotFound,
+    /// A service behind the conductor (the inspect service) cannot be
+    /// reached now; nothing was changed, the caller may try again.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Patch(#[from] PatchError),
     #[error(transparent)]

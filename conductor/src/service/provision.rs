@@ -164,11 +164,20 @@ impl Conductor {
         self.forget_ramdisk_token_unless_waiting(&uuid, state).await;
         if event == Event::Abort {
             // Abort only leaves a wait state for its failed state: no work
-            // but the deploy's clean up (still under the lock).
+            // but the clean up: the deploy's (still under the lock), or an
+            // `agent` inspection's power off (as Ironic's; in the
+            // background, the lock going with it).
             if state == State::DeployFailed {
                 if let Ok(n) = self.store.get_node(&uuid).await {
                     self.clean_up_deploy(&n).await;
                 }
+            }
+            if from == State::InspectWait {
+                let this = self.clone();
+                self.tasks.spawn(async move {
+                    this.clean_up_agent_inspection(&node, false).await;
+                    drop(guard);
+                });
             }
             return Ok(uuid);
         }
@@ -248,6 +257,11 @@ impl Conductor {
             }
             State::Inspecting => {
                 let i = ifaces.ok_or("no inspect interface")?;
+                if i.inspect.name() == super::continue_inspection::AGENT {
+                    self.start_agent_inspection(&node)
+                        .await
+                        .map_err(|e| format!("Failed to inspect hardware. Reason: {e}"))?;
+                }
                 i.inspect
                     .inspect(&node)
                     .await

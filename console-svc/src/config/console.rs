@@ -14,6 +14,7 @@ use crate::ports::PortRange;
 pub enum Backend {
     Native,
     Socat,
+    Rmcp,
 }
 
 impl Backend {
@@ -21,6 +22,7 @@ impl Backend {
         match self {
             Self::Native => "native",
             Self::Socat => "socat",
+            Self::Rmcp => "rmcp",
         }
     }
 }
@@ -28,7 +30,7 @@ impl Backend {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsoleConfig {
-    /// `native` (default) or `socat`.
+    /// `native` (default), `socat` or `rmcp` (native RMCP+ SOL, no ipmitool).
     pub backend: Backend,
     /// Ironic's `port_range`: `START:END`, END excluded.
     pub port_range: PortRange,
@@ -94,6 +96,9 @@ pub struct NativeConfig {
     /// byte.
     #[serde(with = "humantime_serde")]
     pub terminal_silent_timeout: Duration,
+    /// Keep the SOL session up with no viewer attached, so the log holds
+    /// everything the node printed; unset: on for `rmcp`, off for `native`.
+    pub always_on: Option<bool>,
 }
 
 impl Default for ConsoleConfig {
@@ -128,6 +133,7 @@ impl Default for NativeConfig {
             max_viewers: 16,
             max_viewers_per_address: 8,
             terminal_silent_timeout: Duration::from_secs(60),
+            always_on: None,
         }
     }
 }

@@ -202,6 +202,7 @@ fn serial_backend(config: &Config) -> Result<Arc<dyn ConsoleBackend>, RunError> 
     let c = &config.console;
     Ok(match c.backend {
         Backend::Native => Arc::new(NativeBackend::new(config)),
+        Backend::Rmcp => Arc::new(crate::sol::native::rmcp::RmcpBackend::new(config)),
         Backend::Socat => Arc::new(SocatBackend::new(SocatSettings {
             socat: c.socat_path.clone(),
             ipmitool: c.ipmitool_path.clone(),

@@ -23,7 +23,7 @@ pub fn rig() -> Option<Rig> {
     Rig::load("ha_rig")
 }
 
-/// `both_backends!(name)`: tests `name::native` and `name::socat` that run
+/// `both_backends!(name)`: tests `name::native`, `name::socat` and `name::rmcp` that run
 /// `async fn name(backend: &'static str)`.
 #[macro_export]
 macro_rules! both_backends {
@@ -36,6 +36,10 @@ macro_rules! both_backends {
             #[tokio::test]
             async fn socat() {
                 super::$name("socat").await
+            }
+            #[tokio::test]
+            async fn rmcp() {
+                super::$name("rmcp").await
             }
         }
     )+};

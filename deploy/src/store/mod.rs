@@ -7,7 +7,9 @@
 //! Callers: [`crate::deploy`] (the floppy), [`crate::run`] (which store).
 
 pub mod http;
+pub mod keystone;
 pub mod swift;
+pub mod swift_auth;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +43,14 @@ pub enum StoreError {
         store: &'static str,
         what: &'static str,
     },
+    #[error("object store: {0}")]
+    Keystone(Box<keystone::KeystoneError>),
+}
+
+impl From<keystone::KeystoneError> for StoreError {
+    fn from(e: keystone::KeystoneError) -> Self {
+        Self::Keystone(Box::new(e))
+    }
 }
 
 /// An object's user metadata (Swift's `X-Object-Meta-*`), lower-case keys.

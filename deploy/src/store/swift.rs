@@ -2,12 +2,14 @@
 //! `swift.container` (Ironic's `swift_ilo_container`, default
 //! `ironic_ilo_container`, created when missing) uploaded with
 //! `X-Delete-After`, reached by the BMC through HMAC-SHA256 temp URLs
-//! signed with the account's temp-URL key. Auth: tempauth (v1.0); the token
-//! is fetched once and again after a 401.
+//! signed with the account's temp-URL key. Auth: tempauth (v1.0) or
+//! Keystone v3 password ([`super::swift_auth`]); the token is fetched at first
+//! use, again after a 401, and again shortly before the expiry its issuer
+//! gave (Keystone's `expires_at`, tempauth's `X-Auth-Token-Expires`).
 //!
 //! Callers: [`crate::run`] builds it; [`crate::deploy`] through [`Store`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,16 +17,13 @@ use porthole_bmc::Secret;
 use reqwest::{Method, StatusCode};
 use tokio::sync::Mutex;
 
+pub use super::swift_auth::SwiftAuth;
 use super::{expires_at, temp_url_sig, Metadata, Store, StoreError};
 
 /// How to reach the account.
 #[derive(Clone, Debug)]
 pub struct SwiftSettings {
-    /// tempauth's `http://host:port/auth/v1.0`.
-    pub auth_url: String,
-    /// `account:user`.
-    pub user: String,
-    pub key: Secret,
+    pub auth: SwiftAuth,
     pub container: String,
     /// The account's temp-URL key; `None`: read from the account
     /// (`X-Account-Meta-Temp-Url-Key`) at first use.
@@ -36,6 +35,8 @@ pub struct SwiftSettings {
 struct Session {
     storage_url: String,
     token: Option<Secret>,
+    /// When to fetch a new token before using this one again.
+    renew_at: Option<Instant>,
     temp_url_key: Option<Secret>,
     container_made: bool,
 }
@@ -66,29 +67,37 @@ impl SwiftStore {
     }
 
     async fn authenticate(&self, s: &mut Session) -> Result<(), StoreError> {
-        let what = format!("tempauth at {}", self.settings.auth_url);
-        let resp = self
-            .http
-            .get(&self.settings.auth_url)
-            .header("X-Auth-User", &self.settings.user)
-            .header("X-Auth-Key", self.settings.key.expose())
-            .send()
-            .await
-            .map_err(|source| StoreError::Transport {
-                what: what.clone(),
-                source,
-            })?;
-        let resp = check(resp, &what).await?;
-        let header = |n: &str| {
-            resp.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .ok_or_else(|| StoreError::Malformed(format!("{what}: no {n} in the answer")))
-        };
-        s.storage_url = header("x-storage-url")?.trim_end_matches('/').to_owned();
-        s.token = Some(Secret::new(header("x-auth-token")?));
+        let (token, storage_url, expires) = self.settings.auth.token(&self.http).await?;
+        tracing::debug!(auth = %self.settings.auth.describe(), %storage_url, "object store token");
+        s.renew_at = super::keystone::renew_after(expires).map(|d| Instant::now() + d);
+        s.storage_url = storage_url;
+        s.token = Some(token);
         Ok(())
+    }
+
+    /// Whether the session needs a (new) token before its next request.
+    fn stale(s: &Session) -> bool {
+        s.token.is_none() || s.renew_at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// The session's token and storage URL, fetching a token first when
+    /// there is none or it is due for renewal. The lock is held only for
+    /// that: requests themselves run at once, on the one token.
+    async fn current(&self) -> Result<(Secret, String), StoreError> {
+        let mut s = self.session.lock().await;
+        if Self::stale(&s) {
+            self.authenticate(&mut s).await?;
+        }
+        let token = s.token.clone().expect("authenticated");
+        Ok((token, s.storage_url.clone()))
+    }
+
+    /// Drop `token` after a 401, unless another request already replaced it.
+    async fn forget(&self, token: &Secret) {
+        let mut s = self.session.lock().await;
+        if s.token.as_ref().map(Secret::expose) == Some(token.expose()) {
+            s.token = None;
+        }
     }
 
     /// One authenticated request to `<storage_url><path>`, re-authenticating
@@ -101,16 +110,12 @@ impl SwiftStore {
         body: Option<Bytes>,
         what: &str,
     ) -> Result<reqwest::Response, StoreError> {
-        let mut s = self.session.lock().await;
         for attempt in 0..2 {
-            if s.token.is_none() {
-                self.authenticate(&mut s).await?;
-            }
-            let token = s.token.as_ref().expect("authenticated").expose().to_owned();
+            let (token, storage_url) = self.current().await?;
             let mut r = self
                 .http
-                .request(method.clone(), format!("{}{path}", s.storage_url))
-                .header("X-Auth-Token", token);
+                .request(method.clone(), format!("{storage_url}{path}"))
+                .header("X-Auth-Token", token.expose());
             for (k, v) in headers {
                 r = r.header(*k, v);
             }
@@ -121,9 +126,18 @@ impl SwiftStore {
                 what: what.to_owned(),
                 source,
             })?;
-            if resp.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
-                s.token = None;
-                continue;
+            tracing::debug!(%method, path, status = %resp.status(), "object store request");
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                self.forget(&token).await;
+                if attempt == 0 {
+                    tracing::info!(auth = %self.settings.auth.describe(), what, "object store answered 401; authenticating again");
+                    continue;
+                }
+                let what = format!(
+                    "{what} (with a fresh token from {})",
+                    self.settings.auth.describe()
+                );
+                return check(resp, &what).await;
             }
             return Ok(resp);
         }
@@ -205,11 +219,7 @@ impl SwiftStore {
 
     /// The storage URL (after authenticating), for tests and logs.
     pub async fn storage_url(&self) -> Result<String, StoreError> {
-        let mut s = self.session.lock().await;
-        if s.token.is_none() {
-            self.authenticate(&mut s).await?;
-        }
-        Ok(s.storage_url.clone())
+        Ok(self.current().await?.1)
     }
 }
 
@@ -358,7 +368,10 @@ fn meta_headers(meta: &Metadata) -> Vec<(String, String)> {
 }
 
 /// The response when 2xx, else the status and the start of the body.
-async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, StoreError> {
+pub(super) async fn check(
+    resp: reqwest::Response,
+    what: &str,
+) -> Result<reqwest::Response, StoreError> {
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -369,4 +382,94 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
         status,
         body: body.chars().take(300).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::{get, put};
+
+    use super::*;
+
+    /// A fake Swift (tempauth): counts token requests and the most object
+    /// PUTs in flight at once (each takes 100 ms).
+    #[derive(Default)]
+    struct Fake {
+        auths: AtomicUsize,
+        in_flight: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    async fn fake_swift() -> (String, Arc<Fake>) {
+        let fake = Arc::new(Fake::default());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let storage = format!("{base}/v1/AUTH_t");
+        let (f1, f2) = (fake.clone(), fake.clone());
+        let app = axum::Router::new()
+            .route(
+                "/auth/v1.0",
+                get(move || async move {
+                    f1.auths.fetch_add(1, Ordering::SeqCst);
+                    let mut h = HeaderMap::new();
+                    h.insert("x-storage-url", storage.parse().unwrap());
+                    h.insert("x-auth-token", "tok".parse().unwrap());
+                    (StatusCode::OK, h)
+                }),
+            )
+            .route("/v1/AUTH_t/{c}", put(|| async { StatusCode::CREATED }))
+            .route(
+                "/v1/AUTH_t/{c}/{o}",
+                put(move || async move {
+                    let now = f2.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    f2.most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    f2.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    StatusCode::CREATED.into_response()
+                }),
+            );
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (format!("{base}/auth/v1.0"), fake)
+    }
+
+    #[tokio::test]
+    async fn uploads_for_different_nodes_run_at_once_on_one_token() {
+        let (auth_url, fake) = fake_swift().await;
+        let store = SwiftStore::new(SwiftSettings {
+            auth: SwiftAuth::TempAuth {
+                auth_url,
+                user: "t:u".into(),
+                key: Secret::new("k"),
+            },
+            container: "c".into(),
+            temp_url_key: None,
+            timeout: Duration::from_secs(10),
+        })
+        .unwrap();
+        let puts = (0..5).map(|i| {
+            let store = &store;
+            async move {
+                store
+                    .put(
+                        &format!("image-{i}"),
+                        Bytes::from_static(b"x"),
+                        Duration::from_secs(60),
+                    )
+                    .await
+            }
+        });
+        for r in futures::future::join_all(puts).await {
+            r.unwrap();
+        }
+        assert_eq!(
+            fake.most.load(Ordering::SeqCst),
+            5,
+            "uploads were serialized"
+        );
+        assert_eq!(fake.auths.load(Ordering::SeqCst), 1, "one token for all");
+    }
 }

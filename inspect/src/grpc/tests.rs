@@ -84,13 +84,6 @@ async fn each_refusal_has_its_code_and_records_nothing() {
     assert_eq!(e.code(), Code::FailedPrecondition);
     let e = s
         .client
-        .start_inspection(start(A, "agent"))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains("\"agent\" is not available"), "{e:?}");
-    let e = s
-        .client
         .start_inspection(start(A, "pxe"))
         .await
         .unwrap_err();
@@ -227,4 +220,115 @@ async fn a_watcher_that_fell_behind_gets_every_inspection_again() {
         last.insert(i.node_uuid.clone(), i.state());
     }
     assert_eq!(last.len(), uuids.len());
+}
+
+fn data(uuid: &str, inventory: &str) -> pb::ContinueInspectionRequest {
+    pb::ContinueInspectionRequest {
+        node_uuid: uuid.into(),
+        inventory_json: inventory.into(),
+        plugin_data_json: r#"{"logs": "xx"}"#.into(),
+        properties_json: r#"{"cpus": 2}"#.into(),
+        ports: vec![],
+    }
+}
+
+const INVENTORY: &str = r#"{"interfaces": [{"name": "eth0", "mac_address": "52:54:00:AA:00:01"}],
+  "cpu": {"count": 8, "architecture": "aarch64"}, "memory": {"physical_mb": 4096},
+  "disks": [{"name": "/dev/vda", "size": 10737418240}]}"#;
+
+/// The `agent` interface over gRPC: started without any backend call, the
+/// ramdisk's data answered with the outcome once, every other call refused
+/// with its code and nothing changed.
+#[tokio::test]
+async fn agent_data_is_processed_once_for_a_waiting_agent_inspection() {
+    let mut s = serve(false, 16).await;
+    let e = s
+        .client
+        .continue_inspection(data(A, INVENTORY))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    s.client
+        .validate_inspection(pb::ValidateInspectionRequest {
+            interface: "agent".into(),
+        })
+        .await
+        .unwrap();
+    let w = s.client.start_inspection(start(A, "agent")).await.unwrap();
+    assert_eq!(w.into_inner().state(), pb::InspectionState::Waiting);
+    assert!(s.fake.calls().is_empty());
+    for bad in ["[1]", "{nope"] {
+        let e = s
+            .client
+            .continue_inspection(data(A, bad))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    assert_eq!(
+        s.inspections.get(A).unwrap().state(),
+        pb::InspectionState::Waiting
+    );
+    let r = s
+        .client
+        .continue_inspection(data(A, INVENTORY))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.inspection.unwrap().state(), pb::InspectionState::Finished);
+    let props: serde_json::Value = serde_json::from_str(&r.properties_json).unwrap();
+    // cpus was set already: kept.
+    assert_eq!(
+        props,
+        serde_json::json!({"cpu_arch": "aarch64", "memory_mb": 4096, "local_gb": 9})
+    );
+    assert_eq!(r.add_ports.len(), 1);
+    assert_eq!(r.add_ports[0].address, "52:54:00:aa:00:01");
+    let pd: serde_json::Value = serde_json::from_str(&r.plugin_data_json).unwrap();
+    assert!(pd.get("logs").is_none() && pd["root_disk"]["name"] == "/dev/vda");
+    let e = s
+        .client
+        .continue_inspection(data(A, INVENTORY))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("not waiting"), "{e:?}");
+
+    // A failing inventory ends the inspection FAILED, answered OK.
+    s.client.start_inspection(start(A, "agent")).await.unwrap();
+    let r = s
+        .client
+        .continue_inspection(data(A, r#"{"interfaces": []}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    let i = r.inspection.unwrap();
+    assert_eq!(i.state(), pb::InspectionState::Failed);
+    assert!(
+        i.error.contains("no valid network interfaces"),
+        "{}",
+        i.error
+    );
+    assert!(r.add_ports.is_empty());
+}
+
+/// Data for an `inspector` inspection is not the agent's to process.
+#[tokio::test]
+async fn agent_data_for_an_inspector_inspection_is_refused() {
+    let mut s = serve(true, 16).await;
+    s.client
+        .start_inspection(start(A, INSPECTOR))
+        .await
+        .unwrap();
+    let e = s
+        .client
+        .continue_inspection(data(A, INVENTORY))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("not \"agent\""), "{e:?}");
+    assert_eq!(
+        s.inspections.get(A).unwrap().state(),
+        pb::InspectionState::Waiting
+    );
 }

@@ -31,7 +31,7 @@ async fn settle() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn disabled_unknown_and_agent_are_refused_before_anything_is_recorded() {
+async fn disabled_and_unknown_are_refused_before_anything_is_recorded() {
     let (i, fake, _c) = setup(false);
     let err = i.start(A, INSPECTOR).await.unwrap_err();
     assert!(matches!(err, InspectError::InspectorDisabled));
@@ -41,10 +41,6 @@ async fn disabled_unknown_and_agent_are_refused_before_anything_is_recorded() {
     assert!(matches!(
         i.validate("discoverd"),
         Err(InspectError::UnknownInterface(_))
-    ));
-    assert!(matches!(
-        i.start(A, AGENT).await,
-        Err(InspectError::AgentUnavailable)
     ));
     assert!(matches!(i.get(A), Err(InspectError::NotFound(_))));
     assert!(i.watch().0.is_empty());
@@ -290,4 +286,45 @@ async fn a_second_start_while_the_first_is_with_the_backend_is_refused() {
     gate.add_permits(1);
     i.start(A, INSPECTOR).await.unwrap();
     assert_eq!(fake.count("start"), 3);
+}
+
+/// An `agent` inspection is never polled (nothing outside to ask); its own
+/// `[agent] inspect_wait_timeout` fails it; a new start replaces a waiting
+/// one (the conductor starts again only after its own timeout).
+#[tokio::test(start_paused = true)]
+async fn agent_inspections_wait_for_data_until_their_timeout() {
+    let fake = Arc::new(FakeInspector::default());
+    let cancel = CancellationToken::new();
+    let timing = Timing {
+        status_check_period: PERIOD,
+        inspect_wait_timeout: TIMEOUT,
+    };
+    let agent = AgentConfig {
+        inspect_wait_timeout: Duration::from_secs(30),
+        ..AgentConfig::default()
+    };
+    let i = Inspections::with_agent(
+        Some(fake.clone() as Arc<dyn Backend>),
+        Some(agent),
+        timing,
+        &TaskTracker::new(),
+        cancel.clone(),
+        16,
+    );
+    i.start(A, AGENT).await.unwrap();
+    i.start(A, AGENT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    settle().await;
+    assert_eq!(i.get(A).unwrap().state(), pb::InspectionState::Waiting);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    settle().await;
+    let shown = i.get(A).unwrap();
+    assert_eq!(shown.state(), pb::InspectionState::Failed);
+    assert!(
+        shown.error.contains("inspect_wait_timeout = 30s"),
+        "{}",
+        shown.error
+    );
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    cancel.cancel();
 }

@@ -37,6 +37,7 @@ fn ports(backend: Backend, base: u16) -> (u16, u16) {
     match backend {
         Backend::Native => (base, base + 100),
         Backend::Socat => (base + 1, base + 500),
+        Backend::Rmcp => (base + 2, base + 750),
     }
 }
 

@@ -25,6 +25,10 @@ struct Answers {
     start_emits: Option<pb::InspectionState>,
     /// What GetInspection answers (else NOT_FOUND).
     known: std::collections::HashMap<String, pb::Inspection>,
+    /// What ContinueInspection answers (else UNAVAILABLE); the requests
+    /// it got are kept in `continued`.
+    continue_answer: Option<Result<pb::ContinueInspectionResponse, Status>>,
+    continued: Vec<pb::ContinueInspectionRequest>,
 }
 
 struct FakeService {
@@ -112,6 +116,22 @@ impl InspectService for Served {
         let shown = inspection(&uuid, pb::InspectionState::Aborted, "aborted");
         let _ = self.events.send(shown.clone());
         Ok(Response::new(shown))
+    }
+    async fn continue_inspection(
+        &self,
+        r: Request<pb::ContinueInspectionRequest>,
+    ) -> Result<Response<pb::ContinueInspectionResponse>, Status> {
+        let r = r.into_inner();
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("continue {}", r.node_uuid));
+        let mut a = self.answers.lock().unwrap();
+        a.continued.push(r);
+        match a.continue_answer.clone() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Status::unavailable("no answer set")),
+        }
     }
     type WatchInspectionsStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Inspection, Status>> + Send>>;
@@ -213,6 +233,8 @@ async fn settles(c: &Conductor, uuid: &str, want: &str) -> Node {
     let n = c.store.get_node(uuid).await.unwrap();
     panic!("never {want}: {} / {:?}", n.provision_state, n.last_error);
 }
+
+mod agent;
 
 #[tokio::test]
 async fn waits_unlocked_then_the_streamed_result_ends_it() {

@@ -20,6 +20,8 @@ fn config() -> HubConfig {
         log_ring_bytes: 4096,
         log_file: None,
         linger: Duration::from_secs(5),
+        always_on: false,
+        backend: "native",
         max_viewers: 3,
         max_viewers_per_address: 0,
         terminal_timeout: Duration::from_secs(600),

@@ -43,6 +43,8 @@ async fn rig(valid_for: Duration) -> Rig {
         log_ring_bytes: 4096,
         log_file: None,
         linger: Duration::from_secs(5),
+        always_on: false,
+        backend: "native",
         max_viewers: 4,
         max_viewers_per_address: 0,
         terminal_timeout: Duration::ZERO,

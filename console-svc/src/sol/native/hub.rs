@@ -60,6 +60,10 @@ pub(crate) struct HubConfig {
     /// `<log_dir>/<node>.log` and its size cap.
     pub(crate) log_file: Option<(PathBuf, u64)>,
     pub(crate) linger: Duration,
+    /// Keep the session up (and retrying) with no viewer attached.
+    pub(crate) always_on: bool,
+    /// The backend's name in metrics (`native`, `rmcp`).
+    pub(crate) backend: &'static str,
     pub(crate) max_viewers: usize,
     /// Viewers from one address at once; 0: no limit of its own.
     pub(crate) max_viewers_per_address: usize,
@@ -188,6 +192,9 @@ struct Hub {
 
 impl Hub {
     async fn run(mut self) {
+        if self.cfg.always_on {
+            self.begin_activation();
+        }
         loop {
             // Keystrokes wait in the viewers' sockets rather than being
             // dropped while the session comes up or the node side is slow.
@@ -284,7 +291,7 @@ impl Hub {
     }
 
     fn viewers_changed(&mut self) {
-        if !self.viewers.is_empty() {
+        if !self.viewers.is_empty() || self.cfg.always_on {
             return;
         }
         match &mut self.sol {
@@ -314,7 +321,7 @@ impl Hub {
         match event {
             SolEvent::Activated(Ok(session)) => self.on_activated(session),
             SolEvent::Activated(Err(e)) => {
-                crate::metrics::get().sol_activation_failed("native");
+                crate::metrics::get().sol_activation_failed(self.cfg.backend);
                 self.on_failure(e.to_string())
             }
             SolEvent::Output(data) => {
@@ -343,12 +350,12 @@ impl Hub {
     }
 
     fn begin_activation(&mut self) {
-        if self.viewers.is_empty() {
+        if self.viewers.is_empty() && !self.cfg.always_on {
             self.sol = Sol::Idle;
             return;
         }
         info!("activating SOL");
-        crate::metrics::get().sol_activation("native");
+        crate::metrics::get().sol_activation(self.cfg.backend);
         let fence = self.fence.clone();
         let launcher = self.launcher.clone();
         self.sol = Sol::Activating(Box::pin(async move {
@@ -377,9 +384,7 @@ impl Hub {
         self.health.send_if_modified(|h| set(h, Health::Ok));
         self.backoff.reset();
         let (greeting, early) = (session.greeting.clone(), session.early_output.clone());
-        let linger_until = self
-            .viewers
-            .is_empty()
+        let linger_until = (self.viewers.is_empty() && !self.cfg.always_on)
             .then(|| Instant::now() + self.cfg.linger);
         self.sol = Sol::Active(Active::new(session, linger_until));
         if !greeting.is_empty() {
@@ -398,7 +403,7 @@ impl Hub {
         self.health
             .send_if_modified(|h| set(h, Health::Failed(message.clone())));
         self.pending_input.clear();
-        if self.viewers.is_empty() {
+        if self.viewers.is_empty() && !self.cfg.always_on {
             self.sol = Sol::Idle;
             return;
         }

@@ -64,6 +64,12 @@ pub(crate) trait SessionControl: Send {
     /// End the session: tell the BMC first when `deactivate` (a clean end),
     /// then stop whatever runs it. How the process ended, when known.
     async fn end(self: Box<Self>, deactivate: bool) -> Option<ExitStatus>;
+
+    /// Why the session ended, when the launcher knows better than the
+    /// session's last output (the rmcp client's own error).
+    fn why(&self) -> Option<String> {
+        None
+    }
 }
 
 #[async_trait]

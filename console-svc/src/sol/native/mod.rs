@@ -14,6 +14,10 @@
 //!   session does not outlive its lease).
 //! - `viewer`: one TCP connection, its bounded output queue and idle timeout.
 //! - `ring`, `logfile`: scrollback and log ring; `<log_dir>/<node>.log`.
+//! - `rmcp`: the `rmcp` backend: this hub with SOL spoken natively over
+//!   RMCP+ (porthole-rmcp) instead of ipmitool, always on by default
+//!   (`HubConfig::always_on`: activate with no viewer, never linger out,
+//!   retry with backoff with nobody watching).
 //!
 //! SOL session lifecycle:
 //!
@@ -35,9 +39,12 @@ mod hub;
 mod launcher;
 mod logfile;
 mod ring;
+pub(crate) mod rmcp;
 mod session;
 mod viewer;
 
+#[cfg(test)]
+mod always_on_tests;
 #[cfg(test)]
 mod backend_tests;
 #[cfg(test)]
@@ -130,6 +137,8 @@ impl NativeBackend {
                 .as_ref()
                 .map(|dir| (dir.join(format!("{node}.log")), n.log_file_max_bytes)),
             linger: n.linger,
+            always_on: n.always_on.unwrap_or(false),
+            backend: "native",
             max_viewers: n.max_viewers,
             max_viewers_per_address: n.max_viewers_per_address,
             terminal_timeout: self.settings.terminal_timeout,
@@ -194,7 +203,11 @@ impl ConsoleBackend for NativeBackend {
     }
 }
 
-async fn accept_loop(listener: TcpListener, joins: mpsc::Sender<Join>, stop: CancellationToken) {
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    joins: mpsc::Sender<Join>,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,

@@ -127,8 +127,10 @@ impl Active {
     /// End the session: cleanly (`deactivate`) or after it ended by itself.
     /// In the latter case, a readable line on why, from its last output.
     pub(crate) async fn end(self, deactivate: bool, error: Option<io::Error>) -> String {
+        let own = self.control.why();
         let status = self.control.end(deactivate).await;
-        let mut why = super::launcher::last_words(&self.tail.contents(), status, false);
+        let mut why = own
+            .unwrap_or_else(|| super::launcher::last_words(&self.tail.contents(), status, false));
         if let Some(e) = error {
             why.push_str(&format!("; {e}"));
         }

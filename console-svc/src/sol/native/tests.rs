@@ -28,12 +28,14 @@ pub(super) struct Rig {
     fence: Fence,
 }
 
-fn config() -> HubConfig {
+pub(super) fn config() -> HubConfig {
     HubConfig {
         scrollback_bytes: 1024,
         log_ring_bytes: 4096,
         log_file: None,
         linger: Duration::from_secs(5),
+        always_on: false,
+        backend: "native",
         max_viewers: 4,
         max_viewers_per_address: 0,
         terminal_timeout: Duration::ZERO,
@@ -71,7 +73,7 @@ pub(super) async fn rig(cfg: HubConfig) -> Rig {
 }
 
 impl Rig {
-    async fn viewer(&self) -> DuplexStream {
+    pub(super) async fn viewer(&self) -> DuplexStream {
         self.viewer_with_buffer(64 * 1024).await
     }
 
@@ -97,7 +99,7 @@ impl Rig {
 }
 
 /// Read until `needle` has arrived; everything read.
-async fn read_until(s: &mut DuplexStream, needle: &[u8]) -> Vec<u8> {
+pub(super) async fn read_until(s: &mut DuplexStream, needle: &[u8]) -> Vec<u8> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
     let found = tokio::time::timeout(Duration::from_secs(10), async {

@@ -1,0 +1,228 @@
+//! SOL tests against the in-memory BMC (which acks and echoes what the
+//! node gets), tokio's clock paused.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::*;
+use crate::session::SessionConfig;
+use crate::test_bmc::{self, Control, TestBmc};
+
+struct Running {
+    input: mpsc::Sender<SolInput>,
+    output: mpsc::Receiver<Vec<u8>>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<()>>,
+    ctl: Arc<Control>,
+    _bmc: TestBmc,
+}
+
+async fn start_with(bmc_setup: impl FnOnce(&Control)) -> Running {
+    let (t, bmc) = test_bmc::spawn(3, b"secret");
+    bmc_setup(&bmc.ctl);
+    let session = Session::open(t, &SessionConfig::new("admin", b"secret"))
+        .await
+        .unwrap();
+    let sol = Sol::activate(session, SolConfig::default()).await.unwrap();
+    let (input, in_rx) = mpsc::channel(16);
+    let (out_tx, output) = mpsc::channel(16);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(sol.run(in_rx, out_tx, cancel.clone()));
+    Running {
+        input,
+        output,
+        cancel,
+        task,
+        ctl: bmc.ctl.clone(),
+        _bmc: bmc,
+    }
+}
+
+async fn read_n(out: &mut mpsc::Receiver<Vec<u8>>, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.extend(out.recv().await.expect("SOL output ended"));
+    }
+    got
+}
+
+fn requests(ctl: &Control) -> Vec<(u8, u8)> {
+    ctl.requests.lock().unwrap().clone()
+}
+
+#[test]
+fn packet_layout() {
+    let p = SolPacket {
+        seq: 3,
+        ack: 2,
+        accepted: 5,
+        ctl: op::BREAK,
+        data: vec![0, 0xff],
+    };
+    assert_eq!(p.encode(), vec![3, 2, 5, 0x10, 0, 0xff]);
+    assert_eq!(SolPacket::decode(&p.encode()).unwrap(), p);
+    assert!(SolPacket::decode(&[1, 2]).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_256_byte_values_round_trip_then_cancel_deactivates() {
+    let mut r = start_with(|_| {}).await;
+    let all: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+    for chunk in all.chunks(100) {
+        r.input.send(SolInput::Data(chunk.to_vec())).await.unwrap();
+    }
+    assert_eq!(
+        read_n(&mut r.output, all.len()).await,
+        all,
+        "echo is 8-bit clean and in order"
+    );
+    assert_eq!(*r.ctl.node_rx.lock().unwrap(), all);
+    r.cancel.cancel();
+    r.task.await.unwrap().unwrap();
+    let reqs = requests(&r.ctl);
+    assert_eq!(
+        &reqs[reqs.len() - 2..],
+        &[(6, 0x49), (6, 0x3c)],
+        "deactivate, then close session"
+    );
+    assert!(!*r.ctl.sol_active.lock().unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn already_active_is_deactivated_first() {
+    let r = start_with(|c| *c.sol_active.lock().unwrap() = true).await;
+    assert_eq!(
+        requests(&r.ctl),
+        vec![(6, 0x3b), (6, 0x48), (6, 0x49), (6, 0x48)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_packet_is_retransmitted_once_delivered() {
+    let mut r = start_with(|_| {}).await;
+    r.ctl.drop_in.store(2, Ordering::SeqCst);
+    let start = Instant::now();
+    r.input
+        .send(SolInput::Data(b"hello".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(read_n(&mut r.output, 5).await, b"hello");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(1000),
+        "two 500 ms retransmit timeouts"
+    );
+    assert_eq!(*r.ctl.node_rx.lock().unwrap(), b"hello", "delivered once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn nack_then_partial_accept() {
+    let mut r = start_with(|_| {}).await;
+    r.ctl.nack_next.store(1, Ordering::SeqCst);
+    r.ctl.accept_max.store(3, Ordering::SeqCst);
+    r.input
+        .send(SolInput::Data(b"abcdefgh".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(read_n(&mut r.output, 8).await, b"abcdefgh");
+    assert_eq!(
+        *r.ctl.node_rx.lock().unwrap(),
+        b"abcdefgh",
+        "the rest after each partial accept, nothing twice"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn break_sets_the_operation_bit() {
+    let mut r = start_with(|_| {}).await;
+    r.input.send(SolInput::Break).await.unwrap();
+    r.input.send(SolInput::Data(b"x".to_vec())).await.unwrap();
+    assert_eq!(read_n(&mut r.output, 1).await, b"x");
+    assert!(r.ctl.sol_ops.lock().unwrap().contains(&op::BREAK));
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalive_detects_a_dead_bmc() {
+    let r = start_with(|_| {}).await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    assert!(
+        requests(&r.ctl).contains(&(6, 0x01)),
+        "a Get Device ID keep-alive went out"
+    );
+    r.ctl.silent.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let err = r.task.await.unwrap().unwrap_err();
+    assert!(matches!(err, RmcpError::Timeout { .. }), "{err}");
+    // Keep-alives at 30, 45 and 60 s go unanswered; at 75 s the third miss ends it.
+    assert_eq!(start.elapsed(), Duration::from_secs(75 - 16));
+}
+
+#[tokio::test(start_paused = true)]
+async fn bmc_side_deactivation_ends_the_run_and_closes_the_session() {
+    let r = start_with(|_| {}).await;
+    r.ctl.deactivating.store(true, Ordering::SeqCst);
+    r.input.send(SolInput::Data(b"x".to_vec())).await.unwrap();
+    let err = r.task.await.unwrap().unwrap_err();
+    assert!(matches!(err, RmcpError::SolDeactivated), "{err}");
+    let reqs = requests(&r.ctl);
+    assert_eq!(reqs.last(), Some(&(6, 0x3c)), "closed: {reqs:?}");
+    assert!(
+        !reqs.contains(&(6, 0x49)),
+        "no deactivate of an inactive payload: {reqs:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retransmitted_bmc_packet_is_acked_but_delivered_once() {
+    let mut r = start_with(|_| {}).await;
+    r.ctl.duplicate_out.store(1, Ordering::SeqCst);
+    r.input
+        .send(SolInput::Data(b"once".to_vec()))
+        .await
+        .unwrap();
+    r.input
+        .send(SolInput::Data(b"-next".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(read_n(&mut r.output, 9).await, b"once-next");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(r.output.try_recv().is_err(), "nothing delivered twice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sequence_numbers_wrap_from_15_to_1() {
+    let mut r = start_with(|_| {}).await;
+    // 40 packets, one at a time: our sequence and the BMC's wrap twice.
+    for i in 0..40u8 {
+        r.input.send(SolInput::Data(vec![i])).await.unwrap();
+        assert_eq!(read_n(&mut r.output, 1).await, vec![i]);
+    }
+    assert_eq!(*r.ctl.node_rx.lock().unwrap(), (0..40).collect::<Vec<u8>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bmc_asking_for_another_sol_port_is_refused() {
+    let (t, bmc) = test_bmc::spawn(3, b"secret");
+    let session = Session::open(t, &SessionConfig::new("admin", b"secret"))
+        .await
+        .unwrap();
+    let cfg = SolConfig {
+        session_port: Some(624),
+        ..SolConfig::default()
+    };
+    let err = Sol::activate(session, cfg).await.err().unwrap();
+    assert!(
+        matches!(err, RmcpError::SolOtherPort { port: 623 }),
+        "{err}"
+    );
+    assert!(!*bmc.ctl.sol_active.lock().unwrap(), "deactivated again");
+    let (t, _bmc) = test_bmc::spawn(3, b"secret");
+    let session = Session::open(t, &SessionConfig::new("admin", b"secret"))
+        .await
+        .unwrap();
+    let cfg = SolConfig {
+        session_port: Some(623),
+        ..SolConfig::default()
+    };
+    assert!(Sol::activate(session, cfg).await.is_ok());
+}

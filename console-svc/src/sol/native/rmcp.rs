@@ -1,0 +1,331 @@
+//! The `rmcp` serial backend: the native backend's hub (viewers, scrollback,
+//! log ring and file, backoff, fencing) with SOL spoken by console-svc itself
+//! over RMCP+ ([`porthole_rmcp`]) instead of an `ipmitool` process per
+//! session. By default the session is always on (`[native] always_on`): it
+//! comes up with the console, stays up with no viewer, and is brought back
+//! with backoff when the BMC drops it, so the log holds everything.
+//!
+//! [`RmcpBackend::start`] is called by the manager per console. The hub
+//! checks the fence before each activation (as for `native`); every
+//! datagram to the BMC goes through [`FencedUdp`], which refuses to send
+//! unless the lease is known valid at that instant, and [`bridge`] wakes at
+//! the lease's deadline so a session whose lease lapsed ends then, without
+//! a word to the BMC (no polling: an idle console costs no wake-ups).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use porthole_rmcp::{transport, Privilege, Session, SessionConfig, Sol, SolConfig, SolInput};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use super::hub::{self, HubHandle};
+use super::launcher::{SessionControl, SolLauncher, SolSession};
+use super::{accept_loop, NativeBackend};
+use crate::backend::{
+    bind_port, BackendError, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole,
+};
+use crate::config::Config;
+use crate::coordinator::Fence;
+use crate::sol::SolError;
+use crate::spec::{IpmiTarget, PrivilegeLevel};
+
+/// A UDP socket to one BMC that sends only while the claim's lease is
+/// known valid (the HA rule: a BMC action only under a valid lease).
+pub(crate) struct FencedUdp {
+    sock: tokio::net::UdpSocket,
+    fence: Fence,
+}
+
+impl FencedUdp {
+    pub(crate) async fn connect(bmc: std::net::SocketAddr, fence: Fence) -> std::io::Result<Self> {
+        Ok(Self {
+            sock: transport::udp(bmc).await?,
+            fence,
+        })
+    }
+}
+
+impl transport::Datagram for FencedUdp {
+    async fn send(&self, datagram: &[u8]) -> std::io::Result<()> {
+        if let Err(e) = self.fence.permit() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("not sent to the BMC: {e}"),
+            ));
+        }
+        self.sock.send(datagram).await.map(|_| ())
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.sock.recv(buf).await
+    }
+}
+
+pub struct RmcpBackend {
+    native: NativeBackend,
+}
+
+impl RmcpBackend {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            native: NativeBackend::new(config),
+        }
+    }
+}
+
+#[async_trait]
+impl ConsoleBackend for RmcpBackend {
+    fn name(&self) -> &'static str {
+        "rmcp"
+    }
+
+    async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError> {
+        let span = tracing::info_span!(parent: None, "console", node = %ctx.node, port = ctx.listen.port());
+        let target = ctx.ipmi(self.name())?.clone();
+        let listener = bind_port(ctx.listen).await?;
+        let settings = &self.native.settings;
+        let mut cfg = self.native.hub_config(&ctx.node);
+        cfg.always_on = settings.native.always_on.unwrap_or(true);
+        cfg.backend = "rmcp";
+        span.in_scope(
+            || info!(listen = %ctx.listen, always_on = cfg.always_on, "console listening (rmcp)"),
+        );
+        let launcher = RmcpLauncher {
+            target,
+            fence: ctx.fence.clone(),
+            timeout: settings.subprocess_timeout,
+        };
+        let stop = ctx.cancel.child_token();
+        let hub = hub::spawn(
+            cfg,
+            Arc::new(launcher),
+            ctx.fence,
+            ctx.health,
+            stop.clone(),
+            span.clone(),
+        );
+        let acceptor =
+            tokio::spawn(accept_loop(listener, hub.joins(), stop.clone()).instrument(span));
+        Ok(Box::new(RmcpConsole {
+            hub: Some(hub),
+            acceptor,
+            stop,
+            // Deactivate + Close Session, each with the client's retries.
+            stop_bound: settings.subprocess_timeout + Duration::from_secs(9),
+        }))
+    }
+}
+
+struct RmcpConsole {
+    hub: Option<HubHandle>,
+    acceptor: JoinHandle<()>,
+    stop: CancellationToken,
+    stop_bound: Duration,
+}
+
+#[async_trait]
+impl RunningConsole for RmcpConsole {
+    async fn stop(mut self: Box<Self>) {
+        self.stop.cancel();
+        let _ = (&mut self.acceptor).await;
+        if let Some(hub) = self.hub.take() {
+            hub.shutdown(self.stop_bound).await;
+        }
+    }
+
+    fn log(&self, max_bytes: usize) -> Option<LogSnapshot> {
+        self.hub.as_ref().map(|h| h.log(max_bytes))
+    }
+}
+
+impl Drop for RmcpConsole {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct RmcpLauncher {
+    target: IpmiTarget,
+    fence: Fence,
+    timeout: Duration,
+}
+
+fn privilege(p: PrivilegeLevel) -> Privilege {
+    match p {
+        PrivilegeLevel::Callback => Privilege::Callback,
+        PrivilegeLevel::User => Privilege::User,
+        PrivilegeLevel::Operator => Privilege::Operator,
+        PrivilegeLevel::Administrator => Privilege::Administrator,
+    }
+}
+
+impl RmcpLauncher {
+    async fn open(&self) -> porthole_rmcp::Result<Sol<FencedUdp>> {
+        let t = &self.target;
+        let addr = tokio::net::lookup_host((t.address.as_str(), t.port))
+            .await?
+            .next()
+            .ok_or_else(|| {
+                porthole_rmcp::RmcpError::Invalid(format!("{} resolves to no address", t.address))
+            })?;
+        let mut cfg = SessionConfig::new(&t.username, t.password.expose().as_bytes());
+        cfg.cipher_suite = t.cipher_suite;
+        cfg.privilege = privilege(t.privilege);
+        let session =
+            Session::open(FencedUdp::connect(addr, self.fence.clone()).await?, &cfg).await?;
+        let sol = SolConfig {
+            session_port: Some(t.port),
+            ..SolConfig::default()
+        };
+        Sol::activate(session, sol).await
+    }
+}
+
+#[async_trait]
+impl SolLauncher for RmcpLauncher {
+    /// Nothing to do up front: [`Sol::activate`] takes over a payload that
+    /// is active elsewhere (deactivate, activate) within its own session.
+    async fn deactivate(&self) -> Result<(), SolError> {
+        Ok(())
+    }
+
+    async fn activate(&self) -> Result<SolSession, SolError> {
+        let bmc = self.target.display_addr();
+        let sol = tokio::time::timeout(self.timeout, self.open())
+            .await
+            .map_err(|_| SolError::Timeout {
+                what: format!("RMCP+ SOL activation on {bmc}"),
+                timeout: self.timeout,
+            })?
+            .map_err(|e| SolError::Bmc {
+                bmc: bmc.clone(),
+                message: e.to_string(),
+            })?;
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let cancel = CancellationToken::new();
+        let why = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(bridge(
+            sol,
+            theirs,
+            cancel.clone(),
+            self.fence.clone(),
+            why.clone(),
+            bmc,
+        ));
+        Ok(SolSession {
+            io: Box::new(ours),
+            greeting: Bytes::new(),
+            early_output: Bytes::new(),
+            control: Box::new(RmcpControl {
+                cancel,
+                task,
+                why,
+                stop_timeout: self.timeout,
+            }),
+        })
+    }
+}
+
+/// Move bytes between the hub's stream and the SOL session until either
+/// ends; the stream closes when the session does.
+async fn bridge<T: transport::Datagram>(
+    sol: Sol<T>,
+    io: DuplexStream,
+    cancel: CancellationToken,
+    fence: Fence,
+    why: Arc<Mutex<Option<String>>>,
+    bmc: String,
+) {
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    // Aborted with the bridge (end without deactivate): no word to the BMC.
+    let mut run = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sol.run(
+        in_rx,
+        out_tx,
+        cancel.clone(),
+    )));
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut buf = vec![0u8; 4096];
+    // The hub's side closed: the session is ending, read no more (a closed
+    // stream reads 0 at once, which would spin this loop).
+    let mut reading = true;
+    let ended = loop {
+        // Sleep until the lease's current deadline, then look again: a
+        // renewed lease gives a later one, a lapsed one ends the session.
+        let lease_end = match fence.permit() {
+            Ok(permit) => permit.until(),
+            Err(e) => {
+                run.abort();
+                warn!(reason = %e, "lease not known valid: SOL session dropped without telling the BMC");
+                break format!("lease not known valid: {e}");
+            }
+        };
+        tokio::select! {
+            r = &mut run => break match r {
+                Ok(Ok(())) => "SOL session closed".to_owned(),
+                Ok(Err(e)) => format!("BMC {bmc}: {e}"),
+                Err(e) => format!("SOL task failed: {e}"),
+            },
+            n = rd.read(&mut buf), if reading => match n {
+                Ok(n) if n > 0 => {
+                    let _ = in_tx.send(SolInput::Data(buf[..n].to_vec())).await;
+                }
+                _ => {
+                    reading = false;
+                    cancel.cancel();
+                }
+            },
+            Some(data) = out_rx.recv() => {
+                if wr.write_all(&data).await.is_err() {
+                    cancel.cancel();
+                }
+            }
+            _ = async {
+                match lease_end {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    };
+    // Output that came before the end still goes out.
+    while let Ok(data) = out_rx.try_recv() {
+        let _ = wr.write_all(&data).await;
+    }
+    *why.lock().unwrap_or_else(|e| e.into_inner()) = Some(ended);
+    let _ = wr.shutdown().await;
+}
+
+struct RmcpControl {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    why: Arc<Mutex<Option<String>>>,
+    stop_timeout: Duration,
+}
+
+#[async_trait]
+impl SessionControl for RmcpControl {
+    async fn end(mut self: Box<Self>, deactivate: bool) -> Option<std::process::ExitStatus> {
+        if deactivate {
+            // Sol::run deactivates the payload and closes the session.
+            self.cancel.cancel();
+            let _ = tokio::time::timeout(self.stop_timeout, &mut self.task).await;
+        }
+        self.task.abort();
+        None
+    }
+
+    fn why(&self) -> Option<String> {
+        self.why.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+#[path = "rmcp_tests.rs"]
+mod tests;

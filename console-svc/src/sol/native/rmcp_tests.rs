@@ -1,0 +1,131 @@
+//! Unit tests of the rmcp backend's own parts, on tokio's paused clock: the
+//! fenced transport sends nothing once the lease is past its deadline, and
+//! the bridge (over porthole-rmcp's in-memory BMC) ends an idle session at
+//! the deadline without a word to the BMC, or keeps it while renewed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use porthole_rmcp::transport::Datagram;
+
+use super::FencedUdp;
+use crate::coordinator::gate::testing::Gated;
+use crate::coordinator::{Coordinator, Fence};
+use crate::spec::NodeId;
+
+#[tokio::test(start_paused = true)]
+async fn nothing_reaches_the_bmc_past_the_lease_deadline() {
+    let bmc = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (coordinator, _state) = Gated::new(7, Duration::from_secs(2));
+    let coordinator = Arc::new(coordinator);
+    let node = NodeId::parse("node-1").unwrap();
+    let fence = Fence::new(
+        coordinator.clone(),
+        coordinator.acquire(&node).await.unwrap(),
+    );
+    let udp = FencedUdp::connect(bmc.local_addr().unwrap(), fence)
+        .await
+        .unwrap();
+    udp.send(b"while valid").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = bmc.recv(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"while valid");
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let err = udp.send(b"too late").await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    // Nothing arrived: the next datagram the BMC sees is this probe.
+    let probe = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    probe
+        .send_to(b"probe", bmc.local_addr().unwrap())
+        .await
+        .unwrap();
+    let n = bmc.recv(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"probe");
+}
+
+/// A session on the in-memory BMC, bridged as the backend does, under a
+/// lease valid for `valid_for`: (the hub's end, the bridge, its why, the BMC).
+async fn bridged(
+    valid_for: Duration,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::task::JoinHandle<()>,
+    Arc<std::sync::Mutex<Option<String>>>,
+    porthole_rmcp::test_bmc::TestBmc,
+    tokio::sync::watch::Sender<Option<crate::coordinator::gate::LeaseState>>,
+) {
+    let (t, bmc) = porthole_rmcp::test_bmc::spawn(3, b"secret");
+    let session =
+        porthole_rmcp::Session::open(t, &porthole_rmcp::SessionConfig::new("admin", b"secret"))
+            .await
+            .unwrap();
+    let sol = porthole_rmcp::Sol::activate(session, porthole_rmcp::SolConfig::default())
+        .await
+        .unwrap();
+    let (coordinator, state) = Gated::new(7, valid_for);
+    let coordinator = Arc::new(coordinator);
+    let node = NodeId::parse("node-1").unwrap();
+    let fence = Fence::new(
+        coordinator.clone(),
+        coordinator.acquire(&node).await.unwrap(),
+    );
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let why = Arc::new(std::sync::Mutex::new(None));
+    let task = tokio::spawn(super::bridge(
+        sol,
+        theirs,
+        tokio_util::sync::CancellationToken::new(),
+        fence,
+        why.clone(),
+        "test-bmc".into(),
+    ));
+    (ours, task, why, bmc, state)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_session_ends_at_the_lease_deadline_without_telling_the_bmc() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut hub, task, why, bmc, _state) = bridged(Duration::from_secs(2)).await;
+    hub.write_all(b"hi").await.unwrap();
+    let mut echo = [0u8; 2];
+    hub.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"hi");
+    let before = bmc.ctl.requests.lock().unwrap().clone();
+    // Nothing happens on the line; the lease is never renewed.
+    let start = tokio::time::Instant::now();
+    task.await.unwrap();
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took <= Duration::from_secs(2),
+        "ended at the 2 s deadline, not {took:?}"
+    );
+    let said = why.lock().unwrap().clone().unwrap();
+    assert!(said.starts_with("lease not known valid"), "{said}");
+    let mut rest = Vec::new();
+    hub.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "the hub's stream just closed");
+    assert_eq!(
+        *bmc.ctl.requests.lock().unwrap(),
+        before,
+        "no Deactivate, no Close"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewed_lease_keeps_the_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut hub, task, _why, _bmc, state) = bridged(Duration::from_secs(2)).await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        state.send_replace(Some(crate::coordinator::gate::LeaseState {
+            lease: 7,
+            valid_until: tokio::time::Instant::now() + Duration::from_secs(2),
+        }));
+    }
+    assert!(!task.is_finished(), "renewed every second: still up");
+    hub.write_all(b"ok").await.unwrap();
+    let mut echo = [0u8; 2];
+    hub.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ok");
+}
