@@ -206,6 +206,27 @@ impl GrpcIscsi {
             skip_boot: false,
         };
         let result = self.stream(node, req).await?;
+        self.record_boot_iso(node, &result).await?;
+        tracing::info!(
+            node = %node.uuid,
+            boot_iso = %result.boot_iso,
+            origin = %result.boot_iso_origin,
+            usage_count = result.usage_count,
+            bytes = result.virtual_size,
+            write_s = result.write_seconds,
+            verified = result.verified,
+            "instance image written and booting"
+        );
+        Ok(Outcome::Done)
+    }
+
+    /// The result's boot ISO kept in instance_info (its count released
+    /// again if that fails); a rebuild's earlier ISO released.
+    async fn record_boot_iso(
+        &self,
+        node: &Node,
+        result: &pb::DeployResult,
+    ) -> Result<(), InterfaceError> {
         let previous = owned_boot_iso(node).map(str::to_owned);
         let (iso, origin) = (result.boot_iso.clone(), result.boot_iso_origin.clone());
         let kept = self
@@ -235,17 +256,7 @@ impl GrpcIscsi {
                 tracing::warn!(node = %node.uuid, error = %e, "cannot release the earlier deploy's boot ISO");
             }
         }
-        tracing::info!(
-            node = %node.uuid,
-            boot_iso = %result.boot_iso,
-            origin = %result.boot_iso_origin,
-            usage_count = result.usage_count,
-            bytes = result.virtual_size,
-            write_s = result.write_seconds,
-            verified = result.verified,
-            "instance image written and booting"
-        );
-        Ok(Outcome::Done)
+        Ok(())
     }
 
     async fn release(&self, uuid: &str, boot_iso: &str) -> Result<(), InterfaceError> {
