@@ -29,7 +29,6 @@ mod harness;
 #[path = "deploy_iscsi/harness.rs"]
 mod iscsi_harness;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -37,7 +36,7 @@ use anyhow::{ensure, Context, Result};
 use common::eventually;
 use harness::*;
 use iscsi_harness::*;
-use porthole_tests::peers::{Iscsi, Lun, Sushy};
+use porthole_tests::peers::{Iscsi, Lun, Sushy, Swift};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,47 +51,7 @@ async fn cli_deploys_write_the_image_over_iscsi_share_the_boot_iso_and_undeploy_
     else {
         return Ok(());
     };
-    let image: Vec<u8> = {
-        let mut b = vec![0u8; 8 << 20];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))?;
-        b
-    };
-    let big = {
-        let dir = tempfile::tempdir()?;
-        let p = dir.path().join("big.qcow2");
-        let out = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&p)
-            .arg("2G")
-            .output()?;
-        ensure!(out.status.success(), "qemu-img create: {out:?}");
-        std::fs::read(&p)?
-    };
-    let files = file_server(HashMap::from([
-        ("disk.raw".to_owned(), image.clone()),
-        ("big.qcow2".to_owned(), big),
-        (
-            "vmlinuz".to_owned(),
-            b"a kernel, as far as this test goes".to_vec(),
-        ),
-        ("initrd".to_owned(), b"a ramdisk".to_vec()),
-    ]))
-    .await?;
-    let done = done_port().await?;
-    let sections = format!(
-        "[instance]\nramdisk_port = {}\nwrite_timeout = \"60s\"\nnotify_timeout = \"10s\"\n",
-        done.port
-    );
-    let svc = DeploySvc::start_with(run.deploy_port, &run.cond.url, false, "", &sections).await?;
-    let mut env = Env {
-        run,
-        svc,
-        iscsi,
-        done,
-        files,
-        image,
-    };
+    let mut env = Env::start(run, iscsi, false).await?;
 
     let a = env.run.available_node("vm-a", 0).await?;
     let b = env.run.available_node("vm-b", 1).await?;
@@ -102,7 +61,7 @@ async fn cli_deploys_write_the_image_over_iscsi_share_the_boot_iso_and_undeploy_
     env.instance_info("vm-b", &[]).await?;
 
     let iso = two_nodes_share_one_boot_iso(&mut env, (&a, &lun_a), (&b, &lun_b)).await?;
-    a_reboot_inserts_the_boot_iso_again(&env, &iso).await?;
+    a_reboot_inserts_the_boot_iso_again(&env).await?;
     undeploys_release_the_iso_and_leave_nothing(&env, &iso).await?;
     drop((lun_a, lun_b));
     refusals_before_any_write(&mut env, &a).await?;
@@ -182,7 +141,7 @@ async fn two_nodes_share_one_boot_iso(
 
 /// The BMC forgot the CD (ejected behind the conductor's back); `node
 /// reboot` inserts the boot ISO again and boots once from it.
-async fn a_reboot_inserts_the_boot_iso_again(env: &Env, iso: &str) -> Result<()> {
+async fn a_reboot_inserts_the_boot_iso_again(env: &Env) -> Result<()> {
     let bmc = porthole_bmc::redfish::Client::new(Duration::from_secs(10))?;
     let mut ep = porthole_bmc::redfish::Endpoint::new(&env.run.sushy.url);
     ep.system_id = Some(Sushy::system(0));
@@ -190,7 +149,6 @@ async fn a_reboot_inserts_the_boot_iso_again(env: &Env, iso: &str) -> Result<()>
         .await?;
     ensure!(cd(&env.run, 0).await?["Inserted"] == false);
     env.run.cli.ok(&["node", "reboot", "vm-a"]).await?;
-    let _ = iso;
     let cd_b = cd(&env.run, 1).await?;
     let cd = eventually(
         Duration::from_secs(30),
@@ -364,5 +322,65 @@ async fn refusals_before_any_write(env: &mut Env, a: &str) -> Result<()> {
         eprintln!("{what}: {err}");
         drop(lun);
     }
+    Ok(())
+}
+
+/// With the Swift store (short: Swift's lock is machine-wide; the node is
+/// made before it is taken): the built boot ISO is a Swift object
+/// (`swift:<object>`), sushy's CD fetches it by a temp URL, the LUN holds
+/// the image, and undeploy deletes the ISO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_swift_the_boot_iso_is_a_swift_object_deleted_at_undeploy() -> Result<()> {
+    let _one = ONE.lock().await;
+    let Some(run) = Run::start().await? else {
+        return Ok(());
+    };
+    let Some(iscsi) =
+        Iscsi::up(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("porthole-conductor-iscsi"))
+    else {
+        return Ok(());
+    };
+    let uuid = run.available_node("vm-s", 0).await?;
+    let lun = iscsi.add(&format!("iqn-{uuid}"), "64M");
+    let Some(swift) =
+        Swift::up(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("porthole-conductor-swift"))
+    else {
+        return Ok(());
+    };
+    let held = std::time::Instant::now();
+    let mut env = Env::start(run, iscsi, true).await?;
+    env.instance_info("vm-s", &[]).await?;
+    let (ok, n) = env.deploy("vm-s", &uuid).await?;
+    ensure!(ok && n["provision_state"] == "active", "{n}");
+    holds_image(&lun, &env.image)?;
+    let boot_iso = n["instance_info"]["boot_iso"].as_str().unwrap_or_default();
+    ensure!(
+        boot_iso.starts_with("swift:") && n["driver_internal_info"]["boot_iso_origin"] == "built",
+        "{n}"
+    );
+    let cd = cd(&env.run, 0).await?;
+    let url = cd["Image"].as_str().unwrap_or_default().to_owned();
+    ensure!(
+        url.contains("/v1/AUTH_test/") && url.contains("temp_url_sig="),
+        "{cd}"
+    );
+    let iso = env.run.http.get(&url).send().await?.bytes().await?;
+    ensure!(iso.get(0x8001..0x8006) == Some(&b"CD001"[..]), "not an ISO");
+    env.run
+        .cli
+        .ok(&["node", "undeploy", "vm-s", "--wait", "110"])
+        .await?;
+    let status = env.run.http.get(&url).send().await?.status();
+    ensure!(status == 404, "the boot ISO outlived undeploy: {status}");
+    env.run.ejected(0).await?;
+    let deploy_logs = env.svc.stop().await;
+    drop(swift);
+    eprintln!(
+        "Swift (and its machine-wide lock) held for {:?}",
+        held.elapsed()
+    );
+    env.run.assert_no_key_logged(&deploy_logs);
+    drop(lun);
+    env.run.cond.stop().await?;
     Ok(())
 }

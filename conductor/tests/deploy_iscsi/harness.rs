@@ -94,6 +94,51 @@ pub struct Env {
 }
 
 impl Env {
+    /// The images (an 8 MiB raw disk, a qcow2 of 2 GiB virtual size, a
+    /// kernel and ramdisk) served, the `done` port, and the deploy service
+    /// told to use it (with Swift as its store when `swift`).
+    pub async fn start(run: Run, iscsi: Iscsi, swift: bool) -> Result<Env> {
+        let mut image = vec![0u8; 8 << 20];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut image))?;
+        let big = {
+            let dir = tempfile::tempdir()?;
+            let p = dir.path().join("big.qcow2");
+            let out = std::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&p)
+                .arg("2G")
+                .output()?;
+            ensure!(out.status.success(), "qemu-img create: {out:?}");
+            std::fs::read(&p)?
+        };
+        let files = file_server(HashMap::from([
+            ("disk.raw".to_owned(), image.clone()),
+            ("big.qcow2".to_owned(), big),
+            (
+                "vmlinuz".to_owned(),
+                b"a kernel, as far as this test goes".to_vec(),
+            ),
+            ("initrd".to_owned(), b"a ramdisk".to_vec()),
+        ]))
+        .await?;
+        let done = done_port().await?;
+        let sections = format!(
+            "[instance]\nramdisk_port = {}\nwrite_timeout = \"60s\"\nnotify_timeout = \"10s\"\n",
+            done.port
+        );
+        let svc =
+            DeploySvc::start_with(run.deploy_port, &run.cond.url, swift, "", &sections).await?;
+        Ok(Env {
+            run,
+            svc,
+            iscsi,
+            done,
+            files,
+            image,
+        })
+    }
+
     fn cli(&self) -> Cli {
         Cli {
             bin: self.run.cli.bin.clone(),
