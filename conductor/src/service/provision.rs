@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::{BusyGuard, Conductor, ServiceError};
 use crate::drivers::Kind;
 use crate::model::{now, Dict, Node};
-use crate::power::Bmc;
+use crate::power::{Bmc, Power};
 use crate::provision::interfaces::{InterfaceError, NodeInterfaces, Outcome};
 use crate::provision::{parse_verb, transition, Event, State, Verb};
 
@@ -271,7 +271,7 @@ impl Conductor {
             State::Deleting => {
                 if let Some(i) = ifaces {
                     if i.deploy.powers_off_at_tear_down() {
-                        self.power_off_locked(&node).await?;
+                        self.power_locked(&node, Power::Off).await?;
                     }
                     i.deploy.tear_down(&node).await.map_err(iface_err)?;
                 }
@@ -358,7 +358,7 @@ impl Conductor {
         if !self.power_off_after_deploy_failure {
             return;
         }
-        match self.power_off_locked(node).await {
+        match self.power_locked(node, Power::Off).await {
             Ok(()) => tracing::info!(node = %node.uuid, "powered off after the deploy failure"),
             Err(e) => tracing::error!(
                 node = %node.uuid,
