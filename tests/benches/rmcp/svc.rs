@@ -153,7 +153,7 @@ impl Service {
     pub async fn stop(mut self) {
         let pid = Pid::from_raw(self.pid as i32);
         let _ = kill(pid, Signal::SIGTERM);
-        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        if tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
             .is_err()
         {
