@@ -12,8 +12,9 @@
 //! bytes. The test then plays the deploy ramdisk with what the floppy
 //! says: a wrong key, a missing field and a call in the wrong state are
 //! 400 and change nothing; the right key is accepted, recorded, and the
-//! hand-over fails honestly (the iSCSI write is issue 14) with the media
-//! ejected; `error` fails the deploy with its words; no call back fails it
+//! hand-over's ContinueDeploy refuses the node (a netboot instance without
+//! kernel, ramdisk or boot ISO; the full deploy is `deploy_iscsi.rs`) with
+//! the media ejected; `error` fails the deploy with its words; no call back fails it
 //! after the (short) `deploy_callback_timeout`, media ejected. sushy's
 //! failure modes (a deploy ISO URL that 404s, a system it does not know)
 //! end in `deploy failed` with its words; a second sushy whose systems
@@ -39,8 +40,10 @@ use harness::*;
 use porthole_tests::peers::Swift;
 use serde_json::json;
 
-/// What the gRPC interface's continue step says until issue 14.
-const CONTINUE_UNAVAILABLE: &str = "the iSCSI write step that continues the deploy";
+/// What the continue step (ContinueDeploy) says for these nodes, whose
+/// instance_info has an image_source but no kernel, ramdisk or boot_iso
+/// (the full deploy is `deploy_iscsi.rs`).
+const CONTINUE_REFUSED: &str = "ContinueDeploy: a netboot instance needs image.boot_iso, or image.kernel and image.ramdisk to build one from";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_deploy_on_sushy_with_the_embedded_store_then_the_ramdisks_callbacks() -> Result<()> {
@@ -113,7 +116,7 @@ async fn refused_up_front(run: &Run) -> Result<()> {
 
 /// Up to wait call-back (sushy holds both media, the floppy says what it
 /// should); refused callbacks change nothing; the right key is accepted,
-/// recorded, and the hand-over fails honestly, cleaned up; a second call
+/// recorded, and the hand-over's refusal fails it, cleaned up; a second call
 /// (wrong state now) is refused. The key used.
 async fn refusals_then_the_right_key(run: &mut Run, uuid: &str) -> Result<String> {
     run.deploy_to_wait("vm-0").await?;
@@ -168,7 +171,7 @@ async fn refusals_then_the_right_key(run: &mut Run, uuid: &str) -> Result<String
         .await?;
     let err = n["last_error"].as_str().unwrap_or_default();
     ensure!(
-        err.starts_with("Deploy failed: ") && err.contains(CONTINUE_UNAVAILABLE),
+        err.starts_with("Deploy failed: ") && err.contains(CONTINUE_REFUSED),
         "{err}"
     );
     ensure!(
@@ -310,7 +313,7 @@ async fn cli_deploy_on_sushy_with_swift_then_the_right_key() -> Result<()> {
         n["last_error"]
             .as_str()
             .unwrap_or_default()
-            .contains(CONTINUE_UNAVAILABLE),
+            .contains(CONTINUE_REFUSED),
         "{n}"
     );
     run.ejected(1).await?;

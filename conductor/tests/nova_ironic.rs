@@ -138,13 +138,22 @@ impl Api {
     }
 
     /// Provision `target` and wait for the stable state `want`.
+    /// A 409 "is locked" (the previous step's task still finishing after
+    /// its state was saved) is retried, as ironicclient and openstacksdk
+    /// retry it.
     async fn provision(&self, node: &str, target: &str, want: &str) -> Result<Value> {
-        self.ok(
-            "PUT",
-            &format!("/v1/nodes/{node}/states/provision"),
-            Some(json!({ "target": target })),
-        )
-        .await?;
+        let path = format!("/v1/nodes/{node}/states/provision");
+        let body = json!({ "target": target });
+        for attempt in 1.. {
+            let (status, v) = self.call("PUT", &path, Some(body.clone())).await?;
+            let locked = status == 409 && v.to_string().contains("is locked by host");
+            if (200..300).contains(&status) {
+                break;
+            } else if !locked || attempt == 10 {
+                bail!("PUT {path} {body} → {status} {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         eventually(
             Duration::from_secs(30),
             &format!("{node} reaching {want}"),

@@ -318,12 +318,26 @@ mod tests {
     }
 
     /// A stand-in ipmitool: a shell script that sees ipmitool's argv.
+    ///
+    /// A child `sh` writes it: a write fd opened in this process can be
+    /// inherited by another test's fork before its exec, and the script's
+    /// own exec then fails with ETXTBSY ("Text file busy"; seen in CI).
     fn tool(script: &str, timeout: Duration) -> (tempfile::TempDir, Ipmitool) {
-        use std::os::unix::fs::PermissionsExt;
+        use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fake-ipmitool");
-        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
+            .arg(&path)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = sh.stdin.take().unwrap();
+        stdin
+            .write_all(format!("#!/bin/sh\n{script}\n").as_bytes())
+            .unwrap();
+        drop(stdin);
+        assert!(sh.wait().unwrap().success(), "writing {}", path.display());
         (dir, Ipmitool::new(path, lan("pw-at-fd3"), timeout))
     }
 

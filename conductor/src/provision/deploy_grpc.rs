@@ -10,11 +10,17 @@
 //!  check_service ──Validate──▶ INVALID_ARGUMENT: 400 naming what is missing, node unchanged
 //!  deploying ──PrepareRamdisk──▶ deployment_key kept as the node's ramdisk secret (sealed)
 //!            ──▶ wait call-back (unlocked)
-//!  pass_deploy_info (service::deploy_callback) ──▶ deploying ──continue_deploy──▶
-//!            not available yet (issue 14): deploy failed, clean up
-//!  deploy failed / timeout / abort / tear_down ──CleanUp──▶ media ejected, floppy deleted,
-//!            key forgotten
+//!  pass_deploy_info (service::deploy_callback) ──▶ deploying ──ContinueDeploy (stream)──▶
+//!            progress in driver_internal_info.deploy_progress (throttled)
+//!            ──▶ done: instance_info.boot_iso, active | failed stream: deploy failed
+//!  deploy failed / timeout / abort ──CleanUp──▶ media ejected, floppy deleted, key forgotten,
+//!            ──ReleaseBootIso(instance_info.boot_iso)──▶ (when one was recorded)
+//!  tear_down: powered off (service::provision) ──▶ CleanUp ──▶ ReleaseBootIso, cleared
+//!  power on / reboot of an active node with a boot_iso ──BootInstance (no reset)──▶ reboot
 //! ```
+//!
+//! The continue step, the boot ISO's release and the re-insert before a
+//! reboot are in [`instance`].
 //!
 //! The floppy's `token` file (the service's second per-deploy secret) is
 //! not kept: the ramdisk's callback is authenticated by the deployment key.
@@ -26,6 +32,7 @@
 use std::time::Duration;
 
 use pb::deploy_service_client::DeployServiceClient;
+use pb::instance_deploy_service_client::InstanceDeployServiceClient;
 use porthole_common::tls::ClientTls;
 use porthole_proto::deploy::v1 as pb;
 use serde_json::Value;
@@ -48,9 +55,6 @@ pub const ISCSI: &str = "iscsi";
 /// the Redfish alias).
 pub const VIRTUAL_MEDIA_BOOT: [&str; 2] = ["ilo-virtual-media", "redfish-virtual-media"];
 
-/// What continue_deploy says until issue 14's iSCSI write lands.
-pub const CONTINUE_UNAVAILABLE: &str = "The ramdisk's callback was accepted, but the iSCSI write step that continues the deploy (writing the image to the node's disk over iSCSI, issue 14) is not available in this conductor yet.";
-
 #[derive(Debug, thiserror::Error)]
 #[error("deploy.endpoint {endpoint:?}: {message}")]
 pub struct DeployClientError {
@@ -63,6 +67,8 @@ pub struct DeployClientError {
 pub struct DeployClient {
     endpoint: String,
     client: DeployServiceClient<Channel>,
+    /// ContinueDeploy, ReleaseBootIso, BootInstance (same channel).
+    instance: InstanceDeployServiceClient<Channel>,
 }
 
 impl DeployClient {
@@ -104,9 +110,11 @@ impl DeployClient {
                 .map_err(|e| bad(&e))?;
             ep = ep.tls_config(tls).map_err(|e| bad(&e))?;
         }
+        let channel = ep.connect_lazy();
         Ok(Self {
             endpoint: endpoint.into(),
-            client: DeployServiceClient::new(ep.connect_lazy()),
+            client: DeployServiceClient::new(channel.clone()),
+            instance: InstanceDeployServiceClient::new(channel),
         })
     }
 
@@ -309,21 +317,42 @@ impl DeployInterface for GrpcIscsi {
         })
     }
 
-    /// Issue 14 writes the image; until then the hand-over fails, saying so.
+    /// ContinueDeploy: the image written over iSCSI, the boot ISO chosen
+    /// and the node booted from it ([`instance`]).
     fn continue_deploy<'a>(
         &'a self,
-        _node: &'a Node,
-        _callback: &'a DeployCallback,
+        node: &'a Node,
+        callback: &'a DeployCallback,
     ) -> BoxFuture<'a, StepResult> {
-        Box::pin(async { Err(InterfaceError(CONTINUE_UNAVAILABLE.into())) })
+        Box::pin(self.continue_with(node, callback))
     }
 
+    /// After a failed deploy: CleanUp, and the boot ISO it recorded (if
+    /// any) released.
     fn clean_up<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
-        Box::pin(self.call_clean_up(node))
+        Box::pin(async move {
+            let cleaned = self.call_clean_up(node).await;
+            let released = self.release_boot_iso(node).await;
+            cleaned.and(released)
+        })
     }
 
+    /// The node is already off (`powers_off_at_tear_down`): CleanUp, then
+    /// the boot ISO released and forgotten.
     fn tear_down<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
-        Box::pin(self.call_clean_up(node))
+        Box::pin(async move {
+            self.call_clean_up(node).await?;
+            self.release_boot_iso(node).await?;
+            self.forget_deploy(node).await
+        })
+    }
+
+    fn powers_off_at_tear_down(&self) -> bool {
+        true
+    }
+
+    fn prepare_power_on<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
+        Box::pin(self.reinsert_boot_iso(node))
     }
 
     /// Adopting writes nothing: the node keeps what it runs.
@@ -347,6 +376,8 @@ impl DeployInterface for GrpcIscsi {
         Box::pin(async move { Err(e) })
     }
 }
+
+mod instance;
 
 #[cfg(test)]
 mod tests;

@@ -113,6 +113,22 @@ pub trait DeployInterface: Send + Sync {
     fn clean_up<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, Result<(), InterfaceError>> {
         Box::pin(async { Ok(()) })
     }
+    /// Does tear_down expect the node powered off first (Ironic's iscsi
+    /// and agent tear_down power it off)? The provision service does it,
+    /// under the node's lock, before [`DeployInterface::tear_down`].
+    fn powers_off_at_tear_down(&self) -> bool {
+        false
+    }
+    /// Before a power on or reboot from the API (the power service, under
+    /// the node's lock): make the deployed instance bootable again (the
+    /// design's IloPower: the boot ISO re-inserted). An error fails the
+    /// power action. Default: nothing to do.
+    fn prepare_power_on<'a>(
+        &'a self,
+        _node: &'a Node,
+    ) -> BoxFuture<'a, Result<(), InterfaceError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Write the image (with the configdrive, when given) and boot it.
     fn deploy<'a>(
         &'a self,

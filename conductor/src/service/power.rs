@@ -21,6 +21,7 @@ use super::{BusyGuard, Conductor, ServiceError};
 use crate::drivers::Kind;
 use crate::model::{Dict, Node, POWER_ON};
 use crate::power::{Bmc, Power, PowerError, BOOT_DEVICES};
+use crate::provision::interfaces::DeployInterface;
 
 /// What Ironic's fake management interface supports (`management_interface`
 /// `fake`; ironic-inspector sets PXE before it powers a node on).
@@ -112,11 +113,45 @@ impl Conductor {
                 Ok::<_, ServiceError>(())
             })
             .await?;
+        // The deployed instance made bootable again first (the design's
+        // IloPower: its boot ISO re-inserted), still under the lock.
+        let prepare = (action != PowerAction::Off).then(|| {
+            let deploy = self.interfaces.for_node(&node).deploy;
+            (deploy, node)
+        });
         let this = self.clone();
-        let span = tracing::info_span!("power", node = %node.uuid, ?action);
-        self.tasks
-            .spawn(async move { this.run_power(bmc, action, guard, seq).await }.instrument(span));
+        let span = tracing::info_span!("power", node = %guard.uuid, ?action);
+        self.tasks.spawn(
+            async move { this.run_power(bmc, action, guard, seq, prepare).await }.instrument(span),
+        );
         Ok(())
+    }
+
+    /// Power `node` off under the lock its caller holds (tear down), and
+    /// wait for it; power_state recorded. A `fake` power interface only
+    /// records it.
+    pub(super) async fn power_off_locked(&self, node: &Node) -> Result<(), String> {
+        let off = Power::Off.as_ironic();
+        if node.interface(Kind::Power) != "fake" {
+            let bmc = Bmc::for_node(node, &self.power).map_err(|e| e.to_string())?;
+            let seq = self.power_seq.begin(&node.uuid);
+            let settled = match bmc.set_power(Power::Off).await {
+                Ok(()) => self.wait_for(&bmc, Power::Off, &node.uuid, seq).await,
+                Err(e) => Some(Err(e)),
+            };
+            if let Some(Err(e)) = settled {
+                return Err(format!("Failed to change power state to {off}: {e}"));
+            }
+        }
+        self.store
+            .modify_node(&node.uuid, move |n: &mut Node| {
+                n.power_state = Some(off.into());
+                n.target_power_state = None;
+                Ok::<_, ServiceError>(())
+            })
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     /// The `fake` power interface: the power state is what the database
@@ -142,12 +177,27 @@ impl Conductor {
     /// The BMC command under the lock (`guard`), then the wait for the
     /// state without it; the outcome recorded unless a newer action
     /// (`seq` no longer the latest) took over meanwhile.
-    async fn run_power(self: Arc<Self>, bmc: Bmc, action: PowerAction, guard: BusyGuard, seq: u64) {
+    async fn run_power(
+        self: Arc<Self>,
+        bmc: Bmc,
+        action: PowerAction,
+        guard: BusyGuard,
+        seq: u64,
+        prepare: Option<(Arc<dyn DeployInterface>, Node)>,
+    ) {
         let uuid = guard.uuid.clone();
         let began = Instant::now();
-        let result = match action {
-            PowerAction::Reboot => bmc.reboot().await,
-            a => bmc.set_power(a.end_state()).await,
+        let prepared = match &prepare {
+            Some((deploy, node)) => deploy
+                .prepare_power_on(node)
+                .await
+                .map_err(|e| PowerError::Bmc(e.0)),
+            None => Ok(()),
+        };
+        let result = match (prepared, action) {
+            (Err(e), _) => Err(e),
+            (Ok(()), PowerAction::Reboot) => bmc.reboot().await,
+            (Ok(()), a) => bmc.set_power(a.end_state()).await,
         };
         drop(guard);
         let settled = match result {

@@ -270,6 +270,9 @@ impl Conductor {
             }
             State::Deleting => {
                 if let Some(i) = ifaces {
+                    if i.deploy.powers_off_at_tear_down() {
+                        self.power_off_locked(&node).await?;
+                    }
                     i.deploy.tear_down(&node).await.map_err(iface_err)?;
                 }
                 // As Ironic's tear down: the instance is forgotten.

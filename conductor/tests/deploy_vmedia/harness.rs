@@ -86,6 +86,18 @@ impl DeploySvc {
         swift: bool,
         service_tls: &str,
     ) -> Result<Self> {
+        Self::start_with(port, conductor_url, swift, service_tls, "").await
+    }
+
+    /// The same with `sections` (more TOML sections, e.g. `[instance]`)
+    /// at the end of its configuration.
+    pub async fn start_with(
+        port: u16,
+        conductor_url: &str,
+        swift: bool,
+        service_tls: &str,
+        sections: &str,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("porthole-deploy-svc-")
             .tempdir()?;
@@ -105,6 +117,7 @@ impl DeploySvc {
                 key.display()
             ));
         }
+        toml.push_str(sections);
         let config = dir.path().join("deploy.toml");
         std::fs::write(&config, toml)?;
         let log = dir.path().join("deploy.log");
@@ -144,6 +157,18 @@ impl DeploySvc {
         std::fs::read_dir(&self.objects)
             .map(|d| d.count())
             .unwrap_or(0)
+    }
+
+    /// Files in its image cache (beside the store's objects).
+    #[allow(dead_code)] // deploy_iscsi.rs
+    pub fn cached(&self) -> Vec<String> {
+        std::fs::read_dir(self.objects.with_file_name("images"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn logs(&self) -> String {

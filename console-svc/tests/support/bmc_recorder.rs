@@ -159,6 +159,16 @@ impl Recorder {
                 .find(|e| e.replica == replica && e.put == put && e.at >= after)
                 .map(|e| e.at)
         };
+        let lines = self.lease_lines(replica);
+        // The replica's own "serving under etcd lease" line: written after
+        // etcd granted the new lease and its member key, before the BMC gate
+        // opens. The test's watch may see that key later under load.
+        let granted = |after: SystemTime| {
+            lines
+                .iter()
+                .find(|(t, lost)| !lost && *t >= after)
+                .map(|(t, _)| *t)
+        };
         let mut windows = Vec::new();
         for (at, who, mark) in marks {
             if who != replica {
@@ -171,13 +181,16 @@ impl Recorder {
                         Some(deleted) if deleted < by_ttl => deleted,
                         _ => by_ttl,
                     };
-                    windows.push((start, mine(true, start), mark));
+                    let end = match (mine(true, start), granted(start)) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    windows.push((start, end, mark));
                 }
                 Mark::Killed => windows.push((at, None, mark)),
                 Mark::Continued | Mark::Restored | Mark::Fenced => {}
             }
         }
-        let lines = self.lease_lines(replica);
         for (i, (at, lost)) in lines.iter().enumerate() {
             if !lost {
                 continue;

@@ -3,13 +3,16 @@
 //! `tests/deploy_vmedia.rs`): what a node becomes on the wire, the deploy
 //! key kept sealed as the node's secret, the service's refusals as 400s
 //! that leave the node alone, its failures as `deploy failed` in the
-//! BMC's words, clean up, and the honest continue step.
+//! BMC's words, clean up; the continue step's stream (progress written,
+//! throttled; the boot ISO recorded; a failure in the service's words),
+//! the boot ISO released at tear down, and re-inserted before a reboot.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pb::deploy_service_server::{DeployService, DeployServiceServer};
+use pb::instance_deploy_service_server::{InstanceDeployService, InstanceDeployServiceServer};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
@@ -23,6 +26,13 @@ struct Fake {
     /// Validate's / PrepareRamdisk's refusal, when set.
     invalid: Option<String>,
     failed: Option<String>,
+    /// ContinueDeploy's messages, then its end (`None`: the stream ends).
+    progress: Vec<pb::DeployProgress>,
+    continue_fails: Option<String>,
+    /// What ContinueDeploy, ReleaseBootIso and BootInstance were sent.
+    continued: Mutex<Vec<pb::ContinueDeployRequest>>,
+    released: Mutex<Vec<String>>,
+    booted: Mutex<Vec<pb::BootInstanceRequest>>,
 }
 
 /// The server side of a [`Fake`].
@@ -66,13 +76,54 @@ impl DeployService for Served {
     }
 }
 
+type Progress =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::DeployProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl InstanceDeployService for Served {
+    type ContinueDeployStream = Progress;
+    async fn continue_deploy(
+        &self,
+        r: Request<pb::ContinueDeployRequest>,
+    ) -> Result<Response<Progress>, Status> {
+        self.0.continued.lock().unwrap().push(r.into_inner());
+        let mut items: Vec<Result<pb::DeployProgress, Status>> =
+            self.0.progress.iter().cloned().map(Ok).collect();
+        if let Some(m) = &self.0.continue_fails {
+            items.push(Err(Status::failed_precondition(format!(
+                "deploy failed: {m}"
+            ))));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+    async fn release_boot_iso(
+        &self,
+        r: Request<pb::ReleaseBootIsoRequest>,
+    ) -> Result<Response<pb::ReleaseBootIsoResponse>, Status> {
+        self.0
+            .released
+            .lock()
+            .unwrap()
+            .push(r.into_inner().boot_iso);
+        Ok(Response::new(pb::ReleaseBootIsoResponse::default()))
+    }
+    async fn boot_instance(
+        &self,
+        r: Request<pb::BootInstanceRequest>,
+    ) -> Result<Response<pb::BootInstanceResponse>, Status> {
+        self.0.booted.lock().unwrap().push(r.into_inner());
+        Ok(Response::new(pb::BootInstanceResponse::default()))
+    }
+}
+
 async fn serve(fake: Arc<Fake>) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(DeployServiceServer::new(Served(fake)))
+            .add_service(DeployServiceServer::new(Served(fake.clone())))
+            .add_service(InstanceDeployServiceServer::new(Served(fake)))
             .serve_with_incoming(incoming),
     );
     addr
@@ -135,6 +186,8 @@ async fn available(c: &Arc<Conductor>) -> String {
     c.store
         .modify_node(&u, |n: &mut Node| {
             n.provision_state = "available".into();
+            // Tear down powers off: the `fake` power interface records it.
+            n.set_interface(Kind::Power, "fake".into());
             Ok::<_, ServiceError>(())
         })
         .await
@@ -275,7 +328,7 @@ async fn an_unreachable_service_is_named_and_the_node_is_not_moved() {
 }
 
 #[tokio::test]
-async fn validate_needs_a_virtual_media_boot_and_continue_says_it_is_not_there_yet() {
+async fn validate_needs_a_virtual_media_boot() {
     let r = rig(Fake::default()).await;
     let u = available(&r.c).await;
     r.c.store
@@ -298,17 +351,6 @@ async fn validate_needs_a_virtual_media_boot_and_continue_says_it_is_not_there_y
         calls(&r.fake).is_empty(),
         "refused before the service is asked"
     );
-
-    let n = r.c.store.get_node(&u).await.unwrap();
-    let iscsi = r.c.interfaces.for_node(&n).deploy;
-    let cb = DeployCallback {
-        address: "10.0.0.1".parse().unwrap(),
-        port: 3260,
-        iqn: format!("iqn-{u}"),
-        lun: 1,
-    };
-    let e = iscsi.continue_deploy(&n, &cb).await.unwrap_err();
-    assert_eq!(e.0, CONTINUE_UNAVAILABLE);
 }
 
 #[test]
@@ -343,3 +385,5 @@ fn a_bad_endpoint_is_refused_naming_the_option() {
         .to_string();
     assert!(e.starts_with("deploy.endpoint \"not a uri\": "), "{e}");
 }
+
+mod instance;

@@ -283,14 +283,14 @@ async fn the_ramdisks_error_fails_the_deploy_in_its_words_and_cleans_up() {
 #[tokio::test]
 async fn a_continue_step_that_fails_ends_in_deploy_failed_and_cleans_up() {
     let r = rig(Err(InterfaceError(
-        crate::provision::deploy_grpc::CONTINUE_UNAVAILABLE.into(),
+        "checksum mismatch for http://images/user.qcow2".into(),
     )));
     let (u, key) = waiting(&r).await;
     call(&r.c, &u, body(&u, &key)).await.unwrap();
     let n = settled(&r.c, &u, "deploy failed").await;
     let e = n.last_error.unwrap();
     assert!(
-        e.starts_with("Deploy failed: ") && e.contains("iSCSI write step"),
+        e.starts_with("Deploy failed: checksum mismatch for http://images/user.qcow2"),
         "{e}"
     );
     assert_eq!(*r.d.clean_ups.lock().unwrap(), 1);
