@@ -215,16 +215,18 @@ impl<T: Datagram> Sol<T> {
         cancel: CancellationToken,
     ) -> Result<()> {
         let result = self.pump(&mut input, &output, &cancel).await;
+        // The ends are boxed: a waiting session's task then holds only the
+        // pump's state (one per always-on console).
         match &result {
             // The BMC is gone: nothing to tell it.
             Err(RmcpError::Timeout { .. }) => {}
             // The payload is already off; the session still closes.
             Err(RmcpError::SolDeactivated) => {
-                if let Err(e) = self.session.close().await {
+                if let Err(e) = Box::pin(self.session.close()).await {
                     debug!(error = %e, "Close Session failed");
                 }
             }
-            _ => self.shutdown().await,
+            _ => Box::pin(self.shutdown()).await,
         }
         result
     }

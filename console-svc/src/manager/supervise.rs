@@ -91,7 +91,9 @@ impl Supervisor {
                     };
                 }
                 _ = sleep_until(probe_at), if probe_at.is_some() => {
-                    probe_at = self.probe().await;
+                    // Boxed: the probe's state (an ipmitool run) is not
+                    // carried by every console's waiting supervisor.
+                    probe_at = Box::pin(self.probe()).await;
                 }
             }
             self.publish();

@@ -206,10 +206,12 @@ impl Hub {
                 Some(join) = self.joins.recv() => self.on_join(join),
                 Some(_) = self.tasks.join_next() => self.reap_viewers(),
                 Some(data) = self.input_rx.recv(), if take_input => self.on_input(&data),
-                event = self.sol.next_event(&self.pending_input) => self.on_sol_event(event).await,
+                // Boxed: the hub's task then holds only the waiting state,
+                // not these rarer ones (an idle console's memory).
+                event = self.sol.next_event(&self.pending_input) => Box::pin(self.on_sol_event(event)).await,
             }
         }
-        self.shutdown().await;
+        Box::pin(self.shutdown()).await;
     }
 
     fn on_join(&mut self, join: Join) {

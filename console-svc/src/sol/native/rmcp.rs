@@ -232,6 +232,9 @@ impl SolLauncher for RmcpLauncher {
     }
 }
 
+/// The bridge's read buffer for keystrokes from the hub.
+const KEYS_BUF: usize = 256;
+
 /// Move bytes between the hub's stream and the SOL session until either
 /// ends; the stream closes when the session does.
 async fn bridge<T: transport::Datagram>(
@@ -251,7 +254,9 @@ async fn bridge<T: transport::Datagram>(
         cancel.clone(),
     )));
     let (mut rd, mut wr) = tokio::io::split(io);
-    let mut buf = vec![0u8; 4096];
+    // Keystrokes only (a paste takes a few reads): small, as every idle
+    // always-on console holds it.
+    let mut buf = vec![0u8; KEYS_BUF];
     // The hub's side closed: the session is ending, read no more (a closed
     // stream reads 0 at once, which would spin this loop).
     let mut reading = true;

@@ -28,7 +28,10 @@ use super::launcher::{SessionControl, SolIo, SolSession};
 use super::ring::ByteRing;
 use crate::sol::SolError;
 
-const READ_CHUNK: usize = 8192;
+/// Reads start this small (an idle always-on console holds one such
+/// buffer while it waits) and grow to [`READ_CHUNK_MAX`] while reads fill them.
+const READ_CHUNK_MIN: usize = 512;
+const READ_CHUNK_MAX: usize = 8192;
 /// Output kept to explain why a session ended.
 const TAIL_BYTES: usize = 1024;
 
@@ -45,6 +48,8 @@ pub(crate) struct Active {
     writer: WriteHalf<Box<dyn SolIo>>,
     control: Box<dyn SessionControl>,
     read_buf: BytesMut,
+    /// What the next read reserves (see [`READ_CHUNK_MIN`]).
+    read_chunk: usize,
     tail: ByteRing,
     /// Set while no viewer is attached: when the session ends.
     pub(crate) linger_until: Option<Instant>,
@@ -93,6 +98,7 @@ impl Active {
             writer,
             control: session.control,
             read_buf: BytesMut::new(),
+            read_chunk: READ_CHUNK_MIN,
             tail: ByteRing::new(TAIL_BYTES),
             linger_until,
         }
@@ -104,12 +110,19 @@ impl Active {
     }
 
     async fn next_event(&mut self, pending_input: &[u8]) -> SolEvent {
-        self.read_buf.reserve(READ_CHUNK);
+        self.read_buf.reserve(self.read_chunk);
         let linger = self.linger_until;
         tokio::select! {
             r = self.reader.read_buf(&mut self.read_buf) => match r {
                 Ok(0) => SolEvent::Ended(None),
-                Ok(_) => SolEvent::Output(self.read_buf.split().freeze()),
+                Ok(n) => {
+                    self.read_chunk = if n >= self.read_chunk {
+                        (self.read_chunk * 2).min(READ_CHUNK_MAX)
+                    } else {
+                        READ_CHUNK_MIN
+                    };
+                    SolEvent::Output(self.read_buf.split().freeze())
+                }
                 Err(e) => SolEvent::Ended(Some(e)),
             },
             r = self.writer.write(pending_input), if !pending_input.is_empty() => match r {

@@ -1,0 +1,167 @@
+//! console-svc as the bench's child process: started per scenario in its
+//! own process group, enabled over gRPC, its Prometheus metrics read over
+//! plain HTTP, stopped by pid (SIGTERM, then SIGKILL to its group).
+//! Called by `main`.
+
+use std::fs::{self, File};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use pb::console_service_client::ConsoleServiceClient;
+use porthole_proto::console::v1 as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+use crate::Settings;
+
+/// Where one console's BMC is.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub password: String,
+}
+
+pub struct Service {
+    child: Child,
+    pid: u32,
+    client: ConsoleServiceClient<Channel>,
+    metrics: String,
+}
+
+impl Service {
+    pub async fn start(
+        s: &Settings,
+        backend: &str,
+        dir: &Path,
+        grpc: u16,
+        metrics: u16,
+    ) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let log = File::create(dir.join("console-svc.log"))?;
+        let mut child = Command::new(&s.console_svc)
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--backend", backend])
+            .args(["--port-range", &s.console_ports])
+            .args(["--socat-address", &s.console_addr])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .arg("--terminal-pid-dir")
+            .arg(dir.join("pids"))
+            .env("PORTHOLE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", s.console_svc.display()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("console-svc exited at once"))?;
+        fs::write(s.work_dir.join("pids"), format!("{pid}\n"))?;
+        let url = format!("http://127.0.0.1:{grpc}");
+        let end = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            if let Some(st) = child.try_wait()? {
+                bail!("console-svc exited: {st} (log in {})", dir.display());
+            }
+            if let Ok(c) = ConsoleServiceClient::connect(url.clone()).await {
+                break c;
+            }
+            if Instant::now() > end {
+                bail!("console-svc: no gRPC answer on {url} in 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Ok(Self {
+            child,
+            pid,
+            client,
+            metrics: format!("127.0.0.1:{metrics}"),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Enable `node` on `t`; the console's TCP port.
+    pub async fn enable(&self, node: &str, t: &Target) -> Result<u16> {
+        let req = pb::EnableConsoleRequest {
+            node_id: node.to_owned(),
+            kind: pb::ConsoleKind::Serial as i32,
+            ipmi: Some(pb::IpmiTarget {
+                address: t.host.clone(),
+                port: t.port.into(),
+                username: "admin".into(),
+                password: t.password.clone(),
+                cipher_suite: Some(3),
+                privilege_level: String::new(),
+            }),
+            port: 0,
+            vnc: None,
+        };
+        let c = self
+            .client
+            .clone()
+            .enable_console(req)
+            .await
+            .with_context(|| format!("enabling {node}"))?
+            .into_inner();
+        u16::try_from(c.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| anyhow!("{node}: no console port"))
+    }
+
+    /// The newest `max` bytes of `node`'s console log.
+    pub async fn log(&self, node: &str, max: u32) -> Result<Vec<u8>> {
+        let req = pb::GetConsoleLogRequest {
+            node_id: node.to_owned(),
+            max_bytes: max,
+        };
+        Ok(self
+            .client
+            .clone()
+            .get_console_log(req)
+            .await?
+            .into_inner()
+            .data)
+    }
+
+    /// A metric's value summed over the lines that name `label`.
+    pub async fn metric(&self, name: &str, label: &str) -> Result<f64> {
+        let mut s = tokio::net::TcpStream::connect(&self.metrics).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text)).await??;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// SIGTERM (consoles deactivate and close), SIGKILL to the group after 30 s.
+    pub async fn stop(mut self) {
+        let pid = Pid::from_raw(self.pid as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        if tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("console-svc {pid} did not stop in 30 s; killing its group");
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = self.child.wait().await;
+        }
+        // ipmitool children of the native backend live in its group.
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
+}
