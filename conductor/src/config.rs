@@ -154,6 +154,9 @@ pub struct DeploySvcConfig {
     pub tls_key: Option<PathBuf>,
     /// Name to verify in the deploy service's certificate.
     pub tls_domain: Option<String>,
+    /// Ironic's `[deploy] power_off_after_deploy_failure`: power a node
+    /// off when it lands in `deploy failed` (any deploy interface).
+    pub power_off_after_deploy_failure: bool,
 }
 
 impl Default for DeploySvcConfig {
@@ -165,6 +168,7 @@ impl Default for DeploySvcConfig {
             tls_cert: None,
             tls_key: None,
             tls_domain: None,
+            power_off_after_deploy_failure: true,
         }
     }
 }
@@ -384,6 +388,18 @@ mod tests {
         let c = Config::load(None, env, &[]).unwrap().deploy;
         assert_eq!(c.endpoint.as_deref(), Some("https://127.0.0.1:50061"));
         assert_eq!(c.tls_ca, Some(PathBuf::from("/etc/porthole/ca.pem")));
+    }
+
+    #[test]
+    fn power_off_after_deploy_failure_is_ironics_default_true() {
+        let c = Config::load(None, Vec::new(), &[]).unwrap().deploy;
+        assert!(c.power_off_after_deploy_failure);
+        let env = vec![(
+            "PORTHOLE_CONDUCTOR_DEPLOY_POWER_OFF_AFTER_DEPLOY_FAILURE".to_owned(),
+            "false".to_owned(),
+        )];
+        let c = Config::load(None, env, &[]).unwrap().deploy;
+        assert!(!c.power_off_after_deploy_failure);
     }
 
     #[test]

@@ -217,6 +217,7 @@ fn open(config: &Config, shutdown: CancellationToken) -> Result<Conductor, RunEr
     registry.set_inspect_service(config.inspect.endpoint.is_some());
     conductor.drivers = std::sync::Arc::new(registry);
     conductor.evidence = provision::evidence::Settings::from_config(&config.conductor);
+    conductor.power_off_after_deploy_failure = config.deploy.power_off_after_deploy_failure;
     if config.inspect.endpoint.is_some() {
         let client = provision::inspect_grpc::InspectClient::from_config(&config.inspect)?;
         conductor.interfaces.set_inspect_service(client);

@@ -15,7 +15,8 @@
 //! hand-over's ContinueDeploy refuses the node (a netboot instance without
 //! kernel, ramdisk or boot ISO; the full deploy is `deploy_iscsi.rs`) with
 //! the media ejected; `error` fails the deploy with its words; no call back fails it
-//! after the (short) `deploy_callback_timeout`, media ejected. sushy's
+//! after the (short) `deploy_callback_timeout`, media ejected; both times the
+//! system is powered off (`[deploy] power_off_after_deploy_failure`). sushy's
 //! failure modes (a deploy ISO URL that 404s, a system it does not know)
 //! end in `deploy failed` with its words; a second sushy whose systems
 //! have no floppy device (`SUSHY_EMULATOR_VMEDIA_DEVICES`) ends in
@@ -203,6 +204,7 @@ async fn the_ramdisks_error(run: &mut Run, first_key: &str) -> Result<()> {
     );
     let body = json!({"address": "127.0.0.1", "iqn": params["iscsi_target_iqn"],
                       "key": params["deployment_key"], "error": "no disk found: /dev/sda"});
+    run.sushy_on(0).await?;
     let (status, _) = run.callback(&params, body).await?;
     ensure!(status == 202, "{status}");
     let n = run
@@ -212,7 +214,8 @@ async fn the_ramdisks_error(run: &mut Run, first_key: &str) -> Result<()> {
         n["last_error"] == "Error returned from deploy ramdisk: no disk found: /dev/sda",
         "{n}"
     );
-    run.ejected(0).await
+    run.ejected(0).await?;
+    run.powered_off("vm-0", 0).await
 }
 
 /// Deployed again; no call back: the timeout fails it (not early) and
@@ -221,6 +224,7 @@ async fn no_call_back(run: &mut Run, uuid: &str) -> Result<()> {
     run.deploy_to_wait("vm-0").await?;
     run.media()?;
     let t0 = std::time::Instant::now();
+    run.sushy_on(0).await?;
     let within = Duration::from_secs(CALLBACK_TIMEOUT_S + 20);
     let n = run.rests_in("vm-0", "deploy failed", within).await?;
     let want = format!("Timeout reached while waiting for callback for node {uuid}");
@@ -230,7 +234,8 @@ async fn no_call_back(run: &mut Run, uuid: &str) -> Result<()> {
         "failed too early: {:?}",
         t0.elapsed()
     );
-    run.ejected(0).await
+    run.ejected(0).await?;
+    run.powered_off("vm-0", 0).await
 }
 
 /// A deploy ISO URL that 404s, then a system sushy does not know: deploy

@@ -4,7 +4,9 @@
 //!
 //! - sushy-tools: `PORTHOLE_REDFISH_URL` with `PORTHOLE_REDFISH_MEDIA_DIR`
 //!   (where it downloads inserted media) names a running emulator; else,
-//!   where the rig is (`PORTHOLE_RIG_JSON`), one is started on a free port.
+//!   where the rig is (`PORTHOLE_RIG_JSON`), one is started on a free port,
+//!   its state dir's media directory emptied first (what a killed run left
+//!   inserted; an external emulator's is left alone).
 //! - Swift (fixed ports 8080, 6210-6212): `swift-up.sh up` with
 //!   `PORTHOLE_SWIFT_RIG_STATE_DIR` (default under the caller's dir); one
 //!   already running there is used and left running; a start that failed
@@ -68,12 +70,27 @@ impl Sushy {
             missing("neither PORTHOLE_REDFISH_URL nor PORTHOLE_RIG_JSON is set");
             return None;
         }
-        let script = rig_dir().join("redfish-up.sh");
-        // What an interrupted run left in this state dir.
+        Some(Self::start(&rig_dir(), state, nodes))
+    }
+
+    /// `redfish-up.sh` from `rig` in `state`: what an interrupted run
+    /// left there stopped, and its media removed (sushy-tools deletes a
+    /// download only on eject, so a killed run's stay, and the next run's
+    /// "holds no media" checks would see them), then started on a free
+    /// port.
+    fn start(rig: &Path, state: &Path, nodes: usize) -> Sushy {
+        let script = rig.join("redfish-up.sh");
         let _ = Command::new(&script)
             .arg("down")
             .env("RIG_STATE_DIR", state)
             .output();
+        let media = state.join("redfish/media");
+        match std::fs::remove_dir_all(&media) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                panic!("clearing {}: {e}", media.display())
+            }
+            _ => {}
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -91,11 +108,11 @@ impl Sushy {
             .trim()
             .parse()
             .expect("a pid");
-        Some(Sushy {
+        Sushy {
             url: format!("http://127.0.0.1:{port}"),
-            media: state.join("redfish/media"),
+            media,
             pid: Some(pid),
-        })
+        }
     }
 
     /// The path of emulated system `i` (`node-i`).
@@ -451,7 +468,7 @@ impl PeerLock {
 
 #[cfg(test)]
 mod tests {
-    use super::{PeerLock, Swift};
+    use super::{PeerLock, Sushy, Swift};
     use nix::fcntl::{Flock, FlockArg};
 
     fn try_other(name: &str) -> bool {
@@ -502,5 +519,40 @@ mod tests {
         .expect("the start failed");
         assert!(err.contains("did not start Swift"), "{err}");
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "up /st\ndown /st\n");
+    }
+
+    /// A killed run leaves sushy-tools' downloads in its state dir (it
+    /// deletes one only on eject): a Sushy started there begins without
+    /// them, after the old emulator is stopped.
+    #[test]
+    fn a_sushy_started_here_begins_without_a_killed_runs_media() {
+        let rig = tempfile::tempdir().unwrap();
+        let state = rig.path().join("state");
+        let stale = state.join("redfish/media/tmpk1lled");
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join("deploy.iso"), b"left by a killed run").unwrap();
+        let log = rig.path().join("calls");
+        let script = rig.path().join("redfish-up.sh");
+        // `up` records whether the media were gone by then, and leaves a
+        // real process for the Sushy to stop.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh
+if [ \"$1\" = up ]; then ls -A \"$RIG_STATE_DIR/redfish/media\" 2>/dev/null | wc -l >> {log}; mkdir -p \"$RIG_STATE_DIR/redfish/media\"; sleep 30 >/dev/null 2>&1 & echo $! > \"$RIG_STATE_DIR/redfish/sushy.pid\"; fi\necho \"$1\" >> {log}\n",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sushy = Sushy::start(rig.path(), &state, 1);
+        assert_eq!(sushy.media, state.join("redfish/media"));
+        assert!(sushy.held().is_empty(), "the killed run's media are held");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap().replace(' ', ""),
+            "down\n0\nup\n",
+            "stopped first, cleared before the start"
+        );
     }
 }

@@ -175,7 +175,7 @@ impl Conductor {
             .map_err(|e| fail(&e))?;
         tracing::info!(node = %uuid, "inspection data stored");
         let node = self.store.get_node(uuid).await.map_err(|e| fail(&e))?;
-        self.inspection_power(&node, Power::Off)
+        self.power_locked(&node, Power::Off)
             .await
             .map_err(|e| format!("Inspection clean up failed: unable to power off the node: {e}"))
     }

@@ -117,6 +117,8 @@ pub struct Conductor {
     pub drivers: Arc<crate::drivers::Registry>,
     /// Console evidence with failures (`[conductor] failure_console_log_*`).
     pub evidence: crate::provision::evidence::Settings,
+    /// `[deploy] power_off_after_deploy_failure` (`provision.rs`).
+    pub power_off_after_deploy_failure: bool,
 }
 
 /// Marks a node busy until dropped.
@@ -153,6 +155,7 @@ impl Conductor {
             vendors: Default::default(),
             drivers: Default::default(),
             evidence: Default::default(),
+            power_off_after_deploy_failure: true,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Power actions (asynchronous, with target_power_state) and boot devices
 //! (validation is in `validate.rs`). Callers: the state handlers in
-//! `api::states`.
+//! `api::states`; `power_locked` (a power action under a lock its caller
+//! holds): `service::provision` (tear down, a failed deploy) and
+//! `service::continue_inspection` (an `agent` inspection).
 //!
 //! Locking as Ironic's reservation: a power action holds the node's lock
 //! while it commands the BMC, and lets it go before it waits for the power
@@ -127,31 +129,35 @@ impl Conductor {
         Ok(())
     }
 
-    /// Power `node` off under the lock its caller holds (tear down), and
-    /// wait for it; power_state recorded. A `fake` power interface only
-    /// records it.
-    pub(super) async fn power_off_locked(&self, node: &Node) -> Result<(), String> {
-        let off = Power::Off.as_ironic();
+    /// Drive `node` to `want` under the lock its caller holds (tear down,
+    /// a failed deploy, an `agent` inspection's start and end), and wait
+    /// for the BMC to report it; power_state recorded. It takes the node's
+    /// next power sequence number, so an API action still settling stops
+    /// waiting and records nothing. A `fake` power interface only records.
+    pub(super) async fn power_locked(&self, node: &Node, want: Power) -> Result<(), String> {
+        let p = want.as_ironic();
         if node.interface(Kind::Power) != "fake" {
             let bmc = Bmc::for_node(node, &self.power).map_err(|e| e.to_string())?;
             let seq = self.power_seq.begin(&node.uuid);
-            let settled = match bmc.set_power(Power::Off).await {
-                Ok(()) => self.wait_for(&bmc, Power::Off, &node.uuid, seq).await,
+            let settled = match bmc.set_power(want).await {
+                Ok(()) => self.wait_for(&bmc, want, &node.uuid, seq).await,
                 Err(e) => Some(Err(e)),
             };
             if let Some(Err(e)) = settled {
-                return Err(format!("Failed to change power state to {off}: {e}"));
+                return Err(format!("Failed to change power state to {p}: {e}"));
             }
         }
         self.store
             .modify_node(&node.uuid, move |n: &mut Node| {
-                n.power_state = Some(off.into());
+                n.power_state = Some(p.into());
                 n.target_power_state = None;
                 Ok::<_, ServiceError>(())
             })
             .await
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        tracing::info!(node = %node.uuid, state = p, "power state settled under the node's lock");
+        Ok(())
     }
 
     /// The `fake` power interface: the power state is what the database

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::{BusyGuard, Conductor, ServiceError};
 use crate::drivers::Kind;
 use crate::model::{now, Dict, Node};
-use crate::power::Bmc;
+use crate::power::{Bmc, Power};
 use crate::provision::interfaces::{InterfaceError, NodeInterfaces, Outcome};
 use crate::provision::{parse_verb, transition, Event, State, Verb};
 
@@ -271,7 +271,7 @@ impl Conductor {
             State::Deleting => {
                 if let Some(i) = ifaces {
                     if i.deploy.powers_off_at_tear_down() {
-                        self.power_off_locked(&node).await?;
+                        self.power_locked(&node, Power::Off).await?;
                     }
                     i.deploy.tear_down(&node).await.map_err(iface_err)?;
                 }
@@ -338,8 +338,10 @@ impl Conductor {
         let next = stored_state(&n)?;
         self.forget_ramdisk_token_unless_waiting(uuid, next).await;
         if next == State::DeployFailed {
-            // A failed step or callback, a timeout: the deploy's clean up.
+            // A failed step or callback, a timeout: the deploy's clean up,
+            // then the power off (Ironic's set_failed_state).
             self.clean_up_deploy(&n).await;
+            self.power_off_after_deploy_failure(&n).await;
         }
         if let Some(e) = &n.last_error.as_ref().filter(|_| event == Event::Fail) {
             tracing::warn!(state = %next, error = %e, "provision step failed");
@@ -347,6 +349,23 @@ impl Conductor {
             tracing::info!(state = %next, "provision state changed");
         }
         Ok(next)
+    }
+
+    /// `[deploy] power_off_after_deploy_failure`: `node`, just failed into
+    /// `deploy failed` under its lock, powered off. A failure is logged
+    /// only (as Ironic's): last_error keeps the deploy's failure.
+    async fn power_off_after_deploy_failure(&self, node: &Node) {
+        if !self.power_off_after_deploy_failure {
+            return;
+        }
+        match self.power_locked(node, Power::Off).await {
+            Ok(()) => tracing::info!(node = %node.uuid, "powered off after the deploy failure"),
+            Err(e) => tracing::error!(
+                node = %node.uuid,
+                error = %e,
+                "the node failed to power off while handling its deploy failure; it may still be running: put it in maintenance until this is resolved"
+            ),
+        }
     }
 
     /// Verify: the node's power interface answers with its credentials.

@@ -473,6 +473,36 @@ impl Run {
         Ok(())
     }
 
+    /// Sushy system `i`'s PowerState (`On`, `Off`).
+    pub async fn sushy_power(&self, i: usize) -> Result<String> {
+        let url = format!("{}{}", self.sushy.url, Sushy::system(i));
+        let v: Value = self.http.get(url).send().await?.json().await?;
+        Ok(v["PowerState"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Wait until sushy system `i` is on (its fake driver applies a power
+    /// change 1 to 11 s after the request, and ignores a ForceOff while
+    /// an On is still pending).
+    pub async fn sushy_on(&self, i: usize) -> Result<()> {
+        eventually(Duration::from_secs(20), "sushy system on", || async {
+            Ok((self.sushy_power(i).await? == "On").then_some(()))
+        })
+        .await
+    }
+
+    /// `[deploy] power_off_after_deploy_failure`: `node` (sushy system
+    /// `i`) off after its failed deploy, on the BMC and in the node.
+    pub async fn powered_off(&self, node: &str, i: usize) -> Result<()> {
+        let n = self.show(node).await?;
+        ensure!(n["power_state"] == "power off", "{n}");
+        let p = self.sushy_power(i).await?;
+        ensure!(
+            p == "Off",
+            "sushy system {i} is {p:?} after the failed deploy"
+        );
+        Ok(())
+    }
+
     /// What sushy's `dev` was given (its Image URL).
     pub async fn image(&self, i: usize, dev: &str) -> Result<String> {
         let url = format!("{}{}/VirtualMedia/{dev}", self.sushy.url, Sushy::system(i));

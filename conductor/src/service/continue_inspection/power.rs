@@ -1,7 +1,7 @@
 //! The `agent` interface's BMC side, the node locked by the caller: the
 //! start (lookup addresses cached, power off, boot from PXE once, power
 //! on), the clean up after an abort or a timeout (Ironic's abort: power
-//! off), and the power action that waits until the BMC reports it.
+//! off); the power actions are `service::power`'s `power_locked`.
 //!
 //! Callers: `service::provision` (start, abort), `periodic` (timeout),
 //! [`super`] (power off at the end).
@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::lookup::bmc_addresses;
 use super::{AGENT, LOOKUP_CACHE_KEY};
 use crate::drivers::Kind;
-use crate::model::{Node, POWER_OFF, POWER_ON};
+use crate::model::Node;
 use crate::power::{Bmc, Power};
 use crate::service::{Conductor, ServiceError};
 
@@ -34,7 +34,7 @@ impl Conductor {
             .await
             .map_err(|e| e.to_string())?;
         let start = async {
-            self.inspection_power(node, Power::Off).await?;
+            self.power_locked(node, Power::Off).await?;
             if node.interface(Kind::Management) != "fake" {
                 Bmc::for_management(node, &self.power)
                     .map_err(|e| e.to_string())?
@@ -42,7 +42,7 @@ impl Conductor {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            self.inspection_power(node, Power::On).await
+            self.power_locked(node, Power::On).await
         };
         start
             .await
@@ -75,45 +75,8 @@ impl Conductor {
         if let Err(e) = cleared {
             tracing::warn!(node = %node.uuid, error = %e, "cannot clear the lookup addresses");
         }
-        if let Err(e) = self.inspection_power(node, Power::Off).await {
+        if let Err(e) = self.power_locked(node, Power::Off).await {
             tracing::warn!(node = %node.uuid, error = %e, "cannot power off the node after its inspection ended");
         }
-    }
-
-    /// Drive `node` to `want` and wait until its BMC says so (the node is
-    /// locked by the caller); power_state is recorded.
-    pub(super) async fn inspection_power(&self, node: &Node, want: Power) -> Result<(), String> {
-        if node.interface(Kind::Power) != "fake" {
-            let bmc = Bmc::for_node(node, &self.power).map_err(|e| e.to_string())?;
-            bmc.set_power(want).await.map_err(|e| e.to_string())?;
-            let deadline = tokio::time::Instant::now() + self.timing.state_timeout;
-            loop {
-                if bmc.power_state().await.map_err(|e| e.to_string())? == want {
-                    break;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    return Err(format!(
-                        "the BMC did not report {} within {:?}",
-                        want.as_ironic(),
-                        self.timing.state_timeout
-                    ));
-                }
-                tokio::time::sleep(self.timing.poll_interval).await;
-            }
-        }
-        let p = match want {
-            Power::On => POWER_ON,
-            Power::Off => POWER_OFF,
-        };
-        self.store
-            .modify_node(&node.uuid, move |n: &mut Node| {
-                n.power_state = Some(p.into());
-                n.target_power_state = None;
-                Ok::<_, ServiceError>(())
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        tracing::info!(node = %node.uuid, state = p, "inspection power action done");
-        Ok(())
     }
 }

@@ -109,3 +109,38 @@ async fn a_settle_records_the_state_when_the_bmc_reports_it() {
     assert_eq!(n.target_power_state, None);
     assert_eq!(n.last_error, None);
 }
+
+/// An `agent` inspection's power off (under the node's lock) while an API
+/// power on still settles takes the next power sequence number as any
+/// power action: the power on is overtaken and records nothing (no
+/// timeout in last_error), the node ends off.
+#[tokio::test(start_paused = true)]
+async fn an_inspections_power_off_overtakes_a_settling_power_on() {
+    let r = conductor(Duration::from_secs(8));
+    let c = &r.c;
+    let u = slow_node(c).await;
+    c.store
+        .modify_node(&u, |n: &mut Node| {
+            n.set_interface(Kind::Inspect, "agent".into());
+            Ok::<_, ServiceError>(())
+        })
+        .await
+        .unwrap();
+    c.set_power(&u, PowerAction::On).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let node = c.store.get_node(&u).await.unwrap();
+    c.clean_up_agent_inspection(&node, false).await;
+    let n = c.store.get_node(&u).await.unwrap();
+    assert_eq!(n.power_state.as_deref(), Some("power off"));
+
+    // Past the power on's state timeout: it must not time out.
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    let n = c.store.get_node(&u).await.unwrap();
+    assert_eq!(n.power_state.as_deref(), Some("power off"));
+    assert_eq!(n.target_power_state, None);
+    assert_eq!(
+        n.last_error, None,
+        "the overtaken power on recorded nothing (no timeout, no error)"
+    );
+    assert_eq!(r.bmc.commands(), vec![Power::On, Power::Off]);
+}

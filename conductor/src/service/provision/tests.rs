@@ -343,6 +343,66 @@ async fn a_failed_deploy_says_why_and_rebuild_recovers() {
     assert_eq!(n.last_error, None);
 }
 
+/// A node that is on when its deploy fails.
+async fn failing_deploy_node(c: &Arc<Conductor>, body: Value) -> String {
+    let u = node(c, body).await;
+    set_state(c, &u, "available").await;
+    c.store
+        .modify_node(&u, |n: &mut Node| {
+            n.power_state = Some("power on".into());
+            Ok::<_, ServiceError>(())
+        })
+        .await
+        .unwrap();
+    c.set_provision_state(&u, "active", Some(json!({"user_data": "hi"})))
+        .await
+        .unwrap();
+    u
+}
+
+fn failing_deploy() -> Arc<Scripted> {
+    Arc::new(Scripted {
+        deploy: Mutex::new(vec![Err(InterfaceError("no image".into()))]),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_failed_deploy_powers_the_node_off_unless_configured_not_to() {
+    let r = conductor(Some(failing_deploy()));
+    let c = &r.c;
+    let u = failing_deploy_node(c, json!({"driver": "fake-hardware"})).await;
+    let n = settles(c, &u, "deploy failed").await;
+    assert_eq!(n.power_state.as_deref(), Some("power off"));
+    assert_eq!(n.target_power_state, None);
+    assert_eq!(n.last_error.as_deref(), Some("Deploy failed: no image"));
+
+    let mut r = conductor(Some(failing_deploy()));
+    Arc::get_mut(&mut r.c)
+        .unwrap()
+        .power_off_after_deploy_failure = false;
+    let c = &r.c;
+    let u = failing_deploy_node(c, json!({"driver": "fake-hardware"})).await;
+    let n = settles(c, &u, "deploy failed").await;
+    assert_eq!(n.power_state.as_deref(), Some("power on"), "left on");
+}
+
+#[tokio::test]
+async fn a_power_off_that_fails_after_a_failed_deploy_is_only_logged() {
+    let r = conductor(Some(failing_deploy()));
+    let c = &r.c;
+    // No ipmi_address: the power interface cannot be driven.
+    let body = json!({"driver": "fake-hardware", "power_interface": "ipmitool"});
+    let u = failing_deploy_node(c, body).await;
+    let n = settles(c, &u, "deploy failed").await;
+    assert_eq!(n.last_error.as_deref(), Some("Deploy failed: no image"));
+    assert_eq!(
+        n.power_state.as_deref(),
+        Some("power on"),
+        "not recorded off"
+    );
+}
+
 #[tokio::test]
 async fn automated_clean_runs_declared_steps_unless_disabled() {
     let d = Arc::new(Scripted {
