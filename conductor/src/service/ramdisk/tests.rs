@@ -375,10 +375,11 @@ async fn the_right_key_works_only_once_the_node_waits() {
         .expect("refused while deploying");
     assert!(matches!(e, ServiceError::Invalid(_)), "{e:?}");
     r.d.gate.as_ref().unwrap().add_permits(1);
-    for _ in 0..500 {
-        if c.store.get_node(&u).await.unwrap().provision_state == "wait call-back" {
-            break;
-        }
+    // Up to 30 s: a loaded 2-core CI machine once took longer than 5.
+    let mut waited = 0;
+    while c.store.get_node(&u).await.unwrap().provision_state != "wait call-back" {
+        assert!(waited < 3000, "the node never reached wait call-back");
+        waited += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     callback(c, &u, Some(&token), Caller::Anonymous)
