@@ -5,13 +5,11 @@
 //! (reconcile on start, WatchConsoles) and `provision::evidence` (the log
 //! at a failure).
 
-use std::time::Duration;
-
 use pb::console_service_client::ConsoleServiceClient;
 use porthole_common::tls::ClientTls;
 use porthole_proto::console::v1 as pb;
 use serde_json::{json, Value};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::ConsoleSvcConfig;
 use crate::model::Node;
@@ -71,28 +69,22 @@ pub struct ConsoleClient {
 impl ConsoleClient {
     /// A lazily connecting client: the conductor starts while console-svc is down.
     pub fn new(cfg: &ConsoleSvcConfig) -> Result<Self, ConsoleError> {
-        let bad = |e: &dyn std::fmt::Display| ConsoleError::Config(e.to_string());
-        let mut ep = Endpoint::from_shared(cfg.endpoint.clone())
-            .map_err(|e| bad(&e))?
-            .connect_timeout(Duration::from_secs(5))
-            // tonic's default, said out loud: gRPC replies must not wait on Nagle.
-            .tcp_nodelay(true)
-            .timeout(cfg.timeout);
         let tls = ClientTls {
             ca_file: cfg.tls_ca.clone(),
             cert_file: cfg.tls_cert.clone(),
             key_file: cfg.tls_key.clone(),
             server_name: cfg.tls_domain.clone(),
         };
-        if tls.wanted(&cfg.endpoint) {
-            let tls = tls
-                .tonic(("console.tls_cert", "console.tls_key"))
-                .map_err(|e| bad(&e))?;
-            ep = ep.tls_config(tls).map_err(|e| bad(&e))?;
-        }
+        let channel = tls
+            .lazy_channel(
+                &cfg.endpoint,
+                cfg.timeout,
+                ("console.tls_cert", "console.tls_key"),
+            )
+            .map_err(|e| ConsoleError::Config(e.to_string()))?;
         Ok(Self {
             endpoint: cfg.endpoint.clone(),
-            client: ConsoleServiceClient::new(ep.connect_lazy()),
+            client: ConsoleServiceClient::new(channel),
         })
     }
 

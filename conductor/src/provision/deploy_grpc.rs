@@ -36,7 +36,7 @@ use pb::instance_deploy_service_client::InstanceDeployServiceClient;
 use porthole_common::tls::ClientTls;
 use porthole_proto::deploy::v1 as pb;
 use serde_json::Value;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::interfaces::{
     BoxFuture, CleanStep, DeployCallback, DeployInterface, InterfaceError, Outcome, StepResult,
@@ -95,22 +95,12 @@ impl DeployClient {
         timeout: Duration,
         tls: &ClientTls,
     ) -> Result<Self, DeployClientError> {
-        let bad = |e: &dyn std::fmt::Display| DeployClientError {
-            endpoint: endpoint.into(),
-            message: e.to_string(),
-        };
-        let mut ep = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| bad(&e))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .timeout(timeout);
-        if tls.wanted(endpoint) {
-            let tls = tls
-                .tonic(("deploy.tls_cert", "deploy.tls_key"))
-                .map_err(|e| bad(&e))?;
-            ep = ep.tls_config(tls).map_err(|e| bad(&e))?;
-        }
-        let channel = ep.connect_lazy();
+        let channel = tls
+            .lazy_channel(endpoint, timeout, ("deploy.tls_cert", "deploy.tls_key"))
+            .map_err(|e| DeployClientError {
+                endpoint: endpoint.into(),
+                message: e.to_string(),
+            })?;
         Ok(Self {
             endpoint: endpoint.into(),
             client: DeployServiceClient::new(channel.clone()),

@@ -24,7 +24,7 @@ use pb::inspect_service_client::InspectServiceClient;
 use porthole_common::tls::ClientTls;
 use porthole_proto::inspect::v1 as pb;
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::interfaces::{BoxFuture, InspectInterface, InterfaceError, Outcome, StepResult};
@@ -71,24 +71,15 @@ impl InspectClient {
         timeout: Duration,
         tls: &ClientTls,
     ) -> Result<Self, InspectClientError> {
-        let bad = |e: &dyn std::fmt::Display| InspectClientError {
-            endpoint: endpoint.into(),
-            message: e.to_string(),
-        };
-        let mut ep = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| bad(&e))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .timeout(timeout);
-        if tls.wanted(endpoint) {
-            let tls = tls
-                .tonic(("inspect.tls_cert", "inspect.tls_key"))
-                .map_err(|e| bad(&e))?;
-            ep = ep.tls_config(tls).map_err(|e| bad(&e))?;
-        }
+        let channel = tls
+            .lazy_channel(endpoint, timeout, ("inspect.tls_cert", "inspect.tls_key"))
+            .map_err(|e| InspectClientError {
+                endpoint: endpoint.into(),
+                message: e.to_string(),
+            })?;
         Ok(Self {
             endpoint: endpoint.into(),
-            client: InspectServiceClient::new(ep.connect_lazy()),
+            client: InspectServiceClient::new(channel),
         })
     }
 

@@ -186,6 +186,38 @@ impl ClientTls {
     }
 }
 
+/// Why a client channel could not be set up: a bad endpoint URL or TLS
+/// settings that do not load.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("{0}")]
+    Endpoint(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+}
+
+impl ClientTls {
+    /// A lazily connecting gRPC channel to another Porthole service (the
+    /// caller starts while the service is down): 5 s to connect, Nagle off
+    /// (tonic's default, said out loud), `timeout` per call, TLS when
+    /// [`ClientTls::wanted`]; `names` as for [`ClientTls::tonic`].
+    pub fn lazy_channel(
+        &self,
+        endpoint: &str,
+        timeout: std::time::Duration,
+        names: (&str, &str),
+    ) -> Result<tonic::transport::Channel, ChannelError> {
+        let mut ep = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .timeout(timeout);
+        if self.wanted(endpoint) {
+            ep = ep.tls_config(self.tonic(names)?)?;
+        }
+        Ok(ep.connect_lazy())
+    }
+}
+
 /// ring, whatever else is linked.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
