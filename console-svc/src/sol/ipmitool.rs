@@ -276,9 +276,7 @@ mod tests {
             .unwrap();
         let script = dir.join("slow-ipmitool");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .unwrap();
+        crate::sol::test_context::write_script(&script, "#!/bin/sh\nexec sleep 30\n");
         let (base, _base_dir) = tool();
         let slow = IpmiTool::new(
             script.into_os_string(),

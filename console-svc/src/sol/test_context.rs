@@ -1,7 +1,8 @@
 //! The [`ConsoleContext`] the backends' unit tests start a console with
 //! (`sol::socat_tests`, `sol::native::backend_tests`): node `node-1` held
 //! through a local coordinator, an IPMI target on 127.0.0.1:623, and a
-//! process table under `dir`.
+//! process table under `dir`; and [`write_script`], how every unit test
+//! here writes a stand-in executable.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -47,4 +48,22 @@ pub(crate) async fn context(
         processes: Arc::new(ProcessTable::open(dir.join("pids"), Duration::from_secs(1)).unwrap()),
     };
     (ctx, health)
+}
+
+/// Write an executable script at `path`, through a child `sh`: a write fd
+/// opened in this process could be inherited by a parallel test's fork
+/// before its exec, and the script's own exec then fails with ETXTBSY
+/// ("Text file busy", seen in CI with porthole-bmc's fake ipmitool).
+pub(crate) fn write_script(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut sh = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = sh.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).unwrap();
+    drop(stdin);
+    assert!(sh.wait().unwrap().success(), "writing {}", path.display());
 }

@@ -4,7 +4,6 @@
 //! exercised by `tests/native_rig.rs`.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,8 +56,7 @@ os.execv(argv[0], argv)
 
 fn fake_helper(dir: &Path) -> PathBuf {
     let path = dir.join("sol-exec-helper");
-    std::fs::write(&path, FAKE_HELPER).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    crate::sol::test_context::write_script(&path, FAKE_HELPER);
     path
 }
 
@@ -72,8 +70,7 @@ fn scratch(name: &str) -> tempfile::TempDir {
 
 fn fake_ipmitool(dir: &Path, mode: &str) -> PathBuf {
     let path = dir.join("ipmitool");
-    std::fs::write(&path, FAKE_IPMITOOL.replace("MODE", mode)).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    crate::sol::test_context::write_script(&path, &FAKE_IPMITOOL.replace("MODE", mode));
     path
 }
 
