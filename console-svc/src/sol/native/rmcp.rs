@@ -62,8 +62,8 @@ impl transport::Datagram for FencedUdp {
         self.sock.send(datagram).await.map(|_| ())
     }
 
-    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.sock.recv(buf).await
+    async fn recv(&self) -> std::io::Result<Vec<u8>> {
+        transport::Datagram::recv(&self.sock).await
     }
 }
 
