@@ -4,7 +4,8 @@
 //!
 //! Layers, bottom up: [`crypto`] (cipher suites, HMACs, AES-CBC-128),
 //! [`wire`] (packet layouts), [`handshake`] (Open Session, RAKP 1-4, keys),
-//! [`transport`] (the datagram seam: UDP, or in memory for tests),
+//! [`transport`] (the datagram seam: UDP, or in memory for tests) and
+//! [`shared`] (many sessions on one UDP socket),
 //! `setup` (Open Session and RAKP over the wire), [`session`] (an
 //! established session: requests with retransmission,
 //! sequence numbers, Close Session) and [`sol`] (the SOL payload).
@@ -34,6 +35,7 @@ pub mod error;
 pub mod handshake;
 pub mod session;
 mod setup;
+pub mod shared;
 pub mod sol;
 #[cfg(any(test, feature = "test-bmc"))]
 pub mod test_bmc;
