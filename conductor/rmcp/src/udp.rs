@@ -1,0 +1,175 @@
+//! UDP for sessions, chosen at run time ([`UdpMode`]): a connected socket
+//! per session, or endpoints of [`SharedUdp`] sockets (one per address
+//! family, bound on first use). [`UdpPool::open`] gives a [`Udp`], which is
+//! a [`Datagram`] either way. console-svc's `rmcp` backend holds one pool
+//! (`[rmcp] udp`); the rig tests run with either.
+//!
+//! A second session to a BMC address that already has one on the shared
+//! socket (two consoles naming the same BMC, or a reconnect while the old
+//! session's task is still being dropped) is refused by [`SharedUdp`]; the
+//! pool then gives that session a socket of its own (counted in
+//! [`UdpPool::fallbacks`]), so neither steals the other's datagrams.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::UdpSocket;
+use tokio::sync::OnceCell;
+use tracing::debug;
+
+use crate::shared::{Endpoint, SharedConfig, SharedError, SharedStats, SharedUdp};
+use crate::transport::{self, Datagram};
+
+/// How sessions get their UDP socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpMode {
+    /// A connected socket per session (a file descriptor each).
+    PerSession,
+    /// Sessions share one unconnected socket per address family.
+    Shared,
+}
+
+/// One session's UDP transport.
+pub enum Udp {
+    Own(UdpSocket),
+    Shared(Endpoint),
+}
+
+impl Datagram for Udp {
+    async fn send(&self, datagram: &[u8]) -> io::Result<()> {
+        match self {
+            Udp::Own(s) => Datagram::send(s, datagram).await,
+            Udp::Shared(e) => e.send(datagram).await,
+        }
+    }
+
+    async fn recv(&self) -> io::Result<Vec<u8>> {
+        match self {
+            Udp::Own(s) => Datagram::recv(s).await,
+            Udp::Shared(e) => e.recv().await,
+        }
+    }
+}
+
+/// Where sessions' transports come from.
+pub struct UdpPool {
+    mode: UdpMode,
+    cfg: SharedConfig,
+    v4: OnceCell<SharedUdp>,
+    v6: OnceCell<SharedUdp>,
+    fallbacks: AtomicU64,
+}
+
+impl UdpPool {
+    pub fn new(mode: UdpMode) -> Self {
+        Self::with_config(mode, SharedConfig::default())
+    }
+
+    pub fn with_config(mode: UdpMode, cfg: SharedConfig) -> Self {
+        Self {
+            mode,
+            cfg,
+            v4: OnceCell::new(),
+            v6: OnceCell::new(),
+            fallbacks: AtomicU64::new(0),
+        }
+    }
+
+    pub fn mode(&self) -> UdpMode {
+        self.mode
+    }
+
+    /// A transport to `bmc`.
+    pub async fn open(&self, bmc: SocketAddr) -> io::Result<Udp> {
+        if self.mode == UdpMode::PerSession {
+            return Ok(Udp::Own(transport::udp(bmc).await?));
+        }
+        let cell = if bmc.is_ipv4() { &self.v4 } else { &self.v6 };
+        let shared = cell
+            .get_or_try_init(|| SharedUdp::bind_for(bmc, self.cfg))
+            .await
+            .map_err(into_io)?;
+        match shared.endpoint(bmc) {
+            Ok(e) => Ok(Udp::Shared(e)),
+            Err(SharedError::PeerInUse { .. }) => {
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                debug!(%bmc, "BMC already has a session on the shared socket: this one gets its own");
+                Ok(Udp::Own(transport::udp(bmc).await?))
+            }
+            Err(e) => Err(into_io(e)),
+        }
+    }
+
+    /// Sessions given their own socket because their BMC's address was in use.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// The shared sockets' counters (IPv4, IPv6), for those bound.
+    pub fn stats(&self) -> (Option<SharedStats>, Option<SharedStats>) {
+        (
+            self.v4.get().map(SharedUdp::stats),
+            self.v6.get().map(SharedUdp::stats),
+        )
+    }
+}
+
+fn into_io(e: SharedError) -> io::Error {
+    match e {
+        SharedError::Io(e) => e,
+        other => io::Error::other(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shared_mode_shares_a_socket_and_a_duplicate_gets_its_own() {
+        let pool = UdpPool::new(UdpMode::Shared);
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let ta = pool.open(a_addr).await.unwrap();
+        let tb = pool.open(b_addr).await.unwrap();
+        let dup = pool.open(a_addr).await.unwrap();
+        assert!(matches!((&ta, &tb), (Udp::Shared(_), Udp::Shared(_))));
+        assert!(matches!(dup, Udp::Own(_)), "the duplicate has its own socket");
+        assert_eq!(pool.fallbacks(), 1);
+        let mut buf = [0u8; 16];
+        ta.send(b"1").await.unwrap();
+        let (_, from_ta) = a.recv_from(&mut buf).await.unwrap();
+        tb.send(b"2").await.unwrap();
+        let (_, from_tb) = b.recv_from(&mut buf).await.unwrap();
+        assert_eq!(from_ta, from_tb, "one local socket for both");
+        dup.send(b"3").await.unwrap();
+        let (_, from_dup) = a.recv_from(&mut buf).await.unwrap();
+        assert_ne!(from_dup, from_ta);
+        // Each answer reaches the session it was sent to.
+        a.send_to(b"to dup", from_dup).await.unwrap();
+        a.send_to(b"to ta", from_ta).await.unwrap();
+        assert_eq!(dup.recv().await.unwrap(), b"to dup");
+        assert_eq!(ta.recv().await.unwrap(), b"to ta");
+        assert_eq!(pool.stats().0.unwrap().endpoints, 2);
+    }
+
+    #[tokio::test]
+    async fn per_session_mode_gives_each_its_own_socket() {
+        let pool = UdpPool::new(UdpMode::PerSession);
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let t1 = pool.open(a.local_addr().unwrap()).await.unwrap();
+        let t2 = pool.open(a.local_addr().unwrap()).await.unwrap();
+        let mut buf = [0u8; 16];
+        t1.send(b"1").await.unwrap();
+        let (_, f1) = a.recv_from(&mut buf).await.unwrap();
+        t2.send(b"2").await.unwrap();
+        let (_, f2) = a.recv_from(&mut buf).await.unwrap();
+        assert_ne!(f1, f2);
+        assert!(matches!(t1, Udp::Own(_)));
+        assert_eq!(pool.stats(), (None, None));
+        a.send_to(b"back", f2).await.unwrap();
+        assert_eq!(t2.recv().await.unwrap(), b"back");
+    }
+}
