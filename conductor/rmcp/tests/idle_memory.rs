@@ -1,0 +1,239 @@
+//! What an idle session costs, counted by the heap: a counting allocator
+//! adds up what the measuring thread allocates and frees (the BMCs run on
+//! another thread and are not counted), so the figures are the client's
+//! own. Printed, not timed.
+//!
+//! - `endpoints_of_a_shared_socket_are_small`: 10,000 endpoints registered
+//!   on one [`SharedUdp`]; each must cost well under 1 KiB (issue 16's
+//!   whole console is to cost at most 16 KiB).
+//! - `idle_sol_sessions_in_both_udp_modes` (ignored: 1000 sessions each way,
+//!   run with `--ignored --nocapture`): heap bytes and file descriptors
+//!   per always-on SOL session against the in-memory test BMC served on
+//!   loopback UDP, per-session sockets next to one shared socket.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use porthole_rmcp::shared::{SharedConfig, SharedUdp};
+use porthole_rmcp::test_bmc::{self, BmcConfig, Control};
+use porthole_rmcp::udp::{UdpMode, UdpPool};
+use porthole_rmcp::{Session, SessionConfig, Sol, SolConfig};
+use tokio_util::sync::CancellationToken;
+
+/// The system allocator, counting the net bytes of threads that ask for it.
+struct Counting;
+
+static NET: AtomicIsize = AtomicIsize::new(0);
+
+thread_local! {
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn counted() -> bool {
+    COUNTED.try_with(Cell::get).unwrap_or(false)
+}
+
+#[expect(unsafe_code, reason = "a GlobalAlloc is an unsafe trait")]
+// SAFETY: every call is forwarded unchanged to `System`, which upholds the
+// GlobalAlloc contract; the counting touches only an atomic and a
+// const-initialised thread-local (no allocation of its own).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if counted() {
+            NET.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's layout contract is passed through.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if counted() {
+            NET.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        }
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if counted() {
+            NET.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        }
+        // SAFETY: as for dealloc and alloc.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Heap bytes the calling thread holds now, net, since counting began.
+fn held() -> isize {
+    NET.load(Ordering::SeqCst)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// A current-thread runtime on a thread of its own whose allocations count.
+fn counted_thread<T: Send + 'static>(
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        COUNTED.with(|c| c.set(true));
+        body()
+    })
+    .join()
+    .expect("measuring thread")
+}
+
+#[test]
+fn endpoints_of_a_shared_socket_are_small() {
+    const N: usize = 10_000;
+    let per = counted_thread(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let shared = SharedUdp::bind("127.0.0.1:0".parse().unwrap(), SharedConfig::default())
+                .await
+                .unwrap();
+            let mut held_endpoints = Vec::with_capacity(N);
+            let before = held();
+            for i in 0..N {
+                let peer: SocketAddr = ([127, 0, 14, 1 + (i / 60_000) as u8], 1 + (i % 60_000) as u16).into();
+                held_endpoints.push(shared.endpoint(peer).unwrap());
+            }
+            let grown = held() - before;
+            // An endpoint itself lives in its session; count it too.
+            let inline = std::mem::size_of_val(&held_endpoints[0]);
+            assert_eq!(shared.stats().endpoints, N);
+            drop(held_endpoints);
+            assert_eq!(shared.stats().endpoints, 0, "all unregistered");
+            (grown as f64 / N as f64, inline)
+        })
+    });
+    let (heap, inline) = per;
+    println!(
+        "shared UDP: {N} idle endpoints: {heap:.0} heap bytes each (table + slot) + {inline} bytes inline in the session"
+    );
+    assert!(
+        heap + (inline as f64) < 1024.0,
+        "an idle endpoint costs {heap:.0} + {inline} bytes"
+    );
+}
+
+/// `n` test BMCs on loopback UDP, served by a runtime on another
+/// (uncounted) thread for the rest of the process.
+fn bmc_farm(n: usize) -> Vec<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut addrs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let sock = tokio::net::UdpSocket::bind("127.0.14.1:0").await.unwrap();
+                let addr = sock.local_addr().unwrap();
+                let cfg = BmcConfig {
+                    suite: 3,
+                    password: b"secret".to_vec(),
+                    sol_port: addr.port(),
+                    output: None,
+                };
+                tokio::spawn(test_bmc::serve(sock, cfg, Arc::new(Control::default())));
+                addrs.push(addr);
+            }
+            tx.send(addrs).unwrap();
+            std::future::pending::<()>().await
+        })
+    });
+    rx.recv().expect("the farm's addresses")
+}
+
+struct Figures {
+    /// Session, SOL state and its task, transport.
+    heap_per_session: f64,
+    /// The two 1-slot channels a SOL task is driven with.
+    heap_channels: f64,
+    fds: isize,
+}
+
+async fn idle_sessions(mode: UdpMode, bmcs: &[SocketAddr]) -> Figures {
+    let n = bmcs.len();
+    let pool = UdpPool::new(mode);
+    let login = SessionConfig::new("admin", b"secret");
+    let mut running = Vec::with_capacity(n);
+    let mut channels = Vec::with_capacity(n);
+    let heap0 = held();
+    for _ in 0..n {
+        // The smallest channels a console can run SOL with.
+        channels.push((
+            tokio::sync::mpsc::channel(1),
+            tokio::sync::mpsc::channel::<Vec<u8>>(1),
+        ));
+    }
+    let heap_channels = (held() - heap0) as f64 / n as f64;
+    let (fds0, heap0) = (open_fds() as isize, held());
+    for (&bmc, ((in_tx, in_rx), (out_tx, out_rx))) in bmcs.iter().zip(channels) {
+        let session = Session::open(pool.open(bmc).await.unwrap(), &login)
+            .await
+            .unwrap();
+        let cfg = SolConfig {
+            session_port: Some(bmc.port()),
+            ..SolConfig::default()
+        };
+        let sol = Sol::activate(session, cfg).await.unwrap();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(sol.run(in_rx, out_tx, cancel.clone()));
+        running.push((in_tx, out_rx, cancel, task));
+    }
+    // Idle: every session is waiting for the BMC.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(running.iter().all(|r| !r.3.is_finished()), "all still up");
+    let figures = Figures {
+        heap_per_session: (held() - heap0) as f64 / n as f64,
+        heap_channels,
+        fds: open_fds() as isize - fds0,
+    };
+    for (_, _, cancel, _) in &running {
+        cancel.cancel();
+    }
+    for (_, _, _, task) in running {
+        task.await.unwrap().unwrap();
+    }
+    figures
+}
+
+#[test]
+#[ignore = "1000 SOL sessions each way; run with --ignored --nocapture for the figures"]
+fn idle_sol_sessions_in_both_udp_modes() {
+    const N: usize = 1000;
+    let bmcs = bmc_farm(N);
+    let out = counted_thread(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut out = Vec::new();
+            for mode in [UdpMode::PerSession, UdpMode::Shared, UdpMode::PerSession, UdpMode::Shared] {
+                out.push((mode, idle_sessions(mode, &bmcs).await));
+            }
+            out
+        })
+    });
+    for (mode, f) in out {
+        println!(
+            "{N} idle SOL sessions, {mode:?}: {:.0} heap bytes/session (session, SOL task, transport) + {:.0} for its two 1-slot channels; {} fds opened",
+            f.heap_per_session, f.heap_channels, f.fds
+        );
+    }
+}
