@@ -42,7 +42,10 @@ async fn until(s: &SharedUdp, done: impl Fn(&SharedStats) -> bool) -> SharedStat
         if done(&st) {
             return st;
         }
-        assert!(tokio::time::Instant::now() < deadline, "stats stuck at {st:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stats stuck at {st:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -85,7 +88,11 @@ async fn a_datagram_from_an_unknown_peer_is_dropped_and_counted() {
     stranger.send_to(b"forged", s.local_addr()).await.unwrap();
     until(&s, |st| st.unknown_peer == 1).await;
     a.send_to(b"real", s.local_addr()).await.unwrap();
-    assert_eq!(recv(&ea).await, b"real", "the stranger's datagram is not ours");
+    assert_eq!(
+        recv(&ea).await,
+        b"real",
+        "the stranger's datagram is not ours"
+    );
     let st = s.stats();
     assert_eq!((st.unknown_peer, st.delivered), (1, 1));
 }
@@ -153,7 +160,9 @@ async fn cancel_ends_the_receive_task_and_waiting_endpoints_fail() {
     let waiting = tokio::spawn(async move { ea.recv().await });
     tokio::time::sleep(Duration::from_millis(20)).await;
     s.cancel();
-    tokio::time::timeout(WAIT, s.ended()).await.expect("task ended");
+    tokio::time::timeout(WAIT, s.ended())
+        .await
+        .expect("task ended");
     let err = tokio::time::timeout(WAIT, waiting)
         .await
         .expect("the waiting recv returned")

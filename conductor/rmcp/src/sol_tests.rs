@@ -245,6 +245,9 @@ async fn a_waiting_session_holds_no_receive_buffer() {
     let run = std::mem::size_of_val(&sol.run(in_rx, out_tx, CancellationToken::new()));
     println!("future sizes: Session::recv {recv} B, request_raw {request} B, Sol::run {run} B (Sol itself {state} B)");
     assert!(recv < 512, "Session::recv's future is {recv} bytes");
-    assert!(request < 1024, "Session::request_raw's future is {request} bytes");
+    assert!(
+        request < 1024,
+        "Session::request_raw's future is {request} bytes"
+    );
     assert!(run < 1500, "Sol::run's future is {run} bytes");
 }

@@ -136,7 +136,10 @@ mod tests {
         let tb = pool.open(b_addr).await.unwrap();
         let dup = pool.open(a_addr).await.unwrap();
         assert!(matches!((&ta, &tb), (Udp::Shared(_), Udp::Shared(_))));
-        assert!(matches!(dup, Udp::Own(_)), "the duplicate has its own socket");
+        assert!(
+            matches!(dup, Udp::Own(_)),
+            "the duplicate has its own socket"
+        );
         assert_eq!(pool.fallbacks(), 1);
         let mut buf = [0u8; 16];
         ta.send(b"1").await.unwrap();

@@ -60,7 +60,10 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if counted() {
-            NET.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            NET.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
         }
         // SAFETY: as for dealloc and alloc.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -80,9 +83,7 @@ fn open_fds() -> usize {
 }
 
 /// A current-thread runtime on a thread of its own whose allocations count.
-fn counted_thread<T: Send + 'static>(
-    body: impl FnOnce() -> T + Send + 'static,
-) -> T {
+fn counted_thread<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         COUNTED.with(|c| c.set(true));
         body()
@@ -106,7 +107,11 @@ fn endpoints_of_a_shared_socket_are_small() {
             let mut held_endpoints = Vec::with_capacity(N);
             let before = held();
             for i in 0..N {
-                let peer: SocketAddr = ([127, 0, 14, 1 + (i / 60_000) as u8], 1 + (i % 60_000) as u16).into();
+                let peer: SocketAddr = (
+                    [127, 0, 14, 1 + (i / 60_000) as u8],
+                    1 + (i % 60_000) as u16,
+                )
+                    .into();
                 held_endpoints.push(shared.endpoint(peer).unwrap());
             }
             let grown = held() - before;
@@ -224,7 +229,12 @@ fn idle_sol_sessions_in_both_udp_modes() {
             .unwrap();
         rt.block_on(async move {
             let mut out = Vec::new();
-            for mode in [UdpMode::PerSession, UdpMode::Shared, UdpMode::PerSession, UdpMode::Shared] {
+            for mode in [
+                UdpMode::PerSession,
+                UdpMode::Shared,
+                UdpMode::PerSession,
+                UdpMode::Shared,
+            ] {
                 out.push((mode, idle_sessions(mode, &bmcs).await));
             }
             out

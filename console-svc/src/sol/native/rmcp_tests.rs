@@ -43,7 +43,12 @@ async fn nothing_past_the_deadline(mode: RmcpUdp) {
     bmc.send_to(b"answer", from).await.unwrap();
     assert_eq!(udp.recv().await.unwrap(), b"answer");
     let shared = matches!(pool.stats(), (Some(st), None) if st.endpoints == 1);
-    assert_eq!(shared, mode == RmcpUdp::Shared, "{mode:?}: {:?}", pool.stats());
+    assert_eq!(
+        shared,
+        mode == RmcpUdp::Shared,
+        "{mode:?}: {:?}",
+        pool.stats()
+    );
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let err = udp.send(b"too late").await.unwrap_err();
