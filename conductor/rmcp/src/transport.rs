@@ -102,3 +102,49 @@ impl Datagram for MemDatagram {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected UDP socket's recv: exact sizes, no buffer in the waiting
+    /// future, and a dropped waiting future loses nothing.
+    #[tokio::test]
+    async fn udp_recv_holds_no_buffer_and_is_cancel_safe() {
+        let bmc = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sock = udp(bmc.local_addr().unwrap()).await.unwrap();
+        let waiting = Datagram::recv(&sock);
+        let size = std::mem::size_of_val(&waiting);
+        assert!(size < 256, "the waiting recv is {size} bytes");
+        drop(waiting);
+        {
+            let mut fut = std::pin::pin!(Datagram::recv(&sock));
+            let polled = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(fut.as_mut().poll(cx).is_pending())
+            })
+            .await;
+            assert!(polled, "nothing there yet");
+            bmc.send_to(&[7; 1200], sock.local_addr().unwrap())
+                .await
+                .unwrap();
+            sock.readable().await.unwrap();
+            // Dropped without being polled again.
+        }
+        assert_eq!(Datagram::recv(&sock).await.unwrap(), vec![7; 1200]);
+        bmc.send_to(b"", sock.local_addr().unwrap()).await.unwrap();
+        assert_eq!(
+            Datagram::recv(&sock).await.unwrap(),
+            Vec::<u8>::new(),
+            "an empty datagram is one too"
+        );
+    }
+
+    #[tokio::test]
+    async fn in_memory_recv_hands_the_datagram_over() {
+        let (a, b) = mem_pair();
+        a.send(b"one").await.unwrap();
+        assert_eq!(b.recv().await.unwrap(), b"one");
+        let size = std::mem::size_of_val(&b.recv());
+        assert!(size < 256, "the waiting recv is {size} bytes");
+    }
+}
