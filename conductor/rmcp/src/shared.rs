@@ -18,7 +18,7 @@
 //!   [`SharedUdp::cancel`]; endpoints then fail to receive.
 //!
 //! An idle endpoint costs its table entry and a small slot (no buffer, no
-//! channel block); `tests/idle_memory.rs` measures it.
+//! channel block); `tests/udp_modes.rs` measures it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

@@ -1,7 +1,8 @@
-//! What an idle session costs, counted by the heap: a counting allocator
-//! adds up what the measuring thread allocates and frees (the BMCs run on
-//! another thread and are not counted), so the figures are the client's
-//! own. Printed, not timed.
+//! The two UDP modes measured: what an idle session costs, counted by the
+//! heap (a counting allocator adds up what the measuring thread allocates
+//! and frees; the BMCs run on another thread and are not counted, so the
+//! figures are the client's own), and the client's CPU under steady SOL
+//! output. Printed, not timed.
 //!
 //! - `endpoints_of_a_shared_socket_are_small`: 10,000 endpoints registered
 //!   on one [`SharedUdp`]; each must cost well under 1 KiB (issue 16's
@@ -10,11 +11,17 @@
 //!   run with `--ignored --nocapture`): heap bytes and file descriptors
 //!   per always-on SOL session against the in-memory test BMC served on
 //!   loopback UDP, per-session sockets next to one shared socket.
+//! - `cpu_under_output_in_both_udp_modes` (ignored): 100 sessions each
+//!   receiving 11.5 KB/s (115200 baud) for 5 s; the client thread's CPU
+//!   time per mode (a debug build unless run with `--release`).
+//!
+//! File descriptors are the process's: for those figures run the tests one
+//! at a time (`--test-threads=1`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,47 +31,40 @@ use porthole_rmcp::udp::{UdpMode, UdpPool};
 use porthole_rmcp::{Session, SessionConfig, Sol, SolConfig};
 use tokio_util::sync::CancellationToken;
 
-/// The system allocator, counting the net bytes of threads that ask for it.
+/// The system allocator, counting the net bytes of each thread that asks
+/// for it (on its own, so tests running side by side do not mix).
 struct Counting;
-
-static NET: AtomicIsize = AtomicIsize::new(0);
 
 thread_local! {
     static COUNTED: Cell<bool> = const { Cell::new(false) };
+    static NET: Cell<isize> = const { Cell::new(0) };
 }
 
-fn counted() -> bool {
-    COUNTED.try_with(Cell::get).unwrap_or(false)
+fn count(delta: isize) {
+    if COUNTED.try_with(Cell::get).unwrap_or(false) {
+        let _ = NET.try_with(|n| n.set(n.get() + delta));
+    }
 }
 
 #[expect(unsafe_code, reason = "a GlobalAlloc is an unsafe trait")]
 // SAFETY: every call is forwarded unchanged to `System`, which upholds the
-// GlobalAlloc contract; the counting touches only an atomic and a
-// const-initialised thread-local (no allocation of its own).
+// GlobalAlloc contract; the counting touches only const-initialised
+// thread-locals (no allocation of its own).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if counted() {
-            NET.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
+        count(layout.size() as isize);
         // SAFETY: the caller's layout contract is passed through.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if counted() {
-            NET.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        }
+        count(-(layout.size() as isize));
         // SAFETY: `ptr` came from `System.alloc` with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if counted() {
-            NET.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
+        count(new_size as isize - layout.size() as isize);
         // SAFETY: as for dealloc and alloc.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -75,7 +75,7 @@ static ALLOC: Counting = Counting;
 
 /// Heap bytes the calling thread holds now, net, since counting began.
 fn held() -> isize {
-    NET.load(Ordering::SeqCst)
+    NET.with(Cell::get)
 }
 
 fn open_fds() -> usize {
@@ -134,8 +134,9 @@ fn endpoints_of_a_shared_socket_are_small() {
 }
 
 /// `n` test BMCs on loopback UDP, served by a runtime on another
-/// (uncounted) thread for the rest of the process.
-fn bmc_farm(n: usize) -> Vec<SocketAddr> {
+/// (uncounted) thread for the rest of the process; `output`: what each
+/// prints while its `output_on` is set.
+fn bmc_farm(n: usize, output: Option<test_bmc::Output>) -> Vec<(SocketAddr, Arc<Control>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -151,10 +152,11 @@ fn bmc_farm(n: usize) -> Vec<SocketAddr> {
                     suite: 3,
                     password: b"secret".to_vec(),
                     sol_port: addr.port(),
-                    output: None,
+                    output,
                 };
-                tokio::spawn(test_bmc::serve(sock, cfg, Arc::new(Control::default())));
-                addrs.push(addr);
+                let ctl = Arc::new(Control::default());
+                tokio::spawn(test_bmc::serve(sock, cfg, ctl.clone()));
+                addrs.push((addr, ctl));
             }
             tx.send(addrs).unwrap();
             std::future::pending::<()>().await
@@ -171,7 +173,7 @@ struct Figures {
     fds: isize,
 }
 
-async fn idle_sessions(mode: UdpMode, bmcs: &[SocketAddr]) -> Figures {
+async fn idle_sessions(mode: UdpMode, bmcs: &[(SocketAddr, Arc<Control>)]) -> Figures {
     let n = bmcs.len();
     let pool = UdpPool::new(mode);
     let login = SessionConfig::new("admin", b"secret");
@@ -187,7 +189,8 @@ async fn idle_sessions(mode: UdpMode, bmcs: &[SocketAddr]) -> Figures {
     }
     let heap_channels = (held() - heap0) as f64 / n as f64;
     let (fds0, heap0) = (open_fds() as isize, held());
-    for (&bmc, ((in_tx, in_rx), (out_tx, out_rx))) in bmcs.iter().zip(channels) {
+    for ((bmc, _), ((in_tx, in_rx), (out_tx, out_rx))) in bmcs.iter().zip(channels) {
+        let bmc = *bmc;
         let session = Session::open(pool.open(bmc).await.unwrap(), &login)
             .await
             .unwrap();
@@ -221,7 +224,7 @@ async fn idle_sessions(mode: UdpMode, bmcs: &[SocketAddr]) -> Figures {
 #[ignore = "1000 SOL sessions each way; run with --ignored --nocapture for the figures"]
 fn idle_sol_sessions_in_both_udp_modes() {
     const N: usize = 1000;
-    let bmcs = bmc_farm(N);
+    let bmcs = bmc_farm(N, None);
     let out = counted_thread(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -244,6 +247,102 @@ fn idle_sol_sessions_in_both_udp_modes() {
         println!(
             "{N} idle SOL sessions, {mode:?}: {:.0} heap bytes/session (session, SOL task, transport) + {:.0} for its two 1-slot channels; {} fds opened",
             f.heap_per_session, f.heap_channels, f.fds
+        );
+    }
+}
+
+/// CPU time of the calling thread (user + system), from /proc.
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+async fn cpu_under_output(mode: UdpMode, bmcs: &[(SocketAddr, Arc<Control>)]) -> (Duration, u64) {
+    let pool = UdpPool::new(mode);
+    let login = SessionConfig::new("admin", b"secret");
+    let mut running = Vec::new();
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for (bmc, _) in bmcs {
+        let session = Session::open(pool.open(*bmc).await.unwrap(), &login)
+            .await
+            .unwrap();
+        let cfg = SolConfig {
+            session_port: Some(bmc.port()),
+            ..SolConfig::default()
+        };
+        let sol = Sol::activate(session, cfg).await.unwrap();
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel(1);
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+        let got = received.clone();
+        tokio::spawn(async move {
+            while let Some(d) = out_rx.recv().await {
+                got.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        });
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(sol.run(in_rx, out_tx, cancel.clone()));
+        running.push((in_tx, cancel, task));
+    }
+    for (_, ctl) in bmcs {
+        ctl.output_on.send_replace(true);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (cpu0, got0) = (thread_cpu(), received.load(Ordering::Relaxed));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let figures = (thread_cpu() - cpu0, received.load(Ordering::Relaxed) - got0);
+    for (_, ctl) in bmcs {
+        ctl.output_on.send_replace(false);
+    }
+    for (_, cancel, _) in &running {
+        cancel.cancel();
+    }
+    for (_, _, task) in running {
+        let _ = task.await.unwrap();
+    }
+    figures
+}
+
+#[test]
+#[ignore = "100 SOL sessions at 11.5 KB/s for 5 s each way; run with --ignored --nocapture"]
+fn cpu_under_output_in_both_udp_modes() {
+    const N: usize = 100;
+    // 115200 baud: 11.5 KB/s, as 230 bytes every 20 ms.
+    let output = test_bmc::Output {
+        every: Duration::from_millis(20),
+        bytes: 230,
+    };
+    let bmcs = bmc_farm(N, Some(output));
+    let out = counted_thread(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut out = Vec::new();
+            for mode in [
+                UdpMode::PerSession,
+                UdpMode::Shared,
+                UdpMode::PerSession,
+                UdpMode::Shared,
+            ] {
+                out.push((mode, cpu_under_output(mode, &bmcs).await));
+            }
+            out
+        })
+    });
+    for (mode, (cpu, bytes)) in out {
+        println!(
+            "{N} SOL sessions under output, {mode:?}: client thread CPU {:.1}% of a core over 5 s, {:.1} KB/s received per session",
+            cpu.as_secs_f64() / 5.0 * 100.0,
+            bytes as f64 / 5.0 / 1000.0 / N as f64
         );
     }
 }
