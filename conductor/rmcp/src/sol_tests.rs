@@ -71,7 +71,7 @@ async fn all_256_byte_values_round_trip_then_cancel_deactivates() {
     let mut r = start_with(|_| {}).await;
     let all: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
     for chunk in all.chunks(100) {
-        r.io.write_all(&chunk.to_vec()).await.unwrap();
+        r.io.write_all(chunk).await.unwrap();
     }
     assert_eq!(
         read_n(&mut r.io, all.len()).await,
@@ -185,7 +185,7 @@ async fn sequence_numbers_wrap_from_15_to_1() {
     let mut r = start_with(|_| {}).await;
     // 40 packets, one at a time: our sequence and the BMC's wrap twice.
     for i in 0..40u8 {
-        r.io.write_all(&vec![i]).await.unwrap();
+        r.io.write_all(&[i]).await.unwrap();
         assert_eq!(read_n(&mut r.io, 1).await, vec![i]);
     }
     assert_eq!(*r.ctl.node_rx.lock().unwrap(), (0..40).collect::<Vec<u8>>());

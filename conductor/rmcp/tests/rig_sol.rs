@@ -75,11 +75,11 @@ async fn sol_both_ways_8bit_clean_then_deactivate() -> Result<()> {
     assert_eq!(read_sol(&mut sol.io, all.len()).await?, all);
     // SOL -> node, in small pieces like keystrokes and one large one.
     for chunk in all.chunks(7) {
-        sol.io.write_all(&chunk.to_vec()).await?;
+        sol.io.write_all(chunk).await?;
     }
     expect_node(&mut node, &all).await?;
     let big: Vec<u8> = (0..2000u32).map(|i| (i * 31 % 256) as u8).collect();
-    sol.io.write_all(&big.clone()).await?;
+    sol.io.write_all(&big).await?;
     expect_node(&mut node, &big).await?;
     sol.cancel.cancel();
     sol.task.await??;

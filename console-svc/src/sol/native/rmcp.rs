@@ -89,7 +89,7 @@ impl ConsoleBackend for RmcpBackend {
         let target = ctx.ipmi(self.name())?.clone();
         let listener = bind_port(ctx.listen).await?;
         let settings = &self.native.settings;
-        let mut cfg = self.native.hub_config(&ctx.node);
+        let mut cfg = self.native.hub_config(&ctx.node)?;
         cfg.always_on = settings.native.always_on.unwrap_or(true);
         cfg.backend = "rmcp";
         span.in_scope(
