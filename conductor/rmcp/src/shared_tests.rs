@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::test_bmc::{self, BmcConfig, Control};
-use crate::{Session, SessionConfig, Sol, SolConfig, SolInput};
+use crate::{Session, SessionConfig, Sol, SolConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -257,28 +258,24 @@ async fn sessions_with_sol_side_by_side_on_one_socket() {
             ..SolConfig::default()
         };
         let sol = Sol::activate(session, cfg).await.unwrap();
-        let (in_tx, in_rx) = tokio::sync::mpsc::channel(4);
-        let (out_tx, out_rx) = tokio::sync::mpsc::channel(4);
+        let (io, mut theirs) = tokio::io::duplex(4096);
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(sol.run(in_rx, out_tx, cancel.clone()));
-        running.push((i, in_tx, out_rx, cancel, task, ctl));
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move { sol.run(&mut theirs, stop).await });
+        running.push((i, io, cancel, task, ctl));
     }
     assert_eq!(s.stats().endpoints, 3);
-    for (i, in_tx, out_rx, ..) in &mut running {
+    for (i, io, ..) in &mut running {
         let line = format!("console {i}\n").into_bytes();
-        in_tx.send(SolInput::Data(line.clone())).await.unwrap();
-        let mut got = Vec::new();
-        while got.len() < line.len() {
-            got.extend(
-                tokio::time::timeout(WAIT, out_rx.recv())
-                    .await
-                    .expect("echo within 5 s")
-                    .expect("SOL output ended"),
-            );
-        }
+        io.write_all(&line).await.unwrap();
+        let mut got = vec![0; line.len()];
+        tokio::time::timeout(WAIT, io.read_exact(&mut got))
+            .await
+            .expect("echo within 5 s")
+            .expect("SOL output ended");
         assert_eq!(got, line, "each console gets its own BMC's echo");
     }
-    for (i, _, _, cancel, task, ctl) in running {
+    for (i, _, cancel, task, ctl) in running {
         cancel.cancel();
         task.await.unwrap().unwrap();
         let node = ctl.node_rx.lock().unwrap().clone();

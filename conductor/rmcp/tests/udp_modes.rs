@@ -29,6 +29,7 @@ use porthole_rmcp::shared::{SharedConfig, SharedUdp};
 use porthole_rmcp::test_bmc::{self, BmcConfig, Control};
 use porthole_rmcp::udp::{UdpMode, UdpPool};
 use porthole_rmcp::{Session, SessionConfig, Sol, SolConfig};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 /// The system allocator, counting the net bytes of each thread that asks
@@ -168,8 +169,8 @@ fn bmc_farm(n: usize, output: Option<test_bmc::Output>) -> Vec<(SocketAddr, Arc<
 struct Figures {
     /// Session, SOL state and its task, transport.
     heap_per_session: f64,
-    /// The two 1-slot channels a SOL task is driven with.
-    heap_channels: f64,
+    /// The console stream (an idle `tokio::io::duplex`) a SOL task runs over.
+    heap_stream: f64,
     fds: isize,
 }
 
@@ -178,18 +179,15 @@ async fn idle_sessions(mode: UdpMode, bmcs: &[(SocketAddr, Arc<Control>)]) -> Fi
     let pool = UdpPool::new(mode);
     let login = SessionConfig::new("admin", b"secret");
     let mut running = Vec::with_capacity(n);
-    let mut channels = Vec::with_capacity(n);
+    let mut streams = Vec::with_capacity(n);
     let heap0 = held();
     for _ in 0..n {
-        // The smallest channels a console can run SOL with.
-        channels.push((
-            tokio::sync::mpsc::channel(1),
-            tokio::sync::mpsc::channel::<Vec<u8>>(1),
-        ));
+        // As console-svc's rmcp backend makes it.
+        streams.push(tokio::io::duplex(64 * 1024));
     }
-    let heap_channels = (held() - heap0) as f64 / n as f64;
+    let heap_stream = (held() - heap0) as f64 / n as f64;
     let (fds0, heap0) = (open_fds() as isize, held());
-    for ((bmc, _), ((in_tx, in_rx), (out_tx, out_rx))) in bmcs.iter().zip(channels) {
+    for ((bmc, _), (ours, mut theirs)) in bmcs.iter().zip(streams) {
         let bmc = *bmc;
         let session = Session::open(pool.open(bmc).await.unwrap(), &login)
             .await
@@ -200,21 +198,22 @@ async fn idle_sessions(mode: UdpMode, bmcs: &[(SocketAddr, Arc<Control>)]) -> Fi
         };
         let sol = Sol::activate(session, cfg).await.unwrap();
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(sol.run(in_rx, out_tx, cancel.clone()));
-        running.push((in_tx, out_rx, cancel, task));
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move { sol.run(&mut theirs, stop).await });
+        running.push((ours, cancel, task));
     }
     // Idle: every session is waiting for the BMC.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(running.iter().all(|r| !r.3.is_finished()), "all still up");
+    assert!(running.iter().all(|r| !r.2.is_finished()), "all still up");
     let figures = Figures {
         heap_per_session: (held() - heap0) as f64 / n as f64,
-        heap_channels,
+        heap_stream,
         fds: open_fds() as isize - fds0,
     };
-    for (_, _, cancel, _) in &running {
+    for (_, cancel, _) in &running {
         cancel.cancel();
     }
-    for (_, _, _, task) in running {
+    for (_, _, task) in running {
         task.await.unwrap().unwrap();
     }
     figures
@@ -245,8 +244,8 @@ fn idle_sol_sessions_in_both_udp_modes() {
     });
     for (mode, f) in out {
         println!(
-            "{N} idle SOL sessions, {mode:?}: {:.0} heap bytes/session (session, SOL task, transport) + {:.0} for its two 1-slot channels; {} fds opened",
-            f.heap_per_session, f.heap_channels, f.fds
+            "{N} idle SOL sessions, {mode:?}: {:.0} heap bytes/session (session, SOL task, transport) + {:.0} for its idle console stream; {} fds opened",
+            f.heap_per_session, f.heap_stream, f.fds
         );
     }
 }
@@ -279,17 +278,18 @@ async fn cpu_under_output(mode: UdpMode, bmcs: &[(SocketAddr, Arc<Control>)]) ->
             ..SolConfig::default()
         };
         let sol = Sol::activate(session, cfg).await.unwrap();
-        let (in_tx, in_rx) = tokio::sync::mpsc::channel(1);
-        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+        let (mut ours, mut theirs) = tokio::io::duplex(64 * 1024);
         let got = received.clone();
-        tokio::spawn(async move {
-            while let Some(d) = out_rx.recv().await {
-                got.fetch_add(d.len() as u64, Ordering::Relaxed);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = ours.read(&mut buf).await {
+                got.fetch_add(n as u64, Ordering::Relaxed);
             }
         });
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(sol.run(in_rx, out_tx, cancel.clone()));
-        running.push((in_tx, cancel, task));
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move { sol.run(&mut theirs, stop).await });
+        running.push((reader, cancel, task));
     }
     for (_, ctl) in bmcs {
         ctl.output_on.send_replace(true);

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument, Span};
 
 use super::launcher::{SolLauncher, SolSession};
-use super::logfile::LogFile;
+use super::logfile::{LogFile, LogWriter};
 use super::ring::ByteRing;
 use super::session::{Active, Sol, SolEvent};
 use super::viewer::{self, ViewerHandle, ViewerIo};
@@ -57,8 +57,8 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 pub(crate) struct HubConfig {
     pub(crate) scrollback_bytes: usize,
     pub(crate) log_ring_bytes: usize,
-    /// `<log_dir>/<node>.log` and its size cap.
-    pub(crate) log_file: Option<(PathBuf, u64)>,
+    /// The backend's log writer and `<log_dir>/<node>.log`.
+    pub(crate) log_file: Option<(LogWriter, PathBuf)>,
     pub(crate) linger: Duration,
     /// Keep the session up (and retrying) with no viewer attached.
     pub(crate) always_on: bool,
@@ -140,7 +140,7 @@ pub(crate) fn spawn(
     let (input_tx, input_rx) = mpsc::channel(64);
     let log = Arc::new(Mutex::new(ByteRing::new(cfg.log_ring_bytes)));
     let hub = Hub {
-        log_file: cfg.log_file.clone().map(|(p, max)| LogFile::spawn(p, max)),
+        log_file: cfg.log_file.clone().map(|(w, p)| w.file(p)),
         scrollback: ByteRing::new(cfg.scrollback_bytes),
         backoff: Backoff::new(
             RETRY_FIRST.min(cfg.retry_max_backoff),
