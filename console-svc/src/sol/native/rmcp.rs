@@ -73,6 +73,22 @@ impl transport::Datagram for FencedUdp {
     }
 }
 
+impl crate::metrics::RmcpUdpSource for UdpPool {
+    fn rmcp_udp(&self) -> crate::metrics::RmcpUdpCounts {
+        let (v4, v6) = self.stats();
+        let mut c = crate::metrics::RmcpUdpCounts {
+            own_socket: self.fallbacks(),
+            ..Default::default()
+        };
+        for st in [v4, v6].into_iter().flatten() {
+            c.shared_sessions += st.endpoints as u64;
+            c.unknown_peer += st.unknown_peer;
+            c.queue_full += st.overflow;
+        }
+        c
+    }
+}
+
 /// The UDP transports of `[rmcp] udp`.
 pub(crate) fn udp_pool(mode: RmcpUdp) -> UdpPool {
     UdpPool::new(match mode {
@@ -91,9 +107,11 @@ pub struct RmcpBackend {
 impl RmcpBackend {
     pub fn new(config: &Config) -> Self {
         info!(udp = config.rmcp.udp.as_str(), "rmcp backend");
+        let udp = Arc::new(udp_pool(config.rmcp.udp));
+        crate::metrics::get().add_rmcp_udp(Arc::downgrade(&udp) as _);
         Self {
             native: NativeBackend::new(config),
-            udp: Arc::new(udp_pool(config.rmcp.udp)),
+            udp,
         }
     }
 }

@@ -149,3 +149,19 @@ async fn a_renewed_lease_keeps_the_session() {
     hub.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"ok");
 }
+
+/// The pool's figures as the metrics read them: sessions on the shared
+/// socket, and a second session to one BMC address on a socket of its own.
+#[tokio::test]
+async fn the_udp_pool_reports_its_figures_to_the_metrics() {
+    use crate::metrics::RmcpUdpSource;
+    let bmc = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let pool = udp_pool(RmcpUdp::Shared);
+    let first = pool.open(bmc.local_addr().unwrap()).await.unwrap();
+    let second = pool.open(bmc.local_addr().unwrap()).await.unwrap();
+    let c = pool.rmcp_udp();
+    assert_eq!((c.shared_sessions, c.own_socket), (1, 1), "{c:?}");
+    drop((first, second));
+    assert_eq!(pool.rmcp_udp().shared_sessions, 0);
+    assert_eq!(udp_pool(RmcpUdp::PerConsole).rmcp_udp(), Default::default());
+}
