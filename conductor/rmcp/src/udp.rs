@@ -158,6 +158,32 @@ mod tests {
         assert_eq!(pool.stats().0.unwrap().endpoints, 2);
     }
 
+    /// IPv4 and IPv6 BMCs each get the shared socket of their family.
+    #[tokio::test]
+    async fn each_address_family_has_its_shared_socket() {
+        let Ok(v6) = UdpSocket::bind("[::1]:0").await else {
+            eprintln!("notice: no IPv6 loopback here; skipping");
+            return;
+        };
+        let v4 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let pool = UdpPool::new(UdpMode::Shared);
+        let t6 = pool.open(v6.local_addr().unwrap()).await.unwrap();
+        let t4 = pool.open(v4.local_addr().unwrap()).await.unwrap();
+        t6.send(b"six").await.unwrap();
+        t4.send(b"four").await.unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from6) = v6.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"six");
+        let (n, from4) = v4.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"four");
+        v6.send_to(b"back6", from6).await.unwrap();
+        v4.send_to(b"back4", from4).await.unwrap();
+        assert_eq!(t6.recv().await.unwrap(), b"back6");
+        assert_eq!(t4.recv().await.unwrap(), b"back4");
+        let (s4, s6) = pool.stats();
+        assert_eq!((s4.unwrap().endpoints, s6.unwrap().endpoints), (1, 1));
+    }
+
     #[tokio::test]
     async fn per_session_mode_gives_each_its_own_socket() {
         let pool = UdpPool::new(UdpMode::PerSession);
