@@ -51,13 +51,20 @@ pub enum SharedError {
 pub struct SharedConfig {
     /// Datagrams kept per endpoint while its session is not reading.
     pub queue: usize,
+    /// The socket's receive buffer asked of the kernel (SO_RCVBUF; Linux
+    /// caps it at `net.core.rmem_max`). One socket takes what thousands of
+    /// sockets' buffers would, so it asks for more than the default.
+    pub recv_buffer: usize,
 }
 
 impl Default for SharedConfig {
     fn default() -> Self {
-        // A SOL session has one packet in flight each way plus a keep-alive
-        // answer: 16 leaves room for a burst of retransmissions.
-        Self { queue: 16 }
+        Self {
+            // A SOL session has one packet in flight each way plus a
+            // keep-alive answer: 16 leaves room for a burst of retransmissions.
+            queue: 16,
+            recv_buffer: 4 << 20,
+        }
     }
 }
 
@@ -124,13 +131,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl SharedUdp {
     /// Bind `local` (e.g. `0.0.0.0:0`) and start the receive task.
     pub async fn bind(local: SocketAddr, cfg: SharedConfig) -> Result<Self, SharedError> {
-        let sock = UdpSocket::bind(local).await?;
+        let sock = bind_socket(local, cfg.recv_buffer)?;
         let local = sock.local_addr()?;
         let core = Arc::new(Core {
             sock,
             local,
             cfg: SharedConfig {
                 queue: cfg.queue.max(1),
+                ..cfg
             },
             peers: Mutex::default(),
             closed: AtomicBool::new(false),
@@ -159,6 +167,11 @@ impl SharedUdp {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.owner.core.local
+    }
+
+    /// The receive buffer the kernel gave the socket (SO_RCVBUF as read back).
+    pub fn recv_buffer(&self) -> io::Result<usize> {
+        socket2::SockRef::from(&self.owner.core.sock).recv_buffer_size()
     }
 
     /// The endpoint for the BMC at `peer`; refused while another endpoint
@@ -213,6 +226,24 @@ impl SharedUdp {
     }
 }
 
+/// A non-blocking UDP socket bound to `local`, its receive buffer asked
+/// to be `recv_buffer` (a refusal is logged: the default still works).
+fn bind_socket(local: SocketAddr, recv_buffer: usize) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = sock.set_recv_buffer_size(recv_buffer) {
+        warn!(error = %e, recv_buffer, "shared UDP socket: receive buffer not set");
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&local.into())?;
+    let got = sock.recv_buffer_size().unwrap_or(0);
+    debug!(%local, asked = recv_buffer, got, "shared UDP socket bound");
+    UdpSocket::from_std(sock.into())
+}
+
+/// Datagrams the receive task takes in one go before it lets others run.
+pub(crate) const BATCH: usize = 64;
+
 /// The receive task: demultiplex until cancelled or the socket fails.
 async fn receive(core: Arc<Core>, cancel: CancellationToken) {
     loop {
@@ -225,8 +256,9 @@ async fn receive(core: Arc<Core>, cancel: CancellationToken) {
                 }
             }
         }
-        // Everything that is there, then wait again.
-        loop {
+        // What is there, a batch at a time: a flood must not keep the
+        // other tasks of this worker from running.
+        for _ in 0..BATCH {
             match take(|buf| core.sock.try_recv_from(buf)) {
                 Ok((d, from)) => core.deliver(from, d),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -235,6 +267,7 @@ async fn receive(core: Arc<Core>, cancel: CancellationToken) {
                 Err(e) => debug!(error = %e, "shared UDP receive failed"),
             }
         }
+        tokio::task::yield_now().await;
     }
     core.closed.store(true, Ordering::SeqCst);
     for slot in lock(&core.peers).values() {

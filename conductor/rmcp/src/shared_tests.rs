@@ -16,7 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn shared(queue: usize) -> SharedUdp {
-    SharedUdp::bind("127.0.0.1:0".parse().unwrap(), SharedConfig { queue })
+    let cfg = SharedConfig {
+        queue,
+        ..SharedConfig::default()
+    };
+    SharedUdp::bind("127.0.0.1:0".parse().unwrap(), cfg)
         .await
         .unwrap()
 }
@@ -285,4 +289,54 @@ async fn sessions_with_sol_side_by_side_on_one_socket() {
     until(&s, |st| st.endpoints == 0).await;
     let st = s.stats();
     assert_eq!((st.unknown_peer, st.overflow), (0, 0), "{st:?}");
+}
+
+/// A flood does not hold the runtime: the receive task hands datagrams out
+/// in batches and lets other tasks run between them (on a current-thread
+/// runtime another task sees the count grow in steps, not 0 then all).
+#[tokio::test(flavor = "current_thread")]
+async fn the_receive_task_yields_between_batches() {
+    let s = shared(1000).await;
+    let (a, a_addr) = bmc_sock().await;
+    let _ea = s.endpoint(a_addr).unwrap();
+    const N: u64 = 4 * BATCH as u64;
+    for i in 0..N {
+        a.send_to(&i.to_le_bytes(), s.local_addr()).await.unwrap();
+    }
+    let watcher = s.clone();
+    let seen = tokio::spawn(async move {
+        let mut seen = vec![];
+        loop {
+            let d = watcher.stats().delivered;
+            if seen.last() != Some(&d) {
+                seen.push(d);
+            }
+            if d >= N {
+                return seen;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let seen = tokio::time::timeout(WAIT, seen).await.unwrap().unwrap();
+    let between = seen.iter().filter(|&&d| d > 0 && d < N).count();
+    assert!(between >= 2, "counts seen by another task: {seen:?}");
+}
+
+/// The shared socket asks for a bigger receive buffer than a socket's
+/// default (it takes what thousands of sockets would), within the
+/// kernel's `net.core.rmem_max`.
+#[tokio::test]
+async fn the_shared_socket_has_a_bigger_receive_buffer() {
+    let s = shared(16).await;
+    let plain = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let default = socket2::SockRef::from(&plain).recv_buffer_size().unwrap();
+    let got = s.recv_buffer().unwrap();
+    let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    println!("receive buffer: default {default}, shared {got}, rmem_max {max}");
+    if max > default {
+        assert!(got > default, "shared {got} vs default {default}");
+    }
 }
