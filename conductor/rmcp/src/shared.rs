@@ -131,6 +131,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl SharedUdp {
     /// Bind `local` (e.g. `0.0.0.0:0`) and start the receive task.
     pub async fn bind(local: SocketAddr, cfg: SharedConfig) -> Result<Self, SharedError> {
+        Self::start(local, cfg)
+    }
+
+    /// [`Self::bind`] without the future (binding does not wait); needs a
+    /// runtime for the receive task.
+    pub(crate) fn start(local: SocketAddr, cfg: SharedConfig) -> Result<Self, SharedError> {
         let sock = bind_socket(local, cfg.recv_buffer)?;
         let local = sock.local_addr()?;
         let core = Arc::new(Core {
@@ -157,12 +163,22 @@ impl SharedUdp {
 
     /// A shared socket for `peer`'s address family, bound to the unspecified address.
     pub async fn bind_for(peer: SocketAddr, cfg: SharedConfig) -> Result<Self, SharedError> {
+        Self::start_for(peer, cfg)
+    }
+
+    pub(crate) fn start_for(peer: SocketAddr, cfg: SharedConfig) -> Result<Self, SharedError> {
         let local: SocketAddr = if peer.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        Self::bind(local, cfg).await
+        Self::start(local, cfg)
+    }
+
+    /// The receive task has ended (cancelled, or the socket failed): no
+    /// endpoint can be had any more.
+    pub fn is_closed(&self) -> bool {
+        self.owner.core.closed.load(Ordering::SeqCst)
     }
 
     pub fn local_addr(&self) -> SocketAddr {

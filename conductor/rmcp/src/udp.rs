@@ -13,10 +13,10 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use tokio::net::UdpSocket;
-use tokio::sync::OnceCell;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::shared::{Endpoint, SharedConfig, SharedError, SharedStats, SharedUdp};
 use crate::transport::{self, Datagram};
@@ -56,8 +56,10 @@ impl Datagram for Udp {
 pub struct UdpPool {
     mode: UdpMode,
     cfg: SharedConfig,
-    v4: OnceCell<SharedUdp>,
-    v6: OnceCell<SharedUdp>,
+    /// The shared socket of each family, bound on first use (and again if
+    /// its receive task ever ended).
+    v4: Mutex<Option<SharedUdp>>,
+    v6: Mutex<Option<SharedUdp>>,
     fallbacks: AtomicU64,
 }
 
@@ -70,8 +72,8 @@ impl UdpPool {
         Self {
             mode,
             cfg,
-            v4: OnceCell::new(),
-            v6: OnceCell::new(),
+            v4: Mutex::default(),
+            v6: Mutex::default(),
             fallbacks: AtomicU64::new(0),
         }
     }
@@ -85,11 +87,7 @@ impl UdpPool {
         if self.mode == UdpMode::PerSession {
             return Ok(Udp::Own(transport::udp(bmc).await?));
         }
-        let cell = if bmc.is_ipv4() { &self.v4 } else { &self.v6 };
-        let shared = cell
-            .get_or_try_init(|| SharedUdp::bind_for(bmc, self.cfg))
-            .await
-            .map_err(into_io)?;
+        let shared = self.shared_for(bmc)?;
         match shared.endpoint(bmc) {
             Ok(e) => Ok(Udp::Shared(e)),
             Err(SharedError::PeerInUse { .. }) => {
@@ -101,6 +99,22 @@ impl UdpPool {
         }
     }
 
+    /// The shared socket for `bmc`'s family: the one there is, unless its
+    /// receive task has ended (then a new one).
+    fn shared_for(&self, bmc: SocketAddr) -> io::Result<SharedUdp> {
+        let cell = if bmc.is_ipv4() { &self.v4 } else { &self.v6 };
+        let mut slot = cell.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        if slot.is_some() {
+            warn!("the shared UDP socket's receive task ended: binding a new one");
+        }
+        let s = SharedUdp::start_for(bmc, self.cfg).map_err(into_io)?;
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
     /// Sessions given their own socket because their BMC's address was in use.
     pub fn fallbacks(&self) -> u64 {
         self.fallbacks.load(Ordering::Relaxed)
@@ -108,10 +122,13 @@ impl UdpPool {
 
     /// The shared sockets' counters (IPv4, IPv6), for those bound.
     pub fn stats(&self) -> (Option<SharedStats>, Option<SharedStats>) {
-        (
-            self.v4.get().map(SharedUdp::stats),
-            self.v6.get().map(SharedUdp::stats),
-        )
+        let stats = |m: &Mutex<Option<SharedUdp>>| {
+            m.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(SharedUdp::stats)
+        };
+        (stats(&self.v4), stats(&self.v6))
     }
 }
 
@@ -182,6 +199,28 @@ mod tests {
         assert_eq!(t4.recv().await.unwrap(), b"back4");
         let (s4, s6) = pool.stats();
         assert_eq!((s4.unwrap().endpoints, s6.unwrap().endpoints), (1, 1));
+    }
+
+    /// A shared socket whose receive task ended is replaced for the next
+    /// session (a console reconnecting must not fail for ever).
+    #[tokio::test]
+    async fn a_closed_shared_socket_is_replaced() {
+        let pool = UdpPool::new(UdpMode::Shared);
+        let bmc = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let t1 = pool.open(bmc.local_addr().unwrap()).await.unwrap();
+        let old = pool.v4.lock().unwrap().clone().unwrap();
+        old.cancel();
+        old.ended().await;
+        assert!(t1.recv().await.is_err(), "the old session's socket is gone");
+        drop(t1);
+        let t2 = pool.open(bmc.local_addr().unwrap()).await.unwrap();
+        assert!(matches!(t2, Udp::Shared(_)));
+        t2.send(b"again").await.unwrap();
+        let mut buf = [0u8; 16];
+        let (_, from) = bmc.recv_from(&mut buf).await.unwrap();
+        assert_ne!(from.port(), old.local_addr().port(), "a new socket");
+        bmc.send_to(b"back", from).await.unwrap();
+        assert_eq!(t2.recv().await.unwrap(), b"back");
     }
 
     #[tokio::test]
