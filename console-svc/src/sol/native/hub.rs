@@ -204,7 +204,7 @@ impl Hub {
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
-                Some(join) = self.joins.recv() => self.on_join(join),
+                Some(join) = self.joins.recv() => self.on_join(*join),
                 Some(_) = self.tasks.join_next() => self.reap_viewers(),
                 Some(data) = next_keys(&mut self.keys), if take_input => self.on_input(&data),
                 // Boxed: the hub's task then holds only the waiting state,
@@ -215,8 +215,7 @@ impl Hub {
         Box::pin(self.shutdown()).await;
     }
 
-    fn on_join(&mut self, join: Box<Join>) {
-        let join = *join;
+    fn on_join(&mut self, join: Join) {
         self.make_room_for(&join.peer);
         let id = self.next_viewer;
         self.next_viewer += 1;
