@@ -223,7 +223,7 @@ impl ConsoleBackend for NativeBackend {
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
-    joins: mpsc::Sender<Join>,
+    joins: mpsc::Sender<Box<Join>>,
     stop: CancellationToken,
 ) {
     loop {
@@ -234,10 +234,10 @@ pub(super) async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let join = Join {
+                let join = Box::new(Join {
                     io: Box::new(stream),
                     peer: peer.to_string(),
-                };
+                });
                 if joins.send(join).await.is_err() {
                     break;
                 }
