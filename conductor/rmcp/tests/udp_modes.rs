@@ -14,6 +14,10 @@
 //! - `cpu_under_output_in_both_udp_modes` (ignored): 100 sessions each
 //!   receiving 11.5 KB/s (115200 baud) for 5 s; the client thread's CPU
 //!   time per mode (a debug build unless run with `--release`).
+//! - `kernel_memory_per_connected_socket` (ignored): the kernel slab a
+//!   connected UDP socket costs (what per-console mode adds per console
+//!   outside the process), from /proc/meminfo: machine-wide, so run it on
+//!   a quiet machine and read it as an estimate.
 //!
 //! File descriptors are the process's: for those figures run the tests one
 //! at a time (`--test-threads=1`).
@@ -355,4 +359,40 @@ fn cpu_under_output_in_both_udp_modes() {
             cpu.as_secs_f64() * 1000.0 / (bytes as f64 / 1e6),
         );
     }
+}
+
+fn slab_kib() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "machine-wide estimate; run with --ignored --nocapture on a quiet machine"]
+fn kernel_memory_per_connected_socket() {
+    const N: usize = 5000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for round in 0..3 {
+            let before = slab_kib();
+            let mut socks = Vec::with_capacity(N);
+            for i in 0..N {
+                let bmc: SocketAddr = ([127, 0, 14, 1], 20_000 + i as u16).into();
+                socks.push(porthole_rmcp::transport::udp(bmc).await.unwrap());
+            }
+            let grown = slab_kib() - before;
+            drop(socks);
+            println!(
+                "round {round}: {N} connected UDP sockets: kernel slab +{} bytes each",
+                grown * 1024 / N as i64
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
 }
