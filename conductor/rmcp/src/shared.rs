@@ -274,16 +274,22 @@ async fn receive(core: Arc<Core>, cancel: CancellationToken) {
         }
         // What is there, a batch at a time: a flood must not keep the
         // other tasks of this worker from running.
+        let mut drained = false;
         for _ in 0..BATCH {
             match take(|buf| core.sock.try_recv_from(buf)) {
                 Ok((d, from)) => core.deliver(from, d),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 // An unconnected socket reports no ICMP errors; anything
                 // else is about one datagram.
                 Err(e) => debug!(error = %e, "shared UDP receive failed"),
             }
         }
-        tokio::task::yield_now().await;
+        if !drained {
+            tokio::task::yield_now().await;
+        }
     }
     core.closed.store(true, Ordering::SeqCst);
     for slot in lock(&core.peers).values() {
