@@ -17,7 +17,8 @@
 //! - `rmcp`: the `rmcp` backend: this hub with SOL spoken natively over
 //!   RMCP+ (porthole-rmcp) instead of ipmitool, always on by default
 //!   (`HubConfig::always_on`: activate with no viewer, never linger out,
-//!   retry with backoff with nobody watching).
+//!   retry with backoff with nobody watching); `rmcp_probe`: its BMC probe
+//!   (Get Chassis Status over RMCP+, in place of ipmitool's).
 //!
 //! SOL session lifecycle:
 //!
@@ -40,6 +41,7 @@ mod launcher;
 mod logfile;
 mod ring;
 pub(crate) mod rmcp;
+mod rmcp_probe;
 mod session;
 mod viewer;
 

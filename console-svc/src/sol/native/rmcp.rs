@@ -25,9 +25,10 @@ use tracing::{info, warn, Instrument};
 
 use super::hub::{self, HubHandle};
 use super::launcher::{SessionControl, SolLauncher, SolSession};
+use super::rmcp_probe::RmcpProbe;
 use super::{accept_loop, NativeBackend};
 use crate::backend::{
-    bind_port, BackendError, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole,
+    bind_port, BackendError, BmcProbe, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole,
 };
 use crate::config::Config;
 use crate::coordinator::Fence;
@@ -82,6 +83,14 @@ impl RmcpBackend {
 impl ConsoleBackend for RmcpBackend {
     fn name(&self) -> &'static str {
         "rmcp"
+    }
+
+    fn bmc_probe(&self, target: &IpmiTarget, fence: &Fence) -> Option<Box<dyn BmcProbe>> {
+        Some(Box::new(RmcpProbe {
+            target: target.clone(),
+            fence: fence.clone(),
+            timeout: self.native.settings.subprocess_timeout,
+        }))
     }
 
     async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError> {
@@ -164,20 +173,33 @@ fn privilege(p: PrivilegeLevel) -> Privilege {
     }
 }
 
+/// The BMC's first address.
+pub(crate) async fn resolve(t: &IpmiTarget) -> porthole_rmcp::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host((t.address.as_str(), t.port))
+        .await?
+        .next()
+        .ok_or_else(|| {
+            porthole_rmcp::RmcpError::Invalid(format!("{} resolves to no address", t.address))
+        })
+}
+
+/// How to log in to `t` (ipmitool's -U, -P, -C, -L).
+pub(crate) fn session_config(t: &IpmiTarget) -> SessionConfig {
+    let mut cfg = SessionConfig::new(&t.username, t.password.expose().as_bytes());
+    cfg.cipher_suite = t.cipher_suite;
+    cfg.privilege = privilege(t.privilege);
+    cfg
+}
+
 impl RmcpLauncher {
     async fn open(&self) -> porthole_rmcp::Result<Sol<FencedUdp>> {
         let t = &self.target;
-        let addr = tokio::net::lookup_host((t.address.as_str(), t.port))
-            .await?
-            .next()
-            .ok_or_else(|| {
-                porthole_rmcp::RmcpError::Invalid(format!("{} resolves to no address", t.address))
-            })?;
-        let mut cfg = SessionConfig::new(&t.username, t.password.expose().as_bytes());
-        cfg.cipher_suite = t.cipher_suite;
-        cfg.privilege = privilege(t.privilege);
-        let session =
-            Session::open(FencedUdp::connect(addr, self.fence.clone()).await?, &cfg).await?;
+        let addr = resolve(t).await?;
+        let session = Session::open(
+            FencedUdp::connect(addr, self.fence.clone()).await?,
+            &session_config(t),
+        )
+        .await?;
         let sol = SolConfig {
             session_port: Some(t.port),
             ..SolConfig::default()
