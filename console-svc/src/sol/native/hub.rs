@@ -8,8 +8,9 @@
 //! ```text
 //!   viewers ──keystrokes──▶ input channel ──▶ hub ──▶ session (pty) ──▶ BMC
 //!   viewers ◀──bounded queues── fan-out ◀── hub ◀── session output
-//!                                            ├──▶ scrollback (replayed on attach)
-//!                                            ├──▶ log ring (RunningConsole::log)
+//!                                            ├──▶ ring: its newest scrollback_bytes
+//!                                            │    are replayed on attach, its newest
+//!                                            │    log_ring_bytes are RunningConsole::log
 //!                                            └──▶ log file
 //! ```
 //!
@@ -82,6 +83,9 @@ pub(crate) struct Join {
 
 /// The console's side of a running hub.
 pub(crate) struct HubHandle {
+    /// What [`HubHandle::log`] returns at most (the ring may keep more, for
+    /// the scrollback).
+    log_ring_bytes: usize,
     /// Boxed: the channel's first block (allocated with it, held by every
     /// console) is then 32 pointers, not 32 joins.
     joins: mpsc::Sender<Box<Join>>,
@@ -107,7 +111,20 @@ impl HubHandle {
     }
 
     pub(crate) fn log(&self, max_bytes: usize) -> LogSnapshot {
-        lock(&self.log).snapshot(max_bytes)
+        let cap = self.log_ring_bytes;
+        let ring = lock(&self.log);
+        if cap == 0 {
+            return LogSnapshot {
+                data: Vec::new(),
+                truncated: ring.has_output(),
+            };
+        }
+        let max = if max_bytes == 0 {
+            cap
+        } else {
+            max_bytes.min(cap)
+        };
+        ring.snapshot(max)
     }
 
     /// Stop the hub: viewers are closed and the session ends cleanly. After
@@ -139,10 +156,12 @@ pub(crate) fn spawn(
     span: Span,
 ) -> HubHandle {
     let (joins_tx, joins_rx) = mpsc::channel(16);
-    let log = Arc::new(Mutex::new(ByteRing::new(cfg.log_ring_bytes)));
+    // One ring for both: the scrollback is the newest part of the log.
+    let ring_bytes = cfg.log_ring_bytes.max(cfg.scrollback_bytes);
+    let log = Arc::new(Mutex::new(ByteRing::new(ring_bytes)));
+    let log_ring_bytes = cfg.log_ring_bytes;
     let hub = Hub {
         log_file: cfg.log_file.clone().map(|(w, p)| w.file(p)),
-        scrollback: ByteRing::new(cfg.scrollback_bytes),
         backoff: Backoff::new(
             RETRY_FIRST.min(cfg.retry_max_backoff),
             cfg.retry_max_backoff,
@@ -163,6 +182,7 @@ pub(crate) fn spawn(
     };
     let task = tokio::spawn(hub.run().instrument(span));
     HubHandle {
+        log_ring_bytes,
         joins: joins_tx,
         log,
         task,
@@ -182,7 +202,7 @@ struct Hub {
     viewers: HashMap<u64, ViewerHandle>,
     tasks: JoinSet<()>,
     next_viewer: u64,
-    scrollback: ByteRing,
+    /// Recent output: the scrollback and the log ring in one.
     log: Arc<Mutex<ByteRing>>,
     log_file: Option<LogFile>,
     sol: Sol,
@@ -230,7 +250,10 @@ impl Hub {
             self.keys.get_or_insert_with(|| mpsc::channel(64)).0.clone(),
             timeouts,
         );
-        let scrollback = self.scrollback.contents();
+        let scrollback = match self.cfg.scrollback_bytes {
+            0 => Vec::new(),
+            n => lock(&self.log).snapshot(n).data,
+        };
         if !scrollback.is_empty() {
             let _ = handle.send(Bytes::from(scrollback));
         }
@@ -420,7 +443,6 @@ impl Hub {
 
     /// The node printed `data`.
     fn on_output(&mut self, data: Bytes) {
-        self.scrollback.push(&data);
         lock(&self.log).push(&data);
         if let Some(file) = &mut self.log_file {
             file.write(data.clone());
