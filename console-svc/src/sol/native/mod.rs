@@ -5,7 +5,8 @@
 //! The manager (through [`ConsoleBackend`]) calls [`NativeBackend::start`] per
 //! console and later [`RunningConsole::stop`]. Pieces:
 //!
-//! - `hub`: one task per console; owns the session, viewers, scrollback, log.
+//! - `hub`: one task per console; owns the session, viewers, scrollback, log
+//!   (`room`: which idle viewer makes room on a full console).
 //! - `session`: the SOL session's states and its I/O events.
 //! - `launcher`: `sol deactivate`, and `sol activate` under a pty ([`crate::sol::pty`])
 //!   through the `console-svc sol-exec` helper, which asks this replica's
