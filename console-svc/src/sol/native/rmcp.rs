@@ -27,9 +27,10 @@ use tracing::{info, warn, Instrument};
 
 use super::hub::{self, HubHandle};
 use super::launcher::{SessionControl, SolLauncher, SolSession};
+use super::rmcp_probe::RmcpProbe;
 use super::{accept_loop, NativeBackend};
 use crate::backend::{
-    bind_port, BackendError, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole,
+    bind_port, BackendError, BmcProbe, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole,
 };
 use crate::config::{Config, RmcpUdp};
 use crate::coordinator::Fence;
@@ -122,6 +123,15 @@ impl ConsoleBackend for RmcpBackend {
         "rmcp"
     }
 
+    fn bmc_probe(&self, target: &IpmiTarget, fence: &Fence) -> Option<Box<dyn BmcProbe>> {
+        Some(Box::new(RmcpProbe {
+            target: target.clone(),
+            udp: self.udp.clone(),
+            fence: fence.clone(),
+            timeout: self.native.settings.subprocess_timeout,
+        }))
+    }
+
     async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError> {
         let span = tracing::info_span!(parent: None, "console", node = %ctx.node, port = ctx.listen.port());
         let target = ctx.ipmi(self.name())?.clone();
@@ -204,20 +214,30 @@ fn privilege(p: PrivilegeLevel) -> Privilege {
     }
 }
 
+/// The BMC's first address.
+pub(crate) async fn resolve(t: &IpmiTarget) -> porthole_rmcp::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host((t.address.as_str(), t.port))
+        .await?
+        .next()
+        .ok_or_else(|| {
+            porthole_rmcp::RmcpError::Invalid(format!("{} resolves to no address", t.address))
+        })
+}
+
+/// How to log in to `t` (ipmitool's -U, -P, -C, -L).
+pub(crate) fn session_config(t: &IpmiTarget) -> SessionConfig {
+    let mut cfg = SessionConfig::new(&t.username, t.password.expose().as_bytes());
+    cfg.cipher_suite = t.cipher_suite;
+    cfg.privilege = privilege(t.privilege);
+    cfg
+}
+
 impl RmcpLauncher {
     async fn open(&self) -> porthole_rmcp::Result<Sol<FencedUdp>> {
         let t = &self.target;
-        let addr = tokio::net::lookup_host((t.address.as_str(), t.port))
-            .await?
-            .next()
-            .ok_or_else(|| {
-                porthole_rmcp::RmcpError::Invalid(format!("{} resolves to no address", t.address))
-            })?;
-        let mut cfg = SessionConfig::new(&t.username, t.password.expose().as_bytes());
-        cfg.cipher_suite = t.cipher_suite;
-        cfg.privilege = privilege(t.privilege);
+        let addr = resolve(t).await?;
         let udp = FencedUdp::open(&self.udp, addr, self.fence.clone()).await?;
-        let session = Session::open(udp, &cfg).await?;
+        let session = Session::open(udp, &session_config(t)).await?;
         let sol = SolConfig {
             session_port: Some(t.port),
             ..SolConfig::default()
