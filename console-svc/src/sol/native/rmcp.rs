@@ -56,6 +56,15 @@ impl FencedUdp {
             fence,
         })
     }
+
+    /// Over a connected socket of its own, whatever `[rmcp] udp` says
+    /// (the BMC probe: short, and beside the console's SOL session).
+    pub(crate) async fn own(bmc: std::net::SocketAddr, fence: Fence) -> std::io::Result<Self> {
+        Ok(Self {
+            udp: Udp::Own(transport::udp(bmc).await?),
+            fence,
+        })
+    }
 }
 
 impl transport::Datagram for FencedUdp {
@@ -126,7 +135,6 @@ impl ConsoleBackend for RmcpBackend {
     fn bmc_probe(&self, target: &IpmiTarget, fence: &Fence) -> Option<Box<dyn BmcProbe>> {
         Some(Box::new(RmcpProbe {
             target: target.clone(),
-            udp: self.udp.clone(),
             fence: fence.clone(),
             timeout: self.native.settings.subprocess_timeout,
         }))

@@ -4,12 +4,10 @@
 //! ipmitool at all. The manager's supervisor runs it
 //! ([`crate::backend::BmcProbe`]); every datagram goes through [`FencedUdp`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use porthole_rmcp::session::cmd;
-use porthole_rmcp::udp::UdpPool;
 use porthole_rmcp::Session;
 
 use super::rmcp::{resolve, session_config, FencedUdp};
@@ -24,9 +22,6 @@ const RETRIES: u32 = 2;
 
 pub(crate) struct RmcpProbe {
     pub(crate) target: IpmiTarget,
-    /// The backend's UDP (`[rmcp] udp`); a probe beside a running SOL
-    /// session to the same BMC gets a socket of its own.
-    pub(crate) udp: Arc<UdpPool>,
     pub(crate) fence: Fence,
     /// The whole probe, handshake included.
     pub(crate) timeout: Duration,
@@ -38,7 +33,11 @@ impl RmcpProbe {
         let mut cfg = session_config(&self.target);
         cfg.timeout = ANSWER_WITHIN;
         cfg.retries = RETRIES;
-        let udp = FencedUdp::open(&self.udp, addr, self.fence.clone()).await?;
+        // A socket of its own for the probe's few seconds, in either
+        // `[rmcp] udp` mode: on the shared socket it would hold the BMC's
+        // address just when the console's SOL session comes up (both run
+        // at start), pushing that long-lived session off the shared socket.
+        let udp = FencedUdp::own(addr, self.fence.clone()).await?;
         let mut session = Session::open(udp, &cfg).await?;
         let status = session
             .request(cmd::NETFN_CHASSIS, cmd::GET_CHASSIS_STATUS, &[])

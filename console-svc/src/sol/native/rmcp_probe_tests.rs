@@ -44,7 +44,6 @@ async fn probe_of(password: &str, valid_for: Duration) -> (RmcpProbe, Arc<Contro
     };
     let probe = RmcpProbe {
         target,
-        udp: Arc::new(super::super::rmcp::udp_pool(crate::config::RmcpUdp::Shared)),
         fence,
         timeout: Duration::from_secs(10),
     };
