@@ -455,7 +455,10 @@ async fn rmcp_udp() -> Result<()> {
     // The BMC probe at start runs beside the SOL session: neither may push
     // the other off the shared socket (the probe has a socket of its own).
     let own = s1.value("porthole_console_rmcp_udp_own_sockets_total", &[])?;
-    ensure!(own == 0.0, "{own} sessions fell back to a socket of their own");
+    ensure!(
+        own == 0.0,
+        "{own} sessions fell back to a socket of their own"
+    );
     session::disable(&mut client, &node).await?;
     let s2 = scrape_until(&python, &url, WAIT, |s| sessions(s).is_ok_and(|n| n == 0.0)).await?;
     ensure!(

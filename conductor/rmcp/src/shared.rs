@@ -108,6 +108,8 @@ struct Core {
     cfg: SharedConfig,
     peers: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
     closed: AtomicBool,
+    /// Told each time an endpoint unregisters.
+    freed: Notify,
     /// Cancelled when the receive task has ended.
     ended: CancellationToken,
     delivered: AtomicU64,
@@ -148,6 +150,7 @@ impl SharedUdp {
             },
             peers: Mutex::default(),
             closed: AtomicBool::new(false),
+            freed: Notify::new(),
             ended: CancellationToken::new(),
             delivered: AtomicU64::new(0),
             unknown_peer: AtomicU64::new(0),
@@ -218,6 +221,33 @@ impl SharedUdp {
             peer,
             slot,
         })
+    }
+
+    /// As [`Self::endpoint`], but while the address is in use, wait up to
+    /// `grace` for its endpoint to go (a session being torn down as its
+    /// successor starts) before refusing.
+    pub async fn endpoint_within(
+        &self,
+        peer: SocketAddr,
+        grace: std::time::Duration,
+    ) -> Result<Endpoint, SharedError> {
+        let freed = &self.owner.core.freed;
+        let wait = async {
+            loop {
+                let notified = freed.notified();
+                tokio::pin!(notified);
+                // Registered before the check: a drop in between still wakes us.
+                notified.as_mut().enable();
+                match self.endpoint(peer) {
+                    Err(SharedError::PeerInUse { .. }) => notified.await,
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(grace, wait).await {
+            Ok(got) => got,
+            Err(_) => self.endpoint(peer),
+        }
     }
 
     pub fn stats(&self) -> SharedStats {
@@ -352,6 +382,8 @@ impl Drop for Endpoint {
         {
             peers.remove(&self.peer);
         }
+        drop(peers);
+        self.owner.core.freed.notify_waiters();
     }
 }
 

@@ -340,3 +340,29 @@ async fn the_shared_socket_has_a_bigger_receive_buffer() {
         assert!(got > default, "shared {got} vs default {default}");
     }
 }
+
+/// A successor waits out its predecessor's teardown: the address freed
+/// within the grace period is had; still held after it, refused.
+#[tokio::test]
+async fn endpoint_within_waits_for_the_address_to_free() {
+    let s = shared(16).await;
+    let (_a, a_addr) = bmc_sock().await;
+    let first = s.endpoint(a_addr).unwrap();
+    let dropper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(first);
+    });
+    let second = s
+        .endpoint_within(a_addr, Duration::from_secs(5))
+        .await
+        .expect("had once the first is gone");
+    dropper.await.unwrap();
+    assert_eq!(second.peer(), a_addr);
+    assert_eq!(s.stats().refused, 1, "refused once while the first held it");
+    let err = s
+        .endpoint_within(a_addr, Duration::from_millis(20))
+        .await
+        .err()
+        .expect("still held after the grace period");
+    assert!(matches!(err, SharedError::PeerInUse { .. }), "{err}");
+}

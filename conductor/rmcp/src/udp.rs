@@ -5,10 +5,11 @@
 //! (`[rmcp] udp`); the rig tests run with either.
 //!
 //! A second session to a BMC address that already has one on the shared
-//! socket (two consoles naming the same BMC, or a reconnect while the old
-//! session's task is still being dropped) is refused by [`SharedUdp`]; the
-//! pool then gives that session a socket of its own (counted in
-//! [`UdpPool::fallbacks`]), so neither steals the other's datagrams.
+//! socket is refused by [`SharedUdp`]. The pool first waits a moment for
+//! the address to be given up (a reconnect while the old session's task is
+//! still being dropped), then gives the session a socket of its own
+//! (counted in [`UdpPool::fallbacks`]; two consoles naming the same BMC),
+//! so neither steals the other's datagrams.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,6 +21,11 @@ use tracing::{debug, warn};
 
 use crate::shared::{Endpoint, SharedConfig, SharedError, SharedStats, SharedUdp};
 use crate::transport::{self, Datagram};
+
+/// How long a session waits for its BMC's address on the shared socket to
+/// be given up by a session being torn down (its task aborted a moment
+/// ago) before it takes a socket of its own for its whole life.
+const SUCCESSOR_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How sessions get their UDP socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +94,7 @@ impl UdpPool {
             return Ok(Udp::Own(transport::udp(bmc).await?));
         }
         let shared = self.shared_for(bmc)?;
-        match shared.endpoint(bmc) {
+        match shared.endpoint_within(bmc, SUCCESSOR_GRACE).await {
             Ok(e) => Ok(Udp::Shared(e)),
             Err(SharedError::PeerInUse { .. }) => {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -173,6 +179,23 @@ mod tests {
         assert_eq!(dup.recv().await.unwrap(), b"to dup");
         assert_eq!(ta.recv().await.unwrap(), b"to ta");
         assert_eq!(pool.stats().0.unwrap().endpoints, 2);
+    }
+
+    /// A reconnect while the old session is still being dropped stays on
+    /// the shared socket (it does not take a socket of its own for life).
+    #[tokio::test]
+    async fn a_successor_waits_for_its_predecessor_to_go() {
+        let pool = UdpPool::new(UdpMode::Shared);
+        let bmc = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let old = pool.open(bmc.local_addr().unwrap()).await.unwrap();
+        let teardown = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drop(old);
+        });
+        let new = pool.open(bmc.local_addr().unwrap()).await.unwrap();
+        teardown.await.unwrap();
+        assert!(matches!(new, Udp::Shared(_)));
+        assert_eq!(pool.fallbacks(), 0);
     }
 
     /// IPv4 and IPv6 BMCs each get the shared socket of their family.
