@@ -123,7 +123,10 @@ pub trait BmcSocket: Send + Sync + 'static {
 impl BmcSocket for MemDatagram {
     type Peer = ();
     async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, ())> {
-        Ok((self.recv(buf).await?, ()))
+        let d = self.recv().await?;
+        let n = d.len().min(buf.len());
+        buf[..n].copy_from_slice(&d[..n]);
+        Ok((n, ()))
     }
     async fn send_to(&self, datagram: &[u8], _: ()) -> std::io::Result<()> {
         self.send(datagram).await

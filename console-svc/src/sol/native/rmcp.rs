@@ -7,7 +7,8 @@
 //!
 //! [`RmcpBackend::start`] is called by the manager per console. The hub
 //! checks the fence before each activation (as for `native`); every
-//! datagram to the BMC goes through [`FencedUdp`], which refuses to send
+//! datagram to the BMC goes through [`FencedUdp`] (over the console's own
+//! socket or the shared one, `[rmcp] udp`), which refuses to send
 //! unless the lease is known valid at that instant, and [`serve`] wakes at
 //! the lease's deadline so a session whose lease lapsed ends then, without
 //! a word to the BMC (no polling: an idle console costs no wake-ups).
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use porthole_rmcp::udp::{Udp, UdpMode, UdpPool};
 use porthole_rmcp::{transport, Privilege, Session, SessionConfig, Sol, SolConfig};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
@@ -30,22 +32,36 @@ use super::{accept_loop, NativeBackend};
 use crate::backend::{
     bind_port, BackendError, BmcProbe, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole,
 };
-use crate::config::Config;
+use crate::config::{Config, RmcpUdp};
 use crate::coordinator::Fence;
 use crate::sol::SolError;
 use crate::spec::{IpmiTarget, PrivilegeLevel};
 
-/// A UDP socket to one BMC that sends only while the claim's lease is
+/// A UDP transport to one BMC (its own socket or an endpoint of the shared
+/// one, as `[rmcp] udp` says) that sends only while the claim's lease is
 /// known valid (the HA rule: a BMC action only under a valid lease).
 pub(crate) struct FencedUdp {
-    sock: tokio::net::UdpSocket,
+    udp: Udp,
     fence: Fence,
 }
 
 impl FencedUdp {
-    pub(crate) async fn connect(bmc: std::net::SocketAddr, fence: Fence) -> std::io::Result<Self> {
+    pub(crate) async fn open(
+        pool: &UdpPool,
+        bmc: std::net::SocketAddr,
+        fence: Fence,
+    ) -> std::io::Result<Self> {
         Ok(Self {
-            sock: transport::udp(bmc).await?,
+            udp: pool.open(bmc).await?,
+            fence,
+        })
+    }
+
+    /// Over a connected socket of its own, whatever `[rmcp] udp` says
+    /// (the BMC probe: short, and beside the console's SOL session).
+    pub(crate) async fn own(bmc: std::net::SocketAddr, fence: Fence) -> std::io::Result<Self> {
+        Ok(Self {
+            udp: Udp::Own(transport::udp(bmc).await?),
             fence,
         })
     }
@@ -59,22 +75,53 @@ impl transport::Datagram for FencedUdp {
                 format!("not sent to the BMC: {e}"),
             ));
         }
-        self.sock.send(datagram).await.map(|_| ())
+        transport::Datagram::send(&self.udp, datagram).await
     }
 
-    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.sock.recv(buf).await
+    async fn recv(&self) -> std::io::Result<Vec<u8>> {
+        transport::Datagram::recv(&self.udp).await
     }
+}
+
+impl crate::metrics::RmcpUdpSource for UdpPool {
+    fn rmcp_udp(&self) -> crate::metrics::RmcpUdpCounts {
+        let (v4, v6) = self.stats();
+        let mut c = crate::metrics::RmcpUdpCounts {
+            own_socket: self.fallbacks(),
+            ..Default::default()
+        };
+        for st in [v4, v6].into_iter().flatten() {
+            c.shared_sessions += st.endpoints as u64;
+            c.unknown_peer += st.unknown_peer;
+            c.queue_full += st.overflow;
+        }
+        c
+    }
+}
+
+/// The UDP transports of `[rmcp] udp`.
+pub(crate) fn udp_pool(mode: RmcpUdp) -> UdpPool {
+    UdpPool::new(match mode {
+        RmcpUdp::Shared => UdpMode::Shared,
+        RmcpUdp::PerConsole => UdpMode::PerSession,
+    })
 }
 
 pub struct RmcpBackend {
     native: NativeBackend,
+    /// Every console's UDP (one shared socket per address family, or a
+    /// socket each); a shared socket lives as long as its last console.
+    udp: Arc<UdpPool>,
 }
 
 impl RmcpBackend {
     pub fn new(config: &Config) -> Self {
+        info!(udp = config.rmcp.udp.as_str(), "rmcp backend");
+        let udp = Arc::new(udp_pool(config.rmcp.udp));
+        crate::metrics::get().add_rmcp_udp(Arc::downgrade(&udp) as _);
         Self {
             native: NativeBackend::new(config),
+            udp,
         }
     }
 }
@@ -106,6 +153,7 @@ impl ConsoleBackend for RmcpBackend {
         );
         let launcher = RmcpLauncher {
             target,
+            udp: self.udp.clone(),
             fence: ctx.fence.clone(),
             timeout: settings.subprocess_timeout,
         };
@@ -160,6 +208,7 @@ impl Drop for RmcpConsole {
 
 struct RmcpLauncher {
     target: IpmiTarget,
+    udp: Arc<UdpPool>,
     fence: Fence,
     timeout: Duration,
 }
@@ -195,11 +244,8 @@ impl RmcpLauncher {
     async fn open(&self) -> porthole_rmcp::Result<Sol<FencedUdp>> {
         let t = &self.target;
         let addr = resolve(t).await?;
-        let session = Session::open(
-            FencedUdp::connect(addr, self.fence.clone()).await?,
-            &session_config(t),
-        )
-        .await?;
+        let udp = FencedUdp::open(&self.udp, addr, self.fence.clone()).await?;
+        let session = Session::open(udp, &session_config(t)).await?;
         let sol = SolConfig {
             session_port: Some(t.port),
             ..SolConfig::default()

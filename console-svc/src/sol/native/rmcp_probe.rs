@@ -33,7 +33,11 @@ impl RmcpProbe {
         let mut cfg = session_config(&self.target);
         cfg.timeout = ANSWER_WITHIN;
         cfg.retries = RETRIES;
-        let udp = FencedUdp::connect(addr, self.fence.clone()).await?;
+        // A socket of its own for the probe's few seconds, in either
+        // `[rmcp] udp` mode: on the shared socket it would hold the BMC's
+        // address just when the console's SOL session comes up (both run
+        // at start), pushing that long-lived session off the shared socket.
+        let udp = FencedUdp::own(addr, self.fence.clone()).await?;
         let mut session = Session::open(udp, &cfg).await?;
         let status = session
             .request(cmd::NETFN_CHASSIS, cmd::GET_CHASSIS_STATUS, &[])
