@@ -19,7 +19,7 @@ const KEY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Viewers that read and count what their consoles print.
 pub struct Viewers {
-    pub bytes: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
     tasks: JoinSet<()>,
 }
 
@@ -43,6 +43,11 @@ impl Viewers {
             });
         }
         Ok(Self { bytes, tasks })
+    }
+
+    /// Bytes received so far, all viewers.
+    pub fn received(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     pub fn close(mut self) {

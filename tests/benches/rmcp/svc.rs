@@ -1,5 +1,5 @@
 //! console-svc as the bench's child process: started per scenario in its
-//! own process group, enabled over gRPC, its Prometheus metrics read over
+//! own process group (with `--rmcp-udp MODE` when the scenario names one), enabled over gRPC, its Prometheus metrics read over
 //! plain HTTP, stopped by pid (SIGTERM, then SIGKILL to its group).
 //! Called by `main`.
 
@@ -38,19 +38,25 @@ impl Service {
     pub async fn start(
         s: &Settings,
         backend: &str,
+        udp_mode: Option<&str>,
         dir: &Path,
         grpc: u16,
         metrics: u16,
     ) -> Result<Self> {
         fs::create_dir_all(dir)?;
         let log = File::create(dir.join("console-svc.log"))?;
-        let mut child = Command::new(&s.console_svc)
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{grpc}")])
+        let addr = &s.console_addr;
+        let mut cmd = Command::new(&s.console_svc);
+        cmd.arg("serve");
+        if let Some(m) = udp_mode {
+            cmd.args(["--rmcp-udp", m]);
+        }
+        let mut child = cmd
+            .args(["--listen", &format!("{addr}:{grpc}")])
             .args(["--backend", backend])
             .args(["--port-range", &s.console_ports])
             .args(["--socat-address", &s.console_addr])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .args(["--metrics-listen", &format!("{addr}:{metrics}")])
             .arg("--terminal-pid-dir")
             .arg(dir.join("pids"))
             .env("PORTHOLE_LOG", "warn")
@@ -65,7 +71,7 @@ impl Service {
             .id()
             .ok_or_else(|| anyhow!("console-svc exited at once"))?;
         fs::write(s.work_dir.join("pids"), format!("{pid}\n"))?;
-        let url = format!("http://127.0.0.1:{grpc}");
+        let url = format!("http://{addr}:{grpc}");
         let end = Instant::now() + Duration::from_secs(20);
         let client = loop {
             if let Some(st) = child.try_wait()? {
@@ -83,7 +89,7 @@ impl Service {
             child,
             pid,
             client,
-            metrics: format!("127.0.0.1:{metrics}"),
+            metrics: format!("{addr}:{metrics}"),
         })
     }
 
@@ -149,7 +155,7 @@ impl Service {
             .sum())
     }
 
-    /// SIGTERM (consoles deactivate and close), SIGKILL to the group after 30 s.
+    /// SIGTERM (consoles deactivate and close), SIGKILL to the group after 60 s.
     pub async fn stop(mut self) {
         let pid = Pid::from_raw(self.pid as i32);
         let _ = kill(pid, Signal::SIGTERM);
@@ -157,7 +163,7 @@ impl Service {
             .await
             .is_err()
         {
-            eprintln!("console-svc {pid} did not stop in 30 s; killing its group");
+            eprintln!("console-svc {pid} did not stop in 60 s; killing its group");
             let _ = killpg(pid, Signal::SIGKILL);
             let _ = self.child.wait().await;
         }
