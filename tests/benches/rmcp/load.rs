@@ -24,15 +24,21 @@ pub struct Viewers {
 }
 
 impl Viewers {
-    pub async fn connect(host: &str, ports: &[u16]) -> Result<Self> {
-        let bytes = Arc::new(AtomicU64::new(0));
-        let mut tasks = JoinSet::new();
+    pub fn new() -> Self {
+        Self {
+            bytes: Arc::new(AtomicU64::new(0)),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// One more viewer on each of `ports`.
+    pub async fn add(&mut self, host: &str, ports: &[u16]) -> Result<()> {
         for &p in ports {
             let mut s = TcpStream::connect((host, p))
                 .await
                 .with_context(|| format!("viewer to {host}:{p}"))?;
-            let b = bytes.clone();
-            tasks.spawn(async move {
+            let b = self.bytes.clone();
+            self.tasks.spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
@@ -42,7 +48,12 @@ impl Viewers {
                 }
             });
         }
-        Ok(Self { bytes, tasks })
+        Ok(())
+    }
+
+    /// Viewers still connected (their console has not closed them).
+    pub fn connected(&self) -> usize {
+        self.tasks.len()
     }
 
     /// Bytes received so far, all viewers.
@@ -52,6 +63,11 @@ impl Viewers {
 
     pub fn close(mut self) {
         self.tasks.abort_all();
+    }
+
+    /// Reap the tasks of viewers whose console closed them.
+    pub fn reap(&mut self) {
+        while self.tasks.try_join_next().is_some() {}
     }
 }
 

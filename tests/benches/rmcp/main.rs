@@ -33,6 +33,7 @@
 //! Environment (defaults in brackets): `PORTHOLE_BENCH_CONSOLE_SVC`
 //! (required), `PORTHOLE_BENCH_RIG_JSON` (comma list of rig.json files; rig
 //! scenarios only when set), `PORTHOLE_BENCH_RIG_COUNTS` [100],
+//! `PORTHOLE_BENCH_BACKENDS` [rmcp,native: the rig scenarios' backends],
 //! `PORTHOLE_BENCH_FARM_COUNTS` [1000,10000], `PORTHOLE_BENCH_RMCP_UDP`
 //! (comma list of `--rmcp-udp` modes, per-console and/or shared; unset: no
 //! flag, one rmcp scenario), `PORTHOLE_BENCH_PORT_BASE` [12000: gRPC
@@ -92,7 +93,8 @@ async fn rig_rows(s: &Settings, k: &mut u16, rows: &mut Rows) -> Option<RigCost>
     let cost = RigCost::measure(&procs, RIG_QUIET).await;
     for &n in &s.rig_counts {
         let modes = s.udp_modes.iter().map(|m| ("rmcp", m.as_deref()));
-        for (backend, mode) in modes.chain([("native", None)]) {
+        let all = modes.chain([("native", None)]);
+        for (backend, mode) in all.filter(|(b, _)| s.backends.iter().any(|x| x == b)) {
             let c = Case {
                 backend,
                 mode,

@@ -51,6 +51,7 @@ pub fn print(s: &Settings, rows: &[(String, Result<Row>)], ctx: &Context) {
         rig_cost(r, tck);
     }
     memory_table(rows);
+    unsettled(s, rows);
     cpu_table(s, rows, tck);
     echo_table(rows);
     println!();
@@ -90,8 +91,13 @@ fn memory_table(rows: &[(String, Result<Row>)]) {
         match r {
             Ok(r) => {
                 let n = r.consoles as f64;
+                let settled = if r.unsettled.is_some() {
+                    " (not settled)"
+                } else {
+                    ""
+                };
                 println!(
-                    "| {what} | {} | {}/{} | {:.1} | {:.1} | {} | {} → {} | {} → {} | {} → {} | {:.1} | {:.1} |",
+                    "| {what} | {} | {}/{} | {:.1} | {:.1}{settled} | {} | {} → {} | {} → {} | {} → {} | {:.1} | {:.1} |",
                     r.bmcs,
                     r.active,
                     r.consoles,
@@ -112,6 +118,36 @@ fn memory_table(rows: &[(String, Result<Row>)]) {
                 "| {what} | failed: {} |",
                 format!("{e:#}").replace('|', "/")
             ),
+        }
+    }
+}
+
+/// Scenarios whose sessions were not all up within the settle budget:
+/// what they looked like then, and why (the consoles' last_errors).
+fn unsettled(s: &Settings, rows: &[(String, Result<Row>)]) {
+    let mut first = true;
+    for (what, r) in rows {
+        let Ok(Row {
+            unsettled: Some(u),
+            consoles,
+            ..
+        }) = r
+        else {
+            continue;
+        };
+        if first {
+            println!();
+            println!("## Not settled in {} s", s.settle_budget.as_secs());
+            first = false;
+        }
+        println!();
+        println!(
+            "- {what}: {}/{consoles} sessions up and {} ipmitools at the end of the budget; SOL activations {} started, {} failed (console-svc's counters)",
+            u.up, u.ipmitools, u.activations.0, u.activations.1
+        );
+        for (e, k) in u.errors.iter().take(3) {
+            let e: String = e.replace('|', "/").chars().take(300).collect();
+            println!("  - {k} consoles: last_error `{e}`");
         }
     }
 }

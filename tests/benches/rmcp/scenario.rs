@@ -71,6 +71,8 @@ pub struct Row {
     pub active: usize,
     pub enable: Duration,
     pub settle: Duration,
+    /// Set when the sessions were not all up within the settle budget.
+    pub unsettled: Option<Unsettled>,
     pub base: Memory,
     pub loaded: Memory,
     /// console-svc's open files, sessions up.
@@ -180,24 +182,60 @@ async fn active(svc: &Service, c: &Case<'_>) -> usize {
 
 /// Wait until every session is up and the service's BMC probes
 /// (ipmitool) are done (native's ipmitools are then exactly its
-/// sessions), four polls in a row, at most the settle budget; the
-/// sessions up and the time taken.
-async fn settle(s: &Settings, c: &Case<'_>, svc: &Service) -> (usize, Duration) {
+/// sessions), four polls in a row, at most the settle budget; the time
+/// taken, and why not when the budget ran out first.
+async fn settle(s: &Settings, c: &Case<'_>, svc: &Service) -> (Duration, Option<Unsettled>) {
     let start = Instant::now();
     let probes_done = if c.backend == "native" { c.n } else { 0 };
     let poll = Duration::from_millis(if c.n > 2000 { 1000 } else { 250 });
-    let mut calm = 0;
+    let (mut calm, mut said) = (0, Duration::ZERO);
     loop {
         let a = active(svc, c).await;
-        calm = if a >= c.n && measure::ipmitools(svc.pid()) == probes_done {
+        let tools = measure::ipmitools(svc.pid());
+        calm = if a >= c.n && tools == probes_done {
             calm + 1
         } else {
             0
         };
-        if calm >= 4 || start.elapsed() > s.settle_budget {
-            return (a, start.elapsed());
+        let t = start.elapsed();
+        if calm >= 4 {
+            return (t, None);
+        }
+        if t > s.settle_budget {
+            return (t, Some(unsettled(svc, c.backend, a, tools).await));
+        }
+        if t >= said + Duration::from_secs(10) {
+            eprintln!("[{}] {t:.0?}: {a}/{} up, {tools} ipmitools", c.label(), c.n);
+            said = t;
         }
         tokio::time::sleep(poll).await;
+    }
+}
+
+/// What a scenario that did not settle looked like at the end of the
+/// budget.
+pub struct Unsettled {
+    pub up: usize,
+    pub ipmitools: usize,
+    /// porthole_console_sol_activations_total and ..._failures_total.
+    pub activations: (f64, f64),
+    /// The consoles' last_errors, most frequent first.
+    pub errors: Vec<(String, usize)>,
+}
+
+async fn unsettled(svc: &Service, backend: &str, up: usize, ipmitools: usize) -> Unsettled {
+    let metric = |m: &'static str| async move { svc.metric(m, backend).await.unwrap_or(f64::NAN) };
+    Unsettled {
+        up,
+        ipmitools,
+        activations: (
+            metric("porthole_console_sol_activations_total").await,
+            metric("porthole_console_sol_activation_failures_total").await,
+        ),
+        errors: svc
+            .last_errors()
+            .await
+            .unwrap_or_else(|e| vec![(format!("ListConsoles: {e:#}"), 0)]),
     }
 }
 
@@ -248,6 +286,82 @@ async fn logged(svc: &Service, n: usize) -> Result<usize> {
     Ok(hits.into_iter().filter(|h| *h).count())
 }
 
+/// A console-svc with every console enabled and settled (or the budget
+/// spent), memory before and after.
+struct Up {
+    ports: Vec<u16>,
+    viewers: Option<load::Viewers>,
+    enable: Duration,
+    settle: Duration,
+    unsettled: Option<Unsettled>,
+    base: Memory,
+    loaded: Memory,
+    fds: usize,
+}
+
+async fn bring_up(s: &Settings, c: &Case<'_>, svc: &Service, targets: &[Target]) -> Result<Up> {
+    let name = c.label();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base = measure::memory(svc.pid()).await;
+    eprintln!("[{name}] enabling");
+    let t_enable = Instant::now();
+    let ports = enable_all(svc, targets).await?;
+    let enable = t_enable.elapsed();
+    let t_settle = Instant::now();
+    let viewers = match c.backend {
+        "native" => Some(ramp_viewers(s, c, svc, &ports).await?),
+        _ => None,
+    };
+    let (_, unsettled) = settle(s, c, svc).await;
+    let settle = t_settle.elapsed();
+    let how = if unsettled.is_some() {
+        "not settled"
+    } else {
+        "settled"
+    };
+    eprintln!("[{name}] enabled in {enable:?}, {how} after {settle:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(Up {
+        ports,
+        viewers,
+        enable,
+        settle,
+        unsettled,
+        base,
+        loaded: measure::memory(svc.pid()).await,
+        fds: measure::open_files(svc.pid()),
+    })
+}
+
+/// native: a viewer per console starts its ipmitool session. They join
+/// `RAMP` at a time, each batch given up to 10 s for its ipmitools to
+/// start, so that a thousand sessions are not all asked for at once.
+async fn ramp_viewers(
+    s: &Settings,
+    c: &Case<'_>,
+    svc: &Service,
+    ports: &[u16],
+) -> Result<load::Viewers> {
+    const RAMP: usize = 50;
+    let mut v = load::Viewers::new();
+    for (k, batch) in ports.chunks(RAMP).enumerate() {
+        v.add(&s.console_addr, batch).await?;
+        let want = (k * RAMP + batch.len()).min(ports.len());
+        let end = Instant::now() + Duration::from_secs(10);
+        while measure::ipmitools(svc.pid()) < want && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    v.reap();
+    eprintln!(
+        "[{}] {} of {} viewers connected",
+        c.label(),
+        v.connected(),
+        c.n
+    );
+    Ok(v)
+}
+
 async fn measure_service(
     s: &Settings,
     c: &Case<'_>,
@@ -255,22 +369,8 @@ async fn measure_service(
     targets: &[Target],
 ) -> Result<Row> {
     let (name, n) = (c.label(), c.n);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let base = measure::memory(svc.pid()).await;
-    eprintln!("[{name}] enabling");
-    let t_enable = Instant::now();
-    let ports = enable_all(svc, targets).await?;
-    let enable = t_enable.elapsed();
-    // native: a viewer per console starts its ipmitool session.
-    let viewers = match c.backend {
-        "native" => Some(load::Viewers::connect(&s.console_addr, &ports).await?),
-        _ => None,
-    };
-    let (_, settle) = settle(s, c, svc).await;
-    eprintln!("[{name}] enabled in {enable:?}, settled after {settle:?}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let loaded = measure::memory(svc.pid()).await;
-    let fds = measure::open_files(svc.pid());
+    let up = bring_up(s, c, svc, targets).await?;
+    let viewers = up.viewers;
 
     eprintln!("[{name}] idle CPU for {:?}", s.idle);
     let (idle_ticks, bmc_idle) = idle_window(s, c, svc).await;
@@ -294,7 +394,7 @@ async fn measure_service(
     };
 
     eprintln!("[{name}] {} keystrokes", s.keys);
-    let echo = echo(s, c, ports[0]).await;
+    let echo = echo(s, c, up.ports[0]).await;
     if let Some(v) = viewers {
         v.close();
     }
@@ -302,11 +402,12 @@ async fn measure_service(
         bmcs: if c.is_farm() { "farm" } else { "rig ipmi_sim" },
         consoles: n,
         active,
-        enable,
-        settle,
-        base,
-        loaded,
-        fds,
+        enable: up.enable,
+        settle: up.settle,
+        unsettled: up.unsettled,
+        base: up.base,
+        loaded: up.loaded,
+        fds: up.fds,
         idle_ticks,
         load_ticks,
         bmc_ticks: (bmc_idle, bmc_load),

@@ -16,6 +16,8 @@ pub struct Settings {
     pub rigs: Vec<Rig>,
     pub rig_counts: Vec<usize>,
     pub farm_counts: Vec<usize>,
+    /// Backends of the rig scenarios (rmcp, native).
+    pub backends: Vec<String>,
     /// `--rmcp-udp` values, one rmcp scenario each; `None`: no flag.
     pub udp_modes: Vec<Option<String>>,
     pub port_base: u16,
@@ -112,6 +114,7 @@ impl Settings {
             rigs,
             rig_counts: counts("PORTHOLE_BENCH_RIG_COUNTS", "100")?,
             farm_counts: counts("PORTHOLE_BENCH_FARM_COUNTS", "1000,10000")?,
+            backends: list("PORTHOLE_BENCH_BACKENDS", "rmcp,native"),
             udp_modes: udp_modes()?,
             port_base: env_or("PORTHOLE_BENCH_PORT_BASE", "15000").parse()?,
             console_addr: env_or("PORTHOLE_BENCH_CONSOLE_ADDR", "127.0.12.1"),

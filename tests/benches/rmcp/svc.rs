@@ -141,6 +141,34 @@ impl Service {
             .data)
     }
 
+    /// The consoles' `last_error`s: each distinct one and how many
+    /// consoles have it, most frequent first (ListConsoles, every page).
+    pub async fn last_errors(&self) -> Result<Vec<(String, usize)>> {
+        let mut counts: std::collections::HashMap<String, usize> = Default::default();
+        let mut token = String::new();
+        loop {
+            let req = pb::ListConsolesRequest {
+                page_size: 1000,
+                page_token: token,
+            };
+            let page = self.client.clone().list_consoles(req).await?.into_inner();
+            for c in page
+                .consoles
+                .into_iter()
+                .filter(|c| !c.last_error.is_empty())
+            {
+                *counts.entry(c.last_error).or_default() += 1;
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let mut v: Vec<_> = counts.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(v)
+    }
+
     /// A metric's value summed over the lines that name `label`.
     pub async fn metric(&self, name: &str, label: &str) -> Result<f64> {
         let mut s = tokio::net::TcpStream::connect(&self.metrics).await?;
