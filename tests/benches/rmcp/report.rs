@@ -123,7 +123,8 @@ fn memory_table(rows: &[(String, Result<Row>)]) {
 }
 
 /// Scenarios whose sessions were not all up within the settle budget:
-/// what they looked like then, and why (the consoles' last_errors).
+/// what they looked like then, and why (the consoles' states and
+/// last_errors).
 fn unsettled(s: &Settings, rows: &[(String, Result<Row>)]) {
     let mut first = true;
     for (what, r) in rows {
@@ -145,9 +146,9 @@ fn unsettled(s: &Settings, rows: &[(String, Result<Row>)]) {
             "- {what}: {}/{consoles} sessions up and {} ipmitools at the end of the budget; SOL activations {} started, {} failed (console-svc's counters)",
             u.up, u.ipmitools, u.activations.0, u.activations.1
         );
-        for (e, k) in u.errors.iter().take(3) {
+        for (e, k) in u.errors.iter().take(4) {
             let e: String = e.replace('|', "/").chars().take(300).collect();
-            println!("  - {k} consoles: last_error `{e}`");
+            println!("  - {k} consoles: {e}");
         }
     }
 }

@@ -107,7 +107,8 @@ fn budget(s: &Settings, c: &Case) -> Result<()> {
     let why = match (c.backend, c.mode) {
         ("native", _) => "a listener, a viewer and an ipmitool's pipes per console",
         (_, Some("shared")) => "a TCP listener per console, one shared UDP socket",
-        _ => "a TCP listener and a UDP socket per console",
+        (_, Some(_)) => "a TCP listener and a UDP socket per console",
+        _ => "a TCP listener and a UDP socket per console: no UDP mode given, counted as per-console; PORTHOLE_BENCH_RMCP_UDP=shared runs the shared mode",
     };
     settings::check_fds("console-svc", need, limit, why)?;
     // The bench: what it holds now (the farm's sockets) and, per console,
@@ -219,7 +220,7 @@ pub struct Unsettled {
     pub ipmitools: usize,
     /// porthole_console_sol_activations_total and ..._failures_total.
     pub activations: (f64, f64),
-    /// The consoles' last_errors, most frequent first.
+    /// The consoles' states and last_errors, most frequent first.
     pub errors: Vec<(String, usize)>,
 }
 
@@ -233,7 +234,7 @@ async fn unsettled(svc: &Service, backend: &str, up: usize, ipmitools: usize) ->
             metric("porthole_console_sol_activation_failures_total").await,
         ),
         errors: svc
-            .last_errors()
+            .console_states()
             .await
             .unwrap_or_else(|e| vec![(format!("ListConsoles: {e:#}"), 0)]),
     }

@@ -89,12 +89,30 @@ fn udp_modes() -> Result<Vec<Option<String>>> {
     Ok(modes.into_iter().map(Some).collect())
 }
 
+/// Whether `console_svc serve` takes `--rmcp-udp` (built with the
+/// shared-UDP mode).
+fn has_udp_flag(console_svc: &std::path::Path) -> Result<bool> {
+    let out = std::process::Command::new(console_svc)
+        .args(["serve", "--help"])
+        .output()
+        .map_err(|e| anyhow!("{} serve --help: {e}", console_svc.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("--rmcp-udp"))
+}
+
 impl Settings {
     pub fn from_env() -> Result<Self> {
         let console_svc = PathBuf::from(
             std::env::var_os("PORTHOLE_BENCH_CONSOLE_SVC")
                 .ok_or_else(|| anyhow!("PORTHOLE_BENCH_CONSOLE_SVC is not set"))?,
         );
+        let udp_modes = udp_modes()?;
+        if udp_modes.iter().any(Option::is_some) && !has_udp_flag(&console_svc)? {
+            bail!(
+                "PORTHOLE_BENCH_RMCP_UDP names UDP modes but {} serve has no --rmcp-udp \
+                 (built before the shared-UDP mode)",
+                console_svc.display()
+            );
+        }
         let rigs = list("PORTHOLE_BENCH_RIG_JSON", "")
             .iter()
             .map(|p| Rig::load(&PathBuf::from(p)))
@@ -115,7 +133,7 @@ impl Settings {
             rig_counts: counts("PORTHOLE_BENCH_RIG_COUNTS", "100")?,
             farm_counts: counts("PORTHOLE_BENCH_FARM_COUNTS", "1000,10000")?,
             backends: list("PORTHOLE_BENCH_BACKENDS", "rmcp,native"),
-            udp_modes: udp_modes()?,
+            udp_modes,
             port_base: env_or("PORTHOLE_BENCH_PORT_BASE", "15000").parse()?,
             console_addr: env_or("PORTHOLE_BENCH_CONSOLE_ADDR", "127.0.12.1"),
             console_ports,
@@ -158,6 +176,8 @@ const FD_MARGIN: u64 = 200;
 /// Open files console-svc needs for `n` consoles: a TCP listener each; the
 /// rmcp backend a UDP socket each in per-console mode (one in all when
 /// shared); native a viewer connection and an ipmitool's three pipes each.
+/// No mode given (console-svc's default, which the bench does not see)
+/// counts as per-console.
 pub fn console_svc_fds(backend: &str, mode: Option<&str>, n: usize) -> u64 {
     let per = match (backend, mode) {
         ("native", _) => 1 + 1 + 3,

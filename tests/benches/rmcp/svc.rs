@@ -59,7 +59,10 @@ impl Service {
             .args(["--metrics-listen", &format!("{addr}:{metrics}")])
             .arg("--terminal-pid-dir")
             .arg(dir.join("pids"))
-            .env("PORTHOLE_LOG", "warn")
+            .env(
+                "PORTHOLE_LOG",
+                std::env::var("PORTHOLE_BENCH_SVC_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -141,9 +144,11 @@ impl Service {
             .data)
     }
 
-    /// The consoles' `last_error`s: each distinct one and how many
-    /// consoles have it, most frequent first (ListConsoles, every page).
-    pub async fn last_errors(&self) -> Result<Vec<(String, usize)>> {
+    /// The consoles' states and `last_error`s (the BMC's address cut off,
+    /// so that the same error on many BMCs counts once): each distinct
+    /// pair and how many consoles have it, most frequent first
+    /// (ListConsoles, every page).
+    pub async fn console_states(&self) -> Result<Vec<(String, usize)>> {
         let mut counts: std::collections::HashMap<String, usize> = Default::default();
         let mut token = String::new();
         loop {
