@@ -134,7 +134,7 @@ impl Settings {
             farm_counts: counts("PORTHOLE_BENCH_FARM_COUNTS", "1000,10000")?,
             backends: list("PORTHOLE_BENCH_BACKENDS", "rmcp,native"),
             udp_modes,
-            port_base: env_or("PORTHOLE_BENCH_PORT_BASE", "15000").parse()?,
+            port_base: env_or("PORTHOLE_BENCH_PORT_BASE", "12000").parse()?,
             console_addr: env_or("PORTHOLE_BENCH_CONSOLE_ADDR", "127.0.12.1"),
             console_ports,
             console_port_count: usize::from(b - a),

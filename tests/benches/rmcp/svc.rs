@@ -1,5 +1,7 @@
 //! console-svc as the bench's child process: started per scenario in its
-//! own process group (with `--rmcp-udp MODE` when the scenario names one), enabled over gRPC, its Prometheus metrics read over
+//! own process group (with `--rmcp-udp MODE` when the scenario names one,
+//! and `terminal_silent_timeout` off: native's viewers never type, and
+//! would be closed 60 s after connecting), enabled over gRPC, its Prometheus metrics read over
 //! plain HTTP, stopped by pid (SIGTERM, then SIGKILL to its group).
 //! Called by `main`.
 
@@ -59,6 +61,7 @@ impl Service {
             .args(["--metrics-listen", &format!("{addr}:{metrics}")])
             .arg("--terminal-pid-dir")
             .arg(dir.join("pids"))
+            .env("PORTHOLE_CONSOLE_SVC_CONSOLE_TERMINAL_SILENT_TIMEOUT", "0s")
             .env(
                 "PORTHOLE_LOG",
                 std::env::var("PORTHOLE_BENCH_SVC_LOG").unwrap_or_else(|_| "warn".into()),
