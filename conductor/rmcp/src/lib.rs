@@ -43,4 +43,4 @@ pub mod wire;
 pub use error::{RakpStatus, Result, RmcpError};
 pub use handshake::Privilege;
 pub use session::{Incoming, Session, SessionConfig};
-pub use sol::{Sol, SolConfig, SolInput};
+pub use sol::{BreakSender, Sol, SolConfig};

@@ -3,12 +3,20 @@
 //! do), the SOL packet with its sequence / ack / accepted-character count,
 //! retransmission, NACK and partial-accept handling, break, the session
 //! keep-alive, and Deactivate Payload. Bytes are passed through untouched.
-//! console-svc's `rmcp` backend runs one [`Sol::run`] per console.
+//! console-svc's `rmcp` backend runs one [`Sol::run`] per console, over a
+//! byte stream: keystrokes read from it go to the node, the node's output is
+//! written to it. Keystrokes are read through a buffer on the stack of one
+//! poll, so a waiting session holds no read buffer.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -77,11 +85,18 @@ impl SolPacket {
     }
 }
 
-/// What a console sends into SOL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SolInput {
-    Data(Vec<u8>),
-    Break,
+/// Keystrokes read from the stream at once (a paste takes a few reads).
+const KEYS_CHUNK: usize = 256;
+
+/// Asks a running [`Sol::run`] to send a break on the serial line (what
+/// ipmitool's `~B` does); a break asked for before `run` polls is kept.
+#[derive(Clone, Debug)]
+pub struct BreakSender(Arc<Notify>);
+
+impl BreakSender {
+    pub fn send_break(&self) {
+        self.0.notify_one();
+    }
 }
 
 /// SOL timing (defaults close to ipmitool's).
@@ -125,6 +140,7 @@ pub struct Sol<T: Datagram> {
     /// Bytes waiting to go out, and a break to send with them.
     pending: VecDeque<u8>,
     pending_break: bool,
+    breaks: Arc<Notify>,
     in_flight: Option<InFlight>,
     next_seq: u8,
     last_rx_seq: u8,
@@ -198,6 +214,7 @@ impl<T: Datagram> Sol<T> {
             max_chunk,
             pending: VecDeque::new(),
             pending_break: false,
+            breaks: Arc::new(Notify::new()),
             in_flight: None,
             next_seq: 1,
             last_rx_seq: 0,
@@ -205,16 +222,21 @@ impl<T: Datagram> Sol<T> {
         })
     }
 
+    /// How to ask [`Self::run`] for a break.
+    pub fn break_sender(&self) -> BreakSender {
+        BreakSender(self.breaks.clone())
+    }
+
     /// Move bytes both ways until `cancel` (then deactivate and close: Ok),
-    /// the BMC deactivates SOL, stops answering, or `input` closes (Ok,
-    /// after deactivating). Node output goes to `output` in arrival order.
-    pub async fn run(
-        mut self,
-        mut input: mpsc::Receiver<SolInput>,
-        output: mpsc::Sender<Vec<u8>>,
-        cancel: CancellationToken,
-    ) -> Result<()> {
-        let result = self.pump(&mut input, &output, &cancel).await;
+    /// the BMC deactivates SOL, stops answering, or `io` reaches its end
+    /// (Ok, after deactivating). Keystrokes are read from `io`; the node's
+    /// output is written to it in arrival order (a stream that fails to take
+    /// it ends the session: [`RmcpError::Closed`]).
+    pub async fn run<IO>(mut self, io: &mut IO, cancel: CancellationToken) -> Result<()>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let result = self.pump(io, &cancel).await;
         // The ends are boxed: a waiting session's task then holds only the
         // pump's state (one per always-on console).
         match &result {
@@ -232,36 +254,37 @@ impl<T: Datagram> Sol<T> {
     }
 
     /// The event loop of [`Self::run`]; Ok when asked to stop.
-    async fn pump(
-        &mut self,
-        input: &mut mpsc::Receiver<SolInput>,
-        output: &mpsc::Sender<Vec<u8>>,
-        cancel: &CancellationToken,
-    ) -> Result<()> {
+    async fn pump<IO>(&mut self, io: &mut IO, cancel: &CancellationToken) -> Result<()>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
         let mut keepalive = Instant::now() + self.cfg.keepalive;
         loop {
             let retransmit = self.in_flight.as_ref().map(|f| f.due);
             let take_input =
                 self.in_flight.is_none() && self.pending.is_empty() && !self.pending_break;
+            // Biased, in this order: a break asked for before keystrokes
+            // goes out before them, and a flood from the BMC never starves
+            // the retransmit and keep-alive timers.
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return Ok(()),
-                got = self.session.recv() => match got? {
-                    Incoming::Sol(m) => self.on_packet(&m, output).await?,
-                    Incoming::Response(_) => self.keepalive_misses = 0,
-                },
-                item = input.recv(), if take_input => {
-                    let Some(item) = item else { return Ok(()) };
-                    self.queue(item);
-                    while let Ok(more) = input.try_recv() {
-                        self.queue(more);
-                    }
-                }
+                _ = self.breaks.notified() => self.pending_break = true,
                 _ = sleep_until(retransmit.unwrap_or_else(Instant::now)), if retransmit.is_some() => {
                     self.resend().await?;
                 }
                 _ = sleep_until(keepalive) => {
                     self.keepalive().await?;
                     keepalive = Instant::now() + self.cfg.keepalive;
+                }
+                got = self.session.recv() => match got? {
+                    Incoming::Sol(m) => self.on_packet(&m, io).await?,
+                    Incoming::Response(_) => self.keepalive_misses = 0,
+                },
+                n = read_keys(io, &mut self.pending), if take_input => {
+                    if n.map_err(|_| RmcpError::Closed)? == 0 {
+                        return Ok(());
+                    }
                 }
             }
             if self.in_flight.is_none() {
@@ -284,13 +307,6 @@ impl<T: Datagram> Sol<T> {
             .send_request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[])
             .await
             .map(|_| ())
-    }
-
-    fn queue(&mut self, item: SolInput) {
-        match item {
-            SolInput::Data(d) => self.pending.extend(d),
-            SolInput::Break => self.pending_break = true,
-        }
     }
 
     fn advance_seq(&mut self) -> u8 {
@@ -346,7 +362,10 @@ impl<T: Datagram> Sol<T> {
         self.session.send_payload(payload::SOL, &bytes).await
     }
 
-    async fn on_packet(&mut self, m: &[u8], output: &mpsc::Sender<Vec<u8>>) -> Result<()> {
+    async fn on_packet<IO>(&mut self, m: &[u8], io: &mut IO) -> Result<()>
+    where
+        IO: AsyncWrite + Unpin + ?Sized,
+    {
         let pkt = SolPacket::decode(m)?;
         self.keepalive_misses = 0;
         if pkt.ack != 0 {
@@ -355,8 +374,11 @@ impl<T: Datagram> Sol<T> {
         if pkt.seq != 0 {
             if pkt.seq != self.last_rx_seq {
                 self.last_rx_seq = pkt.seq;
-                if !pkt.data.is_empty() && output.send(pkt.data.clone()).await.is_err() {
-                    return Err(RmcpError::Closed);
+                if !pkt.data.is_empty() {
+                    io.write_all(&pkt.data)
+                        .await
+                        .map_err(|_| RmcpError::Closed)?;
+                    io.flush().await.map_err(|_| RmcpError::Closed)?;
                 }
             }
             // Ack every data packet, retransmits too (our ack may have been lost).
@@ -415,6 +437,24 @@ impl<T: Datagram> Sol<T> {
             debug!(error = %e, "Close Session failed");
         }
     }
+}
+
+/// Read what keystrokes `io` has (at most [`KEYS_CHUNK`]) into `into`; 0 at
+/// its end. The buffer lives on the stack of one poll only, and what a
+/// poll read is queued in that poll (cancel-safe).
+async fn read_keys<IO>(io: &mut IO, into: &mut VecDeque<u8>) -> std::io::Result<usize>
+where
+    IO: AsyncRead + Unpin + ?Sized,
+{
+    poll_fn(|cx| {
+        // Uninitialised: no memset of the buffer on every poll.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); KEYS_CHUNK];
+        let mut rb = ReadBuf::uninit(&mut buf);
+        ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
+        into.extend(rb.filled());
+        Poll::Ready(Ok(rb.filled().len()))
+    })
+    .await
 }
 
 #[cfg(test)]

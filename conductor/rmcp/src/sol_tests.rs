@@ -4,13 +4,16 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use tokio::io::{AsyncReadExt, DuplexStream};
+
 use super::*;
 use crate::session::SessionConfig;
 use crate::test_bmc::{self, Control, TestBmc};
 
 struct Running {
-    input: mpsc::Sender<SolInput>,
-    output: mpsc::Receiver<Vec<u8>>,
+    /// Our end of the console stream: keystrokes in, node output out.
+    io: DuplexStream,
+    brk: BreakSender,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
     ctl: Arc<Control>,
@@ -24,13 +27,14 @@ async fn start_with(bmc_setup: impl FnOnce(&Control)) -> Running {
         .await
         .unwrap();
     let sol = Sol::activate(session, SolConfig::default()).await.unwrap();
-    let (input, in_rx) = mpsc::channel(16);
-    let (out_tx, output) = mpsc::channel(16);
+    let (io, mut theirs) = tokio::io::duplex(4096);
+    let brk = sol.break_sender();
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(sol.run(in_rx, out_tx, cancel.clone()));
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move { sol.run(&mut theirs, stop).await });
     Running {
-        input,
-        output,
+        io,
+        brk,
         cancel,
         task,
         ctl: bmc.ctl.clone(),
@@ -38,11 +42,9 @@ async fn start_with(bmc_setup: impl FnOnce(&Control)) -> Running {
     }
 }
 
-async fn read_n(out: &mut mpsc::Receiver<Vec<u8>>, n: usize) -> Vec<u8> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        got.extend(out.recv().await.expect("SOL output ended"));
-    }
+async fn read_n(out: &mut DuplexStream, n: usize) -> Vec<u8> {
+    let mut got = vec![0; n];
+    out.read_exact(&mut got).await.expect("SOL output ended");
     got
 }
 
@@ -69,10 +71,10 @@ async fn all_256_byte_values_round_trip_then_cancel_deactivates() {
     let mut r = start_with(|_| {}).await;
     let all: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
     for chunk in all.chunks(100) {
-        r.input.send(SolInput::Data(chunk.to_vec())).await.unwrap();
+        r.io.write_all(chunk).await.unwrap();
     }
     assert_eq!(
-        read_n(&mut r.output, all.len()).await,
+        read_n(&mut r.io, all.len()).await,
         all,
         "echo is 8-bit clean and in order"
     );
@@ -102,11 +104,8 @@ async fn lost_packet_is_retransmitted_once_delivered() {
     let mut r = start_with(|_| {}).await;
     r.ctl.drop_in.store(2, Ordering::SeqCst);
     let start = Instant::now();
-    r.input
-        .send(SolInput::Data(b"hello".to_vec()))
-        .await
-        .unwrap();
-    assert_eq!(read_n(&mut r.output, 5).await, b"hello");
+    r.io.write_all(b"hello").await.unwrap();
+    assert_eq!(read_n(&mut r.io, 5).await, b"hello");
     assert_eq!(
         start.elapsed(),
         Duration::from_millis(1000),
@@ -120,11 +119,8 @@ async fn nack_then_partial_accept() {
     let mut r = start_with(|_| {}).await;
     r.ctl.nack_next.store(1, Ordering::SeqCst);
     r.ctl.accept_max.store(3, Ordering::SeqCst);
-    r.input
-        .send(SolInput::Data(b"abcdefgh".to_vec()))
-        .await
-        .unwrap();
-    assert_eq!(read_n(&mut r.output, 8).await, b"abcdefgh");
+    r.io.write_all(b"abcdefgh").await.unwrap();
+    assert_eq!(read_n(&mut r.io, 8).await, b"abcdefgh");
     assert_eq!(
         *r.ctl.node_rx.lock().unwrap(),
         b"abcdefgh",
@@ -135,9 +131,9 @@ async fn nack_then_partial_accept() {
 #[tokio::test(start_paused = true)]
 async fn break_sets_the_operation_bit() {
     let mut r = start_with(|_| {}).await;
-    r.input.send(SolInput::Break).await.unwrap();
-    r.input.send(SolInput::Data(b"x".to_vec())).await.unwrap();
-    assert_eq!(read_n(&mut r.output, 1).await, b"x");
+    r.brk.send_break();
+    r.io.write_all(b"x").await.unwrap();
+    assert_eq!(read_n(&mut r.io, 1).await, b"x");
     assert!(r.ctl.sol_ops.lock().unwrap().contains(&op::BREAK));
 }
 
@@ -159,9 +155,9 @@ async fn keepalive_detects_a_dead_bmc() {
 
 #[tokio::test(start_paused = true)]
 async fn bmc_side_deactivation_ends_the_run_and_closes_the_session() {
-    let r = start_with(|_| {}).await;
+    let mut r = start_with(|_| {}).await;
     r.ctl.deactivating.store(true, Ordering::SeqCst);
-    r.input.send(SolInput::Data(b"x".to_vec())).await.unwrap();
+    r.io.write_all(b"x").await.unwrap();
     let err = r.task.await.unwrap().unwrap_err();
     assert!(matches!(err, RmcpError::SolDeactivated), "{err}");
     let reqs = requests(&r.ctl);
@@ -176,17 +172,12 @@ async fn bmc_side_deactivation_ends_the_run_and_closes_the_session() {
 async fn a_retransmitted_bmc_packet_is_acked_but_delivered_once() {
     let mut r = start_with(|_| {}).await;
     r.ctl.duplicate_out.store(1, Ordering::SeqCst);
-    r.input
-        .send(SolInput::Data(b"once".to_vec()))
-        .await
-        .unwrap();
-    r.input
-        .send(SolInput::Data(b"-next".to_vec()))
-        .await
-        .unwrap();
-    assert_eq!(read_n(&mut r.output, 9).await, b"once-next");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(r.output.try_recv().is_err(), "nothing delivered twice");
+    r.io.write_all(b"once").await.unwrap();
+    r.io.write_all(b"-next").await.unwrap();
+    assert_eq!(read_n(&mut r.io, 9).await, b"once-next");
+    let mut more = [0u8; 1];
+    let late = tokio::time::timeout(Duration::from_millis(100), r.io.read(&mut more)).await;
+    assert!(late.is_err(), "nothing delivered twice: {late:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -194,8 +185,8 @@ async fn sequence_numbers_wrap_from_15_to_1() {
     let mut r = start_with(|_| {}).await;
     // 40 packets, one at a time: our sequence and the BMC's wrap twice.
     for i in 0..40u8 {
-        r.input.send(SolInput::Data(vec![i])).await.unwrap();
-        assert_eq!(read_n(&mut r.output, 1).await, vec![i]);
+        r.io.write_all(&[i]).await.unwrap();
+        assert_eq!(read_n(&mut r.io, 1).await, vec![i]);
     }
     assert_eq!(*r.ctl.node_rx.lock().unwrap(), (0..40).collect::<Vec<u8>>());
 }

@@ -471,9 +471,9 @@ fn keys_of<P>(sessions: &HashMap<u32, Sess<P>>, sid: u32) -> bool {
 mod tests {
     use super::*;
     use crate::session::{cmd, Session, SessionConfig};
-    use crate::sol::{Sol, SolConfig, SolInput};
+    use crate::sol::{Sol, SolConfig};
     use crate::transport;
-    use tokio::sync::mpsc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::sync::CancellationToken;
 
     /// The farm's case: console-svc's SOL session stays usable while an
@@ -503,10 +503,10 @@ mod tests {
             ..SolConfig::default()
         };
         let sol = Sol::activate(s, sol_cfg).await.unwrap();
-        let (in_tx, in_rx) = mpsc::channel(4);
-        let (out_tx, mut out_rx) = mpsc::channel(64);
+        let (mut io, mut theirs) = tokio::io::duplex(4096);
         let cancel = CancellationToken::new();
-        let run = tokio::spawn(sol.run(in_rx, out_tx, cancel.clone()));
+        let stop = cancel.clone();
+        let run = tokio::spawn(async move { sol.run(&mut theirs, stop).await });
 
         let mut probe = Session::open(transport::udp(addr).await.unwrap(), &login)
             .await
@@ -518,18 +518,23 @@ mod tests {
         probe.close().await.unwrap();
 
         let wait = Duration::from_secs(5);
-        in_tx.send(SolInput::Data(b"ping".to_vec())).await.unwrap();
-        let echo = tokio::time::timeout(wait, out_rx.recv()).await.unwrap();
-        assert_eq!(echo.unwrap(), b"ping", "SOL still echoes after the probe");
+        io.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        tokio::time::timeout(wait, io.read_exact(&mut echo))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&echo, b"ping", "SOL still echoes after the probe");
         assert!(*ctl.sol_active.lock().unwrap());
         assert_eq!(ctl.output_bytes.load(Ordering::SeqCst), 0, "output is off");
 
         ctl.output_on.send_replace(true);
-        let out = tokio::time::timeout(wait, out_rx.recv())
+        let mut out = [0u8; 24];
+        tokio::time::timeout(wait, io.read_exact(&mut out))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(out, b"farm output 0123456789\r\n");
+        assert_eq!(&out, b"farm output 0123456789\r\n");
         ctl.output_on.send_replace(false);
 
         cancel.cancel();

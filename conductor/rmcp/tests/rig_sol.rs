@@ -8,15 +8,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use porthole_rmcp::{transport, Session, SessionConfig, Sol, SolConfig, SolInput};
+use porthole_rmcp::{transport, Session, SessionConfig, Sol, SolConfig};
 use porthole_tests::rig::{Bmc, Rig};
 use porthole_tests::{node_side, Wire};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_util::sync::CancellationToken;
 
 struct Running {
-    input: mpsc::Sender<SolInput>,
-    output: mpsc::Receiver<Vec<u8>>,
+    /// Our end of the console stream: keystrokes in, node output out.
+    io: DuplexStream,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<porthole_rmcp::Result<()>>,
 }
@@ -26,23 +26,21 @@ async fn activate(bmc: &Bmc) -> Result<Running> {
     let cfg = SessionConfig::new(&bmc.username, bmc.password.as_bytes());
     let session = Session::open(transport::udp(addr).await?, &cfg).await?;
     let sol = Sol::activate(session, SolConfig::default()).await?;
-    let (input, in_rx) = mpsc::channel(64);
-    let (out_tx, output) = mpsc::channel(64);
+    let (io, mut theirs) = tokio::io::duplex(64 * 1024);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(sol.run(in_rx, out_tx, cancel.clone()));
-    Ok(Running {
-        input,
-        output,
-        cancel,
-        task,
-    })
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move { sol.run(&mut theirs, stop).await });
+    Ok(Running { io, cancel, task })
 }
 
-async fn read_sol(out: &mut mpsc::Receiver<Vec<u8>>, n: usize) -> Result<Vec<u8>> {
+async fn read_sol(out: &mut DuplexStream, n: usize) -> Result<Vec<u8>> {
     let mut got = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
         while got.len() < n {
-            got.extend(out.recv().await.context("SOL output ended")?);
+            let k = out.read(&mut buf[..n - got.len()]).await?;
+            anyhow::ensure!(k > 0, "SOL output ended");
+            got.extend_from_slice(&buf[..k]);
         }
         anyhow::Ok(())
     })
@@ -74,14 +72,14 @@ async fn sol_both_ways_8bit_clean_then_deactivate() -> Result<()> {
     let all: Vec<u8> = (0..=255u8).collect();
     // Node -> SOL.
     node.send(&all).await?;
-    assert_eq!(read_sol(&mut sol.output, all.len()).await?, all);
+    assert_eq!(read_sol(&mut sol.io, all.len()).await?, all);
     // SOL -> node, in small pieces like keystrokes and one large one.
     for chunk in all.chunks(7) {
-        sol.input.send(SolInput::Data(chunk.to_vec())).await?;
+        sol.io.write_all(chunk).await?;
     }
     expect_node(&mut node, &all).await?;
     let big: Vec<u8> = (0..2000u32).map(|i| (i * 31 % 256) as u8).collect();
-    sol.input.send(SolInput::Data(big.clone())).await?;
+    sol.io.write_all(&big).await?;
     expect_node(&mut node, &big).await?;
     sol.cancel.cancel();
     sol.task.await??;
@@ -104,10 +102,7 @@ async fn an_active_sol_is_taken_over() -> Result<()> {
     // The second activation meets "already active" (0x80), deactivates, activates.
     let mut second = activate(bmc).await?;
     node.send(b"after takeover\r\n").await?;
-    assert_eq!(
-        read_sol(&mut second.output, 16).await?,
-        b"after takeover\r\n"
-    );
+    assert_eq!(read_sol(&mut second.io, 16).await?, b"after takeover\r\n");
     second.cancel.cancel();
     second.task.await??;
     first.cancel.cancel();
@@ -134,8 +129,8 @@ async fn an_idle_session_stays_up_on_keepalives() -> Result<()> {
         sol.task.await?
     );
     node.send(b"still here\r\n").await?;
-    assert_eq!(read_sol(&mut sol.output, 12).await?, b"still here\r\n");
-    sol.input.send(SolInput::Data(b"typed".to_vec())).await?;
+    assert_eq!(read_sol(&mut sol.io, 12).await?, b"still here\r\n");
+    sol.io.write_all(b"typed").await?;
     expect_node(&mut node, b"typed").await?;
     sol.cancel.cancel();
     sol.task.await??;

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use porthole_rmcp::session::cmd;
-use porthole_rmcp::{transport, Session, SessionConfig, Sol, SolConfig, SolInput};
+use porthole_rmcp::{transport, Session, SessionConfig, Sol, SolConfig};
 use porthole_tests::node_side;
 use porthole_tests::rig::{Bmc, Rig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// (to the BMC?, datagram)
@@ -108,26 +108,23 @@ async fn sol_exchange(bmc: &Bmc, addr: SocketAddr, suite: u8) -> Result<()> {
         .request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[])
         .await?;
     let sol = Sol::activate(session, SolConfig::default()).await?;
-    let (input, in_rx) = mpsc::channel(8);
-    let (out_tx, mut output) = mpsc::channel(8);
+    let (mut io, mut theirs) = tokio::io::duplex(4096);
+    let brk = sol.break_sender();
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(sol.run(in_rx, out_tx, cancel.clone()));
-    input.send(SolInput::Data(b"typed".to_vec())).await?;
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move { sol.run(&mut theirs, stop).await });
+    io.write_all(b"typed").await?;
     node.send(b"printed").await?;
-    let mut got = Vec::new();
-    while got.len() < 7 {
-        got.extend(
-            tokio::time::timeout(Duration::from_secs(10), output.recv())
-                .await?
-                .context("SOL ended")?,
-        );
-    }
-    anyhow::ensure!(got == b"printed", "SOL output {got:?}");
-    input.send(SolInput::Break).await?;
+    let mut got = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut got))
+        .await?
+        .context("SOL ended")?;
+    anyhow::ensure!(&got == b"printed", "SOL output {got:?}");
+    brk.send_break();
     // Bytes after the break reach the node too. (They also wake the rig
     // bridge's socat, which a break on its pty leaves blocked in read();
     // ended then, it would keep the line and take the next test's bytes.)
-    input.send(SolInput::Data(b"after-break".to_vec())).await?;
+    io.write_all(b"after-break").await?;
     node.expect(b"after-break", Duration::from_secs(10)).await?;
     cancel.cancel();
     task.await??;

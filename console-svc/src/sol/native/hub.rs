@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument, Span};
 
 use super::launcher::{SolLauncher, SolSession};
-use super::logfile::LogFile;
+use super::logfile::{LogFile, LogWriter};
 use super::ring::ByteRing;
 use super::session::{Active, Sol, SolEvent};
 use super::viewer::{self, ViewerHandle, ViewerIo};
@@ -57,8 +57,8 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 pub(crate) struct HubConfig {
     pub(crate) scrollback_bytes: usize,
     pub(crate) log_ring_bytes: usize,
-    /// `<log_dir>/<node>.log` and its size cap.
-    pub(crate) log_file: Option<(PathBuf, u64)>,
+    /// The backend's log writer and `<log_dir>/<node>.log`.
+    pub(crate) log_file: Option<(LogWriter, PathBuf)>,
     pub(crate) linger: Duration,
     /// Keep the session up (and retrying) with no viewer attached.
     pub(crate) always_on: bool,
@@ -82,7 +82,9 @@ pub(crate) struct Join {
 
 /// The console's side of a running hub.
 pub(crate) struct HubHandle {
-    joins: mpsc::Sender<Join>,
+    /// Boxed: the channel's first block (allocated with it, held by every
+    /// console) is then 32 pointers, not 32 joins.
+    joins: mpsc::Sender<Box<Join>>,
     log: Arc<Mutex<ByteRing>>,
     task: JoinHandle<()>,
     stop: CancellationToken,
@@ -90,17 +92,17 @@ pub(crate) struct HubHandle {
 
 impl HubHandle {
     /// Where to send new connections.
-    pub(crate) fn joins(&self) -> mpsc::Sender<Join> {
+    pub(crate) fn joins(&self) -> mpsc::Sender<Box<Join>> {
         self.joins.clone()
     }
 
     /// Attach a viewer (tests; the acceptor uses [`HubHandle::joins`]).
     #[cfg(test)]
     pub(crate) async fn join(&self, io: impl ViewerIo, peer: &str) {
-        let join = Join {
+        let join = Box::new(Join {
             io: Box::new(io),
             peer: peer.to_owned(),
-        };
+        });
         self.joins.send(join).await.expect("hub running");
     }
 
@@ -137,10 +139,9 @@ pub(crate) fn spawn(
     span: Span,
 ) -> HubHandle {
     let (joins_tx, joins_rx) = mpsc::channel(16);
-    let (input_tx, input_rx) = mpsc::channel(64);
     let log = Arc::new(Mutex::new(ByteRing::new(cfg.log_ring_bytes)));
     let hub = Hub {
-        log_file: cfg.log_file.clone().map(|(p, max)| LogFile::spawn(p, max)),
+        log_file: cfg.log_file.clone().map(|(w, p)| w.file(p)),
         scrollback: ByteRing::new(cfg.scrollback_bytes),
         backoff: Backoff::new(
             RETRY_FIRST.min(cfg.retry_max_backoff),
@@ -151,8 +152,7 @@ pub(crate) fn spawn(
         fence,
         health,
         joins: joins_rx,
-        input_tx,
-        input_rx,
+        keys: None,
         viewers: HashMap::new(),
         tasks: JoinSet::new(),
         next_viewer: 0,
@@ -175,9 +175,10 @@ struct Hub {
     launcher: Arc<dyn SolLauncher>,
     fence: Fence,
     health: watch::Sender<Health>,
-    joins: mpsc::Receiver<Join>,
-    input_tx: mpsc::Sender<Bytes>,
-    input_rx: mpsc::Receiver<Bytes>,
+    joins: mpsc::Receiver<Box<Join>>,
+    /// Keystrokes from the viewers; made for the first viewer (a console
+    /// nobody ever watched holds no queue).
+    keys: Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>,
     viewers: HashMap<u64, ViewerHandle>,
     tasks: JoinSet<()>,
     next_viewer: u64,
@@ -203,9 +204,9 @@ impl Hub {
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
-                Some(join) = self.joins.recv() => self.on_join(join),
+                Some(join) = self.joins.recv() => self.on_join(*join),
                 Some(_) = self.tasks.join_next() => self.reap_viewers(),
-                Some(data) = self.input_rx.recv(), if take_input => self.on_input(&data),
+                Some(data) = next_keys(&mut self.keys), if take_input => self.on_input(&data),
                 // Boxed: the hub's task then holds only the waiting state,
                 // not these rarer ones (an idle console's memory).
                 event = self.sol.next_event(&self.pending_input) => Box::pin(self.on_sol_event(event)).await,
@@ -226,7 +227,7 @@ impl Hub {
             join.io,
             &join.peer,
             self.cfg.viewer_queue,
-            self.input_tx.clone(),
+            self.keys.get_or_insert_with(|| mpsc::channel(64)).0.clone(),
             timeouts,
         );
         let scrollback = self.scrollback.contents();
@@ -466,6 +467,16 @@ impl Hub {
         }
         self.tasks.shutdown().await;
         info!("console stopped");
+    }
+}
+
+/// The next keystrokes from any viewer; never, before the first viewer.
+async fn next_keys(
+    keys: &mut Option<(mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)>,
+) -> Option<Bytes> {
+    match keys {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

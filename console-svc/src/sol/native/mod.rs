@@ -69,6 +69,7 @@ use tracing::{info, warn, Instrument};
 
 use self::hub::{HubConfig, HubHandle, Join};
 use self::launcher::{Helper, IpmiLauncher};
+use self::logfile::LogWriter;
 use super::activation_gate::{ActivationGate, SharedGate};
 use super::ipmitool::IpmiTool;
 use super::sol_exec::GateRef;
@@ -113,6 +114,9 @@ pub struct NativeBackend {
     /// Where each session's helper asks for its go; started with the first
     /// console.
     gate: SharedGate,
+    /// Every console's log file writer; started with the first console
+    /// that logs to a file.
+    logs: std::sync::Mutex<Option<LogWriter>>,
 }
 
 impl NativeBackend {
@@ -124,18 +128,32 @@ impl NativeBackend {
         Self {
             settings,
             gate: SharedGate::default(),
+            logs: std::sync::Mutex::new(None),
         }
     }
 
-    fn hub_config(&self, node: &NodeId) -> HubConfig {
+    /// The backend's log writer, started on first use.
+    fn log_writer(&self) -> Result<LogWriter, BackendError> {
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = &*logs {
+            return Ok(w.clone());
+        }
+        let w = LogWriter::new(self.settings.native.log_file_max_bytes)
+            .map_err(|e| BackendError::Failed(Box::new(e)))?;
+        *logs = Some(w.clone());
+        Ok(w)
+    }
+
+    fn hub_config(&self, node: &NodeId) -> Result<HubConfig, BackendError> {
         let n = &self.settings.native;
-        HubConfig {
+        let log_file = match &n.log_dir {
+            Some(dir) => Some((self.log_writer()?, dir.join(format!("{node}.log")))),
+            None => None,
+        };
+        Ok(HubConfig {
             scrollback_bytes: n.scrollback_bytes,
             log_ring_bytes: n.log_ring_bytes,
-            log_file: n
-                .log_dir
-                .as_ref()
-                .map(|dir| (dir.join(format!("{node}.log")), n.log_file_max_bytes)),
+            log_file,
             linger: n.linger,
             always_on: n.always_on.unwrap_or(false),
             backend: "native",
@@ -145,7 +163,7 @@ impl NativeBackend {
             terminal_silent_timeout: n.terminal_silent_timeout,
             retry_max_backoff: self.settings.retry_max_backoff,
             viewer_queue: hub::VIEWER_QUEUE_CHUNKS,
-        }
+        })
     }
 }
 
@@ -181,7 +199,7 @@ impl ConsoleBackend for NativeBackend {
         let launcher = IpmiLauncher::new(tool, helper, ctx.processes.clone(), s.subprocess_timeout);
         let stop = ctx.cancel.child_token();
         let hub = hub::spawn(
-            self.hub_config(&ctx.node),
+            self.hub_config(&ctx.node)?,
             Arc::new(launcher),
             ctx.fence,
             ctx.health,
@@ -205,7 +223,7 @@ impl ConsoleBackend for NativeBackend {
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
-    joins: mpsc::Sender<Join>,
+    joins: mpsc::Sender<Box<Join>>,
     stop: CancellationToken,
 ) {
     loop {
@@ -216,10 +234,10 @@ pub(super) async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let join = Join {
+                let join = Box::new(Join {
                     io: Box::new(stream),
                     peer: peer.to_string(),
-                };
+                });
                 if joins.send(join).await.is_err() {
                     break;
                 }

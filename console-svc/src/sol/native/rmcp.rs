@@ -8,7 +8,7 @@
 //! [`RmcpBackend::start`] is called by the manager per console. The hub
 //! checks the fence before each activation (as for `native`); every
 //! datagram to the BMC goes through [`FencedUdp`], which refuses to send
-//! unless the lease is known valid at that instant, and [`bridge`] wakes at
+//! unless the lease is known valid at that instant, and [`serve`] wakes at
 //! the lease's deadline so a session whose lease lapsed ends then, without
 //! a word to the BMC (no polling: an idle console costs no wake-ups).
 
@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use porthole_rmcp::{transport, Privilege, Session, SessionConfig, Sol, SolConfig, SolInput};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::mpsc;
+use porthole_rmcp::{transport, Privilege, Session, SessionConfig, Sol, SolConfig};
+use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
@@ -90,7 +89,7 @@ impl ConsoleBackend for RmcpBackend {
         let target = ctx.ipmi(self.name())?.clone();
         let listener = bind_port(ctx.listen).await?;
         let settings = &self.native.settings;
-        let mut cfg = self.native.hub_config(&ctx.node);
+        let mut cfg = self.native.hub_config(&ctx.node)?;
         cfg.always_on = settings.native.always_on.unwrap_or(true);
         cfg.backend = "rmcp";
         span.in_scope(
@@ -210,7 +209,7 @@ impl SolLauncher for RmcpLauncher {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let cancel = CancellationToken::new();
         let why = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(bridge(
+        let task = tokio::spawn(serve(
             sol,
             theirs,
             cancel.clone(),
@@ -232,79 +231,46 @@ impl SolLauncher for RmcpLauncher {
     }
 }
 
-/// The bridge's read buffer for keystrokes from the hub.
-const KEYS_BUF: usize = 256;
-
-/// Move bytes between the hub's stream and the SOL session until either
-/// ends; the stream closes when the session does.
-async fn bridge<T: transport::Datagram>(
+/// Run the SOL session on the hub's stream until it ends or the lease is no
+/// longer known valid, then say why and close the stream (the hub reads
+/// what is left, then the end). One task per session: keystrokes and output
+/// go through `io` itself, no queues in between.
+async fn serve<T: transport::Datagram>(
     sol: Sol<T>,
-    io: DuplexStream,
+    mut io: DuplexStream,
     cancel: CancellationToken,
     fence: Fence,
     why: Arc<Mutex<Option<String>>>,
     bmc: String,
 ) {
-    let (in_tx, in_rx) = mpsc::channel(16);
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
-    // Aborted with the bridge (end without deactivate): no word to the BMC.
-    let mut run = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sol.run(
-        in_rx,
-        out_tx,
-        cancel.clone(),
-    )));
-    let (mut rd, mut wr) = tokio::io::split(io);
-    // Keystrokes only (a paste takes a few reads): small, as every idle
-    // always-on console holds it.
-    let mut buf = vec![0u8; KEYS_BUF];
-    // The hub's side closed: the session is ending, read no more (a closed
-    // stream reads 0 at once, which would spin this loop).
-    let mut reading = true;
-    let ended = loop {
-        // Sleep until the lease's current deadline, then look again: a
-        // renewed lease gives a later one, a lapsed one ends the session.
-        let lease_end = match fence.permit() {
-            Ok(permit) => permit.until(),
-            Err(e) => {
-                run.abort();
-                warn!(reason = %e, "lease not known valid: SOL session dropped without telling the BMC");
-                break format!("lease not known valid: {e}");
-            }
-        };
-        tokio::select! {
-            r = &mut run => break match r {
-                Ok(Ok(())) => "SOL session closed".to_owned(),
-                Ok(Err(e)) => format!("BMC {bmc}: {e}"),
-                Err(e) => format!("SOL task failed: {e}"),
-            },
-            n = rd.read(&mut buf), if reading => match n {
-                Ok(n) if n > 0 => {
-                    let _ = in_tx.send(SolInput::Data(buf[..n].to_vec())).await;
-                }
-                _ => {
-                    reading = false;
-                    cancel.cancel();
-                }
-            },
-            Some(data) = out_rx.recv() => {
-                if wr.write_all(&data).await.is_err() {
-                    cancel.cancel();
-                }
-            }
-            _ = async {
-                match lease_end {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
+    let ended = tokio::select! {
+        r = sol.run(&mut io, cancel) => match r {
+            Ok(()) => "SOL session closed".to_owned(),
+            Err(e) => format!("BMC {bmc}: {e}"),
+        },
+        // Dropping the session here ends it without a word to the BMC.
+        e = lease_lapse(&fence) => {
+            warn!(reason = %e, "lease not known valid: SOL session dropped without telling the BMC");
+            format!("lease not known valid: {e}")
         }
     };
-    // Output that came before the end still goes out.
-    while let Ok(data) = out_rx.try_recv() {
-        let _ = wr.write_all(&data).await;
-    }
     *why.lock().unwrap_or_else(|e| e.into_inner()) = Some(ended);
-    let _ = wr.shutdown().await;
+    let _ = io.shutdown().await;
+}
+
+/// Sleep until the lease's current deadline and look again (a renewed lease
+/// gives a later one) until it is no longer known valid: no polling, so an
+/// idle console costs no wake-ups.
+async fn lease_lapse(fence: &Fence) -> crate::coordinator::CoordError {
+    loop {
+        match fence.permit() {
+            Ok(permit) => match permit.until() {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            },
+            Err(e) => return e,
+        }
+    }
 }
 
 struct RmcpControl {

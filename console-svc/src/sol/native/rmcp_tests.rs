@@ -1,6 +1,6 @@
 //! Unit tests of the rmcp backend's own parts, on tokio's paused clock: the
 //! fenced transport sends nothing once the lease is past its deadline, and
-//! the bridge (over porthole-rmcp's in-memory BMC) ends an idle session at
+//! `serve` (over porthole-rmcp's in-memory BMC) ends an idle session at
 //! the deadline without a word to the BMC, or keeps it while renewed.
 
 use std::sync::Arc;
@@ -45,7 +45,7 @@ async fn nothing_reaches_the_bmc_past_the_lease_deadline() {
 }
 
 /// A session on the in-memory BMC, bridged as the backend does, under a
-/// lease valid for `valid_for`: (the hub's end, the bridge, its why, the BMC).
+/// lease valid for `valid_for`: (the hub's end, the serving task, its why, the BMC).
 async fn bridged(
     valid_for: Duration,
 ) -> (
@@ -72,7 +72,7 @@ async fn bridged(
     );
     let (ours, theirs) = tokio::io::duplex(4096);
     let why = Arc::new(std::sync::Mutex::new(None));
-    let task = tokio::spawn(super::bridge(
+    let task = tokio::spawn(super::serve(
         sol,
         theirs,
         tokio_util::sync::CancellationToken::new(),

@@ -12,26 +12,27 @@
 //!   └─────────────────────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! Reads and writes are cancel-safe (`read_buf`, `write`), so the hub can poll
-//! [`Sol::next_event`] inside a `select!` and drop it whenever something else
-//! happens first.
+//! Reads and writes are cancel-safe (`read_output`, `write`), so the hub can
+//! poll [`Sol::next_event`] inside a `select!` and drop it whenever something
+//! else happens first. Output is read through a buffer on the stack of one
+//! poll: a waiting session holds no read buffer.
 
-use std::future::pending;
+use std::future::{pending, poll_fn};
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::time::{sleep_until, Instant};
 
 use super::launcher::{SessionControl, SolIo, SolSession};
 use super::ring::ByteRing;
 use crate::sol::SolError;
 
-/// Reads start this small (an idle always-on console holds one such
-/// buffer while it waits) and grow to [`READ_CHUNK_MAX`] while reads fill them.
-const READ_CHUNK_MIN: usize = 512;
-const READ_CHUNK_MAX: usize = 8192;
+/// The most output one read takes.
+const READ_CHUNK: usize = 8192;
 /// Output kept to explain why a session ended.
 const TAIL_BYTES: usize = 1024;
 
@@ -47,9 +48,6 @@ pub(crate) struct Active {
     reader: ReadHalf<Box<dyn SolIo>>,
     writer: WriteHalf<Box<dyn SolIo>>,
     control: Box<dyn SessionControl>,
-    read_buf: BytesMut,
-    /// What the next read reserves (see [`READ_CHUNK_MIN`]).
-    read_chunk: usize,
     tail: ByteRing,
     /// Set while no viewer is attached: when the session ends.
     pub(crate) linger_until: Option<Instant>,
@@ -97,8 +95,6 @@ impl Active {
             reader,
             writer,
             control: session.control,
-            read_buf: BytesMut::new(),
-            read_chunk: READ_CHUNK_MIN,
             tail: ByteRing::new(TAIL_BYTES),
             linger_until,
         }
@@ -110,19 +106,11 @@ impl Active {
     }
 
     async fn next_event(&mut self, pending_input: &[u8]) -> SolEvent {
-        self.read_buf.reserve(self.read_chunk);
         let linger = self.linger_until;
         tokio::select! {
-            r = self.reader.read_buf(&mut self.read_buf) => match r {
-                Ok(0) => SolEvent::Ended(None),
-                Ok(n) => {
-                    self.read_chunk = if n >= self.read_chunk {
-                        (self.read_chunk * 2).min(READ_CHUNK_MAX)
-                    } else {
-                        READ_CHUNK_MIN
-                    };
-                    SolEvent::Output(self.read_buf.split().freeze())
-                }
+            r = read_output(&mut self.reader) => match r {
+                Ok(data) if data.is_empty() => SolEvent::Ended(None),
+                Ok(data) => SolEvent::Output(data),
                 Err(e) => SolEvent::Ended(Some(e)),
             },
             r = self.writer.write(pending_input), if !pending_input.is_empty() => match r {
@@ -149,4 +137,17 @@ impl Active {
         }
         why
     }
+}
+
+/// The next output (empty at the stream's end), read through a buffer on
+/// the stack of one poll and copied out at its exact size.
+async fn read_output(reader: &mut ReadHalf<Box<dyn SolIo>>) -> io::Result<Bytes> {
+    poll_fn(|cx| {
+        // Uninitialised: no memset of the buffer on every poll.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut rb = ReadBuf::uninit(&mut buf);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb))?;
+        Poll::Ready(Ok(Bytes::copy_from_slice(rb.filled())))
+    })
+    .await
 }
