@@ -1,7 +1,7 @@
 //! console-svc as the bench's child process: started per scenario in its
 //! own process group (with `--rmcp-udp MODE` when the scenario names one,
-//! and `terminal_silent_timeout` off: native's viewers never type, and
-//! would be closed 60 s after connecting), enabled over gRPC, its Prometheus metrics read over
+//! and `terminal_silent_timeout` off in its config file: native's viewers
+//! never type, and would be closed 60 s after connecting), enabled over gRPC, its Prometheus metrics read over
 //! plain HTTP, stopped by pid (SIGTERM, then SIGKILL to its group).
 //! Called by `main`.
 
@@ -48,8 +48,10 @@ impl Service {
         fs::create_dir_all(dir)?;
         let log = File::create(dir.join("console-svc.log"))?;
         let addr = &s.console_addr;
+        let config = dir.join("console-svc.toml");
+        fs::write(&config, "[console]\nterminal_silent_timeout = \"0s\"\n")?;
         let mut cmd = Command::new(&s.console_svc);
-        cmd.arg("serve");
+        cmd.arg("serve").arg("--config").arg(&config);
         if let Some(m) = udp_mode {
             cmd.args(["--rmcp-udp", m]);
         }
@@ -61,7 +63,6 @@ impl Service {
             .args(["--metrics-listen", &format!("{addr}:{metrics}")])
             .arg("--terminal-pid-dir")
             .arg(dir.join("pids"))
-            .env("PORTHOLE_CONSOLE_SVC_CONSOLE_TERMINAL_SILENT_TIMEOUT", "0s")
             .env(
                 "PORTHOLE_LOG",
                 std::env::var("PORTHOLE_BENCH_SVC_LOG").unwrap_or_else(|_| "warn".into()),
