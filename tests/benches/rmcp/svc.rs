@@ -49,7 +49,7 @@ impl Service {
         let log = File::create(dir.join("console-svc.log"))?;
         let addr = &s.console_addr;
         let config = dir.join("console-svc.toml");
-        fs::write(&config, "[console]\nterminal_silent_timeout = \"0s\"\n")?;
+        fs::write(&config, "[native]\nterminal_silent_timeout = \"0s\"\n")?;
         let mut cmd = Command::new(&s.console_svc);
         cmd.arg("serve").arg("--config").arg(&config);
         if let Some(m) = udp_mode {
