@@ -149,10 +149,19 @@ pub async fn run(s: &Settings, k: u16, c: Case<'_>) -> Result<Row> {
     result.with_context(|| format!("{label} (logs in {})", dir.display()))
 }
 
+/// One gRPC call's wait before the scenario gives up on it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Enable `bench-00000`.. on `targets`, `IN_FLIGHT` at a time; their ports.
 async fn enable_all(svc: &Service, targets: &[Target]) -> Result<Vec<u16>> {
     futures::stream::iter(targets.iter().enumerate())
-        .map(|(i, t)| async move { svc.enable(&node(i), t).await })
+        .map(|(i, t)| async move {
+            let r = tokio::time::timeout(CALL_TIMEOUT, svc.enable(&node(i), t)).await;
+            if (i + 1) % 1000 == 0 {
+                eprintln!("[enable] {} done", i + 1);
+            }
+            r.map_err(|_| anyhow::anyhow!("EnableConsole {}: no answer in {CALL_TIMEOUT:?}", node(i)))?
+        })
         .buffered(IN_FLIGHT)
         .try_collect()
         .await
@@ -278,7 +287,9 @@ async fn output_window(s: &Settings, c: &Case<'_>, svc: &Service) -> Result<(u64
 async fn logged(svc: &Service, n: usize) -> Result<usize> {
     let hits: Vec<bool> = futures::stream::iter(0..n)
         .map(|i| async move {
-            let log = svc.log(&node(i), 4096).await?;
+            let log = tokio::time::timeout(CALL_TIMEOUT, svc.log(&node(i), 4096))
+                .await
+                .map_err(|_| anyhow::anyhow!("GetConsoleLog {}: no answer in {CALL_TIMEOUT:?}", node(i)))??;
             Ok::<_, anyhow::Error>(log.windows(18).any(|w| w == b"output 0123456789\r"))
         })
         .buffered(IN_FLIGHT)
