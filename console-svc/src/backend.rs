@@ -126,6 +126,21 @@ pub trait ConsoleBackend: Send + Sync + 'static {
 
     /// Start serving; returns once `ctx.listen` accepts connections.
     async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError>;
+
+    /// This backend's own probe of a serial console's BMC, if it has one
+    /// (`rmcp` asks over RMCP+); otherwise the manager runs ipmitool's
+    /// `chassis power status`.
+    fn bmc_probe(&self, _target: &IpmiTarget, _fence: &Fence) -> Option<Box<dyn BmcProbe>> {
+        None
+    }
+}
+
+/// A check that a console's BMC answers (a power status query, never SOL),
+/// which the manager's supervisor runs when the console starts and again
+/// while it fails. A BMC action: taken only under the console's claim.
+#[async_trait]
+pub trait BmcProbe: Send + Sync {
+    async fn probe(&self) -> Result<(), BackendError>;
 }
 
 #[async_trait]

@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on GET /metrics here (service.metrics_listen).
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// The rmcp backend's UDP: shared (one socket for all consoles) or
+    /// per-console (rmcp.udp).
+    #[arg(long, value_name = "per-console|shared")]
+    pub rmcp_udp: Option<String>,
 }
 
 impl ServeArgs {
@@ -101,6 +105,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.metrics_listen {
             o.push(("service", "metrics_listen", s(&v.to_string())));
+        }
+        if let Some(v) = &self.rmcp_udp {
+            o.push(("rmcp", "udp", s(v)));
         }
         o
     }

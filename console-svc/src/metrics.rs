@@ -37,6 +37,24 @@ type Labels2 = [(&'static str, &'static str); 2];
 pub const KINDS: [&str; 2] = ["serial", "vnc"];
 pub const STATES: [&str; 4] = ["starting", "running", "failed", "disabled"];
 
+/// What the rmcp backend's shared UDP sockets counted (`[rmcp] udp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RmcpUdpCounts {
+    /// Sessions on a shared socket now.
+    pub shared_sessions: u64,
+    /// Datagrams dropped: from an address no session uses.
+    pub unknown_peer: u64,
+    /// Datagrams dropped: the session's queue was full.
+    pub queue_full: u64,
+    /// Sessions given a socket of their own: their BMC's address was in use.
+    pub own_socket: u64,
+}
+
+/// Who can tell [`RmcpUdpCounts`] (the rmcp backend's UDP pool).
+pub trait RmcpUdpSource: Send + Sync {
+    fn rmcp_udp(&self) -> RmcpUdpCounts;
+}
+
 /// Who can tell how many consoles it holds in which state.
 pub trait Census: Send + Sync {
     /// `(kind, state)` of every console, as in [`KINDS`] and [`STATES`].
@@ -58,6 +76,7 @@ pub struct ConsoleMetrics {
     takeovers: Counter,
     etcd_errors: Family<Labels1, Counter>,
     censuses: Arc<Mutex<Vec<Weak<dyn Census>>>>,
+    rmcp_udp: Arc<Mutex<Vec<Weak<dyn RmcpUdpSource>>>>,
 }
 
 static METRICS: LazyLock<ConsoleMetrics> = LazyLock::new(ConsoleMetrics::new);
@@ -100,6 +119,7 @@ impl ConsoleMetrics {
             takeovers: Counter::default(),
             etcd_errors: Family::default(),
             censuses: Arc::default(),
+            rmcp_udp: Arc::default(),
         };
         let p = |name: &str| format!("porthole_console_{name}");
         r.register(
@@ -163,6 +183,9 @@ impl ConsoleMetrics {
         r.register_collector(Box::new(ConsolesCollector {
             sources: m.censuses.clone(),
         }));
+        r.register_collector(Box::new(RmcpUdpCollector {
+            sources: m.rmcp_udp.clone(),
+        }));
         // Every fixed series exists from the start, so rate() sees the first event.
         for backend in ["native", "socat", "rmcp"] {
             let _ = m.sol_activations.get_or_create(&[("backend", backend)]);
@@ -210,6 +233,13 @@ impl ConsoleMetrics {
         let mut all = self.censuses.lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|c| c.strong_count() > 0);
         all.push(census);
+    }
+
+    /// Count `source`'s UDP figures in `porthole_console_rmcp_udp_*` while it lives.
+    pub fn add_rmcp_udp(&self, source: Weak<dyn RmcpUdpSource>) {
+        let mut all = self.rmcp_udp.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|c| c.strong_count() > 0);
+        all.push(source);
     }
 
     pub fn sol_activation(&self, backend: &'static str) {
@@ -338,6 +368,62 @@ impl Collector for ConsolesCollector {
     }
 }
 
+/// `porthole_console_rmcp_udp_*`, summed over the live sources at scrape time.
+struct RmcpUdpCollector {
+    sources: Arc<Mutex<Vec<Weak<dyn RmcpUdpSource>>>>,
+}
+
+impl std::fmt::Debug for RmcpUdpCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RmcpUdpCollector")
+    }
+}
+
+impl Collector for RmcpUdpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sources: Vec<Arc<dyn RmcpUdpSource>> = {
+            let all = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+            all.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut sum = RmcpUdpCounts::default();
+        for c in sources.iter().map(|s| s.rmcp_udp()) {
+            sum.shared_sessions += c.shared_sessions;
+            sum.unknown_peer += c.unknown_peer;
+            sum.queue_full += c.queue_full;
+            sum.own_socket += c.own_socket;
+        }
+        let dropped = Family::<Labels1, Counter>::default();
+        dropped
+            .get_or_create(&[("reason", "unknown_peer")])
+            .inc_by(sum.unknown_peer);
+        dropped
+            .get_or_create(&[("reason", "queue_full")])
+            .inc_by(sum.queue_full);
+        dropped.encode(encoder.encode_descriptor(
+            "porthole_console_rmcp_udp_dropped",
+            "Datagrams the rmcp backend's shared UDP socket dropped: from an address no session uses, or for a session whose queue was full",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let sessions: Gauge = Gauge::default();
+        sessions.set(sum.shared_sessions as i64);
+        sessions.encode(encoder.encode_descriptor(
+            "porthole_console_rmcp_udp_shared_sessions",
+            "rmcp sessions on the shared UDP socket now",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let own: Counter = Counter::default();
+        own.inc_by(sum.own_socket);
+        own.encode(encoder.encode_descriptor(
+            "porthole_console_rmcp_udp_own_sockets",
+            "rmcp sessions given a UDP socket of their own because their BMC's address already had a session on the shared one",
+            None,
+            MetricType::Counter,
+        )?)
+    }
+}
+
 /// A viewer connection whose bytes are counted: what is read from it goes
 /// to the node, what is written to it goes to the viewer.
 pub struct Counted<S> {
@@ -432,6 +518,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    struct Udp(RmcpUdpCounts);
+    impl RmcpUdpSource for Udp {
+        fn rmcp_udp(&self) -> RmcpUdpCounts {
+            self.0
+        }
+    }
+
+    #[test]
+    fn rmcp_udp_figures_are_summed_at_scrape_time() {
+        let unknown = r#"porthole_console_rmcp_udp_dropped_total{reason="unknown_peer"}"#;
+        let full = r#"porthole_console_rmcp_udp_dropped_total{reason="queue_full"}"#;
+        let sessions = "porthole_console_rmcp_udp_shared_sessions";
+        let own = "porthole_console_rmcp_udp_own_sockets_total";
+        let text = scrape();
+        let base = [unknown, full, sessions, own].map(|s| sample(&text, s));
+        let counts = RmcpUdpCounts {
+            shared_sessions: 3,
+            unknown_peer: 5,
+            queue_full: 7,
+            own_socket: 1,
+        };
+        let a: Arc<dyn RmcpUdpSource> = Arc::new(Udp(counts));
+        let b: Arc<dyn RmcpUdpSource> = Arc::new(Udp(counts));
+        get().add_rmcp_udp(Arc::downgrade(&a));
+        get().add_rmcp_udp(Arc::downgrade(&b));
+        let text = scrape();
+        let now = [unknown, full, sessions, own].map(|s| sample(&text, s));
+        assert_eq!(
+            now,
+            [base[0] + 10.0, base[1] + 14.0, base[2] + 6.0, base[3] + 2.0]
+        );
+        drop((a, b));
+        let text = scrape();
+        assert_eq!(
+            [unknown, full, sessions, own].map(|s| sample(&text, s)),
+            base
+        );
     }
 
     // The tests below use kind "test", which nothing else in this process

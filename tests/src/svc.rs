@@ -82,16 +82,25 @@ pub struct HarnessTls {
     pub identity: Option<crate::pki::Pair>,
 }
 
+/// The rmcp backend's `[rmcp] udp` for every test's console-svc
+/// (`shared` or `per-console`; unset: console-svc's default), so the rmcp
+/// suite runs in either mode.
+pub const RMCP_UDP_ENV: &str = "PORTHOLE_TEST_RMCP_UDP";
+
 impl SvcOptions {
     pub fn new(backend: Backend) -> Self {
+        let mut settings = vec![(
+            "console".into(),
+            "retry_max_backoff".into(),
+            "\"5s\"".into(),
+        )];
+        if let (Backend::Rmcp, Ok(mode)) = (backend, std::env::var(RMCP_UDP_ENV)) {
+            settings.push(("rmcp".into(), "udp".into(), format!("{mode:?}")));
+        }
         Self {
             backend,
             ports: 8,
-            settings: vec![(
-                "console".into(),
-                "retry_max_backoff".into(),
-                "\"5s\"".into(),
-            )],
+            settings,
             log_filter: "info,console_svc=debug".into(),
             tls: None,
         }
@@ -341,7 +350,36 @@ impl ConsoleSvc {
                 "console-svc did not become healthy; its log:\n{tail}"
             )));
         }
-        Ok(())
+        self.check_rmcp_udp().await
+    }
+
+    /// An rmcp service runs the `[rmcp] udp` mode it was given (its log says
+    /// which), so a suite meant for one mode cannot test the other.
+    async fn check_rmcp_udp(&self) -> Result<()> {
+        let Some((_, _, mode)) = self
+            .opts
+            .settings
+            .iter()
+            .find(|(s, k, _)| s == "rmcp" && k == "udp")
+        else {
+            return Ok(());
+        };
+        // The log is read by a thread of its own: give it a moment.
+        let mut said = None;
+        for _ in 0..100 {
+            said = self
+                .log_lines()
+                .into_iter()
+                .find(|l| l.contains("rmcp backend"));
+            if said.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match said {
+            Some(l) if l.contains(&format!("udp={mode}")) => Ok(()),
+            other => bail!("console-svc was given rmcp.udp = {mode}; its log says {other:?}"),
+        }
     }
 
     fn spawn(&self) -> Result<Child> {

@@ -3,7 +3,9 @@
 //! the values move with real actions: an enable (consoles by state, enable
 //! latency, gRPC requests), a viewer connecting (viewers, SOL activations)
 //! and typing (bytes both ways, exactly what crossed), the viewer leaving
-//! and a disable. The socat backend counts its connections and activations.
+//! and a disable. The socat backend counts its connections and activations;
+//! the rmcp backend shows its session on the shared UDP socket (or none
+//! there, with `PORTHOLE_TEST_RMCP_UDP=per-console`).
 
 use std::time::Duration;
 
@@ -35,6 +37,9 @@ const FAMILIES: &[(&str, &str)] = &[
     ("porthole_console_claims", "counter"),
     ("porthole_console_takeovers", "counter"),
     ("porthole_console_etcd_request_errors", "counter"),
+    ("porthole_console_rmcp_udp_dropped", "counter"),
+    ("porthole_console_rmcp_udp_shared_sessions", "gauge"),
+    ("porthole_console_rmcp_udp_own_sockets", "counter"),
     ("porthole_console_grpc_requests", "counter"),
     (
         "porthole_console_grpc_request_duration_seconds",
@@ -395,6 +400,71 @@ async fn etcd_counts() -> Result<()> {
     ensure!(
         consoles(&after, "running")? == 1.0,
         "running on the survivor"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_sessions_show_on_the_shared_udp_socket() {
+    porthole_tests::run(rmcp_udp()).await
+}
+
+async fn rmcp_udp() -> Result<()> {
+    let rig = rig_or_skip!();
+    let Some(python) = metrics::parser() else {
+        return Ok(());
+    };
+    let bmcs = rig.lease_bmcs(1).await?;
+    let svc = start(Backend::Rmcp).await?;
+    let shared = std::env::var(porthole_tests::svc::RMCP_UDP_ENV).as_deref() != Ok("per-console");
+    let url = metrics::console_svc_url(&svc).await?;
+    let sessions = |s: &Scrape| s.value("porthole_console_rmcp_udp_shared_sessions", &[]);
+    let activations = |s: &Scrape| {
+        s.value(
+            "porthole_console_sol_activations_total",
+            &[("backend", "rmcp")],
+        )
+    };
+    let s0 = Scrape::take(&python, &url).await?;
+    ensure!(sessions(&s0)? == 0.0, "a session before any enable");
+    let mut client = svc.client().await?;
+    let node = session::node_id("metrics-rmcp");
+    session::enable(&mut client, bmcs[0].enable_request(&node)).await?;
+    // Always on: the session comes up with no viewer.
+    let s1 = scrape_until(&python, &url, WAIT, |s| {
+        activations(s).is_ok_and(|a| a >= 1.0)
+    })
+    .await?;
+    ensure!(activations(&s1)? >= 1.0, "no rmcp activation counted");
+    let want = if shared { 1.0 } else { 0.0 };
+    ensure!(
+        sessions(&s1)? == want,
+        "shared-socket sessions {} (shared mode: {shared})",
+        sessions(&s1)?
+    );
+    let dropped = |s: &Scrape, reason: &str| {
+        s.value(
+            "porthole_console_rmcp_udp_dropped_total",
+            &[("reason", reason)],
+        )
+    };
+    ensure!(
+        dropped(&s1, "unknown_peer")? == 0.0 && dropped(&s1, "queue_full")? == 0.0,
+        "drops on a quiet line"
+    );
+    // The BMC probe at start runs beside the SOL session: neither may push
+    // the other off the shared socket (the probe has a socket of its own).
+    let own = s1.value("porthole_console_rmcp_udp_own_sockets_total", &[])?;
+    ensure!(
+        own == 0.0,
+        "{own} sessions fell back to a socket of their own"
+    );
+    session::disable(&mut client, &node).await?;
+    let s2 = scrape_until(&python, &url, WAIT, |s| sessions(s).is_ok_and(|n| n == 0.0)).await?;
+    ensure!(
+        sessions(&s2)? == 0.0,
+        "the disabled console's session left the shared socket: {}",
+        sessions(&s2)?
     );
     Ok(())
 }

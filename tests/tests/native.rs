@@ -9,7 +9,7 @@ use anyhow::{ensure, Result};
 use porthole_proto::console::v1 as pb;
 use porthole_tests::session::{self, establish, url_of};
 use porthole_tests::wire::{find, show};
-use porthole_tests::{node_side, rig_or_skip, viewer, Backend, ConsoleSvc};
+use porthole_tests::{node_side, rig_or_skip, viewer, Backend, ConsoleSvc, SvcOptions};
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -79,11 +79,18 @@ async fn shared_viewers(backend: Backend) -> Result<()> {
 }
 
 /// rmcp is always on: what the node prints before any viewer ever attached
-/// is in GetConsoleLog, and a first viewer is replayed it; no process runs.
+/// is in GetConsoleLog, and a first viewer is replayed it. No process runs,
+/// and none is needed: with no ipmitool to be found, the console comes up
+/// RUNNING (its BMC probe is RMCP+ too).
 async fn always_on_with_rmcp() -> Result<()> {
     let rig = rig_or_skip!();
     let bmcs = rig.lease_bmcs(1).await?;
-    let svc = ConsoleSvc::start(Backend::Rmcp).await?;
+    let opts = SvcOptions::new(Backend::Rmcp).set(
+        "console",
+        "ipmitool_path",
+        "\"/nonexistent/porthole-test/ipmitool\"",
+    );
+    let svc = ConsoleSvc::start_with(opts).await?;
     let mut client = svc.client().await?;
     let node = session::node_id("alwayson");
     let url = url_of(&session::enable(&mut client, bmcs[0].enable_request(&node)).await?)?;
@@ -106,6 +113,11 @@ async fn always_on_with_rmcp() -> Result<()> {
     }
     let procs = svc.processes();
     ensure!(procs.is_empty(), "rmcp runs processes: {procs:?}");
+    let c = session::get(&mut client, &node).await?;
+    ensure!(
+        c.state == pb::ConsoleState::Running as i32,
+        "the console is not RUNNING without ipmitool: {c:?}"
+    );
     let mut v = viewer(&url).await?;
     v.expect(line.as_bytes(), Duration::from_secs(5)).await?;
     Ok(())

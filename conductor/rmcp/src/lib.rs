@@ -4,7 +4,9 @@
 //!
 //! Layers, bottom up: [`crypto`] (cipher suites, HMACs, AES-CBC-128),
 //! [`wire`] (packet layouts), [`handshake`] (Open Session, RAKP 1-4, keys),
-//! [`transport`] (the datagram seam: UDP, or in memory for tests),
+//! [`transport`] (the datagram seam: UDP, or in memory for tests) and
+//! [`shared`] (many sessions on one UDP socket; [`udp`] picks per session
+//! or shared at run time),
 //! `setup` (Open Session and RAKP over the wire), [`session`] (an
 //! established session: requests with retransmission,
 //! sequence numbers, Close Session) and [`sol`] (the SOL payload).
@@ -34,10 +36,12 @@ pub mod error;
 pub mod handshake;
 pub mod session;
 mod setup;
+pub mod shared;
 pub mod sol;
 #[cfg(any(test, feature = "test-bmc"))]
 pub mod test_bmc;
 pub mod transport;
+pub mod udp;
 pub mod wire;
 
 pub use error::{RakpStatus, Result, RmcpError};

@@ -13,7 +13,7 @@ use crate::crypto::{CipherSuite, SessionKeys};
 use crate::error::{Result, RmcpError};
 use crate::handshake::Privilege;
 use crate::setup;
-use crate::transport::{Datagram, MAX_DATAGRAM};
+use crate::transport::Datagram;
 use crate::wire::{self, payload, Packet, Protection, Response};
 
 /// IPMI network functions and commands this crate sends.
@@ -202,10 +202,9 @@ impl<T: Datagram> Session<T> {
         if let Some(next) = self.backlog.pop_front() {
             return Ok(next);
         }
-        let mut buf = [0u8; MAX_DATAGRAM];
         loop {
-            let n = self.transport.recv(&mut buf).await?;
-            match self.accept(&buf[..n]) {
+            let datagram = self.transport.recv().await?;
+            match self.accept(&datagram) {
                 Ok(Some(incoming)) => return Ok(incoming),
                 Ok(None) => {}
                 Err(e) => debug!(error = %e, "dropped a datagram from the BMC"),
@@ -248,12 +247,8 @@ impl<T: Datagram> Session<T> {
         for _ in 0..=self.retries {
             self.send_payload(payload::IPMI, &msg).await?;
             let deadline = tokio::time::Instant::now() + self.timeout;
-            let mut buf = [0u8; MAX_DATAGRAM];
-            while let Ok(got) =
-                tokio::time::timeout_at(deadline, self.transport.recv(&mut buf)).await
-            {
-                let n = got?;
-                match self.accept(&buf[..n]) {
+            while let Ok(got) = tokio::time::timeout_at(deadline, self.transport.recv()).await {
+                match self.accept(&got?) {
                     Ok(Some(Incoming::Response(r)))
                         if r.rq_seq == seq && r.cmd == command && r.netfn == netfn | 1 =>
                     {

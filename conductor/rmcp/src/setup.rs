@@ -8,7 +8,7 @@ use crate::crypto::{random, CipherSuite, SessionKeys};
 use crate::error::{RakpStatus, Result, RmcpError};
 use crate::handshake::{self, Handshake, OpenSessionResponse, NAME_ONLY_LOOKUP};
 use crate::session::{cmd, SessionConfig};
-use crate::transport::{Datagram, MAX_DATAGRAM};
+use crate::transport::Datagram;
 use crate::wire::{self, payload, Packet};
 
 /// What an authenticated session starts from.
@@ -185,15 +185,11 @@ impl<T: Datagram> Setup<'_, T> {
         make: impl Fn(u8) -> Vec<u8>,
         pick: impl Fn(&Packet) -> Option<R>,
     ) -> Result<R> {
-        let mut buf = [0u8; MAX_DATAGRAM];
         for attempt in 0..=self.cfg.retries {
             self.transport.send(&make(attempt as u8)).await?;
             let deadline = tokio::time::Instant::now() + self.cfg.timeout;
-            while let Ok(got) =
-                tokio::time::timeout_at(deadline, self.transport.recv(&mut buf)).await
-            {
-                let n = got?;
-                let Ok(pkt) = wire::decode(&buf[..n], None) else {
+            while let Ok(got) = tokio::time::timeout_at(deadline, self.transport.recv()).await {
+                let Ok(pkt) = wire::decode(&got?, None) else {
                     continue;
                 };
                 // Set-up answers echo the tag we sent; a late answer to an

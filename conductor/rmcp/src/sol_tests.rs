@@ -217,3 +217,29 @@ async fn a_bmc_asking_for_another_sol_port_is_refused() {
     };
     assert!(Sol::activate(session, cfg).await.is_ok());
 }
+
+/// Buffers on demand (issue 16): a session waiting for the BMC holds no
+/// receive buffer, so an idle always-on console's SOL future stays small
+/// (it held a 1500-byte datagram buffer while waiting before).
+#[tokio::test(start_paused = true)]
+async fn a_waiting_session_holds_no_receive_buffer() {
+    let (t, _bmc) = test_bmc::spawn(3, b"secret");
+    let mut session = Session::open(t, &SessionConfig::new("admin", b"secret"))
+        .await
+        .unwrap();
+    let recv = std::mem::size_of_val(&session.recv());
+    let request = std::mem::size_of_val(&session.request_raw(6, 1, &[]));
+    let sol = Sol::activate(session, SolConfig::default()).await.unwrap();
+    let (_io, mut theirs) = tokio::io::duplex(64);
+    let state = std::mem::size_of_val(&sol);
+    let run = std::mem::size_of_val(&sol.run(&mut theirs, CancellationToken::new()));
+    println!("future sizes: Session::recv {recv} B, request_raw {request} B, Sol::run {run} B (Sol itself {state} B)");
+    assert!(recv < 512, "Session::recv's future is {recv} bytes");
+    assert!(
+        request < 1024,
+        "Session::request_raw's future is {request} bytes"
+    );
+    // 3008 bytes with a receive buffer held while waiting; about 1.5 KiB
+    // without: a 1500-byte buffer back in it would cross 2 KiB.
+    assert!(run < 2048, "Sol::run's future is {run} bytes");
+}

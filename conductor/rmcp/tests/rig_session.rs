@@ -3,12 +3,14 @@
 //! Skips (with a notice) unless `PORTHOLE_RIG_JSON` names a running rig; each
 //! test leases its BMC (the tests crate's flock), so suites can run side by side.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::process::Command;
 
 use anyhow::{Context, Result};
 use porthole_rmcp::session::cmd;
-use porthole_rmcp::{transport, Privilege, RakpStatus, RmcpError, Session, SessionConfig};
+use porthole_rmcp::{Privilege, RakpStatus, RmcpError, Session, SessionConfig};
 use porthole_tests::rig::{Bmc, Rig};
 
 fn addr(bmc: &Bmc) -> SocketAddr {
@@ -58,7 +60,7 @@ async fn session_get_device_id_and_chassis_status_match_ipmitool() -> Result<()>
     };
     let lease = rig.lease_bmcs(1).await?;
     let bmc = &lease[0];
-    let mut s = Session::open(transport::udp(addr(bmc)).await?, &config(bmc)).await?;
+    let mut s = Session::open(support::pool().open(addr(bmc)).await?, &config(bmc)).await?;
     assert_eq!(s.cipher_suite().id, 3);
     let ours = s.request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[]).await?;
     // bmc.emu: mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02.
@@ -100,7 +102,7 @@ async fn privilege_levels_and_cipher_suites() -> Result<()> {
         let mut c = config(bmc);
         c.cipher_suite = suite;
         c.privilege = privilege;
-        let mut s = Session::open(transport::udp(addr(bmc)).await?, &c)
+        let mut s = Session::open(support::pool().open(addr(bmc)).await?, &c)
             .await
             .with_context(|| format!("suite {suite} at {privilege:?}"))?;
         s.request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[]).await?;
@@ -109,7 +111,7 @@ async fn privilege_levels_and_cipher_suites() -> Result<()> {
     // ipmi_sim offers no SHA256 suite: 17 is refused at Open Session, as ipmitool's -C 17 is.
     let mut c = config(bmc);
     c.cipher_suite = 17;
-    let err = Session::open(transport::udp(addr(bmc)).await?, &c)
+    let err = Session::open(support::pool().open(addr(bmc)).await?, &c)
         .await
         .err()
         .context("suite 17 opened")?;
@@ -134,7 +136,7 @@ async fn wrong_password_and_unknown_user_have_clear_errors() -> Result<()> {
     let lease = rig.lease_bmcs(1).await?;
     let bmc = &lease[0];
     let c = SessionConfig::new(&bmc.username, b"not-the-password");
-    let err = Session::open(transport::udp(addr(bmc)).await?, &c)
+    let err = Session::open(support::pool().open(addr(bmc)).await?, &c)
         .await
         .err()
         .context("opened")?;
@@ -146,7 +148,7 @@ async fn wrong_password_and_unknown_user_have_clear_errors() -> Result<()> {
         )
     );
     let c = SessionConfig::new("nobody", bmc.password.as_bytes());
-    let err = Session::open(transport::udp(addr(bmc)).await?, &c)
+    let err = Session::open(support::pool().open(addr(bmc)).await?, &c)
         .await
         .err()
         .context("opened")?;
@@ -161,7 +163,7 @@ async fn wrong_password_and_unknown_user_have_clear_errors() -> Result<()> {
         "{err}"
     );
     // The BMC still serves a correct session afterwards.
-    let mut s = Session::open(transport::udp(addr(bmc)).await?, &config(bmc)).await?;
+    let mut s = Session::open(support::pool().open(addr(bmc)).await?, &config(bmc)).await?;
     s.close().await?;
     Ok(())
 }

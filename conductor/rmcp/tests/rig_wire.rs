@@ -5,6 +5,8 @@
 //! encrypted session packets; suite 1 (no confidentiality) lets tshark
 //! decode the SOL payloads themselves. Skips with a notice without the rig.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use porthole_rmcp::session::cmd;
-use porthole_rmcp::{transport, Session, SessionConfig, Sol, SolConfig};
+use porthole_rmcp::{Session, SessionConfig, Sol, SolConfig};
 use porthole_tests::node_side;
 use porthole_tests::rig::{Bmc, Rig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -103,7 +105,7 @@ async fn sol_exchange(bmc: &Bmc, addr: SocketAddr, suite: u8) -> Result<()> {
     let mut node = node_side(bmc).await?;
     let mut cfg = SessionConfig::new(&bmc.username, bmc.password.as_bytes());
     cfg.cipher_suite = suite;
-    let mut session = Session::open(transport::udp(addr).await?, &cfg).await?;
+    let mut session = Session::open(support::pool().open(addr).await?, &cfg).await?;
     session
         .request(cmd::NETFN_APP, cmd::GET_DEVICE_ID, &[])
         .await?;

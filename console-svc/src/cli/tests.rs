@@ -150,3 +150,19 @@ fn grpc_codes_are_named_as_grpc_names_them() {
         "The service is currently unavailable (UNAVAILABLE)"
     );
 }
+
+#[test]
+fn serve_rmcp_udp_becomes_the_rmcp_udp_setting() {
+    let cli = Cli::try_parse_from(["console-svc", "serve", "--rmcp-udp", "per-console"]).unwrap();
+    let Command::Serve(args) = cli.command else {
+        panic!("not serve");
+    };
+    let o = args.overrides();
+    assert_eq!(
+        o,
+        vec![("rmcp", "udp", toml::Value::String("per-console".into()))]
+    );
+    use crate::config::Layered;
+    let c = crate::config::Config::load(None, Vec::new(), &o).unwrap();
+    assert_eq!(c.rmcp.udp, crate::config::RmcpUdp::PerConsole);
+}

@@ -16,17 +16,19 @@ use serde::Deserialize;
 
 mod console;
 mod etcd;
+mod rmcp;
 mod vnc;
 
 pub use console::{Backend, ConsoleConfig, NativeConfig};
 pub use etcd::EtcdConfig;
+pub use rmcp::{RmcpConfig, RmcpUdp};
 pub use vnc::{VncAuthScheme, VncConfig, VncUpstreamSecurity};
 
 pub use porthole_common::config::ConfigError;
 pub use porthole_common::config::Layered;
 
 /// The top-level tables, which environment variable names start with.
-const SECTIONS: &[&str] = &["service", "console", "native", "vnc", "etcd"];
+const SECTIONS: &[&str] = &["service", "console", "native", "rmcp", "vnc", "etcd"];
 
 /// The environment prefix and sections porthole-common's loader reads.
 pub const LAYOUT: porthole_common::config::Layout<'static> = porthole_common::config::Layout {
@@ -40,6 +42,7 @@ pub struct Config {
     pub service: ServiceConfig,
     pub console: ConsoleConfig,
     pub native: NativeConfig,
+    pub rmcp: RmcpConfig,
     pub vnc: VncConfig,
     pub etcd: EtcdConfig,
 }
@@ -357,6 +360,30 @@ mod tests {
         )];
         let err = Config::load(None, env, &[]).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn rmcp_udp_from_file_env_and_flag() {
+        let c = Config::load(None, Vec::new(), &[]).unwrap();
+        assert_eq!(c.rmcp.udp, RmcpUdp::Shared, "the default");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[rmcp]\nudp = \"per-console\"\n").unwrap();
+        let c = Config::load(Some(&file), Vec::new(), &[]).unwrap();
+        assert_eq!(c.rmcp.udp, RmcpUdp::PerConsole);
+        let env = |v: &str| vec![("PORTHOLE_CONSOLE_SVC_RMCP_UDP".to_owned(), v.to_owned())];
+        let c = Config::load(Some(&file), env("shared"), &[]).unwrap();
+        assert_eq!(c.rmcp.udp, RmcpUdp::Shared);
+        let flag = [("rmcp", "udp", toml::Value::String("per-console".into()))];
+        let c = Config::load(Some(&file), env("shared"), &flag).unwrap();
+        assert_eq!(c.rmcp.udp, RmcpUdp::PerConsole);
+        let err = Config::load(None, env("one-each"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("one-each") && err.contains("per-console"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -67,6 +67,7 @@ impl ConsoleManager {
             health_rx,
             supervisor,
             fence,
+            backend.as_ref(),
         );
         info!(port, url = %info.endpoint.as_ref().map(Endpoint::url).unwrap_or_default(), "console running");
         Ok(info)

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use super::{ConsoleManager, ConsoleState, Slot};
-use crate::backend::Health;
+use crate::backend::{BmcProbe, ConsoleBackend, Health};
 use crate::backoff::Backoff;
 use crate::coordinator::Fence;
 use crate::sol::ipmitool::IpmiTool;
@@ -32,18 +32,21 @@ pub(super) fn spawn(
     health: watch::Receiver<Health>,
     stop: CancellationToken,
     fence: Fence,
+    backend: &dyn ConsoleBackend,
 ) {
     let cfg = &manager.inner.config.console;
-    // Serial consoles probe their BMC; VNC backends report upstream trouble
-    // through their health.
+    // Serial consoles probe their BMC (the backend's own way, or ipmitool);
+    // VNC backends report upstream trouble through their health.
     let tool = match &spec.target {
-        Target::Ipmi(ipmi) => Some(IpmiTool::new(
-            cfg.ipmitool_path.as_os_str(),
-            ipmi.clone(),
-            cfg.subprocess_timeout,
-            manager.inner.processes.clone(),
-            fence,
-        )),
+        Target::Ipmi(ipmi) => Some(backend.bmc_probe(ipmi, &fence).unwrap_or_else(|| {
+            Box::new(IpmiTool::new(
+                cfg.ipmitool_path.as_os_str(),
+                ipmi.clone(),
+                cfg.subprocess_timeout,
+                manager.inner.processes.clone(),
+                fence,
+            )) as Box<dyn BmcProbe>
+        })),
         Target::Vnc(_) => None,
     };
     let backoff = Backoff::new(Duration::from_secs(1), cfg.retry_max_backoff);
@@ -65,7 +68,7 @@ pub(super) fn spawn(
 struct Supervisor {
     manager: ConsoleManager,
     slot: Arc<Slot>,
-    tool: Option<IpmiTool>,
+    tool: Option<Box<dyn BmcProbe>>,
     health: watch::Receiver<Health>,
     stop: CancellationToken,
     backoff: Backoff,

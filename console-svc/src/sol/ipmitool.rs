@@ -196,6 +196,13 @@ impl From<IpmitoolError> for SolError {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::backend::BmcProbe for IpmiTool {
+    async fn probe(&self) -> Result<(), crate::backend::BackendError> {
+        IpmiTool::probe(self).await.map_err(Into::into)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -439,8 +439,8 @@ fn spawn(etcd: &str, r: &Replica, cluster: &Cluster, opts: &Options) -> Child {
     let dir = &cluster.dir;
     let log = File::create(dir.join(format!("{}.log", r.id))).unwrap();
     let ms = |d: Duration| format!("{}ms", d.as_millis());
-    Command::new(bin)
-        .arg("serve")
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("PORTHOLE_LOG", "info,console_svc=debug")
@@ -473,9 +473,12 @@ fn spawn(etcd: &str, r: &Replica, cluster: &Cluster, opts: &Options) -> Child {
             ms(opts.enable_timeout),
         )
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("console-svc binary")
+        .stderr(log);
+    // The rmcp backend's UDP mode for a run of the suite (shared or per-console).
+    if let Some(mode) = std::env::var_os("PORTHOLE_TEST_RMCP_UDP") {
+        cmd.env("PORTHOLE_CONSOLE_SVC_RMCP_UDP", mode);
+    }
+    cmd.spawn().expect("console-svc binary")
 }
 
 /// Enable `node`'s serial console on rig BMC `bmc`.

@@ -8,8 +8,9 @@
 //! ```text
 //!   viewers ──keystrokes──▶ input channel ──▶ hub ──▶ session (pty) ──▶ BMC
 //!   viewers ◀──bounded queues── fan-out ◀── hub ◀── session output
-//!                                            ├──▶ scrollback (replayed on attach)
-//!                                            ├──▶ log ring (RunningConsole::log)
+//!                                            ├──▶ ring: its newest scrollback_bytes
+//!                                            │    are replayed on attach, its newest
+//!                                            │    log_ring_bytes are RunningConsole::log
 //!                                            └──▶ log file
 //! ```
 //!
@@ -44,6 +45,9 @@ use super::viewer::{self, ViewerHandle, ViewerIo};
 use crate::backend::{Health, LogSnapshot};
 use crate::backoff::Backoff;
 use crate::coordinator::Fence;
+
+#[path = "room.rs"]
+mod room;
 
 /// Keystrokes held while the session is (re)activating, or while the node
 /// side is slow to take them.
@@ -82,6 +86,9 @@ pub(crate) struct Join {
 
 /// The console's side of a running hub.
 pub(crate) struct HubHandle {
+    /// What [`HubHandle::log`] returns at most (the ring may keep more, for
+    /// the scrollback).
+    log_ring_bytes: usize,
     /// Boxed: the channel's first block (allocated with it, held by every
     /// console) is then 32 pointers, not 32 joins.
     joins: mpsc::Sender<Box<Join>>,
@@ -107,7 +114,20 @@ impl HubHandle {
     }
 
     pub(crate) fn log(&self, max_bytes: usize) -> LogSnapshot {
-        lock(&self.log).snapshot(max_bytes)
+        let cap = self.log_ring_bytes;
+        let ring = lock(&self.log);
+        if cap == 0 {
+            return LogSnapshot {
+                data: Vec::new(),
+                truncated: ring.has_output(),
+            };
+        }
+        let max = if max_bytes == 0 {
+            cap
+        } else {
+            max_bytes.min(cap)
+        };
+        ring.snapshot(max)
     }
 
     /// Stop the hub: viewers are closed and the session ends cleanly. After
@@ -139,10 +159,12 @@ pub(crate) fn spawn(
     span: Span,
 ) -> HubHandle {
     let (joins_tx, joins_rx) = mpsc::channel(16);
-    let log = Arc::new(Mutex::new(ByteRing::new(cfg.log_ring_bytes)));
+    // One ring for both: the scrollback is the newest part of the log.
+    let ring_bytes = cfg.log_ring_bytes.max(cfg.scrollback_bytes);
+    let log = Arc::new(Mutex::new(ByteRing::new(ring_bytes)));
+    let log_ring_bytes = cfg.log_ring_bytes;
     let hub = Hub {
         log_file: cfg.log_file.clone().map(|(w, p)| w.file(p)),
-        scrollback: ByteRing::new(cfg.scrollback_bytes),
         backoff: Backoff::new(
             RETRY_FIRST.min(cfg.retry_max_backoff),
             cfg.retry_max_backoff,
@@ -163,6 +185,7 @@ pub(crate) fn spawn(
     };
     let task = tokio::spawn(hub.run().instrument(span));
     HubHandle {
+        log_ring_bytes,
         joins: joins_tx,
         log,
         task,
@@ -182,7 +205,7 @@ struct Hub {
     viewers: HashMap<u64, ViewerHandle>,
     tasks: JoinSet<()>,
     next_viewer: u64,
-    scrollback: ByteRing,
+    /// Recent output: the scrollback and the log ring in one.
     log: Arc<Mutex<ByteRing>>,
     log_file: Option<LogFile>,
     sol: Sol,
@@ -230,7 +253,10 @@ impl Hub {
             self.keys.get_or_insert_with(|| mpsc::channel(64)).0.clone(),
             timeouts,
         );
-        let scrollback = self.scrollback.contents();
+        let scrollback = match self.cfg.scrollback_bytes {
+            0 => Vec::new(),
+            n => lock(&self.log).snapshot(n).data,
+        };
         if !scrollback.is_empty() {
             let _ = handle.send(Bytes::from(scrollback));
         }
@@ -249,42 +275,6 @@ impl Hub {
             Sol::Active(active) => active.linger_until = None,
             Sol::Activating(_) | Sol::Backoff { .. } => {}
         }
-    }
-
-    /// Idle connections never lock a viewer out: when `peer`'s address
-    /// already has `max_viewers_per_address` viewers, its longest-idle one
-    /// makes room; when the console has `max_viewers`, the longest-idle of
-    /// all does ("idle": nothing sent, since connecting for a viewer that
-    /// never sent anything).
-    fn make_room_for(&mut self, peer: &str) {
-        self.viewers.retain(|_, v| !v.is_gone());
-        let host = viewer::peer_host(peer);
-        let per_address = self.cfg.max_viewers_per_address;
-        let same_host = self.viewers.values().filter(|v| v.host() == host).count();
-        let (victim, why) = if per_address > 0 && same_host >= per_address {
-            let victim = self.longest_idle(|v| v.host() == host);
-            (victim, format!("{per_address} viewers from {host}"))
-        } else if self.viewers.len() >= self.cfg.max_viewers.max(1) {
-            let victim = self.longest_idle(|_| true);
-            (victim, format!("{} viewers", self.cfg.max_viewers))
-        } else {
-            return;
-        };
-        let Some(id) = victim else { return };
-        if let Some(v) = self.viewers.remove(&id) {
-            info!(viewer = id, peer = %peer, limit = %why, "console full: the longest-idle viewer makes room for a new one");
-            v.kick(Bytes::from(format!(
-                "\r\n[porthole: disconnected: the console is full ({why}) and this connection had sent nothing for the longest]\r\n"
-            )));
-        }
-    }
-
-    fn longest_idle(&self, eligible: impl Fn(&ViewerHandle) -> bool) -> Option<u64> {
-        self.viewers
-            .iter()
-            .filter(|(_, v)| eligible(v))
-            .min_by_key(|(id, v)| (v.idle_since(), **id))
-            .map(|(id, _)| *id)
     }
 
     /// Forget viewers whose task has ended; mind the session if none is left.
@@ -420,7 +410,6 @@ impl Hub {
 
     /// The node printed `data`.
     fn on_output(&mut self, data: Bytes) {
-        self.scrollback.push(&data);
         lock(&self.log).push(&data);
         if let Some(file) = &mut self.log_file {
             file.write(data.clone());

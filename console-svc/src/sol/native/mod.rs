@@ -5,7 +5,8 @@
 //! The manager (through [`ConsoleBackend`]) calls [`NativeBackend::start`] per
 //! console and later [`RunningConsole::stop`]. Pieces:
 //!
-//! - `hub`: one task per console; owns the session, viewers, scrollback, log.
+//! - `hub`: one task per console; owns the session, viewers, scrollback, log
+//!   (`room`: which idle viewer makes room on a full console).
 //! - `session`: the SOL session's states and its I/O events.
 //! - `launcher`: `sol deactivate`, and `sol activate` under a pty ([`crate::sol::pty`])
 //!   through the `console-svc sol-exec` helper, which asks this replica's
@@ -17,7 +18,8 @@
 //! - `rmcp`: the `rmcp` backend: this hub with SOL spoken natively over
 //!   RMCP+ (porthole-rmcp) instead of ipmitool, always on by default
 //!   (`HubConfig::always_on`: activate with no viewer, never linger out,
-//!   retry with backoff with nobody watching).
+//!   retry with backoff with nobody watching); `rmcp_probe`: its BMC probe
+//!   (Get Chassis Status over RMCP+, in place of ipmitool's).
 //!
 //! SOL session lifecycle:
 //!
@@ -40,6 +42,7 @@ mod launcher;
 mod logfile;
 mod ring;
 pub(crate) mod rmcp;
+mod rmcp_probe;
 mod session;
 mod viewer;
 

@@ -1,8 +1,10 @@
 //! A bounded byte ring: the newest `capacity` bytes of a console's output.
 //!
-//! The hub keeps two: the scrollback replayed to a viewer that attaches, and
-//! the log ring behind `RunningConsole::log` (shared with the console handle
-//! under a mutex, so it only holds plain data).
+//! The hub keeps one per console, shared with the console handle under a
+//! mutex (so it only holds plain data): its newest `scrollback_bytes` are
+//! replayed to a viewer that attaches, its newest `log_ring_bytes` are
+//! `RunningConsole::log`. The session keeps a small one of its own (the
+//! last words that explain why it ended).
 
 use std::collections::VecDeque;
 
@@ -42,6 +44,11 @@ impl ByteRing {
             self.buf.drain(..overflow);
         }
         self.buf.extend(data);
+    }
+
+    /// Whether anything was ever pushed (kept or dropped).
+    pub(crate) fn has_output(&self) -> bool {
+        self.dropped || !self.buf.is_empty()
     }
 
     /// Everything in the ring, oldest first.

@@ -7,7 +7,8 @@
 //!
 //! [`RmcpBackend::start`] is called by the manager per console. The hub
 //! checks the fence before each activation (as for `native`); every
-//! datagram to the BMC goes through [`FencedUdp`], which refuses to send
+//! datagram to the BMC goes through [`FencedUdp`] (over the console's own
+//! socket or the shared one, `[rmcp] udp`), which refuses to send
 //! unless the lease is known valid at that instant, and [`serve`] wakes at
 //! the lease's deadline so a session whose lease lapsed ends then, without
 //! a word to the BMC (no polling: an idle console costs no wake-ups).
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use porthole_rmcp::udp::{Udp, UdpMode, UdpPool};
 use porthole_rmcp::{transport, Privilege, Session, SessionConfig, Sol, SolConfig};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
@@ -25,26 +27,41 @@ use tracing::{info, warn, Instrument};
 
 use super::hub::{self, HubHandle};
 use super::launcher::{SessionControl, SolLauncher, SolSession};
+use super::rmcp_probe::RmcpProbe;
 use super::{accept_loop, NativeBackend};
 use crate::backend::{
-    bind_port, BackendError, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole,
+    bind_port, BackendError, BmcProbe, ConsoleBackend, ConsoleContext, LogSnapshot, RunningConsole,
 };
-use crate::config::Config;
+use crate::config::{Config, RmcpUdp};
 use crate::coordinator::Fence;
 use crate::sol::SolError;
 use crate::spec::{IpmiTarget, PrivilegeLevel};
 
-/// A UDP socket to one BMC that sends only while the claim's lease is
+/// A UDP transport to one BMC (its own socket or an endpoint of the shared
+/// one, as `[rmcp] udp` says) that sends only while the claim's lease is
 /// known valid (the HA rule: a BMC action only under a valid lease).
 pub(crate) struct FencedUdp {
-    sock: tokio::net::UdpSocket,
+    udp: Udp,
     fence: Fence,
 }
 
 impl FencedUdp {
-    pub(crate) async fn connect(bmc: std::net::SocketAddr, fence: Fence) -> std::io::Result<Self> {
+    pub(crate) async fn open(
+        pool: &UdpPool,
+        bmc: std::net::SocketAddr,
+        fence: Fence,
+    ) -> std::io::Result<Self> {
         Ok(Self {
-            sock: transport::udp(bmc).await?,
+            udp: pool.open(bmc).await?,
+            fence,
+        })
+    }
+
+    /// Over a connected socket of its own, whatever `[rmcp] udp` says
+    /// (the BMC probe: short, and beside the console's SOL session).
+    pub(crate) async fn own(bmc: std::net::SocketAddr, fence: Fence) -> std::io::Result<Self> {
+        Ok(Self {
+            udp: Udp::Own(transport::udp(bmc).await?),
             fence,
         })
     }
@@ -58,22 +75,53 @@ impl transport::Datagram for FencedUdp {
                 format!("not sent to the BMC: {e}"),
             ));
         }
-        self.sock.send(datagram).await.map(|_| ())
+        transport::Datagram::send(&self.udp, datagram).await
     }
 
-    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.sock.recv(buf).await
+    async fn recv(&self) -> std::io::Result<Vec<u8>> {
+        transport::Datagram::recv(&self.udp).await
     }
+}
+
+impl crate::metrics::RmcpUdpSource for UdpPool {
+    fn rmcp_udp(&self) -> crate::metrics::RmcpUdpCounts {
+        let (v4, v6) = self.stats();
+        let mut c = crate::metrics::RmcpUdpCounts {
+            own_socket: self.fallbacks(),
+            ..Default::default()
+        };
+        for st in [v4, v6].into_iter().flatten() {
+            c.shared_sessions += st.endpoints as u64;
+            c.unknown_peer += st.unknown_peer;
+            c.queue_full += st.overflow;
+        }
+        c
+    }
+}
+
+/// The UDP transports of `[rmcp] udp`.
+pub(crate) fn udp_pool(mode: RmcpUdp) -> UdpPool {
+    UdpPool::new(match mode {
+        RmcpUdp::Shared => UdpMode::Shared,
+        RmcpUdp::PerConsole => UdpMode::PerSession,
+    })
 }
 
 pub struct RmcpBackend {
     native: NativeBackend,
+    /// Every console's UDP (one shared socket per address family, or a
+    /// socket each); a shared socket lives as long as its last console.
+    udp: Arc<UdpPool>,
 }
 
 impl RmcpBackend {
     pub fn new(config: &Config) -> Self {
+        info!(udp = config.rmcp.udp.as_str(), "rmcp backend");
+        let udp = Arc::new(udp_pool(config.rmcp.udp));
+        crate::metrics::get().add_rmcp_udp(Arc::downgrade(&udp) as _);
         Self {
             native: NativeBackend::new(config),
+            udp,
         }
     }
 }
@@ -82,6 +130,14 @@ impl RmcpBackend {
 impl ConsoleBackend for RmcpBackend {
     fn name(&self) -> &'static str {
         "rmcp"
+    }
+
+    fn bmc_probe(&self, target: &IpmiTarget, fence: &Fence) -> Option<Box<dyn BmcProbe>> {
+        Some(Box::new(RmcpProbe {
+            target: target.clone(),
+            fence: fence.clone(),
+            timeout: self.native.settings.subprocess_timeout,
+        }))
     }
 
     async fn start(&self, ctx: ConsoleContext) -> Result<Box<dyn RunningConsole>, BackendError> {
@@ -97,6 +153,7 @@ impl ConsoleBackend for RmcpBackend {
         );
         let launcher = RmcpLauncher {
             target,
+            udp: self.udp.clone(),
             fence: ctx.fence.clone(),
             timeout: settings.subprocess_timeout,
         };
@@ -151,6 +208,7 @@ impl Drop for RmcpConsole {
 
 struct RmcpLauncher {
     target: IpmiTarget,
+    udp: Arc<UdpPool>,
     fence: Fence,
     timeout: Duration,
 }
@@ -164,20 +222,30 @@ fn privilege(p: PrivilegeLevel) -> Privilege {
     }
 }
 
+/// The BMC's first address.
+pub(crate) async fn resolve(t: &IpmiTarget) -> porthole_rmcp::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host((t.address.as_str(), t.port))
+        .await?
+        .next()
+        .ok_or_else(|| {
+            porthole_rmcp::RmcpError::Invalid(format!("{} resolves to no address", t.address))
+        })
+}
+
+/// How to log in to `t` (ipmitool's -U, -P, -C, -L).
+pub(crate) fn session_config(t: &IpmiTarget) -> SessionConfig {
+    let mut cfg = SessionConfig::new(&t.username, t.password.expose().as_bytes());
+    cfg.cipher_suite = t.cipher_suite;
+    cfg.privilege = privilege(t.privilege);
+    cfg
+}
+
 impl RmcpLauncher {
     async fn open(&self) -> porthole_rmcp::Result<Sol<FencedUdp>> {
         let t = &self.target;
-        let addr = tokio::net::lookup_host((t.address.as_str(), t.port))
-            .await?
-            .next()
-            .ok_or_else(|| {
-                porthole_rmcp::RmcpError::Invalid(format!("{} resolves to no address", t.address))
-            })?;
-        let mut cfg = SessionConfig::new(&t.username, t.password.expose().as_bytes());
-        cfg.cipher_suite = t.cipher_suite;
-        cfg.privilege = privilege(t.privilege);
-        let session =
-            Session::open(FencedUdp::connect(addr, self.fence.clone()).await?, &cfg).await?;
+        let addr = resolve(t).await?;
+        let udp = FencedUdp::open(&self.udp, addr, self.fence.clone()).await?;
+        let session = Session::open(udp, &session_config(t)).await?;
         let sol = SolConfig {
             session_port: Some(t.port),
             ..SolConfig::default()

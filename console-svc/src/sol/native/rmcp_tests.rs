@@ -1,5 +1,6 @@
 //! Unit tests of the rmcp backend's own parts, on tokio's paused clock: the
-//! fenced transport sends nothing once the lease is past its deadline, and
+//! fenced transport (over its own socket or the shared one) sends nothing
+//! once the lease is past its deadline, and
 //! `serve` (over porthole-rmcp's in-memory BMC) ends an idle session at
 //! the deadline without a word to the BMC, or keeps it while renewed.
 
@@ -8,13 +9,20 @@ use std::time::Duration;
 
 use porthole_rmcp::transport::Datagram;
 
-use super::FencedUdp;
+use super::{udp_pool, FencedUdp};
+use crate::config::RmcpUdp;
 use crate::coordinator::gate::testing::Gated;
 use crate::coordinator::{Coordinator, Fence};
 use crate::spec::NodeId;
 
 #[tokio::test(start_paused = true)]
 async fn nothing_reaches_the_bmc_past_the_lease_deadline() {
+    for mode in [RmcpUdp::Shared, RmcpUdp::PerConsole] {
+        nothing_past_the_deadline(mode).await;
+    }
+}
+
+async fn nothing_past_the_deadline(mode: RmcpUdp) {
     let bmc = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let (coordinator, _state) = Gated::new(7, Duration::from_secs(2));
     let coordinator = Arc::new(coordinator);
@@ -23,17 +31,29 @@ async fn nothing_reaches_the_bmc_past_the_lease_deadline() {
         coordinator.clone(),
         coordinator.acquire(&node).await.unwrap(),
     );
-    let udp = FencedUdp::connect(bmc.local_addr().unwrap(), fence)
+    let pool = udp_pool(mode);
+    let udp = FencedUdp::open(&pool, bmc.local_addr().unwrap(), fence)
         .await
         .unwrap();
     udp.send(b"while valid").await.unwrap();
     let mut buf = [0u8; 64];
-    let n = bmc.recv(&mut buf).await.unwrap();
-    assert_eq!(&buf[..n], b"while valid");
+    let (n, from) = bmc.recv_from(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"while valid", "{mode:?}");
+    // Answers come back through it (either transport).
+    bmc.send_to(b"answer", from).await.unwrap();
+    assert_eq!(udp.recv().await.unwrap(), b"answer");
+    let shared = matches!(pool.stats(), (Some(st), None) if st.endpoints == 1);
+    assert_eq!(
+        shared,
+        mode == RmcpUdp::Shared,
+        "{mode:?}: {:?}",
+        pool.stats()
+    );
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let err = udp.send(b"too late").await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    drop(udp);
     // Nothing arrived: the next datagram the BMC sees is this probe.
     let probe = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     probe
@@ -128,4 +148,20 @@ async fn a_renewed_lease_keeps_the_session() {
     let mut echo = [0u8; 2];
     hub.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"ok");
+}
+
+/// The pool's figures as the metrics read them: sessions on the shared
+/// socket, and a second session to one BMC address on a socket of its own.
+#[tokio::test]
+async fn the_udp_pool_reports_its_figures_to_the_metrics() {
+    use crate::metrics::RmcpUdpSource;
+    let bmc = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let pool = udp_pool(RmcpUdp::Shared);
+    let first = pool.open(bmc.local_addr().unwrap()).await.unwrap();
+    let second = pool.open(bmc.local_addr().unwrap()).await.unwrap();
+    let c = pool.rmcp_udp();
+    assert_eq!((c.shared_sessions, c.own_socket), (1, 1), "{c:?}");
+    drop((first, second));
+    assert_eq!(pool.rmcp_udp().shared_sessions, 0);
+    assert_eq!(udp_pool(RmcpUdp::PerConsole).rmcp_udp(), Default::default());
 }

@@ -171,6 +171,12 @@ async fn a_late_viewer_gets_the_bounded_scrollback() {
     let mut late = r.viewer().await;
     let got = read_until(&mut late, b"89abcdef").await;
     assert_eq!(got, b"89abcdef", "scrollback only, no banner replay");
+    let log = r.hub.log(0);
+    assert_eq!(
+        (log.data.as_slice(), log.truncated),
+        (&b"0123456789abcdef"[..], false),
+        "the log keeps more than the scrollback, from the same ring"
+    );
 }
 
 #[tokio::test]
@@ -194,6 +200,29 @@ async fn the_log_ring_keeps_the_newest_output() {
         (&b"3456789abc"[..], true)
     );
     assert_eq!(r.hub.log(3).data, b"abc");
+}
+
+#[tokio::test]
+async fn one_ring_serves_the_scrollback_and_the_log() {
+    let mut r = rig(HubConfig {
+        scrollback_bytes: 8,
+        log_ring_bytes: 0,
+        ..config()
+    })
+    .await;
+    let mut a = r.viewer().await;
+    let mut node = r.node().await;
+    node.write_all(b"0123456789abcdef").await.unwrap();
+    read_until(&mut a, b"cdef").await;
+    let log = r.hub.log(0);
+    assert_eq!(
+        (log.data.as_slice(), log.truncated),
+        (&b""[..], true),
+        "no log kept, and it says output went unkept"
+    );
+    let mut late = r.viewer().await;
+    let got = read_until(&mut late, b"89abcdef").await;
+    assert_eq!(got, b"89abcdef", "the scrollback still replays");
 }
 
 #[tokio::test(start_paused = true)]
