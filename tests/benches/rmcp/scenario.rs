@@ -160,7 +160,9 @@ async fn enable_all(svc: &Service, targets: &[Target]) -> Result<Vec<u16>> {
             if (i + 1) % 1000 == 0 {
                 eprintln!("[enable] {} done", i + 1);
             }
-            r.map_err(|_| anyhow::anyhow!("EnableConsole {}: no answer in {CALL_TIMEOUT:?}", node(i)))?
+            r.map_err(|_| {
+                anyhow::anyhow!("EnableConsole {}: no answer in {CALL_TIMEOUT:?}", node(i))
+            })?
         })
         .buffered(IN_FLIGHT)
         .try_collect()
@@ -289,7 +291,9 @@ async fn logged(svc: &Service, n: usize) -> Result<usize> {
         .map(|i| async move {
             let log = tokio::time::timeout(CALL_TIMEOUT, svc.log(&node(i), 4096))
                 .await
-                .map_err(|_| anyhow::anyhow!("GetConsoleLog {}: no answer in {CALL_TIMEOUT:?}", node(i)))??;
+                .map_err(|_| {
+                    anyhow::anyhow!("GetConsoleLog {}: no answer in {CALL_TIMEOUT:?}", node(i))
+                })??;
             Ok::<_, anyhow::Error>(log.windows(18).any(|w| w == b"output 0123456789\r"))
         })
         .buffered(IN_FLIGHT)

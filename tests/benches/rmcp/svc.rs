@@ -36,6 +36,45 @@ pub struct Service {
     metrics: String,
 }
 
+/// console-svc's command line for one scenario, its output to
+/// `dir/console-svc.log`.
+fn command(
+    s: &Settings,
+    backend: &str,
+    udp_mode: Option<&str>,
+    dir: &Path,
+    grpc: u16,
+    metrics: u16,
+) -> Result<Command> {
+    fs::create_dir_all(dir)?;
+    let log = File::create(dir.join("console-svc.log"))?;
+    let addr = &s.console_addr;
+    let config = dir.join("console-svc.toml");
+    fs::write(&config, "[native]\nterminal_silent_timeout = \"0s\"\n")?;
+    let mut cmd = Command::new(&s.console_svc);
+    cmd.arg("serve").arg("--config").arg(&config);
+    if let Some(m) = udp_mode {
+        cmd.args(["--rmcp-udp", m]);
+    }
+    cmd.args(["--listen", &format!("{addr}:{grpc}")])
+        .args(["--backend", backend])
+        .args(["--port-range", &s.console_ports])
+        .args(["--socat-address", addr])
+        .args(["--metrics-listen", &format!("{addr}:{metrics}")])
+        .arg("--terminal-pid-dir")
+        .arg(dir.join("pids"))
+        .env(
+            "PORTHOLE_LOG",
+            std::env::var("PORTHOLE_BENCH_SVC_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
 impl Service {
     pub async fn start(
         s: &Settings,
@@ -45,39 +84,14 @@ impl Service {
         grpc: u16,
         metrics: u16,
     ) -> Result<Self> {
-        fs::create_dir_all(dir)?;
-        let log = File::create(dir.join("console-svc.log"))?;
-        let addr = &s.console_addr;
-        let config = dir.join("console-svc.toml");
-        fs::write(&config, "[native]\nterminal_silent_timeout = \"0s\"\n")?;
-        let mut cmd = Command::new(&s.console_svc);
-        cmd.arg("serve").arg("--config").arg(&config);
-        if let Some(m) = udp_mode {
-            cmd.args(["--rmcp-udp", m]);
-        }
-        let mut child = cmd
-            .args(["--listen", &format!("{addr}:{grpc}")])
-            .args(["--backend", backend])
-            .args(["--port-range", &s.console_ports])
-            .args(["--socat-address", &s.console_addr])
-            .args(["--metrics-listen", &format!("{addr}:{metrics}")])
-            .arg("--terminal-pid-dir")
-            .arg(dir.join("pids"))
-            .env(
-                "PORTHOLE_LOG",
-                std::env::var("PORTHOLE_BENCH_SVC_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true)
+        let mut child = command(s, backend, udp_mode, dir, grpc, metrics)?
             .spawn()
             .with_context(|| format!("starting {}", s.console_svc.display()))?;
         let pid = child
             .id()
             .ok_or_else(|| anyhow!("console-svc exited at once"))?;
         fs::write(s.work_dir.join("pids"), format!("{pid}\n"))?;
+        let addr = &s.console_addr;
         let url = format!("http://{addr}:{grpc}");
         let end = Instant::now() + Duration::from_secs(20);
         let client = loop {
