@@ -114,6 +114,20 @@ tests=${PIPESTATUS[0]}
 set -e
 [ "$tests" = 124 ] && say "cargo test did not finish within ${TEST_TIMEOUT}s"
 status=$tests
+# The rmcp backend's default UDP mode is one shared socket; its suites run
+# once more with a socket per console (only on a full run, not a filtered one).
+if [ $# = 0 ]; then
+  say "rmcp suites again with a UDP socket per console (PORTHOLE_TEST_RMCP_UDP=per-console)"
+  set +e
+  PORTHOLE_TEST_RMCP_UDP=per-console timeout --kill-after=30 300 cargo test --no-fail-fast \
+    -p porthole-rmcp --test rig_session --test rig_sol --test rig_wire 2>&1 | tee -a "$RUN/test-cargo.log"
+  again=${PIPESTATUS[0]}
+  PORTHOLE_TEST_RMCP_UDP=per-console timeout --kill-after=30 300 cargo test --no-fail-fast \
+    -p porthole-tests --tests -- rmcp 2>&1 | tee -a "$RUN/test-cargo.log"
+  [ "$again" = 0 ] && again=${PIPESTATUS[0]}
+  set -e
+  [ "$status" = 0 ] && status=$again
+fi
 count() { awk -v f="$1" '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ "^" f) n += $i } END { print n + 0 }' "$RUN/test-cargo.log"; }
 ran=$(( $(count passed) + $(count failed) ))
 if [ "$ran" = 0 ]; then

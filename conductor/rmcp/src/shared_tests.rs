@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::test_bmc::{self, BmcConfig, Control};
+use crate::test_bmc::{self, Control};
 use crate::{Session, SessionConfig, Sol, SolConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -234,17 +234,8 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Ou
 
 /// A test BMC on its own loopback UDP socket.
 async fn udp_bmc() -> (SocketAddr, Arc<Control>) {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let ctl = Arc::new(Control::default());
-    let cfg = BmcConfig {
-        suite: 3,
-        password: b"secret".to_vec(),
-        sol_port: addr.port(),
-        output: None,
-    };
-    tokio::spawn(test_bmc::serve(sock, cfg, ctl.clone()));
-    (addr, ctl)
+    let (addr, bmc) = test_bmc::spawn_udp(3, b"secret", None).await.unwrap();
+    (addr, bmc.ctl)
 }
 
 #[tokio::test]

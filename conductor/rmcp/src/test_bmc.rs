@@ -159,6 +159,25 @@ pub fn spawn(suite: u8, password: &[u8]) -> (MemDatagram, TestBmc) {
     (client, TestBmc { ctl, _task: task })
 }
 
+/// A test BMC on its own loopback UDP socket (SOL on that same port).
+pub async fn spawn_udp(
+    suite: u8,
+    password: &[u8],
+    output: Option<Output>,
+) -> std::io::Result<(std::net::SocketAddr, TestBmc)> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let addr = sock.local_addr()?;
+    let ctl = Arc::new(Control::default());
+    let cfg = BmcConfig {
+        suite,
+        password: password.to_vec(),
+        sol_port: addr.port(),
+        output,
+    };
+    let task = tokio::spawn(serve(sock, cfg, ctl.clone()));
+    Ok((addr, TestBmc { ctl, _task: task }))
+}
+
 /// Answer `bmc`'s datagrams, each at its sender (and print
 /// [`BmcConfig::output`] to the SOL session), until its socket fails.
 pub async fn serve<T: BmcSocket>(bmc: T, cfg: BmcConfig, c: Arc<Control>) {

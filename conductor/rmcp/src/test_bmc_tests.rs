@@ -12,19 +12,12 @@ use tokio_util::sync::CancellationToken;
 /// BMC; steady output reaches the SOL session only while switched on.
 #[tokio::test]
 async fn a_second_session_leaves_sol_working_and_output_follows_the_switch() {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let ctl = Arc::new(Control::default());
-    let cfg = BmcConfig {
-        suite: 3,
-        password: b"secret".to_vec(),
-        sol_port: addr.port(),
-        output: Some(Output {
-            every: Duration::from_millis(10),
-            bytes: 24,
-        }),
+    let output = Output {
+        every: Duration::from_millis(10),
+        bytes: 24,
     };
-    let _bmc = tokio::spawn(serve(sock, cfg, ctl.clone()));
+    let (addr, bmc) = spawn_udp(3, b"secret", Some(output)).await.unwrap();
+    let ctl = bmc.ctl.clone();
     let login = SessionConfig::new("admin", b"secret");
     let s = Session::open(transport::udp(addr).await.unwrap(), &login)
         .await

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use porthole_rmcp::test_bmc::{self, BmcConfig, Control};
+use porthole_rmcp::test_bmc::{self, Control};
 
 use super::RmcpProbe;
 use crate::backend::BmcProbe;
@@ -17,16 +17,8 @@ use crate::spec::{IpmiTarget, NodeId, PrivilegeLevel};
 /// A test BMC with password `secret`, and a probe of it with `password`
 /// under a lease valid for `valid_for`.
 async fn probe_of(password: &str, valid_for: Duration) -> (RmcpProbe, Arc<Control>) {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let ctl = Arc::new(Control::default());
-    let cfg = BmcConfig {
-        suite: 3,
-        password: b"secret".to_vec(),
-        sol_port: addr.port(),
-        output: None,
-    };
-    tokio::spawn(test_bmc::serve(sock, cfg, ctl.clone()));
+    let (addr, bmc) = test_bmc::spawn_udp(3, b"secret", None).await.unwrap();
+    let ctl = bmc.ctl.clone();
     let (coordinator, _state) = Gated::new(7, valid_for);
     let coordinator = Arc::new(coordinator);
     let node = NodeId::parse("node-1").unwrap();
