@@ -19,20 +19,26 @@ const KEY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Viewers that read and count what their consoles print.
 pub struct Viewers {
-    pub bytes: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
     tasks: JoinSet<()>,
 }
 
 impl Viewers {
-    pub async fn connect(host: &str, ports: &[u16]) -> Result<Self> {
-        let bytes = Arc::new(AtomicU64::new(0));
-        let mut tasks = JoinSet::new();
+    pub fn new() -> Self {
+        Self {
+            bytes: Arc::new(AtomicU64::new(0)),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// One more viewer on each of `ports`.
+    pub async fn add(&mut self, host: &str, ports: &[u16]) -> Result<()> {
         for &p in ports {
             let mut s = TcpStream::connect((host, p))
                 .await
                 .with_context(|| format!("viewer to {host}:{p}"))?;
-            let b = bytes.clone();
-            tasks.spawn(async move {
+            let b = self.bytes.clone();
+            self.tasks.spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
@@ -42,11 +48,26 @@ impl Viewers {
                 }
             });
         }
-        Ok(Self { bytes, tasks })
+        Ok(())
+    }
+
+    /// Viewers still connected (their console has not closed them).
+    pub fn connected(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Bytes received so far, all viewers.
+    pub fn received(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     pub fn close(mut self) {
         self.tasks.abort_all();
+    }
+
+    /// Reap the tasks of viewers whose console closed them.
+    pub fn reap(&mut self) {
+        while self.tasks.try_join_next().is_some() {}
     }
 }
 

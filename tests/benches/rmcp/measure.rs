@@ -1,7 +1,9 @@
 //! What the bench reads from /proc: RSS and PSS of a process and its
-//! descendants (`smaps_rollup`), their CPU time in clock ticks (`stat`),
-//! the load average and the kernel's UDP receive-buffer drops
-//! (`/proc/net/snmp`). Called by `main`'s scenarios.
+//! descendants or of a list of pids (`smaps_rollup`), their CPU time in
+//! clock ticks (`stat`), a process's open files (`fd`), the CPU time of
+//! this process's threads by name (`task`), the load average and the
+//! kernel's UDP receive-buffer drops (`/proc/net/snmp`). Called by
+//! `scenario` and `main`.
 
 use std::fs;
 use std::time::Duration;
@@ -47,9 +49,14 @@ fn field(text: &str, name: &str) -> u64 {
 }
 
 fn tree_memory(root: u32) -> Memory {
+    pids_memory(family(root).iter().map(|p| p.pid as u32))
+}
+
+/// RSS and PSS summed over `pids` (those still alive).
+pub fn pids_memory(pids: impl IntoIterator<Item = u32>) -> Memory {
     let mut m = Memory::default();
-    for p in family(root) {
-        let Ok(text) = fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid)) else {
+    for pid in pids {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
             continue;
         };
         m.rss_kib += field(&text, "Rss:");
@@ -72,18 +79,41 @@ pub async fn memory(root: u32) -> Memory {
     v[1]
 }
 
+/// utime + stime in a `/proc/.../stat` file, in clock ticks.
+fn stat_ticks(path: &str) -> Option<u64> {
+    let s = fs::read_to_string(path).ok()?;
+    // Fields after the command (which may hold spaces) in parentheses.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
 /// utime + stime of `root` and its live descendants, in clock ticks.
 pub fn cpu_ticks(root: u32) -> u64 {
-    family(root)
-        .iter()
-        .filter_map(|p| {
-            let s = fs::read_to_string(format!("/proc/{}/stat", p.pid)).ok()?;
-            // Fields after the command (which may hold spaces) in parentheses.
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
+    pids_ticks(family(root).iter().map(|p| p.pid as u32))
+}
+
+/// utime + stime summed over `pids` (those still alive).
+pub fn pids_ticks(pids: impl IntoIterator<Item = u32>) -> u64 {
+    pids.into_iter()
+        .filter_map(|pid| stat_ticks(&format!("/proc/{pid}/stat")))
         .sum()
+}
+
+/// utime + stime of this process's threads called `name`.
+pub fn thread_ticks(name: &str) -> u64 {
+    let Ok(dir) = fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+        .filter_map(|t| stat_ticks(&t.path().join("stat").to_string_lossy()))
+        .sum()
+}
+
+/// Open files of process `pid` (0 when it cannot be read).
+pub fn open_files(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
 pub fn loadavg() -> String {

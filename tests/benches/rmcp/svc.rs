@@ -1,5 +1,7 @@
 //! console-svc as the bench's child process: started per scenario in its
-//! own process group, enabled over gRPC, its Prometheus metrics read over
+//! own process group (with `--rmcp-udp MODE` when the scenario names one,
+//! and `terminal_silent_timeout` off in its config file: native's viewers
+//! never type, and would be closed 60 s after connecting), enabled over gRPC, its Prometheus metrics read over
 //! plain HTTP, stopped by pid (SIGTERM, then SIGKILL to its group).
 //! Called by `main`.
 
@@ -34,38 +36,63 @@ pub struct Service {
     metrics: String,
 }
 
+/// console-svc's command line for one scenario, its output to
+/// `dir/console-svc.log`.
+fn command(
+    s: &Settings,
+    backend: &str,
+    udp_mode: Option<&str>,
+    dir: &Path,
+    grpc: u16,
+    metrics: u16,
+) -> Result<Command> {
+    fs::create_dir_all(dir)?;
+    let log = File::create(dir.join("console-svc.log"))?;
+    let addr = &s.console_addr;
+    let config = dir.join("console-svc.toml");
+    fs::write(&config, "[native]\nterminal_silent_timeout = \"0s\"\n")?;
+    let mut cmd = Command::new(&s.console_svc);
+    cmd.arg("serve").arg("--config").arg(&config);
+    if let Some(m) = udp_mode {
+        cmd.args(["--rmcp-udp", m]);
+    }
+    cmd.args(["--listen", &format!("{addr}:{grpc}")])
+        .args(["--backend", backend])
+        .args(["--port-range", &s.console_ports])
+        .args(["--socat-address", addr])
+        .args(["--metrics-listen", &format!("{addr}:{metrics}")])
+        .arg("--terminal-pid-dir")
+        .arg(dir.join("pids"))
+        .env(
+            "PORTHOLE_LOG",
+            std::env::var("PORTHOLE_BENCH_SVC_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
 impl Service {
     pub async fn start(
         s: &Settings,
         backend: &str,
+        udp_mode: Option<&str>,
         dir: &Path,
         grpc: u16,
         metrics: u16,
     ) -> Result<Self> {
-        fs::create_dir_all(dir)?;
-        let log = File::create(dir.join("console-svc.log"))?;
-        let mut child = Command::new(&s.console_svc)
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--backend", backend])
-            .args(["--port-range", &s.console_ports])
-            .args(["--socat-address", &s.console_addr])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-            .arg("--terminal-pid-dir")
-            .arg(dir.join("pids"))
-            .env("PORTHOLE_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true)
+        let mut child = command(s, backend, udp_mode, dir, grpc, metrics)?
             .spawn()
             .with_context(|| format!("starting {}", s.console_svc.display()))?;
         let pid = child
             .id()
             .ok_or_else(|| anyhow!("console-svc exited at once"))?;
         fs::write(s.work_dir.join("pids"), format!("{pid}\n"))?;
-        let url = format!("http://127.0.0.1:{grpc}");
+        let addr = &s.console_addr;
+        let url = format!("http://{addr}:{grpc}");
         let end = Instant::now() + Duration::from_secs(20);
         let client = loop {
             if let Some(st) = child.try_wait()? {
@@ -83,7 +110,7 @@ impl Service {
             child,
             pid,
             client,
-            metrics: format!("127.0.0.1:{metrics}"),
+            metrics: format!("{addr}:{metrics}"),
         })
     }
 
@@ -135,6 +162,36 @@ impl Service {
             .data)
     }
 
+    /// The consoles' states and `last_error`s (the BMC's address cut off,
+    /// so that the same error on many BMCs counts once): each distinct
+    /// pair and how many consoles have it, most frequent first
+    /// (ListConsoles, every page).
+    pub async fn console_states(&self) -> Result<Vec<(String, usize)>> {
+        let mut counts: std::collections::HashMap<String, usize> = Default::default();
+        let mut token = String::new();
+        loop {
+            let req = pb::ListConsolesRequest {
+                page_size: 1000,
+                page_token: token,
+            };
+            let page = self.client.clone().list_consoles(req).await?.into_inner();
+            for c in page
+                .consoles
+                .into_iter()
+                .filter(|c| !c.last_error.is_empty())
+            {
+                *counts.entry(c.last_error).or_default() += 1;
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let mut v: Vec<_> = counts.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(v)
+    }
+
     /// A metric's value summed over the lines that name `label`.
     pub async fn metric(&self, name: &str, label: &str) -> Result<f64> {
         let mut s = tokio::net::TcpStream::connect(&self.metrics).await?;
@@ -149,7 +206,7 @@ impl Service {
             .sum())
     }
 
-    /// SIGTERM (consoles deactivate and close), SIGKILL to the group after 30 s.
+    /// SIGTERM (consoles deactivate and close), SIGKILL to the group after 60 s.
     pub async fn stop(mut self) {
         let pid = Pid::from_raw(self.pid as i32);
         let _ = kill(pid, Signal::SIGTERM);
@@ -157,7 +214,7 @@ impl Service {
             .await
             .is_err()
         {
-            eprintln!("console-svc {pid} did not stop in 30 s; killing its group");
+            eprintln!("console-svc {pid} did not stop in 60 s; killing its group");
             let _ = killpg(pid, Signal::SIGKILL);
             let _ = self.child.wait().await;
         }
