@@ -223,7 +223,14 @@ fn privilege(p: PrivilegeLevel) -> Privilege {
 }
 
 /// The BMC's first address.
+/// An IP literal (as BMC addresses mostly are) is taken as it is: only a
+/// name goes to the resolver, which runs on a blocking thread (threads that
+/// thousands of consoles coming up at once would each start).
 pub(crate) async fn resolve(t: &IpmiTarget) -> porthole_rmcp::Result<std::net::SocketAddr> {
+    let literal = t.address.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+        return Ok((ip, t.port).into());
+    }
     tokio::net::lookup_host((t.address.as_str(), t.port))
         .await?
         .next()

@@ -165,3 +165,26 @@ async fn the_udp_pool_reports_its_figures_to_the_metrics() {
     assert_eq!(pool.rmcp_udp().shared_sessions, 0);
     assert_eq!(udp_pool(RmcpUdp::PerConsole).rmcp_udp(), Default::default());
 }
+
+#[tokio::test]
+async fn ip_literals_resolve_without_the_resolver_and_names_with_it() {
+    use crate::secret::Secret;
+    use crate::spec::{IpmiTarget, PrivilegeLevel};
+    let target = |address: &str| IpmiTarget {
+        address: address.into(),
+        port: 623,
+        username: "admin".into(),
+        password: Secret::new("pw"),
+        cipher_suite: 3,
+        privilege: PrivilegeLevel::Administrator,
+    };
+    let v4 = super::resolve(&target("192.0.2.7")).await.unwrap();
+    assert_eq!(v4, "192.0.2.7:623".parse().unwrap());
+    let v6 = super::resolve(&target("[2001:db8::7]")).await.unwrap();
+    assert_eq!(v6, "[2001:db8::7]:623".parse().unwrap());
+    let bare_v6 = super::resolve(&target("2001:db8::7")).await.unwrap();
+    assert_eq!(bare_v6, v6);
+    let named = super::resolve(&target("localhost")).await.unwrap();
+    assert!(named.ip().is_loopback(), "{named}");
+    assert_eq!(named.port(), 623);
+}
