@@ -163,6 +163,7 @@ async fn an_idle_session_stays_up_on_keepalives() -> Result<()> {
     );
     node.send(b"still here\r\n").await?;
     assert_eq!(read_sol(&mut sol.io, 12).await?, b"still here\r\n");
+    line_up(&mut sol, &mut node).await?;
     sol.io.write_all(b"typed").await?;
     expect_node(&mut node, b"typed").await?;
     sol.cancel.cancel();
