@@ -87,46 +87,58 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
-/// A current-thread runtime on a thread of its own whose allocations count.
-fn counted_thread<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs the future `body` makes on a current-thread runtime, on a thread of
+/// its own whose allocations count.
+fn counted_runtime<F, Fut>(body: F) -> Fut::Output
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future,
+    Fut::Output: Send + 'static,
+{
     std::thread::spawn(move || {
         COUNTED.with(|c| c.set(true));
-        body()
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(body())
     })
     .join()
     .expect("measuring thread")
 }
 
+/// Each mode twice, alternating, so that neither always runs first.
+const MODES: [UdpMode; 4] = [
+    UdpMode::PerSession,
+    UdpMode::Shared,
+    UdpMode::PerSession,
+    UdpMode::Shared,
+];
+
 #[test]
 fn endpoints_of_a_shared_socket_are_small() {
     const N: usize = 10_000;
-    let per = counted_thread(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let per = counted_runtime(|| async {
+        let shared = SharedUdp::bind("127.0.0.1:0".parse().unwrap(), SharedConfig::default())
+            .await
             .unwrap();
-        rt.block_on(async {
-            let shared = SharedUdp::bind("127.0.0.1:0".parse().unwrap(), SharedConfig::default())
-                .await
-                .unwrap();
-            let mut held_endpoints = Vec::with_capacity(N);
-            let before = held();
-            for i in 0..N {
-                let peer: SocketAddr = (
-                    [127, 0, 14, 1 + (i / 60_000) as u8],
-                    1 + (i % 60_000) as u16,
-                )
-                    .into();
-                held_endpoints.push(shared.endpoint(peer).unwrap());
-            }
-            let grown = held() - before;
-            // An endpoint itself lives in its session; count it too.
-            let inline = std::mem::size_of_val(&held_endpoints[0]);
-            assert_eq!(shared.stats().endpoints, N);
-            drop(held_endpoints);
-            assert_eq!(shared.stats().endpoints, 0, "all unregistered");
-            (grown as f64 / N as f64, inline)
-        })
+        let mut held_endpoints = Vec::with_capacity(N);
+        let before = held();
+        for i in 0..N {
+            let peer: SocketAddr = (
+                [127, 0, 14, 1 + (i / 60_000) as u8],
+                1 + (i % 60_000) as u16,
+            )
+                .into();
+            held_endpoints.push(shared.endpoint(peer).unwrap());
+        }
+        let grown = held() - before;
+        // An endpoint itself lives in its session; count it too.
+        let inline = std::mem::size_of_val(&held_endpoints[0]);
+        assert_eq!(shared.stats().endpoints, N);
+        drop(held_endpoints);
+        assert_eq!(shared.stats().endpoints, 0, "all unregistered");
+        (grown as f64 / N as f64, inline)
     });
     let (heap, inline) = per;
     println!(
@@ -228,23 +240,12 @@ async fn idle_sessions(mode: UdpMode, bmcs: &[(SocketAddr, Arc<Control>)]) -> Fi
 fn idle_sol_sessions_in_both_udp_modes() {
     const N: usize = 1000;
     let bmcs = bmc_farm(N, None);
-    let out = counted_thread(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut out = Vec::new();
-            for mode in [
-                UdpMode::PerSession,
-                UdpMode::Shared,
-                UdpMode::PerSession,
-                UdpMode::Shared,
-            ] {
-                out.push((mode, idle_sessions(mode, &bmcs).await));
-            }
-            out
-        })
+    let out = counted_runtime(move || async move {
+        let mut out = Vec::new();
+        for mode in MODES {
+            out.push((mode, idle_sessions(mode, &bmcs).await));
+        }
+        out
     });
     for (mode, f) in out {
         println!(
@@ -333,23 +334,12 @@ fn cpu_under_output_in_both_udp_modes() {
         bytes: 230,
     };
     let bmcs = bmc_farm(N, Some(output));
-    let out = counted_thread(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut out = Vec::new();
-            for mode in [
-                UdpMode::PerSession,
-                UdpMode::Shared,
-                UdpMode::PerSession,
-                UdpMode::Shared,
-            ] {
-                out.push((mode, cpu_under_output(mode, &bmcs).await));
-            }
-            out
-        })
+    let out = counted_runtime(move || async move {
+        let mut out = Vec::new();
+        for mode in MODES {
+            out.push((mode, cpu_under_output(mode, &bmcs).await));
+        }
+        out
     });
     for (mode, (cpu, bytes, dropped)) in out {
         println!(

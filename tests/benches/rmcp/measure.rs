@@ -1,5 +1,6 @@
-//! What the bench reads from /proc: RSS and PSS of a process and its
-//! descendants or of a list of pids (`smaps_rollup`), their CPU time in
+//! What the bench reads from /proc: RSS and PSS (with PSS's anonymous and
+//! file-backed parts) of a process and its descendants or of a list of
+//! pids (`smaps_rollup`), their CPU time in
 //! clock ticks (`stat`), a process's open files (`fd`), the CPU time of
 //! this process's threads by name (`task`), the load average and the
 //! kernel's UDP receive-buffer drops (`/proc/net/snmp`). Called by
@@ -14,6 +15,12 @@ use porthole_tests::procs::{self, Proc};
 pub struct Memory {
     pub rss_kib: u64,
     pub pss_kib: u64,
+    /// The part of `pss_kib` in anonymous pages (heap, stacks): what the
+    /// process allocated, as against `pss_file_kib`.
+    pub pss_anon_kib: u64,
+    /// The part of `pss_kib` in file-backed pages: the program's and its
+    /// libraries' code and data, paged in as first used.
+    pub pss_file_kib: u64,
     pub processes: usize,
 }
 
@@ -52,7 +59,7 @@ fn tree_memory(root: u32) -> Memory {
     pids_memory(family(root).iter().map(|p| p.pid as u32))
 }
 
-/// RSS and PSS summed over `pids` (those still alive).
+/// RSS and PSS (and PSS's parts) summed over `pids` (those still alive).
 pub fn pids_memory(pids: impl IntoIterator<Item = u32>) -> Memory {
     let mut m = Memory::default();
     for pid in pids {
@@ -61,6 +68,8 @@ pub fn pids_memory(pids: impl IntoIterator<Item = u32>) -> Memory {
         };
         m.rss_kib += field(&text, "Rss:");
         m.pss_kib += field(&text, "Pss:");
+        m.pss_anon_kib += field(&text, "Pss_Anon:");
+        m.pss_file_kib += field(&text, "Pss_File:");
         m.processes += 1;
     }
     m

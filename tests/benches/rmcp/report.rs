@@ -85,8 +85,12 @@ fn memory_table(rows: &[(String, Result<Row>)]) {
     println!();
     println!("## Idle memory per always-on console");
     println!();
-    println!("| scenario | BMCs | sessions up | enable s | settle s | console-svc open files | processes (base → loaded) | RSS KiB (base → loaded) | PSS KiB (base → loaded) | RSS KiB per console | PSS KiB per console |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("PSS is split into its anonymous part (what the processes allocated: heap, stacks) and its file-backed part (the programs' and libraries' code and data, paged in when first used).");
+    println!();
+    println!("| scenario | BMCs | sessions up | enable s | settle s | console-svc open files | processes (base → loaded) | RSS KiB (base → loaded) | PSS KiB (base → loaded) | PSS anon KiB (base → loaded) | PSS file KiB (base → loaded) | RSS KiB per console | PSS KiB per console | PSS anon KiB per console |");
+    println!(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for (what, r) in rows {
         match r {
             Ok(r) => {
@@ -97,7 +101,7 @@ fn memory_table(rows: &[(String, Result<Row>)]) {
                     ""
                 };
                 println!(
-                    "| {what} | {} | {}/{} | {:.1} | {:.1}{settled} | {} | {} → {} | {} → {} | {} → {} | {:.1} | {:.1} |",
+                    "| {what} | {} | {}/{} | {:.1} | {:.1}{settled} | {} | {} → {} | {} → {} | {} → {} | {} → {} | {} → {} | {:.1} | {:.1} | {:.1} |",
                     r.bmcs,
                     r.active,
                     r.consoles,
@@ -110,8 +114,13 @@ fn memory_table(rows: &[(String, Result<Row>)]) {
                     r.loaded.rss_kib,
                     r.base.pss_kib,
                     r.loaded.pss_kib,
+                    r.base.pss_anon_kib,
+                    r.loaded.pss_anon_kib,
+                    r.base.pss_file_kib,
+                    r.loaded.pss_file_kib,
                     (r.loaded.rss_kib as f64 - r.base.rss_kib as f64) / n,
                     (r.loaded.pss_kib as f64 - r.base.pss_kib as f64) / n,
+                    (r.loaded.pss_anon_kib as f64 - r.base.pss_anon_kib as f64) / n,
                 );
             }
             Err(e) => println!(
