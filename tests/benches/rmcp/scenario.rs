@@ -90,6 +90,9 @@ pub struct Row {
     /// (printed with no viewer attached).
     pub logged: Option<usize>,
     pub echo: load::Echo,
+    /// How long the echo waited for console-svc and the BMC side to be as
+    /// quiet as in the idle window (None: not within `QUIET_BUDGET`).
+    pub echo_quiet: Option<Duration>,
 }
 
 /// Refuse what cannot fit before anything starts.
@@ -409,7 +412,11 @@ async fn measure_service(
         _ => None,
     };
 
-    eprintln!("[{name}] {} keystrokes", s.keys);
+    let echo_quiet = quiet_down(c, svc, s.idle, (idle_ticks, bmc_idle)).await;
+    eprintln!(
+        "[{name}] {} keystrokes (quiet after {echo_quiet:?})",
+        s.keys
+    );
     let echo = echo(s, c, up.ports[0]).await;
     if let Some(v) = viewers {
         v.close();
@@ -432,7 +439,37 @@ async fn measure_service(
         udp_drops,
         logged,
         echo: echo?,
+        echo_quiet,
     })
+}
+
+/// How long the echo waits at most for the output window's aftermath.
+const QUIET_BUDGET: Duration = Duration::from_secs(30);
+
+/// Waits, after the output window, until console-svc (with its children)
+/// and the BMC side use no more CPU in a second than they did per second
+/// of the idle window, plus 2 ticks: a rig node's output can still be
+/// draining through socat, the pty and ipmi_sim, and an echo measured
+/// behind it is that queue's, not the console's. The time it took, or None
+/// when they were not that quiet within `QUIET_BUDGET`.
+async fn quiet_down(
+    c: &Case<'_>,
+    svc: &Service,
+    idle: Duration,
+    (svc_idle, bmc_idle): (u64, u64),
+) -> Option<Duration> {
+    let most = |ticks: u64| ticks as f64 / idle.as_secs_f64() + 2.0;
+    let start = Instant::now();
+    while start.elapsed() < QUIET_BUDGET {
+        let (t0, b0) = (measure::cpu_ticks(svc.pid()), c.bmc_ticks());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let svc_ticks = measure::cpu_ticks(svc.pid()).saturating_sub(t0);
+        let bmc_ticks = c.bmc_ticks().saturating_sub(b0);
+        if svc_ticks as f64 <= most(svc_idle) && bmc_ticks as f64 <= most(bmc_idle) {
+            return Some(start.elapsed());
+        }
+    }
+    None
 }
 
 /// Keystroke round trips on the first console (a rig node echoes them;
