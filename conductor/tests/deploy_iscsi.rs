@@ -122,8 +122,13 @@ async fn two_nodes_share_one_boot_iso(
         );
         let floppy: Value = env.run.http.get(floppy).send().await?.json().await?;
         ensure!(floppy["Inserted"] == false, "{floppy}");
-        let s = system(&env.run, i).await?;
-        ensure!(s["PowerState"] == "On", "{s}");
+        // The deploy service's reset returns at once and sushy's fake driver
+        // applies it 1-11 s later (a rehearsal saw "Off" here): wait for it.
+        let s = eventually(Duration::from_secs(30), "the node powered on", || async {
+            let s = system(&env.run, i).await?;
+            Ok((s["PowerState"] == "On").then_some(s))
+        })
+        .await?;
         ensure!(s["Boot"]["BootSourceOverrideTarget"] == "Cd", "{s}");
         isos.push(boot_iso);
     }
