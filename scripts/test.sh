@@ -17,8 +17,8 @@
 #    password (the secrets test looks for it in argv, environments and logs);
 # 4. cargo test --workspace with PORTHOLE_RIG_JSON set, so every rig test
 #    runs for real, within PORTHOLE_TEST_TIMEOUT seconds (default 2700: cargo
-#    runs the test binaries one after another: their times summed to 1522 s
-#    in a 2-core rehearsal that ran beside a release build); then cargo fmt --check, cargo clippy -D warnings and
+#    runs the test binaries one after another: the phase took 1496 s in a
+#    quiet 2-core rehearsal, and longer beside a release build); then cargo fmt --check, cargo clippy -D warnings and
 #    scripts/deny.sh (cargo-deny, installed from crates.io if missing).
 #
 # A run in which no test ran (a filter that matches no test name) fails:
