@@ -18,8 +18,9 @@
 # 4. cargo test --workspace with PORTHOLE_RIG_JSON set, so every rig test
 #    runs for real, within PORTHOLE_TEST_TIMEOUT seconds (default 2700: cargo
 #    runs the test binaries one after another: the phase took 1496 s in a
-#    quiet 2-core rehearsal, and longer beside a release build); then cargo fmt --check, cargo clippy -D warnings and
-#    scripts/deny.sh (cargo-deny, installed from crates.io if missing).
+#    quiet 2-core rehearsal, and longer beside a release build); then
+#    cargo fmt --check, cargo clippy -D warnings and scripts/deny.sh
+#    (cargo-deny, installed from crates.io if missing).
 #
 # A run in which no test ran (a filter that matches no test name) fails:
 # "0 passed, 0 failed" is not a pass.

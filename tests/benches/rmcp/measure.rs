@@ -1,9 +1,9 @@
 //! What the bench reads from /proc: RSS and PSS (with PSS's anonymous and
 //! file-backed parts) of a process and its descendants or of a list of
-//! pids (`smaps_rollup`), their CPU time in
-//! clock ticks (`stat`), a process's open files (`fd`), the CPU time of
-//! this process's threads by name (`task`), the load average and the
-//! kernel's UDP receive-buffer drops (`/proc/net/snmp`). Called by
+//! pids (`smaps_rollup`), their CPU time in clock ticks (`stat`), a
+//! process's open files (`fd`), the CPU time of this process's threads by
+//! name (`task`), the load average and the kernel's UDP receive-buffer
+//! drops (`/proc/net/snmp`). Called by
 //! `scenario` and `main`.
 
 use std::fs;

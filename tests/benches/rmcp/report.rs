@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::rigcost::RigCost;
+use crate::scenario::QUIET_BUDGET;
 use crate::{Row, Settings, OUTPUT_CHUNK, OUTPUT_EVERY};
 
 /// What the run saw besides its rows.
@@ -195,7 +196,7 @@ fn echo_table(rows: &[(String, Result<Row>)]) {
     println!();
     println!("## Keystroke echo round trip (first console, after the output window)");
     println!();
-    println!("The keystrokes start once console-svc and the BMC side use no more CPU in a second than per second of the idle window (plus 2 ticks), at most 30 s after the output window: \"quiet after\" says how long that took.");
+    println!("The keystrokes start once console-svc and the BMC side use no more CPU in a second than per second of the idle window (plus 2 ticks), at most {} s after the output window: \"quiet after\" says how long that took.", QUIET_BUDGET.as_secs());
     println!();
     println!("| scenario | quiet after s | sent | lost | p50 ms | p99 ms | min ms | max ms |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -208,7 +209,7 @@ fn echo_table(rows: &[(String, Result<Row>)]) {
         else {
             continue;
         };
-        let quiet = echo_quiet.map_or("not quiet in 30".into(), |d| {
+        let quiet = echo_quiet.map_or(format!("not quiet in {}", QUIET_BUDGET.as_secs()), |d| {
             format!("{:.0}", d.as_secs_f64())
         });
         println!(

@@ -254,10 +254,12 @@ async fn unsettled(svc: &Service, backend: &str, up: usize, ipmitools: usize) ->
     }
 }
 
-/// The idle window: console-svc's and the BMC side's CPU ticks over it.
-async fn idle_window(s: &Settings, c: &Case<'_>, svc: &Service) -> (u64, u64) {
+/// console-svc's (with its children) and the BMC side's CPU ticks over
+/// the next `window`, with nothing else asked of them: the idle window, and
+/// each second of `quiet_down`.
+async fn quiet_ticks(c: &Case<'_>, svc: &Service, window: Duration) -> (u64, u64) {
     let (t0, b0) = (measure::cpu_ticks(svc.pid()), c.bmc_ticks());
-    tokio::time::sleep(s.idle).await;
+    tokio::time::sleep(window).await;
     let ticks = measure::cpu_ticks(svc.pid()).saturating_sub(t0);
     (ticks, c.bmc_ticks().saturating_sub(b0))
 }
@@ -392,7 +394,7 @@ async fn measure_service(
     let viewers = up.viewers;
 
     eprintln!("[{name}] idle CPU for {:?}", s.idle);
-    let (idle_ticks, bmc_idle) = idle_window(s, c, svc).await;
+    let (idle_ticks, bmc_idle) = quiet_ticks(c, svc, s.idle).await;
     let active = active(svc, c).await;
 
     eprintln!("[{name}] output for {:?}", s.load);
@@ -444,7 +446,7 @@ async fn measure_service(
 }
 
 /// How long the echo waits at most for the output window's aftermath.
-const QUIET_BUDGET: Duration = Duration::from_secs(30);
+pub const QUIET_BUDGET: Duration = Duration::from_secs(30);
 
 /// Waits, after the output window, until console-svc (with its children)
 /// and the BMC side use no more CPU in a second than they did per second
@@ -461,10 +463,7 @@ async fn quiet_down(
     let most = |ticks: u64| ticks as f64 / idle.as_secs_f64() + 2.0;
     let start = Instant::now();
     while start.elapsed() < QUIET_BUDGET {
-        let (t0, b0) = (measure::cpu_ticks(svc.pid()), c.bmc_ticks());
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let svc_ticks = measure::cpu_ticks(svc.pid()).saturating_sub(t0);
-        let bmc_ticks = c.bmc_ticks().saturating_sub(b0);
+        let (svc_ticks, bmc_ticks) = quiet_ticks(c, svc, Duration::from_secs(1)).await;
         if svc_ticks as f64 <= most(svc_idle) && bmc_ticks as f64 <= most(bmc_idle) {
             return Some(start.elapsed());
         }
